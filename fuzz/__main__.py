@@ -1,0 +1,3 @@
+from shardfuzz.cli import main
+
+raise SystemExit(main())

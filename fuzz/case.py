@@ -1,0 +1,334 @@
+"""The Case: one round-trip scenario as plain, JSON-serialisable data.
+
+A Case says *what* to build, save and load; it never says how. The strategies
+draw Cases, the ranks run them, the corpus stores them. This module imports
+nothing from torch, so it is cheap to load anywhere.
+
+Variant fields (a module-tree node, an engine, an optimizer) are tagged unions:
+each variant is its own frozen class and its JSON form carries a ``"kind"`` tag.
+Adding a variant means adding a class here and to the matching ``Union``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal, Union
+
+import attrs
+import cattrs
+from cattrs.strategies import configure_tagged_union
+from attrs import field, frozen
+from attrs.validators import ge, in_, instance_of, le
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Adam",
+    "Block",
+    "Case",
+    "FSDP1",
+    "FSDP2",
+    "Linear",
+    "Model",
+    "SGD",
+    "Sequential",
+    "Side",
+    "dimensions",
+    "dumps",
+    "from_dict",
+    "loads",
+    "to_dict",
+]
+
+SCHEMA_VERSION = 1
+STATE_DICT_TYPES = ("sharded", "full")
+
+
+def _positive(name: str):
+    return [instance_of(int), ge(1)]
+
+
+# --- the module tree -------------------------------------------------------
+
+
+@frozen
+class Linear:
+    """``nn.Linear`` whose input width is the previous layer's output width."""
+
+    out_features: int = field(validator=_positive("out_features"))
+    bias: bool = field(default=True, validator=instance_of(bool))
+
+
+@frozen
+class Sequential:
+    """``nn.Sequential`` over its children (named ``0``, ``1``, ...)."""
+
+    children: tuple[Node, ...] = field(converter=tuple)
+
+    @children.validator
+    def _non_empty(self, attribute, value):
+        if not value:
+            raise ValueError("Sequential needs at least one child")
+
+
+@frozen
+class Block:
+    """A custom container: children are attributes ``a``, ``b``, ... run in order."""
+
+    children: tuple[Node, ...] = field(converter=tuple)
+
+    @children.validator
+    def _non_empty(self, attribute, value):
+        if not value:
+            raise ValueError("Block needs at least one child")
+
+
+Node = Union[Linear, Sequential, Block]
+
+
+@frozen
+class Model:
+    """A module tree fed with inputs of width ``input_width``; the root is a container."""
+
+    input_width: int = field(validator=_positive("input_width"))
+    root: Union[Sequential, Block] = field(validator=instance_of((Sequential, Block)))
+
+    def linears(self) -> list[tuple[str, int, int, bool]]:
+        """Every Linear as ``(fqn, in_features, out_features, bias)`` in forward order."""
+        out: list[tuple[str, int, int, bool]] = []
+        width = self.input_width
+
+        def visit(node, path):
+            nonlocal width
+            if isinstance(node, Linear):
+                out.append((path, width, node.out_features, node.bias))
+                width = node.out_features
+                return
+            for name, child in child_items(node):
+                visit(child, f"{path}.{name}" if path else name)
+
+        visit(self.root, "")
+        return out
+
+    def submodule_paths(self) -> list[str]:
+        """FQNs of every module below the root, parents before children."""
+        paths: list[str] = []
+
+        def visit(node, path):
+            if path:
+                paths.append(path)
+            if not isinstance(node, Linear):
+                for name, child in child_items(node):
+                    visit(child, f"{path}.{name}" if path else name)
+
+        visit(self.root, "")
+        return paths
+
+    def depth(self) -> int:
+        def d(node):
+            return 1 if isinstance(node, Linear) else 1 + max(d(c) for c in node.children)
+
+        return d(self.root)
+
+
+def child_items(node: Sequential | Block) -> list[tuple[str, Node]]:
+    """The (attribute name, child) pairs a container is built with."""
+    if isinstance(node, Sequential):
+        return [(str(i), c) for i, c in enumerate(node.children)]
+    return [(_block_name(i), c) for i, c in enumerate(node.children)]
+
+
+def _block_name(i: int) -> str:
+    name = ""
+    i += 1
+    while i:
+        i, r = divmod(i - 1, 26)
+        name = chr(ord("a") + r) + name
+    return name
+
+
+# --- how one side shards, saves or loads ------------------------------------
+
+
+@frozen
+class FSDP1:
+    """``FullyShardedDataParallel`` (FULL_SHARD), wrapping ``Side.wrap`` as inner units."""
+
+    use_orig_params: bool = field(default=True, validator=instance_of(bool))
+
+
+@frozen
+class FSDP2:
+    """``fully_shard`` on each module in ``Side.wrap`` (innermost first), then the root."""
+
+    reshard_after_forward: bool = field(default=True, validator=instance_of(bool))
+
+
+Engine = Union[FSDP1, FSDP2]
+
+
+def _sorted_unique(paths) -> tuple[str, ...]:
+    return tuple(sorted(set(paths)))
+
+
+@frozen
+class Side:
+    """One end of the round-trip: the engine, its wrap set, the mesh, the state-dict type."""
+
+    engine: Engine = field(validator=instance_of((FSDP1, FSDP2)))
+    mesh_shape: tuple[int, ...] = field(converter=tuple)
+    wrap: tuple[str, ...] = field(default=(), converter=_sorted_unique)
+    state_dict: str = field(default="sharded", validator=in_(STATE_DICT_TYPES))
+
+    @mesh_shape.validator
+    def _one_dim(self, attribute, value):
+        if len(value) != 1 or not all(isinstance(v, int) and v >= 1 for v in value):
+            raise ValueError(f"mesh_shape must be one positive int for now, got {value!r}")
+
+    @property
+    def world_size(self) -> int:
+        n = 1
+        for v in self.mesh_shape:
+            n *= v
+        return n
+
+
+# --- the optimizer ------------------------------------------------------------
+
+
+@frozen
+class SGD:
+    lr: float = field(default=0.1, validator=instance_of(float))
+    momentum: float = field(default=0.9, validator=instance_of(float))
+
+
+@frozen
+class Adam:
+    lr: float = field(default=0.01, validator=instance_of(float))
+
+
+Optimizer = Union[SGD, Adam]
+
+
+# --- the case ---------------------------------------------------------------
+
+
+@frozen
+class Case:
+    """Build ``model`` on ``save``, train ``steps`` steps, save; rebuild on ``load``, load.
+
+    ``seed`` seeds the save side's initial weights and the training data; the
+    load side's weights come from ``seed + 1`` so that loading has work to do.
+    """
+
+    model: Model = field(validator=instance_of(Model))
+    save: Side = field(validator=instance_of(Side))
+    load: Side = field(validator=instance_of(Side))
+    optimizer: Optimizer = field(validator=instance_of((SGD, Adam)))
+    steps: int = field(default=1, validator=[instance_of(int), ge(0), le(64)])
+    flatten_optimizer_state_dict: bool = field(default=True, validator=instance_of(bool))
+    batch_size: int = field(default=2, validator=_positive("batch_size"))
+    seed: int = field(default=0, validator=[instance_of(int), ge(0)])
+    schema_version: int = field(default=SCHEMA_VERSION)
+
+    @schema_version.validator
+    def _known_schema(self, attribute, value):
+        if value != SCHEMA_VERSION:
+            raise ValueError(
+                f"schema_version {value!r} is not {SCHEMA_VERSION}, the one this shardfuzz reads"
+            )
+
+    def __attrs_post_init__(self):
+        known = set(self.model.submodule_paths())
+        for side_name in ("save", "load"):
+            unknown = set(getattr(self, side_name).wrap) - known
+            if unknown:
+                raise ValueError(f"{side_name}.wrap names modules not in the model: {sorted(unknown)}")
+
+    @property
+    def world_size(self) -> int:
+        """Ranks the case needs: the larger of the two sides."""
+        return max(self.save.world_size, self.load.world_size)
+
+
+def dimensions(case: Case) -> dict[str, str]:
+    """The case's values along each labelled dimension (for ``event()`` and coverage)."""
+    widths = [out for _, _, out, _ in case.model.linears()]
+
+    def side(s: Side, name: str) -> dict[str, str]:
+        ws = s.world_size
+        return {
+            f"{name}_engine": type(s.engine).__name__.lower(),
+            f"{name}_world_size": str(ws),
+            f"{name}_state_dict": s.state_dict,
+            f"{name}_wrapped": "none" if not s.wrap else "some",
+            f"{name}_uneven_split": str(any(w % ws for w in widths)).lower(),
+            f"{name}_empty_shard": str(any(w < ws for w in widths)).lower(),
+        }
+
+    return {
+        **side(case.save, "save"),
+        **side(case.load, "load"),
+        "resharded": str(case.save.mesh_shape != case.load.mesh_shape).lower(),
+        "optimizer": type(case.optimizer).__name__.lower(),
+        "steps": str(case.steps),
+        "flatten_optimizer_state_dict": str(case.flatten_optimizer_state_dict).lower(),
+        "depth": str(min(case.model.depth(), 4)) + ("+" if case.model.depth() >= 4 else ""),
+        "linears": str(min(len(widths), 4)) + ("+" if len(widths) >= 4 else ""),
+    }
+
+
+# --- JSON -------------------------------------------------------------------
+
+converter = cattrs.Converter(forbid_extra_keys=True)
+for _cls in (Sequential, Block, Model, Side, Case):
+    attrs.resolve_types(_cls, globals(), locals())
+for _union in (Node, Engine, Optimizer):
+    configure_tagged_union(_union, converter, tag_name="kind", tag_generator=lambda c: c.__name__)
+# A root is a container only; reuse the tag names of the node union.
+configure_tagged_union(
+    Union[Sequential, Block], converter, tag_name="kind", tag_generator=lambda c: c.__name__
+)
+
+
+def to_dict(case: Case) -> dict:
+    return converter.unstructure(case)
+
+
+def from_dict(data: dict) -> Case:
+    """Build a Case from its JSON form; raises ``ValueError`` naming what is wrong."""
+    if not isinstance(data, dict):
+        raise ValueError(f"a case is a JSON object, got {type(data).__name__}")
+    version = data.get("schema_version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise ValueError(
+            f"case schema_version {version!r} is not {SCHEMA_VERSION} (written by another shardfuzz?)"
+        )
+    try:
+        return converter.structure(data, Case)
+    except Exception as exc:  # cattrs raises ExceptionGroups with nested detail
+        raise ValueError(_describe_structure_error(exc)) from exc
+
+
+def dumps(case: Case) -> str:
+    return json.dumps(to_dict(case), sort_keys=True, separators=(",", ":"))
+
+
+def loads(text: str) -> Case:
+    return from_dict(json.loads(text))
+
+
+def _describe_structure_error(exc: BaseException) -> str:
+    """cattrs' path-annotated lines, each with the validator's own words."""
+    try:
+        lines = cattrs.transform_error(exc, path="case", format_exception=_format_leaf)
+    except Exception:
+        lines = [f"{type(exc).__name__}: {exc}"]
+    return "; ".join(lines)
+
+
+def _format_leaf(exc: BaseException, type_) -> str:
+    if isinstance(exc, KeyError):
+        return f"missing field or unknown kind {exc}"
+    if isinstance(exc, ValueError | TypeError) and str(exc):
+        return f"invalid value ({exc})"
+    return cattrs.v.format_exception(exc, type_)

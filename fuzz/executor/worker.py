@@ -1,0 +1,108 @@
+"""One rank's loop: join the process group once, then receive Cases and send back reports.
+
+Messages are JSON bytes over a ``multiprocessing`` pipe: ``{"op": "case", "case":
+..., "checkpoint_dir": ...}`` in, one ``RankReport`` out per case; ``{"op": "reset",
+"store": ...}`` re-forms the process group; ``{"op": "stop"}`` ends the loop.
+Any ``BaseException`` raised by the case (DCP's ``CheckpointException`` is one)
+becomes a ``RankError`` in the report; only the pool decides what happens next.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import faulthandler
+import json
+import logging
+import os
+import signal
+import sys
+import traceback
+import warnings
+
+__all__ = ["main"]
+
+
+def main(rank: int, world_size: int, store_path: str, conn, target_spec: str) -> None:
+    _die_with_parent()
+    faulthandler.enable()
+    warnings.simplefilter("ignore")
+    logging.getLogger("torch.distributed").setLevel(logging.ERROR)
+
+    import torch
+    import torch.distributed as dist
+
+    from shardfuzz.case import from_dict
+    from shardfuzz.roundtrip import RankContext, run_case
+    from shardfuzz.targets import resolve_target
+    from shardfuzz.verdict import RankError, RankReport, converter
+
+    torch.set_num_threads(1)
+
+    def join_world(store: str) -> RankContext | None:
+        """A fresh world and its prefix groups; on failure tell the pool why and return None."""
+        try:
+            if dist.is_initialized():
+                dist.destroy_process_group()
+            dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
+            ctx = RankContext(rank, world_size)
+            ctx.create_groups()
+        except BaseException as exc:  # noqa: BLE001 - report why this rank could not join
+            conn.send_bytes(json.dumps({"op": "failed", "rank": rank, "error": _format(exc)}).encode())
+            return None
+        conn.send_bytes(json.dumps({"op": "ready", "rank": rank}).encode())
+        return ctx
+
+    try:
+        target = resolve_target(target_spec)
+    except BaseException as exc:  # noqa: BLE001
+        conn.send_bytes(json.dumps({"op": "failed", "rank": rank, "error": _format(exc)}).encode())
+        return
+    ctx = join_world(store_path)
+    if ctx is None:
+        return
+
+    while True:
+        try:
+            message = json.loads(conn.recv_bytes())
+        except EOFError:  # the pool went away
+            break
+        if message["op"] == "stop":
+            break
+        if message["op"] == "reset":  # after a failed case: same processes, new process group
+            ctx = join_world(message["store"])
+            if ctx is None:
+                return
+            continue
+        error = None
+        mismatches = []
+        try:
+            case = from_dict(message["case"])
+            mismatches = run_case(case, ctx, target, message["checkpoint_dir"])
+        except BaseException as exc:  # noqa: BLE001 - CheckpointException is a BaseException
+            error = RankError(rank, ctx.phase, type(exc).__name__, str(exc), traceback.format_exc())
+            ctx.phase = "idle"
+        report = RankReport(rank, tuple(mismatches), error, dict(ctx.timings))
+        conn.send_bytes(json.dumps(converter.unstructure(report)).encode())
+
+    try:
+        dist.destroy_process_group()
+    except BaseException:  # noqa: BLE001 - teardown of a broken group may fail; we exit anyway
+        pass
+
+
+def _format(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this rank when the pool's process dies, even by SIGKILL."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os._exit(1)
+    except OSError:
+        pass

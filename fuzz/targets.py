@@ -1,0 +1,66 @@
+"""The checkpoint code under test, as a Protocol: DCP by default, or the user's own.
+
+A target receives the state dict that the ``torch.distributed.checkpoint.state_dict``
+helpers produce for one side, and must write it (``save``) or fill it in place
+(``load``) from ``checkpoint_id`` using only ``process_group``'s ranks. It is the
+seam for fault injection too: a target that wraps ``DcpTarget`` and corrupts
+what it loads is how the tests prove the oracles can fail.
+
+A target is named as ``"package.module:attribute"``; a class is instantiated with
+no arguments, anything else is used as it is.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = ["CheckpointTarget", "DcpTarget", "DEFAULT_TARGET", "resolve_target"]
+
+DEFAULT_TARGET = "shardfuzz.targets:DcpTarget"
+
+
+@runtime_checkable
+class CheckpointTarget(Protocol):
+    def save(self, state_dict: dict[str, Any], *, checkpoint_id: str, process_group: Any) -> None: ...
+
+    def load(self, state_dict: dict[str, Any], *, checkpoint_id: str, process_group: Any) -> None: ...
+
+
+class DcpTarget:
+    """``torch.distributed.checkpoint.save`` / ``load`` (or their older names)."""
+
+    def save(self, state_dict, *, checkpoint_id, process_group):
+        import torch.distributed.checkpoint as dcp
+
+        if hasattr(dcp, "save"):
+            dcp.save(state_dict, checkpoint_id=checkpoint_id, process_group=process_group)
+        else:  # torch < 2.2 spelled it save_state_dict with an explicit writer
+            dcp.save_state_dict(state_dict, dcp.FileSystemWriter(checkpoint_id), process_group=process_group)
+
+    def load(self, state_dict, *, checkpoint_id, process_group):
+        import torch.distributed.checkpoint as dcp
+
+        if hasattr(dcp, "load"):
+            dcp.load(state_dict, checkpoint_id=checkpoint_id, process_group=process_group)
+        else:
+            dcp.load_state_dict(state_dict, dcp.FileSystemReader(checkpoint_id), process_group=process_group)
+
+
+def resolve_target(spec: str) -> CheckpointTarget:
+    """Import ``"module:attribute"`` and return a target; errors name the spec."""
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ValueError(f"target {spec!r} is not of the form 'package.module:attribute'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"target {spec!r}: cannot import {module_name!r}: {exc}") from exc
+    try:
+        obj = getattr(module, attribute)
+    except AttributeError:
+        raise ValueError(f"target {spec!r}: module {module_name!r} has no attribute {attribute!r}") from None
+    target = obj() if isinstance(obj, type) else obj
+    if not isinstance(target, CheckpointTarget):
+        raise ValueError(f"target {spec!r} has no save(...) and load(...) methods")
+    return target

@@ -1,0 +1,127 @@
+"""What a round-trip concluded, as plain data that crosses process boundaries as JSON.
+
+Ranks send ``RankReport`` objects; the pool folds them into one ``Verdict``.
+The signature groups verdicts that share a cause, so a campaign can tell a new
+failure from one it has already shrunk or that the corpus marks as known.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+import cattrs
+from attrs import field, frozen
+from attrs.validators import in_
+
+__all__ = ["Mismatch", "RankError", "RankReport", "Verdict", "STATUSES", "normalise_message"]
+
+#: pass: everything matched. mismatch: an oracle saw wrong state (silent corruption).
+#: error: a rank raised. crash: a rank process died. hang: the case outran its deadline.
+STATUSES = ("pass", "mismatch", "error", "crash", "hang")
+
+
+@frozen
+class Mismatch:
+    """One oracle's complaint about one state-dict entry."""
+
+    oracle: str
+    key: str
+    rank: int
+    detail: str
+    index: Optional[tuple[int, ...]] = None
+    expected: str = ""
+    actual: str = ""
+
+    def describe(self) -> str:
+        where = f" at index {list(self.index)}" if self.index is not None else ""
+        values = f": expected {self.expected}, got {self.actual}" if self.expected or self.actual else ""
+        return f"[{self.oracle}] {self.key} (rank {self.rank}){where}: {self.detail}{values}"
+
+
+@frozen
+class RankError:
+    """An exception (any ``BaseException``) raised on one rank, with the phase it hit."""
+
+    rank: int
+    phase: str
+    type: str
+    message: str
+    traceback: str = ""
+
+    def describe(self) -> str:
+        first = self.message.strip().splitlines()[-1] if self.message.strip() else ""
+        return f"rank {self.rank} in {self.phase}: {self.type}: {first}"
+
+
+@frozen
+class RankReport:
+    """What one rank sends back after one case."""
+
+    rank: int
+    mismatches: tuple[Mismatch, ...] = ()
+    error: Optional[RankError] = None
+    timings: dict[str, float] = field(factory=dict)
+
+
+@frozen
+class Verdict:
+    status: str = field(validator=in_(STATUSES))
+    mismatches: tuple[Mismatch, ...] = ()
+    errors: tuple[RankError, ...] = ()
+    detail: str = ""
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "pass"
+
+    def signature(self) -> str:
+        """A stable key for the cause: the same bug on other sizes gives the same signature."""
+        if self.status == "pass":
+            return "pass"
+        if self.status == "mismatch":
+            first = self.mismatches[0]
+            return f"mismatch:{first.oracle}:{_key_pattern(first.key)}:{_normalise(first.detail)}"
+        if self.status == "error" and self.errors:
+            # The lowest rank's error is usually the root; peers often report its echo.
+            first = min(self.errors, key=lambda e: e.rank)
+            return f"error:{first.phase}:{first.type}:{normalise_message(first.message)}"
+        return f"{self.status}:{_normalise(self.detail)}"
+
+    def summary(self) -> str:
+        if self.status == "pass":
+            return "pass"
+        if self.mismatches:
+            more = f" (+{len(self.mismatches) - 1} more)" if len(self.mismatches) > 1 else ""
+            return f"{self.status}: {self.mismatches[0].describe()}{more}"
+        if self.errors:
+            return f"{self.status}: " + "; ".join(e.describe() for e in self.errors[:4])
+        return f"{self.status}: {self.detail}"
+
+
+_NUMBER = re.compile(r"(?<![A-Za-z_])-?\d+(\.\d+)?")
+_PATH = re.compile(r"(/[^\s:'\"]+)+")
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]+")
+
+
+def normalise_message(message: str) -> str:
+    """The last line of an error message with paths, addresses and numbers blanked."""
+    lines = [line for line in message.strip().splitlines() if line.strip()]
+    return _normalise(lines[-1] if lines else "")
+
+
+def _normalise(text: str) -> str:
+    text = _PATH.sub("<path>", text)
+    text = _ADDRESS.sub("<addr>", text)
+    text = _NUMBER.sub("<n>", text)
+    return text[:200]
+
+
+def _key_pattern(key: str) -> str:
+    """``optim.state.0.1.weight.exp_avg`` -> ``optim.state.*.weight.exp_avg``."""
+    parts = key.split(".")
+    return ".".join("*" if p.isdigit() or (len(p) == 1 and p.isalpha()) else p for p in parts)
+
+
+converter = cattrs.Converter(forbid_extra_keys=True)
