@@ -32,6 +32,7 @@ __all__ = [
     "SGD",
     "Sequential",
     "Side",
+    "describe_structure_error",
     "dimensions",
     "dumps",
     "from_dict",
@@ -306,7 +307,7 @@ def from_dict(data: dict) -> Case:
     try:
         return converter.structure(data, Case)
     except Exception as exc:  # cattrs raises ExceptionGroups with nested detail
-        raise ValueError(_describe_structure_error(exc)) from exc
+        raise ValueError(describe_structure_error(exc, "case")) from exc
 
 
 def dumps(case: Case) -> str:
@@ -317,10 +318,10 @@ def loads(text: str) -> Case:
     return from_dict(json.loads(text))
 
 
-def _describe_structure_error(exc: BaseException) -> str:
-    """cattrs' path-annotated lines, each with the validator's own words."""
+def describe_structure_error(exc: BaseException, path: str) -> str:
+    """cattrs' path-annotated lines, each with the validator's own words, as one line."""
     try:
-        lines = cattrs.transform_error(exc, path="case", format_exception=_format_leaf)
+        lines = cattrs.transform_error(exc, path=path, format_exception=_format_leaf)
     except Exception:
         lines = [f"{type(exc).__name__}: {exc}"]
     return "; ".join(lines)

@@ -32,7 +32,7 @@ def compare_state(
 
     Tensors must agree in dtype, shape and every bit (so ``-0.0 != 0.0`` and a
     NaN equals the same NaN). Other values (hyperparameters, ``step`` ints)
-    compare with ``==``.
+    compare with ``==``, a tuple equal to a list of the same values.
     """
     found: list[Mismatch] = []
     for key in sorted(expected.keys() - actual.keys()):
@@ -62,9 +62,17 @@ def _compare_value(key: str, want: Any, got: Any, rank: int) -> Mismatch | None:
             return None
         return Mismatch(STATE_ORACLE, key, rank, "values differ", index=index,
                         expected=repr(want[index].item()), actual=repr(got[index].item()))
-    if want != got:
+    if _as_lists(want) != _as_lists(got):
         return Mismatch(STATE_ORACLE, key, rank, "value differs", expected=_short(want), actual=_short(got))
     return None
+
+
+def _as_lists(value: Any) -> Any:
+    """Tuples as lists: DCP stores param-group sequences such as Adam's ``betas`` as lists,
+    which the optimizer uses exactly as it uses the tuple, so only the values count."""
+    if isinstance(value, (tuple, list)):
+        return [_as_lists(v) for v in value]
+    return value
 
 
 def first_bit_difference(a: torch.Tensor, b: torch.Tensor) -> tuple[int, ...] | None:

@@ -119,9 +119,13 @@ def _normalise(text: str) -> str:
 
 
 def _key_pattern(key: str) -> str:
-    """``optim.state.0.1.weight.exp_avg`` -> ``optim.state.*.weight.exp_avg``."""
+    """Drop the module path: ``optim.state.0.1.weight.exp_avg`` -> ``optim.state.*.exp_avg``.
+
+    The same bug on a deeper or shallower tree then keeps its signature.
+    """
     parts = key.split(".")
-    return ".".join("*" if p.isdigit() or (len(p) == 1 and p.isalpha()) else p for p in parts)
+    head = ".".join(parts[:2]) if parts[0] == "optim" and len(parts) > 2 else parts[0]
+    return f"{head}.*.{parts[-1]}" if len(parts) > 1 else key
 
 
 converter = cattrs.Converter(forbid_extra_keys=True)

@@ -1,1 +1,32 @@
-"""Hypothesis strategies that draw shardfuzz Cases."""
+"""Hypothesis strategies that draw shardfuzz Cases: one public function per concept.
+
+They import the Case data model and the capability probe, never the executor.
+"""
+
+from shardfuzz.strategies.cases import cases, sides
+from shardfuzz.strategies.engines import engines, wrap_sets
+from shardfuzz.strategies.modules import linears, models, module_trees, widths
+from shardfuzz.strategies.options import (
+    flatten_optimizer_state_dict,
+    optimizer_steps,
+    optimizers,
+    state_dict_types,
+)
+from shardfuzz.strategies.topology import mesh_shapes, world_sizes
+
+__all__ = [
+    "cases",
+    "engines",
+    "flatten_optimizer_state_dict",
+    "linears",
+    "mesh_shapes",
+    "models",
+    "module_trees",
+    "optimizer_steps",
+    "optimizers",
+    "sides",
+    "state_dict_types",
+    "widths",
+    "world_sizes",
+    "wrap_sets",
+]

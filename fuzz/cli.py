@@ -1,0 +1,208 @@
+"""``shardfuzz run | capabilities``: the command line.
+
+``run`` exits 0 when no new failure was found, 1 when one was (each is saved to
+the corpus), 2 for bad options or a pool that cannot start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
+    return value
+
+
+def _world_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"{value} ranks: choose 1 to 64")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shardfuzz", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="fuzz save/load round-trips for a time budget")
+    run.add_argument("--budget", type=_positive_float, default=60.0, help="seconds to spend drawing cases (default 60)")
+    run.add_argument("--seed", type=int, default=None, help="seed for the case draws (default: random)")
+    run.add_argument("--report", type=Path, default=None, help="write a JSON report here")
+    run.add_argument("--corpus", type=Path, default=Path("corpus"), help="directory of corpus entries (default ./corpus)")
+    run.add_argument("--world-size", type=_world_size, default=4, help="ranks in the pool; cases use 1..N (default 4)")
+    run.add_argument("--target", default=None, help="checkpoint code under test, 'module:attribute' (default: DCP)")
+    run.add_argument("--case-timeout", type=_positive_float, default=120.0, help="seconds before a case counts as hung")
+
+    commands.add_parser("capabilities", help="list what the installed torch offers to the fuzzer")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "capabilities":
+        return _capabilities()
+    return _run(args)
+
+
+def _capabilities() -> int:
+    from shardfuzz.capabilities import capabilities
+
+    caps = capabilities()
+    print(f"torch {caps.torch_version}")
+    for feature, state, why in caps.table():
+        print(f"  {state:3}  {feature}{'  (' + why + ')' if why else ''}")
+    return 0
+
+
+def _run(args) -> int:
+    import torch
+
+    from shardfuzz.campaign import run_campaign
+    from shardfuzz.corpus import entry_for, known_entry_for, load_corpus, save_entry
+    from shardfuzz.executor import PoolStartError, RankPool
+    from shardfuzz.targets import DEFAULT_TARGET, resolve_target
+
+    target = args.target or DEFAULT_TARGET
+    try:
+        resolve_target(target)  # fail here, with the spec named, rather than in every rank
+    except ValueError as exc:
+        print(f"shardfuzz run: {exc}", file=sys.stderr)
+        return 2
+
+    entries, problems = load_corpus(args.corpus)
+    for problem in problems:
+        print(f"shardfuzz: skipping corpus file: {problem}", file=sys.stderr)
+    known_titles: dict[str, str] = {}
+
+    def is_known(signature: str) -> bool:
+        entry = known_entry_for(signature, entries, torch.__version__)
+        if entry is not None:
+            known_titles[signature] = entry.title
+        return entry is not None
+
+    progress = _Progress(args.budget)
+    new_files: dict[str, str] = {}
+
+    def on_finding(finding) -> None:
+        path = save_entry(args.corpus, entry_for(finding.case, finding.verdict))
+        new_files[finding.signature] = str(path)
+        progress.message(f"NEW {finding.verdict.summary()[:150]}\n     saved {path}")
+
+    started = time.monotonic()
+    try:
+        with RankPool(args.world_size, target=target, case_timeout=args.case_timeout) as pool:
+            result = run_campaign(
+                pool.run, budget=args.budget, seed=args.seed, max_world_size=args.world_size,
+                is_known=is_known, on_case=progress.update, on_finding=on_finding,
+            )
+            starts, resets = pool.starts, pool.resets
+    except PoolStartError as exc:
+        print(f"shardfuzz run: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nshardfuzz run: interrupted", file=sys.stderr)
+        return 130
+    progress.finish()
+
+    new = {s: f for s, f in result.findings.items() if s not in known_titles}
+    report = {
+        "torch": torch.__version__,
+        "budget_seconds": args.budget,
+        "wall_seconds": round(time.monotonic() - started, 3),
+        "seconds_in_cases": round(result.seconds_in_cases, 3),
+        "seed": args.seed,
+        "world_size": args.world_size,
+        "target": target,
+        "cases_run": result.cases_run,
+        "passed": result.passed,
+        "pool_starts": starts,
+        "pool_resets": resets,
+        "failures": [
+            {"signature": s, "status": f.verdict.status, "summary": f.verdict.summary(), "hits": f.hits,
+             "flaky": f.flaky, "corpus_file": new_files.get(s), "case": _case_json(f.case)}
+            for s, f in new.items()
+        ],
+        "known_failures": [
+            {"signature": s, "title": known_titles.get(s, ""), "hits": n} for s, n in result.known_hits.items()
+        ],
+        "coverage": {dim: dict(sorted(values.items())) for dim, values in sorted(result.coverage.items())},
+    }
+    if args.report:
+        args.report.write_text(json.dumps(report, indent=2) + "\n")
+    _print_summary(report)
+    return 1 if new else 0
+
+
+def _case_json(case):
+    from shardfuzz.case import to_dict
+
+    return to_dict(case)
+
+
+def _print_summary(report: dict) -> None:
+    rate = report["cases_run"] / max(report["wall_seconds"], 1e-9)
+    print(f"shardfuzz: {report['cases_run']} cases in {report['wall_seconds']:.1f}s ({rate:.1f}/s) "
+          f"on torch {report['torch']}: {report['passed']} passed, "
+          f"{len(report['failures'])} new failure(s), "
+          f"{sum(k['hits'] for k in report['known_failures'])} hit(s) of {len(report['known_failures'])} known bug(s)")
+    for failure in report["failures"]:
+        print(f"  NEW   {failure['summary'][:200]}")
+        if failure["corpus_file"]:
+            print(f"        reproducer: {failure['corpus_file']}")
+    for known in report["known_failures"]:
+        print(f"  known x{known['hits']}: {known['title'][:150]}")
+
+
+class _Progress:
+    """One status line: rewritten in place on a terminal, every 10 s as plain lines in logs."""
+
+    def __init__(self, budget: float):
+        self.budget = budget
+        self.started = time.monotonic()
+        self.last = 0.0
+        self.tty = sys.stderr.isatty()
+        self.counts = {"pass": 0, "fail": 0}
+
+    def update(self, result, case, verdict) -> None:
+        self.counts["pass" if verdict.ok else "fail"] += 1
+        now = time.monotonic()
+        if now - self.last < (0.5 if self.tty else 10.0):
+            return
+        self.last = now
+        elapsed = now - self.started
+        line = (f"[{elapsed:6.1f}s / {self.budget:g}s] {result.cases_run} cases "
+                f"({result.cases_run / max(elapsed, 1e-9):.1f}/s), {self.counts['fail']} failing runs, "
+                f"{len(result.findings)} distinct new")
+        if self.tty:
+            sys.stderr.write("\r" + line.ljust(100))
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def message(self, text: str) -> None:
+        sys.stderr.write(("\n" if self.tty else "") + text + "\n")
+        sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,176 @@
+"""Shrunk failures as JSON files: save atomically, deduplicate by signature, load, match known bugs.
+
+One entry is one file, ``<signature hash>.json``, holding the Case, the verdict's
+signature and summary, where it was seen, and, once triaged, a ``known`` block
+naming the torch bug and the version range where it reproduces. Loading never
+unpickles or executes anything: it is JSON through the same cattrs converter
+that checks every field.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import attrs
+import cattrs
+from attrs import field, frozen
+from attrs.validators import in_, instance_of
+
+from shardfuzz.case import Case, describe_structure_error, dumps, from_dict, to_dict
+from shardfuzz.verdict import STATUSES, Verdict
+
+__all__ = ["CorpusError", "Entry", "Known", "entry_for", "known_entry_for", "load_corpus", "load_entry", "save_entry"]
+
+ENTRY_SCHEMA_VERSION = 1
+
+
+class CorpusError(ValueError):
+    """A corpus file that cannot be used; the message names the file and what is wrong."""
+
+
+@frozen
+class Known:
+    """A triaged torch bug: what it is, where it is reported, which torch versions have it."""
+
+    description: str = field(validator=instance_of(str))
+    torch: str = field(validator=instance_of(str))  # a PEP 440 specifier set, e.g. ">=2.11,<2.14"
+    link: str = field(default="", validator=instance_of(str))
+
+    @torch.validator
+    def _specifier(self, attribute, value):
+        from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+        try:
+            SpecifierSet(value)
+        except InvalidSpecifier as exc:
+            raise ValueError(f"known.torch {value!r} is not a version specifier: {exc}") from None
+
+    def applies_to(self, torch_version: str) -> bool:
+        from packaging.specifiers import SpecifierSet
+        from packaging.version import Version
+
+        release = Version(torch_version.split("+")[0])
+        return SpecifierSet(self.torch).contains(release, prereleases=True)
+
+
+@frozen
+class Entry:
+    title: str
+    signature: str
+    status: str = field(validator=in_(STATUSES[1:]))
+    case: Case = field(validator=instance_of(Case))
+    summary: str = ""
+    versions: dict[str, str] = field(factory=dict)
+    found: str = ""
+    hits: int = 1
+    known: Optional[Known] = None
+    schema_version: int = ENTRY_SCHEMA_VERSION
+
+    @property
+    def filename(self) -> str:
+        return hashlib.sha1(self.signature.encode()).hexdigest()[:16] + ".json"
+
+
+_converter = cattrs.Converter(forbid_extra_keys=True)
+_converter.register_structure_hook(Case, lambda data, _: from_dict(data))
+_converter.register_unstructure_hook(Case, to_dict)
+
+
+def versions() -> dict[str, str]:
+    import hypothesis
+    import torch
+
+    return {"torch": torch.__version__, "python": platform.python_version(), "hypothesis": hypothesis.__version__}
+
+
+def entry_for(case: Case, verdict: Verdict) -> Entry:
+    summary = verdict.summary()
+    title = f"[{verdict.status}] {summary.split(': ', 1)[-1]}"[:160]
+    return Entry(
+        title=title,
+        signature=verdict.signature(),
+        status=verdict.status,
+        case=case,
+        summary=summary[:2000],
+        versions=versions(),
+        found=datetime.date.today().isoformat(),
+    )
+
+
+def save_entry(directory: str | os.PathLike, entry: Entry) -> Path:
+    """Write ``entry``; if one with its signature exists, keep the smaller case and add the hits.
+
+    The write is atomic (a temp file in the same directory, then ``os.replace``),
+    so a run killed mid-write leaves the old file or the new one, never half of one.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / entry.filename
+    if path.exists():
+        try:
+            old = load_entry(path)
+        except CorpusError:
+            old = None  # unreadable: replace it with the new finding rather than lose that
+        if old is not None and old.signature == entry.signature:
+            smaller = entry.case if len(dumps(entry.case)) < len(dumps(old.case)) else old.case
+            entry = attrs.evolve(old, case=smaller, hits=old.hits + entry.hits)
+    text = json.dumps(_converter.unstructure(entry), indent=2, sort_keys=True) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_entry(path: str | os.PathLike) -> Entry:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CorpusError(f"{path}: cannot read: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise CorpusError(f"{path}: not valid JSON (truncated or hand-edited?): {exc}") from None
+    if not isinstance(data, dict):
+        raise CorpusError(f"{path}: a corpus entry is a JSON object, got {type(data).__name__}")
+    version = data.get("schema_version")
+    if version != ENTRY_SCHEMA_VERSION:
+        raise CorpusError(f"{path}: entry schema_version {version!r}, this shardfuzz reads {ENTRY_SCHEMA_VERSION}")
+    try:
+        return _converter.structure(data, Entry)
+    except Exception as exc:  # noqa: BLE001 - cattrs groups; flatten them into one line
+        raise CorpusError(f"{path}: {describe_structure_error(exc, 'entry')}") from None
+
+
+def load_corpus(directory: str | os.PathLike) -> tuple[list[tuple[Path, Entry]], list[str]]:
+    """Every readable entry under ``directory``, and one message per unreadable file."""
+    entries, problems = [], []
+    directory = Path(directory)
+    if not directory.is_dir():
+        return entries, problems
+    for path in sorted(directory.glob("*.json")):
+        try:
+            entries.append((path, load_entry(path)))
+        except CorpusError as exc:
+            problems.append(str(exc))
+    return entries, problems
+
+
+def known_entry_for(signature: str, entries, torch_version: str) -> Entry | None:
+    """The corpus entry marking ``signature`` as a known bug on this torch, if any."""
+    for _, entry in entries:
+        if entry.known is not None and entry.signature == signature and entry.known.applies_to(torch_version):
+            return entry
+    return None

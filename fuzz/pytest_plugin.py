@@ -1,0 +1,52 @@
+"""pytest fixtures for round-trip tests: a warm rank pool and the corpus's known bugs.
+
+Load it with ``pytest_plugins = ["shardfuzz.pytest_plugin"]`` in a conftest.py.
+Heavy imports (torch, the pool) happen inside the fixtures, not at plugin load.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("shardfuzz", "shardfuzz round-trip fuzzing")
+    group.addoption("--shardfuzz-world-size", type=int, default=4,
+                    help="ranks in the session's pool (default 4)")
+    group.addoption("--shardfuzz-corpus", default=None,
+                    help="corpus directory whose known bugs are tolerated (default: <rootdir>/corpus)")
+    group.addoption("--shardfuzz-case-timeout", type=float, default=120.0,
+                    help="seconds before a case counts as hung (default 120)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "ranks: the test starts gloo rank processes (slower)")
+
+
+@pytest.fixture(scope="session")
+def shardfuzz_corpus_dir(pytestconfig) -> Path:
+    given = pytestconfig.getoption("--shardfuzz-corpus")
+    return Path(given) if given else Path(pytestconfig.rootpath) / "corpus"
+
+
+@pytest.fixture(scope="session")
+def shardfuzz_known(shardfuzz_corpus_dir):
+    """``known(signature) -> Entry | None`` for the corpus's known bugs on this torch."""
+    import torch
+
+    from shardfuzz.corpus import known_entry_for, load_corpus
+
+    entries, _ = load_corpus(shardfuzz_corpus_dir)
+    return lambda signature: known_entry_for(signature, entries, torch.__version__)
+
+
+@pytest.fixture(scope="session")
+def shardfuzz_pool(pytestconfig):
+    """A session-wide warm pool running the default target (DCP)."""
+    from shardfuzz.executor import RankPool
+
+    with RankPool(pytestconfig.getoption("--shardfuzz-world-size"),
+                  case_timeout=pytestconfig.getoption("--shardfuzz-case-timeout")) as pool:
+        yield pool

@@ -1,0 +1,73 @@
+"""Module trees and layer widths.
+
+Widths are drawn so that values at or below a typical world size (1-4) are as
+likely as the whole range: uneven splits, widths of 1 and widths smaller than
+the world size (ranks holding an empty shard) are common, not rare.
+"""
+
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+from shardfuzz.case import Block, Linear, Model, Sequential
+from shardfuzz.strategies._helpers import check_int, check_interval
+
+__all__ = ["widths", "linears", "module_trees", "models"]
+
+_SMALL = 4
+
+
+def widths(*, min_value: int = 1, max_value: int = 16) -> st.SearchStrategy[int]:
+    """Layer widths in ``[min_value, max_value]``, small ones over-represented."""
+    check_interval("min_value", min_value, "max_value", max_value, minimum=1)
+    small = st.integers(min_value, min(max_value, max(min_value, _SMALL)))
+    return st.one_of(small, st.integers(min_value, max_value))
+
+
+def linears(*, max_width: int = 16) -> st.SearchStrategy[Linear]:
+    """A ``Linear`` leaf; its input width is its predecessor's output."""
+    check_int("max_width", max_width, minimum=1)
+    return st.builds(Linear, out_features=widths(max_value=max_width), bias=st.booleans())
+
+
+def _containers(children: st.SearchStrategy, max_children: int) -> st.SearchStrategy:
+    kids = st.lists(children, min_size=1, max_size=max_children)
+    return st.one_of(st.builds(Sequential, kids), st.builds(Block, kids))
+
+
+def module_trees(
+    *, max_leaves: int = 6, max_children: int = 3, max_width: int = 16
+) -> st.SearchStrategy[Sequential | Block]:
+    """A container tree of at most ``max_leaves`` Linears: Sequential and custom Block nodes.
+
+    Single-child containers make deep nesting (depth 3 and more) cheap to reach.
+    A bare Linear drawn as the whole tree is put in a Sequential (the root is a container).
+    """
+    check_int("max_leaves", max_leaves, minimum=1)
+    check_int("max_children", max_children, minimum=1)
+    nodes = st.recursive(
+        linears(max_width=max_width),
+        lambda inner: _containers(inner, max_children),
+        max_leaves=max_leaves,
+    )
+    # st.recursive's max_leaves is a soft cap; the filter makes it a bound and rarely rejects.
+    return nodes.map(_as_root).filter(lambda root: _leaf_count(root) <= max_leaves)
+
+
+def _as_root(node):
+    return Sequential([node]) if isinstance(node, Linear) else node
+
+
+def _leaf_count(node) -> int:
+    return 1 if isinstance(node, Linear) else sum(_leaf_count(c) for c in node.children)
+
+
+def models(
+    *, max_leaves: int = 6, max_children: int = 3, max_width: int = 16
+) -> st.SearchStrategy[Model]:
+    """A ``Model``: an input width and a module tree."""
+    return st.builds(
+        Model,
+        input_width=widths(max_value=max_width),
+        root=module_trees(max_leaves=max_leaves, max_children=max_children, max_width=max_width),
+    )

@@ -1,0 +1,79 @@
+"""The Case is data: exact JSON round-trips, validators, and readable errors for bad input."""
+
+import json
+
+import pytest
+from hypothesis import given
+
+from shardfuzz.case import (
+    FSDP1, FSDP2, SCHEMA_VERSION, Adam, Block, Case, Linear, Model, Sequential, Side, dimensions, dumps, loads,
+)
+from shardfuzz.strategies import cases
+
+
+@given(cases())
+def test_json_round_trip_is_exact(case):
+    assert loads(dumps(case)) == case
+    assert dumps(loads(dumps(case))) == dumps(case)
+
+
+def _case(**overrides):
+    fields = dict(
+        model=Model(3, Sequential([Linear(5), Block([Linear(1, bias=False), Sequential([Linear(7)])])])),
+        save=Side(FSDP1(), (2,), wrap=["1"]),
+        load=Side(FSDP2(), (3,), state_dict="full"),
+        optimizer=Adam(),
+    )
+    fields.update(overrides)
+    return Case(**fields)
+
+
+def test_model_describes_its_layers_and_paths():
+    model = _case().model
+    assert model.linears() == [("0", 3, 5, True), ("1.a", 5, 1, False), ("1.b.0", 1, 7, True)]
+    assert model.submodule_paths() == ["0", "1", "1.a", "1.b", "1.b.0"]
+    assert model.depth() == 4
+
+
+def test_dimensions_label_uneven_and_empty_shards():
+    dims = dimensions(_case())
+    assert dims["save_engine"] == "fsdp1" and dims["load_engine"] == "fsdp2"
+    assert dims["save_uneven_split"] == "true"  # width 5 over 2 ranks
+    assert dims["load_empty_shard"] == "true"  # width 1 on 3 ranks
+    assert dims["resharded"] == "true"
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: _case(save=Side(FSDP1(), (2,), wrap=["9"])), "not in the model"),
+        (lambda: _case(steps=-1), "steps"),
+        (lambda: Side(FSDP1(), (0,)), "mesh_shape"),
+        (lambda: Side(FSDP1(), (2, 2)), "mesh_shape"),
+        (lambda: Side(FSDP1(), (2,), state_dict="local"), "state_dict"),
+        (lambda: Linear(0), "out_features"),
+        (lambda: Sequential([]), "at least one child"),
+        (lambda: _case(schema_version=SCHEMA_VERSION + 1), "schema_version"),
+    ],
+)
+def test_invalid_cases_are_rejected(make, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        make()
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d.update(steps=-1), "steps"),
+        (lambda d: d.update(zzz=1), "extra fields"),
+        (lambda d: d["optimizer"].update(kind="Adamx"), "optimizer"),
+        (lambda d: d.pop("model"), "case.model"),
+        (lambda d: d.update(schema_version=99), "schema_version 99"),
+        (lambda d: d["save"].update(mesh_shape="x"), "save"),
+    ],
+)
+def test_bad_json_names_what_is_wrong(edit, message):
+    data = json.loads(dumps(_case()))
+    edit(data)
+    with pytest.raises(ValueError, match=message):
+        loads(json.dumps(data))

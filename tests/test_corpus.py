@@ -1,0 +1,122 @@
+"""Corpus entries: saved atomically and deduplicated, bad files named, every entry replayed.
+
+Each entry in ``corpus/`` is one test. An entry marked known for this torch is a
+strict xfail that must fail *with its recorded signature*: when torch fixes the
+bug, the unexpected pass fails the run and says to update the entry's range.
+"""
+
+import json
+from pathlib import Path
+
+import attrs
+import pytest
+import torch
+
+from shardfuzz.case import FSDP1, SGD, Case, Linear, Model, Sequential, Side
+from shardfuzz.corpus import CorpusError, Known, entry_for, load_corpus, load_entry, save_entry
+from shardfuzz.verdict import Mismatch, Verdict
+
+CORPUS = Path(__file__).resolve().parent.parent / "corpus"
+
+
+class KnownBugStillPresent(Exception):
+    pass
+
+
+def _replay_params():
+    entries, problems = load_corpus(CORPUS)
+    assert not problems, problems
+    params = []
+    for path, entry in entries:
+        marks = []
+        if entry.known is not None and entry.known.applies_to(torch.__version__):
+            marks.append(pytest.mark.xfail(
+                raises=KnownBugStillPresent, strict=True,
+                reason=f"known torch bug on {entry.known.torch}: {entry.known.link or entry.known.description}",
+            ))
+        params.append(pytest.param(entry, id=path.stem, marks=marks))
+    return params
+
+
+@pytest.mark.ranks
+@pytest.mark.parametrize("entry", _replay_params())
+def test_corpus_entry_replays(shardfuzz_pool, entry):
+    verdict = shardfuzz_pool.run(entry.case)
+    if not verdict.ok and verdict.signature() == entry.signature and entry.known is not None:
+        raise KnownBugStillPresent(entry.title)
+    assert verdict.ok, f"{entry.title}\nnow: {verdict.summary()}\nsignature now: {verdict.signature()}"
+
+
+# --- saving and loading -------------------------------------------------------
+
+CASE = Case(model=Model(2, Sequential([Linear(3)])), save=Side(FSDP1(), (2,)), load=Side(FSDP1(), (1,)), optimizer=SGD())
+BIG = attrs.evolve(CASE, model=Model(2, Sequential([Linear(3), Linear(4)])))
+VERDICT = Verdict("mismatch", (Mismatch("state-equal", "model.0.weight", 0, "values differ", (0, 1)),))
+
+
+def test_save_then_load_round_trips(tmp_path):
+    path = save_entry(tmp_path, entry_for(CASE, VERDICT))
+    entry = load_entry(path)
+    assert entry.case == CASE
+    assert entry.signature == VERDICT.signature()
+    assert entry.versions["torch"] == torch.__version__
+    assert entry.title.startswith("[mismatch]")
+
+
+def test_same_signature_keeps_the_smaller_case_and_counts_hits(tmp_path):
+    save_entry(tmp_path, entry_for(BIG, VERDICT))
+    save_entry(tmp_path, entry_for(CASE, VERDICT))
+    path = save_entry(tmp_path, entry_for(BIG, VERDICT))
+    assert len(list(tmp_path.glob("*.json"))) == 1
+    entry = load_entry(path)
+    assert entry.case == CASE
+    assert entry.hits == 3
+
+
+def test_known_range_matches_release_versions():
+    known = Known("x", ">=2.11,<2.14")
+    assert known.applies_to("2.13.0+cpu")
+    assert known.applies_to("2.11.0+cu126")
+    assert not known.applies_to("2.14.1")
+    with pytest.raises(ValueError, match="not a version specifier"):
+        Known("x", "twenty")
+
+
+def test_a_failed_write_leaves_the_old_entry_and_no_temp_file(tmp_path, monkeypatch):
+    path = save_entry(tmp_path, entry_for(BIG, VERDICT))
+    before = path.read_text()
+
+    def explode(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("os.replace", explode)
+    with pytest.raises(OSError, match="disk full"):
+        save_entry(tmp_path, entry_for(CASE, VERDICT))
+    assert path.read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{", "not valid JSON"),
+        ("[]", "JSON object"),
+        ('{"schema_version": 7}', "schema_version 7"),
+        (lambda d: d.pop("case"), "case"),
+        (lambda d: d["case"].update(steps=-3), "steps"),
+        (lambda d: d.update(status="fine"), "status"),
+        (lambda d: d.update(known={"description": "x", "torch": "soon"}), "not a version specifier"),
+    ],
+)
+def test_bad_files_are_named_with_what_is_wrong(tmp_path, content, message):
+    good = json.loads(save_entry(tmp_path, entry_for(CASE, VERDICT)).read_text())
+    if callable(content):
+        content(good)
+        content = json.dumps(good)
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    with pytest.raises(CorpusError, match=message) as info:
+        load_entry(bad)
+    assert str(bad) in str(info.value)
+    entries, problems = load_corpus(tmp_path)
+    assert len(entries) == 1 and len(problems) == 1  # the good entry still loads

@@ -1,0 +1,47 @@
+"""Injected checkpoint faults are caught by the oracle and shrunk to small cases.
+
+If the state oracle is switched off (``compare_state`` returning no mismatches),
+every test here fails: no finding is made.
+"""
+
+import pytest
+
+from shardfuzz.campaign import run_campaign
+from shardfuzz.executor import RankPool
+
+pytestmark = pytest.mark.ranks
+
+
+def _campaign(target, known):
+    with RankPool(2, target=f"faults:{target}") as pool:
+        return run_campaign(pool.run, budget=15, seed=7, max_world_size=2,
+                            is_known=lambda s: known(s) is not None, shrink_budget=90)
+
+
+def _mismatch_findings(result):
+    return [f for f in result.findings.values() if f.verdict.status == "mismatch"]
+
+
+def test_one_perturbed_element_of_a_loaded_shard_is_found_and_shrunk(shardfuzz_known):
+    result = _campaign("PerturbOneLoadedElement", shardfuzz_known)
+    findings = _mismatch_findings(result)
+    assert findings, f"no mismatch found in {result.cases_run} cases"
+    case = min((f.case for f in findings), key=lambda c: len(c.model.linears()))
+    assert findings[0].verdict.mismatches[0].key.startswith("model.")
+    assert findings[0].verdict.mismatches[0].index is not None
+    # Shrunk: one layer, the smallest widths, no extra wrapping or steps.
+    assert len(case.model.linears()) == 1
+    assert case.steps == 0
+    assert case.model.input_width == 1
+
+
+def test_swapped_optimizer_moments_are_found_and_shrunk(shardfuzz_known):
+    result = _campaign("SwapOptimizerMoments", shardfuzz_known)
+    findings = _mismatch_findings(result)
+    assert findings, f"no mismatch found in {result.cases_run} cases"
+    verdict = findings[0].verdict
+    assert all(m.key.startswith("optim.state.") for m in verdict.mismatches)
+    case = findings[0].case
+    # The fault needs two same-shaped moments with non-zero values: two tensors, one step.
+    assert case.steps == 1
+    assert len(case.model.linears()) <= 2

@@ -1,0 +1,75 @@
+"""The state oracle fails on each kind of wrong state and passes on the right one."""
+
+import pytest
+import torch
+
+from shardfuzz.oracles import compare_state, first_bit_difference
+from shardfuzz.verdict import Mismatch, Verdict, normalise_message
+
+
+def _state():
+    return {
+        "model.0.weight": torch.arange(12, dtype=torch.float32).reshape(3, 4),
+        "model.0.bias": torch.tensor([0.5, -0.0, float("nan")]),
+        "optim.state.0.weight.step": torch.tensor(3.0),
+        "optim.state.0.weight.exp_avg": torch.ones(3, 4),
+        "optim.param_groups.0.weight.lr": 0.01,
+        "optim.param_groups.0.weight.betas": (0.9, 0.999),
+    }
+
+
+def test_equal_state_passes_including_nan_and_signed_zero():
+    assert compare_state(_state(), _state(), rank=0) == []
+
+
+def _wrong(edit):
+    state = _state()
+    edit(state)
+    return state
+
+
+@pytest.mark.parametrize(
+    "edit, key, detail, index",
+    [
+        (lambda s: s["model.0.weight"].__setitem__((2, 1), 99.0), "model.0.weight", "values differ", (2, 1)),
+        (lambda s: s["model.0.bias"].__setitem__(1, 0.0), "model.0.bias", "values differ", (1,)),
+        (lambda s: s.pop("optim.state.0.weight.exp_avg"), "optim.state.0.weight.exp_avg", "missing after load", None),
+        (lambda s: s.update({"model.extra": torch.ones(1)}), "model.extra", "not in the saved state", None),
+        (lambda s: s.update({"model.0.weight": s["model.0.weight"].double()}), "model.0.weight", "dtype differs", None),
+        (lambda s: s.update({"model.0.weight": s["model.0.weight"].reshape(4, 3)}), "model.0.weight", "shape differs", None),
+        (lambda s: s.update({"optim.state.0.weight.step": torch.tensor(0.0)}), "optim.state.0.weight.step", "values differ", ()),
+        (lambda s: s.update({"optim.param_groups.0.weight.lr": 0.1}), "optim.param_groups.0.weight.lr", "value differs", None),
+        (lambda s: s.update({"optim.param_groups.0.weight.lr": torch.tensor(0.01)}), "optim.param_groups.0.weight.lr",
+         "tensor versus non-tensor", None),
+    ],
+)
+def test_each_kind_of_wrong_state_is_reported(edit, key, detail, index):
+    found = compare_state(_state(), _wrong(edit), rank=2)
+    assert [m.key for m in found] == [key]
+    assert found[0].detail == detail
+    assert found[0].index == index
+    assert found[0].rank == 2
+
+
+def test_swapped_moments_are_caught():
+    want = {"optim.state.a.exp_avg": torch.tensor([1.0, 2.0]), "optim.state.b.exp_avg": torch.tensor([3.0, 4.0])}
+    got = {"optim.state.a.exp_avg": want["optim.state.b.exp_avg"], "optim.state.b.exp_avg": want["optim.state.a.exp_avg"]}
+    assert len(compare_state(want, got, rank=0)) == 2
+
+
+def test_first_bit_difference_finds_the_first_index_in_row_major_order():
+    a = torch.zeros(2, 3, dtype=torch.bfloat16)
+    b = a.clone()
+    b[1, 0] = 1
+    b[1, 2] = 1
+    assert first_bit_difference(a, b) == (1, 0)
+    assert first_bit_difference(a, a.clone()) is None
+    assert first_bit_difference(torch.arange(4), torch.arange(4)) is None
+
+
+def test_signature_ignores_module_path_numbers_and_paths():
+    deep = Verdict("mismatch", (Mismatch("state-equal", "optim.state.0.1.a.weight.exp_avg", 0, "values differ"),))
+    shallow = Verdict("mismatch", (Mismatch("state-equal", "optim.state.2.weight.exp_avg", 0, "values differ"),))
+    assert deep.signature() == shallow.signature()
+    assert normalise_message("Traceback\nKeyError: 'param_groups.0.params.3' in /tmp/x/y.py at 0x7f00") == \
+        "KeyError: 'param_groups.<n>.params.<n>' in <path> at <addr>"
