@@ -1,0 +1,139 @@
+"""Time the same round-trip cases three ways and print cases/s and the ratios.
+
+1. warm pool: ``RankPool.run`` per case (ranks and process group reused).
+2. spawn per case: a fresh pool (processes + process group) for every case,
+   as PyTorch's own multi-process test harness does.
+3. bare loop: the ranks call ``run_case`` (build, train, get_state_dict,
+   dcp.save, barrier, rebuild, dcp.load, set_state_dict, gather, compare) over
+   the same cases with nothing around it: no pipes, no JSON, no verdicts.
+
+All three do a warm-up pass first, so one-off lazy initialisation in torch is
+not charged to any of them. Only cases that pass are timed (a failing case
+costs a process-group reset in the pool, which is not what this measures).
+
+    python bench/bench_pool.py --world-size 4 --cases 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+
+def draw_cases(n: int, world_size: int, seed: int):
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import seed as hseed
+
+    from shardfuzz.strategies import cases
+
+    drawn = []
+
+    @settings(max_examples=n, phases=[Phase.generate], database=None, suppress_health_check=list(HealthCheck))
+    @hseed(seed)
+    @given(cases(max_world_size=world_size))
+    def collect(case):
+        drawn.append(case)
+
+    collect()
+    return drawn[:n]
+
+
+def bare_rank(rank, world_size, store, case_texts, dirs, queue):
+    import warnings
+
+    warnings.simplefilter("ignore")
+    import torch
+    import torch.distributed as dist
+
+    from shardfuzz.case import loads
+    from shardfuzz.roundtrip import RankContext, run_case
+    from shardfuzz.targets import DcpTarget
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
+    ctx = RankContext(rank, world_size)
+    ctx.create_groups()
+    target = DcpTarget()
+    cases = [loads(t) for t in case_texts]
+    for attempt in ("warmup", "timed"):
+        dist.barrier()
+        started = time.perf_counter()
+        for case, directory in zip(cases, dirs[attempt]):
+            run_case(case, ctx, target, directory)
+        dist.barrier()
+        if rank == 0 and attempt == "timed":
+            queue.put(time.perf_counter() - started)
+    dist.destroy_process_group()
+
+
+def time_bare(cases, world_size: int) -> float:
+    from shardfuzz.case import dumps
+    from shardfuzz.executor.pool import scratch_root
+
+    scratch = tempfile.mkdtemp(prefix="shardfuzz-bench-", dir=scratch_root())
+    try:
+        dirs = {a: [os.path.join(scratch, f"{a}-{i}") for i in range(len(cases))] for a in ("warmup", "timed")}
+        ctx = multiprocessing.get_context("spawn")
+        queue = ctx.Queue()
+        texts = [dumps(c) for c in cases]
+        procs = [ctx.Process(target=bare_rank, args=(r, world_size, os.path.join(scratch, "store"), texts, dirs, queue))
+                 for r in range(world_size)]
+        for p in procs:
+            p.start()
+        seconds = queue.get(timeout=1800)
+        for p in procs:
+            p.join(60)
+        return seconds
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--world-size", type=int, default=4)
+    parser.add_argument("--cases", type=int, default=40)
+    parser.add_argument("--spawn-cases", type=int, default=4, help="cases timed with spawn-per-case (slow)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    from shardfuzz.executor import RankPool
+
+    drawn = draw_cases(args.cases * 3, args.world_size, args.seed)
+    with RankPool(args.world_size) as pool:
+        passing = [c for c in drawn if pool.run(c).ok][: args.cases]  # also the warm-up pass
+        started = time.perf_counter()
+        for case in passing:
+            verdict = pool.run(case)
+            assert verdict.ok, verdict.summary()
+        warm = (time.perf_counter() - started) / len(passing)
+
+    bare = time_bare(passing, args.world_size) / len(passing)
+
+    spawn_times = []
+    for case in passing[: args.spawn_cases]:
+        started = time.perf_counter()
+        with RankPool(args.world_size) as fresh:
+            assert fresh.run(case).ok
+        spawn_times.append(time.perf_counter() - started)
+    spawn = statistics.mean(spawn_times)
+
+    import torch
+
+    print(f"torch {torch.__version__}, world size {args.world_size}, {len(passing)} passing cases, "
+          f"{os.cpu_count()} CPUs, python {sys.version.split()[0]}")
+    print(f"  warm pool       {1 / warm:7.2f} cases/s  {warm * 1000:8.1f} ms/case")
+    print(f"  bare loop       {1 / bare:7.2f} cases/s  {bare * 1000:8.1f} ms/case")
+    print(f"  spawn per case  {1 / spawn:7.2f} cases/s  {spawn * 1000:8.1f} ms/case  ({len(spawn_times)} cases)")
+    print(f"  warm pool / bare loop time per case: {warm / bare:.2f}x   (target <= 1.3x)")
+    print(f"  warm pool speed-up over spawn-per-case: {spawn / warm:.1f}x   (target >= 30x)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
