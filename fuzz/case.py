@@ -44,8 +44,7 @@ SCHEMA_VERSION = 1
 STATE_DICT_TYPES = ("sharded", "full")
 
 
-def _positive(name: str):
-    return [instance_of(int), ge(1)]
+_POSITIVE_INT = [instance_of(int), ge(1)]  # attrs names the field in its messages
 
 
 # --- the module tree -------------------------------------------------------
@@ -55,32 +54,27 @@ def _positive(name: str):
 class Linear:
     """``nn.Linear`` whose input width is the previous layer's output width."""
 
-    out_features: int = field(validator=_positive("out_features"))
+    out_features: int = field(validator=_POSITIVE_INT)
     bias: bool = field(default=True, validator=instance_of(bool))
+
+
+def _non_empty(instance, attribute, value):
+    if not value:
+        raise ValueError(f"{type(instance).__name__} needs at least one child")
 
 
 @frozen
 class Sequential:
     """``nn.Sequential`` over its children (named ``0``, ``1``, ...)."""
 
-    children: tuple[Node, ...] = field(converter=tuple)
-
-    @children.validator
-    def _non_empty(self, attribute, value):
-        if not value:
-            raise ValueError("Sequential needs at least one child")
+    children: tuple[Node, ...] = field(converter=tuple, validator=_non_empty)
 
 
 @frozen
 class Block:
     """A custom container: children are attributes ``a``, ``b``, ... run in order."""
 
-    children: tuple[Node, ...] = field(converter=tuple)
-
-    @children.validator
-    def _non_empty(self, attribute, value):
-        if not value:
-            raise ValueError("Block needs at least one child")
+    children: tuple[Node, ...] = field(converter=tuple, validator=_non_empty)
 
 
 Node = Union[Linear, Sequential, Block]
@@ -90,7 +84,7 @@ Node = Union[Linear, Sequential, Block]
 class Model:
     """A module tree fed with inputs of width ``input_width``; the root is a container."""
 
-    input_width: int = field(validator=_positive("input_width"))
+    input_width: int = field(validator=_POSITIVE_INT)
     root: Union[Sequential, Block] = field(validator=instance_of((Sequential, Block)))
 
     def linears(self) -> list[tuple[str, int, int, bool]]:
@@ -227,7 +221,7 @@ class Case:
     optimizer: Optimizer = field(validator=instance_of((SGD, Adam)))
     steps: int = field(default=1, validator=[instance_of(int), ge(0), le(64)])
     flatten_optimizer_state_dict: bool = field(default=True, validator=instance_of(bool))
-    batch_size: int = field(default=2, validator=_positive("batch_size"))
+    batch_size: int = field(default=2, validator=_POSITIVE_INT)
     seed: int = field(default=0, validator=[instance_of(int), ge(0)])
     schema_version: int = field(default=SCHEMA_VERSION)
 
