@@ -113,12 +113,16 @@ def run_campaign(
 
     while time.monotonic() < deadline:
         result.rounds += 1
+        # Size the round to the time left, so that few examples are drawn only to be
+        # rejected at the deadline (drawing a case is not free).
+        mean_case = result.seconds_in_cases / result.cases_run if result.cases_run else 0.5
+        examples = max(1, min(round_size, int((deadline - time.monotonic()) / max(mean_case, 1e-3))))
         failing: set[Case] = set()
         first_failure: list[float] = []
 
         @settings(
             database=None,
-            max_examples=round_size,
+            max_examples=examples,
             deadline=None,
             suppress_health_check=list(HealthCheck),
             phases=(Phase.generate, Phase.shrink),
