@@ -69,6 +69,7 @@ class RankPool:
         self._procs: list = []
         self._conns: list = []
         self._scratch: str | None = None
+        self._dead: set[int] = set()  # ranks seen dead by the last _collect
 
     # --- lifecycle -------------------------------------------------------
 
