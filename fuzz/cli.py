@@ -74,7 +74,8 @@ def _run(args) -> int:
     import torch
 
     from shardfuzz.campaign import run_campaign
-    from shardfuzz.corpus import entry_for, known_entry_for, load_corpus, save_entry
+    from shardfuzz.case import to_dict
+    from shardfuzz.corpus import entry_for, known_bugs, load_corpus, save_entry
     from shardfuzz.executor import PoolStartError, RankPool
     from shardfuzz.targets import DEFAULT_TARGET, resolve_target
 
@@ -88,13 +89,7 @@ def _run(args) -> int:
     entries, problems = load_corpus(args.corpus)
     for problem in problems:
         print(f"shardfuzz: skipping corpus file: {problem}", file=sys.stderr)
-    known_titles: dict[str, str] = {}
-
-    def is_known(signature: str) -> bool:
-        entry = known_entry_for(signature, entries, torch.__version__)
-        if entry is not None:
-            known_titles[signature] = entry.title
-        return entry is not None
+    known = known_bugs(entries, torch.__version__)
 
     progress = _Progress(args.budget)
     new_files: dict[str, str] = {}
@@ -109,7 +104,7 @@ def _run(args) -> int:
         with RankPool(args.world_size, target=target, case_timeout=args.case_timeout) as pool:
             result = run_campaign(
                 pool.run, budget=args.budget, seed=args.seed, max_world_size=args.world_size,
-                is_known=is_known, on_case=progress.update, on_finding=on_finding,
+                is_known=known.__contains__, on_case=progress.update, on_finding=on_finding,
             )
             starts, resets = pool.starts, pool.resets
     except PoolStartError as exc:
@@ -120,7 +115,7 @@ def _run(args) -> int:
         return 130
     progress.finish()
 
-    new = {s: f for s, f in result.findings.items() if s not in known_titles}
+    new = result.findings  # the campaign never records a known signature as a finding
     report = {
         "torch": torch.__version__,
         "budget_seconds": args.budget,
@@ -135,11 +130,11 @@ def _run(args) -> int:
         "pool_resets": resets,
         "failures": [
             {"signature": s, "status": f.verdict.status, "summary": f.verdict.summary(), "hits": f.hits,
-             "flaky": f.flaky, "corpus_file": new_files.get(s), "case": _case_json(f.case)}
+             "flaky": f.flaky, "corpus_file": new_files.get(s), "case": to_dict(f.case)}
             for s, f in new.items()
         ],
         "known_failures": [
-            {"signature": s, "title": known_titles.get(s, ""), "hits": n} for s, n in result.known_hits.items()
+            {"signature": s, "title": known[s].title, "hits": n} for s, n in result.known_hits.items()
         ],
         "coverage": {dim: dict(sorted(values.items())) for dim, values in sorted(result.coverage.items())},
     }
@@ -147,12 +142,6 @@ def _run(args) -> int:
         args.report.write_text(json.dumps(report, indent=2) + "\n")
     _print_summary(report)
     return 1 if new else 0
-
-
-def _case_json(case):
-    from shardfuzz.case import to_dict
-
-    return to_dict(case)
 
 
 def _print_summary(report: dict) -> None:

@@ -26,7 +26,7 @@ from attrs.validators import in_, instance_of
 from shardfuzz.case import Case, describe_structure_error, dumps, from_dict, to_dict
 from shardfuzz.verdict import STATUSES, Verdict
 
-__all__ = ["CorpusError", "Entry", "Known", "entry_for", "known_entry_for", "load_corpus", "load_entry", "save_entry"]
+__all__ = ["CorpusError", "Entry", "Known", "entry_for", "known_bugs", "load_corpus", "load_entry", "save_entry"]
 
 ENTRY_SCHEMA_VERSION = 1
 
@@ -72,6 +72,10 @@ class Entry:
     hits: int = 1
     known: Optional[Known] = None
     schema_version: int = ENTRY_SCHEMA_VERSION
+
+    def known_on(self, torch_version: str) -> bool:
+        """Whether this entry is a known bug on ``torch_version``."""
+        return self.known is not None and self.known.applies_to(torch_version)
 
     @property
     def filename(self) -> str:
@@ -168,9 +172,6 @@ def load_corpus(directory: str | os.PathLike) -> tuple[list[tuple[Path, Entry]],
     return entries, problems
 
 
-def known_entry_for(signature: str, entries, torch_version: str) -> Entry | None:
-    """The corpus entry marking ``signature`` as a known bug on this torch, if any."""
-    for _, entry in entries:
-        if entry.known is not None and entry.signature == signature and entry.known.applies_to(torch_version):
-            return entry
-    return None
+def known_bugs(entries, torch_version: str) -> dict[str, Entry]:
+    """Signature -> entry, for the entries of ``load_corpus`` that are known bugs on this torch."""
+    return {entry.signature: entry for _, entry in entries if entry.known_on(torch_version)}

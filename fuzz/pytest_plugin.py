@@ -36,10 +36,10 @@ def shardfuzz_known(shardfuzz_corpus_dir):
     """``known(signature) -> Entry | None`` for the corpus's known bugs on this torch."""
     import torch
 
-    from shardfuzz.corpus import known_entry_for, load_corpus
+    from shardfuzz.corpus import known_bugs, load_corpus
 
     entries, _ = load_corpus(shardfuzz_corpus_dir)
-    return lambda signature: known_entry_for(signature, entries, torch.__version__)
+    return known_bugs(entries, torch.__version__).get
 
 
 @pytest.fixture(scope="session")

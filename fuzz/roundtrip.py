@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from shardfuzz.build import build_module, build_optimizer, shard
-from shardfuzz.case import Case, Side
+from shardfuzz.case import FSDP2, Case, Side
 from shardfuzz.oracles import compare_state
 from shardfuzz.targets import CheckpointTarget
 from shardfuzz.verdict import Mismatch
@@ -96,19 +96,14 @@ def run_case(case: Case, ctx: RankContext, target: CheckpointTarget, checkpoint_
 def _build_side(case: Case, side: Side, ctx: RankContext, *, seed: int):
     n = side.world_size
     module = build_module(case.model, seed=seed)
-    model = shard(module, side, group=ctx.group(n), mesh=ctx.mesh(n) if _needs_mesh(side) else None)
+    mesh = ctx.mesh(n) if isinstance(side.engine, FSDP2) else None  # FSDP1 shards on the group itself
+    model = shard(module, side, group=ctx.group(n), mesh=mesh)
     return model, build_optimizer(case.optimizer, model.parameters())
-
-
-def _needs_mesh(side: Side) -> bool:
-    from shardfuzz.case import FSDP2
-
-    return isinstance(side.engine, FSDP2)
 
 
 def _train(case: Case, model, optim, *, rank: int) -> None:
     """``case.steps`` optimizer steps on data seeded by (seed, step, rank)."""
-    generator = torch.Generator().manual_seed(case.seed)
+    generator = torch.Generator()
     for step in range(case.steps):
         generator.manual_seed(case.seed * 1_000_003 + step * 101 + rank)
         x = torch.randn(case.batch_size, case.model.input_width, generator=generator)

@@ -29,7 +29,7 @@ def _replay_params():
     params = []
     for path, entry in entries:
         marks = []
-        if entry.known is not None and entry.known.applies_to(torch.__version__):
+        if entry.known_on(torch.__version__):
             marks.append(pytest.mark.xfail(
                 raises=KnownBugStillPresent, strict=True,
                 reason=f"known torch bug on {entry.known.torch}: {entry.known.link or entry.known.description}",

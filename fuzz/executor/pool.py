@@ -21,6 +21,8 @@ import tempfile
 import time
 from multiprocessing.connection import wait
 
+import attrs
+
 from shardfuzz.case import Case, to_dict
 from shardfuzz.targets import DEFAULT_TARGET
 from shardfuzz.verdict import RankReport, Verdict, converter
@@ -161,7 +163,7 @@ class RankPool:
             self._reset()  # every rank answered: a new process group in the same processes
         elif verdict.status in ("error", "crash", "hang"):
             self.close()  # a rank is dead or stuck: the next run() starts a fresh pool
-        return _with_seconds(verdict, time.perf_counter() - started)
+        return attrs.evolve(verdict, seconds=time.perf_counter() - started)
 
     def _reset(self) -> None:
         """Re-form the process group on a fresh store; fall back to closing the pool."""
@@ -231,12 +233,6 @@ class RankPool:
         if mismatches:
             return Verdict("mismatch", mismatches)
         return Verdict("pass")
-
-
-def _with_seconds(verdict: Verdict, seconds: float) -> Verdict:
-    import attrs
-
-    return attrs.evolve(verdict, seconds=seconds)
 
 
 def _join_all(procs, timeout: float) -> None:

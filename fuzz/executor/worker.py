@@ -38,6 +38,9 @@ def main(rank: int, world_size: int, store_path: str, conn, target_spec: str) ->
 
     torch.set_num_threads(1)
 
+    def report_failure(exc: BaseException) -> None:
+        conn.send_bytes(json.dumps({"op": "failed", "rank": rank, "error": _format(exc)}).encode())
+
     def join_world(store: str) -> RankContext | None:
         """A fresh world and its prefix groups; on failure tell the pool why and return None."""
         try:
@@ -47,15 +50,15 @@ def main(rank: int, world_size: int, store_path: str, conn, target_spec: str) ->
             ctx = RankContext(rank, world_size)
             ctx.create_groups()
         except BaseException as exc:  # noqa: BLE001 - report why this rank could not join
-            conn.send_bytes(json.dumps({"op": "failed", "rank": rank, "error": _format(exc)}).encode())
+            report_failure(exc)
             return None
         conn.send_bytes(json.dumps({"op": "ready", "rank": rank}).encode())
         return ctx
 
     try:
         target = resolve_target(target_spec)
-    except BaseException as exc:  # noqa: BLE001
-        conn.send_bytes(json.dumps({"op": "failed", "rank": rank, "error": _format(exc)}).encode())
+    except BaseException as exc:  # noqa: BLE001 - report why the target could not be loaded
+        report_failure(exc)
         return
     ctx = join_world(store_path)
     if ctx is None:
