@@ -73,6 +73,7 @@ class CampaignResult:
     passed: int = 0
     findings: dict[str, Finding] = attrs.Factory(dict)
     known_hits: Counter = attrs.Factory(Counter)
+    unsupported: Counter = attrs.Factory(Counter)  # signature -> cases torch rejected as documented
     coverage: dict[str, Counter] = attrs.Factory(lambda: defaultdict(Counter))
     seconds_in_cases: float = 0.0
     wall_seconds: float = 0.0
@@ -144,6 +145,10 @@ def run_campaign(
             if on_case is not None:
                 on_case(result, case, verdict)
             if verdict.ok:
+                return
+            if verdict.status == "unsupported":
+                result.unsupported[verdict.signature()] += 1
+                event("unsupported combination")
                 return
             signature = verdict.signature()
             if is_known(signature):

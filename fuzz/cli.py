@@ -1,7 +1,9 @@
-"""``shardfuzz run | capabilities``: the command line.
+"""``shardfuzz run | replay | export | capabilities``: the command line.
 
 ``run`` exits 0 when no new failure was found, 1 when one was (each is saved to
-the corpus), 2 for bad options or a pool that cannot start.
+the corpus), 2 for bad options or a pool that cannot start. ``replay`` exits 0
+when every entry behaved as recorded, 1 when one now passes, changed or is
+flaky. ``export`` writes a standalone torch-only reproducer.
 """
 
 from __future__ import annotations
@@ -49,6 +51,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--target", default=None, help="checkpoint code under test, 'module:attribute' (default: DCP)")
     run.add_argument("--case-timeout", type=_positive_float, default=120.0, help="seconds before a case counts as hung")
 
+    replay = commands.add_parser("replay", help="re-run corpus entries: still failing, now passing, changed, flaky")
+    replay.add_argument("paths", nargs="*", type=Path, default=[Path("corpus")],
+                        help="entry files or corpus directories (default ./corpus)")
+    replay.add_argument("--repeat", type=_world_size, default=1,
+                        help="runs per entry; verdicts that disagree mark it flaky (default 1)")
+    replay.add_argument("--report", type=Path, default=None, help="write a JSON report here")
+    replay.add_argument("--case-timeout", type=_positive_float, default=120.0,
+                        help="seconds before a case counts as hung")
+
+    export = commands.add_parser("export", help="write a corpus entry as a standalone torch-only script")
+    export.add_argument("entry", type=Path, help="the corpus entry (a .json file)")
+    export.add_argument("-o", "--output", type=Path, default=None, help="script path (default: stdout)")
+
     commands.add_parser("capabilities", help="list what the installed torch offers to the fuzzer")
     return parser
 
@@ -57,7 +72,91 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "capabilities":
         return _capabilities()
+    if args.command == "replay":
+        return _replay(args)
+    if args.command == "export":
+        return _export(args)
     return _run(args)
+
+
+def _entries_at(paths: list[Path]):
+    """Entries from files and directories; unreadable files and missing paths as problems."""
+    from shardfuzz.corpus import CorpusError, load_corpus, load_entry
+
+    entries, problems = [], []
+    for path in paths:
+        if path.is_dir():
+            found, bad = load_corpus(path)
+            entries += found
+            problems += bad
+        elif path.exists():
+            try:
+                entries.append((path, load_entry(path)))
+            except CorpusError as exc:
+                problems.append(str(exc))
+        else:
+            problems.append(f"{path}: no such file or directory")
+    return entries, problems
+
+
+def _replay(args) -> int:
+    from shardfuzz.executor import PoolStartError, RankPool
+    from shardfuzz.replay import replay_entries
+
+    entries, problems = _entries_at(args.paths)
+    for problem in problems:
+        print(f"shardfuzz replay: skipping {problem}", file=sys.stderr)
+    if not entries:
+        print("shardfuzz replay: no corpus entries to replay", file=sys.stderr)
+        return 2
+    sizes: dict[str, int] = {}
+    for _, entry in entries:
+        sizes[entry.target] = max(sizes.get(entry.target, 1), entry.case.world_size)
+    pools: dict[str, RankPool] = {}
+
+    def pool_for(target: str, world_size: int) -> RankPool:
+        if target not in pools:
+            pools[target] = RankPool(sizes[target], target=target, case_timeout=args.case_timeout)
+        return pools[target]
+
+    def show(replay) -> None:
+        mark = "ok  " if replay.outcome == "still failing" else "NOTE"
+        print(f"{mark} {replay.outcome:13} {replay.path.name}  {replay.entry.title[:110]}")
+        if replay.outcome != "still failing":
+            for verdict in replay.verdicts[:3]:
+                print(f"       now: {verdict.summary()[:160]}")
+
+    try:
+        replays = replay_entries(entries, pool_for, repeat=args.repeat, on_replay=show)
+    except PoolStartError as exc:
+        print(f"shardfuzz replay: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        for pool in pools.values():
+            pool.close()
+    if args.report:
+        args.report.write_text(json.dumps({"repeat": args.repeat, "problems": problems,
+                                           "entries": [r.as_dict() for r in replays]}, indent=2) + "\n")
+    return 0 if all(r.outcome == "still failing" for r in replays) else 1
+
+
+def _export(args) -> int:
+    from shardfuzz.corpus import CorpusError, load_entry
+    from shardfuzz.export import export_script
+
+    try:
+        entry = load_entry(args.entry)
+    except CorpusError as exc:
+        print(f"shardfuzz export: {exc}", file=sys.stderr)
+        return 2
+    script = export_script(entry, filename=args.output.name if args.output else "repro.py")
+    if args.output is None:
+        sys.stdout.write(script)
+    else:
+        args.output.write_text(script)
+        print(f"wrote {args.output}: run it with `python {args.output}` or "
+              f"`torchrun --nproc-per-node {entry.case.world_size} {args.output}`", file=sys.stderr)
+    return 0
 
 
 def _capabilities() -> int:
@@ -95,7 +194,7 @@ def _run(args) -> int:
     new_files: dict[str, str] = {}
 
     def on_finding(finding) -> None:
-        path = save_entry(args.corpus, entry_for(finding.case, finding.verdict))
+        path = save_entry(args.corpus, entry_for(finding.case, finding.verdict, target=target))
         new_files[finding.signature] = str(path)
         progress.message(f"NEW {finding.verdict.summary()[:150]}\n     saved {path}")
 

@@ -24,9 +24,12 @@ from attrs import field, frozen
 from attrs.validators import in_, instance_of
 
 from shardfuzz.case import Case, describe_structure_error, dumps, from_dict, to_dict
-from shardfuzz.verdict import STATUSES, Verdict
+from shardfuzz.targets import DEFAULT_TARGET
+from shardfuzz.verdict import TRIAGE_CLASSES, Verdict
 
-__all__ = ["CorpusError", "Entry", "Known", "entry_for", "known_bugs", "load_corpus", "load_entry", "save_entry"]
+__all__ = [
+    "Cause", "CorpusError", "Entry", "Known", "entry_for", "known_bugs", "load_corpus", "load_entry", "save_entry",
+]
 
 ENTRY_SCHEMA_VERSION = 1
 
@@ -61,17 +64,37 @@ class Known:
 
 
 @frozen
+class Cause:
+    """What fired: an oracle (``kind="oracle"``, its name, the key) or an exception (its type, the phase)."""
+
+    kind: str = field(validator=in_(("oracle", "exception", "crash", "hang")))
+    name: str
+    message: str = ""
+    ranks: tuple[int, ...] = field(default=(), converter=tuple)
+    key: str = ""
+    phase: str = ""
+
+
+@frozen
 class Entry:
+    """One shrunk failure. ``status`` is the verdict's; ``triage`` is its class as people read it."""
+
     title: str
     signature: str
-    status: str = field(validator=in_(STATUSES[1:]))
+    status: str = field(validator=in_(tuple(s for s in TRIAGE_CLASSES if s != "unsupported")))
     case: Case = field(validator=instance_of(Case))
+    cause: Optional[Cause] = None
     summary: str = ""
+    target: str = DEFAULT_TARGET
     versions: dict[str, str] = field(factory=dict)
     found: str = ""
     hits: int = 1
     known: Optional[Known] = None
     schema_version: int = ENTRY_SCHEMA_VERSION
+
+    @property
+    def triage(self) -> str:
+        return TRIAGE_CLASSES[self.status]
 
     def known_on(self, torch_version: str) -> bool:
         """Whether this entry is a known bug on ``torch_version``."""
@@ -94,15 +117,17 @@ def versions() -> dict[str, str]:
     return {"torch": torch.__version__, "python": platform.python_version(), "hypothesis": hypothesis.__version__}
 
 
-def entry_for(case: Case, verdict: Verdict) -> Entry:
+def entry_for(case: Case, verdict: Verdict, *, target: str = DEFAULT_TARGET) -> Entry:
     summary = verdict.summary()
-    title = f"[{verdict.status}] {summary.split(': ', 1)[-1]}"[:160]
+    title = f"[{verdict.triage}] {summary.split(': ', 1)[-1]}"[:160]
     return Entry(
         title=title,
         signature=verdict.signature(),
         status=verdict.status,
         case=case,
+        cause=Cause(**verdict.cause()),
         summary=summary[:2000],
+        target=target,
         versions=versions(),
         found=datetime.date.today().isoformat(),
     )
@@ -126,7 +151,7 @@ def save_entry(directory: str | os.PathLike, entry: Entry) -> Path:
             smaller = entry.case if len(dumps(entry.case)) < len(dumps(old.case)) else old.case
             entry = attrs.evolve(old, case=smaller, hits=old.hits + entry.hits)
     text = json.dumps(_converter.unstructure(entry), indent=2, sort_keys=True) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".partial", dir=directory)
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
@@ -165,6 +190,8 @@ def load_corpus(directory: str | os.PathLike) -> tuple[list[tuple[Path, Entry]],
     if not directory.is_dir():
         return entries, problems
     for path in sorted(directory.glob("*.json")):
+        if path.name.startswith("."):
+            continue  # a temp file of an interrupted write, never an entry
         try:
             entries.append((path, load_entry(path)))
         except CorpusError as exc:

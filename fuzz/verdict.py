@@ -14,11 +14,21 @@ import cattrs
 from attrs import field, frozen
 from attrs.validators import in_
 
-__all__ = ["Mismatch", "RankError", "RankReport", "Verdict", "STATUSES", "normalise_message"]
+__all__ = ["Mismatch", "RankError", "RankReport", "Verdict", "STATUSES", "TRIAGE_CLASSES", "normalise_message"]
 
 #: pass: everything matched. mismatch: an oracle saw wrong state (silent corruption).
 #: error: a rank raised. crash: a rank process died. hang: the case outran its deadline.
-STATUSES = ("pass", "mismatch", "error", "crash", "hang")
+#: unsupported: torch rejected a combination it documents as unsupported (see ``unsupported.py``).
+STATUSES = ("pass", "mismatch", "error", "crash", "hang", "unsupported")
+
+#: The triage class a user reads in reports and corpus titles, worst first.
+TRIAGE_CLASSES = {
+    "mismatch": "silent corruption",
+    "error": "loud error",
+    "crash": "crash",
+    "hang": "hang",
+    "unsupported": "unsupported",
+}
 
 
 @frozen
@@ -76,6 +86,29 @@ class Verdict:
     def ok(self) -> bool:
         return self.status == "pass"
 
+    @property
+    def is_failure(self) -> bool:
+        """A finding: anything but a pass or a documented-unsupported combination."""
+        return self.status not in ("pass", "unsupported")
+
+    @property
+    def triage(self) -> str:
+        return TRIAGE_CLASSES.get(self.status, self.status)
+
+    def cause(self) -> dict:
+        """What fired, as plain data: the oracle or exception, its message, the ranks, the key."""
+        if self.mismatches:
+            first = self.mismatches[0]
+            return {"kind": "oracle", "name": first.oracle, "message": first.describe(),
+                    "ranks": sorted({m.rank for m in self.mismatches}), "key": first.key, "phase": "compare"}
+        if self.errors:
+            first = min(self.errors, key=lambda e: e.rank)
+            lines = [line for line in first.message.strip().splitlines() if line.strip()]
+            return {"kind": "exception", "name": first.type, "message": (lines[-1] if lines else "")[:500],
+                    "ranks": sorted(e.rank for e in self.errors), "key": "", "phase": first.phase}
+        return {"kind": self.status, "name": self.status, "message": self.detail, "ranks": [], "key": "",
+                "phase": ""}
+
     def signature(self) -> str:
         """A stable key for the cause: the same bug on other sizes gives the same signature."""
         if self.status == "pass":
@@ -83,10 +116,10 @@ class Verdict:
         if self.status == "mismatch":
             first = self.mismatches[0]
             return f"mismatch:{first.oracle}:{_key_pattern(first.key)}:{_normalise(first.detail)}"
-        if self.status == "error" and self.errors:
+        if self.status in ("error", "unsupported") and self.errors:
             # The lowest rank's error is usually the root; peers often report its echo.
             first = min(self.errors, key=lambda e: e.rank)
-            return f"error:{first.phase}:{first.type}:{normalise_message(first.message)}"
+            return f"{self.status}:{first.phase}:{first.type}:{normalise_message(first.message)}"
         return f"{self.status}:{_normalise(self.detail)}"
 
     def summary(self) -> str:

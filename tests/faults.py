@@ -111,3 +111,25 @@ class HangOnLoad(DcpTarget):
         if _armed() and dist.get_rank() == 0:
             time.sleep(3600)
         super().load(state_dict, checkpoint_id=checkpoint_id, process_group=process_group)
+
+
+class PerturbEveryOtherLoad(PerturbOneLoadedElement):
+    """The perturbation on the 1st, 3rd, 5th ... load in this rank process: a flaky fault."""
+
+    loads = 0
+
+    def load(self, state_dict, *, checkpoint_id, process_group):
+        type(self).loads += 1
+        if self.loads % 2:
+            super().load(state_dict, checkpoint_id=checkpoint_id, process_group=process_group)
+        else:
+            DcpTarget.load(self, state_dict, checkpoint_id=checkpoint_id, process_group=process_group)
+
+
+class RejectAsUnsupported(DcpTarget):
+    """Raises as torch does for a feature it documents as not implemented (when armed)."""
+
+    def save(self, state_dict, *, checkpoint_id, process_group):
+        if _armed():
+            raise NotImplementedError("Resharding to smaller mesh is not supported for DTensor parameters yet")
+        super().save(state_dict, checkpoint_id=checkpoint_id, process_group=process_group)

@@ -60,7 +60,8 @@ def test_save_then_load_round_trips(tmp_path):
     assert entry.case == CASE
     assert entry.signature == VERDICT.signature()
     assert entry.versions["torch"] == torch.__version__
-    assert entry.title.startswith("[mismatch]")
+    assert entry.title.startswith("[silent corruption]")
+    assert entry.cause.kind == "oracle" and entry.cause.key == "model.0.weight" and entry.cause.ranks == (0,)
 
 
 def test_same_signature_keeps_the_smaller_case_and_counts_hits(tmp_path):
@@ -120,3 +121,43 @@ def test_bad_files_are_named_with_what_is_wrong(tmp_path, content, message):
     assert str(bad) in str(info.value)
     entries, problems = load_corpus(tmp_path)
     assert len(entries) == 1 and len(problems) == 1  # the good entry still loads
+
+
+_WRITER = """
+import sys, attrs
+from shardfuzz.corpus import entry_for, save_entry
+from shardfuzz.case import Case, FSDP1, SGD, Linear, Model, Sequential, Side
+from shardfuzz.verdict import Mismatch, Verdict
+directory = sys.argv[1]
+import torch, hypothesis  # entry_for records their versions; import before saying ready
+print("ready", flush=True)
+n = 0
+while True:
+    n += 1
+    width = 1 + n % 7
+    case = Case(model=Model(2, Sequential([Linear(width)] * (1 + n % 5))), save=Side(FSDP1(), (2,)),
+                load=Side(FSDP1(), (1,)), optimizer=SGD())
+    verdict = Verdict("mismatch", (Mismatch("state-equal", f"model.{n % 3}.weight", 0, "values differ"),))
+    path = save_entry(directory, attrs.evolve(entry_for(case, verdict), summary="x" * 200_000))
+    print(path, flush=True)
+"""
+
+
+@pytest.mark.parametrize("kill_after", [0.3, 0.8, 1.5])
+def test_a_run_killed_while_saving_leaves_no_corrupt_or_missing_entry(tmp_path, kill_after):
+    """SIGKILL a process that keeps writing and deduplicating big entries; every file it reported stays readable."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(kill_after)
+    proc.send_signal(signal.SIGKILL)
+    reported = set(proc.communicate()[0].split())
+    assert reported, "the writer saved nothing before it was killed"
+    entries, problems = load_corpus(tmp_path)
+    assert not problems
+    assert {str(path) for path, _ in entries} == reported  # nothing missing, nothing half-written
+    assert all(entry.hits >= 1 for _, entry in entries)

@@ -25,6 +25,7 @@ import attrs
 
 from shardfuzz.case import Case, to_dict
 from shardfuzz.targets import DEFAULT_TARGET
+from shardfuzz.unsupported import classify
 from shardfuzz.verdict import RankReport, Verdict, converter
 
 __all__ = ["RankPool", "PoolStartError", "scratch_root"]
@@ -163,7 +164,7 @@ class RankPool:
             self._reset()  # every rank answered: a new process group in the same processes
         elif verdict.status in ("error", "crash", "hang"):
             self.close()  # a rank is dead or stuck: the next run() starts a fresh pool
-        return attrs.evolve(verdict, seconds=time.perf_counter() - started)
+        return attrs.evolve(classify(verdict), seconds=time.perf_counter() - started)
 
     def _reset(self) -> None:
         """Re-form the process group on a fresh store; fall back to closing the pool."""

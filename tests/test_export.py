@@ -1,0 +1,70 @@
+"""Exported reproducers need only torch and reproduce what the pool saw, in both launch modes."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from shardfuzz.case import FSDP1, FSDP2, SGD, Adam, Block, Case, Linear, Model, Sequential, Side
+from shardfuzz.corpus import entry_for, load_corpus
+from shardfuzz.export import export_script
+from shardfuzz.verdict import Mismatch, Verdict
+
+RECORDED = Verdict("mismatch", (Mismatch("state-equal", "model.0.weight", 0, "values differ"),))
+
+pytestmark = pytest.mark.ranks
+
+CORPUS = Path(__file__).resolve().parent.parent / "corpus"
+TESTS = Path(__file__).resolve().parent
+
+
+def _run(script: Path, *, torchrun: bool = False, nproc: int = 1, pythonpath: str = ""):
+    # No shardfuzz on the path: the script must stand on torch alone.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+                if torchrun else [sys.executable])
+    proc = subprocess.run(launcher + [str(script)], capture_output=True, text=True, timeout=240,
+                          cwd=script.parent, env=env)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def _known_entries():
+    entries, _ = load_corpus(CORPUS)
+    return [pytest.param(entry, id=path.stem) for path, entry in entries if entry.known_on(torch.__version__)]
+
+
+@pytest.mark.parametrize("entry", _known_entries())
+def test_every_known_bug_reproduces_from_its_exported_script(entry, tmp_path):
+    script = tmp_path / "repro.py"
+    script.write_text(export_script(entry))
+    code, output = _run(script)
+    assert code == 1, output
+    expected = f"in {entry.cause.phase}: {entry.cause.name}"
+    assert expected in output and entry.cause.message in output, output[-3000:]
+
+
+def test_a_passing_case_does_not_reproduce(tmp_path):
+    case = Case(model=Model(3, Block([Linear(5), Sequential([Linear(2, bias=False)])])),
+                save=Side(FSDP2(), (2,), wrap=("a",)), load=Side(FSDP1(), (1,)), optimizer=Adam(), steps=2)
+    script = tmp_path / "repro.py"
+    script.write_text(export_script(entry_for(case, RECORDED)))
+    code, output = _run(script)
+    assert code == 0, output
+    assert "did not reproduce" in output
+
+
+def test_a_mismatch_in_a_users_target_reproduces_under_torchrun(tmp_path):
+    case = Case(model=Model(2, Sequential([Linear(3)])), save=Side(FSDP1(), (1,)), load=Side(FSDP2(), (2,)),
+                optimizer=SGD(), steps=1)
+    entry = entry_for(case, RECORDED, target="faults:PerturbOneLoadedElement")
+    script = tmp_path / "repro.py"
+    script.write_text(export_script(entry))
+    code, output = _run(script, torchrun=True, nproc=2, pythonpath=str(TESTS))
+    assert code != 0, output
+    assert "REPRODUCED on rank 0 in compare: AssertionError" in output
+    assert "model.0." in output

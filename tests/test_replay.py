@@ -1,0 +1,67 @@
+"""Replay judges each entry: still failing, now passing, changed, or flaky across repeats."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import attrs
+import pytest
+import torch
+
+from shardfuzz.case import FSDP1, FSDP2, SGD, Case, Linear, Model, Sequential, Side
+from shardfuzz.corpus import entry_for, load_corpus, save_entry
+from shardfuzz.executor import RankPool
+from shardfuzz.replay import judge, replay_entries
+from shardfuzz.verdict import Mismatch, RankError, Verdict
+
+CORPUS = Path(__file__).resolve().parent.parent / "corpus"
+CASE = Case(model=Model(2, Sequential([Linear(3)])), save=Side(FSDP1(), (1,)), load=Side(FSDP2(), (2,)),
+            optimizer=SGD(), steps=1)
+ERROR = Verdict("error", errors=(RankError(0, "load", "KeyError", "'x.0'"),))
+OTHER_ERROR = Verdict("error", errors=(RankError(0, "save", "ValueError", "nope"),))
+MISMATCH = Verdict("mismatch", (Mismatch("state-equal", "model.0.weight", 0, "values differ"),))
+PASS = Verdict("pass")
+
+
+@pytest.mark.parametrize(
+    "verdicts, outcome",
+    [
+        ([ERROR, ERROR], "still failing"),
+        ([PASS], "now passing"),
+        ([OTHER_ERROR, OTHER_ERROR], "changed"),
+        ([ERROR, PASS, ERROR], "flaky"),
+        ([ERROR, OTHER_ERROR], "flaky"),
+        ([Verdict("unsupported", errors=ERROR.errors)], "now passing"),
+    ],
+)
+def test_outcomes(verdicts, outcome):
+    assert judge(entry_for(CASE, ERROR), verdicts) == outcome
+
+
+@pytest.mark.ranks
+def test_a_fault_that_fires_every_other_load_is_flaky_over_repeats():
+    entry = entry_for(CASE, MISMATCH, target="faults:PerturbEveryOtherLoad")
+    with RankPool(2, target=entry.target) as pool:
+        (replay,) = replay_entries([(Path("x.json"), entry)], lambda target, n: pool, repeat=4)
+    assert replay.outcome == "flaky"
+    assert [v.status for v in replay.verdicts] == ["mismatch", "pass", "mismatch", "pass"]
+
+
+@pytest.mark.ranks
+def test_cli_replay_reports_each_entry_and_skips_bad_files(tmp_path):
+    known = next((path for path, e in load_corpus(CORPUS)[0] if e.known_on(torch.__version__)), None)
+    if known is None:
+        pytest.skip(f"no corpus entry is a known bug on torch {torch.__version__}")
+    shutil.copy(known, tmp_path / known.name)
+    save_entry(tmp_path, attrs.evolve(entry_for(CASE, ERROR), title="was a bug, passes now"))
+    (tmp_path / "broken.json").write_text('{"title": ')
+    report = tmp_path / "report.json"
+    proc = subprocess.run([sys.executable, "-m", "shardfuzz", "replay", str(tmp_path), "--report", str(report)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr  # one entry now passes
+    assert "broken.json: not valid JSON" in proc.stderr
+    outcomes = {Path(e["path"]).name: e["outcome"] for e in json.loads(report.read_text())["entries"]}
+    assert outcomes[known.name] == "still failing"
+    assert sorted(outcomes.values()) == ["now passing", "still failing"]
