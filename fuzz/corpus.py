@@ -45,6 +45,7 @@ class Known:
     description: str = field(validator=instance_of(str))
     torch: str = field(validator=instance_of(str))  # a PEP 440 specifier set, e.g. ">=2.11,<2.14"
     link: str = field(default="", validator=instance_of(str))
+    seen: tuple[str, ...] = field(default=(), converter=tuple)  # torch builds it was reproduced on
 
     @torch.validator
     def _specifier(self, attribute, value):
