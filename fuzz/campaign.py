@@ -57,10 +57,13 @@ def label(case: Case) -> None:
 
 @attrs.define
 class Finding:
+    """A distinct failure. ``flaky``: re-running it on a fresh pool gave ``other`` instead."""
+
     case: Case
     verdict: Verdict
     hits: int = 1
     flaky: bool = False
+    other: Verdict | None = None
 
     @property
     def signature(self) -> str:
@@ -98,8 +101,13 @@ def run_campaign(
     on_finding: Callable[[Finding], None] | None = None,
     round_size: int = 20,
     shrink_budget: float | None = None,
+    confirm: Callable[[Case], Verdict] | None = None,
 ) -> CampaignResult:
     """Fuzz until ``budget`` seconds are spent; return what was run and found.
+
+    ``confirm`` re-runs the first case of each new failure signature (on a fresh
+    pool, say); if it does not fail the same way, the failure is recorded as a
+    flaky finding with both outcomes and is not shrunk.
 
     ``shrink_budget`` (default: half the budget, at least 30 s) caps the time one
     round spends shrinking; past it, only cases already seen failing are re-run,
@@ -111,6 +119,7 @@ def run_campaign(
     deadline = started + budget
     shrink_budget = max(30.0, budget / 2) if shrink_budget is None else shrink_budget
     strategy = cases(max_world_size=max_world_size)
+    confirmed: set[str] = set()  # signatures whose first failure was re-run by ``confirm``
 
     while time.monotonic() < deadline:
         result.rounds += 1
@@ -158,6 +167,13 @@ def run_campaign(
             if signature in result.findings:
                 result.findings[signature].hits += 1
                 return
+            if confirm is not None and signature not in confirmed:
+                again = confirm(case)
+                result.record(case, again)
+                confirmed.add(signature)
+                if again.signature() != signature:
+                    _add(result, Finding(case, verdict, flaky=True, other=again), on_finding)
+                    return
             failing.add(case)
             if not first_failure:
                 first_failure.append(now)

@@ -49,7 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--corpus", type=Path, default=Path("corpus"), help="directory of corpus entries (default ./corpus)")
     run.add_argument("--world-size", type=_world_size, default=4, help="ranks in the pool; cases use 1..N (default 4)")
     run.add_argument("--target", default=None, help="checkpoint code under test, 'module:attribute' (default: DCP)")
-    run.add_argument("--case-timeout", type=_positive_float, default=120.0, help="seconds before a case counts as hung")
+    run.add_argument("--case-timeout", type=_positive_float, default=None,
+                     help="seconds before a case counts as hung (default: from the case's size, 30 s and up)")
+    run.add_argument("--no-confirm", action="store_true",
+                     help="report failures without re-running them on a fresh pool first")
 
     replay = commands.add_parser("replay", help="re-run corpus entries: still failing, now passing, changed, flaky")
     replay.add_argument("paths", nargs="*", type=Path, default=[Path("corpus")],
@@ -57,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--repeat", type=_world_size, default=1,
                         help="runs per entry; verdicts that disagree mark it flaky (default 1)")
     replay.add_argument("--report", type=Path, default=None, help="write a JSON report here")
-    replay.add_argument("--case-timeout", type=_positive_float, default=120.0,
-                        help="seconds before a case counts as hung")
+    replay.add_argument("--case-timeout", type=_positive_float, default=None,
+                        help="seconds before a case counts as hung (default: from the case's size)")
 
     export = commands.add_parser("export", help="write a corpus entry as a standalone torch-only script")
     export.add_argument("entry", type=Path, help="the corpus entry (a .json file)")
@@ -194,18 +197,24 @@ def _run(args) -> int:
     new_files: dict[str, str] = {}
 
     def on_finding(finding) -> None:
-        path = save_entry(args.corpus, entry_for(finding.case, finding.verdict, target=target))
+        path = save_entry(args.corpus, entry_for(finding.case, finding.verdict, target=target, other=finding.other))
         new_files[finding.signature] = str(path)
-        progress.message(f"NEW {finding.verdict.summary()[:150]}\n     saved {path}")
+        progress.message(f"NEW [{finding.verdict.triage}] {finding.verdict.summary()[:150]}\n     saved {path}")
 
     started = time.monotonic()
     try:
         with RankPool(args.world_size, target=target, case_timeout=args.case_timeout) as pool:
+
+            def on_fresh_pool(case):
+                pool.close()  # the next run starts new ranks: no state carried over from earlier cases
+                return pool.run(case)
+
             result = run_campaign(
                 pool.run, budget=args.budget, seed=args.seed, max_world_size=args.world_size,
                 is_known=known.__contains__, on_case=progress.update, on_finding=on_finding,
+                confirm=None if args.no_confirm else on_fresh_pool,
             )
-            starts, resets = pool.starts, pool.resets
+            starts, resets, events = pool.starts, pool.resets, list(pool.events)
     except PoolStartError as exc:
         print(f"shardfuzz run: {exc}", file=sys.stderr)
         return 2
@@ -227,11 +236,15 @@ def _run(args) -> int:
         "passed": result.passed,
         "pool_starts": starts,
         "pool_resets": resets,
+        "pool_events": [{"kind": e.kind, "rank": e.rank, "how": e.how, "log_tail": e.log_tail[-2000:]}
+                        for e in events],
         "failures": [
-            {"signature": s, "status": f.verdict.status, "summary": f.verdict.summary(), "hits": f.hits,
-             "flaky": f.flaky, "corpus_file": new_files.get(s), "case": to_dict(f.case)}
+            {"signature": s, "status": f.verdict.status, "class": f.verdict.triage,
+             "summary": f.verdict.summary(), "hits": f.hits,
+             "flaky": f.flaky, "other_outcome": f.other.summary() if f.other else None, "corpus_file": new_files.get(s), "case": to_dict(f.case)}
             for s, f in new.items()
         ],
+        "unsupported": [{"signature": s, "hits": n} for s, n in result.unsupported.items()],
         "known_failures": [
             {"signature": s, "title": known[s].title, "hits": n} for s, n in result.known_hits.items()
         ],
@@ -250,7 +263,7 @@ def _print_summary(report: dict) -> None:
           f"{len(report['failures'])} new failure(s), "
           f"{sum(k['hits'] for k in report['known_failures'])} hit(s) of {len(report['known_failures'])} known bug(s)")
     for failure in report["failures"]:
-        print(f"  NEW   {failure['summary'][:200]}")
+        print(f"  NEW   [{failure['class']}] {failure['summary'][:200]}")
         if failure["corpus_file"]:
             print(f"        reproducer: {failure['corpus_file']}")
     for known in report["known_failures"]:

@@ -86,6 +86,9 @@ class Entry:
     case: Case = field(validator=instance_of(Case))
     cause: Optional[Cause] = None
     summary: str = ""
+    diagnostics: str = ""  # crash/hang: the ranks' last output and Python stacks
+    flaky: bool = False
+    other_outcome: str = ""  # flaky: what the confirming re-run gave instead
     target: str = DEFAULT_TARGET
     versions: dict[str, str] = field(factory=dict)
     found: str = ""
@@ -118,9 +121,12 @@ def versions() -> dict[str, str]:
     return {"torch": torch.__version__, "python": platform.python_version(), "hypothesis": hypothesis.__version__}
 
 
-def entry_for(case: Case, verdict: Verdict, *, target: str = DEFAULT_TARGET) -> Entry:
+def entry_for(case: Case, verdict: Verdict, *, target: str = DEFAULT_TARGET,
+              other: Verdict | None = None) -> Entry:
+    """The corpus entry for a failure; ``other`` is a confirming re-run that disagreed (flaky)."""
     summary = verdict.summary()
-    title = f"[{verdict.triage}] {summary.split(': ', 1)[-1]}"[:160]
+    flaky = ", flaky" if other is not None else ""
+    title = f"[{verdict.triage}{flaky}] {summary.split(': ', 1)[-1]}"[:160]
     return Entry(
         title=title,
         signature=verdict.signature(),
@@ -128,6 +134,9 @@ def entry_for(case: Case, verdict: Verdict, *, target: str = DEFAULT_TARGET) -> 
         case=case,
         cause=Cause(**verdict.cause()),
         summary=summary[:2000],
+        diagnostics=verdict.diagnostics[-20_000:],
+        flaky=other is not None,
+        other_outcome=other.summary()[:2000] if other is not None else "",
         target=target,
         versions=versions(),
         found=datetime.date.today().isoformat(),

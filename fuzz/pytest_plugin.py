@@ -17,8 +17,8 @@ def pytest_addoption(parser):
                     help="ranks in the session's pool (default 4)")
     group.addoption("--shardfuzz-corpus", default=None,
                     help="corpus directory whose known bugs are tolerated (default: <rootdir>/corpus)")
-    group.addoption("--shardfuzz-case-timeout", type=float, default=120.0,
-                    help="seconds before a case counts as hung (default 120)")
+    group.addoption("--shardfuzz-case-timeout", type=float, default=None,
+                    help="seconds before a case counts as hung (default: from the case's size, 30 s and up)")
 
 
 def pytest_configure(config):

@@ -28,9 +28,10 @@ __all__ = ["RankContext", "run_case"]
 class RankContext:
     """This rank's place in the world, its cached prefix groups and meshes, and the phase it is in."""
 
-    def __init__(self, rank: int, world_size: int):
+    def __init__(self, rank: int, world_size: int, on_phase=None):
         self.rank = rank
         self.world_size = world_size
+        self.on_phase = on_phase  # called with each phase name (the pool shows it for a crashed rank)
         self.phase = "idle"
         self.timings: dict[str, float] = {}
         self._groups: dict[int, Any] = {}
@@ -57,6 +58,8 @@ class RankContext:
         if self.phase != "idle":
             self.timings[self.phase] = self.timings.get(self.phase, 0.0) + now - self._since
         self.phase, self._since = phase, now
+        if self.on_phase is not None:
+            self.on_phase(phase)
 
 
 def run_case(case: Case, ctx: RankContext, target: CheckpointTarget, checkpoint_dir: str) -> list[Mismatch]:

@@ -81,6 +81,9 @@ class Verdict:
     errors: tuple[RankError, ...] = ()
     detail: str = ""
     seconds: float = 0.0
+    where: str = ""  # crash/hang: the phase the first dead or stuck rank was in
+    how: str = ""  # crash: the signal or exit code; hang: the deadline
+    diagnostics: str = ""  # crash/hang: the ranks' last output and Python stacks
 
     @property
     def ok(self) -> bool:
@@ -106,8 +109,9 @@ class Verdict:
             lines = [line for line in first.message.strip().splitlines() if line.strip()]
             return {"kind": "exception", "name": first.type, "message": (lines[-1] if lines else "")[:500],
                     "ranks": sorted(e.rank for e in self.errors), "key": "", "phase": first.phase}
-        return {"kind": self.status, "name": self.status, "message": self.detail, "ranks": [], "key": "",
-                "phase": ""}
+        ranks = sorted({int(r) for r in re.findall(r"rank (\d+)", self.detail)})
+        return {"kind": self.status, "name": self.how or self.status, "message": self.detail, "ranks": ranks,
+                "key": "", "phase": self.where}
 
     def signature(self) -> str:
         """A stable key for the cause: the same bug on other sizes gives the same signature."""
@@ -120,6 +124,8 @@ class Verdict:
             # The lowest rank's error is usually the root; peers often report its echo.
             first = min(self.errors, key=lambda e: e.rank)
             return f"{self.status}:{first.phase}:{first.type}:{normalise_message(first.message)}"
+        if self.status in ("crash", "hang") and self.where:
+            return f"{self.status}:{self.where}:{_normalise(self.how)}"
         return f"{self.status}:{_normalise(self.detail)}"
 
     def summary(self) -> str:

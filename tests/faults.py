@@ -7,6 +7,7 @@ own save/load code would (``shardfuzz run --target faults:...``).
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -133,3 +134,68 @@ class RejectAsUnsupported(DcpTarget):
         if _armed():
             raise NotImplementedError("Resharding to smaller mesh is not supported for DTensor parameters yet")
         super().save(state_dict, checkpoint_id=checkpoint_id, process_group=process_group)
+
+
+# --- rank deaths of every kind, for the executor's soak test -------------------
+
+SOAK_CONTROL = "SHARDFUZZ_SOAK_CONTROL"
+
+
+def _no_core_files() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def _abort_at_exit() -> None:
+    _no_core_files()
+    os.abort()
+
+
+def _die(how: str) -> None:
+    """Die as a real rank does: a segfault, an abort, an abrupt exit, or the OOM killer's SIGKILL."""
+    import ctypes
+    import signal
+
+    sys.stderr.write(f"soak: rank {dist.get_rank()} about to die by {how}\n")
+    sys.stderr.flush()
+    _no_core_files()
+    if how == "segfault":
+        ctypes.string_at(0)
+    elif how == "abort":
+        os.abort()
+    elif how == "exit":
+        os._exit(7)
+    elif how == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise ValueError(f"unknown way to die: {how}")
+
+
+class SoakFaults(DcpTarget):
+    """Reads one instruction per case from the file named by $SHARDFUZZ_SOAK_CONTROL.
+
+    ``crash:<how>``: the last rank of the save side dies in save. ``hang``: rank 0
+    sleeps in load. ``teardown``: every rank aborts when it exits (after the case
+    passed). Anything else: a correct DCP round-trip.
+    """
+
+    def _instruction(self) -> str:
+        try:
+            return Path(os.environ[SOAK_CONTROL]).read_text().strip()
+        except (KeyError, OSError):
+            return ""
+
+    def save(self, state_dict, *, checkpoint_id, process_group):
+        order = self._instruction()
+        if order.startswith("crash:") and _is_last_rank(process_group):
+            _die(order.split(":", 1)[1])
+        if order == "teardown":
+            import atexit
+
+            atexit.register(_abort_at_exit)
+        super().save(state_dict, checkpoint_id=checkpoint_id, process_group=process_group)
+
+    def load(self, state_dict, *, checkpoint_id, process_group):
+        if self._instruction() == "hang" and dist.get_rank() == 0:
+            time.sleep(3600)
+        super().load(state_dict, checkpoint_id=checkpoint_id, process_group=process_group)

@@ -45,3 +45,12 @@ def test_swapped_optimizer_moments_are_found_and_shrunk(shardfuzz_known):
     # The fault needs two same-shaped moments with non-zero values: two tensors, one step.
     assert case.steps == 1
     assert len(case.model.linears()) <= 2
+
+
+def test_a_failure_that_does_not_repeat_is_reported_flaky_with_both_outcomes():
+    with RankPool(2, target="faults:PerturbEveryOtherLoad") as pool:
+        result = run_campaign(pool.run, budget=6, seed=7, max_world_size=2, confirm=pool.run)
+    flaky = [f for f in result.findings.values() if f.flaky]
+    assert flaky, f"no flaky finding in {result.cases_run} cases"
+    assert flaky[0].verdict.status == "mismatch" and flaky[0].other.status == "pass"
+    assert not [f for f in result.findings.values() if not f.flaky and f.verdict.status == "mismatch"]

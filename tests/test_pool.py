@@ -48,7 +48,8 @@ def test_a_crashed_rank_is_a_crash_and_the_pool_restarts(fault_flag):
     with _pool("ExitOnSave", error_grace=2.0) as pool:
         verdict = pool.run(CASE)
         assert verdict.status == "crash"
-        assert "rank 1 exit 3" in verdict.detail
+        assert "rank 1 exited with code 3 in save" in verdict.detail
+        assert verdict.signature() == "crash:save:exit <n>"
         fault_flag.unlink()
         assert pool.run(CASE).status == "pass"
 
@@ -57,7 +58,9 @@ def test_a_hung_rank_hits_the_deadline_and_the_pool_restarts(fault_flag):
     with _pool("HangOnLoad", case_timeout=8.0) as pool:
         verdict = pool.run(CASE)
         assert verdict.status == "hang"
-        assert "did not finish within 8s" in verdict.detail
+        assert "did not finish within 8s (rank 0 in load" in verdict.detail
+        assert verdict.signature().startswith("hang:load")
+        assert "in load" in verdict.diagnostics and "faults.py" in verdict.diagnostics  # rank 0's stack
         fault_flag.unlink()
         assert pool.run(CASE).status == "pass"
         procs = list(pool._procs)
@@ -87,3 +90,64 @@ def test_a_target_that_cannot_be_imported_stops_the_start_with_its_name():
     with pytest.raises(PoolStartError, match="no_such_module"):
         with RankPool(1, target="no_such_module:Thing"):
             pass
+
+
+def test_a_crash_in_process_group_teardown_is_an_event_not_a_case_failure(tmp_path, monkeypatch):
+    control = tmp_path / "control"
+    control.write_text("teardown")
+    monkeypatch.setenv(faults.SOAK_CONTROL, str(control))
+    pool = _pool("SoakFaults")
+    with pool:
+        assert pool.run(CASE).status == "pass"  # the abort is armed for process exit, not the case
+    assert [(e.kind, e.how) for e in pool.events] == [("teardown-crash", "SIGABRT")] * 2
+
+
+@pytest.mark.parametrize("how, signal_name", [("segfault", "SIGSEGV"), ("sigkill", "SIGKILL")])
+def test_a_rank_killed_by_a_signal_is_a_crash_with_its_signal_phase_and_last_words(tmp_path, monkeypatch,
+                                                                                    how, signal_name):
+    control = tmp_path / "control"
+    control.write_text(f"crash:{how}")
+    monkeypatch.setenv(faults.SOAK_CONTROL, str(control))
+    with _pool("SoakFaults") as pool:
+        verdict = pool.run(CASE)
+        assert verdict.status == "crash"
+        assert f"rank 1 killed by {signal_name} in save" in verdict.detail
+        assert verdict.signature() == f"crash:save:{signal_name}"
+        assert f"about to die by {how}" in verdict.diagnostics
+        control.write_text("")
+        assert pool.run(CASE).ok
+
+
+_RUNNER = """
+import sys, time
+from shardfuzz.executor import RankPool
+if __name__ == "__main__":
+    pool = RankPool(2)
+    pool.start()
+    print(pool._scratch, *[p.pid for p in pool._procs], flush=True)
+    time.sleep(600)
+"""
+
+
+def test_ranks_die_with_a_runner_killed_by_sigkill_and_its_scratch_is_swept(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from shardfuzz.executor.pool import sweep_stale_scratch
+
+    script = tmp_path / "runner.py"
+    script.write_text(_RUNNER)
+    runner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    scratch, *pids = runner.stdout.readline().split()
+    runner.send_signal(signal.SIGKILL)
+    runner.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") for p in pids):
+        time.sleep(0.1)
+    alive = [p for p in pids if os.path.exists(f"/proc/{p}") and "Z" not in open(f"/proc/{p}/stat").read().split()[2]]
+    assert not alive, f"ranks {alive} outlived their runner"
+    assert os.path.isdir(scratch)  # nobody could clean up after SIGKILL ...
+    assert scratch in sweep_stale_scratch()  # ... so the next pool does
+    assert not os.path.exists(scratch)

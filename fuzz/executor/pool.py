@@ -9,14 +9,25 @@ that is stuck past the deadline, gets the pool torn down and started afresh.
 
 Shutdown goes in stages, as HypoFuzz's worker hub does: ask (a stop message),
 join with a deadline, terminate, kill.
+
+Each rank writes its output to ``rank-N.log`` in the pool's scratch directory
+(truncated before each case) and publishes its phase in shared memory, so a
+crash is reported with the signal or exit code, the phase and the last lines the
+rank printed; on a hang the pool asks every stuck rank for its Python stacks
+(SIGUSR1, faulthandler) before killing it. A rank that dies outside a case (in
+process-group teardown or between cases) is logged as a pool event, not blamed
+on the next case. Scratch directories carry the pool's pid, and a new pool
+removes those whose owner is gone (one killed with SIGKILL cannot clean up).
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import multiprocessing
 import os
 import shutil
+import signal
 import tempfile
 import time
 from multiprocessing.connection import wait
@@ -28,11 +39,55 @@ from shardfuzz.targets import DEFAULT_TARGET
 from shardfuzz.unsupported import classify
 from shardfuzz.verdict import RankReport, Verdict, converter
 
-__all__ = ["RankPool", "PoolStartError", "scratch_root"]
+__all__ = ["RankPool", "PoolEvent", "PoolStartError", "deadline_for", "scratch_root"]
+
+_SCRATCH_PREFIX = "shardfuzz-pool-"
 
 
 class PoolStartError(RuntimeError):
     """The ranks could not form a process group."""
+
+
+@attrs.frozen
+class PoolEvent:
+    """Something that happened to a rank outside a case: a crash in teardown or between cases."""
+
+    kind: str  # "teardown-crash" | "idle-crash"
+    rank: int
+    how: str
+    log_tail: str = ""
+
+
+def deadline_for(case: Case, *, base: float = 30.0, per_unit: float = 0.05, cap: float = 300.0) -> float:
+    """Seconds a case may take before it counts as hung, from its size.
+
+    ``base`` covers torch's one-off lazy set-up on a cold rank and a noisy machine;
+    each unit (a layer on a rank for one step, plus save and load) adds ``per_unit``.
+    Measured cases of this size take 0.05-0.5 s, so the deadline is 60x or more.
+    """
+    units = len(case.model.linears()) * case.world_size * (case.steps + 2)
+    return min(cap, base + per_unit * units)
+
+
+def sweep_stale_scratch(root: str | None = None) -> list[str]:
+    """Remove scratch directories of pools whose process is gone; return their paths."""
+    removed = []
+    for path in glob.glob(os.path.join(root or scratch_root(), _SCRATCH_PREFIX + "*")):
+        owner = os.path.basename(path)[len(_SCRATCH_PREFIX):].split("-", 1)[0]
+        if owner.isdigit() and not _alive(int(owner)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def scratch_root() -> str:
@@ -46,9 +101,10 @@ def scratch_root() -> str:
 class RankPool:
     """``world_size`` warm ranks. Use as a context manager, or call ``close()``.
 
-    ``case_timeout`` is the deadline for one case in seconds; ``error_grace`` is how
-    long the other ranks get to report once one rank has raised (a peer blocked
-    in a collective never will).
+    ``case_timeout`` is the deadline for one case in seconds, or ``None`` to derive
+    it from the case's size (``deadline_for``); ``error_grace`` is how long the
+    other ranks get to report once one rank has raised (a peer blocked in a
+    collective never will); ``stack_grace`` how long stuck ranks get to dump stacks.
     """
 
     def __init__(
@@ -56,9 +112,10 @@ class RankPool:
         world_size: int = 4,
         *,
         target: str = DEFAULT_TARGET,
-        case_timeout: float = 120.0,
+        case_timeout: float | None = None,
         start_timeout: float = 120.0,
         error_grace: float = 3.0,
+        stack_grace: float = 1.0,
     ):
         if world_size < 1:
             raise ValueError(f"world_size must be >= 1, got {world_size}")
@@ -67,11 +124,15 @@ class RankPool:
         self.case_timeout = case_timeout
         self.start_timeout = start_timeout
         self.error_grace = error_grace
+        self.stack_grace = stack_grace
         self.starts = 0
         self.resets = 0
+        self.events: list[PoolEvent] = []
         self._procs: list = []
         self._conns: list = []
+        self._phases: list = []
         self._scratch: str | None = None
+        self._stopping = False
         self._dead: set[int] = set()  # ranks seen dead by the last _collect
 
     # --- lifecycle -------------------------------------------------------
@@ -93,13 +154,15 @@ class RankPool:
         from shardfuzz.executor import worker
 
         context = multiprocessing.get_context("spawn")
-        self._scratch = tempfile.mkdtemp(prefix="shardfuzz-pool-", dir=scratch_root())
+        sweep_stale_scratch()
+        self._scratch = tempfile.mkdtemp(prefix=f"{_SCRATCH_PREFIX}{os.getpid()}-", dir=scratch_root())
         store = os.path.join(self._scratch, "store")
         for rank in range(self.world_size):
             parent_end, child_end = context.Pipe()
+            phase = context.RawArray("c", 32)
             proc = context.Process(
                 target=worker.main,
-                args=(rank, self.world_size, store, child_end, self.target),
+                args=(rank, self.world_size, store, child_end, self.target, self._log(rank), phase),
                 name=f"shardfuzz-rank-{rank}",
                 daemon=True,
             )
@@ -107,24 +170,39 @@ class RankPool:
             child_end.close()
             self._procs.append(proc)
             self._conns.append(parent_end)
+            self._phases.append(phase)
         self.starts += 1
         replies, missing = self._collect(self.start_timeout)
         failed = [r for r in replies.values() if r.get("op") == "failed"]
         if failed or missing:
+            tails = {r: self._tail(r, 5) for r in sorted(missing)}
             self.close()
             why = "; ".join(f"rank {r['rank']}: {r['error'].strip().splitlines()[-1]}" for r in failed)
             if missing:
                 why += f"{'; ' if why else ''}ranks {sorted(missing)} did not report ready"
+                why += "".join(f"\n  rank {r} printed: {t}" for r, t in tails.items() if t)
             raise PoolStartError(f"could not start {self.world_size} gloo ranks: {why}")
 
     def close(self) -> None:
-        """Ask, join with a deadline, terminate, kill; then remove the scratch directory."""
-        for conn in self._conns:
+        """Ask, join with a deadline, terminate, kill; then remove the scratch directory.
+
+        A rank that was asked to stop and exits with a signal or a non-zero code
+        crashed in process-group teardown: that is recorded in ``events``.
+        """
+        asked = set()
+        for rank, conn in enumerate(self._conns):
+            if not self._procs[rank].is_alive():
+                continue
             try:
                 conn.send_bytes(json.dumps({"op": "stop"}).encode())
+                asked.add(rank)
             except (OSError, ValueError):
                 pass
         _join_all(self._procs, 5.0)
+        for rank in sorted(asked):
+            code = self._procs[rank].exitcode
+            if code not in (0, None):
+                self.events.append(PoolEvent("teardown-crash", rank, _how(code), self._tail(rank)))
         for proc in self._procs:
             if proc.is_alive():
                 proc.terminate()
@@ -135,7 +213,7 @@ class RankPool:
         _join_all(self._procs, 2.0)
         for conn in self._conns:
             conn.close()
-        self._procs, self._conns = [], []
+        self._procs, self._conns, self._phases = [], [], []
         if self._scratch:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None
@@ -150,14 +228,18 @@ class RankPool:
         """Run ``case`` on the ranks and return its verdict; never raises for a case's failure."""
         if case.world_size > self.world_size:
             raise ValueError(f"case needs {case.world_size} ranks, the pool has {self.world_size}")
+        self._restart_if_a_rank_died()
         self.start()
         started = time.perf_counter()
-        checkpoint_dir = tempfile.mkdtemp(prefix="case-", dir=self._scratch)
+        timeout = self.case_timeout if self.case_timeout is not None else deadline_for(case)
+        checkpoint_dir = os.path.join(self._scratch, "case")
+        for rank in range(self.world_size):
+            os.truncate(self._log(rank), 0)
         try:
             message = json.dumps({"op": "case", "case": to_dict(case), "checkpoint_dir": checkpoint_dir}).encode()
             for conn in self._conns:
                 conn.send_bytes(message)
-            verdict = self._verdict(self._collect(self.case_timeout, grace_after_error=self.error_grace))
+            verdict = self._verdict(self._collect(timeout, grace_after_error=self.error_grace), timeout)
         finally:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
         if verdict.status == "error" and not verdict.detail:
@@ -165,6 +247,57 @@ class RankPool:
         elif verdict.status in ("error", "crash", "hang"):
             self.close()  # a rank is dead or stuck: the next run() starts a fresh pool
         return attrs.evolve(classify(verdict), seconds=time.perf_counter() - started)
+
+    def rss_bytes(self) -> int:
+        """Resident memory of all rank processes together (Linux; 0 elsewhere)."""
+        total = 0
+        page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+        for proc in self._procs:
+            try:
+                with open(f"/proc/{proc.pid}/statm") as handle:
+                    total += int(handle.read().split()[1]) * page
+            except (OSError, ValueError, IndexError):
+                pass
+        return total
+
+    def _log(self, rank: int) -> str:
+        return os.path.join(self._scratch, f"rank-{rank}.log")
+
+    def _tail(self, rank: int, lines: int = 30) -> str:
+        """The last ``lines`` lines rank ``rank`` wrote (its stderr and stdout)."""
+        try:
+            with open(self._log(rank), "rb") as handle:
+                handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, handle.tell() - 64_000))
+                text = handle.read().decode(errors="replace")
+        except (OSError, TypeError):
+            return ""
+        kept = [line for line in text.splitlines() if line.strip() and "Warning" not in line]
+        return "\n".join(kept[-lines:])
+
+    def _phase(self, rank: int) -> str:
+        return self._phases[rank].value.decode(errors="replace") or "start"
+
+    def _restart_if_a_rank_died(self) -> None:
+        """A rank that died since the last case (not in one): log it, and start afresh."""
+        dead = [r for r, proc in enumerate(self._procs) if not proc.is_alive()]
+        for rank in dead:
+            self.events.append(PoolEvent("idle-crash", rank, _how(self._procs[rank].exitcode), self._tail(rank)))
+        if dead:
+            self.close()
+
+    def _dump_stacks(self, ranks) -> str:
+        """Ask each stuck rank for every thread's Python stack (faulthandler on SIGUSR1)."""
+        ranks = [r for r in sorted(ranks) if self._procs[r].is_alive()]
+        for rank in ranks:
+            try:
+                os.kill(self._procs[rank].pid, signal.SIGUSR1)
+            except (ProcessLookupError, AttributeError):
+                pass
+        if ranks:
+            time.sleep(self.stack_grace)
+        return "\n\n".join(f"--- rank {r} (in {self._phase(r)}), last output and stacks ---\n{self._tail(r, 80)}"
+                            for r in ranks)
 
     def _reset(self) -> None:
         """Re-form the process group on a fresh store; fall back to closing the pool."""
@@ -178,6 +311,8 @@ class RankPool:
             self.close()
             return
         replies, missing = self._collect(min(self.start_timeout, 30.0))
+        for rank in sorted(self._dead):  # died while destroying or re-forming its process group
+            self.events.append(PoolEvent("teardown-crash", rank, _how(self._procs[rank].exitcode), self._tail(rank)))
         if missing or any(r.get("op") != "ready" for r in replies.values()):
             self.close()
 
@@ -216,24 +351,54 @@ class RankPool:
         self._dead = dead
         return replies, missing
 
-    def _verdict(self, collected) -> Verdict:
+    def _verdict(self, collected, timeout: float) -> Verdict:
         replies, missing = collected
         reports = [converter.structure(replies[r], RankReport) for r in sorted(replies)]
         errors = tuple(r.error for r in reports if r.error is not None)
         mismatches = tuple(m for r in reports for m in r.mismatches)
         dead = sorted(self._dead)
         if dead:
-            codes = ", ".join(f"rank {r} exit {self._procs[r].exitcode}" for r in dead)
-            return Verdict("crash", mismatches, errors, detail=f"rank process died: {codes}")
+            time.sleep(0.05)  # let the kernel finish reaping, so exitcode is set
+            parts, logs = [], []
+            for rank in dead:
+                proc = self._procs[rank]
+                proc.join(1.0)
+                when = "after its report (teardown)" if rank in replies else f"in {self._phase(rank)}"
+                parts.append(f"rank {rank} {_how(proc.exitcode, long=True)} {when}")
+                logs.append(f"--- rank {rank}, last output ---\n{self._tail(rank)}")
+            first = dead[0]
+            where = "teardown" if first in replies else self._phase(first)
+            return Verdict("crash", mismatches, errors, detail="rank process died: " + "; ".join(parts),
+                           where=where, how=_how(self._procs[first].exitcode), diagnostics="\n\n".join(logs))
         if errors:
             detail = f"no report from ranks {sorted(missing)}" if missing else ""
-            return Verdict("error", mismatches, errors, detail=detail)
+            stacks = self._dump_stacks(missing) if missing else ""
+            return Verdict("error", mismatches, errors, detail=detail, diagnostics=stacks)
         if missing:
+            stuck = sorted(missing)
+            phases = {r: self._phase(r) for r in stuck}
+            stacks = self._dump_stacks(stuck)
+            where = ",".join(sorted(set(phases.values())))
             return Verdict("hang", mismatches, errors,
-                           detail=f"ranks {sorted(missing)} did not finish within {self.case_timeout:g}s")
+                           detail=f"ranks {stuck} did not finish within {timeout:g}s "
+                                  f"({', '.join(f'rank {r} in {p}' for r, p in phases.items())})",
+                           where=where, how="deadline", diagnostics=stacks)
         if mismatches:
             return Verdict("mismatch", mismatches)
         return Verdict("pass")
+
+
+def _how(exitcode: int | None, *, long: bool = False) -> str:
+    """``SIGSEGV`` / ``exit 3`` (``killed by SIGSEGV`` / ``exited with code 3`` when ``long``)."""
+    if exitcode is None:
+        return "still running"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"killed by {name}" if long else name
+    return f"exited with code {exitcode}" if long else f"exit {exitcode}"
 
 
 def _join_all(procs, timeout: float) -> None:

@@ -5,6 +5,11 @@ Messages are JSON bytes over a ``multiprocessing`` pipe: ``{"op": "case", "case"
 "store": ...}`` re-forms the process group; ``{"op": "stop"}`` ends the loop.
 Any ``BaseException`` raised by the case (DCP's ``CheckpointException`` is one)
 becomes a ``RankError`` in the report; only the pool decides what happens next.
+
+What the pool needs when a rank dies or hangs, the rank leaves where the pool can
+read it without the rank's help: its stdout and stderr go to ``log_path`` (so a
+segfault's faulthandler trace lands there), SIGUSR1 dumps every thread's Python
+stack there, and the current phase is written into the shared ``phase`` buffer.
 """
 
 from __future__ import annotations
@@ -22,9 +27,14 @@ import warnings
 __all__ = ["main"]
 
 
-def main(rank: int, world_size: int, store_path: str, conn, target_spec: str) -> None:
+def main(rank: int, world_size: int, store_path: str, conn, target_spec: str,
+         log_path: str | None = None, phase=None) -> None:
     _die_with_parent()
+    if log_path is not None:
+        _redirect_output(log_path)
     faulthandler.enable()
+    if hasattr(faulthandler, "register"):  # not on Windows
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     warnings.simplefilter("ignore")
     logging.getLogger("torch.distributed").setLevel(logging.ERROR)
 
@@ -38,6 +48,10 @@ def main(rank: int, world_size: int, store_path: str, conn, target_spec: str) ->
 
     torch.set_num_threads(1)
 
+    def publish_phase(name: str) -> None:
+        if phase is not None:
+            phase.value = name.encode()[: len(phase) - 1]
+
     def report_failure(exc: BaseException) -> None:
         conn.send_bytes(json.dumps({"op": "failed", "rank": rank, "error": _format(exc)}).encode())
 
@@ -47,7 +61,7 @@ def main(rank: int, world_size: int, store_path: str, conn, target_spec: str) ->
             if dist.is_initialized():
                 dist.destroy_process_group()
             dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
-            ctx = RankContext(rank, world_size)
+            ctx = RankContext(rank, world_size, on_phase=publish_phase)
             ctx.create_groups()
         except BaseException as exc:  # noqa: BLE001 - report why this rank could not join
             report_failure(exc)
@@ -70,8 +84,10 @@ def main(rank: int, world_size: int, store_path: str, conn, target_spec: str) ->
         except EOFError:  # the pool went away
             break
         if message["op"] == "stop":
+            publish_phase("teardown")
             break
         if message["op"] == "reset":  # after a failed case: same processes, new process group
+            publish_phase("reset")
             ctx = join_world(message["store"])
             if ctx is None:
                 return
@@ -83,7 +99,7 @@ def main(rank: int, world_size: int, store_path: str, conn, target_spec: str) ->
             mismatches = run_case(case, ctx, target, message["checkpoint_dir"])
         except BaseException as exc:  # noqa: BLE001 - CheckpointException is a BaseException
             error = RankError(rank, ctx.phase, type(exc).__name__, str(exc), traceback.format_exc())
-            ctx.phase = "idle"
+            ctx.enter("idle")
         report = RankReport(rank, tuple(mismatches), error, dict(ctx.timings))
         conn.send_bytes(json.dumps(converter.unstructure(report)).encode())
 
@@ -91,6 +107,18 @@ def main(rank: int, world_size: int, store_path: str, conn, target_spec: str) ->
         dist.destroy_process_group()
     except BaseException:  # noqa: BLE001 - teardown of a broken group may fail; we exit anyway
         pass
+
+
+def _redirect_output(path: str) -> None:
+    """Point fds 1 and 2 at ``path`` (append mode: the pool may truncate it between cases)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)
+    sys.stderr = open(2, "w", buffering=1, closefd=False)
 
 
 def _format(exc: BaseException) -> str:
