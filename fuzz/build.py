@@ -78,9 +78,14 @@ def shard(module: nn.Module, side: Side, *, group, mesh) -> nn.Module:
     raise TypeError(f"unknown engine {engine!r}")
 
 
-def build_optimizer(spec, params) -> torch.optim.Optimizer:
+def build_optimizer(spec, params, *, perturbed: bool = False) -> torch.optim.Optimizer:
+    """The case's optimizer; ``perturbed`` (the load side) changes every hyperparameter a little,
+    so the loaded param groups must come from the checkpoint to match."""
+    scale = 0.5 if perturbed else 1.0
     if isinstance(spec, SGD):
-        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum)
+        return torch.optim.SGD(params, lr=spec.lr * scale, momentum=spec.momentum * scale)
     if isinstance(spec, Adam):
+        if perturbed:
+            return torch.optim.Adam(params, lr=spec.lr * scale, betas=(0.8, 0.99), eps=3e-8)
         return torch.optim.Adam(params, lr=spec.lr)
     raise TypeError(f"unknown optimizer {spec!r}")

@@ -12,16 +12,18 @@ Adding a variant means adding a class here and to the matching ``Union``.
 from __future__ import annotations
 
 import json
-from typing import Literal, Union
+from typing import Literal, Optional, Union
 
 import attrs
 import cattrs
 from cattrs.strategies import configure_tagged_union
 from attrs import field, frozen
-from attrs.validators import ge, in_, instance_of, le
+from attrs.validators import ge, in_, instance_of, le, optional
 
 __all__ = [
     "SCHEMA_VERSION",
+    "CHECKS",
+    "LOAD_MUTATIONS",
     "Adam",
     "Block",
     "Case",
@@ -42,6 +44,14 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 STATE_DICT_TYPES = ("sharded", "full")
+
+#: Optional oracles a case can ask for (each costs collectives; see ``oracles.py``).
+CHECKS = ("continuation", "api-parity", "full-offload")
+
+#: Ways to make the load side's model incompatible with the checkpoint; the
+#: load must then fail loudly. ``wider``: the first Linear gets one more output.
+#: ``extra-layer``: the root gets one more Linear, a key the checkpoint lacks.
+LOAD_MUTATIONS = ("wider", "extra-layer")
 
 
 _POSITIVE_INT = [instance_of(int), ge(1)]  # attrs names the field in its messages
@@ -223,7 +233,15 @@ class Case:
     flatten_optimizer_state_dict: bool = field(default=True, validator=instance_of(bool))
     batch_size: int = field(default=2, validator=_POSITIVE_INT)
     seed: int = field(default=0, validator=[instance_of(int), ge(0)])
+    checks: tuple[str, ...] = field(default=(), converter=_sorted_unique)
+    load_mutation: Optional[str] = field(default=None, validator=optional(in_(LOAD_MUTATIONS)))
     schema_version: int = field(default=SCHEMA_VERSION)
+
+    @checks.validator
+    def _known_checks(self, attribute, value):
+        unknown = set(value) - set(CHECKS)
+        if unknown:
+            raise ValueError(f"unknown checks {sorted(unknown)}; choose from {list(CHECKS)}")
 
     @schema_version.validator
     def _known_schema(self, attribute, value):
@@ -243,6 +261,24 @@ class Case:
     def world_size(self) -> int:
         """Ranks the case needs: the larger of the two sides."""
         return max(self.save.world_size, self.load.world_size)
+
+    def load_model(self) -> Model:
+        """The model the load side builds: ``model``, or its incompatible mutation."""
+        if self.load_mutation is None:
+            return self.model
+        children = list(self.model.root.children)
+        if self.load_mutation == "extra-layer":
+            last_width = self.model.linears()[-1][2]
+            return attrs.evolve(self.model, root=attrs.evolve(self.model.root, children=children + [Linear(last_width)]))
+        return attrs.evolve(self.model, root=_widen_first_linear(self.model.root))
+
+
+def _widen_first_linear(node):
+    """``node`` with its first Linear one output wider (the next layer's input follows)."""
+    if isinstance(node, Linear):
+        return attrs.evolve(node, out_features=node.out_features + 1)
+    first, *rest = node.children
+    return attrs.evolve(node, children=[_widen_first_linear(first), *rest])
 
 
 def dimensions(case: Case) -> dict[str, str]:
@@ -268,6 +304,8 @@ def dimensions(case: Case) -> dict[str, str]:
         "steps": str(case.steps),
         "flatten_optimizer_state_dict": str(case.flatten_optimizer_state_dict).lower(),
         "depth": str(min(case.model.depth(), 4)) + ("+" if case.model.depth() >= 4 else ""),
+        **{f"check_{name}": str(name in case.checks).lower() for name in CHECKS},
+        "load_mutation": case.load_mutation or "none",
         "linears": str(min(len(widths), 4)) + ("+" if len(widths) >= 4 else ""),
     }
 

@@ -49,9 +49,16 @@ def export_script(entry: Entry, *, filename: str = "repro.py") -> str:
         load_full=case.load.state_dict == "full",
         block_class=_BLOCK_CLASS if uses_block else "",
         model=_module_expr(case.model.root, case.model.input_width, indent=8)[0],
+        load_model=_module_expr(case.load_model().root, case.model.input_width, indent=8)[0],
+        checks=repr(set(case.checks)) if case.checks else "set()",
+        load_mutation=repr(case.load_mutation),
+        save_engine=type(case.save.engine).__name__,
+        same_sharding=(case.save.engine, case.save.mesh_shape, case.save.wrap)
+        == (case.load.engine, case.load.mesh_shape, case.load.wrap),
         shard_save=_shard_function("shard_save", case.save),
         shard_load=_shard_function("shard_load", case.load),
-        optimizer=_optimizer_expr(case.optimizer),
+        optimizer=_optimizer_expr(case.optimizer, perturbed=False),
+        load_optimizer=_optimizer_expr(case.optimizer, perturbed=True),
         target=_target_code(entry.target),
     )
 
@@ -109,10 +116,14 @@ def _shard_function(name: str, side: Side) -> str:
     )
 
 
-def _optimizer_expr(spec) -> str:
+def _optimizer_expr(spec, *, perturbed: bool) -> str:
+    """As ``build.build_optimizer`` makes it (the load side's hyperparameters are perturbed)."""
+    scale = 0.5 if perturbed else 1.0
     if isinstance(spec, SGD):
-        return f"torch.optim.SGD(params, lr={spec.lr!r}, momentum={spec.momentum!r})"
+        return f"torch.optim.SGD(params, lr={spec.lr * scale!r}, momentum={spec.momentum * scale!r})"
     if isinstance(spec, Adam):
+        if perturbed:
+            return f"torch.optim.Adam(params, lr={spec.lr * scale!r}, betas=(0.8, 0.99), eps=3e-8)"
         return f"torch.optim.Adam(params, lr={spec.lr!r})"
     raise TypeError(f"cannot export optimizer {spec!r}")
 
@@ -202,11 +213,20 @@ INPUT_WIDTH = ${input_width}
 FLATTEN_OPTIMIZER_STATE_DICT = ${flatten}
 SAVE_FULL_STATE_DICT = ${save_full}
 LOAD_FULL_STATE_DICT = ${load_full}
+CHECKS = ${checks}  # optional oracles this case ran
+LOAD_MUTATION = ${load_mutation}  # if set, the load side's model differs and loading must raise
+SAME_SHARDING = ${same_sharding}  # continuation compares bit for bit only then
+CONTINUE_STEPS = 2
 ${block_class}
 
 def build_model(seed):
     torch.manual_seed(seed)
     return ${model}
+
+
+def build_load_model(seed):
+    torch.manual_seed(seed)
+    return ${load_model}
 
 
 ${shard_save}
@@ -218,12 +238,19 @@ def make_optimizer(model):
     return ${optimizer}
 
 
+def make_load_optimizer(model):
+    """Other hyperparameters than the save side's: the loaded param groups must restore them."""
+    params = model.parameters()
+    return ${load_optimizer}
+
+
 ${target}
 
-def train(model, optim, rank):
+def train(model, optim, rank, first=0, count=STEPS):
+    """Steps on data seeded by (SEED, step, rank); continuation steps (first > 0) use one batch on every rank."""
     generator = torch.Generator()
-    for step in range(STEPS):
-        generator.manual_seed(SEED * 1_000_003 + step * 101 + rank)
+    for step in range(first, first + count):
+        generator.manual_seed(SEED * 1_000_003 + step * 101 + (0 if first > 0 else rank))
         x = torch.randn(BATCH_SIZE, INPUT_WIDTH, generator=generator)
         model(x).square().mean().backward()
         optim.step()
@@ -245,8 +272,8 @@ def full_state(model, optim):
     return {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in flat.items()}
 
 
-def differences(expected, actual):
-    """Keys missing or extra, and values that differ in dtype, shape or any bit."""
+def differences(expected, actual, close=None):
+    """Keys missing or extra, and values that differ in dtype, shape or any bit (or beyond ``close``)."""
     found = [f"missing after load: {k}" for k in sorted(set(expected) - set(actual))]
     found += [f"extra after load: {k}" for k in sorted(set(actual) - set(expected))]
     for key in sorted(set(expected) & set(actual)):
@@ -254,6 +281,12 @@ def differences(expected, actual):
         if isinstance(e, torch.Tensor) and isinstance(a, torch.Tensor):
             if e.dtype != a.dtype or e.shape != a.shape:
                 found.append(f"{key}: {e.dtype}{list(e.shape)} saved, {a.dtype}{list(a.shape)} loaded")
+            elif close is not None and e.is_floating_point():
+                bad = ~torch.isclose(e.double(), a.double(), rtol=close[0], atol=close[1], equal_nan=True)
+                if bad.any():
+                    index = bad.nonzero()[0].tolist()
+                    found.append(f"{key} at {index}: saved-side {e[tuple(index)].item()!r}, "
+                                 f"load-side {a[tuple(index)].item()!r}")
             elif not torch.equal(_bits(e), _bits(a)):
                 index = (_bits(e) != _bits(a)).nonzero()[0].tolist()
                 found.append(f"{key} at {index}: saved {e[tuple(index)].item()!r}, "
@@ -267,6 +300,60 @@ def _bits(t):
     t = t.detach().contiguous()
     views = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
     return t.view(views[t.element_size()]) if t.is_floating_point() and t.numel() else t
+
+
+def check(found, what):
+    if found:
+        raise AssertionError(f"{what}: {len(found)} difference(s); first: {found[0]}")
+
+
+def flat_optim(osd):
+    flat = {f"state.{fqn}.{k}": v for fqn, entry in osd.get("state", {}).items() for k, v in entry.items()}
+    for i, group in enumerate(osd.get("param_groups", [])):
+        flat.update({f"param_groups.{i}.{k}": v for k, v in group.items() if k != "params"})
+    return flat
+
+
+def api_parity(model, optim, group):
+    """Two APIs over the same state must agree."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    full = StateDictOptions(full_state_dict=True)
+    local = lambda v: (v.to_local() if hasattr(v, "to_local") else v).detach().clone()  # noqa: E731
+    if "${save_engine}" == "FSDP2":
+        check(differences({k: local(v) for k, v in model.state_dict().items()},
+                          {k: local(v) for k, v in get_model_state_dict(model).items()}),
+              "api-parity: model.state_dict() vs get_model_state_dict")
+        return
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    check(differences({k: local(v) for k, v in model.state_dict().items()},
+                      {k: local(v) for k, v in get_model_state_dict(model, options=full).items()}),
+          "api-parity: model.state_dict() vs get_model_state_dict(full)")
+    fsdp_osd = FSDP.optim_state_dict(model, optim, group=group)
+    dcp_osd = get_optimizer_state_dict(model, optim, options=full)
+    check(differences(flat_optim(fsdp_osd), flat_optim(dcp_osd)),
+          "api-parity: FSDP.optim_state_dict vs get_optimizer_state_dict(full)")
+    optim.load_state_dict(FSDP.optim_state_dict_to_load(model, optim, fsdp_osd, group=group))
+    check(differences(flat_optim(dcp_osd), flat_optim(get_optimizer_state_dict(model, optim, options=full))),
+          "api-parity: optimizer state before vs after optim_state_dict_to_load + load_state_dict")
+
+
+def full_offload(model, optim, rank, actual):
+    """full_state_dict + cpu_offload: rank 0 holds every key, full-shaped, on CPU; other ranks nothing."""
+    model_sd, optim_sd = get_state_dict(model, optim, options=StateDictOptions(
+        full_state_dict=True, cpu_offload=True, flatten_optimizer_state_dict=True))
+    held = {f"model.{k}": v for k, v in model_sd.items()}
+    held.update({f"optim.{k}": v for k, v in optim_sd.items()})
+    held = {k: v for k, v in held.items() if isinstance(v, torch.Tensor)}
+    if rank != 0:
+        check([f"rank {rank} holds {k}" for k in held], "full-offload")
+        return
+    wanted = {k: v for k, v in actual.items() if isinstance(v, torch.Tensor)}
+    found = [f"missing on rank 0: {k}" for k in sorted(set(wanted) - set(held))]
+    found += [f"{k} on {v.device}" for k, v in held.items() if v.device.type != "cpu"]
+    found += [f"{k} shaped {list(v.shape)}" for k, v in held.items() if k in wanted and v.shape != wanted[k].shape]
+    check(found, "full-offload")
 
 
 def round_trip(rank, checkpoint_dir):
@@ -288,13 +375,36 @@ def round_trip(rank, checkpoint_dir):
             phase = "save"
             state, _ = side_state(model, optim, SAVE_FULL_STATE_DICT)
             save(state, checkpoint_dir, groups[SAVE_RANKS])
-            del model, optim, state
+            del state
+            if "continuation" in CHECKS and LOAD_MUTATION is None:
+                phase = "continue-saved"
+                train(model, optim, rank, first=STEPS, count=CONTINUE_STEPS)
+                expected_after = full_state(model, optim)
+            if "api-parity" in CHECKS:
+                phase = "api-parity"
+                api_parity(model, optim, groups[SAVE_RANKS])
+            del model, optim
         phase = "barrier"
         dist.barrier()
-        if rank < LOAD_RANKS:
+        if rank < LOAD_RANKS and LOAD_MUTATION is not None:
+            phase = "build-load"
+            model = shard_load(build_load_model(SEED + 1), groups[LOAD_RANKS])
+            optim = make_load_optimizer(model)
+            phase = "load-incompatible"
+            try:
+                state, options = side_state(model, optim, LOAD_FULL_STATE_DICT)
+                load(state, checkpoint_dir, groups[LOAD_RANKS])
+                set_state_dict(model, optim, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                               options=options)
+            except BaseException as exc:  # the loud error wanted
+                print(f"rank {rank}: the incompatible load raised {type(exc).__name__}, as it should")
+            else:
+                raise AssertionError(f"loud-incompatible-load: loading into a model with a {LOAD_MUTATION} "
+                                     "mutation raised nothing")
+        elif rank < LOAD_RANKS:
             phase = "build-load"
             model = shard_load(build_model(SEED + 1), groups[LOAD_RANKS])
-            optim = make_optimizer(model)
+            optim = make_load_optimizer(model)
             phase = "load"
             state, options = side_state(model, optim, LOAD_FULL_STATE_DICT)
             load(state, checkpoint_dir, groups[LOAD_RANKS])
@@ -302,11 +412,19 @@ def round_trip(rank, checkpoint_dir):
                            options=options)
             phase = "gather-loaded"
             actual = full_state(model, optim)
+            if "full-offload" in CHECKS:
+                phase = "full-offload"
+                full_offload(model, optim, rank, actual)
+            if "continuation" in CHECKS:
+                phase = "continue-loaded"
+                train(model, optim, rank, first=STEPS, count=CONTINUE_STEPS)
+                actual_after = full_state(model, optim)
             if rank == 0:
                 phase = "compare"
-                found = differences(expected, actual)
-                if found:
-                    raise AssertionError(f"{len(found)} difference(s) after the round-trip; first: {found[0]}")
+                check(differences(expected, actual), "complete-state")
+                if "continuation" in CHECKS:
+                    check(differences(expected_after, actual_after, None if SAME_SHARDING else (1e-4, 1e-6)),
+                          "continuation")
     except BaseException as exc:
         print(f"REPRODUCED on rank {rank} in {phase}: {type(exc).__name__}: {exc}", file=sys.stderr)
         traceback.print_exc()
@@ -342,7 +460,9 @@ def main():
     try:
         mp.spawn(rank_main, args=(WORLD_SIZE, os.path.join(scratch, "store"), os.path.join(scratch, "ckpt")),
                  nprocs=WORLD_SIZE, join=True)
-    except Exception:  # a rank exited 1 after printing REPRODUCED, or died
+    except Exception as exc:  # a rank exited 1 after printing REPRODUCED, or died (a signal: a crash)
+        if "signal" in str(exc):
+            print(f"REPRODUCED: a rank died: {exc}", file=sys.stderr)
         sys.exit(1)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

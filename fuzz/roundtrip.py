@@ -18,6 +18,7 @@ import torch.distributed as dist
 
 from shardfuzz.build import build_module, build_optimizer, shard
 from shardfuzz.case import FSDP2, Case, Side
+from shardfuzz import oracles
 from shardfuzz.oracles import compare_state
 from shardfuzz.targets import CheckpointTarget
 from shardfuzz.verdict import Mismatch
@@ -34,6 +35,7 @@ class RankContext:
         self.on_phase = on_phase  # called with each phase name (the pool shows it for a crashed rank)
         self.phase = "idle"
         self.timings: dict[str, float] = {}
+        self.unchanged: list[str] = []  # non-vacuity: keys equal to the saved state before the load
         self._groups: dict[int, Any] = {}
         self._meshes: dict[int, Any] = {}
 
@@ -62,13 +64,18 @@ class RankContext:
             self.on_phase(phase)
 
 
+CONTINUE_STEPS = 2  # steps the continuation oracle takes after the save and after the load
+
+
 def run_case(case: Case, ctx: RankContext, target: CheckpointTarget, checkpoint_dir: str) -> list[Mismatch]:
-    """Run this rank's share of ``case``; return the oracles' mismatches (rank 0 only)."""
+    """Run this rank's share of ``case``; return the oracles' mismatches (rank 0 holds most)."""
     ctx.timings = {}
-    expected = None
+    ctx.unchanged = []
+    expected = expected_after = None
+    mismatches: list[Mismatch] = []
     if ctx.rank < case.save.world_size:
         ctx.enter("build-save")
-        model, optim = _build_side(case, case.save, ctx, seed=case.seed)
+        model, optim = _build_side(case, case.save, case.model, ctx, seed=case.seed)
         ctx.enter("train")
         _train(case, model, optim, rank=ctx.rank)
         ctx.enter("gather-saved")
@@ -76,39 +83,104 @@ def run_case(case: Case, ctx: RankContext, target: CheckpointTarget, checkpoint_
         ctx.enter("save")
         state = _side_state_dict(case, case.save, model, optim)
         target.save(state, checkpoint_id=checkpoint_dir, process_group=ctx.group(case.save.world_size))
-        del model, optim, state
+        del state
+        if "continuation" in case.checks and case.load_mutation is None:
+            ctx.enter("continue-saved")
+            _train(case, model, optim, rank=ctx.rank, first=case.steps, count=CONTINUE_STEPS)
+            expected_after = _gather_full(model, optim)
+        if "api-parity" in case.checks:
+            ctx.enter("api-parity")
+            mismatches += _api_parity(case.save, model, optim, rank=ctx.rank, group=ctx.group(case.save.world_size))
+        del model, optim
     ctx.enter("barrier")
     dist.barrier()
-    mismatches: list[Mismatch] = []
     if ctx.rank < case.load.world_size:
-        ctx.enter("build-load")
-        model, optim = _build_side(case, case.load, ctx, seed=case.seed + 1)
-        ctx.enter("load")
-        state = _side_state_dict(case, case.load, model, optim)
-        target.load(state, checkpoint_id=checkpoint_dir, process_group=ctx.group(case.load.world_size))
-        _set_side_state_dict(case, case.load, model, optim, state)
-        ctx.enter("gather-loaded")
-        actual = _gather_full(model, optim)
-        if ctx.rank == 0:
-            ctx.enter("compare")
-            mismatches = compare_state(expected, actual, rank=ctx.rank)
+        if case.load_mutation is not None:
+            mismatches += _load_incompatible(case, ctx, target, checkpoint_dir)
+        else:
+            mismatches += _load_and_judge(case, ctx, target, checkpoint_dir, expected, expected_after)
     ctx.enter("idle")
     return mismatches
 
 
-def _build_side(case: Case, side: Side, ctx: RankContext, *, seed: int):
+def _load_and_judge(case, ctx, target, checkpoint_dir, expected, expected_after) -> list[Mismatch]:
+    side = case.load
+    mismatches: list[Mismatch] = []
+    ctx.enter("build-load")
+    model, optim = _build_side(case, side, case.model, ctx, seed=case.seed + 1)
+    ctx.enter("gather-before-load")
+    before = _gather_full(model, optim)
+    ctx.enter("load")
+    state = _side_state_dict(case, side, model, optim)
+    target.load(state, checkpoint_id=checkpoint_dir, process_group=ctx.group(side.world_size))
+    _set_side_state_dict(case, side, model, optim, state)
+    del state
+    ctx.enter("gather-loaded")
+    actual = _gather_full(model, optim)
+    if isinstance(side.engine, FSDP2):
+        ctx.enter("layout")
+        mismatches += oracles.layout(_layout_records(model), _expected_layout(case.model, side), rank=ctx.rank)
+    if "full-offload" in case.checks:
+        ctx.enter("full-offload")
+        mismatches += _full_offload(model, optim, actual, rank=ctx.rank)
+    if "continuation" in case.checks:
+        ctx.enter("continue-loaded")
+        _train(case, model, optim, rank=ctx.rank, first=case.steps, count=CONTINUE_STEPS)
+        actual_after = _gather_full(model, optim)
+    if ctx.rank == 0:
+        ctx.enter("compare")
+        mismatches += compare_state(expected, actual, rank=0)
+        ctx.unchanged = oracles.unchanged_before_load(expected, before)
+        if "continuation" in case.checks and not mismatches:
+            mismatches += oracles.continuation(expected_after, actual_after, rank=0,
+                                               identical_layout=_same_sharding(case.save, case.load))
+    return mismatches
+
+
+def _same_sharding(a: Side, b: Side) -> bool:
+    """Whether both sides run the same arithmetic (the state-dict type does not enter training)."""
+    return (a.engine, a.mesh_shape, a.wrap) == (b.engine, b.mesh_shape, b.wrap)
+
+
+def _load_incompatible(case, ctx, target, checkpoint_dir) -> list[Mismatch]:
+    """Load into the mutated model; the oracle wants an exception on every load rank."""
+    side = case.load
+    ctx.enter("build-load")
+    model, optim = _build_side(case, side, case.load_model(), ctx, seed=case.seed + 1)
+    ctx.enter("load-incompatible")
+    raised = None
+    try:
+        state = _side_state_dict(case, side, model, optim)
+        target.load(state, checkpoint_id=checkpoint_dir, process_group=ctx.group(side.world_size))
+        _set_side_state_dict(case, side, model, optim, state)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - any loud error (CheckpointException too) is the outcome wanted
+        raised = f"{type(exc).__name__}: {exc}"
+    return oracles.loud_incompatible_load(case.load_mutation, raised, rank=ctx.rank)
+
+
+def _build_side(case: Case, side: Side, spec, ctx: RankContext, *, seed: int):
     n = side.world_size
-    module = build_module(case.model, seed=seed)
+    module = build_module(spec, seed=seed)
     mesh = ctx.mesh(n) if isinstance(side.engine, FSDP2) else None  # FSDP1 shards on the group itself
     model = shard(module, side, group=ctx.group(n), mesh=mesh)
-    return model, build_optimizer(case.optimizer, model.parameters())
+    # The load side (seed + 1) also gets other hyperparameters, so a loader that
+    # drops param groups is seen (non-vacuity).
+    return model, build_optimizer(case.optimizer, model.parameters(), perturbed=seed != case.seed)
 
 
-def _train(case: Case, model, optim, *, rank: int) -> None:
-    """``case.steps`` optimizer steps on data seeded by (seed, step, rank)."""
+def _train(case: Case, model, optim, *, rank: int, first: int = 0, count: int | None = None) -> None:
+    """Optimizer steps on data seeded by (seed, step, rank).
+
+    The continuation steps (``first`` > 0) feed every rank the same batch, so the
+    averaged gradient is the same whatever the number of ranks.
+    """
     generator = torch.Generator()
-    for step in range(case.steps):
-        generator.manual_seed(case.seed * 1_000_003 + step * 101 + rank)
+    count = case.steps if count is None else count
+    for step in range(first, first + count):
+        same_everywhere = first > 0
+        generator.manual_seed(case.seed * 1_000_003 + step * 101 + (0 if same_everywhere else rank))
         x = torch.randn(case.batch_size, case.model.input_width, generator=generator)
         model(x).square().mean().backward()
         optim.step()
@@ -158,3 +230,82 @@ def _gather_full(model, optim) -> dict[str, Any]:
 
 def _plain(value):
     return value.detach().clone() if isinstance(value, torch.Tensor) else value
+
+
+# --- extraction for the oracles that look at more than the gathered state -------
+
+
+def _layout_records(model) -> dict[str, oracles.LayoutRecord]:
+    from torch.distributed.tensor import DTensor
+
+    return {name: oracles.LayoutRecord(p.device_mesh.size(), repr(tuple(p.placements)), tuple(p.shape), str(p.dtype))
+            for name, p in model.named_parameters() if isinstance(p, DTensor)}
+
+
+def _expected_layout(spec, side: Side) -> dict[str, oracles.LayoutRecord]:
+    """FSDP2 shards every parameter on dim 0 of the side's 1-D mesh, in float32, at its full shape."""
+    from torch.distributed.tensor import Shard
+
+    placements = repr((Shard(0),))
+    records = {}
+    for fqn, fan_in, fan_out, bias in spec.linears():
+        records[f"{fqn}.weight"] = oracles.LayoutRecord(side.world_size, placements, (fan_out, fan_in), "torch.float32")
+        if bias:
+            records[f"{fqn}.bias"] = oracles.LayoutRecord(side.world_size, placements, (fan_out,), "torch.float32")
+    return records
+
+
+def _full_offload(model, optim, actual, *, rank: int) -> list[Mismatch]:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    model_sd, optim_sd = get_state_dict(model, optim, options=StateDictOptions(
+        full_state_dict=True, cpu_offload=True, flatten_optimizer_state_dict=True))
+    held = {f"model.{k}": (tuple(v.shape), v.device.type) for k, v in model_sd.items() if isinstance(v, torch.Tensor)}
+    held.update({f"optim.{k}": (tuple(v.shape), v.device.type)
+                 for k, v in optim_sd.items() if isinstance(v, torch.Tensor)})
+    shapes = {k: tuple(v.shape) for k, v in actual.items() if isinstance(v, torch.Tensor)}
+    return oracles.full_offload(held, shapes, rank=rank)
+
+
+def _api_parity(side: Side, model, optim, *, rank: int, group) -> list[Mismatch]:
+    """``model.state_dict()`` against ``get_model_state_dict``; for FSDP1 also the optimizer APIs."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions, get_model_state_dict, get_optimizer_state_dict)
+
+    found = []
+    full = StateDictOptions(full_state_dict=True)
+    if isinstance(side.engine, FSDP2):
+        ours = {k: _local(v) for k, v in model.state_dict().items()}
+        theirs = {k: _local(v) for k, v in get_model_state_dict(model).items()}
+        found += oracles.api_parity(ours, theirs, rank=rank, what="model.state_dict() vs get_model_state_dict")
+        return found
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    ours = {k: _plain(v) for k, v in model.state_dict().items()}  # FSDP1's default: FULL_STATE_DICT
+    theirs = {k: _plain(v) for k, v in get_model_state_dict(model, options=full).items()}
+    found += oracles.api_parity(ours, theirs, rank=rank, what="model.state_dict() vs get_model_state_dict(full)")
+    fsdp_osd = FSDP.optim_state_dict(model, optim, group=group)
+    dcp_osd = get_optimizer_state_dict(model, optim, options=full)
+    found += oracles.api_parity(_flat_optim(fsdp_osd), _flat_optim(dcp_osd), rank=rank,
+                                what="FSDP.optim_state_dict vs get_optimizer_state_dict(full)")
+    to_load = FSDP.optim_state_dict_to_load(model, optim, fsdp_osd, group=group)
+    optim.load_state_dict(to_load)
+    after = get_optimizer_state_dict(model, optim, options=full)
+    found += oracles.api_parity(_flat_optim(dcp_osd), _flat_optim(after), rank=rank,
+                                what="optimizer state before vs after optim_state_dict_to_load + load_state_dict")
+    return found
+
+
+def _flat_optim(osd) -> dict[str, Any]:
+    """``state.<fqn>.<name>`` and ``param_groups.<i>.<hyperparameter>`` (without the ``params`` list)."""
+    flat = {f"state.{fqn}.{name}": _plain(v) for fqn, entry in osd.get("state", {}).items()
+            for name, v in entry.items()}
+    for i, group in enumerate(osd.get("param_groups", [])):
+        flat.update({f"param_groups.{i}.{k}": v for k, v in group.items() if k != "params"})
+    return flat
+
+
+def _local(value):
+    if hasattr(value, "to_local"):
+        value = value.to_local()
+    return _plain(value)

@@ -72,6 +72,7 @@ class RankReport:
     mismatches: tuple[Mismatch, ...] = ()
     error: Optional[RankError] = None
     timings: dict[str, float] = field(factory=dict)
+    unchanged: tuple[str, ...] = ()  # rank 0: keys whose load-side value equalled the saved one before loading
 
 
 @frozen
@@ -84,6 +85,7 @@ class Verdict:
     where: str = ""  # crash/hang: the phase the first dead or stuck rank was in
     how: str = ""  # crash: the signal or exit code; hang: the deadline
     diagnostics: str = ""  # crash/hang: the ranks' last output and Python stacks
+    unchanged: tuple[str, ...] = ()  # non-vacuity: keys the load could not be seen to change
 
     @property
     def ok(self) -> bool:

@@ -7,7 +7,9 @@ from shardfuzz.strategies.cases import cases, sides
 from shardfuzz.strategies.engines import engines, wrap_sets
 from shardfuzz.strategies.modules import linears, models, module_trees, widths
 from shardfuzz.strategies.options import (
+    checks,
     flatten_optimizer_state_dict,
+    load_mutations,
     optimizer_steps,
     optimizers,
     state_dict_types,
@@ -16,9 +18,11 @@ from shardfuzz.strategies.topology import mesh_shapes, world_sizes
 
 __all__ = [
     "cases",
+    "checks",
     "engines",
     "flatten_optimizer_state_dict",
     "linears",
+    "load_mutations",
     "mesh_shapes",
     "models",
     "module_trees",

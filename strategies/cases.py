@@ -9,7 +9,9 @@ from shardfuzz.strategies._helpers import check_int
 from shardfuzz.strategies.engines import engines, wrap_sets
 from shardfuzz.strategies.modules import models
 from shardfuzz.strategies.options import (
+    checks,
     flatten_optimizer_state_dict,
+    load_mutations,
     optimizer_steps,
     optimizers,
     state_dict_types,
@@ -60,6 +62,8 @@ def cases(
             steps=draw(optimizer_steps(max_steps=max_steps)),
             flatten_optimizer_state_dict=draw(flatten_optimizer_state_dict()),
             seed=draw(st.integers(0, 2**16)),
+            checks=draw(checks()),
+            load_mutation=draw(load_mutations()),
         )
 
     return draw_case()

@@ -5,10 +5,12 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from shardfuzz.capabilities import capabilities
-from shardfuzz.case import SGD, STATE_DICT_TYPES, Adam
+from shardfuzz.case import CHECKS, LOAD_MUTATIONS, SGD, STATE_DICT_TYPES, Adam
 from shardfuzz.strategies._helpers import check_int
 
-__all__ = ["state_dict_types", "flatten_optimizer_state_dict", "optimizers", "optimizer_steps"]
+__all__ = [
+    "checks", "flatten_optimizer_state_dict", "load_mutations", "optimizer_steps", "optimizers", "state_dict_types",
+]
 
 
 def state_dict_types() -> st.SearchStrategy[str]:
@@ -28,3 +30,16 @@ def optimizers() -> st.SearchStrategy[SGD | Adam]:
 def optimizer_steps(*, max_steps: int = 3) -> st.SearchStrategy[int]:
     check_int("max_steps", max_steps, minimum=0)
     return st.integers(0, max_steps)
+
+
+def checks() -> st.SearchStrategy[frozenset[str]]:
+    """Which optional oracles a case runs (each costs collectives); shrinks towards none."""
+    return st.sets(st.sampled_from(CHECKS)).map(frozenset)
+
+
+def load_mutations() -> st.SearchStrategy[str | None]:
+    """``None`` (a compatible load) in about 4 of 5 draws, else one way to make the load incompatible.
+
+    ``None`` comes first, so failures shrink towards a compatible load.
+    """
+    return st.sampled_from((None,) * 8 + LOAD_MUTATIONS)

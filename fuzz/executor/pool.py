@@ -383,9 +383,10 @@ class RankPool:
                            detail=f"ranks {stuck} did not finish within {timeout:g}s "
                                   f"({', '.join(f'rank {r} in {p}' for r, p in phases.items())})",
                            where=where, how="deadline", diagnostics=stacks)
+        unchanged = tuple(key for r in reports for key in r.unchanged)
         if mismatches:
-            return Verdict("mismatch", mismatches)
-        return Verdict("pass")
+            return Verdict("mismatch", mismatches, unchanged=unchanged)
+        return Verdict("pass", unchanged=unchanged)
 
 
 def _how(exitcode: int | None, *, long: bool = False) -> str:

@@ -100,7 +100,7 @@ def main(rank: int, world_size: int, store_path: str, conn, target_spec: str,
         except BaseException as exc:  # noqa: BLE001 - CheckpointException is a BaseException
             error = RankError(rank, ctx.phase, type(exc).__name__, str(exc), traceback.format_exc())
             ctx.enter("idle")
-        report = RankReport(rank, tuple(mismatches), error, dict(ctx.timings))
+        report = RankReport(rank, tuple(mismatches), error, dict(ctx.timings), tuple(ctx.unchanged))
         conn.send_bytes(json.dumps(converter.unstructure(report)).encode())
 
     try:
