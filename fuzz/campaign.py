@@ -81,11 +81,15 @@ class CampaignResult:
     seconds_in_cases: float = 0.0
     wall_seconds: float = 0.0
     rounds: int = 0
+    first_failure_seconds: float | None = None  # from the start to the first new failing case
+    unchanged_keys: Counter = attrs.Factory(Counter)  # non-vacuity: key pattern -> cases it was unchanged in
 
     def record(self, case: Case, verdict: Verdict) -> None:
         self.cases_run += 1
         self.passed += verdict.ok
         self.seconds_in_cases += verdict.seconds
+        for key in verdict.unchanged:
+            self.unchanged_keys[_pattern(key)] += 1
         for name, value in dimensions(case).items():
             self.coverage[name][value] += 1
 
@@ -102,6 +106,7 @@ def run_campaign(
     round_size: int = 20,
     shrink_budget: float | None = None,
     confirm: Callable[[Case], Verdict] | None = None,
+    stop_on_finding: bool = False,
 ) -> CampaignResult:
     """Fuzz until ``budget`` seconds are spent; return what was run and found.
 
@@ -112,6 +117,7 @@ def run_campaign(
     ``shrink_budget`` (default: half the budget, at least 30 s) caps the time one
     round spends shrinking; past it, only cases already seen failing are re-run,
     so Hypothesis finishes with the smallest failing case found so far.
+    ``stop_on_finding`` ends the campaign after the round that shrank its first finding.
     """
     result = CampaignResult()
     rng = random.Random(seed)
@@ -175,6 +181,8 @@ def run_campaign(
                     _add(result, Finding(case, verdict, flaky=True, other=again), on_finding)
                     return
             failing.add(case)
+            if result.first_failure_seconds is None:
+                result.first_failure_seconds = now - started
             if not first_failure:
                 first_failure.append(now)
             raise failure_for(case, verdict)
@@ -192,8 +200,16 @@ def run_campaign(
                 raise
             for failure in failures:
                 _add(result, Finding(failure.case, failure.verdict), on_finding)
+        if stop_on_finding and result.findings:
+            break
     result.wall_seconds = time.monotonic() - started
     return result
+
+
+def _pattern(key: str) -> str:
+    from shardfuzz.verdict import _key_pattern
+
+    return _key_pattern(key)
 
 
 def _add(result: CampaignResult, finding: Finding, on_finding) -> None:

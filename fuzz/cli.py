@@ -67,6 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("entry", type=Path, help="the corpus entry (a .json file)")
     export.add_argument("-o", "--output", type=Path, default=None, help="script path (default: stdout)")
 
+    selftest = commands.add_parser("selftest", help="fuzz a catalogue of injected checkpoint bugs; report kills")
+    selftest.add_argument("--budget", type=_positive_float, default=40.0,
+                          help="seconds per mutant to find and shrink it (default 40)")
+    selftest.add_argument("--world-size", type=_world_size, default=2, help="ranks in each pool (default 2)")
+    selftest.add_argument("--seed", type=int, default=0, help="seed for the case draws (default 0)")
+    selftest.add_argument("--mutant", action="append", default=None,
+                          help="only this mutant (repeatable; default: the whole catalogue)")
+    selftest.add_argument("--report", type=Path, default=None, help="write a JSON report here")
+    selftest.add_argument("--corpus", type=Path, default=Path("corpus"),
+                          help="known torch bugs here are not counted as kills (default ./corpus)")
+
     commands.add_parser("capabilities", help="list what the installed torch offers to the fuzzer")
     return parser
 
@@ -79,7 +90,46 @@ def main(argv: list[str] | None = None) -> int:
         return _replay(args)
     if args.command == "export":
         return _export(args)
+    if args.command == "selftest":
+        return _selftest(args)
     return _run(args)
+
+
+def _selftest(args) -> int:
+    import torch
+
+    from shardfuzz.corpus import known_bugs, load_corpus
+    from shardfuzz.executor import PoolStartError
+    from shardfuzz.mutants import CATALOGUE
+    from shardfuzz.selftest import run_selftest
+
+    unknown = sorted(set(args.mutant or []) - set(CATALOGUE))
+    if unknown:
+        print(f"shardfuzz selftest: no such mutant(s) {unknown}; choose from {sorted(CATALOGUE)}", file=sys.stderr)
+        return 2
+    known = known_bugs(load_corpus(args.corpus)[0], torch.__version__)
+    print(f"{'mutant':30} {'result':8} {'killed by':24} {'detect s':>8} {'size':>5}  shrunk case")
+
+    def show(r) -> None:
+        detect = f"{r.seconds_to_detect:.1f}" if r.seconds_to_detect is not None else "-"
+        print(f"{r.mutant:30} {'KILLED' if r.killed else 'SURVIVED':8} {r.killed_by[:24]:24} {detect:>8} "
+              f"{r.shrunk_case_size if r.shrunk_case_size is not None else '-':>5}  {r.shrunk_case}", flush=True)
+
+    started = time.monotonic()
+    try:
+        results = run_selftest(budget_per_mutant=args.budget, world_size=args.world_size, seed=args.seed,
+                               mutants=args.mutant, is_known=known.__contains__, on_result=show)
+    except PoolStartError as exc:
+        print(f"shardfuzz selftest: {exc}", file=sys.stderr)
+        return 2
+    killed = sum(r.killed for r in results)
+    print(f"kill rate {killed}/{len(results)} ({100 * killed / len(results):.0f}%) in {time.monotonic() - started:.0f}s "
+          f"on torch {torch.__version__}, {args.budget:g}s per mutant, {args.world_size} ranks")
+    if args.report:
+        args.report.write_text(json.dumps({"torch": torch.__version__, "budget_per_mutant": args.budget,
+                                           "world_size": args.world_size, "killed": killed, "total": len(results),
+                                           "mutants": [r.as_dict() for r in results]}, indent=2) + "\n")
+    return 0 if killed == len(results) else 1
 
 
 def _entries_at(paths: list[Path]):

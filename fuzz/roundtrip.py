@@ -20,7 +20,7 @@ from shardfuzz.build import build_module, build_optimizer, shard
 from shardfuzz.case import FSDP2, Case, Side
 from shardfuzz import oracles
 from shardfuzz.oracles import compare_state
-from shardfuzz.targets import CheckpointTarget
+from shardfuzz.targets import CheckpointTarget, ShardsModules
 from shardfuzz.verdict import Mismatch
 
 __all__ = ["RankContext", "run_case"]
@@ -75,7 +75,7 @@ def run_case(case: Case, ctx: RankContext, target: CheckpointTarget, checkpoint_
     mismatches: list[Mismatch] = []
     if ctx.rank < case.save.world_size:
         ctx.enter("build-save")
-        model, optim = _build_side(case, case.save, case.model, ctx, seed=case.seed)
+        model, optim = _build_side(case, case.save, case.model, ctx, target, seed=case.seed)
         ctx.enter("train")
         _train(case, model, optim, rank=ctx.rank)
         ctx.enter("gather-saved")
@@ -107,7 +107,7 @@ def _load_and_judge(case, ctx, target, checkpoint_dir, expected, expected_after)
     side = case.load
     mismatches: list[Mismatch] = []
     ctx.enter("build-load")
-    model, optim = _build_side(case, side, case.model, ctx, seed=case.seed + 1)
+    model, optim = _build_side(case, side, case.model, ctx, target, seed=case.seed + 1)
     ctx.enter("gather-before-load")
     before = _gather_full(model, optim)
     ctx.enter("load")
@@ -146,7 +146,7 @@ def _load_incompatible(case, ctx, target, checkpoint_dir) -> list[Mismatch]:
     """Load into the mutated model; the oracle wants an exception on every load rank."""
     side = case.load
     ctx.enter("build-load")
-    model, optim = _build_side(case, side, case.load_model(), ctx, seed=case.seed + 1)
+    model, optim = _build_side(case, side, case.load_model(), ctx, target, seed=case.seed + 1)
     ctx.enter("load-incompatible")
     raised = None
     try:
@@ -160,11 +160,14 @@ def _load_incompatible(case, ctx, target, checkpoint_dir) -> list[Mismatch]:
     return oracles.loud_incompatible_load(case.load_mutation, raised, rank=ctx.rank)
 
 
-def _build_side(case: Case, side: Side, spec, ctx: RankContext, *, seed: int):
+def _build_side(case: Case, side: Side, spec, ctx: RankContext, target, *, seed: int):
     n = side.world_size
     module = build_module(spec, seed=seed)
     mesh = ctx.mesh(n) if isinstance(side.engine, FSDP2) else None  # FSDP1 shards on the group itself
-    model = shard(module, side, group=ctx.group(n), mesh=mesh)
+    if isinstance(target, ShardsModules):
+        model = target.shard(module, side, group=ctx.group(n), mesh=mesh, default=shard)
+    else:
+        model = shard(module, side, group=ctx.group(n), mesh=mesh)
     # The load side (seed + 1) also gets other hyperparameters, so a loader that
     # drops param groups is seen (non-vacuity).
     return model, build_optimizer(case.optimizer, model.parameters(), perturbed=seed != case.seed)

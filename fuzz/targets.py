@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["CheckpointTarget", "DcpTarget", "DEFAULT_TARGET", "resolve_target"]
+__all__ = ["CheckpointTarget", "DcpTarget", "DEFAULT_TARGET", "ShardsModules", "resolve_target"]
 
 DEFAULT_TARGET = "shardfuzz.targets:DcpTarget"
 
@@ -25,6 +25,17 @@ class CheckpointTarget(Protocol):
     def save(self, state_dict: dict[str, Any], *, checkpoint_id: str, process_group: Any) -> None: ...
 
     def load(self, state_dict: dict[str, Any], *, checkpoint_id: str, process_group: Any) -> None: ...
+
+
+@runtime_checkable
+class ShardsModules(Protocol):
+    """Optional: a target with a ``shard`` method also does the wrapping (FSDP1/FSDP2) for each side.
+
+    ``default(module, side, group=..., mesh=...)`` is shardfuzz's own wrapping,
+    to delegate to for what the target does not handle.
+    """
+
+    def shard(self, module: Any, side: Any, *, group: Any, mesh: Any, default: Any) -> Any: ...
 
 
 class DcpTarget:

@@ -33,13 +33,16 @@ def optimizer_steps(*, max_steps: int = 3) -> st.SearchStrategy[int]:
 
 
 def checks() -> st.SearchStrategy[frozenset[str]]:
-    """Which optional oracles a case runs (each costs collectives); shrinks towards none."""
-    return st.sets(st.sampled_from(CHECKS)).map(frozenset)
+    """Which optional oracles a case runs: each in about 1 case of 5 (each costs collectives,
+    and ``full-offload`` meets a known FSDP1 crash that costs a pool restart); shrinks towards none."""
+    one = st.sampled_from((False,) * 4 + (True,))
+    return st.tuples(*[one] * len(CHECKS)).map(lambda on: frozenset(c for c, o in zip(CHECKS, on) if o))
 
 
 def load_mutations() -> st.SearchStrategy[str | None]:
-    """``None`` (a compatible load) in about 4 of 5 draws, else one way to make the load incompatible.
+    """``None`` (a compatible load) in 2 of 3 draws, else one way to make the load incompatible.
 
-    ``None`` comes first, so failures shrink towards a compatible load.
+    An incompatible load is cheap (it stops at the first error), so a third of the
+    cases is not a third of the time. ``None`` comes first: failures shrink towards it.
     """
-    return st.sampled_from((None,) * 8 + LOAD_MUTATIONS)
+    return st.sampled_from((None,) * 4 + LOAD_MUTATIONS)

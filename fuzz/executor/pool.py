@@ -37,7 +37,7 @@ import attrs
 from shardfuzz.case import Case, to_dict
 from shardfuzz.targets import DEFAULT_TARGET
 from shardfuzz.unsupported import classify
-from shardfuzz.verdict import RankReport, Verdict, converter
+from shardfuzz.verdict import RankError, RankReport, Verdict, converter
 
 __all__ = ["RankPool", "PoolEvent", "PoolStartError", "deadline_for", "scratch_root"]
 
@@ -353,7 +353,7 @@ class RankPool:
 
     def _verdict(self, collected, timeout: float) -> Verdict:
         replies, missing = collected
-        reports = [converter.structure(replies[r], RankReport) for r in sorted(replies)]
+        reports = [_report(rank, replies[rank]) for rank in sorted(replies)]
         errors = tuple(r.error for r in reports if r.error is not None)
         mismatches = tuple(m for r in reports for m in r.mismatches)
         dead = sorted(self._dead)
@@ -387,6 +387,14 @@ class RankPool:
         if mismatches:
             return Verdict("mismatch", mismatches, unchanged=unchanged)
         return Verdict("pass", unchanged=unchanged)
+
+
+def _report(rank: int, reply: dict) -> RankReport:
+    """A rank's reply as a RankReport; one that does not parse is that rank's error, not the runner's."""
+    try:
+        return converter.structure(reply, RankReport)
+    except Exception as exc:  # noqa: BLE001 - a rank running other code, or a corrupted message
+        return RankReport(rank, error=RankError(rank, "report", "BadReport", f"unreadable report: {exc!r}"[:500]))
 
 
 def _how(exitcode: int | None, *, long: bool = False) -> str:
