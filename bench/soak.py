@@ -118,6 +118,8 @@ def soak(cases: int = 1000, world_size: int = 2, seed: int = 0, hang_timeout: fl
                                 f"(stack dumped: {_STACK in verdict.diagnostics})")
             elif expected == "clean" and not verdict.ok and verdict.signature() not in known:
                 problems.append(f"case {i}: clean case failed: {verdict.summary()[:300]}")
+            if problems and not quiet and problems[-1].startswith(f"case {i}:"):
+                print(problems[-1], flush=True)
             if not quiet and i % 50 == 0:
                 print(f"[{time.monotonic() - started:7.1f}s] {i} cases, {dict(counts)}", flush=True)
     finally:

@@ -246,11 +246,13 @@ def make_load_optimizer(model):
 
 ${target}
 
-def train(model, optim, rank, first=0, count=STEPS):
-    """Steps on data seeded by (SEED, step, rank); continuation steps (first > 0) use one batch on every rank."""
+def train(model, optim, rank, continuation=False):
+    """STEPS steps on data seeded by (SEED, step, rank); then, for continuation, CONTINUE_STEPS more
+    with the same batch on every rank."""
     generator = torch.Generator()
+    first, count = (STEPS, CONTINUE_STEPS) if continuation else (0, STEPS)
     for step in range(first, first + count):
-        generator.manual_seed(SEED * 1_000_003 + step * 101 + (0 if first > 0 else rank))
+        generator.manual_seed(SEED * 1_000_003 + step * 101 + (0 if continuation else rank))
         x = torch.randn(BATCH_SIZE, INPUT_WIDTH, generator=generator)
         model(x).square().mean().backward()
         optim.step()
@@ -378,7 +380,7 @@ def round_trip(rank, checkpoint_dir):
             del state
             if "continuation" in CHECKS and LOAD_MUTATION is None:
                 phase = "continue-saved"
-                train(model, optim, rank, first=STEPS, count=CONTINUE_STEPS)
+                train(model, optim, rank, continuation=True)
                 expected_after = full_state(model, optim)
             if "api-parity" in CHECKS:
                 phase = "api-parity"
@@ -417,7 +419,7 @@ def round_trip(rank, checkpoint_dir):
                 full_offload(model, optim, rank, actual)
             if "continuation" in CHECKS:
                 phase = "continue-loaded"
-                train(model, optim, rank, first=STEPS, count=CONTINUE_STEPS)
+                train(model, optim, rank, continuation=True)
                 actual_after = full_state(model, optim)
             if rank == 0:
                 phase = "compare"

@@ -86,7 +86,7 @@ def run_case(case: Case, ctx: RankContext, target: CheckpointTarget, checkpoint_
         del state
         if "continuation" in case.checks and case.load_mutation is None:
             ctx.enter("continue-saved")
-            _train(case, model, optim, rank=ctx.rank, first=case.steps, count=CONTINUE_STEPS)
+            _train(case, model, optim, rank=ctx.rank, continuation=True)
             expected_after = _gather_full(model, optim)
         if "api-parity" in case.checks:
             ctx.enter("api-parity")
@@ -125,7 +125,7 @@ def _load_and_judge(case, ctx, target, checkpoint_dir, expected, expected_after)
         mismatches += _full_offload(model, optim, actual, rank=ctx.rank)
     if "continuation" in case.checks:
         ctx.enter("continue-loaded")
-        _train(case, model, optim, rank=ctx.rank, first=case.steps, count=CONTINUE_STEPS)
+        _train(case, model, optim, rank=ctx.rank, continuation=True)
         actual_after = _gather_full(model, optim)
     if ctx.rank == 0:
         ctx.enter("compare")
@@ -173,17 +173,16 @@ def _build_side(case: Case, side: Side, spec, ctx: RankContext, target, *, seed:
     return model, build_optimizer(case.optimizer, model.parameters(), perturbed=seed != case.seed)
 
 
-def _train(case: Case, model, optim, *, rank: int, first: int = 0, count: int | None = None) -> None:
-    """Optimizer steps on data seeded by (seed, step, rank).
+def _train(case: Case, model, optim, *, rank: int, continuation: bool = False) -> None:
+    """``case.steps`` optimizer steps on data seeded by (seed, step, rank).
 
-    The continuation steps (``first`` > 0) feed every rank the same batch, so the
-    averaged gradient is the same whatever the number of ranks.
+    ``continuation``: the ``CONTINUE_STEPS`` steps after those, with the same batch
+    on every rank, so the averaged gradient is the same whatever the number of ranks.
     """
     generator = torch.Generator()
-    count = case.steps if count is None else count
+    first, count = (case.steps, CONTINUE_STEPS) if continuation else (0, case.steps)
     for step in range(first, first + count):
-        same_everywhere = first > 0
-        generator.manual_seed(case.seed * 1_000_003 + step * 101 + (0 if same_everywhere else rank))
+        generator.manual_seed(case.seed * 1_000_003 + step * 101 + (0 if continuation else rank))
         x = torch.randn(case.batch_size, case.model.input_width, generator=generator)
         model(x).square().mean().backward()
         optim.step()

@@ -1,7 +1,10 @@
-"""Checkpoint targets with deliberate, realistic faults, for proving the oracles can fail.
+"""Checkpoint targets that misbehave, for the executor's and the corpus's tests.
 
-Each wraps the real DCP target and goes through the same public seam a user's
-own save/load code would (``shardfuzz run --target faults:...``).
+The catalogue of realistic checkpointing bugs lives in ``shardfuzz.mutants``
+(``shardfuzz selftest``); two of them are re-exported here for the older tests.
+These add ranks that raise, exit, hang or die on cue, and flaky or
+"unsupported" outcomes. Each goes through the same public seam a user's own
+save/load code would (``shardfuzz run --target faults:...``).
 """
 
 from __future__ import annotations
@@ -17,64 +20,8 @@ import torch.distributed as dist
 from shardfuzz.targets import DcpTarget
 
 
-def _local(value):
-    """The rank-local tensor behind a DTensor, ShardedTensor or plain tensor (None if empty)."""
-    if hasattr(value, "to_local"):
-        value = value.to_local()
-    elif hasattr(value, "local_shards"):
-        shards = value.local_shards()
-        value = shards[0].tensor if shards else None
-    if isinstance(value, torch.Tensor) and value.is_floating_point() and value.numel() > 0:
-        return value
-    return None
-
-
-def _is_last_rank(process_group) -> bool:
-    return dist.get_rank() == dist.get_world_size(process_group) - 1
-
-
-class PerturbOneLoadedElement(DcpTarget):
-    """After a correct load, the last rank's first non-empty model shard is off by one in one element."""
-
-    def load(self, state_dict, *, checkpoint_id, process_group):
-        super().load(state_dict, checkpoint_id=checkpoint_id, process_group=process_group)
-        if not _is_last_rank(process_group):
-            return
-        for value in state_dict["model"].values():
-            local = _local(value)
-            if local is not None:
-                with torch.no_grad():
-                    local.view(-1)[0] += 1.0
-                return
-
-
-def _moments(optim_state):
-    """Local first-moment tensors (Adam ``exp_avg``, SGD ``momentum_buffer``) in key order."""
-    found = []
-    if "state" in optim_state and isinstance(optim_state["state"], dict):  # nested form
-        for fqn in sorted(optim_state["state"]):
-            for name in ("exp_avg", "momentum_buffer"):
-                if name in optim_state["state"][fqn]:
-                    found.append(optim_state["state"][fqn][name])
-    else:  # flattened form: "state.<fqn>.<name>"
-        found = [optim_state[k] for k in sorted(optim_state) if k.endswith((".exp_avg", ".momentum_buffer"))]
-    return [t for t in (_local(v) for v in found) if t is not None]
-
-
-class SwapOptimizerMoments(DcpTarget):
-    """After a correct load, two parameters' first moments of the same local shape are swapped."""
-
-    def load(self, state_dict, *, checkpoint_id, process_group):
-        super().load(state_dict, checkpoint_id=checkpoint_id, process_group=process_group)
-        moments = _moments(state_dict["optim"])
-        for i, a in enumerate(moments):
-            for b in moments[i + 1:]:
-                if a.shape == b.shape:
-                    with torch.no_grad():
-                        saved = a.clone()
-                        a.copy_(b)
-                        b.copy_(saved)
-                    return
+from shardfuzz.mutants import PerturbOneLoadedElement, _last_rank as _is_last_rank  # noqa: F401
+from shardfuzz.mutants import SwapMomentsBetweenParameters as SwapOptimizerMoments  # noqa: F401
 
 
 # --- misbehaving ranks, armed by a flag file so a test can disarm them --------

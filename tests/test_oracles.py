@@ -1,5 +1,6 @@
 """The state oracle fails on each kind of wrong state and passes on the right one."""
 
+import attrs
 import pytest
 import torch
 
@@ -73,3 +74,78 @@ def test_signature_ignores_module_path_numbers_and_paths():
     assert deep.signature() == shallow.signature()
     assert normalise_message("Traceback\nKeyError: 'param_groups.0.params.3' in /tmp/x/y.py at 0x7f00") == \
         "KeyError: 'param_groups.<n>.params.<n>' in <path> at <addr>"
+
+
+# --- the other oracles: each fails on a concrete wrong input, passes on the right one ----
+
+from shardfuzz import oracles  # noqa: E402
+from shardfuzz.oracles import LayoutRecord  # noqa: E402
+
+
+def test_non_vacuity_lists_only_tensors_that_already_matched():
+    saved = _state()
+    before = _state()
+    before["model.0.weight"] = before["model.0.weight"] + 1  # the load has work to do here
+    assert oracles.unchanged_before_load(saved, before) == [
+        "model.0.bias", "optim.state.0.weight.exp_avg", "optim.state.0.weight.step"]
+    assert "optim.param_groups.0.weight.lr" not in oracles.unchanged_before_load(saved, saved)
+
+
+def test_continuation_is_bitwise_when_sharding_is_identical_and_tolerant_otherwise():
+    after = {"model.0.weight": torch.tensor([1.0, 2.0])}
+    one_ulp = {"model.0.weight": torch.nextafter(after["model.0.weight"], torch.tensor(3.0))}
+    assert oracles.continuation(after, after, rank=0, identical_layout=True) == []
+    (mismatch,) = oracles.continuation(after, one_ulp, rank=0, identical_layout=True)
+    assert mismatch.oracle == "continuation" and mismatch.index == (0,)
+    assert oracles.continuation(after, one_ulp, rank=0, identical_layout=False) == []  # reduction order
+    wrong = {"model.0.weight": torch.tensor([1.0, 2.001])}
+    (mismatch,) = oracles.continuation(after, wrong, rank=0, identical_layout=False)
+    assert "beyond rtol" in mismatch.detail and mismatch.index == (1,)
+
+
+RIGHT = LayoutRecord(2, "(Shard(dim=0),)", (4, 3), "torch.float32")
+
+
+@pytest.mark.parametrize(
+    "got, detail",
+    [
+        ({"w": attrs.evolve(RIGHT, placements="(Shard(dim=1),)")}, "placements differs"),
+        ({"w": attrs.evolve(RIGHT, placements="(Replicate(),)")}, "placements differs"),
+        ({"w": attrs.evolve(RIGHT, mesh_size=1)}, "mesh_size differs"),
+        ({"w": attrs.evolve(RIGHT, shape=(3, 4))}, "shape differs"),
+        ({"w": attrs.evolve(RIGHT, dtype="torch.bfloat16")}, "dtype differs"),
+        ({}, "not a DTensor after load"),
+    ],
+)
+def test_layout_fails_on_each_changed_field(got, detail):
+    assert oracles.layout({"w": RIGHT}, {"w": RIGHT}, rank=1) == []
+    (mismatch,) = oracles.layout(got, {"w": RIGHT}, rank=1)
+    assert (mismatch.oracle, mismatch.detail, mismatch.rank) == ("layout", detail, 1)
+
+
+def test_api_parity_names_the_pair_of_apis():
+    assert oracles.api_parity(_state(), _state(), rank=0, what="a vs b") == []
+    swapped = _state()
+    swapped["optim.state.0.weight.exp_avg"] = torch.full((3, 4), 7.0)
+    (mismatch,) = oracles.api_parity(_state(), swapped, rank=0, what="a vs b")
+    assert mismatch.oracle == "api-parity" and mismatch.detail.startswith("a vs b: values differ")
+
+
+def test_full_offload_wants_everything_on_rank_zero_on_cpu_and_nothing_elsewhere():
+    shapes = {"model.w": (4, 3), "optim.state.w.step": ()}
+    right = {"model.w": ((4, 3), "cpu"), "optim.state.w.step": ((), "cpu")}
+    assert oracles.full_offload(right, shapes, rank=0) == []
+    assert oracles.full_offload({}, shapes, rank=1) == []
+    assert [m.detail for m in oracles.full_offload({"model.w": ((4, 3), "cpu")}, shapes, rank=0)] == [
+        "missing on rank 0"]
+    assert [m.detail for m in oracles.full_offload({**right, "model.w": ((2, 3), "cpu")}, shapes, rank=0)] == [
+        "not full-shaped"]
+    assert [m.detail for m in oracles.full_offload({**right, "model.w": ((4, 3), "cuda")}, shapes, rank=0)] == [
+        "not offloaded to CPU"]
+    assert [m.detail for m in oracles.full_offload(right, shapes, rank=1)] == ["a rank other than 0 holds state"]
+
+
+def test_an_incompatible_load_must_raise():
+    assert oracles.loud_incompatible_load("wider", "ValueError: Size mismatch", rank=0) == []
+    (mismatch,) = oracles.loud_incompatible_load("extra-layer", None, rank=0)
+    assert mismatch.oracle == "loud-incompatible-load" and "raised nothing" in mismatch.detail

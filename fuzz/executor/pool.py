@@ -182,6 +182,7 @@ class RankPool:
                 why += f"{'; ' if why else ''}ranks {sorted(missing)} did not report ready"
                 why += "".join(f"\n  rank {r} printed: {t}" for r, t in tails.items() if t)
             raise PoolStartError(f"could not start {self.world_size} gloo ranks: {why}")
+        shutil.rmtree(os.path.join(self._scratch, "warm-up"), ignore_errors=True)
 
     def close(self) -> None:
         """Ask, join with a deadline, terminate, kill; then remove the scratch directory.

@@ -55,7 +55,7 @@ def main(rank: int, world_size: int, store_path: str, conn, target_spec: str,
     def report_failure(exc: BaseException) -> None:
         conn.send_bytes(json.dumps({"op": "failed", "rank": rank, "error": _format(exc)}).encode())
 
-    def join_world(store: str) -> RankContext | None:
+    def join_world(store: str, warm_up: bool = False) -> RankContext | None:
         """A fresh world and its prefix groups; on failure tell the pool why and return None."""
         try:
             if dist.is_initialized():
@@ -63,6 +63,8 @@ def main(rank: int, world_size: int, store_path: str, conn, target_spec: str,
             dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
             ctx = RankContext(rank, world_size, on_phase=publish_phase)
             ctx.create_groups()
+            if warm_up:
+                _warm_up(ctx, os.path.join(os.path.dirname(store), "warm-up"))
         except BaseException as exc:  # noqa: BLE001 - report why this rank could not join
             report_failure(exc)
             return None
@@ -74,7 +76,7 @@ def main(rank: int, world_size: int, store_path: str, conn, target_spec: str,
     except BaseException as exc:  # noqa: BLE001 - report why the target could not be loaded
         report_failure(exc)
         return
-    ctx = join_world(store_path)
+    ctx = join_world(store_path, warm_up=True)
     if ctx is None:
         return
 
@@ -107,6 +109,28 @@ def main(rank: int, world_size: int, store_path: str, conn, target_spec: str,
         dist.destroy_process_group()
     except BaseException:  # noqa: BLE001 - teardown of a broken group may fail; we exit anyway
         pass
+
+
+def _warm_up(ctx, checkpoint_dir: str) -> None:
+    """One small correct round-trip with plain DCP, before the rank says it is ready.
+
+    torch initialises much lazily (DCP's planners, FSDP's hooks, DTensor's
+    dispatch): the first case on a fresh rank takes seconds, later ones tens of
+    milliseconds. Paying that here keeps per-case deadlines and timings honest.
+    """
+    from shardfuzz.capabilities import capabilities
+    from shardfuzz.case import FSDP1, FSDP2, Adam, Case, Linear, Model, Sequential, Side
+    from shardfuzz.roundtrip import run_case
+    from shardfuzz.targets import DcpTarget
+
+    engines = [{"fsdp1": FSDP1(), "fsdp2": FSDP2()}[name] for name in capabilities().engines]
+    if not engines:
+        return
+    n = ctx.world_size
+    case = Case(model=Model(2, Sequential([Linear(3), Linear(2)])), save=Side(engines[0], (n,)),
+                load=Side(engines[-1], (n,)), optimizer=Adam(), steps=1)
+    run_case(case, ctx, DcpTarget(), checkpoint_dir)
+    ctx.timings = {}
 
 
 def _redirect_output(path: str) -> None:
