@@ -94,13 +94,37 @@ def time_bare(cases, world_size: int) -> float:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def rss_run(n: int, world_size: int, seed: int) -> int:
+    """Resident memory of all ranks together over ``n`` drawn cases on one pool (no restarts counted)."""
+    from shardfuzz.executor import RankPool
+
+    drawn = draw_cases(n, world_size, seed)
+    samples = []
+    with RankPool(world_size) as pool:
+        start_rss = pool.rss_bytes()
+        started = time.perf_counter()
+        for i, case in enumerate(drawn, start=1):
+            pool.run(case)
+            if i % 100 == 0 or i == n:
+                samples.append((i, pool.rss_bytes(), pool.starts))
+        wall = time.perf_counter() - started
+    print(f"world size {world_size}: {n} cases in {wall:.0f}s; ranks' RSS at start {start_rss / 2**20:.0f} MiB")
+    for i, rss, starts in samples:
+        print(f"  after {i:5} cases: {rss / 2**20:7.0f} MiB  (pool starts so far: {starts})")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--world-size", type=int, default=4)
     parser.add_argument("--cases", type=int, default=40)
     parser.add_argument("--spawn-cases", type=int, default=4, help="cases timed with spawn-per-case (slow)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rss-cases", type=int, default=0,
+                        help="also run this many drawn cases on one warm pool and report the ranks' memory")
     args = parser.parse_args(argv)
+    if args.rss_cases:
+        return rss_run(args.rss_cases, args.world_size, args.seed)
 
     from shardfuzz.executor import RankPool
 
