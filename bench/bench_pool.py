@@ -40,7 +40,8 @@ def draw_cases(n: int, world_size: int, seed: int):
     def collect(case):
         drawn.append(case)
 
-    collect()
+    while len(drawn) < n:  # a run can stop early (e.g. when it exhausts small inputs)
+        collect()
     return drawn[:n]
 
 

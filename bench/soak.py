@@ -28,6 +28,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the fault targets; spawned ranks inherit sys.path
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_pool import draw_cases  # noqa: E402
 
 CRASHES = ("segfault", "abort", "exit", "sigkill")
 
@@ -41,25 +44,6 @@ def instruction(i: int) -> str:
     if i % 50 == 5:
         return "teardown"
     return ""
-
-
-def draw_cases(n: int, world_size: int, seed: int):
-    from hypothesis import HealthCheck, Phase, given, settings
-    from hypothesis import seed as hseed
-
-    from shardfuzz.strategies import cases
-
-    drawn = []
-
-    @settings(max_examples=n, phases=[Phase.generate], database=None, suppress_health_check=list(HealthCheck))
-    @hseed(seed)
-    @given(cases(max_world_size=world_size))
-    def collect(case):
-        drawn.append(case)
-
-    while len(drawn) < n:
-        collect()
-    return drawn[:n]
 
 
 _STACK = "most recent call first"  # faulthandler's header for each thread

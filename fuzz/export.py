@@ -47,7 +47,7 @@ def export_script(entry: Entry, *, filename: str = "repro.py") -> str:
         flatten=case.flatten_optimizer_state_dict,
         save_full=case.save.state_dict == "full",
         load_full=case.load.state_dict == "full",
-        block_class=_BLOCK_CLASS if uses_block else "",
+        block_class=_block_class_source() if uses_block else "",
         model=_module_expr(case.model.root, case.model.input_width, indent=8)[0],
         load_model=_module_expr(case.load_model().root, case.model.input_width, indent=8)[0],
         checks=repr(set(case.checks)) if case.checks else "set()",
@@ -148,22 +148,13 @@ def _target_code(target: str) -> str:
     )
 
 
-_BLOCK_CLASS = '''
+def _block_class_source() -> str:
+    """The exported ``Block`` is ``build.BlockModule`` itself, renamed: one definition to keep right."""
+    import inspect
 
-class Block(nn.Module):
-    """A custom container: named children applied in order."""
+    from shardfuzz.build import BlockModule
 
-    def __init__(self, children):
-        super().__init__()
-        self._order = [name for name, _ in children]
-        for name, child in children:
-            self.add_module(name, child)
-
-    def forward(self, x):
-        for name in self._order:
-            x = getattr(self, name)(x)
-        return x
-'''
+    return "\n\n" + inspect.getsource(BlockModule).replace("class BlockModule(", "class Block(")
 
 _TEMPLATE = Template('''#!/usr/bin/env python3
 """Standalone reproducer exported by shardfuzz.
