@@ -69,6 +69,7 @@ def children_of(pid: int) -> list[str]:
 
 def soak(cases: int = 1000, world_size: int = 2, seed: int = 0, hang_timeout: float = 6.0, quiet: bool = False):
     """Run the soak; return a dict of counts and the list of problems (empty when it passed)."""
+    import attrs
     import torch
 
     from shardfuzz.corpus import known_bugs, load_corpus
@@ -90,6 +91,10 @@ def soak(cases: int = 1000, world_size: int = 2, seed: int = 0, hang_timeout: fl
     try:
         for i, case in enumerate(drawn, start=1):
             order = instruction(i)
+            if order == "teardown":  # every rank takes part, so every rank arms its exit-time abort
+                full = (world_size,)
+                case = attrs.evolve(case, save=attrs.evolve(case.save, mesh_shape=full),
+                                    load=attrs.evolve(case.load, mesh_shape=full))
             Path(control.name).write_text(order)
             verdict = pool.run(case)
             peak_rss = max(peak_rss, pool.rss_bytes())
