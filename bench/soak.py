@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import multiprocessing
 import os
 import sys
 import tempfile
@@ -87,6 +86,8 @@ def soak(cases: int = 1000, world_size: int = 2, seed: int = 0, hang_timeout: fl
     problems: list[str] = []
     peak_rss = 0
     started = time.monotonic()
+    children_before = set(children_of(os.getpid()))  # e.g. a pytest session's own pool
+    dirs_before = set(glob.glob(os.path.join(scratch_root(), f"shardfuzz-pool-{os.getpid()}-*")))
     pool = RankPool(world_size, target="faults:SoakFaults", case_timeout=hang_timeout, error_grace=2.0)
     try:
         for i, case in enumerate(drawn, start=1):
@@ -116,10 +117,11 @@ def soak(cases: int = 1000, world_size: int = 2, seed: int = 0, hang_timeout: fl
         os.unlink(control.name)
     wall = time.monotonic() - started
     time.sleep(0.5)
-    left = children_of(os.getpid()) + [f"{p.pid} {p.name}" for p in multiprocessing.active_children()]
+    left = [c for c in children_of(os.getpid()) if c not in children_before]
+    left += [f"{p.pid} {p.name}" for p in pool._procs if p.is_alive()]
     if left:
         problems.append(f"rank processes left running: {sorted(set(left))}")
-    dirs = glob.glob(os.path.join(scratch_root(), f"shardfuzz-pool-{os.getpid()}-*"))
+    dirs = sorted(set(glob.glob(os.path.join(scratch_root(), f"shardfuzz-pool-{os.getpid()}-*"))) - dirs_before)
     if dirs:
         problems.append(f"scratch directories left behind: {dirs}")
     events = Counter(e.kind for e in pool.events)

@@ -102,6 +102,10 @@ class Verdict:
 
     def cause(self) -> dict:
         """What fired, as plain data: the oracle or exception, its message, the ranks, the key."""
+        if self.status in ("crash", "hang"):  # peers' errors are only echoes of the dead or stuck rank
+            ranks = sorted({int(r) for r in re.findall(r"rank (\d+)", self.detail)})
+            return {"kind": self.status, "name": self.how or self.status, "message": self.detail, "ranks": ranks,
+                    "key": "", "phase": self.where}
         if self.mismatches:
             first = self.mismatches[0]
             return {"kind": "oracle", "name": first.oracle, "message": first.describe(),

@@ -22,10 +22,11 @@ def test_the_readme_example_target_is_caught_and_shrunk(tmp_path):
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
     )
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    (failure,) = json.loads(report.read_text())["failures"]
+    # The corpus here is empty, so known torch bugs may be reported as new too: look for the step bug.
+    step_bug = "mismatch:complete-state:optim.state.*.step"
+    (failure,) = [f for f in json.loads(report.read_text())["failures"] if f["signature"].startswith(step_bug)]
     assert failure["class"] == "silent corruption"
-    assert failure["signature"].startswith("mismatch:complete-state:optim.state.*.step")
-    ((_, entry),) = load_corpus(corpus)[0]
+    (entry,) = [e for _, e in load_corpus(corpus)[0] if e.signature.startswith(step_bug)]
     assert entry.target == "user_target:ForgetsTheStep"
     case = entry.case
     assert len(case.model.linears()) == 1 and case.flatten_optimizer_state_dict and case.world_size <= 2
