@@ -102,19 +102,15 @@ class Verdict:
 
     def cause(self) -> dict:
         """What fired, as plain data: the oracle or exception, its message, the ranks, the key."""
-        if self.status in ("crash", "hang"):  # peers' errors are only echoes of the dead or stuck rank
-            ranks = sorted({int(r) for r in re.findall(r"rank (\d+)", self.detail)})
-            return {"kind": self.status, "name": self.how or self.status, "message": self.detail, "ranks": ranks,
-                    "key": "", "phase": self.where}
-        if self.mismatches:
+        if self.mismatches and self.status not in ("crash", "hang"):
             first = self.mismatches[0]
             return {"kind": "oracle", "name": first.oracle, "message": first.describe(),
                     "ranks": sorted({m.rank for m in self.mismatches}), "key": first.key, "phase": "compare"}
-        if self.errors:
+        if self.errors and self.status not in ("crash", "hang"):
             first = min(self.errors, key=lambda e: e.rank)
-            lines = [line for line in first.message.strip().splitlines() if line.strip()]
-            return {"kind": "exception", "name": first.type, "message": (lines[-1] if lines else "")[:500],
+            return {"kind": "exception", "name": first.type, "message": _last_line(first.message)[:500],
                     "ranks": sorted(e.rank for e in self.errors), "key": "", "phase": first.phase}
+        # A crash or hang: peers' errors are only echoes of the dead or stuck rank.
         ranks = sorted({int(r) for r in re.findall(r"rank (\d+)", self.detail)})
         return {"kind": self.status, "name": self.how or self.status, "message": self.detail, "ranks": ranks,
                 "key": "", "phase": self.where}
@@ -152,8 +148,13 @@ _ADDRESS = re.compile(r"0x[0-9a-fA-F]+")
 
 def normalise_message(message: str) -> str:
     """The last line of an error message with paths, addresses and numbers blanked."""
+    return _normalise(_last_line(message))
+
+
+def _last_line(message: str) -> str:
+    """The last non-blank line: where Python puts the exception type and message."""
     lines = [line for line in message.strip().splitlines() if line.strip()]
-    return _normalise(lines[-1] if lines else "")
+    return lines[-1] if lines else ""
 
 
 def _normalise(text: str) -> str:
