@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from shardfuzz.capabilities import fully_shard_fn
-from shardfuzz.case import FSDP1, FSDP2, SGD, Adam, Block, Linear, Model, Sequential, Side, child_items
+from shardfuzz.case import FSDP1, FSDP2, Block, Linear, Model, Sequential, Side, child_items, optimizer_groups
 
-__all__ = ["build_module", "shard", "build_optimizer", "BlockModule"]
+__all__ = ["build_module", "shard", "build_optimizer", "group_parameters", "BlockModule"]
 
 
 class BlockModule(nn.Module):
@@ -78,14 +78,22 @@ def shard(module: nn.Module, side: Side, *, group, mesh) -> nn.Module:
     raise TypeError(f"unknown engine {engine!r}")
 
 
-def build_optimizer(spec, params, *, perturbed: bool = False) -> torch.optim.Optimizer:
-    """The case's optimizer; ``perturbed`` (the load side) changes every hyperparameter a little,
+def build_optimizer(spec, model: nn.Module, *, param_groups: int = 1, perturbed: bool = False) -> torch.optim.Optimizer:
+    """The case's optimizer over ``model``'s parameters in ``param_groups`` groups (see
+    ``case.optimizer_groups``); ``perturbed`` (the load side) changes the hyperparameters,
     so the loaded param groups must come from the checkpoint to match."""
-    scale = 0.5 if perturbed else 1.0
-    if isinstance(spec, SGD):
-        return torch.optim.SGD(params, lr=spec.lr * scale, momentum=spec.momentum * scale)
-    if isinstance(spec, Adam):
-        if perturbed:
-            return torch.optim.Adam(params, lr=spec.lr * scale, betas=(0.8, 0.99), eps=3e-8)
-        return torch.optim.Adam(params, lr=spec.lr)
-    raise TypeError(f"unknown optimizer {spec!r}")
+    name, hyperparameters = optimizer_groups(spec, param_groups, perturbed=perturbed)
+    groups = group_parameters(model, param_groups)
+    return getattr(torch.optim, name)([{"params": g, **h} for g, h in zip(groups, hyperparameters)])
+
+
+def group_parameters(model, param_groups: int) -> list[list]:
+    """``model``'s parameters split into ``param_groups`` lists, the same way whatever the engine.
+
+    The order is that of the parameters' names with the engines' wrapper prefixes
+    removed, sorted; parameter ``i`` of that order goes to group ``i % param_groups``.
+    (FSDP1 without ``use_orig_params`` shows FlatParameters instead; see unsupported.CASE_RULES.)
+    """
+    named = sorted((name.replace("_fsdp_wrapped_module.", ""), p) for name, p in model.named_parameters())
+    ordered = [p for _, p in named]
+    return [ordered[i::param_groups] for i in range(param_groups)]

@@ -134,13 +134,21 @@ def entry_for(case: Case, verdict: Verdict, *, target: str = DEFAULT_TARGET,
         case=case,
         cause=Cause(**verdict.cause()),
         summary=summary[:2000],
-        diagnostics=verdict.diagnostics[-20_000:],
+        diagnostics=(verdict.diagnostics or _root_traceback(verdict))[-20_000:],
         flaky=other is not None,
         other_outcome=other.summary()[:2000] if other is not None else "",
         target=target,
         versions=versions(),
         found=datetime.date.today().isoformat(),
     )
+
+
+def _root_traceback(verdict: Verdict) -> str:
+    """A loud error's traceback on its root rank (the lowest that raised): where torch raised it."""
+    if not verdict.errors:
+        return ""
+    root = min(verdict.errors, key=lambda e: e.rank)
+    return f"rank {root.rank} in {root.phase}:\n{root.traceback}" if root.traceback else ""
 
 
 def save_entry(directory: str | os.PathLike, entry: Entry) -> Path:

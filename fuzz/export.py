@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from string import Template
 
-from shardfuzz.case import FSDP1, FSDP2, SGD, Adam, Block, Case, Linear, Sequential, Side, child_items
+from shardfuzz.case import FSDP1, FSDP2, Block, Case, Linear, Sequential, Side, child_items, optimizer_groups
 from shardfuzz.corpus import Entry
 from shardfuzz.targets import DEFAULT_TARGET
 
@@ -57,9 +57,11 @@ def export_script(entry: Entry, *, filename: str = "repro.py") -> str:
         == (case.load.engine, case.load.mesh_shape, case.load.wrap),
         shard_save=_shard_function("shard_save", case.save),
         shard_load=_shard_function("shard_load", case.load),
-        optimizer=_optimizer_expr(case.optimizer, perturbed=False),
-        load_optimizer=_optimizer_expr(case.optimizer, perturbed=True),
+        optimizer=_optimizer_expr(case, perturbed=False),
+        load_optimizer=_optimizer_expr(case, perturbed=True),
         target=_target_code(entry.target),
+        param_groups=case.param_groups,
+        group_parameters=_source_of("group_parameters"),
     )
 
 
@@ -116,16 +118,11 @@ def _shard_function(name: str, side: Side) -> str:
     )
 
 
-def _optimizer_expr(spec, *, perturbed: bool) -> str:
+def _optimizer_expr(case: Case, *, perturbed: bool) -> str:
     """As ``build.build_optimizer`` makes it (the load side's hyperparameters are perturbed)."""
-    scale = 0.5 if perturbed else 1.0
-    if isinstance(spec, SGD):
-        return f"torch.optim.SGD(params, lr={spec.lr * scale!r}, momentum={spec.momentum * scale!r})"
-    if isinstance(spec, Adam):
-        if perturbed:
-            return f"torch.optim.Adam(params, lr={spec.lr * scale!r}, betas=(0.8, 0.99), eps=3e-8)"
-        return f"torch.optim.Adam(params, lr={spec.lr!r})"
-    raise TypeError(f"cannot export optimizer {spec!r}")
+    name, groups = optimizer_groups(case.optimizer, case.param_groups, perturbed=perturbed)
+    listed = ", ".join(f"{{'params': params[{i}], **{g!r}}}" for i, g in enumerate(groups))
+    return f"torch.optim.{name}([{listed}])"
 
 
 def _target_code(target: str) -> str:
@@ -146,6 +143,15 @@ def _target_code(target: str) -> str:
         "def load(state, checkpoint_dir, group):\n"
         "    _target.load(state, checkpoint_id=checkpoint_dir, process_group=group)\n"
     )
+
+
+def _source_of(name: str) -> str:
+    """A function of ``build.py`` copied into the script as it is: one definition to keep right."""
+    import inspect
+
+    from shardfuzz import build
+
+    return inspect.getsource(getattr(build, name))
 
 
 def _block_class_source() -> str:
@@ -223,15 +229,16 @@ def build_load_model(seed):
 ${shard_save}
 
 ${shard_load}
+${group_parameters}
 
 def make_optimizer(model):
-    params = model.parameters()
+    params = group_parameters(model, ${param_groups})
     return ${optimizer}
 
 
 def make_load_optimizer(model):
     """Other hyperparameters than the save side's: the loaded param groups must restore them."""
-    params = model.parameters()
+    params = group_parameters(model, ${param_groups})
     return ${load_optimizer}
 
 

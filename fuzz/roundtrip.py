@@ -170,7 +170,8 @@ def _build_side(case: Case, side: Side, spec, ctx: RankContext, target, *, seed:
         model = shard(module, side, group=ctx.group(n), mesh=mesh)
     # The load side (seed + 1) also gets other hyperparameters, so a loader that
     # drops param groups is seen (non-vacuity).
-    return model, build_optimizer(case.optimizer, model.parameters(), perturbed=seed != case.seed)
+    return model, build_optimizer(case.optimizer, model, param_groups=case.param_groups,
+                                  perturbed=seed != case.seed)
 
 
 def _train(case: Case, model, optim, *, rank: int, continuation: bool = False) -> None:

@@ -1,22 +1,62 @@
-"""Combinations torch documents as unsupported: one list, a reason for each rule.
+"""Combinations torch documents as unsupported: the one place that lists them, a reason for each.
+
+Two kinds of rule:
+
+- ``CASE_RULES`` look at a Case before it runs. The strategies never draw a case
+  one of them excludes, and the pool answers ``unsupported`` for such a case
+  (from an old corpus or a hand-written test) without running it.
+- ``RULES`` match a rank's error by exception type and message pattern, for limits
+  torch checks at run time. Only an error raised where torch checks its arguments
+  on purpose (not a crash, not a mismatch: those are never excused).
 
 A case that hits one of these is not a bug and not a pass: its verdict becomes
 ``unsupported``, it is counted in reports, never shrunk or saved to the corpus.
-A rule matches a rank's error by exception type and a message pattern, and only
-an error raised where torch checks its arguments on purpose (not a crash, not a
-mismatch: those are never excused).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import Optional
 
 import attrs
 from attrs import frozen
 
+from shardfuzz.case import FSDP1, Case
 from shardfuzz.verdict import Verdict
 
-__all__ = ["Rule", "RULES", "classify"]
+__all__ = ["CaseRule", "CASE_RULES", "Rule", "RULES", "classify", "excluded"]
+
+
+@frozen
+class CaseRule:
+    name: str
+    reason: str
+    applies: Callable[[Case], bool]
+
+
+def _sides(case: Case):
+    return (case.save, case.load)
+
+
+CASE_RULES: tuple[CaseRule, ...] = (
+    CaseRule(
+        "flat-parameter-groups",
+        "FSDP1 with use_orig_params=False hands the optimizer one FlatParameter per unit, so "
+        "parameters of one unit cannot sit in different param groups (torch documents "
+        "use_orig_params=True as the way to have per-parameter param groups)",
+        lambda case: case.param_groups > 1 and any(
+            isinstance(s.engine, FSDP1) and not s.engine.use_orig_params for s in _sides(case)),
+    ),
+)
+
+
+def excluded(case: Case, rules: tuple[CaseRule, ...] = CASE_RULES) -> Optional[CaseRule]:
+    """The first case rule that excludes ``case``, or None."""
+    for rule in rules:
+        if rule.applies(case):
+            return rule
+    return None
 
 
 @frozen
@@ -39,6 +79,13 @@ RULES: tuple[Rule, ...] = (
         "That is a documented limit, not a defect.",
         ("NotImplementedError",),
         r"not (yet )?support|only supports|not implemented",
+    ),
+    Rule(
+        "empty-param-group",
+        "get_optimizer_state_dict/set_optimizer_state_dict check on purpose that at most one param "
+        "group is empty ('DSD only support exactly one param group with zero parameters')",
+        ("ValueError",),
+        r"param groups that have zero parameters",
     ),
     Rule(
         "multiple-optimizers",

@@ -144,10 +144,11 @@ class Verdict:
 _NUMBER = re.compile(r"(?<![A-Za-z_])-?\d+(\.\d+)?")
 _PATH = re.compile(r"(/[^\s:'\"]+)+")
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]+")
+_NAME_TUPLE = re.compile(r"\((?:'[^']*'(?:, )?)+,?\)")  # ('0.weight', '1.bias'): which parameters
 
 
 def normalise_message(message: str) -> str:
-    """The last line of an error message with paths, addresses and numbers blanked."""
+    """The last line of an error message with paths, addresses, tuples of names and numbers blanked."""
     return _normalise(_last_line(message))
 
 
@@ -160,6 +161,7 @@ def _last_line(message: str) -> str:
 def _normalise(text: str) -> str:
     text = _PATH.sub("<path>", text)
     text = _ADDRESS.sub("<addr>", text)
+    text = _NAME_TUPLE.sub("(<names>)", text)
     text = _NUMBER.sub("<n>", text)
     return text[:200]
 

@@ -12,6 +12,7 @@ from shardfuzz.strategies.options import (
     load_mutations,
     optimizer_steps,
     optimizers,
+    param_groups,
     state_dict_types,
 )
 from shardfuzz.strategies.topology import mesh_shapes, world_sizes
@@ -28,6 +29,7 @@ __all__ = [
     "module_trees",
     "optimizer_steps",
     "optimizers",
+    "param_groups",
     "sides",
     "state_dict_types",
     "widths",

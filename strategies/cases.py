@@ -5,6 +5,7 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from shardfuzz.case import Case, Model, Side
+from shardfuzz.unsupported import excluded
 from shardfuzz.strategies._helpers import check_int
 from shardfuzz.strategies.engines import engines, wrap_sets
 from shardfuzz.strategies.modules import models
@@ -14,6 +15,7 @@ from shardfuzz.strategies.options import (
     load_mutations,
     optimizer_steps,
     optimizers,
+    param_groups,
     state_dict_types,
 )
 from shardfuzz.strategies.topology import mesh_shapes
@@ -63,7 +65,10 @@ def cases(
             flatten_optimizer_state_dict=draw(flatten_optimizer_state_dict()),
             seed=draw(st.integers(0, 2**16)),
             checks=draw(checks()),
+            param_groups=draw(param_groups()),
             load_mutation=draw(load_mutations()),
         )
 
-    return draw_case()
+    # The rules torch documents live in one place (``unsupported.CASE_RULES``); a
+    # filter keeps them there rather than copying them into the draws above.
+    return draw_case().filter(lambda case: excluded(case) is None)

@@ -5,11 +5,12 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from shardfuzz.capabilities import capabilities
-from shardfuzz.case import CHECKS, LOAD_MUTATIONS, SGD, STATE_DICT_TYPES, Adam
+from shardfuzz.case import CHECKS, LOAD_MUTATIONS, SGD, STATE_DICT_TYPES, Adagrad, Adam, AdamW, RMSprop
 from shardfuzz.strategies._helpers import check_int
 
 __all__ = [
-    "checks", "flatten_optimizer_state_dict", "load_mutations", "optimizer_steps", "optimizers", "state_dict_types",
+    "checks", "flatten_optimizer_state_dict", "load_mutations", "optimizer_steps", "optimizers", "param_groups",
+    "state_dict_types",
 ]
 
 
@@ -22,9 +23,22 @@ def flatten_optimizer_state_dict() -> st.SearchStrategy[bool]:
     return st.booleans() if capabilities().flatten_optimizer_state_dict else st.just(True)
 
 
-def optimizers() -> st.SearchStrategy[SGD | Adam]:
-    """SGD with momentum and Adam, with their default hyperparameters."""
-    return st.sampled_from([SGD(), Adam()])
+def optimizers():
+    """SGD (with and without momentum), Adam (also amsgrad), AdamW, Adagrad, RMSprop (plain,
+    with momentum, centered): each variant keeps a different set of state tensors.
+    Shrinks towards SGD with momentum."""
+    return st.one_of(
+        st.builds(SGD, momentum=st.sampled_from([0.9, 0.0])),
+        st.builds(Adam, amsgrad=st.booleans()),
+        st.builds(AdamW),
+        st.builds(Adagrad),
+        st.builds(RMSprop, momentum=st.sampled_from([0.0, 0.9]), centered=st.booleans()),
+    )
+
+
+def param_groups() -> st.SearchStrategy[int]:
+    """One param group, or two with different hyperparameters (parameters alternate between them)."""
+    return st.integers(1, 2)
 
 
 def optimizer_steps(*, max_steps: int = 3) -> st.SearchStrategy[int]:

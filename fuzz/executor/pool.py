@@ -36,7 +36,7 @@ import attrs
 
 from shardfuzz.case import Case, to_dict
 from shardfuzz.targets import DEFAULT_TARGET
-from shardfuzz.unsupported import classify
+from shardfuzz.unsupported import classify, excluded
 from shardfuzz.verdict import RankError, RankReport, Verdict, converter
 
 __all__ = ["RankPool", "PoolEvent", "PoolStartError", "deadline_for", "scratch_root"]
@@ -229,6 +229,9 @@ class RankPool:
         """Run ``case`` on the ranks and return its verdict; never raises for a case's failure."""
         if case.world_size > self.world_size:
             raise ValueError(f"case needs {case.world_size} ranks, the pool has {self.world_size}")
+        rule = excluded(case)
+        if rule is not None:
+            return Verdict("unsupported", detail=f"{rule.name}: {rule.reason}")
         self._restart_if_a_rank_died()
         self.start()
         started = time.perf_counter()

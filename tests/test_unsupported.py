@@ -1,0 +1,52 @@
+"""The documented-unsupported rules: cases they exclude are never drawn and never run."""
+
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+
+from shardfuzz import strategies as sf
+from shardfuzz.case import FSDP1, FSDP2, SGD, Case, Linear, Model, Sequential, Side
+from shardfuzz.unsupported import CASE_RULES, RULES, excluded
+
+
+def _case(save_engine, param_groups):
+    return Case(model=Model(2, Sequential([Linear(3), Linear(2)])), save=Side(save_engine, (2,)),
+                load=Side(FSDP2(), (1,)), optimizer=SGD(), param_groups=param_groups)
+
+
+@pytest.mark.parametrize(
+    "engine, groups, rule",
+    [
+        (FSDP1(use_orig_params=False), 2, "flat-parameter-groups"),
+        (FSDP1(use_orig_params=False), 1, None),
+        (FSDP1(use_orig_params=True), 2, None),
+        (FSDP2(), 2, None),
+    ],
+)
+def test_case_rules(engine, groups, rule):
+    found = excluded(_case(engine, groups))
+    assert (found.name if found else None) == rule
+
+
+def test_every_rule_gives_its_reason():
+    for rule in CASE_RULES + RULES:
+        assert rule.name and len(rule.reason) > 40, rule
+
+
+def test_the_strategies_never_draw_an_excluded_case():
+    @settings(max_examples=300, phases=[Phase.generate], database=None, suppress_health_check=list(HealthCheck))
+    @given(sf.cases())
+    def draw(case):
+        assert excluded(case) is None
+
+    draw()
+
+
+@pytest.mark.ranks
+def test_the_pool_answers_unsupported_without_running_the_case():
+    from shardfuzz.executor import RankPool
+
+    pool = RankPool(2)
+    verdict = pool.run(_case(FSDP1(use_orig_params=False), 2))
+    assert verdict.status == "unsupported" and "flat-parameter-groups" in verdict.detail
+    assert pool.starts == 0  # no rank was started for it
+    pool.close()
