@@ -151,3 +151,16 @@ def test_ranks_die_with_a_runner_killed_by_sigkill_and_its_scratch_is_swept(tmp_
     assert os.path.isdir(scratch)  # nobody could clean up after SIGKILL ...
     assert scratch in sweep_stale_scratch()  # ... so the next pool does
     assert not os.path.exists(scratch)
+
+
+def test_the_ranks_are_recycled_after_a_number_of_cases():
+    with RankPool(2, recycle_after=2) as pool:
+        verdicts = [pool.run(CASE) for _ in range(5)]
+        assert all(v.ok for v in verdicts), [v.summary() for v in verdicts]
+        assert pool.starts == 3  # cases 1-2, 3-4, 5
+        assert not pool.events  # a planned recycle is not a crash
+
+
+def test_recycle_after_is_checked():
+    with pytest.raises(ValueError, match="recycle_after"):
+        RankPool(2, recycle_after=0)

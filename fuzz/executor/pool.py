@@ -105,6 +105,10 @@ class RankPool:
     it from the case's size (``deadline_for``); ``error_grace`` is how long the
     other ranks get to report once one rank has raised (a peer blocked in a
     collective never will); ``stack_grace`` how long stuck ranks get to dump stacks.
+    ``recycle_after`` cases on the same processes, the ranks are replaced by fresh
+    ones between cases: torch's caches grow slowly with every distinct shape
+    (about 0.1 MiB a case at world size 4, see bench/bench_pool.py --rss-cases),
+    and an overnight run should not carry that forever. ``None`` never recycles.
     """
 
     def __init__(
@@ -116,6 +120,7 @@ class RankPool:
         start_timeout: float = 120.0,
         error_grace: float = 3.0,
         stack_grace: float = 1.0,
+        recycle_after: int | None = 5000,
     ):
         if world_size < 1:
             raise ValueError(f"world_size must be >= 1, got {world_size}")
@@ -125,6 +130,10 @@ class RankPool:
         self.start_timeout = start_timeout
         self.error_grace = error_grace
         self.stack_grace = stack_grace
+        if recycle_after is not None and recycle_after < 1:
+            raise ValueError(f"recycle_after must be >= 1 or None, got {recycle_after}")
+        self.recycle_after = recycle_after
+        self._cases_since_start = 0
         self.starts = 0
         self.resets = 0
         self.events: list[PoolEvent] = []
@@ -172,6 +181,7 @@ class RankPool:
             self._conns.append(parent_end)
             self._phases.append(phase)
         self.starts += 1
+        self._cases_since_start = 0
         replies, missing = self._collect(self.start_timeout)
         failed = [r for r in replies.values() if r.get("op") == "failed"]
         if failed or missing:
@@ -233,8 +243,11 @@ class RankPool:
         if rule is not None:
             return Verdict("unsupported", detail=f"{rule.name}: {rule.reason}")
         self._restart_if_a_rank_died()
+        if self.recycle_after is not None and self._procs and self._cases_since_start >= self.recycle_after:
+            self.close()  # planned: fresh ranks, fresh caches
         self.start()
         started = time.perf_counter()
+        self._cases_since_start += 1
         timeout = self.case_timeout if self.case_timeout is not None else deadline_for(case)
         checkpoint_dir = os.path.join(self._scratch, "case")
         for rank in range(self.world_size):
