@@ -10,10 +10,12 @@ import functools
 import torch
 from torch import nn
 
-from shardfuzz.capabilities import fully_shard_fn
-from shardfuzz.case import FSDP1, FSDP2, Block, Linear, Model, Sequential, Side, child_items, optimizer_groups
+from shardfuzz.capabilities import dtensor, fully_shard_fn
+from shardfuzz.case import (
+    DDP, FSDP1, FSDP2, Block, Linear, Model, Sequential, Side, Unsharded, child_items, optimizer_groups,
+)
 
-__all__ = ["build_module", "shard", "build_optimizer", "group_parameters", "BlockModule"]
+__all__ = ["build_module", "shard", "device_mesh", "build_optimizer", "group_parameters", "BlockModule"]
 
 
 class BlockModule(nn.Module):
@@ -52,30 +54,84 @@ def build_module(model: Model, *, seed: int) -> nn.Module:
 
 
 def shard(module: nn.Module, side: Side, *, group, mesh) -> nn.Module:
-    """Wrap ``module`` with the side's engine on ``group`` (FSDP1) or ``mesh`` (FSDP2)."""
+    """Wrap ``module`` with the side's engine on ``group`` (1-D) or ``mesh`` (FSDP2, HSDP)."""
     engine = side.engine
     if isinstance(engine, FSDP1):
-        from torch.distributed.fsdp import FullyShardedDataParallel
-        from torch.distributed.fsdp.wrap import lambda_auto_wrap_policy
-
-        inner = {id(module.get_submodule(path)) for path in side.wrap}
-        policy = functools.partial(lambda_auto_wrap_policy, lambda_fn=lambda m: id(m) in inner)
-        return FullyShardedDataParallel(
-            module,
-            process_group=group,
-            device_id=torch.device("cpu"),
-            use_orig_params=engine.use_orig_params,
-            auto_wrap_policy=policy if inner else None,
-        )
+        return _fsdp1(module, side, engine, group=group, mesh=mesh)
     if isinstance(engine, FSDP2):
         fully_shard = fully_shard_fn()
+        kwargs = {"mesh": mesh, "reshard_after_forward": engine.reshard_after_forward}
+        if engine.shard_dim:
+            kwargs["shard_placement_fn"] = functools.partial(_shard_on, engine.shard_dim)
         # Innermost first: a module must be sharded before any ancestor is.
         for path in sorted(side.wrap, key=lambda p: -p.count(".")):
-            fully_shard(module.get_submodule(path), mesh=mesh,
-                        reshard_after_forward=engine.reshard_after_forward)
-        fully_shard(module, mesh=mesh, reshard_after_forward=engine.reshard_after_forward)
+            fully_shard(module.get_submodule(path), **kwargs)
+        fully_shard(module, **kwargs)
+        return module
+    if isinstance(engine, DDP):
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(module, process_group=group)
+    if isinstance(engine, Unsharded):
         return module
     raise TypeError(f"unknown engine {engine!r}")
+
+
+def _shard_on(dim: int, param):
+    """FSDP2's ``shard_placement_fn``: ``Shard(dim)`` where the parameter has that dimension."""
+    return dtensor().Shard(min(dim, param.ndim - 1))
+
+
+def _fsdp1(module: nn.Module, side: Side, engine: FSDP1, *, group, mesh) -> nn.Module:
+    from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
+    from torch.distributed.fsdp import wrap as fsdp_wrap
+
+    placement = {"device_mesh": mesh} if engine.hybrid else {"process_group": group}
+    common = dict(device_id=torch.device("cpu"), use_orig_params=engine.use_orig_params,
+                  sharding_strategy=ShardingStrategy[engine.sharding_strategy], **placement)
+    policy = None
+    if engine.wrap_policy == "set" and side.wrap:
+        inner = {id(module.get_submodule(path)) for path in side.wrap}
+        policy = functools.partial(fsdp_wrap.lambda_auto_wrap_policy, lambda_fn=lambda m: id(m) in inner)
+    elif engine.wrap_policy == "manual":
+        with fsdp_wrap.enable_wrap(wrapper_cls=FullyShardedDataParallel, **common):
+            for path in sorted(side.wrap, key=lambda p: -p.count(".")):  # innermost first
+                parent, _, name = path.rpartition(".")
+                owner = module.get_submodule(parent) if parent else module
+                setattr(owner, name, fsdp_wrap.wrap(getattr(owner, name)))
+    elif engine.wrap_policy == "module-type":
+        types = {"Linear": nn.Linear, "Sequential": nn.Sequential, "Block": BlockModule}
+        policy = fsdp_wrap.ModuleWrapPolicy({types[name] for name in engine.module_types})
+    elif engine.wrap_policy == "size-based":
+        policy = functools.partial(fsdp_wrap.size_based_auto_wrap_policy, min_num_params=engine.min_num_params)
+    elif engine.wrap_policy == "always":
+        policy = fsdp_wrap.always_wrap_policy
+    return FullyShardedDataParallel(module, auto_wrap_policy=policy, **common)
+
+
+def device_mesh(shape: tuple[int, ...], world_group, *, rank: int):
+    """The DeviceMesh of a side on ranks ``0..n-1`` (n = the product of ``shape``), or None off it.
+
+    2-D: ``(replicas, shards)``; each row of ranks is a shard group, each column a
+    replicate group. Creating the groups is collective on the whole world, so every
+    rank calls this with the same shapes in the same order, on the side or not.
+    ``world_group`` is the 1-D case's group (already made by the caller).
+    """
+    from torch.distributed.device_mesh import DeviceMesh
+
+    if len(shape) == 1:
+        return DeviceMesh.from_group(world_group, "cpu") if rank < shape[0] else None
+    import torch.distributed as dist
+
+    replicas, shards = shape
+    ranks = torch.arange(replicas * shards).view(replicas, shards)
+    rows = [dist.new_group(row.tolist()) for row in ranks]
+    columns = [dist.new_group(column.tolist()) for column in ranks.t()]
+    if rank >= replicas * shards:
+        return None
+    row, column = divmod(rank, shards)
+    return DeviceMesh.from_group([columns[column], rows[row]], "cpu", mesh=ranks,
+                                 mesh_dim_names=("replicate", "shard"))
 
 
 def build_optimizer(spec, model: nn.Module, *, param_groups: int = 1, perturbed: bool = False) -> torch.optim.Optimizer:
@@ -87,6 +143,12 @@ def build_optimizer(spec, model: nn.Module, *, param_groups: int = 1, perturbed:
     return getattr(torch.optim, name)([{"params": g, **h} for g, h in zip(groups, hyperparameters)])
 
 
+def _unwrapped_name(name: str) -> str:
+    """A parameter's name without FSDP1's and DDP's wrapper prefixes."""
+    name = name.replace("_fsdp_wrapped_module.", "")
+    return name[len("module."):] if name.startswith("module.") else name
+
+
 def group_parameters(model, param_groups: int) -> list[list]:
     """``model``'s parameters split into ``param_groups`` lists, the same way whatever the engine.
 
@@ -94,6 +156,6 @@ def group_parameters(model, param_groups: int) -> list[list]:
     removed, sorted; parameter ``i`` of that order goes to group ``i % param_groups``.
     (FSDP1 without ``use_orig_params`` shows FlatParameters instead; see unsupported.CASE_RULES.)
     """
-    named = sorted((name.replace("_fsdp_wrapped_module.", ""), p) for name, p in model.named_parameters())
+    named = sorted(((_unwrapped_name(name), p) for name, p in model.named_parameters()), key=lambda item: item[0])
     ordered = [p for _, p in named]
     return [ordered[i::param_groups] for i in range(param_groups)]

@@ -12,7 +12,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Capabilities", "capabilities", "fully_shard_fn"]
+__all__ = ["Capabilities", "capabilities", "dtensor", "fully_shard_fn"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,12 +21,15 @@ class Capabilities:
     engines: tuple[str, ...]
     flatten_optimizer_state_dict: bool
     off: dict[str, str]  # feature -> why it is switched off
+    hsdp: bool = False  # 2-D meshes (FSDP2 HSDP, FSDP1 hybrid strategies)
+    fsdp2_shard_dim: bool = False  # fully_shard(shard_placement_fn=...)
 
     def table(self) -> list[tuple[str, str, str]]:
         """(feature, on/off, reason) rows for ``shardfuzz capabilities``."""
         rows = [(f"engine {e}", "on", "") for e in self.engines]
-        if self.flatten_optimizer_state_dict:
-            rows.append(("flatten_optimizer_state_dict", "on", ""))
+        for name in ("flatten_optimizer_state_dict", "hsdp", "fsdp2_shard_dim"):
+            if getattr(self, name):
+                rows.append((name, "on", ""))
         rows += [(name, "off", why) for name, why in sorted(self.off.items())]
         return rows
 
@@ -47,6 +50,19 @@ def fully_shard_fn() -> Callable | None:
         ("torch.distributed.fsdp", "fully_shard"),
         ("torch.distributed._composable.fsdp", "fully_shard"),
     ])
+
+
+@functools.cache
+def dtensor():
+    """The module with ``DTensor``, ``Shard`` and ``Replicate``: public since torch 2.5, ``_tensor`` before."""
+    for name in ("torch.distributed.tensor", "torch.distributed._tensor"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if all(hasattr(module, attr) for attr in ("DTensor", "Shard", "Replicate")):
+            return module
+    raise ImportError("no DTensor in torch.distributed.tensor or torch.distributed._tensor")
 
 
 @functools.cache
@@ -73,10 +89,21 @@ def capabilities() -> Capabilities:
     else:
         engines.append("fsdp2")
 
+    engines += ["ddp", "unsharded"]  # DistributedDataParallel and a plain module: always there
+
+    import inspect
+
+    hsdp = from_group is not None and "mesh" in inspect.signature(from_group.from_group).parameters
+    if not hsdp:
+        off["hsdp"] = "DeviceMesh.from_group takes no mesh= (needed to build 2-D meshes on rank subgroups)"
+    shard_dim = "fsdp2" in engines and "shard_placement_fn" in inspect.signature(fully_shard_fn()).parameters
+    if "fsdp2" in engines and not shard_dim:
+        off["fsdp2_shard_dim"] = "fully_shard has no shard_placement_fn (sharding on a dim other than 0)"
+
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
     fields = {f.name for f in dataclasses.fields(StateDictOptions)}
     flatten = "flatten_optimizer_state_dict" in fields
     if not flatten:
         off["flatten_optimizer_state_dict"] = "StateDictOptions has no flatten_optimizer_state_dict field"
-    return Capabilities(torch.__version__, tuple(engines), flatten, off)
+    return Capabilities(torch.__version__, tuple(engines), flatten, off, hsdp=hsdp, fsdp2_shard_dim=shard_dim)

@@ -32,8 +32,13 @@ __all__ = [
     "optimizer_groups",
     "Block",
     "Case",
+    "DDP",
     "FSDP1",
+    "FSDP1_STRATEGIES",
     "FSDP2",
+    "MODULE_TYPES",
+    "Unsharded",
+    "WRAP_POLICIES",
     "Linear",
     "Model",
     "SGD",
@@ -41,6 +46,7 @@ __all__ = [
     "Side",
     "describe_structure_error",
     "dimensions",
+    "shard_count",
     "dumps",
     "from_dict",
     "loads",
@@ -93,6 +99,14 @@ class Block:
 
 
 Node = Union[Linear, Sequential, Block]
+
+
+def _sorted_unique_types(names) -> tuple[str, ...]:
+    names = tuple(sorted(set(names)))
+    unknown = set(names) - set(MODULE_TYPES)
+    if unknown:
+        raise ValueError(f"module_types {sorted(unknown)} are not among {list(MODULE_TYPES)}")
+    return names
 
 
 @frozen
@@ -159,21 +173,70 @@ def _block_name(i: int) -> str:
 # --- how one side shards, saves or loads ------------------------------------
 
 
+#: FSDP1's ``ShardingStrategy`` names; the hybrid ones shard within a row of a 2-D mesh
+#: and replicate across rows.
+FSDP1_STRATEGIES = ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD", "_HYBRID_SHARD_ZERO2")
+HYBRID_STRATEGIES = ("HYBRID_SHARD", "_HYBRID_SHARD_ZERO2")
+
+#: How FSDP1 chooses its inner units. ``set``: a lambda policy over ``Side.wrap``;
+#: ``manual``: nested ``wrap()`` calls on ``Side.wrap`` inside ``enable_wrap``;
+#: ``module-type``: ``ModuleWrapPolicy`` over ``module_types``; ``size-based``:
+#: ``size_based_auto_wrap_policy`` with ``min_num_params``; ``always``: every module.
+WRAP_POLICIES = ("set", "manual", "module-type", "size-based", "always")
+MODULE_TYPES = ("Linear", "Sequential", "Block")
+
+
 @frozen
 class FSDP1:
-    """``FullyShardedDataParallel`` (FULL_SHARD), wrapping ``Side.wrap`` as inner units."""
+    """``FullyShardedDataParallel`` with a sharding strategy and a wrap policy."""
 
     use_orig_params: bool = field(default=True, validator=instance_of(bool))
+    sharding_strategy: str = field(default="FULL_SHARD", validator=in_(FSDP1_STRATEGIES))
+    wrap_policy: str = field(default="set", validator=in_(WRAP_POLICIES))
+    module_types: tuple[str, ...] = field(default=(), converter=_sorted_unique_types)
+    min_num_params: int = field(default=0, validator=[instance_of(int), ge(0)])
+
+    def __attrs_post_init__(self):
+        if (self.wrap_policy == "module-type") != bool(self.module_types):
+            raise ValueError("module_types is given exactly when wrap_policy is 'module-type'")
+        if (self.wrap_policy == "size-based") != (self.min_num_params > 0):
+            raise ValueError("min_num_params > 0 is given exactly when wrap_policy is 'size-based'")
+
+    @property
+    def hybrid(self) -> bool:
+        return self.sharding_strategy in HYBRID_STRATEGIES
+
+    @property
+    def wraps_listed_modules(self) -> bool:
+        """Whether ``Side.wrap`` chooses the inner units (else the policy does)."""
+        return self.wrap_policy in ("set", "manual")
 
 
 @frozen
 class FSDP2:
-    """``fully_shard`` on each module in ``Side.wrap`` (innermost first), then the root."""
+    """``fully_shard`` on each module in ``Side.wrap`` (innermost first), then the root.
+
+    On a 2-D mesh this is HSDP: replicate across dim 0, shard along dim 1.
+    ``shard_dim`` 1 shards every parameter of 2 or more dimensions on its dim 1
+    (through ``shard_placement_fn``); 1-D parameters stay on dim 0.
+    """
 
     reshard_after_forward: bool = field(default=True, validator=instance_of(bool))
+    shard_dim: int = field(default=0, validator=in_((0, 1)))
 
 
-Engine = Union[FSDP1, FSDP2]
+@frozen
+class DDP:
+    """``DistributedDataParallel``: every rank holds the whole model."""
+
+
+@frozen
+class Unsharded:
+    """A plain module on one rank with no parallel wrapper: the non-distributed end."""
+
+
+Engine = Union[FSDP1, FSDP2, DDP, Unsharded]
+ENGINE_CLASSES = (FSDP1, FSDP2, DDP, Unsharded)
 
 
 def _sorted_unique(paths) -> tuple[str, ...]:
@@ -182,17 +245,34 @@ def _sorted_unique(paths) -> tuple[str, ...]:
 
 @frozen
 class Side:
-    """One end of the round-trip: the engine, its wrap set, the mesh, the state-dict type."""
+    """One end of the round-trip: the engine, its wrap set, the mesh, the state-dict type.
 
-    engine: Engine = field(validator=instance_of((FSDP1, FSDP2)))
+    ``mesh_shape`` is 1-D, or 2-D ``(replicas, shards)`` for HSDP (FSDP2 on a 2-D
+    mesh, FSDP1 with a hybrid strategy). A side on ``n`` ranks runs on ranks ``0..n-1``.
+    """
+
+    engine: Engine = field(validator=instance_of(ENGINE_CLASSES))
     mesh_shape: tuple[int, ...] = field(converter=tuple)
     wrap: tuple[str, ...] = field(default=(), converter=_sorted_unique)
     state_dict: str = field(default="sharded", validator=in_(STATE_DICT_TYPES))
 
     @mesh_shape.validator
-    def _one_dim(self, attribute, value):
-        if len(value) != 1 or not all(isinstance(v, int) and v >= 1 for v in value):
-            raise ValueError(f"mesh_shape must be one positive int for now, got {value!r}")
+    def _mesh(self, attribute, value):
+        if len(value) not in (1, 2) or not all(isinstance(v, int) and v >= 1 for v in value):
+            raise ValueError(f"mesh_shape must be one or two positive ints, got {value!r}")
+
+    def __attrs_post_init__(self):
+        engine, two_d = self.engine, len(self.mesh_shape) == 2
+        if isinstance(engine, Unsharded) and self.mesh_shape != (1,):
+            raise ValueError(f"an Unsharded side runs on one rank, mesh_shape (1,), not {self.mesh_shape}")
+        if isinstance(engine, FSDP1) and engine.hybrid != two_d:
+            raise ValueError(f"FSDP1 {engine.sharding_strategy} needs a {'2' if engine.hybrid else '1'}-D "
+                             f"mesh_shape, not {self.mesh_shape}")
+        if isinstance(engine, (DDP, Unsharded)) and two_d:
+            raise ValueError(f"{type(engine).__name__} takes a 1-D mesh_shape, not {self.mesh_shape}")
+        lists_units = isinstance(engine, FSDP2) or (isinstance(engine, FSDP1) and engine.wraps_listed_modules)
+        if self.wrap and not lists_units:
+            raise ValueError(f"wrap lists modules, but {engine!r} does not shard listed modules")
 
     @property
     def world_size(self) -> int:
@@ -354,25 +434,42 @@ def _widen_first_linear(node):
     return attrs.evolve(node, children=[_widen_first_linear(first), *rest])
 
 
+def shard_count(side: Side) -> int:
+    """How many pieces each parameter is cut into on ``side`` (1 where it is replicated)."""
+    engine = side.engine
+    if isinstance(engine, (DDP, Unsharded)) or (isinstance(engine, FSDP1) and engine.sharding_strategy == "NO_SHARD"):
+        return 1
+    return side.mesh_shape[-1]
+
+
 def dimensions(case: Case) -> dict[str, str]:
     """The case's values along each labelled dimension (for ``event()`` and coverage)."""
     widths = [out for _, _, out, _ in case.model.linears()]
 
     def side(s: Side, name: str) -> dict[str, str]:
-        ws = s.world_size
+        shards = shard_count(s)
+        engine = s.engine
+        fsdp1 = isinstance(engine, FSDP1)
+        fsdp2 = isinstance(engine, FSDP2)
         return {
-            f"{name}_engine": type(s.engine).__name__.lower(),
-            f"{name}_world_size": str(ws),
+            f"{name}_engine": type(engine).__name__.lower(),
+            f"{name}_world_size": str(s.world_size),
+            f"{name}_mesh": f"{len(s.mesh_shape)}d",
             f"{name}_state_dict": s.state_dict,
             f"{name}_wrapped": "none" if not s.wrap else "some",
-            f"{name}_uneven_split": str(any(w % ws for w in widths)).lower(),
-            f"{name}_empty_shard": str(any(w < ws for w in widths)).lower(),
+            f"{name}_uneven_split": str(any(w % shards for w in widths)).lower(),
+            f"{name}_empty_shard": str(any(w < shards for w in widths)).lower(),
+            f"{name}_fsdp1_strategy": engine.sharding_strategy.lower() if fsdp1 else "n/a",
+            f"{name}_fsdp1_wrap_policy": engine.wrap_policy if fsdp1 else "n/a",
+            f"{name}_fsdp1_use_orig_params": str(engine.use_orig_params).lower() if fsdp1 else "n/a",
+            f"{name}_fsdp2_reshard_after_forward": str(engine.reshard_after_forward).lower() if fsdp2 else "n/a",
+            f"{name}_fsdp2_shard_dim": str(engine.shard_dim) if fsdp2 else "n/a",
         }
 
     return {
         **side(case.save, "save"),
         **side(case.load, "load"),
-        "resharded": str(case.save.mesh_shape != case.load.mesh_shape).lower(),
+        "resharded": str((case.save.engine, case.save.mesh_shape) != (case.load.engine, case.load.mesh_shape)).lower(),
         "optimizer": type(case.optimizer).__name__.lower(),
         "optimizer_state": _optimizer_state_kind(case),
         "param_groups": str(case.param_groups),
@@ -398,7 +495,7 @@ def _optimizer_state_kind(case: Case) -> str:
 # --- JSON -------------------------------------------------------------------
 
 converter = cattrs.Converter(forbid_extra_keys=True)
-for _cls in (Sequential, Block, Model, Side, Case):
+for _cls in (Sequential, Block, FSDP1, Model, Side, Case):
     attrs.resolve_types(_cls, globals(), locals())
 for _union in (Node, Engine, Optimizer):
     configure_tagged_union(_union, converter, tag_name="kind", tag_generator=lambda c: c.__name__)

@@ -247,7 +247,8 @@ def _run(args) -> int:
     new_files: dict[str, str] = {}
 
     def on_finding(finding) -> None:
-        path = save_entry(args.corpus, entry_for(finding.case, finding.verdict, target=target, other=finding.other))
+        path = save_entry(args.corpus, entry_for(finding.case, finding.verdict, target=target, other=finding.other,
+                                                   world_size=args.world_size))
         new_files[finding.signature] = str(path)
         progress.message(f"NEW [{finding.verdict.triage}] {finding.verdict.summary()[:150]}\n     saved {path}")
 

@@ -90,6 +90,10 @@ class Entry:
     flaky: bool = False
     other_outcome: str = ""  # flaky: what the confirming re-run gave instead
     target: str = DEFAULT_TARGET
+    # Ranks in the world it ran in (the pool's size; 0: the case's own). Ranks on
+    # neither side still belong to the world, and some bugs need them (a collective
+    # on the default group that they never join).
+    world_size: int = 0
     versions: dict[str, str] = field(factory=dict)
     found: str = ""
     hits: int = 1
@@ -103,6 +107,11 @@ class Entry:
     def known_on(self, torch_version: str) -> bool:
         """Whether this entry is a known bug on ``torch_version``."""
         return self.known is not None and self.known.applies_to(torch_version)
+
+    @property
+    def replay_world_size(self) -> int:
+        """Ranks to replay it on: the world it was found in, at least the case's own."""
+        return max(self.case.world_size, self.world_size)
 
     @property
     def filename(self) -> str:
@@ -122,7 +131,7 @@ def versions() -> dict[str, str]:
 
 
 def entry_for(case: Case, verdict: Verdict, *, target: str = DEFAULT_TARGET,
-              other: Verdict | None = None) -> Entry:
+              other: Verdict | None = None, world_size: int = 0) -> Entry:
     """The corpus entry for a failure; ``other`` is a confirming re-run that disagreed (flaky)."""
     summary = verdict.summary()
     flaky = ", flaky" if other is not None else ""
@@ -138,6 +147,7 @@ def entry_for(case: Case, verdict: Verdict, *, target: str = DEFAULT_TARGET,
         flaky=other is not None,
         other_outcome=other.summary()[:2000] if other is not None else "",
         target=target,
+        world_size=world_size,
         versions=versions(),
         found=datetime.date.today().isoformat(),
     )

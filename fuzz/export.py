@@ -16,8 +16,11 @@ from __future__ import annotations
 
 from string import Template
 
-from shardfuzz.case import FSDP1, FSDP2, Block, Case, Linear, Sequential, Side, child_items, optimizer_groups
+from shardfuzz.case import (
+    DDP, FSDP1, FSDP2, Block, Case, Linear, Sequential, Side, Unsharded, child_items, optimizer_groups,
+)
 from shardfuzz.corpus import Entry
+from shardfuzz.executor.pool import deadline_for
 from shardfuzz.targets import DEFAULT_TARGET
 
 __all__ = ["export_script"]
@@ -35,7 +38,8 @@ def export_script(entry: Entry, *, filename: str = "repro.py") -> str:
         known=(f"\nKnown bug: {entry.known.link or entry.known.description} (torch {entry.known.torch})"
                if entry.known else ""),
         filename=filename,
-        world_size=case.world_size,
+        world_size=entry.replay_world_size,
+        hang_seconds=round(deadline_for(case) * 1.5),
         save_ranks=case.save.world_size,
         load_ranks=case.load.world_size,
         save_ranks_minus=case.save.world_size - 1,
@@ -61,8 +65,16 @@ def export_script(entry: Entry, *, filename: str = "repro.py") -> str:
         load_optimizer=_optimizer_expr(case, perturbed=True),
         target=_target_code(entry.target),
         param_groups=case.param_groups,
-        group_parameters=_source_of("group_parameters"),
+        group_parameters=_source_of("_unwrapped_name") + "\n\n" + _source_of("group_parameters"),
+        device_mesh=_source_of("device_mesh"),
+        save_mesh=tuple(case.save.mesh_shape),
+        load_mesh=tuple(case.load.mesh_shape),
     )
+
+
+def _names_block(case: Case) -> bool:
+    """Whether a module-type wrap policy names the Block class (so the script must define it)."""
+    return any(isinstance(s.engine, FSDP1) and "Block" in s.engine.module_types for s in (case.save, case.load))
 
 
 def _uses_block(node) -> bool:
@@ -88,34 +100,56 @@ def _module_expr(node, width: int, indent: int) -> tuple[str, int]:
 
 
 def _shard_function(name: str, side: Side) -> str:
+    """``def name(model, group, mesh)``: the side's engine as ``build.shard`` applies it."""
     engine = side.engine
     wrap = list(side.wrap)
-    if isinstance(engine, FSDP1):
-        policy = (
-            f"    inner = {{id(model.get_submodule(path)) for path in {wrap!r}}}\n"
-            "    policy = functools.partial(lambda_auto_wrap_policy, lambda_fn=lambda m: id(m) in inner)\n"
-            if wrap else "    policy = None\n"
-        )
-        return (
-            f"def {name}(model, group):\n"
-            "    from torch.distributed.fsdp import FullyShardedDataParallel\n"
-            "    from torch.distributed.fsdp.wrap import lambda_auto_wrap_policy\n\n"
-            f"{policy}"
-            "    return FullyShardedDataParallel(model, process_group=group, device_id=torch.device('cpu'),\n"
-            f"                                    use_orig_params={engine.use_orig_params}, "
-            "auto_wrap_policy=policy)\n"
-        )
-    assert isinstance(engine, FSDP2)
     innermost_first = sorted(wrap, key=lambda p: -p.count("."))
-    raf = engine.reshard_after_forward
-    return (
-        f"def {name}(model, group):\n"
-        "    mesh = DeviceMesh.from_group(group, 'cpu')\n"
-        f"    for path in {innermost_first!r}:  # innermost first\n"
-        f"        fully_shard(model.get_submodule(path), mesh=mesh, reshard_after_forward={raf})\n"
-        f"    fully_shard(model, mesh=mesh, reshard_after_forward={raf})\n"
-        "    return model\n"
+    head = f"def {name}(model, group, mesh):\n"
+    if isinstance(engine, Unsharded):
+        return head + "    return model  # a plain module on one rank\n"
+    if isinstance(engine, DDP):
+        return head + ("    from torch.nn.parallel import DistributedDataParallel\n\n"
+                       "    return DistributedDataParallel(model, process_group=group)\n")
+    if isinstance(engine, FSDP2):
+        placement = ("    from torch.distributed.tensor import Shard\n\n"
+                     "    kwargs['shard_placement_fn'] = lambda p: Shard(min("
+                     f"{engine.shard_dim}, p.ndim - 1))\n" if engine.shard_dim else "")
+        return head + (
+            f"    kwargs = dict(mesh=mesh, reshard_after_forward={engine.reshard_after_forward})\n"
+            f"{placement}"
+            f"    for path in {innermost_first!r}:  # innermost first\n"
+            "        fully_shard(model.get_submodule(path), **kwargs)\n"
+            "    fully_shard(model, **kwargs)\n"
+            "    return model\n"
+        )
+    assert isinstance(engine, FSDP1)
+    placement = "device_mesh=mesh" if engine.hybrid else "process_group=group"
+    body = (
+        "    from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy\n"
+        "    from torch.distributed.fsdp import wrap as fsdp_wrap\n\n"
+        f"    common = dict(device_id=torch.device('cpu'), use_orig_params={engine.use_orig_params},\n"
+        f"                  sharding_strategy=ShardingStrategy.{engine.sharding_strategy}, {placement})\n"
+        "    policy = None\n"
     )
+    if engine.wrap_policy == "set" and wrap:
+        body += (f"    inner = {{id(model.get_submodule(path)) for path in {wrap!r}}}\n"
+                 "    policy = functools.partial(fsdp_wrap.lambda_auto_wrap_policy, lambda_fn=lambda m: id(m) in inner)\n")
+    elif engine.wrap_policy == "manual":
+        body += ("    with fsdp_wrap.enable_wrap(wrapper_cls=FullyShardedDataParallel, **common):\n"
+                 f"        for path in {innermost_first!r}:  # innermost first: nested wrap()\n"
+                 "            parent, _, attr = path.rpartition('.')\n"
+                 "            owner = model.get_submodule(parent) if parent else model\n"
+                 "            setattr(owner, attr, fsdp_wrap.wrap(getattr(owner, attr)))\n")
+    elif engine.wrap_policy == "module-type":
+        types = ", ".join({"Linear": "nn.Linear", "Sequential": "nn.Sequential", "Block": "Block"}[t]
+                          for t in engine.module_types)
+        body += f"    policy = fsdp_wrap.ModuleWrapPolicy({{{types}}})\n"
+    elif engine.wrap_policy == "size-based":
+        body += ("    policy = functools.partial(fsdp_wrap.size_based_auto_wrap_policy, "
+                 f"min_num_params={engine.min_num_params})\n")
+    elif engine.wrap_policy == "always":
+        body += "    policy = fsdp_wrap.always_wrap_policy\n"
+    return head + body + "    return FullyShardedDataParallel(model, auto_wrap_policy=policy, **common)\n"
 
 
 def _optimizer_expr(case: Case, *, perturbed: bool) -> str:
@@ -203,6 +237,8 @@ warnings.simplefilter("ignore", UserWarning)  # torch's FSDP chatter; delete thi
 WORLD_SIZE = ${world_size}
 SAVE_RANKS = ${save_ranks}
 LOAD_RANKS = ${load_ranks}
+SAVE_MESH = ${save_mesh}  # 1-D, or 2-D (replicas, shards) for HSDP
+LOAD_MESH = ${load_mesh}
 SEED = ${seed}  # save side's weights and the data; the load side starts from SEED + 1
 STEPS = ${steps}
 BATCH_SIZE = ${batch_size}
@@ -225,6 +261,8 @@ def build_load_model(seed):
     torch.manual_seed(seed)
     return ${load_model}
 
+
+${device_mesh}
 
 ${shard_save}
 
@@ -320,8 +358,9 @@ def api_parity(model, optim, group):
 
     full = StateDictOptions(full_state_dict=True)
     local = lambda v: (v.to_local() if hasattr(v, "to_local") else v).detach().clone()  # noqa: E731
-    if "${save_engine}" == "FSDP2":
-        check(differences({k: local(v) for k, v in model.state_dict().items()},
+    if "${save_engine}" != "FSDP1":
+        prefix = "module." if "${save_engine}" == "DDP" else ""
+        check(differences({k.removeprefix(prefix): local(v) for k, v in model.state_dict().items()},
                           {k: local(v) for k, v in get_model_state_dict(model).items()}),
               "api-parity: model.state_dict() vs get_model_state_dict")
         return
@@ -358,39 +397,44 @@ def full_offload(model, optim, rank, actual):
 
 def round_trip(rank, checkpoint_dir):
     """This rank's part: save on ranks < SAVE_RANKS, load on ranks < LOAD_RANKS, compare on rank 0."""
-    phase = "groups"
+    phase = PHASE[0] = "groups"
     groups = {}
     for n in sorted({SAVE_RANKS, LOAD_RANKS}):
         groups[n] = dist.group.WORLD if n == WORLD_SIZE else dist.new_group(list(range(n)))
+    phase = PHASE[0] = "meshes"  # every rank makes them, in the same order: 2-D meshes' groups are collective
+    meshes = {}
+    for shape, n in ((SAVE_MESH, SAVE_RANKS), (LOAD_MESH, LOAD_RANKS)):
+        if shape not in meshes:
+            meshes[shape] = device_mesh(shape, groups[n], rank=rank)
     try:
         expected = None
         if rank < SAVE_RANKS:
-            phase = "build-save"
-            model = shard_save(build_model(SEED), groups[SAVE_RANKS])
+            phase = PHASE[0] = "build-save"
+            model = shard_save(build_model(SEED), groups[SAVE_RANKS], meshes[SAVE_MESH])
             optim = make_optimizer(model)
-            phase = "train"
+            phase = PHASE[0] = "train"
             train(model, optim, rank)
-            phase = "gather-saved"
+            phase = PHASE[0] = "gather-saved"
             expected = full_state(model, optim)
-            phase = "save"
+            phase = PHASE[0] = "save"
             state, _ = side_state(model, optim, SAVE_FULL_STATE_DICT)
             save(state, checkpoint_dir, groups[SAVE_RANKS])
             del state
             if "continuation" in CHECKS and LOAD_MUTATION is None:
-                phase = "continue-saved"
+                phase = PHASE[0] = "continue-saved"
                 train(model, optim, rank, continuation=True)
                 expected_after = full_state(model, optim)
             if "api-parity" in CHECKS:
-                phase = "api-parity"
+                phase = PHASE[0] = "api-parity"
                 api_parity(model, optim, groups[SAVE_RANKS])
             del model, optim
-        phase = "barrier"
+        phase = PHASE[0] = "barrier"
         dist.barrier()
         if rank < LOAD_RANKS and LOAD_MUTATION is not None:
-            phase = "build-load"
-            model = shard_load(build_load_model(SEED + 1), groups[LOAD_RANKS])
+            phase = PHASE[0] = "build-load"
+            model = shard_load(build_load_model(SEED + 1), groups[LOAD_RANKS], meshes[LOAD_MESH])
             optim = make_load_optimizer(model)
-            phase = "load-incompatible"
+            phase = PHASE[0] = "load-incompatible"
             try:
                 state, options = side_state(model, optim, LOAD_FULL_STATE_DICT)
                 load(state, checkpoint_dir, groups[LOAD_RANKS])
@@ -402,25 +446,25 @@ def round_trip(rank, checkpoint_dir):
                 raise AssertionError(f"loud-incompatible-load: loading into a model with a {LOAD_MUTATION} "
                                      "mutation raised nothing")
         elif rank < LOAD_RANKS:
-            phase = "build-load"
-            model = shard_load(build_model(SEED + 1), groups[LOAD_RANKS])
+            phase = PHASE[0] = "build-load"
+            model = shard_load(build_model(SEED + 1), groups[LOAD_RANKS], meshes[LOAD_MESH])
             optim = make_load_optimizer(model)
-            phase = "load"
+            phase = PHASE[0] = "load"
             state, options = side_state(model, optim, LOAD_FULL_STATE_DICT)
             load(state, checkpoint_dir, groups[LOAD_RANKS])
             set_state_dict(model, optim, model_state_dict=state["model"], optim_state_dict=state["optim"],
                            options=options)
-            phase = "gather-loaded"
+            phase = PHASE[0] = "gather-loaded"
             actual = full_state(model, optim)
             if "full-offload" in CHECKS:
-                phase = "full-offload"
+                phase = PHASE[0] = "full-offload"
                 full_offload(model, optim, rank, actual)
             if "continuation" in CHECKS:
-                phase = "continue-loaded"
+                phase = PHASE[0] = "continue-loaded"
                 train(model, optim, rank, continuation=True)
                 actual_after = full_state(model, optim)
             if rank == 0:
-                phase = "compare"
+                phase = PHASE[0] = "compare"
                 check(differences(expected, actual), "complete-state")
                 if "continuation" in CHECKS:
                     check(differences(expected_after, actual_after, None if SAME_SHARDING else (1e-4, 1e-6)),
@@ -434,8 +478,27 @@ def round_trip(rank, checkpoint_dir):
         print("did not reproduce: the state round-tripped bit for bit")
 
 
+PHASE = ["start"]  # this rank's phase, for the hang watchdog
+HANG_SECONDS = ${hang_seconds}  # shardfuzz's deadline for this case, with room to spare
+
+
+def watch_for_hang(rank):
+    """A rank still running after HANG_SECONDS is stuck (in a collective its peers never join)."""
+    import threading
+
+    def expire():
+        print(f"REPRODUCED on rank {rank}: hang: still in {PHASE[0]} after {HANG_SECONDS}s", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(1)
+
+    timer = threading.Timer(HANG_SECONDS, expire)
+    timer.daemon = True
+    timer.start()
+
+
 def rank_main(rank, world_size, init_file, checkpoint_dir):
     torch.set_num_threads(1)
+    watch_for_hang(rank)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size,
                             timeout=datetime.timedelta(seconds=300))
     round_trip(rank, checkpoint_dir)
@@ -445,6 +508,7 @@ def rank_main(rank, world_size, init_file, checkpoint_dir):
 def main():
     if "RANK" in os.environ:  # launched by torchrun
         dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=300))
+        watch_for_hang(dist.get_rank())
         if dist.get_world_size() != WORLD_SIZE:
             sys.exit(f"run with --nproc-per-node {WORLD_SIZE}, not {dist.get_world_size()}")
         holder = [tempfile.mkdtemp(prefix="shardfuzz-repro-") if dist.get_rank() == 0 else None]

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from shardfuzz.capabilities import dtensor
 from shardfuzz.targets import DcpTarget
 
 __all__ = ["CATALOGUE"]
@@ -276,7 +277,7 @@ class ShardOnDimOne(DcpTarget):
 
         if not isinstance(side.engine, FSDP2):
             return default(module, side, group=group, mesh=mesh)
-        from torch.distributed.tensor import Shard
+        Shard = dtensor().Shard
 
         from shardfuzz.capabilities import fully_shard_fn
 

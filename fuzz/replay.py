@@ -69,7 +69,7 @@ def replay_entries(
         raise ValueError(f"repeat must be >= 1, got {repeat}")
     results = []
     for path, entry in entries:
-        pool = pool_for(entry.target, entry.case.world_size)
+        pool = pool_for(entry.target, entry.replay_world_size)
         verdicts = tuple(pool.run(entry.case) for _ in range(repeat))
         replay = Replay(path, entry, verdicts, judge(entry, verdicts))
         results.append(replay)

@@ -16,8 +16,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from shardfuzz.build import build_module, build_optimizer, shard
-from shardfuzz.case import FSDP2, Case, Side
+from shardfuzz.capabilities import dtensor
+from shardfuzz.build import build_module, build_optimizer, device_mesh, shard
+from shardfuzz.case import DDP, FSDP1, FSDP2, Case, Side
 from shardfuzz import oracles
 from shardfuzz.oracles import compare_state
 from shardfuzz.targets import CheckpointTarget, ShardsModules
@@ -48,12 +49,19 @@ class RankContext:
     def group(self, n: int):
         return self._groups[n]
 
-    def mesh(self, n: int):
-        if n not in self._meshes:
-            from torch.distributed.device_mesh import DeviceMesh
+    def prepare_meshes(self, case: Case) -> None:
+        """Make the case's 2-D meshes now: their groups are collective on the whole world,
+        so every rank (on a side or not) makes them here, in the same order. Cached."""
+        for side in (case.save, case.load):
+            if len(side.mesh_shape) == 2 and side.mesh_shape not in self._meshes:
+                self._meshes[side.mesh_shape] = device_mesh(
+                    side.mesh_shape, self._groups[side.world_size], rank=self.rank)
 
-            self._meshes[n] = DeviceMesh.from_group(self._groups[n], "cpu")
-        return self._meshes[n]
+    def mesh(self, shape: tuple[int, ...]):
+        """The DeviceMesh of a side of this shape (2-D ones come from ``prepare_meshes``)."""
+        if shape not in self._meshes:
+            self._meshes[shape] = device_mesh(shape, self._groups[shape[0]], rank=self.rank)
+        return self._meshes[shape]
 
     def enter(self, phase: str) -> None:
         now = time.perf_counter()
@@ -73,6 +81,7 @@ def run_case(case: Case, ctx: RankContext, target: CheckpointTarget, checkpoint_
     ctx.unchanged = []
     expected = expected_after = None
     mismatches: list[Mismatch] = []
+    ctx.prepare_meshes(case)
     if ctx.rank < case.save.world_size:
         ctx.enter("build-save")
         model, optim = _build_side(case, case.save, case.model, ctx, target, seed=case.seed)
@@ -163,7 +172,9 @@ def _load_incompatible(case, ctx, target, checkpoint_dir) -> list[Mismatch]:
 def _build_side(case: Case, side: Side, spec, ctx: RankContext, target, *, seed: int):
     n = side.world_size
     module = build_module(spec, seed=seed)
-    mesh = ctx.mesh(n) if isinstance(side.engine, FSDP2) else None  # FSDP1 shards on the group itself
+    # FSDP2 shards on a mesh, as does FSDP1 for HSDP; the others take the group itself.
+    needs_mesh = isinstance(side.engine, FSDP2) or (isinstance(side.engine, FSDP1) and side.engine.hybrid)
+    mesh = ctx.mesh(side.mesh_shape) if needs_mesh else None
     if isinstance(target, ShardsModules):
         model = target.shard(module, side, group=ctx.group(n), mesh=mesh, default=shard)
     else:
@@ -239,22 +250,26 @@ def _plain(value):
 
 
 def _layout_records(model) -> dict[str, oracles.LayoutRecord]:
-    from torch.distributed.tensor import DTensor
+    DTensor = dtensor().DTensor
 
     return {name: oracles.LayoutRecord(p.device_mesh.size(), repr(tuple(p.placements)), tuple(p.shape), str(p.dtype))
             for name, p in model.named_parameters() if isinstance(p, DTensor)}
 
 
 def _expected_layout(spec, side: Side) -> dict[str, oracles.LayoutRecord]:
-    """FSDP2 shards every parameter on dim 0 of the side's 1-D mesh, in float32, at its full shape."""
-    from torch.distributed.tensor import Shard
+    """FSDP2 shards every parameter on dim 0 (or ``shard_dim`` where it has one) of the
+    side's mesh, replicated across dim 0 of a 2-D mesh, in float32, at its full shape."""
+    Replicate, Shard = dtensor().Replicate, dtensor().Shard
 
-    placements = repr((Shard(0),))
+    def placements(ndim: int) -> str:
+        shard = Shard(min(side.engine.shard_dim, ndim - 1))
+        return repr((Replicate(), shard) if len(side.mesh_shape) == 2 else (shard,))
+
     records = {}
     for fqn, fan_in, fan_out, bias in spec.linears():
-        records[f"{fqn}.weight"] = oracles.LayoutRecord(side.world_size, placements, (fan_out, fan_in), "torch.float32")
+        records[f"{fqn}.weight"] = oracles.LayoutRecord(side.world_size, placements(2), (fan_out, fan_in), "torch.float32")
         if bias:
-            records[f"{fqn}.bias"] = oracles.LayoutRecord(side.world_size, placements, (fan_out,), "torch.float32")
+            records[f"{fqn}.bias"] = oracles.LayoutRecord(side.world_size, placements(1), (fan_out,), "torch.float32")
     return records
 
 
@@ -277,8 +292,9 @@ def _api_parity(side: Side, model, optim, *, rank: int, group) -> list[Mismatch]
 
     found = []
     full = StateDictOptions(full_state_dict=True)
-    if isinstance(side.engine, FSDP2):
-        ours = {k: _local(v) for k, v in model.state_dict().items()}
+    if not isinstance(side.engine, FSDP1):
+        prefix = "module." if isinstance(side.engine, DDP) else ""
+        ours = {k.removeprefix(prefix): _local(v) for k, v in model.state_dict().items()}
         theirs = {k: _local(v) for k, v in get_model_state_dict(model).items()}
         found += oracles.api_parity(ours, theirs, rank=rank, what="model.state_dict() vs get_model_state_dict")
         return found

@@ -22,7 +22,7 @@ from typing import Optional
 import attrs
 from attrs import frozen
 
-from shardfuzz.case import FSDP1, Case
+from shardfuzz.case import FSDP1, FSDP2, Case, shard_count
 from shardfuzz.verdict import Verdict
 
 __all__ = ["CaseRule", "CASE_RULES", "Rule", "RULES", "classify", "excluded"]
@@ -48,7 +48,23 @@ CASE_RULES: tuple[CaseRule, ...] = (
         lambda case: case.param_groups > 1 and any(
             isinstance(s.engine, FSDP1) and not s.engine.use_orig_params for s in _sides(case)),
     ),
+    CaseRule(
+        "fsdp2-uneven-shard-dim",
+        "fully_shard supports uneven sharding on dim 0 only: a shard_placement_fn that shards "
+        "on dim 1 needs that dim divisible by the shard count (NotImplementedError 'FSDP does "
+        "not support uneven sharding on dim 1')",
+        lambda case: _fsdp2_uneven_on_dim1(case),
+    ),
 )
+
+
+def _fsdp2_uneven_on_dim1(case: Case) -> bool:
+    fan_ins = [fan_in for _, fan_in, _, _ in case.model.linears()]
+    for side in _sides(case):
+        if isinstance(side.engine, FSDP2) and side.engine.shard_dim == 1:
+            if any(n % shard_count(side) for n in fan_ins):
+                return True
+    return False
 
 
 def excluded(case: Case, rules: tuple[CaseRule, ...] = CASE_RULES) -> Optional[CaseRule]:

@@ -4,7 +4,8 @@ They import the Case data model and the capability probe, never the executor.
 """
 
 from shardfuzz.strategies.cases import cases, sides
-from shardfuzz.strategies.engines import engines, wrap_sets
+from shardfuzz.strategies.coverage import offered_values
+from shardfuzz.strategies.engines import engines, fsdp1_engines, fsdp2_engines, wrap_sets
 from shardfuzz.strategies.modules import linears, models, module_trees, widths
 from shardfuzz.strategies.options import (
     checks,
@@ -21,6 +22,8 @@ __all__ = [
     "cases",
     "checks",
     "engines",
+    "fsdp1_engines",
+    "fsdp2_engines",
     "flatten_optimizer_state_dict",
     "linears",
     "load_mutations",
@@ -28,6 +31,7 @@ __all__ = [
     "models",
     "module_trees",
     "optimizer_steps",
+    "offered_values",
     "optimizers",
     "param_groups",
     "sides",

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from shardfuzz.case import Case, Model, Side
+from shardfuzz.capabilities import capabilities
+from shardfuzz.case import FSDP1, FSDP2, Case, Model, Side, Unsharded
 from shardfuzz.unsupported import excluded
-from shardfuzz.strategies._helpers import check_int
-from shardfuzz.strategies.engines import engines, wrap_sets
+from shardfuzz.strategies._helpers import check_choices, check_int
+from shardfuzz.strategies.engines import TWO_D_ENGINES, engines, wrap_sets
 from shardfuzz.strategies.modules import models
 from shardfuzz.strategies.options import (
     checks,
@@ -24,14 +25,21 @@ __all__ = ["cases", "sides"]
 
 
 def sides(model: Model, *, max_world_size: int = 4, engine_names=None) -> st.SearchStrategy[Side]:
-    """One end of the round-trip for ``model``."""
-    return st.builds(
-        Side,
-        engine=engines(names=engine_names),
-        mesh_shape=mesh_shapes(max_size=max_world_size),
-        wrap=wrap_sets(model),
-        state_dict=state_dict_types(),
-    )
+    """One end of the round-trip for ``model``: a mesh, an engine that runs on it, its units."""
+    offered = check_choices("engine_names", engine_names, capabilities().engines)
+    two_d = capabilities().hsdp and any(n in TWO_D_ENGINES for n in offered)
+
+    @st.composite
+    def draw_side(draw):
+        mesh = draw(mesh_shapes(max_size=max_world_size, max_dims=2 if two_d else 1))
+        engine = draw(engines(names=offered, mesh_dims=len(mesh)))
+        if isinstance(engine, Unsharded):
+            mesh = (1,)
+        lists_units = isinstance(engine, FSDP2) or (isinstance(engine, FSDP1) and engine.wraps_listed_modules)
+        return Side(engine=engine, mesh_shape=mesh, wrap=draw(wrap_sets(model)) if lists_units else (),
+                    state_dict=draw(state_dict_types()))
+
+    return draw_side()
 
 
 def cases(

@@ -5,23 +5,58 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from shardfuzz.capabilities import capabilities
-from shardfuzz.case import FSDP1, FSDP2, Model
-from shardfuzz.strategies._helpers import check_choices
+from shardfuzz.case import (
+    DDP, FSDP1, FSDP1_STRATEGIES, FSDP2, HYBRID_STRATEGIES, MODULE_TYPES, WRAP_POLICIES, Model, Unsharded,
+)
+from shardfuzz.strategies._helpers import check_choices, check_int
 
-__all__ = ["engines", "wrap_sets", "ENGINE_NAMES"]
+__all__ = ["engines", "fsdp1_engines", "fsdp2_engines", "wrap_sets", "ENGINE_NAMES"]
 
-ENGINE_NAMES = ("fsdp1", "fsdp2")
-
-_BUILDERS = {
-    "fsdp1": st.builds(FSDP1, use_orig_params=st.booleans()),
-    "fsdp2": st.builds(FSDP2, reshard_after_forward=st.booleans()),
-}
+ENGINE_NAMES = ("fsdp1", "fsdp2", "ddp", "unsharded")
+TWO_D_ENGINES = ("fsdp1", "fsdp2")  # the engines that take a 2-D mesh (HSDP)
 
 
-def engines(*, names=None) -> st.SearchStrategy[FSDP1 | FSDP2]:
-    """An engine among ``names`` (default: every engine the installed torch offers)."""
+def fsdp1_engines(*, hybrid: bool = False) -> st.SearchStrategy[FSDP1]:
+    """FSDP1 with a sharding strategy (a hybrid one iff ``hybrid``, for a 2-D mesh) and a wrap policy."""
+    strategies = HYBRID_STRATEGIES if hybrid else tuple(s for s in FSDP1_STRATEGIES if s not in HYBRID_STRATEGIES)
+
+    @st.composite
+    def draw(draw):
+        policy = draw(st.sampled_from(WRAP_POLICIES))
+        return FSDP1(
+            use_orig_params=draw(st.booleans()),
+            sharding_strategy=draw(st.sampled_from(strategies)),
+            wrap_policy=policy,
+            module_types=draw(st.lists(st.sampled_from(MODULE_TYPES), min_size=1, unique=True))
+            if policy == "module-type" else (),
+            # a Linear here has 1 to 272 parameters: thresholds below and above both happen
+            min_num_params=draw(st.integers(1, 300)) if policy == "size-based" else 0,
+        )
+
+    return draw()
+
+
+def fsdp2_engines() -> st.SearchStrategy[FSDP2]:
+    """``fully_shard`` with ``reshard_after_forward`` on or off, on dim 0 or (where offered) dim 1."""
+    dims = [0, 1] if capabilities().fsdp2_shard_dim else [0]
+    return st.builds(FSDP2, reshard_after_forward=st.booleans(), shard_dim=st.sampled_from(dims))
+
+
+def engines(*, names=None, mesh_dims: int = 1) -> st.SearchStrategy:
+    """An engine among ``names`` (default: every engine the installed torch offers) that runs
+    on a mesh of ``mesh_dims`` dimensions (2: only FSDP1's hybrid strategies and FSDP2)."""
     chosen = check_choices("names", names, capabilities().engines)
-    return st.one_of(*(_BUILDERS[n] for n in chosen))
+    check_int("mesh_dims", mesh_dims, minimum=1)
+    if mesh_dims == 2:
+        chosen = tuple(n for n in chosen if n in TWO_D_ENGINES)
+        check_choices("names (for a 2-D mesh)", chosen, TWO_D_ENGINES)
+    builders = {
+        "fsdp1": lambda: fsdp1_engines(hybrid=mesh_dims == 2),
+        "fsdp2": fsdp2_engines,
+        "ddp": lambda: st.just(DDP()),
+        "unsharded": lambda: st.just(Unsharded()),
+    }
+    return st.one_of(*(builders[n]() for n in chosen))
 
 
 def wrap_sets(model: Model) -> st.SearchStrategy[tuple[str, ...]]:

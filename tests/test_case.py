@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 
 from shardfuzz.case import (
-    FSDP1, FSDP2, SCHEMA_VERSION, Adam, Block, Case, Linear, Model, Sequential, Side, dimensions, dumps, loads,
+    DDP, FSDP1, FSDP2, SCHEMA_VERSION, Unsharded, Adam, Block, Case, Linear, Model, Sequential, Side, dimensions, dumps, loads,
 )
 from shardfuzz.strategies import cases
 
@@ -49,7 +49,20 @@ def test_dimensions_label_uneven_and_empty_shards():
         (lambda: _case(save=Side(FSDP1(), (2,), wrap=["9"])), "not in the model"),
         (lambda: _case(steps=-1), "steps"),
         (lambda: Side(FSDP1(), (0,)), "mesh_shape"),
-        (lambda: Side(FSDP1(), (2, 2)), "mesh_shape"),
+        (lambda: Side(FSDP1(), (2, 2)), "1-D mesh_shape"),
+        (lambda: Side(FSDP1(sharding_strategy="HYBRID_SHARD"), (4,)), "2-D mesh_shape"),
+        (lambda: Side(FSDP2(), (2, 2, 1)), "one or two"),
+        (lambda: Side(DDP(), (2, 2)), "1-D mesh_shape"),
+        (lambda: Side(Unsharded(), (2,)), "one rank"),
+        (lambda: Side(DDP(), (2,), wrap=["0"]), "does not shard listed modules"),
+        (lambda: Side(FSDP1(wrap_policy="always"), (2,), wrap=["0"]), "does not shard listed modules"),
+        (lambda: FSDP1(wrap_policy="module-type"), "module_types"),
+        (lambda: FSDP1(module_types=["Linear"]), "module_types"),
+        (lambda: FSDP1(wrap_policy="module-type", module_types=["Conv"]), "not among"),
+        (lambda: FSDP1(wrap_policy="size-based"), "min_num_params"),
+        (lambda: FSDP1(sharding_strategy="ZERO"), "sharding_strategy"),
+        (lambda: FSDP2(shard_dim=2), "shard_dim"),
+        (lambda: _case(param_groups=3), "param_groups"),
         (lambda: Side(FSDP1(), (2,), state_dict="local"), "state_dict"),
         (lambda: Linear(0), "out_features"),
         (lambda: Sequential([]), "at least one child"),

@@ -8,7 +8,7 @@ from hypothesis.errors import InvalidArgument
 
 from shardfuzz import strategies as sf
 from shardfuzz.capabilities import capabilities
-from shardfuzz.case import dimensions
+from shardfuzz.case import dimensions, shard_count
 
 
 @pytest.mark.parametrize(
@@ -25,7 +25,11 @@ from shardfuzz.case import dimensions
         (sf.mesh_shapes, {"max_size": True}),
         (sf.optimizer_steps, {"max_steps": -1}),
         (sf.engines, {"names": []}),
-        (sf.engines, {"names": ["ddp"]}),
+        (sf.engines, {"names": ["ddp2"]}),
+        (sf.engines, {"names": ["ddp"], "mesh_dims": 2}),
+        (sf.engines, {"mesh_dims": 0}),
+        (sf.mesh_shapes, {"max_dims": 3}),
+        (sf.offered_values, {"max_world_size": 0}),
         (sf.cases, {"max_world_size": 0}),
         (sf.cases, {"max_width": 0}),
         (sf.cases, {"engine_names": ["fsdp3"]}),
@@ -51,37 +55,24 @@ def test_bounds_are_respected():
 
 def test_every_offered_value_of_every_dimension_is_reached():
     seen = defaultdict(Counter)
+    sharded = Counter()
 
-    @settings(max_examples=2000, phases=[Phase.generate], database=None,
+    @settings(max_examples=3000, phases=[Phase.generate], database=None,
               suppress_health_check=list(HealthCheck))
     @given(sf.cases())
     def draw(case):
         for name, value in dimensions(case).items():
             seen[name][value] += 1
+        if shard_count(case.load) > 1:
+            sharded["sides"] += 1
+            sharded["uneven"] += dimensions(case)["load_uneven_split"] == "true"
+            sharded["empty"] += dimensions(case)["load_empty_shard"] == "true"
 
     draw()
-    expected = {
-        "save_engine": set(capabilities().engines),
-        "load_engine": set(capabilities().engines),
-        "save_world_size": {"1", "2", "3", "4"},
-        "load_world_size": {"1", "2", "3", "4"},
-        "save_state_dict": {"sharded", "full"},
-        "load_state_dict": {"sharded", "full"},
-        "save_uneven_split": {"true", "false"},
-        "load_empty_shard": {"true", "false"},
-        "save_wrapped": {"none", "some"},
-        "resharded": {"true", "false"},
-        "optimizer": {"sgd", "adam", "adamw", "adagrad", "rmsprop"},
-        "optimizer_state": {"none", "some"},
-        "param_groups": {"1", "2"},
-        "steps": {"0", "1", "2", "3"},
-        "depth": {"2", "3", "4+"},
-        "linears": {"1", "2", "3", "4+"},
-        "flatten_optimizer_state_dict": {"true", "false"},
-    }
+    expected = sf.offered_values()
+    assert set(expected) == set(seen), "offered_values() and case.dimensions() name the same dimensions"
     for name, values in expected.items():
-        assert values <= set(seen[name]), f"{name}: reached {dict(seen[name])}, expected all of {values}"
-    # Uneven splits and empty shards are common, not rare.
-    total = sum(seen["save_engine"].values())
-    assert seen["load_uneven_split"]["true"] > total / 4
-    assert seen["load_empty_shard"]["true"] > total / 10
+        assert values == set(seen[name]), f"{name}: reached {dict(seen[name])}, offered {sorted(values)}"
+    # Where a side shards at all, uneven splits and empty shards are common, not rare.
+    assert sharded["uneven"] > sharded["sides"] / 3, dict(sharded)
+    assert sharded["empty"] > sharded["sides"] / 10, dict(sharded)
