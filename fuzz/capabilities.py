@@ -22,12 +22,13 @@ class Capabilities:
     flatten_optimizer_state_dict: bool
     off: dict[str, str]  # feature -> why it is switched off
     hsdp: bool = False  # 2-D meshes (FSDP2 HSDP, FSDP1 hybrid strategies)
+    fsdp1_subgroups: bool = False  # FSDP1 on a rank subgroup (DSD passes the group to FSDP)
     fsdp2_shard_dim: bool = False  # fully_shard(shard_placement_fn=...)
 
     def table(self) -> list[tuple[str, str, str]]:
         """(feature, on/off, reason) rows for ``shardfuzz capabilities``."""
         rows = [(f"engine {e}", "on", "") for e in self.engines]
-        for name in ("flatten_optimizer_state_dict", "hsdp", "fsdp2_shard_dim"):
+        for name in ("flatten_optimizer_state_dict", "hsdp", "fsdp2_shard_dim", "fsdp1_subgroups"):
             if getattr(self, name):
                 rows.append((name, "on", ""))
         rows += [(name, "off", why) for name, why in sorted(self.off.items())]
@@ -65,6 +66,65 @@ def dtensor():
     raise ImportError("no DTensor in torch.distributed.tensor or torch.distributed._tensor")
 
 
+_FSDP2_PROBE = """
+import os, tempfile, torch, torch.distributed as dist
+from torch import nn
+try:
+    from torch.distributed.fsdp import fully_shard
+except ImportError:
+    from torch.distributed._composable.fsdp import fully_shard
+store = os.path.join(tempfile.mkdtemp(prefix="shardfuzz-probe-"), "store")
+dist.init_process_group("gloo", init_method="file://" + store, rank=0, world_size=1)
+from torch.distributed.device_mesh import DeviceMesh
+model = nn.Sequential(nn.Linear(2, 2))
+fully_shard(model, mesh=DeviceMesh.from_group(dist.group.WORLD, "cpu"))
+optim = torch.optim.SGD(model.parameters(), lr=0.1)
+model(torch.randn(2, 2)).sum().backward()
+optim.step()
+dist.destroy_process_group()
+"""
+
+
+def _fsdp2_on_cpu_fails() -> str:
+    """'' if one FSDP2 training step runs on a one-rank gloo group, else the error's last line.
+
+    Older torch has ``fully_shard`` but fails on CPU ranks (CUDA streams and
+    events inside it); only running it tells. It runs in a subprocess (a process
+    group in the caller would be in the way), once per torch build: the answer is
+    cached under ``$XDG_CACHE_HOME/shardfuzz`` (or ``~/.cache/shardfuzz``).
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    cache_dir = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "shardfuzz")
+    key = f"fsdp2-cpu-{torch.__version__}-{os.path.getmtime(torch.__file__):.0f}.json"
+    path = os.path.join(cache_dir, key)
+    try:
+        with open(path) as f:
+            return json.load(f)["error"]
+    except (OSError, ValueError, KeyError):
+        pass
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    try:
+        proc = subprocess.run([sys.executable, "-c", _FSDP2_PROBE], capture_output=True, text=True,
+                              timeout=120, env=env)
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        error = "" if proc.returncode == 0 else (lines[-1] if lines else f"exit code {proc.returncode}")
+    except subprocess.TimeoutExpired:
+        error = "the probe did not finish within 120 s"
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        with open(path, "w") as f:
+            json.dump({"error": error}, f)
+    except OSError:
+        pass  # no cache: probe again next time
+    return error
+
+
 @functools.cache
 def capabilities() -> Capabilities:
     import torch
@@ -87,7 +147,11 @@ def capabilities() -> Capabilities:
     elif from_group is None or not hasattr(from_group, "from_group"):
         off["engine fsdp2"] = "DeviceMesh.from_group is missing (needed to shard on rank subgroups)"
     else:
-        engines.append("fsdp2")
+        broken = _fsdp2_on_cpu_fails()
+        if broken:
+            off["engine fsdp2"] = f"fully_shard fails on CPU ranks in this torch ({broken})"
+        else:
+            engines.append("fsdp2")
 
     engines += ["ddp", "unsharded"]  # DistributedDataParallel and a plain module: always there
 
@@ -100,10 +164,21 @@ def capabilities() -> Capabilities:
     if "fsdp2" in engines and not shard_dim:
         off["fsdp2_shard_dim"] = "fully_shard has no shard_placement_fn (sharding on a dim other than 0)"
 
+    import torch.distributed.checkpoint.state_dict as dsd
+
+    # Before DSD had _get_fsdp_process_group, get_state_dict ran FSDP.optim_state_dict on the
+    # default group: FSDP1 on a subgroup of the world hangs there (seen on torch 2.6 and 2.10).
+    subgroups = "fsdp1" in engines and hasattr(dsd, "_get_fsdp_process_group")
+    if "fsdp1" in engines and not subgroups:
+        off["fsdp1_subgroups"] = ("get_state_dict gathers FSDP1 optimizer state on the default group "
+                                  "(no _get_fsdp_process_group in DSD), so FSDP1 on a rank subgroup hangs; "
+                                  "FSDP1 sides span the whole pool")
+
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
     fields = {f.name for f in dataclasses.fields(StateDictOptions)}
     flatten = "flatten_optimizer_state_dict" in fields
     if not flatten:
         off["flatten_optimizer_state_dict"] = "StateDictOptions has no flatten_optimizer_state_dict field"
-    return Capabilities(torch.__version__, tuple(engines), flatten, off, hsdp=hsdp, fsdp2_shard_dim=shard_dim)
+    return Capabilities(torch.__version__, tuple(engines), flatten, off, hsdp=hsdp, fsdp2_shard_dim=shard_dim,
+                        fsdp1_subgroups=subgroups)
