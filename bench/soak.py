@@ -34,6 +34,18 @@ from bench_pool import draw_cases  # noqa: E402
 CRASHES = ("segfault", "abort", "exit", "sigkill")
 
 
+
+def _on_every_rank(side, world_size: int):
+    """``side`` on a 1-D mesh of every rank; DDP stands in for engines that cannot run there
+    (a one-rank plain module, an HSDP mesh)."""
+    import attrs
+
+    from shardfuzz.case import DDP, FSDP1, Unsharded
+
+    if isinstance(side.engine, Unsharded) or (isinstance(side.engine, FSDP1) and side.engine.hybrid):
+        return attrs.evolve(side, engine=DDP(), mesh_shape=(world_size,), wrap=())
+    return attrs.evolve(side, mesh_shape=(world_size,))
+
 def instruction(i: int) -> str:
     """What case ``i`` (1-based) injects."""
     if i % 25 == 0:
@@ -93,9 +105,8 @@ def soak(cases: int = 1000, world_size: int = 2, seed: int = 0, hang_timeout: fl
         for i, case in enumerate(drawn, start=1):
             order = instruction(i)
             if order == "teardown":  # every rank takes part, so every rank arms its exit-time abort
-                full = (world_size,)
-                case = attrs.evolve(case, save=attrs.evolve(case.save, mesh_shape=full),
-                                    load=attrs.evolve(case.load, mesh_shape=full))
+                case = attrs.evolve(case, save=_on_every_rank(case.save, world_size),
+                                    load=_on_every_rank(case.load, world_size))
             Path(control.name).write_text(order)
             verdict = pool.run(case)
             peak_rss = max(peak_rss, pool.rss_bytes())
@@ -106,7 +117,7 @@ def soak(cases: int = 1000, world_size: int = 2, seed: int = 0, hang_timeout: fl
             elif expected == "hang" and (verdict.status != "hang" or _STACK not in verdict.diagnostics):
                 problems.append(f"case {i}: injected hang, got {verdict.status} "
                                 f"(stack dumped: {_STACK in verdict.diagnostics})")
-            elif expected == "clean" and not verdict.ok and verdict.signature() not in known:
+            elif expected == "clean" and verdict.is_failure and known.lookup(verdict.signature(), case) is None:
                 problems.append(f"case {i}: clean case failed: {verdict.summary()[:300]}")
             if problems and not quiet and problems[-1].startswith(f"case {i}:"):
                 print(problems[-1], flush=True)

@@ -109,18 +109,25 @@ def _fsdp1(module: nn.Module, side: Side, engine: FSDP1, *, group, mesh) -> nn.M
     return FullyShardedDataParallel(module, auto_wrap_policy=policy, **common)
 
 
-def device_mesh(shape: tuple[int, ...], world_group, *, rank: int):
+def device_mesh(shape: tuple[int, ...], world_group, *, rank: int, generation: int = 0):
     """The DeviceMesh of a side on ranks ``0..n-1`` (n = the product of ``shape``), or None off it.
 
     2-D: ``(replicas, shards)``; each row of ranks is a shard group, each column a
     replicate group. Creating the groups is collective on the whole world, so every
     rank calls this with the same shapes in the same order, on the side or not.
     ``world_group`` is the 1-D case's group (already made by the caller).
+
+    ``generation`` goes into the dim names. DeviceMesh equality ignores the process
+    groups, and DTensor caches plans by mesh: a mesh rebuilt on new groups (after the
+    pool re-forms its process group) must not equal the old one, or a cached plan
+    names a destroyed group ("Could not resolve the process group registered under
+    the name ...", seen on torch 2.13 and 2.14).
     """
     from torch.distributed.device_mesh import DeviceMesh
 
     if len(shape) == 1:
-        return DeviceMesh.from_group(world_group, "cpu") if rank < shape[0] else None
+        return (DeviceMesh.from_group(world_group, "cpu", mesh_dim_names=(f"shard{generation}",))
+                if rank < shape[0] else None)
     import torch.distributed as dist
 
     replicas, shards = shape
@@ -131,7 +138,7 @@ def device_mesh(shape: tuple[int, ...], world_group, *, rank: int):
         return None
     row, column = divmod(rank, shards)
     return DeviceMesh.from_group([columns[column], rows[row]], "cpu", mesh=ranks,
-                                 mesh_dim_names=("replicate", "shard"))
+                                 mesh_dim_names=(f"replicate{generation}", f"shard{generation}"))
 
 
 def build_optimizer(spec, model: nn.Module, *, param_groups: int = 1, perturbed: bool = False) -> torch.optim.Optimizer:

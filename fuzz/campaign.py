@@ -100,7 +100,7 @@ def run_campaign(
     budget: float,
     seed: int | None = None,
     max_world_size: int = 4,
-    is_known: Callable[[str], bool] = lambda signature: False,
+    is_known: Callable[[str, Case], bool] = lambda signature, case: False,
     on_case: Callable[[CampaignResult, Case, Verdict], None] | None = None,
     on_finding: Callable[[Finding], None] | None = None,
     round_size: int = 20,
@@ -166,7 +166,7 @@ def run_campaign(
                 event("unsupported combination")
                 return
             signature = verdict.signature()
-            if is_known(signature):
+            if is_known(signature, case):
                 result.known_hits[signature] += 1
                 event(f"known failure: {signature[:60]}")
                 return

@@ -120,7 +120,8 @@ def _selftest(args) -> int:
     started = time.monotonic()
     try:
         results = run_selftest(budget_per_mutant=args.budget, world_size=args.world_size, seed=args.seed,
-                               mutants=args.mutant, is_known=known.__contains__, on_result=show)
+                               mutants=args.mutant, is_known=lambda s, c: known.lookup(s, c) is not None,
+                               on_result=show)
     except PoolStartError as exc:
         print(f"shardfuzz selftest: {exc}", file=sys.stderr)
         return 2
@@ -264,7 +265,7 @@ def _run(args) -> int:
 
             result = run_campaign(
                 pool.run, budget=args.budget, seed=args.seed, max_world_size=args.world_size,
-                is_known=known.__contains__, on_case=progress.update, on_finding=on_finding,
+                is_known=lambda s, c: known.lookup(s, c) is not None, on_case=progress.update, on_finding=on_finding,
                 confirm=None if args.no_confirm else on_fresh_pool,
             )
             starts, resets, events = pool.starts, pool.resets, list(pool.events)

@@ -23,12 +23,12 @@ import cattrs
 from attrs import field, frozen
 from attrs.validators import in_, instance_of
 
-from shardfuzz.case import Case, describe_structure_error, dumps, from_dict, to_dict
+from shardfuzz.case import Case, describe_structure_error, dimensions, dumps, from_dict, to_dict
 from shardfuzz.targets import DEFAULT_TARGET
 from shardfuzz.verdict import TRIAGE_CLASSES, Verdict
 
 __all__ = [
-    "Cause", "CorpusError", "Entry", "Known", "entry_for", "known_bugs", "load_corpus", "load_entry", "save_entry",
+    "Cause", "CorpusError", "Entry", "Known", "KnownBugs", "entry_for", "known_bugs", "load_corpus", "load_entry", "save_entry",
 ]
 
 ENTRY_SCHEMA_VERSION = 1
@@ -46,6 +46,14 @@ class Known:
     torch: str = field(validator=instance_of(str))  # a PEP 440 specifier set, e.g. ">=2.11,<2.14"
     link: str = field(default="", validator=instance_of(str))
     seen: tuple[str, ...] = field(default=(), converter=tuple)  # torch builds it was reproduced on
+    # Case dimensions (``case.dimensions``) a failure must also have to count as this bug.
+    # A silent-corruption signature ("values differ" on a key pattern) is broad: without
+    # this, a new corruption on the same key would pass as this known one.
+    when: dict[str, str] = field(factory=dict)
+
+    def matches(self, case: Case) -> bool:
+        dims = dimensions(case)
+        return all(dims.get(name) == value for name, value in self.when.items())
 
     @torch.validator
     def _specifier(self, attribute, value):
@@ -227,6 +235,20 @@ def load_corpus(directory: str | os.PathLike) -> tuple[list[tuple[Path, Entry]],
     return entries, problems
 
 
-def known_bugs(entries, torch_version: str) -> dict[str, Entry]:
-    """Signature -> entry, for the entries of ``load_corpus`` that are known bugs on this torch."""
-    return {entry.signature: entry for _, entry in entries if entry.known_on(torch_version)}
+class KnownBugs(dict):
+    """Signature -> entry, for the entries that are known bugs on this torch.
+
+    ``lookup(signature, case)`` is the question to ask of a failure: the same signature
+    *and* the case has the entry's ``known.when`` dimensions.
+    """
+
+    def lookup(self, signature: str, case: Case | None = None) -> Entry | None:
+        entry = self.get(signature)
+        if entry is None or (case is not None and not entry.known.matches(case)):
+            return None
+        return entry
+
+
+def known_bugs(entries, torch_version: str) -> KnownBugs:
+    """The entries of ``load_corpus`` that are known bugs on ``torch_version``, by signature."""
+    return KnownBugs({entry.signature: entry for _, entry in entries if entry.known_on(torch_version)})

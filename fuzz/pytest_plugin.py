@@ -39,7 +39,7 @@ def shardfuzz_known(shardfuzz_corpus_dir):
     from shardfuzz.corpus import known_bugs, load_corpus
 
     entries, _ = load_corpus(shardfuzz_corpus_dir)
-    return known_bugs(entries, torch.__version__).get
+    return known_bugs(entries, torch.__version__).lookup
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ loaded state and runs the oracles.
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Any
 
@@ -27,10 +28,14 @@ from shardfuzz.verdict import Mismatch
 __all__ = ["RankContext", "run_case"]
 
 
+_GENERATIONS = itertools.count()  # process groups this rank process has joined
+
+
 class RankContext:
     """This rank's place in the world, its cached prefix groups and meshes, and the phase it is in."""
 
     def __init__(self, rank: int, world_size: int, on_phase=None):
+        self.generation = next(_GENERATIONS)  # the same on every rank: each makes its contexts in step
         self.rank = rank
         self.world_size = world_size
         self.on_phase = on_phase  # called with each phase name (the pool shows it for a crashed rank)
@@ -55,12 +60,13 @@ class RankContext:
         for side in (case.save, case.load):
             if len(side.mesh_shape) == 2 and side.mesh_shape not in self._meshes:
                 self._meshes[side.mesh_shape] = device_mesh(
-                    side.mesh_shape, self._groups[side.world_size], rank=self.rank)
+                    side.mesh_shape, self._groups[side.world_size], rank=self.rank, generation=self.generation)
 
     def mesh(self, shape: tuple[int, ...]):
         """The DeviceMesh of a side of this shape (2-D ones come from ``prepare_meshes``)."""
         if shape not in self._meshes:
-            self._meshes[shape] = device_mesh(shape, self._groups[shape[0]], rank=self.rank)
+            self._meshes[shape] = device_mesh(shape, self._groups[shape[0]], rank=self.rank,
+                                              generation=self.generation)
         return self._meshes[shape]
 
     def enter(self, phase: str) -> None:

@@ -60,7 +60,7 @@ def run_selftest(
     world_size: int = 2,
     seed: int = 0,
     mutants: list[str] | None = None,
-    is_known: Callable[[str], bool] = lambda signature: False,
+    is_known: Callable[[str, Case], bool] = lambda signature, case: False,
     on_result: Callable[[MutantResult], None] | None = None,
 ) -> list[MutantResult]:
     names = mutants or list(CATALOGUE)

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.ranks
 def _campaign(target, known):
     with RankPool(2, target=f"faults:{target}") as pool:
         return run_campaign(pool.run, budget=15, seed=7, max_world_size=2,
-                            is_known=lambda s: known(s) is not None, shrink_budget=90)
+                            is_known=lambda s, c: known(s, c) is not None, shrink_budget=90)
 
 
 def _mismatch_findings(result):
@@ -42,9 +42,11 @@ def test_swapped_optimizer_moments_are_found_and_shrunk(shardfuzz_known):
     verdict = findings[0].verdict
     assert all(m.key.startswith("optim.state.") for m in verdict.mismatches)
     case = findings[0].case
-    # The fault needs two same-shaped moments with non-zero values: two tensors, one step.
-    assert case.steps == 1
+    # Shrunk: two same-shaped moments are all the fault needs (DSD fills in the state of
+    # an optimizer that took no step, so zero steps can be enough).
+    assert case.steps <= 1
     assert len(case.model.linears()) <= 2
+    assert case.model.input_width == 1
 
 
 def test_a_failure_that_does_not_repeat_is_reported_flaky_with_both_outcomes():

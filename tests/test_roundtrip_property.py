@@ -18,7 +18,7 @@ def _check(pool, known, case):
     verdict = pool.run(case)
     if not verdict.is_failure:
         return verdict  # a pass, or a combination torch documents as unsupported
-    if known(verdict.signature()) is not None:
+    if known(verdict.signature(), case) is not None:
         return verdict  # a recorded torch bug; the corpus replay tests check it still fails
     raise AssertionError(f"{verdict.summary()}\nsignature: {verdict.signature()}")
 

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.ranks
 @pytest.mark.parametrize("mutant", ["StepTensorsShared", "ShardOnDimOne", "PartialLoadAllowed"])
 def test_the_oracle_made_for_it_kills_and_shrinks_the_mutant(mutant, shardfuzz_known):
     (result,) = run_selftest(budget_per_mutant=40, world_size=2, mutants=[mutant],
-                             is_known=lambda s: shardfuzz_known(s) is not None)
+                             is_known=lambda s, c: shardfuzz_known(s, c) is not None)
     assert result.killed, f"{mutant} survived {result.cases_run} cases"
     assert result.killed_by == CATALOGUE[mutant]
     assert result.shrunk_case_size <= 10, result.shrunk_case
