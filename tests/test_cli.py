@@ -50,7 +50,8 @@ def test_short_run_writes_a_report(tmp_path):
     assert proc.returncode == 1, proc.stderr  # the injected fault is a new failure
     data = json.loads(report.read_text())
     assert data["cases_run"] > 0
-    assert data["failures"] and data["failures"][0]["status"] == "mismatch"
+    # The corpus here is empty, so torch's known bugs count as new too: look for the fault's mismatch.
+    assert any(f["status"] == "mismatch" for f in data["failures"]), data["failures"]
     assert data["coverage"]["save_engine"]
     assert list(corpus.glob("*.json"))
     assert "new failure" in proc.stdout
