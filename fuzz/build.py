@@ -15,7 +15,8 @@ from shardfuzz.case import (
     DDP, FSDP1, FSDP2, Block, Linear, Model, Sequential, Side, Unsharded, child_items, optimizer_groups,
 )
 
-__all__ = ["build_module", "shard", "device_mesh", "build_optimizer", "group_parameters", "BlockModule"]
+__all__ = ["build_module", "shard", "device_mesh", "build_optimizer", "group_parameters", "unwrapped_name",
+           "BlockModule"]
 
 
 class BlockModule(nn.Module):
@@ -62,9 +63,8 @@ def shard(module: nn.Module, side: Side, *, group, mesh) -> nn.Module:
         fully_shard = fully_shard_fn()
         kwargs = {"mesh": mesh, "reshard_after_forward": engine.reshard_after_forward}
         if engine.shard_dim:
-            kwargs["shard_placement_fn"] = functools.partial(_shard_on, engine.shard_dim)
-        # Innermost first: a module must be sharded before any ancestor is.
-        for path in sorted(side.wrap, key=lambda p: -p.count(".")):
+            kwargs["shard_placement_fn"] = functools.partial(_shard_on, engine)
+        for path in side.wrap_innermost_first:
             fully_shard(module.get_submodule(path), **kwargs)
         fully_shard(module, **kwargs)
         return module
@@ -77,9 +77,9 @@ def shard(module: nn.Module, side: Side, *, group, mesh) -> nn.Module:
     raise TypeError(f"unknown engine {engine!r}")
 
 
-def _shard_on(dim: int, param):
-    """FSDP2's ``shard_placement_fn``: ``Shard(dim)`` where the parameter has that dimension."""
-    return dtensor().Shard(min(dim, param.ndim - 1))
+def _shard_on(engine: FSDP2, param):
+    """FSDP2's ``shard_placement_fn``: ``Shard`` on the engine's dim for this parameter."""
+    return dtensor().Shard(engine.dim_for(param.ndim))
 
 
 def _fsdp1(module: nn.Module, side: Side, engine: FSDP1, *, group, mesh) -> nn.Module:
@@ -95,7 +95,7 @@ def _fsdp1(module: nn.Module, side: Side, engine: FSDP1, *, group, mesh) -> nn.M
         policy = functools.partial(fsdp_wrap.lambda_auto_wrap_policy, lambda_fn=lambda m: id(m) in inner)
     elif engine.wrap_policy == "manual":
         with fsdp_wrap.enable_wrap(wrapper_cls=FullyShardedDataParallel, **common):
-            for path in sorted(side.wrap, key=lambda p: -p.count(".")):  # innermost first
+            for path in side.wrap_innermost_first:
                 parent, _, name = path.rpartition(".")
                 owner = module.get_submodule(parent) if parent else module
                 setattr(owner, name, fsdp_wrap.wrap(getattr(owner, name)))
@@ -150,7 +150,7 @@ def build_optimizer(spec, model: nn.Module, *, param_groups: int = 1, perturbed:
     return getattr(torch.optim, name)([{"params": g, **h} for g, h in zip(groups, hyperparameters)])
 
 
-def _unwrapped_name(name: str) -> str:
+def unwrapped_name(name: str) -> str:
     """A parameter's name without FSDP1's and DDP's wrapper prefixes."""
     name = name.replace("_fsdp_wrapped_module.", "")
     return name[len("module."):] if name.startswith("module.") else name
@@ -163,6 +163,6 @@ def group_parameters(model, param_groups: int) -> list[list]:
     removed, sorted; parameter ``i`` of that order goes to group ``i % param_groups``.
     (FSDP1 without ``use_orig_params`` shows FlatParameters instead; see unsupported.CASE_RULES.)
     """
-    named = sorted(((_unwrapped_name(name), p) for name, p in model.named_parameters()), key=lambda item: item[0])
+    named = sorted(((unwrapped_name(name), p) for name, p in model.named_parameters()), key=lambda item: item[0])
     ordered = [p for _, p in named]
     return [ordered[i::param_groups] for i in range(param_groups)]

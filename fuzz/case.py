@@ -224,6 +224,10 @@ class FSDP2:
     reshard_after_forward: bool = field(default=True, validator=instance_of(bool))
     shard_dim: int = field(default=0, validator=in_((0, 1)))
 
+    def dim_for(self, ndim: int) -> int:
+        """The dimension a parameter of ``ndim`` dimensions is sharded on."""
+        return min(self.shard_dim, ndim - 1)
+
 
 @frozen
 class DDP:
@@ -280,6 +284,11 @@ class Side:
         for v in self.mesh_shape:
             n *= v
         return n
+
+    @property
+    def wrap_innermost_first(self) -> list[str]:
+        """``wrap`` in the order the engines need: a module before any of its ancestors."""
+        return sorted(self.wrap, key=lambda path: -path.count("."))
 
 
 # --- the optimizer ------------------------------------------------------------
@@ -414,6 +423,12 @@ class Case:
     def world_size(self) -> int:
         """Ranks the case needs: the larger of the two sides."""
         return max(self.save.world_size, self.load.world_size)
+
+    @property
+    def same_sharding(self) -> bool:
+        """Whether both sides run the same arithmetic (the state-dict type does not enter training)."""
+        a, b = self.save, self.load
+        return (a.engine, a.mesh_shape, a.wrap) == (b.engine, b.mesh_shape, b.wrap)
 
     def load_model(self) -> Model:
         """The model the load side builds: ``model``, or its incompatible mutation."""

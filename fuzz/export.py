@@ -57,15 +57,14 @@ def export_script(entry: Entry, *, filename: str = "repro.py") -> str:
         checks=repr(set(case.checks)) if case.checks else "set()",
         load_mutation=repr(case.load_mutation),
         save_engine=type(case.save.engine).__name__,
-        same_sharding=(case.save.engine, case.save.mesh_shape, case.save.wrap)
-        == (case.load.engine, case.load.mesh_shape, case.load.wrap),
+        same_sharding=case.same_sharding,
         shard_save=_shard_function("shard_save", case.save),
         shard_load=_shard_function("shard_load", case.load),
         optimizer=_optimizer_expr(case, perturbed=False),
         load_optimizer=_optimizer_expr(case, perturbed=True),
         target=_target_code(entry.target),
         param_groups=case.param_groups,
-        group_parameters=_source_of("_unwrapped_name") + "\n\n" + _source_of("group_parameters"),
+        group_parameters=_source_of("unwrapped_name") + "\n\n" + _source_of("group_parameters"),
         device_mesh=_source_of("device_mesh"),
         save_mesh=tuple(case.save.mesh_shape),
         load_mesh=tuple(case.load.mesh_shape),
@@ -103,7 +102,7 @@ def _shard_function(name: str, side: Side) -> str:
     """``def name(model, group, mesh)``: the side's engine as ``build.shard`` applies it."""
     engine = side.engine
     wrap = list(side.wrap)
-    innermost_first = sorted(wrap, key=lambda p: -p.count("."))
+    innermost_first = side.wrap_innermost_first
     head = f"def {name}(model, group, mesh):\n"
     if isinstance(engine, Unsharded):
         return head + "    return model  # a plain module on one rank\n"
@@ -180,7 +179,7 @@ def _target_code(target: str) -> str:
 
 
 def _source_of(name: str) -> str:
-    """A function of ``build.py`` copied into the script as it is: one definition to keep right."""
+    """A function or class of ``build.py`` copied into the script as it is: one definition to keep right."""
     import inspect
 
     from shardfuzz import build
@@ -189,12 +188,8 @@ def _source_of(name: str) -> str:
 
 
 def _block_class_source() -> str:
-    """The exported ``Block`` is ``build.BlockModule`` itself, renamed: one definition to keep right."""
-    import inspect
-
-    from shardfuzz.build import BlockModule
-
-    return "\n\n" + inspect.getsource(BlockModule).replace("class BlockModule(", "class Block(")
+    """The exported ``Block`` is ``build.BlockModule`` itself, renamed."""
+    return "\n\n" + _source_of("BlockModule").replace("class BlockModule(", "class Block(")
 
 _TEMPLATE = Template('''#!/usr/bin/env python3
 """Standalone reproducer exported by shardfuzz.
@@ -397,11 +392,11 @@ def full_offload(model, optim, rank, actual):
 
 def round_trip(rank, checkpoint_dir):
     """This rank's part: save on ranks < SAVE_RANKS, load on ranks < LOAD_RANKS, compare on rank 0."""
-    phase = PHASE[0] = "groups"
+    PHASE[0] = "groups"
     groups = {}
     for n in sorted({SAVE_RANKS, LOAD_RANKS}):
         groups[n] = dist.group.WORLD if n == WORLD_SIZE else dist.new_group(list(range(n)))
-    phase = PHASE[0] = "meshes"  # every rank makes them, in the same order: 2-D meshes' groups are collective
+    PHASE[0] = "meshes"  # every rank makes them, in the same order: 2-D meshes' groups are collective
     meshes = {}
     for shape, n in ((SAVE_MESH, SAVE_RANKS), (LOAD_MESH, LOAD_RANKS)):
         if shape not in meshes:
@@ -409,32 +404,32 @@ def round_trip(rank, checkpoint_dir):
     try:
         expected = None
         if rank < SAVE_RANKS:
-            phase = PHASE[0] = "build-save"
+            PHASE[0] = "build-save"
             model = shard_save(build_model(SEED), groups[SAVE_RANKS], meshes[SAVE_MESH])
             optim = make_optimizer(model)
-            phase = PHASE[0] = "train"
+            PHASE[0] = "train"
             train(model, optim, rank)
-            phase = PHASE[0] = "gather-saved"
+            PHASE[0] = "gather-saved"
             expected = full_state(model, optim)
-            phase = PHASE[0] = "save"
+            PHASE[0] = "save"
             state, _ = side_state(model, optim, SAVE_FULL_STATE_DICT)
             save(state, checkpoint_dir, groups[SAVE_RANKS])
             del state
             if "continuation" in CHECKS and LOAD_MUTATION is None:
-                phase = PHASE[0] = "continue-saved"
+                PHASE[0] = "continue-saved"
                 train(model, optim, rank, continuation=True)
                 expected_after = full_state(model, optim)
             if "api-parity" in CHECKS:
-                phase = PHASE[0] = "api-parity"
+                PHASE[0] = "api-parity"
                 api_parity(model, optim, groups[SAVE_RANKS])
             del model, optim
-        phase = PHASE[0] = "barrier"
+        PHASE[0] = "barrier"
         dist.barrier()
         if rank < LOAD_RANKS and LOAD_MUTATION is not None:
-            phase = PHASE[0] = "build-load"
+            PHASE[0] = "build-load"
             model = shard_load(build_load_model(SEED + 1), groups[LOAD_RANKS], meshes[LOAD_MESH])
             optim = make_load_optimizer(model)
-            phase = PHASE[0] = "load-incompatible"
+            PHASE[0] = "load-incompatible"
             try:
                 state, options = side_state(model, optim, LOAD_FULL_STATE_DICT)
                 load(state, checkpoint_dir, groups[LOAD_RANKS])
@@ -446,31 +441,31 @@ def round_trip(rank, checkpoint_dir):
                 raise AssertionError(f"loud-incompatible-load: loading into a model with a {LOAD_MUTATION} "
                                      "mutation raised nothing")
         elif rank < LOAD_RANKS:
-            phase = PHASE[0] = "build-load"
+            PHASE[0] = "build-load"
             model = shard_load(build_model(SEED + 1), groups[LOAD_RANKS], meshes[LOAD_MESH])
             optim = make_load_optimizer(model)
-            phase = PHASE[0] = "load"
+            PHASE[0] = "load"
             state, options = side_state(model, optim, LOAD_FULL_STATE_DICT)
             load(state, checkpoint_dir, groups[LOAD_RANKS])
             set_state_dict(model, optim, model_state_dict=state["model"], optim_state_dict=state["optim"],
                            options=options)
-            phase = PHASE[0] = "gather-loaded"
+            PHASE[0] = "gather-loaded"
             actual = full_state(model, optim)
             if "full-offload" in CHECKS:
-                phase = PHASE[0] = "full-offload"
+                PHASE[0] = "full-offload"
                 full_offload(model, optim, rank, actual)
             if "continuation" in CHECKS:
-                phase = PHASE[0] = "continue-loaded"
+                PHASE[0] = "continue-loaded"
                 train(model, optim, rank, continuation=True)
                 actual_after = full_state(model, optim)
             if rank == 0:
-                phase = PHASE[0] = "compare"
+                PHASE[0] = "compare"
                 check(differences(expected, actual), "complete-state")
                 if "continuation" in CHECKS:
                     check(differences(expected_after, actual_after, None if SAME_SHARDING else (1e-4, 1e-6)),
                           "continuation")
     except BaseException as exc:
-        print(f"REPRODUCED on rank {rank} in {phase}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"REPRODUCED on rank {rank} in {PHASE[0]}: {type(exc).__name__}: {exc}", file=sys.stderr)
         traceback.print_exc()
         sys.stderr.flush()
         os._exit(1)  # peers may be blocked in a collective: do not wait for them

@@ -18,8 +18,8 @@ import torch
 import torch.distributed as dist
 
 from shardfuzz.capabilities import dtensor
-from shardfuzz.build import build_module, build_optimizer, device_mesh, shard
-from shardfuzz.case import DDP, FSDP1, FSDP2, Case, Side
+from shardfuzz.build import build_module, build_optimizer, device_mesh, shard, unwrapped_name
+from shardfuzz.case import FSDP1, FSDP2, Case, Side
 from shardfuzz import oracles
 from shardfuzz.oracles import compare_state
 from shardfuzz.targets import CheckpointTarget, ShardsModules
@@ -148,13 +148,8 @@ def _load_and_judge(case, ctx, target, checkpoint_dir, expected, expected_after)
         ctx.unchanged = oracles.unchanged_before_load(expected, before)
         if "continuation" in case.checks and not mismatches:
             mismatches += oracles.continuation(expected_after, actual_after, rank=0,
-                                               identical_layout=_same_sharding(case.save, case.load))
+                                               identical_layout=case.same_sharding)
     return mismatches
-
-
-def _same_sharding(a: Side, b: Side) -> bool:
-    """Whether both sides run the same arithmetic (the state-dict type does not enter training)."""
-    return (a.engine, a.mesh_shape, a.wrap) == (b.engine, b.mesh_shape, b.wrap)
 
 
 def _load_incompatible(case, ctx, target, checkpoint_dir) -> list[Mismatch]:
@@ -268,7 +263,7 @@ def _expected_layout(spec, side: Side) -> dict[str, oracles.LayoutRecord]:
     Replicate, Shard = dtensor().Replicate, dtensor().Shard
 
     def placements(ndim: int) -> str:
-        shard = Shard(min(side.engine.shard_dim, ndim - 1))
+        shard = Shard(side.engine.dim_for(ndim))
         return repr((Replicate(), shard) if len(side.mesh_shape) == 2 else (shard,))
 
     records = {}
@@ -299,8 +294,7 @@ def _api_parity(side: Side, model, optim, *, rank: int, group) -> list[Mismatch]
     found = []
     full = StateDictOptions(full_state_dict=True)
     if not isinstance(side.engine, FSDP1):
-        prefix = "module." if isinstance(side.engine, DDP) else ""
-        ours = {k.removeprefix(prefix): _local(v) for k, v in model.state_dict().items()}
+        ours = {unwrapped_name(k): _local(v) for k, v in model.state_dict().items()}  # DDP's "module."
         theirs = {k: _local(v) for k, v in get_model_state_dict(model).items()}
         found += oracles.api_parity(ours, theirs, rank=rank, what="model.state_dict() vs get_model_state_dict")
         return found

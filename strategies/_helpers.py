@@ -19,6 +19,11 @@ def check_interval(low_name: str, low, high_name: str, high, *, minimum: int) ->
         raise InvalidArgument(f"{low_name}={low!r} must not exceed {high_name}={high!r}")
 
 
+def factorisations(n: int, *, min_shards: int = 1) -> list[tuple[int, int]]:
+    """Every 2-D mesh shape ``(replicas, shards)`` of ``n`` ranks with at least ``min_shards`` shards."""
+    return [(r, n // r) for r in range(1, n + 1) if n % r == 0 and n // r >= min_shards]
+
+
 def check_choices(name: str, values, offered: tuple[str, ...]) -> tuple[str, ...]:
     """``values`` (None means all offered) as a non-empty tuple of offered names."""
     if values is None:

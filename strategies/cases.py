@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from shardfuzz.capabilities import capabilities
 from shardfuzz.case import FSDP1, FSDP2, Case, Model, Side, Unsharded
 from shardfuzz.unsupported import excluded
-from shardfuzz.strategies._helpers import check_choices, check_int
+from shardfuzz.strategies._helpers import check_choices, check_int, factorisations
 from shardfuzz.strategies.engines import TWO_D_ENGINES, engines, wrap_sets
 from shardfuzz.strategies.modules import models
 from shardfuzz.strategies.options import (
@@ -41,8 +41,7 @@ def sides(model: Model, *, max_world_size: int = 4, engine_names=None) -> st.Sea
             # world hangs in get_state_dict (dbe8638ee6e07769), and a shard dimension of
             # size 1 never syncs the replicas (c0d72805f77a3917, which then sets off
             # hangs elsewhere). So FSDP1 HSDP meshes span the whole pool with shards >= 2.
-            n = max_world_size
-            shapes = [(r, n // r) for r in range(1, n + 1) if n % r == 0 and n // r >= 2] or [(1, n)]
+            shapes = factorisations(max_world_size, min_shards=2) or [(1, max_world_size)]
             mesh = draw(st.sampled_from(shapes))
         elif isinstance(engine, FSDP1) and not capabilities().fsdp1_subgroups:
             mesh = (max_world_size,)  # see capabilities: FSDP1 on a subgroup hangs in this torch

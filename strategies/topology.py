@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
-from shardfuzz.strategies._helpers import check_int, check_interval
+from shardfuzz.strategies._helpers import check_int, check_interval, factorisations
 
 __all__ = ["world_sizes", "mesh_shapes"]
 
@@ -25,5 +25,5 @@ def mesh_shapes(*, min_size: int = 1, max_size: int = 4, max_dims: int = 1) -> s
     if max_dims == 1:
         return one_d
     two_d = world_sizes(min_size=min_size, max_size=max_size).flatmap(
-        lambda n: st.sampled_from([(r, n // r) for r in range(1, n + 1) if n % r == 0]))
+        lambda n: st.sampled_from(factorisations(n)))
     return st.sampled_from([1, 1, 2]).flatmap(lambda dims: one_d if dims == 1 else two_d)

@@ -160,8 +160,10 @@ class RankPool:
     def start(self) -> None:
         if self.running:
             return
+        from shardfuzz.capabilities import capabilities
         from shardfuzz.executor import worker
 
+        capabilities()  # probe here, once: every rank's warm-up reads the answer from the probe's cache
         context = multiprocessing.get_context("spawn")
         sweep_stale_scratch()
         self._scratch = tempfile.mkdtemp(prefix=f"{_SCRATCH_PREFIX}{os.getpid()}-", dir=scratch_root())
