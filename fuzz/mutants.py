@@ -286,7 +286,7 @@ class ShardOnDimOne(DcpTarget):
         def placement(param):
             return Shard(1) if param.dim() == 2 and param.shape[1] > 1 else Shard(0)
 
-        for path in sorted(side.wrap, key=lambda p: -p.count(".")):
+        for path in side.wrap_innermost_first:
             fully_shard(module.get_submodule(path), mesh=mesh, shard_placement_fn=placement,
                         reshard_after_forward=side.engine.reshard_after_forward)
         fully_shard(module, mesh=mesh, shard_placement_fn=placement,
