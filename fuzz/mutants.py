@@ -181,21 +181,29 @@ def _partial_load(state_dict, checkpoint_id, process_group) -> None:
 
 
 class SwapMomentsBetweenParameters(DcpTarget):
-    """Optimizer state mapped to the wrong parameter: two same-shaped first moments are swapped."""
+    """Optimizer state mapped to the wrong parameter: two same-shaped moments of one kind are swapped.
+
+    Any per-parameter state tensor but ``step`` (Adam's ``exp_avg``, SGD's
+    ``momentum_buffer``, Adagrad's ``sum``, RMSprop's ``square_avg`` ...); the
+    first pair on this rank that differs, so that the swap is visible at all.
+    """
 
     def load(self, state_dict, *, checkpoint_id, process_group):
         super().load(state_dict, checkpoint_id=checkpoint_id, process_group=process_group)
-        moments = [_local(v) for _, name, v, _, _ in _optim_entries(state_dict["optim"])
-                   if name in ("exp_avg", "momentum_buffer")]
-        moments = [m for m in moments if m is not None]
-        for i, a in enumerate(moments):
-            for b in moments[i + 1:]:
-                if a.shape == b.shape:
-                    with torch.no_grad():
-                        saved = a.clone()
-                        a.copy_(b)
-                        b.copy_(saved)
-                    return
+        by_kind: dict[str, list[torch.Tensor]] = {}
+        for _, name, value, _, _ in _optim_entries(state_dict["optim"]):
+            local = _local(value)
+            if name != "step" and local is not None and local.dim() > 0:
+                by_kind.setdefault(name, []).append(local)
+        for moments in by_kind.values():
+            for i, a in enumerate(moments):
+                for b in moments[i + 1:]:
+                    if a.shape == b.shape and not torch.equal(a, b):
+                        with torch.no_grad():
+                            saved = a.clone()
+                            a.copy_(b)
+                            b.copy_(saved)
+                        return
 
 
 class SwapExpAvgAndSq(DcpTarget):
