@@ -6,6 +6,12 @@ exception of a class made for that signature, so Hypothesis shrinks each
 distinct failure separately instead of slipping from one bug to another.
 Failures already known (from the corpus, or shrunk earlier in this campaign)
 are counted and let pass, so one common bug cannot eat the whole budget.
+
+With an example ``database`` the first round replays what it holds before
+drawing anything new: failures an earlier (or another machine's) campaign
+saved come back first. A ``StopRequested`` raised by ``should_stop`` or by the
+runner ends the campaign at once; failures still being shrunk are kept as they
+stand (``Finding.shrunk`` False), so nothing found is lost.
 """
 
 from __future__ import annotations
@@ -16,15 +22,16 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 
 import attrs
-from hypothesis import HealthCheck, Phase, Verbosity, event, given, reject, settings
+from hypothesis import HealthCheck, Phase, Verbosity, event, given, settings
 from hypothesis import seed as hypothesis_seed
-from hypothesis.errors import Flaky, Unsatisfiable
+from hypothesis.errors import Flaky
 
 from shardfuzz.case import Case, dimensions
+from shardfuzz.stop import StopRequested
 from shardfuzz.strategies import cases
 from shardfuzz.verdict import Verdict
 
-__all__ = ["CaseFailed", "CampaignResult", "Finding", "run_campaign", "label"]
+__all__ = ["CaseFailed", "CampaignResult", "Finding", "run_campaign", "label", "database_key"]
 
 
 class CaseFailed(AssertionError):
@@ -34,6 +41,8 @@ class CaseFailed(AssertionError):
         super().__init__(verdict.summary())
         self.case = case
         self.verdict = verdict
+        self.from_database = False  # first seen replaying the example database
+        self.seconds = 0.0  # from the campaign's start to its first failing case
 
 
 _FAILURE_CLASSES: dict[str, type[CaseFailed]] = {}
@@ -64,6 +73,9 @@ class Finding:
     hits: int = 1
     flaky: bool = False
     other: Verdict | None = None
+    shrunk: bool = True  # False: the campaign stopped while Hypothesis was still shrinking it
+    from_database: bool = False  # first seen replaying the example database, not drawn new
+    seconds: float = 0.0  # from the campaign's start to this failure's first case
 
     @property
     def signature(self) -> str:
@@ -83,6 +95,12 @@ class CampaignResult:
     rounds: int = 0
     first_failure_seconds: float | None = None  # from the start to the first new failing case
     unchanged_keys: Counter = attrs.Factory(Counter)  # non-vacuity: key pattern -> cases it was unchanged in
+    replayed_from_database: int = 0  # examples the first round found in the database
+    stopped: str = ""  # why it ended: "budget", "max-cases", "finding", or the signal's name
+    started: float = attrs.Factory(time.monotonic)
+    timeline: list[dict] = attrs.Factory(list)  # samples over time, for the report's plots
+    slowest_recent: tuple[float, str] = (0.0, "")  # (seconds, case summary) over the last 100 cases
+    _recent: list[tuple[float, str]] = attrs.Factory(list)
 
     def record(self, case: Case, verdict: Verdict) -> None:
         self.cases_run += 1
@@ -92,6 +110,49 @@ class CampaignResult:
             self.unchanged_keys[_pattern(key)] += 1
         for name, value in dimensions(case).items():
             self.coverage[name][value] += 1
+        self._recent = self._recent[-99:] + [(verdict.seconds, _brief(case))]
+        self.slowest_recent = max(self._recent)
+        now = time.monotonic()
+        if not self.timeline or now - self.started - self.timeline[-1]["t"] >= _sample_interval(now - self.started):
+            self.sample(now)
+
+    def sample(self, now: float | None = None) -> None:
+        """Append a point to ``timeline``: cumulative counts at this moment."""
+        elapsed = (time.monotonic() if now is None else now) - self.started
+        self.timeline.append({
+            "t": round(elapsed, 2),
+            "cases": self.cases_run,
+            "passed": self.passed,
+            "findings": dict(Counter(f.verdict.triage for f in self.findings.values())),
+            "known_hits": sum(self.known_hits.values()),
+            "unsupported": sum(self.unsupported.values()),
+            "coverage": {name: len(values) for name, values in self.coverage.items()},
+        })
+
+    def findings_by_class(self) -> Counter:
+        return Counter(f.verdict.triage for f in self.findings.values())
+
+
+def _sample_interval(elapsed: float) -> float:
+    """Every 2 s at first, then ever sparser: a few hundred points for any length of run."""
+    return max(2.0, elapsed / 200)
+
+
+def _brief(case: Case) -> str:
+    d = dimensions(case)
+    return (f"{d['save_engine']}{case.save.mesh_shape}->{d['load_engine']}{case.load.mesh_shape} "
+            f"{d['optimizer']} {d['linears']} linears, {case.steps} steps")
+
+
+def database_key(*parts: object) -> bytes:
+    """The example database key of a campaign: stable across shardfuzz edits, distinct per strategy.
+
+    Hypothesis keys a test's examples by a digest of its source; a campaign's
+    test is redefined each round and its source changes between releases, so
+    resuming (or sharing across machines) needs a key of our own. Examples drawn
+    for another pool size or target would replay as other cases: the key names them.
+    """
+    return ("shardfuzz-campaign:v1:" + ":".join(map(str, parts))).encode()
 
 
 def run_campaign(
@@ -107,6 +168,10 @@ def run_campaign(
     shrink_budget: float | None = None,
     confirm: Callable[[Case], Verdict] | None = None,
     stop_on_finding: bool = False,
+    database=None,
+    database_key: bytes = b"shardfuzz-campaign",
+    should_stop: Callable[[], str | bool | None] = lambda: None,
+    max_cases: int | None = None,
 ) -> CampaignResult:
     """Fuzz until ``budget`` seconds are spent; return what was run and found.
 
@@ -115,33 +180,52 @@ def run_campaign(
     flaky finding with both outcomes and is not shrunk.
 
     ``shrink_budget`` (default: half the budget, at least 30 s) caps the time one
-    round spends shrinking; past it, only cases already seen failing are re-run,
-    so Hypothesis finishes with the smallest failing case found so far.
+    round spends shrinking; past it, nothing more runs: cases already seen failing
+    fail as they did, others pass, so Hypothesis finishes with the smallest failing
+    case found so far.
     ``stop_on_finding`` ends the campaign after the round that shrank its first finding.
+    ``database`` (a Hypothesis ``ExampleDatabase``) under ``database_key`` keeps
+    failing examples across campaigns; the first round replays them first.
+    ``should_stop`` is polled before each case (a truthy answer, the reason, stops it); ``max_cases`` ends the campaign
+    after that many cases (a fixed amount of work, for tests and comparisons), not
+    counting the database's examples, which are always replayed.
     """
     result = CampaignResult()
     rng = random.Random(seed)
-    started = time.monotonic()
+    started = result.started
     deadline = started + budget
     shrink_budget = max(30.0, budget / 2) if shrink_budget is None else shrink_budget
     strategy = cases(max_world_size=max_world_size)
     confirmed: set[str] = set()  # signatures whose first failure was re-run by ``confirm``
 
-    while time.monotonic() < deadline:
+    def out_of_work() -> bool:
+        return time.monotonic() >= deadline or (max_cases is not None and result.cases_run >= max_cases)
+
+    while not out_of_work():
         result.rounds += 1
+        replay = database is not None and result.rounds == 1
+        if replay:
+            result.replayed_from_database = sum(1 for _ in database.fetch(database_key))
+        executions = [0]
+        shrinking: dict[str, CaseFailed] = {}  # signature -> the smallest failure raised so far this round
         # Size the round to the time left, so that few examples are drawn only to be
         # rejected at the deadline (drawing a case is not free).
         mean_case = result.seconds_in_cases / result.cases_run if result.cases_run else 0.5
         examples = max(1, min(round_size, int((deadline - time.monotonic()) / max(mean_case, 1e-3))))
-        failing: set[Case] = set()
+        failing: dict[Case, CaseFailed] = {}
         first_failure: list[float] = []
 
+        if max_cases is not None:
+            examples = max(1, min(examples, max_cases - result.cases_run))
+        if replay:
+            examples += result.replayed_from_database  # Hypothesis counts replays against max_examples
+
         @settings(
-            database=None,
+            database=database,
             max_examples=examples,
             deadline=None,
             suppress_health_check=list(HealthCheck),
-            phases=(Phase.generate, Phase.shrink),
+            phases=((Phase.reuse,) if replay else ()) + (Phase.generate, Phase.shrink),
             report_multiple_bugs=True,
             verbosity=Verbosity.quiet,
             print_blob=False,
@@ -149,11 +233,20 @@ def run_campaign(
         @hypothesis_seed(rng.getrandbits(64))
         @given(strategy)
         def round_of_cases(case: Case) -> None:
+            reason = should_stop()
+            if reason:
+                if case in failing:  # Hypothesis replaying a failure to report it: fail as before, without running
+                    raise failing[case]
+                raise StopRequested(reason if isinstance(reason, str) else "stopped")
             now = time.monotonic()
-            if not first_failure and now >= deadline:
-                reject()  # budget spent: let the round end without running more
-            if first_failure and now - first_failure[0] > shrink_budget and case not in failing:
-                return  # shrink budget spent: only known-failing cases still fail
+            executions[0] += 1
+            replaying = replay and executions[0] <= result.replayed_from_database
+            if not first_failure and not replaying and out_of_work():
+                return  # budget spent: the round's remaining draws pass without running (cheaper than reject())
+            if first_failure and now - first_failure[0] > shrink_budget:
+                if case in failing:  # shrink budget spent: known-failing cases fail as before, without running
+                    raise failing[case]
+                return  # ... and nothing else does
             label(case)
             verdict = run_case(case)
             result.record(case, verdict)
@@ -180,30 +273,56 @@ def run_campaign(
                 if again.signature() != signature:
                     _add(result, Finding(case, verdict, flaky=True, other=again), on_finding)
                     return
-            failing.add(case)
             if result.first_failure_seconds is None:
                 result.first_failure_seconds = now - started
             if not first_failure:
                 first_failure.append(now)
-            raise failure_for(case, verdict)
+            failure = failure_for(case, verdict)
+            failure.from_database = replaying
+            failure.seconds = now - started
+            if signature in shrinking:  # keep where it was first seen
+                failure.from_database = shrinking[signature].from_database
+                failure.seconds = shrinking[signature].seconds
+            shrinking[signature] = failing[case] = failure
+            raise failure
 
+        if database is not None:
+            round_of_cases._hypothesis_internal_database_key = database_key  # see database_key()
         try:
             round_of_cases()
-        except Unsatisfiable:
-            pass  # every example of the round was rejected: the budget ran out
+        except StopRequested as exc:
+            for failure in shrinking.values():  # stopped mid-shrink: keep the smallest seen so far
+                _add(result, _finding(failure, shrunk=False), on_finding)
+            result.stopped = _why(should_stop(), exc)
+            break
         except Flaky as exc:
             for failure in _failures(exc):
-                _add(result, Finding(failure.case, failure.verdict, flaky=True), on_finding)
+                _add(result, _finding(failure, flaky=True), on_finding)
         except BaseException as exc:  # noqa: BLE001 - a group of CaseFailed, or a real error
             failures = _failures(exc)
-            if not failures:
+            stopped = _stop_in(exc)
+            if not failures and stopped is None:
                 raise
             for failure in failures:
-                _add(result, Finding(failure.case, failure.verdict), on_finding)
+                _add(result, _finding(failure), on_finding)
+            if stopped is not None:  # stopped while Hypothesis was finishing the round
+                for failure in shrinking.values():
+                    _add(result, _finding(failure, shrunk=False), on_finding)
+                result.stopped = _why(should_stop(), stopped)
+                break
         if stop_on_finding and result.findings:
+            result.stopped = "finding"
             break
+    if not result.stopped:
+        result.stopped = "max-cases" if max_cases is not None and result.cases_run >= max_cases else "budget"
     result.wall_seconds = time.monotonic() - started
+    result.sample()
     return result
+
+
+def _finding(failure: CaseFailed, **extra) -> Finding:
+    return Finding(failure.case, failure.verdict, from_database=failure.from_database, seconds=failure.seconds,
+                   **extra)
 
 
 def _pattern(key: str) -> str:
@@ -217,6 +336,22 @@ def _add(result: CampaignResult, finding: Finding, on_finding) -> None:
         result.findings[finding.signature] = finding
         if on_finding is not None:
             on_finding(finding)
+
+
+def _why(reason, exc: StopRequested) -> str:
+    """The stop's reason as the caller gave it (a signal's name), else the exception's words."""
+    return reason if isinstance(reason, str) and reason else (str(exc) or "stopped")
+
+
+def _stop_in(exc: BaseException) -> StopRequested | None:
+    """The ``StopRequested`` in ``exc`` or in a group Hypothesis made of it, if any."""
+    if isinstance(exc, StopRequested):
+        return exc
+    for inner in getattr(exc, "exceptions", ()):
+        found = _stop_in(inner)
+        if found is not None:
+            return found
+    return None
 
 
 def _failures(exc: BaseException) -> list[CaseFailed]:

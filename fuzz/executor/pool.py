@@ -30,22 +30,29 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Callable
 from multiprocessing.connection import wait
 
 import attrs
 
 from shardfuzz.case import Case, to_dict
+from shardfuzz.stop import StopRequested
 from shardfuzz.targets import DEFAULT_TARGET
 from shardfuzz.unsupported import classify, excluded
 from shardfuzz.verdict import RankError, RankReport, Verdict, converter
 
-__all__ = ["RankPool", "PoolEvent", "PoolStartError", "deadline_for", "scratch_root"]
+__all__ = ["CaseAbandoned", "RankPool", "PoolEvent", "PoolStartError", "deadline_for", "fold_reports", "report_of",
+           "scratch_root"]
 
 _SCRATCH_PREFIX = "shardfuzz-pool-"
 
 
 class PoolStartError(RuntimeError):
     """The ranks could not form a process group."""
+
+
+class CaseAbandoned(StopRequested):
+    """``run`` gave up on the case in flight because ``abandon()`` said so; the ranks were stopped."""
 
 
 @attrs.frozen
@@ -109,6 +116,9 @@ class RankPool:
     ones between cases: torch's caches grow slowly with every distinct shape
     (about 0.1 MiB a case at world size 4, see bench/bench_pool.py --rss-cases),
     and an overnight run should not carry that forever. ``None`` never recycles.
+    ``abandon``, polled a few times a second while a case runs, may answer True
+    to give up on it (a campaign asked to stop): the ranks are stopped and
+    ``run`` raises ``CaseAbandoned``.
     """
 
     def __init__(
@@ -121,6 +131,7 @@ class RankPool:
         error_grace: float = 3.0,
         stack_grace: float = 1.0,
         recycle_after: int | None = 5000,
+        abandon: Callable[[], bool] | None = None,
     ):
         if world_size < 1:
             raise ValueError(f"world_size must be >= 1, got {world_size}")
@@ -133,6 +144,7 @@ class RankPool:
         if recycle_after is not None and recycle_after < 1:
             raise ValueError(f"recycle_after must be >= 1 or None, got {recycle_after}")
         self.recycle_after = recycle_after
+        self.abandon = abandon
         self._cases_since_start = 0
         self.starts = 0
         self.resets = 0
@@ -184,7 +196,11 @@ class RankPool:
             self._phases.append(phase)
         self.starts += 1
         self._cases_since_start = 0
-        replies, missing = self._collect(self.start_timeout)
+        collected = self._collect(self.start_timeout, abandonable=True)
+        if collected is None:
+            self.close()
+            raise CaseAbandoned("abandoned starting the ranks")
+        replies, missing = collected
         failed = [r for r in replies.values() if r.get("op") == "failed"]
         if failed or missing:
             tails = {r: self._tail(r, 5) for r in sorted(missing)}
@@ -258,7 +274,11 @@ class RankPool:
             message = json.dumps({"op": "case", "case": to_dict(case), "checkpoint_dir": checkpoint_dir}).encode()
             for conn in self._conns:
                 conn.send_bytes(message)
-            verdict = self._verdict(self._collect(timeout, grace_after_error=self.error_grace), timeout)
+            collected = self._collect(timeout, grace_after_error=self.error_grace, abandonable=True)
+            if collected is None:
+                self.close()
+                raise CaseAbandoned("abandoned the case in flight")
+            verdict = self._verdict(collected, timeout)
         finally:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
         if verdict.status == "error" and not verdict.detail:
@@ -335,8 +355,12 @@ class RankPool:
         if missing or any(r.get("op") != "ready" for r in replies.values()):
             self.close()
 
-    def _collect(self, timeout: float, grace_after_error: float | None = None):
-        """Replies by rank, and the ranks that sent none (dead, or still busy at the deadline)."""
+    def _collect(self, timeout: float, grace_after_error: float | None = None, abandonable: bool = False):
+        """Replies by rank, and the ranks that sent none (dead, or still busy at the deadline).
+
+        ``None`` when ``abandonable`` and ``self.abandon()`` said to give up.
+        """
+        poll = 0.25 if abandonable and self.abandon is not None else None
         deadline = time.monotonic() + timeout
         replies: dict[int, dict] = {}
         dead: set[int] = set()
@@ -346,7 +370,10 @@ class RankPool:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            ready = wait(list(waiting) + [s for s, r in sentinels.items() if r not in dead], remaining)
+            ready = wait(list(waiting) + [s for s, r in sentinels.items() if r not in dead],
+                         remaining if poll is None else min(remaining, poll))
+            if poll is not None and not ready and self.abandon():
+                return None
             for item in ready:
                 if item in waiting:
                     rank = waiting.pop(item)
@@ -372,7 +399,7 @@ class RankPool:
 
     def _verdict(self, collected, timeout: float) -> Verdict:
         replies, missing = collected
-        reports = [_report(rank, replies[rank]) for rank in sorted(replies)]
+        reports = [report_of(rank, replies[rank]) for rank in sorted(replies)]
         errors = tuple(r.error for r in reports if r.error is not None)
         mismatches = tuple(m for r in reports for m in r.mismatches)
         dead = sorted(self._dead)
@@ -389,26 +416,35 @@ class RankPool:
             where = "teardown" if first in replies else self._phase(first)
             return Verdict("crash", mismatches, errors, detail="rank process died: " + "; ".join(parts),
                            where=where, how=_how(self._procs[first].exitcode), diagnostics="\n\n".join(logs))
-        if errors:
-            detail = f"no report from ranks {sorted(missing)}" if missing else ""
-            stacks = self._dump_stacks(missing) if missing else ""
-            return Verdict("error", mismatches, errors, detail=detail, diagnostics=stacks)
-        if missing:
-            stuck = sorted(missing)
-            phases = {r: self._phase(r) for r in stuck}
-            stacks = self._dump_stacks(stuck)
-            where = ",".join(sorted(set(phases.values())))
-            return Verdict("hang", mismatches, errors,
-                           detail=f"ranks {stuck} did not finish within {timeout:g}s "
-                                  f"({', '.join(f'rank {r} in {p}' for r, p in phases.items())})",
-                           where=where, how="deadline", diagnostics=stacks)
-        unchanged = tuple(key for r in reports for key in r.unchanged)
-        if mismatches:
-            return Verdict("mismatch", mismatches, unchanged=unchanged)
-        return Verdict("pass", unchanged=unchanged)
+        return fold_reports(reports, missing, timeout=timeout, phase_of=self._phase, stacks_of=self._dump_stacks)
 
 
-def _report(rank: int, reply: dict) -> RankReport:
+def fold_reports(reports: list[RankReport], missing, *, timeout: float,
+                 phase_of: Callable[[int], str] = lambda rank: "unknown",
+                 stacks_of: Callable[[list[int]], str] = lambda ranks: "") -> Verdict:
+    """The verdict of a case whose ranks are all alive: ``missing`` ranks sent no report by the deadline."""
+    errors = tuple(r.error for r in reports if r.error is not None)
+    mismatches = tuple(m for r in reports for m in r.mismatches)
+    if errors:
+        detail = f"no report from ranks {sorted(missing)}" if missing else ""
+        stacks = stacks_of(sorted(missing)) if missing else ""
+        return Verdict("error", mismatches, errors, detail=detail, diagnostics=stacks)
+    if missing:
+        stuck = sorted(missing)
+        phases = {r: phase_of(r) for r in stuck}
+        stacks = stacks_of(stuck)
+        where = ",".join(sorted(set(phases.values())))
+        return Verdict("hang", mismatches, errors,
+                       detail=f"ranks {stuck} did not finish within {timeout:g}s "
+                              f"({', '.join(f'rank {r} in {p}' for r, p in phases.items())})",
+                       where=where, how="deadline", diagnostics=stacks)
+    unchanged = tuple(key for r in reports for key in r.unchanged)
+    if mismatches:
+        return Verdict("mismatch", mismatches, unchanged=unchanged)
+    return Verdict("pass", unchanged=unchanged)
+
+
+def report_of(rank: int, reply: dict) -> RankReport:
     """A rank's reply as a RankReport; one that does not parse is that rank's error, not the runner's."""
     try:
         return converter.structure(reply, RankReport)

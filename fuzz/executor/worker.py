@@ -24,12 +24,14 @@ import sys
 import traceback
 import warnings
 
-__all__ = ["main"]
+__all__ = ["main", "run_share", "warm_up"]
 
 
 def main(rank: int, world_size: int, store_path: str, conn, target_spec: str,
          log_path: str | None = None, phase=None) -> None:
     _die_with_parent()
+    # Ctrl-C reaches the whole foreground process group: the pool, not its ranks, decides what it means.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if log_path is not None:
         _redirect_output(log_path)
     faulthandler.enable()
@@ -41,10 +43,8 @@ def main(rank: int, world_size: int, store_path: str, conn, target_spec: str,
     import torch
     import torch.distributed as dist
 
-    from shardfuzz.case import from_dict
-    from shardfuzz.roundtrip import RankContext, run_case
+    from shardfuzz.roundtrip import RankContext
     from shardfuzz.targets import resolve_target
-    from shardfuzz.verdict import RankError, RankReport, converter
 
     torch.set_num_threads(1)
 
@@ -55,7 +55,7 @@ def main(rank: int, world_size: int, store_path: str, conn, target_spec: str,
     def report_failure(exc: BaseException) -> None:
         conn.send_bytes(json.dumps({"op": "failed", "rank": rank, "error": _format(exc)}).encode())
 
-    def join_world(store: str, warm_up: bool = False) -> RankContext | None:
+    def join_world(store: str, first: bool = False) -> RankContext | None:
         """A fresh world and its prefix groups; on failure tell the pool why and return None."""
         try:
             if dist.is_initialized():
@@ -63,8 +63,8 @@ def main(rank: int, world_size: int, store_path: str, conn, target_spec: str,
             dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
             ctx = RankContext(rank, world_size, on_phase=publish_phase)
             ctx.create_groups()
-            if warm_up:
-                _warm_up(ctx, os.path.join(os.path.dirname(store), "warm-up"))
+            if first:
+                warm_up(ctx, os.path.join(os.path.dirname(store), "warm-up"))
         except BaseException as exc:  # noqa: BLE001 - report why this rank could not join
             report_failure(exc)
             return None
@@ -76,7 +76,7 @@ def main(rank: int, world_size: int, store_path: str, conn, target_spec: str,
     except BaseException as exc:  # noqa: BLE001 - report why the target could not be loaded
         report_failure(exc)
         return
-    ctx = join_world(store_path, warm_up=True)
+    ctx = join_world(store_path, first=True)
     if ctx is None:
         return
 
@@ -94,16 +94,7 @@ def main(rank: int, world_size: int, store_path: str, conn, target_spec: str,
             if ctx is None:
                 return
             continue
-        error = None
-        mismatches = []
-        try:
-            case = from_dict(message["case"])
-            mismatches = run_case(case, ctx, target, message["checkpoint_dir"])
-        except BaseException as exc:  # noqa: BLE001 - CheckpointException is a BaseException
-            error = RankError(rank, ctx.phase, type(exc).__name__, str(exc), traceback.format_exc())
-            ctx.enter("idle")
-        report = RankReport(rank, tuple(mismatches), error, dict(ctx.timings), tuple(ctx.unchanged))
-        conn.send_bytes(json.dumps(converter.unstructure(report)).encode())
+        conn.send_bytes(json.dumps(run_share(message["case"], ctx, target, message["checkpoint_dir"])).encode())
 
     try:
         dist.destroy_process_group()
@@ -111,7 +102,27 @@ def main(rank: int, world_size: int, store_path: str, conn, target_spec: str,
         pass
 
 
-def _warm_up(ctx, checkpoint_dir: str) -> None:
+def run_share(case_data: dict, ctx, target, checkpoint_dir: str) -> dict:
+    """Run this rank's share of a case (as JSON data); its ``RankReport``, unstructured.
+
+    Any ``BaseException`` (DCP's ``CheckpointException`` is one) becomes the report's error.
+    """
+    from shardfuzz.case import from_dict
+    from shardfuzz.roundtrip import run_case
+    from shardfuzz.verdict import RankError, RankReport, converter
+
+    error = None
+    mismatches = []
+    try:
+        mismatches = run_case(from_dict(case_data), ctx, target, checkpoint_dir)
+    except BaseException as exc:  # noqa: BLE001 - CheckpointException is a BaseException
+        error = RankError(ctx.rank, ctx.phase, type(exc).__name__, str(exc), traceback.format_exc())
+        ctx.enter("idle")
+    return converter.unstructure(RankReport(ctx.rank, tuple(mismatches), error, dict(ctx.timings),
+                                            tuple(ctx.unchanged)))
+
+
+def warm_up(ctx, checkpoint_dir: str) -> None:
     """One small correct round-trip with plain DCP, before the rank says it is ready.
 
     torch initialises much lazily (DCP's planners, FSDP's hooks, DTensor's

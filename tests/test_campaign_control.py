@@ -1,0 +1,81 @@
+"""A campaign's controls without ranks: stop mid-shrink, resume from a database, case limits, timeline.
+
+The round-trip is replaced by a plain function of the case, so these run in
+milliseconds; the CLI tests run the same paths on real ranks.
+"""
+
+import pytest
+from hypothesis.database import InMemoryExampleDatabase
+
+from shardfuzz.campaign import database_key, run_campaign
+from shardfuzz.verdict import Mismatch, Verdict
+
+
+def _broken_on_two_ranks(case) -> Verdict:
+    """Fails on any case whose load side has two ranks or more: never the smallest case."""
+    if case.load.world_size >= 2:
+        return Verdict("mismatch", (Mismatch("state", "model.0.weight", 1, "values differ"),), seconds=0.001)
+    return Verdict("pass", seconds=0.001)
+
+
+def test_max_cases_ends_the_campaign_and_timeline_is_sampled():
+    result = run_campaign(lambda case: Verdict("pass"), budget=60, seed=1, max_world_size=2, max_cases=7)
+    assert result.cases_run == 7
+    assert result.stopped == "max-cases"
+    assert result.timeline and result.timeline[-1]["cases"] == 7
+    assert set(result.timeline[-1]["coverage"]) >= {"save_engine", "optimizer"}
+
+
+def test_stop_while_shrinking_keeps_the_failure_found_so_far():
+    calls = []
+
+    def should_stop():
+        return "SIGINT" if len(calls) >= 3 else None  # after the first failures, before shrinking ends
+
+    def run_case(case):
+        verdict = _broken_on_two_ranks(case)
+        if not verdict.ok:
+            calls.append(case)
+        return verdict
+
+    found = []
+    result = run_campaign(run_case, budget=60, seed=2, max_world_size=2, should_stop=should_stop,
+                          on_finding=found.append)
+    assert result.stopped == "SIGINT"
+    assert len(found) == 1 and not found[0].shrunk
+    assert found[0].case.load.world_size >= 2  # still a failing case, as small as it got
+
+
+def test_a_resumed_campaign_replays_the_database_first():
+    database = InMemoryExampleDatabase()
+    key = database_key("world=2", "test")
+    first = run_campaign(_broken_on_two_ranks, budget=60, seed=3, max_world_size=2, max_cases=50,
+                         database=database, database_key=key, stop_on_finding=True)
+    assert first.findings and list(database.fetch(key))
+
+    resumed = run_campaign(_broken_on_two_ranks, budget=60, seed=99, max_world_size=2, max_cases=1,
+                           database=database, database_key=key)
+    assert resumed.replayed_from_database >= 1
+    [finding] = resumed.findings.values()
+    assert finding.from_database
+    assert finding.case == next(iter(first.findings.values())).case  # the shrunk one, replayed as is
+
+    fresh = run_campaign(_broken_on_two_ranks, budget=60, seed=99, max_world_size=2, max_cases=1,
+                         database=InMemoryExampleDatabase(), database_key=key)
+    assert not fresh.findings  # without the database one case does not find it: the replay did
+
+
+def test_a_known_failure_in_the_database_is_counted_not_refound():
+    database = InMemoryExampleDatabase()
+    key = database_key("world=2", "test")
+    run_campaign(_broken_on_two_ranks, budget=60, seed=3, max_world_size=2, max_cases=50, database=database,
+                 database_key=key, stop_on_finding=True)
+    resumed = run_campaign(_broken_on_two_ranks, budget=60, seed=4, max_world_size=2, max_cases=1,
+                           database=database, database_key=key, is_known=lambda signature, case: True)
+    assert not resumed.findings and sum(resumed.known_hits.values()) == 1
+
+
+@pytest.mark.parametrize("parts", [("world=2", "a"), ("world=4", "a"), ("world=2", "b")])
+def test_database_keys_differ_by_pool_size_and_target(parts):
+    others = {database_key("world=2", "a"), database_key("world=4", "a"), database_key("world=2", "b")}
+    assert database_key(*parts) in others and len(others) == 3
