@@ -1,0 +1,108 @@
+"""The live progress of a run: a rich panel on a terminal, a plain line every so often in a log.
+
+Both show a snapshot of the run's report (``report.campaign_report`` with
+``final=False``): elapsed and remaining time, cases per second, findings by
+class, the coverage mix and the slowest recent case. Building a snapshot costs
+more than a case, so the display asks for one only when it is due (``due()``).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+__all__ = ["Progress"]
+
+#: Dimensions whose mix the display shows (all of them go to the report).
+MIX = ("save_engine", "load_engine", "optimizer", "save_state_dict", "load_state_dict", "save_mesh")
+
+
+class Progress:
+    """``plain``: force plain lines (default: plain unless stderr is a terminal)."""
+
+    def __init__(self, budget: float, *, plain: bool | None = None, every: float | None = None):
+        self.budget = budget
+        self.started = time.monotonic()
+        self.plain = not sys.stderr.isatty() if plain is None else plain
+        self.every = every if every is not None else (10.0 if self.plain else 0.5)
+        self.last = 0.0
+        self._live = None
+        if not self.plain:
+            try:
+                from rich.console import Console
+                from rich.live import Live
+            except ImportError:  # rich is a dependency, but a partial install should still run
+                self.plain = True
+            else:
+                self._live = Live(console=Console(stderr=True), refresh_per_second=4, transient=False)
+                self._live.start()
+
+    def due(self) -> bool:
+        return time.monotonic() - self.last >= self.every
+
+    def show(self, snapshot: dict) -> None:
+        self.last = time.monotonic()
+        if self._live is not None:
+            self._live.update(self._panel(snapshot))
+        else:
+            sys.stderr.write(self.line(snapshot) + "\n")
+            sys.stderr.flush()
+
+    def line(self, snapshot: dict) -> str:
+        elapsed = time.monotonic() - self.started
+        by_class = ", ".join(f"{n} {c}" for c, n in sorted(snapshot.get("findings_by_class", {}).items())) or "none"
+        known = sum(k["hits"] for k in snapshot.get("known_failures", []))
+        reached, offered = _reached(snapshot)
+        return (f"[{_clock(elapsed)} / {_clock(self.budget)}] {snapshot['cases_run']} cases "
+                f"({snapshot['cases_run'] / max(elapsed, 1e-9):.1f}/s); new: {by_class}; known hits: {known}; "
+                f"coverage {reached}/{offered} values")
+
+    def _panel(self, snapshot: dict):
+        from rich.table import Table
+
+        elapsed = time.monotonic() - self.started
+        table = Table.grid(padding=(0, 2))
+        table.add_column(style="bold")
+        table.add_column()
+        table.add_row("time", f"{_clock(elapsed)} elapsed, {_clock(max(0.0, self.budget - elapsed))} left")
+        table.add_row("cases", f"{snapshot['cases_run']} ({snapshot['cases_run'] / max(elapsed, 1e-9):.1f}/s), "
+                               f"{snapshot['passed']} passed")
+        by_class = ", ".join(f"{n} {c}" for c, n in sorted(snapshot.get("findings_by_class", {}).items()))
+        table.add_row("new findings", by_class or "none")
+        known = snapshot.get("known_failures", [])
+        table.add_row("known bugs", f"{sum(k['hits'] for k in known)} hits of {len(known)}")
+        reached, offered = _reached(snapshot)
+        table.add_row("coverage", f"{reached}/{offered} offered values reached")
+        for dim in MIX:
+            values = snapshot.get("coverage", {}).get(dim)
+            if values:
+                table.add_row(f"  {dim}", " ".join(f"{v}:{n}" for v, n in values.items()))
+        slow = snapshot.get("slowest_recent_case") or {}
+        if slow.get("case"):
+            table.add_row("slowest recent", f"{slow['seconds']:.2f} s  {slow['case']}")
+        return table
+
+    def message(self, text: str) -> None:
+        if self._live is not None:
+            self._live.console.print(text, markup=False, highlight=False)
+        else:
+            sys.stderr.write(text + "\n")
+            sys.stderr.flush()
+
+    def finish(self, snapshot: dict | None = None) -> None:
+        if snapshot is not None:
+            self.show(snapshot)
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+
+def _reached(snapshot: dict) -> tuple[int, int]:
+    coverage, offered = snapshot.get("coverage", {}), snapshot.get("coverage_offered", {})
+    reached = sum(len(set(values) & set(offered.get(dim, values))) for dim, values in coverage.items())
+    return reached, sum(len(values) for values in offered.values()) or reached
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
