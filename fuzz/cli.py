@@ -1,7 +1,8 @@
 """``shardfuzz run | replay | export | capabilities``: the command line.
 
 ``run`` exits 0 when no new failure was found, 1 when one was (each is saved to
-the corpus), 2 for bad options or a pool that cannot start. ``replay`` exits 0
+the corpus), 2 for bad options or a pool that cannot start, 130/143 when
+SIGINT/SIGTERM stopped it (after writing the corpus and reports). ``replay`` exits 0
 when every entry behaved as recorded, 1 when one now passes, changed or is
 flaky. ``export`` writes a standalone torch-only reproducer.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -25,6 +26,35 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
+    return value
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?)([smh])")
+
+
+def _duration(text: str) -> float:
+    """Seconds from "90", "90s", "15m", "8h" or "1h30m"."""
+    cleaned = text.strip().lower()
+    try:
+        value = float(cleaned)
+    except ValueError:
+        parts = _DURATION.findall(cleaned)
+        if not parts or "".join(n + u for n, u in parts) != cleaned:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a duration: give seconds, or a number with s, m or h (90, 15m, 8h, 1h30m)") from None
+        value = sum(float(n) * {"s": 1, "m": 60, "h": 3600}[u] for n, u in parts)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
     return value
 
 
@@ -43,9 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="fuzz save/load round-trips for a time budget")
-    run.add_argument("--budget", type=_positive_float, default=60.0, help="seconds to spend drawing cases (default 60)")
+    run.add_argument("--budget", type=_duration, default=60.0,
+                     help="time to spend: seconds, or with s/m/h as in 90s, 15m, 8h, 1h30m (default 60 s)")
+    run.add_argument("--max-cases", type=_count, default=None, help="stop after this many cases (default: no limit)")
     run.add_argument("--seed", type=int, default=None, help="seed for the case draws (default: random)")
-    run.add_argument("--report", type=Path, default=None, help="write a JSON report here")
     run.add_argument("--corpus", type=Path, default=Path("corpus"), help="directory of corpus entries (default ./corpus)")
     run.add_argument("--world-size", type=_world_size, default=4, help="ranks in the pool; cases use 1..N (default 4)")
     run.add_argument("--target", default=None, help="checkpoint code under test, 'module:attribute' (default: DCP)")
@@ -55,6 +86,25 @@ def build_parser() -> argparse.ArgumentParser:
                      help="report failures without re-running them on a fresh pool first")
     run.add_argument("--exit-zero", action="store_true",
                      help="exit 0 even when new failures are found (a smoke run: they are in the corpus and report)")
+    store = run.add_argument_group("example database (resume, share)")
+    store.add_argument("--database", default=None, metavar="PATH|redis://HOST:PORT/N|none",
+                       help="Hypothesis example database: a re-run replays what it holds first "
+                            "(default .shardfuzz/examples; redis:// to share one between machines)")
+    store.add_argument("--replay-from", default=None, metavar="PATH|redis://...",
+                       help="also replay this database's examples, read-only (someone else's findings)")
+    out = run.add_argument_group("reports and progress")
+    out.add_argument("--report", type=Path, default=None, help="write the JSON report here (rewritten while running)")
+    out.add_argument("--report-dir", type=Path, default=None,
+                     help="at the end, write report.json, summary.md, junit.xml and report.html here")
+    out.add_argument("--flush-every", type=_positive_float, default=30.0,
+                     help="seconds between rewrites of --report while running (default 30)")
+    out.add_argument("--plain", action="store_true", help="plain progress lines even on a terminal")
+    scale = run.add_argument_group("scale-out")
+    scale.add_argument("--workers", type=_count, default=1,
+                       help="independent campaigns at once, each with its own pool, sharing corpus and database")
+    scale.add_argument("--checkpoint-dir", default=None,
+                       help="under torchrun: where ranks write checkpoints (a filesystem every node sees)")
+    scale.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
 
     replay = commands.add_parser("replay", help="re-run corpus entries: still failing, now passing, changed, flaky")
     replay.add_argument("paths", nargs="*", type=Path, default=[Path("corpus")],
@@ -226,137 +276,28 @@ def _capabilities() -> int:
 
 
 def _run(args) -> int:
-    import torch
+    if args.database is None:
+        from shardfuzz.database import DEFAULT_DATABASE
 
-    from shardfuzz.campaign import run_campaign
-    from shardfuzz.case import to_dict
-    from shardfuzz.corpus import entry_for, known_bugs, load_corpus, save_entry
-    from shardfuzz.executor import PoolStartError, RankPool
-    from shardfuzz.targets import DEFAULT_TARGET, resolve_target
+        args.database = DEFAULT_DATABASE
+    if args.workers == 1:
+        from shardfuzz.runner import run_command
 
-    target = args.target or DEFAULT_TARGET
-    try:
-        resolve_target(target)  # fail here, with the spec named, rather than in every rank
-    except ValueError as exc:
-        print(f"shardfuzz run: {exc}", file=sys.stderr)
-        return 2
+        return run_command(args)
+    from shardfuzz.workers import run_workers
 
-    entries, problems = load_corpus(args.corpus)
-    for problem in problems:
-        print(f"shardfuzz: skipping corpus file: {problem}", file=sys.stderr)
-    known = known_bugs(entries, torch.__version__)
+    def worker_argv(index: int, seed: int, report: Path) -> list[str]:
+        argv = [sys.executable, "-m", "shardfuzz", "run", "--budget", str(args.budget), "--seed", str(seed),
+                "--corpus", str(args.corpus), "--world-size", str(args.world_size), "--database", args.database,
+                "--report", str(report), "--flush-every", "2", "--plain", "--worker-index", str(index)]
+        for flag, value in (("--max-cases", args.max_cases), ("--target", args.target),
+                            ("--case-timeout", args.case_timeout), ("--replay-from", args.replay_from)):
+            if value is not None:
+                argv += [flag, str(value)]
+        argv += ["--no-confirm"] * args.no_confirm + ["--exit-zero"] * args.exit_zero
+        return argv
 
-    progress = _Progress(args.budget)
-    new_files: dict[str, str] = {}
-
-    def on_finding(finding) -> None:
-        path = save_entry(args.corpus, entry_for(finding.case, finding.verdict, target=target, other=finding.other,
-                                                   world_size=args.world_size))
-        new_files[finding.signature] = str(path)
-        progress.message(f"NEW [{finding.verdict.triage}] {finding.verdict.summary()[:150]}\n     saved {path}")
-
-    started = time.monotonic()
-    try:
-        with RankPool(args.world_size, target=target, case_timeout=args.case_timeout) as pool:
-
-            def on_fresh_pool(case):
-                pool.close()  # the next run starts new ranks: no state carried over from earlier cases
-                return pool.run(case)
-
-            result = run_campaign(
-                pool.run, budget=args.budget, seed=args.seed, max_world_size=args.world_size,
-                is_known=lambda s, c: known.lookup(s, c) is not None, on_case=progress.update, on_finding=on_finding,
-                confirm=None if args.no_confirm else on_fresh_pool,
-            )
-            starts, resets, events = pool.starts, pool.resets, list(pool.events)
-    except PoolStartError as exc:
-        print(f"shardfuzz run: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\nshardfuzz run: interrupted", file=sys.stderr)
-        return 130
-    progress.finish()
-
-    new = result.findings  # the campaign never records a known signature as a finding
-    report = {
-        "torch": torch.__version__,
-        "budget_seconds": args.budget,
-        "wall_seconds": round(time.monotonic() - started, 3),
-        "seconds_in_cases": round(result.seconds_in_cases, 3),
-        "seed": args.seed,
-        "world_size": args.world_size,
-        "target": target,
-        "cases_run": result.cases_run,
-        "passed": result.passed,
-        "pool_starts": starts,
-        "pool_resets": resets,
-        "pool_events": [{"kind": e.kind, "rank": e.rank, "how": e.how, "log_tail": e.log_tail[-2000:]}
-                        for e in events],
-        "failures": [
-            {"signature": s, "status": f.verdict.status, "class": f.verdict.triage,
-             "summary": f.verdict.summary(), "hits": f.hits,
-             "flaky": f.flaky, "other_outcome": f.other.summary() if f.other else None, "corpus_file": new_files.get(s), "case": to_dict(f.case)}
-            for s, f in new.items()
-        ],
-        "unsupported": [{"signature": s, "hits": n} for s, n in result.unsupported.items()],
-        "known_failures": [
-            {"signature": s, "title": known[s].title, "hits": n} for s, n in result.known_hits.items()
-        ],
-        "coverage": {dim: dict(sorted(values.items())) for dim, values in sorted(result.coverage.items())},
-    }
-    if args.report:
-        args.report.write_text(json.dumps(report, indent=2) + "\n")
-    _print_summary(report)
-    return 1 if new and not args.exit_zero else 0
-
-
-def _print_summary(report: dict) -> None:
-    rate = report["cases_run"] / max(report["wall_seconds"], 1e-9)
-    print(f"shardfuzz: {report['cases_run']} cases in {report['wall_seconds']:.1f}s ({rate:.1f}/s) "
-          f"on torch {report['torch']}: {report['passed']} passed, "
-          f"{len(report['failures'])} new failure(s), "
-          f"{sum(k['hits'] for k in report['known_failures'])} hit(s) of {len(report['known_failures'])} known bug(s)")
-    for failure in report["failures"]:
-        print(f"  NEW   [{failure['class']}] {failure['summary'][:200]}")
-        if failure["corpus_file"]:
-            print(f"        reproducer: {failure['corpus_file']}")
-    for known in report["known_failures"]:
-        print(f"  known x{known['hits']}: {known['title'][:150]}")
-
-
-class _Progress:
-    """One status line: rewritten in place on a terminal, every 10 s as plain lines in logs."""
-
-    def __init__(self, budget: float):
-        self.budget = budget
-        self.started = time.monotonic()
-        self.last = 0.0
-        self.tty = sys.stderr.isatty()
-        self.counts = {"pass": 0, "fail": 0}
-
-    def update(self, result, case, verdict) -> None:
-        self.counts["pass" if verdict.ok else "fail"] += 1
-        now = time.monotonic()
-        if now - self.last < (0.5 if self.tty else 10.0):
-            return
-        self.last = now
-        elapsed = now - self.started
-        line = (f"[{elapsed:6.1f}s / {self.budget:g}s] {result.cases_run} cases "
-                f"({result.cases_run / max(elapsed, 1e-9):.1f}/s), {self.counts['fail']} failing runs, "
-                f"{len(result.findings)} distinct new")
-        if self.tty:
-            sys.stderr.write("\r" + line.ljust(100))
-        else:
-            sys.stderr.write(line + "\n")
-        sys.stderr.flush()
-
-    def message(self, text: str) -> None:
-        sys.stderr.write(("\n" if self.tty else "") + text + "\n")
-        sys.stderr.flush()
-
-    def finish(self) -> None:
-        if self.tty:
-            sys.stderr.write("\n")
+    return run_workers(args, worker_argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,7 +20,11 @@ def test_capabilities_lists_engines(capsys):
     "argv, message",
     [
         (["run", "--budget", "0"], "must be more than 0"),
-        (["run", "--budget", "soon"], "not a number of seconds"),
+        (["run", "--budget", "soon"], "is not a duration"),
+        (["run", "--budget", "8x"], "is not a duration"),
+        (["run", "--budget", "1h-5m"], "is not a duration"),
+        (["run", "--max-cases", "0"], "must be at least 1"),
+        (["run", "--workers", "two"], "not an integer"),
         (["run", "--world-size", "0"], "choose 1 to 64"),
         (["frobnicate"], "invalid choice"),
     ],
@@ -30,6 +34,19 @@ def test_bad_options_exit_2_with_a_message(argv, message, capsys):
         main(argv)
     assert info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, seconds", [("90", 90), ("90s", 90), ("15m", 900), ("8h", 28800), ("1h30m", 5400),
+                                           ("0.5m", 30)])
+def test_budgets_take_s_m_h(text, seconds):
+    from shardfuzz.cli import build_parser
+
+    assert build_parser().parse_args(["run", "--budget", text]).budget == seconds
+
+
+def test_bad_database_is_named(capsys, tmp_path):
+    assert main(["run", "--database", "ftp://x/y", "--corpus", str(tmp_path)]) == 2
+    assert "database 'ftp://x/y'" in capsys.readouterr().err
 
 
 def test_bad_target_is_named(capsys, tmp_path):

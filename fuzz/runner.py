@@ -1,0 +1,166 @@
+"""``shardfuzz run`` for one campaign: set up, fuzz, keep the corpus and the reports, say how it went.
+
+The executor is a warm ``RankPool`` of child processes, or, under torchrun, the
+torchrun ranks themselves (rank 0 runs this; the others follow). SIGINT and
+SIGTERM stop the run gracefully (``shardfuzz.stop``). The JSON report is
+rewritten every ``--flush-every`` seconds, so even a run killed with SIGKILL
+leaves a report; the corpus gets each new failure the moment it is shrunk.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from shardfuzz.stop import EXIT_CODES, StopFlag, StopRequested
+
+__all__ = ["run_command", "write_reports", "print_summary", "ABANDON_GRACE"]
+
+#: Seconds the case in flight may go on after a stop was asked before it is abandoned.
+ABANDON_GRACE = 3.0
+
+
+def run_command(args) -> int:
+    import torch
+
+    from shardfuzz.campaign import database_key, run_campaign
+    from shardfuzz.corpus import entry_for, known_bugs, load_corpus, save_entry
+    from shardfuzz.database import DatabaseError, open_database
+    from shardfuzz.executor import PoolStartError, RankPool
+    from shardfuzz.executor.torchrun import TorchrunWorld, follow, in_torchrun
+    from shardfuzz.progress import Progress
+    from shardfuzz.report import campaign_report
+    from shardfuzz.strategies import offered_values
+    from shardfuzz.targets import DEFAULT_TARGET, resolve_target
+
+    target = args.target or DEFAULT_TARGET
+    try:
+        resolve_target(target)  # fail here, with the spec named, rather than in every rank
+        database = open_database(args.database, replay_from=args.replay_from)
+    except (ValueError, DatabaseError) as exc:
+        print(f"shardfuzz run: {exc}", file=sys.stderr)
+        return 2
+    torchrun = in_torchrun()
+    if torchrun:
+        import os
+
+        if int(os.environ["RANK"]) != 0:
+            return follow(target=target, checkpoint_dir=args.checkpoint_dir)
+        world_size = int(os.environ["WORLD_SIZE"])
+    else:
+        world_size = args.world_size
+
+    entries, problems = load_corpus(args.corpus)
+    for problem in problems:
+        print(f"shardfuzz: skipping corpus file: {problem}", file=sys.stderr)
+    known = known_bugs(entries, torch.__version__)
+    meta = {"torch": torch.__version__, "budget_seconds": args.budget, "seed": args.seed, "world_size": world_size,
+            "target": target, "launcher": "torchrun" if torchrun else "pool",
+            "database": args.database if database is not None else None, "worker": args.worker_index}
+    offered = {dim: sorted(values) for dim, values in offered_values(max_world_size=world_size).items()}
+    corpus_files: dict[str, str] = {}
+    stop = StopFlag()
+    progress = Progress(args.budget, plain=args.plain)
+    executor = None
+    last_flush = [time.monotonic()]
+
+    def snapshot(result, final: bool = False) -> dict:
+        return campaign_report(result, meta=meta, known=known, corpus_files=corpus_files, offered=offered,
+                               pool_events=executor.events if executor is not None else (), final=final)
+
+    def on_case(result, case, verdict) -> None:
+        flush = args.report is not None and time.monotonic() - last_flush[0] >= args.flush_every
+        if not (flush or progress.due()):
+            return
+        report = snapshot(result)
+        if flush:
+            last_flush[0] = time.monotonic()
+            write_reports(report, json_path=args.report)
+        if progress.due():
+            progress.show(report)
+
+    def on_finding(finding) -> None:
+        path = save_entry(args.corpus, entry_for(finding.case, finding.verdict, target=target, other=finding.other,
+                                                   world_size=world_size))
+        corpus_files[finding.signature] = str(path)
+        partly = "" if finding.shrunk else " (stopped while shrinking: as small as it got)"
+        progress.message(f"NEW [{finding.verdict.triage}] {finding.verdict.summary()[:150]}\n"
+                         f"     saved {path}{partly}")
+
+    try:
+        with stop:
+            if torchrun:
+                executor = TorchrunWorld(target=target, case_timeout=args.case_timeout,
+                                         checkpoint_dir=args.checkpoint_dir,
+                                         abandon=lambda: stop.overdue(ABANDON_GRACE))
+                confirm = None  # no fresh pool to confirm on: the same ranks would answer again
+            else:
+                executor = RankPool(world_size, target=target, case_timeout=args.case_timeout,
+                                    abandon=lambda: stop.overdue(ABANDON_GRACE))
+
+                def confirm(case):
+                    executor.close()  # the next run starts new ranks: no state carried over from earlier cases
+                    return executor.run(case)
+
+            with executor:
+                result = run_campaign(
+                    executor.run, budget=args.budget, seed=args.seed, max_world_size=world_size,
+                    is_known=lambda s, c: known.lookup(s, c) is not None, on_case=on_case, on_finding=on_finding,
+                    confirm=None if args.no_confirm else confirm, database=database,
+                    database_key=database_key(f"world={world_size}", target), should_stop=lambda: stop.reason,
+                    max_cases=args.max_cases,
+                )
+    except PoolStartError as exc:
+        progress.finish()
+        print(f"shardfuzz run: {exc}", file=sys.stderr)
+        return 2
+    except StopRequested:  # stopped while the ranks were still starting: nothing ran, nothing to report
+        progress.finish()
+        print(f"shardfuzz run: stopped by {stop.reason} before the first case", file=sys.stderr)
+        return EXIT_CODES.get(stop.reason, 130)
+    except KeyboardInterrupt:
+        progress.finish()
+        print("\nshardfuzz run: interrupted twice; stopped without writing reports "
+              f"(corpus entries found so far are in {args.corpus})", file=sys.stderr)
+        return 130
+    report = snapshot(result, final=True)
+    progress.finish(report)
+    write_reports(report, json_path=args.report, directory=args.report_dir)
+    print_summary(report)
+    if result.stopped in EXIT_CODES:
+        wrote = [str(p) for p in (args.report, args.report_dir) if p is not None]
+        print(f"shardfuzz run: stopped by {result.stopped} after {result.cases_run} cases; "
+              f"corpus in {args.corpus}{', reports in ' + ', '.join(wrote) if wrote else ''}", file=sys.stderr)
+        return EXIT_CODES[result.stopped]
+    return 1 if report["failures"] and not args.exit_zero else 0
+
+
+def write_reports(report: dict, *, json_path: Path | None = None, directory: Path | None = None) -> None:
+    """The JSON report at ``json_path``; in ``directory``, report.json and every other format."""
+    from shardfuzz.report import write_atomic
+    from shardfuzz.report_formats import FORMATS
+
+    text = json.dumps(report, indent=2) + "\n"
+    if json_path is not None:
+        write_atomic(json_path, text)
+    if directory is not None:
+        write_atomic(Path(directory) / "report.json", text)
+        for name, render in FORMATS.items():
+            try:
+                write_atomic(Path(directory) / name, render(report))
+            except RuntimeError as exc:  # the HTML report without matplotlib: say so, keep the others
+                print(f"shardfuzz: {name} not written: {exc}", file=sys.stderr)
+
+
+def print_summary(report: dict) -> None:
+    from shardfuzz.report_formats import headline
+
+    print(f"shardfuzz: {headline(report)}")
+    for failure in report["failures"]:
+        print(f"  NEW   [{failure['class']}] {failure['summary'][:200]}")
+        if failure["corpus_file"]:
+            print(f"        reproducer: {failure['corpus_file']}")
+    for known in report["known_failures"]:
+        print(f"  known x{known['hits']}: {known['title'][:150]}")
