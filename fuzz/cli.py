@@ -48,21 +48,22 @@ def _duration(text: str) -> float:
     return value
 
 
-def _count(text: str) -> int:
+def _integer(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def _count(text: str) -> int:
+    value = _integer(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
     return value
 
 
 def _world_size(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    value = _integer(text)
     if not 1 <= value <= 64:
         raise argparse.ArgumentTypeError(f"{value} ranks: choose 1 to 64")
     return value

@@ -44,9 +44,29 @@ def shardfuzz_known(shardfuzz_corpus_dir):
 
 @pytest.fixture(scope="session")
 def shardfuzz_pool(pytestconfig):
-    """A session-wide warm pool running the default target (DCP)."""
-    from shardfuzz.executor import RankPool
+    """A warm pool running the default target (DCP), one per process, closed when the process exits.
 
-    with RankPool(pytestconfig.getoption("--shardfuzz-world-size"),
-                  case_timeout=pytestconfig.getoption("--shardfuzz-case-timeout")) as pool:
-        yield pool
+    Not a ``yield`` fixture: HypoFuzz collects tests through pytest and runs them
+    after pytest's session has torn its fixtures down, and a pool closed at
+    teardown would be gone by then.
+    """
+    return shared_pool(pytestconfig.getoption("--shardfuzz-world-size"),
+                       case_timeout=pytestconfig.getoption("--shardfuzz-case-timeout"))
+
+
+_POOLS: dict = {}
+
+
+def shared_pool(world_size: int, *, case_timeout: float | None = None):
+    """This process's pool of ``world_size`` ranks, started on first use and closed at exit."""
+    key = (world_size, case_timeout)
+    if key not in _POOLS:
+        import atexit
+
+        from shardfuzz.executor import RankPool
+
+        pool = RankPool(world_size, case_timeout=case_timeout)
+        pool.start()
+        atexit.register(pool.close)
+        _POOLS[key] = pool
+    return _POOLS[key]

@@ -22,6 +22,7 @@ removes those whose owner is gone (one killed with SIGKILL cannot clean up).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import multiprocessing
@@ -173,27 +174,14 @@ class RankPool:
         if self.running:
             return
         from shardfuzz.capabilities import capabilities
-        from shardfuzz.executor import worker
 
         capabilities()  # probe here, once: every rank's warm-up reads the answer from the probe's cache
         context = multiprocessing.get_context("spawn")
         sweep_stale_scratch()
         self._scratch = tempfile.mkdtemp(prefix=f"{_SCRATCH_PREFIX}{os.getpid()}-", dir=scratch_root())
         store = os.path.join(self._scratch, "store")
-        for rank in range(self.world_size):
-            parent_end, child_end = context.Pipe()
-            phase = context.RawArray("c", 32)
-            proc = context.Process(
-                target=worker.main,
-                args=(rank, self.world_size, store, child_end, self.target, self._log(rank), phase),
-                name=f"shardfuzz-rank-{rank}",
-                daemon=True,
-            )
-            proc.start()
-            child_end.close()
-            self._procs.append(proc)
-            self._conns.append(parent_end)
-            self._phases.append(phase)
+        with _children_allowed():
+            self._spawn(context, store)
         self.starts += 1
         self._cases_since_start = 0
         collected = self._collect(self.start_timeout, abandonable=True)
@@ -211,6 +199,24 @@ class RankPool:
                 why += "".join(f"\n  rank {r} printed: {t}" for r, t in tails.items() if t)
             raise PoolStartError(f"could not start {self.world_size} gloo ranks: {why}")
         shutil.rmtree(os.path.join(self._scratch, "warm-up"), ignore_errors=True)
+
+    def _spawn(self, context, store: str) -> None:
+        from shardfuzz.executor import worker
+
+        for rank in range(self.world_size):
+            parent_end, child_end = context.Pipe()
+            phase = context.RawArray("c", 32)
+            proc = context.Process(
+                target=worker.main,
+                args=(rank, self.world_size, store, child_end, self.target, self._log(rank), phase),
+                name=f"shardfuzz-rank-{rank}",
+                daemon=True,
+            )
+            proc.start()
+            child_end.close()
+            self._procs.append(proc)
+            self._conns.append(parent_end)
+            self._phases.append(phase)
 
     def close(self) -> None:
         """Ask, join with a deadline, terminate, kill; then remove the scratch directory.
@@ -463,6 +469,23 @@ def _how(exitcode: int | None, *, long: bool = False) -> str:
             name = f"signal {-exitcode}"
         return f"killed by {name}" if long else name
     return f"exited with code {exitcode}" if long else f"exit {exitcode}"
+
+
+@contextlib.contextmanager
+def _children_allowed():
+    """Let a daemonic process (a HypoFuzz or pytest-xdist worker) start the pool's ranks.
+
+    multiprocessing refuses children to daemonic processes so that none outlive
+    it; the ranks already cannot: each asks the kernel to kill it when its parent
+    dies (``PR_SET_PDEATHSIG``), and ``close()`` stops them in stages.
+    """
+    config = multiprocessing.current_process()._config
+    daemonic = config.get("daemon", False)
+    config["daemon"] = False
+    try:
+        yield
+    finally:
+        config["daemon"] = daemonic
 
 
 def _join_all(procs, timeout: float) -> None:
