@@ -114,7 +114,7 @@ def redis_url(tmp_path):
 
 def test_two_runs_share_a_redis_database(tmp_path, corpus, redis_url):
     first, second = tmp_path / "a.json", tmp_path / "b.json"
-    a = subprocess.run(_shardfuzz("--target", "faults:PerturbOnTwoRanks", "--budget", "90", "--max-cases", "40",
+    a = subprocess.run(_shardfuzz("--target", "faults:PerturbOnTwoRanks", "--budget", "90", "--max-cases", "25",
                                   "--seed", "1", "--corpus", corpus, "--database", redis_url, "--report", first,
                                   "--no-confirm"), env=ENV, capture_output=True, text=True, timeout=300)
     found = [f for f in _report(first)["failures"] if f["status"] == "mismatch"]

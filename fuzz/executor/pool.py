@@ -46,6 +46,8 @@ __all__ = ["CaseAbandoned", "RankPool", "PoolEvent", "PoolStartError", "deadline
            "scratch_root"]
 
 _SCRATCH_PREFIX = "shardfuzz-pool-"
+#: Phases in which a rank reads its pipe (anything else is a phase of a case).
+_BETWEEN_CASES = frozenset({"idle", "start", "reset", "teardown"})
 
 
 class PoolStartError(RuntimeError):
@@ -222,11 +224,16 @@ class RankPool:
         """Ask, join with a deadline, terminate, kill; then remove the scratch directory.
 
         A rank that was asked to stop and exits with a signal or a non-zero code
-        crashed in process-group teardown: that is recorded in ``events``.
+        crashed in process-group teardown: that is recorded in ``events``. A rank
+        still inside a case (stuck, or blocked by a peer that died) cannot read the
+        request, so it is terminated at once instead of costing the join's deadline.
         """
         asked = set()
         for rank, conn in enumerate(self._conns):
             if not self._procs[rank].is_alive():
+                continue
+            if self._phase(rank) not in _BETWEEN_CASES:
+                self._procs[rank].terminate()
                 continue
             try:
                 conn.send_bytes(json.dumps({"op": "stop"}).encode())
