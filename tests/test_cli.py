@@ -60,7 +60,8 @@ def test_short_run_writes_a_report(tmp_path):
     corpus = tmp_path / "corpus"
     proc = subprocess.run(
         [sys.executable, "-m", "shardfuzz", "run", "--budget", "8", "--seed", "1", "--world-size", "2",
-         "--target", "faults:PerturbOneLoadedElement", "--corpus", str(corpus), "--report", str(report)],
+         "--target", "faults:PerturbOneLoadedElement", "--corpus", str(corpus), "--report", str(report),
+         "--database", "none"],
         capture_output=True, text=True, timeout=300,
         env={**__import__("os").environ, "PYTHONPATH": str(__import__("pathlib").Path(__file__).parent)},
     )
