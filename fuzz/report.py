@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -57,8 +58,6 @@ def campaign_report(result, *, meta: dict, known, corpus_files: dict[str, str], 
 
 
 def _elapsed(result) -> float:
-    import time
-
     return time.monotonic() - result.started
 
 
@@ -71,24 +70,9 @@ def merge_reports(reports: list[dict], *, meta: dict) -> dict:
     for name in ("seconds_in_cases", "cases_run", "passed", "replayed_from_database"):
         merged[name] = sum(r.get(name, 0) for r in reports)
     merged["pool_events"] = [e for r in reports for e in r.get("pool_events", [])]
-    failures: dict[str, dict] = {}
-    for report in reports:
-        for failure in report.get("failures", []):
-            if failure["signature"] in failures:
-                failures[failure["signature"]]["hits"] += failure["hits"]
-            else:
-                failures[failure["signature"]] = dict(failure)
-    merged["failures"] = list(failures.values())
-    merged["findings_by_class"] = dict(Counter(f["class"] for f in failures.values()))
-    for name in ("unsupported", "known_failures"):
-        hits: dict[str, dict] = {}
-        for report in reports:
-            for item in report.get(name, []):
-                if item["signature"] in hits:
-                    hits[item["signature"]]["hits"] += item["hits"]
-                else:
-                    hits[item["signature"]] = dict(item)
-        merged[name] = list(hits.values())
+    for name in ("failures", "unsupported", "known_failures"):
+        merged[name] = _by_signature(item for report in reports for item in report.get(name, []))
+    merged["findings_by_class"] = dict(Counter(f["class"] for f in merged["failures"]))
     slowest = [r["slowest_recent_case"] for r in reports if r.get("slowest_recent_case")]
     merged["slowest_recent_case"] = max(slowest, key=lambda s: s["seconds"], default={"seconds": 0.0, "case": ""})
     coverage: dict[str, Counter] = {}
@@ -101,6 +85,17 @@ def merge_reports(reports: list[dict], *, meta: dict) -> dict:
     merged["worker_reports"] = [{k: r.get(k) for k in ("worker", "cases_run", "wall_seconds", "stopped")}
                                 for r in reports]
     return merged
+
+
+def _by_signature(items) -> list[dict]:
+    """One item per signature, the first seen, with the hits of all of them added."""
+    merged: dict[str, dict] = {}
+    for item in items:
+        if item["signature"] in merged:
+            merged[item["signature"]]["hits"] += item["hits"]
+        else:
+            merged[item["signature"]] = dict(item)
+    return list(merged.values())
 
 
 def _merge_timelines(timelines: list[list[dict]]) -> list[dict]:
