@@ -15,7 +15,7 @@ from shardfuzz.case import (
     DDP, FSDP1, FSDP2, Block, Linear, Model, Sequential, Side, Unsharded, child_items, optimizer_groups,
 )
 
-__all__ = ["build_module", "shard", "device_mesh", "build_optimizer", "group_parameters", "unwrapped_name",
+__all__ = ["build_module", "rank_device", "shard", "device_mesh", "build_optimizer", "group_parameters", "unwrapped_name",
            "BlockModule"]
 
 
@@ -34,8 +34,16 @@ class BlockModule(nn.Module):
         return x
 
 
-def build_module(model: Model, *, seed: int) -> nn.Module:
-    """The unsharded tree, initialised from ``seed`` (identically on every rank)."""
+def rank_device(device: str) -> torch.device:
+    """This rank's ``torch.device`` for a side on ``device`` (``cuda``: the GPU the worker chose)."""
+    return torch.device("cuda", torch.cuda.current_device()) if device == "cuda" else torch.device("cpu")
+
+
+def build_module(model: Model, *, seed: int, device: str = "cpu") -> nn.Module:
+    """The unsharded tree, initialised from ``seed`` (identically on every rank), on ``device``.
+
+    Initialised on the CPU and then moved, so a side on a GPU starts from the very
+    same values as a side on the CPU."""
     torch.manual_seed(seed)
     width = model.input_width
 
@@ -44,14 +52,15 @@ def build_module(model: Model, *, seed: int) -> nn.Module:
         if isinstance(node, Linear):
             layer = nn.Linear(width, node.out_features, bias=node.bias)
             width = node.out_features
-            return layer
+            return layer.requires_grad_(False) if node.frozen else layer
         children = [(name, make(child)) for name, child in child_items(node)]
         if isinstance(node, Sequential):
             return nn.Sequential(*(module for _, module in children))
         assert isinstance(node, Block)
         return BlockModule(children)
 
-    return make(model.root)
+    module = make(model.root)
+    return module.to(rank_device(device)) if device != "cpu" else module
 
 
 def shard(module: nn.Module, side: Side, *, group, mesh) -> nn.Module:
@@ -71,7 +80,8 @@ def shard(module: nn.Module, side: Side, *, group, mesh) -> nn.Module:
     if isinstance(engine, DDP):
         from torch.nn.parallel import DistributedDataParallel
 
-        return DistributedDataParallel(module, process_group=group)
+        device_ids = [rank_device(side.device)] if side.device == "cuda" else None
+        return DistributedDataParallel(module, device_ids=device_ids, process_group=group)
     if isinstance(engine, Unsharded):
         return module
     raise TypeError(f"unknown engine {engine!r}")
@@ -87,7 +97,7 @@ def _fsdp1(module: nn.Module, side: Side, engine: FSDP1, *, group, mesh) -> nn.M
     from torch.distributed.fsdp import wrap as fsdp_wrap
 
     placement = {"device_mesh": mesh} if engine.hybrid else {"process_group": group}
-    common = dict(device_id=torch.device("cpu"), use_orig_params=engine.use_orig_params,
+    common = dict(device_id=rank_device(side.device), use_orig_params=engine.use_orig_params,
                   sharding_strategy=ShardingStrategy[engine.sharding_strategy], **placement)
     policy = None
     if engine.wrap_policy == "set" and side.wrap:
@@ -109,7 +119,7 @@ def _fsdp1(module: nn.Module, side: Side, engine: FSDP1, *, group, mesh) -> nn.M
     return FullyShardedDataParallel(module, auto_wrap_policy=policy, **common)
 
 
-def device_mesh(shape: tuple[int, ...], world_group, *, rank: int, generation: int = 0):
+def device_mesh(shape: tuple[int, ...], world_group, *, rank: int, generation: int = 0, device: str = "cpu"):
     """The DeviceMesh of a side on ranks ``0..n-1`` (n = the product of ``shape``), or None off it.
 
     2-D: ``(replicas, shards)``; each row of ranks is a shard group, each column a
@@ -126,7 +136,7 @@ def device_mesh(shape: tuple[int, ...], world_group, *, rank: int, generation: i
     from torch.distributed.device_mesh import DeviceMesh
 
     if len(shape) == 1:
-        return (DeviceMesh.from_group(world_group, "cpu", mesh_dim_names=(f"shard{generation}",))
+        return (DeviceMesh.from_group(world_group, device, mesh_dim_names=(f"shard{generation}",))
                 if rank < shape[0] else None)
     import torch.distributed as dist
 
@@ -137,7 +147,7 @@ def device_mesh(shape: tuple[int, ...], world_group, *, rank: int, generation: i
     if rank >= replicas * shards:
         return None
     row, column = divmod(rank, shards)
-    return DeviceMesh.from_group([columns[column], rows[row]], "cpu", mesh=ranks,
+    return DeviceMesh.from_group([columns[column], rows[row]], device, mesh=ranks,
                                  mesh_dim_names=(f"replicate{generation}", f"shard{generation}"))
 
 

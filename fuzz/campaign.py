@@ -172,6 +172,7 @@ def run_campaign(
     database_key: bytes = b"shardfuzz-campaign",
     should_stop: Callable[[], str | bool | None] = lambda: None,
     max_cases: int | None = None,
+    devices: tuple[str, ...] = ("cpu",),
 ) -> CampaignResult:
     """Fuzz until ``budget`` seconds are spent; return what was run and found.
 
@@ -188,14 +189,15 @@ def run_campaign(
     failing examples across campaigns; the first round replays them first.
     ``should_stop`` is polled before each case (a truthy answer, the reason, stops it); ``max_cases`` ends the campaign
     after that many cases (a fixed amount of work, for tests and comparisons), not
-    counting the database's examples, which are always replayed.
+    counting the database's examples, which are always replayed. ``devices`` are those
+    a side may be drawn on (see ``strategies.cases``).
     """
     result = CampaignResult()
     rng = random.Random(seed)
     started = result.started
     deadline = started + budget
     shrink_budget = max(30.0, budget / 2) if shrink_budget is None else shrink_budget
-    strategy = cases(max_world_size=max_world_size)
+    strategy = cases(max_world_size=max_world_size, devices=devices)
     confirmed: set[str] = set()  # signatures whose first failure was re-run by ``confirm``
 
     def out_of_work() -> bool:

@@ -24,6 +24,7 @@ class Capabilities:
     hsdp: bool = False  # 2-D meshes (FSDP2 HSDP, FSDP1 hybrid strategies)
     fsdp1_subgroups: bool = False  # FSDP1 on a rank subgroup (DSD passes the group to FSDP)
     fsdp2_shard_dim: bool = False  # fully_shard(shard_placement_fn=...)
+    cuda_devices: int = 0  # GPUs a --device cuda campaign may put ranks on (0: off, see off["device cuda"])
 
     def table(self) -> list[tuple[str, str, str]]:
         """(feature, on/off, reason) rows for ``shardfuzz capabilities``."""
@@ -31,6 +32,8 @@ class Capabilities:
         for name in ("flatten_optimizer_state_dict", "hsdp", "fsdp2_shard_dim", "fsdp1_subgroups"):
             if getattr(self, name):
                 rows.append((name, "on", ""))
+        if self.cuda_devices:
+            rows.append(("device cuda", "on", f"{self.cuda_devices} GPU(s), NCCL"))
         rows += [(name, "off", why) for name, why in sorted(self.off.items())]
         return rows
 
@@ -180,5 +183,21 @@ def capabilities() -> Capabilities:
     flatten = "flatten_optimizer_state_dict" in fields
     if not flatten:
         off["flatten_optimizer_state_dict"] = "StateDictOptions has no flatten_optimizer_state_dict field"
+    gpus, why_no_gpu = _cuda_devices()
+    if why_no_gpu:
+        off["device cuda"] = why_no_gpu
     return Capabilities(torch.__version__, tuple(engines), flatten, off, hsdp=hsdp, fsdp2_shard_dim=shard_dim,
-                        fsdp1_subgroups=subgroups)
+                        fsdp1_subgroups=subgroups, cuda_devices=gpus)
+
+
+def _cuda_devices() -> tuple[int, str]:
+    """``(GPUs usable with NCCL, '')``, or ``(0, why not)``."""
+    import torch
+    import torch.distributed as dist
+
+    if not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        return 0, f"torch.cuda.is_available() is False (torch {torch.__version__}, {build})"
+    if not dist.is_nccl_available():
+        return 0, "this torch has no NCCL backend (torch.distributed.is_nccl_available() is False)"
+    return torch.cuda.device_count(), ""

@@ -16,6 +16,7 @@ from typing import Literal, Optional, Union
 
 import attrs
 import cattrs
+from cattrs.gen import make_dict_unstructure_fn, override
 from cattrs.strategies import configure_tagged_union
 from attrs import field, frozen
 from attrs.validators import ge, in_, instance_of, le, optional
@@ -33,6 +34,7 @@ __all__ = [
     "Block",
     "Case",
     "DDP",
+    "DEVICES",
     "FSDP1",
     "FSDP1_STRATEGIES",
     "FSDP2",
@@ -40,6 +42,7 @@ __all__ = [
     "Unsharded",
     "WRAP_POLICIES",
     "Linear",
+    "leaves",
     "Model",
     "SGD",
     "Sequential",
@@ -55,6 +58,10 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 STATE_DICT_TYPES = ("sharded", "full")
+
+#: Where a side's ranks hold the model. ``cuda``: one GPU per rank, collectives on
+#: those tensors over NCCL. A case may save on one and load on the other.
+DEVICES = ("cpu", "cuda")
 
 #: Optional oracles a case can ask for (each costs collectives; see ``oracles.py``).
 CHECKS = ("continuation", "api-parity", "full-offload")
@@ -73,10 +80,15 @@ _POSITIVE_INT = [instance_of(int), ge(1)]  # attrs names the field in its messag
 
 @frozen
 class Linear:
-    """``nn.Linear`` whose input width is the previous layer's output width."""
+    """``nn.Linear`` whose input width is the previous layer's output width.
+
+    ``frozen``: its weight and bias have ``requires_grad=False`` (no gradient, no
+    optimizer state, still in the model's state dict); left out of the JSON when False.
+    """
 
     out_features: int = field(validator=_POSITIVE_INT)
     bias: bool = field(default=True, validator=instance_of(bool))
+    frozen: bool = field(default=False, validator=instance_of(bool))
 
 
 def _non_empty(instance, attribute, value):
@@ -116,6 +128,29 @@ class Model:
     input_width: int = field(validator=_POSITIVE_INT)
     root: Union[Sequential, Block] = field(validator=instance_of((Sequential, Block)))
 
+    @root.validator
+    def _trainable(self, attribute, value):
+        if all(leaf.frozen for leaf in leaves(value)):
+            raise ValueError("every Linear is frozen: training needs at least one with frozen=False")
+
+    def frozen_paths(self) -> list[str]:
+        """FQNs of the frozen Linears."""
+        return [fqn for fqn, node in self.linear_nodes() if node.frozen]
+
+    def linear_nodes(self) -> list[tuple[str, Linear]]:
+        """Every Linear as ``(fqn, node)`` in forward order."""
+        out: list[tuple[str, Linear]] = []
+
+        def visit(node, path):
+            if isinstance(node, Linear):
+                out.append((path, node))
+                return
+            for name, child in child_items(node):
+                visit(child, f"{path}.{name}" if path else name)
+
+        visit(self.root, "")
+        return out
+
     def linears(self) -> list[tuple[str, int, int, bool]]:
         """Every Linear as ``(fqn, in_features, out_features, bias)`` in forward order."""
         out: list[tuple[str, int, int, bool]] = []
@@ -152,6 +187,11 @@ class Model:
             return 1 if isinstance(node, Linear) else 1 + max(d(c) for c in node.children)
 
         return d(self.root)
+
+
+def leaves(node) -> list[Linear]:
+    """The Linears under ``node`` (itself, if it is one), in forward order."""
+    return [node] if isinstance(node, Linear) else [leaf for child in node.children for leaf in leaves(child)]
 
 
 def child_items(node: Sequential | Block) -> list[tuple[str, Node]]:
@@ -253,12 +293,14 @@ class Side:
 
     ``mesh_shape`` is 1-D, or 2-D ``(replicas, shards)`` for HSDP (FSDP2 on a 2-D
     mesh, FSDP1 with a hybrid strategy). A side on ``n`` ranks runs on ranks ``0..n-1``.
+    ``device`` ``cuda`` puts rank ``i``'s model on GPU ``i`` (left out of the JSON when ``cpu``).
     """
 
     engine: Engine = field(validator=instance_of(ENGINE_CLASSES))
     mesh_shape: tuple[int, ...] = field(converter=tuple)
     wrap: tuple[str, ...] = field(default=(), converter=_sorted_unique)
     state_dict: str = field(default="sharded", validator=in_(STATE_DICT_TYPES))
+    device: str = field(default="cpu", validator=in_(DEVICES))
 
     @mesh_shape.validator
     def _mesh(self, attribute, value):
@@ -428,7 +470,7 @@ class Case:
     def same_sharding(self) -> bool:
         """Whether both sides run the same arithmetic (the state-dict type does not enter training)."""
         a, b = self.save, self.load
-        return (a.engine, a.mesh_shape, a.wrap) == (b.engine, b.mesh_shape, b.wrap)
+        return (a.engine, a.mesh_shape, a.wrap, a.device) == (b.engine, b.mesh_shape, b.wrap, b.device)
 
     def load_model(self) -> Model:
         """The model the load side builds: ``model``, or its incompatible mutation."""
@@ -468,6 +510,7 @@ def dimensions(case: Case) -> dict[str, str]:
         fsdp2 = isinstance(engine, FSDP2)
         return {
             f"{name}_engine": type(engine).__name__.lower(),
+            f"{name}_device": s.device,
             f"{name}_world_size": str(s.world_size),
             f"{name}_mesh": f"{len(s.mesh_shape)}d",
             f"{name}_state_dict": s.state_dict,
@@ -494,6 +537,7 @@ def dimensions(case: Case) -> dict[str, str]:
         **{f"check_{name}": str(name in case.checks).lower() for name in CHECKS},
         "load_mutation": case.load_mutation or "none",
         "linears": str(min(len(widths), 4)) + ("+" if len(widths) >= 4 else ""),
+        "frozen": "some" if case.model.frozen_paths() else "none",
     }
 
 
@@ -512,11 +556,20 @@ def _optimizer_state_kind(case: Case) -> str:
 converter = cattrs.Converter(forbid_extra_keys=True)
 for _cls in (Sequential, Block, FSDP1, Model, Side, Case):
     attrs.resolve_types(_cls, globals(), locals())
+# Fields added after the first corpus entries were written stay out of the JSON at
+# their defaults, so those entries (and their file names) do not change.
+converter.register_unstructure_hook(
+    Linear, make_dict_unstructure_fn(Linear, converter, frozen=override(omit_if_default=True))
+)
 for _union in (Node, Engine, Optimizer):
     configure_tagged_union(_union, converter, tag_name="kind", tag_generator=lambda c: c.__name__)
 # A root is a container only; reuse the tag names of the node union.
 configure_tagged_union(
     Union[Sequential, Block], converter, tag_name="kind", tag_generator=lambda c: c.__name__
+)
+# After the unions: Side's generated hook must find the Engine union's (tagged) one.
+converter.register_unstructure_hook(
+    Side, make_dict_unstructure_fn(Side, converter, device=override(omit_if_default=True))
 )
 
 

@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from shardfuzz.case import DEVICES
+
 __all__ = ["main"]
 
 
@@ -81,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--corpus", type=Path, default=Path("corpus"), help="directory of corpus entries (default ./corpus)")
     run.add_argument("--world-size", type=_world_size, default=4, help="ranks in the pool; cases use 1..N (default 4)")
     run.add_argument("--target", default=None, help="checkpoint code under test, 'module:attribute' (default: DCP)")
+    run.add_argument("--device", choices=DEVICES, default="cpu",
+                     help="cuda: ranks also hold models on GPUs (one rank per GPU, NCCL) and cases cross "
+                          "CPU <-> GPU; needs a GPU (default cpu)")
     run.add_argument("--case-timeout", type=_positive_float, default=None,
                      help="seconds before a case counts as hung (default: from the case's size, 30 s and up)")
     run.add_argument("--no-confirm", action="store_true",
@@ -113,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--repeat", type=_world_size, default=1,
                         help="runs per entry; verdicts that disagree mark it flaky (default 1)")
     replay.add_argument("--report", type=Path, default=None, help="write a JSON report here")
+    replay.add_argument("--device", choices=DEVICES, default="cpu",
+                        help="cuda: entries with a side on cuda run on the GPUs (else they answer unsupported)")
     replay.add_argument("--case-timeout", type=_positive_float, default=None,
                         help="seconds before a case counts as hung (default: from the case's size)")
 
@@ -210,6 +217,12 @@ def _replay(args) -> int:
     from shardfuzz.executor import PoolStartError, RankPool
     from shardfuzz.replay import replay_entries
 
+    from shardfuzz.runner import campaign_devices
+
+    _, why_not = campaign_devices(args.device)
+    if why_not:
+        print(f"shardfuzz replay: {why_not}", file=sys.stderr)
+        return 2
     entries, problems = _entries_at(args.paths)
     for problem in problems:
         print(f"shardfuzz replay: skipping {problem}", file=sys.stderr)
@@ -223,13 +236,15 @@ def _replay(args) -> int:
 
     def pool_for(target: str, world_size: int) -> RankPool:
         if target not in pools:
-            pools[target] = RankPool(sizes[target], target=target, case_timeout=args.case_timeout)
+            pools[target] = RankPool(sizes[target], target=target, case_timeout=args.case_timeout, device=args.device)
         return pools[target]
 
     def show(replay) -> None:
-        mark = "ok  " if replay.outcome == "still failing" else "NOTE"
+        mark = {"still failing": "ok  ", "skipped": "skip"}.get(replay.outcome, "NOTE")
         print(f"{mark} {replay.outcome:13} {replay.path.name}  {replay.entry.title[:110]}")
-        if replay.outcome != "still failing":
+        if replay.skipped:
+            print(f"       {replay.skipped}")
+        elif replay.outcome != "still failing":
             for verdict in replay.verdicts[:3]:
                 print(f"       now: {verdict.summary()[:160]}")
 
@@ -244,7 +259,7 @@ def _replay(args) -> int:
     if args.report:
         args.report.write_text(json.dumps({"repeat": args.repeat, "problems": problems,
                                            "entries": [r.as_dict() for r in replays]}, indent=2) + "\n")
-    return 0 if all(r.outcome == "still failing" for r in replays) else 1
+    return 0 if all(r.outcome in ("still failing", "skipped") for r in replays) else 1
 
 
 def _export(args) -> int:
@@ -256,7 +271,11 @@ def _export(args) -> int:
     except CorpusError as exc:
         print(f"shardfuzz export: {exc}", file=sys.stderr)
         return 2
-    script = export_script(entry, filename=args.output.name if args.output else "repro.py")
+    try:
+        script = export_script(entry, filename=args.output.name if args.output else "repro.py")
+    except ValueError as exc:
+        print(f"shardfuzz export: {args.entry}: {exc}", file=sys.stderr)
+        return 2
     if args.output is None:
         sys.stdout.write(script)
     else:
@@ -290,6 +309,7 @@ def _run(args) -> int:
     def worker_argv(index: int, seed: int, report: Path) -> list[str]:
         argv = [sys.executable, "-m", "shardfuzz", "run", "--budget", str(args.budget), "--seed", str(seed),
                 "--corpus", str(args.corpus), "--world-size", str(args.world_size), "--database", args.database,
+                "--device", args.device,
                 "--report", str(report), "--flush-every", "2", "--plain", "--worker-index", str(index)]
         for flag, value in (("--max-cases", args.max_cases), ("--target", args.target),
                             ("--case-timeout", args.case_timeout), ("--replay-from", args.replay_from)):

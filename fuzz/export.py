@@ -27,8 +27,15 @@ __all__ = ["export_script"]
 
 
 def export_script(entry: Entry, *, filename: str = "repro.py") -> str:
-    """The text of a standalone reproducer for ``entry``."""
+    """The text of a standalone reproducer for ``entry``.
+
+    Raises ``ValueError`` for a case with a side on cuda: the scripts run gloo ranks
+    on CPU only (replay such an entry with ``shardfuzz replay --device cuda``)."""
     case = entry.case
+    on_gpu = [name for name in ("save", "load") if getattr(case, name).device != "cpu"]
+    if on_gpu:
+        raise ValueError(f"the case's {' and '.join(on_gpu)} side runs on cuda; exported scripts run CPU ranks "
+                         "only (use shardfuzz replay --device cuda on a machine with a GPU)")
     uses_block = _uses_block(case.model.root)
     return _TEMPLATE.substitute(
         title=entry.title.replace('"""', "'''"),
@@ -85,7 +92,8 @@ def _uses_block(node) -> bool:
 def _module_expr(node, width: int, indent: int) -> tuple[str, int]:
     """Python source building ``node`` fed ``width`` features, and the width it outputs."""
     if isinstance(node, Linear):
-        return f"nn.Linear({width}, {node.out_features}, bias={node.bias})", node.out_features
+        frozen = ".requires_grad_(False)" if node.frozen else ""
+        return f"nn.Linear({width}, {node.out_features}, bias={node.bias}){frozen}", node.out_features
     pad = " " * (indent + 4)
     parts = []
     for name, child in child_items(node):
@@ -474,7 +482,8 @@ def round_trip(rank, checkpoint_dir):
 
 
 PHASE = ["start"]  # this rank's phase, for the hang watchdog
-HANG_SECONDS = ${hang_seconds}  # shardfuzz's deadline for this case, with room to spare
+# shardfuzz's deadline for this case, with room to spare; SHARDFUZZ_HANG_SECONDS overrides it
+HANG_SECONDS = float(os.environ.get("SHARDFUZZ_HANG_SECONDS", ${hang_seconds}))
 
 
 def watch_for_hang(rank):

@@ -23,6 +23,7 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "ranks: the test starts gloo rank processes (slower)")
+    config.addinivalue_line("markers", "gpu: the test needs a CUDA GPU (skipped, with torch's reason, without one)")
 
 
 @pytest.fixture(scope="session")

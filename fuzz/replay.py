@@ -5,7 +5,8 @@ An entry is run ``repeat`` times on a pool with the entry's target. The outcome:
 - ``still failing``: every run failed with the recorded signature;
 - ``now passing``: every run passed (a fix landed, or the bug is gone from this torch);
 - ``changed``: every run gave the same new signature (the bug moved, or a different one hides it);
-- ``flaky``: the runs disagree; all their verdicts are in the report.
+- ``flaky``: the runs disagree; all their verdicts are in the report;
+- ``skipped``: this machine cannot run it (a side on cuda, too few GPUs); ``skipped`` says why.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from shardfuzz.verdict import Verdict
 
 __all__ = ["OUTCOMES", "Replay", "judge", "replay_entries"]
 
-OUTCOMES = ("still failing", "now passing", "changed", "flaky")
+OUTCOMES = ("still failing", "now passing", "changed", "flaky", "skipped")
 
 
 @frozen
@@ -29,6 +30,7 @@ class Replay:
     entry: Entry
     verdicts: tuple[Verdict, ...]
     outcome: str
+    skipped: str = ""  # why it was not run here
 
     def as_dict(self) -> dict:
         return {
@@ -37,6 +39,7 @@ class Replay:
             "recorded_signature": self.entry.signature,
             "outcome": self.outcome,
             "known": self.entry.known is not None,
+            **({"skipped": self.skipped} if self.skipped else {}),
             "runs": [{"status": v.status, "signature": _signature(v), "summary": v.summary()[:500],
                       "seconds": round(v.seconds, 3)} for v in self.verdicts],
         }
@@ -70,8 +73,12 @@ def replay_entries(
     results = []
     for path, entry in entries:
         pool = pool_for(entry.target, entry.replay_world_size)
-        verdicts = tuple(pool.run(entry.case) for _ in range(repeat))
-        replay = Replay(path, entry, verdicts, judge(entry, verdicts))
+        why_not_here = pool.cannot_run(entry.case) if hasattr(pool, "cannot_run") else ""
+        if why_not_here:
+            replay = Replay(path, entry, (), "skipped", why_not_here)
+        else:
+            verdicts = tuple(pool.run(entry.case) for _ in range(repeat))
+            replay = Replay(path, entry, verdicts, judge(entry, verdicts))
         results.append(replay)
         if on_replay is not None:
             on_replay(replay)

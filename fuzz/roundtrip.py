@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from shardfuzz.capabilities import dtensor
+from shardfuzz import build
 from shardfuzz.build import build_module, build_optimizer, device_mesh, shard, unwrapped_name
 from shardfuzz.case import FSDP1, FSDP2, Case, Side
 from shardfuzz import oracles
@@ -43,7 +44,7 @@ class RankContext:
         self.timings: dict[str, float] = {}
         self.unchanged: list[str] = []  # non-vacuity: keys equal to the saved state before the load
         self._groups: dict[int, Any] = {}
-        self._meshes: dict[int, Any] = {}
+        self._meshes: dict[tuple, Any] = {}  # (mesh shape, device) -> DeviceMesh
 
     def create_groups(self) -> None:
         """Every prefix group ``[0..n-1]``; collective on the world, so all ranks call it once."""
@@ -58,16 +59,17 @@ class RankContext:
         """Make the case's 2-D meshes now: their groups are collective on the whole world,
         so every rank (on a side or not) makes them here, in the same order. Cached."""
         for side in (case.save, case.load):
-            if len(side.mesh_shape) == 2 and side.mesh_shape not in self._meshes:
-                self._meshes[side.mesh_shape] = device_mesh(
-                    side.mesh_shape, self._groups[side.world_size], rank=self.rank, generation=self.generation)
+            key = (side.mesh_shape, side.device)
+            if len(side.mesh_shape) == 2 and key not in self._meshes:
+                self._meshes[key] = device_mesh(side.mesh_shape, self._groups[side.world_size], rank=self.rank,
+                                                generation=self.generation, device=side.device)
 
-    def mesh(self, shape: tuple[int, ...]):
-        """The DeviceMesh of a side of this shape (2-D ones come from ``prepare_meshes``)."""
-        if shape not in self._meshes:
-            self._meshes[shape] = device_mesh(shape, self._groups[shape[0]], rank=self.rank,
-                                              generation=self.generation)
-        return self._meshes[shape]
+    def mesh(self, shape: tuple[int, ...], device: str = "cpu"):
+        """The DeviceMesh of a side of this shape on ``device`` (2-D ones come from ``prepare_meshes``)."""
+        if (shape, device) not in self._meshes:
+            self._meshes[shape, device] = device_mesh(shape, self._groups[shape[0]], rank=self.rank,
+                                                      generation=self.generation, device=device)
+        return self._meshes[shape, device]
 
     def enter(self, phase: str) -> None:
         now = time.perf_counter()
@@ -92,7 +94,7 @@ def run_case(case: Case, ctx: RankContext, target: CheckpointTarget, checkpoint_
         ctx.enter("build-save")
         model, optim = _build_side(case, case.save, case.model, ctx, target, seed=case.seed)
         ctx.enter("train")
-        _train(case, model, optim, rank=ctx.rank)
+        _train(case, model, optim, rank=ctx.rank, device=case.save.device)
         ctx.enter("gather-saved")
         expected = _gather_full(model, optim)
         ctx.enter("save")
@@ -101,7 +103,7 @@ def run_case(case: Case, ctx: RankContext, target: CheckpointTarget, checkpoint_
         del state
         if "continuation" in case.checks and case.load_mutation is None:
             ctx.enter("continue-saved")
-            _train(case, model, optim, rank=ctx.rank, continuation=True)
+            _train(case, model, optim, rank=ctx.rank, continuation=True, device=case.save.device)
             expected_after = _gather_full(model, optim)
         if "api-parity" in case.checks:
             ctx.enter("api-parity")
@@ -140,7 +142,7 @@ def _load_and_judge(case, ctx, target, checkpoint_dir, expected, expected_after)
         mismatches += _full_offload(model, optim, actual, rank=ctx.rank)
     if "continuation" in case.checks:
         ctx.enter("continue-loaded")
-        _train(case, model, optim, rank=ctx.rank, continuation=True)
+        _train(case, model, optim, rank=ctx.rank, continuation=True, device=side.device)
         actual_after = _gather_full(model, optim)
     if ctx.rank == 0:
         ctx.enter("compare")
@@ -172,10 +174,10 @@ def _load_incompatible(case, ctx, target, checkpoint_dir) -> list[Mismatch]:
 
 def _build_side(case: Case, side: Side, spec, ctx: RankContext, target, *, seed: int):
     n = side.world_size
-    module = build_module(spec, seed=seed)
+    module = build_module(spec, seed=seed, device=side.device)
     # FSDP2 shards on a mesh, as does FSDP1 for HSDP; the others take the group itself.
     needs_mesh = isinstance(side.engine, FSDP2) or (isinstance(side.engine, FSDP1) and side.engine.hybrid)
-    mesh = ctx.mesh(side.mesh_shape) if needs_mesh else None
+    mesh = ctx.mesh(side.mesh_shape, side.device) if needs_mesh else None
     if isinstance(target, ShardsModules):
         model = target.shard(module, side, group=ctx.group(n), mesh=mesh, default=shard)
     else:
@@ -186,8 +188,8 @@ def _build_side(case: Case, side: Side, spec, ctx: RankContext, target, *, seed:
                                   perturbed=seed != case.seed)
 
 
-def _train(case: Case, model, optim, *, rank: int, continuation: bool = False) -> None:
-    """``case.steps`` optimizer steps on data seeded by (seed, step, rank).
+def _train(case: Case, model, optim, *, rank: int, continuation: bool = False, device: str = "cpu") -> None:
+    """``case.steps`` optimizer steps on data seeded by (seed, step, rank), drawn on the CPU.
 
     ``continuation``: the ``CONTINUE_STEPS`` steps after those, with the same batch
     on every rank, so the averaged gradient is the same whatever the number of ranks.
@@ -197,6 +199,8 @@ def _train(case: Case, model, optim, *, rank: int, continuation: bool = False) -
     for step in range(first, first + count):
         generator.manual_seed(case.seed * 1_000_003 + step * 101 + (0 if continuation else rank))
         x = torch.randn(case.batch_size, case.model.input_width, generator=generator)
+        if device != "cpu":
+            x = x.to(build.rank_device(device))
         model(x).square().mean().backward()
         optim.step()
         optim.zero_grad()
@@ -244,7 +248,8 @@ def _gather_full(model, optim) -> dict[str, Any]:
 
 
 def _plain(value):
-    return value.detach().clone() if isinstance(value, torch.Tensor) else value
+    """A detached CPU copy of a tensor (the oracles compare on the CPU, whatever the side's device)."""
+    return value.detach().to("cpu", copy=True) if isinstance(value, torch.Tensor) else value
 
 
 # --- extraction for the oracles that look at more than the gathered state -------

@@ -16,10 +16,25 @@ from pathlib import Path
 
 from shardfuzz.stop import EXIT_CODES, StopFlag, StopRequested
 
-__all__ = ["run_command", "write_reports", "print_summary", "ABANDON_GRACE"]
+__all__ = ["run_command", "campaign_devices", "write_reports", "print_summary", "ABANDON_GRACE"]
 
 #: Seconds the case in flight may go on after a stop was asked before it is abandoned.
 ABANDON_GRACE = 3.0
+
+
+def campaign_devices(device: str) -> tuple[tuple[str, ...], str]:
+    """The devices a campaign's sides are drawn on for ``--device``, and why not ('' when fine).
+
+    ``cuda`` draws both, so cases cross devices: saved on CPU ranks and loaded on GPU
+    ranks, and back."""
+    if device == "cpu":
+        return ("cpu",), ""
+    from shardfuzz.capabilities import capabilities
+
+    caps = capabilities()
+    if not caps.cuda_devices:
+        return (), f"--device cuda: no GPU to run on: {caps.off.get('device cuda', 'no CUDA device')}"
+    return ("cpu", "cuda"), ""
 
 
 def run_command(args) -> int:
@@ -43,6 +58,14 @@ def run_command(args) -> int:
         print(f"shardfuzz run: {exc}", file=sys.stderr)
         return 2
     torchrun = in_torchrun()
+    devices, why_not = campaign_devices(args.device)
+    if why_not:
+        print(f"shardfuzz run: {why_not}", file=sys.stderr)
+        return 2
+    if torchrun and args.device != "cpu":
+        print("shardfuzz run: --device cuda is not supported under torchrun yet (its ranks run on CPU with gloo); "
+              "run without torchrun on a machine with GPUs", file=sys.stderr)
+        return 2
     if torchrun:
         import os
 
@@ -58,8 +81,11 @@ def run_command(args) -> int:
     known = known_bugs(entries, torch.__version__)
     meta = {"torch": torch.__version__, "budget_seconds": args.budget, "seed": args.seed, "world_size": world_size,
             "target": target, "launcher": "torchrun" if torchrun else "pool",
-            "database": args.database if database is not None else None, "worker": args.worker_index}
-    offered = {dim: sorted(values) for dim, values in offered_values(max_world_size=world_size).items()}
+            "database": args.database if database is not None else None, "worker": args.worker_index,
+            "device": args.device}
+    offered = {dim: sorted(values)
+               for dim, values in offered_values(max_world_size=world_size, devices=devices).items()}
+    device_key = () if args.device == "cpu" else (f"device={args.device}",)  # CPU keys as before GPUs
     corpus_files: dict[str, str] = {}
     stop = StopFlag()
     progress = Progress(args.budget, plain=args.plain)
@@ -98,7 +124,7 @@ def run_command(args) -> int:
                 confirm = None  # no fresh pool to confirm on: the same ranks would answer again
             else:
                 executor = RankPool(world_size, target=target, case_timeout=args.case_timeout,
-                                    abandon=lambda: stop.overdue(ABANDON_GRACE))
+                                    abandon=lambda: stop.overdue(ABANDON_GRACE), device=args.device)
 
                 def confirm(case):
                     executor.close()  # the next run starts new ranks: no state carried over from earlier cases
@@ -109,8 +135,8 @@ def run_command(args) -> int:
                     executor.run, budget=args.budget, seed=args.seed, max_world_size=world_size,
                     is_known=lambda s, c: known.lookup(s, c) is not None, on_case=on_case, on_finding=on_finding,
                     confirm=None if args.no_confirm else confirm, database=database,
-                    database_key=database_key(f"world={world_size}", target), should_stop=lambda: stop.reason,
-                    max_cases=args.max_cases,
+                    database_key=database_key(f"world={world_size}", target, *device_key), should_stop=lambda: stop.reason,
+                    max_cases=args.max_cases, devices=devices,
                 )
     except PoolStartError as exc:
         progress.finish()

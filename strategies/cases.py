@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from hypothesis import strategies as st
+from hypothesis.errors import InvalidArgument
 
 from shardfuzz.capabilities import capabilities
-from shardfuzz.case import FSDP1, FSDP2, Case, Model, Side, Unsharded
+from shardfuzz.case import DEVICES, FSDP1, FSDP2, Case, Model, Side, Unsharded
 from shardfuzz.unsupported import excluded
 from shardfuzz.strategies._helpers import check_choices, check_int, factorisations
 from shardfuzz.strategies.engines import TWO_D_ENGINES, engines, wrap_sets
@@ -24,15 +25,51 @@ from shardfuzz.strategies.topology import mesh_shapes
 __all__ = ["cases", "sides"]
 
 
-def sides(model: Model, *, max_world_size: int = 4, engine_names=None) -> st.SearchStrategy[Side]:
-    """One end of the round-trip for ``model``: a mesh, an engine that runs on it, its units."""
-    offered = check_choices("engine_names", engine_names, capabilities().engines)
-    two_d = capabilities().hsdp and any(n in TWO_D_ENGINES for n in offered)
+def _check_devices(devices, gpus) -> tuple[tuple[str, ...], int]:
+    devices = check_choices("devices", devices, DEVICES)
+    if gpus is None:
+        gpus = capabilities().cuda_devices
+    check_int("gpus", gpus, minimum=0)
+    if "cuda" in devices and gpus < 1:
+        raise InvalidArgument(f"devices={devices!r} includes 'cuda' but gpus={gpus} "
+                              f"({capabilities().off.get('device cuda', 'no GPU')})")
+    return devices, gpus
 
-    @st.composite
-    def draw_side(draw):
-        mesh = draw(mesh_shapes(max_size=max_world_size, max_dims=2 if two_d else 1))
-        engine = draw(engines(names=offered, mesh_dims=len(mesh)))
+
+def sides(model: Model, *, max_world_size: int = 4, engine_names=None, devices=("cpu",),
+          gpus: int | None = None) -> st.SearchStrategy[Side]:
+    """One end of the round-trip for ``model``: a device, a mesh, an engine that runs on it, its units.
+
+    A ``cuda`` side uses at most ``gpus`` ranks (one per GPU; NCCL refuses two ranks
+    on one GPU); ``gpus`` defaults to the GPUs torch sees here.
+    """
+    draw_side = _side_drawer(max_world_size=max_world_size, engine_names=engine_names, devices=devices, gpus=gpus)
+    return st.composite(lambda draw: draw_side(draw, model))()
+
+
+def _side_drawer(*, max_world_size, engine_names, devices, gpus):
+    """``draw_side(draw, model)``, with every strategy it draws from built once, here.
+
+    Building strategies inside a draw (a composite, a one_of) costs Hypothesis a
+    validation each time: done once per case that was most of the time a case
+    took to draw.
+    """
+    offered = check_choices("engine_names", engine_names, capabilities().engines)
+    devices, gpus = _check_devices(devices, gpus)
+    two_d = capabilities().hsdp and any(n in TWO_D_ENGINES for n in offered)
+    limits = {"cpu": max_world_size, "cuda": min(max_world_size, gpus)}
+    device_choice = st.sampled_from(devices)
+    meshes = {limit: mesh_shapes(max_size=limit, max_dims=2 if two_d else 1)
+              for device, limit in limits.items() if device in devices}
+    engines_on = {dims: engines(names=offered, mesh_dims=dims) for dims in ((1, 2) if two_d else (1,))}
+    hybrid_meshes = {limit: st.sampled_from(factorisations(limit, min_shards=2) or [(1, limit)]) for limit in meshes}
+    state_dicts = state_dict_types()
+
+    def draw_side(draw, model: Model) -> Side:
+        device = draw(device_choice)
+        limit = limits[device]
+        mesh = draw(meshes[limit])
+        engine = draw(engines_on[len(mesh)])
         if isinstance(engine, Unsharded):
             mesh = (1,)
         if isinstance(engine, FSDP1) and engine.hybrid:
@@ -41,15 +78,14 @@ def sides(model: Model, *, max_world_size: int = 4, engine_names=None) -> st.Sea
             # world hangs in get_state_dict (dbe8638ee6e07769), and a shard dimension of
             # size 1 never syncs the replicas (c0d72805f77a3917, which then sets off
             # hangs elsewhere). So FSDP1 HSDP meshes span the whole pool with shards >= 2.
-            shapes = factorisations(max_world_size, min_shards=2) or [(1, max_world_size)]
-            mesh = draw(st.sampled_from(shapes))
+            mesh = draw(hybrid_meshes[limit])
         elif isinstance(engine, FSDP1) and not capabilities().fsdp1_subgroups:
-            mesh = (max_world_size,)  # see capabilities: FSDP1 on a subgroup hangs in this torch
+            mesh = (limit,)  # see capabilities: FSDP1 on a subgroup hangs in this torch
         lists_units = isinstance(engine, FSDP2) or (isinstance(engine, FSDP1) and engine.wraps_listed_modules)
         return Side(engine=engine, mesh_shape=mesh, wrap=draw(wrap_sets(model)) if lists_units else (),
-                    state_dict=draw(state_dict_types()))
+                    state_dict=draw(state_dicts), device=device)
 
-    return draw_side()
+    return draw_side
 
 
 def cases(
@@ -59,32 +95,42 @@ def cases(
     max_width: int = 16,
     max_steps: int = 3,
     engine_names=None,
+    devices=("cpu",),
+    gpus: int | None = None,
 ) -> st.SearchStrategy[Case]:
     """Round-trip cases whose sides each use at most ``max_world_size`` ranks.
 
     Save and load sides are drawn independently, so most cases reshard (other
-    world size, other engine or other wrap set) between save and load.
+    world size, other engine or other wrap set) between save and load. With
+    ``devices=("cpu", "cuda")`` each side is on either, so cases also cross devices
+    (see ``sides`` for ``gpus``).
     """
     check_int("max_world_size", max_world_size, minimum=1)
     check_int("max_leaves", max_leaves, minimum=1)
     check_int("max_width", max_width, minimum=1)
     check_int("max_steps", max_steps, minimum=0)
+    devices, gpus = _check_devices(devices, gpus)
+
+    model_trees = models(max_leaves=max_leaves, max_width=max_width)
+    draw_side = _side_drawer(max_world_size=max_world_size, engine_names=engine_names, devices=devices, gpus=gpus)
+    optimizer_choice, step_counts, flatten = optimizers(), optimizer_steps(max_steps=max_steps), \
+        flatten_optimizer_state_dict()
+    seeds, check_sets, group_counts, mutations = st.integers(0, 2**16), checks(), param_groups(), load_mutations()
 
     @st.composite
     def draw_case(draw):
-        model = draw(models(max_leaves=max_leaves, max_width=max_width))
-        side = sides(model, max_world_size=max_world_size, engine_names=engine_names)
+        model = draw(model_trees)
         return Case(
             model=model,
-            save=draw(side),
-            load=draw(side),
-            optimizer=draw(optimizers()),
-            steps=draw(optimizer_steps(max_steps=max_steps)),
-            flatten_optimizer_state_dict=draw(flatten_optimizer_state_dict()),
-            seed=draw(st.integers(0, 2**16)),
-            checks=draw(checks()),
-            param_groups=draw(param_groups()),
-            load_mutation=draw(load_mutations()),
+            save=draw_side(draw, model),
+            load=draw_side(draw, model),
+            optimizer=draw(optimizer_choice),
+            steps=draw(step_counts),
+            flatten_optimizer_state_dict=draw(flatten),
+            seed=draw(seeds),
+            checks=draw(check_sets),
+            param_groups=draw(group_counts),
+            load_mutation=draw(mutations),
         )
 
     # The rules torch documents live in one place (``unsupported.CASE_RULES``); a

@@ -43,6 +43,9 @@ def _replay_params():
 def test_corpus_entry_replays(shardfuzz_pool, shardfuzz_known, entry):
     if entry.replay_world_size > shardfuzz_pool.world_size:
         pytest.skip(f"needs {entry.replay_world_size} ranks; the session pool has {shardfuzz_pool.world_size}")
+    why_not_here = shardfuzz_pool.cannot_run(entry.case)
+    if why_not_here:
+        pytest.skip(why_not_here)
     verdict = shardfuzz_pool.run(entry.case)
     if not verdict.ok and verdict.signature() == entry.signature and entry.known is not None:
         raise KnownBugStillPresent(entry.title)

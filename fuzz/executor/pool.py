@@ -36,7 +36,7 @@ from multiprocessing.connection import wait
 
 import attrs
 
-from shardfuzz.case import Case, to_dict
+from shardfuzz.case import DEVICES, Case, to_dict
 from shardfuzz.stop import StopRequested
 from shardfuzz.targets import DEFAULT_TARGET
 from shardfuzz.unsupported import classify, excluded
@@ -122,6 +122,10 @@ class RankPool:
     ``abandon``, polled a few times a second while a case runs, may answer True
     to give up on it (a campaign asked to stop): the ranks are stopped and
     ``run`` raises ``CaseAbandoned``.
+    ``device`` ``cuda``: rank ``i`` below the GPU count owns GPU ``i`` and the world
+    is ``cpu:gloo,cuda:nccl``, so a case may put either side on CPU or GPU; a case
+    with a CUDA side on more ranks than GPUs (or any, on a ``cpu`` pool) is
+    answered ``unsupported`` with the reason, without running.
     """
 
     def __init__(
@@ -135,10 +139,14 @@ class RankPool:
         stack_grace: float = 1.0,
         recycle_after: int | None = 5000,
         abandon: Callable[[], bool] | None = None,
+        device: str = "cpu",
     ):
         if world_size < 1:
             raise ValueError(f"world_size must be >= 1, got {world_size}")
+        if device not in DEVICES:
+            raise ValueError(f"device must be one of {list(DEVICES)}, got {device!r}")
         self.world_size = world_size
+        self.device = device
         self.target = target
         self.case_timeout = case_timeout
         self.start_timeout = start_timeout
@@ -199,7 +207,7 @@ class RankPool:
             if missing:
                 why += f"{'; ' if why else ''}ranks {sorted(missing)} did not report ready"
                 why += "".join(f"\n  rank {r} printed: {t}" for r, t in tails.items() if t)
-            raise PoolStartError(f"could not start {self.world_size} gloo ranks: {why}")
+            raise PoolStartError(f"could not start {self.world_size} {self._backend()} ranks: {why}")
         shutil.rmtree(os.path.join(self._scratch, "warm-up"), ignore_errors=True)
 
     def _spawn(self, context, store: str) -> None:
@@ -210,7 +218,7 @@ class RankPool:
             phase = context.RawArray("c", 32)
             proc = context.Process(
                 target=worker.main,
-                args=(rank, self.world_size, store, child_end, self.target, self._log(rank), phase),
+                args=(rank, self.world_size, store, child_end, self.target, self._log(rank), phase, self.device),
                 name=f"shardfuzz-rank-{rank}",
                 daemon=True,
             )
@@ -264,6 +272,25 @@ class RankPool:
         self.close()
         self.start()
 
+    def _backend(self) -> str:
+        return "gloo+nccl" if self.device == "cuda" else "gloo"
+
+    def cannot_run(self, case: Case) -> str:
+        """Why this pool cannot run ``case`` here (its CUDA sides, on this machine), or ''."""
+        needed = max((s.world_size for s in (case.save, case.load) if s.device == "cuda"), default=0)
+        if not needed:
+            return ""
+        if self.device != "cuda":
+            return ("cuda-side: the case puts a side on cuda and this pool's ranks run on CPU only "
+                    "(run with --device cuda on a machine with a GPU)")
+        from shardfuzz.capabilities import capabilities
+
+        gpus = capabilities().cuda_devices
+        if needed > gpus:
+            return (f"cuda-side: a cuda side on {needed} ranks needs {needed} GPUs (NCCL runs one rank per GPU; "
+                    f"two on one fail with 'Duplicate GPU detected'), and this machine has {gpus}")
+        return ""
+
     # --- running cases ------------------------------------------------------
 
     def run(self, case: Case) -> Verdict:
@@ -273,6 +300,9 @@ class RankPool:
         rule = excluded(case)
         if rule is not None:
             return Verdict("unsupported", detail=f"{rule.name}: {rule.reason}")
+        why_not_here = self.cannot_run(case)
+        if why_not_here:
+            return Verdict("unsupported", detail=why_not_here)
         self._restart_if_a_rank_died()
         if self.recycle_after is not None and self._procs and self._cases_since_start >= self.recycle_after:
             self.close()  # planned: fresh ranks, fresh caches

@@ -28,7 +28,7 @@ __all__ = ["main", "run_share", "warm_up"]
 
 
 def main(rank: int, world_size: int, store_path: str, conn, target_spec: str,
-         log_path: str | None = None, phase=None) -> None:
+         log_path: str | None = None, phase=None, device: str = "cpu") -> None:
     _die_with_parent()
     # Ctrl-C reaches the whole foreground process group: the pool, not its ranks, decides what it means.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -47,6 +47,13 @@ def main(rank: int, world_size: int, store_path: str, conn, target_spec: str,
     from shardfuzz.targets import resolve_target
 
     torch.set_num_threads(1)
+    backend = "gloo"
+    if device == "cuda":
+        # CPU sides keep gloo; CUDA tensors go over NCCL. Ranks past the GPU count
+        # never run a CUDA side (the pool answers such a case unsupported).
+        backend = "cpu:gloo,cuda:nccl"
+        if rank < torch.cuda.device_count():
+            torch.cuda.set_device(rank)
 
     def publish_phase(name: str) -> None:
         if phase is not None:
@@ -60,7 +67,7 @@ def main(rank: int, world_size: int, store_path: str, conn, target_spec: str,
         try:
             if dist.is_initialized():
                 dist.destroy_process_group()
-            dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
+            dist.init_process_group(backend, init_method=f"file://{store}", rank=rank, world_size=world_size)
             ctx = RankContext(rank, world_size, on_phase=publish_phase)
             ctx.create_groups()
             if first:
