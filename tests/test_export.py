@@ -21,9 +21,11 @@ CORPUS = Path(__file__).resolve().parent.parent / "corpus"
 TESTS = Path(__file__).resolve().parent
 
 
-def _run(script: Path, *, torchrun: bool = False, nproc: int = 1, pythonpath: str = ""):
+def _run(script: Path, *, torchrun: bool = False, nproc: int = 1, pythonpath: str = "", hang_seconds=None):
     # No shardfuzz on the path: the script must stand on torch alone.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    if hang_seconds is not None:
+        env["SHARDFUZZ_HANG_SECONDS"] = str(hang_seconds)
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
@@ -42,7 +44,8 @@ def _known_entries():
 def test_every_known_bug_reproduces_from_its_exported_script(entry, tmp_path):
     script = tmp_path / "repro.py"
     script.write_text(export_script(entry))
-    code, output = _run(script)
+    # A hang shows within seconds; the script's own watchdog (the case's deadline x 1.5) is for users.
+    code, output = _run(script, hang_seconds=12 if entry.status == "hang" else None)
     assert code == 1, output
     if entry.status == "crash":
         assert f"REPRODUCED: a rank died: process" in output and entry.cause.name in output, output[-3000:]

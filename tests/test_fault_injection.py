@@ -24,7 +24,9 @@ def _mismatch_findings(result):
 
 
 def test_one_perturbed_element_of_a_loaded_shard_is_found_and_shrunk(shardfuzz_known):
-    result = _campaign("PerturbOneLoadedElement", shardfuzz_known)
+    # A fixed amount of drawing, ended by the first shrunk finding (see the next test).
+    result = _campaign("PerturbOneLoadedElement", shardfuzz_known, budget=600, max_cases=60, stop_on_finding=True,
+                       shrink_budget=60)
     findings = _mismatch_findings(result)
     assert findings, f"no mismatch found in {result.cases_run} cases"
     case = min((f.case for f in findings), key=lambda c: len(c.model.linears()))
