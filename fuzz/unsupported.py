@@ -104,6 +104,15 @@ RULES: tuple[Rule, ...] = (
         r"param groups that have zero parameters",
     ),
     Rule(
+        "fsdp1-mixed-requires-grad",
+        "FSDP1 with use_orig_params=False flattens each unit's parameters into one FlatParameter, "
+        "which has one requires_grad: it checks on purpose that a unit's parameters are all frozen "
+        "or all trainable ('Must flatten tensors with uniform requires_grad when use_orig_params=False'; "
+        "torch documents use_orig_params=True for mixed frozen parameters)",
+        ("ValueError",),
+        r"uniform `?requires_grad`? when `?use_orig_params=False",
+    ),
+    Rule(
         "multiple-optimizers",
         "get_state_dict/set_state_dict document that one module with several optimizers is not supported",
         ("ValueError", "RuntimeError"),

@@ -8,18 +8,19 @@ filter that rejects a whole branch) shows up as unreached instead of going unsee
 from __future__ import annotations
 
 from shardfuzz.capabilities import capabilities
-from shardfuzz.case import CHECKS, FSDP1_STRATEGIES, HYBRID_STRATEGIES, LOAD_MUTATIONS, STATE_DICT_TYPES, WRAP_POLICIES
-from shardfuzz.strategies._helpers import check_int
+from shardfuzz.case import CHECKS, DEVICES, FSDP1_STRATEGIES, HYBRID_STRATEGIES, LOAD_MUTATIONS, STATE_DICT_TYPES, WRAP_POLICIES
+from shardfuzz.strategies._helpers import check_choices, check_int
 
 __all__ = ["offered_values"]
 
 _BOOLS = frozenset({"true", "false"})
 
 
-def offered_values(*, max_world_size: int = 4, max_steps: int = 3) -> dict[str, frozenset[str]]:
-    """``{dimension: values}`` that ``cases(max_world_size=..., max_steps=...)`` can reach here."""
+def offered_values(*, max_world_size: int = 4, max_steps: int = 3, devices=("cpu",)) -> dict[str, frozenset[str]]:
+    """``{dimension: values}`` that ``cases(max_world_size=..., max_steps=..., devices=...)`` can reach here."""
     check_int("max_world_size", max_world_size, minimum=1)
     check_int("max_steps", max_steps, minimum=0)
+    devices = check_choices("devices", devices, DEVICES)
     caps = capabilities()
     engines = set(caps.engines)
     not_fsdp1 = {"n/a"} if engines - {"fsdp1"} else set()
@@ -29,6 +30,7 @@ def offered_values(*, max_world_size: int = 4, max_steps: int = 3) -> dict[str, 
     for side in ("save", "load"):
         values.update({
             f"{side}_engine": engines,
+            f"{side}_device": set(devices),
             f"{side}_world_size": {str(n) for n in range(1, max_world_size + 1)},
             f"{side}_mesh": {"1d", "2d"} if caps.hsdp and engines & {"fsdp1", "fsdp2"} else {"1d"},
             f"{side}_state_dict": set(STATE_DICT_TYPES),
@@ -52,6 +54,7 @@ def offered_values(*, max_world_size: int = 4, max_steps: int = 3) -> dict[str, 
         "flatten_optimizer_state_dict": set(_BOOLS) if caps.flatten_optimizer_state_dict else {"true"},
         "depth": {"2", "3", "4+"},
         "linears": {"1", "2", "3", "4+"},
+        "frozen": {"none", "some"},
         "load_mutation": {"none", *LOAD_MUTATIONS},
         **{f"check_{name}": set(_BOOLS) for name in CHECKS},
     })

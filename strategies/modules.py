@@ -7,9 +7,10 @@ the world size (ranks holding an empty shard) are common, not rare.
 
 from __future__ import annotations
 
+import attrs
 from hypothesis import strategies as st
 
-from shardfuzz.case import Block, Linear, Model, Sequential
+from shardfuzz.case import Block, Linear, Model, Sequential, leaves
 from shardfuzz.strategies._helpers import check_int, check_interval
 
 __all__ = ["widths", "linears", "module_trees", "models"]
@@ -25,9 +26,11 @@ def widths(*, min_value: int = 1, max_value: int = 16) -> st.SearchStrategy[int]
 
 
 def linears(*, max_width: int = 16) -> st.SearchStrategy[Linear]:
-    """A ``Linear`` leaf; its input width is its predecessor's output."""
+    """A ``Linear`` leaf; its input width is its predecessor's output. About 1 in 5 is
+    frozen (``requires_grad=False``); failures shrink towards trainable."""
     check_int("max_width", max_width, minimum=1)
-    return st.builds(Linear, out_features=widths(max_value=max_width), bias=st.booleans())
+    return st.builds(Linear, out_features=widths(max_value=max_width), bias=st.booleans(),
+                     frozen=st.sampled_from((False,) * 4 + (True,)))
 
 
 def _containers(children: st.SearchStrategy, max_children: int) -> st.SearchStrategy:
@@ -51,7 +54,21 @@ def module_trees(
         max_leaves=max_leaves,
     )
     # st.recursive's max_leaves is a soft cap; the filter makes it a bound and rarely rejects.
-    return nodes.map(_as_root).filter(lambda root: _leaf_count(root) <= max_leaves)
+    return nodes.map(_as_root).filter(lambda root: _leaf_count(root) <= max_leaves).map(_one_trainable)
+
+
+def _one_trainable(root):
+    """``root`` with its first Linear trainable if every Linear was drawn frozen (training needs a gradient)."""
+    if not all(leaf.frozen for leaf in leaves(root)):
+        return root
+    return _thaw_first(root)
+
+
+def _thaw_first(node):
+    if isinstance(node, Linear):
+        return attrs.evolve(node, frozen=False)
+    first, *rest = node.children
+    return attrs.evolve(node, children=[_thaw_first(first), *rest])
 
 
 def _as_root(node):

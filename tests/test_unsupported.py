@@ -50,3 +50,18 @@ def test_the_pool_answers_unsupported_without_running_the_case():
     assert verdict.status == "unsupported" and "flat-parameter-groups" in verdict.detail
     assert pool.starts == 0  # no rank was started for it
     pool.close()
+
+
+@pytest.mark.ranks
+def test_fsdp1_flattening_frozen_and_trainable_together_is_unsupported_not_a_finding(shardfuzz_pool):
+    """The run-time rule: torch's own argument check, matched by message, becomes ``unsupported``."""
+    mixed = Model(2, Sequential([Linear(3, frozen=True), Linear(2)]))
+    case = Case(model=mixed, save=Side(FSDP1(use_orig_params=False), (2,)), load=Side(FSDP2(), (1,)),
+                optimizer=SGD())
+    verdict = shardfuzz_pool.run(case)
+    assert verdict.status == "unsupported", verdict.summary()
+    assert "uniform `requires_grad`" in verdict.summary()
+    # Each unit uniform (every Linear its own unit): FSDP1 flattens it, and the round-trip passes.
+    per_layer = Case(model=mixed, save=Side(FSDP1(use_orig_params=False), (2,), wrap=("0", "1")),
+                     load=Side(FSDP2(), (1,)), optimizer=SGD())
+    assert shardfuzz_pool.run(per_layer).ok
