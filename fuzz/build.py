@@ -12,7 +12,7 @@ from torch import nn
 
 from shardfuzz.capabilities import dtensor, fully_shard_fn
 from shardfuzz.case import (
-    DDP, FSDP1, FSDP2, Block, Linear, Model, Sequential, Side, Unsharded, child_items, optimizer_groups,
+    DDP, FSDP1, FSDP2, BatchNorm, Block, LayerNorm, Linear, Model, Sequential, Side, Unsharded, child_items, optimizer_groups,
 )
 
 __all__ = ["build_module", "rank_device", "shard", "device_mesh", "build_optimizer", "group_parameters", "unwrapped_name",
@@ -53,6 +53,10 @@ def build_module(model: Model, *, seed: int, device: str = "cpu") -> nn.Module:
             layer = nn.Linear(width, node.out_features, bias=node.bias)
             width = node.out_features
             return layer.requires_grad_(False) if node.frozen else layer
+        if isinstance(node, LayerNorm):
+            return nn.LayerNorm(width)
+        if isinstance(node, BatchNorm):
+            return nn.BatchNorm1d(width)
         children = [(name, make(child)) for name, child in child_items(node)]
         if isinstance(node, Sequential):
             return nn.Sequential(*(module for _, module in children))
@@ -110,7 +114,8 @@ def _fsdp1(module: nn.Module, side: Side, engine: FSDP1, *, group, mesh) -> nn.M
                 owner = module.get_submodule(parent) if parent else module
                 setattr(owner, name, fsdp_wrap.wrap(getattr(owner, name)))
     elif engine.wrap_policy == "module-type":
-        types = {"Linear": nn.Linear, "Sequential": nn.Sequential, "Block": BlockModule}
+        types = {"Linear": nn.Linear, "Sequential": nn.Sequential, "Block": BlockModule,
+                 "LayerNorm": nn.LayerNorm, "BatchNorm": nn.BatchNorm1d}
         policy = fsdp_wrap.ModuleWrapPolicy({types[name] for name in engine.module_types})
     elif engine.wrap_policy == "size-based":
         policy = functools.partial(fsdp_wrap.size_based_auto_wrap_policy, min_num_params=engine.min_num_params)

@@ -42,7 +42,11 @@ __all__ = [
     "Unsharded",
     "WRAP_POLICIES",
     "Linear",
+    "LayerNorm",
+    "BatchNorm",
+    "LEAF_CLASSES",
     "leaves",
+    "map_first_linear",
     "Model",
     "SGD",
     "Sequential",
@@ -91,6 +95,21 @@ class Linear:
     frozen: bool = field(default=False, validator=instance_of(bool))
 
 
+@frozen
+class LayerNorm:
+    """``nn.LayerNorm`` over the previous layer's width: a 1-D weight and bias."""
+
+
+@frozen
+class BatchNorm:
+    """``nn.BatchNorm1d`` over the previous layer's width: a 1-D weight and bias, and the
+    buffers ``running_mean``, ``running_var`` and the 0-D int64 ``num_batches_tracked``."""
+
+
+#: The modules a tree's leaves may be; only a Linear changes the width.
+LEAF_CLASSES = (Linear, LayerNorm, BatchNorm)
+
+
 def _non_empty(instance, attribute, value):
     if not value:
         raise ValueError(f"{type(instance).__name__} needs at least one child")
@@ -110,7 +129,7 @@ class Block:
     children: tuple[Node, ...] = field(converter=tuple, validator=_non_empty)
 
 
-Node = Union[Linear, Sequential, Block]
+Node = Union[Linear, LayerNorm, BatchNorm, Sequential, Block]
 
 
 def _sorted_unique_types(names) -> tuple[str, ...]:
@@ -130,68 +149,82 @@ class Model:
 
     @root.validator
     def _trainable(self, attribute, value):
-        if all(leaf.frozen for leaf in leaves(value)):
-            raise ValueError("every Linear is frozen: training needs at least one with frozen=False")
+        if all(leaf.frozen for leaf in leaves(value) if isinstance(leaf, Linear)):
+            raise ValueError("the model needs a Linear with frozen=False: training needs a gradient, "
+                             "and every width comes from a Linear")
+
+    def walk(self) -> list[tuple[str, Node, int]]:
+        """Every module below the root as ``(fqn, node, input width)``, parents before children."""
+        out: list[tuple[str, Node, int]] = []
+        width = self.input_width
+
+        def visit(node, path):
+            nonlocal width
+            if path:
+                out.append((path, node, width))
+            if isinstance(node, Linear):
+                width = node.out_features
+            elif not isinstance(node, LEAF_CLASSES):
+                for name, child in child_items(node):
+                    visit(child, f"{path}.{name}" if path else name)
+
+        visit(self.root, "")
+        return out
+
+    def linear_nodes(self) -> list[tuple[str, Linear]]:
+        """Every Linear as ``(fqn, node)`` in forward order."""
+        return [(fqn, node) for fqn, node, _ in self.walk() if isinstance(node, Linear)]
 
     def frozen_paths(self) -> list[str]:
         """FQNs of the frozen Linears."""
         return [fqn for fqn, node in self.linear_nodes() if node.frozen]
 
-    def linear_nodes(self) -> list[tuple[str, Linear]]:
-        """Every Linear as ``(fqn, node)`` in forward order."""
-        out: list[tuple[str, Linear]] = []
-
-        def visit(node, path):
-            if isinstance(node, Linear):
-                out.append((path, node))
-                return
-            for name, child in child_items(node):
-                visit(child, f"{path}.{name}" if path else name)
-
-        visit(self.root, "")
-        return out
-
     def linears(self) -> list[tuple[str, int, int, bool]]:
         """Every Linear as ``(fqn, in_features, out_features, bias)`` in forward order."""
-        out: list[tuple[str, int, int, bool]] = []
-        width = self.input_width
+        return [(fqn, width, node.out_features, node.bias) for fqn, node, width in self.walk()
+                if isinstance(node, Linear)]
 
-        def visit(node, path):
-            nonlocal width
+    def norms(self) -> list[tuple[str, str, int]]:
+        """Every norm layer as ``(fqn, class name, width)`` in forward order."""
+        return [(fqn, type(node).__name__, width) for fqn, node, width in self.walk()
+                if isinstance(node, (LayerNorm, BatchNorm))]
+
+    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        """``{parameter fqn: shape}`` of the unsharded model (buffers not included)."""
+        shapes: dict[str, tuple[int, ...]] = {}
+        for fqn, node, width in self.walk():
             if isinstance(node, Linear):
-                out.append((path, width, node.out_features, node.bias))
-                width = node.out_features
-                return
-            for name, child in child_items(node):
-                visit(child, f"{path}.{name}" if path else name)
+                shapes[f"{fqn}.weight"] = (node.out_features, width)
+                if node.bias:
+                    shapes[f"{fqn}.bias"] = (node.out_features,)
+            elif isinstance(node, (LayerNorm, BatchNorm)):
+                shapes[f"{fqn}.weight"] = shapes[f"{fqn}.bias"] = (width,)
+        return shapes
 
-        visit(self.root, "")
-        return out
+    @property
+    def output_width(self) -> int:
+        return self.linears()[-1][2]
+
+    @property
+    def has_batch_norm(self) -> bool:
+        return any(name == "BatchNorm" for _, name, _ in self.norms())
 
     def submodule_paths(self) -> list[str]:
         """FQNs of every module below the root, parents before children."""
-        paths: list[str] = []
-
-        def visit(node, path):
-            if path:
-                paths.append(path)
-            if not isinstance(node, Linear):
-                for name, child in child_items(node):
-                    visit(child, f"{path}.{name}" if path else name)
-
-        visit(self.root, "")
-        return paths
+        return [fqn for fqn, _, _ in self.walk()]
 
     def depth(self) -> int:
         def d(node):
-            return 1 if isinstance(node, Linear) else 1 + max(d(c) for c in node.children)
+            return 1 if isinstance(node, LEAF_CLASSES) else 1 + max(d(c) for c in node.children)
 
         return d(self.root)
 
 
-def leaves(node) -> list[Linear]:
-    """The Linears under ``node`` (itself, if it is one), in forward order."""
-    return [node] if isinstance(node, Linear) else [leaf for child in node.children for leaf in leaves(child)]
+def leaves(node) -> list[Node]:
+    """The leaf modules under ``node`` (itself, if it is one), in forward order."""
+    if isinstance(node, LEAF_CLASSES):
+        return [node]
+    return [leaf for child in node.children for leaf in leaves(child)]
 
 
 def child_items(node: Sequential | Block) -> list[tuple[str, Node]]:
@@ -223,7 +256,7 @@ HYBRID_STRATEGIES = ("HYBRID_SHARD", "_HYBRID_SHARD_ZERO2")
 #: ``module-type``: ``ModuleWrapPolicy`` over ``module_types``; ``size-based``:
 #: ``size_based_auto_wrap_policy`` with ``min_num_params``; ``always``: every module.
 WRAP_POLICIES = ("set", "manual", "module-type", "size-based", "always")
-MODULE_TYPES = ("Linear", "Sequential", "Block")
+MODULE_TYPES = ("Linear", "Sequential", "Block", "LayerNorm", "BatchNorm")
 
 
 @frozen
@@ -455,6 +488,8 @@ class Case:
             )
 
     def __attrs_post_init__(self):
+        if self.model.has_batch_norm and self.batch_size < 2:
+            raise ValueError("a model with a BatchNorm needs batch_size >= 2 (BatchNorm1d trains on batch statistics)")
         known = set(self.model.submodule_paths())
         for side_name in ("save", "load"):
             unknown = set(getattr(self, side_name).wrap) - known
@@ -478,17 +513,28 @@ class Case:
             return self.model
         children = list(self.model.root.children)
         if self.load_mutation == "extra-layer":
-            last_width = self.model.linears()[-1][2]
+            last_width = self.model.output_width
             return attrs.evolve(self.model, root=attrs.evolve(self.model.root, children=children + [Linear(last_width)]))
         return attrs.evolve(self.model, root=_widen_first_linear(self.model.root))
 
 
 def _widen_first_linear(node):
-    """``node`` with its first Linear one output wider (the next layer's input follows)."""
+    """``node`` with its first Linear one output wider (the layers after it follow)."""
+    return map_first_linear(node, lambda linear: attrs.evolve(linear, out_features=linear.out_features + 1))
+
+
+def map_first_linear(node, change):
+    """``node`` with ``change`` applied to its first Linear in forward order (unchanged if it has none)."""
     if isinstance(node, Linear):
-        return attrs.evolve(node, out_features=node.out_features + 1)
-    first, *rest = node.children
-    return attrs.evolve(node, children=[_widen_first_linear(first), *rest])
+        return change(node)
+    if isinstance(node, LEAF_CLASSES):
+        return node
+    children = list(node.children)
+    for i, child in enumerate(children):
+        if any(isinstance(leaf, Linear) for leaf in leaves(child)):
+            children[i] = map_first_linear(child, change)
+            return attrs.evolve(node, children=children)
+    return node
 
 
 def shard_count(side: Side) -> int:
@@ -538,7 +584,14 @@ def dimensions(case: Case) -> dict[str, str]:
         "load_mutation": case.load_mutation or "none",
         "linears": str(min(len(widths), 4)) + ("+" if len(widths) >= 4 else ""),
         "frozen": "some" if case.model.frozen_paths() else "none",
+        "norms": _norm_mix(case.model),
     }
+
+
+def _norm_mix(model: Model) -> str:
+    kinds = {name for _, name, _ in model.norms()}
+    return {frozenset(): "none", frozenset({"LayerNorm"}): "layer", frozenset({"BatchNorm"}): "batch"}.get(
+        frozenset(kinds), "both")
 
 
 def _optimizer_state_kind(case: Case) -> str:

@@ -17,7 +17,8 @@ from __future__ import annotations
 from string import Template
 
 from shardfuzz.case import (
-    DDP, FSDP1, FSDP2, Block, Case, Linear, Sequential, Side, Unsharded, child_items, optimizer_groups,
+    DDP, FSDP1, FSDP2, LEAF_CLASSES, BatchNorm, Block, Case, LayerNorm, Linear, Sequential, Side, Unsharded,
+    child_items, optimizer_groups,
 )
 from shardfuzz.corpus import Entry
 from shardfuzz.executor.pool import deadline_for
@@ -54,6 +55,7 @@ def export_script(entry: Entry, *, filename: str = "repro.py") -> str:
         seed=case.seed,
         steps=case.steps,
         batch_size=case.batch_size,
+        same_batch=case.model.has_batch_norm,
         input_width=case.model.input_width,
         flatten=case.flatten_optimizer_state_dict,
         save_full=case.save.state_dict == "full",
@@ -84,7 +86,7 @@ def _names_block(case: Case) -> bool:
 
 
 def _uses_block(node) -> bool:
-    if isinstance(node, Linear):
+    if isinstance(node, LEAF_CLASSES):
         return False
     return isinstance(node, Block) or any(_uses_block(c) for c in node.children)
 
@@ -94,6 +96,10 @@ def _module_expr(node, width: int, indent: int) -> tuple[str, int]:
     if isinstance(node, Linear):
         frozen = ".requires_grad_(False)" if node.frozen else ""
         return f"nn.Linear({width}, {node.out_features}, bias={node.bias}){frozen}", node.out_features
+    if isinstance(node, LayerNorm):
+        return f"nn.LayerNorm({width})", width
+    if isinstance(node, BatchNorm):
+        return f"nn.BatchNorm1d({width})", width
     pad = " " * (indent + 4)
     parts = []
     for name, child in child_items(node):
@@ -148,7 +154,8 @@ def _shard_function(name: str, side: Side) -> str:
                  "            owner = model.get_submodule(parent) if parent else model\n"
                  "            setattr(owner, attr, fsdp_wrap.wrap(getattr(owner, attr)))\n")
     elif engine.wrap_policy == "module-type":
-        types = ", ".join({"Linear": "nn.Linear", "Sequential": "nn.Sequential", "Block": "Block"}[t]
+        types = ", ".join({"Linear": "nn.Linear", "Sequential": "nn.Sequential", "Block": "Block",
+                           "LayerNorm": "nn.LayerNorm", "BatchNorm": "nn.BatchNorm1d"}[t]
                           for t in engine.module_types)
         body += f"    policy = fsdp_wrap.ModuleWrapPolicy({{{types}}})\n"
     elif engine.wrap_policy == "size-based":
@@ -245,6 +252,7 @@ LOAD_MESH = ${load_mesh}
 SEED = ${seed}  # save side's weights and the data; the load side starts from SEED + 1
 STEPS = ${steps}
 BATCH_SIZE = ${batch_size}
+SAME_BATCH = ${same_batch}  # the model has a BatchNorm: every rank trains on the same batches
 INPUT_WIDTH = ${input_width}
 FLATTEN_OPTIMIZER_STATE_DICT = ${flatten}
 SAVE_FULL_STATE_DICT = ${save_full}
@@ -291,7 +299,8 @@ def train(model, optim, rank, continuation=False):
     generator = torch.Generator()
     first, count = (STEPS, CONTINUE_STEPS) if continuation else (0, STEPS)
     for step in range(first, first + count):
-        generator.manual_seed(SEED * 1_000_003 + step * 101 + (0 if continuation else rank))
+        # BatchNorm's running statistics are per-rank buffers: one batch for every rank keeps them equal
+        generator.manual_seed(SEED * 1_000_003 + step * 101 + (0 if continuation or SAME_BATCH else rank))
         x = torch.randn(BATCH_SIZE, INPUT_WIDTH, generator=generator)
         model(x).square().mean().backward()
         optim.step()

@@ -165,6 +165,20 @@ class BiasesNotSaved(DcpTarget):
         _partial_load(state_dict, checkpoint_id, process_group)
 
 
+class BuffersNotLoaded(DcpTarget):
+    """A loader that restores parameters only: buffers (BatchNorm's running statistics and
+    ``num_batches_tracked``) keep the values the fresh model started with."""
+
+    _BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+    def load(self, state_dict, *, checkpoint_id, process_group):
+        buffers = [v for k, v in state_dict["model"].items()
+                   if k.rsplit(".", 1)[-1] in self._BUFFERS and isinstance(v, torch.Tensor)]
+        kept = _snapshot(buffers)
+        super().load(state_dict, checkpoint_id=checkpoint_id, process_group=process_group)
+        _restore(kept)
+
+
 class PartialLoadAllowed(DcpTarget):
     """A lenient loader: keys missing from the checkpoint are skipped instead of raising."""
 
@@ -311,6 +325,7 @@ CATALOGUE: dict[str, str] = {
     "DowncastOnSave": "complete-state",
     "OneKeyNotLoaded": "complete-state",
     "BiasesNotSaved": "complete-state",
+    "BuffersNotLoaded": "complete-state",
     "PartialLoadAllowed": "loud-incompatible-load",
     "SwapMomentsBetweenParameters": "complete-state",
     "SwapExpAvgAndSq": "complete-state",

@@ -193,11 +193,16 @@ def _train(case: Case, model, optim, *, rank: int, continuation: bool = False, d
 
     ``continuation``: the ``CONTINUE_STEPS`` steps after those, with the same batch
     on every rank, so the averaged gradient is the same whatever the number of ranks.
+    A model with a BatchNorm gets the same batch on every rank throughout: its running
+    statistics are buffers no engine keeps in step across ranks, and DCP saves one
+    rank's copy of a replicated tensor (whichever it picks), so with per-rank data the
+    checkpoint would legitimately hold another rank's statistics than rank 0's.
     """
     generator = torch.Generator()
     first, count = (case.steps, CONTINUE_STEPS) if continuation else (0, case.steps)
+    same_batch_everywhere = continuation or case.model.has_batch_norm
     for step in range(first, first + count):
-        generator.manual_seed(case.seed * 1_000_003 + step * 101 + (0 if continuation else rank))
+        generator.manual_seed(case.seed * 1_000_003 + step * 101 + (0 if same_batch_everywhere else rank))
         x = torch.randn(case.batch_size, case.model.input_width, generator=generator)
         if device != "cpu":
             x = x.to(build.rank_device(device))
@@ -271,12 +276,8 @@ def _expected_layout(spec, side: Side) -> dict[str, oracles.LayoutRecord]:
         shard = Shard(side.engine.dim_for(ndim))
         return repr((Replicate(), shard) if len(side.mesh_shape) == 2 else (shard,))
 
-    records = {}
-    for fqn, fan_in, fan_out, bias in spec.linears():
-        records[f"{fqn}.weight"] = oracles.LayoutRecord(side.world_size, placements(2), (fan_out, fan_in), "torch.float32")
-        if bias:
-            records[f"{fqn}.bias"] = oracles.LayoutRecord(side.world_size, placements(1), (fan_out,), "torch.float32")
-    return records
+    return {name: oracles.LayoutRecord(side.world_size, placements(len(shape)), shape, "torch.float32")
+            for name, shape in spec.parameter_shapes().items()}
 
 
 def _full_offload(model, optim, actual, *, rank: int) -> list[Mismatch]:

@@ -108,9 +108,11 @@ RULES: tuple[Rule, ...] = (
         "FSDP1 with use_orig_params=False flattens each unit's parameters into one FlatParameter, "
         "which has one requires_grad: it checks on purpose that a unit's parameters are all frozen "
         "or all trainable ('Must flatten tensors with uniform requires_grad when use_orig_params=False'; "
-        "torch documents use_orig_params=True for mixed frozen parameters)",
+        "with an auto-wrap policy, earlier: '... has both parameters with requires_grad=True and False. "
+        "FSDP does not support wrapping such modules when use_orig_params=False'; torch documents "
+        "use_orig_params=True for mixed frozen parameters)",
         ("ValueError",),
-        r"uniform `?requires_grad`? when `?use_orig_params=False",
+        r"(uniform `?requires_grad`? when|does not support wrapping such modules when) `?use_orig_params=False",
     ),
     Rule(
         "multiple-optimizers",

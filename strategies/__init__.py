@@ -6,7 +6,7 @@ They import the Case data model and the capability probe, never the executor.
 from shardfuzz.strategies.cases import cases, sides
 from shardfuzz.strategies.coverage import offered_values
 from shardfuzz.strategies.engines import engines, fsdp1_engines, fsdp2_engines, wrap_sets
-from shardfuzz.strategies.modules import linears, models, module_trees, widths
+from shardfuzz.strategies.modules import linears, models, module_trees, norm_layers, widths
 from shardfuzz.strategies.options import (
     checks,
     flatten_optimizer_state_dict,
@@ -26,6 +26,7 @@ __all__ = [
     "fsdp2_engines",
     "flatten_optimizer_state_dict",
     "linears",
+    "norm_layers",
     "load_mutations",
     "mesh_shapes",
     "models",

@@ -55,6 +55,7 @@ def offered_values(*, max_world_size: int = 4, max_steps: int = 3, devices=("cpu
         "depth": {"2", "3", "4+"},
         "linears": {"1", "2", "3", "4+"},
         "frozen": {"none", "some"},
+        "norms": {"none", "layer", "batch", "both"},
         "load_mutation": {"none", *LOAD_MUTATIONS},
         **{f"check_{name}": set(_BOOLS) for name in CHECKS},
     })

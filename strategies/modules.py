@@ -10,10 +10,12 @@ from __future__ import annotations
 import attrs
 from hypothesis import strategies as st
 
-from shardfuzz.case import Block, Linear, Model, Sequential, leaves
+from shardfuzz.case import (
+    LEAF_CLASSES, BatchNorm, Block, LayerNorm, Linear, Model, Sequential, leaves, map_first_linear,
+)
 from shardfuzz.strategies._helpers import check_int, check_interval
 
-__all__ = ["widths", "linears", "module_trees", "models"]
+__all__ = ["widths", "linears", "norm_layers", "module_trees", "models"]
 
 _SMALL = 4
 
@@ -33,6 +35,11 @@ def linears(*, max_width: int = 16) -> st.SearchStrategy[Linear]:
                      frozen=st.sampled_from((False,) * 4 + (True,)))
 
 
+def norm_layers() -> st.SearchStrategy[LayerNorm | BatchNorm]:
+    """A ``LayerNorm`` or a ``BatchNorm`` (1-D parameters; BatchNorm adds buffers, one of them 0-D int64)."""
+    return st.one_of(st.builds(LayerNorm), st.builds(BatchNorm))
+
+
 def _containers(children: st.SearchStrategy, max_children: int) -> st.SearchStrategy:
     kids = st.lists(children, min_size=1, max_size=max_children)
     return st.one_of(st.builds(Sequential, kids), st.builds(Block, kids))
@@ -41,42 +48,44 @@ def _containers(children: st.SearchStrategy, max_children: int) -> st.SearchStra
 def module_trees(
     *, max_leaves: int = 6, max_children: int = 3, max_width: int = 16
 ) -> st.SearchStrategy[Sequential | Block]:
-    """A container tree of at most ``max_leaves`` Linears: Sequential and custom Block nodes.
+    """A container tree of at most ``max_leaves`` leaves: Sequential and custom Block nodes
+    over Linears and (about one leaf in four) norm layers, with at least one trainable Linear.
 
     Single-child containers make deep nesting (depth 3 and more) cheap to reach.
-    A bare Linear drawn as the whole tree is put in a Sequential (the root is a container).
+    A bare leaf drawn as the whole tree is put in a Sequential (the root is a container).
+    Failures shrink towards Linears only.
     """
     check_int("max_leaves", max_leaves, minimum=1)
     check_int("max_children", max_children, minimum=1)
+    linear = linears(max_width=max_width)
     nodes = st.recursive(
-        linears(max_width=max_width),
+        st.one_of(linear, linear, linear, norm_layers()),
         lambda inner: _containers(inner, max_children),
         max_leaves=max_leaves,
     )
     # st.recursive's max_leaves is a soft cap; the filter makes it a bound and rarely rejects.
-    return nodes.map(_as_root).filter(lambda root: _leaf_count(root) <= max_leaves).map(_one_trainable)
+    return (nodes.map(_as_root)
+            .filter(lambda root: _leaf_count(root) <= max_leaves and _has_linear(root))
+            .map(_one_trainable))
+
+
+def _has_linear(root) -> bool:
+    return any(isinstance(leaf, Linear) for leaf in leaves(root))
 
 
 def _one_trainable(root):
     """``root`` with its first Linear trainable if every Linear was drawn frozen (training needs a gradient)."""
-    if not all(leaf.frozen for leaf in leaves(root)):
+    if not all(leaf.frozen for leaf in leaves(root) if isinstance(leaf, Linear)):
         return root
-    return _thaw_first(root)
-
-
-def _thaw_first(node):
-    if isinstance(node, Linear):
-        return attrs.evolve(node, frozen=False)
-    first, *rest = node.children
-    return attrs.evolve(node, children=[_thaw_first(first), *rest])
+    return map_first_linear(root, lambda linear: attrs.evolve(linear, frozen=False))
 
 
 def _as_root(node):
-    return Sequential([node]) if isinstance(node, Linear) else node
+    return Sequential([node]) if isinstance(node, LEAF_CLASSES) else node
 
 
 def _leaf_count(node) -> int:
-    return 1 if isinstance(node, Linear) else sum(_leaf_count(c) for c in node.children)
+    return len(leaves(node))
 
 
 def models(

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 
 from shardfuzz.case import (
-    DDP, FSDP1, FSDP2, SCHEMA_VERSION, Unsharded, Adam, Block, Case, Linear, Model, Sequential, Side, dimensions, dumps, loads,
+    DDP, FSDP1, FSDP2, SCHEMA_VERSION, Unsharded, Adam, BatchNorm, Block, Case, LayerNorm, Linear, Model, Sequential,
+    Side, dimensions, dumps, loads,
 )
 from shardfuzz.strategies import cases
 
@@ -33,6 +34,16 @@ def test_model_describes_its_layers_and_paths():
     assert model.linears() == [("0", 3, 5, True), ("1.a", 5, 1, False), ("1.b.0", 1, 7, True)]
     assert model.submodule_paths() == ["0", "1", "1.a", "1.b", "1.b.0"]
     assert model.depth() == 4
+
+
+def test_norm_layers_keep_the_width_and_add_one_dimensional_parameters():
+    model = Model(3, Block([Linear(4), BatchNorm(), Sequential([LayerNorm(), Linear(2, frozen=True), Linear(1)])]))
+    assert model.norms() == [("b", "BatchNorm", 4), ("c.0", "LayerNorm", 4)]
+    assert model.linears() == [("a", 3, 4, True), ("c.1", 4, 2, True), ("c.2", 2, 1, True)]
+    assert model.parameter_shapes()["b.weight"] == (4,) and model.parameter_shapes()["c.1.weight"] == (2, 4)
+    assert model.frozen_paths() == ["c.1"] and model.has_batch_norm and model.output_width == 1
+    dims = dimensions(_case(model=model, save=Side(FSDP1(), (2,)), load=Side(FSDP2(), (1,))))
+    assert dims["norms"] == "both" and dims["frozen"] == "some"
 
 
 def test_dimensions_label_uneven_and_empty_shards():
@@ -67,6 +78,10 @@ def test_dimensions_label_uneven_and_empty_shards():
         (lambda: Linear(0), "out_features"),
         (lambda: Sequential([]), "at least one child"),
         (lambda: _case(schema_version=SCHEMA_VERSION + 1), "schema_version"),
+        (lambda: Model(2, Sequential([Linear(3, frozen=True)])), "frozen=False"),
+        (lambda: Model(2, Sequential([LayerNorm()])), "frozen=False"),
+        (lambda: Side(FSDP2(), (1,), device="tpu"), "device"),
+        (lambda: _case(model=Model(2, Sequential([Linear(3), BatchNorm()])), batch_size=1), "batch_size >= 2"),
     ],
 )
 def test_invalid_cases_are_rejected(make, message):

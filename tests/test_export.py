@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from shardfuzz.case import FSDP1, FSDP2, SGD, Adam, Block, Case, Linear, Model, Sequential, Side
+from shardfuzz.case import FSDP1, FSDP2, SGD, Adam, BatchNorm, Block, Case, LayerNorm, Linear, Model, Sequential, Side
 from shardfuzz.corpus import entry_for, load_corpus
 from shardfuzz.export import export_script
 from shardfuzz.verdict import Mismatch, Verdict, normalise_message
@@ -63,7 +63,10 @@ def test_every_known_bug_reproduces_from_its_exported_script(entry, tmp_path):
 
 
 def test_a_passing_case_does_not_reproduce(tmp_path):
-    case = Case(model=Model(3, Block([Linear(5), Sequential([Linear(2, bias=False)])])),
+    # Norm layers (BatchNorm's buffers, same batch on every rank) and a frozen Linear: the script must build
+    # and train exactly as the ranks do, or the passing case would "reproduce".
+    case = Case(model=Model(3, Block([Linear(5), BatchNorm(), Sequential([Linear(2, bias=False, frozen=True),
+                                                                           LayerNorm(), Linear(2)])])),
                 save=Side(FSDP2(), (2,), wrap=("a",)), load=Side(FSDP1(), (1,)), optimizer=Adam(), steps=2)
     script = tmp_path / "repro.py"
     script.write_text(export_script(entry_for(case, RECORDED)))

@@ -57,9 +57,24 @@ def test_swapped_optimizer_moments_are_found_and_shrunk(shardfuzz_known):
     assert case.model.input_width == 1
 
 
+def test_buffers_left_unloaded_are_found_and_shrunk_to_one_batch_norm(shardfuzz_known):
+    """The state oracle covers buffers: BatchNorm's running statistics not loaded is a mismatch."""
+    with RankPool(2, target="shardfuzz.mutants:BuffersNotLoaded") as pool:
+        result = run_campaign(pool.run, seed=7, max_world_size=2, budget=600, max_cases=150, stop_on_finding=True,
+                              shrink_budget=60, is_known=lambda s, c: shardfuzz_known(s, c) is not None)
+    findings = _mismatch_findings(result)
+    assert findings, f"no mismatch found in {result.cases_run} cases"
+    best = min(findings, key=lambda f: (len(f.case.model.submodule_paths()), f.case.steps))
+    keys = {m.key.rsplit(".", 1)[-1] for m in best.verdict.mismatches}
+    assert keys <= {"running_mean", "running_var", "num_batches_tracked"}, keys
+    norms = best.case.model.norms()
+    assert [name for _, name, _ in norms] == ["BatchNorm"]
+    assert len(best.case.model.linears()) == 1 and best.case.steps == 1
+
+
 def test_a_failure_that_does_not_repeat_is_reported_flaky_with_both_outcomes():
     with RankPool(2, target="faults:PerturbEveryOtherLoad") as pool:
-        result = run_campaign(pool.run, budget=6, seed=7, max_world_size=2, confirm=pool.run)
+        result = run_campaign(pool.run, budget=6, seed=7, max_world_size=2, confirm=pool.run, shrink_budget=10)
     flaky = [f for f in result.findings.values() if f.flaky]
     assert flaky, f"no flaky finding in {result.cases_run} cases"
     assert flaky[0].verdict.status == "mismatch" and flaky[0].other.status == "pass"

@@ -1,5 +1,6 @@
 """The documented-unsupported rules: cases they exclude are never drawn and never run."""
 
+import attrs
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 
@@ -61,6 +62,11 @@ def test_fsdp1_flattening_frozen_and_trainable_together_is_unsupported_not_a_fin
     verdict = shardfuzz_pool.run(case)
     assert verdict.status == "unsupported", verdict.summary()
     assert "uniform `requires_grad`" in verdict.summary()
+    # The same found earlier by an auto-wrap policy (its own message), with the case shrunk from a campaign.
+    policy = Side(FSDP1(use_orig_params=False, wrap_policy="module-type", module_types=("Sequential",)), (1,))
+    verdict = shardfuzz_pool.run(attrs.evolve(case, save=policy))
+    assert verdict.status == "unsupported", verdict.summary()
+    assert "does not support wrapping such modules" in verdict.errors[0].message
     # Each unit uniform (every Linear its own unit): FSDP1 flattens it, and the round-trip passes.
     per_layer = Case(model=mixed, save=Side(FSDP1(use_orig_params=False), (2,), wrap=("0", "1")),
                      load=Side(FSDP2(), (1,)), optimizer=SGD())
