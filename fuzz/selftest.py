@@ -16,7 +16,7 @@ from collections.abc import Callable
 from attrs import asdict, frozen
 
 from shardfuzz.campaign import run_campaign
-from shardfuzz.case import Case
+from shardfuzz.case import LEAF_CLASSES, Case, Linear, leaves
 from shardfuzz.executor import RankPool
 from shardfuzz.mutants import CATALOGUE
 
@@ -40,14 +40,21 @@ class MutantResult:
 
 
 def case_size(case: Case) -> int:
-    """A rough size for a shrunk case: layers + their widths + ranks + steps + checks."""
+    """A rough size for a shrunk case: leaf layers + the Linears' widths + ranks + steps + checks."""
     widths = sum(out for _, _, out, _ in case.model.linears())
-    return (len(case.model.linears()) + widths + case.model.input_width + case.world_size + case.steps
+    return (len(leaves(case.model.root)) + widths + case.model.input_width + case.world_size + case.steps
             + len(case.checks) + len(case.save.wrap) + len(case.load.wrap))
 
 
+def _describe_leaf(node, width: int) -> str:
+    if isinstance(node, Linear):
+        return f"{width}->{node.out_features}{'' if node.bias else ' nobias'}{' frozen' if node.frozen else ''}"
+    return f"{type(node).__name__}({width})"
+
+
 def describe(case: Case) -> str:
-    layers = " > ".join(f"{i}->{o}{'' if b else ' nobias'}" for _, i, o, b in case.model.linears())
+    layers = " > ".join(_describe_leaf(node, width) for _, node, width in case.model.walk()
+                        if isinstance(node, LEAF_CLASSES))
     return (f"{layers}; save {type(case.save.engine).__name__}x{case.save.world_size} {case.save.state_dict}, "
             f"load {type(case.load.engine).__name__}x{case.load.world_size} {case.load.state_dict}; "
             f"{type(case.optimizer).__name__}, {case.steps} steps; checks {list(case.checks) or '-'}"
