@@ -145,10 +145,14 @@ _NUMBER = re.compile(r"(?<![A-Za-z_])-?\d+(\.\d+)?")
 _PATH = re.compile(r"(/[^\s:'\"]+)+")
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]+")
 _NAME_TUPLE = re.compile(r"\((?:'[^']*'(?:, )?)+,?\)")  # ('0.weight', '1.bias'): which parameters
+# A parameter's or buffer's FQN, and FSDP's module_name=/prefix= fields: where in the tree, not what went wrong.
+_FQN = re.compile(r"\b(?:\w+\.)+(weight|bias|running_mean|running_var|num_batches_tracked)\b")
+_MODULE_FIELD = re.compile(r"\b(module_name|prefix)=[\w.]*")
 
 
 def normalise_message(message: str) -> str:
-    """The last line of an error message with paths, addresses, tuples of names and numbers blanked."""
+    """The last line of an error message with paths, addresses, tuples of names, parameter FQNs
+    and numbers blanked."""
     return _normalise(_last_line(message))
 
 
@@ -162,6 +166,8 @@ def _normalise(text: str) -> str:
     text = _PATH.sub("<path>", text)
     text = _ADDRESS.sub("<addr>", text)
     text = _NAME_TUPLE.sub("(<names>)", text)
+    text = _FQN.sub(r"<fqn>.\1", text)
+    text = _MODULE_FIELD.sub(r"\1=<module>", text)
     text = _NUMBER.sub("<n>", text)
     return text[:200]
 

@@ -74,6 +74,14 @@ def test_signature_ignores_module_path_numbers_and_paths():
     assert deep.signature() == shallow.signature()
     assert normalise_message("Traceback\nKeyError: 'param_groups.0.params.3' in /tmp/x/y.py at 0x7f00") == \
         "KeyError: 'param_groups.<n>.params.<n>' in <path> at <addr>"
+    # FSDP names the parameter and module it tripped on: a deeper tree is still the same bug.
+    in_a_block = ("AssertionError: FSDP assumes 0.a.weight is in the state_dict but the state_dict only has "
+                  "odict_keys(['0.b.weight']). prefix=, module_name=0.a., param_name=weight rank=1.")
+    flat = ("AssertionError: FSDP assumes 0.weight is in the state_dict but the state_dict only has "
+            "odict_keys(['1.weight']). prefix=, module_name=0., param_name=weight rank=0.")
+    assert normalise_message(in_a_block) == normalise_message(flat)
+    assert "<fqn>.weight" in normalise_message(flat) and "bn.running_mean" not in normalise_message(
+        "KeyError: 'model.bn.running_mean'")
 
 
 # --- the other oracles: each fails on a concrete wrong input, passes on the right one ----
