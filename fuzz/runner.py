@@ -88,7 +88,7 @@ def run_command(args) -> int:
     device_key = () if args.device == "cpu" else (f"device={args.device}",)  # CPU keys as before GPUs
     corpus_files: dict[str, str] = {}
     stop = StopFlag()
-    progress = Progress(args.budget, plain=args.plain)
+    progress = Progress(args.budget, plain=True if args.plain else None)  # None: plain unless on a terminal
     executor = None
     last_flush = [time.monotonic()]
 
