@@ -18,6 +18,12 @@ def _broken_on_two_ranks(case) -> Verdict:
     return Verdict("pass", seconds=0.001)
 
 
+def _broken_after_a_step_on_two_ranks(case) -> Verdict:
+    """As above, and only after a training step: the first (simplest) case Hypothesis draws never fails,
+    whatever the installed torch offers (where FSDP1 must span the pool, that case loads on two ranks)."""
+    return _broken_on_two_ranks(case) if case.steps >= 1 else Verdict("pass", seconds=0.001)
+
+
 def test_max_cases_ends_the_campaign_and_timeline_is_sampled():
     result = run_campaign(lambda case: Verdict("pass"), budget=60, seed=1, max_world_size=2, max_cases=7)
     assert result.cases_run == 7
@@ -49,20 +55,21 @@ def test_stop_while_shrinking_keeps_the_failure_found_so_far():
 def test_a_resumed_campaign_replays_the_database_first():
     database = InMemoryExampleDatabase()
     key = database_key("world=2", "test")
-    first = run_campaign(_broken_on_two_ranks, budget=60, seed=3, max_world_size=2, max_cases=50,
+    first = run_campaign(_broken_after_a_step_on_two_ranks, budget=60, seed=3, max_world_size=2, max_cases=50,
                          database=database, database_key=key, stop_on_finding=True)
     assert first.findings and list(database.fetch(key))
 
-    resumed = run_campaign(_broken_on_two_ranks, budget=60, seed=99, max_world_size=2, max_cases=1,
+    # A seed whose one drawn case passes without the database (which seed that is depends on what
+    # the installed torch offers: FSDP1 sides span the whole pool where subgroups are off).
+    seed = next(s for s in range(99, 199) if not run_campaign(
+        _broken_after_a_step_on_two_ranks, budget=60, seed=s, max_world_size=2, max_cases=1,
+        database=InMemoryExampleDatabase(), database_key=key).findings)
+    resumed = run_campaign(_broken_after_a_step_on_two_ranks, budget=60, seed=seed, max_world_size=2, max_cases=1,
                            database=database, database_key=key)
     assert resumed.replayed_from_database >= 1
-    [finding] = resumed.findings.values()
+    [finding] = resumed.findings.values()  # with the database the same seed finds it: the replay did
     assert finding.from_database
     assert finding.case == next(iter(first.findings.values())).case  # the shrunk one, replayed as is
-
-    fresh = run_campaign(_broken_on_two_ranks, budget=60, seed=99, max_world_size=2, max_cases=1,
-                         database=InMemoryExampleDatabase(), database_key=key)
-    assert not fresh.findings  # without the database one case does not find it: the replay did
 
 
 def test_a_known_failure_in_the_database_is_counted_not_refound():
