@@ -12,11 +12,12 @@ from torch import nn
 
 from shardfuzz.capabilities import dtensor, fully_shard_fn
 from shardfuzz.case import (
-    DDP, FSDP1, FSDP2, BatchNorm, Block, LayerNorm, Linear, Model, Sequential, Side, Unsharded, child_items, optimizer_groups,
+    DDP, FSDP1, FSDP2, BatchNorm, Block, LayerNorm, Linear, Model, Sequential, Side, Unsharded, child_items,
+    optimizer_groups,
 )
 
-__all__ = ["build_module", "rank_device", "shard", "device_mesh", "build_optimizer", "group_parameters", "unwrapped_name",
-           "BlockModule"]
+__all__ = ["build_module", "rank_device", "shard", "device_mesh", "build_optimizer", "group_parameters",
+           "unwrapped_name", "BlockModule", "MODULE_TYPE_CLASSES"]
 
 
 class BlockModule(nn.Module):
@@ -32,6 +33,11 @@ class BlockModule(nn.Module):
         for name in self._order:
             x = getattr(self, name)(x)
         return x
+
+
+#: ``FSDP1.module_types`` names -> the classes ``build_module`` makes (``ModuleWrapPolicy`` takes classes).
+MODULE_TYPE_CLASSES = {"Linear": nn.Linear, "Sequential": nn.Sequential, "Block": BlockModule,
+                       "LayerNorm": nn.LayerNorm, "BatchNorm": nn.BatchNorm1d}
 
 
 def rank_device(device: str) -> torch.device:
@@ -114,9 +120,7 @@ def _fsdp1(module: nn.Module, side: Side, engine: FSDP1, *, group, mesh) -> nn.M
                 owner = module.get_submodule(parent) if parent else module
                 setattr(owner, name, fsdp_wrap.wrap(getattr(owner, name)))
     elif engine.wrap_policy == "module-type":
-        types = {"Linear": nn.Linear, "Sequential": nn.Sequential, "Block": BlockModule,
-                 "LayerNorm": nn.LayerNorm, "BatchNorm": nn.BatchNorm1d}
-        policy = fsdp_wrap.ModuleWrapPolicy({types[name] for name in engine.module_types})
+        policy = fsdp_wrap.ModuleWrapPolicy({MODULE_TYPE_CLASSES[name] for name in engine.module_types})
     elif engine.wrap_policy == "size-based":
         policy = functools.partial(fsdp_wrap.size_based_auto_wrap_policy, min_num_params=engine.min_num_params)
     elif engine.wrap_policy == "always":

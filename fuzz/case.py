@@ -46,6 +46,7 @@ __all__ = [
     "BatchNorm",
     "LEAF_CLASSES",
     "leaves",
+    "has_trainable_linear",
     "map_first_linear",
     "Model",
     "SGD",
@@ -149,7 +150,7 @@ class Model:
 
     @root.validator
     def _trainable(self, attribute, value):
-        if all(leaf.frozen for leaf in leaves(value) if isinstance(leaf, Linear)):
+        if not has_trainable_linear(value):
             raise ValueError("the model needs a Linear with frozen=False: training needs a gradient, "
                              "and every width comes from a Linear")
 
@@ -225,6 +226,11 @@ def leaves(node) -> list[Node]:
     if isinstance(node, LEAF_CLASSES):
         return [node]
     return [leaf for child in node.children for leaf in leaves(child)]
+
+
+def has_trainable_linear(node) -> bool:
+    """Whether a Linear under ``node`` has ``frozen=False`` (training needs a gradient)."""
+    return any(isinstance(leaf, Linear) and not leaf.frozen for leaf in leaves(node))
 
 
 def child_items(node: Sequential | Block) -> list[tuple[str, Node]]:
@@ -590,8 +596,9 @@ def dimensions(case: Case) -> dict[str, str]:
 
 def _norm_mix(model: Model) -> str:
     kinds = {name for _, name, _ in model.norms()}
-    return {frozenset(): "none", frozenset({"LayerNorm"}): "layer", frozenset({"BatchNorm"}): "batch"}.get(
-        frozenset(kinds), "both")
+    if len(kinds) != 1:
+        return "both" if kinds else "none"
+    return "layer" if kinds == {"LayerNorm"} else "batch"
 
 
 def _optimizer_state_kind(case: Case) -> str:

@@ -154,9 +154,10 @@ def _shard_function(name: str, side: Side) -> str:
                  "            owner = model.get_submodule(parent) if parent else model\n"
                  "            setattr(owner, attr, fsdp_wrap.wrap(getattr(owner, attr)))\n")
     elif engine.wrap_policy == "module-type":
-        types = ", ".join({"Linear": "nn.Linear", "Sequential": "nn.Sequential", "Block": "Block",
-                           "LayerNorm": "nn.LayerNorm", "BatchNorm": "nn.BatchNorm1d"}[t]
-                          for t in engine.module_types)
+        from shardfuzz.build import MODULE_TYPE_CLASSES, BlockModule
+
+        classes = [MODULE_TYPE_CLASSES[t] for t in engine.module_types]
+        types = ", ".join("Block" if cls is BlockModule else f"nn.{cls.__name__}" for cls in classes)
         body += f"    policy = fsdp_wrap.ModuleWrapPolicy({{{types}}})\n"
     elif engine.wrap_policy == "size-based":
         body += ("    policy = functools.partial(fsdp_wrap.size_based_auto_wrap_policy, "

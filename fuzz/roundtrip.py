@@ -18,8 +18,7 @@ import torch
 import torch.distributed as dist
 
 from shardfuzz.capabilities import dtensor
-from shardfuzz import build
-from shardfuzz.build import build_module, build_optimizer, device_mesh, shard, unwrapped_name
+from shardfuzz.build import build_module, build_optimizer, device_mesh, rank_device, shard, unwrapped_name
 from shardfuzz.case import FSDP1, FSDP2, Case, Side
 from shardfuzz import oracles
 from shardfuzz.oracles import compare_state
@@ -205,7 +204,7 @@ def _train(case: Case, model, optim, *, rank: int, continuation: bool = False, d
         generator.manual_seed(case.seed * 1_000_003 + step * 101 + (0 if same_batch_everywhere else rank))
         x = torch.randn(case.batch_size, case.model.input_width, generator=generator)
         if device != "cpu":
-            x = x.to(build.rank_device(device))
+            x = x.to(rank_device(device))
         model(x).square().mean().backward()
         optim.step()
         optim.zero_grad()

@@ -109,7 +109,6 @@ def cases(
     check_int("max_leaves", max_leaves, minimum=1)
     check_int("max_width", max_width, minimum=1)
     check_int("max_steps", max_steps, minimum=0)
-    devices, gpus = _check_devices(devices, gpus)
 
     model_trees = models(max_leaves=max_leaves, max_width=max_width)
     draw_side = _side_drawer(max_world_size=max_world_size, engine_names=engine_names, devices=devices, gpus=gpus)

@@ -11,7 +11,8 @@ import attrs
 from hypothesis import strategies as st
 
 from shardfuzz.case import (
-    LEAF_CLASSES, BatchNorm, Block, LayerNorm, Linear, Model, Sequential, leaves, map_first_linear,
+    LEAF_CLASSES, BatchNorm, Block, LayerNorm, Linear, Model, Sequential, has_trainable_linear, leaves,
+    map_first_linear,
 )
 from shardfuzz.strategies._helpers import check_int, check_interval
 
@@ -65,7 +66,7 @@ def module_trees(
     )
     # st.recursive's max_leaves is a soft cap; the filter makes it a bound and rarely rejects.
     return (nodes.map(_as_root)
-            .filter(lambda root: _leaf_count(root) <= max_leaves and _has_linear(root))
+            .filter(lambda root: len(leaves(root)) <= max_leaves and _has_linear(root))
             .map(_one_trainable))
 
 
@@ -75,7 +76,7 @@ def _has_linear(root) -> bool:
 
 def _one_trainable(root):
     """``root`` with its first Linear trainable if every Linear was drawn frozen (training needs a gradient)."""
-    if not all(leaf.frozen for leaf in leaves(root) if isinstance(leaf, Linear)):
+    if has_trainable_linear(root):
         return root
     return map_first_linear(root, lambda linear: attrs.evolve(linear, frozen=False))
 
@@ -83,9 +84,6 @@ def _one_trainable(root):
 def _as_root(node):
     return Sequential([node]) if isinstance(node, LEAF_CLASSES) else node
 
-
-def _leaf_count(node) -> int:
-    return len(leaves(node))
 
 
 def models(
