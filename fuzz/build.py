@@ -12,12 +12,13 @@ from torch import nn
 
 from shardfuzz.capabilities import dtensor, fully_shard_fn
 from shardfuzz.case import (
-    DDP, FSDP1, FSDP2, BatchNorm, Block, LayerNorm, Linear, Model, Sequential, Side, Unsharded, child_items,
-    optimizer_groups,
+    DDP, FSDP1, FSDP2, BatchNorm, Block, Conv, Embedding, LayerNorm, Linear, Model, Scale, Sequential, Side,
+    Unsharded, child_items, optimizer_groups,
 )
 
 __all__ = ["build_module", "rank_device", "shard", "device_mesh", "build_optimizer", "group_parameters",
-           "unwrapped_name", "BlockModule", "MODULE_TYPE_CLASSES"]
+           "training_batch", "unwrapped_name", "BlockModule", "Conv1dLeaf", "Conv2dLeaf", "ScaleLeaf",
+           "LEAF_MODULE_SOURCES", "MODULE_TYPE_CLASSES"]
 
 
 class BlockModule(nn.Module):
@@ -35,9 +36,39 @@ class BlockModule(nn.Module):
         return x
 
 
+class Conv1dLeaf(nn.Conv1d):
+    """``nn.Conv1d`` on a batch of features: the features are the channels of a length-1 signal."""
+
+    def forward(self, x):
+        return super().forward(x.unsqueeze(-1)).squeeze(-1)
+
+
+class Conv2dLeaf(nn.Conv2d):
+    """``nn.Conv2d`` on a batch of features: the features are the channels of a 1x1 image."""
+
+    def forward(self, x):
+        return super().forward(x[..., None, None]).flatten(1)
+
+
+class ScaleLeaf(nn.Module):
+    """A 0-D parameter times the input, plus a non-persistent buffer (in no state dict)."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.rand(()) + 0.5)  # from the seed: loading has work to do
+        self.register_buffer("shift", torch.tensor(0.25), persistent=False)
+
+    def forward(self, x):
+        return x * self.scale + self.shift
+
+
+#: The classes above, as the exported scripts define them (one definition for both).
+LEAF_MODULE_SOURCES = ("Conv1dLeaf", "Conv2dLeaf", "ScaleLeaf")
+
 #: ``FSDP1.module_types`` names -> the classes ``build_module`` makes (``ModuleWrapPolicy`` takes classes).
 MODULE_TYPE_CLASSES = {"Linear": nn.Linear, "Sequential": nn.Sequential, "Block": BlockModule,
-                       "LayerNorm": nn.LayerNorm, "BatchNorm": nn.BatchNorm1d}
+                       "LayerNorm": nn.LayerNorm, "BatchNorm": nn.BatchNorm1d, "Conv1d": Conv1dLeaf,
+                       "Conv2d": Conv2dLeaf, "Embedding": nn.Embedding, "Scale": ScaleLeaf}
 
 
 def rank_device(device: str) -> torch.device:
@@ -63,6 +94,13 @@ def build_module(model: Model, *, seed: int, device: str = "cpu") -> nn.Module:
             return nn.LayerNorm(width)
         if isinstance(node, BatchNorm):
             return nn.BatchNorm1d(width)
+        if isinstance(node, Conv):
+            conv = Conv1dLeaf if node.dims == 1 else Conv2dLeaf
+            return conv(width, width, node.kernel_size, padding=node.kernel_size // 2, bias=node.bias)
+        if isinstance(node, Embedding):
+            return nn.Embedding(node.num_embeddings, width)
+        if isinstance(node, Scale):
+            return ScaleLeaf()
         children = [(name, make(child)) for name, child in child_items(node)]
         if isinstance(node, Sequential):
             return nn.Sequential(*(module for _, module in children))
@@ -70,7 +108,17 @@ def build_module(model: Model, *, seed: int, device: str = "cpu") -> nn.Module:
         return BlockModule(children)
 
     module = make(model.root)
+    if model.dtype != "float32":
+        module = module.to(getattr(torch, model.dtype))  # floating tensors only: num_batches_tracked stays int64
     return module.to(rank_device(device)) if device != "cpu" else module
+
+
+def training_batch(generator, *, batch_size: int, input_width: int, num_embeddings: int, dtype: str):
+    """One batch of inputs, drawn on the CPU from ``generator``: token indices for a model
+    whose first leaf is an Embedding (``num_embeddings`` > 0), else features in ``dtype``."""
+    if num_embeddings:
+        return torch.randint(num_embeddings, (batch_size,), generator=generator)
+    return torch.randn(batch_size, input_width, generator=generator).to(getattr(torch, dtype))
 
 
 def shard(module: nn.Module, side: Side, *, group, mesh) -> nn.Module:

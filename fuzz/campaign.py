@@ -173,6 +173,7 @@ def run_campaign(
     should_stop: Callable[[], str | bool | None] = lambda: None,
     max_cases: int | None = None,
     devices: tuple[str, ...] = ("cpu",),
+    vary_storage: bool = True,
 ) -> CampaignResult:
     """Fuzz until ``budget`` seconds are spent; return what was run and found.
 
@@ -190,14 +191,15 @@ def run_campaign(
     ``should_stop`` is polled before each case (a truthy answer, the reason, stops it); ``max_cases`` ends the campaign
     after that many cases (a fixed amount of work, for tests and comparisons), not
     counting the database's examples, which are always replayed. ``devices`` are those
-    a side may be drawn on (see ``strategies.cases``).
+    a side may be drawn on (see ``strategies.cases``); ``vary_storage=False`` for a
+    user's target, which does its own I/O.
     """
     result = CampaignResult()
     rng = random.Random(seed)
     started = result.started
     deadline = started + budget
     shrink_budget = max(30.0, budget / 2) if shrink_budget is None else shrink_budget
-    strategy = cases(max_world_size=max_world_size, devices=devices)
+    strategy = cases(max_world_size=max_world_size, devices=devices, vary_storage=vary_storage)
     confirmed: set[str] = set()  # signatures whose first failure was re-run by ``confirm``
 
     def out_of_work() -> bool:

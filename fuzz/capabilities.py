@@ -25,11 +25,16 @@ class Capabilities:
     fsdp1_subgroups: bool = False  # FSDP1 on a rank subgroup (DSD passes the group to FSDP)
     fsdp2_shard_dim: bool = False  # fully_shard(shard_placement_fn=...)
     cuda_devices: int = 0  # GPUs a --device cuda campaign may put ranks on (0: off, see off["device cuda"])
+    storages: tuple[str, ...] = ("dcp-save",)  # case.dimensions' "storage" values this torch can write
+    writer_options: bool = False  # FileSystemWriter(single_file_per_rank=, thread_count=, sync_files=)
+    broadcast_from_rank0: bool = False  # StateDictOptions.broadcast_from_rank0
 
     def table(self) -> list[tuple[str, str, str]]:
         """(feature, on/off, reason) rows for ``shardfuzz capabilities``."""
         rows = [(f"engine {e}", "on", "") for e in self.engines]
-        for name in ("flatten_optimizer_state_dict", "hsdp", "fsdp2_shard_dim", "fsdp1_subgroups"):
+        rows += [(f"storage {name}", "on", "") for name in self.storages]
+        for name in ("flatten_optimizer_state_dict", "hsdp", "fsdp2_shard_dim", "fsdp1_subgroups", "writer_options",
+                     "broadcast_from_rank0"):
             if getattr(self, name):
                 rows.append((name, "on", ""))
         if self.cuda_devices:
@@ -183,11 +188,43 @@ def capabilities() -> Capabilities:
     flatten = "flatten_optimizer_state_dict" in fields
     if not flatten:
         off["flatten_optimizer_state_dict"] = "StateDictOptions has no flatten_optimizer_state_dict field"
+    broadcast = "broadcast_from_rank0" in fields
+    if not broadcast:
+        off["broadcast_from_rank0"] = "StateDictOptions has no broadcast_from_rank0 field"
     gpus, why_no_gpu = _cuda_devices()
     if why_no_gpu:
         off["device cuda"] = why_no_gpu
+    storages, writer_options = _storages(off)
     return Capabilities(torch.__version__, tuple(engines), flatten, off, hsdp=hsdp, fsdp2_shard_dim=shard_dim,
-                        fsdp1_subgroups=subgroups, cuda_devices=gpus)
+                        fsdp1_subgroups=subgroups, cuda_devices=gpus, storages=storages,
+                        writer_options=writer_options, broadcast_from_rank0=broadcast)
+
+
+def _storages(off: dict[str, str]) -> tuple[tuple[str, ...], bool]:
+    """The ``Case.storage`` kinds (as ``dimensions`` labels them) the installed DCP offers, and
+    whether ``FileSystemWriter`` takes the options the strategies vary; records what is off."""
+    import inspect
+
+    import torch.distributed.checkpoint as dcp
+
+    storages = ["dcp-save", "torch-save"]
+    if all(hasattr(dcp, name) for name in ("save_state_dict", "load_state_dict")):
+        storages.append("dcp-legacy")
+    else:
+        off["storage dcp-legacy"] = "torch.distributed.checkpoint has no save_state_dict/load_state_dict"
+    if hasattr(dcp, "async_save"):
+        storages.append("dcp-async")
+    else:
+        off["storage dcp-async"] = "torch.distributed.checkpoint has no async_save"
+    if _find([("torch.distributed.checkpoint.format_utils", "dcp_to_torch_save")]) is not None:
+        storages.append("dcp-to-torch-save")
+    else:
+        off["storage dcp-to-torch-save"] = "no torch.distributed.checkpoint.format_utils.dcp_to_torch_save"
+    wanted = {"single_file_per_rank", "thread_count", "sync_files"}
+    writer_options = wanted <= set(inspect.signature(dcp.FileSystemWriter.__init__).parameters)
+    if not writer_options:
+        off["writer_options"] = f"FileSystemWriter takes no {sorted(wanted)}"
+    return tuple(storages), writer_options
 
 
 def _cuda_devices() -> tuple[int, str]:

@@ -44,6 +44,10 @@ __all__ = [
     "Linear",
     "LayerNorm",
     "BatchNorm",
+    "Conv",
+    "Embedding",
+    "Scale",
+    "DTYPES",
     "LEAF_CLASSES",
     "leaves",
     "has_trainable_linear",
@@ -52,6 +56,11 @@ __all__ = [
     "SGD",
     "Sequential",
     "Side",
+    "Dcp",
+    "TorchSave",
+    "DcpToTorchSave",
+    "STORAGE_CLASSES",
+    "DCP_APIS",
     "describe_structure_error",
     "dimensions",
     "shard_count",
@@ -107,8 +116,35 @@ class BatchNorm:
     buffers ``running_mean``, ``running_var`` and the 0-D int64 ``num_batches_tracked``."""
 
 
+@frozen
+class Conv:
+    """``nn.Conv1d``/``nn.Conv2d`` from the width to the width, applied to the features as
+    channels of a length-1 signal: a 3-D (or 4-D) weight ``(width, width, k[, k])``."""
+
+    dims: int = field(default=1, validator=in_((1, 2)))
+    kernel_size: int = field(default=1, validator=in_((1, 3)))  # 3: padding 1 keeps the length
+    bias: bool = field(default=True, validator=instance_of(bool))
+
+
+@frozen
+class Embedding:
+    """``nn.Embedding(num_embeddings, input_width)``: only as the model's first leaf, which then
+    takes token indices in ``[0, num_embeddings)`` instead of features."""
+
+    num_embeddings: int = field(validator=_POSITIVE_INT)
+
+
+@frozen
+class Scale:
+    """A 0-D parameter ``scale`` (drawn from the seed) times the input, plus a non-persistent
+    buffer ``shift`` (a constant, so absent from every state dict and never loaded)."""
+
+
 #: The modules a tree's leaves may be; only a Linear changes the width.
-LEAF_CLASSES = (Linear, LayerNorm, BatchNorm)
+LEAF_CLASSES = (Linear, LayerNorm, BatchNorm, Conv, Embedding, Scale)
+
+#: Parameter dtypes of a whole model (``Model.dtype``); float32 unless drawn otherwise.
+DTYPES = ("float32", "float64", "bfloat16")
 
 
 def _non_empty(instance, attribute, value):
@@ -130,7 +166,7 @@ class Block:
     children: tuple[Node, ...] = field(converter=tuple, validator=_non_empty)
 
 
-Node = Union[Linear, LayerNorm, BatchNorm, Sequential, Block]
+Node = Union[Linear, LayerNorm, BatchNorm, Conv, Embedding, Scale, Sequential, Block]
 
 
 def _sorted_unique_types(names) -> tuple[str, ...]:
@@ -143,16 +179,30 @@ def _sorted_unique_types(names) -> tuple[str, ...]:
 
 @frozen
 class Model:
-    """A module tree fed with inputs of width ``input_width``; the root is a container."""
+    """A module tree fed with inputs of width ``input_width``; the root is a container.
+
+    ``dtype``: every parameter and buffer of floating type is cast to it (left out of
+    the JSON when float32).
+    """
 
     input_width: int = field(validator=_POSITIVE_INT)
     root: Union[Sequential, Block] = field(validator=instance_of((Sequential, Block)))
+    dtype: str = field(default="float32", validator=in_(DTYPES))
 
     @root.validator
     def _trainable(self, attribute, value):
         if not has_trainable_linear(value):
             raise ValueError("the model needs a Linear with frozen=False: training needs a gradient, "
                              "and every width comes from a Linear")
+        later = [leaf for leaf in leaves(value)[1:] if isinstance(leaf, Embedding)]
+        if later:
+            raise ValueError("an Embedding may only be the model's first leaf (it takes token indices)")
+
+    @property
+    def num_embeddings(self) -> int:
+        """The first leaf's vocabulary if it is an Embedding (the model takes indices), else 0."""
+        first = leaves(self.root)[0]
+        return first.num_embeddings if isinstance(first, Embedding) else 0
 
     def walk(self) -> list[tuple[str, Node, int]]:
         """Every module below the root as ``(fqn, node, input width)``, parents before children."""
@@ -200,7 +250,20 @@ class Model:
                     shapes[f"{fqn}.bias"] = (node.out_features,)
             elif isinstance(node, (LayerNorm, BatchNorm)):
                 shapes[f"{fqn}.weight"] = shapes[f"{fqn}.bias"] = (width,)
+            elif isinstance(node, Conv):
+                shapes[f"{fqn}.weight"] = (width, width) + (node.kernel_size,) * node.dims
+                if node.bias:
+                    shapes[f"{fqn}.bias"] = (width,)
+            elif isinstance(node, Embedding):
+                shapes[f"{fqn}.weight"] = (node.num_embeddings, width)
+            elif isinstance(node, Scale):
+                shapes[f"{fqn}.scale"] = ()
         return shapes
+
+    def leaf_kinds(self) -> set[str]:
+        """The class names of the leaves (``Conv`` as ``Conv1d``/``Conv2d``)."""
+        return {f"Conv{node.dims}d" if isinstance(node, Conv) else type(node).__name__
+                for _, node, _ in self.walk() if isinstance(node, LEAF_CLASSES)}
 
     @property
     def output_width(self) -> int:
@@ -262,7 +325,7 @@ HYBRID_STRATEGIES = ("HYBRID_SHARD", "_HYBRID_SHARD_ZERO2")
 #: ``module-type``: ``ModuleWrapPolicy`` over ``module_types``; ``size-based``:
 #: ``size_based_auto_wrap_policy`` with ``min_num_params``; ``always``: every module.
 WRAP_POLICIES = ("set", "manual", "module-type", "size-based", "always")
-MODULE_TYPES = ("Linear", "Sequential", "Block", "LayerNorm", "BatchNorm")
+MODULE_TYPES = ("Linear", "Sequential", "Block", "LayerNorm", "BatchNorm", "Conv1d", "Conv2d", "Embedding", "Scale")
 
 
 @frozen
@@ -333,6 +396,9 @@ class Side:
     ``mesh_shape`` is 1-D, or 2-D ``(replicas, shards)`` for HSDP (FSDP2 on a 2-D
     mesh, FSDP1 with a hybrid strategy). A side on ``n`` ranks runs on ranks ``0..n-1``.
     ``device`` ``cuda`` puts rank ``i``'s model on GPU ``i`` (left out of the JSON when ``cpu``).
+    ``cpu_offload`` and ``broadcast_from_rank0`` are the ``StateDictOptions`` fields of that
+    name for this side's state dict (left out of the JSON when False); the second loads a
+    full state dict that only rank 0 holds, so it needs ``state_dict`` ``full``.
     """
 
     engine: Engine = field(validator=instance_of(ENGINE_CLASSES))
@@ -340,6 +406,8 @@ class Side:
     wrap: tuple[str, ...] = field(default=(), converter=_sorted_unique)
     state_dict: str = field(default="sharded", validator=in_(STATE_DICT_TYPES))
     device: str = field(default="cpu", validator=in_(DEVICES))
+    cpu_offload: bool = field(default=False, validator=instance_of(bool))
+    broadcast_from_rank0: bool = field(default=False, validator=instance_of(bool))
 
     @mesh_shape.validator
     def _mesh(self, attribute, value):
@@ -358,6 +426,8 @@ class Side:
         lists_units = isinstance(engine, FSDP2) or (isinstance(engine, FSDP1) and engine.wraps_listed_modules)
         if self.wrap and not lists_units:
             raise ValueError(f"wrap lists modules, but {engine!r} does not shard listed modules")
+        if self.broadcast_from_rank0 and self.state_dict != "full":
+            raise ValueError("broadcast_from_rank0 loads a full state dict: it needs state_dict 'full'")
 
     @property
     def world_size(self) -> int:
@@ -370,6 +440,40 @@ class Side:
     def wrap_innermost_first(self) -> list[str]:
         """``wrap`` in the order the engines need: a module before any of its ancestors."""
         return sorted(self.wrap, key=lambda path: -path.count("."))
+
+
+# --- how the checkpoint is written and read -------------------------------------
+
+#: ``save``: ``dcp.save``/``dcp.load``; ``legacy``: the older ``save_state_dict``/``load_state_dict``
+#: with an explicit ``FileSystemWriter``/``FileSystemReader``; ``async``: ``dcp.async_save``, whose
+#: write may still run while the save side goes on training (continuation).
+DCP_APIS = ("save", "legacy", "async")
+
+
+@frozen
+class Dcp:
+    """A DCP checkpoint directory written through ``FileSystemWriter`` with these options."""
+
+    api: str = field(default="save", validator=in_(DCP_APIS))
+    single_file_per_rank: bool = field(default=True, validator=instance_of(bool))
+    thread_count: int = field(default=1, validator=[instance_of(int), ge(1), le(4)])
+    sync_files: bool = field(default=True, validator=instance_of(bool))
+
+
+@frozen
+class TorchSave:
+    """One file: the save side's full state dict, written by its rank 0 with ``torch.save``, read
+    with ``torch.load(weights_only=True)`` (by rank 0 only when the load side broadcasts it)."""
+
+
+@frozen
+class DcpToTorchSave:
+    """``dcp.save``, then ``format_utils.dcp_to_torch_save`` on one process with no process
+    group; the load side reads that file with ``torch.load(weights_only=True)`` as a full state dict."""
+
+
+Storage = Union[Dcp, TorchSave, DcpToTorchSave]
+STORAGE_CLASSES = (Dcp, TorchSave, DcpToTorchSave)
 
 
 # --- the optimizer ------------------------------------------------------------
@@ -478,6 +582,7 @@ class Case:
     checks: tuple[str, ...] = field(default=(), converter=_sorted_unique)
     param_groups: int = field(default=1, validator=[instance_of(int), ge(1), le(2)])
     load_mutation: Optional[str] = field(default=None, validator=optional(in_(LOAD_MUTATIONS)))
+    storage: Storage = field(factory=Dcp, validator=instance_of(STORAGE_CLASSES))
     schema_version: int = field(default=SCHEMA_VERSION)
 
     @checks.validator
@@ -496,6 +601,15 @@ class Case:
     def __attrs_post_init__(self):
         if self.model.has_batch_norm and self.batch_size < 2:
             raise ValueError("a model with a BatchNorm needs batch_size >= 2 (BatchNorm1d trains on batch statistics)")
+        storage = self.storage
+        if isinstance(storage, TorchSave) and "sharded" in (self.save.state_dict, self.load.state_dict):
+            raise ValueError("TorchSave storage writes and reads a full state dict: both sides need state_dict 'full'")
+        if isinstance(storage, DcpToTorchSave) and self.load.state_dict != "full":
+            raise ValueError("DcpToTorchSave storage loads a full state dict: the load side needs state_dict 'full'")
+        load = self.load
+        if load.cpu_offload and load.state_dict == "full" and not load.broadcast_from_rank0:
+            raise ValueError("load.cpu_offload with a full state dict leaves it on rank 0 alone: "
+                             "the load side then needs broadcast_from_rank0")
         known = set(self.model.submodule_paths())
         for side_name in ("save", "load"):
             unknown = set(getattr(self, side_name).wrap) - known
@@ -574,6 +688,7 @@ def dimensions(case: Case) -> dict[str, str]:
             f"{name}_fsdp1_use_orig_params": str(engine.use_orig_params).lower() if fsdp1 else "n/a",
             f"{name}_fsdp2_reshard_after_forward": str(engine.reshard_after_forward).lower() if fsdp2 else "n/a",
             f"{name}_fsdp2_shard_dim": str(engine.shard_dim) if fsdp2 else "n/a",
+            f"{name}_cpu_offload": str(s.cpu_offload).lower(),
         }
 
     return {
@@ -590,15 +705,31 @@ def dimensions(case: Case) -> dict[str, str]:
         "load_mutation": case.load_mutation or "none",
         "linears": str(min(len(widths), 4)) + ("+" if len(widths) >= 4 else ""),
         "frozen": "some" if case.model.frozen_paths() else "none",
-        "norms": _norm_mix(case.model),
+        "norms": _mix(case.model, {"LayerNorm": "layer", "BatchNorm": "batch"}),
+        "conv": _mix(case.model, {"Conv1d": "1d", "Conv2d": "2d"}),
+        "embedding": str(case.model.num_embeddings > 0).lower(),
+        "scalar_parameter": str("Scale" in case.model.leaf_kinds()).lower(),
+        "dtype": case.model.dtype,
+        **_storage_dimensions(case.storage),
+        "broadcast_from_rank0": str(case.load.broadcast_from_rank0).lower(),
     }
 
 
-def _norm_mix(model: Model) -> str:
-    kinds = {name for _, name, _ in model.norms()}
-    if len(kinds) != 1:
-        return "both" if kinds else "none"
-    return "layer" if kinds == {"LayerNorm"} else "batch"
+def _storage_dimensions(storage) -> dict[str, str]:
+    if not isinstance(storage, Dcp):
+        label = "torch-save" if isinstance(storage, TorchSave) else "dcp-to-torch-save"
+        return {"storage": label, "writer_single_file_per_rank": "n/a", "writer_threads": "n/a",
+                "writer_sync_files": "n/a"}
+    return {"storage": f"dcp-{storage.api}",
+            "writer_single_file_per_rank": str(storage.single_file_per_rank).lower(),
+            "writer_threads": "1" if storage.thread_count == 1 else "2+",
+            "writer_sync_files": str(storage.sync_files).lower()}
+
+
+def _mix(model: Model, labels: dict[str, str]) -> str:
+    """``none``, the label of the one kind of ``labels`` the model has, or ``both``."""
+    found = [label for kind, label in labels.items() if kind in model.leaf_kinds()]
+    return found[0] if len(found) == 1 else ("both" if found else "none")
 
 
 def _optimizer_state_kind(case: Case) -> str:
@@ -621,16 +752,19 @@ for _cls in (Sequential, Block, FSDP1, Model, Side, Case):
 converter.register_unstructure_hook(
     Linear, make_dict_unstructure_fn(Linear, converter, frozen=override(omit_if_default=True))
 )
-for _union in (Node, Engine, Optimizer):
+for _union in (Node, Engine, Optimizer, Storage):
     configure_tagged_union(_union, converter, tag_name="kind", tag_generator=lambda c: c.__name__)
 # A root is a container only; reuse the tag names of the node union.
 configure_tagged_union(
     Union[Sequential, Block], converter, tag_name="kind", tag_generator=lambda c: c.__name__
 )
-# After the unions: Side's generated hook must find the Engine union's (tagged) one.
-converter.register_unstructure_hook(
-    Side, make_dict_unstructure_fn(Side, converter, device=override(omit_if_default=True))
-)
+# After the unions: the generated hooks below must find the unions' (tagged) ones.
+_DEFAULT_OMITTED = override(omit_if_default=True)
+converter.register_unstructure_hook(Side, make_dict_unstructure_fn(
+    Side, converter, device=_DEFAULT_OMITTED, cpu_offload=_DEFAULT_OMITTED, broadcast_from_rank0=_DEFAULT_OMITTED))
+converter.register_unstructure_hook(Model, make_dict_unstructure_fn(Model, converter, dtype=_DEFAULT_OMITTED))
+# Last: Case's generated hook takes the Side and Model hooks registered above.
+converter.register_unstructure_hook(Case, make_dict_unstructure_fn(Case, converter, storage=_DEFAULT_OMITTED))
 
 
 def to_dict(case: Case) -> dict:

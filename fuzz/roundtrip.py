@@ -18,11 +18,14 @@ import torch
 import torch.distributed as dist
 
 from shardfuzz.capabilities import dtensor
-from shardfuzz.build import build_module, build_optimizer, device_mesh, rank_device, shard, unwrapped_name
-from shardfuzz.case import FSDP1, FSDP2, Case, Side
+from shardfuzz.build import (
+    build_module, build_optimizer, device_mesh, rank_device, shard, training_batch, unwrapped_name,
+)
+from shardfuzz.case import FSDP1, FSDP2, Case, Dcp, Side
 from shardfuzz import oracles
 from shardfuzz.oracles import compare_state
-from shardfuzz.targets import CheckpointTarget, ShardsModules
+from shardfuzz.storage import storage_target
+from shardfuzz.targets import CheckpointTarget, DcpTarget, ShardsModules
 from shardfuzz.verdict import Mismatch
 
 __all__ = ["RankContext", "run_case"]
@@ -43,6 +46,7 @@ class RankContext:
         self.timings: dict[str, float] = {}
         self.unchanged: list[str] = []  # non-vacuity: keys equal to the saved state before the load
         self._groups: dict[int, Any] = {}
+        self._async_groups: dict[int, Any] = {}  # n -> a second group on ranks 0..n-1 for async_save
         self._meshes: dict[tuple, Any] = {}  # (mesh shape, device) -> DeviceMesh
 
     def create_groups(self) -> None:
@@ -62,6 +66,18 @@ class RankContext:
             if len(side.mesh_shape) == 2 and key not in self._meshes:
                 self._meshes[key] = device_mesh(side.mesh_shape, self._groups[side.world_size], rank=self.rank,
                                                 generation=self.generation, device=side.device)
+
+    def prepare_async_group(self, case: Case) -> None:
+        """An async save writes (and runs its collectives) in a thread while the save side trains on:
+        it gets a group of its own, as torch recommends. Collective on the world, like the meshes."""
+        n = case.save.world_size
+        if isinstance(case.storage, Dcp) and case.storage.api == "async" and n not in self._async_groups:
+            self._async_groups[n] = dist.new_group(list(range(n)))
+
+    def checkpoint_group(self, case: Case):
+        """The group the save side's checkpoint writer uses."""
+        return self._async_groups.get(case.save.world_size, self.group(case.save.world_size)) \
+            if isinstance(case.storage, Dcp) and case.storage.api == "async" else self.group(case.save.world_size)
 
     def mesh(self, shape: tuple[int, ...], device: str = "cpu"):
         """The DeviceMesh of a side of this shape on ``device`` (2-D ones come from ``prepare_meshes``)."""
@@ -89,6 +105,8 @@ def run_case(case: Case, ctx: RankContext, target: CheckpointTarget, checkpoint_
     expected = expected_after = None
     mismatches: list[Mismatch] = []
     ctx.prepare_meshes(case)
+    ctx.prepare_async_group(case)
+    target = checkpoint_io(case, target)
     if ctx.rank < case.save.world_size:
         ctx.enter("build-save")
         model, optim = _build_side(case, case.save, case.model, ctx, target, seed=case.seed)
@@ -98,7 +116,7 @@ def run_case(case: Case, ctx: RankContext, target: CheckpointTarget, checkpoint_
         expected = _gather_full(model, optim)
         ctx.enter("save")
         state = _side_state_dict(case, case.save, model, optim)
-        target.save(state, checkpoint_id=checkpoint_dir, process_group=ctx.group(case.save.world_size))
+        target.save(state, checkpoint_id=checkpoint_dir, process_group=ctx.checkpoint_group(case))
         del state
         if "continuation" in case.checks and case.load_mutation is None:
             ctx.enter("continue-saved")
@@ -107,6 +125,9 @@ def run_case(case: Case, ctx: RankContext, target: CheckpointTarget, checkpoint_
         if "api-parity" in case.checks:
             ctx.enter("api-parity")
             mismatches += _api_parity(case.save, model, optim, rank=ctx.rank, group=ctx.group(case.save.world_size))
+        if hasattr(target, "finish_save"):
+            ctx.enter("finish-save")  # an async write has run alongside the phases above
+            target.finish_save()
         del model, optim
     ctx.enter("barrier")
     dist.barrier()
@@ -119,6 +140,18 @@ def run_case(case: Case, ctx: RankContext, target: CheckpointTarget, checkpoint_
     return mismatches
 
 
+def checkpoint_io(case: Case, target: CheckpointTarget) -> CheckpointTarget:
+    """What writes and reads the checkpoint: the case's storage variant for the default
+    target itself (not a subclass: a mutant or a user's target does its own I/O, so only
+    the default storage fits it), else the target."""
+    if type(target) is DcpTarget:
+        return storage_target(case.storage)
+    if case.storage != Dcp():
+        raise ValueError(f"case.storage {case.storage!r} needs the default target; {type(target).__name__} "
+                         "does its own I/O (draw with cases(vary_storage=False))")
+    return target
+
+
 def _load_and_judge(case, ctx, target, checkpoint_dir, expected, expected_after) -> list[Mismatch]:
     side = case.load
     mismatches: list[Mismatch] = []
@@ -129,7 +162,7 @@ def _load_and_judge(case, ctx, target, checkpoint_dir, expected, expected_after)
     ctx.enter("load")
     state = _side_state_dict(case, side, model, optim)
     target.load(state, checkpoint_id=checkpoint_dir, process_group=ctx.group(side.world_size))
-    _set_side_state_dict(case, side, model, optim, state)
+    _set_side_state_dict(case, side, model, optim, state, rank=ctx.rank)
     del state
     ctx.enter("gather-loaded")
     actual = _gather_full(model, optim)
@@ -149,7 +182,7 @@ def _load_and_judge(case, ctx, target, checkpoint_dir, expected, expected_after)
         ctx.unchanged = oracles.unchanged_before_load(expected, before)
         if "continuation" in case.checks and not mismatches:
             mismatches += oracles.continuation(expected_after, actual_after, rank=0,
-                                               identical_layout=case.same_sharding)
+                                               identical_layout=case.same_sharding, dtype=case.model.dtype)
     return mismatches
 
 
@@ -163,7 +196,7 @@ def _load_incompatible(case, ctx, target, checkpoint_dir) -> list[Mismatch]:
     try:
         state = _side_state_dict(case, side, model, optim)
         target.load(state, checkpoint_id=checkpoint_dir, process_group=ctx.group(side.world_size))
-        _set_side_state_dict(case, side, model, optim, state)
+        _set_side_state_dict(case, side, model, optim, state, rank=ctx.rank)
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:  # noqa: BLE001 - any loud error (CheckpointException too) is the outcome wanted
@@ -202,7 +235,8 @@ def _train(case: Case, model, optim, *, rank: int, continuation: bool = False, d
     same_batch_everywhere = continuation or case.model.has_batch_norm
     for step in range(first, first + count):
         generator.manual_seed(case.seed * 1_000_003 + step * 101 + (0 if same_batch_everywhere else rank))
-        x = torch.randn(case.batch_size, case.model.input_width, generator=generator)
+        x = training_batch(generator, batch_size=case.batch_size, input_width=case.model.input_width,
+                           num_embeddings=case.model.num_embeddings, dtype=case.model.dtype)
         if device != "cpu":
             x = x.to(rank_device(device))
         model(x).square().mean().backward()
@@ -217,6 +251,8 @@ def _options(case: Case, side: Side, **overrides):
         full_state_dict=side.state_dict == "full",
         flatten_optimizer_state_dict=case.flatten_optimizer_state_dict,
     )
+    # Only where set: an older torch may lack the field (the strategies then never set it).
+    kwargs.update({name: True for name in ("cpu_offload", "broadcast_from_rank0") if getattr(side, name)})
     kwargs.update(overrides)
     return StateDictOptions(**kwargs)
 
@@ -228,9 +264,13 @@ def _side_state_dict(case: Case, side: Side, model, optim) -> dict[str, Any]:
     return {"model": model_sd, "optim": optim_sd}
 
 
-def _set_side_state_dict(case: Case, side: Side, model, optim, state) -> None:
+def _set_side_state_dict(case: Case, side: Side, model, optim, state, *, rank: int) -> None:
+    """``set_state_dict``; with ``broadcast_from_rank0`` only rank 0 passes the state (as torch
+    documents it: the others receive theirs from rank 0)."""
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
+    if side.broadcast_from_rank0 and rank != 0:
+        state = {"model": {}, "optim": {}}
     set_state_dict(model, optim, model_state_dict=state["model"], optim_state_dict=state["optim"],
                    options=_options(case, side))
 
@@ -268,14 +308,14 @@ def _layout_records(model) -> dict[str, oracles.LayoutRecord]:
 
 def _expected_layout(spec, side: Side) -> dict[str, oracles.LayoutRecord]:
     """FSDP2 shards every parameter on dim 0 (or ``shard_dim`` where it has one) of the
-    side's mesh, replicated across dim 0 of a 2-D mesh, in float32, at its full shape."""
+    side's mesh, replicated across dim 0 of a 2-D mesh, in the model's dtype, at its full shape."""
     Replicate, Shard = dtensor().Replicate, dtensor().Shard
 
     def placements(ndim: int) -> str:
         shard = Shard(side.engine.dim_for(ndim))
         return repr((Replicate(), shard) if len(side.mesh_shape) == 2 else (shard,))
 
-    return {name: oracles.LayoutRecord(side.world_size, placements(len(shape)), shape, "torch.float32")
+    return {name: oracles.LayoutRecord(side.world_size, placements(len(shape)), shape, f"torch.{spec.dtype}")
             for name, shape in spec.parameter_shapes().items()}
 
 

@@ -136,7 +136,7 @@ def run_command(args) -> int:
                     is_known=lambda s, c: known.lookup(s, c) is not None, on_case=on_case, on_finding=on_finding,
                     confirm=None if args.no_confirm else confirm, database=database,
                     database_key=database_key(f"world={world_size}", target, *device_key), should_stop=lambda: stop.reason,
-                    max_cases=args.max_cases, devices=devices,
+                    max_cases=args.max_cases, devices=devices, vary_storage=target == DEFAULT_TARGET,
                 )
     except PoolStartError as exc:
         progress.finish()

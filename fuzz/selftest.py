@@ -79,7 +79,7 @@ def run_selftest(
         started = time.monotonic()
         with RankPool(world_size, target=f"shardfuzz.mutants:{name}") as pool:
             campaign = run_campaign(pool.run, budget=budget_per_mutant, seed=seed, max_world_size=world_size,
-                                    is_known=is_known, stop_on_finding=True,
+                                    is_known=is_known, stop_on_finding=True, vary_storage=False,
                                     shrink_budget=max(10.0, budget_per_mutant / 2))
         finding = min(campaign.findings.values(), key=lambda f: case_size(f.case), default=None)
         killed_by = ""

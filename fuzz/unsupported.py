@@ -55,14 +55,23 @@ CASE_RULES: tuple[CaseRule, ...] = (
         "not support uneven sharding on dim 1')",
         lambda case: _fsdp2_uneven_on_dim1(case),
     ),
+    CaseRule(
+        "fsdp-scalar-parameter",
+        "FSDP1 and fully_shard both refuse 0-D parameters on purpose (ValueError \"FSDP doesn't "
+        "support scalar parameters. Change 1.scale to a 1D tensor with numel equal to 1\", and "
+        "'fully_shard doesn't support ...' likewise), and the root is always sharded, so a model "
+        "with a Scale leaf runs on DDP and unsharded sides only",
+        lambda case: "Scale" in case.model.leaf_kinds() and any(
+            isinstance(s.engine, (FSDP1, FSDP2)) for s in _sides(case)),
+    ),
 )
 
 
 def _fsdp2_uneven_on_dim1(case: Case) -> bool:
-    fan_ins = [fan_in for _, fan_in, _, _ in case.model.linears()]
+    dim1_sizes = [shape[1] for shape in case.model.parameter_shapes().values() if len(shape) >= 2]
     for side in _sides(case):
         if isinstance(side.engine, FSDP2) and side.engine.shard_dim == 1:
-            if any(n % shard_count(side) for n in fan_ins):
+            if any(n % shard_count(side) for n in dim1_sizes):
                 return True
     return False
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import attrs
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
 from shardfuzz.capabilities import capabilities
-from shardfuzz.case import DEVICES, FSDP1, FSDP2, Case, Model, Side, Unsharded
+from shardfuzz.case import DEVICES, FSDP1, FSDP2, Case, Dcp, DcpToTorchSave, Model, Side, TorchSave, Unsharded
 from shardfuzz.unsupported import excluded
 from shardfuzz.strategies._helpers import check_choices, check_int, factorisations
 from shardfuzz.strategies.engines import TWO_D_ENGINES, engines, wrap_sets
@@ -18,7 +19,9 @@ from shardfuzz.strategies.options import (
     optimizer_steps,
     optimizers,
     param_groups,
+    rarely,
     state_dict_types,
+    storages,
 )
 from shardfuzz.strategies.topology import mesh_shapes
 
@@ -97,6 +100,7 @@ def cases(
     engine_names=None,
     devices=("cpu",),
     gpus: int | None = None,
+    vary_storage: bool = True,
 ) -> st.SearchStrategy[Case]:
     """Round-trip cases whose sides each use at most ``max_world_size`` ranks.
 
@@ -104,6 +108,9 @@ def cases(
     world size, other engine or other wrap set) between save and load. With
     ``devices=("cpu", "cuda")`` each side is on either, so cases also cross devices
     (see ``sides`` for ``gpus``).
+
+    ``vary_storage=False``: every case writes and reads its checkpoint the default way
+    (``dcp.save``/``dcp.load``), for a user's target, which does its own I/O.
     """
     check_int("max_world_size", max_world_size, minimum=1)
     check_int("max_leaves", max_leaves, minimum=1)
@@ -115,14 +122,38 @@ def cases(
     optimizer_choice, step_counts, flatten = optimizers(), optimizer_steps(max_steps=max_steps), \
         flatten_optimizer_state_dict()
     seeds, check_sets, group_counts, mutations = st.integers(0, 2**16), checks(), param_groups(), load_mutations()
+    storage_choice = storages() if vary_storage else st.just(Dcp())
+    offload = rarely()
+
+    def with_options(draw, save: Side, load: Side, storage) -> tuple[Side, Side]:
+        """The sides' ``StateDictOptions`` fields, and the state-dict types the storage needs."""
+        if isinstance(storage, TorchSave):
+            save = attrs.evolve(save, state_dict="full")
+        if isinstance(storage, (TorchSave, DcpToTorchSave)):
+            load = attrs.evolve(load, state_dict="full")
+        # Not on FSDP1: its cpu_offload state dicts crash or fail on CPU ranks, two known torch
+        # bugs (corpus 5ce9e3bc55f14af9, 5ad10a11fe519266) that would otherwise eat campaigns.
+        save = attrs.evolve(save, cpu_offload=draw(offload) and not isinstance(save.engine, FSDP1))
+        load = attrs.evolve(load, cpu_offload=draw(offload) and not isinstance(load.engine, FSDP1))
+        # broadcast_from_rank0 is not drawn yet: DSD broadcasts on the default group whatever
+        # group the model is on (a load side on fewer ranks than the pool hangs), and with a
+        # flattened optimizer state dict its broadcast fails with KeyError 'state' on rank 0 and
+        # 'param_groups' on the others; both wait for triage. Offloaded, a full state dict is on
+        # rank 0 alone, and only a broadcast could load it: so no cpu_offload on a full load.
+        if load.state_dict == "full":
+            load = attrs.evolve(load, cpu_offload=False)
+        return save, load
 
     @st.composite
     def draw_case(draw):
         model = draw(model_trees)
+        storage = draw(storage_choice)
+        save, load = with_options(draw, draw_side(draw, model), draw_side(draw, model), storage)
         return Case(
             model=model,
-            save=draw_side(draw, model),
-            load=draw_side(draw, model),
+            save=save,
+            load=load,
+            storage=storage,
             optimizer=draw(optimizer_choice),
             steps=draw(step_counts),
             flatten_optimizer_state_dict=draw(flatten),

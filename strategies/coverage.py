@@ -8,7 +8,7 @@ filter that rejects a whole branch) shows up as unreached instead of going unsee
 from __future__ import annotations
 
 from shardfuzz.capabilities import capabilities
-from shardfuzz.case import CHECKS, DEVICES, FSDP1_STRATEGIES, HYBRID_STRATEGIES, LOAD_MUTATIONS, STATE_DICT_TYPES, WRAP_POLICIES
+from shardfuzz.case import CHECKS, DEVICES, DTYPES, FSDP1_STRATEGIES, HYBRID_STRATEGIES, LOAD_MUTATIONS, STATE_DICT_TYPES, WRAP_POLICIES
 from shardfuzz.strategies._helpers import check_choices, check_int
 
 __all__ = ["offered_values"]
@@ -37,6 +37,7 @@ def offered_values(*, max_world_size: int = 4, max_steps: int = 3, devices=("cpu
             f"{side}_wrapped": {"none", "some"},
             f"{side}_uneven_split": set(_BOOLS) if max_world_size > 1 else {"false"},
             f"{side}_empty_shard": set(_BOOLS) if max_world_size > 1 else {"false"},
+            f"{side}_cpu_offload": set(_BOOLS),
         })
         if "fsdp1" in engines:
             values[f"{side}_fsdp1_strategy"] = strategies | not_fsdp1
@@ -56,6 +57,15 @@ def offered_values(*, max_world_size: int = 4, max_steps: int = 3, devices=("cpu
         "linears": {"1", "2", "3", "4+"},
         "frozen": {"none", "some"},
         "norms": {"none", "layer", "batch", "both"},
+        "conv": {"none", "1d", "2d", "both"},
+        "embedding": set(_BOOLS),
+        "scalar_parameter": set(_BOOLS),
+        "dtype": set(DTYPES),
+        "storage": set(caps.storages),
+        "writer_single_file_per_rank": set(_BOOLS) | {"n/a"} if caps.writer_options else {"true", "n/a"},
+        "writer_threads": {"1", "2+", "n/a"} if caps.writer_options else {"1", "n/a"},
+        "writer_sync_files": set(_BOOLS) | {"n/a"} if caps.writer_options else {"true", "n/a"},
+        "broadcast_from_rank0": {"false"},  # not drawn yet: see strategies/cases.py
         "load_mutation": {"none", *LOAD_MUTATIONS},
         **{f"check_{name}": set(_BOOLS) for name in CHECKS},
     })

@@ -11,12 +11,12 @@ import attrs
 from hypothesis import strategies as st
 
 from shardfuzz.case import (
-    LEAF_CLASSES, BatchNorm, Block, LayerNorm, Linear, Model, Sequential, has_trainable_linear, leaves,
-    map_first_linear,
+    DTYPES, LEAF_CLASSES, BatchNorm, Block, Conv, Embedding, LayerNorm, Linear, Model, Scale, Sequential,
+    has_trainable_linear, leaves, map_first_linear,
 )
 from shardfuzz.strategies._helpers import check_int, check_interval
 
-__all__ = ["widths", "linears", "norm_layers", "module_trees", "models"]
+__all__ = ["widths", "linears", "norm_layers", "convs", "embeddings", "dtypes", "module_trees", "models"]
 
 _SMALL = 4
 
@@ -41,6 +41,24 @@ def norm_layers() -> st.SearchStrategy[LayerNorm | BatchNorm]:
     return st.one_of(st.builds(LayerNorm), st.builds(BatchNorm))
 
 
+def convs() -> st.SearchStrategy[Conv]:
+    """A width-keeping ``Conv1d`` or ``Conv2d`` leaf: 3-D or 4-D weights, kernel 1 or 3, bias on or off."""
+    return st.builds(Conv, dims=st.sampled_from((1, 2)), kernel_size=st.sampled_from((1, 3)), bias=st.booleans())
+
+
+def embeddings(*, max_width: int = 16) -> st.SearchStrategy[Embedding | None]:
+    """The model's first leaf: ``None`` (features in) in 4 draws of 5, else an ``Embedding`` over a
+    vocabulary drawn like a width (so uneven and empty shards of its rows are common)."""
+    check_int("max_width", max_width, minimum=1)
+    return st.one_of(st.just(None), st.just(None), st.just(None), st.just(None),
+                     st.builds(Embedding, widths(max_value=max_width)))
+
+
+def dtypes() -> st.SearchStrategy[str]:
+    """The model's dtype: float32 in 3 draws of 4, else float64 or bfloat16; shrinks to float32."""
+    return st.sampled_from(("float32",) * 6 + tuple(d for d in DTYPES if d != "float32"))
+
+
 def _containers(children: st.SearchStrategy, max_children: int) -> st.SearchStrategy:
     kids = st.lists(children, min_size=1, max_size=max_children)
     return st.one_of(st.builds(Sequential, kids), st.builds(Block, kids))
@@ -50,7 +68,8 @@ def module_trees(
     *, max_leaves: int = 6, max_children: int = 3, max_width: int = 16
 ) -> st.SearchStrategy[Sequential | Block]:
     """A container tree of at most ``max_leaves`` leaves: Sequential and custom Block nodes
-    over Linears and (about one leaf in four) norm layers, with at least one trainable Linear.
+    over Linears, with at least one trainable Linear, and (one leaf in five) norm layers,
+    (one in ten) convolutions and (one in twenty) ``Scale`` leaves with a 0-D parameter.
 
     Single-child containers make deep nesting (depth 3 and more) cheap to reach.
     A bare leaf drawn as the whole tree is put in a Sequential (the root is a container).
@@ -58,9 +77,9 @@ def module_trees(
     """
     check_int("max_leaves", max_leaves, minimum=1)
     check_int("max_children", max_children, minimum=1)
-    linear = linears(max_width=max_width)
+    linear, norm = linears(max_width=max_width), norm_layers()
     nodes = st.recursive(
-        st.one_of(linear, linear, linear, norm_layers()),
+        st.one_of(*[linear] * 12, *[norm] * 4, convs(), convs(), st.builds(Scale)),
         lambda inner: _containers(inner, max_children),
         max_leaves=max_leaves,
     )
@@ -89,9 +108,17 @@ def _as_root(node):
 def models(
     *, max_leaves: int = 6, max_children: int = 3, max_width: int = 16
 ) -> st.SearchStrategy[Model]:
-    """A ``Model``: an input width and a module tree."""
+    """A ``Model``: an input width, a module tree (its first leaf sometimes an Embedding), a dtype."""
     return st.builds(
-        Model,
+        _model,
         input_width=widths(max_value=max_width),
         root=module_trees(max_leaves=max_leaves, max_children=max_children, max_width=max_width),
+        embedding=embeddings(max_width=max_width),
+        dtype=dtypes(),
     )
+
+
+def _model(input_width: int, root, embedding: Embedding | None, dtype: str) -> Model:
+    if embedding is not None:
+        root = attrs.evolve(root, children=(embedding, *root.children))
+    return Model(input_width=input_width, root=root, dtype=dtype)

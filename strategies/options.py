@@ -5,12 +5,14 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from shardfuzz.capabilities import capabilities
-from shardfuzz.case import CHECKS, LOAD_MUTATIONS, SGD, STATE_DICT_TYPES, Adagrad, Adam, AdamW, RMSprop
+from shardfuzz.case import (
+    CHECKS, LOAD_MUTATIONS, SGD, STATE_DICT_TYPES, Adagrad, Adam, AdamW, Dcp, DcpToTorchSave, RMSprop, TorchSave,
+)
 from shardfuzz.strategies._helpers import check_int
 
 __all__ = [
     "checks", "flatten_optimizer_state_dict", "load_mutations", "optimizer_steps", "optimizers", "param_groups",
-    "state_dict_types",
+    "state_dict_types", "storages", "rarely",
 ]
 
 
@@ -60,3 +62,26 @@ def load_mutations() -> st.SearchStrategy[str | None]:
     cases is not a third of the time. ``None`` comes first: failures shrink towards it.
     """
     return st.sampled_from((None,) * 4 + LOAD_MUTATIONS)
+
+
+def rarely() -> st.SearchStrategy[bool]:
+    """True in about 1 draw of 6; shrinks to False."""
+    return st.sampled_from((False,) * 5 + (True,))
+
+
+def storages() -> st.SearchStrategy:
+    """How the checkpoint is written and read (``Case.storage``), among what the installed torch
+    offers: ``dcp.save`` with default writer options in about half the draws (it shrinks there),
+    else other ``FileSystemWriter`` options, the older API, ``async_save``, one ``torch.save``
+    file, or a DCP directory converted by ``format_utils``."""
+    caps = capabilities()
+    apis = [api for api in ("save", "legacy", "async") if f"dcp-{api}" in caps.storages]
+    if caps.writer_options:
+        custom = st.builds(Dcp, api=st.sampled_from(apis), single_file_per_rank=st.booleans(),
+                           thread_count=st.sampled_from((1, 2)), sync_files=st.booleans())
+    else:
+        custom = st.builds(Dcp, api=st.sampled_from(apis))
+    whole_files = [st.just(TorchSave())]
+    if "dcp-to-torch-save" in caps.storages:
+        whole_files.append(st.just(DcpToTorchSave()))
+    return st.one_of(st.just(Dcp()), st.just(Dcp()), st.just(Dcp()), custom, custom, *whole_files)

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 
 from shardfuzz.case import (
-    DDP, FSDP1, FSDP2, SCHEMA_VERSION, Unsharded, Adam, BatchNorm, Block, Case, LayerNorm, Linear, Model, Sequential,
-    Side, dimensions, dumps, loads,
+    DDP, FSDP1, FSDP2, SCHEMA_VERSION, Unsharded, Adam, BatchNorm, Block, Case, Conv, Dcp, DcpToTorchSave, Embedding,
+    LayerNorm, Linear, Model, Scale, Sequential, Side, TorchSave, dimensions, dumps, loads, to_dict,
 )
 from shardfuzz.strategies import cases
 
@@ -46,6 +46,26 @@ def test_norm_layers_keep_the_width_and_add_one_dimensional_parameters():
     assert dims["norms"] == "both" and dims["frozen"] == "some"
 
 
+def test_conv_embedding_and_scale_leaves_bring_three_four_and_zero_dimensional_parameters():
+    model = Model(3, Sequential([Embedding(7), Conv(dims=1, kernel_size=3), Block([Conv(dims=2, bias=False), Scale()]),
+                                 Linear(2)]), dtype="bfloat16")
+    assert model.num_embeddings == 7
+    assert model.parameter_shapes() == {"0.weight": (7, 3), "1.weight": (3, 3, 3), "1.bias": (3,),
+                                        "2.a.weight": (3, 3, 1, 1), "2.b.scale": (), "3.weight": (2, 3), "3.bias": (2,)}
+    dims = dimensions(_case(model=model, save=Side(DDP(), (2,)), load=Side(Unsharded(), (1,))))
+    assert (dims["conv"], dims["embedding"], dims["scalar_parameter"], dims["dtype"]) == ("both", "true", "true",
+                                                                                         "bfloat16")
+
+
+def test_fields_added_later_stay_out_of_the_json_at_their_defaults():
+    data = to_dict(_case())
+    assert "dtype" not in data["model"] and "storage" not in data
+    assert "cpu_offload" not in data["save"] and "broadcast_from_rank0" not in data["load"]
+    data = to_dict(_case(storage=Dcp(api="async"), load=Side(FSDP2(), (3,), state_dict="full", cpu_offload=True,
+                                                             broadcast_from_rank0=True)))
+    assert data["storage"]["kind"] == "Dcp" and data["load"]["broadcast_from_rank0"] is True
+
+
 def test_dimensions_label_uneven_and_empty_shards():
     dims = dimensions(_case())
     assert dims["save_engine"] == "fsdp1" and dims["load_engine"] == "fsdp2"
@@ -82,6 +102,16 @@ def test_dimensions_label_uneven_and_empty_shards():
         (lambda: Model(2, Sequential([LayerNorm()])), "frozen=False"),
         (lambda: Side(FSDP2(), (1,), device="tpu"), "device"),
         (lambda: _case(model=Model(2, Sequential([Linear(3), BatchNorm()])), batch_size=1), "batch_size >= 2"),
+        (lambda: Model(2, Sequential([Linear(3), Embedding(4)])), "first leaf"),
+        (lambda: Model(2, Sequential([Linear(3)]), dtype="float16"), "dtype"),
+        (lambda: Conv(dims=3), "dims"),
+        (lambda: Conv(kernel_size=2), "kernel_size"),
+        (lambda: Dcp(api="fast"), "api"),
+        (lambda: Dcp(thread_count=0), "thread_count"),
+        (lambda: Side(FSDP2(), (2,), broadcast_from_rank0=True), "needs state_dict 'full'"),
+        (lambda: _case(storage=TorchSave()), "both sides need state_dict 'full'"),
+        (lambda: _case(storage=DcpToTorchSave(), load=Side(FSDP2(), (3,))), "load side needs state_dict 'full'"),
+        (lambda: _case(load=Side(FSDP2(), (3,), state_dict="full", cpu_offload=True)), "broadcast_from_rank0"),
     ],
 )
 def test_invalid_cases_are_rejected(make, message):

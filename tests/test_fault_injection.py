@@ -15,7 +15,7 @@ pytestmark = pytest.mark.ranks
 def _campaign(target, known, **settings):
     settings = {"budget": 15, "shrink_budget": 90, **settings}
     with RankPool(2, target=f"faults:{target}") as pool:
-        return run_campaign(pool.run, seed=7, max_world_size=2, is_known=lambda s, c: known(s, c) is not None,
+        return run_campaign(pool.run, vary_storage=False, seed=7, max_world_size=2, is_known=lambda s, c: known(s, c) is not None,
                             **settings)
 
 
@@ -60,7 +60,7 @@ def test_swapped_optimizer_moments_are_found_and_shrunk(shardfuzz_known):
 def test_buffers_left_unloaded_are_found_and_shrunk_to_one_batch_norm(shardfuzz_known):
     """The state oracle covers buffers: BatchNorm's running statistics not loaded is a mismatch."""
     with RankPool(2, target="shardfuzz.mutants:BuffersNotLoaded") as pool:
-        result = run_campaign(pool.run, seed=7, max_world_size=2, budget=600, max_cases=150, stop_on_finding=True,
+        result = run_campaign(pool.run, vary_storage=False, seed=7, max_world_size=2, budget=600, max_cases=150, stop_on_finding=True,
                               shrink_budget=60, is_known=lambda s, c: shardfuzz_known(s, c) is not None)
     findings = _mismatch_findings(result)
     assert findings, f"no mismatch found in {result.cases_run} cases"
@@ -74,7 +74,7 @@ def test_buffers_left_unloaded_are_found_and_shrunk_to_one_batch_norm(shardfuzz_
 
 def test_a_failure_that_does_not_repeat_is_reported_flaky_with_both_outcomes():
     with RankPool(2, target="faults:PerturbEveryOtherLoad") as pool:
-        result = run_campaign(pool.run, budget=6, seed=7, max_world_size=2, confirm=pool.run, shrink_budget=10)
+        result = run_campaign(pool.run, vary_storage=False, budget=6, seed=7, max_world_size=2, confirm=pool.run, shrink_budget=10)
     flaky = [f for f in result.findings.values() if f.flaky]
     assert flaky, f"no flaky finding in {result.cases_run} cases"
     assert flaky[0].verdict.status == "mismatch" and flaky[0].other.status == "pass"

@@ -36,7 +36,7 @@ from multiprocessing.connection import wait
 
 import attrs
 
-from shardfuzz.case import DEVICES, Case, to_dict
+from shardfuzz.case import DEVICES, Case, Dcp, to_dict
 from shardfuzz.stop import StopRequested
 from shardfuzz.targets import DEFAULT_TARGET
 from shardfuzz.unsupported import classify, excluded
@@ -276,7 +276,11 @@ class RankPool:
         return "gloo+nccl" if self.device == "cuda" else "gloo"
 
     def cannot_run(self, case: Case) -> str:
-        """Why this pool cannot run ``case`` here (its CUDA sides, on this machine), or ''."""
+        """Why this pool cannot run ``case`` here (its CUDA sides, on this machine; a storage
+        variant with a user's target), or ''."""
+        if self.target != DEFAULT_TARGET and case.storage != Dcp():
+            return (f"storage: the case writes its checkpoint as {case.storage!r}, a variant of the default "
+                    f"target; this pool's target {self.target} does its own I/O")
         needed = max((s.world_size for s in (case.save, case.load) if s.device == "cuda"), default=0)
         if not needed:
             return ""
