@@ -26,7 +26,7 @@ import tempfile
 import time
 
 
-def draw_cases(n: int, world_size: int, seed: int):
+def draw_cases(n: int, world_size: int, seed: int, *, vary_storage: bool = True):
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import seed as hseed
 
@@ -36,7 +36,7 @@ def draw_cases(n: int, world_size: int, seed: int):
 
     @settings(max_examples=n, phases=[Phase.generate], database=None, suppress_health_check=list(HealthCheck))
     @hseed(seed)
-    @given(cases(max_world_size=world_size))
+    @given(cases(max_world_size=world_size, vary_storage=vary_storage))
     def collect(case):
         drawn.append(case)
 
