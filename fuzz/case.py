@@ -617,6 +617,11 @@ class Case:
                 raise ValueError(f"{side_name}.wrap names modules not in the model: {sorted(unknown)}")
 
     @property
+    def saves_async(self) -> bool:
+        """Whether the save is ``dcp.async_save`` (its write runs on while the save side trains)."""
+        return isinstance(self.storage, Dcp) and self.storage.api == "async"
+
+    @property
     def world_size(self) -> int:
         """Ranks the case needs: the larger of the two sides."""
         return max(self.save.world_size, self.load.world_size)
@@ -668,6 +673,7 @@ def shard_count(side: Side) -> int:
 def dimensions(case: Case) -> dict[str, str]:
     """The case's values along each labelled dimension (for ``event()`` and coverage)."""
     widths = [out for _, _, out, _ in case.model.linears()]
+    kinds = case.model.leaf_kinds()
 
     def side(s: Side, name: str) -> dict[str, str]:
         shards = shard_count(s)
@@ -705,10 +711,10 @@ def dimensions(case: Case) -> dict[str, str]:
         "load_mutation": case.load_mutation or "none",
         "linears": str(min(len(widths), 4)) + ("+" if len(widths) >= 4 else ""),
         "frozen": "some" if case.model.frozen_paths() else "none",
-        "norms": _mix(case.model, {"LayerNorm": "layer", "BatchNorm": "batch"}),
-        "conv": _mix(case.model, {"Conv1d": "1d", "Conv2d": "2d"}),
+        "norms": _mix(kinds, {"LayerNorm": "layer", "BatchNorm": "batch"}),
+        "conv": _mix(kinds, {"Conv1d": "1d", "Conv2d": "2d"}),
         "embedding": str(case.model.num_embeddings > 0).lower(),
-        "scalar_parameter": str("Scale" in case.model.leaf_kinds()).lower(),
+        "scalar_parameter": str("Scale" in kinds).lower(),
         "dtype": case.model.dtype,
         **_storage_dimensions(case.storage),
         "broadcast_from_rank0": str(case.load.broadcast_from_rank0).lower(),
@@ -726,9 +732,9 @@ def _storage_dimensions(storage) -> dict[str, str]:
             "writer_sync_files": str(storage.sync_files).lower()}
 
 
-def _mix(model: Model, labels: dict[str, str]) -> str:
-    """``none``, the label of the one kind of ``labels`` the model has, or ``both``."""
-    found = [label for kind, label in labels.items() if kind in model.leaf_kinds()]
+def _mix(kinds: set[str], labels: dict[str, str]) -> str:
+    """``none``, the label of the one kind of ``labels`` among the model's leaf ``kinds``, or ``both``."""
+    found = [label for kind, label in labels.items() if kind in kinds]
     return found[0] if len(found) == 1 else ("both" if found else "none")
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from string import Template
 
 from shardfuzz.case import (
-    DDP, FSDP1, FSDP2, BatchNorm, Case, Dcp, Conv, Embedding, LayerNorm, Linear, Scale, Sequential, Side, Unsharded,
+    DDP, FSDP1, FSDP2, BatchNorm, Case, Conv, Embedding, LayerNorm, Linear, Scale, Sequential, Side, Unsharded,
     child_items, optimizer_groups,
 )
 from shardfuzz.corpus import Entry
@@ -73,7 +73,7 @@ def export_script(entry: Entry, *, filename: str = "repro.py") -> str:
         optimizer=_optimizer_expr(case, perturbed=False),
         load_optimizer=_optimizer_expr(case, perturbed=True),
         target=_target_code(entry.target, case.storage),
-        async_save=isinstance(case.storage, Dcp) and case.storage.api == "async",
+        async_save=case.saves_async,
         save_options=_options_literal(case.save),
         load_options=_options_literal(case.load),
         param_groups=case.param_groups,

@@ -71,13 +71,13 @@ class RankContext:
         """An async save writes (and runs its collectives) in a thread while the save side trains on:
         it gets a group of its own, as torch recommends. Collective on the world, like the meshes."""
         n = case.save.world_size
-        if isinstance(case.storage, Dcp) and case.storage.api == "async" and n not in self._async_groups:
+        if case.saves_async and n not in self._async_groups:
             self._async_groups[n] = dist.new_group(list(range(n)))
 
     def checkpoint_group(self, case: Case):
-        """The group the save side's checkpoint writer uses."""
-        return self._async_groups.get(case.save.world_size, self.group(case.save.world_size)) \
-            if isinstance(case.storage, Dcp) and case.storage.api == "async" else self.group(case.save.world_size)
+        """The group the save side's checkpoint writer uses (after ``prepare_async_group``)."""
+        n = case.save.world_size
+        return self._async_groups[n] if case.saves_async else self.group(n)
 
     def mesh(self, shape: tuple[int, ...], device: str = "cpu"):
         """The DeviceMesh of a side of this shape on ``device`` (2-D ones come from ``prepare_meshes``)."""

@@ -134,14 +134,13 @@ def cases(
         # Not on FSDP1: its cpu_offload state dicts crash or fail on CPU ranks, two known torch
         # bugs (corpus 5ce9e3bc55f14af9, 5ad10a11fe519266) that would otherwise eat campaigns.
         save = attrs.evolve(save, cpu_offload=draw(offload) and not isinstance(save.engine, FSDP1))
-        load = attrs.evolve(load, cpu_offload=draw(offload) and not isinstance(load.engine, FSDP1))
-        # broadcast_from_rank0 is not drawn yet: DSD broadcasts on the default group whatever
-        # group the model is on (a load side on fewer ranks than the pool hangs), and with a
-        # flattened optimizer state dict its broadcast fails with KeyError 'state' on rank 0 and
-        # 'param_groups' on the others; both wait for triage. Offloaded, a full state dict is on
-        # rank 0 alone, and only a broadcast could load it: so no cpu_offload on a full load.
-        if load.state_dict == "full":
-            load = attrs.evolve(load, cpu_offload=False)
+        # Offloaded, a full state dict is on rank 0 alone, and only broadcast_from_rank0 could
+        # load it. That is not drawn yet: DSD broadcasts on the default group whatever group the
+        # model is on (a load side on fewer ranks than the pool hangs), and with a flattened
+        # optimizer state dict it fails with KeyError 'state' on rank 0 and 'param_groups' on the
+        # others; both wait for triage. So no cpu_offload on a full load.
+        load = attrs.evolve(load, cpu_offload=draw(offload) and not isinstance(load.engine, FSDP1)
+                            and load.state_dict != "full")
         return save, load
 
     @st.composite

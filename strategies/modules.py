@@ -15,6 +15,7 @@ from shardfuzz.case import (
     has_trainable_linear, leaves, map_first_linear,
 )
 from shardfuzz.strategies._helpers import check_int, check_interval
+from shardfuzz.strategies.options import rarely
 
 __all__ = ["widths", "linears", "norm_layers", "convs", "embeddings", "dtypes", "module_trees", "models"]
 
@@ -33,7 +34,7 @@ def linears(*, max_width: int = 16) -> st.SearchStrategy[Linear]:
     frozen (``requires_grad=False``); failures shrink towards trainable."""
     check_int("max_width", max_width, minimum=1)
     return st.builds(Linear, out_features=widths(max_value=max_width), bias=st.booleans(),
-                     frozen=st.sampled_from((False,) * 4 + (True,)))
+                     frozen=rarely(one_in=5))
 
 
 def norm_layers() -> st.SearchStrategy[LayerNorm | BatchNorm]:

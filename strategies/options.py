@@ -51,8 +51,7 @@ def optimizer_steps(*, max_steps: int = 3) -> st.SearchStrategy[int]:
 def checks() -> st.SearchStrategy[frozenset[str]]:
     """Which optional oracles a case runs: each in about 1 case of 5 (each costs collectives,
     and ``full-offload`` meets a known FSDP1 crash that costs a pool restart); shrinks towards none."""
-    one = st.sampled_from((False,) * 4 + (True,))
-    return st.tuples(*[one] * len(CHECKS)).map(lambda on: frozenset(c for c, o in zip(CHECKS, on) if o))
+    return st.tuples(*[rarely(one_in=5)] * len(CHECKS)).map(lambda on: frozenset(c for c, o in zip(CHECKS, on) if o))
 
 
 def load_mutations() -> st.SearchStrategy[str | None]:
@@ -64,9 +63,10 @@ def load_mutations() -> st.SearchStrategy[str | None]:
     return st.sampled_from((None,) * 4 + LOAD_MUTATIONS)
 
 
-def rarely() -> st.SearchStrategy[bool]:
-    """True in about 1 draw of 6; shrinks to False."""
-    return st.sampled_from((False,) * 5 + (True,))
+def rarely(*, one_in: int = 6) -> st.SearchStrategy[bool]:
+    """True in about 1 draw of ``one_in``; shrinks to False."""
+    check_int("one_in", one_in, minimum=1)
+    return st.sampled_from((False,) * (one_in - 1) + (True,))
 
 
 def storages() -> st.SearchStrategy:
