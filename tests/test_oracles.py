@@ -111,6 +111,15 @@ def test_continuation_is_bitwise_when_sharding_is_identical_and_tolerant_otherwi
     assert "beyond rtol" in mismatch.detail and mismatch.index == (1,)
 
 
+def test_continuation_in_bfloat16_is_bitwise_where_layouts_match_and_skipped_where_they_differ():
+    after = {"model.0.weight": torch.tensor([1.0, 2.0], dtype=torch.bfloat16)}
+    one_ulp = {"model.0.weight": torch.nextafter(after["model.0.weight"], torch.tensor(3.0, dtype=torch.bfloat16))}
+    (mismatch,) = oracles.continuation(after, one_ulp, rank=0, identical_layout=True, dtype="bfloat16")
+    assert mismatch.index == (0,)
+    # one bfloat16 rounding is 2**-8: no tolerance tells it from a fault, so nothing is compared
+    assert oracles.continuation(after, one_ulp, rank=0, identical_layout=False, dtype="bfloat16") == []
+
+
 RIGHT = LayoutRecord(2, "(Shard(dim=0),)", (4, 3), "torch.float32")
 
 
