@@ -73,6 +73,11 @@ __all__ = [
 SCHEMA_VERSION = 1
 STATE_DICT_TYPES = ("sharded", "full")
 
+#: How a side gets and sets its state dict. ``combined``: ``get_state_dict``/``set_state_dict``
+#: (model and optimizer in one call); ``separate``: ``get_/set_model_state_dict`` then
+#: ``get_/set_optimizer_state_dict``, as torchtune and torch's own broadcast tests call them.
+STATE_DICT_APIS = ("combined", "separate")
+
 #: Where a side's ranks hold the model. ``cuda``: one GPU per rank, collectives on
 #: those tensors over NCCL. A case may save on one and load on the other.
 DEVICES = ("cpu", "cuda")
@@ -399,6 +404,7 @@ class Side:
     ``cpu_offload`` and ``broadcast_from_rank0`` are the ``StateDictOptions`` fields of that
     name for this side's state dict (left out of the JSON when False); the second loads a
     full state dict that only rank 0 holds, so it needs ``state_dict`` ``full``.
+    ``state_dict_api`` is one of ``STATE_DICT_APIS`` (left out of the JSON when ``combined``).
     """
 
     engine: Engine = field(validator=instance_of(ENGINE_CLASSES))
@@ -408,6 +414,7 @@ class Side:
     device: str = field(default="cpu", validator=in_(DEVICES))
     cpu_offload: bool = field(default=False, validator=instance_of(bool))
     broadcast_from_rank0: bool = field(default=False, validator=instance_of(bool))
+    state_dict_api: str = field(default="combined", validator=in_(STATE_DICT_APIS))
 
     @mesh_shape.validator
     def _mesh(self, attribute, value):
@@ -695,6 +702,7 @@ def dimensions(case: Case) -> dict[str, str]:
             f"{name}_fsdp2_reshard_after_forward": str(engine.reshard_after_forward).lower() if fsdp2 else "n/a",
             f"{name}_fsdp2_shard_dim": str(engine.shard_dim) if fsdp2 else "n/a",
             f"{name}_cpu_offload": str(s.cpu_offload).lower(),
+            f"{name}_state_dict_api": s.state_dict_api,
         }
 
     return {
@@ -767,7 +775,8 @@ configure_tagged_union(
 # After the unions: the generated hooks below must find the unions' (tagged) ones.
 _DEFAULT_OMITTED = override(omit_if_default=True)
 converter.register_unstructure_hook(Side, make_dict_unstructure_fn(
-    Side, converter, device=_DEFAULT_OMITTED, cpu_offload=_DEFAULT_OMITTED, broadcast_from_rank0=_DEFAULT_OMITTED))
+    Side, converter, device=_DEFAULT_OMITTED, cpu_offload=_DEFAULT_OMITTED, broadcast_from_rank0=_DEFAULT_OMITTED,
+    state_dict_api=_DEFAULT_OMITTED))
 converter.register_unstructure_hook(Model, make_dict_unstructure_fn(Model, converter, dtype=_DEFAULT_OMITTED))
 # Last: Case's generated hook takes the Side and Model hooks registered above.
 converter.register_unstructure_hook(Case, make_dict_unstructure_fn(Case, converter, storage=_DEFAULT_OMITTED))

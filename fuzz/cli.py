@@ -216,6 +216,7 @@ def _entries_at(paths: list[Path]):
 def _replay(args) -> int:
     from shardfuzz.executor import PoolStartError, RankPool
     from shardfuzz.replay import replay_entries
+    from shardfuzz.unsupported import exact_world_size
 
     from shardfuzz.runner import campaign_devices
 
@@ -229,15 +230,21 @@ def _replay(args) -> int:
     if not entries:
         print("shardfuzz replay: no corpus entries to replay", file=sys.stderr)
         return 2
+    # One pool per target, of the largest world its entries need; an entry that must fill its
+    # process group exactly (a broadcasting load) gets a pool of its own size where that differs.
     sizes: dict[str, int] = {}
+    exact: dict[str, set[int]] = {}
     for _, entry in entries:
         sizes[entry.target] = max(sizes.get(entry.target, 1), entry.replay_world_size)
-    pools: dict[str, RankPool] = {}
+        if exact_world_size(entry.case):
+            exact.setdefault(entry.target, set()).add(entry.replay_world_size)
+    pools: dict[tuple[str, int], RankPool] = {}
 
     def pool_for(target: str, world_size: int) -> RankPool:
-        if target not in pools:
-            pools[target] = RankPool(sizes[target], target=target, case_timeout=args.case_timeout, device=args.device)
-        return pools[target]
+        size = world_size if world_size in exact.get(target, ()) else sizes[target]
+        if (target, size) not in pools:
+            pools[target, size] = RankPool(size, target=target, case_timeout=args.case_timeout, device=args.device)
+        return pools[target, size]
 
     def show(replay) -> None:
         mark = {"still failing": "ok  ", "skipped": "skip"}.get(replay.outcome, "NOTE")

@@ -118,8 +118,11 @@ class Entry:
 
     @property
     def replay_world_size(self) -> int:
-        """Ranks to replay it on: the world it was found in, at least the case's own."""
-        return max(self.case.world_size, self.world_size)
+        """Ranks to replay it on: the world it was found in, at least the case's own (exactly the
+        case's own where it must fill its process group, as a broadcasting load must)."""
+        from shardfuzz.unsupported import exact_world_size
+
+        return exact_world_size(self.case) or max(self.case.world_size, self.world_size)
 
     @property
     def filename(self) -> str:

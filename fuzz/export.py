@@ -76,6 +76,8 @@ def export_script(entry: Entry, *, filename: str = "repro.py") -> str:
         async_save=case.saves_async,
         save_options=_options_literal(case.save),
         load_options=_options_literal(case.load),
+        save_api=repr(case.save.state_dict_api),
+        load_api=repr(case.load.state_dict_api),
         param_groups=case.param_groups,
         group_parameters=_source_of("unwrapped_name") + "\n\n" + _source_of("group_parameters"),
         device_mesh=_source_of("device_mesh"),
@@ -261,7 +263,8 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from torch.distributed.checkpoint import state_dict as dsd
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 from torch.distributed.device_mesh import DeviceMesh
 
 try:
@@ -288,6 +291,9 @@ SAVE_FULL_STATE_DICT = ${save_full}
 LOAD_FULL_STATE_DICT = ${load_full}
 SAVE_OPTIONS = ${save_options}  # further StateDictOptions fields of each side
 LOAD_OPTIONS = ${load_options}
+# 'combined': get_state_dict/set_state_dict; 'separate': the model calls, then the optimizer calls
+SAVE_API = ${save_api}
+LOAD_API = ${load_api}
 ASYNC_SAVE = ${async_save}  # the save is dcp.async_save: it writes on a group of its own, waited for before the load
 CHECKS = ${checks}  # optional oracles this case ran
 LOAD_MUTATION = ${load_mutation}  # if set, the load side's model differs and loading must raise
@@ -343,11 +349,26 @@ def train(model, optim, rank, continuation=False):
         optim.zero_grad()
 
 
-def side_state(model, optim, full, extra):
+def side_state(model, optim, full, extra, api):
     options = StateDictOptions(full_state_dict=full, flatten_optimizer_state_dict=FLATTEN_OPTIMIZER_STATE_DICT,
                                **extra)
+    if api == "separate":
+        return {"model": dsd.get_model_state_dict(model, options=options),
+                "optim": dsd.get_optimizer_state_dict(model, optim, options=options)}, options
     model_sd, optim_sd = get_state_dict(model, optim, options=options)
     return {"model": model_sd, "optim": optim_sd}, options
+
+
+def set_side_state(model, optim, state, options, rank):
+    """The load side's setters; with broadcast_from_rank0 the others receive theirs from rank 0."""
+    if options.broadcast_from_rank0 and rank != 0:
+        state = {"model": {}, "optim": {}}
+    if LOAD_API == "separate":
+        dsd.set_model_state_dict(model, state["model"], options=options)
+        dsd.set_optimizer_state_dict(model, optim, state["optim"], options=options)
+    else:
+        dsd.set_state_dict(model, optim, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                           options=options)
 
 
 def full_state(model, optim):
@@ -468,7 +489,7 @@ def round_trip(rank, checkpoint_dir):
             PHASE[0] = "gather-saved"
             expected = full_state(model, optim)
             PHASE[0] = "save"
-            state, _ = side_state(model, optim, SAVE_FULL_STATE_DICT, SAVE_OPTIONS)
+            state, _ = side_state(model, optim, SAVE_FULL_STATE_DICT, SAVE_OPTIONS, SAVE_API)
             save(state, checkpoint_dir, checkpoint_group)
             del state
             if "continuation" in CHECKS and LOAD_MUTATION is None:
@@ -489,12 +510,9 @@ def round_trip(rank, checkpoint_dir):
             optim = make_load_optimizer(model)
             PHASE[0] = "load-incompatible"
             try:
-                state, options = side_state(model, optim, LOAD_FULL_STATE_DICT, LOAD_OPTIONS)
+                state, options = side_state(model, optim, LOAD_FULL_STATE_DICT, LOAD_OPTIONS, LOAD_API)
                 load(state, checkpoint_dir, groups[LOAD_RANKS])
-                if LOAD_OPTIONS.get('broadcast_from_rank0') and rank != 0:
-                    state = {'model': {}, 'optim': {}}  # the others receive theirs from rank 0
-                set_state_dict(model, optim, model_state_dict=state["model"], optim_state_dict=state["optim"],
-                               options=options)
+                set_side_state(model, optim, state, options, rank)
             except BaseException as exc:  # the loud error wanted
                 print(f"rank {rank}: the incompatible load raised {type(exc).__name__}, as it should")
             else:
@@ -505,12 +523,9 @@ def round_trip(rank, checkpoint_dir):
             model = shard_load(build_model(SEED + 1), groups[LOAD_RANKS], meshes[LOAD_MESH])
             optim = make_load_optimizer(model)
             PHASE[0] = "load"
-            state, options = side_state(model, optim, LOAD_FULL_STATE_DICT, LOAD_OPTIONS)
+            state, options = side_state(model, optim, LOAD_FULL_STATE_DICT, LOAD_OPTIONS, LOAD_API)
             load(state, checkpoint_dir, groups[LOAD_RANKS])
-            if LOAD_OPTIONS.get('broadcast_from_rank0') and rank != 0:
-                state = {'model': {}, 'optim': {}}  # the others receive theirs from rank 0
-            set_state_dict(model, optim, model_state_dict=state["model"], optim_state_dict=state["optim"],
-                           options=options)
+            set_side_state(model, optim, state, options, rank)
             PHASE[0] = "gather-loaded"
             actual = full_state(model, optim)
             if "full-offload" in CHECKS:

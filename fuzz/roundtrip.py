@@ -258,21 +258,30 @@ def _options(case: Case, side: Side, **overrides):
 
 
 def _side_state_dict(case: Case, side: Side, model, optim) -> dict[str, Any]:
-    from torch.distributed.checkpoint.state_dict import get_state_dict
+    from torch.distributed.checkpoint import state_dict as dsd
 
-    model_sd, optim_sd = get_state_dict(model, optim, options=_options(case, side))
+    options = _options(case, side)
+    if side.state_dict_api == "separate":
+        return {"model": dsd.get_model_state_dict(model, options=options),
+                "optim": dsd.get_optimizer_state_dict(model, optim, options=options)}
+    model_sd, optim_sd = dsd.get_state_dict(model, optim, options=options)
     return {"model": model_sd, "optim": optim_sd}
 
 
 def _set_side_state_dict(case: Case, side: Side, model, optim, state, *, rank: int) -> None:
-    """``set_state_dict``; with ``broadcast_from_rank0`` only rank 0 passes the state (as torch
-    documents it: the others receive theirs from rank 0)."""
-    from torch.distributed.checkpoint.state_dict import set_state_dict
+    """``set_state_dict`` (or the model and optimizer setters); with ``broadcast_from_rank0`` only
+    rank 0 passes the state (as torch documents it: the others receive theirs from rank 0)."""
+    from torch.distributed.checkpoint import state_dict as dsd
 
     if side.broadcast_from_rank0 and rank != 0:
         state = {"model": {}, "optim": {}}
-    set_state_dict(model, optim, model_state_dict=state["model"], optim_state_dict=state["optim"],
-                   options=_options(case, side))
+    options = _options(case, side)
+    if side.state_dict_api == "separate":
+        dsd.set_model_state_dict(model, state["model"], options=options)
+        dsd.set_optimizer_state_dict(model, optim, state["optim"], options=options)
+    else:
+        dsd.set_state_dict(model, optim, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                           options=options)
 
 
 def _gather_full(model, optim) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from attrs import frozen
 from shardfuzz.case import FSDP1, FSDP2, Case, shard_count
 from shardfuzz.verdict import Verdict
 
-__all__ = ["CaseRule", "CASE_RULES", "Rule", "RULES", "classify", "excluded"]
+__all__ = ["CaseRule", "CASE_RULES", "Rule", "RULES", "classify", "exact_world_size", "excluded", "needs_other_world"]
 
 
 @frozen
@@ -64,7 +64,34 @@ CASE_RULES: tuple[CaseRule, ...] = (
         lambda case: "Scale" in case.model.leaf_kinds() and any(
             isinstance(s.engine, (FSDP1, FSDP2)) for s in _sides(case)),
     ),
+    CaseRule(
+        "broadcast-from-rank0-fsdp1",
+        "StateDictOptions documents that broadcast_from_rank0 'currently only supports DTensor, not the "
+        "legacy ShardedTensor': FSDP1's optimizer path hands the empty state dict of ranks > 0 to "
+        "optim_state_dict_to_load unbroadcast (KeyError 'state' / 'param_groups')",
+        lambda case: case.load.broadcast_from_rank0 and isinstance(case.load.engine, FSDP1),
+    ),
 )
+
+#: Why a load side that broadcasts from rank 0 must span the whole process group.
+BROADCAST_SPANS_WORLD = (
+    "broadcast-from-rank0-whole-world: set_state_dict(broadcast_from_rank0=True) broadcasts on the "
+    "default process group (DSD takes no group argument), so the load side must span every rank of it; "
+    "on a rank subgroup the ranks outside it never join the broadcast and it hangs"
+)
+
+
+def exact_world_size(case: Case) -> int | None:
+    """The size of process group ``case`` must run in, where it needs one exactly (else None)."""
+    return case.load.world_size if case.load.broadcast_from_rank0 else None
+
+
+def needs_other_world(case: Case, world_size: int) -> str:
+    """Why ``case`` cannot run in a process group of ``world_size`` ranks, or ''."""
+    exact = exact_world_size(case)
+    if exact is not None and exact != world_size:
+        return f"{BROADCAST_SPANS_WORLD} (the load side has {exact} of {world_size} ranks)"
+    return ""
 
 
 def _fsdp2_uneven_on_dim1(case: Case) -> bool:

@@ -20,6 +20,7 @@ from shardfuzz.strategies.options import (
     optimizers,
     param_groups,
     rarely,
+    state_dict_apis,
     state_dict_types,
     storages,
 )
@@ -66,7 +67,7 @@ def _side_drawer(*, max_world_size, engine_names, devices, gpus):
               for device, limit in limits.items() if device in devices}
     engines_on = {dims: engines(names=offered, mesh_dims=dims) for dims in ((1, 2) if two_d else (1,))}
     hybrid_meshes = {limit: st.sampled_from(factorisations(limit, min_shards=2) or [(1, limit)]) for limit in meshes}
-    state_dicts = state_dict_types()
+    state_dicts, apis = state_dict_types(), state_dict_apis()
 
     def draw_side(draw, model: Model) -> Side:
         device = draw(device_choice)
@@ -86,7 +87,7 @@ def _side_drawer(*, max_world_size, engine_names, devices, gpus):
             mesh = (limit,)  # see capabilities: FSDP1 on a subgroup hangs in this torch
         lists_units = isinstance(engine, FSDP2) or (isinstance(engine, FSDP1) and engine.wraps_listed_modules)
         return Side(engine=engine, mesh_shape=mesh, wrap=draw(wrap_sets(model)) if lists_units else (),
-                    state_dict=draw(state_dicts), device=device)
+                    state_dict=draw(state_dicts), device=device, state_dict_api=draw(apis))
 
     return draw_side
 
@@ -123,9 +124,9 @@ def cases(
         flatten_optimizer_state_dict()
     seeds, check_sets, group_counts, mutations = st.integers(0, 2**16), checks(), param_groups(), load_mutations()
     storage_choice = storages() if vary_storage else st.just(Dcp())
-    offload = rarely()
+    offload, sometimes, caps = rarely(), rarely(one_in=3), capabilities()
 
-    def with_options(draw, save: Side, load: Side, storage) -> tuple[Side, Side]:
+    def with_options(draw, save: Side, load: Side, storage, flatten: bool, mutation) -> tuple[Side, Side]:
         """The sides' ``StateDictOptions`` fields, and the state-dict types the storage needs."""
         if isinstance(storage, TorchSave):
             save = attrs.evolve(save, state_dict="full")
@@ -134,20 +135,28 @@ def cases(
         # Not on FSDP1: its cpu_offload state dicts crash or fail on CPU ranks, two known torch
         # bugs (corpus 5ce9e3bc55f14af9, 5ad10a11fe519266) that would otherwise eat campaigns.
         save = attrs.evolve(save, cpu_offload=draw(offload) and not isinstance(save.engine, FSDP1))
-        # Offloaded, a full state dict is on rank 0 alone, and only broadcast_from_rank0 could
-        # load it. That is not drawn yet: DSD broadcasts on the default group whatever group the
-        # model is on (a load side on fewer ranks than the pool hangs), and with a flattened
-        # optimizer state dict it fails with KeyError 'state' on rank 0 and 'param_groups' on the
-        # others; both wait for triage. So no cpu_offload on a full load.
-        load = attrs.evolve(load, cpu_offload=draw(offload) and not isinstance(load.engine, FSDP1)
-                            and load.state_dict != "full")
+        # broadcast_from_rank0 where unsupported.py allows it: a full load on a DTensor engine (not
+        # FSDP1) whose side spans the whole pool (DSD broadcasts on the default group). Two known
+        # torch bugs would otherwise fail every such case: set_state_dict hangs (ranks > 0 skip the
+        # model's broadcast, corpus d8d54e226d0d9f6c), and a flattened optimizer state dict fails with
+        # KeyError 'state' (corpus 37dad3dee68fd22a). So: the separate setters, optimizer state nested.
+        # And a compatible load: only rank 0 holds the state, so an incompatible one can raise on
+        # rank 0 alone, the others left waiting in the broadcast (a hang, not a torch bug).
+        broadcast = (caps.broadcast_from_rank0 and load.state_dict == "full" and not isinstance(load.engine, FSDP1)
+                     and load.world_size == max_world_size and not flatten and mutation is None
+                     and draw(sometimes))
+        # Offloaded, a full state dict is on rank 0 alone: only a broadcasting load can take it.
+        offloaded = draw(offload) and not isinstance(load.engine, FSDP1) and (load.state_dict != "full" or broadcast)
+        load = attrs.evolve(load, cpu_offload=offloaded, broadcast_from_rank0=broadcast,
+                            state_dict_api="separate" if broadcast else load.state_dict_api)
         return save, load
 
     @st.composite
     def draw_case(draw):
         model = draw(model_trees)
         storage = draw(storage_choice)
-        save, load = with_options(draw, draw_side(draw, model), draw_side(draw, model), storage)
+        flattened, mutation = draw(flatten), draw(mutations)
+        save, load = with_options(draw, draw_side(draw, model), draw_side(draw, model), storage, flattened, mutation)
         return Case(
             model=model,
             save=save,
@@ -155,11 +164,11 @@ def cases(
             storage=storage,
             optimizer=draw(optimizer_choice),
             steps=draw(step_counts),
-            flatten_optimizer_state_dict=draw(flatten),
+            flatten_optimizer_state_dict=flattened,
             seed=draw(seeds),
             checks=draw(check_sets),
             param_groups=draw(group_counts),
-            load_mutation=draw(mutations),
+            load_mutation=mutation,
         )
 
     # The rules torch documents live in one place (``unsupported.CASE_RULES``); a

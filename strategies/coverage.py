@@ -8,7 +8,7 @@ filter that rejects a whole branch) shows up as unreached instead of going unsee
 from __future__ import annotations
 
 from shardfuzz.capabilities import capabilities
-from shardfuzz.case import CHECKS, DEVICES, DTYPES, FSDP1_STRATEGIES, HYBRID_STRATEGIES, LOAD_MUTATIONS, STATE_DICT_TYPES, WRAP_POLICIES
+from shardfuzz.case import CHECKS, DEVICES, DTYPES, FSDP1_STRATEGIES, HYBRID_STRATEGIES, LOAD_MUTATIONS, STATE_DICT_APIS, STATE_DICT_TYPES, WRAP_POLICIES
 from shardfuzz.strategies._helpers import check_choices, check_int
 
 __all__ = ["offered_values"]
@@ -38,6 +38,7 @@ def offered_values(*, max_world_size: int = 4, max_steps: int = 3, devices=("cpu
             f"{side}_uneven_split": set(_BOOLS) if max_world_size > 1 else {"false"},
             f"{side}_empty_shard": set(_BOOLS) if max_world_size > 1 else {"false"},
             f"{side}_cpu_offload": set(_BOOLS),
+            f"{side}_state_dict_api": set(STATE_DICT_APIS),
         })
         if "fsdp1" in engines:
             values[f"{side}_fsdp1_strategy"] = strategies | not_fsdp1
@@ -65,7 +66,8 @@ def offered_values(*, max_world_size: int = 4, max_steps: int = 3, devices=("cpu
         "writer_single_file_per_rank": set(_BOOLS) | {"n/a"} if caps.writer_options else {"true", "n/a"},
         "writer_threads": {"1", "2+", "n/a"} if caps.writer_options else {"1", "n/a"},
         "writer_sync_files": set(_BOOLS) | {"n/a"} if caps.writer_options else {"true", "n/a"},
-        "broadcast_from_rank0": {"false"},  # not drawn yet: see strategies/cases.py
+        "broadcast_from_rank0": (set(_BOOLS) if caps.broadcast_from_rank0 and caps.flatten_optimizer_state_dict
+                                 and engines - {"fsdp1"} else {"false"}),
         "load_mutation": {"none", *LOAD_MUTATIONS},
         **{f"check_{name}": set(_BOOLS) for name in CHECKS},
     })

@@ -6,18 +6,24 @@ from hypothesis import strategies as st
 
 from shardfuzz.capabilities import capabilities
 from shardfuzz.case import (
-    CHECKS, LOAD_MUTATIONS, SGD, STATE_DICT_TYPES, Adagrad, Adam, AdamW, Dcp, DcpToTorchSave, RMSprop, TorchSave,
+    CHECKS, LOAD_MUTATIONS, SGD, STATE_DICT_APIS, STATE_DICT_TYPES, Adagrad, Adam, AdamW, Dcp, DcpToTorchSave, RMSprop, TorchSave,
 )
 from shardfuzz.strategies._helpers import check_int
 
 __all__ = [
     "checks", "flatten_optimizer_state_dict", "load_mutations", "optimizer_steps", "optimizers", "param_groups",
-    "state_dict_types", "storages", "rarely",
+    "state_dict_apis", "state_dict_types", "storages", "rarely",
 ]
 
 
 def state_dict_types() -> st.SearchStrategy[str]:
     return st.sampled_from(STATE_DICT_TYPES)
+
+
+def state_dict_apis() -> st.SearchStrategy[str]:
+    """``get_state_dict``/``set_state_dict`` in 2 draws of 3 (it shrinks there), else the separate
+    model and optimizer calls."""
+    return st.sampled_from(STATE_DICT_APIS[:1] * 2 + STATE_DICT_APIS[1:])
 
 
 def flatten_optimizer_state_dict() -> st.SearchStrategy[bool]:

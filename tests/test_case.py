@@ -109,6 +109,7 @@ def test_dimensions_label_uneven_and_empty_shards():
         (lambda: Dcp(api="fast"), "api"),
         (lambda: Dcp(thread_count=0), "thread_count"),
         (lambda: Side(FSDP2(), (2,), broadcast_from_rank0=True), "needs state_dict 'full'"),
+        (lambda: Side(FSDP2(), (2,), state_dict_api="both"), "state_dict_api"),
         (lambda: _case(storage=TorchSave()), "both sides need state_dict 'full'"),
         (lambda: _case(storage=DcpToTorchSave(), load=Side(FSDP2(), (3,))), "load side needs state_dict 'full'"),
         (lambda: _case(load=Side(FSDP2(), (3,), state_dict="full", cpu_offload=True)), "broadcast_from_rank0"),

@@ -14,6 +14,8 @@ import torch
 
 from shardfuzz.case import FSDP1, SGD, Case, Linear, Model, Sequential, Side
 from shardfuzz.corpus import CorpusError, Known, entry_for, known_bugs, load_corpus, load_entry, save_entry
+from shardfuzz.pytest_plugin import shared_pool
+from shardfuzz.unsupported import exact_world_size
 from shardfuzz.verdict import Mismatch, Verdict
 
 CORPUS = Path(__file__).resolve().parent.parent / "corpus"
@@ -43,6 +45,8 @@ def _replay_params():
 def test_corpus_entry_replays(shardfuzz_pool, shardfuzz_known, entry):
     if entry.replay_world_size > shardfuzz_pool.world_size:
         pytest.skip(f"needs {entry.replay_world_size} ranks; the session pool has {shardfuzz_pool.world_size}")
+    if exact_world_size(entry.case) not in (None, shardfuzz_pool.world_size):
+        shardfuzz_pool = shared_pool(entry.replay_world_size, case_timeout=shardfuzz_pool.case_timeout)
     why_not_here = shardfuzz_pool.cannot_run(entry.case)
     if why_not_here:
         pytest.skip(why_not_here)

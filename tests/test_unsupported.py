@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 
 from shardfuzz import strategies as sf
 from shardfuzz.case import FSDP1, FSDP2, SGD, Case, Linear, Model, Sequential, Side
-from shardfuzz.unsupported import CASE_RULES, RULES, excluded
+from shardfuzz.unsupported import CASE_RULES, RULES, excluded, needs_other_world
 
 
 def _case(save_engine, param_groups):
@@ -26,6 +26,24 @@ def _case(save_engine, param_groups):
 def test_case_rules(engine, groups, rule):
     found = excluded(_case(engine, groups))
     assert (found.name if found else None) == rule
+
+
+@pytest.mark.parametrize(
+    "engine, mesh, pool_ranks, rule, other_world",
+    [
+        (FSDP2(), (2,), 2, None, False),
+        (FSDP2(), (2,), 4, None, True),  # the load side leaves ranks of the group out of the broadcast
+        (FSDP1(), (2,), 2, "broadcast-from-rank0-fsdp1", False),  # documented: DTensor only
+    ],
+)
+def test_broadcast_from_rank0_limits(engine, mesh, pool_ranks, rule, other_world):
+    load = Side(engine, mesh, state_dict="full", broadcast_from_rank0=True, state_dict_api="separate")
+    case = attrs.evolve(_case(FSDP2(), 1), load=load, flatten_optimizer_state_dict=False)
+    found = excluded(case)
+    assert (found.name if found else None) == rule
+    why = needs_other_world(case, pool_ranks)
+    assert bool(why) == other_world and (not why or "default process group" in why)
+    assert not needs_other_world(attrs.evolve(case, load=attrs.evolve(load, broadcast_from_rank0=False)), pool_ranks)
 
 
 def test_every_rule_gives_its_reason():

@@ -39,7 +39,7 @@ import attrs
 from shardfuzz.case import DEVICES, Case, Dcp, to_dict
 from shardfuzz.stop import StopRequested
 from shardfuzz.targets import DEFAULT_TARGET
-from shardfuzz.unsupported import classify, excluded
+from shardfuzz.unsupported import classify, excluded, needs_other_world
 from shardfuzz.verdict import RankError, RankReport, Verdict, converter
 
 __all__ = ["CaseAbandoned", "RankPool", "PoolEvent", "PoolStartError", "deadline_for", "fold_reports", "report_of",
@@ -277,10 +277,13 @@ class RankPool:
 
     def cannot_run(self, case: Case) -> str:
         """Why this pool cannot run ``case`` here (its CUDA sides, on this machine; a storage
-        variant with a user's target), or ''."""
+        variant with a user's target; a broadcasting load side on fewer ranks than the pool), or ''."""
         if self.target != DEFAULT_TARGET and case.storage != Dcp():
             return (f"storage: the case writes its checkpoint as {case.storage!r}, a variant of the default "
                     f"target; this pool's target {self.target} does its own I/O")
+        other_world = needs_other_world(case, self.world_size)
+        if other_world:
+            return other_world
         needed = max((s.world_size for s in (case.save, case.load) if s.device == "cuda"), default=0)
         if not needed:
             return ""
