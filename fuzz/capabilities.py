@@ -28,13 +28,14 @@ class Capabilities:
     storages: tuple[str, ...] = ("dcp-save",)  # case.dimensions' "storage" values this torch can write
     writer_options: bool = False  # FileSystemWriter(single_file_per_rank=, thread_count=, sync_files=)
     broadcast_from_rank0: bool = False  # StateDictOptions.broadcast_from_rank0
+    ignore_frozen_params: bool = False  # StateDictOptions.ignore_frozen_params and strict
 
     def table(self) -> list[tuple[str, str, str]]:
         """(feature, on/off, reason) rows for ``shardfuzz capabilities``."""
         rows = [(f"engine {e}", "on", "") for e in self.engines]
         rows += [(f"storage {name}", "on", "") for name in self.storages]
         for name in ("flatten_optimizer_state_dict", "hsdp", "fsdp2_shard_dim", "fsdp1_subgroups", "writer_options",
-                     "broadcast_from_rank0"):
+                     "broadcast_from_rank0", "ignore_frozen_params"):
             if getattr(self, name):
                 rows.append((name, "on", ""))
         if self.cuda_devices:
@@ -191,13 +192,17 @@ def capabilities() -> Capabilities:
     broadcast = "broadcast_from_rank0" in fields
     if not broadcast:
         off["broadcast_from_rank0"] = "StateDictOptions has no broadcast_from_rank0 field"
+    ignore_frozen = {"ignore_frozen_params", "strict"} <= fields
+    if not ignore_frozen:
+        off["ignore_frozen_params"] = "StateDictOptions lacks ignore_frozen_params or strict"
     gpus, why_no_gpu = _cuda_devices()
     if why_no_gpu:
         off["device cuda"] = why_no_gpu
     storages, writer_options = _storages(off)
     return Capabilities(torch.__version__, tuple(engines), flatten, off, hsdp=hsdp, fsdp2_shard_dim=shard_dim,
                         fsdp1_subgroups=subgroups, cuda_devices=gpus, storages=storages,
-                        writer_options=writer_options, broadcast_from_rank0=broadcast)
+                        writer_options=writer_options, broadcast_from_rank0=broadcast,
+                        ignore_frozen_params=ignore_frozen)
 
 
 def _storages(off: dict[str, str]) -> tuple[tuple[str, ...], bool]:

@@ -576,6 +576,11 @@ class Case:
 
     ``seed`` seeds the save side's initial weights and the training data; the
     load side's weights come from ``seed + 1`` so that loading has work to do.
+
+    ``ignore_frozen_params``: both sides' state dicts leave out frozen parameters
+    (``StateDictOptions(ignore_frozen_params=True)``) and the load is not strict, as for a
+    fine-tune whose frozen base weights come from elsewhere: the load must restore all
+    the rest and leave the frozen parameters at the load side's own values.
     """
 
     model: Model = field(validator=instance_of(Model))
@@ -590,6 +595,7 @@ class Case:
     param_groups: int = field(default=1, validator=[instance_of(int), ge(1), le(2)])
     load_mutation: Optional[str] = field(default=None, validator=optional(in_(LOAD_MUTATIONS)))
     storage: Storage = field(factory=Dcp, validator=instance_of(STORAGE_CLASSES))
+    ignore_frozen_params: bool = field(default=False, validator=instance_of(bool))
     schema_version: int = field(default=SCHEMA_VERSION)
 
     @checks.validator
@@ -613,6 +619,12 @@ class Case:
             raise ValueError("TorchSave storage writes and reads a full state dict: both sides need state_dict 'full'")
         if isinstance(storage, DcpToTorchSave) and self.load.state_dict != "full":
             raise ValueError("DcpToTorchSave storage loads a full state dict: the load side needs state_dict 'full'")
+        if self.ignore_frozen_params and self.load_mutation is not None:
+            raise ValueError("ignore_frozen_params loads with strict=False, which lets an incompatible load "
+                             "through by design: it takes load_mutation None")
+        if self.kept_by_load() and "continuation" in self.checks:
+            raise ValueError("with ignore_frozen_params the sides' frozen parameters differ after the load, so "
+                             "training on cannot match: the continuation check needs a model with none frozen")
         load = self.load
         if load.cpu_offload and load.state_dict == "full" and not load.broadcast_from_rank0:
             raise ValueError("load.cpu_offload with a full state dict leaves it on rank 0 alone: "
@@ -622,6 +634,14 @@ class Case:
             unknown = set(getattr(self, side_name).wrap) - known
             if unknown:
                 raise ValueError(f"{side_name}.wrap names modules not in the model: {sorted(unknown)}")
+
+    def kept_by_load(self) -> list[str]:
+        """Gathered-state keys (``model.<fqn>``) the load leaves at the load side's own values:
+        the frozen parameters, where ``ignore_frozen_params`` keeps them out of the checkpoint."""
+        if not self.ignore_frozen_params:
+            return []
+        frozen = set(self.model.frozen_paths())
+        return [f"model.{name}" for name in self.model.parameter_shapes() if name.rsplit(".", 1)[0] in frozen]
 
     @property
     def saves_async(self) -> bool:
@@ -726,6 +746,7 @@ def dimensions(case: Case) -> dict[str, str]:
         "dtype": case.model.dtype,
         **_storage_dimensions(case.storage),
         "broadcast_from_rank0": str(case.load.broadcast_from_rank0).lower(),
+        "ignore_frozen_params": str(case.ignore_frozen_params).lower(),
     }
 
 
@@ -779,7 +800,8 @@ converter.register_unstructure_hook(Side, make_dict_unstructure_fn(
     state_dict_api=_DEFAULT_OMITTED))
 converter.register_unstructure_hook(Model, make_dict_unstructure_fn(Model, converter, dtype=_DEFAULT_OMITTED))
 # Last: Case's generated hook takes the Side and Model hooks registered above.
-converter.register_unstructure_hook(Case, make_dict_unstructure_fn(Case, converter, storage=_DEFAULT_OMITTED))
+converter.register_unstructure_hook(Case, make_dict_unstructure_fn(
+    Case, converter, storage=_DEFAULT_OMITTED, ignore_frozen_params=_DEFAULT_OMITTED))
 
 
 def to_dict(case: Case) -> dict:

@@ -74,8 +74,9 @@ def export_script(entry: Entry, *, filename: str = "repro.py") -> str:
         load_optimizer=_optimizer_expr(case, perturbed=True),
         target=_target_code(entry.target, case.storage),
         async_save=case.saves_async,
-        save_options=_options_literal(case.save),
-        load_options=_options_literal(case.load),
+        save_options=_options_literal(case, case.save),
+        load_options=_options_literal(case, case.load),
+        kept_on_load=repr(case.kept_by_load()),
         save_api=repr(case.save.state_dict_api),
         load_api=repr(case.load.state_dict_api),
         param_groups=case.param_groups,
@@ -183,9 +184,12 @@ def _optimizer_expr(case: Case, *, perturbed: bool) -> str:
     return f"torch.optim.{name}([{listed}])"
 
 
-def _options_literal(side: Side) -> str:
+def _options_literal(case: Case, side: Side) -> str:
     """The side's ``StateDictOptions`` fields beyond the state-dict type, as a dict literal."""
-    return repr({name: True for name in ("cpu_offload", "broadcast_from_rank0") if getattr(side, name)})
+    options = {name: True for name in ("cpu_offload", "broadcast_from_rank0") if getattr(side, name)}
+    if case.ignore_frozen_params:
+        options.update(ignore_frozen_params=True, strict=False)
+    return repr(options)
 
 
 def _target_code(target: str, storage) -> str:
@@ -294,6 +298,8 @@ LOAD_OPTIONS = ${load_options}
 # 'combined': get_state_dict/set_state_dict; 'separate': the model calls, then the optimizer calls
 SAVE_API = ${save_api}
 LOAD_API = ${load_api}
+# ignore_frozen_params: the frozen parameters are not in the checkpoint; the load must leave them as they were
+KEPT_ON_LOAD = ${kept_on_load}
 ASYNC_SAVE = ${async_save}  # the save is dcp.async_save: it writes on a group of its own, waited for before the load
 CHECKS = ${checks}  # optional oracles this case ran
 LOAD_MUTATION = ${load_mutation}  # if set, the load side's model differs and loading must raise
@@ -522,6 +528,7 @@ def round_trip(rank, checkpoint_dir):
             PHASE[0] = "build-load"
             model = shard_load(build_model(SEED + 1), groups[LOAD_RANKS], meshes[LOAD_MESH])
             optim = make_load_optimizer(model)
+            before = full_state(model, optim) if KEPT_ON_LOAD else {}
             PHASE[0] = "load"
             state, options = side_state(model, optim, LOAD_FULL_STATE_DICT, LOAD_OPTIONS, LOAD_API)
             load(state, checkpoint_dir, groups[LOAD_RANKS])
@@ -537,7 +544,7 @@ def round_trip(rank, checkpoint_dir):
                 actual_after = full_state(model, optim)
             if rank == 0:
                 PHASE[0] = "compare"
-                check(differences(expected, actual), "complete-state")
+                check(differences({**expected, **{k: before[k] for k in KEPT_ON_LOAD}}, actual), "complete-state")
                 if "continuation" in CHECKS and (SAME_SHARDING or DTYPE != "bfloat16"):  # see oracles.py
                     check(differences(expected_after, actual_after, None if SAME_SHARDING else (1e-4, 1e-6)),
                           "continuation")

@@ -41,6 +41,7 @@ __all__ = [
     "LayoutRecord",
     "api_parity",
     "compare_state",
+    "expected_after_load",
     "continuation",
     "first_bit_difference",
     "full_offload",
@@ -111,6 +112,13 @@ def first_difference_beyond(a: torch.Tensor, b: torch.Tensor, rtol: float, atol:
     if not bool(differs.any()):
         return None
     return tuple(int(i) for i in differs.nonzero()[0]) if a.dim() else ()
+
+
+def expected_after_load(saved: Mapping[str, Any], before: Mapping[str, Any], kept: list[str]) -> dict[str, Any]:
+    """What the load side must hold after the load: the saved state, except the ``kept`` keys,
+    which a load that leaves them out (``ignore_frozen_params``) must not touch: their values
+    from before the load."""
+    return {**saved, **{key: before[key] for key in kept if key in before}}
 
 
 def unchanged_before_load(expected: Mapping[str, Any], before: Mapping[str, Any]) -> list[str]:

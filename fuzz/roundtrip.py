@@ -178,7 +178,7 @@ def _load_and_judge(case, ctx, target, checkpoint_dir, expected, expected_after)
         actual_after = _gather_full(model, optim)
     if ctx.rank == 0:
         ctx.enter("compare")
-        mismatches += compare_state(expected, actual, rank=0)
+        mismatches += compare_state(oracles.expected_after_load(expected, before, case.kept_by_load()), actual, rank=0)
         ctx.unchanged = oracles.unchanged_before_load(expected, before)
         if "continuation" in case.checks and not mismatches:
             mismatches += oracles.continuation(expected_after, actual_after, rank=0,
@@ -253,6 +253,8 @@ def _options(case: Case, side: Side, **overrides):
     )
     # Only where set: an older torch may lack the field (the strategies then never set it).
     kwargs.update({name: True for name in ("cpu_offload", "broadcast_from_rank0") if getattr(side, name)})
+    if case.ignore_frozen_params:
+        kwargs.update(ignore_frozen_params=True, strict=False)
     kwargs.update(overrides)
     return StateDictOptions(**kwargs)
 

@@ -68,6 +68,7 @@ def offered_values(*, max_world_size: int = 4, max_steps: int = 3, devices=("cpu
         "writer_sync_files": set(_BOOLS) | {"n/a"} if caps.writer_options else {"true", "n/a"},
         "broadcast_from_rank0": (set(_BOOLS) if caps.broadcast_from_rank0 and caps.flatten_optimizer_state_dict
                                  and engines - {"fsdp1"} else {"false"}),
+        "ignore_frozen_params": set(_BOOLS) if caps.ignore_frozen_params else {"false"},
         "load_mutation": {"none", *LOAD_MUTATIONS},
         **{f"check_{name}": set(_BOOLS) for name in CHECKS},
     })

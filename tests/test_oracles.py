@@ -4,7 +4,7 @@ import attrs
 import pytest
 import torch
 
-from shardfuzz.oracles import compare_state, first_bit_difference
+from shardfuzz.oracles import compare_state, expected_after_load, first_bit_difference
 from shardfuzz.verdict import Mismatch, Verdict, normalise_message
 
 
@@ -56,6 +56,23 @@ def test_swapped_moments_are_caught():
     want = {"optim.state.a.exp_avg": torch.tensor([1.0, 2.0]), "optim.state.b.exp_avg": torch.tensor([3.0, 4.0])}
     got = {"optim.state.a.exp_avg": want["optim.state.b.exp_avg"], "optim.state.b.exp_avg": want["optim.state.a.exp_avg"]}
     assert len(compare_state(want, got, rank=0)) == 2
+
+
+def test_ignore_frozen_params_wants_the_frozen_parameter_untouched_and_the_rest_loaded():
+    """``ignore_frozen_params``: the kept (frozen) key must hold the load side's own value from
+    before the load; a loader that restores it anyway, or skips a trainable key, is caught."""
+    saved, before = _state(), _state()
+    before["model.0.weight"] = before["model.0.weight"] + 1  # the load side's own frozen weight
+    before["model.0.bias"] = torch.zeros(3)
+    kept = ["model.0.weight"]
+    expected = expected_after_load(saved, before, kept)
+    right = {**saved, "model.0.weight": before["model.0.weight"]}
+    assert compare_state(expected, right, rank=0) == []
+    restored_anyway = _state()  # the frozen weight overwritten with the saved one
+    assert [m.key for m in compare_state(expected, restored_anyway, rank=0)] == ["model.0.weight"]
+    skipped_trainable = {**right, "model.0.bias": before["model.0.bias"]}
+    assert [m.key for m in compare_state(expected, skipped_trainable, rank=0)] == ["model.0.bias"]
+    assert expected_after_load(saved, before, []) == saved
 
 
 def test_first_bit_difference_finds_the_first_index_in_row_major_order():
