@@ -12,12 +12,12 @@ from torch import nn
 
 from shardfuzz.capabilities import dtensor, fully_shard_fn
 from shardfuzz.case import (
-    DDP, FSDP1, FSDP2, BatchNorm, Block, Conv, Embedding, LayerNorm, Linear, Model, Scale, Sequential, Side,
+    DDP, FSDP1, FSDP2, BatchNorm, Block, Conv, Embedding, LayerNorm, Linear, Model, Scale, Sequential, Side, Tied,
     Unsharded, child_items, optimizer_groups,
 )
 
 __all__ = ["build_module", "rank_device", "shard", "device_mesh", "build_optimizer", "group_parameters",
-           "training_batch", "unwrapped_name", "BlockModule", "Conv1dLeaf", "Conv2dLeaf", "ScaleLeaf",
+           "training_batch", "unwrapped_name", "BlockModule", "Conv1dLeaf", "Conv2dLeaf", "ScaleLeaf", "TiedLeaf",
            "LEAF_MODULE_SOURCES", "MODULE_TYPE_CLASSES"]
 
 
@@ -62,13 +62,27 @@ class ScaleLeaf(nn.Module):
         return x * self.scale + self.shift
 
 
+class TiedLeaf(nn.Module):
+    """Two width-to-width Linears ``a`` then ``b`` that share one weight (tied weights)."""
+
+    def __init__(self, width, bias):
+        super().__init__()
+        self.a = nn.Linear(width, width, bias=bias)
+        self.b = nn.Linear(width, width, bias=bias)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.b(self.a(x))
+
+
 #: The classes above, as the exported scripts define them (one definition for both).
-LEAF_MODULE_SOURCES = ("Conv1dLeaf", "Conv2dLeaf", "ScaleLeaf")
+LEAF_MODULE_SOURCES = ("Conv1dLeaf", "Conv2dLeaf", "ScaleLeaf", "TiedLeaf")
 
 #: ``FSDP1.module_types`` names -> the classes ``build_module`` makes (``ModuleWrapPolicy`` takes classes).
 MODULE_TYPE_CLASSES = {"Linear": nn.Linear, "Sequential": nn.Sequential, "Block": BlockModule,
                        "LayerNorm": nn.LayerNorm, "BatchNorm": nn.BatchNorm1d, "Conv1d": Conv1dLeaf,
-                       "Conv2d": Conv2dLeaf, "Embedding": nn.Embedding, "Scale": ScaleLeaf}
+                       "Conv2d": Conv2dLeaf, "Embedding": nn.Embedding, "Scale": ScaleLeaf,
+                       "Tied": TiedLeaf}
 
 
 def rank_device(device: str) -> torch.device:
@@ -101,6 +115,8 @@ def build_module(model: Model, *, seed: int, device: str = "cpu") -> nn.Module:
             return nn.Embedding(node.num_embeddings, width)
         if isinstance(node, Scale):
             return ScaleLeaf()
+        if isinstance(node, Tied):
+            return TiedLeaf(width, node.bias)
         children = [(name, make(child)) for name, child in child_items(node)]
         if isinstance(node, Sequential):
             return nn.Sequential(*(module for _, module in children))

@@ -47,6 +47,7 @@ __all__ = [
     "Conv",
     "Embedding",
     "Scale",
+    "Tied",
     "DTYPES",
     "LEAF_CLASSES",
     "leaves",
@@ -145,8 +146,17 @@ class Scale:
     buffer ``shift`` (a constant, so absent from every state dict and never loaded)."""
 
 
+@frozen
+class Tied:
+    """Two ``nn.Linear(width, width)`` named ``a`` and ``b``, run in turn, that share one weight
+    (``b.weight is a.weight``, as an LM head shares its embedding's): one parameter under two
+    names, whose state dicts hold it under both. Each has its own bias if ``bias``."""
+
+    bias: bool = field(default=True, validator=instance_of(bool))
+
+
 #: The modules a tree's leaves may be; only a Linear changes the width.
-LEAF_CLASSES = (Linear, LayerNorm, BatchNorm, Conv, Embedding, Scale)
+LEAF_CLASSES = (Linear, LayerNorm, BatchNorm, Conv, Embedding, Scale, Tied)
 
 #: Parameter dtypes of a whole model (``Model.dtype``); float32 unless drawn otherwise.
 DTYPES = ("float32", "float64", "bfloat16")
@@ -171,7 +181,7 @@ class Block:
     children: tuple[Node, ...] = field(converter=tuple, validator=_non_empty)
 
 
-Node = Union[Linear, LayerNorm, BatchNorm, Conv, Embedding, Scale, Sequential, Block]
+Node = Union[Linear, LayerNorm, BatchNorm, Conv, Embedding, Scale, Tied, Sequential, Block]
 
 
 def _sorted_unique_types(names) -> tuple[str, ...]:
@@ -263,6 +273,10 @@ class Model:
                 shapes[f"{fqn}.weight"] = (node.num_embeddings, width)
             elif isinstance(node, Scale):
                 shapes[f"{fqn}.scale"] = ()
+            elif isinstance(node, Tied):  # the shared weight once, under its first name
+                shapes[f"{fqn}.a.weight"] = (width, width)
+                if node.bias:
+                    shapes[f"{fqn}.a.bias"] = shapes[f"{fqn}.b.bias"] = (width,)
         return shapes
 
     def leaf_kinds(self) -> set[str]:
@@ -330,7 +344,8 @@ HYBRID_STRATEGIES = ("HYBRID_SHARD", "_HYBRID_SHARD_ZERO2")
 #: ``module-type``: ``ModuleWrapPolicy`` over ``module_types``; ``size-based``:
 #: ``size_based_auto_wrap_policy`` with ``min_num_params``; ``always``: every module.
 WRAP_POLICIES = ("set", "manual", "module-type", "size-based", "always")
-MODULE_TYPES = ("Linear", "Sequential", "Block", "LayerNorm", "BatchNorm", "Conv1d", "Conv2d", "Embedding", "Scale")
+MODULE_TYPES = ("Linear", "Sequential", "Block", "LayerNorm", "BatchNorm", "Conv1d", "Conv2d", "Embedding", "Scale",
+                "Tied")
 
 
 @frozen
@@ -743,6 +758,7 @@ def dimensions(case: Case) -> dict[str, str]:
         "conv": _mix(kinds, {"Conv1d": "1d", "Conv2d": "2d"}),
         "embedding": str(case.model.num_embeddings > 0).lower(),
         "scalar_parameter": str("Scale" in kinds).lower(),
+        "tied": str("Tied" in kinds).lower(),
         "dtype": case.model.dtype,
         **_storage_dimensions(case.storage),
         "broadcast_from_rank0": str(case.load.broadcast_from_rank0).lower(),

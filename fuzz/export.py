@@ -17,7 +17,7 @@ from __future__ import annotations
 from string import Template
 
 from shardfuzz.case import (
-    DDP, FSDP1, FSDP2, BatchNorm, Case, Conv, Embedding, LayerNorm, Linear, Scale, Sequential, Side, Unsharded,
+    DDP, FSDP1, FSDP2, BatchNorm, Case, Conv, Embedding, LayerNorm, Linear, Scale, Sequential, Side, Tied, Unsharded,
     child_items, optimizer_groups,
 )
 from shardfuzz.corpus import Entry
@@ -109,6 +109,8 @@ def _module_expr(node, width: int, indent: int) -> tuple[str, int]:
         return f"nn.Embedding({node.num_embeddings}, {width})", width
     if isinstance(node, Scale):
         return "ScaleLeaf()", width
+    if isinstance(node, Tied):
+        return f"TiedLeaf({width}, bias={node.bias})", width
     pad = " " * (indent + 4)
     parts = []
     for name, child in child_items(node):

@@ -65,6 +65,14 @@ CASE_RULES: tuple[CaseRule, ...] = (
             isinstance(s.engine, (FSDP1, FSDP2)) for s in _sides(case)),
     ),
     CaseRule(
+        "fsdp1-shared-parameter-across-units",
+        "FSDP1 documents 'limited support for shared parameters' (pytorch/pytorch#77724): a tied weight "
+        "must stay inside one unit. A wrap policy that can wrap a Tied leaf's two Linears apart (always, "
+        "size-based, module-type with Linear) splits it, and training then fails ('mat2 must be a matrix') "
+        "or, with use_orig_params=False, the optimizer state comes back incomplete",
+        lambda case: "Tied" in case.model.leaf_kinds() and any(_fsdp1_wraps_linears_apart(s) for s in _sides(case)),
+    ),
+    CaseRule(
         "broadcast-from-rank0-fsdp1",
         "StateDictOptions documents that broadcast_from_rank0 'currently only supports DTensor, not the "
         "legacy ShardedTensor': FSDP1's optimizer path hands the empty state dict of ranks > 0 to "
@@ -92,6 +100,12 @@ def needs_other_world(case: Case, world_size: int) -> str:
     if exact is not None and exact != world_size:
         return f"{BROADCAST_SPANS_WORLD} (the load side has {exact} of {world_size} ranks)"
     return ""
+
+
+def _fsdp1_wraps_linears_apart(side) -> bool:
+    engine = side.engine
+    return isinstance(engine, FSDP1) and (engine.wrap_policy in ("always", "size-based") or (
+        engine.wrap_policy == "module-type" and "Linear" in engine.module_types))
 
 
 def _fsdp2_uneven_on_dim1(case: Case) -> bool:

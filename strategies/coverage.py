@@ -61,6 +61,7 @@ def offered_values(*, max_world_size: int = 4, max_steps: int = 3, devices=("cpu
         "conv": {"none", "1d", "2d", "both"},
         "embedding": set(_BOOLS),
         "scalar_parameter": set(_BOOLS),
+        "tied": set(_BOOLS),
         "dtype": set(DTYPES),
         "storage": set(caps.storages),
         "writer_single_file_per_rank": set(_BOOLS) | {"n/a"} if caps.writer_options else {"true", "n/a"},

@@ -11,7 +11,7 @@ import attrs
 from hypothesis import strategies as st
 
 from shardfuzz.case import (
-    DTYPES, LEAF_CLASSES, BatchNorm, Block, Conv, Embedding, LayerNorm, Linear, Model, Scale, Sequential,
+    DTYPES, LEAF_CLASSES, BatchNorm, Block, Conv, Embedding, LayerNorm, Linear, Model, Scale, Sequential, Tied,
     has_trainable_linear, leaves, map_first_linear,
 )
 from shardfuzz.strategies._helpers import check_int, check_interval
@@ -70,7 +70,8 @@ def module_trees(
 ) -> st.SearchStrategy[Sequential | Block]:
     """A container tree of at most ``max_leaves`` leaves: Sequential and custom Block nodes
     over Linears, with at least one trainable Linear, and (one leaf in five) norm layers,
-    (one in ten) convolutions and (one in twenty) ``Scale`` leaves with a 0-D parameter.
+    (one in ten) convolutions, and (one in twenty each) ``Scale`` leaves with a 0-D parameter
+    and ``Tied`` pairs of Linears sharing a weight.
 
     Single-child containers make deep nesting (depth 3 and more) cheap to reach.
     A bare leaf drawn as the whole tree is put in a Sequential (the root is a container).
@@ -80,7 +81,7 @@ def module_trees(
     check_int("max_children", max_children, minimum=1)
     linear, norm = linears(max_width=max_width), norm_layers()
     nodes = st.recursive(
-        st.one_of(*[linear] * 12, *[norm] * 4, convs(), convs(), st.builds(Scale)),
+        st.one_of(*[linear] * 12, *[norm] * 4, convs(), convs(), st.builds(Scale), st.builds(Tied)),
         lambda inner: _containers(inner, max_children),
         max_leaves=max_leaves,
     )

@@ -7,7 +7,7 @@ from hypothesis import given
 
 from shardfuzz.case import (
     DDP, FSDP1, FSDP2, SCHEMA_VERSION, Unsharded, Adam, BatchNorm, Block, Case, Conv, Dcp, DcpToTorchSave, Embedding,
-    LayerNorm, Linear, Model, Scale, Sequential, Side, TorchSave, dimensions, dumps, loads, to_dict,
+    LayerNorm, Linear, Model, Scale, Sequential, Side, Tied, TorchSave, dimensions, dumps, loads, to_dict,
 )
 from shardfuzz.strategies import cases
 
@@ -55,6 +55,19 @@ def test_conv_embedding_and_scale_leaves_bring_three_four_and_zero_dimensional_p
     dims = dimensions(_case(model=model, save=Side(DDP(), (2,)), load=Side(Unsharded(), (1,))))
     assert (dims["conv"], dims["embedding"], dims["scalar_parameter"], dims["dtype"]) == ("both", "true", "true",
                                                                                          "bfloat16")
+
+
+def test_a_tied_leaf_has_one_weight_under_two_names_and_matches_the_built_module():
+    from shardfuzz.build import build_module
+
+    model = Model(3, Sequential([Linear(4), Tied(), Tied(bias=False)]))
+    shapes = model.parameter_shapes()
+    assert shapes == {"0.weight": (4, 3), "0.bias": (4,), "1.a.weight": (4, 4), "1.a.bias": (4,), "1.b.bias": (4,),
+                      "2.a.weight": (4, 4)}
+    module = build_module(model, seed=0)
+    assert {name: tuple(p.shape) for name, p in module.named_parameters()} == shapes  # deduplicated
+    assert module[1].b.weight is module[1].a.weight and "1.b.weight" in module.state_dict()
+    assert dimensions(_case(model=model, save=Side(DDP(), (2,)), load=Side(Unsharded(), (1,))))["tied"] == "true"
 
 
 def test_fields_added_later_stay_out_of_the_json_at_their_defaults():

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 
 from shardfuzz import strategies as sf
-from shardfuzz.case import FSDP1, FSDP2, SGD, Case, Linear, Model, Sequential, Side
+from shardfuzz.case import FSDP1, FSDP2, SGD, Case, Linear, Model, Sequential, Side, Tied
 from shardfuzz.unsupported import CASE_RULES, RULES, excluded, needs_other_world
 
 
@@ -44,6 +44,23 @@ def test_broadcast_from_rank0_limits(engine, mesh, pool_ranks, rule, other_world
     why = needs_other_world(case, pool_ranks)
     assert bool(why) == other_world and (not why or "default process group" in why)
     assert not needs_other_world(attrs.evolve(case, load=attrs.evolve(load, broadcast_from_rank0=False)), pool_ranks)
+
+
+@pytest.mark.parametrize(
+    "engine, rule",
+    [
+        (FSDP1(wrap_policy="always"), "fsdp1-shared-parameter-across-units"),
+        (FSDP1(wrap_policy="size-based", min_num_params=10), "fsdp1-shared-parameter-across-units"),
+        (FSDP1(wrap_policy="module-type", module_types=("Linear",)), "fsdp1-shared-parameter-across-units"),
+        (FSDP1(wrap_policy="module-type", module_types=("Tied",)), None),  # the pair stays in one unit
+        (FSDP1(), None),
+        (FSDP2(), None),
+    ],
+)
+def test_a_tied_weight_split_across_fsdp1_units_is_unsupported(engine, rule):
+    case = attrs.evolve(_case(engine, 1), model=Model(2, Sequential([Linear(3), Tied()])))
+    found = excluded(case)
+    assert (found.name if found else None) == rule
 
 
 def test_every_rule_gives_its_reason():
