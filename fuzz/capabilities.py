@@ -29,13 +29,14 @@ class Capabilities:
     writer_options: bool = False  # FileSystemWriter(single_file_per_rank=, thread_count=, sync_files=)
     broadcast_from_rank0: bool = False  # StateDictOptions.broadcast_from_rank0
     ignore_frozen_params: bool = False  # StateDictOptions.ignore_frozen_params and strict
+    local_state_dict: bool = False  # FSDP1's StateDictType.LOCAL_STATE_DICT
 
     def table(self) -> list[tuple[str, str, str]]:
         """(feature, on/off, reason) rows for ``shardfuzz capabilities``."""
         rows = [(f"engine {e}", "on", "") for e in self.engines]
         rows += [(f"storage {name}", "on", "") for name in self.storages]
         for name in ("flatten_optimizer_state_dict", "hsdp", "fsdp2_shard_dim", "fsdp1_subgroups", "writer_options",
-                     "broadcast_from_rank0", "ignore_frozen_params"):
+                     "broadcast_from_rank0", "ignore_frozen_params", "local_state_dict"):
             if getattr(self, name):
                 rows.append((name, "on", ""))
         if self.cuda_devices:
@@ -195,6 +196,10 @@ def capabilities() -> Capabilities:
     ignore_frozen = {"ignore_frozen_params", "strict"} <= fields
     if not ignore_frozen:
         off["ignore_frozen_params"] = "StateDictOptions lacks ignore_frozen_params or strict"
+    local = "fsdp1" in engines and hasattr(_find([("torch.distributed.fsdp", "StateDictType")]) or object,
+                                           "LOCAL_STATE_DICT")
+    if not local:
+        off["local_state_dict"] = "no FSDP1 engine, or its StateDictType has no LOCAL_STATE_DICT"
     gpus, why_no_gpu = _cuda_devices()
     if why_no_gpu:
         off["device cuda"] = why_no_gpu
@@ -202,7 +207,7 @@ def capabilities() -> Capabilities:
     return Capabilities(torch.__version__, tuple(engines), flatten, off, hsdp=hsdp, fsdp2_shard_dim=shard_dim,
                         fsdp1_subgroups=subgroups, cuda_devices=gpus, storages=storages,
                         writer_options=writer_options, broadcast_from_rank0=broadcast,
-                        ignore_frozen_params=ignore_frozen)
+                        ignore_frozen_params=ignore_frozen, local_state_dict=local)
 
 
 def _storages(off: dict[str, str]) -> tuple[tuple[str, ...], bool]:

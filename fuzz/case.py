@@ -72,7 +72,9 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
-STATE_DICT_TYPES = ("sharded", "full")
+#: ``local`` (FSDP1 only, not hybrid): the model as FSDP1's ``LOCAL_STATE_DICT`` (each rank's
+#: flat-parameter shard, a ShardedTensor without padding), the optimizer state dict sharded.
+STATE_DICT_TYPES = ("sharded", "full", "local")
 
 #: How a side gets and sets its state dict. ``combined``: ``get_state_dict``/``set_state_dict``
 #: (model and optimizer in one call); ``separate``: ``get_/set_model_state_dict`` then
@@ -450,6 +452,12 @@ class Side:
             raise ValueError(f"wrap lists modules, but {engine!r} does not shard listed modules")
         if self.broadcast_from_rank0 and self.state_dict != "full":
             raise ValueError("broadcast_from_rank0 loads a full state dict: it needs state_dict 'full'")
+        if self.state_dict == "local" and not (isinstance(engine, FSDP1) and not engine.hybrid):
+            raise ValueError(f"state_dict 'local' is FSDP1's LOCAL_STATE_DICT, which takes no DeviceMesh: it needs "
+                             f"an FSDP1 engine with a non-hybrid strategy, not {engine!r}")
+        if self.state_dict == "local" and (self.cpu_offload or self.state_dict_api != "combined"):
+            raise ValueError("a 'local' side gets its model state from FSDP1 itself: no cpu_offload, "
+                             "state_dict_api 'combined'")
 
     @property
     def world_size(self) -> int:
@@ -630,7 +638,12 @@ class Case:
         if self.model.has_batch_norm and self.batch_size < 2:
             raise ValueError("a model with a BatchNorm needs batch_size >= 2 (BatchNorm1d trains on batch statistics)")
         storage = self.storage
-        if isinstance(storage, TorchSave) and "sharded" in (self.save.state_dict, self.load.state_dict):
+        if (self.save.state_dict == "local") != (self.load.state_dict == "local"):
+            raise ValueError("a 'local' checkpoint holds flat-parameter shards that only a 'local' load reads: "
+                             "both sides 'local' or neither")
+        if self.ignore_frozen_params and self.load.state_dict == "local":
+            raise ValueError("ignore_frozen_params is a StateDictOptions field: it does not apply to 'local' sides")
+        if isinstance(storage, TorchSave) and {self.save.state_dict, self.load.state_dict} != {"full"}:
             raise ValueError("TorchSave storage writes and reads a full state dict: both sides need state_dict 'full'")
         if isinstance(storage, DcpToTorchSave) and self.load.state_dict != "full":
             raise ValueError("DcpToTorchSave storage loads a full state dict: the load side needs state_dict 'full'")
@@ -657,6 +670,12 @@ class Case:
             return []
         frozen = set(self.model.frozen_paths())
         return [f"model.{name}" for name in self.model.parameter_shapes() if name.rsplit(".", 1)[0] in frozen]
+
+    @property
+    def local_may_refuse(self) -> bool:
+        """Whether a loud refusal is an acceptable outcome of the load: a ``local`` checkpoint
+        loaded on another topology must round-trip exactly or raise, never load wrong values."""
+        return self.load.state_dict == "local" and not self.same_sharding
 
     @property
     def saves_async(self) -> bool:

@@ -160,10 +160,20 @@ def _load_and_judge(case, ctx, target, checkpoint_dir, expected, expected_after)
     ctx.enter("gather-before-load")
     before = _gather_full(model, optim)
     ctx.enter("load")
-    state = _side_state_dict(case, side, model, optim)
-    target.load(state, checkpoint_id=checkpoint_dir, process_group=ctx.group(side.world_size))
-    _set_side_state_dict(case, side, model, optim, state, rank=ctx.rank)
-    del state
+    refused = None
+    try:
+        state = _side_state_dict(case, side, model, optim)
+        target.load(state, checkpoint_id=checkpoint_dir, process_group=ctx.group(side.world_size))
+        _set_side_state_dict(case, side, model, optim, state, rank=ctx.rank)
+        del state
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - DCP's CheckpointException is a BaseException
+        if not case.local_may_refuse:
+            raise
+        refused = exc
+    if case.local_may_refuse and _any_rank(refused is not None, ctx.group(side.world_size), side.device):
+        return []  # refused loudly (on at least one rank): the outcome allowed there
     ctx.enter("gather-loaded")
     actual = _gather_full(model, optim)
     if isinstance(side.engine, FSDP2):
@@ -263,6 +273,10 @@ def _side_state_dict(case: Case, side: Side, model, optim) -> dict[str, Any]:
     from torch.distributed.checkpoint import state_dict as dsd
 
     options = _options(case, side)
+    if side.state_dict == "local":  # DSD has no LOCAL form: FSDP1's own, the optimizer sharded
+        with _local_state_dict_type(model):
+            model_sd = model.state_dict()
+        return {"model": model_sd, "optim": dsd.get_optimizer_state_dict(model, optim, options=options)}
     if side.state_dict_api == "separate":
         return {"model": dsd.get_model_state_dict(model, options=options),
                 "optim": dsd.get_optimizer_state_dict(model, optim, options=options)}
@@ -278,12 +292,29 @@ def _set_side_state_dict(case: Case, side: Side, model, optim, state, *, rank: i
     if side.broadcast_from_rank0 and rank != 0:
         state = {"model": {}, "optim": {}}
     options = _options(case, side)
-    if side.state_dict_api == "separate":
+    if side.state_dict == "local":
+        with _local_state_dict_type(model):
+            model.load_state_dict(state["model"])
+        dsd.set_optimizer_state_dict(model, optim, state["optim"], options=options)
+    elif side.state_dict_api == "separate":
         dsd.set_model_state_dict(model, state["model"], options=options)
         dsd.set_optimizer_state_dict(model, optim, state["optim"], options=options)
     else:
         dsd.set_state_dict(model, optim, model_state_dict=state["model"], optim_state_dict=state["optim"],
                            options=options)
+
+
+def _local_state_dict_type(model):
+    from torch.distributed.fsdp import FullyShardedDataParallel, StateDictType
+
+    return FullyShardedDataParallel.state_dict_type(model, StateDictType.LOCAL_STATE_DICT)
+
+
+def _any_rank(flag: bool, group, device: str) -> bool:
+    """Whether ``flag`` is set on any rank of ``group`` (collective on it)."""
+    votes = torch.tensor([int(flag)], device=rank_device(device))
+    dist.all_reduce(votes, group=group)
+    return bool(votes.item())
 
 
 def _gather_full(model, optim) -> dict[str, Any]:

@@ -126,6 +126,8 @@ def cases(
     storage_choice = storages() if vary_storage else st.just(Dcp())
     offload, sometimes, caps = rarely(), rarely(one_in=3), capabilities()
     ignore_frozen = rarely(one_in=4) if caps.ignore_frozen_params else st.just(False)
+    local_choice = rarely(one_in=6) if caps.local_state_dict else st.just(False)
+    local_mesh = st.sampled_from([(n,) for n in range(1, max_world_size + 1)])
 
     def with_options(draw, save: Side, load: Side, storage, flatten: bool, mutation) -> tuple[Side, Side]:
         """The sides' ``StateDictOptions`` fields, and the state-dict types the storage needs."""
@@ -152,6 +154,24 @@ def cases(
                             state_dict_api="separate" if broadcast else load.state_dict_api)
         return save, load
 
+    def with_local(draw, save: Side, load: Side) -> tuple[Side, Side]:
+        """Both sides FSDP1 ``local`` (``use_orig_params=False``: with True the local state dict
+        holds per-rank views DCP cannot write, a known torch bug) where the save side can be:
+        the load side the same topology (the seed-002 round-trip), the save side's on another
+        number of ranks (torch unpads the flat shards so that this can load), or its own."""
+        engine = save.engine
+        if not (isinstance(engine, FSDP1) and not engine.hybrid):
+            return save, load
+        local = dict(state_dict="local", cpu_offload=False, broadcast_from_rank0=False, state_dict_api="combined")
+        save = attrs.evolve(save, engine=attrs.evolve(engine, use_orig_params=False), **local)
+        other = load.engine
+        choice = draw(st.sampled_from(("same", "other-ranks", "own")))
+        if choice == "own" and isinstance(other, FSDP1) and not other.hybrid:
+            return save, attrs.evolve(load, engine=attrs.evolve(other, use_orig_params=False), **local)
+        if choice == "other-ranks" and caps.fsdp1_subgroups:
+            return save, attrs.evolve(save, mesh_shape=draw(local_mesh))
+        return save, save
+
     @st.composite
     def draw_case(draw):
         model = draw(model_trees)
@@ -160,7 +180,9 @@ def cases(
         save, load = with_options(draw, draw_side(draw, model), draw_side(draw, model), storage, flattened, mutation)
         # ignore_frozen_params loads with strict=False, so only a compatible load; where the model
         # has frozen parameters the sides differ in them afterwards, so no continuation check.
-        ignoring = mutation is None and draw(ignore_frozen)
+        if isinstance(storage, Dcp) and draw(local_choice):
+            save, load = with_local(draw, save, load)
+        ignoring = mutation is None and load.state_dict != "local" and draw(ignore_frozen)
         checks = draw(check_sets)
         if ignoring and model.frozen_paths():
             checks = checks - {"continuation"}

@@ -33,7 +33,7 @@ def offered_values(*, max_world_size: int = 4, max_steps: int = 3, devices=("cpu
             f"{side}_device": set(devices),
             f"{side}_world_size": {str(n) for n in range(1, max_world_size + 1)},
             f"{side}_mesh": {"1d", "2d"} if caps.hsdp and engines & {"fsdp1", "fsdp2"} else {"1d"},
-            f"{side}_state_dict": set(STATE_DICT_TYPES),
+            f"{side}_state_dict": set(STATE_DICT_TYPES) - (set() if caps.local_state_dict else {"local"}),
             f"{side}_wrapped": {"none", "some"},
             f"{side}_uneven_split": set(_BOOLS) if max_world_size > 1 else {"false"},
             f"{side}_empty_shard": set(_BOOLS) if max_world_size > 1 else {"false"},

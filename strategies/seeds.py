@@ -7,7 +7,7 @@ yet, the comment says what stands in for it.
 
 from __future__ import annotations
 
-from shardfuzz.case import FSDP1, FSDP2, SGD, Adam, Block, Case, Linear, Model, Sequential, Side
+from shardfuzz.case import FSDP1, FSDP2, SGD, Adam, Block, Case, Dcp, Linear, Model, Sequential, Side
 
 __all__ = ["SEED_SCENARIOS"]
 
@@ -43,11 +43,17 @@ SEED_SCENARIOS: dict[str, Case] = {
     "001-fsdp1-always-wrap-to-fsdp2-sharded": Case(
         model=_chain(2, 3, 4, 5), save=Side(FSDP1(wrap_policy="always"), (2,)),
         load=Side(FSDP2(), (2,), wrap=["0", "1", "2"]), optimizer=Adam(), steps=1),
-    # 002 test_distributed_checkpoint: FSDP1 nested wrap() of a double-nested model, sharded state
-    # dict through FileSystemWriter/Reader. 002's LOCAL_STATE_DICT is not modelled yet.
+    # 002 test_distributed_checkpoint: FSDP1 nested wrap() of a double-nested model, LOCAL_STATE_DICT
+    # and SHARDED_STATE_DICT through FileSystemWriter/Reader (LOCAL with use_orig_params=False: with
+    # True it is a known torch bug, corpus 0c0c634ac9cc5487).
     "002-fsdp1-nested-wrap-sharded": Case(
         model=_DOUBLE_NESTED, save=Side(FSDP1(wrap_policy="manual"), (2,), wrap=["a", "a.a"]),
         load=Side(FSDP1(wrap_policy="manual"), (2,), wrap=["a", "a.a"]), optimizer=SGD(), steps=1),
+    "002-fsdp1-nested-wrap-local": Case(
+        model=_DOUBLE_NESTED,
+        save=Side(FSDP1(use_orig_params=False, wrap_policy="manual"), (2,), wrap=["a", "a.a"], state_dict="local"),
+        load=Side(FSDP1(use_orig_params=False, wrap_policy="manual"), (2,), wrap=["a", "a.a"], state_dict="local"),
+        optimizer=SGD(), steps=1, storage=Dcp(api="legacy")),
     # 003 test_hsdp_checkpoint: FSDP1 HYBRID_SHARD on a (2, world/2) mesh, even and uneven widths,
     # Adam; the step after the save (the continuation check) then reload; HSDP loaded into FSDP1
     # on a 1-D mesh.
