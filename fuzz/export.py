@@ -263,6 +263,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 import traceback
 import warnings
 
@@ -592,8 +593,11 @@ def watch_for_hang(rank):
     import threading
 
     def expire():
-        print(f"REPRODUCED on rank {rank}: hang: still in {PHASE[0]} after {HANG_SECONDS}s", file=sys.stderr)
-        sys.stderr.flush()
+        if PHASE[0] == "finish":  # done, waiting for a peer that is stuck: let that one report
+            time.sleep(2)
+        else:
+            print(f"REPRODUCED on rank {rank}: hang: still in {PHASE[0]} after {HANG_SECONDS}s", file=sys.stderr)
+            sys.stderr.flush()
         os._exit(1)
 
     timer = threading.Timer(HANG_SECONDS, expire)
@@ -601,12 +605,22 @@ def watch_for_hang(rank):
     timer.start()
 
 
+def finish_together(finish_group):
+    """Wait for every rank on a group of its own before leaving. As in shardfuzz's warm pool, a
+    rank that is done stays alive: a peer stuck in a collective with it then hangs (and the
+    watchdog says where) instead of failing on a closed connection once the done rank exits."""
+    PHASE[0] = "finish"
+    dist.barrier(group=finish_group)
+
+
 def rank_main(rank, world_size, init_file, checkpoint_dir):
     torch.set_num_threads(1)
     watch_for_hang(rank)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size,
                             timeout=datetime.timedelta(seconds=300))
+    finish_group = dist.new_group(backend="gloo")
     round_trip(rank, checkpoint_dir)
+    finish_together(finish_group)
     dist.destroy_process_group()
 
 
@@ -618,7 +632,9 @@ def main():
             sys.exit(f"run with --nproc-per-node {WORLD_SIZE}, not {dist.get_world_size()}")
         holder = [tempfile.mkdtemp(prefix="shardfuzz-repro-") if dist.get_rank() == 0 else None]
         dist.broadcast_object_list(holder, src=0)
+        finish_group = dist.new_group(backend="gloo")
         round_trip(dist.get_rank(), holder[0])
+        finish_together(finish_group)
         dist.destroy_process_group()
         if dist.get_rank() == 0:
             shutil.rmtree(holder[0], ignore_errors=True)

@@ -135,7 +135,7 @@ def test_torchrun_launches_a_campaign(tmp_path, corpus):
     report = tmp_path / "r.json"
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "shardfuzz",
-         "run", "--budget", "60", "--max-cases", "12", "--seed", "1", "--corpus", str(corpus), "--database", "none",
+         "run", "--budget", "60", "--max-cases", "12", "--seed", "2", "--corpus", str(corpus), "--database", "none",
          "--report", str(report), "--plain", "--exit-zero"],
         env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
