@@ -162,10 +162,7 @@ def _load_and_judge(case, ctx, target, checkpoint_dir, expected, expected_after)
     ctx.enter("load")
     refused = None
     try:
-        state = _side_state_dict(case, side, model, optim)
-        target.load(state, checkpoint_id=checkpoint_dir, process_group=ctx.group(side.world_size))
-        _set_side_state_dict(case, side, model, optim, state, rank=ctx.rank)
-        del state
+        _load_into(case, side, model, optim, ctx, target, checkpoint_dir)
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:  # noqa: BLE001 - DCP's CheckpointException is a BaseException
@@ -204,14 +201,19 @@ def _load_incompatible(case, ctx, target, checkpoint_dir) -> list[Mismatch]:
     ctx.enter("load-incompatible")
     raised = None
     try:
-        state = _side_state_dict(case, side, model, optim)
-        target.load(state, checkpoint_id=checkpoint_dir, process_group=ctx.group(side.world_size))
-        _set_side_state_dict(case, side, model, optim, state, rank=ctx.rank)
+        _load_into(case, side, model, optim, ctx, target, checkpoint_dir)
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:  # noqa: BLE001 - any loud error (CheckpointException too) is the outcome wanted
         raised = f"{type(exc).__name__}: {exc}"
     return oracles.loud_incompatible_load(case.load_mutation, raised, rank=ctx.rank)
+
+
+def _load_into(case: Case, side: Side, model, optim, ctx: RankContext, target, checkpoint_dir) -> None:
+    """The side's state dict as the template, filled from the checkpoint, set into the model."""
+    state = _side_state_dict(case, side, model, optim)
+    target.load(state, checkpoint_id=checkpoint_dir, process_group=ctx.group(side.world_size))
+    _set_side_state_dict(case, side, model, optim, state, rank=ctx.rank)
 
 
 def _build_side(case: Case, side: Side, spec, ctx: RankContext, target, *, seed: int):

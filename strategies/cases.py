@@ -178,10 +178,10 @@ def cases(
         storage = draw(storage_choice)
         flattened, mutation = draw(flatten), draw(mutations)
         save, load = with_options(draw, draw_side(draw, model), draw_side(draw, model), storage, flattened, mutation)
-        # ignore_frozen_params loads with strict=False, so only a compatible load; where the model
-        # has frozen parameters the sides differ in them afterwards, so no continuation check.
         if isinstance(storage, Dcp) and draw(local_choice):
             save, load = with_local(draw, save, load)
+        # ignore_frozen_params loads with strict=False, so only a compatible load; where the model
+        # has frozen parameters the sides differ in them afterwards, so no continuation check.
         ignoring = mutation is None and load.state_dict != "local" and draw(ignore_frozen)
         checks = draw(check_sets)
         if ignoring and model.frozen_paths():
