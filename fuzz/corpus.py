@@ -1,16 +1,23 @@
-"""Shrunk failures as JSON files: save atomically, deduplicate by signature, load, match known bugs.
+"""Shrunk failures as JSON files: save atomically, deduplicate by bug, load, match known bugs.
 
-One entry is one file, ``<signature hash>.json``, holding the Case, the verdict's
-signature and summary, where it was seen, and, once triaged, a ``known`` block
-naming the torch bug and the version range where it reproduces. Loading never
-unpickles or executes anything: it is JSON through the same cattrs converter
-that checks every field.
+One entry is one file, ``<hash>.json``, holding the Case, the verdict's signature
+and summary, where it was seen, and, once triaged, a ``known`` block naming the
+torch bug and the version range where it reproduces. Loading never unpickles or
+executes anything: it is JSON through the same cattrs converter that checks every
+field.
+
+A finding joins an existing entry only when it is the same bug (``Entry.same_bug``):
+the same canonical signature, the same target, and, for a known entry, a case that
+meets its ``when`` conditions on a torch inside its range; for an untriaged entry,
+the same torch. Anything else is a new entry in a file of its own, and a known
+entry's file is never rewritten by a save.
 """
 
 from __future__ import annotations
 
 import datetime
 import hashlib
+import itertools
 import json
 import os
 import platform
@@ -25,7 +32,7 @@ from attrs.validators import in_, instance_of
 
 from shardfuzz.case import Case, describe_structure_error, dimensions, dumps, from_dict, to_dict
 from shardfuzz.targets import DEFAULT_TARGET
-from shardfuzz.verdict import TRIAGE_CLASSES, Verdict
+from shardfuzz.verdict import TRIAGE_CLASSES, Verdict, canonical_signature
 
 __all__ = [
     "Cause", "CorpusError", "Entry", "Known", "KnownBugs", "entry_for", "known_bugs", "load_corpus", "load_entry", "save_entry",
@@ -89,7 +96,8 @@ class Entry:
     """One shrunk failure. ``status`` is the verdict's; ``triage`` is its class as people read it."""
 
     title: str
-    signature: str
+    # Brought to the current canonical form on load (``verdict.canonical_signature``).
+    signature: str = field(converter=canonical_signature)
     status: str = field(validator=in_(tuple(s for s in TRIAGE_CLASSES if s != "unsupported")))
     case: Case = field(validator=instance_of(Case))
     cause: Optional[Cause] = None
@@ -124,9 +132,30 @@ class Entry:
 
         return exact_world_size(self.case) or max(self.case.world_size, self.world_size)
 
+    def same_bug(self, other: "Entry") -> bool:
+        """Whether ``other`` (a new finding) is this entry's bug, so that saving it may merge into this file."""
+        if (other.signature, other.target) != (self.signature, self.target):
+            return False
+        torch_version = other.versions.get("torch", "")
+        if self.known is not None:
+            return self.known.matches(other.case) and bool(torch_version) and self.known.applies_to(torch_version)
+        return self.versions.get("torch") == torch_version
+
+    def filename_candidates(self):
+        """File names for a new entry: its identity's hash, then numbered variants for the rare
+        other bug that already holds that name (same signature, other target or conditions)."""
+        identity = self.signature if self.target == DEFAULT_TARGET else f"{self.signature}\0target={self.target}"
+        yield _hash_name(identity)
+        for n in itertools.count(2):
+            yield _hash_name(f"{identity}\0#{n}")
+
     @property
     def filename(self) -> str:
-        return hashlib.sha1(self.signature.encode()).hexdigest()[:16] + ".json"
+        return next(self.filename_candidates())
+
+
+def _hash_name(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:16] + ".json"
 
 
 _converter = cattrs.Converter(forbid_extra_keys=True)
@@ -173,24 +202,38 @@ def _root_traceback(verdict: Verdict) -> str:
 
 
 def save_entry(directory: str | os.PathLike, entry: Entry) -> Path:
-    """Write ``entry``; if one with its signature exists, keep the smaller case and add the hits.
+    """Write ``entry``, or merge it into the entry of the same bug (``Entry.same_bug``).
 
-    The write is atomic (a temp file in the same directory, then ``os.replace``),
-    so a run killed mid-write leaves the old file or the new one, never half of one.
+    Merging keeps the smaller case (both reproduce the same signature: that is what
+    makes them the same bug) and adds the hits. A known entry is never rewritten:
+    a finding that matches it is already counted as a known hit, and one that does
+    not is another bug and gets a file of its own. The write is atomic (a temp file
+    in the same directory, then ``os.replace``), so a run killed mid-write leaves the
+    old file or the new one, never half of one. Returns the file the finding is in.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / entry.filename
-    if path.exists():
-        try:
-            old = load_entry(path)
-        except CorpusError:
-            old = None  # unreadable: replace it with the new finding rather than lose that
-        if old is not None and old.signature == entry.signature:
+    existing, _ = load_corpus(directory)
+    for path, old in sorted(existing, key=lambda item: item[1].known is None):  # a known bug first
+        if old.same_bug(entry):
+            if old.known is not None:
+                return path
             smaller = entry.case if len(dumps(entry.case)) < len(dumps(old.case)) else old.case
-            entry = attrs.evolve(old, case=smaller, hits=old.hits + entry.hits)
+            return _write(path, attrs.evolve(old, case=smaller, hits=old.hits + entry.hits))
+    taken = {path.name for path, _ in existing} | _unreadable_names(directory, existing)
+    name = next(candidate for candidate in entry.filename_candidates() if candidate not in taken)
+    return _write(directory / name, entry)
+
+
+def _unreadable_names(directory: Path, readable) -> set[str]:
+    """Entry files that did not load: never overwritten, so a hand-edit gone wrong is not lost."""
+    good = {path.name for path, _ in readable}
+    return {path.name for path in directory.glob("*.json") if path.name not in good}
+
+
+def _write(path: Path, entry: Entry) -> Path:
     text = json.dumps(_converter.unstructure(entry), indent=2, sort_keys=True) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".partial", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".partial", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
@@ -239,19 +282,28 @@ def load_corpus(directory: str | os.PathLike) -> tuple[list[tuple[Path, Entry]],
 
 
 class KnownBugs(dict):
-    """Signature -> entry, for the entries that are known bugs on this torch.
+    """Canonical signature -> the entries that are known bugs on this torch with that signature.
 
-    ``lookup(signature, case)`` is the question to ask of a failure: the same signature
-    *and* the case has the entry's ``known.when`` dimensions.
+    ``lookup(signature, case)`` is the question to ask of a failure: an entry with the
+    same canonical signature whose ``known.when`` dimensions the case has. Several
+    entries may share a signature, told apart by their ``when`` conditions.
     """
 
     def lookup(self, signature: str, case: Case | None = None) -> Entry | None:
-        entry = self.get(signature)
-        if entry is None or (case is not None and not entry.known.matches(case)):
-            return None
-        return entry
+        for entry in self.get(canonical_signature(signature), ()):
+            if case is None or entry.known.matches(case):
+                return entry
+        return None
+
+    def title(self, signature: str) -> str:
+        entries = self.get(canonical_signature(signature), ())
+        return entries[0].title if entries else signature
 
 
 def known_bugs(entries, torch_version: str) -> KnownBugs:
-    """The entries of ``load_corpus`` that are known bugs on ``torch_version``, by signature."""
-    return KnownBugs({entry.signature: entry for _, entry in entries if entry.known_on(torch_version)})
+    """The entries of ``load_corpus`` that are known bugs on ``torch_version``, by canonical signature."""
+    known = KnownBugs()
+    for _, entry in entries:
+        if entry.known_on(torch_version):
+            known.setdefault(entry.signature, []).append(entry)
+    return known

@@ -47,7 +47,7 @@ def campaign_report(result, *, meta: dict, known, corpus_files: dict[str, str], 
         ],
         "unsupported": [{"signature": s, "hits": n} for s, n in result.unsupported.items()],
         "known_failures": [
-            {"signature": s, "title": known[s].title if s in known else s, "hits": n}
+            {"signature": s, "title": known.title(s), "hits": n}
             for s, n in result.known_hits.items()
         ],
         "slowest_recent_case": {"seconds": round(result.slowest_recent[0], 3), "case": result.slowest_recent[1]},

@@ -14,7 +14,10 @@ import cattrs
 from attrs import field, frozen
 from attrs.validators import in_
 
-__all__ = ["Mismatch", "RankError", "RankReport", "Verdict", "STATUSES", "TRIAGE_CLASSES", "normalise_message"]
+__all__ = [
+    "Mismatch", "RankError", "RankReport", "Verdict", "STATUSES", "TRIAGE_CLASSES", "canonical_signature",
+    "normalise_message",
+]
 
 #: pass: everything matched. mismatch: an oracle saw wrong state (silent corruption).
 #: error: a rank raised. crash: a rank process died. hang: the case outran its deadline.
@@ -116,7 +119,11 @@ class Verdict:
                 "key": "", "phase": self.where}
 
     def signature(self) -> str:
-        """A stable key for the cause: the same bug on other sizes gives the same signature."""
+        """A stable key for the cause: the same bug on other sizes, keys or names gives the same
+        signature (see ``canonical_signature``)."""
+        return canonical_signature(self._raw_signature())
+
+    def _raw_signature(self) -> str:
         if self.status == "pass":
             return "pass"
         if self.status == "mismatch":
@@ -146,7 +153,8 @@ _PATH = re.compile(r"(/[^\s:'\"]+)+")
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]+")
 _NAME_TUPLE = re.compile(r"\((?:'[^']*'(?:, )?)+,?\)")  # ('0.weight', '1.bias'): which parameters
 # A parameter's or buffer's FQN, and FSDP's module_name=/prefix= fields: where in the tree, not what went wrong.
-_FQN = re.compile(r"\b(?:\w+\.)+(weight|bias|running_mean|running_var|num_batches_tracked)\b")
+# Any hyperparameter or state name after it (``'<fqn>.weight.lr'`` in a KeyError) is part of the key too.
+_FQN = re.compile(r"\b(?:\w+\.)+(?:weight|bias|running_mean|running_var|num_batches_tracked)(?:\.\w+)?\b")
 _MODULE_FIELD = re.compile(r"\b(module_name|prefix)=[\w.]*")
 
 
@@ -166,10 +174,66 @@ def _normalise(text: str) -> str:
     text = _PATH.sub("<path>", text)
     text = _ADDRESS.sub("<addr>", text)
     text = _NAME_TUPLE.sub("(<names>)", text)
-    text = _FQN.sub(r"<fqn>.\1", text)
+    text = _FQN.sub("<fqn>", text)
     text = _MODULE_FIELD.sub(r"\1=<module>", text)
     text = _NUMBER.sub("<n>", text)
     return text[:200]
+
+
+#: A top-level key of the state dict handed to a target in a message: ``optim.state``, ``optimizer.param_groups``,
+#: ``Missing key in checkpoint state_dict: optim.``. A user's target names them as it likes.
+_TOP_LEVEL = re.compile(r"\b[A-Za-z_]\w*\.(?=(?:state|param_groups)\b)")
+_BLANKED_FQN = re.compile(r"<fqn>(?:\.\w+)+")  # as an older shardfuzz blanked it: <fqn>.weight.lr
+_MISSING_KEY = re.compile(r"(state_dict: )[A-Za-z_]\w*\.")
+_MESSAGE_CHARS = 160
+#: Mismatch details that say a key is absent on one side: which optimizer-state entry it is
+#: (``step``, ``exp_avg``, ``momentum_buffer``) depends on the optimizer, not on the bug.
+_ABSENT = ("missing after load", "not in the saved state")
+#: The heads of the keys the oracles compare; any other head is a module name (the layout oracle's
+#: parameter names), which says where in the tree, not what went wrong.
+_KEY_HEADS = ("model", "optim.state", "optim.param_groups", "state", "param_groups")
+
+
+def canonical_signature(signature: str) -> str:
+    """One bug, one signature: blank what varies with the case but not with the bug.
+
+    - a param-group hyperparameter's name (``lr`` and ``betas`` of one group not restored);
+    - the optimizer-state name of a missing or extra entry (``step`` and ``momentum_buffer``);
+    - a module name heading a parameter name (``0.*.weight`` and ``block.*.weight``);
+    - in error messages, the top-level state-dict key a target chose (``optim.`` or ``optimizer.``).
+
+    Idempotent, and a function of the signature string alone, so signatures stored by an
+    older shardfuzz are brought to the same form when an entry is loaded.
+    """
+    status, _, rest = signature.partition(":")
+    if status == "mismatch":
+        parts = rest.split(":", 2)
+        if len(parts) == 3:
+            oracle, pattern, detail = parts
+            return f"mismatch:{oracle}:{_canonical_pattern(pattern, detail)}:{detail}"
+    elif status in ("error", "unsupported"):
+        parts = rest.split(":", 2)
+        if len(parts) == 3:
+            phase, kind, message = parts
+            message = _MISSING_KEY.sub(r"\1<top>.", _TOP_LEVEL.sub("<top>.", message))
+            message = _BLANKED_FQN.sub("<fqn>", _FQN.sub("<fqn>", message))
+            # Shorter than ``_normalise``'s 200 characters, so that a message an older shardfuzz cut at
+            # 200 before blanking its names ends at the same place as one blanked first.
+            return f"{status}:{phase}:{kind}:{message[:_MESSAGE_CHARS]}"
+    return signature
+
+
+def _canonical_pattern(pattern: str, detail: str) -> str:
+    head, star, leaf = pattern.partition(".*.")
+    if not star:
+        return pattern
+    if head.endswith("param_groups"):
+        return f"{head}.*"
+    if head.endswith("state") and detail in _ABSENT:
+        return f"{head}.*"
+    if head not in _KEY_HEADS:
+        return f"*.{leaf}"
+    return pattern
 
 
 def _key_pattern(key: str) -> str:

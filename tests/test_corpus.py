@@ -185,3 +185,63 @@ def test_a_known_bug_with_when_matches_only_cases_that_have_those_dimensions(tmp
     assert known.lookup(VERDICT.signature(), hsdp_save) is not None
     assert known.lookup(VERDICT.signature(), CASE) is None  # same signature, but a 1-D save: a new bug
     assert known.lookup(VERDICT.signature()) is not None  # no case: the signature alone
+
+
+# --- identity: a finding never lands in another bug's entry -------------------------------
+
+
+def test_one_signature_from_two_targets_gives_two_entries(tmp_path):
+    first = save_entry(tmp_path, entry_for(CASE, VERDICT))
+    second = save_entry(tmp_path, entry_for(BIG, VERDICT, target="mypackage.ckpt:Mine"))
+    assert first != second
+    assert load_entry(first).case == CASE and load_entry(second).case == BIG
+    assert load_entry(second).target == "mypackage.ckpt:Mine" and load_entry(first).hits == 1
+
+
+def test_a_finding_outside_a_known_entrys_conditions_is_new_and_the_known_file_is_untouched(tmp_path):
+    hsdp_save = attrs.evolve(CASE, save=Side(FSDP1(sharding_strategy="HYBRID_SHARD"), (2, 1)))
+    known = attrs.evolve(entry_for(hsdp_save, VERDICT),
+                         known=Known(description="replicas diverge", torch=">=0", when={"save_mesh": "2d"}))
+    known_path = save_entry(tmp_path, known)
+    before = known_path.read_bytes()
+    new_path = save_entry(tmp_path, entry_for(BIG, VERDICT))  # same signature, a 1-D save: another bug
+    assert new_path != known_path
+    assert known_path.read_bytes() == before
+    assert load_entry(new_path).case == BIG and load_entry(new_path).known is None
+    # A finding that does match the known bug changes nothing either (the campaign counts it as a hit).
+    assert save_entry(tmp_path, entry_for(hsdp_save, VERDICT)) == known_path
+    assert known_path.read_bytes() == before
+    assert len(list(tmp_path.glob("*.json"))) == 2
+
+
+def test_a_known_bug_seen_on_a_torch_outside_its_range_is_a_new_entry(tmp_path):
+    known_path = save_entry(tmp_path, attrs.evolve(entry_for(CASE, VERDICT), known=Known("old bug", "<2.0")))
+    before = known_path.read_bytes()
+    new_path = save_entry(tmp_path, entry_for(BIG, VERDICT))
+    assert new_path != known_path and known_path.read_bytes() == before
+
+
+def test_an_untriaged_entry_from_another_torch_is_kept_apart(tmp_path):
+    old = attrs.evolve(entry_for(BIG, VERDICT), versions={"torch": "2.10.0"})
+    old_path = save_entry(tmp_path, old)
+    new_path = save_entry(tmp_path, entry_for(CASE, VERDICT))
+    assert new_path != old_path and load_entry(old_path).case == BIG
+
+
+def test_an_unreadable_file_under_the_new_entrys_name_is_not_overwritten(tmp_path):
+    entry = entry_for(CASE, VERDICT)
+    (tmp_path / entry.filename).write_text("{ hand-edited and broken")
+    path = save_entry(tmp_path, entry)
+    assert path.name != entry.filename
+    assert (tmp_path / entry.filename).read_text() == "{ hand-edited and broken"
+
+
+def test_known_bugs_tell_entries_of_one_signature_apart_by_their_conditions(tmp_path):
+    hsdp = attrs.evolve(CASE, save=Side(FSDP1(sharding_strategy="HYBRID_SHARD"), (2, 1)))
+    save_entry(tmp_path, attrs.evolve(entry_for(hsdp, VERDICT), title="hsdp one",
+                                      known=Known("a", ">=0", when={"save_mesh": "2d"})))
+    save_entry(tmp_path, attrs.evolve(entry_for(BIG, VERDICT, target="t:T"), title="1-d one",
+                                      known=Known("b", ">=0", when={"save_mesh": "1d"})))
+    known = known_bugs(load_corpus(tmp_path)[0], torch.__version__)
+    assert known.lookup(VERDICT.signature(), hsdp).title == "hsdp one"
+    assert known.lookup(VERDICT.signature(), CASE).title == "1-d one"

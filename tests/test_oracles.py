@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from shardfuzz.oracles import compare_state, expected_after_load, first_bit_difference
-from shardfuzz.verdict import Mismatch, Verdict, normalise_message
+from shardfuzz.verdict import Mismatch, RankError, Verdict, canonical_signature, normalise_message
 
 
 def _state():
@@ -97,8 +97,58 @@ def test_signature_ignores_module_path_numbers_and_paths():
     flat = ("AssertionError: FSDP assumes 0.weight is in the state_dict but the state_dict only has "
             "odict_keys(['1.weight']). prefix=, module_name=0., param_name=weight rank=0.")
     assert normalise_message(in_a_block) == normalise_message(flat)
-    assert "<fqn>.weight" in normalise_message(flat) and "bn.running_mean" not in normalise_message(
+    assert "<fqn>" in normalise_message(flat) and "bn.running_mean" not in normalise_message(
         "KeyError: 'model.bn.running_mean'")
+
+
+def _mismatch(key, detail="values differ", oracle="complete-state"):
+    return Verdict("mismatch", (Mismatch(oracle, key, 0, detail),))
+
+
+def _error(message, kind="KeyError", phase="load"):
+    return Verdict("error", errors=(RankError(0, phase, kind, message),))
+
+
+#: (one bug seen two ways: one signature) and (two bugs: two signatures).
+SAME_BUG = [
+    (_mismatch("optim.param_groups.0.lr", "value differs"), _mismatch("optim.param_groups.1.betas", "value differs")),
+    (_mismatch("optim.state.0.weight.step", "missing after load"),
+     _mismatch("optim.state.1.weight.momentum_buffer", "missing after load")),
+    (_mismatch("0.weight", "placements differ", "layout"), _mismatch("block.1.weight", "placements differ", "layout")),
+    (_error("RuntimeError: Missing key in checkpoint state_dict: optim.param_groups.", "CheckpointException"),
+     _error("RuntimeError: Missing key in checkpoint state_dict: optimizer.param_groups.", "CheckpointException")),
+    (_error("RuntimeError: Missing key in checkpoint state_dict: optim.", "CheckpointException"),
+     _error("RuntimeError: Missing key in checkpoint state_dict: optimizer.", "CheckpointException")),
+    (_error("'0.weight.lr'"), _error("'1.bias.lr'")),
+]
+OTHER_BUGS = [
+    (_mismatch("optim.state.0.weight.exp_avg"), _mismatch("optim.state.0.weight.exp_avg_sq")),
+    (_mismatch("optim.state.0.weight.step"), _mismatch("optim.state.0.weight.exp_avg")),
+    (_mismatch("model.0.weight"), _mismatch("model.0.running_mean")),
+    (_mismatch("optim.state.0.weight.step", "missing after load"), _mismatch("model.0.weight", "missing after load")),
+    (_mismatch("optim.param_groups.0.lr", "value differs"), _mismatch("optim.state.0.weight.step", "value differs")),
+    (_error("'state'"), _error("'param_groups'")),
+    (_error("RuntimeError: Missing key in checkpoint state_dict: optim.", "CheckpointException"),
+     _error("RuntimeError: Missing key in checkpoint state_dict: optim.param_groups.", "CheckpointException")),
+]
+
+
+@pytest.mark.parametrize("one, other", SAME_BUG)
+def test_one_bug_seen_two_ways_has_one_signature(one, other):
+    assert one.signature() == other.signature()
+    assert canonical_signature(one.signature()) == one.signature()  # idempotent
+
+
+@pytest.mark.parametrize("one, other", OTHER_BUGS)
+def test_two_bugs_keep_two_signatures(one, other):
+    assert one.signature() != other.signature()
+
+
+def test_signatures_stored_by_an_older_shardfuzz_load_in_the_canonical_form():
+    assert canonical_signature("error:load:KeyError:'<fqn>.weight.lr'") == \
+        canonical_signature("error:load:KeyError:'<fqn>.bias.lr'") == _error("'0.weight.lr'").signature()
+    assert canonical_signature("mismatch:complete-state:optim.state.*.step:missing after load") == \
+        _mismatch("optim.state.3.weight.sum", "missing after load").signature()
 
 
 # --- the other oracles: each fails on a concrete wrong input, passes on the right one ----

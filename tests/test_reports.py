@@ -6,6 +6,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from shardfuzz.campaign import run_campaign
+from shardfuzz.corpus import KnownBugs
 from shardfuzz.database import DatabaseError, open_database
 from shardfuzz.report import campaign_report, merge_reports, read_report, write_atomic
 from shardfuzz.report_formats import html_page, junit_xml, markdown
@@ -24,7 +25,7 @@ def _verdict(case) -> Verdict:
 @pytest.fixture(scope="module")
 def report():
     result = run_campaign(_verdict, budget=60, seed=5, max_world_size=2, max_cases=120)
-    known = {}
+    known = KnownBugs()
     offered = {d: sorted(v) for d, v in offered_values(max_world_size=2).items()}
     return campaign_report(result, meta={"torch": "2.x", "world_size": 2, "target": "t", "seed": 5,
                                          "budget_seconds": 60, "database": None},
