@@ -627,16 +627,17 @@ def rank_main(rank, world_size, init_file, checkpoint_dir):
 def main():
     if "RANK" in os.environ:  # launched by torchrun
         dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=300))
-        watch_for_hang(dist.get_rank())
+        rank = dist.get_rank()  # kept: after destroy_process_group() there is no group to ask
+        watch_for_hang(rank)
         if dist.get_world_size() != WORLD_SIZE:
             sys.exit(f"run with --nproc-per-node {WORLD_SIZE}, not {dist.get_world_size()}")
-        holder = [tempfile.mkdtemp(prefix="shardfuzz-repro-") if dist.get_rank() == 0 else None]
+        holder = [tempfile.mkdtemp(prefix="shardfuzz-repro-") if rank == 0 else None]
         dist.broadcast_object_list(holder, src=0)
         finish_group = dist.new_group(backend="gloo")
-        round_trip(dist.get_rank(), holder[0])
+        round_trip(rank, holder[0])
         finish_together(finish_group)
         dist.destroy_process_group()
-        if dist.get_rank() == 0:
+        if rank == 0:
             shutil.rmtree(holder[0], ignore_errors=True)
         return
     import torch.multiprocessing as mp

@@ -66,7 +66,8 @@ def test_every_known_bug_reproduces_from_its_exported_script(entry, tmp_path):
             output[-3000:]
 
 
-def test_a_passing_case_does_not_reproduce(tmp_path):
+@pytest.mark.parametrize("torchrun", [False, True], ids=["python", "torchrun"])
+def test_a_passing_case_does_not_reproduce(tmp_path, torchrun):
     # Norm layers (BatchNorm's buffers, same batch on every rank) and a frozen Linear: the script must build
     # and train exactly as the ranks do, or the passing case would "reproduce".
     case = Case(model=Model(3, Block([Linear(5), BatchNorm(), Sequential([Linear(2, bias=False, frozen=True),
@@ -74,9 +75,10 @@ def test_a_passing_case_does_not_reproduce(tmp_path):
                 save=Side(FSDP2(), (2,), wrap=("a",)), load=Side(FSDP1(), (1,)), optimizer=Adam(), steps=2)
     script = tmp_path / "repro.py"
     script.write_text(export_script(entry_for(case, RECORDED)))
-    code, output = _run(script)
+    code, output = _run(script, torchrun=torchrun, nproc=2)
     assert code == 0, output
     assert "did not reproduce" in output
+    assert "Traceback" not in output, output[-3000:]  # e.g. asking for the rank after destroy_process_group
 
 
 def test_a_mismatch_in_a_users_target_reproduces_under_torchrun(tmp_path):
