@@ -179,6 +179,26 @@ class BuffersNotLoaded(DcpTarget):
         _restore(kept)
 
 
+class ReplicasNotLoaded(DcpTarget):
+    """A loader that restores replicated state on one rank only: on every rank of the group but
+    the first, the values each rank holds whole (buffers, the optimizer's ``step`` counters)
+    keep their pre-load values. The gathered state is rank 0's copy, so it looks right."""
+
+    def load(self, state_dict, *, checkpoint_id, process_group):
+        kept = []
+        if dist.get_rank(process_group) != 0:
+            buffers = [v for k, v in state_dict["model"].items() if k.rsplit(".", 1)[-1] in BuffersNotLoaded._BUFFERS]
+            steps = [v for _, name, v, _, _ in _optim_entries(state_dict["optim"]) if name == "step"]
+            kept = _snapshot(v for v in buffers + steps if _whole(v))
+        super().load(state_dict, checkpoint_id=checkpoint_id, process_group=process_group)
+        _restore(kept)
+
+
+def _whole(value) -> bool:
+    """A plain tensor: not a DTensor or ShardedTensor, so every rank holds all of it."""
+    return isinstance(value, torch.Tensor) and not hasattr(value, "to_local") and not hasattr(value, "local_shards")
+
+
 class PartialLoadAllowed(DcpTarget):
     """A lenient loader: keys missing from the checkpoint are skipped instead of raising."""
 
@@ -326,6 +346,7 @@ CATALOGUE: dict[str, str] = {
     "OneKeyNotLoaded": "complete-state",
     "BiasesNotSaved": "complete-state",
     "BuffersNotLoaded": "complete-state",
+    "ReplicasNotLoaded": "replica-consistency",
     "PartialLoadAllowed": "loud-incompatible-load",
     "SwapMomentsBetweenParameters": "complete-state",
     "SwapExpAvgAndSq": "complete-state",

@@ -17,6 +17,9 @@ inputs; ``roundtrip.py`` extracts that data on the ranks.
 - ``full-offload``: ``full_state_dict`` + ``cpu_offload`` puts everything on rank
   0, on CPU, and nothing on other ranks.
 - ``loud-incompatible-load``: loading into a model of another shape raises.
+- ``replica-consistency``: after the load, every rank's copy of a replicated value
+  (DDP's parameters, buffers, step counters, HSDP's replicas of a shard) is the same,
+  bit for bit. ``complete-state`` sees one copy only: rank 0's, or one replica's.
 
 The round-trip gathers both sides to *full* tensors (``get_state_dict`` with
 ``full_state_dict=True`` and ``flatten_optimizer_state_dict=True``) and compares
@@ -47,11 +50,14 @@ __all__ = [
     "full_offload",
     "layout",
     "loud_incompatible_load",
+    "replica_consistency",
     "unchanged_before_load",
 ]
 
 STATE_ORACLE = "complete-state"
-ORACLES = (STATE_ORACLE, "continuation", "layout", "api-parity", "full-offload", "loud-incompatible-load")
+REPLICA_ORACLE = "replica-consistency"
+ORACLES = (STATE_ORACLE, REPLICA_ORACLE, "continuation", "layout", "api-parity", "full-offload",
+           "loud-incompatible-load")
 
 _BITS_BY_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
@@ -216,6 +222,34 @@ def loud_incompatible_load(mutation: str, raised: str | None, *, rank: int) -> l
         return []
     return [Mismatch("loud-incompatible-load", "model", rank,
                      f"loading into a model with a {mutation} mutation raised nothing")]
+
+
+def replica_consistency(pieces_by_rank: Mapping[int, Mapping[tuple[str, str], Any]]) -> list[Mismatch]:
+    """``replica-consistency``: every copy of a replicated value agrees with the lowest rank's copy.
+
+    ``pieces_by_rank`` maps a rank to what it holds after the load, keyed by
+    ``(key, region)``: the region names which part of the value it is (``"whole"``, or
+    a shard's offsets or mesh coordinates), so two ranks holding the same region of the
+    same key hold replicas of it. One mismatch per key at most: the first rank whose
+    copy differs.
+    """
+    holders: dict[tuple[str, str], list[tuple[int, Any]]] = {}
+    for rank in sorted(pieces_by_rank):
+        for where, value in pieces_by_rank[rank].items():
+            holders.setdefault(where, []).append((rank, value))
+    found, reported = [], set()
+    for (key, region), copies in sorted(holders.items()):
+        (first_rank, first), *others = copies
+        for rank, value in others:
+            if key in reported:
+                break
+            mismatch = _compare_value(key, first, value, rank, REPLICA_ORACLE)
+            if mismatch is not None:
+                # The region stays out of the detail: the same bug on a DDP and on an HSDP side is one signature.
+                found.append(attrs.evolve(
+                    mismatch, detail=f"replica differs from rank {first_rank}'s copy: {mismatch.detail}"))
+                reported.add(key)
+    return found
 
 
 def _as_lists(value: Any) -> Any:

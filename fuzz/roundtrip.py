@@ -173,6 +173,10 @@ def _load_and_judge(case, ctx, target, checkpoint_dir, expected, expected_after)
         return []  # refused loudly (on at least one rank): the outcome allowed there
     ctx.enter("gather-loaded")
     actual = _gather_full(model, optim)
+    replicas: list[Mismatch] = []
+    if side.world_size > 1:
+        ctx.enter("replicas")
+        replicas = _replica_consistency(model, optim, group=ctx.group(side.world_size), rank=ctx.rank)
     if isinstance(side.engine, FSDP2):
         ctx.enter("layout")
         mismatches += oracles.layout(_layout_records(model), _expected_layout(case.model, side), rank=ctx.rank)
@@ -186,6 +190,7 @@ def _load_and_judge(case, ctx, target, checkpoint_dir, expected, expected_after)
     if ctx.rank == 0:
         ctx.enter("compare")
         mismatches += compare_state(oracles.expected_after_load(expected, before, case.kept_by_load()), actual, rank=0)
+        mismatches += replicas  # after complete-state: a wrong loaded value is the worse news
         ctx.unchanged = oracles.unchanged_before_load(expected, before)
         if "continuation" in case.checks and not mismatches:
             mismatches += oracles.continuation(expected_after, actual_after, rank=0,
@@ -361,6 +366,39 @@ def _expected_layout(spec, side: Side) -> dict[str, oracles.LayoutRecord]:
 
     return {name: oracles.LayoutRecord(side.world_size, placements(len(shape)), shape, f"torch.{spec.dtype}")
             for name, shape in spec.parameter_shapes().items()}
+
+
+def _replica_consistency(model, optim, *, group, rank: int) -> list[Mismatch]:
+    """Every rank's pieces of the sharded (not gathered) state, judged together on rank 0.
+
+    A DTensor's piece is its local shard, named by its mesh coordinates on the dimensions
+    it is sharded on (replicas across the others share that name); a ShardedTensor's, each
+    local shard by its offsets; anything else (DDP's parameters, buffers, ``step``,
+    hyperparameters) is held whole on every rank.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    model_sd, optim_sd = get_state_dict(model, optim, options=StateDictOptions(flatten_optimizer_state_dict=True))
+    pieces: dict[tuple[str, str], Any] = {}
+    for prefix, state in (("model", model_sd), ("optim", optim_sd)):
+        for key, value in state.items():
+            for region, piece in _pieces(value):
+                pieces[f"{prefix}.{unwrapped_name(key)}", region] = piece
+    gathered = [None] * dist.get_world_size(group) if rank == 0 else None
+    dist.gather_object(pieces, gathered, dst=0, group=group)
+    return oracles.replica_consistency(dict(enumerate(gathered))) if rank == 0 else []
+
+
+def _pieces(value):
+    if isinstance(value, dtensor().DTensor):
+        coordinate = value.device_mesh.get_coordinate() or ()
+        sharded = [f"{dim}={at}" for dim, (at, placement) in enumerate(zip(coordinate, value.placements))
+                   if not placement.is_replicate()]
+        return [(f"mesh coordinate {','.join(sharded) or 'any'}", _plain(value.to_local()))]
+    if hasattr(value, "local_shards"):  # FSDP1's ShardedTensor
+        return [(f"shard at {list(shard.metadata.shard_offsets)}", _plain(shard.tensor))
+                for shard in value.local_shards()]
+    return [("whole", _plain(value))]
 
 
 def _full_offload(model, optim, actual, *, rank: int) -> list[Mismatch]:

@@ -4,7 +4,7 @@ import attrs
 import pytest
 import torch
 
-from shardfuzz.oracles import compare_state, expected_after_load, first_bit_difference
+from shardfuzz.oracles import compare_state, expected_after_load, first_bit_difference, replica_consistency
 from shardfuzz.verdict import Mismatch, RankError, Verdict, canonical_signature, normalise_message
 
 
@@ -233,3 +233,44 @@ def test_an_incompatible_load_must_raise():
     assert oracles.loud_incompatible_load("wider", "ValueError: Size mismatch", rank=0) == []
     (mismatch,) = oracles.loud_incompatible_load("extra-layer", None, rank=0)
     assert mismatch.oracle == "loud-incompatible-load" and "raised nothing" in mismatch.detail
+
+
+# --- replica-consistency: every rank's copy of a replicated value ---------------------------
+
+
+def _replicas(**by_rank):
+    return {int(rank[1:]): pieces for rank, pieces in by_rank.items()}
+
+
+def test_replicas_that_agree_pass_and_one_stale_replica_is_named():
+    step = torch.tensor(3.0)
+    agree = _replicas(r0={("optim.state.0.weight.step", "whole"): step},
+                      r1={("optim.state.0.weight.step", "whole"): step.clone()})
+    assert replica_consistency(agree) == []
+    stale = _replicas(r0={("optim.state.0.weight.step", "whole"): step},
+                      r1={("optim.state.0.weight.step", "whole"): torch.tensor(0.0)},
+                      r2={("optim.state.0.weight.step", "whole"): step.clone()})
+    (mismatch,) = replica_consistency(stale)
+    assert (mismatch.oracle, mismatch.rank, mismatch.key) == ("replica-consistency", 1, "optim.state.0.weight.step")
+    assert "rank 0's copy" in mismatch.detail and mismatch.expected == "3.0" and mismatch.actual == "0.0"
+
+
+def test_only_copies_of_the_same_region_are_compared():
+    # Two shards of one parameter differ, as shards do; their replicas on the other mesh row agree.
+    shard = {0: torch.zeros(2), 1: torch.ones(2)}
+    pieces = _replicas(r0={("model.0.weight", "mesh coordinate 1=0"): shard[0]},
+                       r1={("model.0.weight", "mesh coordinate 1=1"): shard[1]},
+                       r2={("model.0.weight", "mesh coordinate 1=0"): shard[0].clone()},
+                       r3={("model.0.weight", "mesh coordinate 1=1"): shard[1].clone()})
+    assert replica_consistency(pieces) == []
+    pieces[3]["model.0.weight", "mesh coordinate 1=1"] = torch.tensor([1.0, -0.0])  # one bit: -0.0 vs 1.0
+    (mismatch,) = replica_consistency(pieces)
+    assert mismatch.rank == 3 and mismatch.index == (1,)
+
+
+def test_a_replica_that_is_missing_a_value_or_holds_another_hyperparameter_is_a_mismatch():
+    pieces = _replicas(r0={("optim.param_groups.0.weight.lr", "whole"): 0.1},
+                       r1={("optim.param_groups.0.weight.lr", "whole"): 0.2})
+    (mismatch,) = replica_consistency(pieces)
+    assert mismatch.detail.endswith("value differs")
+    assert Verdict("mismatch", (mismatch,)).signature().startswith("mismatch:replica-consistency:optim.param_groups.*")

@@ -1,8 +1,8 @@
 """The mutation self-test kills the mutants that only the newer oracles can see, and shrinks them.
 
 The whole catalogue runs with ``shardfuzz selftest`` (about 6 minutes on 2
-cores); here, the three mutants whose only killer is ``continuation``,
-``layout`` or ``loud-incompatible-load``, so that each of those oracles is
+cores); here, the four mutants whose only killer is ``continuation``,
+``layout``, ``loud-incompatible-load`` or ``replica-consistency``, so that each of those oracles is
 shown to catch a real fault end to end. ``complete-state`` has its own in
 ``test_fault_injection.py``.
 """
@@ -15,7 +15,7 @@ from shardfuzz.selftest import run_selftest
 pytestmark = pytest.mark.ranks
 
 
-@pytest.mark.parametrize("mutant", ["StepTensorsShared", "ShardOnDimOne", "PartialLoadAllowed"])
+@pytest.mark.parametrize("mutant", ["StepTensorsShared", "ShardOnDimOne", "PartialLoadAllowed", "ReplicasNotLoaded"])
 def test_the_oracle_made_for_it_kills_and_shrinks_the_mutant(mutant, shardfuzz_known):
     # 80 s: half of it may go to shrinking, which norm layers made longer (a 20 s shrink left a
     # BatchNorm or two in ShardOnDimOne's case on a busy 2-core machine); the run ends at its first kill.
