@@ -73,7 +73,9 @@ class Finding:
     hits: int = 1
     flaky: bool = False
     other: Verdict | None = None
-    shrunk: bool = True  # False: the campaign stopped while Hypothesis was still shrinking it
+    shrunk: bool = True  # False: the campaign stopped, or its budget ran out, while Hypothesis was shrinking it
+    shrink_cases: int = 0  # cases run from its first failure to the end of its round (its shrink)
+    shrink_seconds: float = 0.0
     from_database: bool = False  # first seen replaying the example database, not drawn new
     seconds: float = 0.0  # from the campaign's start to this failure's first case
 
@@ -100,6 +102,8 @@ class CampaignResult:
     started: float = attrs.Factory(time.monotonic)
     timeline: list[dict] = attrs.Factory(list)  # samples over time, for the report's plots
     slowest_recent: tuple[float, str] = (0.0, "")  # (seconds, case summary) over the last 100 cases
+    shrinking: dict[str, int] = attrs.Factory(dict)  # new signatures being shrunk now -> failing cases so far
+    confirming: bool = False  # re-running a new failure on a fresh pool
     _recent: list[tuple[float, str]] = attrs.Factory(list)
 
     def record(self, case: Case, verdict: Verdict) -> None:
@@ -128,6 +132,16 @@ class CampaignResult:
             "unsupported": sum(self.unsupported.values()),
             "coverage": {name: len(values) for name, values in self.coverage.items()},
         })
+
+    @property
+    def activity(self) -> str:
+        """What the campaign is doing now, in words for the progress line."""
+        if self.confirming:
+            return "confirming a new failure"
+        if self.shrinking:
+            n = len(self.shrinking)
+            return f"shrinking {n} new failure{'s' if n > 1 else ''}"
+        return "drawing"
 
     def findings_by_class(self) -> Counter:
         return Counter(f.verdict.triage for f in self.findings.values())
@@ -182,9 +196,11 @@ def run_campaign(
     flaky finding with both outcomes and is not shrunk.
 
     ``shrink_budget`` (default: half the budget, at least 30 s) caps the time one
-    round spends shrinking; past it, nothing more runs: cases already seen failing
-    fail as they did, others pass, so Hypothesis finishes with the smallest failing
-    case found so far.
+    round spends shrinking, and the budget's end caps it too; past either, nothing
+    more runs: cases already seen failing fail as they did, others pass, so
+    Hypothesis finishes at once with the smallest failing case found so far, and
+    that round's findings are marked ``shrunk=False`` (``shardfuzz shrink`` goes on
+    from there).
     ``stop_on_finding`` ends the campaign after the round that shrank its first finding.
     ``database`` (a Hypothesis ``ExampleDatabase``) under ``database_key`` keeps
     failing examples across campaigns; the first round replays them first.
@@ -218,6 +234,8 @@ def run_campaign(
         examples = max(1, min(round_size, int((deadline - time.monotonic()) / max(mean_case, 1e-3))))
         failing: dict[Case, CaseFailed] = {}
         first_failure: list[float] = []
+        cases_at_first_failure = [0]
+        cut_short = [False]  # a shrink ended by the shrink budget or the campaign's, not by Hypothesis
 
         if max_cases is not None:
             examples = max(1, min(examples, max_cases - result.cases_run))
@@ -247,7 +265,8 @@ def run_campaign(
             replaying = replay and executions[0] <= result.replayed_from_database
             if not first_failure and not replaying and out_of_work():
                 return  # budget spent: the round's remaining draws pass without running (cheaper than reject())
-            if first_failure and now - first_failure[0] > shrink_budget:
+            if first_failure and (now - first_failure[0] > shrink_budget or now >= deadline):
+                cut_short[0] = True
                 if case in failing:  # shrink budget spent: known-failing cases fail as before, without running
                     raise failing[case]
                 return  # ... and nothing else does
@@ -271,7 +290,11 @@ def run_campaign(
                 result.findings[signature].hits += 1
                 return
             if confirm is not None and signature not in confirmed:
-                again = confirm(case)
+                result.confirming = True
+                try:
+                    again = confirm(case)
+                finally:
+                    result.confirming = False
                 result.record(case, again)
                 confirmed.add(signature)
                 if again.signature() != signature:
@@ -281,6 +304,8 @@ def run_campaign(
                 result.first_failure_seconds = now - started
             if not first_failure:
                 first_failure.append(now)
+                cases_at_first_failure[0] = result.cases_run
+            result.shrinking[signature] = result.shrinking.get(signature, 0) + 1
             failure = failure_for(case, verdict)
             failure.from_database = replaying
             failure.seconds = now - started
@@ -290,30 +315,37 @@ def run_campaign(
             shrinking[signature] = failing[case] = failure
             raise failure
 
+        def finding(failure: CaseFailed, **extra) -> Finding:
+            shrink = {"shrink_cases": result.cases_run - cases_at_first_failure[0],
+                      "shrink_seconds": round(time.monotonic() - first_failure[0], 2) if first_failure else 0.0}
+            return _finding(failure, **{"shrunk": not cut_short[0], **shrink, **extra})
+
         if database is not None:
             round_of_cases._hypothesis_internal_database_key = database_key  # see database_key()
         try:
             round_of_cases()
         except StopRequested as exc:
             for failure in shrinking.values():  # stopped mid-shrink: keep the smallest seen so far
-                _add(result, _finding(failure, shrunk=False), on_finding)
+                _add(result, finding(failure, shrunk=False), on_finding)
             result.stopped = _why(should_stop(), exc)
             break
         except Flaky as exc:
             for failure in _failures(exc):
-                _add(result, _finding(failure, flaky=True), on_finding)
+                _add(result, finding(failure, flaky=True), on_finding)
         except BaseException as exc:  # noqa: BLE001 - a group of CaseFailed, or a real error
             failures = _failures(exc)
             stopped = _stop_in(exc)
             if not failures and stopped is None:
                 raise
             for failure in failures:
-                _add(result, _finding(failure), on_finding)
+                _add(result, finding(failure), on_finding)
             if stopped is not None:  # stopped while Hypothesis was finishing the round
                 for failure in shrinking.values():
-                    _add(result, _finding(failure, shrunk=False), on_finding)
+                    _add(result, finding(failure, shrunk=False), on_finding)
                 result.stopped = _why(should_stop(), stopped)
                 break
+        finally:
+            result.shrinking.clear()
         if stop_on_finding and result.findings:
             result.stopped = "finding"
             break

@@ -1,4 +1,4 @@
-"""``shardfuzz run | replay | export | capabilities``: the command line.
+"""``shardfuzz run | replay | export | shrink | selftest | capabilities``: the command line.
 
 ``run`` exits 0 when no new failure was found, 1 when one was (each is saved to
 the corpus), 2 for bad options or a pool that cannot start, 130/143 when
@@ -138,6 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     selftest.add_argument("--corpus", type=Path, default=Path("corpus"),
                           help="known torch bugs here are not counted as kills (default ./corpus)")
 
+    shrink = commands.add_parser("shrink", help="go on shrinking a corpus entry; keep a smaller case that "
+                                                "fails the same way")
+    shrink.add_argument("entry", type=Path, help="the corpus entry (a .json file); rewritten in place")
+    shrink.add_argument("--budget", type=_duration, default=300.0,
+                        help="time to spend: seconds, or with s/m/h (default 300 s)")
+    shrink.add_argument("--case-timeout", type=_positive_float, default=None,
+                        help="seconds before a case counts as hung (default: from the case's size)")
+
     commands.add_parser("capabilities", help="list what the installed torch offers to the fuzzer")
     return parser
 
@@ -152,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         return _export(args)
     if args.command == "selftest":
         return _selftest(args)
+    if args.command == "shrink":
+        return _shrink(args)
     return _run(args)
 
 
@@ -289,6 +299,55 @@ def _export(args) -> int:
         args.output.write_text(script)
         print(f"wrote {args.output}: run it with `python {args.output}` or "
               f"`torchrun --nproc-per-node {entry.case.world_size} {args.output}`", file=sys.stderr)
+    return 0
+
+
+def _shrink(args) -> int:
+    import attrs
+
+    from shardfuzz.corpus import CorpusError, load_entry, rewrite_entry
+    from shardfuzz.executor import PoolStartError, RankPool
+    from shardfuzz.selftest import describe
+    from shardfuzz.shrink import case_size, shrink_case
+
+    try:
+        entry = load_entry(args.entry)
+    except CorpusError as exc:
+        print(f"shardfuzz shrink: {exc}", file=sys.stderr)
+        return 2
+
+    def still_fails(case) -> bool:
+        verdict = pool.run(case)
+        return verdict.is_failure and verdict.signature() == entry.signature
+
+    def admissible(case) -> bool:  # a known bug's case must keep meeting its conditions
+        return not pool.cannot_run(case) and (entry.known is None or entry.known.matches(case))
+
+    print(f"shrinking {args.entry} (size {case_size(entry.case)}: {describe(entry.case)}) for up to "
+          f"{args.budget:g} s", file=sys.stderr)
+    try:
+        with RankPool(entry.replay_world_size, target=entry.target, case_timeout=args.case_timeout) as pool:
+            started = time.monotonic()
+            if not still_fails(entry.case):
+                print(f"shardfuzz shrink: {args.entry} does not fail as recorded here ({entry.signature[:120]}); "
+                      "`shardfuzz replay` says how it behaves now", file=sys.stderr)
+                return 1
+            if args.case_timeout is None and entry.status != "hang":
+                # A simpler case that hangs (another bug) costs seconds, not the generic deadline; a
+                # hang entry keeps the generic one, lest a slow candidate pass for the same hang.
+                pool.case_timeout = max(10.0, 5 * (time.monotonic() - started))
+            result = shrink_case(entry.case, still_fails, budget=args.budget, admissible=admissible)
+    except PoolStartError as exc:
+        print(f"shardfuzz shrink: {exc}", file=sys.stderr)
+        return 2
+    if result.moves:
+        rewrite_entry(args.entry, attrs.evolve(entry, case=result.case, shrunk=result.finished))
+    elif result.finished and not entry.shrunk:
+        rewrite_entry(args.entry, attrs.evolve(entry, shrunk=True))
+    state = "finished (nothing one step simpler fails the same way)" if result.finished else \
+        "stopped by the budget: run it again to go on"
+    print(f"shardfuzz shrink: size {case_size(entry.case)} -> {case_size(result.case)} in {result.moves} moves, "
+          f"{result.tried} cases tried, {result.seconds:.0f} s; {state}\n  {describe(result.case)}")
     return 0
 
 

@@ -35,7 +35,8 @@ from shardfuzz.targets import DEFAULT_TARGET
 from shardfuzz.verdict import TRIAGE_CLASSES, Verdict, canonical_signature
 
 __all__ = [
-    "Cause", "CorpusError", "Entry", "Known", "KnownBugs", "entry_for", "known_bugs", "load_corpus", "load_entry", "save_entry",
+    "Cause", "CorpusError", "Entry", "Known", "KnownBugs", "entry_for", "known_bugs", "load_corpus", "load_entry",
+    "rewrite_entry", "save_entry",
 ]
 
 ENTRY_SCHEMA_VERSION = 1
@@ -105,6 +106,8 @@ class Entry:
     diagnostics: str = ""  # crash/hang: the ranks' last output and Python stacks
     flaky: bool = False
     other_outcome: str = ""  # flaky: what the confirming re-run gave instead
+    # False: the campaign's shrink was cut short (budget, stop); ``shardfuzz shrink`` goes on from this case.
+    shrunk: bool = True
     target: str = DEFAULT_TARGET
     # Ranks in the world it ran in (the pool's size; 0: the case's own). Ranks on
     # neither side still belong to the world, and some bugs need them (a collective
@@ -171,7 +174,7 @@ def versions() -> dict[str, str]:
 
 
 def entry_for(case: Case, verdict: Verdict, *, target: str = DEFAULT_TARGET,
-              other: Verdict | None = None, world_size: int = 0) -> Entry:
+              other: Verdict | None = None, world_size: int = 0, shrunk: bool = True) -> Entry:
     """The corpus entry for a failure; ``other`` is a confirming re-run that disagreed (flaky)."""
     summary = verdict.summary()
     flaky = ", flaky" if other is not None else ""
@@ -186,6 +189,7 @@ def entry_for(case: Case, verdict: Verdict, *, target: str = DEFAULT_TARGET,
         diagnostics=(verdict.diagnostics or _root_traceback(verdict))[-20_000:],
         flaky=other is not None,
         other_outcome=other.summary()[:2000] if other is not None else "",
+        shrunk=shrunk,
         target=target,
         world_size=world_size,
         versions=versions(),
@@ -218,8 +222,8 @@ def save_entry(directory: str | os.PathLike, entry: Entry) -> Path:
         if old.same_bug(entry):
             if old.known is not None:
                 return path
-            smaller = entry.case if len(dumps(entry.case)) < len(dumps(old.case)) else old.case
-            return _write(path, attrs.evolve(old, case=smaller, hits=old.hits + entry.hits))
+            smaller = entry if len(dumps(entry.case)) < len(dumps(old.case)) else old
+            return _write(path, attrs.evolve(old, case=smaller.case, shrunk=smaller.shrunk, hits=old.hits + entry.hits))
     taken = {path.name for path, _ in existing} | _unreadable_names(directory, existing)
     name = next(candidate for candidate in entry.filename_candidates() if candidate not in taken)
     return _write(directory / name, entry)
@@ -229,6 +233,11 @@ def _unreadable_names(directory: Path, readable) -> set[str]:
     """Entry files that did not load: never overwritten, so a hand-edit gone wrong is not lost."""
     good = {path.name for path, _ in readable}
     return {path.name for path in directory.glob("*.json") if path.name not in good}
+
+
+def rewrite_entry(path: str | os.PathLike, entry: Entry) -> Path:
+    """Replace the entry at ``path`` in place (atomically), keeping its file name: its identity."""
+    return _write(Path(path), entry)
 
 
 def _write(path: Path, entry: Entry) -> Path:

@@ -50,12 +50,11 @@ class Progress:
 
     def line(self, snapshot: dict) -> str:
         elapsed = time.monotonic() - self.started
-        by_class = ", ".join(f"{n} {c}" for c, n in sorted(snapshot.get("findings_by_class", {}).items())) or "none"
         known = sum(k["hits"] for k in snapshot.get("known_failures", []))
         reached, offered = _reached(snapshot)
-        return (f"[{_clock(elapsed)} / {_clock(self.budget)}] {snapshot['cases_run']} cases "
-                f"({snapshot['cases_run'] / max(elapsed, 1e-9):.1f}/s); new: {by_class}; known hits: {known}; "
-                f"coverage {reached}/{offered} values")
+        return (f"[{_clock(elapsed)} / {_clock(self.budget)}] {snapshot.get('activity', 'drawing')}: "
+                f"{snapshot['cases_run']} cases ({snapshot['cases_run'] / max(elapsed, 1e-9):.1f}/s); "
+                f"new: {_new_findings(snapshot)}; known hits: {known}; coverage {reached}/{offered} values")
 
     def _panel(self, snapshot: dict):
         from rich.table import Table
@@ -65,10 +64,10 @@ class Progress:
         table.add_column(style="bold")
         table.add_column()
         table.add_row("time", f"{_clock(elapsed)} elapsed, {_clock(max(0.0, self.budget - elapsed))} left")
+        table.add_row("now", snapshot.get("activity", "drawing"))
         table.add_row("cases", f"{snapshot['cases_run']} ({snapshot['cases_run'] / max(elapsed, 1e-9):.1f}/s), "
                                f"{snapshot['passed']} passed")
-        by_class = ", ".join(f"{n} {c}" for c, n in sorted(snapshot.get("findings_by_class", {}).items()))
-        table.add_row("new findings", by_class or "none")
+        table.add_row("new findings", _new_findings(snapshot))
         known = snapshot.get("known_failures", [])
         table.add_row("known bugs", f"{sum(k['hits'] for k in known)} hits of {len(known)}")
         reached, offered = _reached(snapshot)
@@ -95,6 +94,15 @@ class Progress:
         if self._live is not None:
             self._live.stop()
             self._live = None
+
+
+def _new_findings(snapshot: dict) -> str:
+    """Shrunk findings by class, and the new failures still being shrunk (seen, not yet in the corpus)."""
+    by_class = ", ".join(f"{n} {c}" for c, n in sorted(snapshot.get("findings_by_class", {}).items()))
+    pending = snapshot.get("being_shrunk", 0)
+    if pending:
+        by_class += f"{' + ' if by_class else ''}{pending} being shrunk"
+    return by_class or "none"
 
 
 def _reached(snapshot: dict) -> tuple[int, int]:

@@ -37,9 +37,12 @@ def campaign_report(result, *, meta: dict, known, corpus_files: dict[str, str], 
         "pool_events": [{"kind": e.kind, "rank": e.rank, "how": e.how, "log_tail": e.log_tail[-2000:]}
                         for e in pool_events],
         "findings_by_class": dict(result.findings_by_class()),
+        "activity": "finished" if final else result.activity,
+        "being_shrunk": len(result.shrinking),  # new failures seen, not yet shrunk (nor in "failures")
         "failures": [
             {"signature": s, "status": f.verdict.status, "class": f.verdict.triage,
              "summary": f.verdict.summary(), "hits": f.hits, "flaky": f.flaky, "shrunk": f.shrunk,
+             "shrink_cases": f.shrink_cases, "shrink_seconds": f.shrink_seconds,
              "from_database": f.from_database, "seconds_to_find": round(f.seconds, 2),
              "other_outcome": f.other.summary() if f.other else None, "corpus_file": corpus_files.get(s),
              "case": to_dict(f.case)}

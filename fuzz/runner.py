@@ -50,6 +50,7 @@ def run_command(args) -> int:
     from shardfuzz.strategies import offered_values
     from shardfuzz.targets import DEFAULT_TARGET, resolve_target
 
+    budget_end = time.monotonic() + args.budget  # the pool's start and the reports count against it too
     target = args.target or DEFAULT_TARGET
     try:
         resolve_target(target)  # fail here, with the spec named, rather than in every rank
@@ -109,22 +110,29 @@ def run_command(args) -> int:
 
     def on_finding(finding) -> None:
         path = save_entry(args.corpus, entry_for(finding.case, finding.verdict, target=target, other=finding.other,
-                                                   world_size=world_size))
+                                                   world_size=world_size, shrunk=finding.shrunk))
         corpus_files[finding.signature] = str(path)
-        partly = "" if finding.shrunk else " (stopped while shrinking: as small as it got)"
+        partly = "" if finding.shrunk else (
+            f"\n     not fully shrunk: its shrink was cut short after {finding.shrink_cases} cases "
+            f"({finding.shrink_seconds:.0f} s); `shardfuzz shrink {path}` goes on from here")
         progress.message(f"NEW [{finding.verdict.triage}] {finding.verdict.summary()[:150]}\n"
                          f"     saved {path}{partly}")
+
+    def abandon() -> bool:
+        """Give up the case in flight a few seconds after a stop was asked, or after the budget's end
+        (a hang or a slow crash must not stretch the run: the budget is a promise)."""
+        return stop.overdue(ABANDON_GRACE) or time.monotonic() > budget_end + ABANDON_GRACE
 
     try:
         with stop:
             if torchrun:
                 executor = TorchrunWorld(target=target, case_timeout=args.case_timeout,
                                          checkpoint_dir=args.checkpoint_dir,
-                                         abandon=lambda: stop.overdue(ABANDON_GRACE))
+                                         abandon=abandon)
                 confirm = None  # no fresh pool to confirm on: the same ranks would answer again
             else:
                 executor = RankPool(world_size, target=target, case_timeout=args.case_timeout,
-                                    abandon=lambda: stop.overdue(ABANDON_GRACE), device=args.device)
+                                    abandon=abandon, device=args.device)
 
                 def confirm(case):
                     executor.close()  # the next run starts new ranks: no state carried over from earlier cases
@@ -132,7 +140,7 @@ def run_command(args) -> int:
 
             with executor:
                 result = run_campaign(
-                    executor.run, budget=args.budget, seed=args.seed, max_world_size=world_size,
+                    executor.run, budget=max(0.0, budget_end - time.monotonic()), seed=args.seed, max_world_size=world_size,
                     is_known=lambda s, c: known.lookup(s, c) is not None, on_case=on_case, on_finding=on_finding,
                     confirm=None if args.no_confirm else confirm, database=database,
                     database_key=database_key(f"world={world_size}", target, *device_key), should_stop=lambda: stop.reason,
@@ -151,6 +159,8 @@ def run_command(args) -> int:
         print("\nshardfuzz run: interrupted twice; stopped without writing reports "
               f"(corpus entries found so far are in {args.corpus})", file=sys.stderr)
         return 130
+    if stop.reason is None and result.stopped.startswith("abandoned"):
+        result.stopped = "budget"  # the case in flight outran the budget's end and was given up
     report = snapshot(result, final=True)
     progress.finish(report)
     write_reports(report, json_path=args.report, directory=args.report_dir)

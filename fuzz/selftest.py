@@ -16,9 +16,10 @@ from collections.abc import Callable
 from attrs import asdict, frozen
 
 from shardfuzz.campaign import run_campaign
-from shardfuzz.case import LEAF_CLASSES, Case, Linear, leaves
+from shardfuzz.case import LEAF_CLASSES, Case, Linear
 from shardfuzz.executor import RankPool
 from shardfuzz.mutants import CATALOGUE
+from shardfuzz.shrink import case_size
 
 __all__ = ["MutantResult", "case_size", "run_selftest"]
 
@@ -37,13 +38,6 @@ class MutantResult:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def case_size(case: Case) -> int:
-    """A rough size for a shrunk case: leaf layers + the Linears' widths + ranks + steps + checks."""
-    widths = sum(out for _, _, out, _ in case.model.linears())
-    return (len(leaves(case.model.root)) + widths + case.model.input_width + case.world_size + case.steps
-            + len(case.checks) + len(case.save.wrap) + len(case.load.wrap))
 
 
 def _describe_leaf(node, width: int) -> str:

@@ -88,3 +88,42 @@ def test_a_known_failure_in_the_database_is_counted_not_refound():
 def test_database_keys_differ_by_pool_size_and_target(parts):
     others = {database_key("world=2", "a"), database_key("world=4", "a"), database_key("world=2", "b")}
     assert database_key(*parts) in others and len(others) == 3
+
+
+def test_the_budget_ends_a_shrink_and_the_finding_says_it_was_cut_short():
+    import time
+
+    def slow_and_broken(case) -> Verdict:
+        time.sleep(0.2)  # a shrink needs dozens of cases: far more than the budget allows
+        if case.steps >= 1:  # all but the simplest draws fail, so one fails early
+            return Verdict("mismatch", (Mismatch("state", "model.0.weight", 1, "values differ"),), seconds=0.2)
+        return Verdict("pass", seconds=0.2)
+
+    from shardfuzz.capabilities import capabilities
+
+    capabilities()  # probed once per process (seconds, the first time): not part of this budget
+    started = time.monotonic()
+    result = run_campaign(slow_and_broken, budget=3.0, shrink_budget=600, seed=3, max_world_size=2)
+    assert time.monotonic() - started < 3.0 + 1.5  # the budget plus the case in flight and Hypothesis' wrap-up
+    (finding,) = result.findings.values()
+    assert not finding.shrunk
+    assert finding.shrink_cases >= 1 and finding.shrink_seconds <= 3.0 + 1.5
+
+
+def test_a_shrink_that_runs_its_course_is_marked_shrunk():
+    result = run_campaign(_broken_on_two_ranks, budget=60, shrink_budget=60, seed=3, max_world_size=2,
+                          stop_on_finding=True)
+    (finding,) = result.findings.values()
+    assert finding.shrunk and finding.case.load.world_size == 2
+
+
+def test_the_progress_line_says_what_the_run_is_doing_and_counts_failures_being_shrunk():
+    from shardfuzz.progress import Progress
+
+    snapshot = {"cases_run": 72, "findings_by_class": {}, "known_failures": [], "coverage": {},
+                "activity": "shrinking 2 new failures", "being_shrunk": 2}
+    line = Progress(300, plain=True).line(snapshot)
+    assert "shrinking 2 new failures" in line and "new: 2 being shrunk" in line
+    snapshot.update(findings_by_class={"loud error": 1}, being_shrunk=0, activity="drawing")
+    assert "drawing" in Progress(300, plain=True).line(snapshot) and "new: 1 loud error;" in \
+        Progress(300, plain=True).line(snapshot)

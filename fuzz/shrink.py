@@ -1,0 +1,180 @@
+"""Shrinking a Case directly, where Hypothesis cannot: a corpus entry holds the case, not its choices.
+
+``shardfuzz shrink ENTRY`` goes on from where a campaign's shrink stopped (its
+budget ran out, or the run was stopped) or from a case found by hand. It is a
+greedy descent: try each case one step simpler (``simpler_cases``), in order,
+and move to the first that still fails the same way; when a whole pass finds
+none, the case is a local minimum and the shrink has *finished*. ``case_size``
+orders cases, so every move makes the case strictly smaller and the descent ends.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import attrs
+
+from shardfuzz.case import (
+    DDP, FSDP1, Block, Case, Conv, Dcp, Embedding, Linear, Model, Sequential, Side, Unsharded, dumps, leaves,
+)
+
+__all__ = ["ShrinkResult", "case_size", "shrink_case", "simpler_cases"]
+
+
+def case_size(case: Case) -> int:
+    """A rough size: leaf layers + the Linears' widths + input width + ranks + steps + checks + wrapped modules."""
+    widths = sum(out for _, _, out, _ in case.model.linears())
+    return (len(leaves(case.model.root)) + widths + case.model.input_width + case.world_size + case.steps
+            + len(case.checks) + len(case.save.wrap) + len(case.load.wrap))
+
+
+def _order(case: Case) -> tuple:
+    """Smaller is simpler: the size first, then the sides' ranks, then the JSON's length (defaults are
+    left out of it, so a case that keeps more defaults is shorter), then the seed."""
+    return case_size(case), case.save.world_size + case.load.world_size, len(dumps(case)), case.seed
+
+
+@attrs.frozen
+class ShrinkResult:
+    case: Case
+    finished: bool  # a whole pass found nothing simpler that still fails: a local minimum
+    tried: int  # candidate cases run
+    moves: int  # times a simpler failing case replaced the current one
+    seconds: float
+
+
+def shrink_case(case: Case, still_fails: Callable[[Case], bool], *, budget: float,
+                admissible: Callable[[Case], bool] = lambda case: True) -> ShrinkResult:
+    """Greedy descent from ``case`` (which must fail) for at most ``budget`` seconds.
+
+    ``still_fails(candidate)`` runs a candidate and says whether it fails as ``case``
+    does (the same signature); ``admissible`` filters candidates before they run (a
+    pool that cannot run a case, a known bug's conditions).
+    """
+    started = time.monotonic()
+    tried = moves = 0
+    while True:
+        improved = False
+        for candidate in simpler_cases(case):
+            if time.monotonic() - started >= budget:
+                return ShrinkResult(case, False, tried, moves, round(time.monotonic() - started, 2))
+            if _order(candidate) >= _order(case) or not admissible(candidate):
+                continue
+            tried += 1
+            if still_fails(candidate):
+                case, improved, moves = candidate, True, moves + 1
+                break
+        if not improved:
+            return ShrinkResult(case, True, tried, moves, round(time.monotonic() - started, 2))
+
+
+def simpler_cases(case: Case) -> Iterator[Case]:
+    """Valid cases one step simpler than ``case``, the biggest steps first."""
+    for model in _simpler_models(case.model):
+        yield from _valid(case, model=model)
+        yield from _valid(case, model=model, save=attrs.evolve(case.save, wrap=()),
+                          load=attrs.evolve(case.load, wrap=()))
+    for name, side in (("save", case.save), ("load", case.load)):
+        for simpler in _simpler_sides(side):
+            yield from _valid(case, **{name: simpler})
+    defaults = Case(model=case.model, save=case.save, load=case.load, optimizer=case.optimizer)
+    for name in ("steps", "checks", "param_groups", "seed", "storage", "flatten_optimizer_state_dict",
+                 "ignore_frozen_params", "batch_size"):
+        if getattr(case, name) != getattr(defaults, name):
+            yield from _valid(case, **{name: getattr(defaults, name)})
+    if case.steps > 1:
+        yield from _valid(case, steps=case.steps - 1)
+    if case.steps and case.steps != defaults.steps:
+        yield from _valid(case, steps=0)
+    for check in case.checks:
+        yield from _valid(case, checks=tuple(c for c in case.checks if c != check))
+    if case.storage != Dcp():
+        yield from _valid(case, storage=Dcp())
+
+
+def _valid(case: Case, **changes) -> Iterator[Case]:
+    try:
+        yield attrs.evolve(case, **changes)
+    except (ValueError, TypeError):  # the validators refuse it: not a case
+        return
+
+
+def _simpler_sides(side: Side) -> Iterator[Side]:
+    shape = side.mesh_shape
+    smaller = [(1,), (shape[0] - 1,)] if len(shape) == 1 else [(shape[0] - 1, shape[1]), (shape[0], shape[1] - 1)]
+    for mesh in smaller:
+        if all(n >= 1 for n in mesh) and mesh != shape:
+            yield from _side(side, mesh_shape=mesh)
+    if side.wrap:
+        yield from _side(side, wrap=())
+    default_engine = type(side.engine)() if not isinstance(side.engine, FSDP1) or not side.engine.hybrid \
+        else FSDP1(sharding_strategy=side.engine.sharding_strategy)
+    if side.engine != default_engine:
+        yield from _side(side, engine=default_engine)
+    if not isinstance(side.engine, (DDP, Unsharded)) and len(shape) == 1:
+        yield from _side(side, engine=DDP(), wrap=())
+        yield from _side(side, engine=Unsharded(), mesh_shape=(1,), wrap=())
+    for name, default in (("state_dict_api", "combined"), ("cpu_offload", False), ("broadcast_from_rank0", False)):
+        if getattr(side, name) != default:
+            yield from _side(side, **{name: default})
+
+
+def _side(side: Side, **changes) -> Iterator[Side]:
+    try:
+        yield attrs.evolve(side, **changes)
+    except (ValueError, TypeError):
+        return
+
+
+def _simpler_models(model: Model) -> Iterator[Model]:
+    for root in _without_one_leaf(model.root):
+        yield from _model(model, root=root)
+    for root in _narrower(model.root):
+        yield from _model(model, root=root)
+    for width in sorted({1, model.input_width // 2} - {0, model.input_width}):
+        yield from _model(model, input_width=width)
+    if model.dtype != "float32":
+        yield from _model(model, dtype="float32")
+
+
+def _model(model: Model, **changes) -> Iterator[Model]:
+    try:
+        yield attrs.evolve(model, **changes)
+    except (ValueError, TypeError):
+        return
+
+
+def _without_one_leaf(node):
+    """The tree with one leaf (or one whole container) left out, for each in turn."""
+    children = node.children
+    for i, child in enumerate(children):
+        rest = children[:i] + children[i + 1:]
+        if rest:
+            yield type(node)(rest)
+        if isinstance(child, (Sequential, Block)):
+            for smaller in _without_one_leaf(child):
+                yield type(node)(children[:i] + (smaller,) + children[i + 1:])
+            yield type(node)(children[:i] + child.children + children[i + 1:])  # the container flattened away
+
+
+def _narrower(node):
+    """The tree with one leaf made simpler: a Linear narrower or plain, a Conv 1-D with kernel 1."""
+    for i, child in enumerate(node.children):
+        for simpler in _simpler_leaf(child):
+            yield type(node)(node.children[:i] + (simpler,) + node.children[i + 1:])
+
+
+def _simpler_leaf(node):
+    if isinstance(node, (Sequential, Block)):
+        yield from _narrower(node)
+    elif isinstance(node, Linear):
+        for width in sorted({1, node.out_features // 2} - {0, node.out_features}):
+            yield attrs.evolve(node, out_features=width)
+        if node.frozen:
+            yield attrs.evolve(node, frozen=False)
+    elif isinstance(node, Conv) and node != Conv():
+        yield Conv()
+    elif isinstance(node, Embedding) and node.num_embeddings > 1:
+        yield Embedding(1)
+
