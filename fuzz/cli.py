@@ -1,4 +1,4 @@
-"""``shardfuzz run | replay | export | shrink | selftest | capabilities``: the command line.
+"""``shardfuzz run | replay | export | shrink | report-bug | known-bugs | selftest | capabilities``: the command line.
 
 ``run`` exits 0 when no new failure was found, 1 when one was (each is saved to
 the corpus), 2 for bad options or a pool that cannot start, 130/143 when
@@ -146,6 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
     shrink.add_argument("--case-timeout", type=_positive_float, default=None,
                         help="seconds before a case counts as hung (default: from the case's size)")
 
+    report_bug = commands.add_parser("report-bug", help="write a corpus entry as an upstream issue text (markdown)")
+    report_bug.add_argument("entry", type=Path, help="the corpus entry (a .json file)")
+    report_bug.add_argument("-o", "--output", type=Path, default=None, help="markdown file (default: stdout)")
+
+    table = commands.add_parser("known-bugs", help="the corpus's known bugs as a markdown table")
+    table.add_argument("--corpus", type=Path, default=Path("corpus"), help="corpus directory (default ./corpus)")
+    table.add_argument("-o", "--output", type=Path, default=None,
+                       help="write it here, e.g. corpus/README.md (default: stdout)")
+
     commands.add_parser("capabilities", help="list what the installed torch offers to the fuzzer")
     return parser
 
@@ -162,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
         return _selftest(args)
     if args.command == "shrink":
         return _shrink(args)
+    if args.command == "report-bug":
+        return _report_bug(args)
+    if args.command == "known-bugs":
+        return _known_bugs(args)
     return _run(args)
 
 
@@ -307,7 +320,7 @@ def _shrink(args) -> int:
 
     from shardfuzz.corpus import CorpusError, load_entry, rewrite_entry
     from shardfuzz.executor import PoolStartError, RankPool
-    from shardfuzz.selftest import describe
+    from shardfuzz.describe import describe
     from shardfuzz.shrink import case_size, shrink_case
 
     try:
@@ -348,6 +361,41 @@ def _shrink(args) -> int:
         "stopped by the budget: run it again to go on"
     print(f"shardfuzz shrink: size {case_size(entry.case)} -> {case_size(result.case)} in {result.moves} moves, "
           f"{result.tried} cases tried, {result.seconds:.0f} s; {state}\n  {describe(result.case)}")
+    return 0
+
+
+def _report_bug(args) -> int:
+    from shardfuzz.corpus import CorpusError, load_entry
+    from shardfuzz.export import export_script
+    from shardfuzz.upstream import issue_text
+
+    try:
+        entry = load_entry(args.entry)
+        text = issue_text(entry, script=export_script(entry))
+    except (CorpusError, ValueError) as exc:
+        print(f"shardfuzz report-bug: {exc}", file=sys.stderr)
+        return 2
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.write_text(text)
+        print(f"wrote {args.output}: check it reproduces on your machine (`shardfuzz export`), then file it",
+              file=sys.stderr)
+    return 0
+
+
+def _known_bugs(args) -> int:
+    from shardfuzz.corpus import load_corpus
+    from shardfuzz.upstream import known_bug_table
+
+    entries, problems = load_corpus(args.corpus)
+    for problem in problems:
+        print(f"shardfuzz known-bugs: skipping {problem}", file=sys.stderr)
+    text = known_bug_table(entries)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.write_text(text)
     return 0
 
 

@@ -16,12 +16,13 @@ from collections.abc import Callable
 from attrs import asdict, frozen
 
 from shardfuzz.campaign import run_campaign
-from shardfuzz.case import LEAF_CLASSES, Case, Linear
+from shardfuzz.case import Case
+from shardfuzz.describe import describe
 from shardfuzz.executor import RankPool
 from shardfuzz.mutants import CATALOGUE
 from shardfuzz.shrink import case_size
 
-__all__ = ["MutantResult", "case_size", "run_selftest"]
+__all__ = ["MutantResult", "case_size", "describe", "run_selftest"]
 
 
 @frozen
@@ -38,21 +39,6 @@ class MutantResult:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def _describe_leaf(node, width: int) -> str:
-    if isinstance(node, Linear):
-        return f"{width}->{node.out_features}{'' if node.bias else ' nobias'}{' frozen' if node.frozen else ''}"
-    return f"{type(node).__name__}({width})"
-
-
-def describe(case: Case) -> str:
-    layers = " > ".join(_describe_leaf(node, width) for _, node, width in case.model.walk()
-                        if isinstance(node, LEAF_CLASSES))
-    return (f"{layers}; save {type(case.save.engine).__name__}x{case.save.world_size} {case.save.state_dict}, "
-            f"load {type(case.load.engine).__name__}x{case.load.world_size} {case.load.state_dict}; "
-            f"{type(case.optimizer).__name__}, {case.steps} steps; checks {list(case.checks) or '-'}"
-            f"{'; load ' + case.load_mutation if case.load_mutation else ''}")
 
 
 def run_selftest(

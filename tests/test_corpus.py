@@ -245,3 +245,35 @@ def test_known_bugs_tell_entries_of_one_signature_apart_by_their_conditions(tmp_
     known = known_bugs(load_corpus(tmp_path)[0], torch.__version__)
     assert known.lookup(VERDICT.signature(), hsdp).title == "hsdp one"
     assert known.lookup(VERDICT.signature(), CASE).title == "1-d one"
+
+
+# --- what users read about the corpus -----------------------------------------------------
+
+
+def test_the_known_bug_table_in_corpus_readme_is_current():
+    from shardfuzz.upstream import known_bug_table
+
+    assert (CORPUS / "README.md").read_text() == known_bug_table(load_corpus(CORPUS)[0]), \
+        "corpus/README.md is out of date: run `shardfuzz known-bugs -o corpus/README.md`"
+
+
+def test_an_issue_text_says_what_was_expected_what_happened_and_carries_the_script():
+    from shardfuzz.upstream import issue_text
+
+    entry = attrs.evolve(entry_for(CASE, VERDICT), known=Known("x", ">=2.10", link="https://example.org/1",
+                                                               seen=["2.13.0+cpu"]))
+    text = issue_text(entry, script="print('repro')\n", env={"torch": "2.13.0+cpu", "backend": "gloo"})
+    assert text.startswith("# [state-equal] model.0.weight")
+    for part in ("## What was expected", "## What happened", "model.0.weight", "index [0, 1]", "```python",
+                 "print('repro')", "## Environment", "- torch: 2.13.0+cpu", "world size: 2", "## Versions seen",
+                 "`>=2.10`", "https://example.org/1"):
+        assert part in text, part
+
+
+def test_report_bug_names_a_bad_entry(tmp_path, capsys):
+    from shardfuzz.cli import main
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("[]")
+    assert main(["report-bug", str(bad)]) == 2
+    assert str(bad) in capsys.readouterr().err

@@ -1,0 +1,28 @@
+"""A case in one line, as people read it in reports, shrink results and bug reports."""
+
+from __future__ import annotations
+
+from shardfuzz.case import LEAF_CLASSES, Case, Dcp, Linear, Side
+
+__all__ = ["describe"]
+
+
+def _describe_leaf(node, width: int) -> str:
+    if isinstance(node, Linear):
+        return f"{width}->{node.out_features}{'' if node.bias else ' nobias'}{' frozen' if node.frozen else ''}"
+    return f"{type(node).__name__}({width})"
+
+
+def describe(case: Case) -> str:
+    layers = " > ".join(_describe_leaf(node, width) for _, node, width in case.model.walk()
+                        if isinstance(node, LEAF_CLASSES))
+    dtype = f" ({case.model.dtype})" if case.model.dtype != "float32" else ""
+    storage = "" if case.storage == Dcp() else f"; storage {case.storage!r}"
+    return (f"{layers}{dtype}; save {_side(case.save)}, load {_side(case.load)}; "
+            f"{type(case.optimizer).__name__}, {case.steps} steps; checks {list(case.checks) or '-'}"
+            f"{'; load ' + case.load_mutation if case.load_mutation else ''}{storage}")
+
+
+def _side(side: Side) -> str:
+    mesh = f" mesh {side.mesh_shape}" if len(side.mesh_shape) == 2 else ""
+    return f"{type(side.engine).__name__}x{side.world_size}{mesh} {side.state_dict}"
