@@ -31,7 +31,7 @@ from shardfuzz.stop import StopRequested
 from shardfuzz.strategies import cases
 from shardfuzz.verdict import Verdict
 
-__all__ = ["CaseFailed", "CampaignResult", "Finding", "run_campaign", "label", "database_key"]
+__all__ = ["CaseFailed", "CampaignResult", "Finding", "TIME_CATEGORIES", "run_campaign", "label", "database_key"]
 
 
 class CaseFailed(AssertionError):
@@ -103,6 +103,10 @@ class CampaignResult:
     timeline: list[dict] = attrs.Factory(list)  # samples over time, for the report's plots
     slowest_recent: tuple[float, str] = (0.0, "")  # (seconds, case summary) over the last 100 cases
     shrinking: dict[str, int] = attrs.Factory(dict)  # new signatures being shrunk now -> failing cases so far
+    # Wall seconds by what they went to (TIME_CATEGORIES); the rest of the wall time is drawing and Hypothesis.
+    time_spent: Counter = attrs.Factory(Counter)
+    steering: dict[str, dict[str, str]] = attrs.Factory(dict)  # known signature -> the conditions it is masked by
+    masked: Counter = attrs.Factory(Counter)  # known signature -> draws filtered out by its mask
     confirming: bool = False  # re-running a new failure on a fresh pool
     _recent: list[tuple[float, str]] = attrs.Factory(list)
 
@@ -147,6 +151,26 @@ class CampaignResult:
         return Counter(f.verdict.triage for f in self.findings.values())
 
 
+#: Where a campaign's wall time goes, as ``CampaignResult.time_spent`` counts it.
+TIME_CATEGORIES = {
+    "passing cases": "cases that passed",
+    "new failures": "failing cases of new bugs: finding, confirming and shrinking them",
+    "known repeats": "cases that hit a known bug again",
+    "unsupported": "cases torch refused as documented-unsupported",
+    "hangs": "cases that outran their deadline",
+    "crashes": "cases in which a rank died",
+    "pool": "starting and restarting ranks, sending cases (the time around each case)",
+}
+
+
+def _time_category(verdict: Verdict, known: bool) -> str:
+    if verdict.status in ("hang", "crash"):
+        return "hangs" if verdict.status == "hang" else "crashes"
+    if known:
+        return "known repeats"
+    return {"pass": "passing cases", "unsupported": "unsupported"}.get(verdict.status, "new failures")
+
+
 def _sample_interval(elapsed: float) -> float:
     """Every 2 s at first, then ever sparser: a few hundred points for any length of run."""
     return max(2.0, elapsed / 200)
@@ -188,6 +212,7 @@ def run_campaign(
     max_cases: int | None = None,
     devices: tuple[str, ...] = ("cpu",),
     vary_storage: bool = True,
+    steer_after: int | None = None,
 ) -> CampaignResult:
     """Fuzz until ``budget`` seconds are spent; return what was run and found.
 
@@ -209,14 +234,37 @@ def run_campaign(
     counting the database's examples, which are always replayed. ``devices`` are those
     a side may be drawn on (see ``strategies.cases``); ``vary_storage=False`` for a
     user's target, which does its own I/O.
+
+    ``steer_after=K`` spends the budget on the unknown: once a known bug has been hit K
+    times, later rounds no longer draw cases that have every dimension value its hits so
+    far had in common (``result.steering`` holds those conditions, ``result.masked``
+    counts the draws they filtered). The conditions only ever widen as hits come in,
+    from a narrow guess towards what the bug needs.
     """
     result = CampaignResult()
     rng = random.Random(seed)
     started = result.started
     deadline = started + budget
     shrink_budget = max(30.0, budget / 2) if shrink_budget is None else shrink_budget
-    strategy = cases(max_world_size=max_world_size, devices=devices, vary_storage=vary_storage)
+    all_cases = cases(max_world_size=max_world_size, devices=devices, vary_storage=vary_storage)
     confirmed: set[str] = set()  # signatures whose first failure was re-run by ``confirm``
+    common_to_hits: dict[str, dict[str, str]] = {}  # known signature -> dimensions all its hits shared
+
+    def steered(masks: dict[str, dict[str, str]]):
+        """The case strategy less the cases every one of whose ``masks`` conditions hold (fixed for a round,
+        so that Hypothesis sees one strategy while it shrinks)."""
+        if not masks:
+            return all_cases
+
+        def wanted(case: Case) -> bool:
+            dims = dimensions(case)
+            for signature, conditions in masks.items():
+                if all(dims.get(name) == value for name, value in conditions.items()):
+                    result.masked[signature] += 1
+                    return False
+            return True
+
+        return all_cases.filter(wanted)
 
     def out_of_work() -> bool:
         return time.monotonic() >= deadline or (max_cases is not None and result.cases_run >= max_cases)
@@ -241,6 +289,11 @@ def run_campaign(
             examples = max(1, min(examples, max_cases - result.cases_run))
         if replay:
             examples += result.replayed_from_database  # Hypothesis counts replays against max_examples
+
+        if steer_after is not None:
+            result.steering = {sig: dict(conditions) for sig, conditions in common_to_hits.items()
+                               if conditions and result.known_hits[sig] >= steer_after}
+        strategy = steered(result.steering)
 
         @settings(
             database=database,
@@ -272,18 +325,25 @@ def run_campaign(
                 return  # ... and nothing else does
             label(case)
             verdict = run_case(case)
+            spent = time.monotonic() - now
             result.record(case, verdict)
+            signature = verdict.signature()
+            known = verdict.is_failure and is_known(signature, case)
+            result.time_spent[_time_category(verdict, known)] += verdict.seconds
+            result.time_spent["pool"] += max(0.0, spent - verdict.seconds)
             if on_case is not None:
                 on_case(result, case, verdict)
             if verdict.ok:
                 return
             if verdict.status == "unsupported":
-                result.unsupported[verdict.signature()] += 1
+                result.unsupported[signature] += 1
                 event("unsupported combination")
                 return
-            signature = verdict.signature()
-            if is_known(signature, case):
+            if known:
                 result.known_hits[signature] += 1
+                dims = dimensions(case)
+                common = common_to_hits.get(signature, dims)
+                common_to_hits[signature] = {k: v for k, v in common.items() if dims.get(k) == v}
                 event(f"known failure: {signature[:60]}")
                 return
             if signature in result.findings:
@@ -291,10 +351,12 @@ def run_campaign(
                 return
             if confirm is not None and signature not in confirmed:
                 result.confirming = True
+                before = time.monotonic()
                 try:
                     again = confirm(case)
                 finally:
                     result.confirming = False
+                result.time_spent["new failures"] += time.monotonic() - before
                 result.record(case, again)
                 confirmed.add(signature)
                 if again.signature() != signature:

@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seconds before a case counts as hung (default: from the case's size, 30 s and up)")
     run.add_argument("--no-confirm", action="store_true",
                      help="report failures without re-running them on a fresh pool first")
+    run.add_argument("--no-steer", action="store_true",
+                     help="keep drawing cases like a known bug's hits after its 3rd hit (default: steer away "
+                          "from them, so the budget goes to the unknown; the report counts what was masked)")
     run.add_argument("--exit-zero", action="store_true",
                      help="exit 0 even when new failures are found (a smoke run: they are in the corpus and report)")
     store = run.add_argument_group("example database (resume, share)")
@@ -429,7 +432,7 @@ def _run(args) -> int:
                             ("--case-timeout", args.case_timeout), ("--replay-from", args.replay_from)):
             if value is not None:
                 argv += [flag, str(value)]
-        argv += ["--no-confirm"] * args.no_confirm + ["--exit-zero"] * args.exit_zero
+        argv += ["--no-confirm"] * args.no_confirm + ["--exit-zero"] * args.exit_zero + ["--no-steer"] * args.no_steer
         return argv
 
     return run_workers(args, worker_argv)

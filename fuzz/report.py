@@ -53,11 +53,29 @@ def campaign_report(result, *, meta: dict, known, corpus_files: dict[str, str], 
             {"signature": s, "title": known.title(s), "hits": n}
             for s, n in result.known_hits.items()
         ],
+        "time_spent": _time_spent(result, final),
+        "steering": [{"signature": s, "title": known.title(s), "conditions": conditions, "masked": result.masked[s]}
+                     for s, conditions in result.steering.items()],
+        "masked_draws": sum(result.masked.values()),
         "slowest_recent_case": {"seconds": round(result.slowest_recent[0], 3), "case": result.slowest_recent[1]},
         "coverage": {dim: dict(sorted(values.items())) for dim, values in sorted(result.coverage.items())},
         "coverage_offered": {dim: sorted(values) for dim, values in sorted((offered or {}).items())},
         "timeline": list(result.timeline),
     }
+
+
+def _time_spent(result, final: bool) -> dict:
+    """Seconds and share of the wall time by what they went to; the remainder is drawing and Hypothesis."""
+    wall = max(result.wall_seconds if final else _elapsed(result), 1e-9)
+    spent = {name: result.time_spent.get(name, 0.0) for name in _time_categories()}
+    spent["drawing and Hypothesis"] = max(0.0, wall - sum(spent.values()))
+    return {name: {"seconds": round(seconds, 2), "share": round(seconds / wall, 4)} for name, seconds in spent.items()}
+
+
+def _time_categories():
+    from shardfuzz.campaign import TIME_CATEGORIES
+
+    return TIME_CATEGORIES
 
 
 def _elapsed(result) -> float:
@@ -85,6 +103,14 @@ def merge_reports(reports: list[dict], *, meta: dict) -> dict:
     merged["coverage"] = {dim: dict(sorted(values.items())) for dim, values in sorted(coverage.items())}
     merged["coverage_offered"] = next((r["coverage_offered"] for r in reports if r.get("coverage_offered")), {})
     merged["timeline"] = _merge_timelines([r.get("timeline", []) for r in reports])
+    walls = sum(r.get("wall_seconds", 0.0) for r in reports) or 1e-9
+    seconds: Counter = Counter()
+    for report in reports:
+        for name, spent in report.get("time_spent", {}).items():
+            seconds[name] += spent["seconds"]
+    merged["time_spent"] = {name: {"seconds": round(n, 2), "share": round(n / walls, 4)} for name, n in seconds.items()}
+    merged["masked_draws"] = sum(r.get("masked_draws", 0) for r in reports)
+    merged["steering"] = [item for r in reports for item in r.get("steering", [])]
     merged["worker_reports"] = [{k: r.get(k) for k in ("worker", "cases_run", "wall_seconds", "stopped")}
                                 for r in reports]
     return merged

@@ -20,6 +20,8 @@ __all__ = ["run_command", "campaign_devices", "write_reports", "print_summary", 
 
 #: Seconds the case in flight may go on after a stop was asked before it is abandoned.
 ABANDON_GRACE = 3.0
+#: Hits of one known bug after which a run stops drawing cases like its hits (``--no-steer``: never).
+STEER_AFTER = 3
 
 
 def campaign_devices(device: str) -> tuple[tuple[str, ...], str]:
@@ -44,6 +46,7 @@ def run_command(args) -> int:
     from shardfuzz.corpus import entry_for, known_bugs, load_corpus, save_entry
     from shardfuzz.database import DatabaseError, open_database
     from shardfuzz.executor import PoolStartError, RankPool
+    from shardfuzz.executor.deadlines import MeasuredDeadlines
     from shardfuzz.executor.torchrun import TorchrunWorld, follow, in_torchrun
     from shardfuzz.progress import Progress
     from shardfuzz.report import campaign_report
@@ -132,11 +135,12 @@ def run_command(args) -> int:
                 confirm = None  # no fresh pool to confirm on: the same ranks would answer again
             else:
                 executor = RankPool(world_size, target=target, case_timeout=args.case_timeout,
-                                    abandon=abandon, device=args.device)
+                                    abandon=abandon, device=args.device, deadlines=MeasuredDeadlines())
 
                 def confirm(case):
                     executor.close()  # the next run starts new ranks: no state carried over from earlier cases
-                    return executor.run(case)
+                    # A hang seen on a measured deadline must outlast the generic one too before it is a finding.
+                    return executor.run(case, generic_deadline=True)
 
             with executor:
                 result = run_campaign(
@@ -145,6 +149,7 @@ def run_command(args) -> int:
                     confirm=None if args.no_confirm else confirm, database=database,
                     database_key=database_key(f"world={world_size}", target, *device_key), should_stop=lambda: stop.reason,
                     max_cases=args.max_cases, devices=devices, vary_storage=target == DEFAULT_TARGET,
+                    steer_after=None if args.no_steer else STEER_AFTER,
                 )
     except PoolStartError as exc:
         progress.finish()

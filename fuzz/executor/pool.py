@@ -37,6 +37,7 @@ from multiprocessing.connection import wait
 import attrs
 
 from shardfuzz.case import DEVICES, Case, Dcp, to_dict
+from shardfuzz.executor.deadlines import MeasuredDeadlines
 from shardfuzz.stop import StopRequested
 from shardfuzz.targets import DEFAULT_TARGET
 from shardfuzz.unsupported import classify, excluded, needs_other_world
@@ -140,6 +141,7 @@ class RankPool:
         recycle_after: int | None = 5000,
         abandon: Callable[[], bool] | None = None,
         device: str = "cpu",
+        deadlines: MeasuredDeadlines | None = None,
     ):
         if world_size < 1:
             raise ValueError(f"world_size must be >= 1, got {world_size}")
@@ -156,6 +158,7 @@ class RankPool:
             raise ValueError(f"recycle_after must be >= 1 or None, got {recycle_after}")
         self.recycle_after = recycle_after
         self.abandon = abandon
+        self.deadlines = deadlines  # None: every case gets case_timeout or the generic deadline_for(case)
         self._cases_since_start = 0
         self.starts = 0
         self.resets = 0
@@ -193,6 +196,8 @@ class RankPool:
         with _children_allowed():
             self._spawn(context, store)
         self.starts += 1
+        if self.deadlines is not None:
+            self.deadlines.started()
         self._cases_since_start = 0
         collected = self._collect(self.start_timeout, abandonable=True)
         if collected is None:
@@ -300,8 +305,10 @@ class RankPool:
 
     # --- running cases ------------------------------------------------------
 
-    def run(self, case: Case) -> Verdict:
-        """Run ``case`` on the ranks and return its verdict; never raises for a case's failure."""
+    def run(self, case: Case, *, generic_deadline: bool = False) -> Verdict:
+        """Run ``case`` on the ranks and return its verdict; never raises for a case's failure.
+
+        ``generic_deadline``: ignore measured ``deadlines`` for this case (confirming a hang)."""
         if case.world_size > self.world_size:
             raise ValueError(f"case needs {case.world_size} ranks, the pool has {self.world_size}")
         rule = excluded(case)
@@ -317,6 +324,8 @@ class RankPool:
         started = time.perf_counter()
         self._cases_since_start += 1
         timeout = self.case_timeout if self.case_timeout is not None else deadline_for(case)
+        if self.deadlines is not None and self.case_timeout is None and not generic_deadline:
+            timeout = self.deadlines.deadline(timeout)
         checkpoint_dir = os.path.join(self._scratch, "case")
         for rank in range(self.world_size):
             os.truncate(self._log(rank), 0)
@@ -331,6 +340,8 @@ class RankPool:
             verdict = self._verdict(collected, timeout)
         finally:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        if self.deadlines is not None and verdict.status not in ("hang", "crash"):
+            self.deadlines.record(time.perf_counter() - started)
         if verdict.status == "error" and not verdict.detail:
             self._reset()  # every rank answered: a new process group in the same processes
         elif verdict.status in ("error", "crash", "hang"):
