@@ -105,6 +105,7 @@ class CampaignResult:
     shrinking: dict[str, int] = attrs.Factory(dict)  # new signatures being shrunk now -> failing cases so far
     # Wall seconds by what they went to (TIME_CATEGORIES); the rest of the wall time is drawing and Hypothesis.
     time_spent: Counter = attrs.Factory(Counter)
+    statuses: Counter = attrs.Factory(Counter)  # cases by verdict status (pass, mismatch, error, crash, hang, ...)
     steering: dict[str, dict[str, str]] = attrs.Factory(dict)  # known signature -> the conditions it is masked by
     masked: Counter = attrs.Factory(Counter)  # known signature -> draws filtered out by its mask
     confirming: bool = False  # re-running a new failure on a fresh pool
@@ -112,6 +113,7 @@ class CampaignResult:
 
     def record(self, case: Case, verdict: Verdict) -> None:
         self.cases_run += 1
+        self.statuses[verdict.status] += 1
         self.passed += verdict.ok
         self.seconds_in_cases += verdict.seconds
         for key in verdict.unchanged:
@@ -135,6 +137,10 @@ class CampaignResult:
             "known_hits": sum(self.known_hits.values()),
             "unsupported": sum(self.unsupported.values()),
             "coverage": {name: len(values) for name, values in self.coverage.items()},
+            "hangs": self.statuses["hang"],
+            "crashes": self.statuses["crash"],
+            "shrinking": len(self.shrinking),
+            "pool_seconds": round(self.time_spent["pool"], 2),
         })
 
     @property

@@ -1,4 +1,5 @@
-"""``shardfuzz run | replay | export | shrink | report-bug | known-bugs | selftest | capabilities``: the command line.
+"""``shardfuzz run | replay | export | shrink | report | report-bug | known-bugs | selftest | capabilities``: the
+command line.
 
 ``run`` exits 0 when no new failure was found, 1 when one was (each is saved to
 the corpus), 2 for bad options or a pool that cannot start, 130/143 when
@@ -158,6 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("-o", "--output", type=Path, default=None,
                        help="write it here, e.g. corpus/README.md (default: stdout)")
 
+    render = commands.add_parser("report", help="render a run's JSON report as HTML, markdown or JUnit XML")
+    render.add_argument("report", type=Path, help="a report.json written by shardfuzz run (--report/--report-dir)")
+    kind = render.add_mutually_exclusive_group()
+    for flag in ("html", "markdown", "junit"):
+        kind.add_argument(f"--{flag}", dest="format", action="store_const", const=flag,
+                          help=f"{flag} (default: html)" if flag == "html" else flag)
+    render.add_argument("-o", "--output", type=Path, default=None, help="write it here (default: stdout)")
+
     commands.add_parser("capabilities", help="list what the installed torch offers to the fuzzer")
     return parser
 
@@ -174,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         return _selftest(args)
     if args.command == "shrink":
         return _shrink(args)
+    if args.command == "report":
+        return _render_report(args)
     if args.command == "report-bug":
         return _report_bug(args)
     if args.command == "known-bugs":
@@ -364,6 +375,24 @@ def _shrink(args) -> int:
         "stopped by the budget: run it again to go on"
     print(f"shardfuzz shrink: size {case_size(entry.case)} -> {case_size(result.case)} in {result.moves} moves, "
           f"{result.tried} cases tried, {result.seconds:.0f} s; {state}\n  {describe(result.case)}")
+    return 0
+
+
+def _render_report(args) -> int:
+    from shardfuzz.report import read_report
+    from shardfuzz.report_formats import html_page, junit_xml, markdown
+
+    render = {"html": html_page, "markdown": markdown, "junit": junit_xml}[args.format or "html"]
+    try:
+        text = render(read_report(args.report))
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        what = f"{args.report}: not a complete run report (missing {exc})" if isinstance(exc, KeyError) else str(exc)
+        print(f"shardfuzz report: {what}", file=sys.stderr)
+        return 2
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.write_text(text)
     return 0
 
 

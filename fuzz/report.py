@@ -127,19 +127,21 @@ def _by_signature(items) -> list[dict]:
     return list(merged.values())
 
 
+_SUMMED = ("cases", "passed", "known_hits", "unsupported", "hangs", "crashes", "shrinking", "pool_seconds")
+
+
 def _merge_timelines(timelines: list[list[dict]]) -> list[dict]:
     """Add the workers' cumulative counts at each moment any of them sampled."""
     moments = sorted({point["t"] for timeline in timelines for point in timeline})
     merged = []
     for t in moments:
-        point = {"t": t, "cases": 0, "passed": 0, "findings": Counter(), "known_hits": 0, "unsupported": 0,
-                 "coverage": {}}
+        point = {"t": t, **{name: 0 for name in _SUMMED}, "findings": Counter(), "coverage": {}}
         for timeline in timelines:
             before = [p for p in timeline if p["t"] <= t]
             if not before:
                 continue
             last = before[-1]
-            for name in ("cases", "passed", "known_hits", "unsupported"):
+            for name in _SUMMED:
                 point[name] += last.get(name, 0)
             point["findings"].update(last.get("findings", {}))
             for dim, count in last.get("coverage", {}).items():  # a lower bound: workers overlap

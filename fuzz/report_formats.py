@@ -56,6 +56,10 @@ def markdown(report: dict) -> str:
     slow = report.get("slowest_recent_case") or {}
     if slow.get("case"):
         lines += ["", f"Slowest of the last 100 cases: {slow['seconds']:.2f} s, {slow['case']}"]
+    if report.get("time_spent"):
+        lines += ["", "## Where the time went", "", "| what | seconds | share |", "|---|---|---|"]
+        lines += [f"| {name} | {seconds:.1f} | {100 * share:.1f}% |" for name, seconds, share in _time_table(report)]
+        lines += ["", f"{report.get('masked_draws', 0)} draws masked by steering away from known bugs."]
     lines += ["", "## Coverage", "", "| dimension | cases per value | not reached |", "|---|---|---|"]
     offered = report.get("coverage_offered", {})
     for dim, values in report.get("coverage", {}).items():
@@ -117,21 +121,25 @@ def _plots(report: dict) -> list[tuple[str, str]]:
 
     fig, ax = plt.subplots(figsize=(8, 3))
     rates = [(b["cases"] - a["cases"]) / max(b["t"] - a["t"], 1e-9) for a, b in zip(timeline, timeline[1:])]
-    ax.plot(t[1:], rates, drawstyle="steps-post")
+    ax.plot(t[1:], rates, drawstyle="steps-pre", color="tab:blue", label="cases / s")
+    _mark_events(ax, timeline, t)
     ax.set_xlabel("minutes")
     ax.set_ylabel("cases / s")
-    figures.append(("Cases per second", svg(fig)))
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=7, loc="upper right")
+    figures.append(("Cases per second, and what slowed them", svg(fig)))
 
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(8, 3))
     offered = report.get("coverage_offered", {})
-    for dim in sorted({d for p in timeline for d in p.get("coverage", {})}):
-        total = len(offered.get(dim, [])) or max(p.get("coverage", {}).get(dim, 0) for p in timeline) or 1
-        ax.plot(t, [p.get("coverage", {}).get(dim, 0) / total for p in timeline], linewidth=1, label=dim)
+    total = sum(len(values) for values in offered.values())
+    if total:
+        reached = [sum(min(n, len(offered.get(dim, ()))) for dim, n in p.get("coverage", {}).items()) / total
+                   for p in timeline]
+        ax.plot(t, reached, drawstyle="steps-post")
     ax.set_xlabel("minutes")
     ax.set_ylabel("share of offered values reached")
     ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=6, ncol=3, loc="lower right")
-    figures.append(("Coverage growth per dimension", svg(fig)))
+    figures.append((f"Coverage: share of the {total} offered dimension values reached", svg(fig)))
 
     fig, ax = plt.subplots(figsize=(8, 3))
     classes = sorted({c for p in timeline for c in p.get("findings", {})})
@@ -144,6 +152,57 @@ def _plots(report: dict) -> list[tuple[str, str]]:
     ax.legend(fontsize=7)
     figures.append(("Findings over time by class", svg(fig)))
     return figures
+
+
+def _mark_events(ax, timeline: list[dict], t: list[float]) -> None:
+    """Shade the stretches spent shrinking; a line where a hang, a crash or a slow pool (re)start happened."""
+    shading = False
+    for i, point in enumerate(timeline):
+        if point.get("shrinking") and (i == 0 or not timeline[i - 1].get("shrinking")):
+            start = t[i - 1] if i else t[i]
+            end = next((t[j] for j in range(i + 1, len(timeline)) if not timeline[j].get("shrinking")), t[-1])
+            ax.axvspan(start, end, color="tab:green", alpha=0.15, label=None if shading else "shrinking")
+            shading = True
+    styles = {"hangs": ("tab:red", "hang"), "crashes": ("black", "crash"),
+              "pool_seconds": ("tab:orange", "pool start or restart (> 1 s)")}
+    for name, (colour, text) in styles.items():
+        labelled = False
+        for a, b, when in zip(timeline, timeline[1:], t[1:]):
+            grew = b.get(name, 0) - a.get(name, 0)
+            if grew > (1.0 if name == "pool_seconds" else 0):
+                ax.axvline(when, color=colour, linewidth=0.8, linestyle="--", label=None if labelled else text)
+                labelled = True
+
+
+def _time_table(report: dict) -> list[tuple[str, float, float]]:
+    """(what, seconds, share of the wall time), largest first."""
+    spent = report.get("time_spent", {})
+    return sorted(((name, v["seconds"], v["share"]) for name, v in spent.items()), key=lambda row: -row[1])
+
+
+def _heat_table(report: dict) -> str:
+    """Dimension x value: cases per value, shaded by count within the row; offered values never reached in red."""
+    esc = html_escape.escape
+    offered = report.get("coverage_offered", {})
+    coverage = report.get("coverage", {})
+    rows = []
+    for dim in sorted(set(coverage) | set(offered)):
+        values = dict(coverage.get(dim, {}))
+        for value in offered.get(dim, ()):
+            values.setdefault(value, 0)
+        top = max(values.values(), default=0) or 1
+        cells = "".join(
+            f'<td class="heat" style="background:{_shade(n / top) if n else "#f4a6a6"}" '
+            f'title="{esc(dim)}={esc(str(v))}: {n} cases">{esc(str(v))}<br><b>{n}</b></td>'
+            for v, n in sorted(values.items(), key=lambda item: str(item[0])))
+        rows.append(f"<tr><th>{esc(dim)}</th>{cells}</tr>")
+    return "<table class=heat>" + "".join(rows) + "</table>"
+
+
+def _shade(fraction: float) -> str:
+    """White to blue by fraction of the row's largest count."""
+    level = int(255 - 140 * max(0.0, min(1.0, fraction)))
+    return f"rgb({level},{level + (255 - level) // 3},255)"
 
 
 def html_page(report: dict) -> str:
@@ -161,20 +220,34 @@ def html_page(report: dict) -> str:
         f"<td>{esc(', '.join(sorted(set(offered.get(dim, [])) - set(values))) or '-')}</td></tr>"
         for dim, values in report.get("coverage", {}).items())
     plots = "".join(f"<h2>{esc(title)}</h2>\n{svg}\n" for title, svg in _plots(report))
+    time_rows = "".join(f"<tr><td>{esc(name)}</td><td>{seconds:.1f}</td><td>{100 * share:.1f}%</td></tr>"
+                        for name, seconds, share in _time_table(report)) or "<tr><td colspan=3>-</td></tr>"
+    steering = "".join(f"<tr><td>{item['masked']}</td><td>{esc(item['title'][:200])}</td>"
+                       f"<td><code>{esc(', '.join(f'{k}={v}' for k, v in sorted(item['conditions'].items())))}"
+                       f"</code></td></tr>" for item in report.get("steering", []))
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>shardfuzz run report</title>
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:2px 6px;font-size:90%;vertical-align:top}}</style></head><body>
+td,th{{border:1px solid #ccc;padding:2px 6px;font-size:90%;vertical-align:top}}
+table.heat td{{font-size:75%;text-align:center;min-width:3em}}table.heat th{{text-align:left;font-size:80%}}</style></head><body>
 <h1>shardfuzz run</h1>
 <p>{esc(headline(report))}</p>
 <p>world size {report.get('world_size')}, target <code>{esc(str(report.get('target')))}</code>,
-seed {report.get('seed')}, database <code>{esc(str(report.get('database') or 'none'))}</code></p>
+seed {report.get('seed')} (repeat it with <code>--seed {report.get('seed')}</code>), database <code>{esc(str(report.get('database') or 'none'))}</code></p>
 {plots}
 <h2>New failures</h2>
 <table><tr><th>class</th><th>summary</th><th>hits</th><th>shrunk</th><th>reproducer</th></tr>{rows}</table>
 <h2>Known torch bugs hit</h2>
 <table><tr><th>hits</th><th>bug</th></tr>{known}</table>
-<h2>Coverage</h2>
+<h2>Where the time went</h2>
+<table><tr><th>what</th><th>seconds</th><th>share of the wall time</th></tr>{time_rows}</table>
+<h2>Steered away from known bugs</h2>
+<p>{report.get('masked_draws', 0)} draws masked: after a known bug's 3rd hit, cases sharing every dimension value
+its hits had in common are no longer drawn (<code>--no-steer</code> turns this off).</p>
+<table><tr><th>masked</th><th>known bug</th><th>conditions</th></tr>{steering or "<tr><td colspan=3>None.</td></tr>"}</table>
+<h2>Coverage: cases per dimension value</h2>
+{_heat_table(report)}
+<h3>By dimension</h3>
 <table><tr><th>dimension</th><th>cases per value</th><th>not reached</th></tr>{coverage}</table>
 </body></html>
 """

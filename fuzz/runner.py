@@ -10,6 +10,7 @@ leaves a report; the corpus gets each new failure the moment it is shrunk.
 from __future__ import annotations
 
 import json
+import random
 import sys
 import time
 from pathlib import Path
@@ -83,7 +84,9 @@ def run_command(args) -> int:
     for problem in problems:
         print(f"shardfuzz: skipping corpus file: {problem}", file=sys.stderr)
     known = known_bugs(entries, torch.__version__)
-    meta = {"torch": torch.__version__, "budget_seconds": args.budget, "seed": args.seed, "world_size": world_size,
+    # A random seed is chosen here, not inside Hypothesis, so the report can say which one to repeat the run with.
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
+    meta = {"torch": torch.__version__, "budget_seconds": args.budget, "seed": seed, "world_size": world_size,
             "target": target, "launcher": "torchrun" if torchrun else "pool",
             "database": args.database if database is not None else None, "worker": args.worker_index,
             "device": args.device}
@@ -144,7 +147,7 @@ def run_command(args) -> int:
 
             with executor:
                 result = run_campaign(
-                    executor.run, budget=max(0.0, budget_end - time.monotonic()), seed=args.seed, max_world_size=world_size,
+                    executor.run, budget=max(0.0, budget_end - time.monotonic()), seed=seed, max_world_size=world_size,
                     is_known=lambda s, c: known.lookup(s, c) is not None, on_case=on_case, on_finding=on_finding,
                     confirm=None if args.no_confirm else confirm, database=database,
                     database_key=database_key(f"world={world_size}", target, *device_key), should_stop=lambda: stop.reason,
@@ -199,6 +202,8 @@ def print_summary(report: dict) -> None:
     from shardfuzz.report_formats import headline
 
     print(f"shardfuzz: {headline(report)}")
+    if report.get("seed") is not None:
+        print(f"  seed {report['seed']} (repeat the draws with --seed {report['seed']})")
     for failure in report["failures"]:
         print(f"  NEW   [{failure['class']}] {failure['summary'][:200]}")
         if failure["corpus_file"]:

@@ -57,6 +57,26 @@ def test_html_is_self_contained_with_three_plots(report):
     page = html_page(report)
     assert page.count("<svg") == 3
     assert "src=" not in page and "<link" not in page and "@import" not in page  # nothing fetched from elsewhere
+    # One coverage curve (not one line per dimension under one legend), a dimension x value table, the
+    # time split, and the seed to repeat the run with.
+    assert "Coverage: share of the" in page and page.count('class="heat"') >= sum(
+        len(set(v) | set(report["coverage"].get(d, {}))) for d, v in report["coverage_offered"].items())
+    assert "Where the time went" in page and "known repeats" in page
+    assert "--seed 5" in page
+
+
+def test_the_report_command_renders_any_report_json_afterwards(report, tmp_path, capsys):
+    from shardfuzz.cli import main
+
+    path = tmp_path / "report.json"
+    write_atomic(path, json.dumps(report))
+    assert main(["report", str(path), "--markdown"]) == 0
+    assert "## New failures" in capsys.readouterr().out
+    assert main(["report", str(path), "--junit", "-o", str(tmp_path / "j.xml")]) == 0
+    assert ET.parse(tmp_path / "j.xml").getroot().get("failures") == "2"
+    (tmp_path / "bad.json").write_text("{}")
+    assert main(["report", str(tmp_path / "bad.json")]) == 2
+    assert "bad.json" in capsys.readouterr().err
 
 
 def test_merged_reports_add_counts_and_unite_findings(report):
