@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "CPU <-> GPU; needs a GPU (default cpu)")
     run.add_argument("--case-timeout", type=_positive_float, default=None,
                      help="seconds before a case counts as hung (default: from the case's size, 30 s and up)")
+    run.add_argument("--generic-deadlines", action="store_true",
+                     help="every case gets the generic deadline from its size (30 s and up), not one measured "
+                          "on this pool (4x the slowest of the last 200 cases, at least 10 s)")
     run.add_argument("--no-confirm", action="store_true",
                      help="report failures without re-running them on a fresh pool first")
     run.add_argument("--no-steer", action="store_true",
@@ -461,7 +464,8 @@ def _run(args) -> int:
                             ("--case-timeout", args.case_timeout), ("--replay-from", args.replay_from)):
             if value is not None:
                 argv += [flag, str(value)]
-        argv += ["--no-confirm"] * args.no_confirm + ["--exit-zero"] * args.exit_zero + ["--no-steer"] * args.no_steer
+        argv += (["--no-confirm"] * args.no_confirm + ["--exit-zero"] * args.exit_zero + ["--no-steer"] * args.no_steer
+                 + ["--generic-deadlines"] * args.generic_deadlines)
         return argv
 
     return run_workers(args, worker_argv)

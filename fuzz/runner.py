@@ -138,7 +138,8 @@ def run_command(args) -> int:
                 confirm = None  # no fresh pool to confirm on: the same ranks would answer again
             else:
                 executor = RankPool(world_size, target=target, case_timeout=args.case_timeout,
-                                    abandon=abandon, device=args.device, deadlines=MeasuredDeadlines())
+                                    abandon=abandon, device=args.device,
+                                    deadlines=None if args.generic_deadlines else MeasuredDeadlines())
 
                 def confirm(case):
                     executor.close()  # the next run starts new ranks: no state carried over from earlier cases
