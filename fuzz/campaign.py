@@ -219,6 +219,7 @@ def run_campaign(
     devices: tuple[str, ...] = ("cpu",),
     vary_storage: bool = True,
     steer_after: int | None = None,
+    polish: bool = True,
 ) -> CampaignResult:
     """Fuzz until ``budget`` seconds are spent; return what was run and found.
 
@@ -240,6 +241,13 @@ def run_campaign(
     counting the database's examples, which are always replayed. ``devices`` are those
     a side may be drawn on (see ``strategies.cases``); ``vary_storage=False`` for a
     user's target, which does its own I/O.
+
+    ``polish``: once Hypothesis has finished shrinking a finding, a greedy descent over
+    one-step-simpler cases (``shrink.shrink_case``: a leaf dropped, fewer ranks, a simpler
+    engine) goes on from its case with what is left of the shrink budget, keeping only
+    cases that fail with the same signature; Hypothesis shrinks the choices it drew, and
+    some simplifications of a case are many choices away. The finding stays ``shrunk``
+    only if that descent finished too.
 
     ``steer_after=K`` spends the budget on the unknown: once a known bug has been hit K
     times, later rounds no longer draw cases that have every dimension value its hits so
@@ -287,6 +295,7 @@ def run_campaign(
         mean_case = result.seconds_in_cases / result.cases_run if result.cases_run else 0.5
         examples = max(1, min(round_size, int((deadline - time.monotonic()) / max(mean_case, 1e-3))))
         failing: dict[Case, CaseFailed] = {}
+        verdicts: dict[Case, Verdict] = {}  # every case this round ran: the polish need not run one again
         first_failure: list[float] = []
         cases_at_first_failure = [0]
         cut_short = [False]  # a shrink ended by the shrink budget or the campaign's, not by Hypothesis
@@ -330,7 +339,7 @@ def run_campaign(
                     raise failing[case]
                 return  # ... and nothing else does
             label(case)
-            verdict = run_case(case)
+            verdict = verdicts[case] = run_case(case)
             spent = time.monotonic() - now
             result.record(case, verdict)
             signature = verdict.signature()
@@ -384,9 +393,13 @@ def run_campaign(
             raise failure
 
         def finding(failure: CaseFailed, **extra) -> Finding:
+            shrunk = extra.pop("shrunk", not cut_short[0])
+            if polish and shrunk and not extra.get("flaky") and first_failure:
+                left = min(first_failure[0] + shrink_budget, deadline) - time.monotonic()
+                failure, shrunk = _polished(failure, run_case, result, left, is_known, verdicts)
             shrink = {"shrink_cases": result.cases_run - cases_at_first_failure[0],
                       "shrink_seconds": round(time.monotonic() - first_failure[0], 2) if first_failure else 0.0}
-            return _finding(failure, **{"shrunk": not cut_short[0], **shrink, **extra})
+            return _finding(failure, **{"shrunk": shrunk, **shrink, **extra})
 
         if database is not None:
             round_of_cases._hypothesis_internal_database_key = database_key  # see database_key()
@@ -422,6 +435,31 @@ def run_campaign(
     result.wall_seconds = time.monotonic() - started
     result.sample()
     return result
+
+
+def _polished(failure: CaseFailed, run_case, result: CampaignResult, budget: float, is_known,
+              verdicts: dict[Case, Verdict]):
+    """``failure`` after a greedy descent from its case (``budget`` seconds at most), and whether it finished.
+    ``verdicts`` holds the cases already run (this round's), which are not run again."""
+    from shardfuzz.shrink import shrink_case
+
+    if budget <= 0:
+        return failure, False
+    signature = failure.verdict.signature()
+
+    def still_fails(case: Case) -> bool:
+        if case not in verdicts:
+            verdicts[case] = run_case(case)
+            result.record(case, verdicts[case])
+        verdict = verdicts[case]
+        return verdict.is_failure and verdict.signature() == signature and not is_known(signature, case)
+
+    outcome = shrink_case(failure.case, still_fails, budget=budget)
+    if outcome.case == failure.case:
+        return failure, outcome.finished
+    polished = type(failure)(outcome.case, verdicts[outcome.case])
+    polished.from_database, polished.seconds = failure.from_database, failure.seconds
+    return polished, outcome.finished
 
 
 def _finding(failure: CaseFailed, **extra) -> Finding:

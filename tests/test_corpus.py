@@ -50,7 +50,7 @@ def test_corpus_entry_replays(shardfuzz_pool, shardfuzz_known, entry):
     why_not_here = shardfuzz_pool.cannot_run(entry.case)
     if why_not_here:
         pytest.skip(why_not_here)
-    verdict = shardfuzz_pool.run(entry.case)
+    verdict = _run_with_hang_deadline(shardfuzz_pool, entry)
     if not verdict.ok and verdict.signature() == entry.signature and entry.known is not None:
         raise KnownBugStillPresent(entry.title)
     other = None if verdict.ok else shardfuzz_known(verdict.signature(), entry.case)
@@ -58,6 +58,21 @@ def test_corpus_entry_replays(shardfuzz_pool, shardfuzz_known, entry):
         # e.g. a bug known on torch 2.10 whose case meets another known bug on this torch first
         pytest.xfail(f"on torch {torch.__version__} this case meets known bug {other.filename} instead")
     assert verdict.ok, f"{entry.title}\nnow: {verdict.summary()}\nsignature now: {verdict.signature()}"
+
+
+#: A hang entry's case takes a second or two when it does not hang: a stuck rank is plain long before the
+#: generic deadline (30 s and up), which would make each hang entry the slowest test of the suite.
+HANG_REPLAY_SECONDS = 10.0
+
+
+def _run_with_hang_deadline(pool, entry):
+    if entry.status != "hang" or pool.case_timeout is not None:
+        return pool.run(entry.case)
+    pool.case_timeout = HANG_REPLAY_SECONDS
+    try:
+        return pool.run(entry.case)
+    finally:
+        pool.case_timeout = None
 
 
 # --- saving and loading -------------------------------------------------------

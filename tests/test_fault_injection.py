@@ -43,7 +43,7 @@ def test_swapped_optimizer_moments_are_found_and_shrunk(shardfuzz_known):
     # depend on the machine's speed. Several optimizers give several signatures (exp_avg,
     # sum, momentum_buffer), which share the shrink budget: judge the best-shrunk one.
     result = _campaign("SwapOptimizerMoments", shardfuzz_known, budget=600, max_cases=150, stop_on_finding=True,
-                       shrink_budget=45, seed=8)
+                       shrink_budget=90, seed=8)
     findings = _mismatch_findings(result)
     assert findings, f"no mismatch found in {result.cases_run} cases"
     best = min(findings, key=lambda f: (len(f.case.model.linears()), f.case.steps, f.case.model.input_width))
