@@ -309,24 +309,38 @@ def _replay(args) -> int:
     return 0 if all(r.outcome in ("still failing", "skipped") for r in replays) else 1
 
 
-def _export(args) -> int:
+def _entry(command: str, path: Path):
+    """The corpus entry at ``path``, or None after saying what is wrong with the file."""
     from shardfuzz.corpus import CorpusError, load_entry
-    from shardfuzz.export import export_script
 
     try:
-        entry = load_entry(args.entry)
+        return load_entry(path)
     except CorpusError as exc:
-        print(f"shardfuzz export: {exc}", file=sys.stderr)
+        print(f"shardfuzz {command}: {exc}", file=sys.stderr)
+        return None
+
+
+def _emit(text: str, output: Path | None) -> None:
+    """``text`` to ``output``, or to stdout when there is none."""
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text)
+
+
+def _export(args) -> int:
+    from shardfuzz.export import export_script
+
+    entry = _entry("export", args.entry)
+    if entry is None:
         return 2
     try:
         script = export_script(entry, filename=args.output.name if args.output else "repro.py")
     except ValueError as exc:
         print(f"shardfuzz export: {args.entry}: {exc}", file=sys.stderr)
         return 2
-    if args.output is None:
-        sys.stdout.write(script)
-    else:
-        args.output.write_text(script)
+    _emit(script, args.output)
+    if args.output is not None:
         print(f"wrote {args.output}: run it with `python {args.output}` or "
               f"`torchrun --nproc-per-node {entry.case.world_size} {args.output}`", file=sys.stderr)
     return 0
@@ -335,15 +349,13 @@ def _export(args) -> int:
 def _shrink(args) -> int:
     import attrs
 
-    from shardfuzz.corpus import CorpusError, load_entry, rewrite_entry
-    from shardfuzz.executor import PoolStartError, RankPool
+    from shardfuzz.corpus import rewrite_entry
     from shardfuzz.describe import describe
+    from shardfuzz.executor import PoolStartError, RankPool
     from shardfuzz.shrink import case_size, shrink_case
 
-    try:
-        entry = load_entry(args.entry)
-    except CorpusError as exc:
-        print(f"shardfuzz shrink: {exc}", file=sys.stderr)
+    entry = _entry("shrink", args.entry)
+    if entry is None:
         return 2
 
     def still_fails(case) -> bool:
@@ -392,28 +404,24 @@ def _render_report(args) -> int:
         what = f"{args.report}: not a complete run report (missing {exc})" if isinstance(exc, KeyError) else str(exc)
         print(f"shardfuzz report: {what}", file=sys.stderr)
         return 2
-    if args.output is None:
-        sys.stdout.write(text)
-    else:
-        args.output.write_text(text)
+    _emit(text, args.output)
     return 0
 
 
 def _report_bug(args) -> int:
-    from shardfuzz.corpus import CorpusError, load_entry
     from shardfuzz.export import export_script
     from shardfuzz.upstream import issue_text
 
-    try:
-        entry = load_entry(args.entry)
-        text = issue_text(entry, script=export_script(entry))
-    except (CorpusError, ValueError) as exc:
-        print(f"shardfuzz report-bug: {exc}", file=sys.stderr)
+    entry = _entry("report-bug", args.entry)
+    if entry is None:
         return 2
-    if args.output is None:
-        sys.stdout.write(text)
-    else:
-        args.output.write_text(text)
+    try:
+        text = issue_text(entry, script=export_script(entry))
+    except ValueError as exc:
+        print(f"shardfuzz report-bug: {args.entry}: {exc}", file=sys.stderr)
+        return 2
+    _emit(text, args.output)
+    if args.output is not None:
         print(f"wrote {args.output}: check it reproduces on your machine (`shardfuzz export`), then file it",
               file=sys.stderr)
     return 0
@@ -426,11 +434,7 @@ def _known_bugs(args) -> int:
     entries, problems = load_corpus(args.corpus)
     for problem in problems:
         print(f"shardfuzz known-bugs: skipping {problem}", file=sys.stderr)
-    text = known_bug_table(entries)
-    if args.output is None:
-        sys.stdout.write(text)
-    else:
-        args.output.write_text(text)
+    _emit(known_bug_table(entries), args.output)
     return 0
 
 
