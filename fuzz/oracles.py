@@ -46,6 +46,7 @@ __all__ = [
     "compare_state",
     "expected_after_load",
     "continuation",
+    "difference_kind",
     "first_bit_difference",
     "full_offload",
     "layout",
@@ -64,7 +65,7 @@ _BITS_BY_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 def compare_state(
     expected: Mapping[str, Any], actual: Mapping[str, Any], *, rank: int, oracle: str = STATE_ORACLE,
-    close: tuple[float, float] | None = None,
+    close: tuple[float, float] | None = None, before: Mapping[str, Any] | None = None,
 ) -> list[Mismatch]:
     """Bitwise equality of every entry; nothing missing, nothing extra.
 
@@ -72,6 +73,8 @@ def compare_state(
     NaN equals the same NaN). Other values (hyperparameters, ``step`` ints)
     compare with ``==``, a tuple equal to a list of the same values. ``close``
     as ``(rtol, atol)`` relaxes floating-point tensors to ``|a-b| <= atol + rtol*|b|``.
+    For ``complete-state`` a bitwise difference is described by ``difference_kind``
+    (``before``: the state before the load, so that a value never loaded says so).
     """
     found: list[Mismatch] = []
     for key in sorted(expected.keys() - actual.keys()):
@@ -80,9 +83,52 @@ def compare_state(
         found.append(Mismatch(oracle, key, rank, "not in the saved state"))
     for key in sorted(expected.keys() & actual.keys()):
         mismatch = _compare_value(key, expected[key], actual[key], rank, oracle, close)
+        if mismatch is not None and mismatch.detail == "values differ" and oracle == STATE_ORACLE:
+            kind = difference_kind(key, expected[key], actual[key], before=before, saved=expected)
+            mismatch = attrs.evolve(mismatch, detail=f"values differ: {kind}" if kind else mismatch.detail)
         if mismatch is not None:
             found.append(mismatch)
     return found
+
+
+def difference_kind(key: str, want: torch.Tensor, got: torch.Tensor, *, before: Mapping[str, Any] | None = None,
+                    saved: Mapping[str, Any] | None = None) -> str:
+    """How a loaded tensor differs from the saved one, in words that tell checkpoint bugs apart ('' if no
+    mechanism is recognised).
+
+    They enter the failure's signature, so each names a mechanism that holds for
+    any size of case (a finer word, such as "one element" or "part of it", would
+    change as Hypothesis shrinks the case and stop the shrink): where it differs,
+    the value is still what the model held before the load (not loaded); it holds
+    another entry's saved values (another parameter's state of the same name, or
+    another state of the same parameter: a mix-up); the saved values are all
+    there, in other places (a shard or layout error); every difference is within
+    bfloat16 rounding (a downcast).
+    """
+    differs = _as_bits(want) != _as_bits(got)
+    old = (before or {}).get(key)
+    if _same_layout(old, got):
+        kept = _as_bits(old) == _as_bits(got)
+        if bool((kept | ~differs).all()):
+            return "holds its value from before the load"
+    for other_key, other in (saved or {}).items():
+        if other_key != key and _same_layout(other, got):
+            same = _as_bits(other) == _as_bits(got)
+            if bool((same | ~differs).all()) and bool((same & differs).any()):
+                whose = "another parameter's" if other_key.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1] \
+                    else "another entry's"
+                return f"holds {whose} saved values"
+    if got.numel() > 1 and torch.equal(_as_bits(got).flatten().sort().values, _as_bits(want).flatten().sort().values):
+        return "the saved values in other places"
+    if want.is_floating_point():
+        a, b = want.detach().cpu().double(), got.detach().cpu().double()
+        if bool(((a - b).abs() <= 2.0**-7 * a.abs()).all()):
+            return "within bfloat16 rounding"
+    return ""
+
+
+def _same_layout(a: Any, b: torch.Tensor) -> bool:
+    return isinstance(a, torch.Tensor) and a.dtype == b.dtype and tuple(a.shape) == tuple(b.shape)
 
 
 def _compare_value(key: str, want: Any, got: Any, rank: int, oracle: str = STATE_ORACLE,
@@ -244,6 +290,10 @@ def replica_consistency(pieces_by_rank: Mapping[int, Mapping[tuple[str, str], An
             if key in reported:
                 break
             mismatch = _compare_value(key, first, value, rank, REPLICA_ORACLE)
+            kind = difference_kind(key, first, value) if mismatch is not None and mismatch.detail == "values differ" \
+                else ""
+            if kind:
+                mismatch = attrs.evolve(mismatch, detail=f"values differ: {kind}")
             if mismatch is not None:
                 # The region stays out of the detail: the same bug on a DDP and on an HSDP side is one signature.
                 found.append(attrs.evolve(

@@ -189,7 +189,8 @@ def _load_and_judge(case, ctx, target, checkpoint_dir, expected, expected_after)
         actual_after = _gather_full(model, optim)
     if ctx.rank == 0:
         ctx.enter("compare")
-        mismatches += compare_state(oracles.expected_after_load(expected, before, case.kept_by_load()), actual, rank=0)
+        mismatches += compare_state(oracles.expected_after_load(expected, before, case.kept_by_load()), actual, rank=0,
+                                    before=before)
         mismatches += replicas  # after complete-state: a wrong loaded value is the worse news
         ctx.unchanged = oracles.unchanged_before_load(expected, before)
         if "continuation" in case.checks and not mismatches:

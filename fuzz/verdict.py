@@ -189,9 +189,7 @@ _MESSAGE_CHARS = 160
 #: Mismatch details that say a key is absent on one side: which optimizer-state entry it is
 #: (``step``, ``exp_avg``, ``momentum_buffer``) depends on the optimizer, not on the bug.
 _ABSENT = ("missing after load", "not in the saved state")
-#: The heads of the keys the oracles compare; any other head is a module name (the layout oracle's
-#: parameter names), which says where in the tree, not what went wrong.
-_KEY_HEADS = ("model", "optim.state", "optim.param_groups", "state", "param_groups")
+_BUFFER_NAMES = ("running_mean", "running_var", "num_batches_tracked", "<buffer>")
 
 
 def canonical_signature(signature: str) -> str:
@@ -199,7 +197,9 @@ def canonical_signature(signature: str) -> str:
 
     - a param-group hyperparameter's name (``lr`` and ``betas`` of one group not restored);
     - the optimizer-state name of a missing or extra entry (``step`` and ``momentum_buffer``);
-    - a module name heading a parameter name (``0.*.weight`` and ``block.*.weight``);
+    - a module name heading a parameter name (``0.*.weight`` and ``block.*.weight``), and which model
+      parameter or buffer it is (``model.*.weight`` and ``model.*.bias`` are ``model.*.<param>``);
+    - the state name where a value holds another parameter's saved state (a mix-up of parameters);
     - in error messages, the top-level state-dict key a target chose (``optim.`` or ``optimizer.``).
 
     Idempotent, and a function of the signature string alone, so signatures stored by an
@@ -229,11 +229,13 @@ def _canonical_pattern(pattern: str, detail: str) -> str:
         return pattern
     if head.endswith("param_groups"):
         return f"{head}.*"
-    if head.endswith("state") and detail in _ABSENT:
+    if head.endswith("state") and (detail in _ABSENT or "another parameter's" in detail):
         return f"{head}.*"
-    if head not in _KEY_HEADS:
-        return f"*.{leaf}"
-    return pattern
+    if head.endswith("state"):
+        return pattern
+    # A model entry (or a layout oracle's parameter name): which parameter is where, not what; whether it
+    # is a parameter or a buffer (BatchNorm's running statistics) is what.
+    return f"{'model' if head == 'model' else '*'}.*.{'<buffer>' if leaf in _BUFFER_NAMES else '<param>'}"
 
 
 def _key_pattern(key: str) -> str:

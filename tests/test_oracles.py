@@ -38,7 +38,8 @@ def _wrong(edit):
         (lambda s: s.update({"model.extra": torch.ones(1)}), "model.extra", "not in the saved state", None),
         (lambda s: s.update({"model.0.weight": s["model.0.weight"].double()}), "model.0.weight", "dtype differs", None),
         (lambda s: s.update({"model.0.weight": s["model.0.weight"].reshape(4, 3)}), "model.0.weight", "shape differs", None),
-        (lambda s: s.update({"optim.state.0.weight.step": torch.tensor(0.0)}), "optim.state.0.weight.step", "values differ", ()),
+        (lambda s: s.update({"optim.state.0.weight.step": torch.tensor(0.0)}), "optim.state.0.weight.step",
+         "values differ", ()),
         (lambda s: s.update({"optim.param_groups.0.weight.lr": 0.1}), "optim.param_groups.0.weight.lr", "value differs", None),
         (lambda s: s.update({"optim.param_groups.0.weight.lr": torch.tensor(0.01)}), "optim.param_groups.0.weight.lr",
          "tensor versus non-tensor", None),
@@ -50,6 +51,37 @@ def test_each_kind_of_wrong_state_is_reported(edit, key, detail, index):
     assert found[0].detail == detail
     assert found[0].index == index
     assert found[0].rank == 2
+
+
+def _kind(want, got, key="model.0.weight", **extra):
+    (mismatch,) = [m for m in compare_state({key: want, **extra}, {key: got, **extra}, rank=0) if m.key == key]
+    return mismatch.detail.split(": ", 1)[1] if ": " in mismatch.detail else ""
+
+
+def test_the_kind_of_difference_names_the_mechanism():
+    saved = torch.arange(1.0, 7.0).reshape(2, 3)
+    fresh = torch.full((2, 3), -5.0)
+    # Never loaded, wholly or in part (one rank's shard dropped).
+    (whole,) = compare_state({"model.w": saved}, {"model.w": fresh.clone()}, rank=0, before={"model.w": fresh})
+    assert whole.detail == "values differ: holds its value from before the load"
+    part = saved.clone()
+    part[1] = fresh[1]
+    (partly,) = compare_state({"model.w": saved}, {"model.w": part}, rank=0, before={"model.w": fresh})
+    assert partly.detail == "values differ: holds its value from before the load"  # in part: the same mechanism
+    # A mix-up: another parameter's state of the same name, or another state of the same parameter.
+    moments = {"optim.state.a.exp_avg": torch.tensor([1.0, 2.0]), "optim.state.b.exp_avg": torch.tensor([3.0, 4.0]),
+               "optim.state.a.exp_avg_sq": torch.tensor([5.0, 6.0])}
+    swapped = {**moments, "optim.state.a.exp_avg": moments["optim.state.b.exp_avg"]}
+    assert compare_state(moments, swapped, rank=0)[0].detail == "values differ: holds another parameter's saved values"
+    mixed = {**moments, "optim.state.a.exp_avg": moments["optim.state.a.exp_avg_sq"]}
+    assert compare_state(moments, mixed, rank=0)[0].detail == "values differ: holds another entry's saved values"
+    # A layout error, a downcast, one corrupted element, anything else.
+    assert _kind(saved, saved.t().contiguous().reshape(2, 3)) == "the saved values in other places"
+    trained = torch.tensor([1.2345, -2.3456, 3.4567])
+    assert _kind(trained, trained.to(torch.bfloat16).float()) == "within bfloat16 rounding"
+    one = saved.clone()
+    one[0, 0] += 1
+    assert _kind(saved, one) == _kind(saved, saved * 3) == ""  # no mechanism recognised: plain "values differ"
 
 
 def test_swapped_moments_are_caught():
