@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--world-size", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--report", type=Path, default=None)
+    parser.add_argument("--mutant", action="append", default=None, help="only these (repeatable)")
     args = parser.parse_args()
 
     import torch
@@ -63,7 +64,7 @@ def main() -> None:
     entries = load_corpus(ROOT / "corpus")[0]
     known = known_bugs(entries, torch.__version__)
     per_mutant: dict[str, dict[str, set[str]]] = {}
-    for name in CATALOGUE:
+    for name in args.mutant or CATALOGUE:
         signatures = {"before": set(), "after": set()}
         with RankPool(args.world_size, target=f"shardfuzz.mutants:{name}") as pool:
             @settings(max_examples=args.cases, phases=[Phase.generate], database=None, deadline=None,

@@ -70,7 +70,10 @@ def test_the_kind_of_difference_names_the_mechanism():
     assert partly.detail == "values differ: holds its value from before the load"  # in part: the same mechanism
     # A mix-up: another parameter's state of the same name, or another state of the same parameter.
     moments = {"optim.state.a.exp_avg": torch.tensor([1.0, 2.0]), "optim.state.b.exp_avg": torch.tensor([3.0, 4.0]),
-               "optim.state.a.exp_avg_sq": torch.tensor([5.0, 6.0])}
+               "optim.state.a.exp_avg_sq": torch.tensor([5.0, 6.0]), "optim.state.a.step": torch.tensor(3.0),
+               "optim.state.b.step": torch.tensor(0.0)}
+    reset = {**moments, "optim.state.a.step": torch.tensor(0.0)}  # one equal value is no mix-up
+    assert compare_state(moments, reset, rank=0)[0].detail == "values differ"
     swapped = {**moments, "optim.state.a.exp_avg": moments["optim.state.b.exp_avg"]}
     assert compare_state(moments, swapped, rank=0)[0].detail == "values differ: holds another parameter's saved values"
     mixed = {**moments, "optim.state.a.exp_avg": moments["optim.state.a.exp_avg_sq"]}
