@@ -335,9 +335,7 @@ def run_campaign(
                 return  # budget spent: the round's remaining draws pass without running (cheaper than reject())
             if first_failure and (now - first_failure[0] > shrink_budget or now >= deadline):
                 cut_short[0] = True
-                if case in failing:  # shrink budget spent: known-failing cases fail as before, without running
-                    raise failing[case]
-                return  # ... and nothing else does
+                raise _ShrinkCut("the shrink budget is spent")  # at once: Hypothesis would go on drawing for seconds
             label(case)
             verdict = verdicts[case] = run_case(case)
             spent = time.monotonic() - now
@@ -405,6 +403,9 @@ def run_campaign(
             round_of_cases._hypothesis_internal_database_key = database_key  # see database_key()
         try:
             round_of_cases()
+        except _ShrinkCut:
+            for failure in shrinking.values():  # cut short: keep the smallest seen so far, and go on
+                _add(result, finding(failure, shrunk=False), on_finding)
         except StopRequested as exc:
             for failure in shrinking.values():  # stopped mid-shrink: keep the smallest seen so far
                 _add(result, finding(failure, shrunk=False), on_finding)
@@ -420,11 +421,12 @@ def run_campaign(
                 raise
             for failure in failures:
                 _add(result, finding(failure), on_finding)
-            if stopped is not None:  # stopped while Hypothesis was finishing the round
+            if stopped is not None:  # stopped (or cut short) while Hypothesis was finishing the round
                 for failure in shrinking.values():
                     _add(result, finding(failure, shrunk=False), on_finding)
-                result.stopped = _why(should_stop(), stopped)
-                break
+                if not isinstance(stopped, _ShrinkCut):
+                    result.stopped = _why(should_stop(), stopped)
+                    break
         finally:
             result.shrinking.clear()
         if stop_on_finding and result.findings:
@@ -478,6 +480,11 @@ def _add(result: CampaignResult, finding: Finding, on_finding) -> None:
         result.findings[finding.signature] = finding
         if on_finding is not None:
             on_finding(finding)
+
+
+class _ShrinkCut(StopRequested):
+    """A round's shrink budget (or the campaign's) ran out: the round ends, its failures are kept as small
+    as they got (``shrunk=False``), and the campaign goes on while it has budget."""
 
 
 def _why(reason, exc: StopRequested) -> str:

@@ -104,10 +104,10 @@ def test_the_budget_ends_a_shrink_and_the_finding_says_it_was_cut_short():
     capabilities()  # probed once per process (seconds, the first time): not part of this budget
     started = time.monotonic()
     result = run_campaign(slow_and_broken, budget=3.0, shrink_budget=600, seed=3, max_world_size=2)
-    assert time.monotonic() - started < 3.0 + 3.0  # the budget, the case in flight, Hypothesis wrapping up (unshrunk: 12 s)
+    assert time.monotonic() - started < 3.0 + 1.5  # the budget and the case in flight (without the cut: 12 s)
     (finding,) = result.findings.values()
     assert not finding.shrunk
-    assert finding.shrink_cases >= 1 and finding.shrink_seconds <= 3.0 + 1.5
+    assert finding.shrink_cases >= 1 and finding.shrink_seconds <= 3.0 + 1.0
 
 
 def test_a_shrink_that_runs_its_course_is_marked_shrunk():
