@@ -51,7 +51,9 @@ def test_a_fault_that_fires_every_other_load_is_flaky_over_repeats():
 
 @pytest.mark.ranks
 def test_cli_replay_reports_each_entry_and_skips_bad_files(tmp_path):
-    known = next((path for path, e in load_corpus(CORPUS)[0] if e.known_on(torch.__version__)), None)
+    # Not a hang: its deadline would be most of this test's time (the corpus tests replay those).
+    known = next((path for path, e in load_corpus(CORPUS)[0]
+                  if e.known_on(torch.__version__) and e.status in ("error", "mismatch")), None)
     if known is None:
         pytest.skip(f"no corpus entry is a known bug on torch {torch.__version__}")
     shutil.copy(known, tmp_path / known.name)
