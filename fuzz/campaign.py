@@ -161,19 +161,19 @@ class CampaignResult:
 TIME_CATEGORIES = {
     "passing cases": "cases that passed",
     "new failures": "failing cases of new bugs: finding, confirming and shrinking them",
-    "known repeats": "cases that hit a known bug again",
+    "known repeats": "cases that hit a known bug again (its hangs and crashes too)",
     "unsupported": "cases torch refused as documented-unsupported",
-    "hangs": "cases that outran their deadline",
-    "crashes": "cases in which a rank died",
+    "hangs": "cases that outran their deadline, not a known bug's",
+    "crashes": "cases in which a rank died, not a known bug's",
     "pool": "starting and restarting ranks, sending cases (the time around each case)",
 }
 
 
 def _time_category(verdict: Verdict, known: bool) -> str:
+    if known:  # a known bug's hang or crash too: what steering is for
+        return "known repeats"
     if verdict.status in ("hang", "crash"):
         return "hangs" if verdict.status == "hang" else "crashes"
-    if known:
-        return "known repeats"
     return {"pass": "passing cases", "unsupported": "unsupported"}.get(verdict.status, "new failures")
 
 
@@ -219,6 +219,7 @@ def run_campaign(
     devices: tuple[str, ...] = ("cpu",),
     vary_storage: bool = True,
     steer_after: int | None = None,
+    known_dimensions: Callable[[str, Case], dict[str, str] | None] = lambda signature, case: None,
     polish: bool = True,
 ) -> CampaignResult:
     """Fuzz until ``budget`` seconds are spent; return what was run and found.
@@ -253,7 +254,9 @@ def run_campaign(
     times, later rounds no longer draw cases that have every dimension value its hits so
     far had in common (``result.steering`` holds those conditions, ``result.masked``
     counts the draws they filtered). The conditions only ever widen as hits come in,
-    from a narrow guess towards what the bug needs.
+    from a narrow guess towards what the bug needs. ``known_dimensions(signature, case)``
+    may give the dimensions of the known bug's own (shrunk) case: only values it shares
+    with the hits are kept, so the mask is close to what the bug needs from the first hit.
     """
     result = CampaignResult()
     rng = random.Random(seed)
@@ -355,7 +358,11 @@ def run_campaign(
             if known:
                 result.known_hits[signature] += 1
                 dims = dimensions(case)
-                common = common_to_hits.get(signature, dims)
+                if signature not in common_to_hits:
+                    minimal = known_dimensions(signature, case)
+                    common_to_hits[signature] = dims if minimal is None else \
+                        {k: v for k, v in dims.items() if minimal.get(k) == v}
+                common = common_to_hits[signature]
                 common_to_hits[signature] = {k: v for k, v in common.items() if dims.get(k) == v}
                 event(f"known failure: {signature[:60]}")
                 return

@@ -21,7 +21,7 @@ from shardfuzz.capabilities import dtensor
 from shardfuzz.build import (
     build_module, build_optimizer, device_mesh, rank_device, shard, training_batch, unwrapped_name,
 )
-from shardfuzz.case import FSDP1, FSDP2, Case, Dcp, Side
+from shardfuzz.case import FSDP1, FSDP2, SGD, Case, Dcp, Side
 from shardfuzz import oracles
 from shardfuzz.oracles import compare_state
 from shardfuzz.storage import storage_target
@@ -195,8 +195,14 @@ def _load_and_judge(case, ctx, target, checkpoint_dir, expected, expected_after)
         ctx.unchanged = oracles.unchanged_before_load(expected, before)
         if "continuation" in case.checks and not mismatches:
             mismatches += oracles.continuation(expected_after, actual_after, rank=0,
-                                               identical_layout=case.same_sharding, dtype=case.model.dtype)
+                                               identical_layout=case.same_sharding, dtype=case.model.dtype,
+                                               adaptive_lr=_adaptive_lr(case), steps=CONTINUE_STEPS)
     return mismatches
+
+
+def _adaptive_lr(case: Case) -> float | None:
+    """The learning rate of an optimizer that scales steps by the gradient's own size (None for SGD)."""
+    return None if isinstance(case.optimizer, SGD) else case.optimizer.lr
 
 
 def _load_incompatible(case, ctx, target, checkpoint_dir) -> list[Mismatch]:

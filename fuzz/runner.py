@@ -55,6 +55,13 @@ def run_command(args) -> int:
     from shardfuzz.targets import DEFAULT_TARGET, resolve_target
 
     budget_end = time.monotonic() + args.budget  # the pool's start and the reports count against it too
+
+    def known_dimensions(signature, case):
+        """The dimensions of a known bug's own shrunk case (steering keeps only what its hits share with it)."""
+        from shardfuzz.case import dimensions
+
+        entry = known.lookup(signature, case)
+        return dimensions(entry.case) if entry is not None else None
     target = args.target or DEFAULT_TARGET
     try:
         resolve_target(target)  # fail here, with the spec named, rather than in every rank
@@ -153,7 +160,7 @@ def run_command(args) -> int:
                     confirm=None if args.no_confirm else confirm, database=database,
                     database_key=database_key(f"world={world_size}", target, *device_key), should_stop=lambda: stop.reason,
                     max_cases=args.max_cases, devices=devices, vary_storage=target == DEFAULT_TARGET,
-                    steer_after=None if args.no_steer else STEER_AFTER,
+                    steer_after=None if args.no_steer else STEER_AFTER, known_dimensions=known_dimensions,
                 )
     except PoolStartError as exc:
         progress.finish()

@@ -155,3 +155,17 @@ def test_time_spent_is_split_by_what_it_went_to():
                           is_known=is_known)
     assert result.time_spent["known repeats"] > 0 and result.time_spent["passing cases"] > 0
     assert sum(result.time_spent.values()) <= result.wall_seconds
+
+
+def test_a_known_bugs_own_case_narrows_the_steering_conditions_to_what_it_needs():
+    from shardfuzz.case import DDP, FSDP2, SGD, Case, Linear, Model, Sequential, Side, dimensions
+
+    minimal = Case(model=Model(1, Sequential([Linear(1)])), save=Side(DDP(), (1,)), load=Side(FSDP2(), (1,)),
+                   optimizer=SGD(), steps=1)
+    is_known = lambda signature, case: signature.startswith("error:load:KeyError")  # noqa: E731
+    steered = run_campaign(_known_bug_on_fsdp2_loads, budget=120, seed=5, max_world_size=2, max_cases=240,
+                           is_known=is_known, steer_after=3, known_dimensions=lambda s, c: dimensions(minimal))
+    (conditions,) = steered.steering.values()
+    assert conditions["load_engine"] == "fsdp2"
+    assert set(conditions) <= {k for k, v in dimensions(minimal).items()}
+    assert len(conditions) < 20  # of ~55 dimensions: what the hits and the minimal case share

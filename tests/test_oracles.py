@@ -309,3 +309,18 @@ def test_a_replica_that_is_missing_a_value_or_holds_another_hyperparameter_is_a_
     (mismatch,) = replica_consistency(pieces)
     assert mismatch.detail.endswith("value differs")
     assert Verdict("mismatch", (mismatch,)).signature().startswith("mismatch:replica-consistency:optim.param_groups.*")
+
+
+def test_continuation_across_layouts_gives_an_adaptive_optimizer_lr_sized_slack_on_parameters_only():
+    """A mathematically zero gradient (a bias before a BatchNorm) is noise that Adam turns into an lr-sized
+    step, differently on another number of ranks (triaged from empty-corpus findings): not a checkpoint bug."""
+    saved = {"model.0.bias": torch.tensor([-0.006516]), "optim.state.0.bias.step": torch.tensor(2.0)}
+    noisy = {"model.0.bias": torch.tensor([-0.006577]), "optim.state.0.bias.step": torch.tensor(2.0)}
+    assert oracles.continuation(saved, noisy, rank=0, identical_layout=False)  # SGD-sized tolerance: reported
+    assert oracles.continuation(saved, noisy, rank=0, identical_layout=False, adaptive_lr=0.01) == []
+    assert oracles.continuation(saved, noisy, rank=0, identical_layout=True, adaptive_lr=0.01)  # same layout: exact
+    shared_step = {**noisy, "optim.state.0.bias.step": torch.tensor(19.0)}  # StepTensorsShared, 3544da82
+    (mismatch,) = oracles.continuation(saved, shared_step, rank=0, identical_layout=False, adaptive_lr=0.01)
+    assert mismatch.key == "optim.state.0.bias.step"
+    far = {**noisy, "model.0.bias": torch.tensor([0.5])}  # more than two lr-sized steps away: still a finding
+    assert oracles.continuation(saved, far, rank=0, identical_layout=False, adaptive_lr=0.01)
