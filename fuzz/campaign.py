@@ -102,7 +102,7 @@ class CampaignResult:
     started: float = attrs.Factory(time.monotonic)
     timeline: list[dict] = attrs.Factory(list)  # samples over time, for the report's plots
     slowest_recent: tuple[float, str] = (0.0, "")  # (seconds, case summary) over the last 100 cases
-    shrinking: dict[str, int] = attrs.Factory(dict)  # new signatures being shrunk now -> failing cases so far
+    shrinking: dict[str, CaseFailed] = attrs.Factory(dict)  # this round's new signatures being shrunk -> smallest
     # Wall seconds by what they went to (TIME_CATEGORIES); the rest of the wall time is drawing and Hypothesis.
     time_spent: Counter = attrs.Factory(Counter)
     statuses: Counter = attrs.Factory(Counter)  # cases by verdict status (pass, mismatch, error, crash, hang, ...)
@@ -229,10 +229,9 @@ def run_campaign(
     flaky finding with both outcomes and is not shrunk.
 
     ``shrink_budget`` (default: half the budget, at least 30 s) caps the time one
-    round spends shrinking, and the budget's end caps it too; past either, nothing
-    more runs: cases already seen failing fail as they did, others pass, so
-    Hypothesis finishes at once with the smallest failing case found so far, and
-    that round's findings are marked ``shrunk=False`` (``shardfuzz shrink`` goes on
+    round spends shrinking, and the budget's end caps it too; past either, the round
+    ends at once with the smallest failing case of each new failure found so far,
+    and those findings are marked ``shrunk=False`` (``shardfuzz shrink`` goes on
     from there).
     ``stop_on_finding`` ends the campaign after the round that shrank its first finding.
     ``database`` (a Hypothesis ``ExampleDatabase``) under ``database_key`` keeps
@@ -292,7 +291,7 @@ def run_campaign(
         if replay:
             result.replayed_from_database = sum(1 for _ in database.fetch(database_key))
         executions = [0]
-        shrinking: dict[str, CaseFailed] = {}  # signature -> the smallest failure raised so far this round
+        shrinking = result.shrinking = {}  # signature -> the smallest failure raised so far this round
         # Size the round to the time left, so that few examples are drawn only to be
         # rejected at the deadline (drawing a case is not free).
         mean_case = result.seconds_in_cases / result.cases_run if result.cases_run else 0.5
@@ -387,7 +386,6 @@ def run_campaign(
             if not first_failure:
                 first_failure.append(now)
                 cases_at_first_failure[0] = result.cases_run
-            result.shrinking[signature] = result.shrinking.get(signature, 0) + 1
             failure = failure_for(case, verdict)
             failure.from_database = replaying
             failure.seconds = now - started
@@ -435,7 +433,7 @@ def run_campaign(
                     result.stopped = _why(should_stop(), stopped)
                     break
         finally:
-            result.shrinking.clear()
+            result.shrinking = {}
         if stop_on_finding and result.findings:
             result.stopped = "finding"
             break

@@ -83,12 +83,17 @@ def compare_state(
         found.append(Mismatch(oracle, key, rank, "not in the saved state"))
     for key in sorted(expected.keys() & actual.keys()):
         mismatch = _compare_value(key, expected[key], actual[key], rank, oracle, close)
-        if mismatch is not None and mismatch.detail == "values differ" and oracle == STATE_ORACLE:
-            kind = difference_kind(key, expected[key], actual[key], before=before, saved=expected)
-            mismatch = attrs.evolve(mismatch, detail=f"values differ: {kind}" if kind else mismatch.detail)
+        if mismatch is not None and oracle == STATE_ORACLE:
+            mismatch = _with_kind(mismatch, expected[key], actual[key], before=before, saved=expected)
         if mismatch is not None:
             found.append(mismatch)
     return found
+
+
+def _with_kind(mismatch: Mismatch, want: Any, got: Any, **context) -> Mismatch:
+    """A bitwise "values differ" told apart by ``difference_kind``, where it recognises the mechanism."""
+    kind = difference_kind(mismatch.key, want, got, **context) if mismatch.detail == "values differ" else ""
+    return attrs.evolve(mismatch, detail=f"values differ: {kind}") if kind else mismatch
 
 
 def difference_kind(key: str, want: torch.Tensor, got: torch.Tensor, *, before: Mapping[str, Any] | None = None,
@@ -312,11 +317,8 @@ def replica_consistency(pieces_by_rank: Mapping[int, Mapping[tuple[str, str], An
             if key in reported:
                 break
             mismatch = _compare_value(key, first, value, rank, REPLICA_ORACLE)
-            kind = difference_kind(key, first, value) if mismatch is not None and mismatch.detail == "values differ" \
-                else ""
-            if kind:
-                mismatch = attrs.evolve(mismatch, detail=f"values differ: {kind}")
             if mismatch is not None:
+                mismatch = _with_kind(mismatch, first, value)
                 # The region stays out of the detail: the same bug on a DDP and on an HSDP side is one signature.
                 found.append(attrs.evolve(
                     mismatch, detail=f"replica differs from rank {first_rank}'s copy: {mismatch.detail}"))

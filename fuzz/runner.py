@@ -44,6 +44,7 @@ def run_command(args) -> int:
     import torch
 
     from shardfuzz.campaign import database_key, run_campaign
+    from shardfuzz.case import dimensions
     from shardfuzz.corpus import entry_for, known_bugs, load_corpus, save_entry
     from shardfuzz.database import DatabaseError, open_database
     from shardfuzz.executor import PoolStartError, RankPool
@@ -55,13 +56,6 @@ def run_command(args) -> int:
     from shardfuzz.targets import DEFAULT_TARGET, resolve_target
 
     budget_end = time.monotonic() + args.budget  # the pool's start and the reports count against it too
-
-    def known_dimensions(signature, case):
-        """The dimensions of a known bug's own shrunk case (steering keeps only what its hits share with it)."""
-        from shardfuzz.case import dimensions
-
-        entry = known.lookup(signature, case)
-        return dimensions(entry.case) if entry is not None else None
     target = args.target or DEFAULT_TARGET
     try:
         resolve_target(target)  # fail here, with the spec named, rather than in every rank
@@ -91,6 +85,12 @@ def run_command(args) -> int:
     for problem in problems:
         print(f"shardfuzz: skipping corpus file: {problem}", file=sys.stderr)
     known = known_bugs(entries, torch.__version__)
+
+    def known_dimensions(signature, case):
+        """The dimensions of a known bug's own shrunk case (steering keeps only what its hits share with it)."""
+        entry = known.lookup(signature, case)
+        return dimensions(entry.case) if entry is not None else None
+
     # A random seed is chosen here, not inside Hypothesis, so the report can say which one to repeat the run with.
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
     meta = {"torch": torch.__version__, "budget_seconds": args.budget, "seed": seed, "world_size": world_size,

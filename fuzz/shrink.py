@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 import attrs
 
 from shardfuzz.case import (
-    DDP, FSDP1, Block, Case, Conv, Dcp, Embedding, Linear, Model, Sequential, Side, Unsharded, dumps, leaves,
+    DDP, FSDP1, Block, Case, Conv, Embedding, Linear, Model, Sequential, Side, Unsharded, dumps, leaves,
 )
 
 __all__ = ["ShrinkResult", "case_size", "shrink_case", "simpler_cases"]
@@ -72,31 +72,30 @@ def shrink_case(case: Case, still_fails: Callable[[Case], bool], *, budget: floa
 def simpler_cases(case: Case) -> Iterator[Case]:
     """Valid cases one step simpler than ``case``, the biggest steps first."""
     for model in _simpler_models(case.model):
-        yield from _valid(case, model=model)
-        yield from _valid(case, model=model, save=attrs.evolve(case.save, wrap=()),
-                          load=attrs.evolve(case.load, wrap=()))
+        yield from _evolved(case, model=model)
+        yield from _evolved(case, model=model, save=attrs.evolve(case.save, wrap=()),
+                            load=attrs.evolve(case.load, wrap=()))
     for name, side in (("save", case.save), ("load", case.load)):
         for simpler in _simpler_sides(side):
-            yield from _valid(case, **{name: simpler})
+            yield from _evolved(case, **{name: simpler})
     defaults = Case(model=case.model, save=case.save, load=case.load, optimizer=case.optimizer)
     for name in ("steps", "checks", "param_groups", "seed", "storage", "flatten_optimizer_state_dict",
                  "ignore_frozen_params", "batch_size"):
         if getattr(case, name) != getattr(defaults, name):
-            yield from _valid(case, **{name: getattr(defaults, name)})
+            yield from _evolved(case, **{name: getattr(defaults, name)})
     if case.steps > 1:
-        yield from _valid(case, steps=case.steps - 1)
+        yield from _evolved(case, steps=case.steps - 1)
     if case.steps and case.steps != defaults.steps:
-        yield from _valid(case, steps=0)
+        yield from _evolved(case, steps=0)
     for check in case.checks:
-        yield from _valid(case, checks=tuple(c for c in case.checks if c != check))
-    if case.storage != Dcp():
-        yield from _valid(case, storage=Dcp())
+        yield from _evolved(case, checks=tuple(c for c in case.checks if c != check))
 
 
-def _valid(case: Case, **changes) -> Iterator[Case]:
+def _evolved(instance, **changes) -> Iterator:
+    """``instance`` (a case, side or model) with ``changes``, or nothing where its validators refuse them."""
     try:
-        yield attrs.evolve(case, **changes)
-    except (ValueError, TypeError):  # the validators refuse it: not a case
+        yield attrs.evolve(instance, **changes)
+    except (ValueError, TypeError):
         return
 
 
@@ -109,19 +108,19 @@ def _simpler_sides(side: Side) -> Iterator[Side]:
         smaller = [(1,), (shape[0] - 1,)] if len(shape) == 1 else [(shape[0] - 1, shape[1]), (shape[0], shape[1] - 1)]
         for mesh in smaller:
             if all(n >= 1 for n in mesh) and mesh != shape:
-                yield from _side(side, mesh_shape=mesh)
+                yield from _evolved(side, mesh_shape=mesh)
     if side.wrap:
-        yield from _side(side, wrap=())
+        yield from _evolved(side, wrap=())
     default_engine = type(side.engine)() if not isinstance(side.engine, FSDP1) or not side.engine.hybrid \
         else FSDP1(sharding_strategy=side.engine.sharding_strategy)
     if side.engine != default_engine:
-        yield from _side(side, engine=default_engine)
+        yield from _evolved(side, engine=default_engine)
     if not isinstance(side.engine, (DDP, Unsharded)) and len(shape) == 1:
-        yield from _side(side, engine=DDP(), wrap=())
-        yield from _side(side, engine=Unsharded(), mesh_shape=(1,), wrap=())
+        yield from _evolved(side, engine=DDP(), wrap=())
+        yield from _evolved(side, engine=Unsharded(), mesh_shape=(1,), wrap=())
     for name, default in (("state_dict_api", "combined"), ("cpu_offload", False), ("broadcast_from_rank0", False)):
         if getattr(side, name) != default:
-            yield from _side(side, **{name: default})
+            yield from _evolved(side, **{name: default})
 
 
 def _fsdp1_subgroups() -> bool:
@@ -130,29 +129,15 @@ def _fsdp1_subgroups() -> bool:
     return capabilities().fsdp1_subgroups
 
 
-def _side(side: Side, **changes) -> Iterator[Side]:
-    try:
-        yield attrs.evolve(side, **changes)
-    except (ValueError, TypeError):
-        return
-
-
 def _simpler_models(model: Model) -> Iterator[Model]:
     for root in _without_one_leaf(model.root):
-        yield from _model(model, root=root)
+        yield from _evolved(model, root=root)
     for root in _narrower(model.root):
-        yield from _model(model, root=root)
+        yield from _evolved(model, root=root)
     for width in sorted({1, model.input_width // 2} - {0, model.input_width}):
-        yield from _model(model, input_width=width)
+        yield from _evolved(model, input_width=width)
     if model.dtype != "float32":
-        yield from _model(model, dtype="float32")
-
-
-def _model(model: Model, **changes) -> Iterator[Model]:
-    try:
-        yield attrs.evolve(model, **changes)
-    except (ValueError, TypeError):
-        return
+        yield from _evolved(model, dtype="float32")
 
 
 def _without_one_leaf(node):

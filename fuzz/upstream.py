@@ -16,6 +16,7 @@ from pathlib import Path
 
 from shardfuzz.corpus import Entry
 from shardfuzz.describe import describe
+from shardfuzz.verdict import TRIAGE_CLASSES
 
 __all__ = ["PROMISES", "environment", "issue_text", "known_bug_table"]
 
@@ -91,8 +92,6 @@ def issue_text(entry: Entry, *, script: str, env: dict[str, str] | None = None) 
 
 def known_bug_table(entries: Iterable[tuple[Path, Entry]]) -> str:
     """``corpus/README.md``: every entry with a ``known`` block, by class (worst first) then file name."""
-    from shardfuzz.verdict import TRIAGE_CLASSES
-
     order = list(TRIAGE_CLASSES)
     known = sorted(((path, entry) for path, entry in entries if entry.known is not None),
                    key=lambda item: (order.index(item[1].status), item[0].name))
