@@ -27,6 +27,7 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis.errors import Flaky
 
 from shardfuzz.case import Case, dimensions
+from shardfuzz.steering import Steering
 from shardfuzz.stop import StopRequested
 from shardfuzz.strategies import cases
 from shardfuzz.verdict import Verdict
@@ -90,6 +91,7 @@ class CampaignResult:
     passed: int = 0
     findings: dict[str, Finding] = attrs.Factory(dict)
     known_hits: Counter = attrs.Factory(Counter)
+    known_seconds: Counter = attrs.Factory(Counter)  # known signature -> wall seconds its hits cost (restarts too)
     unsupported: Counter = attrs.Factory(Counter)  # signature -> cases torch rejected as documented
     coverage: dict[str, Counter] = attrs.Factory(lambda: defaultdict(Counter))
     seconds_in_cases: float = 0.0
@@ -108,6 +110,7 @@ class CampaignResult:
     statuses: Counter = attrs.Factory(Counter)  # cases by verdict status (pass, mismatch, error, crash, hang, ...)
     steering: dict[str, dict[str, str]] = attrs.Factory(dict)  # known signature -> the conditions it is masked by
     masked: Counter = attrs.Factory(Counter)  # known signature -> draws filtered out by its mask
+    probes: Counter = attrs.Factory(Counter)  # known signature -> draws its mask let through to check itself
     confirming: bool = False  # re-running a new failure on a fresh pool
     _recent: list[tuple[float, str]] = attrs.Factory(list)
 
@@ -165,7 +168,8 @@ TIME_CATEGORIES = {
     "unsupported": "cases torch refused as documented-unsupported",
     "hangs": "cases that outran their deadline, not a known bug's",
     "crashes": "cases in which a rank died, not a known bug's",
-    "pool": "starting and restarting ranks, sending cases (the time around each case)",
+    "pool": "starting ranks, sending cases (the time around each case; restarts after a failure count as "
+            "the failure's)",
 }
 
 
@@ -175,6 +179,12 @@ def _time_category(verdict: Verdict, known: bool) -> str:
     if verdict.status in ("hang", "crash"):
         return "hangs" if verdict.status == "hang" else "crashes"
     return {"pass": "passing cases", "unsupported": "unsupported"}.get(verdict.status, "new failures")
+
+
+def _closes_the_pool(verdict: Verdict) -> bool:
+    """A failure after which the ranks must restart (a hang, a crash, an error some ranks did not report):
+    seconds, not a fraction of one, each time it is hit."""
+    return verdict.status in ("hang", "crash") or (verdict.status == "error" and bool(verdict.detail))
 
 
 def _sample_interval(elapsed: float) -> float:
@@ -250,12 +260,12 @@ def run_campaign(
     only if that descent finished too.
 
     ``steer_after=K`` spends the budget on the unknown: once a known bug has been hit K
-    times, later rounds no longer draw cases that have every dimension value its hits so
-    far had in common (``result.steering`` holds those conditions, ``result.masked``
-    counts the draws they filtered). The conditions only ever widen as hits come in,
-    from a narrow guess towards what the bug needs. ``known_dimensions(signature, case)``
-    may give the dimensions of the known bug's own (shrunk) case: only values it shares
-    with the hits are kept, so the mask is close to what the bug needs from the first hit.
+    times (once, for a hang or a crash), draws like its hits are filtered out
+    (``shardfuzz.steering``: the fewest dimension values its hits share that set them apart
+    from the other cases run; one masked draw in ten still runs, to check the mask).
+    ``result.steering`` holds the masks, ``result.masked`` and ``result.probes`` count what
+    they did. ``known_dimensions(signature, case)`` may give the dimensions of the known
+    bug's own (shrunk) case: only values its hits share with it are candidates.
     """
     result = CampaignResult()
     rng = random.Random(seed)
@@ -264,23 +274,12 @@ def run_campaign(
     shrink_budget = max(30.0, budget / 2) if shrink_budget is None else shrink_budget
     all_cases = cases(max_world_size=max_world_size, devices=devices, vary_storage=vary_storage)
     confirmed: set[str] = set()  # signatures whose first failure was re-run by ``confirm``
-    common_to_hits: dict[str, dict[str, str]] = {}  # known signature -> dimensions all its hits shared
-
-    def steered(masks: dict[str, dict[str, str]]):
-        """The case strategy less the cases every one of whose ``masks`` conditions hold (fixed for a round,
-        so that Hypothesis sees one strategy while it shrinks)."""
-        if not masks:
-            return all_cases
-
-        def wanted(case: Case) -> bool:
-            dims = dimensions(case)
-            for signature, conditions in masks.items():
-                if all(dims.get(name) == value for name, value in conditions.items()):
-                    result.masked[signature] += 1
-                    return False
-            return True
-
-        return all_cases.filter(wanted)
+    steering = None if steer_after is None else Steering(after=steer_after, own_case=known_dimensions)
+    if steering is not None:  # the result shows the masks as they stand, and what they did
+        result.steering, result.masked, result.probes = steering.masks, steering.masked, steering.probes
+    strategy = all_cases if steering is None else all_cases.filter(steering.wanted)
+    # The time category (and known signature) of the last case, whose failure may leave ranks to restart.
+    restart_owed_to: list[tuple[str, str | None]] = [("pool", None)]
 
     def out_of_work() -> bool:
         return time.monotonic() >= deadline or (max_cases is not None and result.cases_run >= max_cases)
@@ -307,11 +306,9 @@ def run_campaign(
         if replay:
             examples += result.replayed_from_database  # Hypothesis counts replays against max_examples
 
-        if steer_after is not None:
-            result.steering = {sig: dict(conditions) for sig, conditions in common_to_hits.items()
-                               if conditions and result.known_hits[sig] >= steer_after}
-        strategy = steered(result.steering)
-
+        if steering is not None:
+            steering.frozen = False
+            steering.update()
         @settings(
             database=database,
             max_examples=examples,
@@ -344,8 +341,20 @@ def run_campaign(
             result.record(case, verdict)
             signature = verdict.signature()
             known = verdict.is_failure and is_known(signature, case)
-            result.time_spent[_time_category(verdict, known)] += verdict.seconds
-            result.time_spent["pool"] += max(0.0, spent - verdict.seconds)
+            category = _time_category(verdict, known)
+            result.time_spent[category] += verdict.seconds
+            # The time around a case is the pool's, but the ranks restarted after a hang or a crash (and the
+            # process group re-formed after an error) are the failure's: the case after it pays for them.
+            owed, around = restart_owed_to[0], max(0.0, spent - verdict.seconds)
+            result.time_spent[owed[0]] += around
+            if owed[1]:
+                result.known_seconds[owed[1]] += around
+            restart_owed_to[0] = ("pool" if category in ("passing cases", "unsupported") else category,
+                                  signature if known else None)
+            if known:
+                result.known_seconds[signature] += verdict.seconds
+            if steering is not None:
+                steering.observe(case, signature if known else None, costly=_closes_the_pool(verdict))
             if on_case is not None:
                 on_case(result, case, verdict)
             if verdict.ok:
@@ -356,13 +365,6 @@ def run_campaign(
                 return
             if known:
                 result.known_hits[signature] += 1
-                dims = dimensions(case)
-                if signature not in common_to_hits:
-                    minimal = known_dimensions(signature, case)
-                    common_to_hits[signature] = dims if minimal is None else \
-                        {k: v for k, v in dims.items() if minimal.get(k) == v}
-                common = common_to_hits[signature]
-                common_to_hits[signature] = {k: v for k, v in common.items() if dims.get(k) == v}
                 event(f"known failure: {signature[:60]}")
                 return
             if signature in result.findings:
@@ -385,6 +387,8 @@ def run_campaign(
                 result.first_failure_seconds = now - started
             if not first_failure:
                 first_failure.append(now)
+                if steering is not None:
+                    steering.frozen = True  # Hypothesis shrinks it against this round's strategy as it stands
                 cases_at_first_failure[0] = result.cases_run
             failure = failure_for(case, verdict)
             failure.from_database = replaying

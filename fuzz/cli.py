@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-confirm", action="store_true",
                      help="report failures without re-running them on a fresh pool first")
     run.add_argument("--no-steer", action="store_true",
-                     help="keep drawing cases like a known bug's hits after its 3rd hit (default: steer away "
+                     help="keep drawing cases like a known bug's hits after its first hit (default: steer away "
                           "from them, so the budget goes to the unknown; the report counts what was masked)")
     run.add_argument("--exit-zero", action="store_true",
                      help="exit 0 even when new failures are found (a smoke run: they are in the corpus and report)")

@@ -50,13 +50,15 @@ def campaign_report(result, *, meta: dict, known, corpus_files: dict[str, str], 
         ],
         "unsupported": [{"signature": s, "hits": n} for s, n in result.unsupported.items()],
         "known_failures": [
-            {"signature": s, "title": known.title(s), "hits": n}
+            {"signature": s, "title": known.title(s), "hits": n, "seconds": round(result.known_seconds[s], 2)}
             for s, n in result.known_hits.items()
         ],
         "time_spent": _time_spent(result, final),
-        "steering": [{"signature": s, "title": known.title(s), "conditions": conditions, "masked": result.masked[s]}
+        "steering": [{"signature": s, "title": known.title(s), "conditions": conditions, "masked": result.masked[s],
+                      "probes": result.probes[s]}
                      for s, conditions in result.steering.items()],
         "masked_draws": sum(result.masked.values()),
+        "probe_draws": sum(result.probes.values()),
         "slowest_recent_case": {"seconds": round(result.slowest_recent[0], 3), "case": result.slowest_recent[1]},
         "coverage": {dim: dict(sorted(values.items())) for dim, values in sorted(result.coverage.items())},
         "coverage_offered": {dim: sorted(values) for dim, values in sorted((offered or {}).items())},
@@ -110,6 +112,7 @@ def merge_reports(reports: list[dict], *, meta: dict) -> dict:
             seconds[name] += spent["seconds"]
     merged["time_spent"] = {name: {"seconds": round(n, 2), "share": round(n / walls, 4)} for name, n in seconds.items()}
     merged["masked_draws"] = sum(r.get("masked_draws", 0) for r in reports)
+    merged["probe_draws"] = sum(r.get("probe_draws", 0) for r in reports)
     merged["steering"] = [item for r in reports for item in r.get("steering", [])]
     merged["worker_reports"] = [{k: r.get(k) for k in ("worker", "cases_run", "wall_seconds", "stopped")}
                                 for r in reports]
@@ -122,6 +125,8 @@ def _by_signature(items) -> list[dict]:
     for item in items:
         if item["signature"] in merged:
             merged[item["signature"]]["hits"] += item["hits"]
+            if "seconds" in item:
+                merged[item["signature"]]["seconds"] = merged[item["signature"]].get("seconds", 0.0) + item["seconds"]
         else:
             merged[item["signature"]] = dict(item)
     return list(merged.values())

@@ -46,8 +46,9 @@ def markdown(report: dict) -> str:
         lines.append("None.")
     lines += ["", "## Known torch bugs hit", ""]
     if report.get("known_failures"):
-        lines += ["| hits | bug |", "|---|---|"]
-        lines += [f"| {k['hits']} | {_cell(k['title'][:200])} |" for k in report["known_failures"]]
+        lines += ["| hits | seconds | bug |", "|---|---|---|"]
+        lines += [f"| {k['hits']} | {k.get('seconds', 0.0):.1f} | {_cell(k['title'][:200])} |"
+                  for k in report["known_failures"]]
     else:
         lines.append("None.")
     if report.get("unsupported"):
@@ -59,7 +60,8 @@ def markdown(report: dict) -> str:
     if report.get("time_spent"):
         lines += ["", "## Where the time went", "", "| what | seconds | share |", "|---|---|---|"]
         lines += [f"| {name} | {seconds:.1f} | {100 * share:.1f}% |" for name, seconds, share in _time_table(report)]
-        lines += ["", f"{report.get('masked_draws', 0)} draws masked by steering away from known bugs."]
+        lines += ["", f"{report.get('masked_draws', 0)} draws masked by steering away from known bugs "
+                  f"({report.get('probe_draws', 0)} more run anyway, to check the masks)."]
     lines += ["", "## Coverage", "", "| dimension | cases per value | not reached |", "|---|---|---|"]
     offered = report.get("coverage_offered", {})
     for dim, values in report.get("coverage", {}).items():
@@ -212,8 +214,8 @@ def html_page(report: dict) -> str:
         f"<tr><td>{esc(f['class'])}</td><td>{esc(f['summary'][:300])}</td><td>{f['hits']}</td>"
         f"<td>{'yes' if f.get('shrunk', True) else 'partly'}</td><td><code>{esc(f.get('corpus_file') or '-')}</code></td></tr>"
         for f in report["failures"]) or "<tr><td colspan=5>None.</td></tr>"
-    known = "".join(f"<tr><td>{k['hits']}</td><td>{esc(k['title'][:300])}</td></tr>"
-                    for k in report.get("known_failures", [])) or "<tr><td colspan=2>None.</td></tr>"
+    known = "".join(f"<tr><td>{k['hits']}</td><td>{k.get('seconds', 0.0):.1f}</td><td>{esc(k['title'][:300])}</td></tr>"
+                    for k in report.get("known_failures", [])) or "<tr><td colspan=3>None.</td></tr>"
     offered = report.get("coverage_offered", {})
     coverage = "".join(
         f"<tr><td>{esc(dim)}</td><td>{esc(', '.join(f'{v}: {n}' for v, n in values.items()))}</td>"
@@ -238,12 +240,14 @@ seed {report.get('seed')} (repeat it with <code>--seed {report.get('seed')}</cod
 <h2>New failures</h2>
 <table><tr><th>class</th><th>summary</th><th>hits</th><th>shrunk</th><th>reproducer</th></tr>{rows}</table>
 <h2>Known torch bugs hit</h2>
-<table><tr><th>hits</th><th>bug</th></tr>{known}</table>
+<table><tr><th>hits</th><th>seconds</th><th>bug</th></tr>{known}</table>
 <h2>Where the time went</h2>
 <table><tr><th>what</th><th>seconds</th><th>share of the wall time</th></tr>{time_rows}</table>
 <h2>Steered away from known bugs</h2>
-<p>{report.get('masked_draws', 0)} draws masked: after a known bug's 3rd hit, cases sharing every dimension value
-its hits had in common are no longer drawn (<code>--no-steer</code> turns this off).</p>
+<p>{report.get('masked_draws', 0)} draws masked: once a known bug has been hit (a hang or a crash at once), cases
+with the fewest dimension values its hits share that set them apart from the other cases run are no longer drawn;
+{report.get('probe_draws', 0)} such draws (one in ten) ran anyway to check the masks (<code>--no-steer</code> turns
+steering off).</p>
 <table><tr><th>masked</th><th>known bug</th><th>conditions</th></tr>{steering or "<tr><td colspan=3>None.</td></tr>"}</table>
 <h2>Coverage: cases per dimension value</h2>
 {_heat_table(report)}

@@ -22,7 +22,8 @@ __all__ = ["run_command", "campaign_devices", "write_reports", "print_summary", 
 #: Seconds the case in flight may go on after a stop was asked before it is abandoned.
 ABANDON_GRACE = 3.0
 #: Hits of one known bug after which a run stops drawing cases like its hits (``--no-steer``: never).
-STEER_AFTER = 3
+#: One: a mask learned from a single hit may be too wide, but its probes narrow it (``shardfuzz.steering``).
+STEER_AFTER = 1
 
 
 def campaign_devices(device: str) -> tuple[tuple[str, ...], str]:

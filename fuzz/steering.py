@@ -1,0 +1,150 @@
+"""Steering: a campaign stops drawing cases like a known bug's hits, so its time goes to the unknown.
+
+What "like" means is learned from the run itself. Every dimension value that all of a
+known bug's hits share (and its own corpus case, where the caller knows it) is a
+candidate condition; of those, the fewest that set its hits apart from every other
+case seen so far (a greedy set cover) are its mask, and draws meeting a mask are
+filtered out. A mask learned from few cases can be too wide, and the cases it hides
+would never be seen to show it: one in ``PROBE_EVERY`` masked draws is let through
+anyway, and a probe that does not hit the bug narrows the mask at once. Each probe
+that does hit it halves how often its mask is probed (down to one in
+``PROBE_EVERY * 2**MAX_PROBE_HALVINGS``): a mask that keeps being right costs less and less.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping
+
+import attrs
+
+from shardfuzz.case import Case, dimensions
+
+__all__ = ["PROBE_EVERY", "Steering", "separating_conditions"]
+
+#: One in this many draws that a mask would hide is run anyway (a probe of the mask).
+PROBE_EVERY = 10
+#: A mask whose probes hit its bug this many times in a row is probed at its rarest.
+MAX_PROBE_HALVINGS = 4
+#: Cases remembered to learn masks from (older ones are forgotten: a bounded cost per hit).
+HISTORY = 2000
+#: A mask is kept only while at least this share of the seen cases meeting it hit its bug; for a bug whose
+#: hits cost a pool restart (seconds, against a fraction of one for a passing case), a smaller share.
+MIN_PRECISION = 0.5
+MIN_PRECISION_COSTLY = 0.2
+
+
+def separating_conditions(candidates: Mapping[str, str], hits: int, others: Iterable[Mapping[str, str]], *,
+                          min_precision: float = MIN_PRECISION) -> dict[str, str] | None:
+    """The fewest of ``candidates`` (conditions every one of ``hits`` cases met) that the ``others`` (cases
+    that did not hit) do not all meet, chosen greedily: each step takes the condition that rules out most
+    of the others still left. None when the others left over would make the mask wrong more often than
+    right (share of hits < ``min_precision``). With no other case to tell apart, all the candidates.
+    A pick that the later ones made redundant is dropped again: each condition kept rules out someone."""
+    others_seen = left = list(others)
+    chosen: dict[str, str] = {}
+    open_conditions = dict(candidates)
+    while left and open_conditions:
+        name, value = max(open_conditions.items(),
+                          key=lambda item: sum(1 for other in left if other.get(item[0]) != item[1]))
+        still = [other for other in left if other.get(name) == value]
+        if len(still) == len(left):
+            break  # no candidate rules out any more of them
+        chosen[name] = open_conditions.pop(name)
+        left = still
+    for name in list(chosen):  # an early pick that later ones made redundant goes (a narrower mask than needed)
+        value = chosen.pop(name)
+        if sum(1 for other in others_seen if all(other.get(k) == v for k, v in chosen.items())) > len(left):
+            chosen[name] = value
+    if not chosen:
+        chosen = dict(candidates)
+    if hits / (hits + len(left)) < min_precision:
+        return None
+    return chosen
+
+
+def _probe(case: Case, confirmed: int = 0) -> bool:
+    """Whether a masked draw is run anyway, for a mask whose last ``confirmed`` probes hit its bug: a stable
+    function of the case, so that Hypothesis sees the same answer each time it draws it, and a seed repeats
+    a run's draws."""
+    return zlib.crc32(repr(case).encode()) % (PROBE_EVERY << min(confirmed, MAX_PROBE_HALVINGS)) == 0
+
+
+@attrs.define
+class Steering:
+    """The masks of one campaign's known bugs, learned from the cases it runs.
+
+    ``after``: hits of a known bug before it is masked (a hang or a crash masks it at its first:
+    each costs seconds). ``own_case``: the dimensions of a known bug's own corpus case, or None;
+    only values its hits share with it are candidates. ``masks`` are the conditions in force;
+    ``masked`` counts the draws each filtered out, ``probes`` those it let through to check itself.
+    """
+
+    after: int
+    own_case: Callable[[str, Case], Mapping[str, str] | None] = lambda signature, case: None
+    masks: dict[str, dict[str, str]] = attrs.Factory(dict)
+    masked: Counter = attrs.Factory(Counter)
+    probes: Counter = attrs.Factory(Counter)
+    confirmed: Counter = attrs.Factory(Counter)  # known signature -> its mask's probes in a row that hit it
+    frozen: bool = False  # while a round shrinks a new failure: its strategy must not change under it
+    _candidates: dict[str, dict[str, str]] = attrs.Factory(dict)  # known signature -> what all its hits shared
+    _hits: Counter = attrs.Factory(Counter)
+    _costly: set = attrs.Factory(set)
+    _history: deque = attrs.Factory(lambda: deque(maxlen=HISTORY))  # (dimensions, known signature or None)
+    _stale: set = attrs.Factory(set)
+
+    def wanted(self, case: Case) -> bool:
+        """The draw filter: False for a case that meets a mask (and is not one of its probes)."""
+        if not self.masks:
+            return True
+        dims = dimensions(case)
+        for signature, conditions in self.masks.items():
+            if all(dims.get(name) == value for name, value in conditions.items()):
+                # A costly bug's mask starts two halvings in: each probe that hits it costs a restart.
+                if _probe(case, self.confirmed[signature] + 2 * (signature in self._costly)):
+                    self.probes[signature] += 1
+                    return True
+                self.masked[signature] += 1
+                return False
+        return True
+
+    def observe(self, case: Case, known_signature: str | None, *, costly: bool = False) -> None:
+        """Learn from a case that ran: ``known_signature`` is the known bug it hit, if any; ``costly``
+        when that hit was a hang or a crash."""
+        dims = dimensions(case)
+        for signature, conditions in self.masks.items():
+            if all(dims.get(k) == v for k, v in conditions.items()):  # a probe (or drawn before the mask formed)
+                if signature == known_signature:
+                    self.confirmed[signature] += 1
+                else:  # it missed: narrow the mask
+                    self.confirmed[signature] = 0
+                    self._stale.add(signature)
+        if known_signature is not None:
+            self._hits[known_signature] += 1
+            if costly:
+                self._costly.add(known_signature)
+            shared = self._candidates.get(known_signature)
+            if shared is None:
+                own = self.own_case(known_signature, case)
+                shared = dict(dims) if own is None else {k: v for k, v in dims.items() if own.get(k) == v}
+            self._candidates[known_signature] = {k: v for k, v in shared.items() if dims.get(k) == v}
+            self._stale.add(known_signature)
+        self._history.append((dims, known_signature))
+        if not self.frozen:
+            self.update()
+
+    def update(self) -> None:
+        """Recompute the masks that cases seen since the last update bear on."""
+        for signature in sorted(self._stale):
+            if signature not in self._costly and self._hits[signature] < self.after:
+                continue
+            others = (dims for dims, hit in self._history if hit != signature)
+            costly = signature in self._costly
+            mask = separating_conditions(self._candidates[signature], self._hits[signature], others,
+                                         min_precision=MIN_PRECISION_COSTLY if costly else MIN_PRECISION)
+            if mask:
+                self.masks[signature] = mask
+            else:
+                self.masks.pop(signature, None)
+        self._stale.clear()
