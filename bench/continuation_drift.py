@@ -19,8 +19,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # spawned ranks import this module
 
-from shardfuzz.targets import DcpTarget  # noqa: E402
-from shardfuzz.verdict import Mismatch  # noqa: E402
+from shardfuzz.targets import DcpTarget
+from shardfuzz.verdict import Mismatch
 
 
 def _record(expected, actual, *, rank, identical_layout):
@@ -53,8 +53,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import attrs
-
     from bench_pool import draw_cases
+
     from shardfuzz.executor import RankPool
     from shardfuzz.oracles import CONTINUATION_TOLERANCE
 

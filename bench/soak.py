@@ -81,13 +81,12 @@ def children_of(pid: int) -> list[str]:
 def soak(cases: int = 1000, world_size: int = 2, seed: int = 0, hang_timeout: float = 6.0, quiet: bool = False):
     """Run the soak; return a dict of counts and the list of problems (empty when it passed)."""
     import attrs
+    import faults
     import torch
 
     from shardfuzz.corpus import known_bugs, load_corpus
     from shardfuzz.executor import RankPool
     from shardfuzz.executor.pool import scratch_root
-
-    import faults
 
     known = known_bugs(load_corpus(ROOT / "corpus")[0], torch.__version__)
     control = tempfile.NamedTemporaryFile("w", prefix="shardfuzz-soak-", delete=False)

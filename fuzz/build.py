@@ -12,8 +12,23 @@ from torch import nn
 
 from shardfuzz.capabilities import dtensor, fully_shard_fn
 from shardfuzz.case import (
-    DDP, FSDP1, FSDP2, BatchNorm, Block, Conv, Embedding, LayerNorm, Linear, Model, Scale, Sequential, Side, Tied,
-    Unsharded, child_items, optimizer_groups,
+    DDP,
+    FSDP1,
+    FSDP2,
+    BatchNorm,
+    Block,
+    Conv,
+    Embedding,
+    LayerNorm,
+    Linear,
+    Model,
+    Scale,
+    Sequential,
+    Side,
+    Tied,
+    Unsharded,
+    child_items,
+    optimizer_groups,
 )
 
 __all__ = ["build_module", "rank_device", "shard", "device_mesh", "build_optimizer", "group_parameters",

@@ -423,7 +423,7 @@ def run_campaign(
         except Flaky as exc:
             for failure in _failures(exc):
                 _add(result, finding(failure, flaky=True), on_finding)
-        except BaseException as exc:  # noqa: BLE001 - a group of CaseFailed, or a real error
+        except BaseException as exc:
             failures = _failures(exc)
             stopped = _stop_in(exc)
             if not failures and stopped is None:

@@ -12,14 +12,14 @@ Adding a variant means adding a class here and to the matching ``Union``.
 from __future__ import annotations
 
 import json
-from typing import Literal, Optional, Union
+from typing import Union
 
 import attrs
 import cattrs
-from cattrs.gen import make_dict_unstructure_fn, override
-from cattrs.strategies import configure_tagged_union
 from attrs import field, frozen
 from attrs.validators import ge, in_, instance_of, le, optional
+from cattrs.gen import make_dict_unstructure_fn, override
+from cattrs.strategies import configure_tagged_union
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -203,7 +203,7 @@ class Model:
     """
 
     input_width: int = field(validator=_POSITIVE_INT)
-    root: Union[Sequential, Block] = field(validator=instance_of((Sequential, Block)))
+    root: Sequential | Block = field(validator=instance_of((Sequential, Block)))
     dtype: str = field(default="float32", validator=in_(DTYPES))
 
     @root.validator
@@ -616,7 +616,7 @@ class Case:
     seed: int = field(default=0, validator=[instance_of(int), ge(0)])
     checks: tuple[str, ...] = field(default=(), converter=_sorted_unique)
     param_groups: int = field(default=1, validator=[instance_of(int), ge(1), le(2)])
-    load_mutation: Optional[str] = field(default=None, validator=optional(in_(LOAD_MUTATIONS)))
+    load_mutation: str | None = field(default=None, validator=optional(in_(LOAD_MUTATIONS)))
     storage: Storage = field(factory=Dcp, validator=instance_of(STORAGE_CLASSES))
     ignore_frozen_params: bool = field(default=False, validator=instance_of(bool))
     schema_version: int = field(default=SCHEMA_VERSION)

@@ -256,9 +256,8 @@ def _entries_at(paths: list[Path]):
 def _replay(args) -> int:
     from shardfuzz.executor import PoolStartError, RankPool
     from shardfuzz.replay import replay_entries
-    from shardfuzz.unsupported import exact_world_size
-
     from shardfuzz.runner import campaign_devices
+    from shardfuzz.unsupported import exact_world_size
 
     _, why_not = campaign_devices(args.device)
     if why_not:

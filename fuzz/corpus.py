@@ -23,7 +23,6 @@ import os
 import platform
 import tempfile
 from pathlib import Path
-from typing import Optional
 
 import attrs
 import cattrs
@@ -101,7 +100,7 @@ class Entry:
     signature: str = field(converter=canonical_signature)
     status: str = field(validator=in_(tuple(s for s in TRIAGE_CLASSES if s != "unsupported")))
     case: Case = field(validator=instance_of(Case))
-    cause: Optional[Cause] = None
+    cause: Cause | None = None
     summary: str = ""
     diagnostics: str = ""  # crash/hang: the ranks' last output and Python stacks
     flaky: bool = False
@@ -116,7 +115,7 @@ class Entry:
     versions: dict[str, str] = field(factory=dict)
     found: str = ""
     hits: int = 1
-    known: Optional[Known] = None
+    known: Known | None = None
     schema_version: int = ENTRY_SCHEMA_VERSION
 
     @property
@@ -135,7 +134,7 @@ class Entry:
 
         return exact_world_size(self.case) or max(self.case.world_size, self.world_size)
 
-    def same_bug(self, other: "Entry") -> bool:
+    def same_bug(self, other: Entry) -> bool:
         """Whether ``other`` (a new finding) is this entry's bug, so that saving it may merge into this file."""
         if (other.signature, other.target) != (self.signature, self.target):
             return False
@@ -270,7 +269,7 @@ def load_entry(path: str | os.PathLike) -> Entry:
         raise CorpusError(f"{path}: entry schema_version {version!r}, this shardfuzz reads {ENTRY_SCHEMA_VERSION}")
     try:
         return _converter.structure(data, Entry)
-    except Exception as exc:  # noqa: BLE001 - cattrs groups; flatten them into one line
+    except Exception as exc:
         raise CorpusError(f"{path}: {describe_structure_error(exc, 'entry')}") from None
 
 

@@ -17,8 +17,22 @@ from __future__ import annotations
 from string import Template
 
 from shardfuzz.case import (
-    DDP, FSDP1, FSDP2, BatchNorm, Case, Conv, Embedding, LayerNorm, Linear, Scale, Sequential, Side, Tied, Unsharded,
-    child_items, optimizer_groups,
+    DDP,
+    FSDP1,
+    FSDP2,
+    BatchNorm,
+    Case,
+    Conv,
+    Embedding,
+    LayerNorm,
+    Linear,
+    Scale,
+    Sequential,
+    Side,
+    Tied,
+    Unsharded,
+    child_items,
+    optimizer_groups,
 )
 from shardfuzz.corpus import Entry
 from shardfuzz.executor.pool import deadline_for

@@ -311,7 +311,7 @@ def replica_consistency(pieces_by_rank: Mapping[int, Mapping[tuple[str, str], An
         for where, value in pieces_by_rank[rank].items():
             holders.setdefault(where, []).append((rank, value))
     found, reported = [], set()
-    for (key, region), copies in sorted(holders.items()):
+    for (key, _region), copies in sorted(holders.items()):
         (first_rank, first), *others = copies
         for rank, value in others:
             if key in reported:

@@ -140,7 +140,7 @@ def _merge_timelines(timelines: list[list[dict]]) -> list[dict]:
     moments = sorted({point["t"] for timeline in timelines for point in timeline})
     merged = []
     for t in moments:
-        point = {"t": t, **{name: 0 for name in _SUMMED}, "findings": Counter(), "coverage": {}}
+        point = {"t": t, **dict.fromkeys(_SUMMED, 0), "findings": Counter(), "coverage": {}}
         for timeline in timelines:
             before = [p for p in timeline if p["t"] <= t]
             if not before:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html as html_escape
 import io
+import itertools
 import json
 import xml.etree.ElementTree as ET
 
@@ -122,7 +123,7 @@ def _plots(report: dict) -> list[tuple[str, str]]:
         return text[text.find("<svg"):]
 
     fig, ax = plt.subplots(figsize=(8, 3))
-    rates = [(b["cases"] - a["cases"]) / max(b["t"] - a["t"], 1e-9) for a, b in zip(timeline, timeline[1:])]
+    rates = [(b["cases"] - a["cases"]) / max(b["t"] - a["t"], 1e-9) for a, b in itertools.pairwise(timeline)]
     ax.plot(t[1:], rates, drawstyle="steps-pre", color="tab:blue", label="cases / s")
     _mark_events(ax, timeline, t)
     ax.set_xlabel("minutes")

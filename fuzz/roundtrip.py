@@ -17,12 +17,18 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from shardfuzz.capabilities import dtensor
-from shardfuzz.build import (
-    build_module, build_optimizer, device_mesh, rank_device, shard, training_batch, unwrapped_name,
-)
-from shardfuzz.case import FSDP1, FSDP2, SGD, Case, Dcp, Side
 from shardfuzz import oracles
+from shardfuzz.build import (
+    build_module,
+    build_optimizer,
+    device_mesh,
+    rank_device,
+    shard,
+    training_batch,
+    unwrapped_name,
+)
+from shardfuzz.capabilities import dtensor
+from shardfuzz.case import FSDP1, FSDP2, SGD, Case, Dcp, Side
 from shardfuzz.oracles import compare_state
 from shardfuzz.storage import storage_target
 from shardfuzz.targets import CheckpointTarget, DcpTarget, ShardsModules
@@ -165,7 +171,7 @@ def _load_and_judge(case, ctx, target, checkpoint_dir, expected, expected_after)
         _load_into(case, side, model, optim, ctx, target, checkpoint_dir)
     except (KeyboardInterrupt, SystemExit):
         raise
-    except BaseException as exc:  # noqa: BLE001 - DCP's CheckpointException is a BaseException
+    except BaseException as exc:
         if not case.local_may_refuse:
             raise
         refused = exc
@@ -216,7 +222,7 @@ def _load_incompatible(case, ctx, target, checkpoint_dir) -> list[Mismatch]:
         _load_into(case, side, model, optim, ctx, target, checkpoint_dir)
     except (KeyboardInterrupt, SystemExit):
         raise
-    except BaseException as exc:  # noqa: BLE001 - any loud error (CheckpointException too) is the outcome wanted
+    except BaseException as exc:
         raised = f"{type(exc).__name__}: {exc}"
     return oracles.loud_incompatible_load(case.load_mutation, raised, rank=ctx.rank)
 
@@ -422,8 +428,7 @@ def _full_offload(model, optim, actual, *, rank: int) -> list[Mismatch]:
 
 def _api_parity(side: Side, model, optim, *, rank: int, group) -> list[Mismatch]:
     """``model.state_dict()`` against ``get_model_state_dict``; for FSDP1 also the optimizer APIs."""
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions, get_model_state_dict, get_optimizer_state_dict)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
     found = []
     full = StateDictOptions(full_state_dict=True)

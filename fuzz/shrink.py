@@ -16,7 +16,19 @@ from collections.abc import Callable, Iterator
 import attrs
 
 from shardfuzz.case import (
-    DDP, FSDP1, Block, Case, Conv, Embedding, Linear, Model, Sequential, Side, Unsharded, dumps, leaves,
+    DDP,
+    FSDP1,
+    Block,
+    Case,
+    Conv,
+    Embedding,
+    Linear,
+    Model,
+    Sequential,
+    Side,
+    Unsharded,
+    dumps,
+    leaves,
 )
 
 __all__ = ["ShrinkResult", "case_size", "shrink_case", "simpler_cases"]

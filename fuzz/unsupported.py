@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Optional
 
 import attrs
 from attrs import frozen
@@ -111,13 +110,13 @@ def _fsdp1_wraps_linears_apart(side) -> bool:
 def _fsdp2_uneven_on_dim1(case: Case) -> bool:
     dim1_sizes = [shape[1] for shape in case.model.parameter_shapes().values() if len(shape) >= 2]
     for side in _sides(case):
-        if isinstance(side.engine, FSDP2) and side.engine.shard_dim == 1:
-            if any(n % shard_count(side) for n in dim1_sizes):
-                return True
+        if isinstance(side.engine, FSDP2) and side.engine.shard_dim == 1 and \
+                any(n % shard_count(side) for n in dim1_sizes):
+            return True
     return False
 
 
-def excluded(case: Case, rules: tuple[CaseRule, ...] = CASE_RULES) -> Optional[CaseRule]:
+def excluded(case: Case, rules: tuple[CaseRule, ...] = CASE_RULES) -> CaseRule | None:
     """The first case rule that excludes ``case``, or None."""
     for rule in rules:
         if rule.applies(case):

@@ -51,7 +51,7 @@ def environment() -> dict[str, str]:
         info = get_env_info()
         env.update({"os": info.os or env["os"], "cuda (torch built with)": str(info.cuda_compiled_version),
                     "cuda available": str(info.is_cuda_available), "gcc": str(info.gcc_version)})
-    except Exception as exc:  # noqa: BLE001 - a partial environment beats no report
+    except Exception as exc:
         env["collect_env"] = f"unavailable: {type(exc).__name__}: {exc}"
     return env
 

@@ -8,7 +8,6 @@ failure from one it has already shrunk or that the corpus marks as known.
 from __future__ import annotations
 
 import re
-from typing import Optional
 
 import cattrs
 from attrs import field, frozen
@@ -42,7 +41,7 @@ class Mismatch:
     key: str
     rank: int
     detail: str
-    index: Optional[tuple[int, ...]] = None
+    index: tuple[int, ...] | None = None
     expected: str = ""
     actual: str = ""
 
@@ -73,7 +72,7 @@ class RankReport:
 
     rank: int
     mismatches: tuple[Mismatch, ...] = ()
-    error: Optional[RankError] = None
+    error: RankError | None = None
     timings: dict[str, float] = field(factory=dict)
     unchanged: tuple[str, ...] = ()  # rank 0: keys whose load-side value equalled the saved one before loading
 

@@ -8,7 +8,6 @@ from hypothesis.errors import InvalidArgument
 
 from shardfuzz.capabilities import capabilities
 from shardfuzz.case import DEVICES, FSDP1, FSDP2, Case, Dcp, DcpToTorchSave, Model, Side, TorchSave, Unsharded
-from shardfuzz.unsupported import excluded
 from shardfuzz.strategies._helpers import check_choices, check_int, factorisations
 from shardfuzz.strategies.engines import TWO_D_ENGINES, engines, wrap_sets
 from shardfuzz.strategies.modules import models
@@ -25,6 +24,7 @@ from shardfuzz.strategies.options import (
     storages,
 )
 from shardfuzz.strategies.topology import mesh_shapes
+from shardfuzz.unsupported import excluded
 
 __all__ = ["cases", "sides"]
 

@@ -8,7 +8,17 @@ filter that rejects a whole branch) shows up as unreached instead of going unsee
 from __future__ import annotations
 
 from shardfuzz.capabilities import capabilities
-from shardfuzz.case import CHECKS, DEVICES, DTYPES, FSDP1_STRATEGIES, HYBRID_STRATEGIES, LOAD_MUTATIONS, STATE_DICT_APIS, STATE_DICT_TYPES, WRAP_POLICIES
+from shardfuzz.case import (
+    CHECKS,
+    DEVICES,
+    DTYPES,
+    FSDP1_STRATEGIES,
+    HYBRID_STRATEGIES,
+    LOAD_MUTATIONS,
+    STATE_DICT_APIS,
+    STATE_DICT_TYPES,
+    WRAP_POLICIES,
+)
 from shardfuzz.strategies._helpers import check_choices, check_int
 
 __all__ = ["offered_values"]

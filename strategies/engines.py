@@ -6,7 +6,15 @@ from hypothesis import strategies as st
 
 from shardfuzz.capabilities import capabilities
 from shardfuzz.case import (
-    DDP, FSDP1, FSDP1_STRATEGIES, FSDP2, HYBRID_STRATEGIES, MODULE_TYPES, WRAP_POLICIES, Model, Unsharded,
+    DDP,
+    FSDP1,
+    FSDP1_STRATEGIES,
+    FSDP2,
+    HYBRID_STRATEGIES,
+    MODULE_TYPES,
+    WRAP_POLICIES,
+    Model,
+    Unsharded,
 )
 from shardfuzz.strategies._helpers import check_choices, check_int
 

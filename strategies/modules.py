@@ -11,8 +11,21 @@ import attrs
 from hypothesis import strategies as st
 
 from shardfuzz.case import (
-    DTYPES, LEAF_CLASSES, BatchNorm, Block, Conv, Embedding, LayerNorm, Linear, Model, Scale, Sequential, Tied,
-    has_trainable_linear, leaves, map_first_linear,
+    DTYPES,
+    LEAF_CLASSES,
+    BatchNorm,
+    Block,
+    Conv,
+    Embedding,
+    LayerNorm,
+    Linear,
+    Model,
+    Scale,
+    Sequential,
+    Tied,
+    has_trainable_linear,
+    leaves,
+    map_first_linear,
 )
 from shardfuzz.strategies._helpers import check_int, check_interval
 from shardfuzz.strategies.options import rarely

@@ -6,7 +6,18 @@ from hypothesis import strategies as st
 
 from shardfuzz.capabilities import capabilities
 from shardfuzz.case import (
-    CHECKS, LOAD_MUTATIONS, SGD, STATE_DICT_APIS, STATE_DICT_TYPES, Adagrad, Adam, AdamW, Dcp, DcpToTorchSave, RMSprop, TorchSave,
+    CHECKS,
+    LOAD_MUTATIONS,
+    SGD,
+    STATE_DICT_APIS,
+    STATE_DICT_TYPES,
+    Adagrad,
+    Adam,
+    AdamW,
+    Dcp,
+    DcpToTorchSave,
+    RMSprop,
+    TorchSave,
 )
 from shardfuzz.strategies._helpers import check_int
 

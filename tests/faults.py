@@ -14,15 +14,12 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 
-from shardfuzz.targets import DcpTarget
-
-
-from shardfuzz.mutants import PerturbOneLoadedElement, _last_rank as _is_last_rank  # noqa: F401
+from shardfuzz.mutants import PerturbOneLoadedElement
 from shardfuzz.mutants import SwapMomentsBetweenParameters as SwapOptimizerMoments  # noqa: F401
-
+from shardfuzz.mutants import _last_rank as _is_last_rank
+from shardfuzz.targets import DcpTarget
 
 # --- misbehaving ranks, armed by a flag file so a test can disarm them --------
 

@@ -6,8 +6,31 @@ import pytest
 from hypothesis import given
 
 from shardfuzz.case import (
-    DDP, FSDP1, FSDP2, SCHEMA_VERSION, Unsharded, Adam, BatchNorm, Block, Case, Conv, Dcp, DcpToTorchSave, Embedding,
-    LayerNorm, Linear, Model, Scale, Sequential, Side, Tied, TorchSave, dimensions, dumps, loads, to_dict,
+    DDP,
+    FSDP1,
+    FSDP2,
+    SCHEMA_VERSION,
+    Adam,
+    BatchNorm,
+    Block,
+    Case,
+    Conv,
+    Dcp,
+    DcpToTorchSave,
+    Embedding,
+    LayerNorm,
+    Linear,
+    Model,
+    Scale,
+    Sequential,
+    Side,
+    Tied,
+    TorchSave,
+    Unsharded,
+    dimensions,
+    dumps,
+    loads,
+    to_dict,
 )
 from shardfuzz.strategies import cases
 

@@ -50,7 +50,7 @@ def test_every_known_bug_reproduces_from_its_exported_script(entry, tmp_path):
     code, output = _run(script, hang_seconds=12 if entry.status == "hang" else None)
     assert code == 1, output
     if entry.status == "crash":
-        assert f"REPRODUCED: a rank died: process" in output and entry.cause.name in output, output[-3000:]
+        assert "REPRODUCED: a rank died: process" in output and entry.cause.name in output, output[-3000:]
     elif entry.status == "hang":
         assert "REPRODUCED on rank" in output and "hang: still in" in output, output[-3000:]
     elif entry.status == "mismatch":

@@ -60,7 +60,7 @@ def test_sigint_stops_within_seconds_with_reports_and_the_rerun_resumes(tmp_path
         _poll(report, lambda r: r["cases_run"] >= 12 and any(database.rglob("*")))
         proc.send_signal(signal.SIGINT)
         sent = time.monotonic()
-        out, err = proc.communicate(timeout=60)
+        _out, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
     assert time.monotonic() - sent < 10, "a stop must take seconds, not the rest of the budget"

@@ -2,12 +2,11 @@
 
 import os
 
+import faults
 import pytest
 
 from shardfuzz.case import FSDP2, SGD, Case, Linear, Model, Sequential, Side
 from shardfuzz.executor import PoolStartError, RankPool
-
-import faults
 
 pytestmark = pytest.mark.ranks
 
@@ -87,9 +86,8 @@ def test_a_case_larger_than_the_pool_is_refused():
 
 
 def test_a_target_that_cannot_be_imported_stops_the_start_with_its_name():
-    with pytest.raises(PoolStartError, match="no_such_module"):
-        with RankPool(1, target="no_such_module:Thing"):
-            pass
+    with pytest.raises(PoolStartError, match="no_such_module"), RankPool(1, target="no_such_module:Thing"):
+        pass
 
 
 def test_a_crash_in_process_group_teardown_is_an_event_not_a_case_failure(tmp_path, monkeypatch):

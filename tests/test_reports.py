@@ -94,7 +94,7 @@ def test_report_written_atomically_reads_back(tmp_path, report):
     assert read_report(path)["cases_run"] == report["cases_run"]
     assert list(path.parent.iterdir()) == [path]  # no temp file left behind
     (tmp_path / "bad.json").write_text("{")
-    with pytest.raises(ValueError, match="bad.json: not a readable shardfuzz report"):
+    with pytest.raises(ValueError, match=r"bad\.json: not a readable shardfuzz report"):
         read_report(tmp_path / "bad.json")
 
 

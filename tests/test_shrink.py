@@ -7,7 +7,18 @@ import sys
 import pytest
 
 from shardfuzz.case import (
-    DDP, FSDP1, FSDP2, Adam, BatchNorm, Block, Case, LayerNorm, Linear, Model, Sequential, Side,
+    DDP,
+    FSDP1,
+    FSDP2,
+    Adam,
+    BatchNorm,
+    Block,
+    Case,
+    LayerNorm,
+    Linear,
+    Model,
+    Sequential,
+    Side,
 )
 from shardfuzz.corpus import entry_for, load_entry, save_entry
 from shardfuzz.executor import RankPool

@@ -24,7 +24,8 @@ def test_a_mask_that_would_hide_more_misses_than_hits_is_dropped():
     assert separating_conditions(candidates, 3, others) == candidates
 
 
-def _case(load_engine, optimizer=SGD(), steps=1):
+def _case(load_engine, optimizer=None, steps=1):
+    optimizer = SGD() if optimizer is None else optimizer
     return Case(model=Model(1, Sequential([Linear(2)])), save=Side(DDP(), (1,)), load=Side(load_engine, (1,)),
                 optimizer=optimizer, steps=steps)
 

@@ -6,11 +6,27 @@ fails here by name, before a campaign has to find it.
 
 import pytest
 
-from shardfuzz.case import (
-    DDP, FSDP1, FSDP2, Adam, AdamW, Case, Conv, Dcp, DcpToTorchSave, Embedding, LayerNorm, Linear, Model, Scale,
-    Sequential, Side, TorchSave, Unsharded,
-)
 from shardfuzz.capabilities import capabilities
+from shardfuzz.case import (
+    DDP,
+    FSDP1,
+    FSDP2,
+    Adam,
+    AdamW,
+    Case,
+    Conv,
+    Dcp,
+    DcpToTorchSave,
+    Embedding,
+    LayerNorm,
+    Linear,
+    Model,
+    Scale,
+    Sequential,
+    Side,
+    TorchSave,
+    Unsharded,
+)
 
 pytestmark = pytest.mark.ranks
 

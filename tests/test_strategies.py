@@ -7,7 +7,6 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import InvalidArgument
 
 from shardfuzz import strategies as sf
-from shardfuzz.capabilities import capabilities
 from shardfuzz.case import dimensions, shard_count
 
 

@@ -509,7 +509,7 @@ def report_of(rank: int, reply: dict) -> RankReport:
     """A rank's reply as a RankReport; one that does not parse is that rank's error, not the runner's."""
     try:
         return converter.structure(reply, RankReport)
-    except Exception as exc:  # noqa: BLE001 - a rank running other code, or a corrupted message
+    except Exception as exc:
         return RankReport(rank, error=RankError(rank, "report", "BadReport", f"unreadable report: {exc!r}"[:500]))
 
 

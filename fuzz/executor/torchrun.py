@@ -113,7 +113,7 @@ class _World:
 
         try:
             dist.destroy_process_group()
-        except BaseException:  # noqa: BLE001 - the job ends anyway
+        except BaseException:
             pass
 
 

@@ -72,7 +72,7 @@ def main(rank: int, world_size: int, store_path: str, conn, target_spec: str,
             ctx.create_groups()
             if first:
                 warm_up(ctx, os.path.join(os.path.dirname(store), "warm-up"))
-        except BaseException as exc:  # noqa: BLE001 - report why this rank could not join
+        except BaseException as exc:
             report_failure(exc)
             return None
         conn.send_bytes(json.dumps({"op": "ready", "rank": rank}).encode())
@@ -80,7 +80,7 @@ def main(rank: int, world_size: int, store_path: str, conn, target_spec: str,
 
     try:
         target = resolve_target(target_spec)
-    except BaseException as exc:  # noqa: BLE001 - report why the target could not be loaded
+    except BaseException as exc:
         report_failure(exc)
         return
     ctx = join_world(store_path, first=True)
@@ -105,7 +105,7 @@ def main(rank: int, world_size: int, store_path: str, conn, target_spec: str,
 
     try:
         dist.destroy_process_group()
-    except BaseException:  # noqa: BLE001 - teardown of a broken group may fail; we exit anyway
+    except BaseException:
         pass
 
 
@@ -122,7 +122,7 @@ def run_share(case_data: dict, ctx, target, checkpoint_dir: str) -> dict:
     mismatches = []
     try:
         mismatches = run_case(from_dict(case_data), ctx, target, checkpoint_dir)
-    except BaseException as exc:  # noqa: BLE001 - CheckpointException is a BaseException
+    except BaseException as exc:
         error = RankError(ctx.rank, ctx.phase, type(exc).__name__, str(exc), traceback.format_exc())
         ctx.enter("idle")
     return converter.unstructure(RankReport(ctx.rank, tuple(mismatches), error, dict(ctx.timings),
