@@ -83,8 +83,10 @@ def time_bare(cases, world_size: int) -> float:
         ctx = multiprocessing.get_context("spawn")
         queue = ctx.Queue()
         texts = [dumps(c) for c in cases]
-        procs = [ctx.Process(target=bare_rank, args=(r, world_size, os.path.join(scratch, "store"), texts, dirs, queue))
-                 for r in range(world_size)]
+        procs = [
+            ctx.Process(target=bare_rank, args=(r, world_size, os.path.join(scratch, "store"), texts, dirs, queue))
+            for r in range(world_size)
+        ]
         for p in procs:
             p.start()
         seconds = queue.get(timeout=1800)
@@ -120,8 +122,10 @@ def rss_run(n: int, world_size: int, seed: int, *, without_crashers: bool = Fals
             if i % 100 == 0 or i == len(drawn):
                 samples.append((i, pool.rss_bytes(), pool.starts))
         wall = time.perf_counter() - started
-    print(f"world size {world_size}: {len(drawn)} cases in {wall:.0f}s; ranks' RSS at start {start_rss / 2**20:.0f} MiB; "
-          f"longest run of cases on the same rank processes: {longest}")
+    print(
+        f"world size {world_size}: {len(drawn)} cases in {wall:.0f}s; ranks' RSS at start {start_rss / 2**20:.0f} MiB; "
+        f"longest run of cases on the same rank processes: {longest}"
+    )
     for i, rss, starts in samples:
         print(f"  after {i:5} cases: {rss / 2**20:7.0f} MiB  (pool starts so far: {starts})")
     return 0
@@ -133,10 +137,17 @@ def main(argv=None) -> int:
     parser.add_argument("--cases", type=int, default=40)
     parser.add_argument("--spawn-cases", type=int, default=4, help="cases timed with spawn-per-case (slow)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--rss-cases", type=int, default=0,
-                        help="also run this many drawn cases on one warm pool and report the ranks' memory")
-    parser.add_argument("--without-crashers", action="store_true",
-                        help="with --rss-cases: leave out cases that meet the known FSDP1 segfault")
+    parser.add_argument(
+        "--rss-cases",
+        type=int,
+        default=0,
+        help="also run this many drawn cases on one warm pool and report the ranks' memory",
+    )
+    parser.add_argument(
+        "--without-crashers",
+        action="store_true",
+        help="with --rss-cases: leave out cases that meet the known FSDP1 segfault",
+    )
     args = parser.parse_args(argv)
     if args.rss_cases:
         return rss_run(args.rss_cases, args.world_size, args.seed, without_crashers=args.without_crashers)
@@ -164,8 +175,10 @@ def main(argv=None) -> int:
 
     import torch
 
-    print(f"torch {torch.__version__}, world size {args.world_size}, {len(passing)} passing cases, "
-          f"{os.cpu_count()} CPUs, python {sys.version.split()[0]}")
+    print(
+        f"torch {torch.__version__}, world size {args.world_size}, {len(passing)} passing cases, "
+        f"{os.cpu_count()} CPUs, python {sys.version.split()[0]}"
+    )
     print(f"  warm pool       {1 / warm:7.2f} cases/s  {warm * 1000:8.1f} ms/case")
     print(f"  bare loop       {1 / bare:7.2f} cases/s  {bare * 1000:8.1f} ms/case")
     print(f"  spawn per case  {1 / spawn:7.2f} cases/s  {spawn * 1000:8.1f} ms/case  ({len(spawn_times)} cases)")

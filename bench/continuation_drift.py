@@ -58,8 +58,10 @@ def main(argv=None) -> int:
     from shardfuzz.executor import RankPool
     from shardfuzz.oracles import CONTINUATION_TOLERANCE
 
-    cases = [attrs.evolve(c, checks=("continuation",), load_mutation=None)
-             for c in draw_cases(args.cases, args.world_size, args.seed)]
+    cases = [
+        attrs.evolve(c, checks=("continuation",), load_mutation=None)
+        for c in draw_cases(args.cases, args.world_size, args.seed)
+    ]
     seen, other = [], 0
     with RankPool(args.world_size, target="continuation_drift:Recorder") as pool:
         for case in cases:
@@ -73,10 +75,14 @@ def main(argv=None) -> int:
     for identical in (True, False):
         rows = [(r, a) for same, r, a in seen if same == identical]
         if rows:
-            print(f"{'same sharding' if identical else 'resharded':14} {len(rows):4} cases: "
-                  f"max relative diff {max(r for r, _ in rows):.3g}, max absolute diff {max(a for _, a in rows):.3g}")
-    print(f"tolerance where resharded: rtol={CONTINUATION_TOLERANCE[0]:g}, atol={CONTINUATION_TOLERANCE[1]:g}; "
-          f"{other} of {len(cases)} cases did not reach the continuation oracle (known torch bugs)")
+            print(
+                f"{'same sharding' if identical else 'resharded':14} {len(rows):4} cases: "
+                f"max relative diff {max(r for r, _ in rows):.3g}, max absolute diff {max(a for _, a in rows):.3g}"
+            )
+    print(
+        f"tolerance where resharded: rtol={CONTINUATION_TOLERANCE[0]:g}, atol={CONTINUATION_TOLERANCE[1]:g}; "
+        f"{other} of {len(cases)} cases did not reach the continuation oracle (known torch bugs)"
+    )
     return 0
 
 

@@ -34,12 +34,14 @@ def _old_module(path: Path):
 
 def _old_signature(old, verdict) -> str:
     """The signature the older code gives the same verdict (its classes take the same fields)."""
-    mismatches = tuple(old.Mismatch(**{f: getattr(m, f) for f in ("oracle", "key", "rank", "detail", "index",
-                                                                       "expected", "actual")})
-                       for m in verdict.mismatches)
+    mismatches = tuple(
+        old.Mismatch(**{f: getattr(m, f) for f in ("oracle", "key", "rank", "detail", "index", "expected", "actual")})
+        for m in verdict.mismatches
+    )
     errors = tuple(old.RankError(e.rank, e.phase, e.type, e.message, e.traceback) for e in verdict.errors)
-    return old.Verdict(verdict.status, mismatches, errors, verdict.detail, verdict.seconds, verdict.where,
-                       verdict.how).signature()
+    return old.Verdict(
+        verdict.status, mismatches, errors, verdict.detail, verdict.seconds, verdict.where, verdict.how
+    ).signature()
 
 
 def main() -> None:
@@ -67,8 +69,14 @@ def main() -> None:
     for name in args.mutant or CATALOGUE:
         signatures = {"before": set(), "after": set()}
         with RankPool(args.world_size, target=f"shardfuzz.mutants:{name}") as pool:
-            @settings(max_examples=args.cases, phases=[Phase.generate], database=None, deadline=None,
-                      suppress_health_check=list(HealthCheck))
+
+            @settings(
+                max_examples=args.cases,
+                phases=[Phase.generate],
+                database=None,
+                deadline=None,
+                suppress_health_check=list(HealthCheck),
+            )
             @seed(args.seed)
             @given(cases(max_world_size=args.world_size, vary_storage=False))
             def run(case):
@@ -92,22 +100,35 @@ def main() -> None:
     by_bug = defaultdict(list)
     for path, entry in entries:
         if entry.known is not None:
-            by_bug[entry.known.description[:120]].append((path.stem, json.loads(path.read_text())["signature"],
-                                                          entry.signature))
-    corpus = {"bugs": len(by_bug),
-              "signatures_before": sum(len({raw for _, raw, _ in items}) for items in by_bug.values()),
-              "signatures_after": sum(len({canon for _, _, canon in items}) for items in by_bug.values())}
+            by_bug[entry.known.description[:120]].append(
+                (path.stem, json.loads(path.read_text())["signature"], entry.signature)
+            )
+    corpus = {
+        "bugs": len(by_bug),
+        "signatures_before": sum(len({raw for _, raw, _ in items}) for items in by_bug.values()),
+        "signatures_after": sum(len({canon for _, _, canon in items}) for items in by_bug.values()),
+    }
     after_owner = defaultdict(set)
     for description, items in by_bug.items():
         for _, _, canon in items:
             after_owner[canon].add(description)
     corpus["signatures_shared_by_different_bugs_after"] = {s: sorted(d) for s, d in after_owner.items() if len(d) > 1}
     summary = {
-        "cases_per_mutant": args.cases, "world_size": args.world_size, "torch": torch.__version__,
-        "mutants": {n: {"before": len(s["before"]), "after": len(s["after"]), "signatures_after": sorted(s["after"]),
-                        "signatures_before": sorted(s["before"])} for n, s in per_mutant.items()},
-        "mean_signatures_per_mutant": {w: sum(len(s[w]) for s in per_mutant.values()) / len(per_mutant)
-                                       for w in ("before", "after")},
+        "cases_per_mutant": args.cases,
+        "world_size": args.world_size,
+        "torch": torch.__version__,
+        "mutants": {
+            n: {
+                "before": len(s["before"]),
+                "after": len(s["after"]),
+                "signatures_after": sorted(s["after"]),
+                "signatures_before": sorted(s["before"]),
+            }
+            for n, s in per_mutant.items()
+        },
+        "mean_signatures_per_mutant": {
+            w: sum(len(s[w]) for s in per_mutant.values()) / len(per_mutant) for w in ("before", "after")
+        },
         "shared_between_mutants": {"before": shared("before"), "after": shared("after")},
         "corpus": corpus,
     }

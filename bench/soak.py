@@ -34,7 +34,6 @@ from bench_pool import draw_cases  # noqa: E402
 CRASHES = ("segfault", "abort", "exit", "sigkill")
 
 
-
 def _on_every_rank(side, world_size: int):
     """``side`` on a 1-D mesh of every rank; DDP stands in for engines that cannot run there
     (a one-rank plain module, an HSDP mesh)."""
@@ -45,6 +44,7 @@ def _on_every_rank(side, world_size: int):
     if isinstance(side.engine, Unsharded) or (isinstance(side.engine, FSDP1) and side.engine.hybrid):
         return attrs.evolve(side, engine=DDP(), mesh_shape=(world_size,), wrap=())
     return attrs.evolve(side, mesh_shape=(world_size,))
+
 
 def instruction(i: int) -> str:
     """What case ``i`` (1-based) injects."""
@@ -104,8 +104,9 @@ def soak(cases: int = 1000, world_size: int = 2, seed: int = 0, hang_timeout: fl
         for i, case in enumerate(drawn, start=1):
             order = instruction(i)
             if order == "teardown":  # every rank takes part, so every rank arms its exit-time abort
-                case = attrs.evolve(case, save=_on_every_rank(case.save, world_size),
-                                    load=_on_every_rank(case.load, world_size))
+                case = attrs.evolve(
+                    case, save=_on_every_rank(case.save, world_size), load=_on_every_rank(case.load, world_size)
+                )
             Path(control.name).write_text(order)
             verdict = pool.run(case)
             peak_rss = max(peak_rss, pool.rss_bytes())
@@ -114,8 +115,9 @@ def soak(cases: int = 1000, world_size: int = 2, seed: int = 0, hang_timeout: fl
             if expected == "crash" and verdict.status != "crash":
                 problems.append(f"case {i}: injected {order}, got {verdict.summary()[:200]}")
             elif expected == "hang" and (verdict.status != "hang" or _STACK not in verdict.diagnostics):
-                problems.append(f"case {i}: injected hang, got {verdict.status} "
-                                f"(stack dumped: {_STACK in verdict.diagnostics})")
+                problems.append(
+                    f"case {i}: injected hang, got {verdict.status} (stack dumped: {_STACK in verdict.diagnostics})"
+                )
             elif expected == "clean" and verdict.is_failure and known.lookup(verdict.signature(), case) is None:
                 problems.append(f"case {i}: clean case failed: {verdict.summary()[:300]}")
             if problems and not quiet and problems[-1].startswith(f"case {i}:"):
@@ -136,9 +138,15 @@ def soak(cases: int = 1000, world_size: int = 2, seed: int = 0, hang_timeout: fl
         problems.append(f"scratch directories left behind: {dirs}")
     events = Counter(e.kind for e in pool.events)
     result = {
-        "cases": cases, "world_size": world_size, "wall_seconds": round(wall, 1),
-        "outcomes": dict(sorted(counts.items())), "pool_starts": pool.starts, "pool_resets": pool.resets,
-        "pool_events": dict(events), "peak_rss_mib": round(peak_rss / 2**20, 1), "problems": problems,
+        "cases": cases,
+        "world_size": world_size,
+        "wall_seconds": round(wall, 1),
+        "outcomes": dict(sorted(counts.items())),
+        "pool_starts": pool.starts,
+        "pool_resets": pool.resets,
+        "pool_events": dict(events),
+        "peak_rss_mib": round(peak_rss / 2**20, 1),
+        "problems": problems,
     }
     return result
 

@@ -31,9 +31,23 @@ from shardfuzz.case import (
     optimizer_groups,
 )
 
-__all__ = ["build_module", "rank_device", "shard", "device_mesh", "build_optimizer", "group_parameters",
-           "training_batch", "unwrapped_name", "BlockModule", "Conv1dLeaf", "Conv2dLeaf", "ScaleLeaf", "TiedLeaf",
-           "LEAF_MODULE_SOURCES", "MODULE_TYPE_CLASSES"]
+__all__ = [
+    "build_module",
+    "rank_device",
+    "shard",
+    "device_mesh",
+    "build_optimizer",
+    "group_parameters",
+    "training_batch",
+    "unwrapped_name",
+    "BlockModule",
+    "Conv1dLeaf",
+    "Conv2dLeaf",
+    "ScaleLeaf",
+    "TiedLeaf",
+    "LEAF_MODULE_SOURCES",
+    "MODULE_TYPE_CLASSES",
+]
 
 
 class BlockModule(nn.Module):
@@ -94,10 +108,18 @@ class TiedLeaf(nn.Module):
 LEAF_MODULE_SOURCES = ("Conv1dLeaf", "Conv2dLeaf", "ScaleLeaf", "TiedLeaf")
 
 #: ``FSDP1.module_types`` names -> the classes ``build_module`` makes (``ModuleWrapPolicy`` takes classes).
-MODULE_TYPE_CLASSES = {"Linear": nn.Linear, "Sequential": nn.Sequential, "Block": BlockModule,
-                       "LayerNorm": nn.LayerNorm, "BatchNorm": nn.BatchNorm1d, "Conv1d": Conv1dLeaf,
-                       "Conv2d": Conv2dLeaf, "Embedding": nn.Embedding, "Scale": ScaleLeaf,
-                       "Tied": TiedLeaf}
+MODULE_TYPE_CLASSES = {
+    "Linear": nn.Linear,
+    "Sequential": nn.Sequential,
+    "Block": BlockModule,
+    "LayerNorm": nn.LayerNorm,
+    "BatchNorm": nn.BatchNorm1d,
+    "Conv1d": Conv1dLeaf,
+    "Conv2d": Conv2dLeaf,
+    "Embedding": nn.Embedding,
+    "Scale": ScaleLeaf,
+    "Tied": TiedLeaf,
+}
 
 
 def rank_device(device: str) -> torch.device:
@@ -186,8 +208,12 @@ def _fsdp1(module: nn.Module, side: Side, engine: FSDP1, *, group, mesh) -> nn.M
     from torch.distributed.fsdp import wrap as fsdp_wrap
 
     placement = {"device_mesh": mesh} if engine.hybrid else {"process_group": group}
-    common = dict(device_id=rank_device(side.device), use_orig_params=engine.use_orig_params,
-                  sharding_strategy=ShardingStrategy[engine.sharding_strategy], **placement)
+    common = dict(
+        device_id=rank_device(side.device),
+        use_orig_params=engine.use_orig_params,
+        sharding_strategy=ShardingStrategy[engine.sharding_strategy],
+        **placement,
+    )
     policy = None
     if engine.wrap_policy == "set" and side.wrap:
         inner = {id(module.get_submodule(path)) for path in side.wrap}
@@ -224,8 +250,11 @@ def device_mesh(shape: tuple[int, ...], world_group, *, rank: int, generation: i
     from torch.distributed.device_mesh import DeviceMesh
 
     if len(shape) == 1:
-        return (DeviceMesh.from_group(world_group, device, mesh_dim_names=(f"shard{generation}",))
-                if rank < shape[0] else None)
+        return (
+            DeviceMesh.from_group(world_group, device, mesh_dim_names=(f"shard{generation}",))
+            if rank < shape[0]
+            else None
+        )
     import torch.distributed as dist
 
     replicas, shards = shape
@@ -235,8 +264,12 @@ def device_mesh(shape: tuple[int, ...], world_group, *, rank: int, generation: i
     if rank >= replicas * shards:
         return None
     row, column = divmod(rank, shards)
-    return DeviceMesh.from_group([columns[column], rows[row]], device, mesh=ranks,
-                                 mesh_dim_names=(f"replicate{generation}", f"shard{generation}"))
+    return DeviceMesh.from_group(
+        [columns[column], rows[row]],
+        device,
+        mesh=ranks,
+        mesh_dim_names=(f"replicate{generation}", f"shard{generation}"),
+    )
 
 
 def build_optimizer(spec, model: nn.Module, *, param_groups: int = 1, perturbed: bool = False) -> torch.optim.Optimizer:
@@ -251,7 +284,7 @@ def build_optimizer(spec, model: nn.Module, *, param_groups: int = 1, perturbed:
 def unwrapped_name(name: str) -> str:
     """A parameter's name without FSDP1's and DDP's wrapper prefixes."""
     name = name.replace("_fsdp_wrapped_module.", "")
-    return name[len("module."):] if name.startswith("module.") else name
+    return name[len("module.") :] if name.startswith("module.") else name
 
 
 def group_parameters(model, param_groups: int) -> list[list]:

@@ -132,19 +132,21 @@ class CampaignResult:
     def sample(self, now: float | None = None) -> None:
         """Append a point to ``timeline``: cumulative counts at this moment."""
         elapsed = (time.monotonic() if now is None else now) - self.started
-        self.timeline.append({
-            "t": round(elapsed, 2),
-            "cases": self.cases_run,
-            "passed": self.passed,
-            "findings": dict(Counter(f.verdict.triage for f in self.findings.values())),
-            "known_hits": sum(self.known_hits.values()),
-            "unsupported": sum(self.unsupported.values()),
-            "coverage": {name: len(values) for name, values in self.coverage.items()},
-            "hangs": self.statuses["hang"],
-            "crashes": self.statuses["crash"],
-            "shrinking": len(self.shrinking),
-            "pool_seconds": round(self.time_spent["pool"], 2),
-        })
+        self.timeline.append(
+            {
+                "t": round(elapsed, 2),
+                "cases": self.cases_run,
+                "passed": self.passed,
+                "findings": dict(Counter(f.verdict.triage for f in self.findings.values())),
+                "known_hits": sum(self.known_hits.values()),
+                "unsupported": sum(self.unsupported.values()),
+                "coverage": {name: len(values) for name, values in self.coverage.items()},
+                "hangs": self.statuses["hang"],
+                "crashes": self.statuses["crash"],
+                "shrinking": len(self.shrinking),
+                "pool_seconds": round(self.time_spent["pool"], 2),
+            }
+        )
 
     @property
     def activity(self) -> str:
@@ -169,7 +171,7 @@ TIME_CATEGORIES = {
     "hangs": "cases that outran their deadline, not a known bug's",
     "crashes": "cases in which a rank died, not a known bug's",
     "pool": "starting ranks, sending cases (the time around each case; restarts after a failure count as "
-            "the failure's)",
+    "the failure's)",
 }
 
 
@@ -194,8 +196,10 @@ def _sample_interval(elapsed: float) -> float:
 
 def _brief(case: Case) -> str:
     d = dimensions(case)
-    return (f"{d['save_engine']}{case.save.mesh_shape}->{d['load_engine']}{case.load.mesh_shape} "
-            f"{d['optimizer']} {d['linears']} linears, {case.steps} steps")
+    return (
+        f"{d['save_engine']}{case.save.mesh_shape}->{d['load_engine']}{case.load.mesh_shape} "
+        f"{d['optimizer']} {d['linears']} linears, {case.steps} steps"
+    )
 
 
 def database_key(*parts: object) -> bytes:
@@ -309,6 +313,7 @@ def run_campaign(
         if steering is not None:
             steering.frozen = False
             steering.update()
+
         @settings(
             database=database,
             max_examples=examples,
@@ -349,8 +354,10 @@ def run_campaign(
             result.time_spent[owed[0]] += around
             if owed[1]:
                 result.known_seconds[owed[1]] += around
-            restart_owed_to[0] = ("pool" if category in ("passing cases", "unsupported") else category,
-                                  signature if known else None)
+            restart_owed_to[0] = (
+                "pool" if category in ("passing cases", "unsupported") else category,
+                signature if known else None,
+            )
             if known:
                 result.known_seconds[signature] += verdict.seconds
             if steering is not None:
@@ -404,8 +411,10 @@ def run_campaign(
             if polish and shrunk and not extra.get("flaky") and first_failure:
                 left = min(first_failure[0] + shrink_budget, deadline) - time.monotonic()
                 failure, shrunk = _polished(failure, run_case, result, left, is_known, verdicts)
-            shrink = {"shrink_cases": result.cases_run - cases_at_first_failure[0],
-                      "shrink_seconds": round(time.monotonic() - first_failure[0], 2) if first_failure else 0.0}
+            shrink = {
+                "shrink_cases": result.cases_run - cases_at_first_failure[0],
+                "shrink_seconds": round(time.monotonic() - first_failure[0], 2) if first_failure else 0.0,
+            }
             return _finding(failure, **{"shrunk": shrunk, **shrink, **extra})
 
         if database is not None:
@@ -448,8 +457,9 @@ def run_campaign(
     return result
 
 
-def _polished(failure: CaseFailed, run_case, result: CampaignResult, budget: float, is_known,
-              verdicts: dict[Case, Verdict]):
+def _polished(
+    failure: CaseFailed, run_case, result: CampaignResult, budget: float, is_known, verdicts: dict[Case, Verdict]
+):
     """``failure`` after a greedy descent from its case (``budget`` seconds at most), and whether it finished.
     ``verdicts`` holds the cases already run (this round's), which are not run again."""
     from shardfuzz.shrink import shrink_case
@@ -474,8 +484,7 @@ def _polished(failure: CaseFailed, run_case, result: CampaignResult, budget: flo
 
 
 def _finding(failure: CaseFailed, **extra) -> Finding:
-    return Finding(failure.case, failure.verdict, from_database=failure.from_database, seconds=failure.seconds,
-                   **extra)
+    return Finding(failure.case, failure.verdict, from_database=failure.from_database, seconds=failure.seconds, **extra)
 
 
 def _pattern(key: str) -> str:

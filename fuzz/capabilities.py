@@ -35,8 +35,16 @@ class Capabilities:
         """(feature, on/off, reason) rows for ``shardfuzz capabilities``."""
         rows = [(f"engine {e}", "on", "") for e in self.engines]
         rows += [(f"storage {name}", "on", "") for name in self.storages]
-        for name in ("flatten_optimizer_state_dict", "hsdp", "fsdp2_shard_dim", "fsdp1_subgroups", "writer_options",
-                     "broadcast_from_rank0", "ignore_frozen_params", "local_state_dict"):
+        for name in (
+            "flatten_optimizer_state_dict",
+            "hsdp",
+            "fsdp2_shard_dim",
+            "fsdp1_subgroups",
+            "writer_options",
+            "broadcast_from_rank0",
+            "ignore_frozen_params",
+            "local_state_dict",
+        ):
             if getattr(self, name):
                 rows.append((name, "on", ""))
         if self.cuda_devices:
@@ -57,10 +65,12 @@ def _find(candidates: list[tuple[str, str]]) -> Any | None:
 @functools.cache
 def fully_shard_fn() -> Callable | None:
     """FSDP2's ``fully_shard``: public since torch 2.6, ``_composable.fsdp`` before."""
-    return _find([
-        ("torch.distributed.fsdp", "fully_shard"),
-        ("torch.distributed._composable.fsdp", "fully_shard"),
-    ])
+    return _find(
+        [
+            ("torch.distributed.fsdp", "fully_shard"),
+            ("torch.distributed._composable.fsdp", "fully_shard"),
+        ]
+    )
 
 
 @functools.cache
@@ -120,8 +130,9 @@ def _fsdp2_on_cpu_fails() -> str:
         pass
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     try:
-        proc = subprocess.run([sys.executable, "-c", _FSDP2_PROBE], capture_output=True, text=True,
-                              timeout=120, env=env)
+        proc = subprocess.run(
+            [sys.executable, "-c", _FSDP2_PROBE], capture_output=True, text=True, timeout=120, env=env
+        )
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         error = "" if proc.returncode == 0 else (lines[-1] if lines else f"exit code {proc.returncode}")
     except subprocess.TimeoutExpired:
@@ -180,9 +191,11 @@ def capabilities() -> Capabilities:
     # default group: FSDP1 on a subgroup of the world hangs there (seen on torch 2.6 and 2.10).
     subgroups = "fsdp1" in engines and hasattr(dsd, "_get_fsdp_process_group")
     if "fsdp1" in engines and not subgroups:
-        off["fsdp1_subgroups"] = ("get_state_dict gathers FSDP1 optimizer state on the default group "
-                                  "(no _get_fsdp_process_group in DSD), so FSDP1 on a rank subgroup hangs; "
-                                  "FSDP1 sides span the whole pool")
+        off["fsdp1_subgroups"] = (
+            "get_state_dict gathers FSDP1 optimizer state on the default group "
+            "(no _get_fsdp_process_group in DSD), so FSDP1 on a rank subgroup hangs; "
+            "FSDP1 sides span the whole pool"
+        )
 
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
@@ -196,18 +209,30 @@ def capabilities() -> Capabilities:
     ignore_frozen = {"ignore_frozen_params", "strict"} <= fields
     if not ignore_frozen:
         off["ignore_frozen_params"] = "StateDictOptions lacks ignore_frozen_params or strict"
-    local = "fsdp1" in engines and hasattr(_find([("torch.distributed.fsdp", "StateDictType")]) or object,
-                                           "LOCAL_STATE_DICT")
+    local = "fsdp1" in engines and hasattr(
+        _find([("torch.distributed.fsdp", "StateDictType")]) or object, "LOCAL_STATE_DICT"
+    )
     if not local:
         off["local_state_dict"] = "no FSDP1 engine, or its StateDictType has no LOCAL_STATE_DICT"
     gpus, why_no_gpu = _cuda_devices()
     if why_no_gpu:
         off["device cuda"] = why_no_gpu
     storages, writer_options = _storages(off)
-    return Capabilities(torch.__version__, tuple(engines), flatten, off, hsdp=hsdp, fsdp2_shard_dim=shard_dim,
-                        fsdp1_subgroups=subgroups, cuda_devices=gpus, storages=storages,
-                        writer_options=writer_options, broadcast_from_rank0=broadcast,
-                        ignore_frozen_params=ignore_frozen, local_state_dict=local)
+    return Capabilities(
+        torch.__version__,
+        tuple(engines),
+        flatten,
+        off,
+        hsdp=hsdp,
+        fsdp2_shard_dim=shard_dim,
+        fsdp1_subgroups=subgroups,
+        cuda_devices=gpus,
+        storages=storages,
+        writer_options=writer_options,
+        broadcast_from_rank0=broadcast,
+        ignore_frozen_params=ignore_frozen,
+        local_state_dict=local,
+    )
 
 
 def _storages(off: dict[str, str]) -> tuple[tuple[str, ...], bool]:

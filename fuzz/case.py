@@ -209,8 +209,10 @@ class Model:
     @root.validator
     def _trainable(self, attribute, value):
         if not has_trainable_linear(value):
-            raise ValueError("the model needs a Linear with frozen=False: training needs a gradient, "
-                             "and every width comes from a Linear")
+            raise ValueError(
+                "the model needs a Linear with frozen=False: training needs a gradient, "
+                "and every width comes from a Linear"
+            )
         later = [leaf for leaf in leaves(value)[1:] if isinstance(leaf, Embedding)]
         if later:
             raise ValueError("an Embedding may only be the model's first leaf (it takes token indices)")
@@ -249,13 +251,17 @@ class Model:
 
     def linears(self) -> list[tuple[str, int, int, bool]]:
         """Every Linear as ``(fqn, in_features, out_features, bias)`` in forward order."""
-        return [(fqn, width, node.out_features, node.bias) for fqn, node, width in self.walk()
-                if isinstance(node, Linear)]
+        return [
+            (fqn, width, node.out_features, node.bias) for fqn, node, width in self.walk() if isinstance(node, Linear)
+        ]
 
     def norms(self) -> list[tuple[str, str, int]]:
         """Every norm layer as ``(fqn, class name, width)`` in forward order."""
-        return [(fqn, type(node).__name__, width) for fqn, node, width in self.walk()
-                if isinstance(node, (LayerNorm, BatchNorm))]
+        return [
+            (fqn, type(node).__name__, width)
+            for fqn, node, width in self.walk()
+            if isinstance(node, (LayerNorm, BatchNorm))
+        ]
 
     def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
         """``{parameter fqn: shape}`` of the unsharded model (buffers not included)."""
@@ -283,8 +289,11 @@ class Model:
 
     def leaf_kinds(self) -> set[str]:
         """The class names of the leaves (``Conv`` as ``Conv1d``/``Conv2d``)."""
-        return {f"Conv{node.dims}d" if isinstance(node, Conv) else type(node).__name__
-                for _, node, _ in self.walk() if isinstance(node, LEAF_CLASSES)}
+        return {
+            f"Conv{node.dims}d" if isinstance(node, Conv) else type(node).__name__
+            for _, node, _ in self.walk()
+            if isinstance(node, LEAF_CLASSES)
+        }
 
     @property
     def output_width(self) -> int:
@@ -346,8 +355,18 @@ HYBRID_STRATEGIES = ("HYBRID_SHARD", "_HYBRID_SHARD_ZERO2")
 #: ``module-type``: ``ModuleWrapPolicy`` over ``module_types``; ``size-based``:
 #: ``size_based_auto_wrap_policy`` with ``min_num_params``; ``always``: every module.
 WRAP_POLICIES = ("set", "manual", "module-type", "size-based", "always")
-MODULE_TYPES = ("Linear", "Sequential", "Block", "LayerNorm", "BatchNorm", "Conv1d", "Conv2d", "Embedding", "Scale",
-                "Tied")
+MODULE_TYPES = (
+    "Linear",
+    "Sequential",
+    "Block",
+    "LayerNorm",
+    "BatchNorm",
+    "Conv1d",
+    "Conv2d",
+    "Embedding",
+    "Scale",
+    "Tied",
+)
 
 
 @frozen
@@ -443,8 +462,10 @@ class Side:
         if isinstance(engine, Unsharded) and self.mesh_shape != (1,):
             raise ValueError(f"an Unsharded side runs on one rank, mesh_shape (1,), not {self.mesh_shape}")
         if isinstance(engine, FSDP1) and engine.hybrid != two_d:
-            raise ValueError(f"FSDP1 {engine.sharding_strategy} needs a {'2' if engine.hybrid else '1'}-D "
-                             f"mesh_shape, not {self.mesh_shape}")
+            raise ValueError(
+                f"FSDP1 {engine.sharding_strategy} needs a {'2' if engine.hybrid else '1'}-D "
+                f"mesh_shape, not {self.mesh_shape}"
+            )
         if isinstance(engine, (DDP, Unsharded)) and two_d:
             raise ValueError(f"{type(engine).__name__} takes a 1-D mesh_shape, not {self.mesh_shape}")
         lists_units = isinstance(engine, FSDP2) or (isinstance(engine, FSDP1) and engine.wraps_listed_modules)
@@ -453,11 +474,14 @@ class Side:
         if self.broadcast_from_rank0 and self.state_dict != "full":
             raise ValueError("broadcast_from_rank0 loads a full state dict: it needs state_dict 'full'")
         if self.state_dict == "local" and not (isinstance(engine, FSDP1) and not engine.hybrid):
-            raise ValueError(f"state_dict 'local' is FSDP1's LOCAL_STATE_DICT, which takes no DeviceMesh: it needs "
-                             f"an FSDP1 engine with a non-hybrid strategy, not {engine!r}")
+            raise ValueError(
+                f"state_dict 'local' is FSDP1's LOCAL_STATE_DICT, which takes no DeviceMesh: it needs "
+                f"an FSDP1 engine with a non-hybrid strategy, not {engine!r}"
+            )
         if self.state_dict == "local" and (self.cpu_offload or self.state_dict_api != "combined"):
-            raise ValueError("a 'local' side gets its model state from FSDP1 itself: no cpu_offload, "
-                             "state_dict_api 'combined'")
+            raise ValueError(
+                "a 'local' side gets its model state from FSDP1 itself: no cpu_offload, state_dict_api 'combined'"
+            )
 
     @property
     def world_size(self) -> int:
@@ -585,8 +609,9 @@ def optimizer_groups(optimizer, param_groups: int, *, perturbed: bool = False) -
     first = optimizer.hyperparameters(perturbed)
     groups = [first]
     for _ in range(1, param_groups):
-        groups.append({**first, "lr": first["lr"] * SECOND_GROUP["lr_scale"],
-                       "weight_decay": SECOND_GROUP["weight_decay"]})
+        groups.append(
+            {**first, "lr": first["lr"] * SECOND_GROUP["lr_scale"], "weight_decay": SECOND_GROUP["weight_decay"]}
+        )
     return type(optimizer).__name__, groups
 
 
@@ -630,17 +655,17 @@ class Case:
     @schema_version.validator
     def _known_schema(self, attribute, value):
         if value != SCHEMA_VERSION:
-            raise ValueError(
-                f"schema_version {value!r} is not {SCHEMA_VERSION}, the one this shardfuzz reads"
-            )
+            raise ValueError(f"schema_version {value!r} is not {SCHEMA_VERSION}, the one this shardfuzz reads")
 
     def __attrs_post_init__(self):
         if self.model.has_batch_norm and self.batch_size < 2:
             raise ValueError("a model with a BatchNorm needs batch_size >= 2 (BatchNorm1d trains on batch statistics)")
         storage = self.storage
         if (self.save.state_dict == "local") != (self.load.state_dict == "local"):
-            raise ValueError("a 'local' checkpoint holds flat-parameter shards that only a 'local' load reads: "
-                             "both sides 'local' or neither")
+            raise ValueError(
+                "a 'local' checkpoint holds flat-parameter shards that only a 'local' load reads: "
+                "both sides 'local' or neither"
+            )
         if self.ignore_frozen_params and self.load.state_dict == "local":
             raise ValueError("ignore_frozen_params is a StateDictOptions field: it does not apply to 'local' sides")
         if isinstance(storage, TorchSave) and {self.save.state_dict, self.load.state_dict} != {"full"}:
@@ -648,15 +673,21 @@ class Case:
         if isinstance(storage, DcpToTorchSave) and self.load.state_dict != "full":
             raise ValueError("DcpToTorchSave storage loads a full state dict: the load side needs state_dict 'full'")
         if self.ignore_frozen_params and self.load_mutation is not None:
-            raise ValueError("ignore_frozen_params loads with strict=False, which lets an incompatible load "
-                             "through by design: it takes load_mutation None")
+            raise ValueError(
+                "ignore_frozen_params loads with strict=False, which lets an incompatible load "
+                "through by design: it takes load_mutation None"
+            )
         if self.kept_by_load() and "continuation" in self.checks:
-            raise ValueError("with ignore_frozen_params the sides' frozen parameters differ after the load, so "
-                             "training on cannot match: the continuation check needs a model with none frozen")
+            raise ValueError(
+                "with ignore_frozen_params the sides' frozen parameters differ after the load, so "
+                "training on cannot match: the continuation check needs a model with none frozen"
+            )
         load = self.load
         if load.cpu_offload and load.state_dict == "full" and not load.broadcast_from_rank0:
-            raise ValueError("load.cpu_offload with a full state dict leaves it on rank 0 alone: "
-                             "the load side then needs broadcast_from_rank0")
+            raise ValueError(
+                "load.cpu_offload with a full state dict leaves it on rank 0 alone: "
+                "the load side then needs broadcast_from_rank0"
+            )
         known = set(self.model.submodule_paths())
         for side_name in ("save", "load"):
             unknown = set(getattr(self, side_name).wrap) - known
@@ -700,7 +731,9 @@ class Case:
         children = list(self.model.root.children)
         if self.load_mutation == "extra-layer":
             last_width = self.model.output_width
-            return attrs.evolve(self.model, root=attrs.evolve(self.model.root, children=children + [Linear(last_width)]))
+            return attrs.evolve(
+                self.model, root=attrs.evolve(self.model.root, children=children + [Linear(last_width)])
+            )
         return attrs.evolve(self.model, root=_widen_first_linear(self.model.root))
 
 
@@ -788,12 +821,18 @@ def dimensions(case: Case) -> dict[str, str]:
 def _storage_dimensions(storage) -> dict[str, str]:
     if not isinstance(storage, Dcp):
         label = "torch-save" if isinstance(storage, TorchSave) else "dcp-to-torch-save"
-        return {"storage": label, "writer_single_file_per_rank": "n/a", "writer_threads": "n/a",
-                "writer_sync_files": "n/a"}
-    return {"storage": f"dcp-{storage.api}",
-            "writer_single_file_per_rank": str(storage.single_file_per_rank).lower(),
-            "writer_threads": "1" if storage.thread_count == 1 else "2+",
-            "writer_sync_files": str(storage.sync_files).lower()}
+        return {
+            "storage": label,
+            "writer_single_file_per_rank": "n/a",
+            "writer_threads": "n/a",
+            "writer_sync_files": "n/a",
+        }
+    return {
+        "storage": f"dcp-{storage.api}",
+        "writer_single_file_per_rank": str(storage.single_file_per_rank).lower(),
+        "writer_threads": "1" if storage.thread_count == 1 else "2+",
+        "writer_sync_files": str(storage.sync_files).lower(),
+    }
 
 
 def _mix(kinds: set[str], labels: dict[str, str]) -> str:
@@ -825,18 +864,25 @@ converter.register_unstructure_hook(
 for _union in (Node, Engine, Optimizer, Storage):
     configure_tagged_union(_union, converter, tag_name="kind", tag_generator=lambda c: c.__name__)
 # A root is a container only; reuse the tag names of the node union.
-configure_tagged_union(
-    Union[Sequential, Block], converter, tag_name="kind", tag_generator=lambda c: c.__name__
-)
+configure_tagged_union(Union[Sequential, Block], converter, tag_name="kind", tag_generator=lambda c: c.__name__)
 # After the unions: the generated hooks below must find the unions' (tagged) ones.
 _DEFAULT_OMITTED = override(omit_if_default=True)
-converter.register_unstructure_hook(Side, make_dict_unstructure_fn(
-    Side, converter, device=_DEFAULT_OMITTED, cpu_offload=_DEFAULT_OMITTED, broadcast_from_rank0=_DEFAULT_OMITTED,
-    state_dict_api=_DEFAULT_OMITTED))
+converter.register_unstructure_hook(
+    Side,
+    make_dict_unstructure_fn(
+        Side,
+        converter,
+        device=_DEFAULT_OMITTED,
+        cpu_offload=_DEFAULT_OMITTED,
+        broadcast_from_rank0=_DEFAULT_OMITTED,
+        state_dict_api=_DEFAULT_OMITTED,
+    ),
+)
 converter.register_unstructure_hook(Model, make_dict_unstructure_fn(Model, converter, dtype=_DEFAULT_OMITTED))
 # Last: Case's generated hook takes the Side and Model hooks registered above.
-converter.register_unstructure_hook(Case, make_dict_unstructure_fn(
-    Case, converter, storage=_DEFAULT_OMITTED, ignore_frozen_params=_DEFAULT_OMITTED))
+converter.register_unstructure_hook(
+    Case, make_dict_unstructure_fn(Case, converter, storage=_DEFAULT_OMITTED, ignore_frozen_params=_DEFAULT_OMITTED)
+)
 
 
 def to_dict(case: Case) -> dict:
@@ -849,9 +895,7 @@ def from_dict(data: dict) -> Case:
         raise ValueError(f"a case is a JSON object, got {type(data).__name__}")
     version = data.get("schema_version", SCHEMA_VERSION)
     if version != SCHEMA_VERSION:
-        raise ValueError(
-            f"case schema_version {version!r} is not {SCHEMA_VERSION} (written by another shardfuzz?)"
-        )
+        raise ValueError(f"case schema_version {version!r} is not {SCHEMA_VERSION} (written by another shardfuzz?)")
     try:
         return converter.structure(data, Case)
     except Exception as exc:  # cattrs raises ExceptionGroups with nested detail

@@ -44,7 +44,8 @@ def _duration(text: str) -> float:
         parts = _DURATION.findall(cleaned)
         if not parts or "".join(n + u for n, u in parts) != cleaned:
             raise argparse.ArgumentTypeError(
-                f"{text!r} is not a duration: give seconds, or a number with s, m or h (90, 15m, 8h, 1h30m)") from None
+                f"{text!r} is not a duration: give seconds, or a number with s, m or h (90, 15m, 8h, 1h30m)"
+            ) from None
         value = sum(float(n) * {"s": 1, "m": 60, "h": 3600}[u] for n, u in parts)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
@@ -77,81 +78,154 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="fuzz save/load round-trips for a time budget")
-    run.add_argument("--budget", type=_duration, default=60.0,
-                     help="time to spend: seconds, or with s/m/h as in 90s, 15m, 8h, 1h30m (default 60 s)")
+    run.add_argument(
+        "--budget",
+        type=_duration,
+        default=60.0,
+        help="time to spend: seconds, or with s/m/h as in 90s, 15m, 8h, 1h30m (default 60 s)",
+    )
     run.add_argument("--max-cases", type=_count, default=None, help="stop after this many cases (default: no limit)")
     run.add_argument("--seed", type=int, default=None, help="seed for the case draws (default: random)")
-    run.add_argument("--corpus", type=Path, default=Path("corpus"), help="directory of corpus entries (default ./corpus)")
+    run.add_argument(
+        "--corpus", type=Path, default=Path("corpus"), help="directory of corpus entries (default ./corpus)"
+    )
     run.add_argument("--world-size", type=_world_size, default=4, help="ranks in the pool; cases use 1..N (default 4)")
     run.add_argument("--target", default=None, help="checkpoint code under test, 'module:attribute' (default: DCP)")
-    run.add_argument("--device", choices=DEVICES, default="cpu",
-                     help="cuda: ranks also hold models on GPUs (one rank per GPU, NCCL) and cases cross "
-                          "CPU <-> GPU; needs a GPU (default cpu)")
-    run.add_argument("--case-timeout", type=_positive_float, default=None,
-                     help="seconds before a case counts as hung (default: from the case's size, 30 s and up)")
-    run.add_argument("--generic-deadlines", action="store_true",
-                     help="every case gets the generic deadline from its size (30 s and up), not one measured "
-                          "on this pool (4x the slowest of the last 200 cases, at least 10 s)")
-    run.add_argument("--no-confirm", action="store_true",
-                     help="report failures without re-running them on a fresh pool first")
-    run.add_argument("--no-steer", action="store_true",
-                     help="keep drawing cases like a known bug's hits after its first hit (default: steer away "
-                          "from them, so the budget goes to the unknown; the report counts what was masked)")
-    run.add_argument("--exit-zero", action="store_true",
-                     help="exit 0 even when new failures are found (a smoke run: they are in the corpus and report)")
+    run.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="cpu",
+        help="cuda: ranks also hold models on GPUs (one rank per GPU, NCCL) and cases cross "
+        "CPU <-> GPU; needs a GPU (default cpu)",
+    )
+    run.add_argument(
+        "--case-timeout",
+        type=_positive_float,
+        default=None,
+        help="seconds before a case counts as hung (default: from the case's size, 30 s and up)",
+    )
+    run.add_argument(
+        "--generic-deadlines",
+        action="store_true",
+        help="every case gets the generic deadline from its size (30 s and up), not one measured "
+        "on this pool (4x the slowest of the last 200 cases, at least 10 s)",
+    )
+    run.add_argument(
+        "--no-confirm", action="store_true", help="report failures without re-running them on a fresh pool first"
+    )
+    run.add_argument(
+        "--no-steer",
+        action="store_true",
+        help="keep drawing cases like a known bug's hits after its first hit (default: steer away "
+        "from them, so the budget goes to the unknown; the report counts what was masked)",
+    )
+    run.add_argument(
+        "--exit-zero",
+        action="store_true",
+        help="exit 0 even when new failures are found (a smoke run: they are in the corpus and report)",
+    )
     store = run.add_argument_group("example database (resume, share)")
-    store.add_argument("--database", default=None, metavar="PATH|redis://HOST:PORT/N|none",
-                       help="Hypothesis example database: a re-run replays what it holds first "
-                            "(default .shardfuzz/examples; redis:// to share one between machines)")
-    store.add_argument("--replay-from", default=None, metavar="PATH|redis://...",
-                       help="also replay this database's examples, read-only (someone else's findings)")
+    store.add_argument(
+        "--database",
+        default=None,
+        metavar="PATH|redis://HOST:PORT/N|none",
+        help="Hypothesis example database: a re-run replays what it holds first "
+        "(default .shardfuzz/examples; redis:// to share one between machines)",
+    )
+    store.add_argument(
+        "--replay-from",
+        default=None,
+        metavar="PATH|redis://...",
+        help="also replay this database's examples, read-only (someone else's findings)",
+    )
     out = run.add_argument_group("reports and progress")
     out.add_argument("--report", type=Path, default=None, help="write the JSON report here (rewritten while running)")
-    out.add_argument("--report-dir", type=Path, default=None,
-                     help="at the end, write report.json, summary.md, junit.xml and report.html here")
-    out.add_argument("--flush-every", type=_positive_float, default=30.0,
-                     help="seconds between rewrites of --report while running (default 30)")
+    out.add_argument(
+        "--report-dir",
+        type=Path,
+        default=None,
+        help="at the end, write report.json, summary.md, junit.xml and report.html here",
+    )
+    out.add_argument(
+        "--flush-every",
+        type=_positive_float,
+        default=30.0,
+        help="seconds between rewrites of --report while running (default 30)",
+    )
     out.add_argument("--plain", action="store_true", help="plain progress lines even on a terminal")
     scale = run.add_argument_group("scale-out")
-    scale.add_argument("--workers", type=_count, default=1,
-                       help="independent campaigns at once, each with its own pool, sharing corpus and database")
-    scale.add_argument("--checkpoint-dir", default=None,
-                       help="under torchrun: where ranks write checkpoints (a filesystem every node sees)")
+    scale.add_argument(
+        "--workers",
+        type=_count,
+        default=1,
+        help="independent campaigns at once, each with its own pool, sharing corpus and database",
+    )
+    scale.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        help="under torchrun: where ranks write checkpoints (a filesystem every node sees)",
+    )
     scale.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
 
     replay = commands.add_parser("replay", help="re-run corpus entries: still failing, now passing, changed, flaky")
-    replay.add_argument("paths", nargs="*", type=Path, default=[Path("corpus")],
-                        help="entry files or corpus directories (default ./corpus)")
-    replay.add_argument("--repeat", type=_world_size, default=1,
-                        help="runs per entry; verdicts that disagree mark it flaky (default 1)")
+    replay.add_argument(
+        "paths",
+        nargs="*",
+        type=Path,
+        default=[Path("corpus")],
+        help="entry files or corpus directories (default ./corpus)",
+    )
+    replay.add_argument(
+        "--repeat", type=_world_size, default=1, help="runs per entry; verdicts that disagree mark it flaky (default 1)"
+    )
     replay.add_argument("--report", type=Path, default=None, help="write a JSON report here")
-    replay.add_argument("--device", choices=DEVICES, default="cpu",
-                        help="cuda: entries with a side on cuda run on the GPUs (else they answer unsupported)")
-    replay.add_argument("--case-timeout", type=_positive_float, default=None,
-                        help="seconds before a case counts as hung (default: from the case's size)")
+    replay.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="cpu",
+        help="cuda: entries with a side on cuda run on the GPUs (else they answer unsupported)",
+    )
+    replay.add_argument(
+        "--case-timeout",
+        type=_positive_float,
+        default=None,
+        help="seconds before a case counts as hung (default: from the case's size)",
+    )
 
     export = commands.add_parser("export", help="write a corpus entry as a standalone torch-only script")
     export.add_argument("entry", type=Path, help="the corpus entry (a .json file)")
     export.add_argument("-o", "--output", type=Path, default=None, help="script path (default: stdout)")
 
     selftest = commands.add_parser("selftest", help="fuzz a catalogue of injected checkpoint bugs; report kills")
-    selftest.add_argument("--budget", type=_positive_float, default=40.0,
-                          help="seconds per mutant to find and shrink it (default 40)")
+    selftest.add_argument(
+        "--budget", type=_positive_float, default=40.0, help="seconds per mutant to find and shrink it (default 40)"
+    )
     selftest.add_argument("--world-size", type=_world_size, default=2, help="ranks in each pool (default 2)")
     selftest.add_argument("--seed", type=int, default=0, help="seed for the case draws (default 0)")
-    selftest.add_argument("--mutant", action="append", default=None,
-                          help="only this mutant (repeatable; default: the whole catalogue)")
+    selftest.add_argument(
+        "--mutant", action="append", default=None, help="only this mutant (repeatable; default: the whole catalogue)"
+    )
     selftest.add_argument("--report", type=Path, default=None, help="write a JSON report here")
-    selftest.add_argument("--corpus", type=Path, default=Path("corpus"),
-                          help="known torch bugs here are not counted as kills (default ./corpus)")
+    selftest.add_argument(
+        "--corpus",
+        type=Path,
+        default=Path("corpus"),
+        help="known torch bugs here are not counted as kills (default ./corpus)",
+    )
 
-    shrink = commands.add_parser("shrink", help="go on shrinking a corpus entry; keep a smaller case that "
-                                                "fails the same way")
+    shrink = commands.add_parser(
+        "shrink", help="go on shrinking a corpus entry; keep a smaller case that fails the same way"
+    )
     shrink.add_argument("entry", type=Path, help="the corpus entry (a .json file); rewritten in place")
-    shrink.add_argument("--budget", type=_duration, default=300.0,
-                        help="time to spend: seconds, or with s/m/h (default 300 s)")
-    shrink.add_argument("--case-timeout", type=_positive_float, default=None,
-                        help="seconds before a case counts as hung (default: from the case's size)")
+    shrink.add_argument(
+        "--budget", type=_duration, default=300.0, help="time to spend: seconds, or with s/m/h (default 300 s)"
+    )
+    shrink.add_argument(
+        "--case-timeout",
+        type=_positive_float,
+        default=None,
+        help="seconds before a case counts as hung (default: from the case's size)",
+    )
 
     report_bug = commands.add_parser("report-bug", help="write a corpus entry as an upstream issue text (markdown)")
     report_bug.add_argument("entry", type=Path, help="the corpus entry (a .json file)")
@@ -159,15 +233,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     table = commands.add_parser("known-bugs", help="the corpus's known bugs as a markdown table")
     table.add_argument("--corpus", type=Path, default=Path("corpus"), help="corpus directory (default ./corpus)")
-    table.add_argument("-o", "--output", type=Path, default=None,
-                       help="write it here, e.g. corpus/README.md (default: stdout)")
+    table.add_argument(
+        "-o", "--output", type=Path, default=None, help="write it here, e.g. corpus/README.md (default: stdout)"
+    )
 
     render = commands.add_parser("report", help="render a run's JSON report as HTML, markdown or JUnit XML")
     render.add_argument("report", type=Path, help="a report.json written by shardfuzz run (--report/--report-dir)")
     kind = render.add_mutually_exclusive_group()
     for flag in ("html", "markdown", "junit"):
-        kind.add_argument(f"--{flag}", dest="format", action="store_const", const=flag,
-                          help=f"{flag} (default: html)" if flag == "html" else flag)
+        kind.add_argument(
+            f"--{flag}",
+            dest="format",
+            action="store_const",
+            const=flag,
+            help=f"{flag} (default: html)" if flag == "html" else flag,
+        )
     render.add_argument("-o", "--output", type=Path, default=None, help="write it here (default: stdout)")
 
     commands.add_parser("capabilities", help="list what the installed torch offers to the fuzzer")
@@ -212,24 +292,45 @@ def _selftest(args) -> int:
 
     def show(r) -> None:
         detect = f"{r.seconds_to_detect:.1f}" if r.seconds_to_detect is not None else "-"
-        print(f"{r.mutant:30} {'KILLED' if r.killed else 'SURVIVED':8} {r.killed_by[:24]:24} {detect:>8} "
-              f"{r.shrunk_case_size if r.shrunk_case_size is not None else '-':>5}  {r.shrunk_case}", flush=True)
+        print(
+            f"{r.mutant:30} {'KILLED' if r.killed else 'SURVIVED':8} {r.killed_by[:24]:24} {detect:>8} "
+            f"{r.shrunk_case_size if r.shrunk_case_size is not None else '-':>5}  {r.shrunk_case}",
+            flush=True,
+        )
 
     started = time.monotonic()
     try:
-        results = run_selftest(budget_per_mutant=args.budget, world_size=args.world_size, seed=args.seed,
-                               mutants=args.mutant, is_known=lambda s, c: known.lookup(s, c) is not None,
-                               on_result=show)
+        results = run_selftest(
+            budget_per_mutant=args.budget,
+            world_size=args.world_size,
+            seed=args.seed,
+            mutants=args.mutant,
+            is_known=lambda s, c: known.lookup(s, c) is not None,
+            on_result=show,
+        )
     except PoolStartError as exc:
         print(f"shardfuzz selftest: {exc}", file=sys.stderr)
         return 2
     killed = sum(r.killed for r in results)
-    print(f"kill rate {killed}/{len(results)} ({100 * killed / len(results):.0f}%) in {time.monotonic() - started:.0f}s "
-          f"on torch {torch.__version__}, {args.budget:g}s per mutant, {args.world_size} ranks")
+    print(
+        f"kill rate {killed}/{len(results)} ({100 * killed / len(results):.0f}%) in {time.monotonic() - started:.0f}s "
+        f"on torch {torch.__version__}, {args.budget:g}s per mutant, {args.world_size} ranks"
+    )
     if args.report:
-        args.report.write_text(json.dumps({"torch": torch.__version__, "budget_per_mutant": args.budget,
-                                           "world_size": args.world_size, "killed": killed, "total": len(results),
-                                           "mutants": [r.as_dict() for r in results]}, indent=2) + "\n")
+        args.report.write_text(
+            json.dumps(
+                {
+                    "torch": torch.__version__,
+                    "budget_per_mutant": args.budget,
+                    "world_size": args.world_size,
+                    "killed": killed,
+                    "total": len(results),
+                    "mutants": [r.as_dict() for r in results],
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return 0 if killed == len(results) else 1
 
 
@@ -303,8 +404,12 @@ def _replay(args) -> int:
         for pool in pools.values():
             pool.close()
     if args.report:
-        args.report.write_text(json.dumps({"repeat": args.repeat, "problems": problems,
-                                           "entries": [r.as_dict() for r in replays]}, indent=2) + "\n")
+        args.report.write_text(
+            json.dumps(
+                {"repeat": args.repeat, "problems": problems, "entries": [r.as_dict() for r in replays]}, indent=2
+            )
+            + "\n"
+        )
     return 0 if all(r.outcome in ("still failing", "skipped") for r in replays) else 1
 
 
@@ -340,8 +445,11 @@ def _export(args) -> int:
         return 2
     _emit(script, args.output)
     if args.output is not None:
-        print(f"wrote {args.output}: run it with `python {args.output}` or "
-              f"`torchrun --nproc-per-node {entry.case.world_size} {args.output}`", file=sys.stderr)
+        print(
+            f"wrote {args.output}: run it with `python {args.output}` or "
+            f"`torchrun --nproc-per-node {entry.case.world_size} {args.output}`",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -364,14 +472,19 @@ def _shrink(args) -> int:
     def admissible(case) -> bool:  # a known bug's case must keep meeting its conditions
         return not pool.cannot_run(case) and (entry.known is None or entry.known.matches(case))
 
-    print(f"shrinking {args.entry} (size {case_size(entry.case)}: {describe(entry.case)}) for up to "
-          f"{args.budget:g} s", file=sys.stderr)
+    print(
+        f"shrinking {args.entry} (size {case_size(entry.case)}: {describe(entry.case)}) for up to {args.budget:g} s",
+        file=sys.stderr,
+    )
     try:
         with RankPool(entry.replay_world_size, target=entry.target, case_timeout=args.case_timeout) as pool:
             started = time.monotonic()
             if not still_fails(entry.case):
-                print(f"shardfuzz shrink: {args.entry} does not fail as recorded here ({entry.signature[:120]}); "
-                      "`shardfuzz replay` says how it behaves now", file=sys.stderr)
+                print(
+                    f"shardfuzz shrink: {args.entry} does not fail as recorded here ({entry.signature[:120]}); "
+                    "`shardfuzz replay` says how it behaves now",
+                    file=sys.stderr,
+                )
                 return 1
             if args.case_timeout is None and entry.status != "hang":
                 # A simpler case that hangs (another bug) costs seconds, not the generic deadline; a
@@ -385,10 +498,15 @@ def _shrink(args) -> int:
         rewrite_entry(args.entry, attrs.evolve(entry, case=result.case, shrunk=result.finished))
     elif result.finished and not entry.shrunk:
         rewrite_entry(args.entry, attrs.evolve(entry, shrunk=True))
-    state = "finished (nothing one step simpler fails the same way)" if result.finished else \
-        "stopped by the budget: run it again to go on"
-    print(f"shardfuzz shrink: size {case_size(entry.case)} -> {case_size(result.case)} in {result.moves} moves, "
-          f"{result.tried} cases tried, {result.seconds:.0f} s; {state}\n  {describe(result.case)}")
+    state = (
+        "finished (nothing one step simpler fails the same way)"
+        if result.finished
+        else "stopped by the budget: run it again to go on"
+    )
+    print(
+        f"shardfuzz shrink: size {case_size(entry.case)} -> {case_size(result.case)} in {result.moves} moves, "
+        f"{result.tried} cases tried, {result.seconds:.0f} s; {state}\n  {describe(result.case)}"
+    )
     return 0
 
 
@@ -421,8 +539,10 @@ def _report_bug(args) -> int:
         return 2
     _emit(text, args.output)
     if args.output is not None:
-        print(f"wrote {args.output}: check it reproduces on your machine (`shardfuzz export`), then file it",
-              file=sys.stderr)
+        print(
+            f"wrote {args.output}: check it reproduces on your machine (`shardfuzz export`), then file it",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -459,16 +579,45 @@ def _run(args) -> int:
     from shardfuzz.workers import run_workers
 
     def worker_argv(index: int, seed: int, report: Path) -> list[str]:
-        argv = [sys.executable, "-m", "shardfuzz", "run", "--budget", str(args.budget), "--seed", str(seed),
-                "--corpus", str(args.corpus), "--world-size", str(args.world_size), "--database", args.database,
-                "--device", args.device,
-                "--report", str(report), "--flush-every", "2", "--plain", "--worker-index", str(index)]
-        for flag, value in (("--max-cases", args.max_cases), ("--target", args.target),
-                            ("--case-timeout", args.case_timeout), ("--replay-from", args.replay_from)):
+        argv = [
+            sys.executable,
+            "-m",
+            "shardfuzz",
+            "run",
+            "--budget",
+            str(args.budget),
+            "--seed",
+            str(seed),
+            "--corpus",
+            str(args.corpus),
+            "--world-size",
+            str(args.world_size),
+            "--database",
+            args.database,
+            "--device",
+            args.device,
+            "--report",
+            str(report),
+            "--flush-every",
+            "2",
+            "--plain",
+            "--worker-index",
+            str(index),
+        ]
+        for flag, value in (
+            ("--max-cases", args.max_cases),
+            ("--target", args.target),
+            ("--case-timeout", args.case_timeout),
+            ("--replay-from", args.replay_from),
+        ):
             if value is not None:
                 argv += [flag, str(value)]
-        argv += (["--no-confirm"] * args.no_confirm + ["--exit-zero"] * args.exit_zero + ["--no-steer"] * args.no_steer
-                 + ["--generic-deadlines"] * args.generic_deadlines)
+        argv += (
+            ["--no-confirm"] * args.no_confirm
+            + ["--exit-zero"] * args.exit_zero
+            + ["--no-steer"] * args.no_steer
+            + ["--generic-deadlines"] * args.generic_deadlines
+        )
         return argv
 
     return run_workers(args, worker_argv)

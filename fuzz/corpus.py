@@ -34,8 +34,17 @@ from shardfuzz.targets import DEFAULT_TARGET
 from shardfuzz.verdict import TRIAGE_CLASSES, Verdict, canonical_signature
 
 __all__ = [
-    "Cause", "CorpusError", "Entry", "Known", "KnownBugs", "entry_for", "known_bugs", "load_corpus", "load_entry",
-    "rewrite_entry", "save_entry",
+    "Cause",
+    "CorpusError",
+    "Entry",
+    "Known",
+    "KnownBugs",
+    "entry_for",
+    "known_bugs",
+    "load_corpus",
+    "load_entry",
+    "rewrite_entry",
+    "save_entry",
 ]
 
 ENTRY_SCHEMA_VERSION = 1
@@ -172,8 +181,15 @@ def versions() -> dict[str, str]:
     return {"torch": torch.__version__, "python": platform.python_version(), "hypothesis": hypothesis.__version__}
 
 
-def entry_for(case: Case, verdict: Verdict, *, target: str = DEFAULT_TARGET,
-              other: Verdict | None = None, world_size: int = 0, shrunk: bool = True) -> Entry:
+def entry_for(
+    case: Case,
+    verdict: Verdict,
+    *,
+    target: str = DEFAULT_TARGET,
+    other: Verdict | None = None,
+    world_size: int = 0,
+    shrunk: bool = True,
+) -> Entry:
     """The corpus entry for a failure; ``other`` is a confirming re-run that disagreed (flaky)."""
     summary = verdict.summary()
     flaky = ", flaky" if other is not None else ""

@@ -50,7 +50,9 @@ def _redis(url: str):
         import redis
         from hypothesis.extra.redis import RedisExampleDatabase
     except ImportError as exc:
-        raise DatabaseError(f"database {url!r} needs the redis client: pip install 'shardfuzz[redis]' ({exc})") from None
+        raise DatabaseError(
+            f"database {url!r} needs the redis client: pip install 'shardfuzz[redis]' ({exc})"
+        ) from None
     client = redis.Redis.from_url(url, socket_connect_timeout=5)
     try:
         client.ping()

@@ -14,13 +14,16 @@ def _describe_leaf(node, width: int) -> str:
 
 
 def describe(case: Case) -> str:
-    layers = " > ".join(_describe_leaf(node, width) for _, node, width in case.model.walk()
-                        if isinstance(node, LEAF_CLASSES))
+    layers = " > ".join(
+        _describe_leaf(node, width) for _, node, width in case.model.walk() if isinstance(node, LEAF_CLASSES)
+    )
     dtype = f" ({case.model.dtype})" if case.model.dtype != "float32" else ""
     storage = "" if case.storage == Dcp() else f"; storage {case.storage!r}"
-    return (f"{layers}{dtype}; save {_side(case.save)}, load {_side(case.load)}; "
-            f"{type(case.optimizer).__name__}, {case.steps} steps; checks {list(case.checks) or '-'}"
-            f"{'; load ' + case.load_mutation if case.load_mutation else ''}{storage}")
+    return (
+        f"{layers}{dtype}; save {_side(case.save)}, load {_side(case.load)}; "
+        f"{type(case.optimizer).__name__}, {case.steps} steps; checks {list(case.checks) or '-'}"
+        f"{'; load ' + case.load_mutation if case.load_mutation else ''}{storage}"
+    )
 
 
 def _side(side: Side) -> str:

@@ -49,15 +49,20 @@ def export_script(entry: Entry, *, filename: str = "repro.py") -> str:
     case = entry.case
     on_gpu = [name for name in ("save", "load") if getattr(case, name).device != "cpu"]
     if on_gpu:
-        raise ValueError(f"the case's {' and '.join(on_gpu)} side runs on cuda; exported scripts run CPU ranks "
-                         "only (use shardfuzz replay --device cuda on a machine with a GPU)")
+        raise ValueError(
+            f"the case's {' and '.join(on_gpu)} side runs on cuda; exported scripts run CPU ranks "
+            "only (use shardfuzz replay --device cuda on a machine with a GPU)"
+        )
     return _TEMPLATE.substitute(
         title=entry.title.replace('"""', "'''"),
         status=f"{entry.status} ({entry.triage})",
         signature=entry.signature,
         versions=", ".join(f"{k} {v}" for k, v in sorted(entry.versions.items())) or "unknown",
-        known=(f"\nKnown bug: {entry.known.link or entry.known.description} (torch {entry.known.torch})"
-               if entry.known else ""),
+        known=(
+            f"\nKnown bug: {entry.known.link or entry.known.description} (torch {entry.known.torch})"
+            if entry.known
+            else ""
+        ),
         filename=filename,
         world_size=entry.replay_world_size,
         hang_seconds=round(deadline_for(case) * 1.5),
@@ -118,8 +123,10 @@ def _module_expr(node, width: int, indent: int) -> tuple[str, int]:
     if isinstance(node, BatchNorm):
         return f"nn.BatchNorm1d({width})", width
     if isinstance(node, Conv):
-        return (f"Conv{node.dims}dLeaf({width}, {width}, {node.kernel_size}, padding={node.kernel_size // 2}, "
-                f"bias={node.bias})"), width
+        return (
+            f"Conv{node.dims}dLeaf({width}, {width}, {node.kernel_size}, padding={node.kernel_size // 2}, "
+            f"bias={node.bias})"
+        ), width
     if isinstance(node, Embedding):
         return f"nn.Embedding({node.num_embeddings}, {width})", width
     if isinstance(node, Scale):
@@ -147,12 +154,18 @@ def _shard_function(name: str, side: Side) -> str:
     if isinstance(engine, Unsharded):
         return head + "    return model  # a plain module on one rank\n"
     if isinstance(engine, DDP):
-        return head + ("    from torch.nn.parallel import DistributedDataParallel\n\n"
-                       "    return DistributedDataParallel(model, process_group=group)\n")
+        return head + (
+            "    from torch.nn.parallel import DistributedDataParallel\n\n"
+            "    return DistributedDataParallel(model, process_group=group)\n"
+        )
     if isinstance(engine, FSDP2):
-        placement = ("    from torch.distributed.tensor import Shard\n\n"
-                     "    kwargs['shard_placement_fn'] = lambda p: Shard(min("
-                     f"{engine.shard_dim}, p.ndim - 1))\n" if engine.shard_dim else "")
+        placement = (
+            "    from torch.distributed.tensor import Shard\n\n"
+            "    kwargs['shard_placement_fn'] = lambda p: Shard(min("
+            f"{engine.shard_dim}, p.ndim - 1))\n"
+            if engine.shard_dim
+            else ""
+        )
         return head + (
             f"    kwargs = dict(mesh=mesh, reshard_after_forward={engine.reshard_after_forward})\n"
             f"{placement}"
@@ -171,24 +184,36 @@ def _shard_function(name: str, side: Side) -> str:
         "    policy = None\n"
     )
     if engine.wrap_policy == "set" and wrap:
-        body += (f"    inner = {{id(model.get_submodule(path)) for path in {wrap!r}}}\n"
-                 "    policy = functools.partial(fsdp_wrap.lambda_auto_wrap_policy, lambda_fn=lambda m: id(m) in inner)\n")
+        body += (
+            f"    inner = {{id(model.get_submodule(path)) for path in {wrap!r}}}\n"
+            "    policy = functools.partial(fsdp_wrap.lambda_auto_wrap_policy, lambda_fn=lambda m: id(m) in inner)\n"
+        )
     elif engine.wrap_policy == "manual":
-        body += ("    with fsdp_wrap.enable_wrap(wrapper_cls=FullyShardedDataParallel, **common):\n"
-                 f"        for path in {innermost_first!r}:  # innermost first: nested wrap()\n"
-                 "            parent, _, attr = path.rpartition('.')\n"
-                 "            owner = model.get_submodule(parent) if parent else model\n"
-                 "            setattr(owner, attr, fsdp_wrap.wrap(getattr(owner, attr)))\n")
+        body += (
+            "    with fsdp_wrap.enable_wrap(wrapper_cls=FullyShardedDataParallel, **common):\n"
+            f"        for path in {innermost_first!r}:  # innermost first: nested wrap()\n"
+            "            parent, _, attr = path.rpartition('.')\n"
+            "            owner = model.get_submodule(parent) if parent else model\n"
+            "            setattr(owner, attr, fsdp_wrap.wrap(getattr(owner, attr)))\n"
+        )
     elif engine.wrap_policy == "module-type":
         from shardfuzz.build import MODULE_TYPE_CLASSES, BlockModule
 
         classes = [MODULE_TYPE_CLASSES[t] for t in engine.module_types]
-        types = ", ".join("Block" if cls is BlockModule else cls.__name__ if cls.__module__ == "shardfuzz.build"
-                          else f"nn.{cls.__name__}" for cls in classes)
+        types = ", ".join(
+            "Block"
+            if cls is BlockModule
+            else cls.__name__
+            if cls.__module__ == "shardfuzz.build"
+            else f"nn.{cls.__name__}"
+            for cls in classes
+        )
         body += f"    policy = fsdp_wrap.ModuleWrapPolicy({{{types}}})\n"
     elif engine.wrap_policy == "size-based":
-        body += ("    policy = functools.partial(fsdp_wrap.size_based_auto_wrap_policy, "
-                 f"min_num_params={engine.min_num_params})\n")
+        body += (
+            "    policy = functools.partial(fsdp_wrap.size_based_auto_wrap_policy, "
+            f"min_num_params={engine.min_num_params})\n"
+        )
     elif engine.wrap_policy == "always":
         body += "    policy = fsdp_wrap.always_wrap_policy\n"
     return head + body + "    return FullyShardedDataParallel(model, auto_wrap_policy=policy, **common)\n"
@@ -225,12 +250,18 @@ def _target_code(target: str, storage) -> str:
         from shardfuzz import storage as storage_module
 
         io = storage_module.storage_target(storage)
-        sources = "\n\n".join(inspect.getsource(getattr(storage_module, name))
-                               for name in storage_module.STORAGE_SOURCES)
-        arguments = (", ".join(f"{k}={v!r}" for k, v in (("api", io.api), *io.writer_options.items()))
-                     if isinstance(io, storage_module.DcpFiles) else "")
-        return (f"# How shardfuzz's default target writes and reads this case's checkpoint (storage.py).\n"
-                f"{sources}\n\n_target = {type(io).__name__}({arguments})\n\n\n{common}")
+        sources = "\n\n".join(
+            inspect.getsource(getattr(storage_module, name)) for name in storage_module.STORAGE_SOURCES
+        )
+        arguments = (
+            ", ".join(f"{k}={v!r}" for k, v in (("api", io.api), *io.writer_options.items()))
+            if isinstance(io, storage_module.DcpFiles)
+            else ""
+        )
+        return (
+            f"# How shardfuzz's default target writes and reads this case's checkpoint (storage.py).\n"
+            f"{sources}\n\n_target = {type(io).__name__}({arguments})\n\n\n{common}"
+        )
     module, _, attribute = target.partition(":")
     return (
         f"# The failure was found in this checkpoint code, not in DCP: it must be importable.\n"
@@ -255,6 +286,7 @@ def _module_class_sources() -> str:
 
     block = _source_of("BlockModule").replace("class BlockModule(", "class Block(")
     return "\n\n".join([block, *(_source_of(name) for name in LEAF_MODULE_SOURCES), _source_of("training_batch")])
+
 
 _TEMPLATE = Template('''#!/usr/bin/env python3
 """Standalone reproducer exported by shardfuzz.

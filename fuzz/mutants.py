@@ -54,7 +54,7 @@ def _optim_entries(optim: dict) -> Iterator[tuple[str, str, Any, dict, str]]:
                 yield fqn, name, optim["state"][fqn][name], optim["state"][fqn], name
     else:  # flattened: {"state.<fqn>.<name>": value}
         for key in sorted(k for k in optim if k.startswith("state.")):
-            fqn, _, name = key[len("state."):].rpartition(".")
+            fqn, _, name = key[len("state.") :].rpartition(".")
             yield fqn, name, optim[key], optim, key
 
 
@@ -172,8 +172,11 @@ class BuffersNotLoaded(DcpTarget):
     _BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
     def load(self, state_dict, *, checkpoint_id, process_group):
-        buffers = [v for k, v in state_dict["model"].items()
-                   if k.rsplit(".", 1)[-1] in self._BUFFERS and isinstance(v, torch.Tensor)]
+        buffers = [
+            v
+            for k, v in state_dict["model"].items()
+            if k.rsplit(".", 1)[-1] in self._BUFFERS and isinstance(v, torch.Tensor)
+        ]
         kept = _snapshot(buffers)
         super().load(state_dict, checkpoint_id=checkpoint_id, process_group=process_group)
         _restore(kept)
@@ -210,8 +213,12 @@ def _partial_load(state_dict, checkpoint_id, process_group) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
-    dcp.load(state_dict, checkpoint_id=checkpoint_id, process_group=process_group,
-             planner=DefaultLoadPlanner(allow_partial_load=True))
+    dcp.load(
+        state_dict,
+        checkpoint_id=checkpoint_id,
+        process_group=process_group,
+        planner=DefaultLoadPlanner(allow_partial_load=True),
+    )
 
 
 class SwapMomentsBetweenParameters(DcpTarget):
@@ -231,7 +238,7 @@ class SwapMomentsBetweenParameters(DcpTarget):
                 by_kind.setdefault(name, []).append(local)
         for moments in by_kind.values():
             for i, a in enumerate(moments):
-                for b in moments[i + 1:]:
+                for b in moments[i + 1 :]:
                     if a.shape == b.shape and not torch.equal(a, b):
                         with torch.no_grad():
                             saved = a.clone()
@@ -262,8 +269,15 @@ class FirstMomentsNotLoaded(DcpTarget):
     """Part of the optimizer state skipped: momentum buffers / ``exp_avg`` keep their pre-load values."""
 
     def load(self, state_dict, *, checkpoint_id, process_group):
-        kept = _snapshot(t for t in (_local(v) for _, name, v, _, _ in _optim_entries(state_dict["optim"])
-                                     if name in ("exp_avg", "momentum_buffer")) if t is not None)
+        kept = _snapshot(
+            t
+            for t in (
+                _local(v)
+                for _, name, v, _, _ in _optim_entries(state_dict["optim"])
+                if name in ("exp_avg", "momentum_buffer")
+            )
+            if t is not None
+        )
         super().load(state_dict, checkpoint_id=checkpoint_id, process_group=process_group)
         _restore(kept)
 
@@ -329,10 +343,15 @@ class ShardOnDimOne(DcpTarget):
             return Shard(1) if param.dim() == 2 and param.shape[1] > 1 else Shard(0)
 
         for path in side.wrap_innermost_first:
-            fully_shard(module.get_submodule(path), mesh=mesh, shard_placement_fn=placement,
-                        reshard_after_forward=side.engine.reshard_after_forward)
-        fully_shard(module, mesh=mesh, shard_placement_fn=placement,
-                    reshard_after_forward=side.engine.reshard_after_forward)
+            fully_shard(
+                module.get_submodule(path),
+                mesh=mesh,
+                shard_placement_fn=placement,
+                reshard_after_forward=side.engine.reshard_after_forward,
+            )
+        fully_shard(
+            module, mesh=mesh, shard_placement_fn=placement, reshard_after_forward=side.engine.reshard_after_forward
+        )
         return module
 
 

@@ -57,15 +57,27 @@ __all__ = [
 
 STATE_ORACLE = "complete-state"
 REPLICA_ORACLE = "replica-consistency"
-ORACLES = (STATE_ORACLE, REPLICA_ORACLE, "continuation", "layout", "api-parity", "full-offload",
-           "loud-incompatible-load")
+ORACLES = (
+    STATE_ORACLE,
+    REPLICA_ORACLE,
+    "continuation",
+    "layout",
+    "api-parity",
+    "full-offload",
+    "loud-incompatible-load",
+)
 
 _BITS_BY_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 def compare_state(
-    expected: Mapping[str, Any], actual: Mapping[str, Any], *, rank: int, oracle: str = STATE_ORACLE,
-    close: tuple[float, float] | None = None, before: Mapping[str, Any] | None = None,
+    expected: Mapping[str, Any],
+    actual: Mapping[str, Any],
+    *,
+    rank: int,
+    oracle: str = STATE_ORACLE,
+    close: tuple[float, float] | None = None,
+    before: Mapping[str, Any] | None = None,
 ) -> list[Mismatch]:
     """Bitwise equality of every entry; nothing missing, nothing extra.
 
@@ -96,8 +108,14 @@ def _with_kind(mismatch: Mismatch, want: Any, got: Any, **context) -> Mismatch:
     return attrs.evolve(mismatch, detail=f"values differ: {kind}") if kind else mismatch
 
 
-def difference_kind(key: str, want: torch.Tensor, got: torch.Tensor, *, before: Mapping[str, Any] | None = None,
-                    saved: Mapping[str, Any] | None = None) -> str:
+def difference_kind(
+    key: str,
+    want: torch.Tensor,
+    got: torch.Tensor,
+    *,
+    before: Mapping[str, Any] | None = None,
+    saved: Mapping[str, Any] | None = None,
+) -> str:
     """How a loaded tensor differs from the saved one, in words that tell checkpoint bugs apart ('' if no
     mechanism is recognised).
 
@@ -121,8 +139,11 @@ def difference_kind(key: str, want: torch.Tensor, got: torch.Tensor, *, before: 
             same = _as_bits(other) == _as_bits(got)
             # Two elements at least: one equal value (a 0 step, a 1x1 weight) is as likely a coincidence.
             if bool((same | ~differs).all()) and int((same & differs).sum()) >= 2:
-                whose = "another parameter's" if other_key.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1] \
+                whose = (
+                    "another parameter's"
+                    if other_key.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]
                     else "another entry's"
+                )
                 return f"holds {whose} saved values"
     if got.numel() > 1 and torch.equal(_as_bits(got).flatten().sort().values, _as_bits(want).flatten().sort().values):
         return "the saved values in other places"
@@ -137,18 +158,18 @@ def _same_layout(a: Any, b: torch.Tensor) -> bool:
     return isinstance(a, torch.Tensor) and a.dtype == b.dtype and tuple(a.shape) == tuple(b.shape)
 
 
-def _compare_value(key: str, want: Any, got: Any, rank: int, oracle: str = STATE_ORACLE,
-                   close: tuple[float, float] | None = None) -> Mismatch | None:
+def _compare_value(
+    key: str, want: Any, got: Any, rank: int, oracle: str = STATE_ORACLE, close: tuple[float, float] | None = None
+) -> Mismatch | None:
     if isinstance(want, torch.Tensor) or isinstance(got, torch.Tensor):
         if not (isinstance(want, torch.Tensor) and isinstance(got, torch.Tensor)):
-            return Mismatch(oracle, key, rank, "tensor versus non-tensor",
-                            expected=_short(want), actual=_short(got))
+            return Mismatch(oracle, key, rank, "tensor versus non-tensor", expected=_short(want), actual=_short(got))
         if want.dtype != got.dtype:
-            return Mismatch(oracle, key, rank, "dtype differs",
-                            expected=str(want.dtype), actual=str(got.dtype))
+            return Mismatch(oracle, key, rank, "dtype differs", expected=str(want.dtype), actual=str(got.dtype))
         if tuple(want.shape) != tuple(got.shape):
-            return Mismatch(oracle, key, rank, "shape differs",
-                            expected=str(list(want.shape)), actual=str(list(got.shape)))
+            return Mismatch(
+                oracle, key, rank, "shape differs", expected=str(list(want.shape)), actual=str(list(got.shape))
+            )
         if close is not None and want.is_floating_point():
             index = first_difference_beyond(want, got, *close)
             what = f"differs beyond rtol={close[0]:g}, atol={close[1]:g}"
@@ -156,8 +177,9 @@ def _compare_value(key: str, want: Any, got: Any, rank: int, oracle: str = STATE
             index, what = first_bit_difference(want, got), "values differ"
         if index is None:
             return None
-        return Mismatch(oracle, key, rank, what, index=index,
-                        expected=repr(want[index].item()), actual=repr(got[index].item()))
+        return Mismatch(
+            oracle, key, rank, what, index=index, expected=repr(want[index].item()), actual=repr(got[index].item())
+        )
     if _as_lists(want) != _as_lists(got):
         return Mismatch(oracle, key, rank, "value differs", expected=_short(want), actual=_short(got))
     return None
@@ -187,9 +209,13 @@ def unchanged_before_load(expected: Mapping[str, Any], before: Mapping[str, Any]
     ``maximize``) are the same defaults on both sides by design. The round-trip starts the load side from another seed and other
     optimizer hyperparameters so that this list stays short; it is counted in reports.
     """
-    return [key for key in sorted(expected.keys() & before.keys())
-            if isinstance(expected[key], torch.Tensor) and expected[key].numel()
-            and _compare_value(key, expected[key], before[key], rank=0) is None]
+    return [
+        key
+        for key in sorted(expected.keys() & before.keys())
+        if isinstance(expected[key], torch.Tensor)
+        and expected[key].numel()
+        and _compare_value(key, expected[key], before[key], rank=0) is None
+    ]
 
 
 #: Continuation compares parameters after k more steps on both sides. Where the
@@ -217,9 +243,16 @@ NO_TOLERANCE_DTYPES = ("bfloat16",)
 ADAPTIVE_STEP_SLACK = 2.0
 
 
-def continuation(expected_after: Mapping[str, Any], actual_after: Mapping[str, Any], *, rank: int,
-                 identical_layout: bool, dtype: str = "float32", adaptive_lr: float | None = None,
-                 steps: int = 2) -> list[Mismatch]:
+def continuation(
+    expected_after: Mapping[str, Any],
+    actual_after: Mapping[str, Any],
+    *,
+    rank: int,
+    identical_layout: bool,
+    dtype: str = "float32",
+    adaptive_lr: float | None = None,
+    steps: int = 2,
+) -> list[Mismatch]:
     """``continuation``: parameters after k more steps on the loaded model equal those on the saved one.
 
     ``adaptive_lr``: the largest learning rate of an adaptive optimizer; across layouts the parameters then
@@ -228,14 +261,20 @@ def continuation(expected_after: Mapping[str, Any], actual_after: Mapping[str, A
         return []
     if identical_layout:
         return compare_state(expected_after, actual_after, rank=rank, oracle="continuation")
-    found = compare_state(expected_after, actual_after, rank=rank, oracle="continuation",
-                          close=CONTINUATION_TOLERANCE)
+    found = compare_state(expected_after, actual_after, rank=rank, oracle="continuation", close=CONTINUATION_TOLERANCE)
     if adaptive_lr is None:
         return found
     slack = (CONTINUATION_TOLERANCE[0], ADAPTIVE_STEP_SLACK * adaptive_lr * steps)
-    return [m for m in found if not (m.key.startswith("model.") and m.key in expected_after and m.key in actual_after
-                                     and _compare_value(m.key, expected_after[m.key], actual_after[m.key], rank,
-                                                        "continuation", slack) is None)]
+    return [
+        m
+        for m in found
+        if not (
+            m.key.startswith("model.")
+            and m.key in expected_after
+            and m.key in actual_after
+            and _compare_value(m.key, expected_after[m.key], actual_after[m.key], rank, "continuation", slack) is None
+        )
+    ]
 
 
 @frozen
@@ -254,38 +293,61 @@ def layout(records: Mapping[str, LayoutRecord], expected: Mapping[str, LayoutRec
     for key in sorted(expected.keys() | records.keys()):
         want, got = expected.get(key), records.get(key)
         if got is None or want is None:
-            found.append(Mismatch("layout", key, rank, "not a DTensor after load" if got is None
-                                  else "unexpected DTensor parameter"))
+            found.append(
+                Mismatch(
+                    "layout", key, rank, "not a DTensor after load" if got is None else "unexpected DTensor parameter"
+                )
+            )
         elif got != want:
             diff = [f for f in ("mesh_size", "placements", "shape", "dtype") if getattr(got, f) != getattr(want, f)]
-            found.append(Mismatch("layout", key, rank, f"{diff[0]} differs",
-                                  expected=str(getattr(want, diff[0])), actual=str(getattr(got, diff[0]))))
+            found.append(
+                Mismatch(
+                    "layout",
+                    key,
+                    rank,
+                    f"{diff[0]} differs",
+                    expected=str(getattr(want, diff[0])),
+                    actual=str(getattr(got, diff[0])),
+                )
+            )
     return found
 
 
 def api_parity(first: Mapping[str, Any], second: Mapping[str, Any], *, rank: int, what: str) -> list[Mismatch]:
     """``api-parity``: two APIs' views of the same state agree exactly; ``what`` names the pair."""
-    return [attrs.evolve(m, detail=f"{what}: {m.detail}")
-            for m in compare_state(first, second, rank=rank, oracle="api-parity")]
+    return [
+        attrs.evolve(m, detail=f"{what}: {m.detail}")
+        for m in compare_state(first, second, rank=rank, oracle="api-parity")
+    ]
 
 
-def full_offload(held: Mapping[str, tuple[tuple[int, ...], str]], expected_shapes: Mapping[str, tuple[int, ...]],
-                 *, rank: int) -> list[Mismatch]:
+def full_offload(
+    held: Mapping[str, tuple[tuple[int, ...], str]], expected_shapes: Mapping[str, tuple[int, ...]], *, rank: int
+) -> list[Mismatch]:
     """``full-offload``: rank 0 holds every key, full-shaped on CPU; other ranks hold nothing.
 
     ``held`` maps each key this rank got to ``(shape, device type)``.
     """
     if rank != 0:
-        return [Mismatch("full-offload", key, rank, "a rank other than 0 holds state")
-                for key in sorted(held)][:1]
-    found = [Mismatch("full-offload", key, rank, "missing on rank 0") for key in sorted(expected_shapes.keys() - held.keys())]
+        return [Mismatch("full-offload", key, rank, "a rank other than 0 holds state") for key in sorted(held)][:1]
+    found = [
+        Mismatch("full-offload", key, rank, "missing on rank 0") for key in sorted(expected_shapes.keys() - held.keys())
+    ]
     for key in sorted(expected_shapes.keys() & held.keys()):
         shape, device = held[key]
         if device != "cpu":
             found.append(Mismatch("full-offload", key, rank, "not offloaded to CPU", expected="cpu", actual=device))
         elif tuple(shape) != tuple(expected_shapes[key]):
-            found.append(Mismatch("full-offload", key, rank, "not full-shaped",
-                                  expected=str(list(expected_shapes[key])), actual=str(list(shape))))
+            found.append(
+                Mismatch(
+                    "full-offload",
+                    key,
+                    rank,
+                    "not full-shaped",
+                    expected=str(list(expected_shapes[key])),
+                    actual=str(list(shape)),
+                )
+            )
     return found
 
 
@@ -293,8 +355,11 @@ def loud_incompatible_load(mutation: str, raised: str | None, *, rank: int) -> l
     """``loud-incompatible-load``: loading into an incompatible model must raise (``raised``: the error)."""
     if raised is not None:
         return []
-    return [Mismatch("loud-incompatible-load", "model", rank,
-                     f"loading into a model with a {mutation} mutation raised nothing")]
+    return [
+        Mismatch(
+            "loud-incompatible-load", "model", rank, f"loading into a model with a {mutation} mutation raised nothing"
+        )
+    ]
 
 
 def replica_consistency(pieces_by_rank: Mapping[int, Mapping[tuple[str, str], Any]]) -> list[Mismatch]:
@@ -320,8 +385,9 @@ def replica_consistency(pieces_by_rank: Mapping[int, Mapping[tuple[str, str], An
             if mismatch is not None:
                 mismatch = _with_kind(mismatch, first, value)
                 # The region stays out of the detail: the same bug on a DDP and on an HSDP side is one signature.
-                found.append(attrs.evolve(
-                    mismatch, detail=f"replica differs from rank {first_rank}'s copy: {mismatch.detail}"))
+                found.append(
+                    attrs.evolve(mismatch, detail=f"replica differs from rank {first_rank}'s copy: {mismatch.detail}")
+                )
                 reported.add(key)
     return found
 
@@ -345,8 +411,11 @@ def first_bit_difference(a: torch.Tensor, b: torch.Tensor) -> tuple[int, ...] | 
 def _as_bits(t: torch.Tensor) -> torch.Tensor:
     t = t.detach().cpu().contiguous()
     if t.is_floating_point():
-        return t.view(_BITS_BY_SIZE[t.element_size()]) if t.dim() else t.reshape(1).view(
-            _BITS_BY_SIZE[t.element_size()]).reshape(())
+        return (
+            t.view(_BITS_BY_SIZE[t.element_size()])
+            if t.dim()
+            else t.reshape(1).view(_BITS_BY_SIZE[t.element_size()]).reshape(())
+        )
     return t
 
 

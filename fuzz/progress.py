@@ -52,9 +52,11 @@ class Progress:
         elapsed = time.monotonic() - self.started
         known = sum(k["hits"] for k in snapshot.get("known_failures", []))
         reached, offered = _reached(snapshot)
-        return (f"[{_clock(elapsed)} / {_clock(self.budget)}] {snapshot.get('activity', 'drawing')}: "
-                f"{snapshot['cases_run']} cases ({snapshot['cases_run'] / max(elapsed, 1e-9):.1f}/s); "
-                f"new: {_new_findings(snapshot)}; known hits: {known}; coverage {reached}/{offered} values")
+        return (
+            f"[{_clock(elapsed)} / {_clock(self.budget)}] {snapshot.get('activity', 'drawing')}: "
+            f"{snapshot['cases_run']} cases ({snapshot['cases_run'] / max(elapsed, 1e-9):.1f}/s); "
+            f"new: {_new_findings(snapshot)}; known hits: {known}; coverage {reached}/{offered} values"
+        )
 
     def _panel(self, snapshot: dict):
         from rich.table import Table
@@ -65,8 +67,11 @@ class Progress:
         table.add_column()
         table.add_row("time", f"{_clock(elapsed)} elapsed, {_clock(max(0.0, self.budget - elapsed))} left")
         table.add_row("now", snapshot.get("activity", "drawing"))
-        table.add_row("cases", f"{snapshot['cases_run']} ({snapshot['cases_run'] / max(elapsed, 1e-9):.1f}/s), "
-                               f"{snapshot['passed']} passed")
+        table.add_row(
+            "cases",
+            f"{snapshot['cases_run']} ({snapshot['cases_run'] / max(elapsed, 1e-9):.1f}/s), "
+            f"{snapshot['passed']} passed",
+        )
         table.add_row("new findings", _new_findings(snapshot))
         known = snapshot.get("known_failures", [])
         table.add_row("known bugs", f"{sum(k['hits'] for k in known)} hits of {len(known)}")

@@ -13,12 +13,18 @@ import pytest
 
 def pytest_addoption(parser):
     group = parser.getgroup("shardfuzz", "shardfuzz round-trip fuzzing")
-    group.addoption("--shardfuzz-world-size", type=int, default=4,
-                    help="ranks in the session's pool (default 4)")
-    group.addoption("--shardfuzz-corpus", default=None,
-                    help="corpus directory whose known bugs are tolerated (default: <rootdir>/corpus)")
-    group.addoption("--shardfuzz-case-timeout", type=float, default=None,
-                    help="seconds before a case counts as hung (default: from the case's size, 30 s and up)")
+    group.addoption("--shardfuzz-world-size", type=int, default=4, help="ranks in the session's pool (default 4)")
+    group.addoption(
+        "--shardfuzz-corpus",
+        default=None,
+        help="corpus directory whose known bugs are tolerated (default: <rootdir>/corpus)",
+    )
+    group.addoption(
+        "--shardfuzz-case-timeout",
+        type=float,
+        default=None,
+        help="seconds before a case counts as hung (default: from the case's size, 30 s and up)",
+    )
 
 
 def pytest_configure(config):
@@ -51,8 +57,10 @@ def shardfuzz_pool(pytestconfig):
     after pytest's session has torn its fixtures down, and a pool closed at
     teardown would be gone by then.
     """
-    return shared_pool(pytestconfig.getoption("--shardfuzz-world-size"),
-                       case_timeout=pytestconfig.getoption("--shardfuzz-case-timeout"))
+    return shared_pool(
+        pytestconfig.getoption("--shardfuzz-world-size"),
+        case_timeout=pytestconfig.getoption("--shardfuzz-case-timeout"),
+    )
 
 
 _POOLS: dict = {}

@@ -40,8 +40,15 @@ class Replay:
             "outcome": self.outcome,
             "known": self.entry.known is not None,
             **({"skipped": self.skipped} if self.skipped else {}),
-            "runs": [{"status": v.status, "signature": _signature(v), "summary": v.summary()[:500],
-                      "seconds": round(v.seconds, 3)} for v in self.verdicts],
+            "runs": [
+                {
+                    "status": v.status,
+                    "signature": _signature(v),
+                    "summary": v.summary()[:500],
+                    "seconds": round(v.seconds, 3),
+                }
+                for v in self.verdicts
+            ],
         }
 
 

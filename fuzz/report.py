@@ -21,8 +21,16 @@ __all__ = ["campaign_report", "merge_reports", "write_atomic", "read_report"]
 SCHEMA_VERSION = 2
 
 
-def campaign_report(result, *, meta: dict, known, corpus_files: dict[str, str], offered: dict | None = None,
-                    pool_events=(), final: bool = True) -> dict:
+def campaign_report(
+    result,
+    *,
+    meta: dict,
+    known,
+    corpus_files: dict[str, str],
+    offered: dict | None = None,
+    pool_events=(),
+    final: bool = True,
+) -> dict:
     """The report of ``result`` (a ``CampaignResult``) so far; ``meta`` is how the run was set up."""
     return {
         "schema_version": SCHEMA_VERSION,
@@ -34,18 +42,29 @@ def campaign_report(result, *, meta: dict, known, corpus_files: dict[str, str], 
         "cases_run": result.cases_run,
         "passed": result.passed,
         "replayed_from_database": result.replayed_from_database,
-        "pool_events": [{"kind": e.kind, "rank": e.rank, "how": e.how, "log_tail": e.log_tail[-2000:]}
-                        for e in pool_events],
+        "pool_events": [
+            {"kind": e.kind, "rank": e.rank, "how": e.how, "log_tail": e.log_tail[-2000:]} for e in pool_events
+        ],
         "findings_by_class": dict(result.findings_by_class()),
         "activity": "finished" if final else result.activity,
         "being_shrunk": len(result.shrinking),  # new failures seen, not yet shrunk (nor in "failures")
         "failures": [
-            {"signature": s, "status": f.verdict.status, "class": f.verdict.triage,
-             "summary": f.verdict.summary(), "hits": f.hits, "flaky": f.flaky, "shrunk": f.shrunk,
-             "shrink_cases": f.shrink_cases, "shrink_seconds": f.shrink_seconds,
-             "from_database": f.from_database, "seconds_to_find": round(f.seconds, 2),
-             "other_outcome": f.other.summary() if f.other else None, "corpus_file": corpus_files.get(s),
-             "case": to_dict(f.case)}
+            {
+                "signature": s,
+                "status": f.verdict.status,
+                "class": f.verdict.triage,
+                "summary": f.verdict.summary(),
+                "hits": f.hits,
+                "flaky": f.flaky,
+                "shrunk": f.shrunk,
+                "shrink_cases": f.shrink_cases,
+                "shrink_seconds": f.shrink_seconds,
+                "from_database": f.from_database,
+                "seconds_to_find": round(f.seconds, 2),
+                "other_outcome": f.other.summary() if f.other else None,
+                "corpus_file": corpus_files.get(s),
+                "case": to_dict(f.case),
+            }
             for s, f in result.findings.items()
         ],
         "unsupported": [{"signature": s, "hits": n} for s, n in result.unsupported.items()],
@@ -54,9 +73,16 @@ def campaign_report(result, *, meta: dict, known, corpus_files: dict[str, str], 
             for s, n in result.known_hits.items()
         ],
         "time_spent": _time_spent(result, final),
-        "steering": [{"signature": s, "title": known.title(s), "conditions": conditions, "masked": result.masked[s],
-                      "probes": result.probes[s]}
-                     for s, conditions in result.steering.items()],
+        "steering": [
+            {
+                "signature": s,
+                "title": known.title(s),
+                "conditions": conditions,
+                "masked": result.masked[s],
+                "probes": result.probes[s],
+            }
+            for s, conditions in result.steering.items()
+        ],
         "masked_draws": sum(result.masked.values()),
         "probe_draws": sum(result.probes.values()),
         "slowest_recent_case": {"seconds": round(result.slowest_recent[0], 3), "case": result.slowest_recent[1]},
@@ -86,9 +112,13 @@ def _elapsed(result) -> float:
 
 def merge_reports(reports: list[dict], *, meta: dict) -> dict:
     """One report for several workers' campaigns (``run --workers``): counts add, findings unite."""
-    merged = {"schema_version": SCHEMA_VERSION, **meta, "final": all(r.get("final") for r in reports),
-              "stopped": ",".join(sorted({r.get("stopped", "") for r in reports} - {""})),
-              "workers": len(reports)}
+    merged = {
+        "schema_version": SCHEMA_VERSION,
+        **meta,
+        "final": all(r.get("final") for r in reports),
+        "stopped": ",".join(sorted({r.get("stopped", "") for r in reports} - {""})),
+        "workers": len(reports),
+    }
     merged["wall_seconds"] = max((r["wall_seconds"] for r in reports), default=0.0)
     for name in ("seconds_in_cases", "cases_run", "passed", "replayed_from_database"):
         merged[name] = sum(r.get(name, 0) for r in reports)
@@ -114,8 +144,9 @@ def merge_reports(reports: list[dict], *, meta: dict) -> dict:
     merged["masked_draws"] = sum(r.get("masked_draws", 0) for r in reports)
     merged["probe_draws"] = sum(r.get("probe_draws", 0) for r in reports)
     merged["steering"] = [item for r in reports for item in r.get("steering", [])]
-    merged["worker_reports"] = [{k: r.get(k) for k in ("worker", "cases_run", "wall_seconds", "stopped")}
-                                for r in reports]
+    merged["worker_reports"] = [
+        {k: r.get(k) for k in ("worker", "cases_run", "wall_seconds", "stopped")} for r in reports
+    ]
     return merged
 
 

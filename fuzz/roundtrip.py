@@ -70,8 +70,13 @@ class RankContext:
         for side in (case.save, case.load):
             key = (side.mesh_shape, side.device)
             if len(side.mesh_shape) == 2 and key not in self._meshes:
-                self._meshes[key] = device_mesh(side.mesh_shape, self._groups[side.world_size], rank=self.rank,
-                                                generation=self.generation, device=side.device)
+                self._meshes[key] = device_mesh(
+                    side.mesh_shape,
+                    self._groups[side.world_size],
+                    rank=self.rank,
+                    generation=self.generation,
+                    device=side.device,
+                )
 
     def prepare_async_group(self, case: Case) -> None:
         """An async save writes (and runs its collectives) in a thread while the save side trains on:
@@ -88,8 +93,9 @@ class RankContext:
     def mesh(self, shape: tuple[int, ...], device: str = "cpu"):
         """The DeviceMesh of a side of this shape on ``device`` (2-D ones come from ``prepare_meshes``)."""
         if (shape, device) not in self._meshes:
-            self._meshes[shape, device] = device_mesh(shape, self._groups[shape[0]], rank=self.rank,
-                                                      generation=self.generation, device=device)
+            self._meshes[shape, device] = device_mesh(
+                shape, self._groups[shape[0]], rank=self.rank, generation=self.generation, device=device
+            )
         return self._meshes[shape, device]
 
     def enter(self, phase: str) -> None:
@@ -153,8 +159,10 @@ def checkpoint_io(case: Case, target: CheckpointTarget) -> CheckpointTarget:
     if type(target) is DcpTarget:
         return storage_target(case.storage)
     if case.storage != Dcp():
-        raise ValueError(f"case.storage {case.storage!r} needs the default target; {type(target).__name__} "
-                         "does its own I/O (draw with cases(vary_storage=False))")
+        raise ValueError(
+            f"case.storage {case.storage!r} needs the default target; {type(target).__name__} "
+            "does its own I/O (draw with cases(vary_storage=False))"
+        )
     return target
 
 
@@ -195,14 +203,21 @@ def _load_and_judge(case, ctx, target, checkpoint_dir, expected, expected_after)
         actual_after = _gather_full(model, optim)
     if ctx.rank == 0:
         ctx.enter("compare")
-        mismatches += compare_state(oracles.expected_after_load(expected, before, case.kept_by_load()), actual, rank=0,
-                                    before=before)
+        mismatches += compare_state(
+            oracles.expected_after_load(expected, before, case.kept_by_load()), actual, rank=0, before=before
+        )
         mismatches += replicas  # after complete-state: a wrong loaded value is the worse news
         ctx.unchanged = oracles.unchanged_before_load(expected, before)
         if "continuation" in case.checks and not mismatches:
-            mismatches += oracles.continuation(expected_after, actual_after, rank=0,
-                                               identical_layout=case.same_sharding, dtype=case.model.dtype,
-                                               adaptive_lr=_adaptive_lr(case), steps=CONTINUE_STEPS)
+            mismatches += oracles.continuation(
+                expected_after,
+                actual_after,
+                rank=0,
+                identical_layout=case.same_sharding,
+                dtype=case.model.dtype,
+                adaptive_lr=_adaptive_lr(case),
+                steps=CONTINUE_STEPS,
+            )
     return mismatches
 
 
@@ -246,8 +261,7 @@ def _build_side(case: Case, side: Side, spec, ctx: RankContext, target, *, seed:
         model = shard(module, side, group=ctx.group(n), mesh=mesh)
     # The load side (seed + 1) also gets other hyperparameters, so a loader that
     # drops param groups is seen (non-vacuity).
-    return model, build_optimizer(case.optimizer, model, param_groups=case.param_groups,
-                                  perturbed=seed != case.seed)
+    return model, build_optimizer(case.optimizer, model, param_groups=case.param_groups, perturbed=seed != case.seed)
 
 
 def _train(case: Case, model, optim, *, rank: int, continuation: bool = False, device: str = "cpu") -> None:
@@ -265,8 +279,13 @@ def _train(case: Case, model, optim, *, rank: int, continuation: bool = False, d
     same_batch_everywhere = continuation or case.model.has_batch_norm
     for step in range(first, first + count):
         generator.manual_seed(case.seed * 1_000_003 + step * 101 + (0 if same_batch_everywhere else rank))
-        x = training_batch(generator, batch_size=case.batch_size, input_width=case.model.input_width,
-                           num_embeddings=case.model.num_embeddings, dtype=case.model.dtype)
+        x = training_batch(
+            generator,
+            batch_size=case.batch_size,
+            input_width=case.model.input_width,
+            num_embeddings=case.model.num_embeddings,
+            dtype=case.model.dtype,
+        )
         if device != "cpu":
             x = x.to(rank_device(device))
         model(x).square().mean().backward()
@@ -298,8 +317,10 @@ def _side_state_dict(case: Case, side: Side, model, optim) -> dict[str, Any]:
             model_sd = model.state_dict()
         return {"model": model_sd, "optim": dsd.get_optimizer_state_dict(model, optim, options=options)}
     if side.state_dict_api == "separate":
-        return {"model": dsd.get_model_state_dict(model, options=options),
-                "optim": dsd.get_optimizer_state_dict(model, optim, options=options)}
+        return {
+            "model": dsd.get_model_state_dict(model, options=options),
+            "optim": dsd.get_optimizer_state_dict(model, optim, options=options),
+        }
     model_sd, optim_sd = dsd.get_state_dict(model, optim, options=options)
     return {"model": model_sd, "optim": optim_sd}
 
@@ -320,8 +341,9 @@ def _set_side_state_dict(case: Case, side: Side, model, optim, state, *, rank: i
         dsd.set_model_state_dict(model, state["model"], options=options)
         dsd.set_optimizer_state_dict(model, optim, state["optim"], options=options)
     else:
-        dsd.set_state_dict(model, optim, model_state_dict=state["model"], optim_state_dict=state["optim"],
-                           options=options)
+        dsd.set_state_dict(
+            model, optim, model_state_dict=state["model"], optim_state_dict=state["optim"], options=options
+        )
 
 
 def _local_state_dict_type(model):
@@ -364,8 +386,11 @@ def _plain(value):
 def _layout_records(model) -> dict[str, oracles.LayoutRecord]:
     DTensor = dtensor().DTensor
 
-    return {name: oracles.LayoutRecord(p.device_mesh.size(), repr(tuple(p.placements)), tuple(p.shape), str(p.dtype))
-            for name, p in model.named_parameters() if isinstance(p, DTensor)}
+    return {
+        name: oracles.LayoutRecord(p.device_mesh.size(), repr(tuple(p.placements)), tuple(p.shape), str(p.dtype))
+        for name, p in model.named_parameters()
+        if isinstance(p, DTensor)
+    }
 
 
 def _expected_layout(spec, side: Side) -> dict[str, oracles.LayoutRecord]:
@@ -377,8 +402,10 @@ def _expected_layout(spec, side: Side) -> dict[str, oracles.LayoutRecord]:
         shard = Shard(side.engine.dim_for(ndim))
         return repr((Replicate(), shard) if len(side.mesh_shape) == 2 else (shard,))
 
-    return {name: oracles.LayoutRecord(side.world_size, placements(len(shape)), shape, f"torch.{spec.dtype}")
-            for name, shape in spec.parameter_shapes().items()}
+    return {
+        name: oracles.LayoutRecord(side.world_size, placements(len(shape)), shape, f"torch.{spec.dtype}")
+        for name, shape in spec.parameter_shapes().items()
+    }
 
 
 def _replica_consistency(model, optim, *, group, rank: int) -> list[Mismatch]:
@@ -405,23 +432,31 @@ def _replica_consistency(model, optim, *, group, rank: int) -> list[Mismatch]:
 def _pieces(value):
     if isinstance(value, dtensor().DTensor):
         coordinate = value.device_mesh.get_coordinate() or ()
-        sharded = [f"{dim}={at}" for dim, (at, placement) in enumerate(zip(coordinate, value.placements))
-                   if not placement.is_replicate()]
+        sharded = [
+            f"{dim}={at}"
+            for dim, (at, placement) in enumerate(zip(coordinate, value.placements))
+            if not placement.is_replicate()
+        ]
         return [(f"mesh coordinate {','.join(sharded) or 'any'}", _plain(value.to_local()))]
     if hasattr(value, "local_shards"):  # FSDP1's ShardedTensor
-        return [(f"shard at {list(shard.metadata.shard_offsets)}", _plain(shard.tensor))
-                for shard in value.local_shards()]
+        return [
+            (f"shard at {list(shard.metadata.shard_offsets)}", _plain(shard.tensor)) for shard in value.local_shards()
+        ]
     return [("whole", _plain(value))]
 
 
 def _full_offload(model, optim, actual, *, rank: int) -> list[Mismatch]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
-    model_sd, optim_sd = get_state_dict(model, optim, options=StateDictOptions(
-        full_state_dict=True, cpu_offload=True, flatten_optimizer_state_dict=True))
+    model_sd, optim_sd = get_state_dict(
+        model,
+        optim,
+        options=StateDictOptions(full_state_dict=True, cpu_offload=True, flatten_optimizer_state_dict=True),
+    )
     held = {f"model.{k}": (tuple(v.shape), v.device.type) for k, v in model_sd.items() if isinstance(v, torch.Tensor)}
-    held.update({f"optim.{k}": (tuple(v.shape), v.device.type)
-                 for k, v in optim_sd.items() if isinstance(v, torch.Tensor)})
+    held.update(
+        {f"optim.{k}": (tuple(v.shape), v.device.type) for k, v in optim_sd.items() if isinstance(v, torch.Tensor)}
+    )
     shapes = {k: tuple(v.shape) for k, v in actual.items() if isinstance(v, torch.Tensor)}
     return oracles.full_offload(held, shapes, rank=rank)
 
@@ -444,20 +479,29 @@ def _api_parity(side: Side, model, optim, *, rank: int, group) -> list[Mismatch]
     found += oracles.api_parity(ours, theirs, rank=rank, what="model.state_dict() vs get_model_state_dict(full)")
     fsdp_osd = FSDP.optim_state_dict(model, optim, group=group)
     dcp_osd = get_optimizer_state_dict(model, optim, options=full)
-    found += oracles.api_parity(_flat_optim(fsdp_osd), _flat_optim(dcp_osd), rank=rank,
-                                what="FSDP.optim_state_dict vs get_optimizer_state_dict(full)")
+    found += oracles.api_parity(
+        _flat_optim(fsdp_osd),
+        _flat_optim(dcp_osd),
+        rank=rank,
+        what="FSDP.optim_state_dict vs get_optimizer_state_dict(full)",
+    )
     to_load = FSDP.optim_state_dict_to_load(model, optim, fsdp_osd, group=group)
     optim.load_state_dict(to_load)
     after = get_optimizer_state_dict(model, optim, options=full)
-    found += oracles.api_parity(_flat_optim(dcp_osd), _flat_optim(after), rank=rank,
-                                what="optimizer state before vs after optim_state_dict_to_load + load_state_dict")
+    found += oracles.api_parity(
+        _flat_optim(dcp_osd),
+        _flat_optim(after),
+        rank=rank,
+        what="optimizer state before vs after optim_state_dict_to_load + load_state_dict",
+    )
     return found
 
 
 def _flat_optim(osd) -> dict[str, Any]:
     """``state.<fqn>.<name>`` and ``param_groups.<i>.<hyperparameter>`` (without the ``params`` list)."""
-    flat = {f"state.{fqn}.{name}": _plain(v) for fqn, entry in osd.get("state", {}).items()
-            for name, v in entry.items()}
+    flat = {
+        f"state.{fqn}.{name}": _plain(v) for fqn, entry in osd.get("state", {}).items() for name, v in entry.items()
+    }
     for i, group in enumerate(osd.get("param_groups", [])):
         flat.update({f"param_groups.{i}.{k}": v for k, v in group.items() if k != "params"})
     return flat

@@ -70,8 +70,11 @@ def run_command(args) -> int:
         print(f"shardfuzz run: {why_not}", file=sys.stderr)
         return 2
     if torchrun and args.device != "cpu":
-        print("shardfuzz run: --device cuda is not supported under torchrun yet (its ranks run on CPU with gloo); "
-              "run without torchrun on a machine with GPUs", file=sys.stderr)
+        print(
+            "shardfuzz run: --device cuda is not supported under torchrun yet (its ranks run on CPU with gloo); "
+            "run without torchrun on a machine with GPUs",
+            file=sys.stderr,
+        )
         return 2
     if torchrun:
         import os
@@ -94,12 +97,20 @@ def run_command(args) -> int:
 
     # A random seed is chosen here, not inside Hypothesis, so the report can say which one to repeat the run with.
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
-    meta = {"torch": torch.__version__, "budget_seconds": args.budget, "seed": seed, "world_size": world_size,
-            "target": target, "launcher": "torchrun" if torchrun else "pool",
-            "database": args.database if database is not None else None, "worker": args.worker_index,
-            "device": args.device}
-    offered = {dim: sorted(values)
-               for dim, values in offered_values(max_world_size=world_size, devices=devices).items()}
+    meta = {
+        "torch": torch.__version__,
+        "budget_seconds": args.budget,
+        "seed": seed,
+        "world_size": world_size,
+        "target": target,
+        "launcher": "torchrun" if torchrun else "pool",
+        "database": args.database if database is not None else None,
+        "worker": args.worker_index,
+        "device": args.device,
+    }
+    offered = {
+        dim: sorted(values) for dim, values in offered_values(max_world_size=world_size, devices=devices).items()
+    }
     device_key = () if args.device == "cpu" else (f"device={args.device}",)  # CPU keys as before GPUs
     corpus_files: dict[str, str] = {}
     stop = StopFlag()
@@ -108,8 +119,15 @@ def run_command(args) -> int:
     last_flush = [time.monotonic()]
 
     def snapshot(result, final: bool = False) -> dict:
-        return campaign_report(result, meta=meta, known=known, corpus_files=corpus_files, offered=offered,
-                               pool_events=executor.events if executor is not None else (), final=final)
+        return campaign_report(
+            result,
+            meta=meta,
+            known=known,
+            corpus_files=corpus_files,
+            offered=offered,
+            pool_events=executor.events if executor is not None else (),
+            final=final,
+        )
 
     def on_case(result, case, verdict) -> None:
         flush = args.report is not None and time.monotonic() - last_flush[0] >= args.flush_every
@@ -123,14 +141,27 @@ def run_command(args) -> int:
             progress.show(report)
 
     def on_finding(finding) -> None:
-        path = save_entry(args.corpus, entry_for(finding.case, finding.verdict, target=target, other=finding.other,
-                                                   world_size=world_size, shrunk=finding.shrunk))
+        path = save_entry(
+            args.corpus,
+            entry_for(
+                finding.case,
+                finding.verdict,
+                target=target,
+                other=finding.other,
+                world_size=world_size,
+                shrunk=finding.shrunk,
+            ),
+        )
         corpus_files[finding.signature] = str(path)
-        partly = "" if finding.shrunk else (
-            f"\n     not fully shrunk: its shrink was cut short after {finding.shrink_cases} cases "
-            f"({finding.shrink_seconds:.0f} s); `shardfuzz shrink {path}` goes on from here")
-        progress.message(f"NEW [{finding.verdict.triage}] {finding.verdict.summary()[:150]}\n"
-                         f"     saved {path}{partly}")
+        partly = (
+            ""
+            if finding.shrunk
+            else (
+                f"\n     not fully shrunk: its shrink was cut short after {finding.shrink_cases} cases "
+                f"({finding.shrink_seconds:.0f} s); `shardfuzz shrink {path}` goes on from here"
+            )
+        )
+        progress.message(f"NEW [{finding.verdict.triage}] {finding.verdict.summary()[:150]}\n     saved {path}{partly}")
 
     def abandon() -> bool:
         """Give up the case in flight a few seconds after a stop was asked, or after the budget's end
@@ -140,14 +171,19 @@ def run_command(args) -> int:
     try:
         with stop:
             if torchrun:
-                executor = TorchrunWorld(target=target, case_timeout=args.case_timeout,
-                                         checkpoint_dir=args.checkpoint_dir,
-                                         abandon=abandon)
+                executor = TorchrunWorld(
+                    target=target, case_timeout=args.case_timeout, checkpoint_dir=args.checkpoint_dir, abandon=abandon
+                )
                 confirm = None  # no fresh pool to confirm on: the same ranks would answer again
             else:
-                executor = RankPool(world_size, target=target, case_timeout=args.case_timeout,
-                                    abandon=abandon, device=args.device,
-                                    deadlines=None if args.generic_deadlines else MeasuredDeadlines())
+                executor = RankPool(
+                    world_size,
+                    target=target,
+                    case_timeout=args.case_timeout,
+                    abandon=abandon,
+                    device=args.device,
+                    deadlines=None if args.generic_deadlines else MeasuredDeadlines(),
+                )
 
                 def confirm(case):
                     executor.close()  # the next run starts new ranks: no state carried over from earlier cases
@@ -156,12 +192,22 @@ def run_command(args) -> int:
 
             with executor:
                 result = run_campaign(
-                    executor.run, budget=max(0.0, budget_end - time.monotonic()), seed=seed, max_world_size=world_size,
-                    is_known=lambda s, c: known.lookup(s, c) is not None, on_case=on_case, on_finding=on_finding,
-                    confirm=None if args.no_confirm else confirm, database=database,
-                    database_key=database_key(f"world={world_size}", target, *device_key), should_stop=lambda: stop.reason,
-                    max_cases=args.max_cases, devices=devices, vary_storage=target == DEFAULT_TARGET,
-                    steer_after=None if args.no_steer else STEER_AFTER, known_dimensions=known_dimensions,
+                    executor.run,
+                    budget=max(0.0, budget_end - time.monotonic()),
+                    seed=seed,
+                    max_world_size=world_size,
+                    is_known=lambda s, c: known.lookup(s, c) is not None,
+                    on_case=on_case,
+                    on_finding=on_finding,
+                    confirm=None if args.no_confirm else confirm,
+                    database=database,
+                    database_key=database_key(f"world={world_size}", target, *device_key),
+                    should_stop=lambda: stop.reason,
+                    max_cases=args.max_cases,
+                    devices=devices,
+                    vary_storage=target == DEFAULT_TARGET,
+                    steer_after=None if args.no_steer else STEER_AFTER,
+                    known_dimensions=known_dimensions,
                 )
     except PoolStartError as exc:
         progress.finish()
@@ -173,8 +219,11 @@ def run_command(args) -> int:
         return EXIT_CODES.get(stop.reason, 130)
     except KeyboardInterrupt:
         progress.finish()
-        print("\nshardfuzz run: interrupted twice; stopped without writing reports "
-              f"(corpus entries found so far are in {args.corpus})", file=sys.stderr)
+        print(
+            "\nshardfuzz run: interrupted twice; stopped without writing reports "
+            f"(corpus entries found so far are in {args.corpus})",
+            file=sys.stderr,
+        )
         return 130
     if stop.reason is None and result.stopped.startswith("abandoned"):
         result.stopped = "budget"  # the case in flight outran the budget's end and was given up
@@ -184,8 +233,11 @@ def run_command(args) -> int:
     print_summary(report)
     if result.stopped in EXIT_CODES:
         wrote = [str(p) for p in (args.report, args.report_dir) if p is not None]
-        print(f"shardfuzz run: stopped by {result.stopped} after {result.cases_run} cases; "
-              f"corpus in {args.corpus}{', reports in ' + ', '.join(wrote) if wrote else ''}", file=sys.stderr)
+        print(
+            f"shardfuzz run: stopped by {result.stopped} after {result.cases_run} cases; "
+            f"corpus in {args.corpus}{', reports in ' + ', '.join(wrote) if wrote else ''}",
+            file=sys.stderr,
+        )
         return EXIT_CODES[result.stopped]
     return 1 if report["failures"] and not args.exit_zero else 0
 

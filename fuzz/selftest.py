@@ -58,9 +58,16 @@ def run_selftest(
     for name in names:
         started = time.monotonic()
         with RankPool(world_size, target=f"shardfuzz.mutants:{name}") as pool:
-            campaign = run_campaign(pool.run, budget=budget_per_mutant, seed=seed, max_world_size=world_size,
-                                    is_known=is_known, stop_on_finding=True, vary_storage=False,
-                                    shrink_budget=max(10.0, budget_per_mutant / 2))
+            campaign = run_campaign(
+                pool.run,
+                budget=budget_per_mutant,
+                seed=seed,
+                max_world_size=world_size,
+                is_known=is_known,
+                stop_on_finding=True,
+                vary_storage=False,
+                shrink_budget=max(10.0, budget_per_mutant / 2),
+            )
         finding = min(campaign.findings.values(), key=lambda f: case_size(f.case), default=None)
         killed_by = ""
         if finding is not None:
@@ -71,7 +78,8 @@ def run_selftest(
             expected_oracle=CATALOGUE[name],
             killed=finding is not None,
             killed_by=killed_by,
-            seconds_to_detect=None if campaign.first_failure_seconds is None
+            seconds_to_detect=None
+            if campaign.first_failure_seconds is None
             else round(campaign.first_failure_seconds, 2),
             shrunk_case_size=case_size(finding.case) if finding else None,
             shrunk_case=describe(finding.case) if finding else "",

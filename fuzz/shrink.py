@@ -37,8 +37,16 @@ __all__ = ["ShrinkResult", "case_size", "shrink_case", "simpler_cases"]
 def case_size(case: Case) -> int:
     """A rough size: leaf layers + the Linears' widths + input width + ranks + steps + checks + wrapped modules."""
     widths = sum(out for _, _, out, _ in case.model.linears())
-    return (len(leaves(case.model.root)) + widths + case.model.input_width + case.world_size + case.steps
-            + len(case.checks) + len(case.save.wrap) + len(case.load.wrap))
+    return (
+        len(leaves(case.model.root))
+        + widths
+        + case.model.input_width
+        + case.world_size
+        + case.steps
+        + len(case.checks)
+        + len(case.save.wrap)
+        + len(case.load.wrap)
+    )
 
 
 def _order(case: Case) -> tuple:
@@ -56,8 +64,13 @@ class ShrinkResult:
     seconds: float
 
 
-def shrink_case(case: Case, still_fails: Callable[[Case], bool], *, budget: float,
-                admissible: Callable[[Case], bool] = lambda case: True) -> ShrinkResult:
+def shrink_case(
+    case: Case,
+    still_fails: Callable[[Case], bool],
+    *,
+    budget: float,
+    admissible: Callable[[Case], bool] = lambda case: True,
+) -> ShrinkResult:
     """Greedy descent from ``case`` (which must fail) for at most ``budget`` seconds.
 
     ``still_fails(candidate)`` runs a candidate and says whether it fails as ``case``
@@ -85,14 +98,23 @@ def simpler_cases(case: Case) -> Iterator[Case]:
     """Valid cases one step simpler than ``case``, the biggest steps first."""
     for model in _simpler_models(case.model):
         yield from _evolved(case, model=model)
-        yield from _evolved(case, model=model, save=attrs.evolve(case.save, wrap=()),
-                            load=attrs.evolve(case.load, wrap=()))
+        yield from _evolved(
+            case, model=model, save=attrs.evolve(case.save, wrap=()), load=attrs.evolve(case.load, wrap=())
+        )
     for name, side in (("save", case.save), ("load", case.load)):
         for simpler in _simpler_sides(side):
             yield from _evolved(case, **{name: simpler})
     defaults = Case(model=case.model, save=case.save, load=case.load, optimizer=case.optimizer)
-    for name in ("steps", "checks", "param_groups", "seed", "storage", "flatten_optimizer_state_dict",
-                 "ignore_frozen_params", "batch_size"):
+    for name in (
+        "steps",
+        "checks",
+        "param_groups",
+        "seed",
+        "storage",
+        "flatten_optimizer_state_dict",
+        "ignore_frozen_params",
+        "batch_size",
+    ):
         if getattr(case, name) != getattr(defaults, name):
             yield from _evolved(case, **{name: getattr(defaults, name)})
     if case.steps > 1:
@@ -123,8 +145,11 @@ def _simpler_sides(side: Side) -> Iterator[Side]:
                 yield from _evolved(side, mesh_shape=mesh)
     if side.wrap:
         yield from _evolved(side, wrap=())
-    default_engine = type(side.engine)() if not isinstance(side.engine, FSDP1) or not side.engine.hybrid \
+    default_engine = (
+        type(side.engine)()
+        if not isinstance(side.engine, FSDP1) or not side.engine.hybrid
         else FSDP1(sharding_strategy=side.engine.sharding_strategy)
+    )
     if side.engine != default_engine:
         yield from _evolved(side, engine=default_engine)
     if not isinstance(side.engine, (DDP, Unsharded)) and len(shape) == 1:
@@ -156,20 +181,20 @@ def _without_one_leaf(node):
     """The tree with one leaf (or one whole container) left out, for each in turn."""
     children = node.children
     for i, child in enumerate(children):
-        rest = children[:i] + children[i + 1:]
+        rest = children[:i] + children[i + 1 :]
         if rest:
             yield type(node)(rest)
         if isinstance(child, (Sequential, Block)):
             for smaller in _without_one_leaf(child):
-                yield type(node)(children[:i] + (smaller,) + children[i + 1:])
-            yield type(node)(children[:i] + child.children + children[i + 1:])  # the container flattened away
+                yield type(node)(children[:i] + (smaller,) + children[i + 1 :])
+            yield type(node)(children[:i] + child.children + children[i + 1 :])  # the container flattened away
 
 
 def _narrower(node):
     """The tree with one leaf made simpler: a Linear narrower or plain, a Conv 1-D with kernel 1."""
     for i, child in enumerate(node.children):
         for simpler in _simpler_leaf(child):
-            yield type(node)(node.children[:i] + (simpler,) + node.children[i + 1:])
+            yield type(node)(node.children[:i] + (simpler,) + node.children[i + 1 :])
 
 
 def _simpler_leaf(node):
@@ -184,4 +209,3 @@ def _simpler_leaf(node):
         yield Conv()
     elif isinstance(node, Embedding) and node.num_embeddings > 1:
         yield Embedding(1)
-

@@ -35,8 +35,13 @@ MIN_PRECISION = 0.5
 MIN_PRECISION_COSTLY = 0.2
 
 
-def separating_conditions(candidates: Mapping[str, str], hits: int, others: Iterable[Mapping[str, str]], *,
-                          min_precision: float = MIN_PRECISION) -> dict[str, str] | None:
+def separating_conditions(
+    candidates: Mapping[str, str],
+    hits: int,
+    others: Iterable[Mapping[str, str]],
+    *,
+    min_precision: float = MIN_PRECISION,
+) -> dict[str, str] | None:
     """The fewest of ``candidates`` (conditions every one of ``hits`` cases met) that the ``others`` (cases
     that did not hit) do not all meet, chosen greedily: each step takes the condition that rules out most
     of the others still left. None when the others left over would make the mask wrong more often than
@@ -46,8 +51,9 @@ def separating_conditions(candidates: Mapping[str, str], hits: int, others: Iter
     chosen: dict[str, str] = {}
     open_conditions = dict(candidates)
     while left and open_conditions:
-        name, value = max(open_conditions.items(),
-                          key=lambda item: sum(1 for other in left if other.get(item[0]) != item[1]))
+        name, value = max(
+            open_conditions.items(), key=lambda item: sum(1 for other in left if other.get(item[0]) != item[1])
+        )
         still = [other for other in left if other.get(name) == value]
         if len(still) == len(left):
             break  # no candidate rules out any more of them
@@ -141,8 +147,12 @@ class Steering:
                 continue
             others = (dims for dims, hit in self._history if hit != signature)
             costly = signature in self._costly
-            mask = separating_conditions(self._candidates[signature], self._hits[signature], others,
-                                         min_precision=MIN_PRECISION_COSTLY if costly else MIN_PRECISION)
+            mask = separating_conditions(
+                self._candidates[signature],
+                self._hits[signature],
+                others,
+                min_precision=MIN_PRECISION_COSTLY if costly else MIN_PRECISION,
+            )
             if mask:
                 self.masks[signature] = mask
             else:

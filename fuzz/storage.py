@@ -20,8 +20,9 @@ class DcpFiles:
 
     def __init__(self, api="save", single_file_per_rank=True, thread_count=1, sync_files=True):
         self.api = api
-        self.writer_options = dict(single_file_per_rank=single_file_per_rank, thread_count=thread_count,
-                                   sync_files=sync_files)
+        self.writer_options = dict(
+            single_file_per_rank=single_file_per_rank, thread_count=thread_count, sync_files=sync_files
+        )
         self.pending = None
 
     def save(self, state_dict, *, checkpoint_id, process_group):

@@ -44,8 +44,10 @@ CASE_RULES: tuple[CaseRule, ...] = (
         "FSDP1 with use_orig_params=False hands the optimizer one FlatParameter per unit, so "
         "parameters of one unit cannot sit in different param groups (torch documents "
         "use_orig_params=True as the way to have per-parameter param groups)",
-        lambda case: case.param_groups > 1 and any(
-            isinstance(s.engine, FSDP1) and not s.engine.use_orig_params for s in _sides(case)),
+        lambda case: (
+            case.param_groups > 1
+            and any(isinstance(s.engine, FSDP1) and not s.engine.use_orig_params for s in _sides(case))
+        ),
     ),
     CaseRule(
         "fsdp2-uneven-shard-dim",
@@ -57,11 +59,12 @@ CASE_RULES: tuple[CaseRule, ...] = (
     CaseRule(
         "fsdp-scalar-parameter",
         "FSDP1 and fully_shard both refuse 0-D parameters on purpose (ValueError \"FSDP doesn't "
-        "support scalar parameters. Change 1.scale to a 1D tensor with numel equal to 1\", and "
+        'support scalar parameters. Change 1.scale to a 1D tensor with numel equal to 1", and '
         "'fully_shard doesn't support ...' likewise), and the root is always sharded, so a model "
         "with a Scale leaf runs on DDP and unsharded sides only",
-        lambda case: "Scale" in case.model.leaf_kinds() and any(
-            isinstance(s.engine, (FSDP1, FSDP2)) for s in _sides(case)),
+        lambda case: (
+            "Scale" in case.model.leaf_kinds() and any(isinstance(s.engine, (FSDP1, FSDP2)) for s in _sides(case))
+        ),
     ),
     CaseRule(
         "fsdp1-shared-parameter-across-units",
@@ -103,15 +106,20 @@ def needs_other_world(case: Case, world_size: int) -> str:
 
 def _fsdp1_wraps_linears_apart(side) -> bool:
     engine = side.engine
-    return isinstance(engine, FSDP1) and (engine.wrap_policy in ("always", "size-based") or (
-        engine.wrap_policy == "module-type" and "Linear" in engine.module_types))
+    return isinstance(engine, FSDP1) and (
+        engine.wrap_policy in ("always", "size-based")
+        or (engine.wrap_policy == "module-type" and "Linear" in engine.module_types)
+    )
 
 
 def _fsdp2_uneven_on_dim1(case: Case) -> bool:
     dim1_sizes = [shape[1] for shape in case.model.parameter_shapes().values() if len(shape) >= 2]
     for side in _sides(case):
-        if isinstance(side.engine, FSDP2) and side.engine.shard_dim == 1 and \
-                any(n % shard_count(side) for n in dim1_sizes):
+        if (
+            isinstance(side.engine, FSDP2)
+            and side.engine.shard_dim == 1
+            and any(n % shard_count(side) for n in dim1_sizes)
+        ):
             return True
     return False
 

@@ -23,15 +23,15 @@ __all__ = ["PROMISES", "environment", "issue_text", "known_bug_table"]
 #: What each oracle, and each other class of failure, says should have happened.
 PROMISES = {
     "complete-state": "After the load, every parameter, persistent buffer, optimizer-state value and "
-                      "param-group hyperparameter equals the saved one, bit for bit, with no key missing or extra.",
+    "param-group hyperparameter equals the saved one, bit for bit, with no key missing or extra.",
     "replica-consistency": "After the load, every rank holding a copy of a replicated value (DDP's parameters, "
-                           "buffers, step counters, HSDP replicas) holds the same bits.",
+    "buffers, step counters, HSDP replicas) holds the same bits.",
     "continuation": "Two more optimizer steps after the load give what two more steps on the saved model give.",
     "layout": "An FSDP2 model keeps every parameter a DTensor on its mesh, with its placements, global shape "
-              "and dtype, after the load.",
+    "and dtype, after the load.",
     "api-parity": "Two torch APIs asked for the same state return the same values.",
     "full-offload": "A full state dict with cpu_offload puts every value on rank 0, full-shaped, on the CPU, "
-                    "and nothing on the other ranks.",
+    "and nothing on the other ranks.",
     "loud-incompatible-load": "Loading into a model of another shape raises an error.",
     "error": "Saving and loading complete without raising.",
     "crash": "No rank process dies.",
@@ -43,14 +43,24 @@ def environment() -> dict[str, str]:
     """The essentials torch's own ``collect_env`` reports, and the process-group backend used here."""
     import torch
 
-    env = {"torch": torch.__version__, "python": platform.python_version(), "os": platform.platform(),
-           "backend": "gloo (CPU ranks)"}
+    env = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "os": platform.platform(),
+        "backend": "gloo (CPU ranks)",
+    }
     try:
         from torch.utils.collect_env import get_env_info
 
         info = get_env_info()
-        env.update({"os": info.os or env["os"], "cuda (torch built with)": str(info.cuda_compiled_version),
-                    "cuda available": str(info.is_cuda_available), "gcc": str(info.gcc_version)})
+        env.update(
+            {
+                "os": info.os or env["os"],
+                "cuda (torch built with)": str(info.cuda_compiled_version),
+                "cuda available": str(info.is_cuda_available),
+                "gcc": str(info.gcc_version),
+            }
+        )
     except Exception as exc:
         env["collect_env"] = f"unavailable: {type(exc).__name__}: {exc}"
     return env
@@ -62,29 +72,68 @@ def issue_text(entry: Entry, *, script: str, env: dict[str, str] | None = None) 
     cause = entry.cause
     promise_key = cause.name if cause is not None and cause.kind == "oracle" else entry.status
     title = entry.title.split("] ", 1)[-1]
-    lines = [f"# {title}", "", f"Found by shardfuzz (a property-based fuzzer for sharded-checkpoint round-trips): "
-             f"**{entry.triage}**.", "", "## What was expected", "", PROMISES.get(promise_key, PROMISES["error"]),
-             "", "## What happened", ""]
+    lines = [
+        f"# {title}",
+        "",
+        f"Found by shardfuzz (a property-based fuzzer for sharded-checkpoint round-trips): **{entry.triage}**.",
+        "",
+        "## What was expected",
+        "",
+        PROMISES.get(promise_key, PROMISES["error"]),
+        "",
+        "## What happened",
+        "",
+    ]
     if cause is not None:
         where = f" in phase `{cause.phase}`" if cause.phase else ""
-        ranks = f" on rank{'s' if len(cause.ranks) > 1 else ''} {', '.join(map(str, cause.ranks))}" if cause.ranks \
-            else ""
+        ranks = (
+            f" on rank{'s' if len(cause.ranks) > 1 else ''} {', '.join(map(str, cause.ranks))}" if cause.ranks else ""
+        )
         lines += [f"`{cause.name}`{where}{ranks}:", "", "```", cause.message.strip(), "```", ""]
     else:
         lines += ["```", entry.summary, "```", ""]
     if entry.diagnostics.strip():
         kind = "Root traceback" if entry.status == "error" else "The ranks' last output and stacks"
-        lines += [f"<details><summary>{kind}</summary>", "", "```", entry.diagnostics.strip()[-6000:], "```", "",
-                  "</details>", ""]
-    lines += ["## The case", "", describe(entry.case), "", "## Minimal reproducer", "",
-              f"Needs only torch. `python repro.py` (it starts {entry.replay_world_size} gloo rank(s) itself) or "
-              f"`torchrun --standalone --nproc-per-node {entry.replay_world_size} repro.py`; it prints `REPRODUCED` "
-              f"and exits 1 when the failure shows.", "", "```python", script.rstrip(), "```", "",
-              "## Environment", ""]
+        lines += [
+            f"<details><summary>{kind}</summary>",
+            "",
+            "```",
+            entry.diagnostics.strip()[-6000:],
+            "```",
+            "",
+            "</details>",
+            "",
+        ]
+    lines += [
+        "## The case",
+        "",
+        describe(entry.case),
+        "",
+        "## Minimal reproducer",
+        "",
+        f"Needs only torch. `python repro.py` (it starts {entry.replay_world_size} gloo rank(s) itself) or "
+        f"`torchrun --standalone --nproc-per-node {entry.replay_world_size} repro.py`; it prints `REPRODUCED` "
+        f"and exits 1 when the failure shows.",
+        "",
+        "```python",
+        script.rstrip(),
+        "```",
+        "",
+        "## Environment",
+        "",
+    ]
     lines += [f"- {key}: {value}" for key, value in env.items()]
-    seen = list(entry.known.seen) if entry.known is not None and entry.known.seen else [entry.versions.get("torch", "?")]
-    lines += [f"- world size: {entry.replay_world_size}", "", "## Versions seen", "",
-              f"torch {', '.join(seen)}" + (f" (known range: `{entry.known.torch}`)" if entry.known else ""), ""]
+    seen = (
+        list(entry.known.seen) if entry.known is not None and entry.known.seen else [entry.versions.get("torch", "?")]
+    )
+    lines += [
+        f"- world size: {entry.replay_world_size}",
+        "",
+        "## Versions seen",
+        "",
+        f"torch {', '.join(seen)}" + (f" (known range: `{entry.known.torch}`)" if entry.known else ""),
+        "",
+    ]
     if entry.known is not None and entry.known.link:
         lines += ["## Related", "", entry.known.link, ""]
     return "\n".join(lines)
@@ -93,20 +142,29 @@ def issue_text(entry: Entry, *, script: str, env: dict[str, str] | None = None) 
 def known_bug_table(entries: Iterable[tuple[Path, Entry]]) -> str:
     """``corpus/README.md``: every entry with a ``known`` block, by class (worst first) then file name."""
     order = list(TRIAGE_CLASSES)
-    known = sorted(((path, entry) for path, entry in entries if entry.known is not None),
-                   key=lambda item: (order.index(item[1].status), item[0].name))
-    rows = ["# Known bugs in this corpus", "",
-            "Generated from the entries' `known` blocks by `shardfuzz known-bugs -o corpus/README.md`; "
-            "do not edit by hand (a test checks it is current). Each entry is replayed by the test suite: a "
-            "strict xfail on a torch inside its range, so an upstream fix shows up as an unexpected pass.", "",
-            f"{len(known)} known bugs.", "",
-            "| entry | class | what | minimal case | torch range | seen on | link |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
+    known = sorted(
+        ((path, entry) for path, entry in entries if entry.known is not None),
+        key=lambda item: (order.index(item[1].status), item[0].name),
+    )
+    rows = [
+        "# Known bugs in this corpus",
+        "",
+        "Generated from the entries' `known` blocks by `shardfuzz known-bugs -o corpus/README.md`; "
+        "do not edit by hand (a test checks it is current). Each entry is replayed by the test suite: a "
+        "strict xfail on a torch inside its range, so an upstream fix shows up as an unexpected pass.",
+        "",
+        f"{len(known)} known bugs.",
+        "",
+        "| entry | class | what | minimal case | torch range | seen on | link |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for path, entry in known:
         what = entry.title.split("] ", 1)[-1]
         link = entry.known.link or "none found"
-        rows.append(f"| `{path.stem}` | {entry.triage} | {_cell(what)} | {_cell(describe(entry.case))} | "
-                    f"`{entry.known.torch}` | {', '.join(entry.known.seen) or '-'} | {_cell(link)} |")
+        rows.append(
+            f"| `{path.stem}` | {entry.triage} | {_cell(what)} | {_cell(describe(entry.case))} | "
+            f"`{entry.known.torch}` | {', '.join(entry.known.seen) or '-'} | {_cell(link)} |"
+        )
     return "\n".join(rows) + "\n"
 
 

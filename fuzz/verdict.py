@@ -14,7 +14,13 @@ from attrs import field, frozen
 from attrs.validators import in_
 
 __all__ = [
-    "Mismatch", "RankError", "RankReport", "Verdict", "STATUSES", "TRIAGE_CLASSES", "canonical_signature",
+    "Mismatch",
+    "RankError",
+    "RankReport",
+    "Verdict",
+    "STATUSES",
+    "TRIAGE_CLASSES",
+    "canonical_signature",
     "normalise_message",
 ]
 
@@ -106,16 +112,34 @@ class Verdict:
         """What fired, as plain data: the oracle or exception, its message, the ranks, the key."""
         if self.mismatches and self.status not in ("crash", "hang"):
             first = self.mismatches[0]
-            return {"kind": "oracle", "name": first.oracle, "message": first.describe(),
-                    "ranks": sorted({m.rank for m in self.mismatches}), "key": first.key, "phase": "compare"}
+            return {
+                "kind": "oracle",
+                "name": first.oracle,
+                "message": first.describe(),
+                "ranks": sorted({m.rank for m in self.mismatches}),
+                "key": first.key,
+                "phase": "compare",
+            }
         if self.errors and self.status not in ("crash", "hang"):
             first = min(self.errors, key=lambda e: e.rank)
-            return {"kind": "exception", "name": first.type, "message": _last_line(first.message)[:500],
-                    "ranks": sorted(e.rank for e in self.errors), "key": "", "phase": first.phase}
+            return {
+                "kind": "exception",
+                "name": first.type,
+                "message": _last_line(first.message)[:500],
+                "ranks": sorted(e.rank for e in self.errors),
+                "key": "",
+                "phase": first.phase,
+            }
         # A crash or hang: peers' errors are only echoes of the dead or stuck rank.
         ranks = sorted({int(r) for r in re.findall(r"rank (\d+)", self.detail)})
-        return {"kind": self.status, "name": self.how or self.status, "message": self.detail, "ranks": ranks,
-                "key": "", "phase": self.where}
+        return {
+            "kind": self.status,
+            "name": self.how or self.status,
+            "message": self.detail,
+            "ranks": ranks,
+            "key": "",
+            "phase": self.where,
+        }
 
     def signature(self) -> str:
         """A stable key for the cause: the same bug on other sizes, keys or names gives the same

@@ -38,10 +38,18 @@ def run_workers(args, worker_argv) -> int:
     children = []
     for index in range(args.workers):
         with open(logs[index], "w") as log:
-            children.append(subprocess.Popen(worker_argv(index, seed + index, reports[index]),
-                                             stdout=log, stderr=subprocess.STDOUT))
-    meta = {"torch": torch.__version__, "budget_seconds": args.budget, "seed": seed, "world_size": args.world_size,
-            "target": args.target, "launcher": "pool", "database": args.database}
+            children.append(
+                subprocess.Popen(worker_argv(index, seed + index, reports[index]), stdout=log, stderr=subprocess.STDOUT)
+            )
+    meta = {
+        "torch": torch.__version__,
+        "budget_seconds": args.budget,
+        "seed": seed,
+        "world_size": args.world_size,
+        "target": args.target,
+        "launcher": "pool",
+        "database": args.database,
+    }
     progress = Progress(args.budget, plain=args.plain)
     stop = StopFlag()
     forwarded = False
@@ -82,17 +90,21 @@ def run_workers(args, worker_argv) -> int:
     broken = [i for i, code in enumerate(codes) if code not in (0, 1, *EXIT_CODES.values()) or not reports[i].exists()]
     for index in broken:
         tail = logs[index].read_text(errors="replace").strip().splitlines()[-15:]
-        print(f"shardfuzz run: worker {index} exited with {codes[index]} (log {logs[index]}); its last output:\n  "
-              + "\n  ".join(tail), file=sys.stderr)
+        print(
+            f"shardfuzz run: worker {index} exited with {codes[index]} (log {logs[index]}); its last output:\n  "
+            + "\n  ".join(tail),
+            file=sys.stderr,
+        )
     if not broken:
         shutil.rmtree(scratch, ignore_errors=True)
     write_reports(report, json_path=args.report, directory=args.report_dir)
     print_summary(report)
-    print(f"shardfuzz: {args.workers} workers; per worker: "
-          + ", ".join(f"{r.get('cases_run')} cases" for r in report["worker_reports"]))
+    print(
+        f"shardfuzz: {args.workers} workers; per worker: "
+        + ", ".join(f"{r.get('cases_run')} cases" for r in report["worker_reports"])
+    )
     if stop.reason:
         return EXIT_CODES[stop.reason]
     if broken:
         return 2
     return 1 if report["failures"] and not args.exit_zero else 0
-

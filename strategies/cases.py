@@ -35,13 +35,15 @@ def _check_devices(devices, gpus) -> tuple[tuple[str, ...], int]:
         gpus = capabilities().cuda_devices
     check_int("gpus", gpus, minimum=0)
     if "cuda" in devices and gpus < 1:
-        raise InvalidArgument(f"devices={devices!r} includes 'cuda' but gpus={gpus} "
-                              f"({capabilities().off.get('device cuda', 'no GPU')})")
+        raise InvalidArgument(
+            f"devices={devices!r} includes 'cuda' but gpus={gpus} ({capabilities().off.get('device cuda', 'no GPU')})"
+        )
     return devices, gpus
 
 
-def sides(model: Model, *, max_world_size: int = 4, engine_names=None, devices=("cpu",),
-          gpus: int | None = None) -> st.SearchStrategy[Side]:
+def sides(
+    model: Model, *, max_world_size: int = 4, engine_names=None, devices=("cpu",), gpus: int | None = None
+) -> st.SearchStrategy[Side]:
     """One end of the round-trip for ``model``: a device, a mesh, an engine that runs on it, its units.
 
     A ``cuda`` side uses at most ``gpus`` ranks (one per GPU; NCCL refuses two ranks
@@ -63,8 +65,11 @@ def _side_drawer(*, max_world_size, engine_names, devices, gpus):
     two_d = capabilities().hsdp and any(n in TWO_D_ENGINES for n in offered)
     limits = {"cpu": max_world_size, "cuda": min(max_world_size, gpus)}
     device_choice = st.sampled_from(devices)
-    meshes = {limit: mesh_shapes(max_size=limit, max_dims=2 if two_d else 1)
-              for device, limit in limits.items() if device in devices}
+    meshes = {
+        limit: mesh_shapes(max_size=limit, max_dims=2 if two_d else 1)
+        for device, limit in limits.items()
+        if device in devices
+    }
     engines_on = {dims: engines(names=offered, mesh_dims=dims) for dims in ((1, 2) if two_d else (1,))}
     hybrid_meshes = {limit: st.sampled_from(factorisations(limit, min_shards=2) or [(1, limit)]) for limit in meshes}
     state_dicts, apis = state_dict_types(), state_dict_apis()
@@ -86,8 +91,14 @@ def _side_drawer(*, max_world_size, engine_names, devices, gpus):
         elif isinstance(engine, FSDP1) and not capabilities().fsdp1_subgroups:
             mesh = (limit,)  # see capabilities: FSDP1 on a subgroup hangs in this torch
         lists_units = isinstance(engine, FSDP2) or (isinstance(engine, FSDP1) and engine.wraps_listed_modules)
-        return Side(engine=engine, mesh_shape=mesh, wrap=draw(wrap_sets(model)) if lists_units else (),
-                    state_dict=draw(state_dicts), device=device, state_dict_api=draw(apis))
+        return Side(
+            engine=engine,
+            mesh_shape=mesh,
+            wrap=draw(wrap_sets(model)) if lists_units else (),
+            state_dict=draw(state_dicts),
+            device=device,
+            state_dict_api=draw(apis),
+        )
 
     return draw_side
 
@@ -120,8 +131,11 @@ def cases(
 
     model_trees = models(max_leaves=max_leaves, max_width=max_width)
     draw_side = _side_drawer(max_world_size=max_world_size, engine_names=engine_names, devices=devices, gpus=gpus)
-    optimizer_choice, step_counts, flatten = optimizers(), optimizer_steps(max_steps=max_steps), \
-        flatten_optimizer_state_dict()
+    optimizer_choice, step_counts, flatten = (
+        optimizers(),
+        optimizer_steps(max_steps=max_steps),
+        flatten_optimizer_state_dict(),
+    )
     seeds, check_sets, group_counts, mutations = st.integers(0, 2**16), checks(), param_groups(), load_mutations()
     storage_choice = storages() if vary_storage else st.just(Dcp())
     offload, sometimes, caps = rarely(), rarely(one_in=3), capabilities()
@@ -145,13 +159,23 @@ def cases(
         # KeyError 'state' (corpus 37dad3dee68fd22a). So: the separate setters, optimizer state nested.
         # And a compatible load: only rank 0 holds the state, so an incompatible one can raise on
         # rank 0 alone, the others left waiting in the broadcast (a hang, not a torch bug).
-        broadcast = (caps.broadcast_from_rank0 and load.state_dict == "full" and not isinstance(load.engine, FSDP1)
-                     and load.world_size == max_world_size and not flatten and mutation is None
-                     and draw(sometimes))
+        broadcast = (
+            caps.broadcast_from_rank0
+            and load.state_dict == "full"
+            and not isinstance(load.engine, FSDP1)
+            and load.world_size == max_world_size
+            and not flatten
+            and mutation is None
+            and draw(sometimes)
+        )
         # Offloaded, a full state dict is on rank 0 alone: only a broadcasting load can take it.
         offloaded = draw(offload) and not isinstance(load.engine, FSDP1) and (load.state_dict != "full" or broadcast)
-        load = attrs.evolve(load, cpu_offload=offloaded, broadcast_from_rank0=broadcast,
-                            state_dict_api="separate" if broadcast else load.state_dict_api)
+        load = attrs.evolve(
+            load,
+            cpu_offload=offloaded,
+            broadcast_from_rank0=broadcast,
+            state_dict_api="separate" if broadcast else load.state_dict_api,
+        )
         return save, load
 
     def with_local(draw, save: Side, load: Side) -> tuple[Side, Side]:

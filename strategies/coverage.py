@@ -38,18 +38,20 @@ def offered_values(*, max_world_size: int = 4, max_steps: int = 3, devices=("cpu
     strategies = {s.lower() for s in FSDP1_STRATEGIES if caps.hsdp or s not in HYBRID_STRATEGIES}
     values: dict[str, set[str]] = {}
     for side in ("save", "load"):
-        values.update({
-            f"{side}_engine": engines,
-            f"{side}_device": set(devices),
-            f"{side}_world_size": {str(n) for n in range(1, max_world_size + 1)},
-            f"{side}_mesh": {"1d", "2d"} if caps.hsdp and engines & {"fsdp1", "fsdp2"} else {"1d"},
-            f"{side}_state_dict": set(STATE_DICT_TYPES) - (set() if caps.local_state_dict else {"local"}),
-            f"{side}_wrapped": {"none", "some"},
-            f"{side}_uneven_split": set(_BOOLS) if max_world_size > 1 else {"false"},
-            f"{side}_empty_shard": set(_BOOLS) if max_world_size > 1 else {"false"},
-            f"{side}_cpu_offload": set(_BOOLS),
-            f"{side}_state_dict_api": set(STATE_DICT_APIS),
-        })
+        values.update(
+            {
+                f"{side}_engine": engines,
+                f"{side}_device": set(devices),
+                f"{side}_world_size": {str(n) for n in range(1, max_world_size + 1)},
+                f"{side}_mesh": {"1d", "2d"} if caps.hsdp and engines & {"fsdp1", "fsdp2"} else {"1d"},
+                f"{side}_state_dict": set(STATE_DICT_TYPES) - (set() if caps.local_state_dict else {"local"}),
+                f"{side}_wrapped": {"none", "some"},
+                f"{side}_uneven_split": set(_BOOLS) if max_world_size > 1 else {"false"},
+                f"{side}_empty_shard": set(_BOOLS) if max_world_size > 1 else {"false"},
+                f"{side}_cpu_offload": set(_BOOLS),
+                f"{side}_state_dict_api": set(STATE_DICT_APIS),
+            }
+        )
         if "fsdp1" in engines:
             values[f"{side}_fsdp1_strategy"] = strategies | not_fsdp1
             values[f"{side}_fsdp1_wrap_policy"] = set(WRAP_POLICIES) | not_fsdp1
@@ -57,30 +59,35 @@ def offered_values(*, max_world_size: int = 4, max_steps: int = 3, devices=("cpu
         if "fsdp2" in engines:
             values[f"{side}_fsdp2_reshard_after_forward"] = set(_BOOLS) | not_fsdp2
             values[f"{side}_fsdp2_shard_dim"] = ({"0", "1"} if caps.fsdp2_shard_dim else {"0"}) | not_fsdp2
-    values.update({
-        "resharded": set(_BOOLS),
-        "optimizer": {"sgd", "adam", "adamw", "adagrad", "rmsprop"},
-        "optimizer_state": {"none", "some"},
-        "param_groups": {"1", "2"},
-        "steps": {str(n) for n in range(max_steps + 1)},
-        "flatten_optimizer_state_dict": set(_BOOLS) if caps.flatten_optimizer_state_dict else {"true"},
-        "depth": {"2", "3", "4+"},
-        "linears": {"1", "2", "3", "4+"},
-        "frozen": {"none", "some"},
-        "norms": {"none", "layer", "batch", "both"},
-        "conv": {"none", "1d", "2d", "both"},
-        "embedding": set(_BOOLS),
-        "scalar_parameter": set(_BOOLS),
-        "tied": set(_BOOLS),
-        "dtype": set(DTYPES),
-        "storage": set(caps.storages),
-        "writer_single_file_per_rank": set(_BOOLS) | {"n/a"} if caps.writer_options else {"true", "n/a"},
-        "writer_threads": {"1", "2+", "n/a"} if caps.writer_options else {"1", "n/a"},
-        "writer_sync_files": set(_BOOLS) | {"n/a"} if caps.writer_options else {"true", "n/a"},
-        "broadcast_from_rank0": (set(_BOOLS) if caps.broadcast_from_rank0 and caps.flatten_optimizer_state_dict
-                                 and engines - {"fsdp1"} else {"false"}),
-        "ignore_frozen_params": set(_BOOLS) if caps.ignore_frozen_params else {"false"},
-        "load_mutation": {"none", *LOAD_MUTATIONS},
-        **{f"check_{name}": set(_BOOLS) for name in CHECKS},
-    })
+    values.update(
+        {
+            "resharded": set(_BOOLS),
+            "optimizer": {"sgd", "adam", "adamw", "adagrad", "rmsprop"},
+            "optimizer_state": {"none", "some"},
+            "param_groups": {"1", "2"},
+            "steps": {str(n) for n in range(max_steps + 1)},
+            "flatten_optimizer_state_dict": set(_BOOLS) if caps.flatten_optimizer_state_dict else {"true"},
+            "depth": {"2", "3", "4+"},
+            "linears": {"1", "2", "3", "4+"},
+            "frozen": {"none", "some"},
+            "norms": {"none", "layer", "batch", "both"},
+            "conv": {"none", "1d", "2d", "both"},
+            "embedding": set(_BOOLS),
+            "scalar_parameter": set(_BOOLS),
+            "tied": set(_BOOLS),
+            "dtype": set(DTYPES),
+            "storage": set(caps.storages),
+            "writer_single_file_per_rank": set(_BOOLS) | {"n/a"} if caps.writer_options else {"true", "n/a"},
+            "writer_threads": {"1", "2+", "n/a"} if caps.writer_options else {"1", "n/a"},
+            "writer_sync_files": set(_BOOLS) | {"n/a"} if caps.writer_options else {"true", "n/a"},
+            "broadcast_from_rank0": (
+                set(_BOOLS)
+                if caps.broadcast_from_rank0 and caps.flatten_optimizer_state_dict and engines - {"fsdp1"}
+                else {"false"}
+            ),
+            "ignore_frozen_params": set(_BOOLS) if caps.ignore_frozen_params else {"false"},
+            "load_mutation": {"none", *LOAD_MUTATIONS},
+            **{f"check_{name}": set(_BOOLS) for name in CHECKS},
+        }
+    )
     return {name: frozenset(v) for name, v in values.items()}

@@ -36,7 +36,8 @@ def fsdp1_engines(*, hybrid: bool = False) -> st.SearchStrategy[FSDP1]:
             sharding_strategy=draw(st.sampled_from(strategies)),
             wrap_policy=policy,
             module_types=draw(st.lists(st.sampled_from(MODULE_TYPES), min_size=1, unique=True))
-            if policy == "module-type" else (),
+            if policy == "module-type"
+            else (),
             # a Linear here has 1 to 272 parameters: thresholds below and above both happen
             min_num_params=draw(st.integers(1, 300)) if policy == "size-based" else 0,
         )

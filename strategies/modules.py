@@ -46,8 +46,7 @@ def linears(*, max_width: int = 16) -> st.SearchStrategy[Linear]:
     """A ``Linear`` leaf; its input width is its predecessor's output. About 1 in 5 is
     frozen (``requires_grad=False``); failures shrink towards trainable."""
     check_int("max_width", max_width, minimum=1)
-    return st.builds(Linear, out_features=widths(max_value=max_width), bias=st.booleans(),
-                     frozen=rarely(one_in=5))
+    return st.builds(Linear, out_features=widths(max_value=max_width), bias=st.booleans(), frozen=rarely(one_in=5))
 
 
 def norm_layers() -> st.SearchStrategy[LayerNorm | BatchNorm]:
@@ -64,8 +63,9 @@ def embeddings(*, max_width: int = 16) -> st.SearchStrategy[Embedding | None]:
     """The model's first leaf: ``None`` (features in) in 4 draws of 5, else an ``Embedding`` over a
     vocabulary drawn like a width (so uneven and empty shards of its rows are common)."""
     check_int("max_width", max_width, minimum=1)
-    return st.one_of(st.just(None), st.just(None), st.just(None), st.just(None),
-                     st.builds(Embedding, widths(max_value=max_width)))
+    return st.one_of(
+        st.just(None), st.just(None), st.just(None), st.just(None), st.builds(Embedding, widths(max_value=max_width))
+    )
 
 
 def dtypes() -> st.SearchStrategy[str]:
@@ -99,9 +99,11 @@ def module_trees(
         max_leaves=max_leaves,
     )
     # st.recursive's max_leaves is a soft cap; the filter makes it a bound and rarely rejects.
-    return (nodes.map(_as_root)
-            .filter(lambda root: len(leaves(root)) <= max_leaves and _has_linear(root))
-            .map(_one_trainable))
+    return (
+        nodes.map(_as_root)
+        .filter(lambda root: len(leaves(root)) <= max_leaves and _has_linear(root))
+        .map(_one_trainable)
+    )
 
 
 def _has_linear(root) -> bool:
@@ -119,10 +121,7 @@ def _as_root(node):
     return Sequential([node]) if isinstance(node, LEAF_CLASSES) else node
 
 
-
-def models(
-    *, max_leaves: int = 6, max_children: int = 3, max_width: int = 16
-) -> st.SearchStrategy[Model]:
+def models(*, max_leaves: int = 6, max_children: int = 3, max_width: int = 16) -> st.SearchStrategy[Model]:
     """A ``Model``: an input width, a module tree (its first leaf sometimes an Embedding), a dtype."""
     return st.builds(
         _model,

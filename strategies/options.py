@@ -22,8 +22,16 @@ from shardfuzz.case import (
 from shardfuzz.strategies._helpers import check_int
 
 __all__ = [
-    "checks", "flatten_optimizer_state_dict", "load_mutations", "optimizer_steps", "optimizers", "param_groups",
-    "state_dict_apis", "state_dict_types", "storages", "rarely",
+    "checks",
+    "flatten_optimizer_state_dict",
+    "load_mutations",
+    "optimizer_steps",
+    "optimizers",
+    "param_groups",
+    "state_dict_apis",
+    "state_dict_types",
+    "storages",
+    "rarely",
 ]
 
 
@@ -96,8 +104,13 @@ def storages() -> st.SearchStrategy:
     caps = capabilities()
     apis = [api for api in ("save", "legacy", "async") if f"dcp-{api}" in caps.storages]
     if caps.writer_options:
-        custom = st.builds(Dcp, api=st.sampled_from(apis), single_file_per_rank=st.booleans(),
-                           thread_count=st.sampled_from((1, 2)), sync_files=st.booleans())
+        custom = st.builds(
+            Dcp,
+            api=st.sampled_from(apis),
+            single_file_per_rank=st.booleans(),
+            thread_count=st.sampled_from((1, 2)),
+            sync_files=st.booleans(),
+        )
     else:
         custom = st.builds(Dcp, api=st.sampled_from(apis))
     whole_files = [st.just(TorchSave())]

@@ -26,53 +26,90 @@ SEED_SCENARIOS: dict[str, Case] = {
     # FSDP1 model on (a) the same group, (b) a rank subgroup (shardfuzz's subgroups are the
     # prefix ranks 0..n-1, not 000's even/odd split). 000 builds on the meta device: not modelled.
     "000-fsdp1-sharded-same-group": Case(
-        model=_chain(8, 8), save=Side(FSDP1(), (4,)), load=Side(FSDP1(), (4,)), optimizer=SGD(), steps=1),
+        model=_chain(8, 8), save=Side(FSDP1(), (4,)), load=Side(FSDP1(), (4,)), optimizer=SGD(), steps=1
+    ),
     "000-fsdp1-sharded-onto-subgroup": Case(
-        model=_chain(8, 8), save=Side(FSDP1(), (4,)), load=Side(FSDP1(), (2,)), optimizer=SGD(), steps=1),
+        model=_chain(8, 8), save=Side(FSDP1(), (4,)), load=Side(FSDP1(), (2,)), optimizer=SGD(), steps=1
+    ),
     # 001 test_fsdp_dsd: FSDP2 on every child and the root of an MLP stack of widths 2..5 with
     # reshard_after_forward=False; a full state dict with cpu_offload (the full-offload check);
     # FSDP1 (use_orig_params, always_wrap_policy, Adam) saved and loaded into FSDP2.
     "001-fsdp2-nested-mlp-full-cpu-offload": Case(
-        model=_chain(2, 3, 4, 5), save=Side(FSDP2(reshard_after_forward=False), (2,), wrap=["0", "1", "2"],
-                                            state_dict="full"),
-        load=Side(FSDP2(reshard_after_forward=False), (2,), wrap=["0", "1", "2"]), optimizer=Adam(), steps=1,
-        checks=["full-offload"]),
+        model=_chain(2, 3, 4, 5),
+        save=Side(FSDP2(reshard_after_forward=False), (2,), wrap=["0", "1", "2"], state_dict="full"),
+        load=Side(FSDP2(reshard_after_forward=False), (2,), wrap=["0", "1", "2"]),
+        optimizer=Adam(),
+        steps=1,
+        checks=["full-offload"],
+    ),
     "001-fsdp1-always-wrap-to-fsdp2-full": Case(
-        model=_chain(2, 3, 4, 5), save=Side(FSDP1(wrap_policy="always"), (2,), state_dict="full"),
-        load=Side(FSDP2(), (2,), wrap=["0", "1", "2"], state_dict="full"), optimizer=Adam(), steps=1),
+        model=_chain(2, 3, 4, 5),
+        save=Side(FSDP1(wrap_policy="always"), (2,), state_dict="full"),
+        load=Side(FSDP2(), (2,), wrap=["0", "1", "2"], state_dict="full"),
+        optimizer=Adam(),
+        steps=1,
+    ),
     "001-fsdp1-always-wrap-to-fsdp2-sharded": Case(
-        model=_chain(2, 3, 4, 5), save=Side(FSDP1(wrap_policy="always"), (2,)),
-        load=Side(FSDP2(), (2,), wrap=["0", "1", "2"]), optimizer=Adam(), steps=1),
+        model=_chain(2, 3, 4, 5),
+        save=Side(FSDP1(wrap_policy="always"), (2,)),
+        load=Side(FSDP2(), (2,), wrap=["0", "1", "2"]),
+        optimizer=Adam(),
+        steps=1,
+    ),
     # 002 test_distributed_checkpoint: FSDP1 nested wrap() of a double-nested model, LOCAL_STATE_DICT
     # and SHARDED_STATE_DICT through FileSystemWriter/Reader (LOCAL with use_orig_params=False: with
     # True it is a known torch bug, corpus 0c0c634ac9cc5487).
     "002-fsdp1-nested-wrap-sharded": Case(
-        model=_DOUBLE_NESTED, save=Side(FSDP1(wrap_policy="manual"), (2,), wrap=["a", "a.a"]),
-        load=Side(FSDP1(wrap_policy="manual"), (2,), wrap=["a", "a.a"]), optimizer=SGD(), steps=1),
+        model=_DOUBLE_NESTED,
+        save=Side(FSDP1(wrap_policy="manual"), (2,), wrap=["a", "a.a"]),
+        load=Side(FSDP1(wrap_policy="manual"), (2,), wrap=["a", "a.a"]),
+        optimizer=SGD(),
+        steps=1,
+    ),
     "002-fsdp1-nested-wrap-local": Case(
         model=_DOUBLE_NESTED,
         save=Side(FSDP1(use_orig_params=False, wrap_policy="manual"), (2,), wrap=["a", "a.a"], state_dict="local"),
         load=Side(FSDP1(use_orig_params=False, wrap_policy="manual"), (2,), wrap=["a", "a.a"], state_dict="local"),
-        optimizer=SGD(), steps=1, storage=Dcp(api="legacy")),
+        optimizer=SGD(),
+        steps=1,
+        storage=Dcp(api="legacy"),
+    ),
     # 003 test_hsdp_checkpoint: FSDP1 HYBRID_SHARD on a (2, world/2) mesh, even and uneven widths,
     # Adam; the step after the save (the continuation check) then reload; HSDP loaded into FSDP1
     # on a 1-D mesh.
     "003-fsdp1-hsdp-even": Case(
-        model=_EVEN, save=Side(FSDP1(sharding_strategy="HYBRID_SHARD"), (2, 2)),
-        load=Side(FSDP1(sharding_strategy="HYBRID_SHARD"), (2, 2)), optimizer=Adam(), steps=1,
-        checks=["continuation"]),
+        model=_EVEN,
+        save=Side(FSDP1(sharding_strategy="HYBRID_SHARD"), (2, 2)),
+        load=Side(FSDP1(sharding_strategy="HYBRID_SHARD"), (2, 2)),
+        optimizer=Adam(),
+        steps=1,
+        checks=["continuation"],
+    ),
     "003-fsdp1-hsdp-uneven": Case(
-        model=_UNEVEN, save=Side(FSDP1(sharding_strategy="HYBRID_SHARD"), (2, 2)),
-        load=Side(FSDP1(sharding_strategy="HYBRID_SHARD"), (2, 2)), optimizer=Adam(), steps=1,
-        checks=["continuation"]),
+        model=_UNEVEN,
+        save=Side(FSDP1(sharding_strategy="HYBRID_SHARD"), (2, 2)),
+        load=Side(FSDP1(sharding_strategy="HYBRID_SHARD"), (2, 2)),
+        optimizer=Adam(),
+        steps=1,
+        checks=["continuation"],
+    ),
     "003-fsdp1-hsdp-to-fsdp1-1d": Case(
-        model=_UNEVEN, save=Side(FSDP1(sharding_strategy="HYBRID_SHARD"), (2, 2)),
-        load=Side(FSDP1(), (4,)), optimizer=Adam(), steps=1),
+        model=_UNEVEN,
+        save=Side(FSDP1(sharding_strategy="HYBRID_SHARD"), (2, 2)),
+        load=Side(FSDP1(), (4,)),
+        optimizer=Adam(),
+        steps=1,
+    ),
     # 004 test_fully_shard_optim_checkpoint: a module-type wrap policy against wrapper FSDP on the
     # same model, Adam; FSDP.optim_state_dict and optim_state_dict_to_load + load_state_dict must
     # reproduce the optimizer state (the api-parity check). 004's composable fully_shard is gone
     # from recent torch; FSDP2 on two submodules only stands in for it on the load side.
     "004-fsdp1-module-type-optim-parity": Case(
-        model=_chain(4, 6, 6, 3), save=Side(FSDP1(wrap_policy="module-type", module_types=["Linear"]), (2,)),
-        load=Side(FSDP2(), (2,), wrap=["0", "2"]), optimizer=Adam(), steps=1, checks=["api-parity"]),
+        model=_chain(4, 6, 6, 3),
+        save=Side(FSDP1(wrap_policy="module-type", module_types=["Linear"]), (2,)),
+        load=Side(FSDP2(), (2,), wrap=["0", "2"]),
+        optimizer=Adam(),
+        steps=1,
+        checks=["api-parity"],
+    ),
 }

@@ -24,6 +24,5 @@ def mesh_shapes(*, min_size: int = 1, max_size: int = 4, max_dims: int = 1) -> s
     one_d = world_sizes(min_size=min_size, max_size=max_size).map(lambda n: (n,))
     if max_dims == 1:
         return one_d
-    two_d = world_sizes(min_size=min_size, max_size=max_size).flatmap(
-        lambda n: st.sampled_from(factorisations(n)))
+    two_d = world_sizes(min_size=min_size, max_size=max_size).flatmap(lambda n: st.sampled_from(factorisations(n)))
     return st.sampled_from([1, 1, 2]).flatmap(lambda dims: one_d if dims == 1 else two_d)

@@ -47,8 +47,9 @@ def test_stop_while_shrinking_keeps_the_failure_found_so_far():
         return verdict
 
     found = []
-    result = run_campaign(run_case, budget=60, seed=2, max_world_size=2, should_stop=should_stop,
-                          on_finding=found.append)
+    result = run_campaign(
+        run_case, budget=60, seed=2, max_world_size=2, should_stop=should_stop, on_finding=found.append
+    )
     assert result.stopped == "SIGINT"
     assert len(found) == 1 and not found[0].shrunk
     assert found[0].case.load.world_size >= 2  # still a failing case, as small as it got
@@ -57,17 +58,42 @@ def test_stop_while_shrinking_keeps_the_failure_found_so_far():
 def test_a_resumed_campaign_replays_the_database_first():
     database = InMemoryExampleDatabase()
     key = database_key("world=2", "test")
-    first = run_campaign(_broken_after_a_step_on_two_ranks, budget=60, seed=3, max_world_size=2, max_cases=50,
-                         database=database, database_key=key, stop_on_finding=True)
+    first = run_campaign(
+        _broken_after_a_step_on_two_ranks,
+        budget=60,
+        seed=3,
+        max_world_size=2,
+        max_cases=50,
+        database=database,
+        database_key=key,
+        stop_on_finding=True,
+    )
     assert first.findings and list(database.fetch(key))
 
     # A seed whose one drawn case passes without the database (which seed that is depends on what
     # the installed torch offers: FSDP1 sides span the whole pool where subgroups are off).
-    seed = next(s for s in range(99, 199) if not run_campaign(
-        _broken_after_a_step_on_two_ranks, budget=60, seed=s, max_world_size=2, max_cases=1,
-        database=InMemoryExampleDatabase(), database_key=key).findings)
-    resumed = run_campaign(_broken_after_a_step_on_two_ranks, budget=60, seed=seed, max_world_size=2, max_cases=1,
-                           database=database, database_key=key)
+    seed = next(
+        s
+        for s in range(99, 199)
+        if not run_campaign(
+            _broken_after_a_step_on_two_ranks,
+            budget=60,
+            seed=s,
+            max_world_size=2,
+            max_cases=1,
+            database=InMemoryExampleDatabase(),
+            database_key=key,
+        ).findings
+    )
+    resumed = run_campaign(
+        _broken_after_a_step_on_two_ranks,
+        budget=60,
+        seed=seed,
+        max_world_size=2,
+        max_cases=1,
+        database=database,
+        database_key=key,
+    )
     assert resumed.replayed_from_database >= 1
     [finding] = resumed.findings.values()  # with the database the same seed finds it: the replay did
     assert finding.from_database
@@ -77,10 +103,26 @@ def test_a_resumed_campaign_replays_the_database_first():
 def test_a_known_failure_in_the_database_is_counted_not_refound():
     database = InMemoryExampleDatabase()
     key = database_key("world=2", "test")
-    run_campaign(_broken_on_two_ranks, budget=60, seed=3, max_world_size=2, max_cases=50, database=database,
-                 database_key=key, stop_on_finding=True)
-    resumed = run_campaign(_broken_on_two_ranks, budget=60, seed=4, max_world_size=2, max_cases=1,
-                           database=database, database_key=key, is_known=lambda signature, case: True)
+    run_campaign(
+        _broken_on_two_ranks,
+        budget=60,
+        seed=3,
+        max_world_size=2,
+        max_cases=50,
+        database=database,
+        database_key=key,
+        stop_on_finding=True,
+    )
+    resumed = run_campaign(
+        _broken_on_two_ranks,
+        budget=60,
+        seed=4,
+        max_world_size=2,
+        max_cases=1,
+        database=database,
+        database_key=key,
+        is_known=lambda signature, case: True,
+    )
     assert not resumed.findings and sum(resumed.known_hits.values()) == 1
 
 
@@ -111,8 +153,9 @@ def test_the_budget_ends_a_shrink_and_the_finding_says_it_was_cut_short():
 
 
 def test_a_shrink_that_runs_its_course_is_marked_shrunk():
-    result = run_campaign(_broken_on_two_ranks, budget=60, shrink_budget=60, seed=3, max_world_size=2,
-                          stop_on_finding=True)
+    result = run_campaign(
+        _broken_on_two_ranks, budget=60, shrink_budget=60, seed=3, max_world_size=2, stop_on_finding=True
+    )
     (finding,) = result.findings.values()
     assert finding.shrunk and finding.case.load.world_size == 2
 
@@ -120,13 +163,20 @@ def test_a_shrink_that_runs_its_course_is_marked_shrunk():
 def test_the_progress_line_says_what_the_run_is_doing_and_counts_failures_being_shrunk():
     from shardfuzz.progress import Progress
 
-    snapshot = {"cases_run": 72, "findings_by_class": {}, "known_failures": [], "coverage": {},
-                "activity": "shrinking 2 new failures", "being_shrunk": 2}
+    snapshot = {
+        "cases_run": 72,
+        "findings_by_class": {},
+        "known_failures": [],
+        "coverage": {},
+        "activity": "shrinking 2 new failures",
+        "being_shrunk": 2,
+    }
     line = Progress(300, plain=True).line(snapshot)
     assert "shrinking 2 new failures" in line and "new: 2 being shrunk" in line
     snapshot.update(findings_by_class={"loud error": 1}, being_shrunk=0, activity="drawing")
-    assert "drawing" in Progress(300, plain=True).line(snapshot) and "new: 1 loud error;" in \
-        Progress(300, plain=True).line(snapshot)
+    assert "drawing" in Progress(300, plain=True).line(snapshot) and "new: 1 loud error;" in Progress(
+        300, plain=True
+    ).line(snapshot)
 
 
 def _known_bug_on_fsdp2_loads(case) -> Verdict:
@@ -137,10 +187,12 @@ def _known_bug_on_fsdp2_loads(case) -> Verdict:
 
 def test_steering_masks_a_known_bugs_look_alikes_after_k_hits_and_counts_them():
     is_known = lambda signature, case: signature.startswith("error:load:KeyError")  # noqa: E731
-    plain = run_campaign(_known_bug_on_fsdp2_loads, budget=120, seed=5, max_world_size=2, max_cases=240,
-                         is_known=is_known)
-    steered = run_campaign(_known_bug_on_fsdp2_loads, budget=120, seed=5, max_world_size=2, max_cases=240,
-                           is_known=is_known, steer_after=3)
+    plain = run_campaign(
+        _known_bug_on_fsdp2_loads, budget=120, seed=5, max_world_size=2, max_cases=240, is_known=is_known
+    )
+    steered = run_campaign(
+        _known_bug_on_fsdp2_loads, budget=120, seed=5, max_world_size=2, max_cases=240, is_known=is_known, steer_after=3
+    )
     (signature,) = plain.known_hits
     assert sum(steered.known_hits.values()) < plain.known_hits[signature] / 2
     assert steered.masked[signature] > 0 and not plain.masked
@@ -152,8 +204,9 @@ def test_steering_masks_a_known_bugs_look_alikes_after_k_hits_and_counts_them():
 
 def test_time_spent_is_split_by_what_it_went_to():
     is_known = lambda signature, case: True  # noqa: E731
-    result = run_campaign(_known_bug_on_fsdp2_loads, budget=60, seed=5, max_world_size=2, max_cases=60,
-                          is_known=is_known)
+    result = run_campaign(
+        _known_bug_on_fsdp2_loads, budget=60, seed=5, max_world_size=2, max_cases=60, is_known=is_known
+    )
     assert result.time_spent["known repeats"] > 0 and result.time_spent["passing cases"] > 0
     assert sum(result.time_spent.values()) <= result.wall_seconds
 
@@ -161,11 +214,24 @@ def test_time_spent_is_split_by_what_it_went_to():
 def test_a_known_bugs_own_case_narrows_the_steering_conditions_to_what_it_needs():
     from shardfuzz.case import DDP, FSDP2, SGD, Case, Linear, Model, Sequential, Side, dimensions
 
-    minimal = Case(model=Model(1, Sequential([Linear(1)])), save=Side(DDP(), (1,)), load=Side(FSDP2(), (1,)),
-                   optimizer=SGD(), steps=1)
+    minimal = Case(
+        model=Model(1, Sequential([Linear(1)])),
+        save=Side(DDP(), (1,)),
+        load=Side(FSDP2(), (1,)),
+        optimizer=SGD(),
+        steps=1,
+    )
     is_known = lambda signature, case: signature.startswith("error:load:KeyError")  # noqa: E731
-    steered = run_campaign(_known_bug_on_fsdp2_loads, budget=120, seed=5, max_world_size=2, max_cases=240,
-                           is_known=is_known, steer_after=3, known_dimensions=lambda s, c: dimensions(minimal))
+    steered = run_campaign(
+        _known_bug_on_fsdp2_loads,
+        budget=120,
+        seed=5,
+        max_world_size=2,
+        max_cases=240,
+        is_known=is_known,
+        steer_after=3,
+        known_dimensions=lambda s, c: dimensions(minimal),
+    )
     (conditions,) = steered.steering.values()
     assert conditions["load_engine"] == "fsdp2"
     assert set(conditions) <= {k for k, v in dimensions(minimal).items()}

@@ -70,14 +70,28 @@ def test_norm_layers_keep_the_width_and_add_one_dimensional_parameters():
 
 
 def test_conv_embedding_and_scale_leaves_bring_three_four_and_zero_dimensional_parameters():
-    model = Model(3, Sequential([Embedding(7), Conv(dims=1, kernel_size=3), Block([Conv(dims=2, bias=False), Scale()]),
-                                 Linear(2)]), dtype="bfloat16")
+    model = Model(
+        3,
+        Sequential([Embedding(7), Conv(dims=1, kernel_size=3), Block([Conv(dims=2, bias=False), Scale()]), Linear(2)]),
+        dtype="bfloat16",
+    )
     assert model.num_embeddings == 7
-    assert model.parameter_shapes() == {"0.weight": (7, 3), "1.weight": (3, 3, 3), "1.bias": (3,),
-                                        "2.a.weight": (3, 3, 1, 1), "2.b.scale": (), "3.weight": (2, 3), "3.bias": (2,)}
+    assert model.parameter_shapes() == {
+        "0.weight": (7, 3),
+        "1.weight": (3, 3, 3),
+        "1.bias": (3,),
+        "2.a.weight": (3, 3, 1, 1),
+        "2.b.scale": (),
+        "3.weight": (2, 3),
+        "3.bias": (2,),
+    }
     dims = dimensions(_case(model=model, save=Side(DDP(), (2,)), load=Side(Unsharded(), (1,))))
-    assert (dims["conv"], dims["embedding"], dims["scalar_parameter"], dims["dtype"]) == ("both", "true", "true",
-                                                                                         "bfloat16")
+    assert (dims["conv"], dims["embedding"], dims["scalar_parameter"], dims["dtype"]) == (
+        "both",
+        "true",
+        "true",
+        "bfloat16",
+    )
 
 
 def test_a_tied_leaf_has_one_weight_under_two_names_and_matches_the_built_module():
@@ -85,8 +99,14 @@ def test_a_tied_leaf_has_one_weight_under_two_names_and_matches_the_built_module
 
     model = Model(3, Sequential([Linear(4), Tied(), Tied(bias=False)]))
     shapes = model.parameter_shapes()
-    assert shapes == {"0.weight": (4, 3), "0.bias": (4,), "1.a.weight": (4, 4), "1.a.bias": (4,), "1.b.bias": (4,),
-                      "2.a.weight": (4, 4)}
+    assert shapes == {
+        "0.weight": (4, 3),
+        "0.bias": (4,),
+        "1.a.weight": (4, 4),
+        "1.a.bias": (4,),
+        "1.b.bias": (4,),
+        "2.a.weight": (4, 4),
+    }
     module = build_module(model, seed=0)
     assert {name: tuple(p.shape) for name, p in module.named_parameters()} == shapes  # deduplicated
     assert module[1].b.weight is module[1].a.weight and "1.b.weight" in module.state_dict()
@@ -97,8 +117,12 @@ def test_fields_added_later_stay_out_of_the_json_at_their_defaults():
     data = to_dict(_case())
     assert "dtype" not in data["model"] and "storage" not in data
     assert "cpu_offload" not in data["save"] and "broadcast_from_rank0" not in data["load"]
-    data = to_dict(_case(storage=Dcp(api="async"), load=Side(FSDP2(), (3,), state_dict="full", cpu_offload=True,
-                                                             broadcast_from_rank0=True)))
+    data = to_dict(
+        _case(
+            storage=Dcp(api="async"),
+            load=Side(FSDP2(), (3,), state_dict="full", cpu_offload=True, broadcast_from_rank0=True),
+        )
+    )
     assert data["storage"]["kind"] == "Dcp" and data["load"]["broadcast_from_rank0"] is True
 
 
@@ -150,8 +174,14 @@ def test_dimensions_label_uneven_and_empty_shards():
         (lambda: Side(FSDP2(), (2,), state_dict="local"), "needs an FSDP1 engine"),
         (lambda: Side(FSDP1(sharding_strategy="HYBRID_SHARD"), (2, 2), state_dict="local"), "non-hybrid"),
         (lambda: _case(save=Side(FSDP1(), (2,), state_dict="local")), "both sides 'local'"),
-        (lambda: _case(model=Model(2, Sequential([Linear(3, frozen=True), Linear(2)])), ignore_frozen_params=True,
-                       checks=["continuation"]), "continuation"),
+        (
+            lambda: _case(
+                model=Model(2, Sequential([Linear(3, frozen=True), Linear(2)])),
+                ignore_frozen_params=True,
+                checks=["continuation"],
+            ),
+            "continuation",
+        ),
         (lambda: _case(storage=TorchSave()), "both sides need state_dict 'full'"),
         (lambda: _case(storage=DcpToTorchSave(), load=Side(FSDP2(), (3,))), "load side needs state_dict 'full'"),
         (lambda: _case(load=Side(FSDP2(), (3,), state_dict="full", cpu_offload=True)), "broadcast_from_rank0"),

@@ -37,8 +37,9 @@ def test_bad_options_exit_2_with_a_message(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("text, seconds", [("90", 90), ("90s", 90), ("15m", 900), ("8h", 28800), ("1h30m", 5400),
-                                           ("0.5m", 30)])
+@pytest.mark.parametrize(
+    "text, seconds", [("90", 90), ("90s", 90), ("15m", 900), ("8h", 28800), ("1h30m", 5400), ("0.5m", 30)]
+)
 def test_budgets_take_s_m_h(text, seconds):
     from shardfuzz.cli import build_parser
 
@@ -60,10 +61,29 @@ def test_short_run_writes_a_report(tmp_path):
     report = tmp_path / "r.json"
     corpus = tmp_path / "corpus"
     proc = subprocess.run(
-        [sys.executable, "-m", "shardfuzz", "run", "--budget", "8", "--seed", "1", "--world-size", "2",
-         "--target", "faults:PerturbOneLoadedElement", "--corpus", str(corpus), "--report", str(report),
-         "--database", "none"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "shardfuzz",
+            "run",
+            "--budget",
+            "8",
+            "--seed",
+            "1",
+            "--world-size",
+            "2",
+            "--target",
+            "faults:PerturbOneLoadedElement",
+            "--corpus",
+            str(corpus),
+            "--report",
+            str(report),
+            "--database",
+            "none",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**__import__("os").environ, "PYTHONPATH": str(__import__("pathlib").Path(__file__).parent)},
     )
     assert proc.returncode == 1, proc.stderr  # the injected fault is a new failure
@@ -75,6 +95,7 @@ def test_short_run_writes_a_report(tmp_path):
     assert list(corpus.glob("*.json"))
     assert "new failure" in proc.stdout
     # Not on a terminal (a pipe here, a CI log elsewhere) and without --plain: plain progress lines, no panel.
-    assert re.search(r"^\[0:00:\d\d / 0:00:08\] (drawing|shrinking|confirming|finished)[\w ]*: \d+ cases",
-                     proc.stderr, re.M), proc.stderr[-2000:]
+    assert re.search(
+        r"^\[0:00:\d\d / 0:00:08\] (drawing|shrinking|confirming|finished)[\w ]*: \d+ cases", proc.stderr, re.M
+    ), proc.stderr[-2000:]
     assert "offered values reached" not in proc.stderr

@@ -32,10 +32,13 @@ def _replay_params():
     for path, entry in entries:
         marks = []
         if entry.known_on(torch.__version__):
-            marks.append(pytest.mark.xfail(
-                raises=KnownBugStillPresent, strict=True,
-                reason=f"known torch bug on {entry.known.torch}: {entry.known.link or entry.known.description}",
-            ))
+            marks.append(
+                pytest.mark.xfail(
+                    raises=KnownBugStillPresent,
+                    strict=True,
+                    reason=f"known torch bug on {entry.known.torch}: {entry.known.link or entry.known.description}",
+                )
+            )
         params.append(pytest.param(entry, id=path.stem, marks=marks))
     return params
 
@@ -77,7 +80,9 @@ def _run_with_hang_deadline(pool, entry):
 
 # --- saving and loading -------------------------------------------------------
 
-CASE = Case(model=Model(2, Sequential([Linear(3)])), save=Side(FSDP1(), (2,)), load=Side(FSDP1(), (1,)), optimizer=SGD())
+CASE = Case(
+    model=Model(2, Sequential([Linear(3)])), save=Side(FSDP1(), (2,)), load=Side(FSDP1(), (1,)), optimizer=SGD()
+)
 BIG = attrs.evolve(CASE, model=Model(2, Sequential([Linear(3), Linear(4)])))
 VERDICT = Verdict("mismatch", (Mismatch("state-equal", "model.0.weight", 0, "values differ", (0, 1)),))
 
@@ -193,8 +198,10 @@ def test_a_run_killed_while_saving_leaves_no_corrupt_or_missing_entry(tmp_path, 
 
 def test_a_known_bug_with_when_matches_only_cases_that_have_those_dimensions(tmp_path):
     hsdp_save = attrs.evolve(CASE, save=Side(FSDP1(sharding_strategy="HYBRID_SHARD"), (2, 1)))
-    entry = attrs.evolve(entry_for(hsdp_save, VERDICT),
-                         known=Known(description="replicas diverge", torch=">=0", when={"save_mesh": "2d"}))
+    entry = attrs.evolve(
+        entry_for(hsdp_save, VERDICT),
+        known=Known(description="replicas diverge", torch=">=0", when={"save_mesh": "2d"}),
+    )
     save_entry(tmp_path, entry)
     known = known_bugs(load_corpus(tmp_path)[0], torch.__version__)
     assert known.lookup(VERDICT.signature(), hsdp_save) is not None
@@ -215,8 +222,10 @@ def test_one_signature_from_two_targets_gives_two_entries(tmp_path):
 
 def test_a_finding_outside_a_known_entrys_conditions_is_new_and_the_known_file_is_untouched(tmp_path):
     hsdp_save = attrs.evolve(CASE, save=Side(FSDP1(sharding_strategy="HYBRID_SHARD"), (2, 1)))
-    known = attrs.evolve(entry_for(hsdp_save, VERDICT),
-                         known=Known(description="replicas diverge", torch=">=0", when={"save_mesh": "2d"}))
+    known = attrs.evolve(
+        entry_for(hsdp_save, VERDICT),
+        known=Known(description="replicas diverge", torch=">=0", when={"save_mesh": "2d"}),
+    )
     known_path = save_entry(tmp_path, known)
     before = known_path.read_bytes()
     new_path = save_entry(tmp_path, entry_for(BIG, VERDICT))  # same signature, a 1-D save: another bug
@@ -253,10 +262,16 @@ def test_an_unreadable_file_under_the_new_entrys_name_is_not_overwritten(tmp_pat
 
 def test_known_bugs_tell_entries_of_one_signature_apart_by_their_conditions(tmp_path):
     hsdp = attrs.evolve(CASE, save=Side(FSDP1(sharding_strategy="HYBRID_SHARD"), (2, 1)))
-    save_entry(tmp_path, attrs.evolve(entry_for(hsdp, VERDICT), title="hsdp one",
-                                      known=Known("a", ">=0", when={"save_mesh": "2d"})))
-    save_entry(tmp_path, attrs.evolve(entry_for(BIG, VERDICT, target="t:T"), title="1-d one",
-                                      known=Known("b", ">=0", when={"save_mesh": "1d"})))
+    save_entry(
+        tmp_path,
+        attrs.evolve(entry_for(hsdp, VERDICT), title="hsdp one", known=Known("a", ">=0", when={"save_mesh": "2d"})),
+    )
+    save_entry(
+        tmp_path,
+        attrs.evolve(
+            entry_for(BIG, VERDICT, target="t:T"), title="1-d one", known=Known("b", ">=0", when={"save_mesh": "1d"})
+        ),
+    )
     known = known_bugs(load_corpus(tmp_path)[0], torch.__version__)
     assert known.lookup(VERDICT.signature(), hsdp).title == "hsdp one"
     assert known.lookup(VERDICT.signature(), CASE).title == "1-d one"
@@ -268,20 +283,33 @@ def test_known_bugs_tell_entries_of_one_signature_apart_by_their_conditions(tmp_
 def test_the_known_bug_table_in_corpus_readme_is_current():
     from shardfuzz.upstream import known_bug_table
 
-    assert (CORPUS / "README.md").read_text() == known_bug_table(load_corpus(CORPUS)[0]), \
+    assert (CORPUS / "README.md").read_text() == known_bug_table(load_corpus(CORPUS)[0]), (
         "corpus/README.md is out of date: run `shardfuzz known-bugs -o corpus/README.md`"
+    )
 
 
 def test_an_issue_text_says_what_was_expected_what_happened_and_carries_the_script():
     from shardfuzz.upstream import issue_text
 
-    entry = attrs.evolve(entry_for(CASE, VERDICT), known=Known("x", ">=2.10", link="https://example.org/1",
-                                                               seen=["2.13.0+cpu"]))
+    entry = attrs.evolve(
+        entry_for(CASE, VERDICT), known=Known("x", ">=2.10", link="https://example.org/1", seen=["2.13.0+cpu"])
+    )
     text = issue_text(entry, script="print('repro')\n", env={"torch": "2.13.0+cpu", "backend": "gloo"})
     assert text.startswith("# [state-equal] model.0.weight")
-    for part in ("## What was expected", "## What happened", "model.0.weight", "index [0, 1]", "```python",
-                 "print('repro')", "## Environment", "- torch: 2.13.0+cpu", "world size: 2", "## Versions seen",
-                 "`>=2.10`", "https://example.org/1"):
+    for part in (
+        "## What was expected",
+        "## What happened",
+        "model.0.weight",
+        "index [0, 1]",
+        "```python",
+        "print('repro')",
+        "## Environment",
+        "- torch: 2.13.0+cpu",
+        "world size: 2",
+        "## Versions seen",
+        "`>=2.10`",
+        "https://example.org/1",
+    ):
         assert part in text, part
 
 

@@ -30,8 +30,7 @@ needs_gpu = pytest.mark.skipif(not GPUS, reason=f"no GPU: {NO_GPU}")
 needs_no_gpu = pytest.mark.skipif(bool(GPUS), reason="this machine has a GPU: the refusal does not apply")
 
 MODEL = Model(3, Sequential([Linear(5), Linear(2, bias=False)]))
-ON_GPU = Case(model=MODEL, save=Side(FSDP2(), (1,), device="cuda"), load=Side(FSDP2(), (2,)),
-              optimizer=Adam(), steps=2)
+ON_GPU = Case(model=MODEL, save=Side(FSDP2(), (1,), device="cuda"), load=Side(FSDP2(), (2,)), optimizer=Adam(), steps=2)
 
 
 def test_a_cpu_side_writes_no_device_key_so_older_cases_keep_their_json():
@@ -64,12 +63,15 @@ def test_cuda_sides_use_at_most_one_rank_per_gpu_and_cases_cross_devices():
     assert crossings == {("cpu", "cpu"), ("cpu", "cuda"), ("cuda", "cpu"), ("cuda", "cuda")}
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"devices": ()},
-    {"devices": ("tpu",)},
-    {"devices": ("cpu", "cuda"), "gpus": 0},
-    {"devices": ("cuda",), "gpus": -1},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"devices": ()},
+        {"devices": ("tpu",)},
+        {"devices": ("cpu", "cuda"), "gpus": 0},
+        {"devices": ("cuda",), "gpus": -1},
+    ],
+)
 def test_invalid_device_arguments(kwargs):
     with pytest.raises(InvalidArgument):
         sf.cases(**kwargs).example()
@@ -101,8 +103,9 @@ def test_replay_skips_a_cuda_entry_it_cannot_run_and_says_why(tmp_path):
 
 
 def _shardfuzz(*argv, cwd):
-    return subprocess.run([sys.executable, "-m", "shardfuzz", *argv], capture_output=True, text=True, cwd=cwd,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "shardfuzz", *argv], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
 
 
 @needs_no_gpu
@@ -116,8 +119,10 @@ def test_device_cuda_without_a_gpu_exits_2_saying_why(tmp_path, command):
 
 
 def test_export_refuses_a_cuda_entry_naming_the_side(tmp_path):
-    path = save_entry(tmp_path, entry_for(ON_GPU, Verdict("mismatch", (
-        Mismatch("state-equal", "model.0.weight", 0, "values differ"),))))
+    path = save_entry(
+        tmp_path,
+        entry_for(ON_GPU, Verdict("mismatch", (Mismatch("state-equal", "model.0.weight", 0, "values differ"),))),
+    )
     proc = _shardfuzz("export", str(path), cwd=tmp_path)
     assert proc.returncode == 2
     assert "save side runs on cuda" in proc.stderr and path.name in proc.stderr
@@ -135,9 +140,14 @@ def test_round_trips_across_devices_pass_on_nccl_ranks(save_device, load_device,
     from shardfuzz.case import DDP, FSDP1
 
     make = {"fsdp2": FSDP2, "fsdp1": FSDP1, "ddp": DDP}[engine]
-    case = Case(model=MODEL, save=Side(make(), (1,), device=save_device),
-                load=Side(make(), (1,), device=load_device), optimizer=Adam(), steps=2,
-                checks=("continuation",))
+    case = Case(
+        model=MODEL,
+        save=Side(make(), (1,), device=save_device),
+        load=Side(make(), (1,), device=load_device),
+        optimizer=Adam(),
+        steps=2,
+        checks=("continuation",),
+    )
     with RankPool(1, device="cuda") as pool:
         verdict = pool.run(case)
     assert verdict.ok, verdict.summary()
@@ -149,8 +159,13 @@ def test_round_trips_across_devices_pass_on_nccl_ranks(save_device, load_device,
 @pytest.mark.parametrize("save_device, load_device", [("cpu", "cuda"), ("cuda", "cpu")])
 def test_a_fault_in_a_load_across_devices_is_caught(save_device, load_device):
     """The oracles see a GPU side's state: one loaded element off by one is a mismatch either way."""
-    case = Case(model=MODEL, save=Side(FSDP2(), (1,), device=save_device),
-                load=Side(FSDP2(), (1,), device=load_device), optimizer=SGD(), steps=1)
+    case = Case(
+        model=MODEL,
+        save=Side(FSDP2(), (1,), device=save_device),
+        load=Side(FSDP2(), (1,), device=load_device),
+        optimizer=SGD(),
+        steps=1,
+    )
     with RankPool(1, device="cuda", target="shardfuzz.mutants:PerturbOneLoadedElement") as pool:
         verdict = pool.run(case)
     assert verdict.status == "mismatch", verdict.summary()
@@ -160,9 +175,22 @@ def test_a_fault_in_a_load_across_devices_is_caught(save_device, load_device):
 @needs_gpu
 def test_a_short_cuda_campaign_runs_and_crosses_devices(tmp_path):
     report = tmp_path / "r.json"
-    proc = _shardfuzz("run", "--device", "cuda", "--budget", "60", "--world-size", "2", "--database", "none",
-                      "--report", str(report), "--plain", "--exit-zero", cwd=tmp_path)
+    proc = _shardfuzz(
+        "run",
+        "--device",
+        "cuda",
+        "--budget",
+        "60",
+        "--world-size",
+        "2",
+        "--database",
+        "none",
+        "--report",
+        str(report),
+        "--plain",
+        "--exit-zero",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     coverage = json.loads(report.read_text())["coverage"]
     assert coverage["save_device"].get("cuda") and coverage["load_device"].get("cpu")
-

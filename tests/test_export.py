@@ -30,10 +30,14 @@ def _run(script: Path, *, torchrun: bool = False, nproc: int = 1, pythonpath: st
         env["SHARDFUZZ_HANG_SECONDS"] = str(hang_seconds)
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
-    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-                if torchrun else [sys.executable])
-    proc = subprocess.run(launcher + [str(script)], capture_output=True, text=True, timeout=240,
-                          cwd=script.parent, env=env)
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+        if torchrun
+        else [sys.executable]
+    )
+    proc = subprocess.run(
+        launcher + [str(script)], capture_output=True, text=True, timeout=240, cwd=script.parent, env=env
+    )
     return proc.returncode, proc.stdout + proc.stderr
 
 
@@ -56,23 +60,30 @@ def test_every_known_bug_reproduces_from_its_exported_script(entry, tmp_path):
     elif entry.status == "mismatch":
         # the script's phase for the oracle: compare, its own name (api-parity, ...), or load-incompatible
         phase = SCRIPT_PHASE.get(entry.cause.name, "compare")
-        assert f"REPRODUCED on rank 0 in {phase}: AssertionError: {entry.cause.name}" in output \
-            or f"in {entry.cause.name}: AssertionError: {entry.cause.name}" in output, output[-3000:]
+        assert (
+            f"REPRODUCED on rank 0 in {phase}: AssertionError: {entry.cause.name}" in output
+            or f"in {entry.cause.name}: AssertionError: {entry.cause.name}" in output
+        ), output[-3000:]
     else:
         expected = f"in {entry.cause.phase}: {entry.cause.name}"
         # addresses and numbers in the message differ between runs: compare them blanked
         blanked = [normalise_message(line) for line in output.splitlines()]
-        assert expected in output and any(normalise_message(entry.cause.message) in b for b in blanked), \
-            output[-3000:]
+        assert expected in output and any(normalise_message(entry.cause.message) in b for b in blanked), output[-3000:]
 
 
 @pytest.mark.parametrize("torchrun", [False, True], ids=["python", "torchrun"])
 def test_a_passing_case_does_not_reproduce(tmp_path, torchrun):
     # Norm layers (BatchNorm's buffers, same batch on every rank) and a frozen Linear: the script must build
     # and train exactly as the ranks do, or the passing case would "reproduce".
-    case = Case(model=Model(3, Block([Linear(5), BatchNorm(), Sequential([Linear(2, bias=False, frozen=True),
-                                                                           LayerNorm(), Linear(2)])])),
-                save=Side(FSDP2(), (2,), wrap=("a",)), load=Side(FSDP1(), (1,)), optimizer=Adam(), steps=2)
+    case = Case(
+        model=Model(
+            3, Block([Linear(5), BatchNorm(), Sequential([Linear(2, bias=False, frozen=True), LayerNorm(), Linear(2)])])
+        ),
+        save=Side(FSDP2(), (2,), wrap=("a",)),
+        load=Side(FSDP1(), (1,)),
+        optimizer=Adam(),
+        steps=2,
+    )
     script = tmp_path / "repro.py"
     script.write_text(export_script(entry_for(case, RECORDED)))
     code, output = _run(script, torchrun=torchrun, nproc=2)
@@ -82,8 +93,13 @@ def test_a_passing_case_does_not_reproduce(tmp_path, torchrun):
 
 
 def test_a_mismatch_in_a_users_target_reproduces_under_torchrun(tmp_path):
-    case = Case(model=Model(2, Sequential([Linear(3)])), save=Side(FSDP1(), (1,)), load=Side(FSDP2(), (2,)),
-                optimizer=SGD(), steps=1)
+    case = Case(
+        model=Model(2, Sequential([Linear(3)])),
+        save=Side(FSDP1(), (1,)),
+        load=Side(FSDP2(), (2,)),
+        optimizer=SGD(),
+        steps=1,
+    )
     entry = entry_for(case, RECORDED, target="faults:PerturbOneLoadedElement")
     script = tmp_path / "repro.py"
     script.write_text(export_script(entry))

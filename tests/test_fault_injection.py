@@ -15,8 +15,9 @@ pytestmark = pytest.mark.ranks
 def _campaign(target, known, **settings):
     settings = {"budget": 15, "shrink_budget": 90, "seed": 7, **settings}
     with RankPool(2, target=f"faults:{target}") as pool:
-        return run_campaign(pool.run, vary_storage=False, max_world_size=2, is_known=lambda s, c: known(s, c) is not None,
-                            **settings)
+        return run_campaign(
+            pool.run, vary_storage=False, max_world_size=2, is_known=lambda s, c: known(s, c) is not None, **settings
+        )
 
 
 def _mismatch_findings(result):
@@ -25,8 +26,9 @@ def _mismatch_findings(result):
 
 def test_one_perturbed_element_of_a_loaded_shard_is_found_and_shrunk(shardfuzz_known):
     # A fixed amount of drawing, ended by the first shrunk finding (see the next test).
-    result = _campaign("PerturbOneLoadedElement", shardfuzz_known, budget=600, max_cases=60, stop_on_finding=True,
-                       shrink_budget=60)
+    result = _campaign(
+        "PerturbOneLoadedElement", shardfuzz_known, budget=600, max_cases=60, stop_on_finding=True, shrink_budget=60
+    )
     findings = _mismatch_findings(result)
     assert findings, f"no mismatch found in {result.cases_run} cases"
     case = min((f.case for f in findings), key=lambda c: len(c.model.linears()))
@@ -42,8 +44,15 @@ def test_swapped_optimizer_moments_are_found_and_shrunk(shardfuzz_known):
     # A fixed amount of drawing (not a time budget): the draws, and so the test, do not
     # depend on the machine's speed. Several optimizers give several signatures (exp_avg,
     # sum, momentum_buffer), which share the shrink budget: judge the best-shrunk one.
-    result = _campaign("SwapOptimizerMoments", shardfuzz_known, budget=600, max_cases=150, stop_on_finding=True,
-                       shrink_budget=90, seed=8)
+    result = _campaign(
+        "SwapOptimizerMoments",
+        shardfuzz_known,
+        budget=600,
+        max_cases=150,
+        stop_on_finding=True,
+        shrink_budget=90,
+        seed=8,
+    )
     findings = _mismatch_findings(result)
     assert findings, f"no mismatch found in {result.cases_run} cases"
     best = min(findings, key=lambda f: (len(f.case.model.linears()), f.case.steps, f.case.model.input_width))
@@ -60,8 +69,17 @@ def test_swapped_optimizer_moments_are_found_and_shrunk(shardfuzz_known):
 def test_buffers_left_unloaded_are_found_and_shrunk_to_one_batch_norm(shardfuzz_known):
     """The state oracle covers buffers: BatchNorm's running statistics not loaded is a mismatch."""
     with RankPool(2, target="shardfuzz.mutants:BuffersNotLoaded") as pool:
-        result = run_campaign(pool.run, vary_storage=False, seed=8, max_world_size=2, budget=600, max_cases=150, stop_on_finding=True,
-                              shrink_budget=60, is_known=lambda s, c: shardfuzz_known(s, c) is not None)
+        result = run_campaign(
+            pool.run,
+            vary_storage=False,
+            seed=8,
+            max_world_size=2,
+            budget=600,
+            max_cases=150,
+            stop_on_finding=True,
+            shrink_budget=60,
+            is_known=lambda s, c: shardfuzz_known(s, c) is not None,
+        )
     findings = _mismatch_findings(result)
     assert findings, f"no mismatch found in {result.cases_run} cases"
     best = min(findings, key=lambda f: (len(f.case.model.submodule_paths()), f.case.steps))
@@ -74,7 +92,9 @@ def test_buffers_left_unloaded_are_found_and_shrunk_to_one_batch_norm(shardfuzz_
 
 def test_a_failure_that_does_not_repeat_is_reported_flaky_with_both_outcomes():
     with RankPool(2, target="faults:PerturbEveryOtherLoad") as pool:
-        result = run_campaign(pool.run, vary_storage=False, budget=6, seed=7, max_world_size=2, confirm=pool.run, shrink_budget=10)
+        result = run_campaign(
+            pool.run, vary_storage=False, budget=6, seed=7, max_world_size=2, confirm=pool.run, shrink_budget=10
+        )
     flaky = [f for f in result.findings.values() if f.flaky]
     assert flaky, f"no flaky finding in {result.cases_run} cases"
     assert flaky[0].verdict.status == "mismatch" and flaky[0].other.status == "pass"

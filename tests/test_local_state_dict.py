@@ -45,6 +45,7 @@ def test_a_wrong_local_load_is_caught_on_the_same_topology():
 def test_a_refusal_on_the_same_topology_is_a_finding(shardfuzz_pool):
     """use_orig_params=True: the local state dict holds each rank's views of the original
     parameters as plain tensors, which DCP takes for replicated ones (corpus entry)."""
-    verdict = shardfuzz_pool.run(Case(model=MODEL, save=_local(2, use_orig_params=True),
-                                      load=_local(2, use_orig_params=True), optimizer=SGD()))
+    verdict = shardfuzz_pool.run(
+        Case(model=MODEL, save=_local(2, use_orig_params=True), load=_local(2, use_orig_params=True), optimizer=SGD())
+    )
     assert verdict.status == "error" and "Size mismatch" in verdict.summary(), verdict.summary()

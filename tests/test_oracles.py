@@ -37,12 +37,30 @@ def _wrong(edit):
         (lambda s: s.pop("optim.state.0.weight.exp_avg"), "optim.state.0.weight.exp_avg", "missing after load", None),
         (lambda s: s.update({"model.extra": torch.ones(1)}), "model.extra", "not in the saved state", None),
         (lambda s: s.update({"model.0.weight": s["model.0.weight"].double()}), "model.0.weight", "dtype differs", None),
-        (lambda s: s.update({"model.0.weight": s["model.0.weight"].reshape(4, 3)}), "model.0.weight", "shape differs", None),
-        (lambda s: s.update({"optim.state.0.weight.step": torch.tensor(0.0)}), "optim.state.0.weight.step",
-         "values differ", ()),
-        (lambda s: s.update({"optim.param_groups.0.weight.lr": 0.1}), "optim.param_groups.0.weight.lr", "value differs", None),
-        (lambda s: s.update({"optim.param_groups.0.weight.lr": torch.tensor(0.01)}), "optim.param_groups.0.weight.lr",
-         "tensor versus non-tensor", None),
+        (
+            lambda s: s.update({"model.0.weight": s["model.0.weight"].reshape(4, 3)}),
+            "model.0.weight",
+            "shape differs",
+            None,
+        ),
+        (
+            lambda s: s.update({"optim.state.0.weight.step": torch.tensor(0.0)}),
+            "optim.state.0.weight.step",
+            "values differ",
+            (),
+        ),
+        (
+            lambda s: s.update({"optim.param_groups.0.weight.lr": 0.1}),
+            "optim.param_groups.0.weight.lr",
+            "value differs",
+            None,
+        ),
+        (
+            lambda s: s.update({"optim.param_groups.0.weight.lr": torch.tensor(0.01)}),
+            "optim.param_groups.0.weight.lr",
+            "tensor versus non-tensor",
+            None,
+        ),
     ],
 )
 def test_each_kind_of_wrong_state_is_reported(edit, key, detail, index):
@@ -69,9 +87,13 @@ def test_the_kind_of_difference_names_the_mechanism():
     (partly,) = compare_state({"model.w": saved}, {"model.w": part}, rank=0, before={"model.w": fresh})
     assert partly.detail == "values differ: holds its value from before the load"  # in part: the same mechanism
     # A mix-up: another parameter's state of the same name, or another state of the same parameter.
-    moments = {"optim.state.a.exp_avg": torch.tensor([1.0, 2.0]), "optim.state.b.exp_avg": torch.tensor([3.0, 4.0]),
-               "optim.state.a.exp_avg_sq": torch.tensor([5.0, 6.0]), "optim.state.a.step": torch.tensor(3.0),
-               "optim.state.b.step": torch.tensor(0.0)}
+    moments = {
+        "optim.state.a.exp_avg": torch.tensor([1.0, 2.0]),
+        "optim.state.b.exp_avg": torch.tensor([3.0, 4.0]),
+        "optim.state.a.exp_avg_sq": torch.tensor([5.0, 6.0]),
+        "optim.state.a.step": torch.tensor(3.0),
+        "optim.state.b.step": torch.tensor(0.0),
+    }
     reset = {**moments, "optim.state.a.step": torch.tensor(0.0)}  # one equal value is no mix-up
     assert compare_state(moments, reset, rank=0)[0].detail == "values differ"
     swapped = {**moments, "optim.state.a.exp_avg": moments["optim.state.b.exp_avg"]}
@@ -89,7 +111,10 @@ def test_the_kind_of_difference_names_the_mechanism():
 
 def test_swapped_moments_are_caught():
     want = {"optim.state.a.exp_avg": torch.tensor([1.0, 2.0]), "optim.state.b.exp_avg": torch.tensor([3.0, 4.0])}
-    got = {"optim.state.a.exp_avg": want["optim.state.b.exp_avg"], "optim.state.b.exp_avg": want["optim.state.a.exp_avg"]}
+    got = {
+        "optim.state.a.exp_avg": want["optim.state.b.exp_avg"],
+        "optim.state.b.exp_avg": want["optim.state.a.exp_avg"],
+    }
     assert len(compare_state(want, got, rank=0)) == 2
 
 
@@ -124,16 +149,23 @@ def test_signature_ignores_module_path_numbers_and_paths():
     deep = Verdict("mismatch", (Mismatch("state-equal", "optim.state.0.1.a.weight.exp_avg", 0, "values differ"),))
     shallow = Verdict("mismatch", (Mismatch("state-equal", "optim.state.2.weight.exp_avg", 0, "values differ"),))
     assert deep.signature() == shallow.signature()
-    assert normalise_message("Traceback\nKeyError: 'param_groups.0.params.3' in /tmp/x/y.py at 0x7f00") == \
-        "KeyError: 'param_groups.<n>.params.<n>' in <path> at <addr>"
+    assert (
+        normalise_message("Traceback\nKeyError: 'param_groups.0.params.3' in /tmp/x/y.py at 0x7f00")
+        == "KeyError: 'param_groups.<n>.params.<n>' in <path> at <addr>"
+    )
     # FSDP names the parameter and module it tripped on: a deeper tree is still the same bug.
-    in_a_block = ("AssertionError: FSDP assumes 0.a.weight is in the state_dict but the state_dict only has "
-                  "odict_keys(['0.b.weight']). prefix=, module_name=0.a., param_name=weight rank=1.")
-    flat = ("AssertionError: FSDP assumes 0.weight is in the state_dict but the state_dict only has "
-            "odict_keys(['1.weight']). prefix=, module_name=0., param_name=weight rank=0.")
+    in_a_block = (
+        "AssertionError: FSDP assumes 0.a.weight is in the state_dict but the state_dict only has "
+        "odict_keys(['0.b.weight']). prefix=, module_name=0.a., param_name=weight rank=1."
+    )
+    flat = (
+        "AssertionError: FSDP assumes 0.weight is in the state_dict but the state_dict only has "
+        "odict_keys(['1.weight']). prefix=, module_name=0., param_name=weight rank=0."
+    )
     assert normalise_message(in_a_block) == normalise_message(flat)
     assert "<fqn>" in normalise_message(flat) and "bn.running_mean" not in normalise_message(
-        "KeyError: 'model.bn.running_mean'")
+        "KeyError: 'model.bn.running_mean'"
+    )
 
 
 def _mismatch(key, detail="values differ", oracle="complete-state"):
@@ -147,13 +179,19 @@ def _error(message, kind="KeyError", phase="load"):
 #: (one bug seen two ways: one signature) and (two bugs: two signatures).
 SAME_BUG = [
     (_mismatch("optim.param_groups.0.lr", "value differs"), _mismatch("optim.param_groups.1.betas", "value differs")),
-    (_mismatch("optim.state.0.weight.step", "missing after load"),
-     _mismatch("optim.state.1.weight.momentum_buffer", "missing after load")),
+    (
+        _mismatch("optim.state.0.weight.step", "missing after load"),
+        _mismatch("optim.state.1.weight.momentum_buffer", "missing after load"),
+    ),
     (_mismatch("0.weight", "placements differ", "layout"), _mismatch("block.1.weight", "placements differ", "layout")),
-    (_error("RuntimeError: Missing key in checkpoint state_dict: optim.param_groups.", "CheckpointException"),
-     _error("RuntimeError: Missing key in checkpoint state_dict: optimizer.param_groups.", "CheckpointException")),
-    (_error("RuntimeError: Missing key in checkpoint state_dict: optim.", "CheckpointException"),
-     _error("RuntimeError: Missing key in checkpoint state_dict: optimizer.", "CheckpointException")),
+    (
+        _error("RuntimeError: Missing key in checkpoint state_dict: optim.param_groups.", "CheckpointException"),
+        _error("RuntimeError: Missing key in checkpoint state_dict: optimizer.param_groups.", "CheckpointException"),
+    ),
+    (
+        _error("RuntimeError: Missing key in checkpoint state_dict: optim.", "CheckpointException"),
+        _error("RuntimeError: Missing key in checkpoint state_dict: optimizer.", "CheckpointException"),
+    ),
     (_error("'0.weight.lr'"), _error("'1.bias.lr'")),
 ]
 OTHER_BUGS = [
@@ -163,8 +201,10 @@ OTHER_BUGS = [
     (_mismatch("optim.state.0.weight.step", "missing after load"), _mismatch("model.0.weight", "missing after load")),
     (_mismatch("optim.param_groups.0.lr", "value differs"), _mismatch("optim.state.0.weight.step", "value differs")),
     (_error("'state'"), _error("'param_groups'")),
-    (_error("RuntimeError: Missing key in checkpoint state_dict: optim.", "CheckpointException"),
-     _error("RuntimeError: Missing key in checkpoint state_dict: optim.param_groups.", "CheckpointException")),
+    (
+        _error("RuntimeError: Missing key in checkpoint state_dict: optim.", "CheckpointException"),
+        _error("RuntimeError: Missing key in checkpoint state_dict: optim.param_groups.", "CheckpointException"),
+    ),
 ]
 
 
@@ -180,10 +220,15 @@ def test_two_bugs_keep_two_signatures(one, other):
 
 
 def test_signatures_stored_by_an_older_shardfuzz_load_in_the_canonical_form():
-    assert canonical_signature("error:load:KeyError:'<fqn>.weight.lr'") == \
-        canonical_signature("error:load:KeyError:'<fqn>.bias.lr'") == _error("'0.weight.lr'").signature()
-    assert canonical_signature("mismatch:complete-state:optim.state.*.step:missing after load") == \
-        _mismatch("optim.state.3.weight.sum", "missing after load").signature()
+    assert (
+        canonical_signature("error:load:KeyError:'<fqn>.weight.lr'")
+        == canonical_signature("error:load:KeyError:'<fqn>.bias.lr'")
+        == _error("'0.weight.lr'").signature()
+    )
+    assert (
+        canonical_signature("mismatch:complete-state:optim.state.*.step:missing after load")
+        == _mismatch("optim.state.3.weight.sum", "missing after load").signature()
+    )
 
 
 # --- the other oracles: each fails on a concrete wrong input, passes on the right one ----
@@ -197,7 +242,10 @@ def test_non_vacuity_lists_only_tensors_that_already_matched():
     before = _state()
     before["model.0.weight"] = before["model.0.weight"] + 1  # the load has work to do here
     assert oracles.unchanged_before_load(saved, before) == [
-        "model.0.bias", "optim.state.0.weight.exp_avg", "optim.state.0.weight.step"]
+        "model.0.bias",
+        "optim.state.0.weight.exp_avg",
+        "optim.state.0.weight.step",
+    ]
     assert "optim.param_groups.0.weight.lr" not in oracles.unchanged_before_load(saved, saved)
 
 
@@ -256,11 +304,14 @@ def test_full_offload_wants_everything_on_rank_zero_on_cpu_and_nothing_elsewhere
     assert oracles.full_offload(right, shapes, rank=0) == []
     assert oracles.full_offload({}, shapes, rank=1) == []
     assert [m.detail for m in oracles.full_offload({"model.w": ((4, 3), "cpu")}, shapes, rank=0)] == [
-        "missing on rank 0"]
+        "missing on rank 0"
+    ]
     assert [m.detail for m in oracles.full_offload({**right, "model.w": ((2, 3), "cpu")}, shapes, rank=0)] == [
-        "not full-shaped"]
+        "not full-shaped"
+    ]
     assert [m.detail for m in oracles.full_offload({**right, "model.w": ((4, 3), "cuda")}, shapes, rank=0)] == [
-        "not offloaded to CPU"]
+        "not offloaded to CPU"
+    ]
     assert [m.detail for m in oracles.full_offload(right, shapes, rank=1)] == ["a rank other than 0 holds state"]
 
 
@@ -279,12 +330,15 @@ def _replicas(**by_rank):
 
 def test_replicas_that_agree_pass_and_one_stale_replica_is_named():
     step = torch.tensor(3.0)
-    agree = _replicas(r0={("optim.state.0.weight.step", "whole"): step},
-                      r1={("optim.state.0.weight.step", "whole"): step.clone()})
+    agree = _replicas(
+        r0={("optim.state.0.weight.step", "whole"): step}, r1={("optim.state.0.weight.step", "whole"): step.clone()}
+    )
     assert replica_consistency(agree) == []
-    stale = _replicas(r0={("optim.state.0.weight.step", "whole"): step},
-                      r1={("optim.state.0.weight.step", "whole"): torch.tensor(0.0)},
-                      r2={("optim.state.0.weight.step", "whole"): step.clone()})
+    stale = _replicas(
+        r0={("optim.state.0.weight.step", "whole"): step},
+        r1={("optim.state.0.weight.step", "whole"): torch.tensor(0.0)},
+        r2={("optim.state.0.weight.step", "whole"): step.clone()},
+    )
     (mismatch,) = replica_consistency(stale)
     assert (mismatch.oracle, mismatch.rank, mismatch.key) == ("replica-consistency", 1, "optim.state.0.weight.step")
     assert "rank 0's copy" in mismatch.detail and mismatch.expected == "3.0" and mismatch.actual == "0.0"
@@ -293,10 +347,12 @@ def test_replicas_that_agree_pass_and_one_stale_replica_is_named():
 def test_only_copies_of_the_same_region_are_compared():
     # Two shards of one parameter differ, as shards do; their replicas on the other mesh row agree.
     shard = {0: torch.zeros(2), 1: torch.ones(2)}
-    pieces = _replicas(r0={("model.0.weight", "mesh coordinate 1=0"): shard[0]},
-                       r1={("model.0.weight", "mesh coordinate 1=1"): shard[1]},
-                       r2={("model.0.weight", "mesh coordinate 1=0"): shard[0].clone()},
-                       r3={("model.0.weight", "mesh coordinate 1=1"): shard[1].clone()})
+    pieces = _replicas(
+        r0={("model.0.weight", "mesh coordinate 1=0"): shard[0]},
+        r1={("model.0.weight", "mesh coordinate 1=1"): shard[1]},
+        r2={("model.0.weight", "mesh coordinate 1=0"): shard[0].clone()},
+        r3={("model.0.weight", "mesh coordinate 1=1"): shard[1].clone()},
+    )
     assert replica_consistency(pieces) == []
     pieces[3]["model.0.weight", "mesh coordinate 1=1"] = torch.tensor([1.0, -0.0])  # one bit: -0.0 vs 1.0
     (mismatch,) = replica_consistency(pieces)
@@ -304,8 +360,9 @@ def test_only_copies_of_the_same_region_are_compared():
 
 
 def test_a_replica_that_is_missing_a_value_or_holds_another_hyperparameter_is_a_mismatch():
-    pieces = _replicas(r0={("optim.param_groups.0.weight.lr", "whole"): 0.1},
-                       r1={("optim.param_groups.0.weight.lr", "whole"): 0.2})
+    pieces = _replicas(
+        r0={("optim.param_groups.0.weight.lr", "whole"): 0.1}, r1={("optim.param_groups.0.weight.lr", "whole"): 0.2}
+    )
     (mismatch,) = replica_consistency(pieces)
     assert mismatch.detail.endswith("value differs")
     assert Verdict("mismatch", (mismatch,)).signature().startswith("mismatch:replica-consistency:optim.param_groups.*")

@@ -53,8 +53,24 @@ def _poll(path: Path, ready, timeout: float = 240.0) -> dict:
 
 def test_sigint_stops_within_seconds_with_reports_and_the_rerun_resumes(tmp_path, corpus):
     database, report = tmp_path / "examples", tmp_path / "r1.json"
-    args = ["--target", "faults:PerturbOnTwoRanks", "--budget", "10m", "--seed", "1", "--corpus", corpus,
-            "--database", database, "--report", report, "--report-dir", tmp_path / "out", "--flush-every", "0.5"]
+    args = [
+        "--target",
+        "faults:PerturbOnTwoRanks",
+        "--budget",
+        "10m",
+        "--seed",
+        "1",
+        "--corpus",
+        corpus,
+        "--database",
+        database,
+        "--report",
+        report,
+        "--report-dir",
+        tmp_path / "out",
+        "--flush-every",
+        "0.5",
+    ]
     proc = subprocess.Popen(_shardfuzz(*args), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _poll(report, lambda r: r["cases_run"] >= 12 and any(database.rglob("*")))
@@ -73,13 +89,35 @@ def test_sigint_stops_within_seconds_with_reports_and_the_rerun_resumes(tmp_path
     assert mismatch and all(Path(f["corpus_file"]).exists() for f in mismatch)
 
     again = tmp_path / "r2.json"
-    rerun = subprocess.run(_shardfuzz("--target", "faults:PerturbOnTwoRanks", "--max-cases", "1", "--seed", "2",
-                                      "--corpus", corpus, "--database", database, "--report", again, "--no-confirm"),
-                           env=ENV, capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(
+        _shardfuzz(
+            "--target",
+            "faults:PerturbOnTwoRanks",
+            "--max-cases",
+            "1",
+            "--seed",
+            "2",
+            "--corpus",
+            corpus,
+            "--database",
+            database,
+            "--report",
+            again,
+            "--no-confirm",
+        ),
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     resumed = _report(again)
     assert resumed["replayed_from_database"] >= 1, rerun.stderr
     assert any(f["from_database"] and f["signature"] == mismatch[0]["signature"] for f in resumed["failures"]), (
-        mismatch, resumed["failures"], resumed["known_failures"], resumed["cases_run"])
+        mismatch,
+        resumed["failures"],
+        resumed["known_failures"],
+        resumed["cases_run"],
+    )
 
 
 @pytest.fixture
@@ -91,8 +129,23 @@ def redis_url(tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            server,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"redis://127.0.0.1:{port}/0"
     import redis
 
@@ -114,16 +167,54 @@ def redis_url(tmp_path):
 
 def test_two_runs_share_a_redis_database(tmp_path, corpus, redis_url):
     first, second = tmp_path / "a.json", tmp_path / "b.json"
-    a = subprocess.run(_shardfuzz("--target", "faults:PerturbOnTwoRanks", "--budget", "90", "--max-cases", "25",
-                                  "--seed", "1", "--corpus", corpus, "--database", redis_url, "--report", first,
-                                  "--no-confirm"), env=ENV, capture_output=True, text=True, timeout=300)
+    a = subprocess.run(
+        _shardfuzz(
+            "--target",
+            "faults:PerturbOnTwoRanks",
+            "--budget",
+            "90",
+            "--max-cases",
+            "25",
+            "--seed",
+            "1",
+            "--corpus",
+            corpus,
+            "--database",
+            redis_url,
+            "--report",
+            first,
+            "--no-confirm",
+        ),
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     found = [f for f in _report(first)["failures"] if f["status"] == "mismatch"]
     assert a.returncode == 1 and found, a.stderr
     other_corpus = tmp_path / "other-corpus"
     shutil.copytree(HERE.parent / "corpus", other_corpus)
-    b = subprocess.run(_shardfuzz("--target", "faults:PerturbOnTwoRanks", "--max-cases", "1", "--seed", "2",
-                                  "--corpus", other_corpus, "--database", redis_url, "--report", second,
-                                  "--no-confirm"), env=ENV, capture_output=True, text=True, timeout=300)
+    b = subprocess.run(
+        _shardfuzz(
+            "--target",
+            "faults:PerturbOnTwoRanks",
+            "--max-cases",
+            "1",
+            "--seed",
+            "2",
+            "--corpus",
+            other_corpus,
+            "--database",
+            redis_url,
+            "--report",
+            second,
+            "--no-confirm",
+        ),
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     replayed = _report(second)
     assert b.returncode == 1, b.stderr
     assert replayed["replayed_from_database"] >= 1
@@ -134,10 +225,36 @@ def test_two_runs_share_a_redis_database(tmp_path, corpus, redis_url):
 def test_torchrun_launches_a_campaign(tmp_path, corpus):
     report = tmp_path / "r.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "shardfuzz",
-         "run", "--budget", "60", "--max-cases", "12", "--seed", "2", "--corpus", str(corpus), "--database", "none",
-         "--report", str(report), "--plain", "--exit-zero"],
-        env=ENV, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "shardfuzz",
+            "run",
+            "--budget",
+            "60",
+            "--max-cases",
+            "12",
+            "--seed",
+            "2",
+            "--corpus",
+            str(corpus),
+            "--database",
+            "none",
+            "--report",
+            str(report),
+            "--plain",
+            "--exit-zero",
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = _report(report)
     assert data["launcher"] == "torchrun" and data["world_size"] == 2
@@ -146,10 +263,31 @@ def test_torchrun_launches_a_campaign(tmp_path, corpus):
 
 def test_workers_run_side_by_side_and_merge(tmp_path, corpus):
     report = tmp_path / "r.json"
-    proc = subprocess.run(_shardfuzz("--workers", "2", "--budget", "120", "--max-cases", "4", "--seed", "3",
-                                     "--corpus", corpus, "--database", tmp_path / "db", "--report", report,
-                                     "--report-dir", tmp_path / "out", "--exit-zero"),
-                          env=ENV, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        _shardfuzz(
+            "--workers",
+            "2",
+            "--budget",
+            "120",
+            "--max-cases",
+            "4",
+            "--seed",
+            "3",
+            "--corpus",
+            corpus,
+            "--database",
+            tmp_path / "db",
+            "--report",
+            report,
+            "--report-dir",
+            tmp_path / "out",
+            "--exit-zero",
+        ),
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = _report(report)
     assert data["workers"] == 2 and len(data["worker_reports"]) == 2

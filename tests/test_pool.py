@@ -101,8 +101,9 @@ def test_a_crash_in_process_group_teardown_is_an_event_not_a_case_failure(tmp_pa
 
 
 @pytest.mark.parametrize("how, signal_name", [("segfault", "SIGSEGV"), ("sigkill", "SIGKILL")])
-def test_a_rank_killed_by_a_signal_is_a_crash_with_its_signal_phase_and_last_words(tmp_path, monkeypatch,
-                                                                                    how, signal_name):
+def test_a_rank_killed_by_a_signal_is_a_crash_with_its_signal_phase_and_last_words(
+    tmp_path, monkeypatch, how, signal_name
+):
     control = tmp_path / "control"
     control.write_text(f"crash:{how}")
     monkeypatch.setenv(faults.SOAK_CONTROL, str(control))

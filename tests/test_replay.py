@@ -17,8 +17,13 @@ from shardfuzz.replay import judge, replay_entries
 from shardfuzz.verdict import Mismatch, RankError, Verdict
 
 CORPUS = Path(__file__).resolve().parent.parent / "corpus"
-CASE = Case(model=Model(2, Sequential([Linear(3)])), save=Side(FSDP1(), (1,)), load=Side(FSDP2(), (2,)),
-            optimizer=SGD(), steps=1)
+CASE = Case(
+    model=Model(2, Sequential([Linear(3)])),
+    save=Side(FSDP1(), (1,)),
+    load=Side(FSDP2(), (2,)),
+    optimizer=SGD(),
+    steps=1,
+)
 ERROR = Verdict("error", errors=(RankError(0, "load", "KeyError", "'x.0'"),))
 OTHER_ERROR = Verdict("error", errors=(RankError(0, "save", "ValueError", "nope"),))
 MISMATCH = Verdict("mismatch", (Mismatch("state-equal", "model.0.weight", 0, "values differ"),))
@@ -52,16 +57,26 @@ def test_a_fault_that_fires_every_other_load_is_flaky_over_repeats():
 @pytest.mark.ranks
 def test_cli_replay_reports_each_entry_and_skips_bad_files(tmp_path):
     # Not a hang: its deadline would be most of this test's time (the corpus tests replay those).
-    known = next((path for path, e in load_corpus(CORPUS)[0]
-                  if e.known_on(torch.__version__) and e.status in ("error", "mismatch")), None)
+    known = next(
+        (
+            path
+            for path, e in load_corpus(CORPUS)[0]
+            if e.known_on(torch.__version__) and e.status in ("error", "mismatch")
+        ),
+        None,
+    )
     if known is None:
         pytest.skip(f"no corpus entry is a known bug on torch {torch.__version__}")
     shutil.copy(known, tmp_path / known.name)
     save_entry(tmp_path, attrs.evolve(entry_for(CASE, ERROR), title="was a bug, passes now"))
     (tmp_path / "broken.json").write_text('{"title": ')
     report = tmp_path / "report.json"
-    proc = subprocess.run([sys.executable, "-m", "shardfuzz", "replay", str(tmp_path), "--report", str(report)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "shardfuzz", "replay", str(tmp_path), "--report", str(report)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 1, proc.stderr  # one entry now passes
     assert "broken.json: not valid JSON" in proc.stderr
     outcomes = {Path(e["path"]).name: e["outcome"] for e in json.loads(report.read_text())["entries"]}

@@ -27,9 +27,13 @@ def report():
     result = run_campaign(_verdict, budget=60, seed=5, max_world_size=2, max_cases=120)
     known = KnownBugs()
     offered = {d: sorted(v) for d, v in offered_values(max_world_size=2).items()}
-    return campaign_report(result, meta={"torch": "2.x", "world_size": 2, "target": "t", "seed": 5,
-                                         "budget_seconds": 60, "database": None},
-                           known=known, corpus_files={}, offered=offered)
+    return campaign_report(
+        result,
+        meta={"torch": "2.x", "world_size": 2, "target": "t", "seed": 5, "budget_seconds": 60, "database": None},
+        known=known,
+        corpus_files={},
+        offered=offered,
+    )
 
 
 def test_json_report_has_findings_by_class_and_a_timeline(report):
@@ -60,7 +64,8 @@ def test_html_is_self_contained_with_three_plots(report):
     # One coverage curve (not one line per dimension under one legend), a dimension x value table, the
     # time split, and the seed to repeat the run with.
     assert "Coverage: share of the" in page and page.count('class="heat"') >= sum(
-        len(set(v) | set(report["coverage"].get(d, {}))) for d, v in report["coverage_offered"].items())
+        len(set(v) | set(report["coverage"].get(d, {}))) for d, v in report["coverage_offered"].items()
+    )
     assert "Where the time went" in page and "known repeats" in page
     assert "--seed 5" in page
 

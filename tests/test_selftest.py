@@ -19,8 +19,9 @@ pytestmark = pytest.mark.ranks
 def test_the_oracle_made_for_it_kills_and_shrinks_the_mutant(mutant, shardfuzz_known):
     # 80 s: half of it may go to shrinking, which norm layers made longer (a 20 s shrink left a
     # BatchNorm or two in ShardOnDimOne's case on a busy 2-core machine); the run ends at its first kill.
-    (result,) = run_selftest(budget_per_mutant=80, world_size=2, mutants=[mutant],
-                             is_known=lambda s, c: shardfuzz_known(s, c) is not None)
+    (result,) = run_selftest(
+        budget_per_mutant=80, world_size=2, mutants=[mutant], is_known=lambda s, c: shardfuzz_known(s, c) is not None
+    )
     assert result.killed, f"{mutant} survived {result.cases_run} cases"
     assert result.killed_by == CATALOGUE[mutant]
     assert result.shrunk_case_size <= 10, result.shrunk_case

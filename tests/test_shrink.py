@@ -24,10 +24,20 @@ from shardfuzz.corpus import entry_for, load_entry, save_entry
 from shardfuzz.executor import RankPool
 from shardfuzz.shrink import case_size, shrink_case, simpler_cases
 
-BIG = Case(model=Model(6, Block([Linear(9), BatchNorm(), Sequential([Linear(7, frozen=True), LayerNorm(), Linear(5)])]),
-                       dtype="float64"),
-           save=Side(FSDP2(reshard_after_forward=False), (3,), wrap=("a",)), load=Side(FSDP1(), (2,)),
-           optimizer=Adam(), steps=3, seed=4242, checks=("continuation",), param_groups=2)
+BIG = Case(
+    model=Model(
+        6,
+        Block([Linear(9), BatchNorm(), Sequential([Linear(7, frozen=True), LayerNorm(), Linear(5)])]),
+        dtype="float64",
+    ),
+    save=Side(FSDP2(reshard_after_forward=False), (3,), wrap=("a",)),
+    load=Side(FSDP1(), (2,)),
+    optimizer=Adam(),
+    steps=3,
+    seed=4242,
+    checks=("continuation",),
+    param_groups=2,
+)
 
 
 def test_every_simpler_case_is_a_valid_case_and_smaller_or_equal():
@@ -77,15 +87,25 @@ def _leaves(case):
 @pytest.mark.ranks
 def test_the_shrink_command_rewrites_the_entry_with_a_smaller_case_of_the_same_signature(tmp_path):
     # BuffersNotLoaded (a mutant) fails on any model with a BatchNorm; start from a big case of it.
-    case = Case(model=Model(3, Sequential([Linear(4), BatchNorm(), Linear(3), LayerNorm()])), save=Side(DDP(), (2,)),
-                load=Side(DDP(), (1,)), optimizer=Adam(), steps=2, seed=77)
+    case = Case(
+        model=Model(3, Sequential([Linear(4), BatchNorm(), Linear(3), LayerNorm()])),
+        save=Side(DDP(), (2,)),
+        load=Side(DDP(), (1,)),
+        optimizer=Adam(),
+        steps=2,
+        seed=77,
+    )
     target = "shardfuzz.mutants:BuffersNotLoaded"
     with RankPool(2, target=target) as pool:
         recorded = pool.run(case)
     assert recorded.status == "mismatch", recorded.summary()
     path = save_entry(tmp_path, entry_for(case, recorded, target=target, shrunk=False))
-    proc = subprocess.run([sys.executable, "-m", "shardfuzz", "shrink", str(path), "--budget", "90"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "shardfuzz", "shrink", str(path), "--budget", "90"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     entry = load_entry(path)
     assert case_size(entry.case) < case_size(case) and entry.signature == recorded.signature()

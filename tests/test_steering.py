@@ -6,9 +6,11 @@ from shardfuzz.steering import MIN_PRECISION_COSTLY, PROBE_EVERY, Steering, _pro
 
 def test_the_fewest_shared_conditions_that_set_the_hits_apart():
     candidates = {"engine": "fsdp2", "optimizer": "adam", "steps": "1"}
-    others = [{"engine": "ddp", "optimizer": "adam", "steps": "1"},
-              {"engine": "fsdp1", "optimizer": "adam", "steps": "1"},
-              {"engine": "fsdp2", "optimizer": "sgd", "steps": "1"}]
+    others = [
+        {"engine": "ddp", "optimizer": "adam", "steps": "1"},
+        {"engine": "fsdp1", "optimizer": "adam", "steps": "1"},
+        {"engine": "fsdp2", "optimizer": "sgd", "steps": "1"},
+    ]
     assert separating_conditions(candidates, 3, others) == {"engine": "fsdp2", "optimizer": "adam"}
 
 
@@ -26,8 +28,13 @@ def test_a_mask_that_would_hide_more_misses_than_hits_is_dropped():
 
 def _case(load_engine, optimizer=None, steps=1):
     optimizer = SGD() if optimizer is None else optimizer
-    return Case(model=Model(1, Sequential([Linear(2)])), save=Side(DDP(), (1,)), load=Side(load_engine, (1,)),
-                optimizer=optimizer, steps=steps)
+    return Case(
+        model=Model(1, Sequential([Linear(2)])),
+        save=Side(DDP(), (1,)),
+        load=Side(load_engine, (1,)),
+        optimizer=optimizer,
+        steps=steps,
+    )
 
 
 def test_a_mask_forms_after_k_hits_and_a_hang_masks_at_once():

@@ -56,8 +56,7 @@ def test_every_offered_value_of_every_dimension_is_reached():
     seen = defaultdict(Counter)
     sharded = Counter()
 
-    @settings(max_examples=3000, phases=[Phase.generate], database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(max_examples=3000, phases=[Phase.generate], database=None, suppress_health_check=list(HealthCheck))
     @given(sf.cases())
     def draw(case):
         for name, value in dimensions(case).items():

@@ -10,8 +10,13 @@ from shardfuzz.unsupported import CASE_RULES, RULES, excluded, needs_other_world
 
 
 def _case(save_engine, param_groups):
-    return Case(model=Model(2, Sequential([Linear(3), Linear(2)])), save=Side(save_engine, (2,)),
-                load=Side(FSDP2(), (1,)), optimizer=SGD(), param_groups=param_groups)
+    return Case(
+        model=Model(2, Sequential([Linear(3), Linear(2)])),
+        save=Side(save_engine, (2,)),
+        load=Side(FSDP2(), (1,)),
+        optimizer=SGD(),
+        param_groups=param_groups,
+    )
 
 
 @pytest.mark.parametrize(
@@ -92,8 +97,7 @@ def test_the_pool_answers_unsupported_without_running_the_case():
 def test_fsdp1_flattening_frozen_and_trainable_together_is_unsupported_not_a_finding(shardfuzz_pool):
     """The run-time rule: torch's own argument check, matched by message, becomes ``unsupported``."""
     mixed = Model(2, Sequential([Linear(3, frozen=True), Linear(2)]))
-    case = Case(model=mixed, save=Side(FSDP1(use_orig_params=False), (2,)), load=Side(FSDP2(), (1,)),
-                optimizer=SGD())
+    case = Case(model=mixed, save=Side(FSDP1(use_orig_params=False), (2,)), load=Side(FSDP2(), (1,)), optimizer=SGD())
     verdict = shardfuzz_pool.run(case)
     assert verdict.status == "unsupported", verdict.summary()
     assert "uniform `requires_grad`" in verdict.summary()
@@ -103,6 +107,10 @@ def test_fsdp1_flattening_frozen_and_trainable_together_is_unsupported_not_a_fin
     assert verdict.status == "unsupported", verdict.summary()
     assert "does not support wrapping such modules" in verdict.errors[0].message
     # Each unit uniform (every Linear its own unit): FSDP1 flattens it, and the round-trip passes.
-    per_layer = Case(model=mixed, save=Side(FSDP1(use_orig_params=False), (2,), wrap=("0", "1")),
-                     load=Side(FSDP2(), (1,)), optimizer=SGD())
+    per_layer = Case(
+        model=mixed,
+        save=Side(FSDP1(use_orig_params=False), (2,), wrap=("0", "1")),
+        load=Side(FSDP2(), (1,)),
+        optimizer=SGD(),
+    )
     assert shardfuzz_pool.run(per_layer).ok

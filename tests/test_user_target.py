@@ -20,10 +20,31 @@ def test_the_readme_example_target_is_caught_and_shrunk(tmp_path):
     # number of cases rather than a time budget, so the draws do not depend on the machine's speed.
     shutil.copytree(Path(__file__).parent.parent / "corpus", corpus)
     proc = subprocess.run(
-        [sys.executable, "-m", "shardfuzz", "run", "--budget", "300", "--max-cases", "60", "--seed", "3",
-         "--world-size", "2", "--database", "none", "--target", "user_target:ForgetsTheStep",
-         "--corpus", str(corpus), "--report", str(report)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "shardfuzz",
+            "run",
+            "--budget",
+            "300",
+            "--max-cases",
+            "60",
+            "--seed",
+            "3",
+            "--world-size",
+            "2",
+            "--database",
+            "none",
+            "--target",
+            "user_target:ForgetsTheStep",
+            "--corpus",
+            str(corpus),
+            "--report",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
     )
     assert proc.returncode == 1, proc.stdout + proc.stderr

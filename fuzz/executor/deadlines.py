@@ -19,11 +19,12 @@ class MeasuredDeadlines:
     generic deadline; the generic one until ``warmup`` cases have finished, and for the first ``cold`` cases
     after each start of the ranks."""
 
-    def __init__(self, *, floor: float = 10.0, factor: float = 4.0, window: int = 200, warmup: int = 20,
-                 cold: int = 2):
+    def __init__(self, *, floor: float = 10.0, factor: float = 4.0, window: int = 200, warmup: int = 20, cold: int = 2):
         if floor <= 0 or factor < 1 or window < 1 or warmup < 1 or cold < 0:
-            raise ValueError(f"MeasuredDeadlines(floor={floor}, factor={factor}, window={window}, warmup={warmup}, "
-                             f"cold={cold}): floor > 0, factor >= 1, window, warmup >= 1, cold >= 0")
+            raise ValueError(
+                f"MeasuredDeadlines(floor={floor}, factor={factor}, window={window}, warmup={warmup}, "
+                f"cold={cold}): floor > 0, factor >= 1, window, warmup >= 1, cold >= 0"
+            )
         self.floor, self.factor, self.warmup, self.cold = floor, factor, warmup, cold
         self._recent: deque[float] = deque(maxlen=window)
         self._since_start = 0

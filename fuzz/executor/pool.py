@@ -43,8 +43,16 @@ from shardfuzz.targets import DEFAULT_TARGET
 from shardfuzz.unsupported import classify, excluded, needs_other_world
 from shardfuzz.verdict import RankError, RankReport, Verdict, converter
 
-__all__ = ["CaseAbandoned", "RankPool", "PoolEvent", "PoolStartError", "deadline_for", "fold_reports", "report_of",
-           "scratch_root"]
+__all__ = [
+    "CaseAbandoned",
+    "RankPool",
+    "PoolEvent",
+    "PoolStartError",
+    "deadline_for",
+    "fold_reports",
+    "report_of",
+    "scratch_root",
+]
 
 _SCRATCH_PREFIX = "shardfuzz-pool-"
 #: Phases in which a rank reads its pipe (anything else is a phase of a case).
@@ -84,7 +92,7 @@ def sweep_stale_scratch(root: str | None = None) -> list[str]:
     """Remove scratch directories of pools whose process is gone; return their paths."""
     removed = []
     for path in glob.glob(os.path.join(root or scratch_root(), _SCRATCH_PREFIX + "*")):
-        owner = os.path.basename(path)[len(_SCRATCH_PREFIX):].split("-", 1)[0]
+        owner = os.path.basename(path)[len(_SCRATCH_PREFIX) :].split("-", 1)[0]
         if owner.isdigit() and not _alive(int(owner)):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
@@ -284,8 +292,10 @@ class RankPool:
         """Why this pool cannot run ``case`` here (its CUDA sides, on this machine; a storage
         variant with a user's target; a broadcasting load side on fewer ranks than the pool), or ''."""
         if self.target != DEFAULT_TARGET and case.storage != Dcp():
-            return (f"storage: the case writes its checkpoint as {case.storage!r}, a variant of the default "
-                    f"target; this pool's target {self.target} does its own I/O")
+            return (
+                f"storage: the case writes its checkpoint as {case.storage!r}, a variant of the default "
+                f"target; this pool's target {self.target} does its own I/O"
+            )
         other_world = needs_other_world(case, self.world_size)
         if other_world:
             return other_world
@@ -293,14 +303,18 @@ class RankPool:
         if not needed:
             return ""
         if self.device != "cuda":
-            return ("cuda-side: the case puts a side on cuda and this pool's ranks run on CPU only "
-                    "(run with --device cuda on a machine with a GPU)")
+            return (
+                "cuda-side: the case puts a side on cuda and this pool's ranks run on CPU only "
+                "(run with --device cuda on a machine with a GPU)"
+            )
         from shardfuzz.capabilities import capabilities
 
         gpus = capabilities().cuda_devices
         if needed > gpus:
-            return (f"cuda-side: a cuda side on {needed} ranks needs {needed} GPUs (NCCL runs one rank per GPU; "
-                    f"two on one fail with 'Duplicate GPU detected'), and this machine has {gpus}")
+            return (
+                f"cuda-side: a cuda side on {needed} ranks needs {needed} GPUs (NCCL runs one rank per GPU; "
+                f"two on one fail with 'Duplicate GPU detected'), and this machine has {gpus}"
+            )
         return ""
 
     # --- running cases ------------------------------------------------------
@@ -396,8 +410,9 @@ class RankPool:
                 pass
         if ranks:
             time.sleep(self.stack_grace)
-        return "\n\n".join(f"--- rank {r} (in {self._phase(r)}), last output and stacks ---\n{self._tail(r, 80)}"
-                            for r in ranks)
+        return "\n\n".join(
+            f"--- rank {r} (in {self._phase(r)}), last output and stacks ---\n{self._tail(r, 80)}" for r in ranks
+        )
 
     def _reset(self) -> None:
         """Re-form the process group on a fresh store; fall back to closing the pool."""
@@ -431,8 +446,10 @@ class RankPool:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            ready = wait(list(waiting) + [s for s, r in sentinels.items() if r not in dead],
-                         remaining if poll is None else min(remaining, poll))
+            ready = wait(
+                list(waiting) + [s for s, r in sentinels.items() if r not in dead],
+                remaining if poll is None else min(remaining, poll),
+            )
             if poll is not None and not ready and self.abandon():
                 return None
             for item in ready:
@@ -475,14 +492,26 @@ class RankPool:
                 logs.append(f"--- rank {rank}, last output ---\n{self._tail(rank)}")
             first = dead[0]
             where = "teardown" if first in replies else self._phase(first)
-            return Verdict("crash", mismatches, errors, detail="rank process died: " + "; ".join(parts),
-                           where=where, how=_how(self._procs[first].exitcode), diagnostics="\n\n".join(logs))
+            return Verdict(
+                "crash",
+                mismatches,
+                errors,
+                detail="rank process died: " + "; ".join(parts),
+                where=where,
+                how=_how(self._procs[first].exitcode),
+                diagnostics="\n\n".join(logs),
+            )
         return fold_reports(reports, missing, timeout=timeout, phase_of=self._phase, stacks_of=self._dump_stacks)
 
 
-def fold_reports(reports: list[RankReport], missing, *, timeout: float,
-                 phase_of: Callable[[int], str] = lambda rank: "unknown",
-                 stacks_of: Callable[[list[int]], str] = lambda ranks: "") -> Verdict:
+def fold_reports(
+    reports: list[RankReport],
+    missing,
+    *,
+    timeout: float,
+    phase_of: Callable[[int], str] = lambda rank: "unknown",
+    stacks_of: Callable[[list[int]], str] = lambda ranks: "",
+) -> Verdict:
     """The verdict of a case whose ranks are all alive: ``missing`` ranks sent no report by the deadline."""
     errors = tuple(r.error for r in reports if r.error is not None)
     mismatches = tuple(m for r in reports for m in r.mismatches)
@@ -495,10 +524,16 @@ def fold_reports(reports: list[RankReport], missing, *, timeout: float,
         phases = {r: phase_of(r) for r in stuck}
         stacks = stacks_of(stuck)
         where = ",".join(sorted(set(phases.values())))
-        return Verdict("hang", mismatches, errors,
-                       detail=f"ranks {stuck} did not finish within {timeout:g}s "
-                              f"({', '.join(f'rank {r} in {p}' for r, p in phases.items())})",
-                       where=where, how="deadline", diagnostics=stacks)
+        return Verdict(
+            "hang",
+            mismatches,
+            errors,
+            detail=f"ranks {stuck} did not finish within {timeout:g}s "
+            f"({', '.join(f'rank {r} in {p}' for r, p in phases.items())})",
+            where=where,
+            how="deadline",
+            diagnostics=stacks,
+        )
     unchanged = tuple(key for r in reports for key in r.unchanged)
     if mismatches:
         return Verdict("mismatch", mismatches, unchanged=unchanged)

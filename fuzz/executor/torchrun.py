@@ -120,8 +120,15 @@ class _World:
 class TorchrunWorld:
     """Rank 0's side: ``run(case) -> Verdict`` like ``RankPool``, over torchrun's ranks."""
 
-    def __init__(self, *, target: str, case_timeout: float | None = None, checkpoint_dir: str | None = None,
-                 collective_timeout: float = 10.0, abandon=None):
+    def __init__(
+        self,
+        *,
+        target: str,
+        case_timeout: float | None = None,
+        checkpoint_dir: str | None = None,
+        collective_timeout: float = 10.0,
+        abandon=None,
+    ):
         self.world = _World(target, checkpoint_dir, collective_timeout)
         self.world_size = self.world.world_size
         self.case_timeout = case_timeout

@@ -27,8 +27,16 @@ import warnings
 __all__ = ["main", "run_share", "warm_up"]
 
 
-def main(rank: int, world_size: int, store_path: str, conn, target_spec: str,
-         log_path: str | None = None, phase=None, device: str = "cpu") -> None:
+def main(
+    rank: int,
+    world_size: int,
+    store_path: str,
+    conn,
+    target_spec: str,
+    log_path: str | None = None,
+    phase=None,
+    device: str = "cpu",
+) -> None:
     _die_with_parent()
     # Ctrl-C reaches the whole foreground process group: the pool, not its ranks, decides what it means.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -125,8 +133,9 @@ def run_share(case_data: dict, ctx, target, checkpoint_dir: str) -> dict:
     except BaseException as exc:
         error = RankError(ctx.rank, ctx.phase, type(exc).__name__, str(exc), traceback.format_exc())
         ctx.enter("idle")
-    return converter.unstructure(RankReport(ctx.rank, tuple(mismatches), error, dict(ctx.timings),
-                                            tuple(ctx.unchanged)))
+    return converter.unstructure(
+        RankReport(ctx.rank, tuple(mismatches), error, dict(ctx.timings), tuple(ctx.unchanged))
+    )
 
 
 def warm_up(ctx, checkpoint_dir: str) -> None:
@@ -141,13 +150,19 @@ def warm_up(ctx, checkpoint_dir: str) -> None:
     from shardfuzz.roundtrip import run_case
     from shardfuzz.targets import DcpTarget
 
-    engines = [{"fsdp1": FSDP1(), "fsdp2": FSDP2()}[name] for name in capabilities().engines
-               if name in ("fsdp1", "fsdp2")]
+    engines = [
+        {"fsdp1": FSDP1(), "fsdp2": FSDP2()}[name] for name in capabilities().engines if name in ("fsdp1", "fsdp2")
+    ]
     if not engines:
         return
     n = ctx.world_size
-    case = Case(model=Model(2, Sequential([Linear(3), Linear(2)])), save=Side(engines[0], (n,)),
-                load=Side(engines[-1], (n,)), optimizer=Adam(), steps=1)
+    case = Case(
+        model=Model(2, Sequential([Linear(3), Linear(2)])),
+        save=Side(engines[0], (n,)),
+        load=Side(engines[-1], (n,)),
+        optimizer=Adam(),
+        steps=1,
+    )
     run_case(case, ctx, DcpTarget(), checkpoint_dir)
     ctx.timings = {}
 
