@@ -2,9 +2,46 @@
 
 The code that draws a case (``shardfuzz.strategies``) never runs it; the code
 that runs it (``shardfuzz.executor`` and the rank-side modules) never draws.
+
+The public surface is ``__all__`` here and in ``shardfuzz.strategies``. Names that
+pull in Hypothesis or the pool are imported on first use, so ``import shardfuzz``
+stays cheap (a rank process imports it too).
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from shardfuzz.case import Case, dumps, loads
 
-__all__ = ["Case", "dumps", "loads", "__version__"]
+__all__ = [
+    "Case",
+    "CheckpointTarget",
+    "RankPool",
+    "ShardsModules",
+    "Verdict",
+    "__version__",
+    "dumps",
+    "known_bugs",
+    "load_corpus",
+    "loads",
+    "run_campaign",
+]
 __version__ = "0.1.0"
+
+_LAZY = {
+    "CheckpointTarget": "shardfuzz.targets",
+    "ShardsModules": "shardfuzz.targets",
+    "RankPool": "shardfuzz.executor",
+    "Verdict": "shardfuzz.verdict",
+    "known_bugs": "shardfuzz.corpus",
+    "load_corpus": "shardfuzz.corpus",
+    "run_campaign": "shardfuzz.campaign",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'shardfuzz' has no attribute {name!r}")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import attrs
 from hypothesis import HealthCheck, Phase, Verbosity, event, given, settings
@@ -234,6 +234,7 @@ def run_campaign(
     vary_storage: bool = True,
     steer_after: int | None = None,
     known_dimensions: Callable[[str, Case], dict[str, str] | None] = lambda signature, case: None,
+    expected: Mapping[str, Mapping[str, str]] | None = None,
     polish: bool = True,
 ) -> CampaignResult:
     """Fuzz until ``budget`` seconds are spent; return what was run and found.
@@ -269,7 +270,9 @@ def run_campaign(
     from the other cases run; one masked draw in ten still runs, to check the mask).
     ``result.steering`` holds the masks, ``result.masked`` and ``result.probes`` count what
     they did. ``known_dimensions(signature, case)`` may give the dimensions of the known
-    bug's own (shrunk) case: only values its hits share with it are candidates.
+    bug's own (shrunk) case: only values its hits share with it are candidates. ``expected``
+    masks known bugs from the first draw (signature -> conditions): those whose every hit
+    costs a restart, under the conditions their corpus entries record.
     """
     result = CampaignResult()
     rng = random.Random(seed)
@@ -279,6 +282,8 @@ def run_campaign(
     all_cases = cases(max_world_size=max_world_size, devices=devices, vary_storage=vary_storage)
     confirmed: set[str] = set()  # signatures whose first failure was re-run by ``confirm``
     steering = None if steer_after is None else Steering(after=steer_after, own_case=known_dimensions)
+    for signature, conditions in (expected or {}).items() if steering is not None else ():
+        steering.expect(signature, conditions)
     if steering is not None:  # the result shows the masks as they stand, and what they did
         result.steering, result.masked, result.probes = steering.masks, steering.masked, steering.probes
     strategy = all_cases if steering is None else all_cases.filter(steering.wanted)

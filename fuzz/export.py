@@ -35,7 +35,7 @@ from shardfuzz.case import (
     optimizer_groups,
 )
 from shardfuzz.corpus import Entry
-from shardfuzz.executor.pool import deadline_for
+from shardfuzz.executor.deadlines import deadline_for
 from shardfuzz.targets import DEFAULT_TARGET
 
 __all__ = ["export_script"]

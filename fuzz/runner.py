@@ -42,6 +42,26 @@ def campaign_devices(device: str) -> tuple[tuple[str, ...], str]:
 
 
 def run_command(args) -> int:
+    import os
+
+    from shardfuzz.executor.torchrun import TorchrunWorld, follow, in_torchrun
+    from shardfuzz.targets import DEFAULT_TARGET, resolve_target
+
+    budget_end = time.monotonic() + args.budget  # the pool's start and the reports count against it too
+    target = args.target or DEFAULT_TARGET
+    torchrun = in_torchrun()
+    if torchrun and args.device != "cpu":
+        print(
+            "shardfuzz run: --device cuda is not supported under torchrun yet (its ranks run on CPU with gloo); "
+            "run without torchrun on a machine with GPUs",
+            file=sys.stderr,
+        )
+        return 2
+    if torchrun and int(os.environ["RANK"]) != 0:
+        # A follower runs its share of what rank 0 sends: it never draws, so it never imports Hypothesis or
+        # opens the example database (rank 0 alone reports a bad option; torchrun then ends the job).
+        return follow(target=target, checkpoint_dir=args.checkpoint_dir)
+
     import torch
 
     from shardfuzz.campaign import database_key, run_campaign
@@ -50,40 +70,21 @@ def run_command(args) -> int:
     from shardfuzz.database import DatabaseError, open_database
     from shardfuzz.executor import PoolStartError, RankPool
     from shardfuzz.executor.deadlines import MeasuredDeadlines
-    from shardfuzz.executor.torchrun import TorchrunWorld, follow, in_torchrun
     from shardfuzz.progress import Progress
     from shardfuzz.report import campaign_report
     from shardfuzz.strategies import offered_values
-    from shardfuzz.targets import DEFAULT_TARGET, resolve_target
 
-    budget_end = time.monotonic() + args.budget  # the pool's start and the reports count against it too
-    target = args.target or DEFAULT_TARGET
     try:
         resolve_target(target)  # fail here, with the spec named, rather than in every rank
         database = open_database(args.database, replay_from=args.replay_from)
     except (ValueError, DatabaseError) as exc:
         print(f"shardfuzz run: {exc}", file=sys.stderr)
         return 2
-    torchrun = in_torchrun()
     devices, why_not = campaign_devices(args.device)
     if why_not:
         print(f"shardfuzz run: {why_not}", file=sys.stderr)
         return 2
-    if torchrun and args.device != "cpu":
-        print(
-            "shardfuzz run: --device cuda is not supported under torchrun yet (its ranks run on CPU with gloo); "
-            "run without torchrun on a machine with GPUs",
-            file=sys.stderr,
-        )
-        return 2
-    if torchrun:
-        import os
-
-        if int(os.environ["RANK"]) != 0:
-            return follow(target=target, checkpoint_dir=args.checkpoint_dir)
-        world_size = int(os.environ["WORLD_SIZE"])
-    else:
-        world_size = args.world_size
+    world_size = int(os.environ["WORLD_SIZE"]) if torchrun else args.world_size
 
     entries, problems = load_corpus(args.corpus)
     for problem in problems:
@@ -94,6 +95,13 @@ def run_command(args) -> int:
         """The dimensions of a known bug's own shrunk case (steering keeps only what its hits share with it)."""
         entry = known.lookup(signature, case)
         return dimensions(entry.case) if entry is not None else None
+
+    # Known hangs and crashes cost a restart each time: masked from the first draw where the corpus says when.
+    expected = {
+        signature: entries[0].known.when
+        for signature, entries in known.items()
+        if entries[0].status in ("hang", "crash") and entries[0].known.when
+    }
 
     # A random seed is chosen here, not inside Hypothesis, so the report can say which one to repeat the run with.
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
@@ -208,6 +216,7 @@ def run_command(args) -> int:
                     vary_storage=target == DEFAULT_TARGET,
                     steer_after=None if args.no_steer else STEER_AFTER,
                     known_dimensions=known_dimensions,
+                    expected=expected,
                 )
     except PoolStartError as exc:
         progress.finish()

@@ -29,6 +29,8 @@ PROBE_EVERY = 10
 MAX_PROBE_HALVINGS = 4
 #: Cases remembered to learn masks from (older ones are forgotten: a bounded cost per hit).
 HISTORY = 2000
+#: Masks of such bugs stop narrowing once this share of the cases they meet hit the bug.
+GOOD_ENOUGH_COSTLY = 0.5
 #: A mask is kept only while at least this share of the seen cases meeting it hit its bug; for a bug whose
 #: hits cost a pool restart (seconds, against a fraction of one for a passing case), a smaller share.
 MIN_PRECISION = 0.5
@@ -41,16 +43,20 @@ def separating_conditions(
     others: Iterable[Mapping[str, str]],
     *,
     min_precision: float = MIN_PRECISION,
+    good_enough: float = 1.0,
 ) -> dict[str, str] | None:
     """The fewest of ``candidates`` (conditions every one of ``hits`` cases met) that the ``others`` (cases
     that did not hit) do not all meet, chosen greedily: each step takes the condition that rules out most
     of the others still left. None when the others left over would make the mask wrong more often than
     right (share of hits < ``min_precision``). With no other case to tell apart, all the candidates.
-    A pick that the later ones made redundant is dropped again: each condition kept rules out someone."""
+    A pick that the later ones made redundant is dropped again: each condition kept rules out someone.
+    Picking stops once the share of hits among the cases left reaches ``good_enough``: below 1 for a bug
+    whose every hit costs a restart, where a condition picked only to rule out a few look-alikes (a crash
+    that does not come every time) would let its next hits through."""
     others_seen = left = list(others)
     chosen: dict[str, str] = {}
     open_conditions = dict(candidates)
-    while left and open_conditions:
+    while left and open_conditions and hits / (hits + len(left)) < good_enough:
         name, value = max(
             open_conditions.items(), key=lambda item: sum(1 for other in left if other.get(item[0]) != item[1])
         )
@@ -99,6 +105,16 @@ class Steering:
     _costly: set = attrs.Factory(set)
     _history: deque = attrs.Factory(lambda: deque(maxlen=HISTORY))  # (dimensions, known signature or None)
     _stale: set = attrs.Factory(set)
+
+    def expect(self, signature: str, conditions: Mapping[str, str]) -> None:
+        """Mask a known bug from the first draw: one whose hits each cost a restart, under the conditions its
+        corpus entry records (``known.when``), triaged by a person. Its corpus case counts as its first hit,
+        and it is probed at the rarest rate from the start; probes and hits refine it like any other mask."""
+        self.masks[signature] = dict(conditions)
+        self._candidates[signature] = dict(conditions)
+        self._hits[signature] += 1
+        self._costly.add(signature)
+        self.confirmed[signature] = MAX_PROBE_HALVINGS
 
     def wanted(self, case: Case) -> bool:
         """The draw filter: False for a case that meets a mask (and is not one of its probes)."""
@@ -152,6 +168,7 @@ class Steering:
                 self._hits[signature],
                 others,
                 min_precision=MIN_PRECISION_COSTLY if costly else MIN_PRECISION,
+                good_enough=GOOD_ENOUGH_COSTLY if costly else 1.0,
             )
             if mask:
                 self.masks[signature] = mask

@@ -208,3 +208,18 @@ def test_bad_json_names_what_is_wrong(edit, message):
     edit(data)
     with pytest.raises(ValueError, match=message):
         loads(json.dumps(data))
+
+
+def test_the_public_surface_resolves_and_stays_cheap_to_import():
+    import subprocess
+    import sys
+
+    import shardfuzz
+
+    for name in shardfuzz.__all__:
+        assert getattr(shardfuzz, name) is not None, name
+    probe = "import sys, shardfuzz; print('hypothesis' in sys.modules, 'torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.split() == [
+        "False",
+        "False",
+    ]

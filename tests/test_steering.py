@@ -104,3 +104,12 @@ def test_a_bug_that_costs_a_restart_is_masked_on_less_evidence():
         steering.observe(_case(FSDP2()), None)
     steering.observe(_case(FSDP2()), "crash", costly=True)
     assert steering.masks["crash"]["load_engine"] == "fsdp2"
+
+
+def test_a_known_crash_with_recorded_conditions_is_masked_before_its_first_hit():
+    steering = Steering(after=1)
+    steering.expect("crash", {"load_engine": "fsdp2"})
+    assert not steering.wanted(_case(FSDP2(), steps=3)) or _probe(_case(FSDP2(), steps=3), 2)
+    assert steering.wanted(_case(DDP()))
+    steering.observe(_case(FSDP2(), optimizer=Adam()), "crash", costly=True)  # a probe that hit
+    assert steering.masks["crash"] == {"load_engine": "fsdp2"}

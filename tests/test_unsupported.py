@@ -5,7 +5,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 
 from shardfuzz import strategies as sf
-from shardfuzz.case import FSDP1, FSDP2, SGD, Case, Linear, Model, Sequential, Side, Tied
+from shardfuzz.case import DDP, FSDP1, FSDP2, SGD, Case, Dcp, Linear, Model, Sequential, Side, Tied
 from shardfuzz.unsupported import CASE_RULES, RULES, excluded, needs_other_world
 
 
@@ -114,3 +114,51 @@ def test_fsdp1_flattening_frozen_and_trainable_together_is_unsupported_not_a_fin
         optimizer=SGD(),
     )
     assert shardfuzz_pool.run(per_layer).ok
+
+
+def _plain_case(**changes):
+    case = Case(
+        model=Model(2, Sequential([Linear(3)])), save=Side(DDP(), (2,)), load=Side(DDP(), (2,)), optimizer=SGD()
+    )
+    return attrs.evolve(case, **changes)
+
+
+@pytest.mark.parametrize(
+    "changes, target, device, refused",
+    [
+        ({}, "shardfuzz.targets:DcpTarget", "cpu", None),
+        (
+            {"param_groups": 2, "save": Side(FSDP1(use_orig_params=False), (2,))},
+            "shardfuzz.targets:DcpTarget",
+            "cpu",
+            "flat-parameter-groups",
+        ),
+        ({"storage": Dcp(api="legacy")}, "user_target:ForgetsTheStep", "cpu", "storage:"),
+        (
+            {"load": Side(DDP(), (2,), device="cuda")},
+            "shardfuzz.targets:DcpTarget",
+            "cpu",
+            "cuda-side:",
+        ),
+    ],
+)
+def test_every_executor_admits_a_case_by_the_same_check(changes, target, device, refused):
+    from shardfuzz.executor.admission import admit
+
+    verdict = admit(_plain_case(**changes), world_size=2, target=target, device=device)
+    if refused is None:
+        assert verdict is None
+    else:
+        assert verdict.status == "unsupported" and verdict.detail.startswith(refused), verdict
+    with pytest.raises(ValueError, match="needs 2 ranks"):
+        admit(_plain_case(**changes), world_size=1, target=target, device=device)
+
+
+def test_torchrun_and_the_pool_call_the_one_admission_check():
+    import inspect
+
+    from shardfuzz.executor import pool, torchrun
+
+    assert "admit(" in inspect.getsource(pool.RankPool.run) and "admit(" in inspect.getsource(
+        torchrun.TorchrunWorld.run
+    )

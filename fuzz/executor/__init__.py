@@ -1,5 +1,34 @@
-"""Running Cases on real ranks: the warm pool (``pool``) and one rank's loop (``worker``)."""
+"""Running Cases on real ranks: the warm pool (``pool``), torchrun's ranks (``torchrun``), one rank's loop
+(``worker``), and what they share without processes: the admission check before a case (``admission``),
+deadlines (``deadlines``), folding rank reports into a verdict (``reports``).
 
-from shardfuzz.executor.pool import CaseAbandoned, PoolStartError, RankPool
+Every executor has the shape of ``Executor``: the campaign, replay and the self-test take any of them.
+"""
 
-__all__ = ["CaseAbandoned", "PoolStartError", "RankPool"]
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+__all__ = ["CaseAbandoned", "Executor", "PoolStartError", "RankPool"]
+
+
+class Executor(Protocol):
+    """Runs cases on ``world_size`` ranks. ``run`` never raises for a case's own failure: a refused case
+    (``admission.admit``) is an ``unsupported`` verdict, a crash or a hang is a verdict too."""
+
+    world_size: int
+
+    def run(self, case, /):  # (Case) -> Verdict
+        ...
+
+    def close(self) -> None: ...
+
+
+def __getattr__(name: str) -> Any:
+    """The pool's names, imported on first use: ``export`` and ``torchrun`` use this package's helpers
+    without the pool."""
+    if name in ("CaseAbandoned", "PoolStartError", "RankPool"):
+        from shardfuzz.executor import pool
+
+        return getattr(pool, name)
+    raise AttributeError(f"module 'shardfuzz.executor' has no attribute {name!r}")

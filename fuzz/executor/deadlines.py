@@ -1,6 +1,7 @@
-"""Case deadlines learnt from the pool's own case times, so that a hang costs seconds.
+"""Case deadlines: the generic one from a case's size, and ones learnt from the pool's own case times,
+so that a hang costs seconds.
 
-The generic deadline (``pool.deadline_for``: 30 s and up) must hold on any
+The generic deadline (``deadline_for``: 30 s and up) must hold on any
 machine, for a cold rank's first case. Once a pool has run a few cases it knows
 how long cases take *here*: a case still running at a few times the slowest
 recent case is stuck. The generic deadline stays the ceiling, and the first cases
@@ -11,7 +12,20 @@ from __future__ import annotations
 
 from collections import deque
 
-__all__ = ["MeasuredDeadlines"]
+from shardfuzz.case import Case
+
+__all__ = ["MeasuredDeadlines", "deadline_for"]
+
+
+def deadline_for(case: Case, *, base: float = 30.0, per_unit: float = 0.05, cap: float = 300.0) -> float:
+    """Seconds a case may take before it counts as hung, from its size.
+
+    ``base`` covers torch's one-off lazy set-up on a cold rank and a noisy machine;
+    each unit (a layer on a rank for one step, plus save and load) adds ``per_unit``.
+    Measured cases of this size take 0.05-0.5 s, so the deadline is 60x or more.
+    """
+    units = len(case.model.linears()) * case.world_size * (case.steps + 2)
+    return min(cap, base + per_unit * units)
 
 
 class MeasuredDeadlines:

@@ -36,20 +36,22 @@ from multiprocessing.connection import wait
 
 import attrs
 
-from shardfuzz.case import DEVICES, Case, Dcp, to_dict
-from shardfuzz.executor.deadlines import MeasuredDeadlines
+from shardfuzz.case import DEVICES, Case, to_dict
+from shardfuzz.executor.admission import admit, cannot_run
+from shardfuzz.executor.deadlines import MeasuredDeadlines, deadline_for
+from shardfuzz.executor.reports import fold_reports, report_of
 from shardfuzz.stop import StopRequested
 from shardfuzz.targets import DEFAULT_TARGET
-from shardfuzz.unsupported import classify, excluded, needs_other_world
-from shardfuzz.verdict import RankError, RankReport, Verdict, converter
+from shardfuzz.unsupported import classify
+from shardfuzz.verdict import Verdict
 
 __all__ = [
     "CaseAbandoned",
     "RankPool",
     "PoolEvent",
     "PoolStartError",
-    "deadline_for",
-    "fold_reports",
+    "deadline_for",  # re-exported: it lives in executor.deadlines
+    "fold_reports",  # and these two in executor.reports
     "report_of",
     "scratch_root",
 ]
@@ -75,17 +77,6 @@ class PoolEvent:
     rank: int
     how: str
     log_tail: str = ""
-
-
-def deadline_for(case: Case, *, base: float = 30.0, per_unit: float = 0.05, cap: float = 300.0) -> float:
-    """Seconds a case may take before it counts as hung, from its size.
-
-    ``base`` covers torch's one-off lazy set-up on a cold rank and a noisy machine;
-    each unit (a layer on a rank for one step, plus save and load) adds ``per_unit``.
-    Measured cases of this size take 0.05-0.5 s, so the deadline is 60x or more.
-    """
-    units = len(case.model.linears()) * case.world_size * (case.steps + 2)
-    return min(cap, base + per_unit * units)
 
 
 def sweep_stale_scratch(root: str | None = None) -> list[str]:
@@ -289,33 +280,8 @@ class RankPool:
         return "gloo+nccl" if self.device == "cuda" else "gloo"
 
     def cannot_run(self, case: Case) -> str:
-        """Why this pool cannot run ``case`` here (its CUDA sides, on this machine; a storage
-        variant with a user's target; a broadcasting load side on fewer ranks than the pool), or ''."""
-        if self.target != DEFAULT_TARGET and case.storage != Dcp():
-            return (
-                f"storage: the case writes its checkpoint as {case.storage!r}, a variant of the default "
-                f"target; this pool's target {self.target} does its own I/O"
-            )
-        other_world = needs_other_world(case, self.world_size)
-        if other_world:
-            return other_world
-        needed = max((s.world_size for s in (case.save, case.load) if s.device == "cuda"), default=0)
-        if not needed:
-            return ""
-        if self.device != "cuda":
-            return (
-                "cuda-side: the case puts a side on cuda and this pool's ranks run on CPU only "
-                "(run with --device cuda on a machine with a GPU)"
-            )
-        from shardfuzz.capabilities import capabilities
-
-        gpus = capabilities().cuda_devices
-        if needed > gpus:
-            return (
-                f"cuda-side: a cuda side on {needed} ranks needs {needed} GPUs (NCCL runs one rank per GPU; "
-                f"two on one fail with 'Duplicate GPU detected'), and this machine has {gpus}"
-            )
-        return ""
+        """Why this pool cannot run ``case`` here, or '' (``admission.cannot_run``)."""
+        return cannot_run(case, world_size=self.world_size, target=self.target, device=self.device)
 
     # --- running cases ------------------------------------------------------
 
@@ -323,14 +289,9 @@ class RankPool:
         """Run ``case`` on the ranks and return its verdict; never raises for a case's failure.
 
         ``generic_deadline``: ignore measured ``deadlines`` for this case (confirming a hang)."""
-        if case.world_size > self.world_size:
-            raise ValueError(f"case needs {case.world_size} ranks, the pool has {self.world_size}")
-        rule = excluded(case)
-        if rule is not None:
-            return Verdict("unsupported", detail=f"{rule.name}: {rule.reason}")
-        why_not_here = self.cannot_run(case)
-        if why_not_here:
-            return Verdict("unsupported", detail=why_not_here)
+        refused = admit(case, world_size=self.world_size, target=self.target, device=self.device)
+        if refused is not None:
+            return refused
         self._restart_if_a_rank_died()
         if self.recycle_after is not None and self._procs and self._cases_since_start >= self.recycle_after:
             self.close()  # planned: fresh ranks, fresh caches
@@ -502,50 +463,6 @@ class RankPool:
                 diagnostics="\n\n".join(logs),
             )
         return fold_reports(reports, missing, timeout=timeout, phase_of=self._phase, stacks_of=self._dump_stacks)
-
-
-def fold_reports(
-    reports: list[RankReport],
-    missing,
-    *,
-    timeout: float,
-    phase_of: Callable[[int], str] = lambda rank: "unknown",
-    stacks_of: Callable[[list[int]], str] = lambda ranks: "",
-) -> Verdict:
-    """The verdict of a case whose ranks are all alive: ``missing`` ranks sent no report by the deadline."""
-    errors = tuple(r.error for r in reports if r.error is not None)
-    mismatches = tuple(m for r in reports for m in r.mismatches)
-    if errors:
-        detail = f"no report from ranks {sorted(missing)}" if missing else ""
-        stacks = stacks_of(sorted(missing)) if missing else ""
-        return Verdict("error", mismatches, errors, detail=detail, diagnostics=stacks)
-    if missing:
-        stuck = sorted(missing)
-        phases = {r: phase_of(r) for r in stuck}
-        stacks = stacks_of(stuck)
-        where = ",".join(sorted(set(phases.values())))
-        return Verdict(
-            "hang",
-            mismatches,
-            errors,
-            detail=f"ranks {stuck} did not finish within {timeout:g}s "
-            f"({', '.join(f'rank {r} in {p}' for r, p in phases.items())})",
-            where=where,
-            how="deadline",
-            diagnostics=stacks,
-        )
-    unchanged = tuple(key for r in reports for key in r.unchanged)
-    if mismatches:
-        return Verdict("mismatch", mismatches, unchanged=unchanged)
-    return Verdict("pass", unchanged=unchanged)
-
-
-def report_of(rank: int, reply: dict) -> RankReport:
-    """A rank's reply as a RankReport; one that does not parse is that rank's error, not the runner's."""
-    try:
-        return converter.structure(reply, RankReport)
-    except Exception as exc:
-        return RankReport(rank, error=RankError(rank, "report", "BadReport", f"unreadable report: {exc!r}"[:500]))
 
 
 def _how(exitcode: int | None, *, long: bool = False) -> str:

@@ -32,8 +32,11 @@ import warnings
 import attrs
 
 from shardfuzz.case import Case, to_dict
+from shardfuzz.executor.admission import admit
+from shardfuzz.executor.deadlines import deadline_for
+from shardfuzz.executor.reports import fold_reports, report_of
 from shardfuzz.stop import StopRequested
-from shardfuzz.unsupported import classify, excluded
+from shardfuzz.unsupported import classify
 from shardfuzz.verdict import Verdict
 
 __all__ = ["TorchrunWorld", "in_torchrun", "follow"]
@@ -130,6 +133,7 @@ class TorchrunWorld:
         abandon=None,
     ):
         self.world = _World(target, checkpoint_dir, collective_timeout)
+        self.target = target
         self.world_size = self.world.world_size
         self.case_timeout = case_timeout
         self.abandon = abandon
@@ -144,15 +148,11 @@ class TorchrunWorld:
         return number
 
     def run(self, case: Case) -> Verdict:
-        from shardfuzz.executor.pool import deadline_for, fold_reports, report_of
-
-        if case.world_size > self.world_size:
-            raise ValueError(f"case needs {case.world_size} ranks, torchrun started {self.world_size}")
         if self._stuck:
             raise StopRequested(f"torchrun ranks are stuck ({self._stuck}); the campaign cannot go on")
-        rule = excluded(case)
-        if rule is not None:
-            return Verdict("unsupported", detail=f"{rule.name}: {rule.reason}")
+        refused = admit(case, world_size=self.world_size, target=self.target)  # torchrun's ranks run on CPU
+        if refused is not None:
+            return refused
         started = time.perf_counter()
         timeout = self.case_timeout if self.case_timeout is not None else deadline_for(case)
         checkpoint_dir = os.path.join(self.world.checkpoint_root, "case")
