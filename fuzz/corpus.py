@@ -31,7 +31,7 @@ from attrs.validators import in_, instance_of
 
 from shardfuzz.case import Case, describe_structure_error, dimensions, dumps, from_dict, to_dict
 from shardfuzz.targets import DEFAULT_TARGET
-from shardfuzz.verdict import TRIAGE_CLASSES, Verdict, canonical_signature
+from shardfuzz.verdict import STUCK_RANK_STACKS, TRIAGE_CLASSES, Verdict, canonical_signature
 
 __all__ = [
     "Cause",
@@ -130,6 +130,12 @@ class Entry:
     @property
     def triage(self) -> str:
         return TRIAGE_CLASSES[self.status]
+
+    @property
+    def costs_a_restart(self) -> bool:
+        """Whether each hit of this bug leaves ranks to restart (seconds each): a hang, a crash, or an
+        error that some ranks never reported (their stacks are in the record)."""
+        return self.status in ("hang", "crash") or (self.status == "error" and STUCK_RANK_STACKS in self.diagnostics)
 
     def known_on(self, torch_version: str) -> bool:
         """Whether this entry is a known bug on ``torch_version``."""

@@ -96,11 +96,11 @@ def run_command(args) -> int:
         entry = known.lookup(signature, case)
         return dimensions(entry.case) if entry is not None else None
 
-    # Known hangs and crashes cost a restart each time: masked from the first draw where the corpus says when.
+    # Known bugs whose every hit costs a restart: masked from the first draw where the corpus says when.
     expected = {
         signature: entries[0].known.when
         for signature, entries in known.items()
-        if entries[0].status in ("hang", "crash") and entries[0].known.when
+        if entries[0].costs_a_restart and entries[0].known.when
     }
 
     # A random seed is chosen here, not inside Hypothesis, so the report can say which one to repeat the run with.

@@ -13,7 +13,11 @@ import cattrs
 from attrs import field, frozen
 from attrs.validators import in_
 
+#: What heads each stuck rank's record in a verdict's diagnostics (a rank that sent no report in time).
+STUCK_RANK_STACKS = "last output and stacks"
+
 __all__ = [
+    "STUCK_RANK_STACKS",
     "Mismatch",
     "RankError",
     "RankReport",

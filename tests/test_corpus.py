@@ -320,3 +320,16 @@ def test_report_bug_names_a_bad_entry(tmp_path, capsys):
     bad.write_text("[]")
     assert main(["report-bug", str(bad)]) == 2
     assert str(bad) in capsys.readouterr().err
+
+
+def test_an_entry_knows_whether_its_hits_cost_a_restart():
+    from shardfuzz.verdict import STUCK_RANK_STACKS
+
+    entries = {e.signature: e for _, e in load_corpus(CORPUS)[0]}
+    assert entries["crash:full-offload:SIGSEGV"].costs_a_restart
+    stuck = next(e for e in entries.values() if e.status == "error" and STUCK_RANK_STACKS in e.diagnostics)
+    assert stuck.costs_a_restart
+    assert not next(e for e in entries.values() if e.status == "mismatch").costs_a_restart
+    assert not next(
+        e for e in entries.values() if e.status == "error" and not e.diagnostics.strip().startswith("---")
+    ).costs_a_restart

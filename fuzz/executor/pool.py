@@ -43,7 +43,7 @@ from shardfuzz.executor.reports import fold_reports, report_of
 from shardfuzz.stop import StopRequested
 from shardfuzz.targets import DEFAULT_TARGET
 from shardfuzz.unsupported import classify
-from shardfuzz.verdict import Verdict
+from shardfuzz.verdict import STUCK_RANK_STACKS, Verdict
 
 __all__ = [
     "CaseAbandoned",
@@ -372,7 +372,7 @@ class RankPool:
         if ranks:
             time.sleep(self.stack_grace)
         return "\n\n".join(
-            f"--- rank {r} (in {self._phase(r)}), last output and stacks ---\n{self._tail(r, 80)}" for r in ranks
+            f"--- rank {r} (in {self._phase(r)}), {STUCK_RANK_STACKS} ---\n{self._tail(r, 80)}" for r in ranks
         )
 
     def _reset(self) -> None:
