@@ -365,8 +365,9 @@ def run_campaign(
             )
             if known:
                 result.known_seconds[signature] += verdict.seconds
-            if steering is not None:
-                steering.observe(case, signature if known else None, costly=_closes_the_pool(verdict))
+            if steering is not None:  # a combination torch refuses is as known as a known bug, and as useless again
+                repeat = known or verdict.status == "unsupported"
+                steering.observe(case, signature if repeat else None, costly=_closes_the_pool(verdict))
             if on_case is not None:
                 on_case(result, case, verdict)
             if verdict.ok:
