@@ -25,11 +25,10 @@ import tempfile
 from pathlib import Path
 
 import attrs
-import cattrs
 from attrs import field, frozen
 from attrs.validators import in_, instance_of
 
-from shardfuzz.case import Case, describe_structure_error, dimensions, dumps, from_dict, to_dict
+from shardfuzz.case import Case, describe_structure_error, dimensions, dumps, from_dict, make_converter
 from shardfuzz.targets import DEFAULT_TARGET
 from shardfuzz.verdict import STUCK_RANK_STACKS, TRIAGE_CLASSES, Verdict, canonical_signature
 
@@ -175,9 +174,8 @@ def _hash_name(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:16] + ".json"
 
 
-_converter = cattrs.Converter(forbid_extra_keys=True)
-_converter.register_structure_hook(Case, lambda data, _: from_dict(data))
-_converter.register_unstructure_hook(Case, to_dict)
+_converter = make_converter()  # the Case data model's converter; an entry's own fields are plain
+_converter.register_structure_hook(Case, lambda data, _: from_dict(data))  # from_dict checks the schema version
 
 
 def versions() -> dict[str, str]:

@@ -1,0 +1,115 @@
+"""The Case: one round-trip scenario as plain, JSON-serialisable data.
+
+A Case says *what* to build, save and load; it never says how. The strategies
+draw Cases, the ranks run them, the corpus stores them. This module imports
+nothing from torch, so it is cheap to load anywhere.
+
+Variant fields (a module-tree node, an engine, an optimizer) are tagged unions:
+each variant is its own frozen class and its JSON form carries a ``"kind"`` tag.
+Adding a variant means adding a class here and to the matching ``Union``.
+
+One module per concept: ``tree`` (the model), ``sides`` (engines and sides), ``storage``,
+``optimizers``, ``scenario`` (the Case and its dimensions), ``serial`` (JSON). The names below are
+the public surface; import them from here.
+"""
+
+from __future__ import annotations
+
+from shardfuzz.case.optimizers import OPTIMIZER_CLASSES, SGD, Adagrad, Adam, AdamW, RMSprop, optimizer_groups
+from shardfuzz.case.scenario import (
+    CHECKS,
+    LOAD_MUTATIONS,
+    SCHEMA_VERSION,
+    Case,
+    dimensions,
+    map_first_linear,
+    shard_count,
+)
+from shardfuzz.case.serial import describe_structure_error, dumps, from_dict, loads, make_converter, to_dict
+from shardfuzz.case.sides import (
+    DDP,
+    DEVICES,
+    FSDP1,
+    FSDP1_STRATEGIES,
+    FSDP2,
+    HYBRID_STRATEGIES,
+    STATE_DICT_APIS,
+    STATE_DICT_TYPES,
+    WRAP_POLICIES,
+    Side,
+    Unsharded,
+)
+from shardfuzz.case.storage import DCP_APIS, STORAGE_CLASSES, Dcp, DcpToTorchSave, TorchSave
+from shardfuzz.case.tree import (
+    DTYPES,
+    LEAF_CLASSES,
+    MODULE_TYPES,
+    BatchNorm,
+    Block,
+    Conv,
+    Embedding,
+    LayerNorm,
+    Linear,
+    Model,
+    Scale,
+    Sequential,
+    Tied,
+    child_items,
+    has_trainable_linear,
+    leaves,
+)
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "CHECKS",
+    "LOAD_MUTATIONS",
+    "Adam",
+    "AdamW",
+    "Adagrad",
+    "RMSprop",
+    "OPTIMIZER_CLASSES",
+    "optimizer_groups",
+    "Block",
+    "Case",
+    "DDP",
+    "DEVICES",
+    "FSDP1",
+    "FSDP1_STRATEGIES",
+    "FSDP2",
+    "MODULE_TYPES",
+    "Unsharded",
+    "WRAP_POLICIES",
+    "Linear",
+    "LayerNorm",
+    "BatchNorm",
+    "Conv",
+    "Embedding",
+    "Scale",
+    "Tied",
+    "DTYPES",
+    "LEAF_CLASSES",
+    "leaves",
+    "has_trainable_linear",
+    "map_first_linear",
+    "Model",
+    "SGD",
+    "Sequential",
+    "Side",
+    "Dcp",
+    "TorchSave",
+    "DcpToTorchSave",
+    "STORAGE_CLASSES",
+    "DCP_APIS",
+    "describe_structure_error",
+    "dimensions",
+    "shard_count",
+    "dumps",
+    "from_dict",
+    "loads",
+    "to_dict",
+    "HYBRID_STRATEGIES",
+    "STATE_DICT_APIS",
+    "STATE_DICT_TYPES",
+    "child_items",
+    "make_converter",
+]

@@ -1,0 +1,91 @@
+"""The optimizer: its kinds, their hyperparameters, and the param groups they are split into."""
+
+from __future__ import annotations
+
+from typing import Union
+
+from attrs import field, frozen
+from attrs.validators import instance_of
+
+#
+# Each optimizer names its torch class and its hyperparameters as plain values,
+# so the ranks (``build.py``) and the exported scripts (``export.py``) make the
+# very same optimizer from one description. The load side's optimizer is
+# ``perturbed``: other hyperparameters, which only a loaded param group restores.
+
+
+@frozen
+class SGD:
+    lr: float = field(default=0.1, validator=instance_of(float))
+    momentum: float = field(default=0.9, validator=instance_of(float))  # 0.0: no optimizer state at all
+
+    def hyperparameters(self, perturbed: bool = False) -> dict:
+        scale = 0.5 if perturbed else 1.0
+        return {"lr": self.lr * scale, "momentum": self.momentum * scale}
+
+
+@frozen
+class Adam:
+    lr: float = field(default=0.01, validator=instance_of(float))
+    amsgrad: bool = field(default=False, validator=instance_of(bool))  # adds max_exp_avg_sq
+
+    def hyperparameters(self, perturbed: bool = False) -> dict:
+        extra = {"amsgrad": True} if self.amsgrad else {}
+        if perturbed:
+            return {"lr": self.lr * 0.5, "betas": (0.8, 0.99), "eps": 3e-8, **extra}
+        return {"lr": self.lr, **extra}
+
+
+@frozen
+class AdamW:
+    lr: float = field(default=0.01, validator=instance_of(float))
+    weight_decay: float = field(default=0.01, validator=instance_of(float))
+
+    def hyperparameters(self, perturbed: bool = False) -> dict:
+        if perturbed:
+            return {"lr": self.lr * 0.5, "weight_decay": self.weight_decay * 0.5, "betas": (0.8, 0.99)}
+        return {"lr": self.lr, "weight_decay": self.weight_decay}
+
+
+@frozen
+class Adagrad:
+    """Its state (``sum``, ``step``) exists from construction, before any step."""
+
+    lr: float = field(default=0.1, validator=instance_of(float))
+
+    def hyperparameters(self, perturbed: bool = False) -> dict:
+        return {"lr": self.lr * 0.5, "lr_decay": 0.01} if perturbed else {"lr": self.lr}
+
+
+@frozen
+class RMSprop:
+    lr: float = field(default=0.01, validator=instance_of(float))
+    momentum: float = field(default=0.0, validator=instance_of(float))  # > 0 adds momentum_buffer
+    centered: bool = field(default=False, validator=instance_of(bool))  # adds grad_avg
+
+    def hyperparameters(self, perturbed: bool = False) -> dict:
+        scale = 0.5 if perturbed else 1.0
+        extra = {"alpha": 0.9} if perturbed else {}
+        return {"lr": self.lr * scale, "momentum": self.momentum * scale, "centered": self.centered, **extra}
+
+
+Optimizer = Union[SGD, Adam, AdamW, Adagrad, RMSprop]
+OPTIMIZER_CLASSES = (SGD, Adam, AdamW, Adagrad, RMSprop)
+
+#: How the second param group differs from the first (and from the optimizer's defaults).
+SECOND_GROUP = {"lr_scale": 0.3, "weight_decay": 0.001}
+
+
+def optimizer_groups(optimizer, param_groups: int, *, perturbed: bool = False) -> tuple[str, list[dict]]:
+    """``(torch.optim class name, hyperparameters of each param group)``.
+
+    Parameter ``i`` (in ``model.parameters()`` order) goes to group ``i % param_groups``;
+    a group may be empty when there are fewer parameters than groups.
+    """
+    first = optimizer.hyperparameters(perturbed)
+    groups = [first]
+    for _ in range(1, param_groups):
+        groups.append(
+            {**first, "lr": first["lr"] * SECOND_GROUP["lr_scale"], "weight_decay": SECOND_GROUP["weight_decay"]}
+        )
+    return type(optimizer).__name__, groups

@@ -1,0 +1,256 @@
+"""The Case itself (the model, both sides, the storage, the optimizer, the steps) and its dimensions."""
+
+from __future__ import annotations
+
+import attrs
+from attrs import field, frozen
+from attrs.validators import ge, in_, instance_of, le, optional
+
+from shardfuzz.case._validators import _POSITIVE_INT
+from shardfuzz.case.optimizers import OPTIMIZER_CLASSES, SGD, Adagrad, Optimizer
+from shardfuzz.case.sides import DDP, FSDP1, FSDP2, Side, Unsharded, _sorted_unique
+from shardfuzz.case.storage import STORAGE_CLASSES, Dcp, DcpToTorchSave, Storage, TorchSave
+from shardfuzz.case.tree import LEAF_CLASSES, Linear, Model, leaves
+
+SCHEMA_VERSION = 1
+
+#: Optional oracles a case can ask for (each costs collectives; see ``oracles.py``).
+CHECKS = ("continuation", "api-parity", "full-offload")
+
+#: Ways to make the load side's model incompatible with the checkpoint; the
+#: load must then fail loudly. ``wider``: the first Linear gets one more output.
+#: ``extra-layer``: the root gets one more Linear, a key the checkpoint lacks.
+LOAD_MUTATIONS = ("wider", "extra-layer")
+
+
+@frozen
+class Case:
+    """Build ``model`` on ``save``, train ``steps`` steps, save; rebuild on ``load``, load.
+
+    ``seed`` seeds the save side's initial weights and the training data; the
+    load side's weights come from ``seed + 1`` so that loading has work to do.
+
+    ``ignore_frozen_params``: both sides' state dicts leave out frozen parameters
+    (``StateDictOptions(ignore_frozen_params=True)``) and the load is not strict, as for a
+    fine-tune whose frozen base weights come from elsewhere: the load must restore all
+    the rest and leave the frozen parameters at the load side's own values.
+    """
+
+    model: Model = field(validator=instance_of(Model))
+    save: Side = field(validator=instance_of(Side))
+    load: Side = field(validator=instance_of(Side))
+    optimizer: Optimizer = field(validator=instance_of(OPTIMIZER_CLASSES))
+    steps: int = field(default=1, validator=[instance_of(int), ge(0), le(64)])
+    flatten_optimizer_state_dict: bool = field(default=True, validator=instance_of(bool))
+    batch_size: int = field(default=2, validator=_POSITIVE_INT)
+    seed: int = field(default=0, validator=[instance_of(int), ge(0)])
+    checks: tuple[str, ...] = field(default=(), converter=_sorted_unique)
+    param_groups: int = field(default=1, validator=[instance_of(int), ge(1), le(2)])
+    load_mutation: str | None = field(default=None, validator=optional(in_(LOAD_MUTATIONS)))
+    storage: Storage = field(factory=Dcp, validator=instance_of(STORAGE_CLASSES))
+    ignore_frozen_params: bool = field(default=False, validator=instance_of(bool))
+    schema_version: int = field(default=SCHEMA_VERSION)
+
+    @checks.validator
+    def _known_checks(self, attribute, value):
+        unknown = set(value) - set(CHECKS)
+        if unknown:
+            raise ValueError(f"unknown checks {sorted(unknown)}; choose from {list(CHECKS)}")
+
+    @schema_version.validator
+    def _known_schema(self, attribute, value):
+        if value != SCHEMA_VERSION:
+            raise ValueError(f"schema_version {value!r} is not {SCHEMA_VERSION}, the one this shardfuzz reads")
+
+    def __attrs_post_init__(self):
+        if self.model.has_batch_norm and self.batch_size < 2:
+            raise ValueError("a model with a BatchNorm needs batch_size >= 2 (BatchNorm1d trains on batch statistics)")
+        storage = self.storage
+        if (self.save.state_dict == "local") != (self.load.state_dict == "local"):
+            raise ValueError(
+                "a 'local' checkpoint holds flat-parameter shards that only a 'local' load reads: "
+                "both sides 'local' or neither"
+            )
+        if self.ignore_frozen_params and self.load.state_dict == "local":
+            raise ValueError("ignore_frozen_params is a StateDictOptions field: it does not apply to 'local' sides")
+        if isinstance(storage, TorchSave) and {self.save.state_dict, self.load.state_dict} != {"full"}:
+            raise ValueError("TorchSave storage writes and reads a full state dict: both sides need state_dict 'full'")
+        if isinstance(storage, DcpToTorchSave) and self.load.state_dict != "full":
+            raise ValueError("DcpToTorchSave storage loads a full state dict: the load side needs state_dict 'full'")
+        if self.ignore_frozen_params and self.load_mutation is not None:
+            raise ValueError(
+                "ignore_frozen_params loads with strict=False, which lets an incompatible load "
+                "through by design: it takes load_mutation None"
+            )
+        if self.kept_by_load() and "continuation" in self.checks:
+            raise ValueError(
+                "with ignore_frozen_params the sides' frozen parameters differ after the load, so "
+                "training on cannot match: the continuation check needs a model with none frozen"
+            )
+        load = self.load
+        if load.cpu_offload and load.state_dict == "full" and not load.broadcast_from_rank0:
+            raise ValueError(
+                "load.cpu_offload with a full state dict leaves it on rank 0 alone: "
+                "the load side then needs broadcast_from_rank0"
+            )
+        known = set(self.model.submodule_paths())
+        for side_name in ("save", "load"):
+            unknown = set(getattr(self, side_name).wrap) - known
+            if unknown:
+                raise ValueError(f"{side_name}.wrap names modules not in the model: {sorted(unknown)}")
+
+    def kept_by_load(self) -> list[str]:
+        """Gathered-state keys (``model.<fqn>``) the load leaves at the load side's own values:
+        the frozen parameters, where ``ignore_frozen_params`` keeps them out of the checkpoint."""
+        if not self.ignore_frozen_params:
+            return []
+        frozen = set(self.model.frozen_paths())
+        return [f"model.{name}" for name in self.model.parameter_shapes() if name.rsplit(".", 1)[0] in frozen]
+
+    @property
+    def local_may_refuse(self) -> bool:
+        """Whether a loud refusal is an acceptable outcome of the load: a ``local`` checkpoint
+        loaded on another topology must round-trip exactly or raise, never load wrong values."""
+        return self.load.state_dict == "local" and not self.same_sharding
+
+    @property
+    def saves_async(self) -> bool:
+        """Whether the save is ``dcp.async_save`` (its write runs on while the save side trains)."""
+        return isinstance(self.storage, Dcp) and self.storage.api == "async"
+
+    @property
+    def world_size(self) -> int:
+        """Ranks the case needs: the larger of the two sides."""
+        return max(self.save.world_size, self.load.world_size)
+
+    @property
+    def same_sharding(self) -> bool:
+        """Whether both sides run the same arithmetic (the state-dict type does not enter training)."""
+        a, b = self.save, self.load
+        return (a.engine, a.mesh_shape, a.wrap, a.device) == (b.engine, b.mesh_shape, b.wrap, b.device)
+
+    def load_model(self) -> Model:
+        """The model the load side builds: ``model``, or its incompatible mutation."""
+        if self.load_mutation is None:
+            return self.model
+        children = list(self.model.root.children)
+        if self.load_mutation == "extra-layer":
+            last_width = self.model.output_width
+            return attrs.evolve(
+                self.model, root=attrs.evolve(self.model.root, children=children + [Linear(last_width)])
+            )
+        return attrs.evolve(self.model, root=_widen_first_linear(self.model.root))
+
+
+def _widen_first_linear(node):
+    """``node`` with its first Linear one output wider (the layers after it follow)."""
+    return map_first_linear(node, lambda linear: attrs.evolve(linear, out_features=linear.out_features + 1))
+
+
+def map_first_linear(node, change):
+    """``node`` with ``change`` applied to its first Linear in forward order (unchanged if it has none)."""
+    if isinstance(node, Linear):
+        return change(node)
+    if isinstance(node, LEAF_CLASSES):
+        return node
+    children = list(node.children)
+    for i, child in enumerate(children):
+        if any(isinstance(leaf, Linear) for leaf in leaves(child)):
+            children[i] = map_first_linear(child, change)
+            return attrs.evolve(node, children=children)
+    return node
+
+
+def shard_count(side: Side) -> int:
+    """How many pieces each parameter is cut into on ``side`` (1 where it is replicated)."""
+    engine = side.engine
+    if isinstance(engine, (DDP, Unsharded)) or (isinstance(engine, FSDP1) and engine.sharding_strategy == "NO_SHARD"):
+        return 1
+    return side.mesh_shape[-1]
+
+
+def dimensions(case: Case) -> dict[str, str]:
+    """The case's values along each labelled dimension (for ``event()`` and coverage)."""
+    widths = [out for _, _, out, _ in case.model.linears()]
+    kinds = case.model.leaf_kinds()
+
+    def side(s: Side, name: str) -> dict[str, str]:
+        shards = shard_count(s)
+        engine = s.engine
+        fsdp1 = isinstance(engine, FSDP1)
+        fsdp2 = isinstance(engine, FSDP2)
+        return {
+            f"{name}_engine": type(engine).__name__.lower(),
+            f"{name}_device": s.device,
+            f"{name}_world_size": str(s.world_size),
+            f"{name}_mesh": f"{len(s.mesh_shape)}d",
+            f"{name}_state_dict": s.state_dict,
+            f"{name}_wrapped": "none" if not s.wrap else "some",
+            f"{name}_uneven_split": str(any(w % shards for w in widths)).lower(),
+            f"{name}_empty_shard": str(any(w < shards for w in widths)).lower(),
+            f"{name}_fsdp1_strategy": engine.sharding_strategy.lower() if fsdp1 else "n/a",
+            f"{name}_fsdp1_wrap_policy": engine.wrap_policy if fsdp1 else "n/a",
+            f"{name}_fsdp1_use_orig_params": str(engine.use_orig_params).lower() if fsdp1 else "n/a",
+            f"{name}_fsdp2_reshard_after_forward": str(engine.reshard_after_forward).lower() if fsdp2 else "n/a",
+            f"{name}_fsdp2_shard_dim": str(engine.shard_dim) if fsdp2 else "n/a",
+            f"{name}_cpu_offload": str(s.cpu_offload).lower(),
+            f"{name}_state_dict_api": s.state_dict_api,
+        }
+
+    return {
+        **side(case.save, "save"),
+        **side(case.load, "load"),
+        "resharded": str((case.save.engine, case.save.mesh_shape) != (case.load.engine, case.load.mesh_shape)).lower(),
+        "optimizer": type(case.optimizer).__name__.lower(),
+        "optimizer_state": _optimizer_state_kind(case),
+        "param_groups": str(case.param_groups),
+        "steps": str(case.steps),
+        "flatten_optimizer_state_dict": str(case.flatten_optimizer_state_dict).lower(),
+        "depth": str(min(case.model.depth(), 4)) + ("+" if case.model.depth() >= 4 else ""),
+        **{f"check_{name}": str(name in case.checks).lower() for name in CHECKS},
+        "load_mutation": case.load_mutation or "none",
+        "linears": str(min(len(widths), 4)) + ("+" if len(widths) >= 4 else ""),
+        "frozen": "some" if case.model.frozen_paths() else "none",
+        "norms": _mix(kinds, {"LayerNorm": "layer", "BatchNorm": "batch"}),
+        "conv": _mix(kinds, {"Conv1d": "1d", "Conv2d": "2d"}),
+        "embedding": str(case.model.num_embeddings > 0).lower(),
+        "scalar_parameter": str("Scale" in kinds).lower(),
+        "tied": str("Tied" in kinds).lower(),
+        "dtype": case.model.dtype,
+        **_storage_dimensions(case.storage),
+        "broadcast_from_rank0": str(case.load.broadcast_from_rank0).lower(),
+        "ignore_frozen_params": str(case.ignore_frozen_params).lower(),
+    }
+
+
+def _storage_dimensions(storage) -> dict[str, str]:
+    if not isinstance(storage, Dcp):
+        label = "torch-save" if isinstance(storage, TorchSave) else "dcp-to-torch-save"
+        return {
+            "storage": label,
+            "writer_single_file_per_rank": "n/a",
+            "writer_threads": "n/a",
+            "writer_sync_files": "n/a",
+        }
+    return {
+        "storage": f"dcp-{storage.api}",
+        "writer_single_file_per_rank": str(storage.single_file_per_rank).lower(),
+        "writer_threads": "1" if storage.thread_count == 1 else "2+",
+        "writer_sync_files": str(storage.sync_files).lower(),
+    }
+
+
+def _mix(kinds: set[str], labels: dict[str, str]) -> str:
+    """``none``, the label of the one kind of ``labels`` among the model's leaf ``kinds``, or ``both``."""
+    found = [label for kind, label in labels.items() if kind in kinds]
+    return found[0] if len(found) == 1 else ("both" if found else "none")
+
+
+def _optimizer_state_kind(case: Case) -> str:
+    """``none`` (momentum-free SGD, or no step taken), else ``some``; Adagrad has state from the start."""
+    opt = case.optimizer
+    if isinstance(opt, SGD) and opt.momentum == 0.0:
+        return "none"
+    if case.steps == 0 and not isinstance(opt, Adagrad):
+        return "none"
+    return "some"

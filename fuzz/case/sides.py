@@ -1,0 +1,162 @@
+"""How one side shards, saves or loads: its engine (FSDP1, FSDP2, DDP, a plain module), mesh, wrapping and state-dict options."""
+
+from __future__ import annotations
+
+from typing import Union
+
+from attrs import field, frozen
+from attrs.validators import ge, in_, instance_of
+
+from shardfuzz.case.tree import _sorted_unique_types
+
+#: ``local`` (FSDP1 only, not hybrid): the model as FSDP1's ``LOCAL_STATE_DICT`` (each rank's
+#: flat-parameter shard, a ShardedTensor without padding), the optimizer state dict sharded.
+STATE_DICT_TYPES = ("sharded", "full", "local")
+
+#: How a side gets and sets its state dict. ``combined``: ``get_state_dict``/``set_state_dict``
+#: (model and optimizer in one call); ``separate``: ``get_/set_model_state_dict`` then
+#: ``get_/set_optimizer_state_dict``, as torchtune and torch's own broadcast tests call them.
+STATE_DICT_APIS = ("combined", "separate")
+
+#: Where a side's ranks hold the model. ``cuda``: one GPU per rank, collectives on
+#: those tensors over NCCL. A case may save on one and load on the other.
+DEVICES = ("cpu", "cuda")
+
+
+#: FSDP1's ``ShardingStrategy`` names; the hybrid ones shard within a row of a 2-D mesh
+#: and replicate across rows.
+FSDP1_STRATEGIES = ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD", "_HYBRID_SHARD_ZERO2")
+HYBRID_STRATEGIES = ("HYBRID_SHARD", "_HYBRID_SHARD_ZERO2")
+
+#: How FSDP1 chooses its inner units. ``set``: a lambda policy over ``Side.wrap``;
+#: ``manual``: nested ``wrap()`` calls on ``Side.wrap`` inside ``enable_wrap``;
+#: ``module-type``: ``ModuleWrapPolicy`` over ``module_types``; ``size-based``:
+#: ``size_based_auto_wrap_policy`` with ``min_num_params``; ``always``: every module.
+WRAP_POLICIES = ("set", "manual", "module-type", "size-based", "always")
+
+
+@frozen
+class FSDP1:
+    """``FullyShardedDataParallel`` with a sharding strategy and a wrap policy."""
+
+    use_orig_params: bool = field(default=True, validator=instance_of(bool))
+    sharding_strategy: str = field(default="FULL_SHARD", validator=in_(FSDP1_STRATEGIES))
+    wrap_policy: str = field(default="set", validator=in_(WRAP_POLICIES))
+    module_types: tuple[str, ...] = field(default=(), converter=_sorted_unique_types)
+    min_num_params: int = field(default=0, validator=[instance_of(int), ge(0)])
+
+    def __attrs_post_init__(self):
+        if (self.wrap_policy == "module-type") != bool(self.module_types):
+            raise ValueError("module_types is given exactly when wrap_policy is 'module-type'")
+        if (self.wrap_policy == "size-based") != (self.min_num_params > 0):
+            raise ValueError("min_num_params > 0 is given exactly when wrap_policy is 'size-based'")
+
+    @property
+    def hybrid(self) -> bool:
+        return self.sharding_strategy in HYBRID_STRATEGIES
+
+    @property
+    def wraps_listed_modules(self) -> bool:
+        """Whether ``Side.wrap`` chooses the inner units (else the policy does)."""
+        return self.wrap_policy in ("set", "manual")
+
+
+@frozen
+class FSDP2:
+    """``fully_shard`` on each module in ``Side.wrap`` (innermost first), then the root.
+
+    On a 2-D mesh this is HSDP: replicate across dim 0, shard along dim 1.
+    ``shard_dim`` 1 shards every parameter of 2 or more dimensions on its dim 1
+    (through ``shard_placement_fn``); 1-D parameters stay on dim 0.
+    """
+
+    reshard_after_forward: bool = field(default=True, validator=instance_of(bool))
+    shard_dim: int = field(default=0, validator=in_((0, 1)))
+
+    def dim_for(self, ndim: int) -> int:
+        """The dimension a parameter of ``ndim`` dimensions is sharded on."""
+        return min(self.shard_dim, ndim - 1)
+
+
+@frozen
+class DDP:
+    """``DistributedDataParallel``: every rank holds the whole model."""
+
+
+@frozen
+class Unsharded:
+    """A plain module on one rank with no parallel wrapper: the non-distributed end."""
+
+
+Engine = Union[FSDP1, FSDP2, DDP, Unsharded]
+ENGINE_CLASSES = (FSDP1, FSDP2, DDP, Unsharded)
+
+
+def _sorted_unique(paths) -> tuple[str, ...]:
+    return tuple(sorted(set(paths)))
+
+
+@frozen
+class Side:
+    """One end of the round-trip: the engine, its wrap set, the mesh, the state-dict type.
+
+    ``mesh_shape`` is 1-D, or 2-D ``(replicas, shards)`` for HSDP (FSDP2 on a 2-D
+    mesh, FSDP1 with a hybrid strategy). A side on ``n`` ranks runs on ranks ``0..n-1``.
+    ``device`` ``cuda`` puts rank ``i``'s model on GPU ``i`` (left out of the JSON when ``cpu``).
+    ``cpu_offload`` and ``broadcast_from_rank0`` are the ``StateDictOptions`` fields of that
+    name for this side's state dict (left out of the JSON when False); the second loads a
+    full state dict that only rank 0 holds, so it needs ``state_dict`` ``full``.
+    ``state_dict_api`` is one of ``STATE_DICT_APIS`` (left out of the JSON when ``combined``).
+    """
+
+    engine: Engine = field(validator=instance_of(ENGINE_CLASSES))
+    mesh_shape: tuple[int, ...] = field(converter=tuple)
+    wrap: tuple[str, ...] = field(default=(), converter=_sorted_unique)
+    state_dict: str = field(default="sharded", validator=in_(STATE_DICT_TYPES))
+    device: str = field(default="cpu", validator=in_(DEVICES))
+    cpu_offload: bool = field(default=False, validator=instance_of(bool))
+    broadcast_from_rank0: bool = field(default=False, validator=instance_of(bool))
+    state_dict_api: str = field(default="combined", validator=in_(STATE_DICT_APIS))
+
+    @mesh_shape.validator
+    def _mesh(self, attribute, value):
+        if len(value) not in (1, 2) or not all(isinstance(v, int) and v >= 1 for v in value):
+            raise ValueError(f"mesh_shape must be one or two positive ints, got {value!r}")
+
+    def __attrs_post_init__(self):
+        engine, two_d = self.engine, len(self.mesh_shape) == 2
+        if isinstance(engine, Unsharded) and self.mesh_shape != (1,):
+            raise ValueError(f"an Unsharded side runs on one rank, mesh_shape (1,), not {self.mesh_shape}")
+        if isinstance(engine, FSDP1) and engine.hybrid != two_d:
+            raise ValueError(
+                f"FSDP1 {engine.sharding_strategy} needs a {'2' if engine.hybrid else '1'}-D "
+                f"mesh_shape, not {self.mesh_shape}"
+            )
+        if isinstance(engine, (DDP, Unsharded)) and two_d:
+            raise ValueError(f"{type(engine).__name__} takes a 1-D mesh_shape, not {self.mesh_shape}")
+        lists_units = isinstance(engine, FSDP2) or (isinstance(engine, FSDP1) and engine.wraps_listed_modules)
+        if self.wrap and not lists_units:
+            raise ValueError(f"wrap lists modules, but {engine!r} does not shard listed modules")
+        if self.broadcast_from_rank0 and self.state_dict != "full":
+            raise ValueError("broadcast_from_rank0 loads a full state dict: it needs state_dict 'full'")
+        if self.state_dict == "local" and not (isinstance(engine, FSDP1) and not engine.hybrid):
+            raise ValueError(
+                f"state_dict 'local' is FSDP1's LOCAL_STATE_DICT, which takes no DeviceMesh: it needs "
+                f"an FSDP1 engine with a non-hybrid strategy, not {engine!r}"
+            )
+        if self.state_dict == "local" and (self.cpu_offload or self.state_dict_api != "combined"):
+            raise ValueError(
+                "a 'local' side gets its model state from FSDP1 itself: no cpu_offload, state_dict_api 'combined'"
+            )
+
+    @property
+    def world_size(self) -> int:
+        n = 1
+        for v in self.mesh_shape:
+            n *= v
+        return n
+
+    @property
+    def wrap_innermost_first(self) -> list[str]:
+        """``wrap`` in the order the engines need: a module before any of its ancestors."""
+        return sorted(self.wrap, key=lambda path: -path.count("."))

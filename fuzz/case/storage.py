@@ -1,0 +1,39 @@
+"""How the checkpoint is written and read: DCP (with its writer options), torch.save, dcp_to_torch_save."""
+
+from __future__ import annotations
+
+from typing import Union
+
+from attrs import field, frozen
+from attrs.validators import ge, in_, instance_of, le
+
+#: ``save``: ``dcp.save``/``dcp.load``; ``legacy``: the older ``save_state_dict``/``load_state_dict``
+#: with an explicit ``FileSystemWriter``/``FileSystemReader``; ``async``: ``dcp.async_save``, whose
+#: write may still run while the save side goes on training (continuation).
+DCP_APIS = ("save", "legacy", "async")
+
+
+@frozen
+class Dcp:
+    """A DCP checkpoint directory written through ``FileSystemWriter`` with these options."""
+
+    api: str = field(default="save", validator=in_(DCP_APIS))
+    single_file_per_rank: bool = field(default=True, validator=instance_of(bool))
+    thread_count: int = field(default=1, validator=[instance_of(int), ge(1), le(4)])
+    sync_files: bool = field(default=True, validator=instance_of(bool))
+
+
+@frozen
+class TorchSave:
+    """One file: the save side's full state dict, written by its rank 0 with ``torch.save``, read
+    with ``torch.load(weights_only=True)`` (by rank 0 only when the load side broadcasts it)."""
+
+
+@frozen
+class DcpToTorchSave:
+    """``dcp.save``, then ``format_utils.dcp_to_torch_save`` on one process with no process
+    group; the load side reads that file with ``torch.load(weights_only=True)`` as a full state dict."""
+
+
+Storage = Union[Dcp, TorchSave, DcpToTorchSave]
+STORAGE_CLASSES = (Dcp, TorchSave, DcpToTorchSave)
