@@ -42,8 +42,18 @@ def _run(script: Path, *, torchrun: bool = False, nproc: int = 1, pythonpath: st
 
 
 def _known_entries():
+    """Every known entry; the first mismatch, error and crash in the default tier, the rest (hangs among
+    them: a deadline each) in the slow one (each script starts torch and its ranks afresh)."""
     entries, _ = load_corpus(CORPUS)
-    return [pytest.param(entry, id=path.stem) for path, entry in entries if entry.known_on(torch.__version__)]
+    known = [(path, entry) for path, entry in sorted(entries, key=lambda e: e[0]) if entry.known_on(torch.__version__)]
+    first_of_status = {}
+    for path, entry in known:
+        if entry.status != "hang":
+            first_of_status.setdefault(entry.status, path)
+    return [
+        pytest.param(entry, id=path.stem, marks=() if path in first_of_status.values() else pytest.mark.slow)
+        for path, entry in known
+    ]
 
 
 @pytest.mark.parametrize("entry", _known_entries())

@@ -51,6 +51,7 @@ def _poll(path: Path, ready, timeout: float = 240.0) -> dict:
     pytest.fail(f"{path} never showed what the test waited for")
 
 
+@pytest.mark.slow
 def test_sigint_stops_within_seconds_with_reports_and_the_rerun_resumes(tmp_path, corpus):
     database, report = tmp_path / "examples", tmp_path / "r1.json"
     args = [
@@ -165,6 +166,7 @@ def redis_url(tmp_path):
         proc.wait(10)
 
 
+@pytest.mark.slow
 def test_two_runs_share_a_redis_database(tmp_path, corpus, redis_url):
     first, second = tmp_path / "a.json", tmp_path / "b.json"
     a = subprocess.run(
@@ -261,6 +263,7 @@ def test_torchrun_launches_a_campaign(tmp_path, corpus):
     assert data["cases_run"] >= 12 and data["passed"] > 0
 
 
+@pytest.mark.slow
 def test_workers_run_side_by_side_and_merge(tmp_path, corpus):
     report = tmp_path / "r.json"
     proc = subprocess.run(

@@ -13,6 +13,7 @@ pytestmark = pytest.mark.ranks
 SOAK = Path(__file__).resolve().parent.parent / "bench" / "soak.py"
 
 
+@pytest.mark.slow
 def test_forty_cases_with_injected_crashes_and_a_hang():
     spec = importlib.util.spec_from_file_location("soak", SOAK)
     soak = importlib.util.module_from_spec(spec)

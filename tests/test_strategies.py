@@ -52,6 +52,7 @@ def test_bounds_are_respected():
     check()
 
 
+@pytest.mark.slow
 def test_every_offered_value_of_every_dimension_is_reached():
     seen = defaultdict(Counter)
     sharded = Counter()
