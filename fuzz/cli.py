@@ -198,7 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     selftest = commands.add_parser("selftest", help="fuzz a catalogue of injected checkpoint bugs; report kills")
     selftest.add_argument(
-        "--budget", type=_positive_float, default=40.0, help="seconds per mutant to find and shrink it (default 40)"
+        "--budget", type=_positive_float, default=40.0, help="seconds per mutant to find it (default 40)"
+    )
+    selftest.add_argument(
+        "--shrink-budget",
+        type=_positive_float,
+        default=40.0,
+        help="seconds more per mutant to shrink what it found (default 40)",
     )
     selftest.add_argument("--world-size", type=_world_size, default=2, help="ranks in each pool (default 2)")
     selftest.add_argument("--seed", type=int, default=0, help="seed for the case draws (default 0)")
@@ -288,12 +294,13 @@ def _selftest(args) -> int:
         print(f"shardfuzz selftest: no such mutant(s) {unknown}; choose from {sorted(CATALOGUE)}", file=sys.stderr)
         return 2
     known = known_bugs(load_corpus(args.corpus)[0], torch.__version__)
-    print(f"{'mutant':30} {'result':8} {'killed by':24} {'detect s':>8} {'size':>5}  shrunk case")
+    print(f"{'mutant':30} {'result':8} {'killed by':24} {'detect s':>8} {'shrink s':>8} {'size':>5}  shrunk case")
 
     def show(r) -> None:
         detect = f"{r.seconds_to_detect:.1f}" if r.seconds_to_detect is not None else "-"
+        shrink = "-" if r.shrink_seconds is None else f"{r.shrink_seconds:.1f}{'' if r.shrunk else '+'}"
         print(
-            f"{r.mutant:30} {'KILLED' if r.killed else 'SURVIVED':8} {r.killed_by[:24]:24} {detect:>8} "
+            f"{r.mutant:30} {'KILLED' if r.killed else 'SURVIVED':8} {r.killed_by[:24]:24} {detect:>8} {shrink:>8} "
             f"{r.shrunk_case_size if r.shrunk_case_size is not None else '-':>5}  {r.shrunk_case}",
             flush=True,
         )
@@ -302,6 +309,7 @@ def _selftest(args) -> int:
     try:
         results = run_selftest(
             budget_per_mutant=args.budget,
+            shrink_budget=args.shrink_budget,
             world_size=args.world_size,
             seed=args.seed,
             mutants=args.mutant,
@@ -314,7 +322,8 @@ def _selftest(args) -> int:
     killed = sum(r.killed for r in results)
     print(
         f"kill rate {killed}/{len(results)} ({100 * killed / len(results):.0f}%) in {time.monotonic() - started:.0f}s "
-        f"on torch {torch.__version__}, {args.budget:g}s per mutant, {args.world_size} ranks"
+        f"on torch {torch.__version__}, {args.budget:g}s per mutant to find it and {args.shrink_budget:g}s to shrink it, "
+        f"{args.world_size} ranks (shrink s with a +: cut short)"
     )
     if args.report:
         args.report.write_text(

@@ -2,10 +2,10 @@
 
 For each mutant (``mutants.CATALOGUE``) a fresh pool runs a campaign with that
 mutant as the checkpoint target until its first finding is shrunk or its time
-budget runs out. Known torch bugs (from the corpus) are let pass, so a kill is
+budget runs out (``budget_per_mutant`` to find it, ``shrink_budget`` more to shrink it). Known torch bugs (from the corpus) are let pass, so a kill is
 a failure that only the mutant causes. Per mutant: killed or survived, the
-oracle (or error) that fired, seconds to the first failing case, and the size
-of the shrunk case.
+oracle (or error) that fired, seconds to the first failing case, the size of the
+shrunk case, and whether its shrink finished and how long it took.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ class MutantResult:
     shrunk_case: str
     cases_run: int
     seconds: float
+    shrunk: bool | None = None  # the shrink finished (Hypothesis's, then the greedy descent); None: not killed
+    shrink_seconds: float | None = None  # from the first failing case to the end of its shrink
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -44,6 +46,7 @@ class MutantResult:
 def run_selftest(
     *,
     budget_per_mutant: float = 40.0,
+    shrink_budget: float = 40.0,
     world_size: int = 2,
     seed: int = 0,
     mutants: list[str] | None = None,
@@ -60,13 +63,13 @@ def run_selftest(
         with RankPool(world_size, target=f"shardfuzz.mutants:{name}") as pool:
             campaign = run_campaign(
                 pool.run,
-                budget=budget_per_mutant,
+                budget=budget_per_mutant + shrink_budget,  # finding it, then shrinking it
                 seed=seed,
                 max_world_size=world_size,
                 is_known=is_known,
                 stop_on_finding=True,
                 vary_storage=False,
-                shrink_budget=max(10.0, budget_per_mutant / 2),
+                shrink_budget=shrink_budget,
             )
         finding = min(campaign.findings.values(), key=lambda f: case_size(f.case), default=None)
         killed_by = ""
@@ -85,6 +88,8 @@ def run_selftest(
             shrunk_case=describe(finding.case) if finding else "",
             cases_run=campaign.cases_run,
             seconds=round(time.monotonic() - started, 1),
+            shrunk=finding.shrunk if finding else None,
+            shrink_seconds=finding.shrink_seconds if finding else None,
         )
         results.append(result)
         if on_result is not None:
