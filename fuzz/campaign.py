@@ -162,6 +162,9 @@ class CampaignResult:
         return Counter(f.verdict.triage for f in self.findings.values())
 
 
+#: The share of a round's shrink budget Hypothesis may use before the greedy descent takes over.
+HYPOTHESIS_SHRINK_SHARE = 0.6
+
 #: Where a campaign's wall time goes, as ``CampaignResult.time_spent`` counts it.
 TIME_CATEGORIES = {
     "passing cases": "cases that passed",
@@ -257,12 +260,14 @@ def run_campaign(
     a side may be drawn on (see ``strategies.cases``); ``vary_storage=False`` for a
     user's target, which does its own I/O.
 
-    ``polish``: once Hypothesis has finished shrinking a finding, a greedy descent over
+    ``polish``: once Hypothesis has finished shrinking a finding, or used its share of the
+    shrink budget (``HYPOTHESIS_SHRINK_SHARE``), a greedy descent over
     one-step-simpler cases (``shrink.shrink_case``: a leaf dropped, fewer ranks, a simpler
     engine) goes on from its case with what is left of the shrink budget, keeping only
     cases that fail with the same signature; Hypothesis shrinks the choices it drew, and
-    some simplifications of a case are many choices away. The finding stays ``shrunk``
-    only if that descent finished too.
+    some simplifications of a case are many choices away. The finding is ``shrunk`` when that
+    descent finished (no one-step-simpler case fails the same way: the test ``shardfuzz
+    shrink`` uses too), whether Hypothesis finished or was cut at its share.
 
     ``steer_after=K`` spends the budget on the unknown: once a known bug has been hit K
     times (once, for a hang or a crash), draws like its hits are filtered out
@@ -279,6 +284,9 @@ def run_campaign(
     started = result.started
     deadline = started + budget
     shrink_budget = max(30.0, budget / 2) if shrink_budget is None else shrink_budget
+    # Hypothesis shrinks the choices it drew; the greedy descent shrinks the case itself, in steps that can be
+    # many choices apart. Past its share, Hypothesis stops and the descent goes on from its smallest case.
+    hypothesis_shrink = shrink_budget * (HYPOTHESIS_SHRINK_SHARE if polish else 1.0)
     all_cases = cases(max_world_size=max_world_size, devices=devices, vary_storage=vary_storage)
     confirmed: set[str] = set()  # signatures whose first failure was re-run by ``confirm``
     steering = None if steer_after is None else Steering(after=steer_after, own_case=known_dimensions)
@@ -342,7 +350,7 @@ def run_campaign(
             replaying = replay and executions[0] <= result.replayed_from_database
             if not first_failure and not replaying and out_of_work():
                 return  # budget spent: the round's remaining draws pass without running (cheaper than reject())
-            if first_failure and (now - first_failure[0] > shrink_budget or now >= deadline):
+            if first_failure and (now - first_failure[0] > hypothesis_shrink or now >= deadline):
                 cut_short[0] = True
                 raise _ShrinkCut("the shrink budget is spent")  # at once: Hypothesis would go on drawing for seconds
             label(case)
@@ -412,9 +420,10 @@ def run_campaign(
             shrinking[signature] = failing[case] = failure
             raise failure
 
-        def finding(failure: CaseFailed, **extra) -> Finding:
+        def finding(failure: CaseFailed, cut: bool = False, **extra) -> Finding:
+            """``cut``: Hypothesis's shrink was cut at its share of the shrink budget; the descent goes on."""
             shrunk = extra.pop("shrunk", not cut_short[0])
-            if polish and shrunk and not extra.get("flaky") and first_failure:
+            if polish and (shrunk or cut) and not extra.get("flaky") and first_failure:
                 left = min(first_failure[0] + shrink_budget, deadline) - time.monotonic()
                 failure, shrunk = _polished(failure, run_case, result, left, is_known, verdicts)
             shrink = {
@@ -428,8 +437,8 @@ def run_campaign(
         try:
             round_of_cases()
         except _ShrinkCut:
-            for failure in shrinking.values():  # cut short: keep the smallest seen so far, and go on
-                _add(result, finding(failure, shrunk=False), on_finding)
+            for failure in shrinking.values():  # cut short: the descent goes on from the smallest seen so far
+                _add(result, finding(failure, cut=True, shrunk=False), on_finding)
         except StopRequested as exc:
             for failure in shrinking.values():  # stopped mid-shrink: keep the smallest seen so far
                 _add(result, finding(failure, shrunk=False), on_finding)
@@ -447,7 +456,7 @@ def run_campaign(
                 _add(result, finding(failure), on_finding)
             if stopped is not None:  # stopped (or cut short) while Hypothesis was finishing the round
                 for failure in shrinking.values():
-                    _add(result, finding(failure, shrunk=False), on_finding)
+                    _add(result, finding(failure, cut=isinstance(stopped, _ShrinkCut), shrunk=False), on_finding)
                 if not isinstance(stopped, _ShrinkCut):
                     result.stopped = _why(should_stop(), stopped)
                     break
