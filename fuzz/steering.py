@@ -29,12 +29,12 @@ PROBE_EVERY = 10
 MAX_PROBE_HALVINGS = 4
 #: Cases remembered to learn masks from (older ones are forgotten: a bounded cost per hit).
 HISTORY = 2000
-#: Masks of such bugs stop narrowing once this share of the cases they meet hit the bug.
-GOOD_ENOUGH_COSTLY = 0.5
 #: A mask is kept only while at least this share of the seen cases meeting it hit its bug; for a bug whose
 #: hits cost a pool restart (seconds, against a fraction of one for a passing case), a smaller share.
 MIN_PRECISION = 0.5
 MIN_PRECISION_COSTLY = 0.2
+#: The mask of a bug whose hits cost a restart stops narrowing once this share of the cases it meets hit it.
+GOOD_ENOUGH_COSTLY = 0.5
 
 
 def separating_conditions(
