@@ -152,6 +152,7 @@ def test_ranks_die_with_a_runner_killed_by_sigkill_and_its_scratch_is_swept(tmp_
     assert not os.path.exists(scratch)
 
 
+@pytest.mark.slow
 def test_the_ranks_are_recycled_after_a_number_of_cases():
     with RankPool(2, recycle_after=2) as pool:
         verdicts = [pool.run(CASE) for _ in range(5)]

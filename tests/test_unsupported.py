@@ -94,6 +94,7 @@ def test_the_pool_answers_unsupported_without_running_the_case():
 
 
 @pytest.mark.ranks
+@pytest.mark.slow
 def test_fsdp1_flattening_frozen_and_trainable_together_is_unsupported_not_a_finding(shardfuzz_pool):
     """The run-time rule: torch's own argument check, matched by message, becomes ``unsupported``."""
     mixed = Model(2, Sequential([Linear(3, frozen=True), Linear(2)]))
