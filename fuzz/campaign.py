@@ -186,12 +186,6 @@ def _time_category(verdict: Verdict, known: bool) -> str:
     return {"pass": "passing cases", "unsupported": "unsupported"}.get(verdict.status, "new failures")
 
 
-def _closes_the_pool(verdict: Verdict) -> bool:
-    """A failure after which the ranks must restart (a hang, a crash, an error some ranks did not report):
-    seconds, not a fraction of one, each time it is hit."""
-    return verdict.status in ("hang", "crash") or (verdict.status == "error" and bool(verdict.detail))
-
-
 def _sample_interval(elapsed: float) -> float:
     """Every 2 s at first, then ever sparser: a few hundred points for any length of run."""
     return max(2.0, elapsed / 200)
@@ -289,10 +283,12 @@ def run_campaign(
     hypothesis_shrink = shrink_budget * (HYPOTHESIS_SHRINK_SHARE if polish else 1.0)
     all_cases = cases(max_world_size=max_world_size, devices=devices, vary_storage=vary_storage)
     confirmed: set[str] = set()  # signatures whose first failure was re-run by ``confirm``
-    steering = None if steer_after is None else Steering(after=steer_after, own_case=known_dimensions)
-    for signature, conditions in (expected or {}).items() if steering is not None else ():
-        steering.expect(signature, conditions)
-    if steering is not None:  # the result shows the masks as they stand, and what they did
+    steering = None
+    if steer_after is not None:
+        steering = Steering(after=steer_after, own_case=known_dimensions)
+        for signature, conditions in (expected or {}).items():
+            steering.expect(signature, conditions)
+        # The result shows the masks as they stand, and what they did.
         result.steering, result.masked, result.probes = steering.masks, steering.masked, steering.probes
     strategy = all_cases if steering is None else all_cases.filter(steering.wanted)
     # The time category (and known signature) of the last case, whose failure may leave ranks to restart.
@@ -375,7 +371,7 @@ def run_campaign(
                 result.known_seconds[signature] += verdict.seconds
             if steering is not None:  # a combination torch refuses is as known as a known bug, and as useless again
                 repeat = known or verdict.status == "unsupported"
-                steering.observe(case, signature if repeat else None, costly=_closes_the_pool(verdict))
+                steering.observe(case, signature if repeat else None, costly=verdict.leaves_ranks_stuck)
             if on_case is not None:
                 on_case(result, case, verdict)
             if verdict.ok:

@@ -67,13 +67,17 @@ def separating_conditions(
         left = still
     for name in list(chosen):  # an early pick that later ones made redundant goes (a narrower mask than needed)
         value = chosen.pop(name)
-        if sum(1 for other in others_seen if all(other.get(k) == v for k, v in chosen.items())) > len(left):
+        if sum(1 for other in others_seen if _meets(other, chosen)) > len(left):
             chosen[name] = value
     if not chosen:
         chosen = dict(candidates)
     if hits / (hits + len(left)) < min_precision:
         return None
     return chosen
+
+
+def _meets(dims: Mapping[str, str], conditions: Mapping[str, str]) -> bool:
+    return all(dims.get(name) == value for name, value in conditions.items())
 
 
 def _probe(case: Case, confirmed: int = 0) -> bool:
@@ -87,8 +91,8 @@ def _probe(case: Case, confirmed: int = 0) -> bool:
 class Steering:
     """The masks of one campaign's known bugs, learned from the cases it runs.
 
-    ``after``: hits of a known bug before it is masked (a hang or a crash masks it at its first:
-    each costs seconds). ``own_case``: the dimensions of a known bug's own corpus case, or None;
+    ``after``: hits of a known bug before it is masked (one whose hits leave ranks stuck, a hang, a crash
+    or an error some ranks never reported, is masked at its first: each costs a restart). ``own_case``: the dimensions of a known bug's own corpus case, or None;
     only values its hits share with it are candidates. ``masks`` are the conditions in force;
     ``masked`` counts the draws each filtered out, ``probes`` those it let through to check itself.
     """
@@ -122,7 +126,7 @@ class Steering:
             return True
         dims = dimensions(case)
         for signature, conditions in self.masks.items():
-            if all(dims.get(name) == value for name, value in conditions.items()):
+            if _meets(dims, conditions):
                 # A costly bug's mask starts two halvings in: each probe that hits it costs a restart.
                 if _probe(case, self.confirmed[signature] + 2 * (signature in self._costly)):
                     self.probes[signature] += 1
@@ -133,10 +137,10 @@ class Steering:
 
     def observe(self, case: Case, known_signature: str | None, *, costly: bool = False) -> None:
         """Learn from a case that ran: ``known_signature`` is the known bug it hit, if any; ``costly``
-        when that hit was a hang or a crash."""
+        when that hit left ranks to restart (``Verdict.leaves_ranks_stuck``)."""
         dims = dimensions(case)
         for signature, conditions in self.masks.items():
-            if all(dims.get(k) == v for k, v in conditions.items()):  # a probe (or drawn before the mask formed)
+            if _meets(dims, conditions):  # a probe (or drawn before the mask formed)
                 if signature == known_signature:
                     self.confirmed[signature] += 1
                 else:  # it missed: narrow the mask

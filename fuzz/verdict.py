@@ -104,6 +104,12 @@ class Verdict:
         return self.status == "pass"
 
     @property
+    def leaves_ranks_stuck(self) -> bool:
+        """A hang, a crash, or an error some ranks never reported (``detail`` names them): the ranks must be
+        started afresh (seconds), not only re-form their process group (a fraction of one)."""
+        return self.status in ("hang", "crash") or (self.status == "error" and bool(self.detail))
+
+    @property
     def is_failure(self) -> bool:
         """A finding: anything but a pass or a documented-unsupported combination."""
         return self.status not in ("pass", "unsupported")

@@ -333,3 +333,15 @@ def test_an_entry_knows_whether_its_hits_cost_a_restart():
     assert not next(
         e for e in entries.values() if e.status == "error" and not e.diagnostics.strip().startswith("---")
     ).costs_a_restart
+
+
+def test_a_verdict_knows_whether_it_leaves_ranks_to_restart():
+    from shardfuzz.verdict import RankError, Verdict
+
+    error = RankError(0, "load", "KeyError", "'x'")
+    assert not Verdict("error", errors=(error,)).leaves_ranks_stuck  # every rank answered: re-form the group
+    assert Verdict("error", errors=(error,), detail="no report from ranks [1]").leaves_ranks_stuck
+    assert Verdict("hang", detail="ranks [1] did not finish").leaves_ranks_stuck
+    assert Verdict("crash", detail="rank process died").leaves_ranks_stuck
+    assert not Verdict("unsupported", detail="rule: reason").leaves_ranks_stuck
+    assert not Verdict("mismatch").leaves_ranks_stuck

@@ -7,7 +7,11 @@ Every executor has the shape of ``Executor``: the campaign, replay and the self-
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from shardfuzz.case import Case
+    from shardfuzz.verdict import Verdict
 
 __all__ = ["CaseAbandoned", "Executor", "PoolStartError", "RankPool"]
 
@@ -18,8 +22,7 @@ class Executor(Protocol):
 
     world_size: int
 
-    def run(self, case, /):  # (Case) -> Verdict
-        ...
+    def run(self, case: Case, /) -> Verdict: ...
 
     def close(self) -> None: ...
 

@@ -317,10 +317,10 @@ class RankPool:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
         if self.deadlines is not None and verdict.status not in ("hang", "crash"):
             self.deadlines.record(time.perf_counter() - started)
-        if verdict.status == "error" and not verdict.detail:
-            self._reset()  # every rank answered: a new process group in the same processes
-        elif verdict.status in ("error", "crash", "hang"):
+        if verdict.leaves_ranks_stuck:
             self.close()  # a rank is dead or stuck: the next run() starts a fresh pool
+        elif verdict.status == "error":
+            self._reset()  # every rank answered: a new process group in the same processes
         return attrs.evolve(classify(verdict), seconds=time.perf_counter() - started)
 
     def rss_bytes(self) -> int:
