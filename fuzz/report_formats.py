@@ -266,7 +266,7 @@ def html_page(report: dict) -> str:
         or "<tr><td colspan=3>-</td></tr>"
     )
     steering = "".join(
-        f"<tr><td>{item['masked']}</td><td>{esc(item['title'][:200])}</td>"
+        f"<tr><td>{item['masked']}</td><td>{item.get('probes', 0)}</td><td>{esc(item['title'][:200])}</td>"
         f"<td><code>{esc(', '.join(f'{k}={v}' for k, v in sorted(item['conditions'].items())))}"
         f"</code></td></tr>"
         for item in report.get("steering", [])
@@ -288,11 +288,12 @@ seed {report.get("seed")} (repeat it with <code>--seed {report.get("seed")}</cod
 <h2>Where the time went</h2>
 <table><tr><th>what</th><th>seconds</th><th>share of the wall time</th></tr>{time_rows}</table>
 <h2>Steered away from known bugs</h2>
-<p>{report.get("masked_draws", 0)} draws masked: once a known bug has been hit (a hang or a crash at once), cases
-with the fewest dimension values its hits share that set them apart from the other cases run are no longer drawn;
-{report.get("probe_draws", 0)} such draws (one in ten) ran anyway to check the masks (<code>--no-steer</code> turns
-steering off).</p>
-<table><tr><th>masked</th><th>known bug</th><th>conditions</th></tr>{steering or "<tr><td colspan=3>None.</td></tr>"}</table>
+<p>{report.get("masked_draws", 0)} draws masked: once a known bug has been hit, cases with the fewest dimension
+values its hits share that set them apart from the other cases run are no longer drawn (a bug that leaves ranks
+stuck, from the first draw where its corpus entry says when); {report.get("probe_draws", 0)} such draws ran anyway
+as probes of their masks (<code>--no-steer</code> turns steering off).</p>
+<table><tr><th>masked</th><th>probes</th><th>known bug</th><th>conditions</th></tr>
+{steering or "<tr><td colspan=4>None.</td></tr>"}</table>
 <h2>Coverage: cases per dimension value</h2>
 {_heat_table(report)}
 <h3>By dimension</h3>
