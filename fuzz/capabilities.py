@@ -73,17 +73,11 @@ def fully_shard_fn() -> Callable | None:
     )
 
 
-@functools.cache
 def dtensor():
-    """The module with ``DTensor``, ``Shard`` and ``Replicate``: public since torch 2.5, ``_tensor`` before."""
-    for name in ("torch.distributed.tensor", "torch.distributed._tensor"):
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        if all(hasattr(module, attr) for attr in ("DTensor", "Shard", "Replicate")):
-            return module
-    raise ImportError("no DTensor in torch.distributed.tensor or torch.distributed._tensor")
+    """The module with ``DTensor``, ``Shard`` and ``Replicate`` (see ``rank_steps.dtensor``)."""
+    from shardfuzz.rank_steps import dtensor as find
+
+    return find()
 
 
 _FSDP2_PROBE = """

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-from shardfuzz.case import LEAF_CLASSES, Case, Dcp, Linear, Side
+from shardfuzz.case import Case, Dcp, Leaf, Side
 
 __all__ = ["describe"]
 
 
-def _describe_leaf(node, width: int) -> str:
-    if isinstance(node, Linear):
-        return f"{width}->{node.out_features}{'' if node.bias else ' nobias'}{' frozen' if node.frozen else ''}"
-    return f"{type(node).__name__}({width})"
-
-
 def describe(case: Case) -> str:
-    layers = " > ".join(
-        _describe_leaf(node, width) for _, node, width in case.model.walk() if isinstance(node, LEAF_CLASSES)
-    )
+    layers = " > ".join(node.describe(width) for _, node, width in case.model.walk() if isinstance(node, Leaf))
     dtype = f" ({case.model.dtype})" if case.model.dtype != "float32" else ""
     storage = "" if case.storage == Dcp() else f"; storage {case.storage!r}"
     return (

@@ -36,6 +36,7 @@ import attrs
 import torch
 from attrs import frozen
 
+from shardfuzz.bits import as_bits, as_lists, first_bit_difference, first_difference_beyond
 from shardfuzz.verdict import Mismatch
 
 __all__ = [
@@ -66,8 +67,6 @@ ORACLES = (
     "full-offload",
     "loud-incompatible-load",
 )
-
-_BITS_BY_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 def compare_state(
@@ -128,15 +127,15 @@ def difference_kind(
     there, in other places (a shard or layout error); every difference is within
     bfloat16 rounding (a downcast).
     """
-    differs = _as_bits(want) != _as_bits(got)
+    differs = as_bits(want) != as_bits(got)
     old = (before or {}).get(key)
     if _same_layout(old, got):
-        kept = _as_bits(old) == _as_bits(got)
+        kept = as_bits(old) == as_bits(got)
         if bool((kept | ~differs).all()):
             return "holds its value from before the load"
     for other_key, other in (saved or {}).items():
         if other_key != key and _same_layout(other, got):
-            same = _as_bits(other) == _as_bits(got)
+            same = as_bits(other) == as_bits(got)
             # Two elements at least: one equal value (a 0 step, a 1x1 weight) is as likely a coincidence.
             if bool((same | ~differs).all()) and int((same & differs).sum()) >= 2:
                 whose = (
@@ -145,7 +144,7 @@ def difference_kind(
                     else "another entry's"
                 )
                 return f"holds {whose} saved values"
-    if got.numel() > 1 and torch.equal(_as_bits(got).flatten().sort().values, _as_bits(want).flatten().sort().values):
+    if got.numel() > 1 and torch.equal(as_bits(got).flatten().sort().values, as_bits(want).flatten().sort().values):
         return "the saved values in other places"
     if want.is_floating_point():
         a, b = want.detach().cpu().double(), got.detach().cpu().double()
@@ -180,18 +179,9 @@ def _compare_value(
         return Mismatch(
             oracle, key, rank, what, index=index, expected=repr(want[index].item()), actual=repr(got[index].item())
         )
-    if _as_lists(want) != _as_lists(got):
+    if as_lists(want) != as_lists(got):
         return Mismatch(oracle, key, rank, "value differs", expected=_short(want), actual=_short(got))
     return None
-
-
-def first_difference_beyond(a: torch.Tensor, b: torch.Tensor, rtol: float, atol: float) -> tuple[int, ...] | None:
-    """The first index where ``|a - b| > atol + rtol * |b|`` (NaN against non-NaN counts), or None."""
-    a, b = a.detach().cpu().double(), b.detach().cpu().double()
-    differs = ~torch.isclose(a, b, rtol=rtol, atol=atol, equal_nan=True)
-    if not bool(differs.any()):
-        return None
-    return tuple(int(i) for i in differs.nonzero()[0]) if a.dim() else ()
 
 
 def expected_after_load(saved: Mapping[str, Any], before: Mapping[str, Any], kept: list[str]) -> dict[str, Any]:
@@ -390,33 +380,6 @@ def replica_consistency(pieces_by_rank: Mapping[int, Mapping[tuple[str, str], An
                 )
                 reported.add(key)
     return found
-
-
-def _as_lists(value: Any) -> Any:
-    """Tuples as lists: DCP stores param-group sequences such as Adam's ``betas`` as lists,
-    which the optimizer uses exactly as it uses the tuple, so only the values count."""
-    if isinstance(value, (tuple, list)):
-        return [_as_lists(v) for v in value]
-    return value
-
-
-def first_bit_difference(a: torch.Tensor, b: torch.Tensor) -> tuple[int, ...] | None:
-    """The first index (row-major) where ``a`` and ``b`` differ in any bit, or None."""
-    differs = _as_bits(a) != _as_bits(b)
-    if not bool(differs.any()):
-        return None
-    return tuple(int(i) for i in differs.nonzero()[0])
-
-
-def _as_bits(t: torch.Tensor) -> torch.Tensor:
-    t = t.detach().cpu().contiguous()
-    if t.is_floating_point():
-        return (
-            t.view(_BITS_BY_SIZE[t.element_size()])
-            if t.dim()
-            else t.reshape(1).view(_BITS_BY_SIZE[t.element_size()]).reshape(())
-        )
-    return t
 
 
 def _short(value: Any) -> str:

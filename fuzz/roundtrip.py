@@ -17,19 +17,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from shardfuzz import oracles
-from shardfuzz.build import (
-    build_module,
-    build_optimizer,
-    device_mesh,
-    rank_device,
-    shard,
-    training_batch,
-    unwrapped_name,
-)
-from shardfuzz.capabilities import dtensor
+from shardfuzz import oracles, rank_steps
+from shardfuzz.build import build_module, build_optimizer, shard
 from shardfuzz.case import FSDP1, FSDP2, SGD, Case, Dcp, Side
 from shardfuzz.oracles import compare_state
+from shardfuzz.rank_steps import device_mesh, dtensor, gather_full, plain, rank_device, unwrapped_name
 from shardfuzz.storage import storage_target
 from shardfuzz.targets import CheckpointTarget, DcpTarget, ShardsModules
 from shardfuzz.verdict import Mismatch
@@ -125,7 +117,7 @@ def run_case(case: Case, ctx: RankContext, target: CheckpointTarget, checkpoint_
         ctx.enter("train")
         _train(case, model, optim, rank=ctx.rank, device=case.save.device)
         ctx.enter("gather-saved")
-        expected = _gather_full(model, optim)
+        expected = gather_full(model, optim)
         ctx.enter("save")
         state = _side_state_dict(case, case.save, model, optim)
         target.save(state, checkpoint_id=checkpoint_dir, process_group=ctx.checkpoint_group(case))
@@ -133,7 +125,7 @@ def run_case(case: Case, ctx: RankContext, target: CheckpointTarget, checkpoint_
         if "continuation" in case.checks and case.load_mutation is None:
             ctx.enter("continue-saved")
             _train(case, model, optim, rank=ctx.rank, continuation=True, device=case.save.device)
-            expected_after = _gather_full(model, optim)
+            expected_after = gather_full(model, optim)
         if "api-parity" in case.checks:
             ctx.enter("api-parity")
             mismatches += _api_parity(case.save, model, optim, rank=ctx.rank, group=ctx.group(case.save.world_size))
@@ -172,7 +164,7 @@ def _load_and_judge(case, ctx, target, checkpoint_dir, expected, expected_after)
     ctx.enter("build-load")
     model, optim = _build_side(case, side, case.model, ctx, target, seed=case.seed + 1)
     ctx.enter("gather-before-load")
-    before = _gather_full(model, optim)
+    before = gather_full(model, optim)
     ctx.enter("load")
     refused = None
     try:
@@ -186,7 +178,7 @@ def _load_and_judge(case, ctx, target, checkpoint_dir, expected, expected_after)
     if case.local_may_refuse and _any_rank(refused is not None, ctx.group(side.world_size), side.device):
         return []  # refused loudly (on at least one rank): the outcome allowed there
     ctx.enter("gather-loaded")
-    actual = _gather_full(model, optim)
+    actual = gather_full(model, optim)
     replicas: list[Mismatch] = []
     if side.world_size > 1:
         ctx.enter("replicas")
@@ -200,7 +192,7 @@ def _load_and_judge(case, ctx, target, checkpoint_dir, expected, expected_after)
     if "continuation" in case.checks:
         ctx.enter("continue-loaded")
         _train(case, model, optim, rank=ctx.rank, continuation=True, device=side.device)
-        actual_after = _gather_full(model, optim)
+        actual_after = gather_full(model, optim)
     if ctx.rank == 0:
         ctx.enter("compare")
         mismatches += compare_state(
@@ -274,82 +266,48 @@ def _train(case: Case, model, optim, *, rank: int, continuation: bool = False, d
     rank's copy of a replicated tensor (whichever it picks), so with per-rank data the
     checkpoint would legitimately hold another rank's statistics than rank 0's.
     """
-    generator = torch.Generator()
     first, count = (case.steps, CONTINUE_STEPS) if continuation else (0, case.steps)
-    same_batch_everywhere = continuation or case.model.has_batch_norm
-    for step in range(first, first + count):
-        generator.manual_seed(case.seed * 1_000_003 + step * 101 + (0 if same_batch_everywhere else rank))
-        x = training_batch(
-            generator,
-            batch_size=case.batch_size,
-            input_width=case.model.input_width,
-            num_embeddings=case.model.num_embeddings,
-            dtype=case.model.dtype,
-        )
-        if device != "cpu":
-            x = x.to(rank_device(device))
-        model(x).square().mean().backward()
-        optim.step()
-        optim.zero_grad()
-
-
-def _options(case: Case, side: Side, **overrides):
-    from torch.distributed.checkpoint.state_dict import StateDictOptions
-
-    kwargs = dict(
-        full_state_dict=side.state_dict == "full",
-        flatten_optimizer_state_dict=case.flatten_optimizer_state_dict,
+    rank_steps.train_steps(
+        model,
+        optim,
+        seed=case.seed,
+        first=first,
+        count=count,
+        rank=rank,
+        same_batch=continuation or case.model.has_batch_norm,
+        batch_size=case.batch_size,
+        input_width=case.model.input_width,
+        num_embeddings=case.model.num_embeddings,
+        dtype=case.model.dtype,
+        device=device,
     )
-    # Only where set: an older torch may lack the field (the strategies then never set it).
-    kwargs.update({name: True for name in ("cpu_offload", "broadcast_from_rank0") if getattr(side, name)})
+
+
+def options_extra(case: Case, side: Side) -> dict[str, bool]:
+    """The side's ``StateDictOptions`` fields beyond the state-dict type and flattening: only those set,
+    as an older torch may lack one the case never sets."""
+    extra = {name: True for name in ("cpu_offload", "broadcast_from_rank0") if getattr(side, name)}
     if case.ignore_frozen_params:
-        kwargs.update(ignore_frozen_params=True, strict=False)
-    kwargs.update(overrides)
-    return StateDictOptions(**kwargs)
+        extra.update(ignore_frozen_params=True, strict=False)
+    return extra
+
+
+def _options(case: Case, side: Side):
+    return rank_steps.state_dict_options(
+        full=side.state_dict == "full", flatten=case.flatten_optimizer_state_dict, extra=options_extra(case, side)
+    )
 
 
 def _side_state_dict(case: Case, side: Side, model, optim) -> dict[str, Any]:
-    from torch.distributed.checkpoint import state_dict as dsd
-
-    options = _options(case, side)
-    if side.state_dict == "local":  # DSD has no LOCAL form: FSDP1's own, the optimizer sharded
-        with _local_state_dict_type(model):
-            model_sd = model.state_dict()
-        return {"model": model_sd, "optim": dsd.get_optimizer_state_dict(model, optim, options=options)}
-    if side.state_dict_api == "separate":
-        return {
-            "model": dsd.get_model_state_dict(model, options=options),
-            "optim": dsd.get_optimizer_state_dict(model, optim, options=options),
-        }
-    model_sd, optim_sd = dsd.get_state_dict(model, optim, options=options)
-    return {"model": model_sd, "optim": optim_sd}
+    return rank_steps.get_side_state(
+        model, optim, kind=side.state_dict, api=side.state_dict_api, options=_options(case, side)
+    )
 
 
 def _set_side_state_dict(case: Case, side: Side, model, optim, state, *, rank: int) -> None:
-    """``set_state_dict`` (or the model and optimizer setters); with ``broadcast_from_rank0`` only
-    rank 0 passes the state (as torch documents it: the others receive theirs from rank 0)."""
-    from torch.distributed.checkpoint import state_dict as dsd
-
-    if side.broadcast_from_rank0 and rank != 0:
-        state = {"model": {}, "optim": {}}
-    options = _options(case, side)
-    if side.state_dict == "local":
-        with _local_state_dict_type(model):
-            model.load_state_dict(state["model"])
-        dsd.set_optimizer_state_dict(model, optim, state["optim"], options=options)
-    elif side.state_dict_api == "separate":
-        dsd.set_model_state_dict(model, state["model"], options=options)
-        dsd.set_optimizer_state_dict(model, optim, state["optim"], options=options)
-    else:
-        dsd.set_state_dict(
-            model, optim, model_state_dict=state["model"], optim_state_dict=state["optim"], options=options
-        )
-
-
-def _local_state_dict_type(model):
-    from torch.distributed.fsdp import FullyShardedDataParallel, StateDictType
-
-    return FullyShardedDataParallel.state_dict_type(model, StateDictType.LOCAL_STATE_DICT)
+    rank_steps.set_side_state(
+        model, optim, state, kind=side.state_dict, api=side.state_dict_api, options=_options(case, side), rank=rank
+    )
 
 
 def _any_rank(flag: bool, group, device: str) -> bool:
@@ -357,27 +315,6 @@ def _any_rank(flag: bool, group, device: str) -> bool:
     votes = torch.tensor([int(flag)], device=rank_device(device))
     dist.all_reduce(votes, group=group)
     return bool(votes.item())
-
-
-def _gather_full(model, optim) -> dict[str, Any]:
-    """Full, flat, engine-independent state: ``model.<fqn>`` and ``optim.<flat key>``.
-
-    ``cpu_offload`` would keep the gather on rank 0 only, but FSDP1 crashes with it
-    on CPU ranks (see corpus), so every rank of the side gathers and only rank 0 keeps it.
-    """
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
-
-    model_sd, optim_sd = get_state_dict(
-        model, optim, options=StateDictOptions(full_state_dict=True, flatten_optimizer_state_dict=True)
-    )
-    flat = {f"model.{k}": _plain(v) for k, v in model_sd.items()}
-    flat.update({f"optim.{k}": _plain(v) for k, v in optim_sd.items()})
-    return flat
-
-
-def _plain(value):
-    """A detached CPU copy of a tensor (the oracles compare on the CPU, whatever the side's device)."""
-    return value.detach().to("cpu", copy=True) if isinstance(value, torch.Tensor) else value
 
 
 # --- extraction for the oracles that look at more than the gathered state -------
@@ -437,77 +374,21 @@ def _pieces(value):
             for dim, (at, placement) in enumerate(zip(coordinate, value.placements))
             if not placement.is_replicate()
         ]
-        return [(f"mesh coordinate {','.join(sharded) or 'any'}", _plain(value.to_local()))]
+        return [(f"mesh coordinate {','.join(sharded) or 'any'}", plain(value.to_local()))]
     if hasattr(value, "local_shards"):  # FSDP1's ShardedTensor
         return [
-            (f"shard at {list(shard.metadata.shard_offsets)}", _plain(shard.tensor)) for shard in value.local_shards()
+            (f"shard at {list(shard.metadata.shard_offsets)}", plain(shard.tensor)) for shard in value.local_shards()
         ]
-    return [("whole", _plain(value))]
+    return [("whole", plain(value))]
 
 
 def _full_offload(model, optim, actual, *, rank: int) -> list[Mismatch]:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
-
-    model_sd, optim_sd = get_state_dict(
-        model,
-        optim,
-        options=StateDictOptions(full_state_dict=True, cpu_offload=True, flatten_optimizer_state_dict=True),
-    )
-    held = {f"model.{k}": (tuple(v.shape), v.device.type) for k, v in model_sd.items() if isinstance(v, torch.Tensor)}
-    held.update(
-        {f"optim.{k}": (tuple(v.shape), v.device.type) for k, v in optim_sd.items() if isinstance(v, torch.Tensor)}
-    )
+    held = rank_steps.offloaded_full_state(model, optim)
     shapes = {k: tuple(v.shape) for k, v in actual.items() if isinstance(v, torch.Tensor)}
     return oracles.full_offload(held, shapes, rank=rank)
 
 
 def _api_parity(side: Side, model, optim, *, rank: int, group) -> list[Mismatch]:
-    """``model.state_dict()`` against ``get_model_state_dict``; for FSDP1 also the optimizer APIs."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
-
-    found = []
-    full = StateDictOptions(full_state_dict=True)
-    if not isinstance(side.engine, FSDP1):
-        ours = {unwrapped_name(k): _local(v) for k, v in model.state_dict().items()}  # DDP's "module."
-        theirs = {k: _local(v) for k, v in get_model_state_dict(model).items()}
-        found += oracles.api_parity(ours, theirs, rank=rank, what="model.state_dict() vs get_model_state_dict")
-        return found
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-    ours = {k: _plain(v) for k, v in model.state_dict().items()}  # FSDP1's default: FULL_STATE_DICT
-    theirs = {k: _plain(v) for k, v in get_model_state_dict(model, options=full).items()}
-    found += oracles.api_parity(ours, theirs, rank=rank, what="model.state_dict() vs get_model_state_dict(full)")
-    fsdp_osd = FSDP.optim_state_dict(model, optim, group=group)
-    dcp_osd = get_optimizer_state_dict(model, optim, options=full)
-    found += oracles.api_parity(
-        _flat_optim(fsdp_osd),
-        _flat_optim(dcp_osd),
-        rank=rank,
-        what="FSDP.optim_state_dict vs get_optimizer_state_dict(full)",
-    )
-    to_load = FSDP.optim_state_dict_to_load(model, optim, fsdp_osd, group=group)
-    optim.load_state_dict(to_load)
-    after = get_optimizer_state_dict(model, optim, options=full)
-    found += oracles.api_parity(
-        _flat_optim(dcp_osd),
-        _flat_optim(after),
-        rank=rank,
-        what="optimizer state before vs after optim_state_dict_to_load + load_state_dict",
-    )
-    return found
-
-
-def _flat_optim(osd) -> dict[str, Any]:
-    """``state.<fqn>.<name>`` and ``param_groups.<i>.<hyperparameter>`` (without the ``params`` list)."""
-    flat = {
-        f"state.{fqn}.{name}": _plain(v) for fqn, entry in osd.get("state", {}).items() for name, v in entry.items()
-    }
-    for i, group in enumerate(osd.get("param_groups", [])):
-        flat.update({f"param_groups.{i}.{k}": v for k, v in group.items() if k != "params"})
-    return flat
-
-
-def _local(value):
-    if hasattr(value, "to_local"):
-        value = value.to_local()
-    return _plain(value)
+    """Each pair of APIs that must agree on the save side's state (``rank_steps.api_parity_pairs``)."""
+    pairs = rank_steps.api_parity_pairs(model, optim, engine=type(side.engine).__name__, group=group)
+    return [m for what, ours, theirs in pairs for m in oracles.api_parity(ours, theirs, rank=rank, what=what)]

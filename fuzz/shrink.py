@@ -20,9 +20,6 @@ from shardfuzz.case import (
     FSDP1,
     Block,
     Case,
-    Conv,
-    Embedding,
-    Linear,
     Model,
     Sequential,
     Side,
@@ -200,12 +197,5 @@ def _narrower(node):
 def _simpler_leaf(node):
     if isinstance(node, (Sequential, Block)):
         yield from _narrower(node)
-    elif isinstance(node, Linear):
-        for width in sorted({1, node.out_features // 2} - {0, node.out_features}):
-            yield attrs.evolve(node, out_features=width)
-        if node.frozen:
-            yield attrs.evolve(node, frozen=False)
-    elif isinstance(node, Conv) and node != Conv():
-        yield Conv()
-    elif isinstance(node, Embedding) and node.num_embeddings > 1:
-        yield Embedding(1)
+    else:
+        yield from node.simpler()

@@ -18,6 +18,8 @@ from shardfuzz.case import (
     STATE_DICT_APIS,
     STATE_DICT_TYPES,
     WRAP_POLICIES,
+    coverage_dimensions,
+    coverage_values,
 )
 from shardfuzz.strategies._helpers import check_choices, check_int
 
@@ -70,11 +72,7 @@ def offered_values(*, max_world_size: int = 4, max_steps: int = 3, devices=("cpu
             "depth": {"2", "3", "4+"},
             "linears": {"1", "2", "3", "4+"},
             "frozen": {"none", "some"},
-            "norms": {"none", "layer", "batch", "both"},
-            "conv": {"none", "1d", "2d", "both"},
-            "embedding": set(_BOOLS),
-            "scalar_parameter": set(_BOOLS),
-            "tied": set(_BOOLS),
+            **{dimension: coverage_values(labels) for dimension, labels in coverage_dimensions().items()},
             "dtype": set(DTYPES),
             "storage": set(caps.storages),
             "writer_single_file_per_rank": set(_BOOLS) | {"n/a"} if caps.writer_options else {"true", "n/a"},

@@ -157,3 +157,13 @@ class SoakFaults(DcpTarget):
         if self._instruction() == "hang" and dist.get_rank() == 0:
             time.sleep(3600)
         super().load(state_dict, checkpoint_id=checkpoint_id, process_group=process_group)
+
+
+# --- a fault in a shared round-trip step (rank_steps), for the single-implementation test ----
+
+
+def set_side_state(model, optim, state, *, kind, api, options, rank):
+    """``rank_steps.set_side_state`` that forgets the optimizer: sets the model's state only."""
+    from torch.distributed.checkpoint import state_dict as dsd
+
+    dsd.set_model_state_dict(model, state["model"], options=options)

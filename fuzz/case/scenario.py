@@ -10,7 +10,7 @@ from shardfuzz.case._validators import _POSITIVE_INT
 from shardfuzz.case.optimizers import OPTIMIZER_CLASSES, SGD, Adagrad, Optimizer
 from shardfuzz.case.sides import DDP, FSDP1, FSDP2, Side, Unsharded, _sorted_unique
 from shardfuzz.case.storage import STORAGE_CLASSES, Dcp, DcpToTorchSave, Storage, TorchSave
-from shardfuzz.case.tree import LEAF_CLASSES, Linear, Model, leaves
+from shardfuzz.case.tree import Leaf, Linear, Model, leaf_coverage, leaves
 
 SCHEMA_VERSION = 1
 
@@ -151,7 +151,7 @@ def map_first_linear(node, change):
     """``node`` with ``change`` applied to its first Linear in forward order (unchanged if it has none)."""
     if isinstance(node, Linear):
         return change(node)
-    if isinstance(node, LEAF_CLASSES):
+    if isinstance(node, Leaf):
         return node
     children = list(node.children)
     for i, child in enumerate(children):
@@ -172,7 +172,6 @@ def shard_count(side: Side) -> int:
 def dimensions(case: Case) -> dict[str, str]:
     """The case's values along each labelled dimension (for ``event()`` and coverage)."""
     widths = [out for _, _, out, _ in case.model.linears()]
-    kinds = case.model.leaf_kinds()
 
     def side(s: Side, name: str) -> dict[str, str]:
         shards = shard_count(s)
@@ -211,11 +210,7 @@ def dimensions(case: Case) -> dict[str, str]:
         "load_mutation": case.load_mutation or "none",
         "linears": str(min(len(widths), 4)) + ("+" if len(widths) >= 4 else ""),
         "frozen": "some" if case.model.frozen_paths() else "none",
-        "norms": _mix(kinds, {"LayerNorm": "layer", "BatchNorm": "batch"}),
-        "conv": _mix(kinds, {"Conv1d": "1d", "Conv2d": "2d"}),
-        "embedding": str(case.model.num_embeddings > 0).lower(),
-        "scalar_parameter": str("Scale" in kinds).lower(),
-        "tied": str("Tied" in kinds).lower(),
+        **leaf_coverage(case.model),
         "dtype": case.model.dtype,
         **_storage_dimensions(case.storage),
         "broadcast_from_rank0": str(case.load.broadcast_from_rank0).lower(),
@@ -238,12 +233,6 @@ def _storage_dimensions(storage) -> dict[str, str]:
         "writer_threads": "1" if storage.thread_count == 1 else "2+",
         "writer_sync_files": str(storage.sync_files).lower(),
     }
-
-
-def _mix(kinds: set[str], labels: dict[str, str]) -> str:
-    """``none``, the label of the one kind of ``labels`` among the model's leaf ``kinds``, or ``both``."""
-    found = [label for kind, label in labels.items() if kind in kinds]
-    return found[0] if len(found) == 1 else ("both" if found else "none")
 
 
 def _optimizer_state_kind(case: Case) -> str:

@@ -2,16 +2,74 @@
 
 from __future__ import annotations
 
-from typing import Union
+from typing import ClassVar, NamedTuple, Union
 
-from attrs import field, frozen
+from attrs import evolve, field, frozen
 from attrs.validators import in_, instance_of
 
 from shardfuzz.case._validators import _POSITIVE_INT
 
 
+class LayerCall(NamedTuple):
+    """How a leaf is built: ``cls(*args, **kwargs)``, then ``requires_grad_(False)`` if ``frozen``.
+
+    ``cls`` is ``nn.<Name>`` for a torch class or the name of a class of ``layers.py``. The
+    ranks build from it (``build.build_module``) and exported scripts spell it out (``export``)."""
+
+    cls: str
+    args: tuple = ()
+    kwargs: dict = {}  # noqa: RUF012 (a NamedTuple default, never mutated)
+    frozen: bool = False
+
+
+class Leaf:
+    """What every leaf kind says about itself; the kinds are the classes of ``LEAF_CLASSES``.
+
+    A new kind is one ``@frozen`` subclass here (its fields are its JSON), listed in
+    ``LEAF_CLASSES``, plus its draw in ``strategies/modules.py``: the ranks, exported
+    scripts, descriptions, shrinking, coverage labels and FSDP1's module-type policy all
+    read it from these methods and class attributes.
+    """
+
+    __slots__ = ()
+
+    #: ``FSDP1.module_types`` names this kind gives -> the class it is built as (``LayerCall.cls``).
+    module_types: ClassVar[dict[str, str]] = {}
+    #: The coverage dimension it counts in and its label there per kind name (``kind``): a dimension
+    #: whose every label is ``true`` reads true/false, else none / the one label present / both.
+    coverage: ClassVar[tuple[str, dict[str, str]] | None] = None
+    #: Buffers each rank updates from its own batches (BatchNorm's running statistics): a model with
+    #: one trains on the same batch on every rank, or its ranks would legitimately differ.
+    running_statistics: ClassVar[bool] = False
+
+    @property
+    def kind(self) -> str:
+        """Its name in ``Model.leaf_kinds`` and unsupported rules."""
+        return type(self).__name__
+
+    def layer(self, width: int) -> LayerCall:
+        """The module fed ``width`` features."""
+        raise NotImplementedError
+
+    def output_width(self, width: int) -> int:
+        """The width it outputs when fed ``width`` (only a Linear changes it)."""
+        return width
+
+    def parameter_shapes(self, width: int) -> dict[str, tuple[int, ...]]:
+        """``{name below the leaf: shape}`` of its parameters (a shared one once, under its first name)."""
+        raise NotImplementedError
+
+    def describe(self, width: int) -> str:
+        """The leaf in a one-line case description."""
+        return f"{type(self).__name__}({width})"
+
+    def simpler(self) -> tuple[Leaf, ...]:
+        """One-step-simpler leaves of the same kind, for the greedy shrink."""
+        return ()
+
+
 @frozen
-class Linear:
+class Linear(Leaf):
     """``nn.Linear`` whose input width is the previous layer's output width.
 
     ``frozen``: its weight and bias have ``requires_grad=False`` (no gradient, no
@@ -22,20 +80,59 @@ class Linear:
     bias: bool = field(default=True, validator=instance_of(bool))
     frozen: bool = field(default=False, validator=instance_of(bool))
 
+    module_types: ClassVar[dict[str, str]] = {"Linear": "nn.Linear"}
+
+    def layer(self, width: int) -> LayerCall:
+        return LayerCall("nn.Linear", (width, self.out_features), {"bias": self.bias}, frozen=self.frozen)
+
+    def output_width(self, width: int) -> int:
+        return self.out_features
+
+    def parameter_shapes(self, width: int) -> dict[str, tuple[int, ...]]:
+        return {"weight": (self.out_features, width), **({"bias": (self.out_features,)} if self.bias else {})}
+
+    def describe(self, width: int) -> str:
+        return f"{width}->{self.out_features}{'' if self.bias else ' nobias'}{' frozen' if self.frozen else ''}"
+
+    def simpler(self) -> tuple[Leaf, ...]:
+        narrower = tuple(
+            evolve(self, out_features=w) for w in sorted({1, self.out_features // 2} - {0, self.out_features})
+        )
+        return narrower + ((evolve(self, frozen=False),) if self.frozen else ())
+
 
 @frozen
-class LayerNorm:
+class LayerNorm(Leaf):
     """``nn.LayerNorm`` over the previous layer's width: a 1-D weight and bias."""
 
+    module_types: ClassVar[dict[str, str]] = {"LayerNorm": "nn.LayerNorm"}
+    coverage: ClassVar[tuple[str, dict[str, str]] | None] = ("norms", {"LayerNorm": "layer"})
+
+    def layer(self, width: int) -> LayerCall:
+        return LayerCall("nn.LayerNorm", (width,))
+
+    def parameter_shapes(self, width: int) -> dict[str, tuple[int, ...]]:
+        return {"weight": (width,), "bias": (width,)}
+
 
 @frozen
-class BatchNorm:
+class BatchNorm(Leaf):
     """``nn.BatchNorm1d`` over the previous layer's width: a 1-D weight and bias, and the
     buffers ``running_mean``, ``running_var`` and the 0-D int64 ``num_batches_tracked``."""
 
+    module_types: ClassVar[dict[str, str]] = {"BatchNorm": "nn.BatchNorm1d"}
+    coverage: ClassVar[tuple[str, dict[str, str]] | None] = ("norms", {"BatchNorm": "batch"})
+    running_statistics: ClassVar[bool] = True
+
+    def layer(self, width: int) -> LayerCall:
+        return LayerCall("nn.BatchNorm1d", (width,))
+
+    def parameter_shapes(self, width: int) -> dict[str, tuple[int, ...]]:
+        return {"weight": (width,), "bias": (width,)}
+
 
 @frozen
-class Conv:
+class Conv(Leaf):
     """``nn.Conv1d``/``nn.Conv2d`` from the width to the width, applied to the features as
     channels of a length-1 signal: a 3-D (or 4-D) weight ``(width, width, k[, k])``."""
 
@@ -43,32 +140,84 @@ class Conv:
     kernel_size: int = field(default=1, validator=in_((1, 3)))  # 3: padding 1 keeps the length
     bias: bool = field(default=True, validator=instance_of(bool))
 
+    module_types: ClassVar[dict[str, str]] = {"Conv1d": "Conv1dLeaf", "Conv2d": "Conv2dLeaf"}
+    coverage: ClassVar[tuple[str, dict[str, str]] | None] = ("conv", {"Conv1d": "1d", "Conv2d": "2d"})
+
+    @property
+    def kind(self) -> str:
+        return f"Conv{self.dims}d"
+
+    def layer(self, width: int) -> LayerCall:
+        return LayerCall(
+            f"Conv{self.dims}dLeaf",
+            (width, width, self.kernel_size),
+            {"padding": self.kernel_size // 2, "bias": self.bias},
+        )
+
+    def parameter_shapes(self, width: int) -> dict[str, tuple[int, ...]]:
+        weight = (width, width) + (self.kernel_size,) * self.dims
+        return {"weight": weight, **({"bias": (width,)} if self.bias else {})}
+
+    def simpler(self) -> tuple[Leaf, ...]:
+        return (Conv(),) if self != Conv() else ()
+
 
 @frozen
-class Embedding:
+class Embedding(Leaf):
     """``nn.Embedding(num_embeddings, input_width)``: only as the model's first leaf, which then
     takes token indices in ``[0, num_embeddings)`` instead of features."""
 
     num_embeddings: int = field(validator=_POSITIVE_INT)
 
+    module_types: ClassVar[dict[str, str]] = {"Embedding": "nn.Embedding"}
+    coverage: ClassVar[tuple[str, dict[str, str]] | None] = ("embedding", {"Embedding": "true"})
+
+    def layer(self, width: int) -> LayerCall:
+        return LayerCall("nn.Embedding", (self.num_embeddings, width))
+
+    def parameter_shapes(self, width: int) -> dict[str, tuple[int, ...]]:
+        return {"weight": (self.num_embeddings, width)}
+
+    def simpler(self) -> tuple[Leaf, ...]:
+        return (Embedding(1),) if self.num_embeddings > 1 else ()
+
 
 @frozen
-class Scale:
+class Scale(Leaf):
     """A 0-D parameter ``scale`` (drawn from the seed) times the input, plus a non-persistent
     buffer ``shift`` (a constant, so absent from every state dict and never loaded)."""
 
+    module_types: ClassVar[dict[str, str]] = {"Scale": "ScaleLeaf"}
+    coverage: ClassVar[tuple[str, dict[str, str]] | None] = ("scalar_parameter", {"Scale": "true"})
+
+    def layer(self, width: int) -> LayerCall:
+        return LayerCall("ScaleLeaf")
+
+    def parameter_shapes(self, width: int) -> dict[str, tuple[int, ...]]:
+        return {"scale": ()}
+
 
 @frozen
-class Tied:
+class Tied(Leaf):
     """Two ``nn.Linear(width, width)`` named ``a`` and ``b``, run in turn, that share one weight
     (``b.weight is a.weight``, as an LM head shares its embedding's): one parameter under two
     names, whose state dicts hold it under both. Each has its own bias if ``bias``."""
 
     bias: bool = field(default=True, validator=instance_of(bool))
 
+    module_types: ClassVar[dict[str, str]] = {"Tied": "TiedLeaf"}
+    coverage: ClassVar[tuple[str, dict[str, str]] | None] = ("tied", {"Tied": "true"})
 
-#: The modules a tree's leaves may be; only a Linear changes the width.
-LEAF_CLASSES = (Linear, LayerNorm, BatchNorm, Conv, Embedding, Scale, Tied)
+    def layer(self, width: int) -> LayerCall:
+        return LayerCall("TiedLeaf", (width,), {"bias": self.bias})
+
+    def parameter_shapes(self, width: int) -> dict[str, tuple[int, ...]]:
+        biases = {"a.bias": (width,), "b.bias": (width,)} if self.bias else {}
+        return {"a.weight": (width, width), **biases}
+
+
+#: The leaf kinds, the registry every part of shardfuzz reads: a new kind is added here.
+LEAF_CLASSES: tuple[type[Leaf], ...] = (Linear, LayerNorm, BatchNorm, Conv, Embedding, Scale, Tied)
 
 #: Parameter dtypes of a whole model (``Model.dtype``); float32 unless drawn otherwise.
 DTYPES = ("float32", "float64", "bfloat16")
@@ -93,7 +242,8 @@ class Block:
     children: tuple[Node, ...] = field(converter=tuple, validator=_non_empty)
 
 
-Node = Union[Linear, LayerNorm, BatchNorm, Conv, Embedding, Scale, Tied, Sequential, Block]
+#: A tree node: a leaf of any registered kind, or a container (cattrs tags each with its class name).
+Node = Union[(*LEAF_CLASSES, Sequential, Block)]  # type: ignore[valid-type]
 
 
 def _sorted_unique_types(names) -> tuple[str, ...]:
@@ -142,9 +292,9 @@ class Model:
             nonlocal width
             if path:
                 out.append((path, node, width))
-            if isinstance(node, Linear):
-                width = node.out_features
-            elif not isinstance(node, LEAF_CLASSES):
+            if isinstance(node, Leaf):
+                width = node.output_width(width)
+            else:
                 for name, child in child_items(node):
                     visit(child, f"{path}.{name}" if path else name)
 
@@ -177,33 +327,13 @@ class Model:
         """``{parameter fqn: shape}`` of the unsharded model (buffers not included)."""
         shapes: dict[str, tuple[int, ...]] = {}
         for fqn, node, width in self.walk():
-            if isinstance(node, Linear):
-                shapes[f"{fqn}.weight"] = (node.out_features, width)
-                if node.bias:
-                    shapes[f"{fqn}.bias"] = (node.out_features,)
-            elif isinstance(node, (LayerNorm, BatchNorm)):
-                shapes[f"{fqn}.weight"] = shapes[f"{fqn}.bias"] = (width,)
-            elif isinstance(node, Conv):
-                shapes[f"{fqn}.weight"] = (width, width) + (node.kernel_size,) * node.dims
-                if node.bias:
-                    shapes[f"{fqn}.bias"] = (width,)
-            elif isinstance(node, Embedding):
-                shapes[f"{fqn}.weight"] = (node.num_embeddings, width)
-            elif isinstance(node, Scale):
-                shapes[f"{fqn}.scale"] = ()
-            elif isinstance(node, Tied):  # the shared weight once, under its first name
-                shapes[f"{fqn}.a.weight"] = (width, width)
-                if node.bias:
-                    shapes[f"{fqn}.a.bias"] = shapes[f"{fqn}.b.bias"] = (width,)
+            if isinstance(node, Leaf):
+                shapes.update({f"{fqn}.{name}": shape for name, shape in node.parameter_shapes(width).items()})
         return shapes
 
     def leaf_kinds(self) -> set[str]:
-        """The class names of the leaves (``Conv`` as ``Conv1d``/``Conv2d``)."""
-        return {
-            f"Conv{node.dims}d" if isinstance(node, Conv) else type(node).__name__
-            for _, node, _ in self.walk()
-            if isinstance(node, LEAF_CLASSES)
-        }
+        """The kinds of the leaves (``Leaf.kind``: ``Conv`` as ``Conv1d``/``Conv2d``)."""
+        return {node.kind for node in leaves(self.root)}
 
     @property
     def output_width(self) -> int:
@@ -211,7 +341,8 @@ class Model:
 
     @property
     def has_batch_norm(self) -> bool:
-        return any(name == "BatchNorm" for _, name, _ in self.norms())
+        """Whether a leaf keeps running statistics (``Leaf.running_statistics``: BatchNorm's)."""
+        return any(leaf.running_statistics for leaf in leaves(self.root))
 
     def submodule_paths(self) -> list[str]:
         """FQNs of every module below the root, parents before children."""
@@ -219,14 +350,14 @@ class Model:
 
     def depth(self) -> int:
         def d(node):
-            return 1 if isinstance(node, LEAF_CLASSES) else 1 + max(d(c) for c in node.children)
+            return 1 if isinstance(node, Leaf) else 1 + max(d(c) for c in node.children)
 
         return d(self.root)
 
 
 def leaves(node) -> list[Node]:
     """The leaf modules under ``node`` (itself, if it is one), in forward order."""
-    if isinstance(node, LEAF_CLASSES):
+    if isinstance(node, Leaf):
         return [node]
     return [leaf for child in node.children for leaf in leaves(child)]
 
@@ -252,16 +383,49 @@ def _block_name(i: int) -> str:
     return name
 
 
+#: The containers' module types (``Sequential`` is torch's, ``Block`` a class of ``layers.py``).
+CONTAINER_MODULE_TYPES = {"Sequential": "nn.Sequential", "Block": "Block"}
+
+#: ``FSDP1.module_types`` name -> the class it is built as, for every kind. The order is the one
+#: strategies draw from (the first leaf kind's, the containers', the other kinds'): kept, so that a
+#: seed draws the same cases as before the registry.
+MODULE_TYPE_CLASSES: dict[str, str] = {
+    **LEAF_CLASSES[0].module_types,
+    **CONTAINER_MODULE_TYPES,
+    **{name: cls for kind in LEAF_CLASSES[1:] for name, cls in kind.module_types.items()},
+}
+
 #: The module class names a ``module-type`` wrap policy (``FSDP1.module_types``) may name.
-MODULE_TYPES = (
-    "Linear",
-    "Sequential",
-    "Block",
-    "LayerNorm",
-    "BatchNorm",
-    "Conv1d",
-    "Conv2d",
-    "Embedding",
-    "Scale",
-    "Tied",
-)
+MODULE_TYPES = tuple(MODULE_TYPE_CLASSES)
+
+
+def leaf_coverage(model: Model) -> dict[str, str]:
+    """The model's value along each leaf kind's coverage dimension (``Leaf.coverage``)."""
+    kinds = model.leaf_kinds()
+    return {dimension: _mix(kinds, labels) for dimension, labels in coverage_dimensions().items()}
+
+
+def coverage_dimensions() -> dict[str, dict[str, str]]:
+    """``{dimension: {kind: label}}`` from the registry, dimensions in the registry's order."""
+    dimensions: dict[str, dict[str, str]] = {}
+    for kind in LEAF_CLASSES:
+        if kind.coverage is not None:
+            dimension, labels = kind.coverage
+            dimensions.setdefault(dimension, {}).update(labels)
+    return dimensions
+
+
+def coverage_values(labels: dict[str, str]) -> set[str]:
+    """Every value a dimension with these labels can take."""
+    if set(labels.values()) == {"true"}:
+        return {"true", "false"}
+    return {"none", *labels.values(), *(["both"] if len(labels) > 1 else [])}
+
+
+def _mix(kinds: set[str], labels: dict[str, str]) -> str:
+    """A true/false dimension: whether a kind of ``labels`` is among the model's leaf ``kinds``.
+    Else ``none``, the label of the one kind present, or ``both``."""
+    found = [label for kind, label in labels.items() if kind in kinds]
+    if set(labels.values()) == {"true"}:
+        return str(bool(found)).lower()
+    return found[0] if len(found) == 1 else ("both" if found else "none")

@@ -1,0 +1,368 @@
+"""The torch calls of a round-trip, each written once: the pool's ranks run them, and so do exported scripts.
+
+``roundtrip.py`` and ``build.py`` call these on the pool's ranks; ``export.py``
+copies their definitions, as they are, into every exported script, whose own code
+only sequences them. A change to a step here is therefore a change to both.
+
+What makes the copy work (``tests/test_export.py`` checks it): these functions
+take plain values (numbers, strings, dicts such as an engine's fields), never a
+``Case``; at the top this module imports only what an exported script imports
+(``functools``, ``torch``, ``torch.distributed as dist``), anything else inside a
+function; and they call only each other and the classes of ``layers.py``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.distributed as dist
+
+__all__ = [
+    "rank_device",
+    "dtensor",
+    "fully_shard_fn",
+    "training_batch",
+    "train_steps",
+    "unwrapped_name",
+    "group_parameters",
+    "make_optimizer",
+    "device_mesh",
+    "shard_on_dim",
+    "shard_module",
+    "state_dict_options",
+    "local_state_dict_type",
+    "get_side_state",
+    "set_side_state",
+    "plain",
+    "gather_full",
+    "offloaded_full_state",
+    "flat_optim",
+    "local_copy",
+    "api_parity_pairs",
+]
+
+
+def rank_device(device: str) -> torch.device:
+    """This rank's ``torch.device`` for a side on ``device`` (``cuda``: the GPU the worker chose)."""
+    return torch.device("cuda", torch.cuda.current_device()) if device == "cuda" else torch.device("cpu")
+
+
+@functools.cache
+def dtensor():
+    """The module with ``DTensor``, ``Shard`` and ``Replicate``: public since torch 2.5, ``_tensor`` before."""
+    import importlib
+
+    for name in ("torch.distributed.tensor", "torch.distributed._tensor"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if all(hasattr(module, attr) for attr in ("DTensor", "Shard", "Replicate")):
+            return module
+    raise ImportError("no DTensor in torch.distributed.tensor or torch.distributed._tensor")
+
+
+def fully_shard_fn():
+    """FSDP2's ``fully_shard``: public since torch 2.6, ``_composable.fsdp`` before."""
+    try:
+        from torch.distributed.fsdp import fully_shard
+    except ImportError:
+        from torch.distributed._composable.fsdp import fully_shard
+    return fully_shard
+
+
+def training_batch(generator, *, batch_size: int, input_width: int, num_embeddings: int, dtype: str):
+    """One batch of inputs, drawn on the CPU from ``generator``: token indices for a model
+    whose first leaf is an Embedding (``num_embeddings`` > 0), else features in ``dtype``."""
+    if num_embeddings:
+        return torch.randint(num_embeddings, (batch_size,), generator=generator)
+    return torch.randn(batch_size, input_width, generator=generator).to(getattr(torch, dtype))
+
+
+def train_steps(
+    model,
+    optim,
+    *,
+    seed: int,
+    first: int,
+    count: int,
+    rank: int,
+    same_batch: bool,
+    batch_size: int,
+    input_width: int,
+    num_embeddings: int,
+    dtype: str,
+    device: str = "cpu",
+) -> None:
+    """Steps ``first .. first + count - 1`` on batches seeded by (seed, step, rank), drawn on the CPU.
+
+    ``same_batch``: every rank draws the same batches (the rank left out of the seed)."""
+    generator = torch.Generator()
+    for step in range(first, first + count):
+        generator.manual_seed(seed * 1_000_003 + step * 101 + (0 if same_batch else rank))
+        x = training_batch(
+            generator, batch_size=batch_size, input_width=input_width, num_embeddings=num_embeddings, dtype=dtype
+        )
+        if device != "cpu":
+            x = x.to(rank_device(device))
+        model(x).square().mean().backward()
+        optim.step()
+        optim.zero_grad()
+
+
+def unwrapped_name(name: str) -> str:
+    """A parameter's name without FSDP1's and DDP's wrapper prefixes."""
+    name = name.replace("_fsdp_wrapped_module.", "")
+    return name[len("module.") :] if name.startswith("module.") else name
+
+
+def group_parameters(model, param_groups: int) -> list[list]:
+    """``model``'s parameters split into ``param_groups`` lists, the same way whatever the engine.
+
+    The order is that of the parameters' names with the engines' wrapper prefixes
+    removed, sorted; parameter ``i`` of that order goes to group ``i % param_groups``.
+    (FSDP1 without ``use_orig_params`` shows FlatParameters instead; see unsupported.CASE_RULES.)
+    """
+    named = sorted(((unwrapped_name(name), p) for name, p in model.named_parameters()), key=lambda item: item[0])
+    ordered = [p for _, p in named]
+    return [ordered[i::param_groups] for i in range(param_groups)]
+
+
+def make_optimizer(model, name: str, hyperparameters: list[dict]):
+    """``torch.optim.<name>`` over ``model``'s parameters in one group per hyperparameter dict."""
+    groups = group_parameters(model, len(hyperparameters))
+    return getattr(torch.optim, name)([{"params": g, **h} for g, h in zip(groups, hyperparameters)])
+
+
+def device_mesh(shape: tuple[int, ...], world_group, *, rank: int, generation: int = 0, device: str = "cpu"):
+    """The DeviceMesh of a side on ranks ``0..n-1`` (n = the product of ``shape``), or None off it.
+
+    2-D: ``(replicas, shards)``; each row of ranks is a shard group, each column a
+    replicate group. Creating the groups is collective on the whole world, so every
+    rank calls this with the same shapes in the same order, on the side or not.
+    ``world_group`` is the 1-D case's group (already made by the caller).
+
+    ``generation`` goes into the dim names. DeviceMesh equality ignores the process
+    groups, and DTensor caches plans by mesh: a mesh rebuilt on new groups (after the
+    pool re-forms its process group) must not equal the old one, or a cached plan
+    names a destroyed group ("Could not resolve the process group registered under
+    the name ...", seen on torch 2.13 and 2.14).
+    """
+    from torch.distributed.device_mesh import DeviceMesh
+
+    if len(shape) == 1:
+        return (
+            DeviceMesh.from_group(world_group, device, mesh_dim_names=(f"shard{generation}",))
+            if rank < shape[0]
+            else None
+        )
+    replicas, shards = shape
+    ranks = torch.arange(replicas * shards).view(replicas, shards)
+    rows = [dist.new_group(row.tolist()) for row in ranks]
+    columns = [dist.new_group(column.tolist()) for column in ranks.t()]
+    if rank >= replicas * shards:
+        return None
+    row, column = divmod(rank, shards)
+    return DeviceMesh.from_group(
+        [columns[column], rows[row]],
+        device,
+        mesh=ranks,
+        mesh_dim_names=(f"replicate{generation}", f"shard{generation}"),
+    )
+
+
+def shard_on_dim(dim: int, param):
+    """FSDP2's ``shard_placement_fn``: ``Shard`` on ``dim``, or on the last dim of a parameter with fewer."""
+    return dtensor().Shard(min(dim, param.ndim - 1))
+
+
+def shard_module(module, engine: dict, *, wrap, innermost_first, group, mesh, device: str, classes):
+    """``module`` wrapped by ``engine`` (``{"kind": "FSDP1" | "FSDP2" | "DDP" | "Unsharded", **its fields}``)
+    on ``group`` (1-D) or ``mesh`` (FSDP2, HSDP). ``wrap``: the modules listed as inner units;
+    ``innermost_first``: the same, a module before its ancestors; ``classes``: module type name -> class
+    (for FSDP1's ``module-type`` policy)."""
+    kind = engine["kind"]
+    if kind == "Unsharded":
+        return module
+    if kind == "DDP":
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [rank_device(device)] if device == "cuda" else None
+        return DistributedDataParallel(module, device_ids=device_ids, process_group=group)
+    if kind == "FSDP2":
+        fully_shard = fully_shard_fn()
+        kwargs = {"mesh": mesh, "reshard_after_forward": engine["reshard_after_forward"]}
+        if engine["shard_dim"]:
+            kwargs["shard_placement_fn"] = functools.partial(shard_on_dim, engine["shard_dim"])
+        for path in innermost_first:
+            fully_shard(module.get_submodule(path), **kwargs)
+        fully_shard(module, **kwargs)
+        return module
+    if kind != "FSDP1":
+        raise TypeError(f"unknown engine {engine!r}")
+    from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
+    from torch.distributed.fsdp import wrap as fsdp_wrap
+
+    hybrid = engine["sharding_strategy"] in ("HYBRID_SHARD", "_HYBRID_SHARD_ZERO2")
+    common = dict(
+        device_id=rank_device(device),
+        use_orig_params=engine["use_orig_params"],
+        sharding_strategy=ShardingStrategy[engine["sharding_strategy"]],
+        **({"device_mesh": mesh} if hybrid else {"process_group": group}),
+    )
+    policy = None
+    if engine["wrap_policy"] == "set" and wrap:
+        inner = {id(module.get_submodule(path)) for path in wrap}
+        policy = functools.partial(fsdp_wrap.lambda_auto_wrap_policy, lambda_fn=lambda m: id(m) in inner)
+    elif engine["wrap_policy"] == "manual":
+        with fsdp_wrap.enable_wrap(wrapper_cls=FullyShardedDataParallel, **common):
+            for path in innermost_first:
+                parent, _, name = path.rpartition(".")
+                owner = module.get_submodule(parent) if parent else module
+                setattr(owner, name, fsdp_wrap.wrap(getattr(owner, name)))
+    elif engine["wrap_policy"] == "module-type":
+        policy = fsdp_wrap.ModuleWrapPolicy({classes[name] for name in engine["module_types"]})
+    elif engine["wrap_policy"] == "size-based":
+        policy = functools.partial(fsdp_wrap.size_based_auto_wrap_policy, min_num_params=engine["min_num_params"])
+    elif engine["wrap_policy"] == "always":
+        policy = fsdp_wrap.always_wrap_policy
+    return FullyShardedDataParallel(module, auto_wrap_policy=policy, **common)
+
+
+def state_dict_options(*, full: bool, flatten: bool, extra: dict):
+    """``StateDictOptions`` for a side: ``full_state_dict``, ``flatten_optimizer_state_dict``, and ``extra``
+    (only the fields a case sets: an older torch may lack one the case never sets)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=full, flatten_optimizer_state_dict=flatten, **extra)
+
+
+def local_state_dict_type(model):
+    """FSDP1's ``LOCAL_STATE_DICT`` context: each rank's flat-parameter shard."""
+    from torch.distributed.fsdp import FullyShardedDataParallel, StateDictType
+
+    return FullyShardedDataParallel.state_dict_type(model, StateDictType.LOCAL_STATE_DICT)
+
+
+def get_side_state(model, optim, *, kind: str, api: str, options) -> dict:
+    """``{"model": ..., "optim": ...}`` as a side gets it. ``kind`` ``local``: FSDP1's own (DSD has no
+    LOCAL form), the optimizer sharded; ``api`` ``separate``: the model and optimizer getters, else
+    ``get_state_dict``."""
+    from torch.distributed.checkpoint import state_dict as dsd
+
+    if kind == "local":
+        with local_state_dict_type(model):
+            model_sd = model.state_dict()
+        return {"model": model_sd, "optim": dsd.get_optimizer_state_dict(model, optim, options=options)}
+    if api == "separate":
+        return {
+            "model": dsd.get_model_state_dict(model, options=options),
+            "optim": dsd.get_optimizer_state_dict(model, optim, options=options),
+        }
+    model_sd, optim_sd = dsd.get_state_dict(model, optim, options=options)
+    return {"model": model_sd, "optim": optim_sd}
+
+
+def set_side_state(model, optim, state: dict, *, kind: str, api: str, options, rank: int) -> None:
+    """``set_state_dict`` (or the model and optimizer setters, or FSDP1's local form); with
+    ``broadcast_from_rank0`` only rank 0 passes the state (as torch documents it: the others
+    receive theirs from rank 0)."""
+    from torch.distributed.checkpoint import state_dict as dsd
+
+    if options.broadcast_from_rank0 and rank != 0:
+        state = {"model": {}, "optim": {}}
+    if kind == "local":
+        with local_state_dict_type(model):
+            model.load_state_dict(state["model"])
+        dsd.set_optimizer_state_dict(model, optim, state["optim"], options=options)
+    elif api == "separate":
+        dsd.set_model_state_dict(model, state["model"], options=options)
+        dsd.set_optimizer_state_dict(model, optim, state["optim"], options=options)
+    else:
+        dsd.set_state_dict(
+            model, optim, model_state_dict=state["model"], optim_state_dict=state["optim"], options=options
+        )
+
+
+def plain(value):
+    """A detached CPU copy of a tensor (the comparisons run on the CPU, whatever the side's device)."""
+    return value.detach().to("cpu", copy=True) if isinstance(value, torch.Tensor) else value
+
+
+def gather_full(model, optim) -> dict:
+    """Full, flat, engine-independent state: ``model.<fqn>`` and ``optim.<flat key>``.
+
+    ``cpu_offload`` would keep the gather on rank 0 only, but FSDP1 crashes with it
+    on CPU ranks (see corpus), so every rank of the side gathers and only rank 0 keeps it.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    model_sd, optim_sd = get_state_dict(
+        model, optim, options=StateDictOptions(full_state_dict=True, flatten_optimizer_state_dict=True)
+    )
+    flat = {f"model.{k}": plain(v) for k, v in model_sd.items()}
+    flat.update({f"optim.{k}": plain(v) for k, v in optim_sd.items()})
+    return flat
+
+
+def offloaded_full_state(model, optim) -> dict:
+    """``{flat key: (shape, device type)}`` of every tensor ``full_state_dict`` + ``cpu_offload`` leaves here."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    model_sd, optim_sd = get_state_dict(
+        model,
+        optim,
+        options=StateDictOptions(full_state_dict=True, cpu_offload=True, flatten_optimizer_state_dict=True),
+    )
+    held = {f"model.{k}": (tuple(v.shape), v.device.type) for k, v in model_sd.items() if isinstance(v, torch.Tensor)}
+    held.update(
+        {f"optim.{k}": (tuple(v.shape), v.device.type) for k, v in optim_sd.items() if isinstance(v, torch.Tensor)}
+    )
+    return held
+
+
+def flat_optim(osd) -> dict:
+    """``state.<fqn>.<name>`` and ``param_groups.<i>.<hyperparameter>`` (without the ``params`` list)."""
+    flat = {f"state.{fqn}.{name}": plain(v) for fqn, entry in osd.get("state", {}).items() for name, v in entry.items()}
+    for i, group in enumerate(osd.get("param_groups", [])):
+        flat.update({f"param_groups.{i}.{k}": v for k, v in group.items() if k != "params"})
+    return flat
+
+
+def local_copy(value):
+    """``plain`` of a DTensor's local shard, or of any other value."""
+    return plain(value.to_local() if hasattr(value, "to_local") else value)
+
+
+def api_parity_pairs(model, optim, *, engine: str, group):
+    """``(what, ours, theirs)`` for each pair of torch APIs that must agree on this state:
+    ``model.state_dict()`` against ``get_model_state_dict``; for FSDP1 also its own optimizer
+    state dict against DSD's, and the optimizer's state before against after a reload through
+    ``optim_state_dict_to_load``. A generator: each pair is made after the previous one is judged."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    full = StateDictOptions(full_state_dict=True)
+    if engine != "FSDP1":
+        ours = {unwrapped_name(k): local_copy(v) for k, v in model.state_dict().items()}  # DDP's "module."
+        yield (
+            "model.state_dict() vs get_model_state_dict",
+            ours,
+            {k: local_copy(v) for k, v in get_model_state_dict(model).items()},
+        )
+        return
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    ours = {k: plain(v) for k, v in model.state_dict().items()}  # FSDP1's default: FULL_STATE_DICT
+    theirs = {k: plain(v) for k, v in get_model_state_dict(model, options=full).items()}
+    yield "model.state_dict() vs get_model_state_dict(full)", ours, theirs
+    fsdp_osd = FSDP.optim_state_dict(model, optim, group=group)
+    dcp_osd = get_optimizer_state_dict(model, optim, options=full)
+    yield "FSDP.optim_state_dict vs get_optimizer_state_dict(full)", flat_optim(fsdp_osd), flat_optim(dcp_osd)
+    optim.load_state_dict(FSDP.optim_state_dict_to_load(model, optim, fsdp_osd, group=group))
+    after = get_optimizer_state_dict(model, optim, options=full)
+    yield (
+        "optimizer state before vs after optim_state_dict_to_load + load_state_dict",
+        flat_optim(dcp_osd),
+        flat_optim(after),
+    )
