@@ -577,59 +577,22 @@ def _capabilities() -> int:
 
 
 def _run(args) -> int:
-    if args.database is None:
+    import attrs
+
+    from shardfuzz.run_config import RunConfig
+
+    config = RunConfig.from_args(args)
+    if config.database is None:
         from shardfuzz.database import DEFAULT_DATABASE
 
-        args.database = DEFAULT_DATABASE
-    if args.workers == 1:
+        config = attrs.evolve(config, database=DEFAULT_DATABASE)
+    if config.workers == 1:
         from shardfuzz.runner import run_command
 
-        return run_command(args)
+        return run_command(config)
     from shardfuzz.workers import run_workers
 
-    def worker_argv(index: int, seed: int, report: Path) -> list[str]:
-        argv = [
-            sys.executable,
-            "-m",
-            "shardfuzz",
-            "run",
-            "--budget",
-            str(args.budget),
-            "--seed",
-            str(seed),
-            "--corpus",
-            str(args.corpus),
-            "--world-size",
-            str(args.world_size),
-            "--database",
-            args.database,
-            "--device",
-            args.device,
-            "--report",
-            str(report),
-            "--flush-every",
-            "2",
-            "--plain",
-            "--worker-index",
-            str(index),
-        ]
-        for flag, value in (
-            ("--max-cases", args.max_cases),
-            ("--target", args.target),
-            ("--case-timeout", args.case_timeout),
-            ("--replay-from", args.replay_from),
-        ):
-            if value is not None:
-                argv += [flag, str(value)]
-        argv += (
-            ["--no-confirm"] * args.no_confirm
-            + ["--exit-zero"] * args.exit_zero
-            + ["--no-steer"] * args.no_steer
-            + ["--generic-deadlines"] * args.generic_deadlines
-        )
-        return argv
-
-    return run_workers(args, worker_argv)
+    return run_workers(config)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from shardfuzz.run_config import RunConfig
 from shardfuzz.stop import EXIT_CODES, StopFlag, StopRequested
 
 __all__ = ["run_command", "campaign_devices", "write_reports", "print_summary", "ABANDON_GRACE"]
@@ -41,16 +42,17 @@ def campaign_devices(device: str) -> tuple[tuple[str, ...], str]:
     return ("cpu", "cuda"), ""
 
 
-def run_command(args) -> int:
+def run_command(config: RunConfig) -> int:
+    """One campaign as ``config`` says, on a warm pool or (under torchrun) on torchrun's ranks; the exit code."""
     import os
 
     from shardfuzz.executor.torchrun import TorchrunWorld, follow, in_torchrun
     from shardfuzz.targets import DEFAULT_TARGET, resolve_target
 
-    budget_end = time.monotonic() + args.budget  # the pool's start and the reports count against it too
-    target = args.target or DEFAULT_TARGET
+    budget_end = time.monotonic() + config.budget  # the pool's start and the reports count against it too
+    target = config.target or DEFAULT_TARGET
     torchrun = in_torchrun()
-    if torchrun and args.device != "cpu":
+    if torchrun and config.device != "cpu":
         print(
             "shardfuzz run: --device cuda is not supported under torchrun yet (its ranks run on CPU with gloo); "
             "run without torchrun on a machine with GPUs",
@@ -60,7 +62,7 @@ def run_command(args) -> int:
     if torchrun and int(os.environ["RANK"]) != 0:
         # A follower runs its share of what rank 0 sends: it never draws, so it never imports Hypothesis or
         # opens the example database (rank 0 alone reports a bad option; torchrun then ends the job).
-        return follow(target=target, checkpoint_dir=args.checkpoint_dir)
+        return follow(target=target, checkpoint_dir=config.checkpoint_dir)
 
     import torch
 
@@ -76,17 +78,17 @@ def run_command(args) -> int:
 
     try:
         resolve_target(target)  # fail here, with the spec named, rather than in every rank
-        database = open_database(args.database, replay_from=args.replay_from)
+        database = open_database(config.database, replay_from=config.replay_from)
     except (ValueError, DatabaseError) as exc:
         print(f"shardfuzz run: {exc}", file=sys.stderr)
         return 2
-    devices, why_not = campaign_devices(args.device)
+    devices, why_not = campaign_devices(config.device)
     if why_not:
         print(f"shardfuzz run: {why_not}", file=sys.stderr)
         return 2
-    world_size = int(os.environ["WORLD_SIZE"]) if torchrun else args.world_size
+    world_size = int(os.environ["WORLD_SIZE"]) if torchrun else config.world_size
 
-    entries, problems = load_corpus(args.corpus)
+    entries, problems = load_corpus(config.corpus)
     for problem in problems:
         print(f"shardfuzz: skipping corpus file: {problem}", file=sys.stderr)
     known = known_bugs(entries, torch.__version__)
@@ -104,25 +106,25 @@ def run_command(args) -> int:
     }
 
     # A random seed is chosen here, not inside Hypothesis, so the report can say which one to repeat the run with.
-    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
+    seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**32)
     meta = {
         "torch": torch.__version__,
-        "budget_seconds": args.budget,
+        "budget_seconds": config.budget,
         "seed": seed,
         "world_size": world_size,
         "target": target,
         "launcher": "torchrun" if torchrun else "pool",
-        "database": args.database if database is not None else None,
-        "worker": args.worker_index,
-        "device": args.device,
+        "database": config.database if database is not None else None,
+        "worker": config.worker_index,
+        "device": config.device,
     }
     offered = {
         dim: sorted(values) for dim, values in offered_values(max_world_size=world_size, devices=devices).items()
     }
-    device_key = () if args.device == "cpu" else (f"device={args.device}",)  # CPU keys as before GPUs
+    device_key = () if config.device == "cpu" else (f"device={config.device}",)  # CPU keys as before GPUs
     corpus_files: dict[str, str] = {}
     stop = StopFlag()
-    progress = Progress(args.budget, plain=True if args.plain else None)  # None: plain unless on a terminal
+    progress = Progress(config.budget, plain=True if config.plain else None)  # None: plain unless on a terminal
     executor = None
     last_flush = [time.monotonic()]
 
@@ -138,19 +140,19 @@ def run_command(args) -> int:
         )
 
     def on_case(result, case, verdict) -> None:
-        flush = args.report is not None and time.monotonic() - last_flush[0] >= args.flush_every
+        flush = config.report is not None and time.monotonic() - last_flush[0] >= config.flush_every
         if not (flush or progress.due()):
             return
         report = snapshot(result)
         if flush:
             last_flush[0] = time.monotonic()
-            write_reports(report, json_path=args.report)
+            write_reports(report, json_path=config.report)
         if progress.due():
             progress.show(report)
 
     def on_finding(finding) -> None:
         path = save_entry(
-            args.corpus,
+            config.corpus,
             entry_for(
                 finding.case,
                 finding.verdict,
@@ -180,17 +182,20 @@ def run_command(args) -> int:
         with stop:
             if torchrun:
                 executor = TorchrunWorld(
-                    target=target, case_timeout=args.case_timeout, checkpoint_dir=args.checkpoint_dir, abandon=abandon
+                    target=target,
+                    case_timeout=config.case_timeout,
+                    checkpoint_dir=config.checkpoint_dir,
+                    abandon=abandon,
                 )
                 confirm = None  # no fresh pool to confirm on: the same ranks would answer again
             else:
                 executor = RankPool(
                     world_size,
                     target=target,
-                    case_timeout=args.case_timeout,
+                    case_timeout=config.case_timeout,
                     abandon=abandon,
-                    device=args.device,
-                    deadlines=None if args.generic_deadlines else MeasuredDeadlines(),
+                    device=config.device,
+                    deadlines=None if config.generic_deadlines else MeasuredDeadlines(),
                 )
 
                 def confirm(case):
@@ -207,14 +212,14 @@ def run_command(args) -> int:
                     is_known=lambda s, c: known.lookup(s, c) is not None,
                     on_case=on_case,
                     on_finding=on_finding,
-                    confirm=None if args.no_confirm else confirm,
+                    confirm=None if config.no_confirm else confirm,
                     database=database,
                     database_key=database_key(f"world={world_size}", target, *device_key),
                     should_stop=lambda: stop.reason,
-                    max_cases=args.max_cases,
+                    max_cases=config.max_cases,
                     devices=devices,
                     vary_storage=target == DEFAULT_TARGET,
-                    steer_after=None if args.no_steer else STEER_AFTER,
+                    steer_after=None if config.no_steer else STEER_AFTER,
                     known_dimensions=known_dimensions,
                     expected=expected,
                 )
@@ -230,7 +235,7 @@ def run_command(args) -> int:
         progress.finish()
         print(
             "\nshardfuzz run: interrupted twice; stopped without writing reports "
-            f"(corpus entries found so far are in {args.corpus})",
+            f"(corpus entries found so far are in {config.corpus})",
             file=sys.stderr,
         )
         return 130
@@ -238,17 +243,17 @@ def run_command(args) -> int:
         result.stopped = "budget"  # the case in flight outran the budget's end and was given up
     report = snapshot(result, final=True)
     progress.finish(report)
-    write_reports(report, json_path=args.report, directory=args.report_dir)
+    write_reports(report, json_path=config.report, directory=config.report_dir)
     print_summary(report)
     if result.stopped in EXIT_CODES:
-        wrote = [str(p) for p in (args.report, args.report_dir) if p is not None]
+        wrote = [str(p) for p in (config.report, config.report_dir) if p is not None]
         print(
             f"shardfuzz run: stopped by {result.stopped} after {result.cases_run} cases; "
-            f"corpus in {args.corpus}{', reports in ' + ', '.join(wrote) if wrote else ''}",
+            f"corpus in {config.corpus}{', reports in ' + ', '.join(wrote) if wrote else ''}",
             file=sys.stderr,
         )
         return EXIT_CODES[result.stopped]
-    return 1 if report["failures"] and not args.exit_zero else 0
+    return 1 if report["failures"] and not config.exit_zero else 0
 
 
 def write_reports(report: dict, *, json_path: Path | None = None, directory: Path | None = None) -> None:

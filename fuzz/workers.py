@@ -18,39 +18,50 @@ import tempfile
 import time
 from pathlib import Path
 
+from shardfuzz.run_config import RunConfig
 from shardfuzz.stop import EXIT_CODES, StopFlag
 
 __all__ = ["run_workers"]
 
 
-def run_workers(args, worker_argv) -> int:
-    """``worker_argv(index, seed, report_path) -> argv`` builds each child's ``shardfuzz run`` command."""
+def run_workers(config: RunConfig) -> int:
+    """``config.workers`` campaigns, each a ``shardfuzz run`` child with the options of ``config.for_worker``."""
     import torch
 
     from shardfuzz.progress import Progress
     from shardfuzz.report import merge_reports, read_report
     from shardfuzz.runner import print_summary, write_reports
 
-    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
+    seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**32)
     scratch = Path(tempfile.mkdtemp(prefix="shardfuzz-workers-"))
-    reports = [scratch / f"worker-{i}.json" for i in range(args.workers)]
-    logs = [scratch / f"worker-{i}.log" for i in range(args.workers)]
+    reports = [scratch / f"worker-{i}.json" for i in range(config.workers)]
+    logs = [scratch / f"worker-{i}.log" for i in range(config.workers)]
     children = []
-    for index in range(args.workers):
+    for index in range(config.workers):
         with open(logs[index], "w") as log:
             children.append(
-                subprocess.Popen(worker_argv(index, seed + index, reports[index]), stdout=log, stderr=subprocess.STDOUT)
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "shardfuzz",
+                        "run",
+                        *config.for_worker(index, seed=seed + index, report=reports[index]).argv(),
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
             )
     meta = {
         "torch": torch.__version__,
-        "budget_seconds": args.budget,
+        "budget_seconds": config.budget,
         "seed": seed,
-        "world_size": args.world_size,
-        "target": args.target,
+        "world_size": config.world_size,
+        "target": config.target,
         "launcher": "pool",
-        "database": args.database,
+        "database": config.database,
     }
-    progress = Progress(args.budget, plain=args.plain)
+    progress = Progress(config.budget, plain=config.plain)
     stop = StopFlag()
     forwarded = False
 
@@ -71,7 +82,7 @@ def run_workers(args, worker_argv) -> int:
                         if child.poll() is None:
                             child.send_signal(signal.SIGTERM)
                     forwarded = True
-                    progress.message(f"shardfuzz run: {stop.reason}: asking {args.workers} workers to stop")
+                    progress.message(f"shardfuzz run: {stop.reason}: asking {config.workers} workers to stop")
                 if progress.due():
                     found = current()
                     if found:
@@ -97,14 +108,14 @@ def run_workers(args, worker_argv) -> int:
         )
     if not broken:
         shutil.rmtree(scratch, ignore_errors=True)
-    write_reports(report, json_path=args.report, directory=args.report_dir)
+    write_reports(report, json_path=config.report, directory=config.report_dir)
     print_summary(report)
     print(
-        f"shardfuzz: {args.workers} workers; per worker: "
+        f"shardfuzz: {config.workers} workers; per worker: "
         + ", ".join(f"{r.get('cases_run')} cases" for r in report["worker_reports"])
     )
     if stop.reason:
         return EXIT_CODES[stop.reason]
     if broken:
         return 2
-    return 1 if report["failures"] and not args.exit_zero else 0
+    return 1 if report["failures"] and not config.exit_zero else 0
