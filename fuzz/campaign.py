@@ -20,6 +20,7 @@ import random
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
+from typing import cast
 
 import attrs
 from hypothesis import HealthCheck, Phase, Verbosity, event, given, settings
@@ -85,13 +86,18 @@ class Finding:
         return self.verdict.signature()
 
 
+def _seconds() -> dict[str, float]:
+    """Seconds by name: a Counter, so that a name never counted reads 0."""
+    return cast("dict[str, float]", Counter())
+
+
 @attrs.define
 class CampaignResult:
     cases_run: int = 0
     passed: int = 0
     findings: dict[str, Finding] = attrs.Factory(dict)
     known_hits: Counter = attrs.Factory(Counter)
-    known_seconds: Counter = attrs.Factory(Counter)  # known signature -> wall seconds its hits cost (restarts too)
+    known_seconds: dict[str, float] = attrs.Factory(_seconds)  # known signature -> wall seconds its hits cost
     unsupported: Counter = attrs.Factory(Counter)  # signature -> cases torch rejected as documented
     coverage: dict[str, Counter] = attrs.Factory(lambda: defaultdict(Counter))
     seconds_in_cases: float = 0.0
@@ -106,7 +112,7 @@ class CampaignResult:
     slowest_recent: tuple[float, str] = (0.0, "")  # (seconds, case summary) over the last 100 cases
     shrinking: dict[str, CaseFailed] = attrs.Factory(dict)  # this round's new signatures being shrunk -> smallest
     # Wall seconds by what they went to (TIME_CATEGORIES); the rest of the wall time is drawing and Hypothesis.
-    time_spent: Counter = attrs.Factory(Counter)
+    time_spent: dict[str, float] = attrs.Factory(_seconds)
     statuses: Counter = attrs.Factory(Counter)  # cases by verdict status (pass, mismatch, error, crash, hang, ...)
     steering: dict[str, dict[str, str]] = attrs.Factory(dict)  # known signature -> the conditions it is masked by
     masked: Counter = attrs.Factory(Counter)  # known signature -> draws filtered out by its mask
@@ -429,7 +435,7 @@ def run_campaign(
             return _finding(failure, **{"shrunk": shrunk, **shrink, **extra})
 
         if database is not None:
-            round_of_cases._hypothesis_internal_database_key = database_key  # see database_key()
+            round_of_cases._hypothesis_internal_database_key = database_key  # type: ignore[attr-defined]  # see database_key()
         try:
             round_of_cases()
         except _ShrinkCut:

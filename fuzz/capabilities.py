@@ -175,7 +175,12 @@ def capabilities() -> Capabilities:
     hsdp = from_group is not None and "mesh" in inspect.signature(from_group.from_group).parameters
     if not hsdp:
         off["hsdp"] = "DeviceMesh.from_group takes no mesh= (needed to build 2-D meshes on rank subgroups)"
-    shard_dim = "fsdp2" in engines and "shard_placement_fn" in inspect.signature(fully_shard_fn()).parameters
+    fully_shard = fully_shard_fn()
+    shard_dim = (
+        "fsdp2" in engines
+        and fully_shard is not None
+        and "shard_placement_fn" in inspect.signature(fully_shard).parameters
+    )
     if "fsdp2" in engines and not shard_dim:
         off["fsdp2_shard_dim"] = "fully_shard has no shard_placement_fn (sharding on a dim other than 0)"
 

@@ -29,6 +29,7 @@ from attrs import field, frozen
 from attrs.validators import in_, instance_of
 
 from shardfuzz.case import Case, describe_structure_error, dimensions, dumps, from_dict, make_converter
+from shardfuzz.case._validators import ints, strings
 from shardfuzz.targets import DEFAULT_TARGET
 from shardfuzz.verdict import STUCK_RANK_STACKS, TRIAGE_CLASSES, Verdict, canonical_signature
 
@@ -60,7 +61,7 @@ class Known:
     description: str = field(validator=instance_of(str))
     torch: str = field(validator=instance_of(str))  # a PEP 440 specifier set, e.g. ">=2.11,<2.14"
     link: str = field(default="", validator=instance_of(str))
-    seen: tuple[str, ...] = field(default=(), converter=tuple)  # torch builds it was reproduced on
+    seen: tuple[str, ...] = field(default=(), converter=strings)  # torch builds it was reproduced on
     # Case dimensions (``case.dimensions``) a failure must also have to count as this bug.
     # A silent-corruption signature ("values differ" on a key pattern) is broad: without
     # this, a new corruption on the same key would pass as this known one.
@@ -94,7 +95,7 @@ class Cause:
     kind: str = field(validator=in_(("oracle", "exception", "crash", "hang")))
     name: str
     message: str = ""
-    ranks: tuple[int, ...] = field(default=(), converter=tuple)
+    ranks: tuple[int, ...] = field(default=(), converter=ints)
     key: str = ""
     phase: str = ""
 
@@ -295,7 +296,8 @@ def load_entry(path: str | os.PathLike) -> Entry:
 
 def load_corpus(directory: str | os.PathLike) -> tuple[list[tuple[Path, Entry]], list[str]]:
     """Every readable entry under ``directory``, and one message per unreadable file."""
-    entries, problems = [], []
+    entries: list[tuple[Path, Entry]] = []
+    problems: list[str] = []
     directory = Path(directory)
     if not directory.is_dir():
         return entries, problems

@@ -129,7 +129,7 @@ def difference_kind(
     """
     differs = as_bits(want) != as_bits(got)
     old = (before or {}).get(key)
-    if _same_layout(old, got):
+    if isinstance(old, torch.Tensor) and _same_layout(old, got):
         kept = as_bits(old) == as_bits(got)
         if bool((kept | ~differs).all()):
             return "holds its value from before the load"

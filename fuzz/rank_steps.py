@@ -211,7 +211,7 @@ def shard_module(module, engine: dict, *, wrap, innermost_first, group, mesh, de
         sharding_strategy=ShardingStrategy[engine["sharding_strategy"]],
         **({"device_mesh": mesh} if hybrid else {"process_group": group}),
     )
-    policy = None
+    policy: object = None
     if engine["wrap_policy"] == "set" and wrap:
         inner = {id(module.get_submodule(path)) for path in wrap}
         policy = functools.partial(fsdp_wrap.lambda_auto_wrap_policy, lambda_fn=lambda m: id(m) in inner)
@@ -227,7 +227,7 @@ def shard_module(module, engine: dict, *, wrap, innermost_first, group, mesh, de
         policy = functools.partial(fsdp_wrap.size_based_auto_wrap_policy, min_num_params=engine["min_num_params"])
     elif engine["wrap_policy"] == "always":
         policy = fsdp_wrap.always_wrap_policy
-    return FullyShardedDataParallel(module, auto_wrap_policy=policy, **common)
+    return FullyShardedDataParallel(module, auto_wrap_policy=policy, **common)  # type: ignore[arg-type]
 
 
 def state_dict_options(*, full: bool, flatten: bool, extra: dict):
@@ -315,11 +315,9 @@ def offloaded_full_state(model, optim) -> dict:
         optim,
         options=StateDictOptions(full_state_dict=True, cpu_offload=True, flatten_optimizer_state_dict=True),
     )
-    held = {f"model.{k}": (tuple(v.shape), v.device.type) for k, v in model_sd.items() if isinstance(v, torch.Tensor)}
-    held.update(
-        {f"optim.{k}": (tuple(v.shape), v.device.type) for k, v in optim_sd.items() if isinstance(v, torch.Tensor)}
-    )
-    return held
+    flat: dict = {f"model.{k}": v for k, v in model_sd.items()}
+    flat.update({f"optim.{k}": v for k, v in optim_sd.items()})
+    return {k: (tuple(v.shape), v.device.type) for k, v in flat.items() if isinstance(v, torch.Tensor)}
 
 
 def flat_optim(osd) -> dict:

@@ -17,6 +17,7 @@ from pathlib import Path
 from attrs import frozen
 
 from shardfuzz.corpus import Entry
+from shardfuzz.executor import Executor
 from shardfuzz.verdict import Verdict
 
 __all__ = ["OUTCOMES", "Replay", "judge", "replay_entries"]
@@ -69,7 +70,7 @@ def judge(entry: Entry, verdicts: Iterable[Verdict]) -> str:
 
 def replay_entries(
     entries: list[tuple[Path, Entry]],
-    pool_for: Callable[[str, int], object],
+    pool_for: Callable[[str, int], Executor],
     *,
     repeat: int = 1,
     on_replay: Callable[[Replay], None] | None = None,
@@ -80,7 +81,7 @@ def replay_entries(
     results = []
     for path, entry in entries:
         pool = pool_for(entry.target, entry.replay_world_size)
-        why_not_here = pool.cannot_run(entry.case) if hasattr(pool, "cannot_run") else ""
+        why_not_here = pool.cannot_run(entry.case)
         if why_not_here:
             replay = Replay(path, entry, (), "skipped", why_not_here)
         else:

@@ -41,6 +41,7 @@ class RankContext:
         self.world_size = world_size
         self.on_phase = on_phase  # called with each phase name (the pool shows it for a crashed rank)
         self.phase = "idle"
+        self._since = 0.0  # when the phase began (perf_counter)
         self.timings: dict[str, float] = {}
         self.unchanged: list[str] = []  # non-vacuity: keys equal to the saved state before the load
         self._groups: dict[int, Any] = {}
@@ -335,8 +336,11 @@ def _expected_layout(spec, side: Side) -> dict[str, oracles.LayoutRecord]:
     side's mesh, replicated across dim 0 of a 2-D mesh, in the model's dtype, at its full shape."""
     Replicate, Shard = dtensor().Replicate, dtensor().Shard
 
+    engine = side.engine
+    assert isinstance(engine, FSDP2)  # the layout oracle judges FSDP2 sides only
+
     def placements(ndim: int) -> str:
-        shard = Shard(side.engine.dim_for(ndim))
+        shard = Shard(engine.dim_for(ndim))
         return repr((Replicate(), shard) if len(side.mesh_shape) == 2 else (shard,))
 
     return {
@@ -361,9 +365,12 @@ def _replica_consistency(model, optim, *, group, rank: int) -> list[Mismatch]:
         for key, value in state.items():
             for region, piece in _pieces(value):
                 pieces[f"{prefix}.{unwrapped_name(key)}", region] = piece
-    gathered = [None] * dist.get_world_size(group) if rank == 0 else None
+    if rank != 0:
+        dist.gather_object(pieces, None, dst=0, group=group)
+        return []
+    gathered: list[Any] = [None] * dist.get_world_size(group)
     dist.gather_object(pieces, gathered, dst=0, group=group)
-    return oracles.replica_consistency(dict(enumerate(gathered))) if rank == 0 else []
+    return oracles.replica_consistency(dict(enumerate(gathered)))
 
 
 def _pieces(value):

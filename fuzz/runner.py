@@ -230,7 +230,7 @@ def run_command(config: RunConfig) -> int:
     except StopRequested:  # stopped while the ranks were still starting: nothing ran, nothing to report
         progress.finish()
         print(f"shardfuzz run: stopped by {stop.reason} before the first case", file=sys.stderr)
-        return EXIT_CODES.get(stop.reason, 130)
+        return EXIT_CODES.get(stop.reason or "", 130)
     except KeyboardInterrupt:
         progress.finish()
         print(

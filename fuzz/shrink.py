@@ -134,8 +134,8 @@ def _simpler_sides(side: Side) -> Iterator[Side]:
     shape = side.mesh_shape
     # FSDP1 keeps the mesh it was drawn with where a smaller one would meet a known hang the strategies steer
     # around: a hybrid mesh that leaves ranks of the world out, or any subgroup on a torch that hangs there.
-    fsdp1 = isinstance(side.engine, FSDP1)
-    if not (fsdp1 and (side.engine.hybrid or not _fsdp1_subgroups())):
+    engine = side.engine
+    if not (isinstance(engine, FSDP1) and (engine.hybrid or not _fsdp1_subgroups())):
         smaller = [(1,), (shape[0] - 1,)] if len(shape) == 1 else [(shape[0] - 1, shape[1]), (shape[0], shape[1] - 1)]
         for mesh in smaller:
             if all(n >= 1 for n in mesh) and mesh != shape:

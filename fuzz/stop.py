@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import signal
 import time
+from typing import Any
 
 __all__ = ["StopFlag", "StopRequested", "EXIT_CODES"]
 
@@ -33,7 +34,7 @@ class StopFlag:
     def __init__(self) -> None:
         self.reason: str | None = None
         self.since: float | None = None
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Any] = {}
 
     def __bool__(self) -> bool:
         return self.reason is not None

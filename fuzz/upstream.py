@@ -160,10 +160,11 @@ def known_bug_table(entries: Iterable[tuple[Path, Entry]]) -> str:
     ]
     for path, entry in known:
         what = entry.title.split("] ", 1)[-1]
-        link = entry.known.link or "none found"
+        block = entry.known
+        assert block is not None  # ``known`` holds the entries with a known block
         rows.append(
             f"| `{path.stem}` | {entry.triage} | {_cell(what)} | {_cell(describe(entry.case))} | "
-            f"`{entry.known.torch}` | {', '.join(entry.known.seen) or '-'} | {_cell(link)} |"
+            f"`{block.torch}` | {', '.join(block.seen) or '-'} | {_cell(block.link or 'none found')} |"
         )
     return "\n".join(rows) + "\n"
 

@@ -131,14 +131,14 @@ class Verdict:
                 "phase": "compare",
             }
         if self.errors and self.status not in ("crash", "hang"):
-            first = min(self.errors, key=lambda e: e.rank)
+            error = min(self.errors, key=lambda e: e.rank)
             return {
                 "kind": "exception",
-                "name": first.type,
-                "message": _last_line(first.message)[:500],
+                "name": error.type,
+                "message": _last_line(error.message)[:500],
                 "ranks": sorted(e.rank for e in self.errors),
                 "key": "",
-                "phase": first.phase,
+                "phase": error.phase,
             }
         # A crash or hang: peers' errors are only echoes of the dead or stuck rank.
         ranks = sorted({int(r) for r in re.findall(r"rank (\d+)", self.detail)})
@@ -164,8 +164,8 @@ class Verdict:
             return f"mismatch:{first.oracle}:{_key_pattern(first.key)}:{_normalise(first.detail)}"
         if self.status in ("error", "unsupported") and self.errors:
             # The lowest rank's error is usually the root; peers often report its echo.
-            first = min(self.errors, key=lambda e: e.rank)
-            return f"{self.status}:{first.phase}:{first.type}:{normalise_message(first.message)}"
+            error = min(self.errors, key=lambda e: e.rank)
+            return f"{self.status}:{error.phase}:{error.type}:{normalise_message(error.message)}"
         if self.status in ("crash", "hang") and self.where:
             return f"{self.status}:{self.where}:{_normalise(self.how)}"
         return f"{self.status}:{_normalise(self.detail)}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
@@ -186,7 +188,9 @@ def cases(
         engine = save.engine
         if not (isinstance(engine, FSDP1) and not engine.hybrid):
             return save, load
-        local = dict(state_dict="local", cpu_offload=False, broadcast_from_rank0=False, state_dict_api="combined")
+        local: dict[str, Any] = dict(
+            state_dict="local", cpu_offload=False, broadcast_from_rank0=False, state_dict_api="combined"
+        )
         save = attrs.evolve(save, engine=attrs.evolve(engine, use_orig_params=False), **local)
         other = load.engine
         choice = draw(st.sampled_from(("same", "other-ranks", "own")))

@@ -113,7 +113,7 @@ def storages() -> st.SearchStrategy:
         )
     else:
         custom = st.builds(Dcp, api=st.sampled_from(apis))
-    whole_files = [st.just(TorchSave())]
+    whole_files: list[st.SearchStrategy[TorchSave | DcpToTorchSave]] = [st.just(TorchSave())]
     if "dcp-to-torch-save" in caps.storages:
         whole_files.append(st.just(DcpToTorchSave()))
     return st.one_of(st.just(Dcp()), st.just(Dcp()), st.just(Dcp()), custom, custom, *whole_files)

@@ -176,8 +176,8 @@ def dimensions(case: Case) -> dict[str, str]:
     def side(s: Side, name: str) -> dict[str, str]:
         shards = shard_count(s)
         engine = s.engine
-        fsdp1 = isinstance(engine, FSDP1)
-        fsdp2 = isinstance(engine, FSDP2)
+        fsdp1 = engine if isinstance(engine, FSDP1) else None
+        fsdp2 = engine if isinstance(engine, FSDP2) else None
         return {
             f"{name}_engine": type(engine).__name__.lower(),
             f"{name}_device": s.device,
@@ -187,11 +187,11 @@ def dimensions(case: Case) -> dict[str, str]:
             f"{name}_wrapped": "none" if not s.wrap else "some",
             f"{name}_uneven_split": str(any(w % shards for w in widths)).lower(),
             f"{name}_empty_shard": str(any(w < shards for w in widths)).lower(),
-            f"{name}_fsdp1_strategy": engine.sharding_strategy.lower() if fsdp1 else "n/a",
-            f"{name}_fsdp1_wrap_policy": engine.wrap_policy if fsdp1 else "n/a",
-            f"{name}_fsdp1_use_orig_params": str(engine.use_orig_params).lower() if fsdp1 else "n/a",
-            f"{name}_fsdp2_reshard_after_forward": str(engine.reshard_after_forward).lower() if fsdp2 else "n/a",
-            f"{name}_fsdp2_shard_dim": str(engine.shard_dim) if fsdp2 else "n/a",
+            f"{name}_fsdp1_strategy": fsdp1.sharding_strategy.lower() if fsdp1 else "n/a",
+            f"{name}_fsdp1_wrap_policy": fsdp1.wrap_policy if fsdp1 else "n/a",
+            f"{name}_fsdp1_use_orig_params": str(fsdp1.use_orig_params).lower() if fsdp1 else "n/a",
+            f"{name}_fsdp2_reshard_after_forward": str(fsdp2.reshard_after_forward).lower() if fsdp2 else "n/a",
+            f"{name}_fsdp2_shard_dim": str(fsdp2.shard_dim) if fsdp2 else "n/a",
             f"{name}_cpu_offload": str(s.cpu_offload).lower(),
             f"{name}_state_dict_api": s.state_dict_api,
         }

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Union
 
 from attrs import field, frozen
 from attrs.validators import ge, in_, instance_of
 
+from shardfuzz.case._validators import ints
 from shardfuzz.case.tree import _sorted_unique_types
 
 #: ``local`` (FSDP1 only, not hybrid): the model as FSDP1's ``LOCAL_STATE_DICT`` (each rank's
@@ -92,7 +94,7 @@ Engine = Union[FSDP1, FSDP2, DDP, Unsharded]
 ENGINE_CLASSES = (FSDP1, FSDP2, DDP, Unsharded)
 
 
-def _sorted_unique(paths) -> tuple[str, ...]:
+def _sorted_unique(paths: Iterable[str]) -> tuple[str, ...]:
     return tuple(sorted(set(paths)))
 
 
@@ -110,7 +112,7 @@ class Side:
     """
 
     engine: Engine = field(validator=instance_of(ENGINE_CLASSES))
-    mesh_shape: tuple[int, ...] = field(converter=tuple)
+    mesh_shape: tuple[int, ...] = field(converter=ints)
     wrap: tuple[str, ...] = field(default=(), converter=_sorted_unique)
     state_dict: str = field(default="sharded", validator=in_(STATE_DICT_TYPES))
     device: str = field(default="cpu", validator=in_(DEVICES))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, NamedTuple, Union
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, ClassVar, NamedTuple, Union
 
 from attrs import evolve, field, frozen
 from attrs.validators import in_, instance_of
@@ -223,6 +224,10 @@ LEAF_CLASSES: tuple[type[Leaf], ...] = (Linear, LayerNorm, BatchNorm, Conv, Embe
 DTYPES = ("float32", "float64", "bfloat16")
 
 
+def _nodes(children: Iterable[Node]) -> tuple[Node, ...]:
+    return tuple(children)
+
+
 def _non_empty(instance, attribute, value):
     if not value:
         raise ValueError(f"{type(instance).__name__} needs at least one child")
@@ -232,18 +237,21 @@ def _non_empty(instance, attribute, value):
 class Sequential:
     """``nn.Sequential`` over its children (named ``0``, ``1``, ...)."""
 
-    children: tuple[Node, ...] = field(converter=tuple, validator=_non_empty)
+    children: tuple[Node, ...] = field(converter=_nodes, validator=_non_empty)
 
 
 @frozen
 class Block:
     """A custom container: children are attributes ``a``, ``b``, ... run in order."""
 
-    children: tuple[Node, ...] = field(converter=tuple, validator=_non_empty)
+    children: tuple[Node, ...] = field(converter=_nodes, validator=_non_empty)
 
 
 #: A tree node: a leaf of any registered kind, or a container (cattrs tags each with its class name).
-Node = Union[(*LEAF_CLASSES, Sequential, Block)]  # type: ignore[valid-type]
+if TYPE_CHECKING:  # to a type checker a leaf is a Leaf; cattrs needs the registry's classes
+    Node = Union[Leaf, "Sequential", "Block"]
+else:
+    Node = Union[LEAF_CLASSES + (Sequential, Block)]
 
 
 def _sorted_unique_types(names) -> tuple[str, ...]:
@@ -355,7 +363,7 @@ class Model:
         return d(self.root)
 
 
-def leaves(node) -> list[Node]:
+def leaves(node) -> list[Leaf]:
     """The leaf modules under ``node`` (itself, if it is one), in forward order."""
     if isinstance(node, Leaf):
         return [node]

@@ -24,6 +24,10 @@ class Executor(Protocol):
 
     def run(self, case: Case, /) -> Verdict: ...
 
+    def cannot_run(self, case: Case, /) -> str:
+        """Why this executor cannot run ``case`` here (a side on a device it lacks, too few ranks), or ''."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -301,7 +301,7 @@ class RankPool:
         timeout = self.case_timeout if self.case_timeout is not None else deadline_for(case)
         if self.deadlines is not None and self.case_timeout is None and not generic_deadline:
             timeout = self.deadlines.deadline(timeout)
-        checkpoint_dir = os.path.join(self._scratch, "case")
+        checkpoint_dir = os.path.join(self._started_scratch, "case")
         for rank in range(self.world_size):
             os.truncate(self._log(rank), 0)
         try:
@@ -335,8 +335,14 @@ class RankPool:
                 pass
         return total
 
+    @property
+    def _started_scratch(self) -> str:
+        """The scratch folder of the running ranks (their logs, stores, checkpoints)."""
+        assert self._scratch is not None, "the pool has not started"
+        return self._scratch
+
     def _log(self, rank: int) -> str:
-        return os.path.join(self._scratch, f"rank-{rank}.log")
+        return os.path.join(self._started_scratch, f"rank-{rank}.log")
 
     def _tail(self, rank: int, lines: int = 30) -> str:
         """The last ``lines`` lines rank ``rank`` wrote (its stderr and stdout)."""
@@ -378,7 +384,7 @@ class RankPool:
     def _reset(self) -> None:
         """Re-form the process group on a fresh store; fall back to closing the pool."""
         self.resets += 1
-        store = os.path.join(self._scratch, f"store-{self.resets}")
+        store = os.path.join(self._started_scratch, f"store-{self.resets}")
         message = json.dumps({"op": "reset", "store": store}).encode()
         try:
             for conn in self._conns:
@@ -411,13 +417,13 @@ class RankPool:
                 list(waiting) + [s for s, r in sentinels.items() if r not in dead],
                 remaining if poll is None else min(remaining, poll),
             )
-            if poll is not None and not ready and self.abandon():
+            if poll is not None and not ready and self.abandon is not None and self.abandon():
                 return None
             for item in ready:
                 if item in waiting:
                     rank = waiting.pop(item)
                     try:
-                        replies[rank] = json.loads(item.recv_bytes())
+                        replies[rank] = json.loads(item.recv_bytes())  # type: ignore[union-attr]  # a pipe: in waiting
                     except (EOFError, OSError):
                         dead.add(rank)
                     else:

@@ -32,7 +32,7 @@ import warnings
 import attrs
 
 from shardfuzz.case import Case, to_dict
-from shardfuzz.executor.admission import admit
+from shardfuzz.executor.admission import admit, cannot_run
 from shardfuzz.executor.deadlines import deadline_for
 from shardfuzz.executor.reports import fold_reports, report_of
 from shardfuzz.stop import StopRequested
@@ -137,7 +137,8 @@ class TorchrunWorld:
         self.world_size = self.world.world_size
         self.case_timeout = case_timeout
         self.abandon = abandon
-        self.starts, self.resets, self.events = 1, 0, []
+        self.starts, self.resets = 1, 0
+        self.events: list = []
         self._next = 0
         self._stuck = ""
 
@@ -146,6 +147,10 @@ class TorchrunWorld:
         self._next += 1
         self.world.control.set(f"case/{number}", json.dumps(message))
         return number
+
+    def cannot_run(self, case: Case) -> str:
+        """Why torchrun's ranks cannot run ``case``, or '' (``admission.cannot_run``; they run on CPU)."""
+        return cannot_run(case, world_size=self.world_size, target=self.target)
 
     def run(self, case: Case) -> Verdict:
         if self._stuck:

@@ -150,9 +150,8 @@ def warm_up(ctx, checkpoint_dir: str) -> None:
     from shardfuzz.roundtrip import run_case
     from shardfuzz.targets import DcpTarget
 
-    engines = [
-        {"fsdp1": FSDP1(), "fsdp2": FSDP2()}[name] for name in capabilities().engines if name in ("fsdp1", "fsdp2")
-    ]
+    sharded: dict[str, FSDP1 | FSDP2] = {"fsdp1": FSDP1(), "fsdp2": FSDP2()}
+    engines = [sharded[name] for name in capabilities().engines if name in ("fsdp1", "fsdp2")]
     if not engines:
         return
     n = ctx.world_size
