@@ -74,10 +74,32 @@ def _world_size(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line: one sub-command per job, each with its options (``_<command>_options``)."""
     parser = argparse.ArgumentParser(prog="shardfuzz", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
+    _run_options(commands.add_parser("run", help="fuzz save/load round-trips for a time budget"))
+    _replay_options(
+        commands.add_parser("replay", help="re-run corpus entries: still failing, now passing, changed, flaky")
+    )
+    _export_options(commands.add_parser("export", help="write a corpus entry as a standalone torch-only script"))
+    _selftest_options(
+        commands.add_parser("selftest", help="fuzz a catalogue of injected checkpoint bugs; report kills")
+    )
+    _shrink_options(
+        commands.add_parser(
+            "shrink", help="go on shrinking a corpus entry; keep a smaller case that fails the same way"
+        )
+    )
+    _report_bug_options(
+        commands.add_parser("report-bug", help="write a corpus entry as an upstream issue text (markdown)")
+    )
+    _known_bugs_options(commands.add_parser("known-bugs", help="the corpus's known bugs as a markdown table"))
+    _report_options(commands.add_parser("report", help="render a run's JSON report as HTML, markdown or JUnit XML"))
+    commands.add_parser("capabilities", help="list what the installed torch offers to the fuzzer")
+    return parser
 
-    run = commands.add_parser("run", help="fuzz save/load round-trips for a time budget")
+
+def _run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--budget",
         type=_duration,
@@ -167,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     scale.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
 
-    replay = commands.add_parser("replay", help="re-run corpus entries: still failing, now passing, changed, flaky")
+
+def _replay_options(replay: argparse.ArgumentParser) -> None:
     replay.add_argument(
         "paths",
         nargs="*",
@@ -192,11 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds before a case counts as hung (default: from the case's size)",
     )
 
-    export = commands.add_parser("export", help="write a corpus entry as a standalone torch-only script")
+
+def _export_options(export: argparse.ArgumentParser) -> None:
     export.add_argument("entry", type=Path, help="the corpus entry (a .json file)")
     export.add_argument("-o", "--output", type=Path, default=None, help="script path (default: stdout)")
 
-    selftest = commands.add_parser("selftest", help="fuzz a catalogue of injected checkpoint bugs; report kills")
+
+def _selftest_options(selftest: argparse.ArgumentParser) -> None:
     selftest.add_argument(
         "--budget", type=_positive_float, default=40.0, help="seconds per mutant to find it (default 40)"
     )
@@ -219,9 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="known torch bugs here are not counted as kills (default ./corpus)",
     )
 
-    shrink = commands.add_parser(
-        "shrink", help="go on shrinking a corpus entry; keep a smaller case that fails the same way"
-    )
+
+def _shrink_options(shrink: argparse.ArgumentParser) -> None:
     shrink.add_argument("entry", type=Path, help="the corpus entry (a .json file); rewritten in place")
     shrink.add_argument(
         "--budget", type=_duration, default=300.0, help="time to spend: seconds, or with s/m/h (default 300 s)"
@@ -233,17 +257,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds before a case counts as hung (default: from the case's size)",
     )
 
-    report_bug = commands.add_parser("report-bug", help="write a corpus entry as an upstream issue text (markdown)")
+
+def _report_bug_options(report_bug: argparse.ArgumentParser) -> None:
     report_bug.add_argument("entry", type=Path, help="the corpus entry (a .json file)")
     report_bug.add_argument("-o", "--output", type=Path, default=None, help="markdown file (default: stdout)")
 
-    table = commands.add_parser("known-bugs", help="the corpus's known bugs as a markdown table")
+
+def _known_bugs_options(table: argparse.ArgumentParser) -> None:
     table.add_argument("--corpus", type=Path, default=Path("corpus"), help="corpus directory (default ./corpus)")
     table.add_argument(
         "-o", "--output", type=Path, default=None, help="write it here, e.g. corpus/README.md (default: stdout)"
     )
 
-    render = commands.add_parser("report", help="render a run's JSON report as HTML, markdown or JUnit XML")
+
+def _report_options(render: argparse.ArgumentParser) -> None:
     render.add_argument("report", type=Path, help="a report.json written by shardfuzz run (--report/--report-dir)")
     kind = render.add_mutually_exclusive_group()
     for flag in ("html", "markdown", "junit"):
@@ -255,9 +282,6 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"{flag} (default: html)" if flag == "html" else flag,
         )
     render.add_argument("-o", "--output", type=Path, default=None, help="write it here (default: stdout)")
-
-    commands.add_parser("capabilities", help="list what the installed torch offers to the fuzzer")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

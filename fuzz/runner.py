@@ -14,6 +14,7 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from shardfuzz.run_config import RunConfig
 from shardfuzz.stop import EXIT_CODES, StopFlag, StopRequested
@@ -46,7 +47,7 @@ def run_command(config: RunConfig) -> int:
     """One campaign as ``config`` says, on a warm pool or (under torchrun) on torchrun's ranks; the exit code."""
     import os
 
-    from shardfuzz.executor.torchrun import TorchrunWorld, follow, in_torchrun
+    from shardfuzz.executor.torchrun import follow, in_torchrun
     from shardfuzz.targets import DEFAULT_TARGET, resolve_target
 
     budget_end = time.monotonic() + config.budget  # the pool's start and the reports count against it too
@@ -64,17 +65,7 @@ def run_command(config: RunConfig) -> int:
         # opens the example database (rank 0 alone reports a bad option; torchrun then ends the job).
         return follow(target=target, checkpoint_dir=config.checkpoint_dir)
 
-    import torch
-
-    from shardfuzz.campaign import database_key, run_campaign
-    from shardfuzz.case import dimensions
-    from shardfuzz.corpus import entry_for, known_bugs, load_corpus, save_entry
     from shardfuzz.database import DatabaseError, open_database
-    from shardfuzz.executor import PoolStartError, RankPool
-    from shardfuzz.executor.deadlines import MeasuredDeadlines
-    from shardfuzz.progress import Progress
-    from shardfuzz.report import campaign_report
-    from shardfuzz.strategies import offered_values
 
     try:
         resolve_target(target)  # fail here, with the spec named, rather than in every rank
@@ -87,82 +78,106 @@ def run_command(config: RunConfig) -> int:
         print(f"shardfuzz run: {why_not}", file=sys.stderr)
         return 2
     world_size = int(os.environ["WORLD_SIZE"]) if torchrun else config.world_size
+    run = _Run(config, target=target, torchrun=torchrun, world_size=world_size, devices=devices, database=database)
+    return run.fuzz(budget_end)
 
-    entries, problems = load_corpus(config.corpus)
-    for problem in problems:
-        print(f"shardfuzz: skipping corpus file: {problem}", file=sys.stderr)
-    known = known_bugs(entries, torch.__version__)
 
-    def known_dimensions(signature, case):
+class _Run:
+    """One ``shardfuzz run`` campaign under way: its corpus and known bugs, its executor, its reports."""
+
+    def __init__(self, config: RunConfig, *, target: str, torchrun: bool, world_size: int, devices, database):
+        import torch
+
+        from shardfuzz.corpus import known_bugs, load_corpus
+        from shardfuzz.progress import Progress
+        from shardfuzz.strategies import offered_values
+
+        self.config, self.target, self.torchrun, self.world_size = config, target, torchrun, world_size
+        self.devices, self.database = devices, database
+        entries, problems = load_corpus(config.corpus)
+        for problem in problems:
+            print(f"shardfuzz: skipping corpus file: {problem}", file=sys.stderr)
+        self.known = known_bugs(entries, torch.__version__)
+        # A random seed is chosen here, not inside Hypothesis, so the report can say which one to repeat the run with.
+        self.seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**32)
+        self.meta = {
+            "torch": torch.__version__,
+            "budget_seconds": config.budget,
+            "seed": self.seed,
+            "world_size": world_size,
+            "target": target,
+            "launcher": "torchrun" if torchrun else "pool",
+            "database": config.database if database is not None else None,
+            "worker": config.worker_index,
+            "device": config.device,
+        }
+        self.offered = {
+            dim: sorted(values) for dim, values in offered_values(max_world_size=world_size, devices=devices).items()
+        }
+        self.corpus_files: dict[str, str] = {}
+        self.stop = StopFlag()
+        self.progress = Progress(config.budget, plain=True if config.plain else None)  # None: unless on a terminal
+        self.executor: Any = None  # a RankPool or a TorchrunWorld, once opened
+        self.last_flush = time.monotonic()
+        self.budget_end = 0.0
+
+    # --- what the campaign is told ------------------------------------------
+
+    def expected(self) -> dict:
+        """Known bugs whose every hit costs a restart: masked from the first draw where the corpus says when."""
+        return {
+            signature: entries[0].known.when
+            for signature, entries in self.known.items()
+            if entries[0].costs_a_restart and entries[0].known.when
+        }
+
+    def known_dimensions(self, signature, case):
         """The dimensions of a known bug's own shrunk case (steering keeps only what its hits share with it)."""
-        entry = known.lookup(signature, case)
+        from shardfuzz.case import dimensions
+
+        entry = self.known.lookup(signature, case)
         return dimensions(entry.case) if entry is not None else None
 
-    # Known bugs whose every hit costs a restart: masked from the first draw where the corpus says when.
-    expected = {
-        signature: entries[0].known.when
-        for signature, entries in known.items()
-        if entries[0].costs_a_restart and entries[0].known.when
-    }
+    def snapshot(self, result, final: bool = False) -> dict:
+        from shardfuzz.report import campaign_report
 
-    # A random seed is chosen here, not inside Hypothesis, so the report can say which one to repeat the run with.
-    seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**32)
-    meta = {
-        "torch": torch.__version__,
-        "budget_seconds": config.budget,
-        "seed": seed,
-        "world_size": world_size,
-        "target": target,
-        "launcher": "torchrun" if torchrun else "pool",
-        "database": config.database if database is not None else None,
-        "worker": config.worker_index,
-        "device": config.device,
-    }
-    offered = {
-        dim: sorted(values) for dim, values in offered_values(max_world_size=world_size, devices=devices).items()
-    }
-    device_key = () if config.device == "cpu" else (f"device={config.device}",)  # CPU keys as before GPUs
-    corpus_files: dict[str, str] = {}
-    stop = StopFlag()
-    progress = Progress(config.budget, plain=True if config.plain else None)  # None: plain unless on a terminal
-    executor = None
-    last_flush = [time.monotonic()]
-
-    def snapshot(result, final: bool = False) -> dict:
         return campaign_report(
             result,
-            meta=meta,
-            known=known,
-            corpus_files=corpus_files,
-            offered=offered,
-            pool_events=executor.events if executor is not None else (),
+            meta=self.meta,
+            known=self.known,
+            corpus_files=self.corpus_files,
+            offered=self.offered,
+            pool_events=self.executor.events if self.executor is not None else (),
             final=final,
         )
 
-    def on_case(result, case, verdict) -> None:
-        flush = config.report is not None and time.monotonic() - last_flush[0] >= config.flush_every
-        if not (flush or progress.due()):
+    def on_case(self, result, case, verdict) -> None:
+        config = self.config
+        flush = config.report is not None and time.monotonic() - self.last_flush >= config.flush_every
+        if not (flush or self.progress.due()):
             return
-        report = snapshot(result)
+        report = self.snapshot(result)
         if flush:
-            last_flush[0] = time.monotonic()
+            self.last_flush = time.monotonic()
             write_reports(report, json_path=config.report)
-        if progress.due():
-            progress.show(report)
+        if self.progress.due():
+            self.progress.show(report)
 
-    def on_finding(finding) -> None:
+    def on_finding(self, finding) -> None:
+        from shardfuzz.corpus import entry_for, save_entry
+
         path = save_entry(
-            config.corpus,
+            self.config.corpus,
             entry_for(
                 finding.case,
                 finding.verdict,
-                target=target,
+                target=self.target,
                 other=finding.other,
-                world_size=world_size,
+                world_size=self.world_size,
                 shrunk=finding.shrunk,
             ),
         )
-        corpus_files[finding.signature] = str(path)
+        self.corpus_files[finding.signature] = str(path)
         partly = (
             ""
             if finding.shrunk
@@ -171,89 +186,114 @@ def run_command(config: RunConfig) -> int:
                 f"({finding.shrink_seconds:.0f} s); `shardfuzz shrink {path}` goes on from here"
             )
         )
-        progress.message(f"NEW [{finding.verdict.triage}] {finding.verdict.summary()[:150]}\n     saved {path}{partly}")
+        self.progress.message(
+            f"NEW [{finding.verdict.triage}] {finding.verdict.summary()[:150]}\n     saved {path}{partly}"
+        )
 
-    def abandon() -> bool:
+    def abandon(self) -> bool:
         """Give up the case in flight a few seconds after a stop was asked, or after the budget's end
         (a hang or a slow crash must not stretch the run: the budget is a promise)."""
-        return stop.overdue(ABANDON_GRACE) or time.monotonic() > budget_end + ABANDON_GRACE
+        return self.stop.overdue(ABANDON_GRACE) or time.monotonic() > self.budget_end + ABANDON_GRACE
 
-    try:
-        with stop:
-            if torchrun:
-                executor = TorchrunWorld(
-                    target=target,
-                    case_timeout=config.case_timeout,
-                    checkpoint_dir=config.checkpoint_dir,
-                    abandon=abandon,
-                )
-                confirm = None  # no fresh pool to confirm on: the same ranks would answer again
-            else:
-                executor = RankPool(
-                    world_size,
-                    target=target,
-                    case_timeout=config.case_timeout,
-                    abandon=abandon,
-                    device=config.device,
-                    deadlines=None if config.generic_deadlines else MeasuredDeadlines(),
-                )
+    def confirm(self, case):
+        self.executor.close()  # the next run starts new ranks: no state carried over from earlier cases
+        # A hang seen on a measured deadline must outlast the generic one too before it is a finding.
+        return self.executor.run(case, generic_deadline=True)
 
-                def confirm(case):
-                    executor.close()  # the next run starts new ranks: no state carried over from earlier cases
-                    # A hang seen on a measured deadline must outlast the generic one too before it is a finding.
-                    return executor.run(case, generic_deadline=True)
+    # --- the run ------------------------------------------------------------
 
-            with executor:
-                result = run_campaign(
-                    executor.run,
-                    budget=max(0.0, budget_end - time.monotonic()),
-                    seed=seed,
-                    max_world_size=world_size,
-                    is_known=lambda s, c: known.lookup(s, c) is not None,
-                    on_case=on_case,
-                    on_finding=on_finding,
-                    confirm=None if config.no_confirm else confirm,
-                    database=database,
-                    database_key=database_key(f"world={world_size}", target, *device_key),
-                    should_stop=lambda: stop.reason,
-                    max_cases=config.max_cases,
-                    devices=devices,
-                    vary_storage=target == DEFAULT_TARGET,
-                    steer_after=None if config.no_steer else STEER_AFTER,
-                    known_dimensions=known_dimensions,
-                    expected=expected,
-                )
-    except PoolStartError as exc:
-        progress.finish()
-        print(f"shardfuzz run: {exc}", file=sys.stderr)
-        return 2
-    except StopRequested:  # stopped while the ranks were still starting: nothing ran, nothing to report
-        progress.finish()
-        print(f"shardfuzz run: stopped by {stop.reason} before the first case", file=sys.stderr)
-        return EXIT_CODES.get(stop.reason or "", 130)
-    except KeyboardInterrupt:
-        progress.finish()
-        print(
-            "\nshardfuzz run: interrupted twice; stopped without writing reports "
-            f"(corpus entries found so far are in {config.corpus})",
-            file=sys.stderr,
+    def open_executor(self):
+        from shardfuzz.executor import RankPool
+        from shardfuzz.executor.deadlines import MeasuredDeadlines
+        from shardfuzz.executor.torchrun import TorchrunWorld
+
+        config = self.config
+        if self.torchrun:
+            return TorchrunWorld(
+                target=self.target,
+                case_timeout=config.case_timeout,
+                checkpoint_dir=config.checkpoint_dir,
+                abandon=self.abandon,
+            )
+        return RankPool(
+            self.world_size,
+            target=self.target,
+            case_timeout=config.case_timeout,
+            abandon=self.abandon,
+            device=config.device,
+            deadlines=None if config.generic_deadlines else MeasuredDeadlines(),
         )
-        return 130
-    if stop.reason is None and result.stopped.startswith("abandoned"):
-        result.stopped = "budget"  # the case in flight outran the budget's end and was given up
-    report = snapshot(result, final=True)
-    progress.finish(report)
-    write_reports(report, json_path=config.report, directory=config.report_dir)
-    print_summary(report)
-    if result.stopped in EXIT_CODES:
-        wrote = [str(p) for p in (config.report, config.report_dir) if p is not None]
-        print(
-            f"shardfuzz run: stopped by {result.stopped} after {result.cases_run} cases; "
-            f"corpus in {config.corpus}{', reports in ' + ', '.join(wrote) if wrote else ''}",
-            file=sys.stderr,
+
+    def campaign(self):
+        from shardfuzz.campaign import database_key, run_campaign
+        from shardfuzz.targets import DEFAULT_TARGET
+
+        config, known, executor = self.config, self.known, self.executor
+        device_key = () if config.device == "cpu" else (f"device={config.device}",)  # CPU keys as before GPUs
+        # Under torchrun there is no fresh pool to confirm on: the same ranks would answer again.
+        confirm = None if config.no_confirm or self.torchrun else self.confirm
+        return run_campaign(
+            executor.run,
+            budget=max(0.0, self.budget_end - time.monotonic()),
+            seed=self.seed,
+            max_world_size=self.world_size,
+            is_known=lambda s, c: known.lookup(s, c) is not None,
+            on_case=self.on_case,
+            on_finding=self.on_finding,
+            confirm=confirm,
+            database=self.database,
+            database_key=database_key(f"world={self.world_size}", self.target, *device_key),
+            should_stop=lambda: self.stop.reason,
+            max_cases=config.max_cases,
+            devices=self.devices,
+            vary_storage=self.target == DEFAULT_TARGET,
+            steer_after=None if config.no_steer else STEER_AFTER,
+            known_dimensions=self.known_dimensions,
+            expected=self.expected(),
         )
-        return EXIT_CODES[result.stopped]
-    return 1 if report["failures"] and not config.exit_zero else 0
+
+    def fuzz(self, budget_end: float) -> int:
+        """Fuzz until ``budget_end`` (monotonic seconds), a stop or ``max_cases``; write the reports; the exit code."""
+        from shardfuzz.executor import PoolStartError
+
+        config, progress, stop = self.config, self.progress, self.stop
+        self.budget_end = budget_end
+        try:
+            with stop:
+                self.executor = executor = self.open_executor()
+                with executor:
+                    result = self.campaign()
+        except PoolStartError as exc:
+            progress.finish()
+            print(f"shardfuzz run: {exc}", file=sys.stderr)
+            return 2
+        except StopRequested:  # stopped while the ranks were still starting: nothing ran, nothing to report
+            progress.finish()
+            print(f"shardfuzz run: stopped by {stop.reason} before the first case", file=sys.stderr)
+            return EXIT_CODES.get(stop.reason or "", 130)
+        except KeyboardInterrupt:
+            progress.finish()
+            print(
+                "\nshardfuzz run: interrupted twice; stopped without writing reports "
+                f"(corpus entries found so far are in {config.corpus})",
+                file=sys.stderr,
+            )
+            return 130
+        if stop.reason is None and result.stopped.startswith("abandoned"):
+            result.stopped = "budget"  # the case in flight outran the budget's end and was given up
+        report = self.snapshot(result, final=True)
+        progress.finish(report)
+        write_reports(report, json_path=config.report, directory=config.report_dir)
+        print_summary(report)
+        if result.stopped in EXIT_CODES:
+            wrote = [str(p) for p in (config.report, config.report_dir) if p is not None]
+            print(
+                f"shardfuzz run: stopped by {result.stopped} after {result.cases_run} cases; "
+                f"corpus in {config.corpus}{', reports in ' + ', '.join(wrote) if wrote else ''}",
+                file=sys.stderr,
+            )
+            return EXIT_CODES[result.stopped]
+        return 1 if report["failures"] and not config.exit_zero else 0
 
 
 def write_reports(report: dict, *, json_path: Path | None = None, directory: Path | None = None) -> None:

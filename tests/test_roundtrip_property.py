@@ -5,13 +5,16 @@ the property, and once more each as a test of its own, named after the scenario.
 """
 
 import pytest
-from hypothesis import example, given
+from hypothesis import example, given, settings
 
 from shardfuzz.campaign import label
 from shardfuzz.strategies import cases
 from shardfuzz.strategies.seeds import SEED_SCENARIOS
 
 pytestmark = pytest.mark.ranks
+
+#: Drawn cases of the default tier's run of the property; the slow tier draws the profile's number.
+QUICK_EXAMPLES = 40
 
 
 def _check(pool, known, case):
@@ -29,9 +32,20 @@ def _seed_examples(test):
     return test
 
 
+@pytest.mark.slow
 @given(case=cases())
 @_seed_examples
 def test_save_then_load_reproduces_the_saved_state(shardfuzz_pool, shardfuzz_known, case):
+    """The property at the profile's size (ci: 200 cases, about 80 s on 2 cores): the slow tier."""
+    label(case)
+    _check(shardfuzz_pool, shardfuzz_known, case)
+
+
+@settings(max_examples=QUICK_EXAMPLES)
+@given(case=cases())
+@_seed_examples
+def test_save_then_load_reproduces_the_saved_state_quickly(shardfuzz_pool, shardfuzz_known, case):
+    """The same property on fewer drawn cases (and every seed scenario), for the default tier."""
     label(case)
     _check(shardfuzz_pool, shardfuzz_known, case)
 
