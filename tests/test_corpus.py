@@ -14,6 +14,7 @@ import torch
 
 from shardfuzz.case import FSDP1, SGD, Case, Linear, Model, Sequential, Side
 from shardfuzz.corpus import CorpusError, Known, entry_for, known_bugs, load_corpus, load_entry, save_entry
+from shardfuzz.executor.deadlines import MeasuredDeadlines
 from shardfuzz.pytest_plugin import shared_pool
 from shardfuzz.unsupported import exact_world_size
 from shardfuzz.verdict import Mismatch, Verdict
@@ -29,7 +30,8 @@ def _replay_params():
     entries, problems = load_corpus(CORPUS)
     assert not problems, problems
     params = []
-    for path, entry in entries:
+    # Hangs last: their deadline comes from the times of the entries replayed before them.
+    for path, entry in sorted(entries, key=lambda item: (item[1].status == "hang", item[0].name)):
         marks = []
         if entry.known_on(torch.__version__):
             marks.append(
@@ -64,14 +66,20 @@ def test_corpus_entry_replays(shardfuzz_pool, shardfuzz_known, entry):
 
 
 #: A hang entry's case takes a second or two when it does not hang: a stuck rank is plain long before the
-#: generic deadline (30 s and up), which would make each hang entry the slowest test of the suite.
+#: generic deadline (30 s and up), which would make each hang entry the slowest test of the suite. Its
+#: deadline is measured instead, as a campaign's are: 4x the slowest corpus case replayed before it in this
+#: session, at least 5 s, at most HANG_REPLAY_SECONDS (until 5 entries have been timed).
 HANG_REPLAY_SECONDS = 10.0
+_REPLAY_TIMES = MeasuredDeadlines(floor=5.0, factor=4.0, warmup=5, cold=0)
 
 
 def _run_with_hang_deadline(pool, entry):
     if entry.status != "hang" or pool.case_timeout is not None:
-        return pool.run(entry.case)
-    pool.case_timeout = HANG_REPLAY_SECONDS
+        verdict = pool.run(entry.case)
+        if verdict.status not in ("hang", "crash"):
+            _REPLAY_TIMES.record(verdict.seconds)
+        return verdict
+    pool.case_timeout = _REPLAY_TIMES.deadline(HANG_REPLAY_SECONDS)
     try:
         return pool.run(entry.case)
     finally:

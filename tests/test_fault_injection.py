@@ -40,6 +40,7 @@ def test_one_perturbed_element_of_a_loaded_shard_is_found_and_shrunk(shardfuzz_k
     assert case.model.input_width == 1
 
 
+@pytest.mark.slow  # about 50 s on 2 cores; complete-state keeps two fault tests in the default tier (above, below)
 def test_swapped_optimizer_moments_are_found_and_shrunk(shardfuzz_known):
     # A fixed amount of drawing (not a time budget): the draws, and so the test, do not
     # depend on the machine's speed. Several optimizers give several signatures (exp_avg,
