@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from shardfuzz import oracles, rank_steps
 from shardfuzz.build import build_module, build_optimizer, shard
-from shardfuzz.case import FSDP1, FSDP2, SGD, Case, Dcp, Side
+from shardfuzz.case import FSDP1, FSDP2, Case, Dcp, Side
 from shardfuzz.oracles import compare_state
 from shardfuzz.rank_steps import device_mesh, dtensor, gather_full, plain, rank_device, unwrapped_name
 from shardfuzz.storage import storage_target
@@ -216,7 +216,7 @@ def _load_and_judge(case, ctx, target, checkpoint_dir, expected, expected_after)
 
 def _adaptive_lr(case: Case) -> float | None:
     """The learning rate of an optimizer that scales steps by the gradient's own size (None for SGD)."""
-    return None if isinstance(case.optimizer, SGD) else case.optimizer.lr
+    return case.optimizer.lr if case.optimizer.adaptive else None
 
 
 def _load_incompatible(case, ctx, target, checkpoint_dir) -> list[Mismatch]:

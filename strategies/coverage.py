@@ -15,6 +15,7 @@ from shardfuzz.case import (
     FSDP1_STRATEGIES,
     HYBRID_STRATEGIES,
     LOAD_MUTATIONS,
+    OPTIMIZER_CLASSES,
     STATE_DICT_APIS,
     STATE_DICT_TYPES,
     WRAP_POLICIES,
@@ -64,7 +65,7 @@ def offered_values(*, max_world_size: int = 4, max_steps: int = 3, devices=("cpu
     values.update(
         {
             "resharded": set(_BOOLS),
-            "optimizer": {"sgd", "adam", "adamw", "adagrad", "rmsprop"},
+            "optimizer": {kind.__name__.lower() for kind in OPTIMIZER_CLASSES},
             "optimizer_state": {"none", "some"},
             "param_groups": {"1", "2"},
             "steps": {str(n) for n in range(max_steps + 1)},

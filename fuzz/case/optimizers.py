@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Union
+from typing import TYPE_CHECKING, ClassVar, Union
 
 from attrs import field, frozen
 from attrs.validators import instance_of
@@ -14,18 +14,42 @@ from attrs.validators import instance_of
 # ``perturbed``: other hyperparameters, which only a loaded param group restores.
 
 
+class OptimizerKind:
+    """What every optimizer kind says about itself; the kinds are ``OPTIMIZER_CLASSES``. A new kind is one
+    ``@frozen`` subclass here (fields: its JSON; ``hyperparameters``: its torch arguments), listed there,
+    plus its draw in ``strategies/options.py``."""
+
+    __slots__ = ()
+
+    #: It scales each step by a running measure of the gradient's own size (see ``oracles.ADAPTIVE_STEP_SLACK``).
+    adaptive: ClassVar[bool] = True
+    lr: float
+
+    def hyperparameters(self, perturbed: bool = False) -> dict:
+        raise NotImplementedError
+
+    def has_state(self, steps: int) -> bool:
+        """Whether it holds per-parameter state after ``steps`` steps (most kinds: after the first)."""
+        return steps > 0
+
+
 @frozen
-class SGD:
+class SGD(OptimizerKind):
     lr: float = field(default=0.1, validator=instance_of(float))
     momentum: float = field(default=0.9, validator=instance_of(float))  # 0.0: no optimizer state at all
+
+    adaptive: ClassVar[bool] = False
 
     def hyperparameters(self, perturbed: bool = False) -> dict:
         scale = 0.5 if perturbed else 1.0
         return {"lr": self.lr * scale, "momentum": self.momentum * scale}
 
+    def has_state(self, steps: int) -> bool:
+        return self.momentum != 0.0 and steps > 0
+
 
 @frozen
-class Adam:
+class Adam(OptimizerKind):
     lr: float = field(default=0.01, validator=instance_of(float))
     amsgrad: bool = field(default=False, validator=instance_of(bool))  # adds max_exp_avg_sq
 
@@ -37,7 +61,7 @@ class Adam:
 
 
 @frozen
-class AdamW:
+class AdamW(OptimizerKind):
     lr: float = field(default=0.01, validator=instance_of(float))
     weight_decay: float = field(default=0.01, validator=instance_of(float))
 
@@ -48,7 +72,7 @@ class AdamW:
 
 
 @frozen
-class Adagrad:
+class Adagrad(OptimizerKind):
     """Its state (``sum``, ``step``) exists from construction, before any step."""
 
     lr: float = field(default=0.1, validator=instance_of(float))
@@ -56,9 +80,12 @@ class Adagrad:
     def hyperparameters(self, perturbed: bool = False) -> dict:
         return {"lr": self.lr * 0.5, "lr_decay": 0.01} if perturbed else {"lr": self.lr}
 
+    def has_state(self, steps: int) -> bool:
+        return True
+
 
 @frozen
-class RMSprop:
+class RMSprop(OptimizerKind):
     lr: float = field(default=0.01, validator=instance_of(float))
     momentum: float = field(default=0.0, validator=instance_of(float))  # > 0 adds momentum_buffer
     centered: bool = field(default=False, validator=instance_of(bool))  # adds grad_avg
@@ -69,8 +96,12 @@ class RMSprop:
         return {"lr": self.lr * scale, "momentum": self.momentum * scale, "centered": self.centered, **extra}
 
 
-Optimizer = Union[SGD, Adam, AdamW, Adagrad, RMSprop]
-OPTIMIZER_CLASSES = (SGD, Adam, AdamW, Adagrad, RMSprop)
+#: The optimizer kinds, the registry the rest of shardfuzz reads: a new kind is added here.
+OPTIMIZER_CLASSES: tuple[type[OptimizerKind], ...] = (SGD, Adam, AdamW, Adagrad, RMSprop)
+if TYPE_CHECKING:
+    Optimizer = OptimizerKind
+else:  # cattrs tags each class by name
+    Optimizer = Union[OPTIMIZER_CLASSES]
 
 #: How the second param group differs from the first (and from the optimizer's defaults).
 SECOND_GROUP = {"lr_scale": 0.3, "weight_decay": 0.001}

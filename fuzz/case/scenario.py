@@ -7,7 +7,7 @@ from attrs import field, frozen
 from attrs.validators import ge, in_, instance_of, le, optional
 
 from shardfuzz.case._validators import _POSITIVE_INT
-from shardfuzz.case.optimizers import OPTIMIZER_CLASSES, SGD, Adagrad, Optimizer
+from shardfuzz.case.optimizers import OPTIMIZER_CLASSES, Optimizer
 from shardfuzz.case.sides import DDP, FSDP1, FSDP2, Side, Unsharded, _sorted_unique
 from shardfuzz.case.storage import STORAGE_CLASSES, Dcp, DcpToTorchSave, Storage, TorchSave
 from shardfuzz.case.tree import Leaf, Linear, Model, leaf_coverage, leaves
@@ -212,34 +212,12 @@ def dimensions(case: Case) -> dict[str, str]:
         "frozen": "some" if case.model.frozen_paths() else "none",
         **leaf_coverage(case.model),
         "dtype": case.model.dtype,
-        **_storage_dimensions(case.storage),
+        **case.storage.dimensions(),
         "broadcast_from_rank0": str(case.load.broadcast_from_rank0).lower(),
         "ignore_frozen_params": str(case.ignore_frozen_params).lower(),
     }
 
 
-def _storage_dimensions(storage) -> dict[str, str]:
-    if not isinstance(storage, Dcp):
-        label = "torch-save" if isinstance(storage, TorchSave) else "dcp-to-torch-save"
-        return {
-            "storage": label,
-            "writer_single_file_per_rank": "n/a",
-            "writer_threads": "n/a",
-            "writer_sync_files": "n/a",
-        }
-    return {
-        "storage": f"dcp-{storage.api}",
-        "writer_single_file_per_rank": str(storage.single_file_per_rank).lower(),
-        "writer_threads": "1" if storage.thread_count == 1 else "2+",
-        "writer_sync_files": str(storage.sync_files).lower(),
-    }
-
-
 def _optimizer_state_kind(case: Case) -> str:
     """``none`` (momentum-free SGD, or no step taken), else ``some``; Adagrad has state from the start."""
-    opt = case.optimizer
-    if isinstance(opt, SGD) and opt.momentum == 0.0:
-        return "none"
-    if case.steps == 0 and not isinstance(opt, Adagrad):
-        return "none"
-    return "some"
+    return "some" if case.optimizer.has_state(case.steps) else "none"

@@ -22,17 +22,36 @@ class Dcp:
     thread_count: int = field(default=1, validator=[instance_of(int), ge(1), le(4)])
     sync_files: bool = field(default=True, validator=instance_of(bool))
 
+    def dimensions(self) -> dict[str, str]:
+        """Its values along the storage dimensions of ``case.dimensions``."""
+        return {
+            "storage": f"dcp-{self.api}",
+            "writer_single_file_per_rank": str(self.single_file_per_rank).lower(),
+            "writer_threads": "1" if self.thread_count == 1 else "2+",
+            "writer_sync_files": str(self.sync_files).lower(),
+        }
+
 
 @frozen
 class TorchSave:
     """One file: the save side's full state dict, written by its rank 0 with ``torch.save``, read
     with ``torch.load(weights_only=True)`` (by rank 0 only when the load side broadcasts it)."""
 
+    def dimensions(self) -> dict[str, str]:
+        return {"storage": "torch-save", **_NO_WRITER}
+
 
 @frozen
 class DcpToTorchSave:
     """``dcp.save``, then ``format_utils.dcp_to_torch_save`` on one process with no process
     group; the load side reads that file with ``torch.load(weights_only=True)`` as a full state dict."""
+
+    def dimensions(self) -> dict[str, str]:
+        return {"storage": "dcp-to-torch-save", **_NO_WRITER}
+
+
+#: A whole-file storage has no DCP writer options.
+_NO_WRITER = {"writer_single_file_per_rank": "n/a", "writer_threads": "n/a", "writer_sync_files": "n/a"}
 
 
 Storage = Union[Dcp, TorchSave, DcpToTorchSave]
