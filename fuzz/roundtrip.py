@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from shardfuzz import oracles, rank_steps
 from shardfuzz.build import build_module, build_optimizer, shard
-from shardfuzz.case import FSDP1, FSDP2, Case, Dcp, Side
+from shardfuzz.case import FSDP2, Case, Dcp, Side
 from shardfuzz.oracles import compare_state
 from shardfuzz.rank_steps import device_mesh, dtensor, gather_full, plain, rank_device, unwrapped_name
 from shardfuzz.storage import storage_target
@@ -246,8 +246,7 @@ def _build_side(case: Case, side: Side, spec, ctx: RankContext, target, *, seed:
     n = side.world_size
     module = build_module(spec, seed=seed, device=side.device)
     # FSDP2 shards on a mesh, as does FSDP1 for HSDP; the others take the group itself.
-    needs_mesh = isinstance(side.engine, FSDP2) or (isinstance(side.engine, FSDP1) and side.engine.hybrid)
-    mesh = ctx.mesh(side.mesh_shape, side.device) if needs_mesh else None
+    mesh = ctx.mesh(side.mesh_shape, side.device) if side.engine.needs_mesh else None
     if isinstance(target, ShardsModules):
         model = target.shard(module, side, group=ctx.group(n), mesh=mesh, default=shard)
     else:

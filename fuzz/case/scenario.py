@@ -8,7 +8,7 @@ from attrs.validators import ge, in_, instance_of, le, optional
 
 from shardfuzz.case._validators import _POSITIVE_INT
 from shardfuzz.case.optimizers import OPTIMIZER_CLASSES, Optimizer
-from shardfuzz.case.sides import DDP, FSDP1, FSDP2, Side, Unsharded, _sorted_unique
+from shardfuzz.case.sides import ENGINE_CLASSES, Side, _sorted_unique
 from shardfuzz.case.storage import STORAGE_CLASSES, Dcp, DcpToTorchSave, Storage, TorchSave
 from shardfuzz.case.tree import Leaf, Linear, Model, leaf_coverage, leaves
 
@@ -163,10 +163,7 @@ def map_first_linear(node, change):
 
 def shard_count(side: Side) -> int:
     """How many pieces each parameter is cut into on ``side`` (1 where it is replicated)."""
-    engine = side.engine
-    if isinstance(engine, (DDP, Unsharded)) or (isinstance(engine, FSDP1) and engine.sharding_strategy == "NO_SHARD"):
-        return 1
-    return side.mesh_shape[-1]
+    return side.engine.shard_count(side.mesh_shape)
 
 
 def dimensions(case: Case) -> dict[str, str]:
@@ -176,8 +173,7 @@ def dimensions(case: Case) -> dict[str, str]:
     def side(s: Side, name: str) -> dict[str, str]:
         shards = shard_count(s)
         engine = s.engine
-        fsdp1 = engine if isinstance(engine, FSDP1) else None
-        fsdp2 = engine if isinstance(engine, FSDP2) else None
+        own = engine.dimension_values()
         return {
             f"{name}_engine": type(engine).__name__.lower(),
             f"{name}_device": s.device,
@@ -187,11 +183,7 @@ def dimensions(case: Case) -> dict[str, str]:
             f"{name}_wrapped": "none" if not s.wrap else "some",
             f"{name}_uneven_split": str(any(w % shards for w in widths)).lower(),
             f"{name}_empty_shard": str(any(w < shards for w in widths)).lower(),
-            f"{name}_fsdp1_strategy": fsdp1.sharding_strategy.lower() if fsdp1 else "n/a",
-            f"{name}_fsdp1_wrap_policy": fsdp1.wrap_policy if fsdp1 else "n/a",
-            f"{name}_fsdp1_use_orig_params": str(fsdp1.use_orig_params).lower() if fsdp1 else "n/a",
-            f"{name}_fsdp2_reshard_after_forward": str(fsdp2.reshard_after_forward).lower() if fsdp2 else "n/a",
-            f"{name}_fsdp2_shard_dim": str(fsdp2.shard_dim) if fsdp2 else "n/a",
+            **{f"{name}_{dim}": own.get(dim, "n/a") for kind in ENGINE_CLASSES for dim in kind.dimension_names},
             f"{name}_cpu_offload": str(s.cpu_offload).lower(),
             f"{name}_state_dict_api": s.state_dict_api,
         }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Union
+from typing import ClassVar, Union
 
 from attrs import field, frozen
 from attrs.validators import ge, in_, instance_of
@@ -37,8 +37,31 @@ HYBRID_STRATEGIES = ("HYBRID_SHARD", "_HYBRID_SHARD_ZERO2")
 WRAP_POLICIES = ("set", "manual", "module-type", "size-based", "always")
 
 
+class EngineKind:
+    """What every engine says about itself; the engines are ``ENGINE_CLASSES``. How an engine wraps a module
+    is ``rank_steps.shard_module``, from the engine's fields; how it is drawn, ``strategies/engines.py``."""
+
+    __slots__ = ()
+
+    #: Its coverage dimensions (each side's, prefixed ``save_``/``load_``); "n/a" on a side of another engine.
+    dimension_names: ClassVar[tuple[str, ...]] = ()
+
+    def dimension_values(self) -> dict[str, str]:
+        """Its values along ``dimension_names``."""
+        return {}
+
+    @property
+    def needs_mesh(self) -> bool:
+        """Whether it shards on a DeviceMesh (else on the side's process group)."""
+        return False
+
+    def shard_count(self, mesh_shape: tuple[int, ...]) -> int:
+        """How many pieces each parameter is cut into on a side of this mesh (1 where it is replicated)."""
+        return mesh_shape[-1]
+
+
 @frozen
-class FSDP1:
+class FSDP1(EngineKind):
     """``FullyShardedDataParallel`` with a sharding strategy and a wrap policy."""
 
     use_orig_params: bool = field(default=True, validator=instance_of(bool))
@@ -53,6 +76,22 @@ class FSDP1:
         if (self.wrap_policy == "size-based") != (self.min_num_params > 0):
             raise ValueError("min_num_params > 0 is given exactly when wrap_policy is 'size-based'")
 
+    dimension_names: ClassVar[tuple[str, ...]] = ("fsdp1_strategy", "fsdp1_wrap_policy", "fsdp1_use_orig_params")
+
+    def dimension_values(self) -> dict[str, str]:
+        return {
+            "fsdp1_strategy": self.sharding_strategy.lower(),
+            "fsdp1_wrap_policy": self.wrap_policy,
+            "fsdp1_use_orig_params": str(self.use_orig_params).lower(),
+        }
+
+    @property
+    def needs_mesh(self) -> bool:
+        return self.hybrid  # HSDP's 2-D mesh; the other strategies take the group
+
+    def shard_count(self, mesh_shape: tuple[int, ...]) -> int:
+        return 1 if self.sharding_strategy == "NO_SHARD" else mesh_shape[-1]
+
     @property
     def hybrid(self) -> bool:
         return self.sharding_strategy in HYBRID_STRATEGIES
@@ -64,7 +103,7 @@ class FSDP1:
 
 
 @frozen
-class FSDP2:
+class FSDP2(EngineKind):
     """``fully_shard`` on each module in ``Side.wrap`` (innermost first), then the root.
 
     On a 2-D mesh this is HSDP: replicate across dim 0, shard along dim 1.
@@ -75,23 +114,42 @@ class FSDP2:
     reshard_after_forward: bool = field(default=True, validator=instance_of(bool))
     shard_dim: int = field(default=0, validator=in_((0, 1)))
 
+    dimension_names: ClassVar[tuple[str, ...]] = ("fsdp2_reshard_after_forward", "fsdp2_shard_dim")
+
+    def dimension_values(self) -> dict[str, str]:
+        return {
+            "fsdp2_reshard_after_forward": str(self.reshard_after_forward).lower(),
+            "fsdp2_shard_dim": str(self.shard_dim),
+        }
+
+    @property
+    def needs_mesh(self) -> bool:
+        return True
+
     def dim_for(self, ndim: int) -> int:
         """The dimension a parameter of ``ndim`` dimensions is sharded on."""
         return min(self.shard_dim, ndim - 1)
 
 
 @frozen
-class DDP:
+class DDP(EngineKind):
     """``DistributedDataParallel``: every rank holds the whole model."""
+
+    def shard_count(self, mesh_shape: tuple[int, ...]) -> int:
+        return 1
 
 
 @frozen
-class Unsharded:
+class Unsharded(EngineKind):
     """A plain module on one rank with no parallel wrapper: the non-distributed end."""
 
+    def shard_count(self, mesh_shape: tuple[int, ...]) -> int:
+        return 1
 
-Engine = Union[FSDP1, FSDP2, DDP, Unsharded]
-ENGINE_CLASSES = (FSDP1, FSDP2, DDP, Unsharded)
+
+#: The engines, the registry the rest of shardfuzz reads: a new engine is added here.
+ENGINE_CLASSES: tuple[type[EngineKind], ...] = (FSDP1, FSDP2, DDP, Unsharded)
+Engine = Union[FSDP1, FSDP2, DDP, Unsharded]  # cattrs tags each by class name
 
 
 def _sorted_unique(paths: Iterable[str]) -> tuple[str, ...]:
