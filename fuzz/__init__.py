@@ -18,6 +18,7 @@ from shardfuzz.case import Case, dumps, loads
 __all__ = [
     "Case",
     "CheckpointTarget",
+    "ObjectTarget",
     "RankPool",
     "ShardsModules",
     "Verdict",
@@ -32,6 +33,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "CheckpointTarget": "shardfuzz.targets",
+    "ObjectTarget": "shardfuzz.targets",
     "ShardsModules": "shardfuzz.targets",
     "RankPool": "shardfuzz.executor",
     "Verdict": "shardfuzz.verdict",

@@ -19,8 +19,8 @@ from shardfuzz.build import engine_fields
 from shardfuzz.case import MODULE_TYPE_CLASSES, Case, Leaf, Model, Sequential, child_items, optimizer_groups
 from shardfuzz.corpus import Entry
 from shardfuzz.executor.deadlines import deadline_for
-from shardfuzz.roundtrip import CONTINUE_STEPS, options_extra
-from shardfuzz.targets import DEFAULT_TARGET
+from shardfuzz.roundtrip import CONTINUE_STEPS, options_extra, side_description
+from shardfuzz.targets import DEFAULT_TARGET, ObjectTarget, resolve_target
 
 __all__ = ["export_script"]
 
@@ -40,7 +40,12 @@ def export_script(entry: Entry, *, filename: str = "repro.py") -> str:
     return "\n\n\n".join(
         [
             _head(entry, filename),
-            _constants(case, world_size=entry.replay_world_size, hang_seconds=round(deadline_for(case) * 1.5)),
+            _constants(
+                case,
+                world_size=entry.replay_world_size,
+                hang_seconds=round(deadline_for(case) * 1.5),
+                object_target=_is_object_target(entry.target),
+            ),
             _model_functions(case),
             _definitions(layers, "the model's own module classes"),
             _definitions(rank_steps, "the torch steps of a round-trip, as the pool's ranks run them"),
@@ -54,7 +59,18 @@ def export_script(entry: Entry, *, filename: str = "repro.py") -> str:
     )
 
 
-def case_constants(case: Case, *, world_size: int, hang_seconds: int) -> dict[str, object]:
+def _is_object_target(spec: str) -> bool:
+    """Whether the entry's target takes over the objects' save and load (it is imported to see; one
+    that cannot be imported here is taken for a state-dict target, as before object-level targets)."""
+    if spec == DEFAULT_TARGET:
+        return False
+    try:
+        return isinstance(resolve_target(spec), ObjectTarget)
+    except ValueError:
+        return False
+
+
+def case_constants(case: Case, *, world_size: int, hang_seconds: int, object_target: bool = False) -> dict[str, object]:
     """The value of each of ``repro_script.CASE_CONSTANTS`` for ``case`` on ``world_size`` ranks (the
     pool's size where the failure was seen: idle ranks can matter, as for a hang)."""
     save, load = case.save, case.load
@@ -100,6 +116,9 @@ def case_constants(case: Case, *, world_size: int, hang_seconds: int) -> dict[st
         "SAME_SHARDING": case.same_sharding,
         "CONTINUATION_TOLERANCE": oracles.CONTINUATION_TOLERANCE,
         "NO_TOLERANCE_DTYPES": oracles.NO_TOLERANCE_DTYPES,
+        "OBJECT_TARGET": object_target,
+        "SAVE_SIDE": side_description(case, save),
+        "LOAD_SIDE": side_description(case, load),
         "HANG_SECONDS": hang_seconds,
     }
 
@@ -126,11 +145,13 @@ _COMMENTS = {
     "LOAD_MUTATION": "if set, the load side's model differs and loading must raise",
     "SAME_SHARDING": "continuation compares bit for bit only then, else within CONTINUATION_TOLERANCE",
     "HANG_SECONDS": "shardfuzz's deadline for this case, with room to spare",
+    "OBJECT_TARGET": "the target takes over the save and load of the objects (save_objects/load_objects)",
+    "SAVE_SIDE": "each side as an object-level target is told it",
 }
 
 
-def _constants(case: Case, *, world_size: int, hang_seconds: int) -> str:
-    values = case_constants(case, world_size=world_size, hang_seconds=hang_seconds)
+def _constants(case: Case, *, world_size: int, hang_seconds: int, object_target: bool) -> str:
+    values = case_constants(case, world_size=world_size, hang_seconds=hang_seconds, object_target=object_target)
     lines = []
     for name in repro_script.CASE_CONSTANTS:
         value = repr(values[name]) if values[name] != set() else "set()"

@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 import traceback
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -83,6 +84,9 @@ LOAD_MUTATION: str | None = None
 SAME_SHARDING = True
 CONTINUATION_TOLERANCE = (1e-4, 1e-6)
 NO_TOLERANCE_DTYPES = ("bfloat16",)
+OBJECT_TARGET = False
+SAVE_SIDE: dict = {}
+LOAD_SIDE: dict = {}
 HANG_SECONDS = float(os.environ.get("SHARDFUZZ_HANG_SECONDS", 45))
 PHASE = ["start"]  # this rank's phase, for the hang watchdog
 
@@ -107,6 +111,9 @@ def finish_save():
 
 def load(state, checkpoint_dir, group):
     raise NotImplementedError("export writes the case's checkpoint I/O here")
+
+
+_target: Any = None  # the checkpoint code: export writes it with save, finish_save and load
 
 
 # --- the run: copied into every script as it is ---------------------------------------------
@@ -189,7 +196,13 @@ def full_offload(model, optim, rank, actual):
 
 
 def load_into(model, optim, checkpoint_dir, group, rank):
-    """The load side's state dict as the template, filled from the checkpoint, set into the model."""
+    """The load side's state dict as the template, filled from the checkpoint, set into the model; or the
+    object-level target's own load into the objects."""
+    if OBJECT_TARGET:
+        _target.load_objects(
+            model, optim, side=LOAD_SIDE, saved_by=SAVE_SIDE, checkpoint_id=checkpoint_dir, process_group=group
+        )
+        return
     load_options = options(LOAD_STATE_DICT, LOAD_OPTIONS)
     state = get_side_state(model, optim, kind=LOAD_STATE_DICT, api=LOAD_API, options=load_options)
     load(state, checkpoint_dir, group)
@@ -227,11 +240,16 @@ def round_trip(rank, checkpoint_dir):
             PHASE[0] = "gather-saved"
             expected = gather_full(model, optim)
             PHASE[0] = "save"
-            state = get_side_state(
-                model, optim, kind=SAVE_STATE_DICT, api=SAVE_API, options=options(SAVE_STATE_DICT, SAVE_OPTIONS)
-            )
-            save(state, checkpoint_dir, checkpoint_group)
-            del state
+            if OBJECT_TARGET:  # the target builds its state dicts from the objects itself
+                _target.save_objects(
+                    model, optim, side=SAVE_SIDE, checkpoint_id=checkpoint_dir, process_group=checkpoint_group
+                )
+            else:
+                state = get_side_state(
+                    model, optim, kind=SAVE_STATE_DICT, api=SAVE_API, options=options(SAVE_STATE_DICT, SAVE_OPTIONS)
+                )
+                save(state, checkpoint_dir, checkpoint_group)
+                del state
             if "continuation" in CHECKS and LOAD_MUTATION is None:
                 PHASE[0] = "continue-saved"
                 train(model, optim, rank, continuation=True)

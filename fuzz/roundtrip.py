@@ -18,12 +18,12 @@ import torch
 import torch.distributed as dist
 
 from shardfuzz import oracles, rank_steps
-from shardfuzz.build import build_module, build_optimizer, shard
+from shardfuzz.build import build_module, build_optimizer, engine_fields, shard
 from shardfuzz.case import FSDP2, Case, Dcp, Side
 from shardfuzz.oracles import compare_state
 from shardfuzz.rank_steps import device_mesh, dtensor, gather_full, plain, rank_device, unwrapped_name
 from shardfuzz.storage import storage_target
-from shardfuzz.targets import CheckpointTarget, DcpTarget, ShardsModules
+from shardfuzz.targets import CheckpointTarget, DcpTarget, ObjectTarget, ShardsModules
 from shardfuzz.verdict import Mismatch
 
 __all__ = ["RankContext", "run_case"]
@@ -103,7 +103,9 @@ class RankContext:
 CONTINUE_STEPS = 2  # steps the continuation oracle takes after the save and after the load
 
 
-def run_case(case: Case, ctx: RankContext, target: CheckpointTarget, checkpoint_dir: str) -> list[Mismatch]:
+def run_case(
+    case: Case, ctx: RankContext, target: CheckpointTarget | ObjectTarget, checkpoint_dir: str
+) -> list[Mismatch]:
     """Run this rank's share of ``case``; return the oracles' mismatches (rank 0 holds most)."""
     ctx.timings = {}
     ctx.unchanged = []
@@ -120,9 +122,18 @@ def run_case(case: Case, ctx: RankContext, target: CheckpointTarget, checkpoint_
         ctx.enter("gather-saved")
         expected = gather_full(model, optim)
         ctx.enter("save")
-        state = _side_state_dict(case, case.save, model, optim)
-        target.save(state, checkpoint_id=checkpoint_dir, process_group=ctx.checkpoint_group(case))
-        del state
+        if isinstance(target, ObjectTarget):  # the target builds its state dicts from the objects itself
+            target.save_objects(
+                model,
+                optim,
+                side=side_description(case, case.save),
+                checkpoint_id=checkpoint_dir,
+                process_group=ctx.checkpoint_group(case),
+            )
+        else:
+            state = _side_state_dict(case, case.save, model, optim)
+            target.save(state, checkpoint_id=checkpoint_dir, process_group=ctx.checkpoint_group(case))
+            del state
         if "continuation" in case.checks and case.load_mutation is None:
             ctx.enter("continue-saved")
             _train(case, model, optim, rank=ctx.rank, continuation=True, device=case.save.device)
@@ -145,7 +156,21 @@ def run_case(case: Case, ctx: RankContext, target: CheckpointTarget, checkpoint_
     return mismatches
 
 
-def checkpoint_io(case: Case, target: CheckpointTarget) -> CheckpointTarget:
+def side_description(case: Case, side: Side) -> dict[str, Any]:
+    """``side`` as plain data, for an ``ObjectTarget`` (and as a literal in exported scripts)."""
+    return {
+        "engine": engine_fields(side.engine),
+        "mesh_shape": tuple(side.mesh_shape),
+        "world_size": side.world_size,
+        "state_dict": side.state_dict,
+        "state_dict_api": side.state_dict_api,
+        "options": options_extra(case, side),
+        "flatten_optimizer_state_dict": case.flatten_optimizer_state_dict,
+        "device": side.device,
+    }
+
+
+def checkpoint_io(case: Case, target: CheckpointTarget | ObjectTarget) -> CheckpointTarget | ObjectTarget:
     """What writes and reads the checkpoint: the case's storage variant for the default
     target itself (not a subclass: a mutant or a user's target does its own I/O, so only
     the default storage fits it), else the target."""
@@ -236,7 +261,18 @@ def _load_incompatible(case, ctx, target, checkpoint_dir) -> list[Mismatch]:
 
 
 def _load_into(case: Case, side: Side, model, optim, ctx: RankContext, target, checkpoint_dir) -> None:
-    """The side's state dict as the template, filled from the checkpoint, set into the model."""
+    """The side's state dict as the template, filled from the checkpoint, set into the model; or, for an
+    ``ObjectTarget``, the target's own load into the objects."""
+    if isinstance(target, ObjectTarget):
+        target.load_objects(
+            model,
+            optim,
+            side=side_description(case, side),
+            saved_by=side_description(case, case.save),
+            checkpoint_id=checkpoint_dir,
+            process_group=ctx.group(side.world_size),
+        )
+        return
     state = _side_state_dict(case, side, model, optim)
     target.load(state, checkpoint_id=checkpoint_dir, process_group=ctx.group(side.world_size))
     _set_side_state_dict(case, side, model, optim, state, rank=ctx.rank)

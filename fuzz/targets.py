@@ -6,6 +6,12 @@ helpers produce for one side, and must write it (``save``) or fill it in place
 seam for fault injection too: a target that wraps ``DcpTarget`` and corrupts
 what it loads is how the tests prove the oracles can fail.
 
+A framework's checkpoint API takes the live objects instead of a state dict: an
+``ObjectTarget`` (``save_objects``/``load_objects``) receives the model and the
+optimizer with a plain description of the side, builds its state dicts its own
+way and loads straight back into the objects; shardfuzz then judges the objects
+as it judges its own loads.
+
 A target is named as ``"package.module:attribute"``; a class is instantiated with
 no arguments, anything else is used as it is.
 """
@@ -15,7 +21,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["CheckpointTarget", "DcpTarget", "DEFAULT_TARGET", "ShardsModules", "resolve_target"]
+__all__ = ["CheckpointTarget", "DcpTarget", "DEFAULT_TARGET", "ObjectTarget", "ShardsModules", "resolve_target"]
 
 DEFAULT_TARGET = "shardfuzz.targets:DcpTarget"
 
@@ -25,6 +31,25 @@ class CheckpointTarget(Protocol):
     def save(self, state_dict: dict[str, Any], *, checkpoint_id: str, process_group: Any) -> None: ...
 
     def load(self, state_dict: dict[str, Any], *, checkpoint_id: str, process_group: Any) -> None: ...
+
+
+@runtime_checkable
+class ObjectTarget(Protocol):
+    """Takes over a side's whole save or load, as a training framework's checkpoint API does.
+
+    ``side`` describes the side as plain data (``side_description``): ``engine`` (``{"kind": ...,
+    **its fields}``), ``mesh_shape``, ``world_size``, ``state_dict`` (``sharded``, ``full`` or
+    ``local``), ``state_dict_api``, ``options`` (the ``StateDictOptions`` fields beyond the
+    state-dict type), ``flatten_optimizer_state_dict`` and ``device``. At load time ``saved_by``
+    describes the side that wrote the checkpoint. ``load_objects`` loads into ``model`` and
+    ``optim`` itself; shardfuzz sets nothing afterwards, and judges the objects.
+    """
+
+    def save_objects(self, model: Any, optim: Any, *, side: dict, checkpoint_id: str, process_group: Any) -> None: ...
+
+    def load_objects(
+        self, model: Any, optim: Any, *, side: dict, saved_by: dict, checkpoint_id: str, process_group: Any
+    ) -> None: ...
 
 
 @runtime_checkable
@@ -58,7 +83,7 @@ class DcpTarget:
             dcp.load_state_dict(state_dict, dcp.FileSystemReader(checkpoint_id), process_group=process_group)
 
 
-def resolve_target(spec: str) -> CheckpointTarget:
+def resolve_target(spec: str) -> CheckpointTarget | ObjectTarget:
     """Import ``"module:attribute"`` and return a target; errors name the spec."""
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
@@ -72,6 +97,9 @@ def resolve_target(spec: str) -> CheckpointTarget:
     except AttributeError:
         raise ValueError(f"target {spec!r}: module {module_name!r} has no attribute {attribute!r}") from None
     target = obj() if isinstance(obj, type) else obj
-    if not isinstance(target, CheckpointTarget):
-        raise ValueError(f"target {spec!r} has no save(...) and load(...) methods")
+    if not isinstance(target, (CheckpointTarget, ObjectTarget)):
+        raise ValueError(
+            f"target {spec!r} has neither save(...) and load(...) methods (a state-dict target) nor "
+            "save_objects(...) and load_objects(...) (an object-level target)"
+        )
     return target

@@ -1,0 +1,50 @@
+"""Object-level targets for the tests: a framework-like checkpoint API, and the same with a bug.
+
+They take the live model and optimizer as a training framework's ``save``/``load`` does, build
+their state dicts with ``torch.distributed.checkpoint.state_dict`` from the side's description,
+write and read them with DCP, and set the loaded state into the objects themselves.
+"""
+
+from __future__ import annotations
+
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
+)
+
+
+class DsdCheckpointer:
+    """Save and load as a framework would: full or sharded as the side says, one DCP checkpoint."""
+
+    def _options(self, side: dict) -> StateDictOptions:
+        # rank-0-only loading is a framework's own protocol; this one loads the same dict everywhere
+        extra = {k: v for k, v in side["options"].items() if k != "broadcast_from_rank0"}
+        return StateDictOptions(
+            full_state_dict=side["state_dict"] == "full",
+            flatten_optimizer_state_dict=side["flatten_optimizer_state_dict"],
+            **extra,
+        )
+
+    def save_objects(self, model, optim, *, side, checkpoint_id, process_group):
+        model_sd, optim_sd = get_state_dict(model, optim, options=self._options(side))
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=checkpoint_id, process_group=process_group)
+
+    def load_objects(self, model, optim, *, side, saved_by, checkpoint_id, process_group):
+        options = self._options(side)
+        model_sd, optim_sd = get_state_dict(model, optim, options=options)
+        state = {"model": model_sd, "optim": optim_sd}
+        dcp.load(state, checkpoint_id=checkpoint_id, process_group=process_group)
+        self.set(model, optim, state, options)
+
+    def set(self, model, optim, state, options):
+        set_state_dict(model, optim, model_state_dict=state["model"], optim_state_dict=state["optim"], options=options)
+
+
+class ForgetsOptimizerOnLoad(DsdCheckpointer):
+    """A framework bug: its load restores the model and leaves the optimizer as it was."""
+
+    def set(self, model, optim, state, options):
+        set_model_state_dict(model, state["model"], options=options)
