@@ -85,6 +85,7 @@ def _leaves(case):
 
 
 @pytest.mark.ranks
+@pytest.mark.slow  # 15-18 s on 2 cores; the descent itself is tested above, the command's errors below
 def test_the_shrink_command_rewrites_the_entry_with_a_smaller_case_of_the_same_signature(tmp_path):
     # BuffersNotLoaded (a mutant) fails on any model with a BatchNorm; start from a big case of it.
     case = Case(
