@@ -224,6 +224,7 @@ def test_two_runs_share_a_redis_database(tmp_path, corpus, redis_url):
     assert shared and shared <= {f["signature"] for f in _report(first)["failures"]}
 
 
+@pytest.mark.slow  # launchers end to end run in the slow tier (12 s); torchrun runs exported scripts in the default one
 def test_torchrun_launches_a_campaign(tmp_path, corpus):
     report = tmp_path / "r.json"
     proc = subprocess.run(

@@ -100,7 +100,10 @@ def test_a_crash_in_process_group_teardown_is_an_event_not_a_case_failure(tmp_pa
     assert [(e.kind, e.how) for e in pool.events] == [("teardown-crash", "SIGABRT")] * 2
 
 
-@pytest.mark.parametrize("how, signal_name", [("segfault", "SIGSEGV"), ("sigkill", "SIGKILL")])
+@pytest.mark.parametrize(
+    "how, signal_name",
+    [("segfault", "SIGSEGV"), pytest.param("sigkill", "SIGKILL", marks=pytest.mark.slow)],  # one signal suffices here
+)
 def test_a_rank_killed_by_a_signal_is_a_crash_with_its_signal_phase_and_last_words(
     tmp_path, monkeypatch, how, signal_name
 ):

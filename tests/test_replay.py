@@ -55,6 +55,7 @@ def test_a_fault_that_fires_every_other_load_is_flaky_over_repeats():
 
 
 @pytest.mark.ranks
+@pytest.mark.slow  # 15-25 s on 2 cores; the default tier replays the corpus through the pool (test_corpus.py)
 def test_cli_replay_reports_each_entry_and_skips_bad_files(tmp_path):
     # Not a hang: its deadline would be most of this test's time (the corpus tests replay those).
     known = next(
