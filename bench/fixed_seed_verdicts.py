@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--compare", type=Path, default=None, help="an earlier --out to compare with")
     args = parser.parse_args()
 
-    from hypothesis import HealthCheck, Phase, given, seed, settings
+    from _draws import for_each_drawn_case
 
     import shardfuzz
     from shardfuzz.case import to_dict
@@ -41,16 +41,7 @@ def main() -> None:
     lines: list[dict] = []
     with RankPool(args.world_size) as pool:
 
-        @settings(
-            max_examples=args.cases,
-            phases=[Phase.generate],
-            database=None,
-            deadline=None,
-            suppress_health_check=list(HealthCheck),
-        )
-        @seed(args.seed)
-        @given(cases(max_world_size=args.world_size))
-        def run(case):
+        def run(case) -> None:
             text = json.dumps(to_dict(case), sort_keys=True)
             verdict = pool.run(case)
             lines.append(
@@ -61,7 +52,7 @@ def main() -> None:
                 }
             )
 
-        run()
+        for_each_drawn_case(cases(max_world_size=args.world_size), examples=args.cases, seed=args.seed, run=run)
     args.out.write_text("".join(json.dumps(line) + "\n" for line in lines))
     statuses: dict[str, int] = {}
     for line in lines:

@@ -55,7 +55,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from hypothesis import HealthCheck, Phase, given, seed, settings
+    from _draws import for_each_drawn_case
 
     from shardfuzz.corpus import known_bugs, load_corpus
     from shardfuzz.executor import RankPool
@@ -70,22 +70,14 @@ def main() -> None:
         signatures = {"before": set(), "after": set()}
         with RankPool(args.world_size, target=f"shardfuzz.mutants:{name}") as pool:
 
-            @settings(
-                max_examples=args.cases,
-                phases=[Phase.generate],
-                database=None,
-                deadline=None,
-                suppress_health_check=list(HealthCheck),
-            )
-            @seed(args.seed)
-            @given(cases(max_world_size=args.world_size, vary_storage=False))
-            def run(case):
+            def run(case, pool=pool, signatures=signatures) -> None:
                 verdict = pool.run(case)
                 if verdict.is_failure and known.lookup(verdict.signature(), case) is None:
                     signatures["after"].add(verdict.signature())
                     signatures["before"].add(_old_signature(old, verdict))
 
-            run()
+            strategy = cases(max_world_size=args.world_size, vary_storage=False)
+            for_each_drawn_case(strategy, examples=args.cases, seed=args.seed, run=run)
         per_mutant[name] = signatures
         print(f"{name:30} before {len(signatures['before']):2}  after {len(signatures['after']):2}", flush=True)
 
