@@ -29,6 +29,7 @@ from shardfuzz.case import Case, dimensions
 from shardfuzz.steering import Steering
 from shardfuzz.stop import StopRequested
 from shardfuzz.strategies import cases
+from shardfuzz.target_support import TargetSupport
 from shardfuzz.verdict import Verdict
 
 __all__ = ["CaseFailed", "CampaignResult", "Finding", "TIME_CATEGORIES", "run_campaign", "label", "database_key"]
@@ -87,6 +88,7 @@ def run_campaign(
     max_cases: int | None = None,
     devices: tuple[str, ...] = ("cpu",),
     vary_storage: bool = True,
+    support: TargetSupport | None = None,
     steer_after: int | None = None,
     known_dimensions: Callable[[str, Case], dict[str, str] | None] = lambda signature, case: None,
     expected: Mapping[str, Mapping[str, str]] | None = None,
@@ -110,7 +112,8 @@ def run_campaign(
     after that many cases (a fixed amount of work, for tests and comparisons), not
     counting the database's examples, which are always replayed. ``devices`` are those
     a side may be drawn on (see ``strategies.cases``); ``vary_storage=False`` for a
-    user's target, which does its own I/O.
+    user's target, which does its own I/O; ``support`` (the target's ``TargetSupport``) leaves
+    undrawn the cases the target does not run.
 
     ``polish``: once Hypothesis has finished shrinking a finding, or used its share of the
     shrink budget (``HYPOTHESIS_SHRINK_SHARE``), a greedy descent over
@@ -149,6 +152,7 @@ def run_campaign(
         max_cases=max_cases,
         devices=devices,
         vary_storage=vary_storage,
+        support=support,
         steer_after=steer_after,
         known_dimensions=known_dimensions,
         expected=expected,
@@ -180,6 +184,7 @@ class Campaign:
         max_cases: int | None,
         devices: tuple[str, ...],
         vary_storage: bool,
+        support: TargetSupport | None,
         steer_after: int | None,
         known_dimensions: Callable[[str, Case], dict[str, str] | None],
         expected: Mapping[str, Mapping[str, str]] | None,
@@ -197,7 +202,7 @@ class Campaign:
         # Hypothesis shrinks the choices it drew; the greedy descent shrinks the case itself, in steps that can be
         # many choices apart. Past its share, Hypothesis stops and the descent goes on from its smallest case.
         self.hypothesis_shrink = self.shrink_budget * (HYPOTHESIS_SHRINK_SHARE if polish else 1.0)
-        all_cases = cases(max_world_size=max_world_size, devices=devices, vary_storage=vary_storage)
+        all_cases = cases(max_world_size=max_world_size, devices=devices, vary_storage=vary_storage, support=support)
         self.confirmed: set[str] = set()  # signatures whose first failure was re-run by ``confirm``
         self.steering: Steering | None = None
         if steer_after is not None:

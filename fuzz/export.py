@@ -20,7 +20,7 @@ from shardfuzz.case import MODULE_TYPE_CLASSES, Case, Leaf, Model, Sequential, c
 from shardfuzz.corpus import Entry
 from shardfuzz.executor.deadlines import deadline_for
 from shardfuzz.roundtrip import CONTINUE_STEPS, options_extra, side_description
-from shardfuzz.targets import DEFAULT_TARGET, ObjectTarget, resolve_target
+from shardfuzz.targets import DEFAULT_TARGET, FAULT_SEPARATOR, ObjectTarget, resolve_target
 
 __all__ = ["export_script"]
 
@@ -212,7 +212,7 @@ def _target_code(target: str, storage) -> str:
         "def load(state, checkpoint_dir, group):\n"
         "    _target.load(state, checkpoint_id=checkpoint_dir, process_group=group)\n"
     )
-    if target == DEFAULT_TARGET:
+    if target in (DEFAULT_TARGET, "dcp"):
         import inspect
 
         from shardfuzz import storage as storage_module
@@ -229,6 +229,14 @@ def _target_code(target: str, storage) -> str:
         return (
             f"# How shardfuzz's default target writes and reads this case's checkpoint (storage.py).\n"
             f"{sources}\n\n_target = {type(io).__name__}({arguments})\n\n\n{common}"
+        )
+    if ":" not in target or FAULT_SEPARATOR in target:
+        return (
+            f"# The failure was found in this checkpoint code, not in DCP: a shardfuzz target named by its short\n"
+            f"# name (a shipped framework adapter, an entry point) or with a fault injected, so shardfuzz and\n"
+            f"# the framework must be installed.\n"
+            f"from shardfuzz.targets import resolve_target\n\n"
+            f"_target = resolve_target({target!r})\n\n\n{common}"
         )
     module, _, attribute = target.partition(":")
     return (

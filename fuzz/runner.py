@@ -226,7 +226,7 @@ class _Run:
 
     def campaign(self):
         from shardfuzz.campaign import database_key, run_campaign
-        from shardfuzz.targets import DEFAULT_TARGET
+        from shardfuzz.targets import support_for
 
         config, known, executor = self.config, self.known, self.executor
         device_key = () if config.device == "cpu" else (f"device={config.device}",)  # CPU keys as before GPUs
@@ -246,7 +246,7 @@ class _Run:
             should_stop=lambda: self.stop.reason,
             max_cases=config.max_cases,
             devices=self.devices,
-            vary_storage=self.target == DEFAULT_TARGET,
+            support=support_for(self.target),  # what the target runs; storage variants only where it takes them
             steer_after=None if config.no_steer else STEER_AFTER,
             known_dimensions=self.known_dimensions,
             expected=self.expected(),

@@ -12,16 +12,31 @@ optimizer with a plain description of the side, builds its state dicts its own
 way and loads straight back into the objects; shardfuzz then judges the objects
 as it judges its own loads.
 
-A target is named as ``"package.module:attribute"``; a class is instantiated with
-no arguments, anything else is used as it is.
+A target is named as ``"package.module:attribute"`` or by a short name (``dcp``, the shipped
+framework adapters, entry points); a class is instantiated with no arguments, anything else is
+used as it is. A target says which cases it runs with a ``support`` attribute (a
+``TargetSupport``); without one it is drawn everything but storage variants.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["CheckpointTarget", "DcpTarget", "DEFAULT_TARGET", "ObjectTarget", "ShardsModules", "resolve_target"]
+from shardfuzz.target_support import TargetSupport, support_of
+
+__all__ = [
+    "CheckpointTarget",
+    "DcpTarget",
+    "DEFAULT_TARGET",
+    "ObjectTarget",
+    "SHIPPED_TARGETS",
+    "ShardsModules",
+    "named_targets",
+    "resolve_target",
+    "support_for",
+]
 
 DEFAULT_TARGET = "shardfuzz.targets:DcpTarget"
 
@@ -66,6 +81,12 @@ class ShardsModules(Protocol):
 class DcpTarget:
     """``torch.distributed.checkpoint.save`` / ``load`` (or their older names)."""
 
+    @property
+    def support(self) -> TargetSupport:
+        # Storage variants replace DCP's own I/O: the default target itself takes them, a subclass
+        # (a mutant, a user's wrapper) does its own I/O.
+        return TargetSupport(storages=type(self) is DcpTarget)
+
     def save(self, state_dict, *, checkpoint_id, process_group):
         import torch.distributed.checkpoint as dcp
 
@@ -83,9 +104,56 @@ class DcpTarget:
             dcp.load_state_dict(state_dict, dcp.FileSystemReader(checkpoint_id), process_group=process_group)
 
 
+#: Short names for ``--target``: the default and the shipped framework adapters (each an optional
+#: extra: ``pip install 'shardfuzz[accelerate]'``). Other packages add theirs through the
+#: ``shardfuzz.targets`` entry-point group (``name = "package.module:attribute"``).
+SHIPPED_TARGETS = {
+    "dcp": DEFAULT_TARGET,
+    "accelerate": "shardfuzz.adapters.accelerate:AccelerateFsdpCheckpoint",
+    "lightning": "shardfuzz.adapters.lightning:FabricCheckpoint",
+    "torchtitan": "shardfuzz.adapters.torchtitan:TitanCheckpointManager",
+}
+
+ENTRY_POINT_GROUP = "shardfuzz.targets"
+
+#: ``TARGET+FAULT``: an object-level target with a fault of ``object_faults.OBJECT_FAULTS`` injected
+#: into its path (the self-test's mutants for a framework target).
+FAULT_SEPARATOR = "+"
+
+
+def named_targets() -> dict[str, str]:
+    """Every short name: the shipped ones, then those registered through entry points."""
+    from importlib.metadata import entry_points
+
+    names = dict(SHIPPED_TARGETS)
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        names.setdefault(point.name, point.value)
+    return names
+
+
+def spec_of(spec: str) -> str:
+    """``spec`` as ``module:attribute`` (a short name looked up); a spec with a colon is kept."""
+    if ":" in spec:
+        return spec
+    names = named_targets()
+    if spec not in names:
+        raise ValueError(
+            f"target {spec!r} is neither a short name ({', '.join(sorted(names))}) nor of the form "
+            "'package.module:attribute'"
+        )
+    return names[spec]
+
+
 def resolve_target(spec: str) -> CheckpointTarget | ObjectTarget:
-    """Import ``"module:attribute"`` and return a target; errors name the spec."""
-    module_name, sep, attribute = spec.partition(":")
+    """Import a target named by ``spec`` (a short name, ``"module:attribute"``, or either with
+    ``+FAULT``); errors name the spec."""
+    base, sep, fault = spec.rpartition(FAULT_SEPARATOR)
+    if sep:
+        from shardfuzz.object_faults import with_fault
+
+        return with_fault(resolve_target(base), fault, spec=spec)
+    full = spec_of(spec)
+    module_name, sep, attribute = full.partition(":")
     if not sep or not module_name or not attribute:
         raise ValueError(f"target {spec!r} is not of the form 'package.module:attribute'")
     try:
@@ -102,4 +170,11 @@ def resolve_target(spec: str) -> CheckpointTarget | ObjectTarget:
             f"target {spec!r} has neither save(...) and load(...) methods (a state-dict target) nor "
             "save_objects(...) and load_objects(...) (an object-level target)"
         )
+    support_of(target)  # a malformed declaration fails here, naming the target
     return target
+
+
+@functools.lru_cache(maxsize=32)
+def support_for(spec: str) -> TargetSupport:
+    """The ``TargetSupport`` of the target ``spec`` names (resolved once per process)."""
+    return support_of(resolve_target(spec))

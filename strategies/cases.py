@@ -11,7 +11,7 @@ from hypothesis.errors import InvalidArgument
 from shardfuzz.capabilities import capabilities
 from shardfuzz.case import DEVICES, FSDP1, FSDP2, Case, Dcp, DcpToTorchSave, Model, Side, TorchSave, Unsharded
 from shardfuzz.strategies._helpers import check_choices, check_int, factorisations
-from shardfuzz.strategies.engines import TWO_D_ENGINES, engines, wrap_sets
+from shardfuzz.strategies.engines import ENGINE_KIND_OF, TWO_D_ENGINES, engines, wrap_sets
 from shardfuzz.strategies.modules import models
 from shardfuzz.strategies.options import (
     checks,
@@ -26,6 +26,7 @@ from shardfuzz.strategies.options import (
     storages,
 )
 from shardfuzz.strategies.topology import mesh_shapes
+from shardfuzz.target_support import EVERYTHING, TargetSupport
 from shardfuzz.unsupported import excluded
 
 __all__ = ["cases", "sides"]
@@ -44,37 +45,54 @@ def _check_devices(devices, gpus) -> tuple[tuple[str, ...], int]:
 
 
 def sides(
-    model: Model, *, max_world_size: int = 4, engine_names=None, devices=("cpu",), gpus: int | None = None
+    model: Model,
+    *,
+    max_world_size: int = 4,
+    engine_names=None,
+    devices=("cpu",),
+    gpus: int | None = None,
+    support: TargetSupport | None = None,
 ) -> st.SearchStrategy[Side]:
     """One end of the round-trip for ``model``: a device, a mesh, an engine that runs on it, its units.
 
     A ``cuda`` side uses at most ``gpus`` ranks (one per GPU; NCCL refuses two ranks
-    on one GPU); ``gpus`` defaults to the GPUs torch sees here.
+    on one GPU); ``gpus`` defaults to the GPUs torch sees here. ``support``: only sides a target
+    declares it runs (engines, state-dict types, HSDP, sides spanning the whole pool).
     """
-    draw_side = _side_drawer(max_world_size=max_world_size, engine_names=engine_names, devices=devices, gpus=gpus)
+    draw_side = _side_drawer(
+        max_world_size=max_world_size, engine_names=engine_names, devices=devices, gpus=gpus, support=support
+    )
     return st.composite(lambda draw: draw_side(draw, model))()
 
 
-def _side_drawer(*, max_world_size, engine_names, devices, gpus):
+def _side_drawer(*, max_world_size, engine_names, devices, gpus, support: TargetSupport | None):
     """``draw_side(draw, model)``, with every strategy it draws from built once, here.
 
     Building strategies inside a draw (a composite, a one_of) costs Hypothesis a
     validation each time: done once per case that was most of the time a case
     took to draw.
     """
-    offered = check_choices("engine_names", engine_names, capabilities().engines)
+    support = support or EVERYTHING
+    offered = _supported_engines(
+        check_choices("engine_names", engine_names, capabilities().engines), support, max_world_size
+    )
     devices, gpus = _check_devices(devices, gpus)
-    two_d = capabilities().hsdp and any(n in TWO_D_ENGINES for n in offered)
+    two_d = capabilities().hsdp and support.hybrid and any(n in TWO_D_ENGINES for n in offered)
     limits = {"cpu": max_world_size, "cuda": min(max_world_size, gpus)}
     device_choice = st.sampled_from(devices)
     meshes = {
-        limit: mesh_shapes(max_size=limit, max_dims=2 if two_d else 1)
+        limit: mesh_shapes(min_size=limit if support.whole_pool else 1, max_size=limit, max_dims=2 if two_d else 1)
         for device, limit in limits.items()
         if device in devices
     }
     engines_on = {dims: engines(names=offered, mesh_dims=dims) for dims in ((1, 2) if two_d else (1,))}
     hybrid_meshes = {limit: st.sampled_from(factorisations(limit, min_shards=2) or [(1, limit)]) for limit in meshes}
     state_dicts, apis = state_dict_types(), state_dict_apis()
+    if support.state_dicts is not None:
+        allowed = [t for t in support.state_dicts if t != "local"]  # local: decided for the pair in cases()
+        if not allowed:
+            raise InvalidArgument(f"support.state_dicts={support.state_dicts!r} leaves no state-dict type to draw")
+        state_dicts = st.sampled_from(allowed)
 
     def draw_side(draw, model: Model) -> Side:
         device = draw(device_choice)
@@ -105,6 +123,19 @@ def _side_drawer(*, max_world_size, engine_names, devices, gpus):
     return draw_side
 
 
+def _supported_engines(offered: tuple[str, ...], support: TargetSupport, max_world_size: int) -> tuple[str, ...]:
+    """The offered engine names (lower case, as ``engines()`` takes them) the target supports."""
+    kept = tuple(
+        name
+        for name in offered
+        if (support.engines is None or ENGINE_KIND_OF[name] in support.engines)
+        and not (support.whole_pool and name == "unsharded" and max_world_size > 1)
+    )
+    if not kept:
+        raise InvalidArgument(f"the target supports none of the engines offered here ({list(offered)})")
+    return kept
+
+
 def cases(
     *,
     max_world_size: int = 4,
@@ -115,6 +146,7 @@ def cases(
     devices=("cpu",),
     gpus: int | None = None,
     vary_storage: bool = True,
+    support: TargetSupport | None = None,
 ) -> st.SearchStrategy[Case]:
     """Round-trip cases whose sides each use at most ``max_world_size`` ranks.
 
@@ -125,6 +157,9 @@ def cases(
 
     ``vary_storage=False``: every case writes and reads its checkpoint the default way
     (``dcp.save``/``dcp.load``), for a user's target, which does its own I/O.
+
+    ``support``: only cases the target declares it runs (``TargetSupport``); the sides span the
+    whole pool of ``max_world_size`` ranks where it says so.
     """
     check_int("max_world_size", max_world_size, minimum=1)
     check_int("max_leaves", max_leaves, minimum=1)
@@ -132,17 +167,25 @@ def cases(
     check_int("max_steps", max_steps, minimum=0)
 
     model_trees = models(max_leaves=max_leaves, max_width=max_width)
-    draw_side = _side_drawer(max_world_size=max_world_size, engine_names=engine_names, devices=devices, gpus=gpus)
+    draw_side = _side_drawer(
+        max_world_size=max_world_size, engine_names=engine_names, devices=devices, gpus=gpus, support=support
+    )
+    target = support or EVERYTHING
     optimizer_choice, step_counts, flatten = (
         optimizers(),
-        optimizer_steps(max_steps=max_steps),
-        flatten_optimizer_state_dict(),
+        optimizer_steps(max_steps=max_steps)
+        if not target.min_steps
+        else st.integers(target.min_steps, max(max_steps, target.min_steps)),
+        flatten_optimizer_state_dict() if target.flatten else st.just(False),
     )
     seeds, check_sets, group_counts, mutations = st.integers(0, 2**16), checks(), param_groups(), load_mutations()
-    storage_choice = storages() if vary_storage else st.just(Dcp())
+    storage_choice = storages() if vary_storage and (support is None or support.storages) else st.just(Dcp())
     offload, sometimes, caps = rarely(), rarely(one_in=3), capabilities()
-    ignore_frozen = rarely(one_in=4) if caps.ignore_frozen_params else st.just(False)
-    local_choice = rarely(one_in=6) if caps.local_state_dict else st.just(False)
+    if not target.options:  # the target sets its own StateDictOptions
+        offload = sometimes = st.just(False)
+    ignore_frozen = rarely(one_in=4) if caps.ignore_frozen_params and target.options else st.just(False)
+    local_allowed = target.state_dicts is None or "local" in target.state_dicts
+    local_choice = rarely(one_in=6) if caps.local_state_dict and local_allowed else st.just(False)
     local_mesh = st.sampled_from([(n,) for n in range(1, max_world_size + 1)])
 
     def with_options(draw, save: Side, load: Side, storage, flatten: bool, mutation) -> tuple[Side, Side]:
@@ -208,6 +251,8 @@ def cases(
         save, load = with_options(draw, draw_side(draw, model), draw_side(draw, model), storage, flattened, mutation)
         if isinstance(storage, Dcp) and draw(local_choice):
             save, load = with_local(draw, save, load)
+        if target.same_state_dict and load.state_dict != save.state_dict:
+            load = attrs.evolve(load, state_dict=save.state_dict)
         # ignore_frozen_params loads with strict=False, so only a compatible load; where the model
         # has frozen parameters the sides differ in them afterwards, so no continuation check.
         ignoring = mutation is None and load.state_dict != "local" and draw(ignore_frozen)
@@ -231,4 +276,8 @@ def cases(
 
     # The rules torch documents live in one place (``unsupported.CASE_RULES``); a
     # filter keeps them there rather than copying them into the draws above.
-    return draw_case().filter(lambda case: excluded(case) is None)
+    # The target's own exclusions likewise (``TargetSupport.refuses``): the draws above leave out
+    # what they can, the filter the rest (a local pair the target cannot take, say).
+    return draw_case().filter(
+        lambda case: excluded(case) is None and not target.refuses(case, world_size=max_world_size)
+    )

@@ -1,7 +1,8 @@
 """The one check every executor makes before it runs a case: can this case run here, on these ranks?
 
 A case torch documents as unsupported (``shardfuzz.unsupported``), one that writes its
-checkpoint through a storage variant while a user's target does its own I/O, one whose
+checkpoint through a storage variant while a user's target does its own I/O, one outside the
+target's declared ``TargetSupport``, one whose
 broadcasting load must span a world of another size, or one with a CUDA side where the
 ranks have no GPU (or too few) is answered with an ``unsupported`` verdict, never run.
 A case needing more ranks than there are is the caller's mistake: ``ValueError``.
@@ -9,8 +10,8 @@ A case needing more ranks than there are is the caller's mistake: ``ValueError``
 
 from __future__ import annotations
 
-from shardfuzz.case import Case, Dcp
-from shardfuzz.targets import DEFAULT_TARGET
+from shardfuzz.case import Case
+from shardfuzz.targets import DEFAULT_TARGET, support_for
 from shardfuzz.unsupported import excluded, needs_other_world
 from shardfuzz.verdict import Verdict
 
@@ -33,12 +34,16 @@ def admit(case: Case, *, world_size: int, target: str = DEFAULT_TARGET, device: 
 
 def cannot_run(case: Case, *, world_size: int, target: str = DEFAULT_TARGET, device: str = "cpu") -> str:
     """Why these ranks cannot run ``case`` (its CUDA sides, on this machine; a storage variant with a
-    user's target; a broadcasting load side on fewer ranks than the world), or ''."""
-    if target != DEFAULT_TARGET and case.storage != Dcp():
+    user's target; one outside what the target declares it supports; a broadcasting load side on fewer ranks than the world), or ''."""
+    support = support_for(target)
+    if not support.allows_storage(case):
         return (
             f"storage: the case writes its checkpoint as {case.storage!r}, a variant of the default "
             f"target; this pool's target {target} does its own I/O"
         )
+    refused = support.refuses(case, world_size=world_size)
+    if refused:
+        return f"{refused} (target {target})"
     other_world = needs_other_world(case, world_size)
     if other_world:
         return other_world
