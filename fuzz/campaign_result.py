@@ -14,7 +14,7 @@ import attrs
 from shardfuzz.case import Case, dimensions
 from shardfuzz.verdict import Verdict
 
-__all__ = ["CampaignResult", "CaseFailed", "Finding", "TIME_CATEGORIES", "time_category"]
+__all__ = ["CampaignResult", "CaseFailed", "Finding", "TIME_CATEGORIES", "through_target", "time_category"]
 
 
 class CaseFailed(AssertionError):
@@ -90,6 +90,8 @@ class CampaignResult:
         for key in verdict.unchanged:
             self.unchanged_keys[_pattern(key)] += 1
         for name, value in dimensions(case).items():
+            self.coverage[name][value] += 1
+        for name, value in through_target(case, verdict).items():
             self.coverage[name][value] += 1
         self._recent = self._recent[-99:] + [(verdict.seconds, _brief(case))]
         self.slowest_recent = max(self._recent)
@@ -168,3 +170,28 @@ def _pattern(key: str) -> str:
     from shardfuzz.verdict import _key_pattern
 
     return _key_pattern(key)
+
+
+#: The round-trip's phases (``roundtrip.run_case``) before the target's save, and before its load.
+_BEFORE_SAVE = frozenset({"build-save", "train", "gather-saved"})
+_BEFORE_LOAD = _BEFORE_SAVE | {
+    *("save", "continue-saved", "api-parity", "finish-save", "barrier", "idle", "build-load", "gather-before-load")
+}
+
+
+def through_target(case: Case, verdict: Verdict) -> dict[str, str]:
+    """Which engine and state-dict type went through the target's own save and load code in this
+    case (``through_save``/``through_load``: ``"fsdp2 sharded"``): a side whose case failed before
+    its call, or was never run, did not. For a framework's target, the report's coverage of these two
+    dimensions is what its checkpoint API was actually put through."""
+    if verdict.status == "unsupported":
+        return {}
+    phases = [error.phase for error in verdict.errors] + ([verdict.where] if verdict.where else [])
+    reached_save = not phases or not any(phase in _BEFORE_SAVE for phase in phases)
+    reached_load = not phases or not any(phase in _BEFORE_LOAD for phase in phases)
+    through = {}
+    if reached_save:
+        through["through_save"] = f"{type(case.save.engine).__name__.lower()} {case.save.state_dict}"
+    if reached_load:
+        through["through_load"] = f"{type(case.load.engine).__name__.lower()} {case.load.state_dict}"
+    return through

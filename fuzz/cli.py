@@ -1,5 +1,5 @@
-"""``shardfuzz run | replay | export | shrink | report | report-bug | known-bugs | selftest | capabilities``: the
-command line.
+"""``shardfuzz run | replay | export | shrink | report | report-bug | known-bugs | selftest | capabilities |
+targets``: the command line.
 
 ``run`` exits 0 when no new failure was found, 1 when one was (each is saved to
 the corpus), 2 for bad options or a pool that cannot start, 130/143 when
@@ -96,7 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
     _known_bugs_options(commands.add_parser("known-bugs", help="the corpus's known bugs as a markdown table"))
     _report_options(commands.add_parser("report", help="render a run's JSON report as HTML, markdown or JUnit XML"))
     commands.add_parser("capabilities", help="list what the installed torch offers to the fuzzer")
+    _targets_options(
+        commands.add_parser("targets", help="list the checkpoint targets: frameworks, versions, what each supports")
+    )
     return parser
+
+
+def _targets_options(targets: argparse.ArgumentParser) -> None:
+    targets.add_argument("--json", action="store_true", help="one JSON object per target, a list")
 
 
 def _run_options(run: argparse.ArgumentParser) -> None:
@@ -236,6 +243,12 @@ def _selftest_options(selftest: argparse.ArgumentParser) -> None:
     selftest.add_argument(
         "--mutant", action="append", default=None, help="only this mutant (repeatable; default: the whole catalogue)"
     )
+    selftest.add_argument(
+        "--target",
+        default=None,
+        help="an object-level target (a framework's: accelerate, lightning, torchtitan, or module:attribute) "
+        "to inject faults into instead of DCP",
+    )
     selftest.add_argument("--report", type=Path, default=None, help="write a JSON report here")
     selftest.add_argument(
         "--corpus",
@@ -288,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "capabilities":
         return _capabilities()
+    if args.command == "targets":
+        return _targets(args)
     if args.command == "replay":
         return _replay(args)
     if args.command == "export":
@@ -310,12 +325,17 @@ def _selftest(args) -> int:
 
     from shardfuzz.corpus import known_bugs, load_corpus
     from shardfuzz.executor import PoolStartError
-    from shardfuzz.mutants import CATALOGUE
-    from shardfuzz.selftest import run_selftest
+    from shardfuzz.selftest import catalogue_for, run_selftest
+    from shardfuzz.targets import framework_version
 
-    unknown = sorted(set(args.mutant or []) - set(CATALOGUE))
+    try:
+        catalogue = catalogue_for(args.target)
+    except ValueError as exc:
+        print(f"shardfuzz selftest: {exc}", file=sys.stderr)
+        return 2
+    unknown = sorted(set(args.mutant or []) - set(catalogue))
     if unknown:
-        print(f"shardfuzz selftest: no such mutant(s) {unknown}; choose from {sorted(CATALOGUE)}", file=sys.stderr)
+        print(f"shardfuzz selftest: no such mutant(s) {unknown}; choose from {sorted(catalogue)}", file=sys.stderr)
         return 2
     known = known_bugs(load_corpus(args.corpus)[0], torch.__version__)
     print(f"{'mutant':30} {'result':8} {'killed by':24} {'detect s':>8} {'shrink s':>8} {'size':>5}  shrunk case")
@@ -337,6 +357,7 @@ def _selftest(args) -> int:
             world_size=args.world_size,
             seed=args.seed,
             mutants=args.mutant,
+            target=args.target,
             is_known=lambda s, c: known.lookup(s, c) is not None,
             on_result=show,
         )
@@ -354,6 +375,8 @@ def _selftest(args) -> int:
             json.dumps(
                 {
                     "torch": torch.__version__,
+                    "target": args.target or "dcp",
+                    "target_framework": framework_version(args.target) if args.target else "",
                     "budget_per_mutant": args.budget,
                     "world_size": args.world_size,
                     "killed": killed,
@@ -391,7 +414,6 @@ def _replay(args) -> int:
     from shardfuzz.executor import PoolStartError, RankPool
     from shardfuzz.replay import replay_entries
     from shardfuzz.runner import campaign_devices
-    from shardfuzz.unsupported import exact_world_size
 
     _, why_not = campaign_devices(args.device)
     if why_not:
@@ -404,12 +426,12 @@ def _replay(args) -> int:
         print("shardfuzz replay: no corpus entries to replay", file=sys.stderr)
         return 2
     # One pool per target, of the largest world its entries need; an entry that must fill its
-    # process group exactly (a broadcasting load) gets a pool of its own size where that differs.
+    # process group exactly (a broadcasting load, a framework's target) gets a pool of its own size where that differs.
     sizes: dict[str, int] = {}
     exact: dict[str, set[int]] = {}
     for _, entry in entries:
         sizes[entry.target] = max(sizes.get(entry.target, 1), entry.replay_world_size)
-        if exact_world_size(entry.case):
+        if entry.fills_its_world:
             exact.setdefault(entry.target, set()).add(entry.replay_world_size)
     pools: dict[tuple[str, int], RankPool] = {}
 
@@ -427,6 +449,9 @@ def _replay(args) -> int:
         elif replay.outcome != "still failing":
             for verdict in replay.verdicts[:3]:
                 print(f"       now: {verdict.summary()[:160]}")
+            moved = replay.entry.known.out_of_range() if replay.entry.known else ""
+            if moved:
+                print(f"       outside the entry's framework range: {moved}; if fixed there, update the range")
 
     try:
         replays = replay_entries(entries, pool_for, repeat=args.repeat, on_replay=show)
@@ -597,6 +622,29 @@ def _capabilities() -> int:
     print(f"torch {caps.torch_version}")
     for feature, state, why in caps.table():
         print(f"  {state:3}  {feature}{'  (' + why + ')' if why else ''}")
+    return 0
+
+
+def _targets(args) -> int:
+    import torch
+
+    from shardfuzz.target_list import target_infos
+
+    infos = target_infos()
+    if args.json:
+        print(json.dumps([info.as_dict() for info in infos], indent=2))
+        return 0
+    print(f"targets on torch {torch.__version__} (--target NAME):")
+    for info in infos:
+        if not info.available:
+            version = f" ({info.framework} {info.version} installed)" if info.version else ""
+            print(f"  {info.name:12} unavailable{version}: {info.error}")
+            continue
+        framework = f"{info.framework} {info.version}" if info.framework else f"torch {info.version}"
+        print(f"  {info.name:12} {framework}: {info.kind}-level, {info.spec}")
+        print(f"  {'':12} engines {', '.join(info.engines)}")
+        for what, why in info.excludes.items():
+            print(f"  {'':12} - {what}: {why}")
     return 0
 
 

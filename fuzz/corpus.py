@@ -56,7 +56,11 @@ class CorpusError(ValueError):
 
 @frozen
 class Known:
-    """A triaged torch bug: what it is, where it is reported, which torch versions have it."""
+    """A triaged bug: what it is, where it is reported, which torch versions have it, and for a bug met
+    through a framework's checkpoint API, which framework versions (``frameworks``: distribution ->
+    specifier; the entry is known only where each is installed in its range), whether the bug lies in
+    the framework or in torch underneath (``layer``), and the evidence for that (``evidence``: what
+    the same case does through plain DCP)."""
 
     description: str = field(validator=instance_of(str))
     torch: str = field(validator=instance_of(str))  # a PEP 440 specifier set, e.g. ">=2.11,<2.14"
@@ -66,6 +70,9 @@ class Known:
     # A silent-corruption signature ("values differ" on a key pattern) is broad: without
     # this, a new corruption on the same key would pass as this known one.
     when: dict[str, str] = field(factory=dict)
+    frameworks: dict[str, str] = field(factory=dict)
+    layer: str = field(default="torch", validator=in_(("torch", "framework")))
+    evidence: str = field(default="", validator=instance_of(str))
 
     def matches(self, case: Case) -> bool:
         dims = dimensions(case)
@@ -73,19 +80,58 @@ class Known:
 
     @torch.validator
     def _specifier(self, attribute, value):
-        from packaging.specifiers import InvalidSpecifier, SpecifierSet
+        _check_specifier("known.torch", value)
 
+    @frameworks.validator
+    def _framework_specifiers(self, attribute, value):
+        for name, specifier in value.items():
+            _check_specifier(f"known.frameworks[{name!r}]", specifier)
+
+    def applies_to(self, torch_version: str, framework_versions: dict[str, str] | None = None) -> bool:
+        """Whether the bug is known on this torch and on the installed frameworks (``framework_versions``,
+        default: looked up), each of which must be installed in its range."""
+        if not _in_range(self.torch, torch_version):
+            return False
+        installed = framework_versions if framework_versions is not None else installed_versions(self.frameworks)
+        return all(name in installed and _in_range(spec, installed[name]) for name, spec in self.frameworks.items())
+
+    def out_of_range(self, framework_versions: dict[str, str] | None = None) -> str:
+        """The installed framework versions outside the entry's ranges (say, a fixed release), or ''."""
+        installed = framework_versions if framework_versions is not None else installed_versions(self.frameworks)
+        return ", ".join(
+            f"{name} {installed[name]} (known for {spec})"
+            for name, spec in self.frameworks.items()
+            if name in installed and not _in_range(spec, installed[name])
+        )
+
+
+def _check_specifier(what: str, value: str) -> None:
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+    try:
+        SpecifierSet(value)
+    except InvalidSpecifier as exc:
+        raise ValueError(f"{what} {value!r} is not a version specifier: {exc}") from None
+
+
+def _in_range(specifier: str, version: str) -> bool:
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    return SpecifierSet(specifier).contains(Version(version.split("+")[0]), prereleases=True)
+
+
+def installed_versions(distributions) -> dict[str, str]:
+    """``{distribution: version}`` for those of ``distributions`` installed here."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in distributions:
         try:
-            SpecifierSet(value)
-        except InvalidSpecifier as exc:
-            raise ValueError(f"known.torch {value!r} is not a version specifier: {exc}") from None
-
-    def applies_to(self, torch_version: str) -> bool:
-        from packaging.specifiers import SpecifierSet
-        from packaging.version import Version
-
-        release = Version(torch_version.split("+")[0])
-        return SpecifierSet(self.torch).contains(release, prereleases=True)
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
 
 
 @frozen
@@ -149,6 +195,20 @@ class Entry:
 
         return exact_world_size(self.case) or max(self.case.world_size, self.world_size)
 
+    @property
+    def fills_its_world(self) -> bool:
+        """Whether it must run in a process group of exactly ``replay_world_size`` ranks: a broadcasting
+        load, or a target whose sides span the whole pool (a framework's, on the default group)."""
+        from shardfuzz.unsupported import exact_world_size
+
+        if exact_world_size(self.case):
+            return True
+        if self.target == DEFAULT_TARGET:
+            return False
+        from shardfuzz.targets import support_for, unavailable
+
+        return not unavailable(self.target) and support_for(self.target).whole_pool
+
     def same_bug(self, other: Entry) -> bool:
         """Whether ``other`` (a new finding) is this entry's bug, so that saving it may merge into this file."""
         if (other.signature, other.target) != (self.signature, self.target):
@@ -186,6 +246,19 @@ def versions() -> dict[str, str]:
     return {"torch": torch.__version__, "python": platform.python_version(), "hypothesis": hypothesis.__version__}
 
 
+def _framework_of(target: str) -> dict[str, str]:
+    """``{framework: version}`` for a target that runs a framework's code (none for DCP or one that
+    cannot be imported here)."""
+    if target == DEFAULT_TARGET:
+        return {}
+    from shardfuzz.targets import framework_version, unavailable
+
+    if unavailable(target):
+        return {}
+    name, _, version = framework_version(target).partition(" ")
+    return {name: version} if name else {}
+
+
 def entry_for(
     case: Case,
     verdict: Verdict,
@@ -212,7 +285,7 @@ def entry_for(
         shrunk=shrunk,
         target=target,
         world_size=world_size,
-        versions=versions(),
+        versions={**versions(), **_framework_of(target)},
         found=datetime.date.today().isoformat(),
     )
 

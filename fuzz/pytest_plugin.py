@@ -66,15 +66,16 @@ def shardfuzz_pool(pytestconfig):
 _POOLS: dict = {}
 
 
-def shared_pool(world_size: int, *, case_timeout: float | None = None):
-    """This process's pool of ``world_size`` ranks, started on first use and closed at exit."""
-    key = (world_size, case_timeout)
+def shared_pool(world_size: int, *, case_timeout: float | None = None, target: str | None = None):
+    """This process's pool of ``world_size`` ranks (against ``target``, default DCP), started on first
+    use and closed at exit."""
+    key = (world_size, case_timeout, target)
     if key not in _POOLS:
         import atexit
 
         from shardfuzz.executor import RankPool
 
-        pool = RankPool(world_size, case_timeout=case_timeout)
+        pool = RankPool(world_size, case_timeout=case_timeout, **({"target": target} if target else {}))
         pool.start()
         atexit.register(pool.close)
         _POOLS[key] = pool

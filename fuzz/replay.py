@@ -6,7 +6,8 @@ An entry is run ``repeat`` times on a pool with the entry's target. The outcome:
 - ``now passing``: every run passed (a fix landed, or the bug is gone from this torch);
 - ``changed``: every run gave the same new signature (the bug moved, or a different one hides it);
 - ``flaky``: the runs disagree; all their verdicts are in the report;
-- ``skipped``: this machine cannot run it (a side on cuda, too few GPUs); ``skipped`` says why.
+- ``skipped``: this machine cannot run it (a side on cuda, too few GPUs, a target whose framework is not
+  installed); ``skipped`` says why.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from attrs import frozen
 
 from shardfuzz.corpus import Entry
 from shardfuzz.executor import Executor
+from shardfuzz.targets import unavailable
 from shardfuzz.verdict import Verdict
 
 __all__ = ["OUTCOMES", "Replay", "judge", "replay_entries"]
@@ -80,8 +82,10 @@ def replay_entries(
         raise ValueError(f"repeat must be >= 1, got {repeat}")
     results = []
     for path, entry in entries:
-        pool = pool_for(entry.target, entry.replay_world_size)
-        why_not_here = pool.cannot_run(entry.case)
+        why_not_here = unavailable(entry.target)  # a framework's entry where that framework is not installed
+        if not why_not_here:
+            pool = pool_for(entry.target, entry.replay_world_size)
+            why_not_here = pool.cannot_run(entry.case)
         if why_not_here:
             replay = Replay(path, entry, (), "skipped", why_not_here)
         else:

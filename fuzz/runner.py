@@ -91,6 +91,7 @@ class _Run:
         from shardfuzz.corpus import known_bugs, load_corpus
         from shardfuzz.progress import Progress
         from shardfuzz.strategies import offered_values
+        from shardfuzz.targets import framework_version, support_for
 
         self.config, self.target, self.torchrun, self.world_size = config, target, torchrun, world_size
         self.devices, self.database = devices, database
@@ -111,9 +112,12 @@ class _Run:
             "worker": config.worker_index,
             "device": config.device,
         }
+        support = support_for(target)
         self.offered = {
-            dim: sorted(values) for dim, values in offered_values(max_world_size=world_size, devices=devices).items()
+            dim: sorted(values)
+            for dim, values in offered_values(max_world_size=world_size, devices=devices, support=support).items()
         }
+        self.meta["target_framework"] = framework_version(target)
         self.corpus_files: dict[str, str] = {}
         self.stop = StopFlag()
         self.progress = Progress(config.budget, plain=True if config.plain else None)  # None: unless on a terminal

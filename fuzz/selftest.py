@@ -1,6 +1,7 @@
 """``shardfuzz selftest``: fuzz every mutant of the catalogue and report which the oracles kill.
 
-For each mutant (``mutants.CATALOGUE``) a fresh pool runs a campaign with that
+For each mutant (``mutants.CATALOGUE``, or with ``target`` a framework's target, the faults of
+``object_faults`` injected into its path) a fresh pool runs a campaign with that
 mutant as the checkpoint target until its first finding is shrunk or its time
 budget runs out (``budget_per_mutant`` to find it, ``shrink_budget`` more to shrink it). Known torch bugs (from the corpus) are let pass, so a kill is
 a failure that only the mutant causes. Per mutant: killed or survived, the
@@ -21,8 +22,24 @@ from shardfuzz.describe import describe
 from shardfuzz.executor import RankPool
 from shardfuzz.mutants import CATALOGUE
 from shardfuzz.shrink import case_size
+from shardfuzz.targets import DEFAULT_TARGET, FAULT_SEPARATOR, ObjectTarget, resolve_target, support_for
 
-__all__ = ["MutantResult", "case_size", "describe", "run_selftest"]
+__all__ = ["MutantResult", "case_size", "catalogue_for", "describe", "run_selftest"]
+
+
+def catalogue_for(target: str | None = None) -> dict[str, tuple[str, str]]:
+    """``{mutant: (target spec, expected oracle)}``: DCP's mutants (``mutants.CATALOGUE``) for the default
+    target, the faults of ``object_faults`` injected into an object-level target's path otherwise."""
+    if target in (None, DEFAULT_TARGET, "dcp"):
+        return {name: (f"shardfuzz.mutants:{name}", oracle) for name, oracle in CATALOGUE.items()}
+    from shardfuzz.object_faults import OBJECT_FAULTS
+
+    if not isinstance(resolve_target(target), ObjectTarget):
+        raise ValueError(
+            f"target {target!r} is a state-dict target: the self-test injects its faults into DCP (the default) "
+            "or into an object-level target's path (a framework's)"
+        )
+    return {name: (f"{target}{FAULT_SEPARATOR}{name}", fault.expected_oracle) for name, fault in OBJECT_FAULTS.items()}
 
 
 @frozen
@@ -50,17 +67,20 @@ def run_selftest(
     world_size: int = 2,
     seed: int = 0,
     mutants: list[str] | None = None,
+    target: str | None = None,
     is_known: Callable[[str, Case], bool] = lambda signature, case: False,
     on_result: Callable[[MutantResult], None] | None = None,
 ) -> list[MutantResult]:
-    names = mutants or list(CATALOGUE)
-    unknown = sorted(set(names) - set(CATALOGUE))
+    catalogue = catalogue_for(target)
+    names = mutants or list(catalogue)
+    unknown = sorted(set(names) - set(catalogue))
     if unknown:
-        raise ValueError(f"no such mutant(s) {unknown}; the catalogue has {sorted(CATALOGUE)}")
+        raise ValueError(f"no such mutant(s) {unknown}; the catalogue has {sorted(catalogue)}")
     results = []
     for name in names:
         started = time.monotonic()
-        with RankPool(world_size, target=f"shardfuzz.mutants:{name}") as pool:
+        spec, expected_oracle = catalogue[name]
+        with RankPool(world_size, target=spec) as pool:
             campaign = run_campaign(
                 pool.run,
                 budget=budget_per_mutant + shrink_budget,  # finding it, then shrinking it
@@ -69,6 +89,7 @@ def run_selftest(
                 is_known=is_known,
                 stop_on_finding=True,
                 vary_storage=False,
+                support=support_for(spec),
                 shrink_budget=shrink_budget,
             )
         finding = min(campaign.findings.values(), key=lambda f: case_size(f.case), default=None)
@@ -78,7 +99,7 @@ def run_selftest(
             killed_by = verdict.mismatches[0].oracle if verdict.mismatches else verdict.signature()[:80]
         result = MutantResult(
             mutant=name,
-            expected_oracle=CATALOGUE[name],
+            expected_oracle=expected_oracle,
             killed=finding is not None,
             killed_by=killed_by,
             seconds_to_detect=None

@@ -36,6 +36,7 @@ __all__ = [
     "named_targets",
     "resolve_target",
     "support_for",
+    "unavailable",
 ]
 
 DEFAULT_TARGET = "shardfuzz.targets:DcpTarget"
@@ -172,6 +173,28 @@ def resolve_target(spec: str) -> CheckpointTarget | ObjectTarget:
         )
     support_of(target)  # a malformed declaration fails here, naming the target
     return target
+
+
+def unavailable(spec: str) -> str:
+    """Why the target ``spec`` names cannot be had here (its framework not installed, say), or ''."""
+    try:
+        resolve_target(spec)
+    except ValueError as exc:
+        return str(exc)
+    return ""
+
+
+def framework_version(spec: str) -> str:
+    """``"accelerate 1.15.0"``: the framework a target runs and its installed version ('' for none)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    framework = getattr(resolve_target(spec), "framework", None)
+    if not framework:
+        return ""
+    try:
+        return f"{framework} {version(framework)}"
+    except PackageNotFoundError:
+        return framework
 
 
 @functools.lru_cache(maxsize=32)

@@ -248,11 +248,12 @@ def cases(
         model = draw(model_trees)
         storage = draw(storage_choice)
         flattened, mutation = draw(flatten), draw(mutations)
-        save, load = with_options(draw, draw_side(draw, model), draw_side(draw, model), storage, flattened, mutation)
+        save, load = draw_side(draw, model), draw_side(draw, model)
+        if target.same_state_dict:
+            load = attrs.evolve(load, state_dict=save.state_dict)
+        save, load = with_options(draw, save, load, storage, flattened, mutation)
         if isinstance(storage, Dcp) and draw(local_choice):
             save, load = with_local(draw, save, load)
-        if target.same_state_dict and load.state_dict != save.state_dict:
-            load = attrs.evolve(load, state_dict=save.state_dict)
         # ignore_frozen_params loads with strict=False, so only a compatible load; where the model
         # has frozen parameters the sides differ in them afterwards, so no continuation check.
         ignoring = mutation is None and load.state_dict != "local" and draw(ignore_frozen)

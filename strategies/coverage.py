@@ -19,23 +19,36 @@ from shardfuzz.case import (
     STATE_DICT_APIS,
     STATE_DICT_TYPES,
     WRAP_POLICIES,
+    Dcp,
     coverage_dimensions,
     coverage_values,
 )
 from shardfuzz.strategies._helpers import check_choices, check_int
+from shardfuzz.strategies.engines import ENGINE_KIND_OF
+from shardfuzz.target_support import TargetSupport
 
 __all__ = ["offered_values"]
 
 _BOOLS = frozenset({"true", "false"})
 
 
-def offered_values(*, max_world_size: int = 4, max_steps: int = 3, devices=("cpu",)) -> dict[str, frozenset[str]]:
-    """``{dimension: values}`` that ``cases(max_world_size=..., max_steps=..., devices=...)`` can reach here."""
+def offered_values(
+    *, max_world_size: int = 4, max_steps: int = 3, devices=("cpu",), support: TargetSupport | None = None
+) -> dict[str, frozenset[str]]:
+    """``{dimension: values}`` that ``cases(max_world_size=..., max_steps=..., devices=..., support=...)``
+    can reach here (with ``support``, a target's: what it excludes is not offered)."""
     check_int("max_world_size", max_world_size, minimum=1)
     check_int("max_steps", max_steps, minimum=0)
     devices = check_choices("devices", devices, DEVICES)
     caps = capabilities()
     engines = set(caps.engines)
+    if support is not None:
+        return _narrowed(
+            offered_values(max_world_size=max_world_size, max_steps=max_steps, devices=devices),
+            support,
+            max_world_size=max_world_size,
+            max_steps=max_steps,
+        )
     not_fsdp1 = {"n/a"} if engines - {"fsdp1"} else set()
     not_fsdp2 = {"n/a"} if engines - {"fsdp2"} else set()
     strategies = {s.lower() for s in FSDP1_STRATEGIES if caps.hsdp or s not in HYBRID_STRATEGIES}
@@ -89,4 +102,57 @@ def offered_values(*, max_world_size: int = 4, max_steps: int = 3, devices=("cpu
             **{f"check_{name}": set(_BOOLS) for name in CHECKS},
         }
     )
+    state_dicts = set(values["save_state_dict"])
+    for side in ("save", "load"):  # through_target: an engine and a state-dict type that went through the target
+        values[f"through_{side}"] = {
+            f"{engine} {kind}" for engine in engines for kind in state_dicts if kind != "local" or engine == "fsdp1"
+        }
     return {name: frozenset(v) for name, v in values.items()}
+
+
+def _narrowed(values: dict, support: TargetSupport, *, max_world_size: int, max_steps: int) -> dict[str, frozenset]:
+    """``values`` less what ``support`` excludes."""
+    values = {name: set(v) for name, v in values.items()}
+    engines = {
+        name for name in values["save_engine"] if support.engines is None or ENGINE_KIND_OF[name] in support.engines
+    }
+    if support.whole_pool and max_world_size > 1:
+        engines.discard("unsharded")
+    for name in [n for n in values if n.endswith(("_fsdp1_strategy", "_fsdp1_wrap_policy", "_fsdp1_use_orig_params"))]:
+        if "fsdp1" not in engines:
+            values[name] = {"n/a"}
+        elif engines == {"fsdp1"}:
+            values[name].discard("n/a")
+    for name in [n for n in values if "_fsdp2_" in n]:
+        if "fsdp2" not in engines:
+            values[name] = {"n/a"}
+        elif engines == {"fsdp2"}:
+            values[name].discard("n/a")
+    state_dicts = set(values["save_state_dict"]) & set(support.state_dicts or values["save_state_dict"])
+    if "fsdp1" not in engines:
+        state_dicts.discard("local")
+    for side in ("save", "load"):
+        values[f"{side}_engine"] = engines
+        values[f"{side}_state_dict"] = state_dicts
+        if support.whole_pool:
+            values[f"{side}_world_size"] = {str(max_world_size)}
+        if not support.hybrid:
+            values[f"{side}_mesh"] = {"1d"}
+            values[f"{side}_fsdp1_strategy"] = {
+                s for s in values.get(f"{side}_fsdp1_strategy", ()) if "hybrid" not in s
+            }
+        if not support.options:
+            values[f"{side}_cpu_offload"] = {"false"}
+        values[f"through_{side}"] = {
+            v for v in values[f"through_{side}"] if v.split()[0] in engines and v.split()[1] in state_dicts
+        }
+    if not support.options:
+        values["broadcast_from_rank0"] = values["ignore_frozen_params"] = {"false"}
+    if not support.flatten:
+        values["flatten_optimizer_state_dict"] = {"false"}
+    if support.min_steps:
+        values["steps"] = {str(n) for n in range(support.min_steps, max(max_steps, support.min_steps) + 1)}
+    if not support.storages:
+        for name, value in Dcp().dimensions().items():
+            values[name] = {value}
+    return {name: frozenset(v) for name, v in values.items() if v}

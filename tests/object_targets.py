@@ -15,6 +15,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
+from shardfuzz.target_support import TargetSupport
+
 
 class DsdCheckpointer:
     """Save and load as a framework would: full or sharded as the side says, one DCP checkpoint."""
@@ -48,3 +50,21 @@ class ForgetsOptimizerOnLoad(DsdCheckpointer):
 
     def set(self, model, optim, state, options):
         set_model_state_dict(model, state["model"], options=options)
+
+
+class Fsdp2ShardedOnly(DsdCheckpointer):
+    """A framework that takes FSDP2 sharded state dicts only, with DCP on the default group (so sides
+    span the whole pool): what a declaration looks like, for the tests."""
+
+    support = TargetSupport(
+        engines=("FSDP2",),
+        state_dicts=("sharded",),
+        options=False,
+        whole_pool=True,
+        reasons={
+            "engines": "this framework shards with fully_shard only",
+            "state_dicts": "it writes sharded checkpoints only",
+            "options": "it sets its own StateDictOptions",
+            "whole_pool": "its DCP calls use the default process group",
+        },
+    )

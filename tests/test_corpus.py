@@ -16,7 +16,7 @@ from shardfuzz.case import FSDP1, SGD, Case, Linear, Model, Sequential, Side
 from shardfuzz.corpus import CorpusError, Known, entry_for, known_bugs, load_corpus, load_entry, save_entry
 from shardfuzz.executor.deadlines import MeasuredDeadlines
 from shardfuzz.pytest_plugin import shared_pool
-from shardfuzz.unsupported import exact_world_size
+from shardfuzz.targets import unavailable
 from shardfuzz.verdict import Mismatch, Verdict
 
 CORPUS = Path(__file__).resolve().parent.parent / "corpus"
@@ -34,11 +34,15 @@ def _replay_params():
     for path, entry in sorted(entries, key=lambda item: (item[1].status == "hang", item[0].name)):
         marks = []
         if entry.known_on(torch.__version__):
+            ranges = f"torch {entry.known.torch}" + "".join(
+                f", {name} {spec}" for name, spec in entry.known.frameworks.items()
+            )
             marks.append(
                 pytest.mark.xfail(
                     raises=KnownBugStillPresent,
                     strict=True,
-                    reason=f"known torch bug on {entry.known.torch}: {entry.known.link or entry.known.description}",
+                    reason=f"known {entry.known.layer} bug on {ranges} (an unexpected pass: fixed in the installed "
+                    f"release, update the range): {entry.known.link or entry.known.description}",
                 )
             )
         params.append(pytest.param(entry, id=path.stem, marks=marks))
@@ -48,10 +52,16 @@ def _replay_params():
 @pytest.mark.ranks
 @pytest.mark.parametrize("entry", _replay_params())
 def test_corpus_entry_replays(shardfuzz_pool, shardfuzz_known, entry):
+    missing = unavailable(entry.target)
+    if missing:
+        pytest.skip(f"its target cannot be had here: {missing}")
     if entry.replay_world_size > shardfuzz_pool.world_size:
         pytest.skip(f"needs {entry.replay_world_size} ranks; the session pool has {shardfuzz_pool.world_size}")
-    if exact_world_size(entry.case) not in (None, shardfuzz_pool.world_size):
-        shardfuzz_pool = shared_pool(entry.replay_world_size, case_timeout=shardfuzz_pool.case_timeout)
+    if entry.target != shardfuzz_pool.target or (
+        entry.fills_its_world and entry.replay_world_size != shardfuzz_pool.world_size
+    ):  # a framework's entry, or one that must fill its world: a pool of its own
+        size = entry.replay_world_size if entry.fills_its_world else shardfuzz_pool.world_size
+        shardfuzz_pool = shared_pool(size, case_timeout=shardfuzz_pool.case_timeout, target=entry.target)
     why_not_here = shardfuzz_pool.cannot_run(entry.case)
     if why_not_here:
         pytest.skip(why_not_here)

@@ -75,6 +75,8 @@ class FabricCheckpoint:
     )
 
     def save_objects(self, model, optim, *, side, checkpoint_id, process_group):
+        # A sharded save makes its folder's parents; a full one torch.saves into the folder as it finds it.
+        os.makedirs(checkpoint_id, exist_ok=True)
         _strategy(side, process_group).save_checkpoint(_path(checkpoint_id), {"model": model, "optimizer": optim})
         dist.barrier(process_group)  # Fabric.save's own barrier after the strategy's save
 

@@ -1,0 +1,70 @@
+"""``shardfuzz targets``: every target a short name reaches, with its framework's version and
+what it supports, or why it cannot be had here."""
+
+from __future__ import annotations
+
+from attrs import asdict, frozen
+
+from shardfuzz.target_support import ENGINE_KINDS
+from shardfuzz.targets import SHIPPED_TARGETS, named_targets, resolve_target, support_of
+
+__all__ = ["TargetInfo", "target_infos"]
+
+
+@frozen
+class TargetInfo:
+    name: str
+    spec: str
+    kind: str  # "object" (takes the live objects), "state-dict", or "" where unavailable
+    framework: str  # the distribution whose code it runs ("" for DCP itself)
+    version: str  # the installed framework's version, or torch's for DCP
+    available: bool
+    error: str  # why it is unavailable: the import's own error
+    engines: tuple[str, ...]
+    excludes: dict[str, str]  # what it leaves out: why
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _version(distribution: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return ""
+
+
+def target_infos() -> list[TargetInfo]:
+    """One ``TargetInfo`` per short name; the engines are those the installed torch offers too."""
+    from shardfuzz.capabilities import capabilities
+    from shardfuzz.strategies.engines import ENGINE_KIND_OF
+    from shardfuzz.targets import ObjectTarget
+
+    offered = {ENGINE_KIND_OF[name] for name in capabilities().engines}
+    infos = []
+    for name, spec in named_targets().items():
+        framework = name if name in SHIPPED_TARGETS and name != "dcp" else ""  # a shipped adapter's framework
+        try:
+            target = resolve_target(spec)
+        except Exception as exc:  # an adapter whose framework is missing or broken: say why, list the rest
+            version = _version(framework) if framework else ""
+            infos.append(TargetInfo(name, spec, "", framework, version, False, str(exc), (), {}))
+            continue
+        framework = getattr(target, "framework", None) or framework
+        support = support_of(target)
+        infos.append(
+            TargetInfo(
+                name=name,
+                spec=spec,
+                kind="object" if isinstance(target, ObjectTarget) else "state-dict",
+                framework=framework,
+                version=_version(framework) if framework else _version("torch"),
+                available=True,
+                error="",
+                engines=tuple(kind for kind in support.engines or ENGINE_KINDS if kind in offered),
+                excludes=support.summary(),
+            )
+        )
+    return infos

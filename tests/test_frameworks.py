@@ -1,0 +1,109 @@
+"""The shipped framework adapters (accelerate, Lightning Fabric, torchtitan) run their framework's
+real checkpoint code on the pool's CPU ranks, and a fault injected into that path is caught.
+
+Each test skips where its framework is not installed (``pip install 'shardfuzz[accelerate]'``; CI
+installs the light ones, ``tox -e frameworks-newest`` all three). The default tier runs one fixed
+round-trip and one fixed fault per framework; the slow tier a campaign per framework that must find
+an injected fault and shrink it, and a short campaign of the real adapter with nothing new found.
+"""
+
+import pytest
+
+from shardfuzz.campaign import run_campaign
+from shardfuzz.case import FSDP1, FSDP2, Adam, Case, LayerNorm, Linear, Model, Sequential, Side
+from shardfuzz.executor import RankPool
+from shardfuzz.shrink import case_size
+from shardfuzz.targets import support_for, unavailable
+
+pytestmark = pytest.mark.ranks
+
+FRAMEWORKS = ["accelerate", "lightning", "torchtitan"]
+
+
+def _needs(target: str) -> None:
+    why = unavailable(target)
+    if why:
+        pytest.skip(f"{target} cannot be had here: {why}")
+
+
+def _case(engine_save, engine_load, state_dict: str) -> Case:
+    model = Model(3, Sequential([Linear(5), LayerNorm(), Linear(2)]))
+    return Case(
+        model=model,
+        save=Side(engine_save, (2,), state_dict=state_dict),
+        load=Side(engine_load, (2,), state_dict=state_dict),
+        optimizer=Adam(),
+        steps=2,
+        flatten_optimizer_state_dict=False,
+    )
+
+
+#: One case per framework that it supports, resharding where it can (FSDP1 -> FSDP2 for the two that
+#: take both engines).
+CASES = {
+    "accelerate": _case(FSDP2(), FSDP2(reshard_after_forward=False), "sharded"),
+    "lightning": _case(FSDP1(use_orig_params=True), FSDP2(), "sharded"),
+    "torchtitan": _case(FSDP2(), FSDP2(), "sharded"),
+}
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_the_adapter_round_trips_a_case_it_supports(framework):
+    _needs(framework)
+    case = CASES[framework]
+    assert support_for(framework).refuses(case, world_size=2) == ""
+    with RankPool(2, target=framework) as pool:
+        verdict = pool.run(case)
+    assert verdict.ok, verdict.summary()
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_a_fault_in_the_framework_path_is_caught(framework):
+    _needs(framework)
+    with RankPool(2, target=f"{framework}+StepCountersReset") as pool:
+        verdict = pool.run(CASES[framework])
+    assert verdict.status == "mismatch", verdict.summary()
+    assert {m.oracle for m in verdict.mismatches} == {"complete-state"}
+    assert all(m.key.endswith(".step") or ".step" in m.key for m in verdict.mismatches), verdict.summary()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_a_campaign_finds_and_shrinks_a_fault_in_the_framework_path(framework, shardfuzz_known):
+    _needs(framework)
+    target = f"{framework}+FirstMomentsNotLoaded"
+    with RankPool(2, target=target) as pool:
+        result = run_campaign(
+            pool.run,
+            budget=120,
+            seed=3,
+            max_world_size=2,
+            support=support_for(target),
+            vary_storage=False,
+            stop_on_finding=True,
+            shrink_budget=60,
+            is_known=lambda s, c: shardfuzz_known(s, c) is not None,
+        )
+    assert result.findings, f"{result.cases_run} cases, nothing found"
+    finding = min(result.findings.values(), key=lambda f: case_size(f.case))
+    assert finding.verdict.mismatches and finding.verdict.mismatches[0].oracle == "complete-state"
+    assert case_size(finding.case) <= 8, finding.case
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_a_short_campaign_of_the_adapter_finds_nothing_unknown(framework, shardfuzz_known):
+    _needs(framework)
+    with RankPool(2, target=framework) as pool:
+        result = run_campaign(
+            pool.run,
+            budget=90,
+            seed=5,
+            max_world_size=2,
+            max_cases=20,
+            support=support_for(framework),
+            vary_storage=False,
+            is_known=lambda s, c: shardfuzz_known(s, c) is not None,
+        )
+    assert result.cases_run >= 10
+    assert not result.findings, [f.verdict.summary() for f in result.findings.values()]
