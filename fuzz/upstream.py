@@ -16,6 +16,7 @@ from pathlib import Path
 
 from shardfuzz.corpus import Entry
 from shardfuzz.describe import describe
+from shardfuzz.targets import DEFAULT_TARGET
 from shardfuzz.verdict import TRIAGE_CLASSES
 
 __all__ = ["PROMISES", "environment", "issue_text", "known_bug_table"]
@@ -151,20 +152,26 @@ def known_bug_table(entries: Iterable[tuple[Path, Entry]]) -> str:
         "",
         "Generated from the entries' `known` blocks by `shardfuzz known-bugs -o corpus/README.md`; "
         "do not edit by hand (a test checks it is current). Each entry is replayed by the test suite: a "
-        "strict xfail on a torch inside its range, so an upstream fix shows up as an unexpected pass.",
+        "strict xfail on a torch inside its range, so an upstream fix shows up as an unexpected pass. An entry "
+        "met through a framework's checkpoint API (`target`) also names the framework versions it is known "
+        "for (the strict xfail holds only where that framework is installed in range) and whether the bug "
+        "lies in the framework or in torch underneath (`in`; the entry's `evidence` says why).",
         "",
         f"{len(known)} known bugs.",
         "",
-        "| entry | class | what | minimal case | torch range | seen on | link |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| entry | class | what | minimal case | target | in | torch range | framework range | seen on | link |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for path, entry in known:
         what = entry.title.split("] ", 1)[-1]
         block = entry.known
         assert block is not None  # ``known`` holds the entries with a known block
+        target = "dcp" if entry.target == DEFAULT_TARGET else entry.target
+        frameworks = ", ".join(f"{name} `{spec}`" for name, spec in block.frameworks.items()) or "-"
         rows.append(
-            f"| `{path.stem}` | {entry.triage} | {_cell(what)} | {_cell(describe(entry.case))} | "
-            f"`{block.torch}` | {', '.join(block.seen) or '-'} | {_cell(block.link or 'none found')} |"
+            f"| `{path.stem}` | {entry.triage} | {_cell(what)} | {_cell(describe(entry.case))} | {_cell(target)} | "
+            f"{block.layer} | `{block.torch}` | {_cell(frameworks)} | {', '.join(block.seen) or '-'} | "
+            f"{_cell(block.link or 'none found')} |"
         )
     return "\n".join(rows) + "\n"
 

@@ -12,6 +12,7 @@ import pytest
 from shardfuzz.campaign import run_campaign
 from shardfuzz.case import FSDP1, FSDP2, Adam, Case, LayerNorm, Linear, Model, Sequential, Side
 from shardfuzz.executor import RankPool
+from shardfuzz.pytest_plugin import shared_pool
 from shardfuzz.shrink import case_size
 from shardfuzz.targets import support_for, unavailable
 
@@ -47,21 +48,34 @@ CASES = {
 }
 
 
+def _unless_known(verdict, case, known) -> None:
+    """An older framework release may fail the case with a known bug of its own (a corpus entry whose
+    framework range holds the installed version): that is the corpus's to track, not this test's."""
+    entry = None if verdict.ok else known(verdict.signature(), case)
+    if entry is not None:
+        pytest.xfail(f"the installed framework has known bug {entry.title}")
+
+
+#: The fault's case: one on another path than CASES where the framework has one (accelerate: FULL).
+FAULT_CASES = {**CASES, "accelerate": _case(FSDP2(), FSDP2(), "full")}
+
+
 @pytest.mark.parametrize("framework", FRAMEWORKS)
-def test_the_adapter_round_trips_a_case_it_supports(framework):
+def test_the_adapter_round_trips_a_case_it_supports(framework, shardfuzz_known):
     _needs(framework)
     case = CASES[framework]
     assert support_for(framework).refuses(case, world_size=2) == ""
-    with RankPool(2, target=framework) as pool:
-        verdict = pool.run(case)
+    verdict = shared_pool(2, target=framework).run(case)  # the corpus replays of its entries reuse this pool
+    _unless_known(verdict, case, shardfuzz_known)
     assert verdict.ok, verdict.summary()
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
-def test_a_fault_in_the_framework_path_is_caught(framework):
+def test_a_fault_in_the_framework_path_is_caught(framework, shardfuzz_known):
     _needs(framework)
     with RankPool(2, target=f"{framework}+StepCountersReset") as pool:
-        verdict = pool.run(CASES[framework])
+        verdict = pool.run(FAULT_CASES[framework])
+    _unless_known(verdict, FAULT_CASES[framework], shardfuzz_known)
     assert verdict.status == "mismatch", verdict.summary()
     assert {m.oracle for m in verdict.mismatches} == {"complete-state"}
     assert all(m.key.endswith(".step") or ".step" in m.key for m in verdict.mismatches), verdict.summary()
