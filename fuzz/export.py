@@ -20,7 +20,7 @@ from shardfuzz.case import MODULE_TYPE_CLASSES, Case, Leaf, Model, Sequential, c
 from shardfuzz.corpus import Entry
 from shardfuzz.executor.deadlines import deadline_for
 from shardfuzz.roundtrip import CONTINUE_STEPS, options_extra, side_description
-from shardfuzz.targets import DEFAULT_TARGET, FAULT_SEPARATOR, ObjectTarget, resolve_target
+from shardfuzz.targets import DEFAULT_TARGET, FAULT_SEPARATOR, SHIPPED_TARGETS, ObjectTarget, resolve_target
 
 __all__ = ["export_script"]
 
@@ -230,6 +230,8 @@ def _target_code(target: str, storage) -> str:
             f"# How shardfuzz's default target writes and reads this case's checkpoint (storage.py).\n"
             f"{sources}\n\n_target = {type(io).__name__}({arguments})\n\n\n{common}"
         )
+    if target in SHIPPED_TARGETS:
+        return f"{_adapter_code(SHIPPED_TARGETS[target])}\n\n{common}"
     if ":" not in target or FAULT_SEPARATOR in target:
         return (
             f"# The failure was found in this checkpoint code, not in DCP: a shardfuzz target named by its short\n"
@@ -243,6 +245,26 @@ def _target_code(target: str, storage) -> str:
         f"# The failure was found in this checkpoint code, not in DCP: it must be importable.\n"
         f"from {module} import {attribute} as _Target\n\n"
         f"_target = _Target() if isinstance(_Target, type) else _Target\n\n\n{common}"
+    )
+
+
+def _adapter_code(spec: str) -> str:
+    """A shipped framework adapter (``shardfuzz/adapters/``) copied as it is, so that the script needs the
+    framework and torch but not shardfuzz: its shardfuzz imports give way to the two helpers it uses,
+    copied too, and a stand-in for the ``TargetSupport`` declaration (what shardfuzz draws for it)."""
+    import importlib
+
+    from shardfuzz import adapters
+
+    module_name, _, attribute = spec.partition(":")
+    source = inspect.getsource(importlib.import_module(module_name))
+    kept = [line for line in source.splitlines() if not line.startswith(("from shardfuzz", "from __future__"))]
+    helpers = "\n\n".join(inspect.getsource(getattr(adapters, name)) for name in adapters.__all__)
+    title = f"# --- the framework adapter ({module_name.replace('.', '/')}.py) "
+    return (
+        f"{title.ljust(100, '-')}\n\n\n{helpers}\n\n"
+        "def TargetSupport(**fields):  # shardfuzz's declaration of the cases the adapter runs; not used here\n"
+        "    return fields\n\n" + "\n".join(kept) + f"\n\n\n_target = {attribute}()\n"
     )
 
 

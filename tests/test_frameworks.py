@@ -121,3 +121,48 @@ def test_a_short_campaign_of_the_adapter_finds_nothing_unknown(framework, shardf
         )
     assert result.cases_run >= 10
     assert not result.findings, [f.verdict.summary() for f in result.findings.values()]
+
+
+def _framework_entries():
+    from pathlib import Path
+
+    from shardfuzz.corpus import load_corpus
+    from shardfuzz.targets import SHIPPED_TARGETS
+
+    entries, _ = load_corpus(Path(__file__).resolve().parent.parent / "corpus")
+    return [pytest.param(entry, id=path.stem) for path, entry in entries if entry.target in SHIPPED_TARGETS]
+
+
+@pytest.mark.parametrize("entry", _framework_entries())
+def test_a_framework_entry_exports_a_script_that_needs_no_shardfuzz(entry):
+    _needs(entry.target)
+    from shardfuzz.export import export_script
+
+    script = export_script(entry)
+    compile(script, "repro.py", "exec")
+    assert not [line for line in script.splitlines() if line.startswith(("from shardfuzz", "import shardfuzz"))]
+    assert f"_target = {SHIPPED_CLASS[entry.target]}()" in script
+
+
+SHIPPED_CLASS = {
+    "accelerate": "AccelerateFsdpCheckpoint",
+    "lightning": "FabricCheckpoint",
+    "torchtitan": "TitanCheckpointManager",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("entry", _framework_entries())
+def test_a_framework_entry_script_reproduces_it(entry, tmp_path):
+    _needs(entry.target)
+    import subprocess
+    import sys
+
+    from shardfuzz.export import export_script
+
+    if not entry.known_on(__import__("torch").__version__):
+        pytest.skip("not a known bug with the installed torch and framework")
+    script = tmp_path / "repro.py"
+    script.write_text(export_script(entry))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 1 and "REPRODUCED" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
