@@ -14,7 +14,7 @@ from shardfuzz.strategies.seeds import SEED_SCENARIOS
 pytestmark = pytest.mark.ranks
 
 #: Drawn cases of the default tier's run of the property; the slow tier draws the profile's number.
-QUICK_EXAMPLES = 25
+QUICK_EXAMPLES = 20
 
 
 def _check(pool, known, case):

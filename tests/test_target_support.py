@@ -148,3 +148,22 @@ def test_through_target_counts_the_sides_that_reached_the_target():
     assert set(through_target(case, failed_in_build)) == {"through_save"}
     assert through_target(case, Verdict("error", errors=(RankError(0, "train", "E", "x"),))) == {}
     assert through_target(case, Verdict("unsupported", detail="x")) == {}
+
+
+def test_shardfuzz_targets_lists_an_unavailable_target_with_its_error(monkeypatch, capsys):
+    import importlib.metadata
+
+    from shardfuzz.cli import main
+
+    class Broken:
+        name, value = "broken", "no_such_framework_module:Checkpoint"
+
+    monkeypatch.setattr(
+        importlib.metadata, "entry_points", lambda group: [Broken()] if group == "shardfuzz.targets" else []
+    )
+    assert main(["targets"]) == 0
+    out = capsys.readouterr().out
+    assert "dcp" in out and "engines FSDP1, FSDP2, DDP, Unsharded" in out
+    assert "broken       unavailable: target 'no_such_framework_module:Checkpoint': cannot import" in out
+    for name in ("accelerate", "lightning", "torchtitan"):  # each listed, available or not
+        assert f"\n  {name} " in out

@@ -11,7 +11,9 @@ import pytest
 
 from shardfuzz.corpus import load_corpus
 
-pytestmark = pytest.mark.ranks
+# Slow tier: `shardfuzz run --target module:attribute` end to end stays in the default tier through
+# test_cli's short run (a user's fault target); this one proves the README's own example.
+pytestmark = [pytest.mark.ranks, pytest.mark.slow]
 
 
 def test_the_readme_example_target_is_caught_and_shrunk(tmp_path):
