@@ -50,7 +50,8 @@ def target_infos() -> list[TargetInfo]:
             target = resolve_target(spec)
         except Exception as exc:  # an adapter whose framework is missing or broken: say why, list the rest
             version = _version(framework) if framework else ""
-            infos.append(TargetInfo(name, spec, "", framework, version, False, str(exc), (), {}))
+            hint = f" (pip install 'shardfuzz[{name}]')" if framework and not version else ""
+            infos.append(TargetInfo(name, spec, "", framework, version, False, f"{exc}{hint}", (), {}))
             continue
         framework = getattr(target, "framework", None) or framework
         support = support_of(target)
