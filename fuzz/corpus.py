@@ -30,7 +30,7 @@ from attrs.validators import in_, instance_of
 
 from shardfuzz.case import Case, describe_structure_error, dimensions, dumps, from_dict, make_converter
 from shardfuzz.case._validators import ints, strings
-from shardfuzz.targets import DEFAULT_TARGET
+from shardfuzz.targets import DEFAULT_TARGET, framework_of, installed_versions
 from shardfuzz.verdict import STUCK_RANK_STACKS, TRIAGE_CLASSES, Verdict, canonical_signature
 
 __all__ = [
@@ -119,19 +119,6 @@ def _in_range(specifier: str, version: str) -> bool:
     from packaging.version import Version
 
     return SpecifierSet(specifier).contains(Version(version.split("+")[0]), prereleases=True)
-
-
-def installed_versions(distributions) -> dict[str, str]:
-    """``{distribution: version}`` for those of ``distributions`` installed here."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for name in distributions:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return found
 
 
 @frozen
@@ -246,19 +233,6 @@ def versions() -> dict[str, str]:
     return {"torch": torch.__version__, "python": platform.python_version(), "hypothesis": hypothesis.__version__}
 
 
-def _framework_of(target: str) -> dict[str, str]:
-    """``{framework: version}`` for a target that runs a framework's code (none for DCP or one that
-    cannot be imported here)."""
-    if target == DEFAULT_TARGET:
-        return {}
-    from shardfuzz.targets import framework_version, unavailable
-
-    if unavailable(target):
-        return {}
-    name, _, version = framework_version(target).partition(" ")
-    return {name: version} if name else {}
-
-
 def entry_for(
     case: Case,
     verdict: Verdict,
@@ -285,7 +259,7 @@ def entry_for(
         shrunk=shrunk,
         target=target,
         world_size=world_size,
-        versions={**versions(), **_framework_of(target)},
+        versions={**versions(), **framework_of(target)},
         found=datetime.date.today().isoformat(),
     )
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from attrs import asdict, frozen
 
 from shardfuzz.target_support import ENGINE_KINDS
-from shardfuzz.targets import SHIPPED_TARGETS, named_targets, resolve_target, support_of
+from shardfuzz.targets import SHIPPED_TARGETS, installed_versions, named_targets, resolve_target, support_of
 
 __all__ = ["TargetInfo", "target_infos"]
 
@@ -28,21 +28,15 @@ class TargetInfo:
 
 
 def _version(distribution: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(distribution)
-    except PackageNotFoundError:
-        return ""
+    return installed_versions([distribution]).get(distribution, "")
 
 
 def target_infos() -> list[TargetInfo]:
     """One ``TargetInfo`` per short name; the engines are those the installed torch offers too."""
     from shardfuzz.capabilities import capabilities
-    from shardfuzz.strategies.engines import ENGINE_KIND_OF
     from shardfuzz.targets import ObjectTarget
 
-    offered = {ENGINE_KIND_OF[name] for name in capabilities().engines}
+    offered = capabilities().engines
     infos = []
     for name, spec in named_targets().items():
         framework = name if name in SHIPPED_TARGETS and name != "dcp" else ""  # a shipped adapter's framework
@@ -64,7 +58,7 @@ def target_infos() -> list[TargetInfo]:
                 version=_version(framework) if framework else _version("torch"),
                 available=True,
                 error="",
-                engines=tuple(kind for kind in support.engines or ENGINE_KINDS if kind in offered),
+                engines=tuple(kind for kind in support.engines or ENGINE_KINDS if kind.lower() in offered),
                 excludes=support.summary(),
             )
         )

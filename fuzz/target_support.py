@@ -14,10 +14,11 @@ from attrs import field, frozen
 from attrs.validators import deep_iterable, ge, in_, instance_of, optional
 
 from shardfuzz.case import STATE_DICT_TYPES, Case, Dcp, Side
+from shardfuzz.case.sides import ENGINE_CLASSES
 
 __all__ = ["ENGINE_KINDS", "EVERYTHING", "TargetSupport", "support_of"]
 
-ENGINE_KINDS = ("FSDP1", "FSDP2", "DDP", "Unsharded")
+ENGINE_KINDS = tuple(kind.__name__ for kind in ENGINE_CLASSES)  # as a case's JSON names them
 
 
 def _names(choices: tuple[str, ...]):
@@ -103,6 +104,11 @@ class TargetSupport:
         if name == "min_steps":
             return case.steps < self.min_steps
         raise AssertionError(name)
+
+    def allows_engine(self, name: str) -> bool:
+        """Whether the engine ``name`` (as ``capabilities().engines`` and the coverage name it: ``fsdp2``) is
+        supported."""
+        return self.engines is None or name in {kind.lower() for kind in self.engines}
 
     def allows_storage(self, case: Case) -> bool:
         return self.storages or case.storage == Dcp()

@@ -33,6 +33,9 @@ __all__ = [
     "ObjectTarget",
     "SHIPPED_TARGETS",
     "ShardsModules",
+    "framework_of",
+    "framework_version",
+    "installed_versions",
     "named_targets",
     "resolve_target",
     "support_for",
@@ -184,17 +187,32 @@ def unavailable(spec: str) -> str:
     return ""
 
 
-def framework_version(spec: str) -> str:
-    """``"accelerate 1.15.0"``: the framework a target runs and its installed version ('' for none)."""
+def installed_versions(distributions) -> dict[str, str]:
+    """``{distribution: version}`` for those of ``distributions`` installed here."""
     from importlib.metadata import PackageNotFoundError, version
 
-    framework = getattr(resolve_target(spec), "framework", None)
-    if not framework:
-        return ""
+    found = {}
+    for name in distributions:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def framework_of(spec: str) -> dict[str, str]:
+    """``{"accelerate": "1.15.0"}``: the framework the target runs and its installed version; empty for
+    a target that runs no framework (DCP, a user's own code) or cannot be imported here."""
     try:
-        return f"{framework} {version(framework)}"
-    except PackageNotFoundError:
-        return framework
+        framework = getattr(resolve_target(spec), "framework", None)
+    except ValueError:
+        return {}
+    return installed_versions([framework]) if framework else {}
+
+
+def framework_version(spec: str) -> str:
+    """``"accelerate 1.15.0"``, or '' (see ``framework_of``)."""
+    return " ".join(f"{name} {version}" for name, version in framework_of(spec).items())
 
 
 @functools.lru_cache(maxsize=32)

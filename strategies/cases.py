@@ -11,7 +11,7 @@ from hypothesis.errors import InvalidArgument
 from shardfuzz.capabilities import capabilities
 from shardfuzz.case import DEVICES, FSDP1, FSDP2, Case, Dcp, DcpToTorchSave, Model, Side, TorchSave, Unsharded
 from shardfuzz.strategies._helpers import check_choices, check_int, factorisations
-from shardfuzz.strategies.engines import ENGINE_KIND_OF, TWO_D_ENGINES, engines, wrap_sets
+from shardfuzz.strategies.engines import TWO_D_ENGINES, engines, wrap_sets
 from shardfuzz.strategies.modules import models
 from shardfuzz.strategies.options import (
     checks,
@@ -128,8 +128,7 @@ def _supported_engines(offered: tuple[str, ...], support: TargetSupport, max_wor
     kept = tuple(
         name
         for name in offered
-        if (support.engines is None or ENGINE_KIND_OF[name] in support.engines)
-        and not (support.whole_pool and name == "unsharded" and max_world_size > 1)
+        if support.allows_engine(name) and not (support.whole_pool and name == "unsharded" and max_world_size > 1)
     )
     if not kept:
         raise InvalidArgument(f"the target supports none of the engines offered here ({list(offered)})")

@@ -24,7 +24,6 @@ from shardfuzz.case import (
     coverage_values,
 )
 from shardfuzz.strategies._helpers import check_choices, check_int
-from shardfuzz.strategies.engines import ENGINE_KIND_OF
 from shardfuzz.target_support import TargetSupport
 
 __all__ = ["offered_values"]
@@ -113,9 +112,7 @@ def offered_values(
 def _narrowed(values: dict, support: TargetSupport, *, max_world_size: int, max_steps: int) -> dict[str, frozenset]:
     """``values`` less what ``support`` excludes."""
     values = {name: set(v) for name, v in values.items()}
-    engines = {
-        name for name in values["save_engine"] if support.engines is None or ENGINE_KIND_OF[name] in support.engines
-    }
+    engines = {name for name in values["save_engine"] if support.allows_engine(name)}
     if support.whole_pool and max_world_size > 1:
         engines.discard("unsharded")
     for name in [n for n in values if n.endswith(("_fsdp1_strategy", "_fsdp1_wrap_policy", "_fsdp1_use_orig_params"))]:

@@ -22,7 +22,6 @@ __all__ = ["engines", "fsdp1_engines", "fsdp2_engines", "wrap_sets", "ENGINE_NAM
 
 ENGINE_NAMES = ("fsdp1", "fsdp2", "ddp", "unsharded")
 TWO_D_ENGINES = ("fsdp1", "fsdp2")  # the engines that take a 2-D mesh (HSDP)
-ENGINE_KIND_OF = {"fsdp1": "FSDP1", "fsdp2": "FSDP2", "ddp": "DDP", "unsharded": "Unsharded"}  # name: Case class
 
 
 def fsdp1_engines(*, hybrid: bool = False) -> st.SearchStrategy[FSDP1]:
