@@ -6,13 +6,14 @@ where to import each API from. Every "off" comes with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Capabilities", "capabilities", "dtensor", "fully_shard_fn"]
+__all__ = ["Capabilities", "capabilities", "common", "dtensor", "fully_shard_fn", "in_force"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,8 +141,74 @@ def _fsdp2_on_cpu_fails() -> str:
     return error
 
 
-@functools.cache
+_IN_FORCE: list[Capabilities] = []  # innermost last: what ``in_force`` set
+
+
 def capabilities() -> Capabilities:
+    """What the strategies may draw: the installed torch's probe (cached), or what ``in_force`` set."""
+    return _IN_FORCE[-1] if _IN_FORCE else _installed()
+
+
+@contextlib.contextmanager
+def in_force(caps: Capabilities):
+    """``capabilities()`` answers ``caps`` inside (a cross-version campaign draws what both torches offer).
+
+    For the process that draws cases only: ranks probe their own torch."""
+    _IN_FORCE.append(caps)
+    try:
+        yield caps
+    finally:
+        _IN_FORCE.remove(caps)
+
+
+_BOOLEAN_FEATURES = (
+    "flatten_optimizer_state_dict",
+    "hsdp",
+    "fsdp1_subgroups",
+    "fsdp2_shard_dim",
+    "writer_options",
+    "broadcast_from_rank0",
+    "ignore_frozen_params",
+    "local_state_dict",
+)
+
+
+def common(save: Capabilities, load: Capabilities) -> Capabilities:
+    """What a case saved under one torch and loaded under another may use: what both offer.
+
+    ``off`` says, for each feature one side lacks, which side and why (``left out: ...``)."""
+    off: dict[str, str] = {}
+    for side, caps, other in (("save", save, load), ("load", load, save)):
+        for feature, why in caps.off.items():
+            if feature not in other.off:
+                off[feature] = f"left out: the {side} side's torch {caps.torch_version} lacks it ({why})"
+            else:
+                off.setdefault(feature, f"off in both torches ({why})")
+    engines = tuple(e for e in save.engines if e in load.engines)
+    for engine in {*save.engines, *load.engines} - set(engines):
+        lacking = "save" if engine not in save.engines else "load"
+        off.setdefault(f"engine {engine}", f"left out: the {lacking} side's torch lacks it")
+    storages = tuple(s for s in save.storages if s in load.storages)
+    for storage in {*save.storages, *load.storages} - set(storages):
+        lacking = "save" if storage not in save.storages else "load"
+        off.setdefault(f"storage {storage}", f"left out: the {lacking} side's torch lacks it")
+    flags = {name: getattr(save, name) and getattr(load, name) for name in _BOOLEAN_FEATURES}
+    for name, on in flags.items():
+        if not on and name not in off:
+            lacking = "save" if not getattr(save, name) else "load"
+            off[name] = f"left out: the {lacking} side's torch lacks it"
+    return Capabilities(
+        torch_version=f"{save.torch_version} -> {load.torch_version}",
+        engines=engines,
+        off=off,
+        cuda_devices=min(save.cuda_devices, load.cuda_devices),
+        storages=storages,
+        **flags,
+    )
+
+
+@functools.cache
+def _installed() -> Capabilities:
     import torch
 
     off: dict[str, str] = {}

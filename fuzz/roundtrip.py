@@ -6,6 +6,10 @@ load side's. Ranks outside a side skip it; one world barrier between save and
 load is the only synchronisation the fuzzer adds (the load must see a finished
 checkpoint). Rank 0 belongs to both sides, so it holds the gathered saved and
 loaded state and runs the oracles.
+
+A case may also run as two runs (``phase`` "save", then "load"), on two pools that
+may run two torches: the save run's rank 0 then hands the saved state to the load
+run's through a file beside the checkpoint (``shardfuzz.handoff``).
 """
 
 from __future__ import annotations
@@ -14,19 +18,24 @@ import itertools
 import time
 from typing import Any
 
+import attrs
 import torch
 import torch.distributed as dist
 
 from shardfuzz import oracles, rank_steps
 from shardfuzz.build import build_module, build_optimizer, engine_fields, shard
 from shardfuzz.case import FSDP2, Case, Dcp, Side
+from shardfuzz.handoff import Handoff, read_handoff, write_handoff
 from shardfuzz.oracles import compare_state
 from shardfuzz.rank_steps import device_mesh, dtensor, gather_full, plain, rank_device, unwrapped_name
 from shardfuzz.storage import storage_target
 from shardfuzz.targets import CheckpointTarget, DcpTarget, ObjectTarget, ShardsModules
 from shardfuzz.verdict import Mismatch
 
-__all__ = ["RankContext", "run_case"]
+__all__ = ["PHASES", "RankContext", "run_case"]
+
+#: ``run_case``'s phases: the whole case, or its save or load half (run by two pools, in that order).
+PHASES = ("both", "save", "load")
 
 
 _GENERATIONS = itertools.count()  # process groups this rank process has joined
@@ -104,17 +113,24 @@ CONTINUE_STEPS = 2  # steps the continuation oracle takes after the save and aft
 
 
 def run_case(
-    case: Case, ctx: RankContext, target: CheckpointTarget | ObjectTarget, checkpoint_dir: str
+    case: Case,
+    ctx: RankContext,
+    target: CheckpointTarget | ObjectTarget,
+    checkpoint_dir: str,
+    phase: str = "both",
 ) -> list[Mismatch]:
-    """Run this rank's share of ``case``; return the oracles' mismatches (rank 0 holds most)."""
+    """Run this rank's share of ``case`` (of its ``phase``); return the oracles' mismatches (rank 0 holds most)."""
+    if phase not in PHASES:
+        raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
     ctx.timings = {}
     ctx.unchanged = []
     expected = expected_after = None
+    saved_by = None  # the torch that saved, when another run did
     mismatches: list[Mismatch] = []
     ctx.prepare_meshes(case)
     ctx.prepare_async_group(case)
     target = checkpoint_io(case, target)
-    if ctx.rank < case.save.world_size:
+    if phase != "load" and ctx.rank < case.save.world_size:
         ctx.enter("build-save")
         model, optim = _build_side(case, case.save, case.model, ctx, target, seed=case.seed)
         ctx.enter("train")
@@ -145,13 +161,23 @@ def run_case(
             ctx.enter("finish-save")  # an async write has run alongside the phases above
             target.finish_save()
         del model, optim
-    ctx.enter("barrier")
-    dist.barrier()
-    if ctx.rank < case.load.world_size:
+        if phase == "save" and ctx.rank == 0:
+            ctx.enter("hand-off")
+            write_handoff(checkpoint_dir, Handoff(str(torch.__version__), expected, expected_after))
+    if phase == "both":
+        ctx.enter("barrier")
+        dist.barrier()
+    if phase != "save" and ctx.rank < case.load.world_size:
         if case.load_mutation is not None:
             mismatches += _load_incompatible(case, ctx, target, checkpoint_dir)
         else:
-            mismatches += _load_and_judge(case, ctx, target, checkpoint_dir, expected, expected_after)
+            if phase == "load" and ctx.rank == 0:
+                ctx.enter("take-over")
+                handoff = read_handoff(checkpoint_dir)
+                expected, expected_after, saved_by = handoff.expected, handoff.expected_after, handoff.torch_version
+            mismatches += _load_and_judge(
+                case, ctx, target, checkpoint_dir, expected, expected_after, saved_by=saved_by
+            )
     ctx.enter("idle")
     return mismatches
 
@@ -184,7 +210,10 @@ def checkpoint_io(case: Case, target: CheckpointTarget | ObjectTarget) -> Checkp
     return target
 
 
-def _load_and_judge(case, ctx, target, checkpoint_dir, expected, expected_after) -> list[Mismatch]:
+def _load_and_judge(case, ctx, target, checkpoint_dir, expected, expected_after, *, saved_by=None) -> list[Mismatch]:
+    """Load into the rebuilt load side and judge it. ``saved_by``: the torch of a save run in another
+    interpreter; where it differs from this one, continuation compares within its tolerance (another
+    torch's kernels may round differently) even on an identical layout."""
     side = case.load
     mismatches: list[Mismatch] = []
     ctx.enter("build-load")
@@ -227,15 +256,18 @@ def _load_and_judge(case, ctx, target, checkpoint_dir, expected, expected_after)
         mismatches += replicas  # after complete-state: a wrong loaded value is the worse news
         ctx.unchanged = oracles.unchanged_before_load(expected, before)
         if "continuation" in case.checks and not mismatches:
-            mismatches += oracles.continuation(
+            across = saved_by not in (None, str(torch.__version__))
+            drifted = oracles.continuation(
                 expected_after,
                 actual_after,
                 rank=0,
-                identical_layout=case.same_sharding,
+                identical_layout=case.same_sharding and not across,
                 dtype=case.model.dtype,
                 adaptive_lr=_adaptive_lr(case),
                 steps=CONTINUE_STEPS,
             )
+            note = f" (within tolerance: continued under torch {torch.__version__}, saved under {saved_by})"
+            mismatches += [attrs.evolve(m, detail=m.detail + note) for m in drifted] if across else drifted
     return mismatches
 
 

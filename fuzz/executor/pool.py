@@ -40,6 +40,7 @@ from shardfuzz.case import DEVICES, Case, to_dict
 from shardfuzz.executor.admission import admit, cannot_run
 from shardfuzz.executor.deadlines import MeasuredDeadlines, deadline_for
 from shardfuzz.executor.reports import fold_reports, report_of
+from shardfuzz.interpreters import Interpreter, spawning_in
 from shardfuzz.stop import StopRequested
 from shardfuzz.targets import DEFAULT_TARGET
 from shardfuzz.unsupported import classify
@@ -126,6 +127,9 @@ class RankPool:
     is ``cpu:gloo,cuda:nccl``, so a case may put either side on CPU or GPU; a case
     with a CUDA side on more ranks than GPUs (or any, on a ``cpu`` pool) is
     answered ``unsupported`` with the reason, without running.
+    ``interpreter`` (``interpreters.probe``): the Python the ranks run in, with its own
+    torch (default: this one); ``run(case, phase="save" | "load")`` runs half a case
+    there, for a ``CrossVersionPool``.
     """
 
     def __init__(
@@ -141,6 +145,7 @@ class RankPool:
         abandon: Callable[[], bool] | None = None,
         device: str = "cpu",
         deadlines: MeasuredDeadlines | None = None,
+        interpreter: Interpreter | None = None,
     ):
         if world_size < 1:
             raise ValueError(f"world_size must be >= 1, got {world_size}")
@@ -158,6 +163,7 @@ class RankPool:
         self.recycle_after = recycle_after
         self.abandon = abandon
         self.deadlines = deadlines  # None: every case gets case_timeout or the generic deadline_for(case)
+        self.interpreter = interpreter
         self._cases_since_start = 0
         self.starts = 0
         self.resets = 0
@@ -187,12 +193,13 @@ class RankPool:
             return
         from shardfuzz.capabilities import capabilities
 
-        capabilities()  # probe here, once: every rank's warm-up reads the answer from the probe's cache
+        if self.interpreter is None:
+            capabilities()  # probe here, once: every rank's warm-up reads the answer from the probe's cache
         context = multiprocessing.get_context("spawn")
         sweep_stale_scratch()
         self._scratch = tempfile.mkdtemp(prefix=f"{_SCRATCH_PREFIX}{os.getpid()}-", dir=scratch_root())
         store = os.path.join(self._scratch, "store")
-        with _children_allowed():
+        with _children_allowed(), spawning_in(self.interpreter):
             self._spawn(context, store)
         self.starts += 1
         if self.deadlines is not None:
@@ -211,7 +218,8 @@ class RankPool:
             if missing:
                 why += f"{'; ' if why else ''}ranks {sorted(missing)} did not report ready"
                 why += "".join(f"\n  rank {r} printed: {t}" for r, t in tails.items() if t)
-            raise PoolStartError(f"could not start {self.world_size} {self._backend()} ranks: {why}")
+            python = f" under {self.interpreter.describe()}" if self.interpreter is not None else ""
+            raise PoolStartError(f"could not start {self.world_size} {self._backend()} ranks{python}: {why}")
         shutil.rmtree(os.path.join(self._scratch, "warm-up"), ignore_errors=True)
 
     def _spawn(self, context, store: str) -> None:
@@ -285,10 +293,14 @@ class RankPool:
 
     # --- running cases ------------------------------------------------------
 
-    def run(self, case: Case, *, generic_deadline: bool = False) -> Verdict:
+    def run(
+        self, case: Case, *, generic_deadline: bool = False, phase: str = "both", checkpoint_dir: str | None = None
+    ) -> Verdict:
         """Run ``case`` on the ranks and return its verdict; never raises for a case's failure.
 
-        ``generic_deadline``: ignore measured ``deadlines`` for this case (confirming a hang)."""
+        ``generic_deadline``: ignore measured ``deadlines`` for this case (confirming a hang).
+        ``phase``: "save" or "load" runs that half of the case only (``roundtrip.run_case``), on a
+        ``checkpoint_dir`` the caller owns (removed here only for the whole case)."""
         refused = admit(case, world_size=self.world_size, target=self.target, device=self.device)
         if refused is not None:
             return refused
@@ -301,11 +313,14 @@ class RankPool:
         timeout = self.case_timeout if self.case_timeout is not None else deadline_for(case)
         if self.deadlines is not None and self.case_timeout is None and not generic_deadline:
             timeout = self.deadlines.deadline(timeout)
-        checkpoint_dir = os.path.join(self._started_scratch, "case")
+        owned = checkpoint_dir is None
+        checkpoint_dir = os.path.join(self._started_scratch, "case") if owned else checkpoint_dir
         for rank in range(self.world_size):
             os.truncate(self._log(rank), 0)
         try:
-            message = json.dumps({"op": "case", "case": to_dict(case), "checkpoint_dir": checkpoint_dir}).encode()
+            message = json.dumps(
+                {"op": "case", "case": to_dict(case), "checkpoint_dir": checkpoint_dir, "phase": phase}
+            ).encode()
             for conn in self._conns:
                 conn.send_bytes(message)
             collected = self._collect(timeout, grace_after_error=self.error_grace, abandonable=True)
@@ -314,7 +329,8 @@ class RankPool:
                 raise CaseAbandoned("abandoned the case in flight")
             verdict = self._verdict(collected, timeout)
         finally:
-            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+            if owned:
+                shutil.rmtree(checkpoint_dir, ignore_errors=True)
         if self.deadlines is not None and verdict.status not in ("hang", "crash"):
             self.deadlines.record(time.perf_counter() - started)
         if verdict.leaves_ranks_stuck:

@@ -1,7 +1,7 @@
 """One rank's loop: join the process group once, then receive Cases and send back reports.
 
 Messages are JSON bytes over a ``multiprocessing`` pipe: ``{"op": "case", "case":
-..., "checkpoint_dir": ...}`` in, one ``RankReport`` out per case; ``{"op": "reset",
+..., "checkpoint_dir": ..., "phase": ...}`` in (``phase`` optional: the whole case), one ``RankReport`` out per case; ``{"op": "reset",
 "store": ...}`` re-forms the process group; ``{"op": "stop"}`` ends the loop.
 Any ``BaseException`` raised by the case (DCP's ``CheckpointException`` is one)
 becomes a ``RankError`` in the report; only the pool decides what happens next.
@@ -109,7 +109,8 @@ def main(
             if ctx is None:
                 return
             continue
-        conn.send_bytes(json.dumps(run_share(message["case"], ctx, target, message["checkpoint_dir"])).encode())
+        report = run_share(message["case"], ctx, target, message["checkpoint_dir"], message.get("phase", "both"))
+        conn.send_bytes(json.dumps(report).encode())
 
     try:
         dist.destroy_process_group()
@@ -117,8 +118,8 @@ def main(
         pass
 
 
-def run_share(case_data: dict, ctx, target, checkpoint_dir: str) -> dict:
-    """Run this rank's share of a case (as JSON data); its ``RankReport``, unstructured.
+def run_share(case_data: dict, ctx, target, checkpoint_dir: str, phase: str = "both") -> dict:
+    """Run this rank's share of a case (as JSON data) in ``phase``; its ``RankReport``, unstructured.
 
     Any ``BaseException`` (DCP's ``CheckpointException`` is one) becomes the report's error.
     """
@@ -129,7 +130,7 @@ def run_share(case_data: dict, ctx, target, checkpoint_dir: str) -> dict:
     error = None
     mismatches = []
     try:
-        mismatches = run_case(from_dict(case_data), ctx, target, checkpoint_dir)
+        mismatches = run_case(from_dict(case_data), ctx, target, checkpoint_dir, phase)
     except BaseException as exc:
         error = RankError(ctx.rank, ctx.phase, type(exc).__name__, str(exc), traceback.format_exc())
         ctx.enter("idle")
