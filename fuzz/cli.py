@@ -99,7 +99,40 @@ def build_parser() -> argparse.ArgumentParser:
     _targets_options(
         commands.add_parser("targets", help="list the checkpoint targets: frameworks, versions, what each supports")
     )
+    _torch_env_options(
+        commands.add_parser(
+            "torch-env", help="make (or find) an environment with another torch; print its Python for --save-python"
+        )
+    )
     return parser
+
+
+def _across_options(parser: argparse.ArgumentParser) -> None:
+    """``--save-python`` and ``--load-python``: one side's ranks in another Python (another torch)."""
+    across = parser.add_argument_group("across torch versions (docs/cross-version.md)")
+    across.add_argument(
+        "--save-python",
+        default=None,
+        metavar="PATH",
+        help="the Python whose ranks save (its torch; `shardfuzz torch-env VERSION` prints one); default: this one",
+    )
+    across.add_argument(
+        "--load-python",
+        default=None,
+        metavar="PATH",
+        help="the Python whose ranks load (its torch); default: this one",
+    )
+
+
+def _torch_env_options(env: argparse.ArgumentParser) -> None:
+    env.add_argument("version", help="the torch release, e.g. 2.4.1")
+    env.add_argument(
+        "--pip-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="an extra argument for pip install (repeatable), e.g. --pip-arg=--index-url=URL",
+    )
 
 
 def _targets_options(targets: argparse.ArgumentParser) -> None:
@@ -195,6 +228,7 @@ def _run_options(run: argparse.ArgumentParser) -> None:
         help="under torchrun: where ranks write checkpoints (a filesystem every node sees)",
     )
     scale.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    _across_options(run)
 
 
 def _replay_options(replay: argparse.ArgumentParser) -> None:
@@ -221,6 +255,7 @@ def _replay_options(replay: argparse.ArgumentParser) -> None:
         default=None,
         help="seconds before a case counts as hung (default: from the case's size)",
     )
+    _across_options(replay)
 
 
 def _export_options(export: argparse.ArgumentParser) -> None:
@@ -317,7 +352,25 @@ def main(argv: list[str] | None = None) -> int:
         return _report_bug(args)
     if args.command == "known-bugs":
         return _known_bugs(args)
+    if args.command == "torch-env":
+        return _torch_env(args)
     return _run(args)
+
+
+def _torch_env(args) -> int:
+    """Print the Python of an environment with torch ``args.version`` (made if missing); progress on stderr."""
+    from shardfuzz.torch_envs import TorchEnvError, make_env
+
+    try:
+        python, found = make_env(args.version, pip_args=args.pip_arg, log=lambda line: print(line, file=sys.stderr))
+    except TorchEnvError as exc:
+        print(f"shardfuzz torch-env: {exc}", file=sys.stderr)
+        return 2
+    print(f"shardfuzz torch-env: {found.describe()}", file=sys.stderr)
+    for feature, why in sorted(found.capabilities.off.items()):
+        print(f"  off  {feature}  ({why})", file=sys.stderr)
+    print(python)
+    return 0
 
 
 def _selftest(args) -> int:
@@ -410,8 +463,19 @@ def _entries_at(paths: list[Path]):
     return entries, problems
 
 
+def _interpreters(args):
+    """(save, load) ``Interpreter``s of ``--save-python``/``--load-python``, or None when neither is given."""
+    from shardfuzz.interpreters import probe
+
+    if args.save_python is None and args.load_python is None:
+        return None
+    return tuple(probe(python or sys.executable) for python in (args.save_python, args.load_python))
+
+
 def _replay(args) -> int:
     from shardfuzz.executor import PoolStartError, RankPool
+    from shardfuzz.executor.cross import CrossVersionPool
+    from shardfuzz.interpreters import InterpreterError
     from shardfuzz.replay import replay_entries
     from shardfuzz.runner import campaign_devices
 
@@ -433,12 +497,22 @@ def _replay(args) -> int:
         sizes[entry.target] = max(sizes.get(entry.target, 1), entry.replay_world_size)
         if entry.fills_its_world:
             exact.setdefault(entry.target, set()).add(entry.replay_world_size)
-    pools: dict[tuple[str, int], RankPool] = {}
+    try:
+        interpreters = _interpreters(args)
+    except InterpreterError as exc:
+        print(f"shardfuzz replay: {exc}", file=sys.stderr)
+        return 2
+    pools: dict[tuple[str, int], RankPool | CrossVersionPool] = {}
 
-    def pool_for(target: str, world_size: int) -> RankPool:
+    def pool_for(target: str, world_size: int) -> RankPool | CrossVersionPool:
         size = world_size if world_size in exact.get(target, ()) else sizes[target]
         if (target, size) not in pools:
-            pools[target, size] = RankPool(size, target=target, case_timeout=args.case_timeout, device=args.device)
+            options = {"target": target, "case_timeout": args.case_timeout, "device": args.device}
+            if interpreters is None or interpreters[0] == interpreters[1]:  # one torch: this one, or another
+                interpreter = interpreters[0] if interpreters else None
+                pools[target, size] = RankPool(size, interpreter=interpreter, **options)
+            else:
+                pools[target, size] = CrossVersionPool(size, save=interpreters[0], load=interpreters[1], **options)
         return pools[target, size]
 
     def show(replay) -> None:

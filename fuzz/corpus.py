@@ -73,6 +73,9 @@ class Known:
     frameworks: dict[str, str] = field(factory=dict)
     layer: str = field(default="torch", validator=in_(("torch", "framework")))
     evidence: str = field(default="", validator=instance_of(str))
+    # A bug of a checkpoint saved under one torch and loaded under another: the save side's
+    # torch range (``torch`` is then the load side's). Empty: one torch did both.
+    save_torch: str = field(default="", validator=instance_of(str))
 
     def matches(self, case: Case) -> bool:
         dims = dimensions(case)
@@ -82,15 +85,32 @@ class Known:
     def _specifier(self, attribute, value):
         _check_specifier("known.torch", value)
 
+    @save_torch.validator
+    def _save_specifier(self, attribute, value):
+        if value:
+            _check_specifier("known.save_torch", value)
+
     @frameworks.validator
     def _framework_specifiers(self, attribute, value):
         for name, specifier in value.items():
             _check_specifier(f"known.frameworks[{name!r}]", specifier)
 
-    def applies_to(self, torch_version: str, framework_versions: dict[str, str] | None = None) -> bool:
+    def applies_to(
+        self, torch_version: str, framework_versions: dict[str, str] | None = None, *, save_torch: str | None = None
+    ) -> bool:
         """Whether the bug is known on this torch and on the installed frameworks (``framework_versions``,
-        default: looked up), each of which must be installed in its range."""
-        if not _in_range(self.torch, torch_version):
+        default: looked up), each of which must be installed in its range. ``save_torch``: the torch
+        that saved, in a run across two (``torch_version`` is then the loading one's).
+
+        A bug of one torch is known in a run across two where either torch is in its range (the
+        case's same-torch runs tell which, see ``docs/cross-version.md``); a bug across two torches,
+        only in a run across two, each in its own range."""
+        if self.save_torch:
+            if save_torch is None or not _in_range(self.save_torch, save_torch):
+                return False
+            if not _in_range(self.torch, torch_version):
+                return False
+        elif not any(_in_range(self.torch, v) for v in {torch_version, save_torch or torch_version}):
             return False
         installed = framework_versions if framework_versions is not None else installed_versions(self.frameworks)
         return all(name in installed and _in_range(spec, installed[name]) for name, spec in self.frameworks.items())
@@ -159,6 +179,14 @@ class Entry:
     hits: int = 1
     known: Known | None = None
     schema_version: int = ENTRY_SCHEMA_VERSION
+    # Found across two torches: the same case run whole under each torch alone, by torch version:
+    # "pass", or what failed. Passing under both makes it a bug of the crossing itself.
+    alone: dict[str, str] = field(factory=dict)
+
+    @property
+    def across_only(self) -> bool:
+        """Whether it fails across two torches only (each torch alone passed the same case)."""
+        return bool(self.alone) and all(outcome == "pass" for outcome in self.alone.values())
 
     @property
     def triage(self) -> str:
@@ -170,9 +198,16 @@ class Entry:
         error that some ranks never reported (their stacks are in the record)."""
         return self.status in ("hang", "crash") or (self.status == "error" and STUCK_RANK_STACKS in self.diagnostics)
 
-    def known_on(self, torch_version: str) -> bool:
-        """Whether this entry is a known bug on ``torch_version``."""
-        return self.known is not None and self.known.applies_to(torch_version)
+    def known_on(self, torch_version: str, *, save_torch: str | None = None) -> bool:
+        """Whether this entry is a known bug on ``torch_version`` (loading, after ``save_torch`` saved)."""
+        return self.known is not None and self.known.applies_to(torch_version, save_torch=save_torch)
+
+    @property
+    def torches(self) -> tuple[str, str] | None:
+        """(save torch, load torch) of a case found across two torches; None for one torch."""
+        if "save_torch" in self.versions:
+            return self.versions["save_torch"], self.versions["load_torch"]
+        return None
 
     @property
     def replay_world_size(self) -> int:
@@ -198,12 +233,20 @@ class Entry:
 
     def same_bug(self, other: Entry) -> bool:
         """Whether ``other`` (a new finding) is this entry's bug, so that saving it may merge into this file."""
-        if (other.signature, other.target) != (self.signature, self.target):
+        if (other.signature, other.target, other.torches is None) != (
+            self.signature,
+            self.target,
+            self.torches is None,
+        ):
             return False
-        torch_version = other.versions.get("torch", "")
+        save_torch, torch_version = other.torches or (None, other.versions.get("torch", ""))
         if self.known is not None:
-            return self.known.matches(other.case) and bool(torch_version) and self.known.applies_to(torch_version)
-        return self.versions.get("torch") == torch_version
+            return (
+                self.known.matches(other.case)
+                and bool(torch_version)
+                and self.known.applies_to(torch_version, save_torch=save_torch)
+            )
+        return (self.torches, self.versions.get("torch")) == (other.torches, other.versions.get("torch"))
 
     def filename_candidates(self):
         """File names for a new entry: its identity's hash, then numbered variants for the rare
@@ -226,11 +269,15 @@ _converter = make_converter()  # the Case data model's converter; an entry's own
 _converter.register_structure_hook(Case, lambda data, _: from_dict(data))  # from_dict checks the schema version
 
 
-def versions() -> dict[str, str]:
+def versions(torches: tuple[str, str] | None = None) -> dict[str, str]:
+    """This process's versions; ``torches``: (save, load) of a run across two torches."""
     import hypothesis
     import torch
 
-    return {"torch": torch.__version__, "python": platform.python_version(), "hypothesis": hypothesis.__version__}
+    found = {"torch": str(torch.__version__), "python": platform.python_version(), "hypothesis": hypothesis.__version__}
+    if torches is not None:
+        found.update(save_torch=torches[0], load_torch=torches[1])
+    return found
 
 
 def entry_for(
@@ -241,11 +288,21 @@ def entry_for(
     other: Verdict | None = None,
     world_size: int = 0,
     shrunk: bool = True,
+    torches: tuple[str, str] | None = None,
+    alone: dict[str, Verdict] | None = None,
 ) -> Entry:
-    """The corpus entry for a failure; ``other`` is a confirming re-run that disagreed (flaky)."""
+    """The corpus entry for a failure; ``other`` is a confirming re-run that disagreed (flaky);
+    ``torches``: (save, load) torch versions of a run across two; ``alone``: the case's verdict
+    under each of them alone (``CrossVersionPool.alone``)."""
     summary = verdict.summary()
     flaky = ", flaky" if other is not None else ""
-    title = f"[{verdict.triage}{flaky}] {summary.split(': ', 1)[-1]}"[:160]
+    outcomes = {version: "pass" if v.ok else v.summary()[:500] for version, v in (alone or {}).items()}
+    crossing = ""
+    if torches is not None:
+        crossing = "torch {} -> {}{}, ".format(
+            *torches, "" if all(o == "pass" for o in outcomes.values()) else " (fails alone too)"
+        )
+    title = f"[{verdict.triage}{flaky}] {crossing}{summary.split(': ', 1)[-1]}"[:160]
     return Entry(
         title=title,
         signature=verdict.signature(),
@@ -259,8 +316,9 @@ def entry_for(
         shrunk=shrunk,
         target=target,
         world_size=world_size,
-        versions={**versions(), **framework_of(target)},
+        versions={**versions(torches), **framework_of(target)},
         found=datetime.date.today().isoformat(),
+        alone=outcomes,
     )
 
 
@@ -377,10 +435,11 @@ class KnownBugs(dict):
         return entries[0].title if entries else signature
 
 
-def known_bugs(entries, torch_version: str) -> KnownBugs:
-    """The entries of ``load_corpus`` that are known bugs on ``torch_version``, by canonical signature."""
+def known_bugs(entries, torch_version: str, *, save_torch: str | None = None) -> KnownBugs:
+    """The entries of ``load_corpus`` that are known bugs on ``torch_version`` (loading after ``save_torch``
+    saved, in a run across two torches), by canonical signature."""
     known = KnownBugs()
     for _, entry in entries:
-        if entry.known_on(torch_version):
+        if entry.known_on(torch_version, save_torch=save_torch):
             known.setdefault(entry.signature, []).append(entry)
     return known

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import inspect
 
-from shardfuzz import bits, layers, oracles, rank_steps, repro_script
+from shardfuzz import bits, handoff, layers, oracles, rank_steps, repro_script
 from shardfuzz.build import engine_fields
 from shardfuzz.case import MODULE_TYPE_CLASSES, Case, Leaf, Model, Sequential, child_items, optimizer_groups
 from shardfuzz.corpus import Entry
@@ -45,11 +45,13 @@ def export_script(entry: Entry, *, filename: str = "repro.py") -> str:
                 world_size=entry.replay_world_size,
                 hang_seconds=round(deadline_for(case) * 1.5),
                 object_target=_is_object_target(entry.target),
+                torches=entry.torches,
             ),
             _model_functions(case),
             _definitions(layers, "the model's own module classes"),
             _definitions(rank_steps, "the torch steps of a round-trip, as the pool's ranks run them"),
             _definitions(bits, "the bitwise comparison the oracles use"),
+            _definitions(handoff, "the saved state a save run hands the load run (--phase save, then load)"),
             _target_code(entry.target, case.storage),
             _definitions(
                 repro_script, "the run: the steps in the pool's order, the judge, the launcher", repro_script.RUN
@@ -70,9 +72,17 @@ def _is_object_target(spec: str) -> bool:
         return False
 
 
-def case_constants(case: Case, *, world_size: int, hang_seconds: int, object_target: bool = False) -> dict[str, object]:
+def case_constants(
+    case: Case,
+    *,
+    world_size: int,
+    hang_seconds: int,
+    object_target: bool = False,
+    torches: tuple[str, str] | None = None,
+) -> dict[str, object]:
     """The value of each of ``repro_script.CASE_CONSTANTS`` for ``case`` on ``world_size`` ranks (the
-    pool's size where the failure was seen: idle ranks can matter, as for a hang)."""
+    pool's size where the failure was seen: idle ranks can matter, as for a hang); ``torches``: the
+    (save, load) torches of an entry found across two."""
     save, load = case.save, case.load
     return {
         "WORLD_SIZE": world_size,
@@ -119,6 +129,8 @@ def case_constants(case: Case, *, world_size: int, hang_seconds: int, object_tar
         "OBJECT_TARGET": object_target,
         "SAVE_SIDE": side_description(case, save),
         "LOAD_SIDE": side_description(case, load),
+        "SAVE_TORCH": torches[0] if torches else "",
+        "LOAD_TORCH": torches[1] if torches else "",
         "HANG_SECONDS": hang_seconds,
     }
 
@@ -147,11 +159,14 @@ _COMMENTS = {
     "HANG_SECONDS": "shardfuzz's deadline for this case, with room to spare",
     "OBJECT_TARGET": "the target takes over the save and load of the objects (save_objects/load_objects)",
     "SAVE_SIDE": "each side as an object-level target is told it",
+    "SAVE_TORCH": "found saving under this torch and loading under LOAD_TORCH ('': one torch did both)",
 }
 
 
-def _constants(case: Case, *, world_size: int, hang_seconds: int, object_target: bool) -> str:
-    values = case_constants(case, world_size=world_size, hang_seconds=hang_seconds, object_target=object_target)
+def _constants(case: Case, *, world_size: int, hang_seconds: int, object_target: bool, torches=None) -> str:
+    values = case_constants(
+        case, world_size=world_size, hang_seconds=hang_seconds, object_target=object_target, torches=torches
+    )
     lines = []
     for name in repro_script.CASE_CONSTANTS:
         value = repr(values[name]) if values[name] != set() else "set()"
@@ -268,6 +283,20 @@ def _adapter_code(spec: str) -> str:
     )
 
 
+def _two_torches(entry: Entry, filename: str) -> str:
+    """How to run an entry found across two torches: save under one, load under the other."""
+    if entry.torches is None:
+        return ""
+    save, load = entry.torches
+    return f"""
+
+Found saving under torch {save} and loading under torch {load}: run the two halves, each
+under its torch, on one folder (the save run leaves the saved state beside the checkpoint):
+    /path/to/torch-{save.split("+")[0]}/bin/python {filename} --phase save --dir /tmp/repro
+    /path/to/torch-{load.split("+")[0]}/bin/python {filename} --phase load --dir /tmp/repro
+(`shardfuzz torch-env VERSION` makes such an environment and prints its Python.)"""
+
+
 def _head(entry: Entry, filename: str) -> str:
     """The script's docstring (what was recorded, how to run it) and its imports."""
     case = entry.case
@@ -289,7 +318,7 @@ Needs only torch. Run either of:
     python {filename}                              # spawns {n} gloo rank(s) on CPU
     torchrun --nproc-per-node {n} {filename}
 It prints REPRODUCED and exits 1 when the failure shows, "did not reproduce" and 0 otherwise.
-Ranks 0..{case.save.world_size - 1} save (the save side), ranks 0..{case.load.world_size - 1} load (the load side).
+Ranks 0..{case.save.world_size - 1} save (the save side), ranks 0..{case.load.world_size - 1} load (the load side).{_two_torches(entry, filename)}
 """
 
 import datetime

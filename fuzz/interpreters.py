@@ -44,13 +44,14 @@ class Interpreter:
     python: str
     torch_version: str
     python_version: str
+    prefix: str  # its sys.prefix: a virtual environment's folder (venvs share one binary through links)
     sys_path: tuple[str, ...]
     capabilities: Capabilities = attrs.field(eq=False)
 
     @property
     def is_this_one(self) -> bool:
-        """Whether it is the Python running this process (its ranks need no special start)."""
-        return os.path.realpath(self.python) == os.path.realpath(sys.executable)
+        """Whether it is the Python environment running this process (its ranks need no special start)."""
+        return os.path.realpath(self.prefix) == os.path.realpath(sys.prefix)
 
     def describe(self) -> str:
         return f"torch {self.torch_version} (Python {self.python_version}, {self.python})"
@@ -63,6 +64,7 @@ sys.path.append(sys.argv[1])
 import dataclasses, platform, torch
 from shardfuzz.capabilities import capabilities
 print(json.dumps({"torch": torch.__version__, "python": platform.python_version(), "sys_path": path,
+                  "prefix": sys.prefix,
                   "capabilities": dataclasses.asdict(capabilities())}))
 """
 
@@ -93,6 +95,7 @@ def probe(python: str) -> Interpreter:
         python=resolved,
         torch_version=data["torch"],
         python_version=data["python"],
+        prefix=data["prefix"],
         sys_path=tuple(data["sys_path"]),
         capabilities=Capabilities(
             **{k: tuple(v) if isinstance(v, list) else v for k, v in data["capabilities"].items()}

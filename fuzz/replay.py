@@ -7,7 +7,7 @@ An entry is run ``repeat`` times on a pool with the entry's target. The outcome:
 - ``changed``: every run gave the same new signature (the bug moved, or a different one hides it);
 - ``flaky``: the runs disagree; all their verdicts are in the report;
 - ``skipped``: this machine cannot run it (a side on cuda, too few GPUs, a target whose framework is not
-  installed); ``skipped`` says why.
+  installed, an entry found across two torches and a pool of one); ``skipped`` says why.
 """
 
 from __future__ import annotations
@@ -70,6 +70,17 @@ def judge(entry: Entry, verdicts: Iterable[Verdict]) -> str:
     return "now passing" if signature == "pass" else "changed"
 
 
+def _needs_two_torches(entry: Entry, pool: Executor) -> str:
+    """Why an entry found across two torches cannot replay on ``pool`` (one torch), or ''."""
+    if entry.torches is None or getattr(pool, "torches", None) is not None:
+        return ""
+    save, load = entry.torches
+    return (
+        f"found saving under torch {save} and loading under torch {load}: replay with --save-python and "
+        f"--load-python (`shardfuzz torch-env VERSION` prints an environment's Python)"
+    )
+
+
 def replay_entries(
     entries: list[tuple[Path, Entry]],
     pool_for: Callable[[str, int], Executor],
@@ -85,7 +96,7 @@ def replay_entries(
         why_not_here = unavailable(entry.target)  # a framework's entry where that framework is not installed
         if not why_not_here:
             pool = pool_for(entry.target, entry.replay_world_size)
-            why_not_here = pool.cannot_run(entry.case)
+            why_not_here = pool.cannot_run(entry.case) or _needs_two_torches(entry, pool)
         if why_not_here:
             replay = Replay(path, entry, (), "skipped", why_not_here)
         else:

@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 
 from shardfuzz.bits import as_lists, first_bit_difference, first_difference_beyond
+from shardfuzz.handoff import read_handoff, write_handoff
 from shardfuzz.layers import layer_class
 from shardfuzz.rank_steps import (
     api_parity_pairs,
@@ -87,6 +88,7 @@ NO_TOLERANCE_DTYPES = ("bfloat16",)
 OBJECT_TARGET = False
 SAVE_SIDE: dict = {}
 LOAD_SIDE: dict = {}
+SAVE_TORCH = LOAD_TORCH = ""  # the torches it was found with (one torch: both the same)
 HANG_SECONDS = float(os.environ.get("SHARDFUZZ_HANG_SECONDS", 45))
 PHASE = ["start"]  # this rank's phase, for the hang watchdog
 
@@ -209,8 +211,11 @@ def load_into(model, optim, checkpoint_dir, group, rank):
     set_side_state(model, optim, state, kind=LOAD_STATE_DICT, api=LOAD_API, options=load_options, rank=rank)
 
 
-def round_trip(rank, checkpoint_dir):
-    """This rank's part: save on ranks < SAVE_RANKS, load on ranks < LOAD_RANKS, compare on rank 0."""
+def round_trip(rank, checkpoint_dir, phase="both"):
+    """This rank's part: save on ranks < SAVE_RANKS, load on ranks < LOAD_RANKS, compare on rank 0.
+
+    ``phase`` "save" or "load": that half only, as two runs (under two torches) on one folder; the
+    save run's rank 0 leaves the saved state beside the checkpoint for the load run's."""
     PHASE[0] = "groups"
     groups = {}
     for n in sorted({SAVE_RANKS, LOAD_RANKS}):
@@ -224,7 +229,8 @@ def round_trip(rank, checkpoint_dir):
             meshes[shape] = device_mesh(shape, groups[n], rank=rank)
     try:
         expected = expected_after = None
-        if rank < SAVE_RANKS:
+        saved_by = str(torch.__version__)
+        if rank < SAVE_RANKS and phase != "load":
             PHASE[0] = "build-save"
             model = shard(
                 build_model(SEED),
@@ -260,8 +266,16 @@ def round_trip(rank, checkpoint_dir):
             PHASE[0] = "finish-save"
             finish_save()
             del model, optim
-        PHASE[0] = "barrier"
-        dist.barrier()
+            if phase == "save" and rank == 0:
+                write_handoff(checkpoint_dir, expected, expected_after)
+                print(f"saved under torch {torch.__version__}; now run --phase load on the same --dir")
+        if phase == "save":
+            return
+        if phase == "both":
+            PHASE[0] = "barrier"
+            dist.barrier()
+        elif rank == 0:
+            saved_by, expected, expected_after = read_handoff(checkpoint_dir)
         if rank < LOAD_RANKS:
             PHASE[0] = "build-load"
             spec = build_load_model(SEED + 1) if LOAD_MUTATION is not None else build_model(SEED + 1)
@@ -304,8 +318,9 @@ def round_trip(rank, checkpoint_dir):
             if rank == 0:
                 PHASE[0] = "compare"
                 check(differences({**expected, **{k: before[k] for k in KEPT_ON_LOAD}}, actual), "complete-state")
-                if "continuation" in CHECKS and (SAME_SHARDING or DTYPE not in NO_TOLERANCE_DTYPES):  # oracles.py
-                    close = None if SAME_SHARDING else CONTINUATION_TOLERANCE
+                same = SAME_SHARDING and saved_by == str(torch.__version__)  # another torch may round otherwise
+                if "continuation" in CHECKS and (same or DTYPE not in NO_TOLERANCE_DTYPES):  # oracles.py
+                    close = None if same else CONTINUATION_TOLERANCE
                     check(differences(expected_after, actual_after, close), "continuation")
     except BaseException as exc:
         print(f"REPRODUCED on rank {rank} in {PHASE[0]}: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -341,7 +356,7 @@ def finish_together(finish_group):
     dist.barrier(group=finish_group)
 
 
-def rank_main(rank, world_size, init_file, checkpoint_dir):
+def rank_main(rank, world_size, init_file, checkpoint_dir, phase="both"):
     torch.set_num_threads(1)
     watch_for_hang(rank)
     dist.init_process_group(
@@ -352,34 +367,55 @@ def rank_main(rank, world_size, init_file, checkpoint_dir):
         timeout=datetime.timedelta(seconds=300),
     )
     finish_group = dist.new_group(backend="gloo")
-    round_trip(rank, checkpoint_dir)
+    round_trip(rank, checkpoint_dir, phase)
     finish_together(finish_group)
     dist.destroy_process_group()
 
 
+def parse_phase(argv):
+    """``(phase, folder)`` of ``--phase save|load --dir DIR`` (a case across two torches), or ("both", None)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="reproduce a shardfuzz corpus entry")
+    parser.add_argument("--phase", choices=("both", "save", "load"), default="both")
+    parser.add_argument("--dir", default=None, help="the checkpoint folder both phases share")
+    args = parser.parse_args(argv)
+    if args.phase != "both" and args.dir is None:
+        parser.error("--phase save and --phase load need the same --dir")
+    return args.phase, args.dir
+
+
 def main():
+    phase, shared_dir = parse_phase(sys.argv[1:])
+    if phase == "both" and SAVE_TORCH != LOAD_TORCH:
+        print(
+            f"note: found saving under torch {SAVE_TORCH} and loading under torch {LOAD_TORCH}: run "
+            "--phase save --dir DIR under the one, then --phase load --dir DIR under the other",
+            file=sys.stderr,
+        )
     if "RANK" in os.environ:  # launched by torchrun
         dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=300))
         rank = dist.get_rank()  # kept: after destroy_process_group() there is no group to ask
         watch_for_hang(rank)
         if dist.get_world_size() != WORLD_SIZE:
             sys.exit(f"run with --nproc-per-node {WORLD_SIZE}, not {dist.get_world_size()}")
-        holder = [tempfile.mkdtemp(prefix="shardfuzz-repro-") if rank == 0 else None]
+        holder = [shared_dir or tempfile.mkdtemp(prefix="shardfuzz-repro-") if rank == 0 else None]
         dist.broadcast_object_list(holder, src=0)
         finish_group = dist.new_group(backend="gloo")
-        round_trip(rank, holder[0])
+        round_trip(rank, os.path.join(holder[0], "ckpt") if shared_dir else holder[0], phase)
         finish_together(finish_group)
         dist.destroy_process_group()
-        if rank == 0:
+        if rank == 0 and not shared_dir:
             shutil.rmtree(holder[0], ignore_errors=True)
         return
     import torch.multiprocessing as mp
 
     scratch = tempfile.mkdtemp(prefix="shardfuzz-repro-")
+    os.makedirs(shared_dir or scratch, exist_ok=True)
     try:
         mp.spawn(
             rank_main,
-            args=(WORLD_SIZE, os.path.join(scratch, "store"), os.path.join(scratch, "ckpt")),
+            args=(WORLD_SIZE, os.path.join(scratch, "store"), os.path.join(shared_dir or scratch, "ckpt"), phase),
             nprocs=WORLD_SIZE,
             join=True,
         )
@@ -409,5 +445,6 @@ RUN = [
     "watch_for_hang",
     "finish_together",
     "rank_main",
+    "parse_phase",
     "main",
 ]

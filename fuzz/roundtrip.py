@@ -25,7 +25,7 @@ import torch.distributed as dist
 from shardfuzz import oracles, rank_steps
 from shardfuzz.build import build_module, build_optimizer, engine_fields, shard
 from shardfuzz.case import FSDP2, Case, Dcp, Side
-from shardfuzz.handoff import Handoff, read_handoff, write_handoff
+from shardfuzz.handoff import read_handoff, write_handoff
 from shardfuzz.oracles import compare_state
 from shardfuzz.rank_steps import device_mesh, dtensor, gather_full, plain, rank_device, unwrapped_name
 from shardfuzz.storage import storage_target
@@ -163,7 +163,7 @@ def run_case(
         del model, optim
         if phase == "save" and ctx.rank == 0:
             ctx.enter("hand-off")
-            write_handoff(checkpoint_dir, Handoff(str(torch.__version__), expected, expected_after))
+            write_handoff(checkpoint_dir, expected, expected_after)
     if phase == "both":
         ctx.enter("barrier")
         dist.barrier()
@@ -173,8 +173,7 @@ def run_case(
         else:
             if phase == "load" and ctx.rank == 0:
                 ctx.enter("take-over")
-                handoff = read_handoff(checkpoint_dir)
-                expected, expected_after, saved_by = handoff.expected, handoff.expected_after, handoff.torch_version
+                saved_by, expected, expected_after = read_handoff(checkpoint_dir)
             mismatches += _load_and_judge(
                 case, ctx, target, checkpoint_dir, expected, expected_after, saved_by=saved_by
             )

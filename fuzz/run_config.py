@@ -48,6 +48,14 @@ class RunConfig:
     workers: int = field(default=1, validator=[instance_of(int), ge(1)])
     checkpoint_dir: str | None = field(default=None, validator=optional(instance_of(str)))
     worker_index: int | None = field(default=None, validator=optional(instance_of(int)))
+    # Across torch versions: the Pythons whose ranks save and load (None: this one).
+    save_python: str | None = field(default=None, validator=optional(instance_of(str)))
+    load_python: str | None = field(default=None, validator=optional(instance_of(str)))
+
+    @property
+    def across_pythons(self) -> bool:
+        """Whether the sides run in other Pythons (a cross-version campaign)."""
+        return self.save_python is not None or self.load_python is not None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> RunConfig:

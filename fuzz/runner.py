@@ -78,16 +78,42 @@ def run_command(config: RunConfig) -> int:
         print(f"shardfuzz run: {why_not}", file=sys.stderr)
         return 2
     world_size = int(os.environ["WORLD_SIZE"]) if torchrun else config.world_size
-    run = _Run(config, target=target, torchrun=torchrun, world_size=world_size, devices=devices, database=database)
-    return run.fuzz(budget_end)
+    if not config.across_pythons:
+        run = _Run(config, target=target, torchrun=torchrun, world_size=world_size, devices=devices, database=database)
+        return run.fuzz(budget_end)
+    from shardfuzz.capabilities import common, in_force
+    from shardfuzz.interpreters import InterpreterError, probe
+
+    if torchrun:
+        print("shardfuzz run: --save-python/--load-python start their own ranks; run without torchrun", file=sys.stderr)
+        return 2
+    try:
+        save, load = (probe(python or sys.executable) for python in (config.save_python, config.load_python))
+    except InterpreterError as exc:
+        print(f"shardfuzz run: {exc}", file=sys.stderr)
+        return 2
+    with in_force(common(save.capabilities, load.capabilities)):  # draw only what both torches offer
+        run = _Run(
+            config,
+            target=target,
+            torchrun=False,
+            world_size=world_size,
+            devices=devices,
+            database=database,
+            interpreters=(save, load),
+        )
+        return run.fuzz(budget_end)
 
 
 class _Run:
     """One ``shardfuzz run`` campaign under way: its corpus and known bugs, its executor, its reports."""
 
-    def __init__(self, config: RunConfig, *, target: str, torchrun: bool, world_size: int, devices, database):
+    def __init__(
+        self, config: RunConfig, *, target: str, torchrun: bool, world_size: int, devices, database, interpreters=None
+    ):
         import torch
 
+        from shardfuzz.capabilities import capabilities
         from shardfuzz.corpus import known_bugs, load_corpus
         from shardfuzz.progress import Progress
         from shardfuzz.strategies import offered_values
@@ -98,7 +124,10 @@ class _Run:
         entries, problems = load_corpus(config.corpus)
         for problem in problems:
             print(f"shardfuzz: skipping corpus file: {problem}", file=sys.stderr)
-        self.known = known_bugs(entries, torch.__version__)
+        self.interpreters = interpreters  # (save, load) Interpreters of a run across two Pythons, or None
+        self.torches = None if interpreters is None else tuple(str(i.torch_version) for i in interpreters)
+        save_torch, load_torch = self.torches or (None, str(torch.__version__))
+        self.known = known_bugs(entries, load_torch, save_torch=save_torch)
         # A random seed is chosen here, not inside Hypothesis, so the report can say which one to repeat the run with.
         self.seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**32)
         self.meta = {
@@ -112,6 +141,14 @@ class _Run:
             "worker": config.worker_index,
             "device": config.device,
         }
+        if interpreters is not None:
+            self.meta["across_torches"] = {
+                "save": interpreters[0].describe(),
+                "load": interpreters[1].describe(),
+                "left_out": {k: v for k, v in capabilities().off.items() if v.startswith("left out")},
+                "continuation": "compared within its tolerance where the torches differ (their kernels may round "
+                "differently); the loaded state itself is compared bit for bit",
+            }
         support = support_for(target)
         self.offered = {
             dim: sorted(values)
@@ -170,18 +207,20 @@ class _Run:
     def on_finding(self, finding) -> None:
         from shardfuzz.corpus import entry_for, save_entry
 
-        path = save_entry(
-            self.config.corpus,
-            entry_for(
-                finding.case,
-                finding.verdict,
-                target=self.target,
-                other=finding.other,
-                world_size=self.world_size,
-                shrunk=finding.shrunk,
-            ),
+        alone = self.executor.alone(finding.case) if self.torches is not None else None
+        entry = entry_for(
+            finding.case,
+            finding.verdict,
+            target=self.target,
+            other=finding.other,
+            world_size=self.world_size,
+            shrunk=finding.shrunk,
+            torches=self.torches,
+            alone=alone,
         )
+        path = save_entry(self.config.corpus, entry)
         self.corpus_files[finding.signature] = str(path)
+        own = self._own_bug_of(entry, alone or {})
         partly = (
             ""
             if finding.shrunk
@@ -191,8 +230,23 @@ class _Run:
             )
         )
         self.progress.message(
-            f"NEW [{finding.verdict.triage}] {finding.verdict.summary()[:150]}\n     saved {path}{partly}"
+            f"NEW [{finding.verdict.triage}] {finding.verdict.summary()[:150]}\n     saved {path}{partly}{own}"
         )
+
+    def _own_bug_of(self, entry, alone) -> str:
+        """A finding across two torches that fails the same way under one of them alone is that torch's own
+        bug: known for the rest of this run (steered away from), so the budget goes to bugs of the crossing.
+        What to tell the user ('' for a bug of the crossing, or a run on one torch)."""
+        import attrs
+
+        from shardfuzz.corpus import Known
+
+        own = [version for version, v in alone.items() if v.is_failure and v.signature() == entry.signature]
+        if not own:
+            return ""
+        known = Known(f"torch {own[0]}'s own bug: the case fails the same way under it alone", torch=f"=={own[0]}")
+        self.known.setdefault(entry.signature, []).append(attrs.evolve(entry, known=known))
+        return f"\n     fails the same way under torch {' and '.join(own)} alone: steered away from for the rest of this run"
 
     def abandon(self) -> bool:
         """Give up the case in flight a few seconds after a stop was asked, or after the budget's end
@@ -212,6 +266,19 @@ class _Run:
         from shardfuzz.executor.torchrun import TorchrunWorld
 
         config = self.config
+        if self.interpreters is not None:
+            from shardfuzz.executor.cross import CrossVersionPool
+
+            return CrossVersionPool(
+                self.world_size,
+                save=self.interpreters[0],
+                load=self.interpreters[1],
+                target=self.target,
+                case_timeout=config.case_timeout,
+                abandon=self.abandon,
+                device=config.device,
+                measured_deadlines=not config.generic_deadlines,
+            )
         if self.torchrun:
             return TorchrunWorld(
                 target=self.target,
@@ -234,6 +301,8 @@ class _Run:
 
         config, known, executor = self.config, self.known, self.executor
         device_key = () if config.device == "cpu" else (f"device={config.device}",)  # CPU keys as before GPUs
+        if self.torches is not None:  # examples of one pair of torches are not another's
+            device_key += ("torches={}->{}".format(*self.torches),)
         # Under torchrun there is no fresh pool to confirm on: the same ranks would answer again.
         confirm = None if config.no_confirm or self.torchrun else self.confirm
         return run_campaign(

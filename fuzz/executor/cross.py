@@ -62,6 +62,7 @@ class CrossVersionPool:
         self.world_size = world_size
         self.save, self.load = save, load
         self.save_pool, self.load_pool = pool(save), pool(load)
+        self.torches = (str(save.torch_version), str(load.torch_version))
         self._scratch: str | None = None
 
     def __enter__(self) -> CrossVersionPool:
@@ -121,3 +122,11 @@ class CrossVersionPool:
                 os.unlink(handoff_path(checkpoint_dir))
             except FileNotFoundError:
                 pass
+
+    def alone(self, case: Case) -> dict[str, Verdict]:
+        """The case run whole under each torch alone, by torch version (save side's first): where a
+        failure across the two also fails under one of them alone, it is that torch's own bug."""
+        return {
+            str(self.save.torch_version): self.save_pool.run(case),
+            str(self.load.torch_version): self.load_pool.run(case),
+        }
