@@ -12,6 +12,12 @@ not charged to any of them. Only cases that pass are timed (a failing case
 costs a process-group reset in the pool, which is not what this measures).
 
     python bench/bench_pool.py --world-size 4 --cases 40
+
+``--other-python PATH`` also times the same cases saved on ranks of that Python and loaded on
+this one's (``CrossVersionPool``, two warm pools; this Python's path measures the two pools'
+cost alone): only cases that pass both ways are timed.
+
+    python bench/bench_pool.py --world-size 4 --other-python "$(shardfuzz torch-env 2.10.0)"
 """
 
 from __future__ import annotations
@@ -148,6 +154,11 @@ def main(argv=None) -> int:
         action="store_true",
         help="with --rss-cases: leave out cases that meet the known FSDP1 segfault",
     )
+    parser.add_argument(
+        "--other-python",
+        default=None,
+        help="also time the cases saved under this Python's torch and loaded under this one's",
+    )
     args = parser.parse_args(argv)
     if args.rss_cases:
         return rss_run(args.rss_cases, args.world_size, args.seed, without_crashers=args.without_crashers)
@@ -157,6 +168,9 @@ def main(argv=None) -> int:
     drawn = draw_cases(args.cases * 3, args.world_size, args.seed)
     with RankPool(args.world_size) as pool:
         passing = [c for c in drawn if pool.run(c).ok][: args.cases]  # also the warm-up pass
+        across = time_across(args.other_python, passing, args.world_size) if args.other_python else None
+        if across is not None:
+            passing = across[0]
         started = time.perf_counter()
         for case in passing:
             verdict = pool.run(case)
@@ -184,7 +198,26 @@ def main(argv=None) -> int:
     print(f"  spawn per case  {1 / spawn:7.2f} cases/s  {spawn * 1000:8.1f} ms/case  ({len(spawn_times)} cases)")
     print(f"  warm pool / bare loop time per case: {warm / bare:.2f}x   (target <= 1.3x)")
     print(f"  warm pool speed-up over spawn-per-case: {spawn / warm:.1f}x   (target >= 30x)")
+    if across is not None:
+        cross, other = across[1] / len(passing), across[2]
+        print(f"  across torches  {1 / cross:7.2f} cases/s  {cross * 1000:8.1f} ms/case  (saved under {other})")
+        print(f"  across torches / warm pool time per case: {cross / warm:.2f}x")
     return 0
+
+
+def time_across(python: str, cases, world_size: int):
+    """(the cases that pass saved under ``python`` and loaded here, seconds for them all, its torch)."""
+    from shardfuzz.executor.cross import CrossVersionPool
+    from shardfuzz.interpreters import probe
+
+    other, here = probe(python), probe(sys.executable)
+    with CrossVersionPool(world_size, save=other, load=here) as pool:
+        passing = [c for c in cases if pool.run(c).ok]  # also the warm-up pass
+        started = time.perf_counter()
+        for case in passing:
+            verdict = pool.run(case)
+            assert verdict.ok, verdict.summary()
+        return passing, time.perf_counter() - started, other.torch_version
 
 
 if __name__ == "__main__":

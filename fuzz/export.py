@@ -125,6 +125,7 @@ def case_constants(
         "LOAD_MUTATION": case.load_mutation,
         "SAME_SHARDING": case.same_sharding,
         "CONTINUATION_TOLERANCE": oracles.CONTINUATION_TOLERANCE,
+        "ACROSS_TORCHES_TOLERANCE": oracles.ACROSS_TORCHES_TOLERANCE,
         "NO_TOLERANCE_DTYPES": oracles.NO_TOLERANCE_DTYPES,
         "OBJECT_TARGET": object_target,
         "SAVE_SIDE": side_description(case, save),

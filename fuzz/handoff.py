@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["handoff_path", "read_handoff", "write_handoff"]
+__all__ = ["handoff_path", "one_torch_hyperparameters", "read_handoff", "write_handoff"]
 
 
 def handoff_path(checkpoint_dir):
@@ -43,3 +43,22 @@ def read_handoff(checkpoint_dir):
         raise FileNotFoundError(f"{path}: the save run left no saved state here (did it run, on this folder?)")
     data = torch.load(path, weights_only=True)
     return data["torch"], data["expected"], data["expected_after"]
+
+
+def one_torch_hyperparameters(expected, actual):
+    """Param-group entries only one of the two torches has: a hyperparameter one torch added
+    (``decoupled_weight_decay``, say) cannot be in a checkpoint the other wrote, and the loading torch
+    fills its default (or, older, has no place for it): not the checkpoint's to restore. The keys
+    (``optim.param_groups.<group>.<name>``) of ``expected`` or ``actual`` whose ``<name>`` the other side
+    has in no param group."""
+
+    def names(state):
+        return {key.rsplit(".", 1)[-1] for key in state if key.startswith("optim.param_groups.")}
+
+    saved, loaded = names(expected), names(actual)
+    only_one = (saved - loaded) | (loaded - saved)
+    return {
+        key
+        for key in expected.keys() ^ actual.keys()
+        if key.startswith("optim.param_groups.") and key.rsplit(".", 1)[-1] in only_one
+    }

@@ -232,6 +232,14 @@ NO_TOLERANCE_DTYPES = ("bfloat16",)
 #: arithmetic, not the checkpoint (triaged from two empty-corpus findings). ``step`` counts stay exact.
 ADAPTIVE_STEP_SLACK = 2.0
 
+#: Continued under another torch than the one that saved, the same steps run other kernels: another
+#: torch may pick another optimizer implementation (foreach or not) and another reduction order, and
+#: RMSprop's and Adam's divisions by a running moment amplify the last bits. Measured across torch
+#: 2.4.1 -> 2.13.0: up to 1.3e-4 relative on an RMSprop momentum buffer after two steps, so the
+#: tolerance across torches is ten times the one across layouts (and the adaptive slack still applies);
+#: a fault (a lost moment, a reset step) moves values by far more.
+ACROSS_TORCHES_TOLERANCE = (1e-3, 1e-5)
+
 
 def continuation(
     expected_after: Mapping[str, Any],
@@ -242,19 +250,22 @@ def continuation(
     dtype: str = "float32",
     adaptive_lr: float | None = None,
     steps: int = 2,
+    across_torches: bool = False,
 ) -> list[Mismatch]:
     """``continuation``: parameters after k more steps on the loaded model equal those on the saved one.
 
     ``adaptive_lr``: the largest learning rate of an adaptive optimizer; across layouts the parameters then
-    get an absolute slack of ``ADAPTIVE_STEP_SLACK * lr * steps`` (see above)."""
-    if not identical_layout and dtype in NO_TOLERANCE_DTYPES:
+    get an absolute slack of ``ADAPTIVE_STEP_SLACK * lr * steps`` (see above). ``across_torches``: continued
+    under another torch than the saving one: within ``ACROSS_TORCHES_TOLERANCE`` whatever the layout."""
+    if (across_torches or not identical_layout) and dtype in NO_TOLERANCE_DTYPES:
         return []
-    if identical_layout:
+    if identical_layout and not across_torches:
         return compare_state(expected_after, actual_after, rank=rank, oracle="continuation")
-    found = compare_state(expected_after, actual_after, rank=rank, oracle="continuation", close=CONTINUATION_TOLERANCE)
+    tolerance = ACROSS_TORCHES_TOLERANCE if across_torches else CONTINUATION_TOLERANCE
+    found = compare_state(expected_after, actual_after, rank=rank, oracle="continuation", close=tolerance)
     if adaptive_lr is None:
         return found
-    slack = (CONTINUATION_TOLERANCE[0], ADAPTIVE_STEP_SLACK * adaptive_lr * steps)
+    slack = (tolerance[0], ADAPTIVE_STEP_SLACK * adaptive_lr * steps)
     return [
         m
         for m in found

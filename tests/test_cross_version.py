@@ -11,6 +11,7 @@ another torch (``tox -e crossversion`` makes one with ``shardfuzz torch-env``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import subprocess
@@ -434,3 +435,30 @@ def test_a_two_torch_corpus_entry_still_fails_as_recorded(path, entry, tmp_path)
     assert saved.returncode == 0, saved.stderr[-2000:]
     loaded = subprocess.run([load.python, script, "--phase", "load", "--dir", folder], capture_output=True, text=True)
     assert loaded.returncode == 1 and "REPRODUCED" in loaded.stderr, loaded.stderr[-2000:]
+
+
+# --- judging across torches -------------------------------------------------------------
+
+
+def test_a_hyperparameter_only_one_torch_has_is_not_the_checkpoints():
+    from shardfuzz.handoff import one_torch_hyperparameters
+
+    saved = {"optim.param_groups.0.weight.lr": 0.1, "model.w": torch.zeros(1)}
+    loaded = {**saved, "optim.param_groups.0.weight.decoupled_weight_decay": False}
+    assert one_torch_hyperparameters(saved, loaded) == {"optim.param_groups.0.weight.decoupled_weight_decay"}
+    assert one_torch_hyperparameters(loaded, saved) == {"optim.param_groups.0.weight.decoupled_weight_decay"}
+    # a hyperparameter both torches know, lost from one group, stays a finding
+    dropped = {k: v for k, v in saved.items() if not k.endswith(".lr")} | {"optim.param_groups.1.bias.lr": 0.1}
+    assert one_torch_hyperparameters(saved, dropped) == set()
+
+
+def test_continuation_across_torches_allows_kernel_drift_and_catches_a_fault():
+    from shardfuzz.oracles import continuation
+
+    saved = {"optim.state.0.bias.momentum_buffer": torch.tensor([2.468027353286743])}
+    drifted = {"optim.state.0.bias.momentum_buffer": torch.tensor([2.468346118927002])}  # seen: 2.4.1 -> 2.13.0
+    faulty = {"optim.state.0.bias.momentum_buffer": torch.tensor([1.234])}
+    judge = functools.partial(continuation, saved, rank=0, identical_layout=True)
+    assert judge(drifted)  # one torch, same layout: bit for bit
+    assert not judge(drifted, across_torches=True)
+    assert judge(faulty, across_torches=True)

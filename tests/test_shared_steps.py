@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from shardfuzz import bits, layers, rank_steps, repro_script
+from shardfuzz import bits, handoff, layers, rank_steps, repro_script
 from shardfuzz.case import FSDP1, FSDP2, SGD, Adam, BatchNorm, Block, Case, Conv, Linear, Model, Sequential, Side, Tied
 from shardfuzz.corpus import entry_for
 from shardfuzz.export import export_script
@@ -28,9 +28,9 @@ from shardfuzz.targets import DEFAULT_TARGET
 from shardfuzz.verdict import Mismatch, Verdict
 
 TESTS = Path(__file__).resolve().parent
-SHARED = (layers, rank_steps, bits)
+SHARED = (layers, rank_steps, bits, handoff)
 #: What an exported script imports at its top; a shared module may import no more there.
-SCRIPT_IMPORTS = {"__future__", "functools", "torch", "torch.distributed", "torch.nn"}
+SCRIPT_IMPORTS = {"__future__", "functools", "os", "torch", "torch.distributed", "torch.nn"}
 RECORDED = Verdict("mismatch", (Mismatch("complete-state", "optim.state.0.weight.exp_avg", 0, "missing after load"),))
 
 
