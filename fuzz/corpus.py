@@ -48,6 +48,8 @@ __all__ = [
 ]
 
 ENTRY_SCHEMA_VERSION = 1
+#: ``Entry.alone``'s outcome of a torch under which the case alone fails as it did across two torches.
+SAME_FAILURE = "fails the same way"
 
 
 class CorpusError(ValueError):
@@ -180,13 +182,14 @@ class Entry:
     known: Known | None = None
     schema_version: int = ENTRY_SCHEMA_VERSION
     # Found across two torches: the same case run whole under each torch alone, by torch version:
-    # "pass", or what failed. Passing under both makes it a bug of the crossing itself.
+    # "pass", SAME_FAILURE, or "fails otherwise: <what>". Failing the same way under neither makes it a
+    # bug of the crossing itself; the same way under one, that torch's own.
     alone: dict[str, str] = field(factory=dict)
 
     @property
     def across_only(self) -> bool:
-        """Whether it fails across two torches only (each torch alone passed the same case)."""
-        return bool(self.alone) and all(outcome == "pass" for outcome in self.alone.values())
+        """Whether it is a bug of the crossing: no torch alone fails the same way on the same case."""
+        return bool(self.alone) and SAME_FAILURE not in self.alone.values()
 
     @property
     def triage(self) -> str:
@@ -296,12 +299,11 @@ def entry_for(
     under each of them alone (``CrossVersionPool.alone``)."""
     summary = verdict.summary()
     flaky = ", flaky" if other is not None else ""
-    outcomes = {version: "pass" if v.ok else v.summary()[:500] for version, v in (alone or {}).items()}
+    outcomes = {version: _alone_outcome(v, verdict) for version, v in (alone or {}).items()}
     crossing = ""
     if torches is not None:
-        crossing = "torch {} -> {}{}, ".format(
-            *torches, "" if all(o == "pass" for o in outcomes.values()) else " (fails alone too)"
-        )
+        own = [version for version, outcome in outcomes.items() if outcome == SAME_FAILURE]
+        crossing = "torch {} -> {}{}, ".format(*torches, f" (fails alone under {' and '.join(own)})" if own else "")
     title = f"[{verdict.triage}{flaky}] {crossing}{summary.split(': ', 1)[-1]}"[:160]
     return Entry(
         title=title,
@@ -320,6 +322,15 @@ def entry_for(
         found=datetime.date.today().isoformat(),
         alone=outcomes,
     )
+
+
+def _alone_outcome(alone: Verdict, across: Verdict) -> str:
+    """What the case did under one torch alone, next to what it did across two (``Entry.alone``)."""
+    if alone.ok:
+        return "pass"
+    if alone.signature() == across.signature():
+        return SAME_FAILURE
+    return f"fails otherwise: {alone.summary()[:500]}"
 
 
 def _root_traceback(verdict: Verdict) -> str:

@@ -232,13 +232,19 @@ NO_TOLERANCE_DTYPES = ("bfloat16",)
 #: arithmetic, not the checkpoint (triaged from two empty-corpus findings). ``step`` counts stay exact.
 ADAPTIVE_STEP_SLACK = 2.0
 
-#: Continued under another torch than the one that saved, the same steps run other kernels: another
-#: torch may pick another optimizer implementation (foreach or not) and another reduction order, and
-#: RMSprop's and Adam's divisions by a running moment amplify the last bits. Measured across torch
-#: 2.4.1 -> 2.13.0: up to 1.3e-4 relative on an RMSprop momentum buffer after two steps, so the
-#: tolerance across torches is ten times the one across layouts (and the adaptive slack still applies);
-#: a fault (a lost moment, a reset step) moves values by far more.
-ACROSS_TORCHES_TOLERANCE = (1e-3, 1e-5)
+#: Continued under another torch than the one that saved, the same steps run other kernels (another
+#: torch, or another build of it, picks other CPU kernels, optimizer implementations and reduction
+#: orders), so even an identical layout no longer computes bit for bit. Where a gradient is
+#: mathematically zero (a bias before a BatchNorm) it is rounding noise, and that noise differs between
+#: torches: an SGD momentum buffer of it was 9.9e-5 under 2.10.0 and 1.09e-4 under 2.13.0, and an
+#: adaptive optimizer turns it into a step of up to ``noise_step`` learning rates (RMSprop moved such a
+#: BatchNorm bias by 0.078 at lr 0.01 under one torch and not at all under the other). Across torches,
+#: continuation therefore compares the model's parameters within this tolerance (plus the adaptive slack,
+#: scaled by the optimizer's ``noise_step``) and the optimizer's counters exactly; the optimizer's
+#: floating-point moments after the extra steps are left out (they were compared bit for bit right
+#: after the load, by complete-state). A fault that loses or resets state still moves the parameters by
+#: a learning rate or more, and step counters exactly.
+ACROSS_TORCHES_TOLERANCE = (1e-3, 1e-4)
 
 
 def continuation(
@@ -261,6 +267,12 @@ def continuation(
         return []
     if identical_layout and not across_torches:
         return compare_state(expected_after, actual_after, rank=rank, oracle="continuation")
+    if across_torches:
+        moments = {
+            k for k, v in expected_after.items() if k.startswith("optim.") and _is_float_tensor(v) and not _counter(k)
+        }
+        expected_after = {k: v for k, v in expected_after.items() if k not in moments}
+        actual_after = {k: v for k, v in actual_after.items() if k not in moments}
     tolerance = ACROSS_TORCHES_TOLERANCE if across_torches else CONTINUATION_TOLERANCE
     found = compare_state(expected_after, actual_after, rank=rank, oracle="continuation", close=tolerance)
     if adaptive_lr is None:
@@ -276,6 +288,15 @@ def continuation(
             and _compare_value(m.key, expected_after[m.key], actual_after[m.key], rank, "continuation", slack) is None
         )
     ]
+
+
+def _is_float_tensor(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.is_floating_point()
+
+
+def _counter(key: str) -> bool:
+    """An optimizer's step counter (a float tensor in torch's Adam, Adagrad and RMSprop): an exact count."""
+    return key.endswith(".step")
 
 
 @frozen

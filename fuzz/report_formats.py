@@ -21,9 +21,15 @@ def headline(report: dict) -> str:
     rate = report["cases_run"] / max(report["wall_seconds"], 1e-9)
     known = sum(k["hits"] for k in report.get("known_failures", []))
     stopped = f", stopped by {report['stopped']}" if report.get("stopped") not in ("", "budget", None) else ""
+    across = report.get("across_torches")
+    torch = (
+        f"saved under torch {across['save_torch']}, loaded under torch {across['load_torch']}"
+        if across
+        else f"on torch {report.get('torch', '?')}"
+    )
     return (
-        f"{report['cases_run']} cases in {report['wall_seconds']:.0f} s ({rate:.1f}/s) on torch "
-        f"{report.get('torch', '?')}: {report['passed']} passed, {len(report['failures'])} new failure(s), "
+        f"{report['cases_run']} cases in {report['wall_seconds']:.0f} s ({rate:.1f}/s) {torch}: "
+        f"{report['passed']} passed, {len(report['failures'])} new failure(s), "
         f"{known} hit(s) of {len(report.get('known_failures', []))} known bug(s){stopped}"
     )
 
@@ -40,6 +46,11 @@ def markdown(report: dict) -> str:
         f" ({report.get('replayed_from_database', 0)} example(s) replayed)",
         "",
     ]
+    across = report.get("across_torches")
+    if across:
+        lines += [f"- saved under {across['save']}", f"- loaded under {across['load']}"]
+        lines += [f"- left out (one torch lacks it): {name}: {why}" for name, why in across["left_out"].items()]
+        lines += [f"- continuation: {across['continuation']}", ""]
     lines += ["## New failures", ""]
     if report["failures"]:
         lines += [

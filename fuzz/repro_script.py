@@ -84,7 +84,7 @@ CHECKS: set[str] = set()
 LOAD_MUTATION: str | None = None
 SAME_SHARDING = True
 CONTINUATION_TOLERANCE = (1e-4, 1e-6)
-ACROSS_TORCHES_TOLERANCE = (1e-3, 1e-5)
+ACROSS_TORCHES_TOLERANCE = (1e-3, 1e-4)
 NO_TOLERANCE_DTYPES = ("bfloat16",)
 OBJECT_TARGET = False
 SAVE_SIDE: dict = {}
@@ -328,9 +328,13 @@ def round_trip(rank, checkpoint_dir, phase="both"):
                     (SAME_SHARDING and not across) or DTYPE not in NO_TOLERANCE_DTYPES
                 ):
                     close = ACROSS_TORCHES_TOLERANCE if across else None if SAME_SHARDING else CONTINUATION_TOLERANCE
-                    if across:
-                        expected_after = {k: v for k, v in expected_after.items() if k not in one_torch}
-                        actual_after = {k: v for k, v in actual_after.items() if k not in one_torch}
+                    if across:  # the model and the counters: the moments went bit for bit above (oracles.py)
+                        moments = {
+                            k for k, v in expected_after.items() if k.startswith("optim.") and torch.is_tensor(v)
+                            and v.is_floating_point() and not k.endswith(".step")
+                        } | one_torch  # fmt: skip
+                        expected_after = {k: v for k, v in expected_after.items() if k not in moments}
+                        actual_after = {k: v for k, v in actual_after.items() if k not in moments}
                     check(differences(expected_after, actual_after, close), "continuation")
     except BaseException as exc:
         print(f"REPRODUCED on rank {rank} in {PHASE[0]}: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -267,7 +267,7 @@ def _load_and_judge(case, ctx, target, checkpoint_dir, expected, expected_after,
                 rank=0,
                 identical_layout=case.same_sharding,
                 dtype=case.model.dtype,
-                adaptive_lr=_adaptive_lr(case),
+                adaptive_lr=_adaptive_lr(case, across_torches=across),
                 steps=CONTINUE_STEPS,
                 across_torches=across,
             )
@@ -280,9 +280,12 @@ def _without(state: dict, keys: set[str]) -> dict:
     return {k: v for k, v in state.items() if k not in keys}
 
 
-def _adaptive_lr(case: Case) -> float | None:
-    """The learning rate of an optimizer that scales steps by the gradient's own size (None for SGD)."""
-    return case.optimizer.lr if case.optimizer.adaptive else None
+def _adaptive_lr(case: Case, *, across_torches: bool = False) -> float | None:
+    """The learning rate of an optimizer that scales steps by the gradient's own size (None for SGD); across
+    torches, the largest step rounding noise can make it take (``noise_step`` learning rates)."""
+    if not case.optimizer.adaptive:
+        return None
+    return case.optimizer.lr * (case.optimizer.noise_step if across_torches else 1.0)
 
 
 def _load_incompatible(case, ctx, target, checkpoint_dir) -> list[Mismatch]:

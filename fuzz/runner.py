@@ -143,6 +143,8 @@ class _Run:
         }
         if interpreters is not None:
             self.meta["across_torches"] = {
+                "save_torch": str(interpreters[0].torch_version),
+                "load_torch": str(interpreters[1].torch_version),
                 "save": interpreters[0].describe(),
                 "load": interpreters[1].describe(),
                 "left_out": {k: v for k, v in capabilities().off.items() if v.startswith("left out")},
@@ -390,6 +392,8 @@ def print_summary(report: dict) -> None:
     from shardfuzz.report_formats import headline
 
     print(f"shardfuzz: {headline(report)}")
+    for name, why in report.get("across_torches", {}).get("left_out", {}).items():
+        print(f"  {name}: {why}")
     if report.get("seed") is not None:
         print(f"  seed {report['seed']} (repeat the draws with --seed {report['seed']})")
     for failure in report["failures"]:

@@ -105,17 +105,23 @@ def issue_text(entry: Entry, *, script: str, env: dict[str, str] | None = None) 
             "</details>",
             "",
         ]
-    lines += [
-        "## The case",
-        "",
-        describe(entry.case),
-        "",
-        "## Minimal reproducer",
-        "",
+    how = (
         f"Needs only torch. `python repro.py` (it starts {entry.replay_world_size} gloo rank(s) itself) or "
         f"`torchrun --standalone --nproc-per-node {entry.replay_world_size} repro.py`; it prints `REPRODUCED` "
-        f"and exits 1 when the failure shows.",
-        "",
+        f"and exits 1 when the failure shows."
+    )
+    if entry.torches is not None:
+        save, load = entry.torches
+        how = (
+            f"Saved under torch {save}, loaded under torch {load}: run `python repro.py --phase save --dir DIR` "
+            f"under the first, then `python repro.py --phase load --dir DIR` under the second (each starts "
+            f"{entry.replay_world_size} gloo rank(s)); the load prints `REPRODUCED` and exits 1 when the failure "
+            f"shows. Under each torch alone: "
+            + "; ".join(f"{version} {outcome}" for version, outcome in entry.alone.items())
+            + "."
+        )
+    lines += ["## The case", "", describe(entry.case), "", "## Minimal reproducer", "", how, ""]
+    lines += [
         "```python",
         script.rstrip(),
         "```",
@@ -132,7 +138,7 @@ def issue_text(entry: Entry, *, script: str, env: dict[str, str] | None = None) 
         "",
         "## Versions seen",
         "",
-        f"torch {', '.join(seen)}" + (f" (known range: `{entry.known.torch}`)" if entry.known else ""),
+        f"torch {', '.join(seen)}" + (f" (known range: {_torch_range(entry.known)})" if entry.known else ""),
         "",
     ]
     if entry.known is not None and entry.known.link:
@@ -155,7 +161,9 @@ def known_bug_table(entries: Iterable[tuple[Path, Entry]]) -> str:
         "strict xfail on a torch inside its range, so an upstream fix shows up as an unexpected pass. An entry "
         "met through a framework's checkpoint API (`target`) also names the framework versions it is known "
         "for (the strict xfail holds only where that framework is installed in range) and whether the bug "
-        "lies in the framework or in torch underneath (`in`; the entry's `evidence` says why).",
+        "lies in the framework or in torch underneath (`in`; the entry's `evidence` says why). An entry saved "
+        "under one torch and loaded under another gives a range for each (`save torch -> load torch`); "
+        "`tox -e crossversion` replays it (docs/cross-version.md).",
         "",
         f"{len(known)} known bugs.",
         "",
@@ -170,10 +178,15 @@ def known_bug_table(entries: Iterable[tuple[Path, Entry]]) -> str:
         frameworks = ", ".join(f"{name} `{spec}`" for name, spec in block.frameworks.items()) or "-"
         rows.append(
             f"| `{path.stem}` | {entry.triage} | {_cell(what)} | {_cell(describe(entry.case))} | {_cell(target)} | "
-            f"{block.layer} | `{block.torch}` | {_cell(frameworks)} | {', '.join(block.seen) or '-'} | "
+            f"{block.layer} | {_torch_range(block)} | {_cell(frameworks)} | {', '.join(block.seen) or '-'} | "
             f"{_cell(block.link or 'none found')} |"
         )
     return "\n".join(rows) + "\n"
+
+
+def _torch_range(block) -> str:
+    """``>=2.10``, or ``<2.5`` -> ``>=2.7`` for a bug saved under one torch and loaded under another."""
+    return f"`{block.save_torch}` -> `{block.torch}`" if block.save_torch else f"`{block.torch}`"
 
 
 def _cell(text: str) -> str:

@@ -23,6 +23,9 @@ class OptimizerKind:
 
     #: It scales each step by a running measure of the gradient's own size (see ``oracles.ADAPTIVE_STEP_SLACK``).
     adaptive: ClassVar[bool] = True
+    #: The largest step, in learning rates, that a gradient of pure rounding noise can cause in one step: Adam's
+    #: and Adagrad's normalised step is at most about 1; RMSprop's first is 1/sqrt(1 - alpha) = 10 (alpha 0.99).
+    noise_step: ClassVar[float] = 1.0
     lr: float
 
     def hyperparameters(self, perturbed: bool = False) -> dict:
@@ -39,6 +42,7 @@ class SGD(OptimizerKind):
     momentum: float = field(default=0.9, validator=instance_of(float))  # 0.0: no optimizer state at all
 
     adaptive: ClassVar[bool] = False
+    noise_step: ClassVar[float] = 0.0
 
     def hyperparameters(self, perturbed: bool = False) -> dict:
         scale = 0.5 if perturbed else 1.0
@@ -89,6 +93,8 @@ class RMSprop(OptimizerKind):
     lr: float = field(default=0.01, validator=instance_of(float))
     momentum: float = field(default=0.0, validator=instance_of(float))  # > 0 adds momentum_buffer
     centered: bool = field(default=False, validator=instance_of(bool))  # adds grad_avg
+
+    noise_step: ClassVar[float] = 10.0
 
     def hyperparameters(self, perturbed: bool = False) -> dict:
         scale = 0.5 if perturbed else 1.0
