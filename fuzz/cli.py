@@ -304,6 +304,7 @@ def _shrink_options(shrink: argparse.ArgumentParser) -> None:
         default=None,
         help="seconds before a case counts as hung (default: from the case's size)",
     )
+    _across_options(shrink)
 
 
 def _report_bug_options(report_bug: argparse.ArgumentParser) -> None:
@@ -472,6 +473,17 @@ def _interpreters(args):
     return tuple(probe(python or sys.executable) for python in (args.save_python, args.load_python))
 
 
+def _executor(interpreters, world_size: int, **options):
+    """A ``RankPool`` (one torch: this one, or ``--save-python`` and ``--load-python`` alike) or a
+    ``CrossVersionPool`` (two), with ``RankPool``'s ``options``."""
+    from shardfuzz.executor import RankPool
+    from shardfuzz.executor.cross import CrossVersionPool
+
+    if interpreters is None or interpreters[0] == interpreters[1]:
+        return RankPool(world_size, interpreter=interpreters[0] if interpreters else None, **options)
+    return CrossVersionPool(world_size, save=interpreters[0], load=interpreters[1], **options)
+
+
 def _replay(args) -> int:
     from shardfuzz.executor import PoolStartError, RankPool
     from shardfuzz.executor.cross import CrossVersionPool
@@ -507,12 +519,9 @@ def _replay(args) -> int:
     def pool_for(target: str, world_size: int) -> RankPool | CrossVersionPool:
         size = world_size if world_size in exact.get(target, ()) else sizes[target]
         if (target, size) not in pools:
-            options = {"target": target, "case_timeout": args.case_timeout, "device": args.device}
-            if interpreters is None or interpreters[0] == interpreters[1]:  # one torch: this one, or another
-                interpreter = interpreters[0] if interpreters else None
-                pools[target, size] = RankPool(size, interpreter=interpreter, **options)
-            else:
-                pools[target, size] = CrossVersionPool(size, save=interpreters[0], load=interpreters[1], **options)
+            pools[target, size] = _executor(
+                interpreters, size, target=target, case_timeout=args.case_timeout, device=args.device
+            )
         return pools[target, size]
 
     def show(replay) -> None:
@@ -590,11 +599,24 @@ def _shrink(args) -> int:
 
     from shardfuzz.corpus import rewrite_entry
     from shardfuzz.describe import describe
-    from shardfuzz.executor import PoolStartError, RankPool
+    from shardfuzz.executor import PoolStartError
+    from shardfuzz.interpreters import InterpreterError
     from shardfuzz.shrink import case_size, shrink_case
 
     entry = _entry("shrink", args.entry)
     if entry is None:
+        return 2
+    try:
+        interpreters = _interpreters(args)
+    except InterpreterError as exc:
+        print(f"shardfuzz shrink: {exc}", file=sys.stderr)
+        return 2
+    if entry.torches is not None and interpreters is None:
+        print(
+            "shardfuzz shrink: {} was saved under torch {} and loaded under torch {}: give --save-python and "
+            "--load-python".format(args.entry, *entry.torches),
+            file=sys.stderr,
+        )
         return 2
 
     def still_fails(case) -> bool:
@@ -609,7 +631,9 @@ def _shrink(args) -> int:
         file=sys.stderr,
     )
     try:
-        with RankPool(entry.replay_world_size, target=entry.target, case_timeout=args.case_timeout) as pool:
+        with _executor(
+            interpreters, entry.replay_world_size, target=entry.target, case_timeout=args.case_timeout
+        ) as pool:
             started = time.monotonic()
             if not still_fails(entry.case):
                 print(

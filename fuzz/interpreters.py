@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from typing import Any
 
 import attrs
 
@@ -97,10 +98,14 @@ def probe(python: str) -> Interpreter:
         python_version=data["python"],
         prefix=data["prefix"],
         sys_path=tuple(data["sys_path"]),
-        capabilities=Capabilities(
-            **{k: tuple(v) if isinstance(v, list) else v for k, v in data["capabilities"].items()}
-        ),
+        capabilities=_capabilities_of(data["capabilities"]),
     )
+
+
+def _capabilities_of(fields: dict[str, Any]) -> Capabilities:
+    """``Capabilities`` from its JSON fields (lists back to tuples)."""
+    values: dict[str, Any] = {name: tuple(v) if isinstance(v, list) else v for name, v in fields.items()}
+    return Capabilities(**values)
 
 
 @functools.cache

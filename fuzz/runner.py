@@ -125,7 +125,9 @@ class _Run:
         for problem in problems:
             print(f"shardfuzz: skipping corpus file: {problem}", file=sys.stderr)
         self.interpreters = interpreters  # (save, load) Interpreters of a run across two Pythons, or None
-        self.torches = None if interpreters is None else tuple(str(i.torch_version) for i in interpreters)
+        self.torches: tuple[str, str] | None = None
+        if interpreters is not None:
+            self.torches = (str(interpreters[0].torch_version), str(interpreters[1].torch_version))
         save_torch, load_torch = self.torches or (None, str(torch.__version__))
         self.known = known_bugs(entries, load_torch, save_torch=save_torch)
         # A random seed is chosen here, not inside Hypothesis, so the report can say which one to repeat the run with.

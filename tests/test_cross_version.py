@@ -511,3 +511,11 @@ def test_a_run_across_torches_says_so_in_its_headline_and_summary():
     }  # fmt: skip
     assert "saved under torch 2.10.0+cu128, loaded under torch 2.13.0+cpu" in headline(report)
     assert "left out (one torch lacks it): fsdp1_subgroups" in markdown(report)
+
+
+def test_shrink_of_a_two_torch_entry_asks_for_both_pythons(tmp_path, capsys):
+    from shardfuzz.cli import main
+
+    path = save_entry(tmp_path, two_torch_entry())
+    assert main(["shrink", str(path)]) == 2
+    assert "give --save-python and --load-python" in capsys.readouterr().err

@@ -73,6 +73,14 @@ class CrossVersionPool:
         self.close()
 
     @property
+    def case_timeout(self) -> float | None:
+        return self.save_pool.case_timeout
+
+    @case_timeout.setter
+    def case_timeout(self, seconds: float | None) -> None:
+        self.save_pool.case_timeout = self.load_pool.case_timeout = seconds
+
+    @property
     def events(self) -> list:
         return self.save_pool.events + self.load_pool.events
 

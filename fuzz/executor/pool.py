@@ -314,7 +314,7 @@ class RankPool:
         if self.deadlines is not None and self.case_timeout is None and not generic_deadline:
             timeout = self.deadlines.deadline(timeout)
         owned = checkpoint_dir is None
-        checkpoint_dir = os.path.join(self._started_scratch, "case") if owned else checkpoint_dir
+        checkpoint_dir = checkpoint_dir or os.path.join(self._started_scratch, "case")
         for rank in range(self.world_size):
             os.truncate(self._log(rank), 0)
         try:
