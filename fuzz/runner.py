@@ -211,7 +211,7 @@ class _Run:
     def on_finding(self, finding) -> None:
         from shardfuzz.corpus import entry_for, save_entry
 
-        alone = self.executor.alone(finding.case) if self.torches is not None else None
+        alone = self._alone(finding.case) if self.torches is not None else None
         entry = entry_for(
             finding.case,
             finding.verdict,
@@ -225,6 +225,10 @@ class _Run:
         path = save_entry(self.config.corpus, entry)
         self.corpus_files[finding.signature] = str(path)
         own = self._own_bug_of(entry, alone or {})
+        if self.torches is not None and alone is None:
+            own = (
+                "\n     not run under each torch alone: the run was stopping (`shardfuzz replay` with both Pythons can)"
+            )
         partly = (
             ""
             if finding.shrunk
@@ -236,6 +240,16 @@ class _Run:
         self.progress.message(
             f"NEW [{finding.verdict.triage}] {finding.verdict.summary()[:150]}\n     saved {path}{partly}{own}"
         )
+
+    def _alone(self, case):
+        """The case under each torch alone (``CrossVersionPool.alone``), or None when the run is stopping
+        (the budget's end, a signal) or ranks cannot start: the finding is saved all the same."""
+        from shardfuzz.executor import PoolStartError
+
+        try:
+            return self.executor.alone(case)
+        except (StopRequested, PoolStartError):
+            return None
 
     def _own_bug_of(self, entry, alone) -> str:
         """A finding across two torches that fails the same way under one of them alone is that torch's own

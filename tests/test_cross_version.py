@@ -29,6 +29,7 @@ from shardfuzz.corpus import Entry, Known, entry_for, known_bugs, load_entry, sa
 from shardfuzz.handoff import handoff_path, read_handoff, write_handoff
 from shardfuzz.interpreters import Interpreter, InterpreterError, probe
 from shardfuzz.replay import replay_entries
+from shardfuzz.targets import DEFAULT_TARGET
 from shardfuzz.verdict import RankError, Verdict
 
 OTHER_PYTHON = os.environ.get("SHARDFUZZ_OTHER_PYTHON")
@@ -519,3 +520,30 @@ def test_shrink_of_a_two_torch_entry_asks_for_both_pythons(tmp_path, capsys):
     path = save_entry(tmp_path, two_torch_entry())
     assert main(["shrink", str(path)]) == 2
     assert "give --save-python and --load-python" in capsys.readouterr().err
+
+
+class _StoppingPool:
+    """A cross-version executor whose runs are abandoned: the run is stopping."""
+
+    def alone(self, case):
+        from shardfuzz.executor import CaseAbandoned
+
+        raise CaseAbandoned("abandoned the case in flight")
+
+
+def test_a_finding_across_torches_is_saved_even_when_the_run_stops_before_it_runs_alone(tmp_path):
+    """No lost corpus entry: the runs under each torch alone come after the finding, and a stop (the budget's
+    end, a signal) during them leaves the entry saved without their outcomes."""
+    from shardfuzz.campaign_result import Finding
+    from shardfuzz.corpus import load_corpus
+    from shardfuzz.run_config import RunConfig
+    from shardfuzz.runner import _Run
+
+    run = _Run(
+        RunConfig(corpus=tmp_path, plain=True), target=DEFAULT_TARGET, torchrun=False, world_size=2,
+        devices=("cpu",), database=None, interpreters=(probe(sys.executable), other_environment()),
+    )  # fmt: skip
+    run.executor = _StoppingPool()
+    run.on_finding(Finding(CASE, LOAD_ERROR))
+    ((_, entry),) = load_corpus(tmp_path)[0]
+    assert entry.torches is not None and entry.alone == {}
