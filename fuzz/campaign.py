@@ -456,7 +456,10 @@ def _polished(
         verdict = verdicts[case]
         return verdict.is_failure and verdict.signature() == signature and not is_known(signature, case)
 
-    outcome = shrink_case(failure.case, still_fails, budget=budget)
+    try:
+        outcome = shrink_case(failure.case, still_fails, budget=budget)
+    except StopRequested:  # a case of the descent outran the budget's end (or a stop): keep the failure as it is
+        return failure, False
     if outcome.case == failure.case:
         return failure, outcome.finished
     polished = type(failure)(outcome.case, verdicts[outcome.case])

@@ -236,3 +236,22 @@ def test_a_known_bugs_own_case_narrows_the_steering_conditions_to_what_it_needs(
     assert conditions["load_engine"] == "fsdp2"
     assert set(conditions) <= {k for k, v in dimensions(minimal).items()}
     assert len(conditions) < 20  # of ~55 dimensions: what the hits and the minimal case share
+
+
+def test_a_descent_cut_by_the_budgets_end_keeps_the_failure_it_started_from():
+    """The polishing descent runs cases after Hypothesis's shrink; one that outruns the budget's end is
+    abandoned by the pool (``CaseAbandoned``). The finding must still be added, as it stood (seen escaping as
+    "stopped before the first case" with the finding lost, in a 40 s run across torches)."""
+    from shardfuzz.campaign import CaseFailed, _polished
+    from shardfuzz.campaign_result import CampaignResult
+    from shardfuzz.case import SGD, Case, Linear, Model, Sequential, Side, Unsharded
+    from shardfuzz.executor import CaseAbandoned
+
+    case = Case(Model(2, Sequential([Linear(3), Linear(2)])), Side(Unsharded(), (1,)), Side(Unsharded(), (1,)), SGD())
+    failure = CaseFailed(case, Verdict("error", errors=(RankError(0, "load", "RuntimeError", "boom"),)))
+
+    def abandoned(case):
+        raise CaseAbandoned("abandoned the case in flight")
+
+    kept, finished = _polished(failure, abandoned, CampaignResult(), 60.0, lambda s, c: False, {})
+    assert kept is failure and not finished
