@@ -173,23 +173,29 @@ def test_ranks_started_in_another_environment_run_a_case():
 # --- two runs, two pools -------------------------------------------------------------
 
 
-def test_a_case_saved_on_one_pool_and_loaded_on_another_passes():
+def test_two_pools_round_trip_a_case_and_catch_a_fault_in_the_load_run():
+    """Saved on ranks of another environment, loaded on this one's: a correct load passes (the pools stay warm,
+    and the case passes under each torch alone), and a fault in the load (a perturbed element where the load
+    side has two ranks) is caught by complete-state. One pair of pools for both: they cost seconds to start."""
     from shardfuzz.executor.cross import CrossVersionPool
 
-    with CrossVersionPool(2, save=other_environment(), load=probe(sys.executable)) as pool:
-        verdicts = [pool.run(CASE) for _ in range(2)]  # the pools stay warm
+    faulty = attrs.evolve(CASE, load=Side(FSDP1(), (2,)))
+    with CrossVersionPool(
+        2, save=other_environment(), load=probe(sys.executable), target="tests.faults:PerturbOnTwoRanks"
+    ) as pool:
+        verdicts = [pool.run(CASE) for _ in range(2)]
         alone = pool.alone(CASE)
+        caught = pool.run(faulty)
     assert [v.status for v in verdicts] == ["pass", "pass"]
     assert pool.starts == 2
     assert {v.status for v in alone.values()} == {"pass"}
+    assert caught.status == "mismatch" and caught.mismatches[0].oracle == "complete-state", caught.summary()
 
 
+@pytest.mark.slow  # the default tier catches a fault across two pools in the test above
 @pytest.mark.parametrize(
     ("fault", "oracle"),
-    [
-        ("PerturbOneLoadedElement", "complete-state"),
-        pytest.param("DropLastRankShard", "complete-state", marks=pytest.mark.slow),
-    ],
+    [("PerturbOneLoadedElement", "complete-state"), ("DropLastRankShard", "complete-state")],
 )
 def test_a_fault_in_the_load_run_is_caught_across_two_pools(fault, oracle):
     from shardfuzz.executor.cross import CrossVersionPool
@@ -308,6 +314,7 @@ def test_export_of_a_two_torch_entry_says_how_to_run_each_half(tmp_path):
     assert "SAVE_TORCH = '2.4.1+cu121'" in script
 
 
+@pytest.mark.slow  # two scripts, each starting torch and its ranks; tox -e crossversion runs real pairs
 def test_exported_phases_reproduce_across_two_runs(tmp_path):
     """The script's --phase save, then --phase load on the same folder, with a fault in the loaded values:
     the load run finds it (here both runs use this torch)."""
