@@ -16,7 +16,7 @@ from shardfuzz.case import FSDP1, SGD, Case, Linear, Model, Sequential, Side
 from shardfuzz.corpus import CorpusError, Known, entry_for, known_bugs, load_corpus, load_entry, save_entry
 from shardfuzz.executor.deadlines import MeasuredDeadlines
 from shardfuzz.pytest_plugin import shared_pool
-from shardfuzz.targets import DEFAULT_TARGET, unavailable
+from shardfuzz.targets import unavailable
 from shardfuzz.verdict import Mismatch, Verdict
 
 CORPUS = Path(__file__).resolve().parent.parent / "corpus"
@@ -45,8 +45,8 @@ def _replay_params():
                     f"release, update the range): {entry.known.link or entry.known.description}",
                 )
             )
-        if entry.status == "hang" and entry.target != DEFAULT_TARGET:
-            marks.append(pytest.mark.slow)  # a deadline and a restart of ranks that import the framework: ~20 s
+        if entry.status == "hang":
+            marks.append(pytest.mark.slow)  # a deadline and a restart of the ranks: 12-20 s each on 2 cores
         params.append(pytest.param(entry, id=path.stem, marks=marks))
     return params
 

@@ -181,7 +181,7 @@ def test_two_pools_round_trip_a_case_and_catch_a_fault_in_the_load_run():
 
     faulty = attrs.evolve(CASE, load=Side(FSDP1(), (2,)))
     with CrossVersionPool(
-        2, save=other_environment(), load=probe(sys.executable), target="tests.faults:PerturbOnTwoRanks"
+        2, save=other_environment(), load=probe(sys.executable), target="faults:PerturbOnTwoRanks"
     ) as pool:
         verdicts = [pool.run(CASE) for _ in range(2)]
         alone = pool.alone(CASE)
@@ -217,7 +217,7 @@ def test_a_failed_save_run_is_the_verdict_and_the_load_run_never_starts(tmp_path
     flag.touch()
     monkeypatch.setenv("SHARDFUZZ_TEST_FAULT_FLAG", str(flag))  # before the ranks start: they inherit it
     with CrossVersionPool(
-        2, save=other_environment(), load=probe(sys.executable), target="tests.faults:ExitOnSave"
+        2, save=other_environment(), load=probe(sys.executable), target="faults:ExitOnSave"
     ) as pool:
         verdict = pool.run(attrs.evolve(CASE, save=Side(FSDP1(), (2,)), load=Side(FSDP1(), (2,))))
         assert verdict.status == "crash" and verdict.where == "save", verdict.summary()
