@@ -216,9 +216,7 @@ def test_a_failed_save_run_is_the_verdict_and_the_load_run_never_starts(tmp_path
     flag = tmp_path / "armed"
     flag.touch()
     monkeypatch.setenv("SHARDFUZZ_TEST_FAULT_FLAG", str(flag))  # before the ranks start: they inherit it
-    with CrossVersionPool(
-        2, save=other_environment(), load=probe(sys.executable), target="faults:ExitOnSave"
-    ) as pool:
+    with CrossVersionPool(2, save=other_environment(), load=probe(sys.executable), target="faults:ExitOnSave") as pool:
         verdict = pool.run(attrs.evolve(CASE, save=Side(FSDP1(), (2,)), load=Side(FSDP1(), (2,))))
         assert verdict.status == "crash" and verdict.where == "save", verdict.summary()
         assert pool.load_pool._cases_since_start == 0
