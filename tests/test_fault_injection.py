@@ -67,6 +67,7 @@ def test_swapped_optimizer_moments_are_found_and_shrunk(shardfuzz_known):
     assert case.model.input_width == 1
 
 
+@pytest.mark.slow  # ~20 s; the default tier keeps complete-state's perturbed-element test and the two-pool one
 def test_buffers_left_unloaded_are_found_and_shrunk_to_one_batch_norm(shardfuzz_known):
     """The state oracle covers buffers: BatchNorm's running statistics not loaded is a mismatch."""
     with RankPool(2, target="shardfuzz.mutants:BuffersNotLoaded") as pool:

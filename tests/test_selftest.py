@@ -15,7 +15,16 @@ from shardfuzz.selftest import run_selftest
 pytestmark = pytest.mark.ranks
 
 
-@pytest.mark.parametrize("mutant", ["StepTensorsShared", "ShardOnDimOne", "PartialLoadAllowed", "ReplicasNotLoaded"])
+@pytest.mark.parametrize(
+    "mutant",
+    [
+        "StepTensorsShared",
+        # layout: ~17 s end to end; its unit tests stay in the default tier (test_oracles.py)
+        pytest.param("ShardOnDimOne", marks=pytest.mark.slow),
+        "PartialLoadAllowed",
+        "ReplicasNotLoaded",
+    ],
+)
 def test_the_oracle_made_for_it_kills_and_shrinks_the_mutant(mutant, shardfuzz_known):
     # 80 s: half of it may go to shrinking, which norm layers made longer (a 20 s shrink left a
     # BatchNorm or two in ShardOnDimOne's case on a busy 2-core machine); the run ends at its first kill.
