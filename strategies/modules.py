@@ -20,6 +20,7 @@ from shardfuzz.case import (
     LayerNorm,
     Linear,
     Model,
+    RMSNorm,
     Scale,
     Sequential,
     Tied,
@@ -84,7 +85,7 @@ def module_trees(
     """A container tree of at most ``max_leaves`` leaves: Sequential and custom Block nodes
     over Linears, with at least one trainable Linear, and (one leaf in five) norm layers,
     (one in ten) convolutions, and (one in twenty each) ``Scale`` leaves with a 0-D parameter
-    and ``Tied`` pairs of Linears sharing a weight.
+    and ``Tied`` pairs of Linears sharing a weight, and ``RMSNorm`` layers.
 
     Single-child containers make deep nesting (depth 3 and more) cheap to reach.
     A bare leaf drawn as the whole tree is put in a Sequential (the root is a container).
@@ -94,7 +95,7 @@ def module_trees(
     check_int("max_children", max_children, minimum=1)
     linear, norm = linears(max_width=max_width), norm_layers()
     nodes = st.recursive(
-        st.one_of(*[linear] * 12, *[norm] * 4, convs(), convs(), st.builds(Scale), st.builds(Tied)),
+        st.one_of(*[linear] * 12, *[norm] * 4, convs(), convs(), st.builds(Scale), st.builds(Tied), st.builds(RMSNorm)),
         lambda inner: _containers(inner, max_children),
         max_leaves=max_leaves,
     )

@@ -217,8 +217,23 @@ class Tied(Leaf):
         return {"a.weight": (width, width), **biases}
 
 
+@frozen
+class RMSNorm(Leaf):
+    """``nn.RMSNorm`` over the previous layer's width, as transformer blocks normalise (Llama's): a
+    1-D weight and no bias."""
+
+    module_types: ClassVar[dict[str, str]] = {"RMSNorm": "nn.RMSNorm"}
+    coverage: ClassVar[tuple[str, dict[str, str]] | None] = ("rms_norm", {"RMSNorm": "true"})
+
+    def layer(self, width: int) -> LayerCall:
+        return LayerCall("nn.RMSNorm", (width,))
+
+    def parameter_shapes(self, width: int) -> dict[str, tuple[int, ...]]:
+        return {"weight": (width,)}
+
+
 #: The leaf kinds, the registry every part of shardfuzz reads: a new kind is added here.
-LEAF_CLASSES: tuple[type[Leaf], ...] = (Linear, LayerNorm, BatchNorm, Conv, Embedding, Scale, Tied)
+LEAF_CLASSES: tuple[type[Leaf], ...] = (Linear, LayerNorm, BatchNorm, Conv, Embedding, Scale, Tied, RMSNorm)
 
 #: Parameter dtypes of a whole model (``Model.dtype``); float32 unless drawn otherwise.
 DTYPES = ("float32", "float64", "bfloat16")
