@@ -10,7 +10,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["Block", "Conv1dLeaf", "Conv2dLeaf", "ScaleLeaf", "TiedLeaf", "layer_class"]
+__all__ = [
+    "Block",
+    "Conv1dLeaf",
+    "Conv2dLeaf",
+    "ScaleLeaf",
+    "TiedLeaf",
+    "SwiGLULeaf",
+    "AttentionLeaf",
+    "MultiheadAttentionLeaf",
+    "TransformerBlockLeaf",
+    "layer_class",
+]
 
 
 class Block(nn.Module):
@@ -65,6 +76,82 @@ class TiedLeaf(nn.Module):
 
     def forward(self, x):
         return self.b(self.a(x))
+
+
+class SwiGLULeaf(nn.Module):
+    """Llama's feed-forward: ``w2(silu(w1(x)) * w3(x))``, three bias-free Linears through a hidden width."""
+
+    def __init__(self, width, hidden):
+        super().__init__()
+        self.w1 = nn.Linear(width, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, width, bias=False)
+        self.w3 = nn.Linear(width, hidden, bias=False)
+
+    def forward(self, x):
+        return self.w2(nn.functional.silu(self.w1(x)) * self.w3(x))
+
+
+class AttentionLeaf(nn.Module):
+    """Hand-built causal self-attention over the batch taken as one sequence: projections ``wq`` to
+    ``heads * head_dim``, ``wk``/``wv`` to ``kv_heads * head_dim`` (grouped-query where fewer), ``wo``
+    back to the width. Where ``head_dim`` is even, rotary position embedding from ``inv_freq``, a
+    non-persistent buffer (in no state dict: a rebuilt model must compute it again, as Llama's does)."""
+
+    def __init__(self, width, heads, kv_heads, head_dim):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+        self.wq = nn.Linear(width, heads * head_dim, bias=False)
+        self.wk = nn.Linear(width, kv_heads * head_dim, bias=False)
+        self.wv = nn.Linear(width, kv_heads * head_dim, bias=False)
+        self.wo = nn.Linear(heads * head_dim, width, bias=False)
+        if head_dim % 2 == 0:
+            self.register_buffer("inv_freq", self.rotary_frequencies(), persistent=False)
+
+    def rotary_frequencies(self):
+        """The rotary table, a function of the shape alone (to recompute it after ``to_empty``)."""
+        return 1.0 / (10000.0 ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim))
+
+    def _rotate(self, x):  # x: (heads, seq, head_dim)
+        angles = torch.outer(torch.arange(x.shape[1], device=x.device, dtype=x.dtype), self.inv_freq.to(x.dtype))
+        cos, sin = angles.cos(), angles.sin()
+        even, odd = x[..., 0::2], x[..., 1::2]
+        return torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2)
+
+    def forward(self, x):
+        seq = x.shape[0]
+        q = self.wq(x).view(seq, self.heads, self.head_dim).transpose(0, 1)
+        k = self.wk(x).view(seq, self.kv_heads, self.head_dim).transpose(0, 1)
+        v = self.wv(x).view(seq, self.kv_heads, self.head_dim).transpose(0, 1)
+        if self.head_dim % 2 == 0:
+            q, k = self._rotate(q), self._rotate(k)
+        repeat = self.heads // self.kv_heads
+        k, v = k.repeat_interleave(repeat, dim=0), v.repeat_interleave(repeat, dim=0)
+        out = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.wo(out.transpose(0, 1).reshape(seq, self.heads * self.head_dim))
+
+
+class MultiheadAttentionLeaf(nn.MultiheadAttention):
+    """``nn.MultiheadAttention`` as self-attention over the batch taken as one sequence: q, k and v
+    come from one packed ``in_proj_weight`` (3 * width rows), the output from ``out_proj``."""
+
+    def forward(self, x):
+        return super().forward(x, x, x, need_weights=False)[0]
+
+
+class TransformerBlockLeaf(nn.Module):
+    """A pre-norm transformer block as Llama's: ``h = x + attention(attention_norm(x))``, then
+    ``h + feed_forward(ffn_norm(h))``, with RMSNorms, an ``AttentionLeaf`` and a ``SwiGLULeaf``."""
+
+    def __init__(self, width, heads, kv_heads, head_dim, hidden):
+        super().__init__()
+        self.attention_norm = nn.RMSNorm(width)
+        self.attention = AttentionLeaf(width, heads, kv_heads, head_dim)
+        self.ffn_norm = nn.RMSNorm(width)
+        self.feed_forward = SwiGLULeaf(width, hidden)
+
+    def forward(self, x):
+        h = x + self.attention(self.attention_norm(x))
+        return h + self.feed_forward(self.ffn_norm(h))
 
 
 def layer_class(name: str) -> type:

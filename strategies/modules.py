@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from shardfuzz.case import (
     DTYPES,
     LEAF_CLASSES,
+    Attention,
     BatchNorm,
     Block,
     Conv,
@@ -20,10 +21,13 @@ from shardfuzz.case import (
     LayerNorm,
     Linear,
     Model,
+    MultiheadAttention,
     RMSNorm,
     Scale,
     Sequential,
+    SwiGLU,
     Tied,
+    TransformerBlock,
     has_trainable_linear,
     leaves,
     map_first_linear,
@@ -31,7 +35,18 @@ from shardfuzz.case import (
 from shardfuzz.strategies._helpers import check_int, check_interval
 from shardfuzz.strategies.options import rarely
 
-__all__ = ["widths", "linears", "norm_layers", "convs", "embeddings", "dtypes", "module_trees", "models"]
+__all__ = [
+    "widths",
+    "linears",
+    "norm_layers",
+    "convs",
+    "embeddings",
+    "attention_layers",
+    "transformer_blocks",
+    "dtypes",
+    "module_trees",
+    "models",
+]
 
 _SMALL = 4
 
@@ -69,6 +84,43 @@ def embeddings(*, max_width: int = 16) -> st.SearchStrategy[Embedding | None]:
     )
 
 
+def _head_counts(draw_heads: st.SearchStrategy[int]) -> st.SearchStrategy[tuple[int, int]]:
+    """``(heads, kv_heads)`` with ``kv_heads`` a divisor of ``heads`` (grouped-query when below it)."""
+    return draw_heads.flatmap(lambda heads: st.tuples(st.just(heads), st.sampled_from(_divisors(heads))))
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(n, 0, -1) if n % d == 0]  # n first: shrinks to plain multi-head
+
+
+def attention_layers(*, max_heads: int = 4, max_head_dim: int = 4) -> st.SearchStrategy[Attention | MultiheadAttention]:
+    """Self-attention: a hand-built q/k/v/o ``Attention`` (heads, grouped kv heads, head size; rotary
+    where the head size is even) or ``nn.MultiheadAttention`` with its packed q/k/v weight."""
+    check_int("max_heads", max_heads, minimum=1)
+    check_int("max_head_dim", max_head_dim, minimum=1)
+    heads = st.integers(1, max_heads)
+    qkvo = st.tuples(_head_counts(heads), st.integers(1, max_head_dim)).map(
+        lambda drawn: Attention(heads=drawn[0][0], kv_heads=drawn[0][1], head_dim=drawn[1])
+    )
+    return st.one_of(qkvo, st.builds(MultiheadAttention, heads=heads, bias=st.booleans()))
+
+
+def swiglus(*, max_width: int = 16) -> st.SearchStrategy[SwiGLU]:
+    """A SwiGLU feed-forward through a hidden width drawn like a width."""
+    return st.builds(SwiGLU, widths(max_value=max_width))
+
+
+def transformer_blocks(
+    *, max_heads: int = 4, max_head_dim: int = 4, max_width: int = 16
+) -> st.SearchStrategy[TransformerBlock]:
+    """A pre-norm transformer block: RMSNorms, q/k/v/o attention and a SwiGLU feed-forward."""
+    check_int("max_heads", max_heads, minimum=1)
+    check_int("max_head_dim", max_head_dim, minimum=1)
+    return st.tuples(
+        _head_counts(st.integers(1, max_heads)), st.integers(1, max_head_dim), widths(max_value=max_width)
+    ).map(lambda drawn: TransformerBlock(heads=drawn[0][0], kv_heads=drawn[0][1], head_dim=drawn[1], hidden=drawn[2]))
+
+
 def dtypes() -> st.SearchStrategy[str]:
     """The model's dtype: float32 in 3 draws of 4, else float64 or bfloat16; shrinks to float32."""
     return st.sampled_from(("float32",) * 6 + tuple(d for d in DTYPES if d != "float32"))
@@ -85,7 +137,8 @@ def module_trees(
     """A container tree of at most ``max_leaves`` leaves: Sequential and custom Block nodes
     over Linears, with at least one trainable Linear, and (one leaf in five) norm layers,
     (one in ten) convolutions, and (one in twenty each) ``Scale`` leaves with a 0-D parameter
-    and ``Tied`` pairs of Linears sharing a weight, and ``RMSNorm`` layers.
+    and ``Tied`` pairs of Linears sharing a weight; and the transformer's leaves, one in twenty-five
+    each: ``RMSNorm``, attention (``attention_layers``), a SwiGLU feed-forward and a whole block.
 
     Single-child containers make deep nesting (depth 3 and more) cheap to reach.
     A bare leaf drawn as the whole tree is put in a Sequential (the root is a container).
@@ -95,7 +148,18 @@ def module_trees(
     check_int("max_children", max_children, minimum=1)
     linear, norm = linears(max_width=max_width), norm_layers()
     nodes = st.recursive(
-        st.one_of(*[linear] * 12, *[norm] * 4, convs(), convs(), st.builds(Scale), st.builds(Tied), st.builds(RMSNorm)),
+        st.one_of(
+            *[linear] * 12,
+            *[norm] * 4,
+            convs(),
+            convs(),
+            st.builds(Scale),
+            st.builds(Tied),
+            st.builds(RMSNorm),
+            attention_layers(),
+            swiglus(max_width=max_width),
+            transformer_blocks(max_width=max_width),
+        ),
         lambda inner: _containers(inner, max_children),
         max_leaves=max_leaves,
     )

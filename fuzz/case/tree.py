@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, ClassVar, NamedTuple, Union
 
@@ -232,8 +233,158 @@ class RMSNorm(Leaf):
         return {"weight": (width,)}
 
 
+def _divides_heads(instance, attribute, value):
+    if instance.heads % value:
+        raise ValueError(f"kv_heads {value} must divide heads {instance.heads} (each kv head serves a group)")
+
+
+def _attention_shapes(width: int, heads: int, kv_heads: int, head_dim: int) -> dict[str, tuple[int, ...]]:
+    return {
+        "wq.weight": (heads * head_dim, width),
+        "wk.weight": (kv_heads * head_dim, width),
+        "wv.weight": (kv_heads * head_dim, width),
+        "wo.weight": (width, heads * head_dim),
+    }
+
+
+def _swiglu_shapes(width: int, hidden: int) -> dict[str, tuple[int, ...]]:
+    return {"w1.weight": (hidden, width), "w2.weight": (width, hidden), "w3.weight": (hidden, width)}
+
+
+@frozen
+class SwiGLU(Leaf):
+    """Llama's feed-forward (``layers.SwiGLULeaf``): bias-free ``w1``, ``w3`` to ``hidden`` and ``w2`` back."""
+
+    hidden: int = field(validator=_POSITIVE_INT)
+
+    module_types: ClassVar[dict[str, str]] = {"SwiGLU": "SwiGLULeaf"}
+    coverage: ClassVar[tuple[str, dict[str, str]] | None] = ("swiglu", {"SwiGLU": "true"})
+
+    def layer(self, width: int) -> LayerCall:
+        return LayerCall("SwiGLULeaf", (width, self.hidden))
+
+    def parameter_shapes(self, width: int) -> dict[str, tuple[int, ...]]:
+        return _swiglu_shapes(width, self.hidden)
+
+    def describe(self, width: int) -> str:
+        return f"SwiGLU({width}->{self.hidden}->{width})"
+
+    def simpler(self) -> tuple[Leaf, ...]:
+        return tuple(SwiGLU(h) for h in sorted({1, self.hidden // 2} - {0, self.hidden}))
+
+
+@frozen
+class Attention(Leaf):
+    """Hand-built causal self-attention (``layers.AttentionLeaf``): q/k/v/o projections of their own,
+    ``kv_heads`` dividing ``heads`` (grouped-query below it), rotary embedding from a non-persistent
+    buffer where ``head_dim`` is even. Head counts and ``heads * head_dim`` are as uneven against the
+    world size as widths are."""
+
+    heads: int = field(validator=_POSITIVE_INT)
+    head_dim: int = field(validator=_POSITIVE_INT)
+    kv_heads: int = field(validator=[*_POSITIVE_INT, _divides_heads])
+
+    module_types: ClassVar[dict[str, str]] = {"Attention": "AttentionLeaf"}
+    coverage: ClassVar[tuple[str, dict[str, str]] | None] = (
+        "attention",
+        {"Attention": "qkvo", "MultiheadAttention": "packed"},
+    )
+
+    def layer(self, width: int) -> LayerCall:
+        return LayerCall("AttentionLeaf", (width, self.heads, self.kv_heads, self.head_dim))
+
+    def parameter_shapes(self, width: int) -> dict[str, tuple[int, ...]]:
+        return _attention_shapes(width, self.heads, self.kv_heads, self.head_dim)
+
+    def describe(self, width: int) -> str:
+        return f"Attention({width}, heads {self.heads}/{self.kv_heads}kv x {self.head_dim})"
+
+    def simpler(self) -> tuple[Leaf, ...]:
+        return tuple(
+            leaf
+            for leaf in (
+                Attention(1, 1, 1),
+                Attention(self.heads, 1, self.kv_heads),
+                Attention(self.heads, 2, self.heads),
+            )
+            if leaf != self
+        )
+
+
+@frozen
+class MultiheadAttention(Leaf):
+    """``nn.MultiheadAttention`` (``layers.MultiheadAttentionLeaf``): one packed ``in_proj_weight`` for q,
+    k and v. It needs the width divisible by its head count: ``gcd(width, heads)`` heads are used."""
+
+    heads: int = field(validator=_POSITIVE_INT)
+    bias: bool = field(default=True, validator=instance_of(bool))
+
+    module_types: ClassVar[dict[str, str]] = {"MultiheadAttention": "MultiheadAttentionLeaf"}
+    coverage = Attention.coverage
+
+    def layer(self, width: int) -> LayerCall:
+        return LayerCall("MultiheadAttentionLeaf", (width, math.gcd(width, self.heads)), {"bias": self.bias})
+
+    def parameter_shapes(self, width: int) -> dict[str, tuple[int, ...]]:
+        biases = {"in_proj_bias": (3 * width,), "out_proj.bias": (width,)} if self.bias else {}
+        return {"in_proj_weight": (3 * width, width), "out_proj.weight": (width, width), **biases}
+
+    def describe(self, width: int) -> str:
+        return f"MultiheadAttention({width}, heads {math.gcd(width, self.heads)}{'' if self.bias else ' nobias'})"
+
+    def simpler(self) -> tuple[Leaf, ...]:
+        return (MultiheadAttention(1),) if self != MultiheadAttention(1) else ()
+
+
+@frozen
+class TransformerBlock(Leaf):
+    """A pre-norm Llama block (``layers.TransformerBlockLeaf``): ``attention_norm`` and ``ffn_norm``
+    (RMSNorms), ``attention`` (as ``Attention``) and ``feed_forward`` (as ``SwiGLU``), with residuals."""
+
+    heads: int = field(validator=_POSITIVE_INT)
+    head_dim: int = field(validator=_POSITIVE_INT)
+    kv_heads: int = field(validator=[*_POSITIVE_INT, _divides_heads])
+    hidden: int = field(validator=_POSITIVE_INT)
+
+    module_types: ClassVar[dict[str, str]] = {"TransformerBlock": "TransformerBlockLeaf"}
+    coverage: ClassVar[tuple[str, dict[str, str]] | None] = ("transformer_block", {"TransformerBlock": "true"})
+
+    def layer(self, width: int) -> LayerCall:
+        return LayerCall("TransformerBlockLeaf", (width, self.heads, self.kv_heads, self.head_dim, self.hidden))
+
+    def parameter_shapes(self, width: int) -> dict[str, tuple[int, ...]]:
+        attention = _attention_shapes(width, self.heads, self.kv_heads, self.head_dim)
+        feed_forward = _swiglu_shapes(width, self.hidden)
+        return {
+            "attention_norm.weight": (width,),
+            **{f"attention.{k}": v for k, v in attention.items()},
+            "ffn_norm.weight": (width,),
+            **{f"feed_forward.{k}": v for k, v in feed_forward.items()},
+        }
+
+    def describe(self, width: int) -> str:
+        return f"TransformerBlock({width}, heads {self.heads}/{self.kv_heads}kv x {self.head_dim}, mlp {self.hidden})"
+
+    def simpler(self) -> tuple[Leaf, ...]:
+        smallest = TransformerBlock(1, 1, 1, 1)
+        return (smallest,) if self != smallest else ()
+
+
 #: The leaf kinds, the registry every part of shardfuzz reads: a new kind is added here.
-LEAF_CLASSES: tuple[type[Leaf], ...] = (Linear, LayerNorm, BatchNorm, Conv, Embedding, Scale, Tied, RMSNorm)
+LEAF_CLASSES: tuple[type[Leaf], ...] = (
+    Linear,
+    LayerNorm,
+    BatchNorm,
+    Conv,
+    Embedding,
+    Scale,
+    Tied,
+    RMSNorm,
+    SwiGLU,
+    Attention,
+    MultiheadAttention,
+    TransformerBlock,
+)
 
 #: Parameter dtypes of a whole model (``Model.dtype``); float32 unless drawn otherwise.
 DTYPES = ("float32", "float64", "bfloat16")
