@@ -14,7 +14,7 @@ from torch import nn
 from shardfuzz import case as case_data
 from shardfuzz.case import Leaf, Model, Sequential, Side, child_items, optimizer_groups
 from shardfuzz.layers import Block, layer_class
-from shardfuzz.rank_steps import make_optimizer, rank_device, shard_module
+from shardfuzz.rank_steps import make_app_state, make_optimizer, rank_device, shard_module
 
 __all__ = [
     "build_module",
@@ -22,6 +22,7 @@ __all__ = [
     "shard",
     "engine_fields",
     "build_optimizer",
+    "build_app_state",
     "MODULE_TYPE_CLASSES",
 ]
 
@@ -86,3 +87,15 @@ def build_optimizer(spec, model: nn.Module, *, param_groups: int = 1, perturbed:
     so the loaded param groups must come from the checkpoint to match."""
     name, hyperparameters = optimizer_groups(spec, param_groups, perturbed=perturbed)
     return make_optimizer(model, name, hyperparameters)
+
+
+def build_app_state(case, side: Side, optim, *, group):
+    """The side's ``rank_steps.AppState`` for ``case.training`` (None without training state)."""
+    return make_app_state(
+        optim, training_fields(case.training), engine=type(side.engine).__name__, group=group, device=side.device
+    )
+
+
+def training_fields(training) -> dict | None:
+    """``case.training`` as ``rank_steps.make_app_state`` takes it (and exported scripts write it)."""
+    return None if training is None else attrs.asdict(training)

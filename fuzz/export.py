@@ -15,7 +15,7 @@ from __future__ import annotations
 import inspect
 
 from shardfuzz import bits, handoff, layers, oracles, rank_steps, repro_script
-from shardfuzz.build import engine_fields
+from shardfuzz.build import engine_fields, training_fields
 from shardfuzz.case import MODULE_TYPE_CLASSES, Case, Leaf, Model, Sequential, child_items, optimizer_groups
 from shardfuzz.corpus import Entry
 from shardfuzz.executor.deadlines import deadline_for
@@ -130,6 +130,7 @@ def case_constants(
         "OBJECT_TARGET": object_target,
         "SAVE_SIDE": side_description(case, save),
         "LOAD_SIDE": side_description(case, load),
+        "TRAINING": training_fields(case.training),
         "SAVE_TORCH": torches[0] if torches else "",
         "LOAD_TORCH": torches[1] if torches else "",
         "HANG_SECONDS": hang_seconds,
@@ -160,6 +161,7 @@ _COMMENTS = {
     "HANG_SECONDS": "shardfuzz's deadline for this case, with room to spare",
     "OBJECT_TARGET": "the target takes over the save and load of the objects (save_objects/load_objects)",
     "SAVE_SIDE": "each side as an object-level target is told it",
+    "TRAINING": "an LR scheduler (and a gradient scaler) saved as a Stateful beside the model and optimizer",
     "SAVE_TORCH": "found saving under this torch and loading under LOAD_TORCH ('': one torch did both)",
 }
 

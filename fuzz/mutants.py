@@ -355,6 +355,16 @@ class ShardOnDimOne(DcpTarget):
         return module
 
 
+class TrainingStateNotLoaded(DcpTarget):
+    """A loader that restores the model and the optimizer but not the training state saved beside
+    them (the LR scheduler, the gradient scaler, the step counter): they keep the values the fresh
+    run started with, so training resumes on a restarted schedule."""
+
+    def load(self, state_dict, *, checkpoint_id, process_group):
+        loaded = {k: v for k, v in state_dict.items() if k != "app"}
+        super().load(loaded, checkpoint_id=checkpoint_id, process_group=process_group)
+
+
 #: name -> the oracle expected to kill it (others may too).
 CATALOGUE: dict[str, str] = {
     "PerturbOneLoadedElement": "complete-state",
@@ -374,4 +384,5 @@ CATALOGUE: dict[str, str] = {
     "StepReset": "complete-state",
     "StepTensorsShared": "continuation",
     "ShardOnDimOne": "layout",
+    "TrainingStateNotLoaded": "complete-state",
 }

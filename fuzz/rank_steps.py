@@ -24,6 +24,10 @@ __all__ = [
     "fully_shard_fn",
     "training_batch",
     "train_steps",
+    "make_scheduler",
+    "AppState",
+    "make_app_state",
+    "app_values",
     "unwrapped_name",
     "group_parameters",
     "make_optimizer",
@@ -33,6 +37,7 @@ __all__ = [
     "state_dict_options",
     "local_state_dict_type",
     "get_side_state",
+    "model_and_optim_state",
     "set_side_state",
     "plain",
     "gather_full",
@@ -94,10 +99,12 @@ def train_steps(
     num_embeddings: int,
     dtype: str,
     device: str = "cpu",
+    app=None,
 ) -> None:
     """Steps ``first .. first + count - 1`` on batches seeded by (seed, step, rank), drawn on the CPU.
 
-    ``same_batch``: every rank draws the same batches (the rank left out of the seed)."""
+    ``same_batch``: every rank draws the same batches (the rank left out of the seed). ``app``: an
+    ``AppState`` whose gradient scaler (if any) scales the loss, and which steps after the optimizer."""
     generator = torch.Generator()
     for step in range(first, first + count):
         generator.manual_seed(seed * 1_000_003 + step * 101 + (0 if same_batch else rank))
@@ -106,9 +113,111 @@ def train_steps(
         )
         if device != "cpu":
             x = x.to(rank_device(device))
-        model(x).square().mean().backward()
-        optim.step()
+        loss = model(x).square().mean()
+        scaler = app.scaler if app is not None else None
+        if scaler is not None:  # the scale is a power of two: the unscaled step is bit for bit the plain one
+            scaler.scale(loss).backward()
+            scaler.step(optim)
+            scaler.update()
+        else:
+            loss.backward()
+            optim.step()
         optim.zero_grad()
+        if app is not None:
+            app.after_step(batch_size)
+
+
+def make_scheduler(optim, kind: str):
+    """The LR scheduler ``kind`` names (``case.SCHEDULERS``) over ``optim``."""
+    schedulers = torch.optim.lr_scheduler
+    if kind == "step":
+        return schedulers.StepLR(optim, step_size=2, gamma=0.5)
+    if kind == "cosine":
+        return schedulers.CosineAnnealingLR(optim, T_max=8)
+    if kind == "linear":
+        return schedulers.LinearLR(optim, start_factor=0.25, total_iters=4)
+    if kind == "warmup-cosine":
+        warmup = schedulers.LinearLR(optim, start_factor=0.25, total_iters=2)
+        return schedulers.SequentialLR(optim, [warmup, schedulers.CosineAnnealingLR(optim, T_max=8)], milestones=[2])
+    raise ValueError(f"unknown scheduler {kind!r}")
+
+
+class AppState:
+    """A training loop's state beyond the model and optimizer, as one ``Stateful`` in the checkpoint:
+    the LR scheduler, a gradient scaler (or None), the step counter and a user object. DCP calls
+    ``state_dict`` on save and ``load_state_dict`` (with the template filled) on load."""
+
+    def __init__(self, scheduler, scaler):
+        self.scheduler, self.scaler = scheduler, scaler
+        self.step, self.tokens_seen = 0, 0
+        self.positions = torch.zeros(2, dtype=torch.int64)  # a tensor of the user's: (step, tokens seen)
+
+    def after_step(self, batch_size: int) -> None:
+        self.scheduler.step()
+        self.step += 1
+        self.tokens_seen += batch_size
+        self.positions = torch.tensor([self.step, self.tokens_seen])
+
+    def state_dict(self) -> dict:
+        state = {
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "user": {"tokens_seen": self.tokens_seen, "positions": self.positions},
+        }
+        if self.scaler is not None:
+            state["grad_scaler"] = self.scaler.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = state["step"]
+        self.tokens_seen, self.positions = state["user"]["tokens_seen"], state["user"]["positions"]
+        if self.scaler is not None:
+            self.scaler.load_state_dict(state["grad_scaler"])
+
+
+def make_app_state(optim, training: dict | None, *, engine: str, group, device: str = "cpu"):
+    """An ``AppState`` for ``training`` (``{"scheduler": kind, "grad_scaler": bool}``), or None without
+    one. FSDP1 takes its own ``ShardedGradScaler``; the scaler grows its scale every 2 steps."""
+    if training is None:
+        return None
+    scaler = None
+    if training["grad_scaler"]:
+        if engine == "FSDP1":
+            from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+            scaler = ShardedGradScaler(device, growth_interval=2, process_group=group)
+        else:
+            scaler = torch.amp.GradScaler(device, growth_interval=2)
+    return AppState(make_scheduler(optim, training["scheduler"]), scaler)
+
+
+def app_values(app, optim) -> dict:
+    """``app.<path>`` for every value of ``app``'s state, and ``app.next_lr``: the learning rates the
+    scheduler's next step gives (taken, then undone: the optimizer's groups and the scheduler are
+    restored). Empty without an app state."""
+    if app is None:
+        return {}
+    flat = {}
+
+    def visit(prefix, value):
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                visit(f"{prefix}.{key}", inner)
+        elif isinstance(value, list) and any(isinstance(inner, dict) for inner in value):  # SequentialLR's
+            for i, inner in enumerate(value):
+                visit(f"{prefix}.{i}", inner)
+        else:
+            flat[prefix] = plain(value)
+
+    visit("app", app.state_dict())
+    scheduler_state, lrs = app.scheduler.state_dict(), [group["lr"] for group in optim.param_groups]
+    app.scheduler.step()
+    flat["app.next_lr"] = [group["lr"] for group in optim.param_groups]
+    app.scheduler.load_state_dict(scheduler_state)
+    for group, lr in zip(optim.param_groups, lrs):
+        group["lr"] = lr
+    return flat
 
 
 def unwrapped_name(name: str) -> str:
@@ -245,10 +354,16 @@ def local_state_dict_type(model):
     return FullyShardedDataParallel.state_dict_type(model, StateDictType.LOCAL_STATE_DICT)
 
 
-def get_side_state(model, optim, *, kind: str, api: str, options) -> dict:
-    """``{"model": ..., "optim": ...}`` as a side gets it. ``kind`` ``local``: FSDP1's own (DSD has no
-    LOCAL form), the optimizer sharded; ``api`` ``separate``: the model and optimizer getters, else
-    ``get_state_dict``."""
+def get_side_state(model, optim, *, kind: str, api: str, options, app=None) -> dict:
+    """``{"model": ..., "optim": ...}`` as a side gets it (and ``"app"``: the ``AppState``, where there is
+    one). ``kind`` ``local``: FSDP1's own (DSD has no LOCAL form), the optimizer sharded; ``api``
+    ``separate``: the model and optimizer getters, else ``get_state_dict``."""
+    state = model_and_optim_state(model, optim, kind=kind, api=api, options=options)
+    return {**state, "app": app} if app is not None else state
+
+
+def model_and_optim_state(model, optim, *, kind: str, api: str, options) -> dict:
+    """``get_side_state`` without the app state."""
     from torch.distributed.checkpoint import state_dict as dsd
 
     if kind == "local":
@@ -290,8 +405,8 @@ def plain(value):
     return value.detach().to("cpu", copy=True) if isinstance(value, torch.Tensor) else value
 
 
-def gather_full(model, optim) -> dict:
-    """Full, flat, engine-independent state: ``model.<fqn>`` and ``optim.<flat key>``.
+def gather_full(model, optim, app=None) -> dict:
+    """Full, flat, engine-independent state: ``model.<fqn>``, ``optim.<flat key>`` (and ``app_values``).
 
     ``cpu_offload`` would keep the gather on rank 0 only, but FSDP1 crashes with it
     on CPU ranks (see corpus), so every rank of the side gathers and only rank 0 keeps it.
@@ -303,6 +418,7 @@ def gather_full(model, optim) -> dict:
     )
     flat = {f"model.{k}": plain(v) for k, v in model_sd.items()}
     flat.update({f"optim.{k}": plain(v) for k, v in optim_sd.items()})
+    flat.update(app_values(app, optim))
     return flat
 
 

@@ -37,6 +37,7 @@ from shardfuzz.rank_steps import (
     device_mesh,
     gather_full,
     get_side_state,
+    make_app_state,
     make_optimizer,
     offloaded_full_state,
     set_side_state,
@@ -89,6 +90,7 @@ NO_TOLERANCE_DTYPES = ("bfloat16",)
 OBJECT_TARGET = False
 SAVE_SIDE: dict = {}
 LOAD_SIDE: dict = {}
+TRAINING: dict | None = None
 SAVE_TORCH = LOAD_TORCH = ""  # the torches it was found with (one torch: both the same)
 HANG_SECONDS = float(os.environ.get("SHARDFUZZ_HANG_SECONDS", 45))
 PHASE = ["start"]  # this rank's phase, for the hang watchdog
@@ -127,7 +129,7 @@ def options(kind, extra):
     return state_dict_options(full=kind == "full", flatten=FLATTEN_OPTIMIZER_STATE_DICT, extra=extra)
 
 
-def train(model, optim, rank, continuation=False):
+def train(model, optim, app, rank, continuation=False):
     """STEPS steps on data seeded by (SEED, step, rank); for continuation, CONTINUE_STEPS more with the
     same batch on every rank. A BatchNorm's running statistics are per-rank buffers: SAME_BATCH then."""
     first, count = (STEPS, CONTINUE_STEPS) if continuation else (0, STEPS)
@@ -143,6 +145,7 @@ def train(model, optim, rank, continuation=False):
         input_width=INPUT_WIDTH,
         num_embeddings=NUM_EMBEDDINGS,
         dtype=DTYPE,
+        app=app,
     )
 
 
@@ -198,7 +201,7 @@ def full_offload(model, optim, rank, actual):
     check(found, "full-offload")
 
 
-def load_into(model, optim, checkpoint_dir, group, rank):
+def load_into(model, optim, app, checkpoint_dir, group, rank):
     """The load side's state dict as the template, filled from the checkpoint, set into the model; or the
     object-level target's own load into the objects."""
     if OBJECT_TARGET:
@@ -207,7 +210,7 @@ def load_into(model, optim, checkpoint_dir, group, rank):
         )
         return
     load_options = options(LOAD_STATE_DICT, LOAD_OPTIONS)
-    state = get_side_state(model, optim, kind=LOAD_STATE_DICT, api=LOAD_API, options=load_options)
+    state = get_side_state(model, optim, kind=LOAD_STATE_DICT, api=LOAD_API, options=load_options, app=app)
     load(state, checkpoint_dir, group)
     set_side_state(model, optim, state, kind=LOAD_STATE_DICT, api=LOAD_API, options=load_options, rank=rank)
 
@@ -242,31 +245,31 @@ def round_trip(rank, checkpoint_dir, phase="both"):
                 meshes[SAVE_MESH],
             )
             optim = make_optimizer(model, *SAVE_OPTIMIZER)
+            app = make_app_state(optim, TRAINING, engine=SAVE_ENGINE["kind"], group=groups[SAVE_RANKS])
             PHASE[0] = "train"
-            train(model, optim, rank)
+            train(model, optim, app, rank)
             PHASE[0] = "gather-saved"
-            expected = gather_full(model, optim)
+            expected = gather_full(model, optim, app)
             PHASE[0] = "save"
             if OBJECT_TARGET:  # the target builds its state dicts from the objects itself
                 _target.save_objects(
                     model, optim, side=SAVE_SIDE, checkpoint_id=checkpoint_dir, process_group=checkpoint_group
                 )
             else:
-                state = get_side_state(
-                    model, optim, kind=SAVE_STATE_DICT, api=SAVE_API, options=options(SAVE_STATE_DICT, SAVE_OPTIONS)
-                )
+                save_options = options(SAVE_STATE_DICT, SAVE_OPTIONS)
+                state = get_side_state(model, optim, kind=SAVE_STATE_DICT, api=SAVE_API, options=save_options, app=app)
                 save(state, checkpoint_dir, checkpoint_group)
                 del state
             if "continuation" in CHECKS and LOAD_MUTATION is None:
                 PHASE[0] = "continue-saved"
-                train(model, optim, rank, continuation=True)
-                expected_after = gather_full(model, optim)
+                train(model, optim, app, rank, continuation=True)
+                expected_after = gather_full(model, optim, app)
             if "api-parity" in CHECKS:
                 PHASE[0] = "api-parity"
                 api_parity(model, optim, groups[SAVE_RANKS])
             PHASE[0] = "finish-save"
             finish_save()
-            del model, optim
+            del model, optim, app
             if phase == "save" and rank == 0:
                 write_handoff(checkpoint_dir, expected, expected_after)
                 print(f"saved under torch {torch.__version__}; now run --phase load on the same --dir")
@@ -284,10 +287,11 @@ def round_trip(rank, checkpoint_dir, phase="both"):
                 spec, LOAD_ENGINE, LOAD_WRAP, LOAD_WRAP_INNERMOST_FIRST, groups[LOAD_RANKS], meshes[LOAD_MESH]
             )
             optim = make_optimizer(model, *LOAD_OPTIMIZER)
+            app = make_app_state(optim, TRAINING, engine=LOAD_ENGINE["kind"], group=groups[LOAD_RANKS])
         if rank < LOAD_RANKS and LOAD_MUTATION is not None:
             PHASE[0] = "load-incompatible"
             try:
-                load_into(model, optim, checkpoint_dir, groups[LOAD_RANKS], rank)
+                load_into(model, optim, app, checkpoint_dir, groups[LOAD_RANKS], rank)
             except BaseException as exc:  # the loud error wanted
                 print(f"rank {rank}: the incompatible load raised {type(exc).__name__}, as it should")
             else:
@@ -295,10 +299,10 @@ def round_trip(rank, checkpoint_dir, phase="both"):
                     f"loud-incompatible-load: loading into a model with a {LOAD_MUTATION} mutation raised nothing"
                 )
         elif rank < LOAD_RANKS:
-            before = gather_full(model, optim) if KEPT_ON_LOAD else {}
+            before = gather_full(model, optim, app) if KEPT_ON_LOAD else {}
             PHASE[0] = "load"
             try:
-                load_into(model, optim, checkpoint_dir, groups[LOAD_RANKS], rank)
+                load_into(model, optim, app, checkpoint_dir, groups[LOAD_RANKS], rank)
             except BaseException as exc:
                 if not LOCAL_MAY_REFUSE:
                     raise
@@ -308,14 +312,14 @@ def round_trip(rank, checkpoint_dir, phase="both"):
                 )
                 os._exit(0)
             PHASE[0] = "gather-loaded"
-            actual = gather_full(model, optim)
+            actual = gather_full(model, optim, app)
             if "full-offload" in CHECKS:
                 PHASE[0] = "full-offload"
                 full_offload(model, optim, rank, actual)
             if "continuation" in CHECKS:
                 PHASE[0] = "continue-loaded"
-                train(model, optim, rank, continuation=True)
-                actual_after = gather_full(model, optim)
+                train(model, optim, app, rank, continuation=True)
+                actual_after = gather_full(model, optim, app)
             if rank == 0:
                 PHASE[0] = "compare"
                 across = saved_by != str(torch.__version__)  # saved under another torch (--phase save, then load)

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from shardfuzz import oracles, rank_steps
-from shardfuzz.build import build_module, build_optimizer, engine_fields, shard
+from shardfuzz.build import build_app_state, build_module, build_optimizer, engine_fields, shard
 from shardfuzz.case import FSDP2, Case, Dcp, Side
 from shardfuzz.handoff import one_torch_hyperparameters, read_handoff, write_handoff
 from shardfuzz.oracles import compare_state
@@ -132,11 +132,11 @@ def run_case(
     target = checkpoint_io(case, target)
     if phase != "load" and ctx.rank < case.save.world_size:
         ctx.enter("build-save")
-        model, optim = _build_side(case, case.save, case.model, ctx, target, seed=case.seed)
+        model, optim, app = _build_side(case, case.save, case.model, ctx, target, seed=case.seed)
         ctx.enter("train")
-        _train(case, model, optim, rank=ctx.rank, device=case.save.device)
+        _train(case, model, optim, app, rank=ctx.rank, device=case.save.device)
         ctx.enter("gather-saved")
-        expected = gather_full(model, optim)
+        expected = gather_full(model, optim, app)
         ctx.enter("save")
         if isinstance(target, ObjectTarget):  # the target builds its state dicts from the objects itself
             target.save_objects(
@@ -147,20 +147,20 @@ def run_case(
                 process_group=ctx.checkpoint_group(case),
             )
         else:
-            state = _side_state_dict(case, case.save, model, optim)
+            state = _side_state_dict(case, case.save, model, optim, app)
             target.save(state, checkpoint_id=checkpoint_dir, process_group=ctx.checkpoint_group(case))
             del state
         if "continuation" in case.checks and case.load_mutation is None:
             ctx.enter("continue-saved")
-            _train(case, model, optim, rank=ctx.rank, continuation=True, device=case.save.device)
-            expected_after = gather_full(model, optim)
+            _train(case, model, optim, app, rank=ctx.rank, continuation=True, device=case.save.device)
+            expected_after = gather_full(model, optim, app)
         if "api-parity" in case.checks:
             ctx.enter("api-parity")
             mismatches += _api_parity(case.save, model, optim, rank=ctx.rank, group=ctx.group(case.save.world_size))
         if hasattr(target, "finish_save"):
             ctx.enter("finish-save")  # an async write has run alongside the phases above
             target.finish_save()
-        del model, optim
+        del model, optim, app
         if phase == "save" and ctx.rank == 0:
             ctx.enter("hand-off")
             write_handoff(checkpoint_dir, expected, expected_after)
@@ -216,13 +216,13 @@ def _load_and_judge(case, ctx, target, checkpoint_dir, expected, expected_after,
     side = case.load
     mismatches: list[Mismatch] = []
     ctx.enter("build-load")
-    model, optim = _build_side(case, side, case.model, ctx, target, seed=case.seed + 1)
+    model, optim, app = _build_side(case, side, case.model, ctx, target, seed=case.seed + 1)
     ctx.enter("gather-before-load")
-    before = gather_full(model, optim)
+    before = gather_full(model, optim, app)
     ctx.enter("load")
     refused = None
     try:
-        _load_into(case, side, model, optim, ctx, target, checkpoint_dir)
+        _load_into(case, side, model, optim, ctx, target, checkpoint_dir, app)
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:
@@ -232,7 +232,7 @@ def _load_and_judge(case, ctx, target, checkpoint_dir, expected, expected_after,
     if case.local_may_refuse and _any_rank(refused is not None, ctx.group(side.world_size), side.device):
         return []  # refused loudly (on at least one rank): the outcome allowed there
     ctx.enter("gather-loaded")
-    actual = gather_full(model, optim)
+    actual = gather_full(model, optim, app)
     replicas: list[Mismatch] = []
     if side.world_size > 1:
         ctx.enter("replicas")
@@ -245,8 +245,8 @@ def _load_and_judge(case, ctx, target, checkpoint_dir, expected, expected_after,
         mismatches += _full_offload(model, optim, actual, rank=ctx.rank)
     if "continuation" in case.checks:
         ctx.enter("continue-loaded")
-        _train(case, model, optim, rank=ctx.rank, continuation=True, device=side.device)
-        actual_after = gather_full(model, optim)
+        _train(case, model, optim, app, rank=ctx.rank, continuation=True, device=side.device)
+        actual_after = gather_full(model, optim, app)
     across = saved_by not in (None, str(torch.__version__))
     if ctx.rank == 0 and across:  # hyperparameters one torch has and the other cannot hold: not the checkpoint's
         one_torch = one_torch_hyperparameters(expected, actual)
@@ -292,11 +292,11 @@ def _load_incompatible(case, ctx, target, checkpoint_dir) -> list[Mismatch]:
     """Load into the mutated model; the oracle wants an exception on every load rank."""
     side = case.load
     ctx.enter("build-load")
-    model, optim = _build_side(case, side, case.load_model(), ctx, target, seed=case.seed + 1)
+    model, optim, app = _build_side(case, side, case.load_model(), ctx, target, seed=case.seed + 1)
     ctx.enter("load-incompatible")
     raised = None
     try:
-        _load_into(case, side, model, optim, ctx, target, checkpoint_dir)
+        _load_into(case, side, model, optim, ctx, target, checkpoint_dir, app)
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:
@@ -304,7 +304,7 @@ def _load_incompatible(case, ctx, target, checkpoint_dir) -> list[Mismatch]:
     return oracles.loud_incompatible_load(case.load_mutation, raised, rank=ctx.rank)
 
 
-def _load_into(case: Case, side: Side, model, optim, ctx: RankContext, target, checkpoint_dir) -> None:
+def _load_into(case: Case, side: Side, model, optim, ctx: RankContext, target, checkpoint_dir, app=None) -> None:
     """The side's state dict as the template, filled from the checkpoint, set into the model; or, for an
     ``ObjectTarget``, the target's own load into the objects."""
     if isinstance(target, ObjectTarget):
@@ -317,7 +317,7 @@ def _load_into(case: Case, side: Side, model, optim, ctx: RankContext, target, c
             process_group=ctx.group(side.world_size),
         )
         return
-    state = _side_state_dict(case, side, model, optim)
+    state = _side_state_dict(case, side, model, optim, app)
     target.load(state, checkpoint_id=checkpoint_dir, process_group=ctx.group(side.world_size))
     _set_side_state_dict(case, side, model, optim, state, rank=ctx.rank)
 
@@ -333,10 +333,11 @@ def _build_side(case: Case, side: Side, spec, ctx: RankContext, target, *, seed:
         model = shard(module, side, group=ctx.group(n), mesh=mesh)
     # The load side (seed + 1) also gets other hyperparameters, so a loader that
     # drops param groups is seen (non-vacuity).
-    return model, build_optimizer(case.optimizer, model, param_groups=case.param_groups, perturbed=seed != case.seed)
+    optim = build_optimizer(case.optimizer, model, param_groups=case.param_groups, perturbed=seed != case.seed)
+    return model, optim, build_app_state(case, side, optim, group=ctx.group(n))
 
 
-def _train(case: Case, model, optim, *, rank: int, continuation: bool = False, device: str = "cpu") -> None:
+def _train(case: Case, model, optim, app=None, *, rank: int, continuation: bool = False, device: str = "cpu") -> None:
     """``case.steps`` optimizer steps on data seeded by (seed, step, rank), drawn on the CPU.
 
     ``continuation``: the ``CONTINUE_STEPS`` steps after those, with the same batch
@@ -360,6 +361,7 @@ def _train(case: Case, model, optim, *, rank: int, continuation: bool = False, d
         num_embeddings=case.model.num_embeddings,
         dtype=case.model.dtype,
         device=device,
+        app=app,
     )
 
 
@@ -378,9 +380,9 @@ def _options(case: Case, side: Side):
     )
 
 
-def _side_state_dict(case: Case, side: Side, model, optim) -> dict[str, Any]:
+def _side_state_dict(case: Case, side: Side, model, optim, app=None) -> dict[str, Any]:
     return rank_steps.get_side_state(
-        model, optim, kind=side.state_dict, api=side.state_dict_api, options=_options(case, side)
+        model, optim, kind=side.state_dict, api=side.state_dict_api, options=_options(case, side), app=app
     )
 
 

@@ -38,7 +38,10 @@ class TargetSupport:
     storage variants (async save, writer options, ``torch.save`` files) are drawn; only for a target
     whose I/O is DCP's own. ``whole_pool``: both sides span every rank of the pool (the target's
     collectives run on the default process group). ``hybrid``: HSDP sides (2-D meshes) are drawn.
-    ``min_steps``: training steps before the save, at least.
+    ``min_steps``: training steps before the save, at least. ``training_state``: cases with an LR
+    scheduler and other training state (``Case.training``) are drawn: the state dict a
+    ``CheckpointTarget`` is handed then holds an ``"app"`` ``Stateful`` beside ``"model"`` and ``"optim"``;
+    an ``ObjectTarget`` saves the objects it is given, so it says False.
     """
 
     engines: tuple[str, ...] | None = field(default=None, validator=_names(ENGINE_KINDS))
@@ -50,6 +53,7 @@ class TargetSupport:
     whole_pool: bool = field(default=False, validator=instance_of(bool))
     hybrid: bool = field(default=True, validator=instance_of(bool))
     min_steps: int = field(default=0, validator=[instance_of(int), ge(0)])
+    training_state: bool = field(default=True, validator=instance_of(bool))
     reasons: dict[str, str] = field(factory=dict, validator=instance_of(dict))
 
     def __attrs_post_init__(self):
@@ -60,7 +64,7 @@ class TargetSupport:
     def exclusions(self) -> list[str]:
         """The names of the fields that exclude something."""
         names = [name for name in ("engines", "state_dicts") if getattr(self, name) is not None]
-        names += [name for name in ("options", "flatten", "hybrid") if not getattr(self, name)]
+        names += [name for name in ("options", "flatten", "hybrid", "training_state") if not getattr(self, name)]
         names += [name for name in ("same_state_dict", "whole_pool") if getattr(self, name)]
         return names + (["min_steps"] if self.min_steps else [])
 
@@ -75,6 +79,7 @@ class TargetSupport:
             "whole_pool": "both sides span the whole pool",
             "hybrid": "no HSDP (2-D mesh) sides",
             "min_steps": f"at least {self.min_steps} training step(s) before the save",
+            "training_state": "no LR scheduler or other training state in the checkpoint",
         }
         return {what[name]: self.reasons[name] for name in self.exclusions()}
 
@@ -103,6 +108,8 @@ class TargetSupport:
             return any(_hybrid(side) for side in sides)
         if name == "min_steps":
             return case.steps < self.min_steps
+        if name == "training_state":
+            return case.training is not None
         raise AssertionError(name)
 
     def allows_engine(self, name: str) -> bool:

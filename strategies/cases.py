@@ -24,6 +24,7 @@ from shardfuzz.strategies.options import (
     state_dict_apis,
     state_dict_types,
     storages,
+    training_states,
 )
 from shardfuzz.strategies.topology import mesh_shapes
 from shardfuzz.target_support import EVERYTHING, TargetSupport
@@ -186,6 +187,7 @@ def cases(
     local_allowed = target.state_dicts is None or "local" in target.state_dicts
     local_choice = rarely(one_in=6) if caps.local_state_dict and local_allowed else st.just(False)
     local_mesh = st.sampled_from([(n,) for n in range(1, max_world_size + 1)])
+    training_choice = training_states() if target.training_state else st.none()
 
     def with_options(draw, save: Side, load: Side, storage, flatten: bool, mutation) -> tuple[Side, Side]:
         """The sides' ``StateDictOptions`` fields, and the state-dict types the storage needs."""
@@ -259,6 +261,9 @@ def cases(
         checks = draw(check_sets)
         if ignoring and model.frozen_paths():
             checks = checks - {"continuation"}
+        # Drawn last, so that the draws above (and the seeds of named examples) stay as they were.
+        stateful = isinstance(storage, Dcp) and storage.api != "legacy"
+        training = draw(training_choice) if stateful else None
         return Case(
             model=model,
             save=save,
@@ -272,6 +277,7 @@ def cases(
             ignore_frozen_params=ignoring,
             param_groups=draw(group_counts),
             load_mutation=mutation,
+            training=training,
         )
 
     # The rules torch documents live in one place (``unsupported.CASE_RULES``); a

@@ -8,6 +8,7 @@ from shardfuzz.capabilities import capabilities
 from shardfuzz.case import (
     CHECKS,
     LOAD_MUTATIONS,
+    SCHEDULERS,
     SGD,
     STATE_DICT_APIS,
     STATE_DICT_TYPES,
@@ -18,6 +19,7 @@ from shardfuzz.case import (
     DcpToTorchSave,
     RMSprop,
     TorchSave,
+    TrainingState,
 )
 from shardfuzz.strategies._helpers import check_int
 
@@ -28,6 +30,7 @@ __all__ = [
     "optimizer_steps",
     "optimizers",
     "param_groups",
+    "training_states",
     "state_dict_apis",
     "state_dict_types",
     "storages",
@@ -94,6 +97,14 @@ def rarely(*, one_in: int = 6) -> st.SearchStrategy[bool]:
     """True in about 1 draw of ``one_in``; shrinks to False."""
     check_int("one_in", one_in, minimum=1)
     return st.sampled_from((False,) * (one_in - 1) + (True,))
+
+
+def training_states(*, one_in: int = 4) -> st.SearchStrategy[TrainingState | None]:
+    """Training state saved beside the model and optimizer (``Case.training``) in about 1 draw of
+    ``one_in``: an LR scheduler among ``SCHEDULERS``, a gradient scaler or not; shrinks to None."""
+    check_int("one_in", one_in, minimum=1)
+    state = st.builds(TrainingState, scheduler=st.sampled_from(SCHEDULERS), grad_scaler=st.booleans())
+    return st.one_of(*[st.none()] * (one_in - 1), state)
 
 
 def storages() -> st.SearchStrategy:

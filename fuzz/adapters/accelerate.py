@@ -61,7 +61,9 @@ class AccelerateFsdpCheckpoint:
         options=False,
         flatten=False,
         whole_pool=True,
+        training_state=False,
         reasons={
+            "training_state": "accelerate's save_state takes the scheduler objects it prepared; the adapter hands it the model and optimizer only",
             "engines": "accelerate's FSDP checkpoint functions take FSDP1 and FSDP2 models; DDP and "
             "single-process models are saved by save_state's plain torch.save path",
             "state_dicts": "LOCAL_STATE_DICT files are per-rank torch.save files that only the same "

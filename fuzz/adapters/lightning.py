@@ -63,7 +63,9 @@ class FabricCheckpoint:
         options=False,
         flatten=False,
         whole_pool=True,
+        training_state=False,
         reasons={
+            "training_state": "Lightning saves the LightningModule's own schedulers and loops; the adapter hands it the model and optimizer only",
             "engines": "Fabric's FSDPStrategy saves FSDP1 models and its ModelParallelStrategy DTensor "
             "(FSDP2) models; DDP checkpoints go through plain torch.save",
             "state_dicts": "Fabric's strategies write full or sharded checkpoints only",

@@ -89,7 +89,9 @@ class TitanCheckpointManager:
         flatten=False,
         whole_pool=True,
         min_steps=1,
+        training_state=False,
         reasons={
+            "training_state": "torchtitan's CheckpointManager saves its own lr_schedulers and dataloader states; the adapter hands it the model and optimizer only",
             "engines": "torchtitan shards with fully_shard (FSDP2) and saves each model part's own "
             "state_dict(); FSDP1 and DDP models are not what its trainer builds",
             "state_dicts": "the model parts' state_dict() and the container's flat optimizer state "

@@ -9,7 +9,7 @@ each variant is its own frozen class and its JSON form carries a ``"kind"`` tag.
 Adding a variant means adding a class here and to the matching ``Union``.
 
 One module per concept: ``tree`` (the model), ``sides`` (engines and sides), ``storage``,
-``optimizers``, ``scenario`` (the Case and its dimensions), ``serial`` (JSON). The names below are
+``optimizers``, ``training`` (state beyond the model and optimizer), ``scenario`` (the Case and its dimensions), ``serial`` (JSON). The names below are
 the public surface; import them from here.
 """
 
@@ -40,6 +40,7 @@ from shardfuzz.case.sides import (
     Unsharded,
 )
 from shardfuzz.case.storage import DCP_APIS, STORAGE_CLASSES, Dcp, DcpToTorchSave, TorchSave
+from shardfuzz.case.training import SCHEDULERS, TrainingState
 from shardfuzz.case.tree import (
     DTYPES,
     LEAF_CLASSES,
@@ -70,6 +71,8 @@ from shardfuzz.case.tree import (
 )
 
 __all__ = [
+    "SCHEDULERS",
+    "TrainingState",
     "SCHEMA_VERSION",
     "CHECKS",
     "LOAD_MUTATIONS",

@@ -10,6 +10,7 @@ from shardfuzz.case._validators import _POSITIVE_INT
 from shardfuzz.case.optimizers import OPTIMIZER_CLASSES, Optimizer
 from shardfuzz.case.sides import ENGINE_CLASSES, Side, _sorted_unique
 from shardfuzz.case.storage import STORAGE_CLASSES, Dcp, DcpToTorchSave, Storage, TorchSave
+from shardfuzz.case.training import NO_TRAINING_STATE, TrainingState
 from shardfuzz.case.tree import Leaf, Linear, Model, leaf_coverage, leaves
 
 SCHEMA_VERSION = 1
@@ -34,6 +35,9 @@ class Case:
     (``StateDictOptions(ignore_frozen_params=True)``) and the load is not strict, as for a
     fine-tune whose frozen base weights come from elsewhere: the load must restore all
     the rest and leave the frozen parameters at the load side's own values.
+
+    ``training``: an LR scheduler and more training state saved beside the model and optimizer
+    (``TrainingState``; left out of the JSON when None).
     """
 
     model: Model = field(validator=instance_of(Model))
@@ -49,6 +53,7 @@ class Case:
     load_mutation: str | None = field(default=None, validator=optional(in_(LOAD_MUTATIONS)))
     storage: Storage = field(factory=Dcp, validator=instance_of(STORAGE_CLASSES))
     ignore_frozen_params: bool = field(default=False, validator=instance_of(bool))
+    training: TrainingState | None = field(default=None, validator=optional(instance_of(TrainingState)))
     schema_version: int = field(default=SCHEMA_VERSION)
 
     @checks.validator
@@ -86,6 +91,11 @@ class Case:
             raise ValueError(
                 "with ignore_frozen_params the sides' frozen parameters differ after the load, so "
                 "training on cannot match: the continuation check needs a model with none frozen"
+            )
+        if self.training is not None and not (isinstance(storage, Dcp) and storage.api != "legacy"):
+            raise ValueError(
+                "training state is a Stateful in a DCP checkpoint: it needs Dcp storage with api 'save' or "
+                "'async' (the older save_state_dict/load_state_dict take a Stateful for one opaque value)"
             )
         load = self.load
         if load.cpu_offload and load.state_dict == "full" and not load.broadcast_from_rank0:
@@ -207,6 +217,7 @@ def dimensions(case: Case) -> dict[str, str]:
         **case.storage.dimensions(),
         "broadcast_from_rank0": str(case.load.broadcast_from_rank0).lower(),
         "ignore_frozen_params": str(case.ignore_frozen_params).lower(),
+        **(case.training.dimensions() if case.training else NO_TRAINING_STATE),
     }
 
 

@@ -44,7 +44,8 @@ def make_converter() -> cattrs.Converter:
     converter.register_unstructure_hook(Model, make_dict_unstructure_fn(Model, converter, dtype=omitted))
     # Last: Case's generated hook takes the Side and Model hooks registered above.
     converter.register_unstructure_hook(
-        Case, make_dict_unstructure_fn(Case, converter, storage=omitted, ignore_frozen_params=omitted)
+        Case,
+        make_dict_unstructure_fn(Case, converter, storage=omitted, ignore_frozen_params=omitted, training=omitted),
     )
     return converter
 
