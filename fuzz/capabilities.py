@@ -31,6 +31,8 @@ class Capabilities:
     broadcast_from_rank0: bool = False  # StateDictOptions.broadcast_from_rank0
     ignore_frozen_params: bool = False  # StateDictOptions.ignore_frozen_params and strict
     local_state_dict: bool = False  # FSDP1's StateDictType.LOCAL_STATE_DICT
+    activation_checkpointing: bool = False  # checkpoint_wrapper / apply_activation_checkpointing
+    compile: bool = False  # torch.compile with dynamo supported here (the "eager" backend)
 
     def table(self) -> list[tuple[str, str, str]]:
         """(feature, on/off, reason) rows for ``shardfuzz capabilities``."""
@@ -45,6 +47,8 @@ class Capabilities:
             "broadcast_from_rank0",
             "ignore_frozen_params",
             "local_state_dict",
+            "activation_checkpointing",
+            "compile",
         ):
             if getattr(self, name):
                 rows.append((name, "on", ""))
@@ -170,6 +174,8 @@ _BOOLEAN_FEATURES = (
     "broadcast_from_rank0",
     "ignore_frozen_params",
     "local_state_dict",
+    "activation_checkpointing",
+    "compile",
 )
 
 
@@ -284,6 +290,15 @@ def _installed() -> Capabilities:
     if why_no_gpu:
         off["device cuda"] = why_no_gpu
     storages, writer_options = _storages(off)
+    checkpointing = (
+        _find([("torch.distributed.algorithms._checkpoint.checkpoint_wrapper", "apply_activation_checkpointing")])
+        is not None
+    )
+    if not checkpointing:
+        off["activation_checkpointing"] = "no apply_activation_checkpointing in torch.distributed.algorithms"
+    compiles, why_not = _compiles()
+    if not compiles:
+        off["compile"] = why_not
     return Capabilities(
         torch.__version__,
         tuple(engines),
@@ -298,7 +313,24 @@ def _installed() -> Capabilities:
         broadcast_from_rank0=broadcast,
         ignore_frozen_params=ignore_frozen,
         local_state_dict=local,
+        activation_checkpointing=checkpointing,
+        compile=compiles,
     )
+
+
+def _compiles() -> tuple[bool, str]:
+    """Whether ``torch.compile`` (dynamo, the ``eager`` backend: no code generation) runs here, or why not."""
+    import torch
+
+    if not hasattr(torch, "compile"):
+        return False, "torch has no torch.compile"
+    try:
+        import torch._dynamo
+
+        supported = torch._dynamo.is_dynamo_supported()
+    except Exception as exc:  # an import error of a broken install, say
+        return False, f"torch._dynamo cannot be used: {type(exc).__name__}: {exc}"
+    return (True, "") if supported else (False, "torch._dynamo.is_dynamo_supported() is False on this Python")
 
 
 def _storages(off: dict[str, str]) -> tuple[tuple[str, ...], bool]:

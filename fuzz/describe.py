@@ -20,4 +20,6 @@ def describe(case: Case) -> str:
 
 def _side(side: Side) -> str:
     mesh = f" mesh {side.mesh_shape}" if len(side.mesh_shape) == 2 else ""
-    return f"{type(side.engine).__name__}x{side.world_size}{mesh} {side.state_dict}"
+    checkpointed = f" ac-{side.activation_checkpointing}[{','.join(side.checkpointed)}]" if side.checkpointed else ""
+    compiled = " compiled" if side.compiled else ""
+    return f"{type(side.engine).__name__}x{side.world_size}{mesh} {side.state_dict}{checkpointed}{compiled}"

@@ -109,6 +109,8 @@ def case_constants(
             for name, cls in MODULE_TYPE_CLASSES.items()
             if name in {*getattr(save.engine, "module_types", ()), *getattr(load.engine, "module_types", ())}
         },
+        "SAVE_WRAPPERS": save.wrappers,
+        "LOAD_WRAPPERS": load.wrappers,
         "SAVE_OPTIMIZER": optimizer_groups(case.optimizer, case.param_groups, perturbed=False),
         "LOAD_OPTIMIZER": optimizer_groups(case.optimizer, case.param_groups, perturbed=True),
         "FLATTEN_OPTIMIZER_STATE_DICT": case.flatten_optimizer_state_dict,
@@ -147,6 +149,7 @@ _COMMENTS = {
     "DTYPE": "the model's parameters and the input features",
     "SAVE_ENGINE": "how each side shards: rank_steps.shard_module reads these fields",
     "MODULE_TYPE_CLASSES": "FSDP1's module-type policy: the classes it names",
+    "SAVE_WRAPPERS": "activation checkpointing of some leaves (before or after sharding), torch.compile",
     "SAVE_OPTIMIZER": "torch.optim class, one hyperparameter dict per param group",
     "LOAD_OPTIMIZER": "other hyperparameters: the loaded param groups must restore the saved ones",
     "SAVE_STATE_DICT": "'sharded', 'full', or 'local' (FSDP1's LOCAL_STATE_DICT, optimizer sharded)",

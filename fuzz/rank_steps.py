@@ -34,6 +34,8 @@ __all__ = [
     "device_mesh",
     "shard_on_dim",
     "shard_module",
+    "checkpoint_modules",
+    "wrap_and_shard",
     "state_dict_options",
     "local_state_dict_type",
     "get_side_state",
@@ -221,8 +223,10 @@ def app_values(app, optim) -> dict:
 
 
 def unwrapped_name(name: str) -> str:
-    """A parameter's name without FSDP1's and DDP's wrapper prefixes."""
-    name = name.replace("_fsdp_wrapped_module.", "")
+    """A parameter's name without the wrappers' prefixes: FSDP1's, activation checkpointing's,
+    ``torch.compile``'s (``_orig_mod.``) and DDP's (``module.``)."""
+    for prefix in ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod."):
+        name = name.replace(prefix, "")
     return name[len("module.") :] if name.startswith("module.") else name
 
 
@@ -339,6 +343,32 @@ def shard_module(module, engine: dict, *, wrap, innermost_first, group, mesh, de
     return FullyShardedDataParallel(module, auto_wrap_policy=policy, **common)  # type: ignore[arg-type]
 
 
+def checkpoint_modules(model, modules) -> None:
+    """``checkpoint_wrapper`` around each of ``modules`` (found by identity anywhere in ``model``, sharded
+    or not): activation checkpointing, whose wrapper renames their parameters."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+        apply_activation_checkpointing,
+        checkpoint_wrapper,
+    )
+
+    chosen = {id(module) for module in modules}
+    apply_activation_checkpointing(model, checkpoint_wrapper_fn=checkpoint_wrapper, check_fn=lambda m: id(m) in chosen)
+
+
+def wrap_and_shard(module, wrappers: dict, shard):
+    """``shard(module)`` inside a side's wrappers (``Side.wrappers``): activation checkpointing on the
+    ``checkpointed`` leaves before or after the sharding, then ``torch.compile`` of the whole."""
+    leaves = [module.get_submodule(path) for path in wrappers["checkpointed"]]
+    if wrappers["activation_checkpointing"] == "before":
+        checkpoint_modules(module, leaves)
+    model = shard(module)
+    if wrappers["activation_checkpointing"] == "after":
+        checkpoint_modules(model, leaves)
+    if wrappers["compiled"]:
+        model = torch.compile(model, backend="eager")
+    return model
+
+
 def state_dict_options(*, full: bool, flatten: bool, extra: dict):
     """``StateDictOptions`` for a side: ``full_state_dict``, ``flatten_optimizer_state_dict``, and ``extra``
     (only the fields a case sets: an older torch may lack one the case never sets)."""
@@ -437,8 +467,13 @@ def offloaded_full_state(model, optim) -> dict:
 
 
 def flat_optim(osd) -> dict:
-    """``state.<fqn>.<name>`` and ``param_groups.<i>.<hyperparameter>`` (without the ``params`` list)."""
-    flat = {f"state.{fqn}.{name}": plain(v) for fqn, entry in osd.get("state", {}).items() for name, v in entry.items()}
+    """``state.<fqn>.<name>`` and ``param_groups.<i>.<hyperparameter>`` (without the ``params`` list); the fqn
+    without wrapper prefixes (FSDP1's own optimizer state dict keeps ``torch.compile``'s, DSD's drops it)."""
+    flat = {
+        f"state.{unwrapped_name(fqn)}.{name}": plain(v)
+        for fqn, entry in osd.get("state", {}).items()
+        for name, v in entry.items()
+    }
     for i, group in enumerate(osd.get("param_groups", [])):
         flat.update({f"param_groups.{i}.{k}": v for k, v in group.items() if k != "params"})
     return flat
@@ -467,7 +502,7 @@ def api_parity_pairs(model, optim, *, engine: str, group):
         return
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-    ours = {k: plain(v) for k, v in model.state_dict().items()}  # FSDP1's default: FULL_STATE_DICT
+    ours = {unwrapped_name(k): plain(v) for k, v in model.state_dict().items()}  # FULL_STATE_DICT; compile's prefix
     theirs = {k: plain(v) for k, v in get_model_state_dict(model, options=full).items()}
     yield "model.state_dict() vs get_model_state_dict(full)", ours, theirs
     fsdp_osd = FSDP.optim_state_dict(model, optim, group=group)

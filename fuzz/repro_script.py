@@ -44,6 +44,7 @@ from shardfuzz.rank_steps import (
     shard_module,
     state_dict_options,
     train_steps,
+    wrap_and_shard,
 )
 
 __all__ = ["CASE_CONSTANTS", "CASE_FUNCTIONS", "RUN"]
@@ -69,6 +70,8 @@ LOAD_WRAP: list[str] = []
 SAVE_WRAP_INNERMOST_FIRST: list[str] = []
 LOAD_WRAP_INNERMOST_FIRST: list[str] = []
 MODULE_TYPE_CLASSES: dict[str, str] = {}
+SAVE_WRAPPERS: dict = {"activation_checkpointing": "none", "checkpointed": [], "compiled": False}
+LOAD_WRAPPERS: dict = {"activation_checkpointing": "none", "checkpointed": [], "compiled": False}
 SAVE_OPTIMIZER: tuple = ("SGD", [{"lr": 0.01}])
 LOAD_OPTIMIZER: tuple = ("SGD", [{"lr": 0.02}])
 FLATTEN_OPTIMIZER_STATE_DICT = True
@@ -149,11 +152,22 @@ def train(model, optim, app, rank, continuation=False):
     )
 
 
-def shard(model, engine, wrap, innermost_first, group, mesh):
+def shard(model, engine, wrap, innermost_first, group, mesh, wrappers):
     classes = {name: layer_class(cls) for name, cls in MODULE_TYPE_CLASSES.items()}
-    return shard_module(
-        model, engine, wrap=wrap, innermost_first=innermost_first, group=group, mesh=mesh, device="cpu", classes=classes
-    )
+
+    def sharded(module):
+        return shard_module(
+            module,
+            engine,
+            wrap=wrap,
+            innermost_first=innermost_first,
+            group=group,
+            mesh=mesh,
+            device="cpu",
+            classes=classes,
+        )
+
+    return wrap_and_shard(model, wrappers, sharded)
 
 
 def differences(expected, actual, close=None):
@@ -194,7 +208,7 @@ def full_offload(model, optim, rank, actual):
     if rank != 0:
         check([f"rank {rank} holds {k}" for k in held], "full-offload")
         return
-    wanted = {k: tuple(v.shape) for k, v in actual.items() if isinstance(v, torch.Tensor)}
+    wanted = {k: tuple(v.shape) for k, v in actual.items() if torch.is_tensor(v) and not k.startswith("app.")}
     found = [f"missing on rank 0: {k}" for k in sorted(set(wanted) - set(held))]
     found += [f"{k} on {device}" for k, (_, device) in held.items() if device != "cpu"]
     found += [f"{k} shaped {list(shape)}" for k, (shape, _) in held.items() if k in wanted and shape != wanted[k]]
@@ -243,6 +257,7 @@ def round_trip(rank, checkpoint_dir, phase="both"):
                 SAVE_WRAP_INNERMOST_FIRST,
                 groups[SAVE_RANKS],
                 meshes[SAVE_MESH],
+                SAVE_WRAPPERS,
             )
             optim = make_optimizer(model, *SAVE_OPTIMIZER)
             app = make_app_state(optim, TRAINING, engine=SAVE_ENGINE["kind"], group=groups[SAVE_RANKS])
@@ -284,7 +299,13 @@ def round_trip(rank, checkpoint_dir, phase="both"):
             PHASE[0] = "build-load"
             spec = build_load_model(SEED + 1) if LOAD_MUTATION is not None else build_model(SEED + 1)
             model = shard(
-                spec, LOAD_ENGINE, LOAD_WRAP, LOAD_WRAP_INNERMOST_FIRST, groups[LOAD_RANKS], meshes[LOAD_MESH]
+                spec,
+                LOAD_ENGINE,
+                LOAD_WRAP,
+                LOAD_WRAP_INNERMOST_FIRST,
+                groups[LOAD_RANKS],
+                meshes[LOAD_MESH],
+                LOAD_WRAPPERS,
             )
             optim = make_optimizer(model, *LOAD_OPTIMIZER)
             app = make_app_state(optim, TRAINING, engine=LOAD_ENGINE["kind"], group=groups[LOAD_RANKS])

@@ -328,9 +328,15 @@ def _build_side(case: Case, side: Side, spec, ctx: RankContext, target, *, seed:
     # FSDP2 shards on a mesh, as does FSDP1 for HSDP; the others take the group itself.
     mesh = ctx.mesh(side.mesh_shape, side.device) if side.engine.needs_mesh else None
     if isinstance(target, ShardsModules):
-        model = target.shard(module, side, group=ctx.group(n), mesh=mesh, default=shard)
+
+        def sharded(module):
+            return target.shard(module, side, group=ctx.group(n), mesh=mesh, default=shard)
     else:
-        model = shard(module, side, group=ctx.group(n), mesh=mesh)
+
+        def sharded(module):
+            return shard(module, side, group=ctx.group(n), mesh=mesh)
+
+    model = rank_steps.wrap_and_shard(module, side.wrappers, sharded)
     # The load side (seed + 1) also gets other hyperparameters, so a loader that
     # drops param groups is seen (non-vacuity).
     optim = build_optimizer(case.optimizer, model, param_groups=case.param_groups, perturbed=seed != case.seed)
@@ -406,7 +412,9 @@ def _layout_records(model) -> dict[str, oracles.LayoutRecord]:
     DTensor = dtensor().DTensor
 
     return {
-        name: oracles.LayoutRecord(p.device_mesh.size(), repr(tuple(p.placements)), tuple(p.shape), str(p.dtype))
+        unwrapped_name(name): oracles.LayoutRecord(
+            p.device_mesh.size(), repr(tuple(p.placements)), tuple(p.shape), str(p.dtype)
+        )
         for name, p in model.named_parameters()
         if isinstance(p, DTensor)
     }
@@ -472,7 +480,8 @@ def _pieces(value):
 
 def _full_offload(model, optim, actual, *, rank: int) -> list[Mismatch]:
     held = rank_steps.offloaded_full_state(model, optim)
-    shapes = {k: tuple(v.shape) for k, v in actual.items() if isinstance(v, torch.Tensor)}
+    # The model's and optimizer's: the app state is no part of what get_state_dict offloads.
+    shapes = {k: tuple(v.shape) for k, v in actual.items() if isinstance(v, torch.Tensor) and not k.startswith("app.")}
     return oracles.full_offload(held, shapes, rank=rank)
 
 

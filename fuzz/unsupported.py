@@ -75,6 +75,17 @@ CASE_RULES: tuple[CaseRule, ...] = (
         lambda case: "Tied" in case.model.leaf_kinds() and any(_fsdp1_wraps_linears_apart(s) for s in _sides(case)),
     ),
     CaseRule(
+        "fsdp1-multihead-attention-out-proj-unit",
+        "FSDP1 unshards a unit's parameters only around that unit's own forward, and documents that a "
+        "wrapped module's parameters must not be used outside it: nn.MultiheadAttention reads "
+        "out_proj.weight itself (it never calls out_proj), so a policy that can make its out_proj (a "
+        "Linear) a unit of its own (always, size-based, module-type with Linear) trains on the flat "
+        "shard ('mat2 must be a matrix', or an in-place error on a view of it)",
+        lambda case: (
+            "MultiheadAttention" in case.model.leaf_kinds() and any(_fsdp1_wraps_linears_apart(s) for s in _sides(case))
+        ),
+    ),
+    CaseRule(
         "broadcast-from-rank0-fsdp1",
         "StateDictOptions documents that broadcast_from_rank0 'currently only supports DTensor, not the "
         "legacy ShardedTensor': FSDP1's optimizer path hands the empty state dict of ranks > 0 to "

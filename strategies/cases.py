@@ -11,7 +11,7 @@ from hypothesis.errors import InvalidArgument
 from shardfuzz.capabilities import capabilities
 from shardfuzz.case import DEVICES, FSDP1, FSDP2, Case, Dcp, DcpToTorchSave, Model, Side, TorchSave, Unsharded
 from shardfuzz.strategies._helpers import check_choices, check_int, factorisations
-from shardfuzz.strategies.engines import TWO_D_ENGINES, engines, wrap_sets
+from shardfuzz.strategies.engines import TWO_D_ENGINES, engines, side_wrappers, wrap_sets
 from shardfuzz.strategies.modules import models
 from shardfuzz.strategies.options import (
     checks,
@@ -264,6 +264,8 @@ def cases(
         # Drawn last, so that the draws above (and the seeds of named examples) stay as they were.
         stateful = isinstance(storage, Dcp) and storage.api != "legacy"
         training = draw(training_choice) if stateful else None
+        wrappers = side_wrappers(model)
+        save, load = attrs.evolve(save, **draw(wrappers)), attrs.evolve(load, **draw(wrappers))
         return Case(
             model=model,
             save=save,

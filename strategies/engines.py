@@ -18,7 +18,7 @@ from shardfuzz.case import (
 )
 from shardfuzz.strategies._helpers import check_choices, check_int
 
-__all__ = ["engines", "fsdp1_engines", "fsdp2_engines", "wrap_sets", "ENGINE_NAMES"]
+__all__ = ["engines", "fsdp1_engines", "fsdp2_engines", "wrap_sets", "side_wrappers", "ENGINE_NAMES"]
 
 ENGINE_NAMES = ("fsdp1", "fsdp2", "ddp", "unsharded")
 TWO_D_ENGINES = ("fsdp1", "fsdp2")  # the engines that take a 2-D mesh (HSDP)
@@ -72,3 +72,28 @@ def wrap_sets(model: Model) -> st.SearchStrategy[tuple[str, ...]]:
     """Submodules (by FQN) sharded as units of their own, besides the root."""
     paths = model.submodule_paths()
     return st.lists(st.sampled_from(paths), unique=True).map(tuple)
+
+
+def side_wrappers(model: Model, *, checkpointing_one_in: int = 5, compile_one_in: int = 12) -> st.SearchStrategy[dict]:
+    """A side's wrappers that rename parameters, as ``Side`` fields: activation checkpointing of
+    some leaves, before or after sharding (about 1 side in ``checkpointing_one_in``), and
+    ``torch.compile`` (1 in ``compile_one_in``: a compiled case costs a trace), where the
+    installed torch offers each; shrinks to no wrappers."""
+    check_int("checkpointing_one_in", checkpointing_one_in, minimum=1)
+    check_int("compile_one_in", compile_one_in, minimum=1)
+    caps = capabilities()
+    orders = ["none"] * (checkpointing_one_in - 1) + ["before", "after"] * (checkpointing_one_in > 1)
+    order = st.sampled_from(orders if caps.activation_checkpointing else ["none"])
+    compiled = st.sampled_from([False] * (compile_one_in - 1) + [True]) if caps.compile else st.just(False)
+    leaves = st.lists(st.sampled_from(model.leaf_paths()), min_size=1, unique=True)
+
+    @st.composite
+    def draw(draw):
+        chosen = draw(order)
+        return {
+            "activation_checkpointing": chosen,
+            "checkpointed": tuple(draw(leaves)) if chosen != "none" else (),
+            "compiled": draw(compiled),
+        }
+
+    return draw()

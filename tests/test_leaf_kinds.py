@@ -35,7 +35,9 @@ def test_a_model_builds_the_shapes_it_declares_and_the_script_builds_it_alike(mo
 def test_the_strategies_draw_every_kind():
     missing = set(LEAF_CLASSES)
 
-    @settings(max_examples=1000, deadline=None, database=None)
+    @settings(
+        max_examples=1000, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck)
+    )
     @given(models(max_leaves=6))
     def look(model):
         missing.difference_update(type(leaf) for leaf in leaves(model.root))

@@ -27,6 +27,7 @@ from shardfuzz.case.scenario import (
 )
 from shardfuzz.case.serial import describe_structure_error, dumps, from_dict, loads, make_converter, to_dict
 from shardfuzz.case.sides import (
+    ACTIVATION_CHECKPOINTING,
     DDP,
     DEVICES,
     FSDP1,
@@ -71,6 +72,7 @@ from shardfuzz.case.tree import (
 )
 
 __all__ = [
+    "ACTIVATION_CHECKPOINTING",
     "SCHEDULERS",
     "TrainingState",
     "SCHEMA_VERSION",

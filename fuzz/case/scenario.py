@@ -104,10 +104,14 @@ class Case:
                 "the load side then needs broadcast_from_rank0"
             )
         known = set(self.model.submodule_paths())
+        leaf_paths = set(self.model.leaf_paths())
         for side_name in ("save", "load"):
             unknown = set(getattr(self, side_name).wrap) - known
             if unknown:
                 raise ValueError(f"{side_name}.wrap names modules not in the model: {sorted(unknown)}")
+            unknown = set(getattr(self, side_name).checkpointed) - leaf_paths
+            if unknown:
+                raise ValueError(f"{side_name}.checkpointed names modules that are not leaves: {sorted(unknown)}")
 
     def kept_by_load(self) -> list[str]:
         """Gathered-state keys (``model.<fqn>``) the load leaves at the load side's own values:
@@ -196,6 +200,8 @@ def dimensions(case: Case) -> dict[str, str]:
             **{f"{name}_{dim}": own.get(dim, "n/a") for kind in ENGINE_CLASSES for dim in kind.dimension_names},
             f"{name}_cpu_offload": str(s.cpu_offload).lower(),
             f"{name}_state_dict_api": s.state_dict_api,
+            f"{name}_activation_checkpointing": s.activation_checkpointing,
+            f"{name}_compiled": str(s.compiled).lower(),
         }
 
     return {

@@ -38,7 +38,15 @@ def make_converter() -> cattrs.Converter:
     converter.register_unstructure_hook(
         Side,
         make_dict_unstructure_fn(
-            Side, converter, device=omitted, cpu_offload=omitted, broadcast_from_rank0=omitted, state_dict_api=omitted
+            Side,
+            converter,
+            device=omitted,
+            cpu_offload=omitted,
+            broadcast_from_rank0=omitted,
+            state_dict_api=omitted,
+            activation_checkpointing=omitted,
+            checkpointed=omitted,
+            compiled=omitted,
         ),
     )
     converter.register_unstructure_hook(Model, make_dict_unstructure_fn(Model, converter, dtype=omitted))

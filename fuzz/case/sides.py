@@ -20,6 +20,11 @@ STATE_DICT_TYPES = ("sharded", "full", "local")
 #: ``get_/set_optimizer_state_dict``, as torchtune and torch's own broadcast tests call them.
 STATE_DICT_APIS = ("combined", "separate")
 
+#: When a side wraps its ``checkpointed`` leaves in ``checkpoint_wrapper`` (activation checkpointing,
+#: which renames their parameters with ``_checkpoint_wrapped_module.``): not at all, before the engine
+#: shards the model (torchtitan's order), or after (FSDP1's documented order).
+ACTIVATION_CHECKPOINTING = ("none", "before", "after")
+
 #: Where a side's ranks hold the model. ``cuda``: one GPU per rank, collectives on
 #: those tensors over NCCL. A case may save on one and load on the other.
 DEVICES = ("cpu", "cuda")
@@ -167,6 +172,12 @@ class Side:
     name for this side's state dict (left out of the JSON when False); the second loads a
     full state dict that only rank 0 holds, so it needs ``state_dict`` ``full``.
     ``state_dict_api`` is one of ``STATE_DICT_APIS`` (left out of the JSON when ``combined``).
+    ``activation_checkpointing`` (``ACTIVATION_CHECKPOINTING``) wraps the leaves named in
+    ``checkpointed`` before or after sharding; ``compiled`` runs the sharded model through
+    ``torch.compile`` (the ``eager`` backend: what matters is the ``_orig_mod.`` prefix and the
+    parameters' identity, not generated code). Both rename parameters on this side only: the
+    checkpoint must load across a change of wrappers exactly or fail loudly (each left out of
+    the JSON at its default).
     """
 
     engine: Engine = field(validator=instance_of(ENGINE_CLASSES))
@@ -177,6 +188,9 @@ class Side:
     cpu_offload: bool = field(default=False, validator=instance_of(bool))
     broadcast_from_rank0: bool = field(default=False, validator=instance_of(bool))
     state_dict_api: str = field(default="combined", validator=in_(STATE_DICT_APIS))
+    activation_checkpointing: str = field(default="none", validator=in_(ACTIVATION_CHECKPOINTING))
+    checkpointed: tuple[str, ...] = field(default=(), converter=_sorted_unique)
+    compiled: bool = field(default=False, validator=instance_of(bool))
 
     @mesh_shape.validator
     def _mesh(self, attribute, value):
@@ -204,6 +218,8 @@ class Side:
                 f"state_dict 'local' is FSDP1's LOCAL_STATE_DICT, which takes no DeviceMesh: it needs "
                 f"an FSDP1 engine with a non-hybrid strategy, not {engine!r}"
             )
+        if (self.activation_checkpointing == "none") != (not self.checkpointed):
+            raise ValueError("checkpointed names leaves exactly when activation_checkpointing is 'before' or 'after'")
         if self.state_dict == "local" and (self.cpu_offload or self.state_dict_api != "combined"):
             raise ValueError(
                 "a 'local' side gets its model state from FSDP1 itself: no cpu_offload, state_dict_api 'combined'"
@@ -215,6 +231,15 @@ class Side:
         for v in self.mesh_shape:
             n *= v
         return n
+
+    @property
+    def wrappers(self) -> dict:
+        """The wrappers as ``rank_steps.apply_wrappers`` takes them (and exported scripts write them)."""
+        return {
+            "activation_checkpointing": self.activation_checkpointing,
+            "checkpointed": list(self.checkpointed),
+            "compiled": self.compiled,
+        }
 
     @property
     def wrap_innermost_first(self) -> list[str]:

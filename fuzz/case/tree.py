@@ -518,6 +518,10 @@ class Model:
         """Whether a leaf keeps running statistics (``Leaf.running_statistics``: BatchNorm's)."""
         return any(leaf.running_statistics for leaf in leaves(self.root))
 
+    def leaf_paths(self) -> list[str]:
+        """FQNs of the leaves, in forward order."""
+        return [fqn for fqn, node, _ in self.walk() if isinstance(node, Leaf)]
+
     def submodule_paths(self) -> list[str]:
         """FQNs of every module below the root, parents before children."""
         return [fqn for fqn, _, _ in self.walk()]
