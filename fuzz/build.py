@@ -31,11 +31,15 @@ __all__ = [
 MODULE_TYPE_CLASSES = {name: layer_class(cls) for name, cls in case_data.MODULE_TYPE_CLASSES.items()}
 
 
-def build_module(model: Model, *, seed: int, device: str = "cpu") -> nn.Module:
+def build_module(model: Model, *, seed: int, device: str = "cpu", meta: bool = False) -> nn.Module:
     """The unsharded tree, initialised from ``seed`` (identically on every rank), on ``device``.
 
     Initialised on the CPU and then moved, so a side on a GPU starts from the very
-    same values as a side on the CPU."""
+    same values as a side on the CPU. ``meta``: on the meta device, no values
+    (``rank_steps.wrap_and_shard`` materializes it)."""
+    if meta:
+        with torch.device("meta"):
+            return build_module(model, seed=seed)
     torch.manual_seed(seed)
     width = model.input_width
 

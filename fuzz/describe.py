@@ -21,5 +21,5 @@ def describe(case: Case) -> str:
 def _side(side: Side) -> str:
     mesh = f" mesh {side.mesh_shape}" if len(side.mesh_shape) == 2 else ""
     checkpointed = f" ac-{side.activation_checkpointing}[{','.join(side.checkpointed)}]" if side.checkpointed else ""
-    compiled = " compiled" if side.compiled else ""
+    compiled = (" compiled" if side.compiled else "") + (" meta-init" if side.meta_init else "")
     return f"{type(side.engine).__name__}x{side.world_size}{mesh} {side.state_dict}{checkpointed}{compiled}"

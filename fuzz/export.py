@@ -149,7 +149,8 @@ _COMMENTS = {
     "DTYPE": "the model's parameters and the input features",
     "SAVE_ENGINE": "how each side shards: rank_steps.shard_module reads these fields",
     "MODULE_TYPE_CLASSES": "FSDP1's module-type policy: the classes it names",
-    "SAVE_WRAPPERS": "activation checkpointing of some leaves (before or after sharding), torch.compile",
+    "SAVE_WRAPPERS": "activation checkpointing of some leaves (before or after sharding), torch.compile, "
+    "a model built on the meta device",
     "SAVE_OPTIMIZER": "torch.optim class, one hyperparameter dict per param group",
     "LOAD_OPTIMIZER": "other hyperparameters: the loaded param groups must restore the saved ones",
     "SAVE_STATE_DICT": "'sharded', 'full', or 'local' (FSDP1's LOCAL_STATE_DICT, optimizer sharded)",

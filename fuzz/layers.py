@@ -61,6 +61,11 @@ class ScaleLeaf(nn.Module):
         self.scale = nn.Parameter(torch.rand(()) + 0.5)  # from the seed: loading has work to do
         self.register_buffer("shift", torch.tensor(0.25), persistent=False)
 
+    def reset_parameters(self):  # after to_empty (a model built on the meta device): its own state
+        with torch.no_grad():
+            self.scale.copy_(torch.rand(()) + 0.5)
+            self.shift.fill_(0.25)
+
     def forward(self, x):
         return x * self.scale + self.shift
 
@@ -107,6 +112,13 @@ class AttentionLeaf(nn.Module):
         if head_dim % 2 == 0:
             self.register_buffer("inv_freq", self.rotary_frequencies(), persistent=False)
 
+    def reset_parameters(self):
+        """After ``to_empty`` (a model built on the meta device): its own state, the rotary table (the
+        projections reset their own); no checkpoint holds a non-persistent buffer, so only this restores it."""
+        if self.head_dim % 2 == 0:
+            with torch.no_grad():
+                self.inv_freq.copy_(self.rotary_frequencies())
+
     def rotary_frequencies(self):
         """The rotary table, a function of the shape alone (to recompute it after ``to_empty``)."""
         return 1.0 / (10000.0 ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim))
@@ -133,6 +145,9 @@ class AttentionLeaf(nn.Module):
 class MultiheadAttentionLeaf(nn.MultiheadAttention):
     """``nn.MultiheadAttention`` as self-attention over the batch taken as one sequence: q, k and v
     come from one packed ``in_proj_weight`` (3 * width rows), the output from ``out_proj``."""
+
+    def reset_parameters(self):  # the packed projection (torch names it _reset_parameters)
+        self._reset_parameters()
 
     def forward(self, x):
         return super().forward(x, x, x, need_weights=False)[0]

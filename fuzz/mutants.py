@@ -365,6 +365,24 @@ class TrainingStateNotLoaded(DcpTarget):
         super().load(loaded, checkpoint_id=checkpoint_id, process_group=process_group)
 
 
+class RotaryTableLeftEmpty(DcpTarget):
+    """An initialisation that forgets a non-persistent buffer: a model built on the meta device gets
+    its parameters from the checkpoint, but its rotary table (``inv_freq``, in no state dict) keeps
+    what ``to_empty`` left (zeros here), so the loaded model computes something else. Only training
+    on (``continuation``) can see it."""
+
+    def shard(self, module, side, *, group, mesh, default):
+        self._built_on_meta = module if side.meta_init else None
+        return default(module, side, group=group, mesh=mesh)
+
+    def load(self, state_dict, *, checkpoint_id, process_group):
+        super().load(state_dict, checkpoint_id=checkpoint_id, process_group=process_group)
+        model = getattr(self, "_built_on_meta", None)
+        for module in model.modules() if model is not None else ():
+            if isinstance(getattr(module, "inv_freq", None), torch.Tensor):
+                module.inv_freq.zero_()
+
+
 #: name -> the oracle expected to kill it (others may too).
 CATALOGUE: dict[str, str] = {
     "PerturbOneLoadedElement": "complete-state",
@@ -385,4 +403,5 @@ CATALOGUE: dict[str, str] = {
     "StepTensorsShared": "continuation",
     "ShardOnDimOne": "layout",
     "TrainingStateNotLoaded": "complete-state",
+    "RotaryTableLeftEmpty": "continuation",
 }

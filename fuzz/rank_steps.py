@@ -35,6 +35,8 @@ __all__ = [
     "shard_on_dim",
     "shard_module",
     "checkpoint_modules",
+    "built",
+    "materialize",
     "wrap_and_shard",
     "state_dict_options",
     "local_state_dict_type",
@@ -355,13 +357,39 @@ def checkpoint_modules(model, modules) -> None:
     apply_activation_checkpointing(model, checkpoint_wrapper_fn=checkpoint_wrapper, check_fn=lambda m: id(m) in chosen)
 
 
-def wrap_and_shard(module, wrappers: dict, shard):
+def built(build, seed: int, *, meta: bool):
+    """``build(seed)``, on the meta device if ``meta`` (no memory, no values: ``materialize`` gives them)."""
+    if not meta:
+        return build(seed)
+    with torch.device("meta"):
+        return build(seed)
+
+
+def materialize(model, device: str) -> None:
+    """A model built on the meta device, made real: each module with parameters or buffers of its own is
+    ``to_empty``'d and ``reset_parameters()``'d, as FSDP1 does it itself (the contract it documents: a
+    module's ``reset_parameters`` sets its own state, non-persistent buffers included)."""
+    with torch.no_grad():
+        for module in model.modules():
+            if any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False)):
+                module.to_empty(device=rank_device(device), recurse=False)
+                module.reset_parameters()
+
+
+def wrap_and_shard(module, wrappers: dict, shard, *, engine: str, device: str = "cpu"):
     """``shard(module)`` inside a side's wrappers (``Side.wrappers``): activation checkpointing on the
-    ``checkpointed`` leaves before or after the sharding, then ``torch.compile`` of the whole."""
+    ``checkpointed`` leaves before or after the sharding, then ``torch.compile`` of the whole. A model
+    built on the meta device (``meta_init``) is materialized where each engine needs it: DDP and a plain
+    module before (DDP broadcasts real tensors), FSDP2 after ``fully_shard`` (each rank its shard only,
+    torchtitan's order); FSDP1 materializes it itself while it wraps."""
     leaves = [module.get_submodule(path) for path in wrappers["checkpointed"]]
+    if wrappers["meta_init"] and engine in ("DDP", "Unsharded"):
+        materialize(module, device)
     if wrappers["activation_checkpointing"] == "before":
         checkpoint_modules(module, leaves)
     model = shard(module)
+    if wrappers["meta_init"] and engine == "FSDP2":
+        materialize(model, device)
     if wrappers["activation_checkpointing"] == "after":
         checkpoint_modules(model, leaves)
     if wrappers["compiled"]:

@@ -34,6 +34,7 @@ from shardfuzz.handoff import one_torch_hyperparameters, read_handoff, write_han
 from shardfuzz.layers import layer_class
 from shardfuzz.rank_steps import (
     api_parity_pairs,
+    built,
     device_mesh,
     gather_full,
     get_side_state,
@@ -70,8 +71,8 @@ LOAD_WRAP: list[str] = []
 SAVE_WRAP_INNERMOST_FIRST: list[str] = []
 LOAD_WRAP_INNERMOST_FIRST: list[str] = []
 MODULE_TYPE_CLASSES: dict[str, str] = {}
-SAVE_WRAPPERS: dict = {"activation_checkpointing": "none", "checkpointed": [], "compiled": False}
-LOAD_WRAPPERS: dict = {"activation_checkpointing": "none", "checkpointed": [], "compiled": False}
+SAVE_WRAPPERS: dict = {"activation_checkpointing": "none", "checkpointed": [], "compiled": False, "meta_init": False}
+LOAD_WRAPPERS: dict = {"activation_checkpointing": "none", "checkpointed": [], "compiled": False, "meta_init": False}
 SAVE_OPTIMIZER: tuple = ("SGD", [{"lr": 0.01}])
 LOAD_OPTIMIZER: tuple = ("SGD", [{"lr": 0.02}])
 FLATTEN_OPTIMIZER_STATE_DICT = True
@@ -167,7 +168,7 @@ def shard(model, engine, wrap, innermost_first, group, mesh, wrappers):
             classes=classes,
         )
 
-    return wrap_and_shard(model, wrappers, sharded)
+    return wrap_and_shard(model, wrappers, sharded, engine=engine["kind"])
 
 
 def differences(expected, actual, close=None):
@@ -251,7 +252,7 @@ def round_trip(rank, checkpoint_dir, phase="both"):
         if rank < SAVE_RANKS and phase != "load":
             PHASE[0] = "build-save"
             model = shard(
-                build_model(SEED),
+                built(build_model, SEED, meta=SAVE_WRAPPERS["meta_init"]),
                 SAVE_ENGINE,
                 SAVE_WRAP,
                 SAVE_WRAP_INNERMOST_FIRST,
@@ -297,7 +298,8 @@ def round_trip(rank, checkpoint_dir, phase="both"):
             saved_by, expected, expected_after = read_handoff(checkpoint_dir)
         if rank < LOAD_RANKS:
             PHASE[0] = "build-load"
-            spec = build_load_model(SEED + 1) if LOAD_MUTATION is not None else build_model(SEED + 1)
+            build = build_load_model if LOAD_MUTATION is not None else build_model
+            spec = built(build, SEED + 1, meta=LOAD_WRAPPERS["meta_init"])
             model = shard(
                 spec,
                 LOAD_ENGINE,

@@ -324,7 +324,7 @@ def _load_into(case: Case, side: Side, model, optim, ctx: RankContext, target, c
 
 def _build_side(case: Case, side: Side, spec, ctx: RankContext, target, *, seed: int):
     n = side.world_size
-    module = build_module(spec, seed=seed, device=side.device)
+    module = build_module(spec, seed=seed, device=side.device, meta=side.meta_init)
     # FSDP2 shards on a mesh, as does FSDP1 for HSDP; the others take the group itself.
     mesh = ctx.mesh(side.mesh_shape, side.device) if side.engine.needs_mesh else None
     if isinstance(target, ShardsModules):
@@ -336,7 +336,9 @@ def _build_side(case: Case, side: Side, spec, ctx: RankContext, target, *, seed:
         def sharded(module):
             return shard(module, side, group=ctx.group(n), mesh=mesh)
 
-    model = rank_steps.wrap_and_shard(module, side.wrappers, sharded)
+    model = rank_steps.wrap_and_shard(
+        module, side.wrappers, sharded, engine=type(side.engine).__name__, device=side.device
+    )
     # The load side (seed + 1) also gets other hyperparameters, so a loader that
     # drops param groups is seen (non-vacuity).
     optim = build_optimizer(case.optimizer, model, param_groups=case.param_groups, perturbed=seed != case.seed)

@@ -74,13 +74,17 @@ def wrap_sets(model: Model) -> st.SearchStrategy[tuple[str, ...]]:
     return st.lists(st.sampled_from(paths), unique=True).map(tuple)
 
 
-def side_wrappers(model: Model, *, checkpointing_one_in: int = 5, compile_one_in: int = 12) -> st.SearchStrategy[dict]:
-    """A side's wrappers that rename parameters, as ``Side`` fields: activation checkpointing of
-    some leaves, before or after sharding (about 1 side in ``checkpointing_one_in``), and
-    ``torch.compile`` (1 in ``compile_one_in``: a compiled case costs a trace), where the
-    installed torch offers each; shrinks to no wrappers."""
+def side_wrappers(
+    model: Model, *, checkpointing_one_in: int = 5, compile_one_in: int = 12, meta_one_in: int = 6
+) -> st.SearchStrategy[dict]:
+    """How a side puts its model together around the engine, as ``Side`` fields: activation
+    checkpointing of some leaves, before or after sharding (about 1 side in ``checkpointing_one_in``),
+    ``torch.compile`` (1 in ``compile_one_in``: a compiled case costs a trace), where the installed
+    torch offers each, and construction on the meta device (1 in ``meta_one_in``); shrinks to none."""
     check_int("checkpointing_one_in", checkpointing_one_in, minimum=1)
     check_int("compile_one_in", compile_one_in, minimum=1)
+    check_int("meta_one_in", meta_one_in, minimum=1)
+    meta = st.sampled_from([False] * (meta_one_in - 1) + [True])
     caps = capabilities()
     orders = ["none"] * (checkpointing_one_in - 1) + ["before", "after"] * (checkpointing_one_in > 1)
     order = st.sampled_from(orders if caps.activation_checkpointing else ["none"])
@@ -94,6 +98,7 @@ def side_wrappers(model: Model, *, checkpointing_one_in: int = 5, compile_one_in
             "activation_checkpointing": chosen,
             "checkpointed": tuple(draw(leaves)) if chosen != "none" else (),
             "compiled": draw(compiled),
+            "meta_init": draw(meta),
         }
 
     return draw()

@@ -24,12 +24,21 @@ _DOUBLE_NESTED = Model(4, Block([Block([Linear(4), Linear(4)]), Linear(4)]))
 SEED_SCENARIOS: dict[str, Case] = {
     # 000 test_fsdp_model_state: FSDP1 Linear(8, 8), sharded state dict, loaded into a second
     # FSDP1 model on (a) the same group, (b) a rank subgroup (shardfuzz's subgroups are the
-    # prefix ranks 0..n-1, not 000's even/odd split). 000 builds on the meta device: not modelled.
+    # prefix ranks 0..n-1, not 000's even/odd split). Both models are built on the meta device, as
+    # 000's are (FSDP1 materializes them with each module's reset_parameters).
     "000-fsdp1-sharded-same-group": Case(
-        model=_chain(8, 8), save=Side(FSDP1(), (4,)), load=Side(FSDP1(), (4,)), optimizer=SGD(), steps=1
+        model=_chain(8, 8),
+        save=Side(FSDP1(), (4,), meta_init=True),
+        load=Side(FSDP1(), (4,), meta_init=True),
+        optimizer=SGD(),
+        steps=1,
     ),
     "000-fsdp1-sharded-onto-subgroup": Case(
-        model=_chain(8, 8), save=Side(FSDP1(), (4,)), load=Side(FSDP1(), (2,)), optimizer=SGD(), steps=1
+        model=_chain(8, 8),
+        save=Side(FSDP1(), (4,), meta_init=True),
+        load=Side(FSDP1(), (2,), meta_init=True),
+        optimizer=SGD(),
+        steps=1,
     ),
     # 001 test_fsdp_dsd: FSDP2 on every child and the root of an MLP stack of widths 2..5 with
     # reshard_after_forward=False; a full state dict with cpu_offload (the full-offload check);

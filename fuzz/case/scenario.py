@@ -202,6 +202,7 @@ def dimensions(case: Case) -> dict[str, str]:
             f"{name}_state_dict_api": s.state_dict_api,
             f"{name}_activation_checkpointing": s.activation_checkpointing,
             f"{name}_compiled": str(s.compiled).lower(),
+            f"{name}_meta_init": str(s.meta_init).lower(),
         }
 
     return {

@@ -47,6 +47,7 @@ def make_converter() -> cattrs.Converter:
             activation_checkpointing=omitted,
             checkpointed=omitted,
             compiled=omitted,
+            meta_init=omitted,
         ),
     )
     converter.register_unstructure_hook(Model, make_dict_unstructure_fn(Model, converter, dtype=omitted))

@@ -177,7 +177,9 @@ class Side:
     ``torch.compile`` (the ``eager`` backend: what matters is the ``_orig_mod.`` prefix and the
     parameters' identity, not generated code). Both rename parameters on this side only: the
     checkpoint must load across a change of wrappers exactly or fail loudly (each left out of
-    the JSON at its default).
+    the JSON at its default). ``meta_init``: the side builds its model on the meta device and
+    materializes it (``to_empty``, then each module's ``reset_parameters``) where its engine needs it,
+    as seed 000 and torchtitan build large models (left out of the JSON when False).
     """
 
     engine: Engine = field(validator=instance_of(ENGINE_CLASSES))
@@ -191,6 +193,7 @@ class Side:
     activation_checkpointing: str = field(default="none", validator=in_(ACTIVATION_CHECKPOINTING))
     checkpointed: tuple[str, ...] = field(default=(), converter=_sorted_unique)
     compiled: bool = field(default=False, validator=instance_of(bool))
+    meta_init: bool = field(default=False, validator=instance_of(bool))
 
     @mesh_shape.validator
     def _mesh(self, attribute, value):
@@ -239,6 +242,7 @@ class Side:
             "activation_checkpointing": self.activation_checkpointing,
             "checkpointed": list(self.checkpointed),
             "compiled": self.compiled,
+            "meta_init": self.meta_init,
         }
 
     @property

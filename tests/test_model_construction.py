@@ -1,0 +1,100 @@
+"""How a side puts its model together: activation checkpointing, torch.compile, the meta device.
+
+Each renames parameters or leaves values to be made after sharding; a checkpoint must load
+across a change of any of them exactly or fail loudly. The faults here are the ones such
+code makes: a non-persistent buffer left as ``to_empty`` left it.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from shardfuzz.capabilities import capabilities
+from shardfuzz.case import (
+    DDP,
+    FSDP1,
+    FSDP2,
+    Adam,
+    Block,
+    Case,
+    Linear,
+    Model,
+    Sequential,
+    Side,
+    TransformerBlock,
+    dimensions,
+    dumps,
+    loads,
+)
+from shardfuzz.describe import describe
+from shardfuzz.executor import RankPool
+from shardfuzz.rank_steps import unwrapped_name
+
+MODEL = Model(input_width=3, root=Sequential([Linear(4), Block([TransformerBlock(2, 2, 1, 3)]), Linear(2)]))
+
+
+def _case(save: Side, load: Side, **fields) -> Case:
+    return Case(model=MODEL, save=save, load=load, optimizer=Adam(), steps=2, checks=("continuation",), **fields)
+
+
+def test_the_json_leaves_them_out_at_their_defaults_and_round_trips_them():
+    plain = _case(Side(FSDP2(), (2,)), Side(DDP(), (2,)))
+    for field in ("activation_checkpointing", "checkpointed", "compiled", "meta_init"):
+        assert field not in dumps(plain)
+    wrapped = _case(
+        Side(FSDP2(), (2,), activation_checkpointing="after", checkpointed=["1.a", "0"], meta_init=True),
+        Side(DDP(), (2,), compiled=True),
+    )
+    assert loads(dumps(wrapped)) == wrapped
+    assert wrapped.save.checkpointed == ("0", "1.a")
+    assert dimensions(wrapped)["save_activation_checkpointing"] == "after"
+    assert dimensions(wrapped)["load_compiled"] == "true"
+    assert dimensions(wrapped)["save_meta_init"] == "true"
+    assert "ac-after[0,1.a]" in describe(wrapped) and "compiled" in describe(wrapped)
+
+
+@pytest.mark.parametrize(
+    "side, message",
+    [
+        (dict(activation_checkpointing="before"), "checkpointed names leaves exactly when"),
+        (dict(checkpointed=["0"]), "checkpointed names leaves exactly when"),
+        (dict(activation_checkpointing="sideways", checkpointed=["0"]), "activation_checkpointing"),
+    ],
+)
+def test_a_side_with_inconsistent_wrappers_is_refused(side, message):
+    with pytest.raises(ValueError, match=message):
+        Side(FSDP2(), (2,), **side)
+
+
+def test_only_leaves_are_checkpointed():
+    with pytest.raises(ValueError, match="not leaves"):
+        _case(Side(FSDP2(), (2,), activation_checkpointing="before", checkpointed=["1"]), Side(DDP(), (2,)))
+
+
+@pytest.mark.parametrize(
+    "name, plain",
+    [
+        ("_orig_mod.module.0.weight", "0.weight"),
+        ("_fsdp_wrapped_module.1._checkpoint_wrapped_module.a.wq.weight", "1.a.wq.weight"),
+        ("module.2.bias", "2.bias"),
+    ],
+)
+def test_wrapper_prefixes_are_stripped(name, plain):
+    assert unwrapped_name(name) == plain
+
+
+@pytest.mark.ranks
+def test_a_checkpoint_loads_across_wrappers_and_a_forgotten_rotary_table_is_caught():
+    if not (capabilities().activation_checkpointing and capabilities().compile):
+        pytest.skip("this torch lacks activation checkpointing or torch.compile")
+    wrapped = _case(
+        Side(FSDP2(), (2,), wrap=["1"], activation_checkpointing="before", checkpointed=["1.a"], meta_init=True),
+        Side(DDP(), (2,), compiled=True, meta_init=True),
+    )
+    reverse = _case(wrapped.load, Side(FSDP1(), (2,), activation_checkpointing="after", checkpointed=["0", "1.a"]))
+    with RankPool(2) as pool:
+        assert [pool.run(case).status for case in (wrapped, reverse)] == ["pass", "pass"]
+    with RankPool(2, target="shardfuzz.mutants:RotaryTableLeftEmpty") as pool:
+        verdict = pool.run(_case(Side(DDP(), (2,)), Side(FSDP2(), (2,), meta_init=True)))
+    assert verdict.status == "mismatch", verdict
+    assert {m.oracle for m in verdict.mismatches} == {"continuation"}
