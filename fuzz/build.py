@@ -77,6 +77,8 @@ def shard(module: nn.Module, side: Side, *, group, mesh) -> nn.Module:
         mesh=mesh,
         device=side.device,
         classes=MODULE_TYPE_CLASSES,
+        mixed_precision=side.mixed_precision,
+        offload_params=side.offload_params,
     )
 
 

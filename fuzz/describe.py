@@ -22,4 +22,7 @@ def _side(side: Side) -> str:
     mesh = f" mesh {side.mesh_shape}" if len(side.mesh_shape) == 2 else ""
     checkpointed = f" ac-{side.activation_checkpointing}[{','.join(side.checkpointed)}]" if side.checkpointed else ""
     compiled = (" compiled" if side.compiled else "") + (" meta-init" if side.meta_init else "")
+    compiled += (f" mp-{side.mixed_precision}" if side.mixed_precision != "none" else "") + (
+        " offload" if side.offload_params else ""
+    )
     return f"{type(side.engine).__name__}x{side.world_size}{mesh} {side.state_dict}{checkpointed}{compiled}"

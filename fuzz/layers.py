@@ -79,6 +79,11 @@ class TiedLeaf(nn.Module):
         self.b = nn.Linear(width, width, bias=bias)
         self.b.weight = self.a.weight
 
+    def tie_weights(self):
+        """Share ``a``'s weight again: ``to_empty`` (a model built on the meta device) makes each parameter
+        anew, one per name, as Hugging Face's models re-tie theirs after it."""
+        self.b.weight = self.a.weight
+
     def forward(self, x):
         return self.b(self.a(x))
 

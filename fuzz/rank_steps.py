@@ -33,6 +33,7 @@ __all__ = [
     "make_optimizer",
     "device_mesh",
     "shard_on_dim",
+    "MIXED_PRECISION_DTYPES",
     "shard_module",
     "checkpoint_modules",
     "built",
@@ -292,11 +293,33 @@ def shard_on_dim(dim: int, param):
     return dtensor().Shard(min(dim, param.ndim - 1))
 
 
-def shard_module(module, engine: dict, *, wrap, innermost_first, group, mesh, device: str, classes):
+#: ``Side.mixed_precision`` -> (parameter dtype, reduction dtype) of FSDP's mixed precision.
+MIXED_PRECISION_DTYPES = {
+    "bf16": (torch.bfloat16, torch.bfloat16),
+    "bf16-params": (torch.bfloat16, torch.float32),
+    "bf16-reduce": (torch.float32, torch.bfloat16),
+}
+
+
+def shard_module(
+    module,
+    engine: dict,
+    *,
+    wrap,
+    innermost_first,
+    group,
+    mesh,
+    device: str,
+    classes,
+    mixed_precision: str = "none",
+    offload_params: bool = False,
+):
     """``module`` wrapped by ``engine`` (``{"kind": "FSDP1" | "FSDP2" | "DDP" | "Unsharded", **its fields}``)
     on ``group`` (1-D) or ``mesh`` (FSDP2, HSDP). ``wrap``: the modules listed as inner units;
     ``innermost_first``: the same, a module before its ancestors; ``classes``: module type name -> class
-    (for FSDP1's ``module-type`` policy)."""
+    (for FSDP1's ``module-type`` policy); ``mixed_precision`` (a key of ``MIXED_PRECISION_DTYPES``) and
+    ``offload_params`` (FSDP2's ``CPUOffloadPolicy``) as ``Side`` has them."""
+    lowered = MIXED_PRECISION_DTYPES.get(mixed_precision)
     kind = engine["kind"]
     if kind == "Unsharded":
         return module
@@ -308,6 +331,14 @@ def shard_module(module, engine: dict, *, wrap, innermost_first, group, mesh, de
     if kind == "FSDP2":
         fully_shard = fully_shard_fn()
         kwargs = {"mesh": mesh, "reshard_after_forward": engine["reshard_after_forward"]}
+        if lowered is not None:
+            from torch.distributed.fsdp import MixedPrecisionPolicy
+
+            kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=lowered[0], reduce_dtype=lowered[1])
+        if offload_params:
+            from torch.distributed.fsdp import CPUOffloadPolicy
+
+            kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=False)  # pinning needs an accelerator
         if engine["shard_dim"]:
             kwargs["shard_placement_fn"] = functools.partial(shard_on_dim, engine["shard_dim"])
         for path in innermost_first:
@@ -326,6 +357,10 @@ def shard_module(module, engine: dict, *, wrap, innermost_first, group, mesh, de
         sharding_strategy=ShardingStrategy[engine["sharding_strategy"]],
         **({"device_mesh": mesh} if hybrid else {"process_group": group}),
     )
+    if lowered is not None:
+        from torch.distributed.fsdp import MixedPrecision
+
+        common["mixed_precision"] = MixedPrecision(param_dtype=lowered[0], reduce_dtype=lowered[1])
     policy: object = None
     if engine["wrap_policy"] == "set" and wrap:
         inner = {id(module.get_submodule(path)) for path in wrap}
@@ -368,12 +403,16 @@ def built(build, seed: int, *, meta: bool):
 def materialize(model, device: str) -> None:
     """A model built on the meta device, made real: each module with parameters or buffers of its own is
     ``to_empty``'d and ``reset_parameters()``'d, as FSDP1 does it itself (the contract it documents: a
-    module's ``reset_parameters`` sets its own state, non-persistent buffers included)."""
+    module's ``reset_parameters`` sets its own state, non-persistent buffers included); shared weights,
+    which ``to_empty`` splits, are tied again (``tie_weights``)."""
     with torch.no_grad():
         for module in model.modules():
             if any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False)):
                 module.to_empty(device=rank_device(device), recurse=False)
                 module.reset_parameters()
+        for module in model.modules():
+            if hasattr(module, "tie_weights"):  # to_empty made a shared weight two
+                module.tie_weights()
 
 
 def wrap_and_shard(module, wrappers: dict, shard, *, engine: str, device: str = "cpu"):

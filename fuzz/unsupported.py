@@ -86,6 +86,25 @@ CASE_RULES: tuple[CaseRule, ...] = (
         ),
     ),
     CaseRule(
+        "fsdp1-meta-init-shared-parameter",
+        "FSDP1 materializes a model built on the meta device itself, module by module (to_empty, "
+        "reset_parameters), and to_empty makes every parameter anew: a weight shared by two modules "
+        "comes back as two before FSDP1 flattens them, with no hook to tie them again (a Tied leaf "
+        "then trains and saves two weights)",
+        lambda case: (
+            "Tied" in case.model.leaf_kinds() and any(s.meta_init and isinstance(s.engine, FSDP1) for s in _sides(case))
+        ),
+    ),
+    CaseRule(
+        "fsdp1-compile-flat-parameters",
+        "FSDP1 documents use_orig_params=True as required for torch.compile: with FlatParameters the "
+        "compiled model's parameters are not the original ones (DSD then asserts 'Expected 1 FQN for "
+        "_orig_mod._fsdp_wrapped_module._flat_param')",
+        lambda case: any(
+            s.compiled and isinstance(s.engine, FSDP1) and not s.engine.use_orig_params for s in _sides(case)
+        ),
+    ),
+    CaseRule(
         "broadcast-from-rank0-fsdp1",
         "StateDictOptions documents that broadcast_from_rank0 'currently only supports DTensor, not the "
         "legacy ShardedTensor': FSDP1's optimizer path hands the empty state dict of ranks > 0 to "

@@ -17,6 +17,7 @@ from shardfuzz.strategies.options import (
     checks,
     flatten_optimizer_state_dict,
     load_mutations,
+    mixed_precisions,
     optimizer_steps,
     optimizers,
     param_groups,
@@ -188,6 +189,7 @@ def cases(
     local_choice = rarely(one_in=6) if caps.local_state_dict and local_allowed else st.just(False)
     local_mesh = st.sampled_from([(n,) for n in range(1, max_world_size + 1)])
     training_choice = training_states() if target.training_state else st.none()
+    lowered, offloaded_params = mixed_precisions(), rarely(one_in=8)
 
     def with_options(draw, save: Side, load: Side, storage, flatten: bool, mutation) -> tuple[Side, Side]:
         """The sides' ``StateDictOptions`` fields, and the state-dict types the storage needs."""
@@ -244,6 +246,15 @@ def cases(
             return save, attrs.evolve(save, mesh_shape=draw(local_mesh))
         return save, save
 
+    def with_precision(draw, side: Side, model: Model) -> Side:
+        """FSDP mixed precision (a float32 model) and FSDP2's parameter offload, drawn for a side that has them."""
+        fsdp = isinstance(side.engine, (FSDP1, FSDP2))
+        return attrs.evolve(
+            side,
+            mixed_precision=draw(lowered) if fsdp and model.dtype == "float32" else "none",
+            offload_params=isinstance(side.engine, FSDP2) and draw(offloaded_params),
+        )
+
     @st.composite
     def draw_case(draw):
         model = draw(model_trees)
@@ -265,7 +276,7 @@ def cases(
         stateful = isinstance(storage, Dcp) and storage.api != "legacy"
         training = draw(training_choice) if stateful else None
         wrappers = side_wrappers(model)
-        save, load = attrs.evolve(save, **draw(wrappers)), attrs.evolve(load, **draw(wrappers))
+        save, load = (with_precision(draw, attrs.evolve(side, **draw(wrappers)), model) for side in (save, load))
         return Case(
             model=model,
             save=save,

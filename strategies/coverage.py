@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from shardfuzz.capabilities import capabilities
 from shardfuzz.case import (
+    ACTIVATION_CHECKPOINTING,
     CHECKS,
     DEVICES,
     DTYPES,
     FSDP1_STRATEGIES,
     HYBRID_STRATEGIES,
     LOAD_MUTATIONS,
+    MIXED_PRECISION,
     OPTIMIZER_CLASSES,
+    SCHEDULERS,
     STATE_DICT_APIS,
     STATE_DICT_TYPES,
     WRAP_POLICIES,
@@ -65,6 +68,13 @@ def offered_values(
                 f"{side}_empty_shard": set(_BOOLS) if max_world_size > 1 else {"false"},
                 f"{side}_cpu_offload": set(_BOOLS),
                 f"{side}_state_dict_api": set(STATE_DICT_APIS),
+                f"{side}_activation_checkpointing": (
+                    set(ACTIVATION_CHECKPOINTING) if caps.activation_checkpointing else {"none"}
+                ),
+                f"{side}_compiled": set(_BOOLS) if caps.compile else {"false"},
+                f"{side}_meta_init": set(_BOOLS),
+                f"{side}_mixed_precision": set(MIXED_PRECISION) if engines & {"fsdp1", "fsdp2"} else {"none"},
+                f"{side}_offload_params": set(_BOOLS) if "fsdp2" in engines else {"false"},
             }
         )
         if "fsdp1" in engines:
@@ -99,6 +109,8 @@ def offered_values(
             "ignore_frozen_params": set(_BOOLS) if caps.ignore_frozen_params else {"false"},
             "load_mutation": {"none", *LOAD_MUTATIONS},
             **{f"check_{name}": set(_BOOLS) for name in CHECKS},
+            "training_state": {"none", *SCHEDULERS},
+            "grad_scaler": set(_BOOLS),
         }
     )
     state_dicts = set(values["save_state_dict"])
@@ -130,6 +142,10 @@ def _narrowed(values: dict, support: TargetSupport, *, max_world_size: int, max_
         state_dicts.discard("local")
     for side in ("save", "load"):
         values[f"{side}_engine"] = engines
+        if not engines & {"fsdp1", "fsdp2"}:
+            values[f"{side}_mixed_precision"] = {"none"}
+        if "fsdp2" not in engines:
+            values[f"{side}_offload_params"] = {"false"}
         values[f"{side}_state_dict"] = state_dicts
         if support.whole_pool:
             values[f"{side}_world_size"] = {str(max_world_size)}
@@ -145,6 +161,8 @@ def _narrowed(values: dict, support: TargetSupport, *, max_world_size: int, max_
         }
     if not support.options:
         values["broadcast_from_rank0"] = values["ignore_frozen_params"] = {"false"}
+    if not support.training_state:
+        values["training_state"], values["grad_scaler"] = {"none"}, {"false"}
     if not support.flatten:
         values["flatten_optimizer_state_dict"] = {"false"}
     if support.min_steps:

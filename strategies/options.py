@@ -8,6 +8,7 @@ from shardfuzz.capabilities import capabilities
 from shardfuzz.case import (
     CHECKS,
     LOAD_MUTATIONS,
+    MIXED_PRECISION,
     SCHEDULERS,
     SGD,
     STATE_DICT_APIS,
@@ -31,6 +32,7 @@ __all__ = [
     "optimizers",
     "param_groups",
     "training_states",
+    "mixed_precisions",
     "state_dict_apis",
     "state_dict_types",
     "storages",
@@ -105,6 +107,14 @@ def training_states(*, one_in: int = 4) -> st.SearchStrategy[TrainingState | Non
     check_int("one_in", one_in, minimum=1)
     state = st.builds(TrainingState, scheduler=st.sampled_from(SCHEDULERS), grad_scaler=st.booleans())
     return st.one_of(*[st.none()] * (one_in - 1), state)
+
+
+def mixed_precisions(*, one_in: int = 6) -> st.SearchStrategy[str]:
+    """FSDP mixed precision for a side (``Side.mixed_precision``): ``none`` in about ``one_in - 1`` draws
+    of ``one_in``, else one of the bfloat16 policies; shrinks to ``none``."""
+    check_int("one_in", one_in, minimum=1)
+    policies = MIXED_PRECISION[1:]
+    return st.sampled_from(("none",) * ((one_in - 1) * len(policies)) + policies)
 
 
 def storages() -> st.SearchStrategy:

@@ -34,6 +34,7 @@ from shardfuzz.case.sides import (
     FSDP1_STRATEGIES,
     FSDP2,
     HYBRID_STRATEGIES,
+    MIXED_PRECISION,
     STATE_DICT_APIS,
     STATE_DICT_TYPES,
     WRAP_POLICIES,
@@ -72,6 +73,7 @@ from shardfuzz.case.tree import (
 )
 
 __all__ = [
+    "MIXED_PRECISION",
     "ACTIVATION_CHECKPOINTING",
     "SCHEDULERS",
     "TrainingState",

@@ -92,6 +92,8 @@ class Case:
                 "with ignore_frozen_params the sides' frozen parameters differ after the load, so "
                 "training on cannot match: the continuation check needs a model with none frozen"
             )
+        if self.model.dtype != "float32" and any(s.mixed_precision != "none" for s in (self.save, self.load)):
+            raise ValueError("mixed precision lowers a float32 model's compute to bfloat16: it needs dtype float32")
         if self.training is not None and not (isinstance(storage, Dcp) and storage.api != "legacy"):
             raise ValueError(
                 "training state is a Stateful in a DCP checkpoint: it needs Dcp storage with api 'save' or "
@@ -141,7 +143,19 @@ class Case:
     def same_sharding(self) -> bool:
         """Whether both sides run the same arithmetic (the state-dict type does not enter training)."""
         a, b = self.save, self.load
-        return (a.engine, a.mesh_shape, a.wrap, a.device) == (b.engine, b.mesh_shape, b.wrap, b.device)
+        return (a.engine, a.mesh_shape, a.wrap, a.device, a.mixed_precision) == (
+            b.engine,
+            b.mesh_shape,
+            b.wrap,
+            b.device,
+            b.mixed_precision,
+        )
+
+    @property
+    def compute_dtype(self) -> str:
+        """The dtype training computes in: bfloat16 where a side uses mixed precision, else the model's."""
+        lowered = any(side.mixed_precision != "none" for side in (self.save, self.load))
+        return "bfloat16" if lowered else self.model.dtype
 
     def load_model(self) -> Model:
         """The model the load side builds: ``model``, or its incompatible mutation."""
@@ -203,6 +217,8 @@ def dimensions(case: Case) -> dict[str, str]:
             f"{name}_activation_checkpointing": s.activation_checkpointing,
             f"{name}_compiled": str(s.compiled).lower(),
             f"{name}_meta_init": str(s.meta_init).lower(),
+            f"{name}_mixed_precision": s.mixed_precision,
+            f"{name}_offload_params": str(s.offload_params).lower(),
         }
 
     return {

@@ -48,6 +48,8 @@ def make_converter() -> cattrs.Converter:
             checkpointed=omitted,
             compiled=omitted,
             meta_init=omitted,
+            mixed_precision=omitted,
+            offload_params=omitted,
         ),
     )
     converter.register_unstructure_hook(Model, make_dict_unstructure_fn(Model, converter, dtype=omitted))

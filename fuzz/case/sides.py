@@ -25,6 +25,12 @@ STATE_DICT_APIS = ("combined", "separate")
 #: shards the model (torchtitan's order), or after (FSDP1's documented order).
 ACTIVATION_CHECKPOINTING = ("none", "before", "after")
 
+#: FSDP's mixed precision on a side (FSDP1 ``MixedPrecision``, FSDP2 ``MixedPrecisionPolicy``):
+#: ``bf16`` parameters and gradient reduction in bfloat16; ``bf16-params`` parameters in bfloat16, the
+#: reduction in float32; ``bf16-reduce`` the reverse. Either way the sharded parameters, the optimizer
+#: state and so every state dict stay float32: that is what is saved and compared.
+MIXED_PRECISION = ("none", "bf16", "bf16-params", "bf16-reduce")
+
 #: Where a side's ranks hold the model. ``cuda``: one GPU per rank, collectives on
 #: those tensors over NCCL. A case may save on one and load on the other.
 DEVICES = ("cpu", "cuda")
@@ -180,6 +186,9 @@ class Side:
     the JSON at its default). ``meta_init``: the side builds its model on the meta device and
     materializes it (``to_empty``, then each module's ``reset_parameters``) where its engine needs it,
     as seed 000 and torchtitan build large models (left out of the JSON when False).
+    ``mixed_precision`` (``MIXED_PRECISION``, FSDP1 and FSDP2 sides) and ``offload_params`` (FSDP2's
+    ``CPUOffloadPolicy``: sharded parameters, gradients and the optimizer step on the CPU) change
+    how it trains, not what it saves (each left out of the JSON at its default).
     """
 
     engine: Engine = field(validator=instance_of(ENGINE_CLASSES))
@@ -194,6 +203,8 @@ class Side:
     checkpointed: tuple[str, ...] = field(default=(), converter=_sorted_unique)
     compiled: bool = field(default=False, validator=instance_of(bool))
     meta_init: bool = field(default=False, validator=instance_of(bool))
+    mixed_precision: str = field(default="none", validator=in_(MIXED_PRECISION))
+    offload_params: bool = field(default=False, validator=instance_of(bool))
 
     @mesh_shape.validator
     def _mesh(self, attribute, value):
@@ -223,6 +234,10 @@ class Side:
             )
         if (self.activation_checkpointing == "none") != (not self.checkpointed):
             raise ValueError("checkpointed names leaves exactly when activation_checkpointing is 'before' or 'after'")
+        if self.mixed_precision != "none" and not isinstance(engine, (FSDP1, FSDP2)):
+            raise ValueError(f"mixed_precision is FSDP's: {type(engine).__name__} takes 'none'")
+        if self.offload_params and not isinstance(engine, FSDP2):
+            raise ValueError(f"offload_params is FSDP2's CPUOffloadPolicy: {type(engine).__name__} takes False")
         if self.state_dict == "local" and (self.cpu_offload or self.state_dict_api != "combined"):
             raise ValueError(
                 "a 'local' side gets its model state from FSDP1 itself: no cpu_offload, state_dict_api 'combined'"
@@ -237,12 +252,15 @@ class Side:
 
     @property
     def wrappers(self) -> dict:
-        """The wrappers as ``rank_steps.apply_wrappers`` takes them (and exported scripts write them)."""
+        """How the side puts its model together around the engine, as ``rank_steps.wrap_and_shard`` and
+        ``shard_module`` take it (and exported scripts write it)."""
         return {
             "activation_checkpointing": self.activation_checkpointing,
             "checkpointed": list(self.checkpointed),
             "compiled": self.compiled,
             "meta_init": self.meta_init,
+            "mixed_precision": self.mixed_precision,
+            "offload_params": self.offload_params,
         }
 
     @property
