@@ -248,6 +248,12 @@ def _installed() -> Capabilities:
     hsdp = from_group is not None and "mesh" in inspect.signature(from_group.from_group).parameters
     if not hsdp:
         off["hsdp"] = "DeviceMesh.from_group takes no mesh= (needed to build 2-D meshes on rank subgroups)"
+    if _find([("torch.distributed.tensor.parallel", "parallelize_module")]) is None:
+        off["engine tp"] = "no torch.distributed.tensor.parallel.parallelize_module"
+    elif not (hsdp and "fsdp2" in engines):
+        off["engine tp"] = "tensor parallelism is drawn on 2-D meshes with FSDP2 across dp: this torch lacks one"
+    else:
+        engines.append("tp")
     fully_shard = fully_shard_fn()
     shard_dim = (
         "fsdp2" in engines

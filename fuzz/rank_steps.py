@@ -35,9 +35,12 @@ __all__ = [
     "shard_on_dim",
     "MIXED_PRECISION_DTYPES",
     "shard_module",
+    "tensor_parallel",
+    "data_rank",
     "checkpoint_modules",
     "built",
     "materialize",
+    "synchronise_replicas",
     "wrap_and_shard",
     "state_dict_options",
     "local_state_dict_type",
@@ -314,7 +317,7 @@ def shard_module(
     mixed_precision: str = "none",
     offload_params: bool = False,
 ):
-    """``module`` wrapped by ``engine`` (``{"kind": "FSDP1" | "FSDP2" | "DDP" | "Unsharded", **its fields}``)
+    """``module`` wrapped by ``engine`` (``{"kind": "FSDP1" | "FSDP2" | "DDP" | "Unsharded" | "TP", **its fields}``)
     on ``group`` (1-D) or ``mesh`` (FSDP2, HSDP). ``wrap``: the modules listed as inner units;
     ``innermost_first``: the same, a module before its ancestors; ``classes``: module type name -> class
     (for FSDP1's ``module-type`` policy); ``mixed_precision`` (a key of ``MIXED_PRECISION_DTYPES``) and
@@ -323,6 +326,8 @@ def shard_module(
     kind = engine["kind"]
     if kind == "Unsharded":
         return module
+    if kind == "TP":
+        return tensor_parallel(module, engine, innermost_first=innermost_first, mesh=mesh)
     if kind == "DDP":
         from torch.nn.parallel import DistributedDataParallel
 
@@ -400,22 +405,40 @@ def built(build, seed: int, *, meta: bool):
         return build(seed)
 
 
-def materialize(model, device: str) -> None:
+def materialize(model, device: str, seed: int = 0) -> None:
     """A model built on the meta device, made real: each module with parameters or buffers of its own is
     ``to_empty``'d and ``reset_parameters()``'d, as FSDP1 does it itself (the contract it documents: a
     module's ``reset_parameters`` sets its own state, non-persistent buffers included); shared weights,
-    which ``to_empty`` splits, are tied again (``tie_weights``)."""
+    which ``to_empty`` splits, are tied again (``tie_weights``). Each module's initialisation is seeded
+    from ``seed`` and its place in the tree."""
     with torch.no_grad():
-        for module in model.modules():
+        for index, module in enumerate(model.modules()):
             if any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False)):
                 module.to_empty(device=rank_device(device), recurse=False)
+                torch.manual_seed(seed * 1_000_003 + index)  # each module's own draws, whatever came before
                 module.reset_parameters()
         for module in model.modules():
             if hasattr(module, "tie_weights"):  # to_empty made a shared weight two
                 module.tie_weights()
+        synchronise_replicas(model)
 
 
-def wrap_and_shard(module, wrappers: dict, shard, *, engine: str, device: str = "cpu"):
+def synchronise_replicas(model) -> None:
+    """Every replicated dimension of every DTensor parameter and buffer made equal, from the first rank of
+    its group (FSDP1's ``sync_module_states``, for DTensors): on CPU meshes DTensor's random ops draw from
+    each rank's own generator, so after ``reset_parameters`` a bias replicated across ``tp`` would differ
+    between ranks whose weight shards differ in size."""
+    import itertools
+
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        placements = getattr(tensor, "placements", None)
+        for dim, placement in enumerate(placements or ()):
+            if placement.is_replicate():
+                group = tensor.device_mesh.get_group(dim)
+                dist.broadcast(tensor.to_local(), src=dist.get_global_rank(group, 0), group=group)
+
+
+def wrap_and_shard(module, wrappers: dict, shard, *, engine: str, device: str = "cpu", seed: int = 0):
     """``shard(module)`` inside a side's wrappers (``Side.wrappers``): activation checkpointing on the
     ``checkpointed`` leaves before or after the sharding, then ``torch.compile`` of the whole. A model
     built on the meta device (``meta_init``) is materialized where each engine needs it: DDP and a plain
@@ -423,17 +446,49 @@ def wrap_and_shard(module, wrappers: dict, shard, *, engine: str, device: str = 
     torchtitan's order); FSDP1 materializes it itself while it wraps."""
     leaves = [module.get_submodule(path) for path in wrappers["checkpointed"]]
     if wrappers["meta_init"] and engine in ("DDP", "Unsharded"):
-        materialize(module, device)
+        materialize(module, device, seed)
     if wrappers["activation_checkpointing"] == "before":
         checkpoint_modules(module, leaves)
     model = shard(module)
-    if wrappers["meta_init"] and engine == "FSDP2":
-        materialize(model, device)
+    if wrappers["meta_init"] and engine in ("FSDP2", "TP"):
+        materialize(model, device, seed)
     if wrappers["activation_checkpointing"] == "after":
         checkpoint_modules(model, leaves)
     if wrappers["compiled"]:
         model = torch.compile(model, backend="eager")
     return model
+
+
+def tensor_parallel(module, engine: dict, *, innermost_first, mesh):
+    """``module`` with each Linear of ``engine["plan"]`` split across the mesh's last dimension
+    (``parallelize_module``), then, with ``engine["fsdp"]``, ``fully_shard`` across its first (the listed
+    units innermost first, then the root), as torchtitan composes them. A planned Linear that activation
+    checkpointing wrapped is found inside its wrapper."""
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+    replicate = dtensor().Replicate()
+    dp_mesh, tp_mesh = (mesh[name] for name in mesh.mesh_dim_names)
+    for path, style in engine["plan"]:
+        linear = module.get_submodule(path)
+        linear = getattr(linear, "_checkpoint_wrapped_module", linear)
+        split = (
+            ColwiseParallel(output_layouts=replicate)
+            if style == "colwise"
+            else RowwiseParallel(input_layouts=replicate)
+        )
+        parallelize_module(linear, tp_mesh, split)
+    if engine["fsdp"]:
+        fully_shard = fully_shard_fn()
+        for path in innermost_first:
+            fully_shard(module.get_submodule(path), mesh=dp_mesh, reshard_after_forward=engine["reshard_after_forward"])
+        fully_shard(module, mesh=dp_mesh, reshard_after_forward=engine["reshard_after_forward"])
+    return module
+
+
+def data_rank(engine: dict, mesh_shape, rank: int) -> int:
+    """The rank whose batches ``rank`` trains on: its own, but under tensor parallelism the ``dp`` row's
+    (every rank of a ``tp`` group must see the same batch)."""
+    return rank // mesh_shape[-1] if engine["kind"] == "TP" else rank
 
 
 def state_dict_options(*, full: bool, flatten: bool, extra: dict):

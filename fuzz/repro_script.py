@@ -35,6 +35,7 @@ from shardfuzz.layers import layer_class
 from shardfuzz.rank_steps import (
     api_parity_pairs,
     built,
+    data_rank,
     device_mesh,
     gather_full,
     get_side_state,
@@ -161,7 +162,7 @@ def train(model, optim, app, rank, continuation=False):
     )
 
 
-def shard(model, engine, wrap, innermost_first, group, mesh, wrappers):
+def shard(model, engine, wrap, innermost_first, group, mesh, wrappers, seed):
     classes = {name: layer_class(cls) for name, cls in MODULE_TYPE_CLASSES.items()}
 
     def sharded(module):
@@ -178,7 +179,7 @@ def shard(model, engine, wrap, innermost_first, group, mesh, wrappers):
             offload_params=wrappers["offload_params"],
         )
 
-    return wrap_and_shard(model, wrappers, sharded, engine=engine["kind"])
+    return wrap_and_shard(model, wrappers, sharded, engine=engine["kind"], seed=seed)
 
 
 def differences(expected, actual, close=None):
@@ -269,11 +270,12 @@ def round_trip(rank, checkpoint_dir, phase="both"):
                 groups[SAVE_RANKS],
                 meshes[SAVE_MESH],
                 SAVE_WRAPPERS,
+                SEED,
             )
             optim = make_optimizer(model, *SAVE_OPTIMIZER)
             app = make_app_state(optim, TRAINING, engine=SAVE_ENGINE["kind"], group=groups[SAVE_RANKS])
             PHASE[0] = "train"
-            train(model, optim, app, rank)
+            train(model, optim, app, data_rank(SAVE_ENGINE, SAVE_MESH, rank))
             PHASE[0] = "gather-saved"
             expected = gather_full(model, optim, app)
             PHASE[0] = "save"
@@ -288,7 +290,7 @@ def round_trip(rank, checkpoint_dir, phase="both"):
                 del state
             if "continuation" in CHECKS and LOAD_MUTATION is None:
                 PHASE[0] = "continue-saved"
-                train(model, optim, app, rank, continuation=True)
+                train(model, optim, app, data_rank(SAVE_ENGINE, SAVE_MESH, rank), continuation=True)
                 expected_after = gather_full(model, optim, app)
             if "api-parity" in CHECKS:
                 PHASE[0] = "api-parity"
@@ -318,6 +320,7 @@ def round_trip(rank, checkpoint_dir, phase="both"):
                 groups[LOAD_RANKS],
                 meshes[LOAD_MESH],
                 LOAD_WRAPPERS,
+                SEED + 1,
             )
             optim = make_optimizer(model, *LOAD_OPTIMIZER)
             app = make_app_state(optim, TRAINING, engine=LOAD_ENGINE["kind"], group=groups[LOAD_RANKS])
@@ -351,7 +354,7 @@ def round_trip(rank, checkpoint_dir, phase="both"):
                 full_offload(model, optim, rank, actual)
             if "continuation" in CHECKS:
                 PHASE[0] = "continue-loaded"
-                train(model, optim, app, rank, continuation=True)
+                train(model, optim, app, data_rank(LOAD_ENGINE, LOAD_MESH, rank), continuation=True)
                 actual_after = gather_full(model, optim, app)
             if rank == 0:
                 PHASE[0] = "compare"

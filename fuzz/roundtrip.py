@@ -24,7 +24,7 @@ import torch.distributed as dist
 
 from shardfuzz import oracles, rank_steps
 from shardfuzz.build import build_app_state, build_module, build_optimizer, engine_fields, shard
-from shardfuzz.case import FSDP2, Case, Dcp, Side
+from shardfuzz.case import FSDP2, TP, Case, Dcp, Side
 from shardfuzz.handoff import one_torch_hyperparameters, read_handoff, write_handoff
 from shardfuzz.oracles import compare_state
 from shardfuzz.rank_steps import device_mesh, dtensor, gather_full, plain, rank_device, unwrapped_name
@@ -134,7 +134,7 @@ def run_case(
         ctx.enter("build-save")
         model, optim, app = _build_side(case, case.save, case.model, ctx, target, seed=case.seed)
         ctx.enter("train")
-        _train(case, model, optim, app, rank=ctx.rank, device=case.save.device)
+        _train(case, case.save, model, optim, app, rank=ctx.rank)
         ctx.enter("gather-saved")
         expected = gather_full(model, optim, app)
         ctx.enter("save")
@@ -152,7 +152,7 @@ def run_case(
             del state
         if "continuation" in case.checks and case.load_mutation is None:
             ctx.enter("continue-saved")
-            _train(case, model, optim, app, rank=ctx.rank, continuation=True, device=case.save.device)
+            _train(case, case.save, model, optim, app, rank=ctx.rank, continuation=True)
             expected_after = gather_full(model, optim, app)
         if "api-parity" in case.checks:
             ctx.enter("api-parity")
@@ -237,7 +237,7 @@ def _load_and_judge(case, ctx, target, checkpoint_dir, expected, expected_after,
     if side.world_size > 1:
         ctx.enter("replicas")
         replicas = _replica_consistency(model, optim, group=ctx.group(side.world_size), rank=ctx.rank)
-    if isinstance(side.engine, FSDP2):
+    if isinstance(side.engine, (FSDP2, TP)):
         ctx.enter("layout")
         mismatches += oracles.layout(_layout_records(model), _expected_layout(case.model, side), rank=ctx.rank)
     if "full-offload" in case.checks:
@@ -245,7 +245,7 @@ def _load_and_judge(case, ctx, target, checkpoint_dir, expected, expected_after,
         mismatches += _full_offload(model, optim, actual, rank=ctx.rank)
     if "continuation" in case.checks:
         ctx.enter("continue-loaded")
-        _train(case, model, optim, app, rank=ctx.rank, continuation=True, device=side.device)
+        _train(case, side, model, optim, app, rank=ctx.rank, continuation=True)
         actual_after = gather_full(model, optim, app)
     across = saved_by not in (None, str(torch.__version__))
     if ctx.rank == 0 and across:  # hyperparameters one torch has and the other cannot hold: not the checkpoint's
@@ -337,7 +337,7 @@ def _build_side(case: Case, side: Side, spec, ctx: RankContext, target, *, seed:
             return shard(module, side, group=ctx.group(n), mesh=mesh)
 
     model = rank_steps.wrap_and_shard(
-        module, side.wrappers, sharded, engine=type(side.engine).__name__, device=side.device
+        module, side.wrappers, sharded, engine=type(side.engine).__name__, device=side.device, seed=seed
     )
     # The load side (seed + 1) also gets other hyperparameters, so a loader that
     # drops param groups is seen (non-vacuity).
@@ -345,7 +345,7 @@ def _build_side(case: Case, side: Side, spec, ctx: RankContext, target, *, seed:
     return model, optim, build_app_state(case, side, optim, group=ctx.group(n))
 
 
-def _train(case: Case, model, optim, app=None, *, rank: int, continuation: bool = False, device: str = "cpu") -> None:
+def _train(case: Case, side: Side, model, optim, app=None, *, rank: int, continuation: bool = False) -> None:
     """``case.steps`` optimizer steps on data seeded by (seed, step, rank), drawn on the CPU.
 
     ``continuation``: the ``CONTINUE_STEPS`` steps after those, with the same batch
@@ -362,13 +362,13 @@ def _train(case: Case, model, optim, app=None, *, rank: int, continuation: bool 
         seed=case.seed,
         first=first,
         count=count,
-        rank=rank,
+        rank=rank_steps.data_rank(engine_fields(side.engine), side.mesh_shape, rank),
         same_batch=continuation or case.model.has_batch_norm,
         batch_size=case.batch_size,
         input_width=case.model.input_width,
         num_embeddings=case.model.num_embeddings,
         dtype=case.model.dtype,
-        device=device,
+        device=side.device,
         app=app,
     )
 
@@ -424,11 +424,14 @@ def _layout_records(model) -> dict[str, oracles.LayoutRecord]:
 
 def _expected_layout(spec, side: Side) -> dict[str, oracles.LayoutRecord]:
     """FSDP2 shards every parameter on dim 0 (or ``shard_dim`` where it has one) of the
-    side's mesh, replicated across dim 0 of a 2-D mesh, in the model's dtype, at its full shape."""
+    side's mesh, replicated across dim 0 of a 2-D mesh, in the model's dtype, at its full shape.
+    Tensor parallelism: ``_tp_layout``."""
     Replicate, Shard = dtensor().Replicate, dtensor().Shard
 
     engine = side.engine
-    assert isinstance(engine, FSDP2)  # the layout oracle judges FSDP2 sides only
+    if isinstance(engine, TP):
+        return _tp_layout(spec, side)
+    assert isinstance(engine, FSDP2)  # the layout oracle judges FSDP2 and TP sides only
 
     def placements(ndim: int) -> str:
         shard = Shard(engine.dim_for(ndim))
@@ -438,6 +441,40 @@ def _expected_layout(spec, side: Side) -> dict[str, oracles.LayoutRecord]:
         name: oracles.LayoutRecord(side.world_size, placements(len(shape)), shape, f"torch.{spec.dtype}")
         for name, shape in spec.parameter_shapes().items()
     }
+
+
+def _tp_layout(spec, side: Side) -> dict[str, oracles.LayoutRecord]:
+    """A planned Linear's weight and bias on the ``tp`` dimension: ``Shard(0)`` colwise, the weight
+    ``Shard(1)`` and the bias ``Replicate()`` rowwise. With ``fsdp`` each parameter is also sharded on
+    dim 0 across ``dp``: a planned one on the whole 2-D mesh (``_StridedShard`` over ``Shard(0)`` where
+    both split dim 0), any other on ``dp`` alone; without, only planned ones are DTensors."""
+    Replicate, Shard = dtensor().Replicate(), dtensor().Shard
+    engine = side.engine
+    assert isinstance(engine, TP)
+    dp, tp = side.mesh_shape
+    styles = dict(engine.plan)
+    records = {}
+    for name, shape in spec.parameter_shapes().items():
+        path, _, kind = name.rpartition(".")
+        style = styles.get(path)
+        if style is None:
+            if engine.fsdp:
+                records[name] = oracles.LayoutRecord(dp, repr((Shard(0),)), shape, f"torch.{spec.dtype}")
+            continue
+        on_tp = Shard(0) if style == "colwise" else Shard(1) if kind == "weight" else Replicate
+        if not engine.fsdp:
+            records[name] = oracles.LayoutRecord(tp, repr((on_tp,)), shape, f"torch.{spec.dtype}")
+            continue
+        on_dp = _strided_shard(tp) if on_tp == Shard(0) else Shard(0)
+        records[name] = oracles.LayoutRecord(dp * tp, repr((on_dp, on_tp)), shape, f"torch.{spec.dtype}")
+    return records
+
+
+def _strided_shard(split_factor: int):
+    """FSDP2's placement on ``dp`` of a parameter TP already split on dim 0."""
+    from torch.distributed.tensor.placement_types import _StridedShard
+
+    return _StridedShard(0, split_factor=split_factor)
 
 
 def _replica_consistency(model, optim, *, group, rank: int) -> list[Mismatch]:

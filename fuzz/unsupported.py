@@ -63,7 +63,8 @@ CASE_RULES: tuple[CaseRule, ...] = (
         "'fully_shard doesn't support ...' likewise), and the root is always sharded, so a model "
         "with a Scale leaf runs on DDP and unsharded sides only",
         lambda case: (
-            "Scale" in case.model.leaf_kinds() and any(isinstance(s.engine, (FSDP1, FSDP2)) for s in _sides(case))
+            "Scale" in case.model.leaf_kinds()
+            and any(isinstance(s.engine, (FSDP1, FSDP2)) or getattr(s.engine, "fsdp", False) for s in _sides(case))
         ),
     ),
     CaseRule(

@@ -203,7 +203,12 @@ def _last_line(message: str) -> str:
     return lines[-1] if lines else ""
 
 
+#: shardfuzz's own mesh dimension names carry the pool's generation (``shard0``, ``replicate3``).
+_MESH_DIM = re.compile(r"\b(replicate|shard)\d+\b")
+
+
 def _normalise(text: str) -> str:
+    text = _MESH_DIM.sub(r"\1<g>", text)
     text = _PATH.sub("<path>", text)
     text = _ADDRESS.sub("<addr>", text)
     text = _NAME_TUPLE.sub("(<names>)", text)
@@ -249,6 +254,7 @@ def canonical_signature(signature: str) -> str:
         if len(parts) == 3:
             phase, kind, message = parts
             message = _MISSING_KEY.sub(r"\1<top>.", _TOP_LEVEL.sub("<top>.", message))
+            message = _MESH_DIM.sub(r"\1<g>", message)
             message = _BLANKED_FQN.sub("<fqn>", _FQN.sub("<fqn>", message))
             # Shorter than ``_normalise``'s 200 characters, so that a message an older shardfuzz cut at
             # 200 before blanking its names ends at the same place as one blanked first.

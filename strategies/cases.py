@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
 from shardfuzz.capabilities import capabilities
-from shardfuzz.case import DEVICES, FSDP1, FSDP2, Case, Dcp, DcpToTorchSave, Model, Side, TorchSave, Unsharded
+from shardfuzz.case import DDP, DEVICES, FSDP1, FSDP2, TP, Case, Dcp, DcpToTorchSave, Model, Side, TorchSave, Unsharded
 from shardfuzz.strategies._helpers import check_choices, check_int, factorisations
-from shardfuzz.strategies.engines import TWO_D_ENGINES, engines, side_wrappers, wrap_sets
+from shardfuzz.strategies.engines import TWO_D_ENGINES, engines, side_wrappers, tp_plans, wrap_sets
 from shardfuzz.strategies.modules import models
 from shardfuzz.strategies.options import (
     checks,
@@ -89,6 +89,12 @@ def _side_drawer(*, max_world_size, engine_names, devices, gpus, support: Target
     }
     engines_on = {dims: engines(names=offered, mesh_dims=dims) for dims in ((1, 2) if two_d else (1,))}
     hybrid_meshes = {limit: st.sampled_from(factorisations(limit, min_shards=2) or [(1, limit)]) for limit in meshes}
+    # (dp, tp) with tp >= 2 on at most ``limit`` ranks: dp 1 alone, or any dp where FSDP2 shards across it
+    tp_meshes = {
+        (limit, fsdp): [(dp, tp) for tp in range(2, limit + 1) for dp in range(1, limit // tp + 1) if fsdp or dp == 1]
+        for limit in meshes
+        for fsdp in (False, True)
+    }
     state_dicts, apis = state_dict_types(), state_dict_apis()
     if support.state_dicts is not None:
         allowed = [t for t in support.state_dicts if t != "local"]  # local: decided for the pair in cases()
@@ -112,7 +118,18 @@ def _side_drawer(*, max_world_size, engine_names, devices, gpus, support: Target
             mesh = draw(hybrid_meshes[limit])
         elif isinstance(engine, FSDP1) and not capabilities().fsdp1_subgroups:
             mesh = (limit,)  # see capabilities: FSDP1 on a subgroup hangs in this torch
-        lists_units = isinstance(engine, FSDP2) or (isinstance(engine, FSDP1) and engine.wraps_listed_modules)
+        elif isinstance(engine, TP):
+            options = tp_meshes[limit, engine.fsdp]
+            if options:
+                mesh = draw(st.sampled_from(options))
+                engine = attrs.evolve(engine, plan=draw(tp_plans(model)))
+            else:  # one rank: no tensor parallelism
+                engine, mesh = DDP(), (limit,)
+        lists_units = (
+            isinstance(engine, FSDP2)
+            or (isinstance(engine, FSDP1) and engine.wraps_listed_modules)
+            or (isinstance(engine, TP) and engine.fsdp)
+        )
         return Side(
             engine=engine,
             mesh_shape=mesh,
@@ -130,7 +147,9 @@ def _supported_engines(offered: tuple[str, ...], support: TargetSupport, max_wor
     kept = tuple(
         name
         for name in offered
-        if support.allows_engine(name) and not (support.whole_pool and name == "unsharded" and max_world_size > 1)
+        if support.allows_engine(name)
+        and not (support.whole_pool and name == "unsharded" and max_world_size > 1)
+        and not (name == "tp" and max_world_size < 2)  # tensor parallelism needs two ranks
     )
     if not kept:
         raise InvalidArgument(f"the target supports none of the engines offered here ({list(offered)})")

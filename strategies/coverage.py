@@ -61,7 +61,7 @@ def offered_values(
                 f"{side}_engine": engines,
                 f"{side}_device": set(devices),
                 f"{side}_world_size": {str(n) for n in range(1, max_world_size + 1)},
-                f"{side}_mesh": {"1d", "2d"} if caps.hsdp and engines & {"fsdp1", "fsdp2"} else {"1d"},
+                f"{side}_mesh": {"1d", "2d"} if caps.hsdp and engines & {"fsdp1", "fsdp2", "tp"} else {"1d"},
                 f"{side}_state_dict": set(STATE_DICT_TYPES) - (set() if caps.local_state_dict else {"local"}),
                 f"{side}_wrapped": {"none", "some"},
                 f"{side}_uneven_split": set(_BOOLS) if max_world_size > 1 else {"false"},
@@ -81,6 +81,10 @@ def offered_values(
             values[f"{side}_fsdp1_strategy"] = strategies | not_fsdp1
             values[f"{side}_fsdp1_wrap_policy"] = set(WRAP_POLICIES) | not_fsdp1
             values[f"{side}_fsdp1_use_orig_params"] = set(_BOOLS) | not_fsdp1
+        if "tp" in engines:
+            not_tp = {"n/a"} if engines - {"tp"} else set()
+            values[f"{side}_tp_fsdp"] = set(_BOOLS) | not_tp if max_world_size > 1 else {"n/a"}
+            values[f"{side}_tp_styles"] = {"colwise", "rowwise", "both"} | not_tp if max_world_size > 1 else {"n/a"}
         if "fsdp2" in engines:
             values[f"{side}_fsdp2_reshard_after_forward"] = set(_BOOLS) | not_fsdp2
             values[f"{side}_fsdp2_shard_dim"] = ({"0", "1"} if caps.fsdp2_shard_dim else {"0"}) | not_fsdp2
@@ -132,6 +136,9 @@ def _narrowed(values: dict, support: TargetSupport, *, max_world_size: int, max_
             values[name] = {"n/a"}
         elif engines == {"fsdp1"}:
             values[name].discard("n/a")
+    for name in [n for n in values if "_tp_" in n]:
+        if "tp" not in engines:
+            values[name] = {"n/a"}
     for name in [n for n in values if "_fsdp2_" in n]:
         if "fsdp2" not in engines:
             values[name] = {"n/a"}

@@ -12,15 +12,17 @@ from shardfuzz.case import (
     FSDP2,
     HYBRID_STRATEGIES,
     MODULE_TYPES,
+    TP,
+    TP_STYLES,
     WRAP_POLICIES,
     Model,
     Unsharded,
 )
 from shardfuzz.strategies._helpers import check_choices, check_int
 
-__all__ = ["engines", "fsdp1_engines", "fsdp2_engines", "wrap_sets", "side_wrappers", "ENGINE_NAMES"]
+__all__ = ["engines", "fsdp1_engines", "fsdp2_engines", "tp_plans", "wrap_sets", "side_wrappers", "ENGINE_NAMES"]
 
-ENGINE_NAMES = ("fsdp1", "fsdp2", "ddp", "unsharded")
+ENGINE_NAMES = ("fsdp1", "fsdp2", "ddp", "unsharded", "tp")
 TWO_D_ENGINES = ("fsdp1", "fsdp2")  # the engines that take a 2-D mesh (HSDP)
 
 
@@ -64,6 +66,10 @@ def engines(*, names=None, mesh_dims: int = 1) -> st.SearchStrategy:
         "fsdp2": fsdp2_engines,
         "ddp": lambda: st.just(DDP()),
         "unsharded": lambda: st.just(Unsharded()),
+        # the plan is the model's: drawn with it (tp_plans), after the engine
+        "tp": lambda: st.builds(
+            TP, plan=st.just((("0", "colwise"),)), fsdp=st.booleans(), reshard_after_forward=st.booleans()
+        ),
     }
     return st.one_of(*(builders[n]() for n in chosen))
 
@@ -102,3 +108,11 @@ def side_wrappers(
         }
 
     return draw()
+
+
+def tp_plans(model: Model) -> st.SearchStrategy[tuple[tuple[str, str], ...]]:
+    """Tensor-parallel plans over ``model``: some of its Linears, each split colwise or rowwise."""
+    linears = [fqn for fqn, _ in model.linear_nodes()]
+    return st.lists(
+        st.tuples(st.sampled_from(linears), st.sampled_from(TP_STYLES)), min_size=1, unique_by=lambda e: e[0]
+    ).map(tuple)

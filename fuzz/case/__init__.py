@@ -37,6 +37,8 @@ from shardfuzz.case.sides import (
     MIXED_PRECISION,
     STATE_DICT_APIS,
     STATE_DICT_TYPES,
+    TP,
+    TP_STYLES,
     WRAP_POLICIES,
     Side,
     Unsharded,
@@ -73,6 +75,8 @@ from shardfuzz.case.tree import (
 )
 
 __all__ = [
+    "TP",
+    "TP_STYLES",
     "MIXED_PRECISION",
     "ACTIVATION_CHECKPOINTING",
     "SCHEDULERS",

@@ -111,6 +111,9 @@ class Case:
             unknown = set(getattr(self, side_name).wrap) - known
             if unknown:
                 raise ValueError(f"{side_name}.wrap names modules not in the model: {sorted(unknown)}")
+            planned = {path for path, _ in getattr(getattr(self, side_name).engine, "plan", ())}
+            if planned - {fqn for fqn, _ in self.model.linear_nodes()}:
+                raise ValueError(f"{side_name}.engine.plan names modules that are not Linears: {sorted(planned)}")
             unknown = set(getattr(self, side_name).checkpointed) - leaf_paths
             if unknown:
                 raise ValueError(f"{side_name}.checkpointed names modules that are not leaves: {sorted(unknown)}")

@@ -158,9 +158,55 @@ class Unsharded(EngineKind):
         return 1
 
 
+#: How tensor parallelism splits a planned Linear: ``colwise`` its output features (weight and bias on
+#: dim 0; the output all-gathered, ``ColwiseParallel(output_layouts=Replicate())``), ``rowwise`` its input
+#: features (weight on dim 1, bias replicated; ``RowwiseParallel(input_layouts=Replicate())``). Replicated
+#: inputs and outputs let any Linear of any tree be planned on its own, at any width.
+TP_STYLES = ("colwise", "rowwise")
+
+
+def _plan(entries: Iterable) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted({(str(path), str(style)) for path, style in entries}))
+
+
+@frozen
+class TP(EngineKind):
+    """Tensor parallelism: ``parallelize_module`` splits each planned Linear (``plan``: ``(leaf path,
+    style)``, ``TP_STYLES``) across the last dimension of a 2-D ``(dp, tp)`` mesh. With ``fsdp``,
+    ``fully_shard`` then shards every parameter across ``dp`` (FSDP2 + TP, torchtitan's 2-D layout: a
+    planned weight sharded twice, ``_StridedShard`` over ``Shard``); without, ``dp`` is 1. Every rank of
+    a ``tp`` group trains on the same batch."""
+
+    plan: tuple[tuple[str, str], ...] = field(default=(), converter=_plan)
+    fsdp: bool = field(default=False, validator=instance_of(bool))
+    reshard_after_forward: bool = field(default=True, validator=instance_of(bool))
+
+    @plan.validator
+    def _styles(self, attribute, value):
+        unknown = {style for _, style in value} - set(TP_STYLES)
+        if unknown:
+            raise ValueError(f"plan styles {sorted(unknown)} are not among {list(TP_STYLES)}")
+        paths = [path for path, _ in value]
+        if len(set(paths)) != len(paths):
+            raise ValueError("a planned Linear takes one style")
+
+    dimension_names: ClassVar[tuple[str, ...]] = ("tp_fsdp", "tp_styles")
+
+    def dimension_values(self) -> dict[str, str]:
+        styles = {style for _, style in self.plan}
+        return {
+            "tp_fsdp": str(self.fsdp).lower(),
+            "tp_styles": "both" if len(styles) > 1 else next(iter(styles), "none"),
+        }
+
+    @property
+    def needs_mesh(self) -> bool:
+        return True
+
+
 #: The engines, the registry the rest of shardfuzz reads: a new engine is added here.
-ENGINE_CLASSES: tuple[type[EngineKind], ...] = (FSDP1, FSDP2, DDP, Unsharded)
-Engine = Union[FSDP1, FSDP2, DDP, Unsharded]  # cattrs tags each by class name
+ENGINE_CLASSES: tuple[type[EngineKind], ...] = (FSDP1, FSDP2, DDP, Unsharded, TP)
+Engine = Union[FSDP1, FSDP2, DDP, Unsharded, TP]  # cattrs tags each by class name
 
 
 def _sorted_unique(paths: Iterable[str]) -> tuple[str, ...]:
@@ -222,7 +268,17 @@ class Side:
             )
         if isinstance(engine, (DDP, Unsharded)) and two_d:
             raise ValueError(f"{type(engine).__name__} takes a 1-D mesh_shape, not {self.mesh_shape}")
-        lists_units = isinstance(engine, FSDP2) or (isinstance(engine, FSDP1) and engine.wraps_listed_modules)
+        if isinstance(engine, TP) and not (two_d and (engine.fsdp or self.mesh_shape[0] == 1)):
+            raise ValueError(
+                f"TP runs on a 2-D (dp, tp) mesh_shape, with dp 1 unless fsdp shards across it, not {self.mesh_shape}"
+            )
+        if isinstance(engine, TP) and not engine.plan:
+            raise ValueError("TP needs a plan: at least one Linear split colwise or rowwise")
+        lists_units = (
+            isinstance(engine, FSDP2)
+            or (isinstance(engine, FSDP1) and engine.wraps_listed_modules)
+            or (isinstance(engine, TP) and engine.fsdp)
+        )
         if self.wrap and not lists_units:
             raise ValueError(f"wrap lists modules, but {engine!r} does not shard listed modules")
         if self.broadcast_from_rank0 and self.state_dict != "full":
@@ -236,6 +292,8 @@ class Side:
             raise ValueError("checkpointed names leaves exactly when activation_checkpointing is 'before' or 'after'")
         if self.mixed_precision != "none" and not isinstance(engine, (FSDP1, FSDP2)):
             raise ValueError(f"mixed_precision is FSDP's: {type(engine).__name__} takes 'none'")
+        if self.mixed_precision != "none" and isinstance(engine, TP):
+            raise ValueError("mixed_precision is drawn for FSDP1 and FSDP2 sides only")
         if self.offload_params and not isinstance(engine, FSDP2):
             raise ValueError(f"offload_params is FSDP2's CPUOffloadPolicy: {type(engine).__name__} takes False")
         if self.state_dict == "local" and (self.cpu_offload or self.state_dict_api != "combined"):
