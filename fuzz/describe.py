@@ -20,6 +20,10 @@ def describe(case: Case) -> str:
 
 def _side(side: Side) -> str:
     mesh = f" mesh {side.mesh_shape}" if len(side.mesh_shape) == 2 else ""
+    plan = getattr(side.engine, "plan", ())
+    if plan:
+        styles = ",".join(f"{path}:{style[:3]}" for path, style in plan)
+        mesh += f"{' fsdp' if side.engine.fsdp else ''} [{styles}]"
     checkpointed = f" ac-{side.activation_checkpointing}[{','.join(side.checkpointed)}]" if side.checkpointed else ""
     compiled = (" compiled" if side.compiled else "") + (" meta-init" if side.meta_init else "")
     compiled += (f" mp-{side.mixed_precision}" if side.mixed_precision != "none" else "") + (

@@ -18,6 +18,8 @@ import attrs
 from shardfuzz.case import (
     DDP,
     FSDP1,
+    FSDP2,
+    TP,
     Block,
     Case,
     Model,
@@ -95,14 +97,15 @@ def simpler_cases(case: Case) -> Iterator[Case]:
     """Valid cases one step simpler than ``case``, the biggest steps first."""
     for model in _simpler_models(case.model):
         yield from _evolved(case, model=model)
-        yield from _evolved(
-            case, model=model, save=attrs.evolve(case.save, wrap=()), load=attrs.evolve(case.load, wrap=())
-        )
+        fitted = [_fitted(side, model) for side in (case.save, case.load)]
+        if None not in fitted:
+            yield from _evolved(case, model=model, save=fitted[0], load=fitted[1])
     for name, side in (("save", case.save), ("load", case.load)):
         for simpler in _simpler_sides(side):
             yield from _evolved(case, **{name: simpler})
     defaults = Case(model=case.model, save=case.save, load=case.load, optimizer=case.optimizer)
     for name in (
+        "training",
         "steps",
         "checks",
         "param_groups",
@@ -152,9 +155,45 @@ def _simpler_sides(side: Side) -> Iterator[Side]:
     if not isinstance(side.engine, (DDP, Unsharded)) and len(shape) == 1:
         yield from _evolved(side, engine=DDP(), wrap=())
         yield from _evolved(side, engine=Unsharded(), mesh_shape=(1,), wrap=())
-    for name, default in (("state_dict_api", "combined"), ("cpu_offload", False), ("broadcast_from_rank0", False)):
+    if side.checkpointed:
+        yield from _evolved(side, activation_checkpointing="none", checkpointed=())
+    for name, default in (
+        ("state_dict_api", "combined"),
+        ("cpu_offload", False),
+        ("broadcast_from_rank0", False),
+        ("compiled", False),
+        ("meta_init", False),
+        ("mixed_precision", "none"),
+        ("offload_params", False),
+    ):
         if getattr(side, name) != default:
             yield from _evolved(side, **{name: default})
+    if isinstance(engine, TP):
+        for entry in engine.plan if len(engine.plan) > 1 else ():
+            yield from _evolved(side, engine=attrs.evolve(engine, plan=[e for e in engine.plan if e != entry]))
+        if engine.fsdp:
+            yield from _evolved(side, engine=attrs.evolve(engine, fsdp=False), mesh_shape=(1, shape[1]), wrap=())
+        yield from _evolved(side, engine=FSDP2(), mesh_shape=(shape[0] * shape[1],))
+
+
+def _fitted(side: Side, model: Model) -> Side | None:
+    """``side`` with what names modules (its wrap set, checkpointed leaves, TP plan) cut down to what
+    ``model`` still has; None where nothing of its TP plan is left."""
+    modules, linears = set(model.submodule_paths()), {fqn for fqn, _ in model.linear_nodes()}
+    checkpointed = [path for path in side.checkpointed if path in set(model.leaf_paths())]
+    engine = side.engine
+    if isinstance(engine, TP):
+        plan = [entry for entry in engine.plan if entry[0] in linears]
+        if not plan:
+            return None
+        engine = attrs.evolve(engine, plan=plan)
+    return attrs.evolve(
+        side,
+        engine=engine,
+        wrap=[path for path in side.wrap if path in modules],
+        checkpointed=checkpointed,
+        activation_checkpointing=side.activation_checkpointing if checkpointed else "none",
+    )
 
 
 def _fsdp1_subgroups() -> bool:

@@ -14,6 +14,7 @@ from shardfuzz.case import (
     DDP,
     FSDP1,
     FSDP2,
+    TP,
     Adam,
     Block,
     Case,
@@ -98,3 +99,32 @@ def test_a_checkpoint_loads_across_wrappers_and_a_forgotten_rotary_table_is_caug
         verdict = pool.run(_case(Side(DDP(), (2,)), Side(FSDP2(), (2,), meta_init=True)))
     assert verdict.status == "mismatch", verdict
     assert {m.oracle for m in verdict.mismatches} == {"continuation"}
+
+
+@pytest.mark.parametrize(
+    "side, message",
+    [
+        (lambda: Side(DDP(), (2,), mixed_precision="bf16"), "mixed_precision is FSDP's"),
+        (lambda: Side(FSDP1(), (2,), offload_params=True), "offload_params is FSDP2's"),
+        (lambda: Side(TP(plan=[("0", "colwise")]), (2, 2)), "dp 1 unless fsdp"),
+        (lambda: Side(TP(plan=[("0", "colwise")]), (2,)), "2-D"),
+        (lambda: Side(TP(), (1, 2)), "needs a plan"),
+        (lambda: TP(plan=[("0", "diagonal")]), "not among"),
+        (lambda: TP(plan=[("0", "colwise"), ("0", "rowwise")]), "one style"),
+    ],
+)
+def test_mixed_precision_offload_and_tensor_parallel_sides_are_checked(side, message):
+    with pytest.raises(ValueError, match=message):
+        side()
+
+
+def test_a_plan_names_linears_and_mixed_precision_needs_a_float32_model():
+    with pytest.raises(ValueError, match="not Linears"):
+        _case(Side(TP(plan=[("1.a", "colwise")]), (1, 2)), Side(DDP(), (2,)))
+    bf16 = Model(input_width=3, root=Sequential([Linear(2)]), dtype="bfloat16")
+    with pytest.raises(ValueError, match="float32"):
+        Case(model=bf16, save=Side(FSDP2(), (2,), mixed_precision="bf16"), load=Side(DDP(), (2,)), optimizer=Adam())
+    tp = _case(Side(TP(plan=[("2", "rowwise"), ("0", "colwise")], fsdp=True), (2, 2)), Side(DDP(), (2,)))
+    assert loads(dumps(tp)) == tp and tp.save.engine.plan == (("0", "colwise"), ("2", "rowwise"))
+    assert dimensions(tp)["save_tp_styles"] == "both" and dimensions(tp)["load_tp_fsdp"] == "n/a"
+    assert "fsdp [0:col,2:row]" in describe(tp)
