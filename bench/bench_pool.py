@@ -13,6 +13,9 @@ costs a process-group reset in the pool, which is not what this measures).
 
     python bench/bench_pool.py --world-size 4 --cases 40
 
+The warm pool's time is also given by kind of case: ``plain``, ``tp`` (a side with tensor
+parallelism) and ``compiled`` (a side through ``torch.compile``).
+
 ``--other-python PATH`` also times the same cases saved on ranks of that Python and loaded on
 this one's (``CrossVersionPool``, two warm pools; this Python's path measures the two pools'
 cost alone): only cases that pass both ways are timed.
@@ -171,10 +174,13 @@ def main(argv=None) -> int:
         across = time_across(args.other_python, passing, args.world_size) if args.other_python else None
         if across is not None:
             passing = across[0]
+        by_kind: dict[str, list[float]] = {}
         started = time.perf_counter()
         for case in passing:
+            began = time.perf_counter()
             verdict = pool.run(case)
             assert verdict.ok, verdict.summary()
+            by_kind.setdefault(case_kind(case), []).append(time.perf_counter() - began)
         warm = (time.perf_counter() - started) / len(passing)
 
     bare = time_bare(passing, args.world_size) / len(passing)
@@ -196,6 +202,9 @@ def main(argv=None) -> int:
     print(f"  warm pool       {1 / warm:7.2f} cases/s  {warm * 1000:8.1f} ms/case")
     print(f"  bare loop       {1 / bare:7.2f} cases/s  {bare * 1000:8.1f} ms/case")
     print(f"  spawn per case  {1 / spawn:7.2f} cases/s  {spawn * 1000:8.1f} ms/case  ({len(spawn_times)} cases)")
+    for kind, times in sorted(by_kind.items()):
+        mean = statistics.mean(times)
+        print(f"    {kind:<13} {1 / mean:7.2f} cases/s  {mean * 1000:8.1f} ms/case  ({len(times)} cases, warm pool)")
     print(f"  warm pool / bare loop time per case: {warm / bare:.2f}x   (target <= 1.3x)")
     print(f"  warm pool speed-up over spawn-per-case: {spawn / warm:.1f}x   (target >= 30x)")
     if across is not None:
@@ -203,6 +212,14 @@ def main(argv=None) -> int:
         print(f"  across torches  {1 / cross:7.2f} cases/s  {cross * 1000:8.1f} ms/case  (saved under {other})")
         print(f"  across torches / warm pool time per case: {cross / warm:.2f}x")
     return 0
+
+
+def case_kind(case) -> str:
+    """``tp`` (a side with tensor parallelism), ``compiled`` (a side through torch.compile), or ``plain``."""
+    sides = (case.save, case.load)
+    if any(type(side.engine).__name__ == "TP" for side in sides):
+        return "tp"
+    return "compiled" if any(side.compiled for side in sides) else "plain"
 
 
 def time_across(python: str, cases, world_size: int):

@@ -203,6 +203,12 @@ def _last_line(message: str) -> str:
     return lines[-1] if lines else ""
 
 
+#: The phases that train (before the save, and on after the save or the load): an optimizer step fails
+#: in whichever of them takes the first step, so the phase says more about the case than about the bug.
+_TRAINING_PHASES = ("train", "continue-saved", "continue-loaded")
+#: A DTensor op DTensor cannot place: which op (``lerp_`` for Adam, ``addcmul_`` for RMSprop, ``add_`` for SGD)
+#: and the shapes of its arguments vary with the optimizer and the model, not with the bug.
+_PROPAGATION = re.compile(r"(Sharding propagation failed for aten\.)\S*?\(.*")
 #: shardfuzz's own mesh dimension names carry the pool's generation (``shard0``, ``replicate3``).
 _MESH_DIM = re.compile(r"\b(replicate|shard)\d+\b")
 
@@ -238,7 +244,11 @@ def canonical_signature(signature: str) -> str:
     - a module name heading a parameter name (``0.*.weight`` and ``block.*.weight``), and which model
       parameter or buffer it is (``model.*.weight`` and ``model.*.bias`` are ``model.*.<param>``);
     - the state name where a value holds another parameter's saved state (a mix-up of parameters);
-    - in error messages, the top-level state-dict key a target chose (``optim.`` or ``optimizer.``).
+    - in error messages, the top-level state-dict key a target chose (``optim.`` or ``optimizer.``), the
+      generation in shardfuzz's mesh dimension names, and the op and arguments of a DTensor sharding
+      propagation failure;
+    - which training phase an error came from (``train``, ``continue-saved``, ``continue-loaded`` are
+      ``training``: a step fails in whichever phase takes it first).
 
     Idempotent, and a function of the signature string alone, so signatures stored by an
     older shardfuzz are brought to the same form when an entry is loaded.
@@ -255,6 +265,8 @@ def canonical_signature(signature: str) -> str:
             phase, kind, message = parts
             message = _MISSING_KEY.sub(r"\1<top>.", _TOP_LEVEL.sub("<top>.", message))
             message = _MESH_DIM.sub(r"\1<g>", message)
+            message = _PROPAGATION.sub(r"\1<op>(<specs>)", message)
+            phase = "training" if phase in _TRAINING_PHASES else phase
             message = _BLANKED_FQN.sub("<fqn>", _FQN.sub("<fqn>", message))
             # Shorter than ``_normalise``'s 200 characters, so that a message an older shardfuzz cut at
             # 200 before blanking its names ends at the same place as one blanked first.
