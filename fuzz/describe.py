@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shardfuzz.case import Case, Dcp, Leaf, Side
+from shardfuzz.case import TP, Case, Dcp, Leaf, Side
 
 __all__ = ["describe"]
 
@@ -11,6 +11,10 @@ def describe(case: Case) -> str:
     layers = " > ".join(node.describe(width) for _, node, width in case.model.walk() if isinstance(node, Leaf))
     dtype = f" ({case.model.dtype})" if case.model.dtype != "float32" else ""
     storage = "" if case.storage == Dcp() else f"; storage {case.storage!r}"
+    if case.training is not None:
+        storage += (
+            f"; training state: {case.training.scheduler} LR{' + grad scaler' if case.training.grad_scaler else ''}"
+        )
     return (
         f"{layers}{dtype}; save {_side(case.save)}, load {_side(case.load)}; "
         f"{type(case.optimizer).__name__}, {case.steps} steps; checks {list(case.checks) or '-'}"
@@ -20,9 +24,8 @@ def describe(case: Case) -> str:
 
 def _side(side: Side) -> str:
     mesh = f" mesh {side.mesh_shape}" if len(side.mesh_shape) == 2 else ""
-    plan = getattr(side.engine, "plan", ())
-    if plan:
-        styles = ",".join(f"{path}:{style[:3]}" for path, style in plan)
+    if isinstance(side.engine, TP):
+        styles = ",".join(f"{path}:{style[:3]}" for path, style in side.engine.plan)
         mesh += f"{' fsdp' if side.engine.fsdp else ''} [{styles}]"
     checkpointed = f" ac-{side.activation_checkpointing}[{','.join(side.checkpointed)}]" if side.checkpointed else ""
     compiled = (" compiled" if side.compiled else "") + (" meta-init" if side.meta_init else "")

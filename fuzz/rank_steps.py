@@ -189,7 +189,7 @@ def make_app_state(optim, training: dict | None, *, engine: str, group, device: 
     one. FSDP1 takes its own ``ShardedGradScaler``; the scaler grows its scale every 2 steps."""
     if training is None:
         return None
-    scaler = None
+    scaler: torch.amp.GradScaler | None = None  # FSDP1's ShardedGradScaler is one
     if training["grad_scaler"]:
         if engine == "FSDP1":
             from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
