@@ -366,21 +366,23 @@ class TrainingStateNotLoaded(DcpTarget):
 
 
 class RotaryTableLeftEmpty(DcpTarget):
-    """An initialisation that forgets a non-persistent buffer: a model built on the meta device gets
-    its parameters from the checkpoint, but its rotary table (``inv_freq``, in no state dict) keeps
-    what ``to_empty`` left (zeros here), so the loaded model computes something else. Only training
-    on (``continuation``) can see it."""
+    """A loader that allocates the model anew (``to_empty``, as a resume onto a meta-device model does)
+    and fills it from the checkpoint: what no checkpoint holds, the non-persistent buffers (the
+    rotary table, ``Scale``'s shift), keeps what ``to_empty`` left (zeros here), so the loaded model
+    computes something else. Only training on (``continuation``) can see it."""
 
     def shard(self, module, side, *, group, mesh, default):
-        self._built_on_meta = module if side.meta_init else None
+        self._loaded_into = module
         return default(module, side, group=group, mesh=mesh)
 
     def load(self, state_dict, *, checkpoint_id, process_group):
         super().load(state_dict, checkpoint_id=checkpoint_id, process_group=process_group)
-        model = getattr(self, "_built_on_meta", None)
+        model = getattr(self, "_loaded_into", None)
         for module in model.modules() if model is not None else ():
-            if isinstance(getattr(module, "inv_freq", None), torch.Tensor):
-                module.inv_freq.zero_()
+            for name in module._non_persistent_buffers_set:
+                buffer = getattr(module, name, None)
+                if isinstance(buffer, torch.Tensor):
+                    buffer.zero_()
 
 
 #: name -> the oracle expected to kill it (others may too).
