@@ -209,6 +209,9 @@ _TRAINING_PHASES = ("train", "continue-saved", "continue-loaded")
 #: A DTensor op DTensor cannot place: which op (``lerp_`` for Adam, ``addcmul_`` for RMSprop, ``add_`` for SGD)
 #: and the shapes of its arguments vary with the optimizer and the model, not with the bug.
 _PROPAGATION = re.compile(r"(Sharding propagation failed for aten\.)\S*?\(.*")
+#: A quoted list of parameter names (``Unexpected key(s) in state_dict: "0.weight", "1.weight"``): how
+#: many there are is the model's.
+_FQN_LIST = re.compile(r'"<fqn>"(?:, "<fqn>")+')
 #: shardfuzz's own mesh dimension names carry the pool's generation (``shard0``, ``replicate3``).
 _MESH_DIM = re.compile(r"\b(replicate|shard)\d+\b")
 
@@ -266,6 +269,7 @@ def canonical_signature(signature: str) -> str:
             message = _MISSING_KEY.sub(r"\1<top>.", _TOP_LEVEL.sub("<top>.", message))
             message = _MESH_DIM.sub(r"\1<g>", message)
             message = _PROPAGATION.sub(r"\1<op>(<specs>)", message)
+            message = _FQN_LIST.sub('"<fqn>", ...', message)
             phase = "training" if phase in _TRAINING_PHASES else phase
             message = _BLANKED_FQN.sub("<fqn>", _FQN.sub("<fqn>", message))
             # Shorter than ``_normalise``'s 200 characters, so that a message an older shardfuzz cut at

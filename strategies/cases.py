@@ -266,8 +266,15 @@ def cases(
         return save, save
 
     def with_precision(draw, side: Side, model: Model) -> Side:
-        """FSDP mixed precision (a float32 model) and FSDP2's parameter offload, drawn for a side that has them."""
+        """FSDP mixed precision (a float32 model) and FSDP2's parameter offload, drawn for a side that has them;
+        activation checkpointing after FSDP1, not before."""
         fsdp = isinstance(side.engine, (FSDP1, FSDP2))
+        if isinstance(side.engine, FSDP1) and side.activation_checkpointing == "before":
+            # Activation checkpointing before FSDP1 wraps meets DSD's name mapping through the wrapper on
+            # nearly every load (known bugs 6ddb8a9ec9add59c and its family in corpus/: missing optimizer
+            # state, KeyError, unexpected keys); it would eat campaigns, so FSDP1 sides take it after (the
+            # order FSDP1's own tests use), and the corpus keeps the bugs under test.
+            side = attrs.evolve(side, activation_checkpointing="after")
         return attrs.evolve(
             side,
             mixed_precision=draw(lowered) if fsdp and model.dtype == "float32" else "none",
