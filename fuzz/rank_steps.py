@@ -33,7 +33,6 @@ __all__ = [
     "make_optimizer",
     "device_mesh",
     "shard_on_dim",
-    "MIXED_PRECISION_DTYPES",
     "shard_module",
     "tensor_parallel",
     "data_rank",
@@ -296,14 +295,6 @@ def shard_on_dim(dim: int, param):
     return dtensor().Shard(min(dim, param.ndim - 1))
 
 
-#: ``Side.mixed_precision`` -> (parameter dtype, reduction dtype) of FSDP's mixed precision.
-MIXED_PRECISION_DTYPES = {
-    "bf16": (torch.bfloat16, torch.bfloat16),
-    "bf16-params": (torch.bfloat16, torch.float32),
-    "bf16-reduce": (torch.float32, torch.bfloat16),
-}
-
-
 def shard_module(
     module,
     engine: dict,
@@ -320,9 +311,13 @@ def shard_module(
     """``module`` wrapped by ``engine`` (``{"kind": "FSDP1" | "FSDP2" | "DDP" | "Unsharded" | "TP", **its fields}``)
     on ``group`` (1-D) or ``mesh`` (FSDP2, HSDP). ``wrap``: the modules listed as inner units;
     ``innermost_first``: the same, a module before its ancestors; ``classes``: module type name -> class
-    (for FSDP1's ``module-type`` policy); ``mixed_precision`` (a key of ``MIXED_PRECISION_DTYPES``) and
-    ``offload_params`` (FSDP2's ``CPUOffloadPolicy``) as ``Side`` has them."""
-    lowered = MIXED_PRECISION_DTYPES.get(mixed_precision)
+    (for FSDP1's ``module-type`` policy); ``mixed_precision`` and ``offload_params`` (FSDP2's
+    ``CPUOffloadPolicy``) as ``Side`` has them."""
+    lowered = {  # Side.mixed_precision -> (parameter dtype, reduction dtype)
+        "bf16": (torch.bfloat16, torch.bfloat16),
+        "bf16-params": (torch.bfloat16, torch.float32),
+        "bf16-reduce": (torch.float32, torch.bfloat16),
+    }.get(mixed_precision)
     kind = engine["kind"]
     if kind == "Unsharded":
         return module
