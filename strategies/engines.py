@@ -15,6 +15,7 @@ from shardfuzz.case import (
     TP,
     TP_STYLES,
     WRAP_POLICIES,
+    Leaf,
     Model,
     Unsharded,
 )
@@ -100,9 +101,7 @@ def side_wrappers(
     compiled = st.sampled_from([False] * (compile_one_in - 1) + [True]) if caps.compile else st.just(False)
     # Not a BatchNorm: recomputing its forward in the backward updates its running statistics again,
     # a side effect torch.utils.checkpoint documents as unsupported (the sides' statistics would part).
-    recomputable = [
-        fqn for fqn, node, _ in model.walk() if fqn in set(model.leaf_paths()) and not node.running_statistics
-    ]
+    recomputable = [fqn for fqn, node, _ in model.walk() if isinstance(node, Leaf) and not node.running_statistics]
     if not recomputable:
         order = st.just("none")
     leaves = st.lists(st.sampled_from(recomputable or ["-"]), min_size=1, unique=True)
