@@ -128,13 +128,23 @@ def _hybrid(side: Side) -> bool:
 #: The default: everything shardfuzz draws (what DCP itself is put through).
 EVERYTHING = TargetSupport()
 
+#: The default of an object-level target that declares nothing: it saves the model and optimizer it is
+#: handed, so the training state shardfuzz keeps beside them is not drawn.
+OBJECT_TARGET_DEFAULT = TargetSupport(
+    training_state=False,
+    reasons={
+        "training_state": "an object-level target saves the model and optimizer it is handed; an LR scheduler "
+        "beside them is not among them"
+    },
+)
+
 
 def support_of(target: object) -> TargetSupport:
-    """``target.support`` where it declares one; otherwise everything but storage variants
-    (a user's target does its own I/O)."""
+    """``target.support`` where it declares one; otherwise everything but storage variants (a user's
+    target does its own I/O), and for an object-level target (``save_objects``) no training state."""
     support = getattr(target, "support", None)
     if support is None:
-        return EVERYTHING
+        return OBJECT_TARGET_DEFAULT if hasattr(target, "save_objects") else EVERYTHING
     if not isinstance(support, TargetSupport):
         raise ValueError(f"{type(target).__name__}.support is {support!r}, not a shardfuzz TargetSupport")
     return support
