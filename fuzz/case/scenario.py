@@ -8,7 +8,7 @@ from attrs.validators import ge, in_, instance_of, le, optional
 
 from shardfuzz.case._validators import _POSITIVE_INT
 from shardfuzz.case.optimizers import OPTIMIZER_CLASSES, Optimizer
-from shardfuzz.case.sides import ENGINE_CLASSES, Side, _sorted_unique
+from shardfuzz.case.sides import ENGINE_CLASSES, TP, Side, _sorted_unique
 from shardfuzz.case.storage import STORAGE_CLASSES, Dcp, DcpToTorchSave, Storage, TorchSave
 from shardfuzz.case.training import NO_TRAINING_STATE, TrainingState
 from shardfuzz.case.tree import Leaf, Linear, Model, leaf_coverage, leaves
@@ -213,7 +213,7 @@ def dimensions(case: Case) -> dict[str, str]:
             f"{name}_state_dict": s.state_dict,
             f"{name}_wrapped": "none" if not s.wrap else "some",
             f"{name}_uneven_split": str(any(w % shards for w in widths)).lower(),
-            f"{name}_empty_shard": str(any(w < shards for w in widths)).lower(),
+            f"{name}_empty_shard": str(any(_leaves_a_rank_empty(w, shards) for w in _split_widths(case, s))).lower(),
             **{f"{name}_{dim}": own.get(dim, "n/a") for kind in ENGINE_CLASSES for dim in kind.dimension_names},
             f"{name}_cpu_offload": str(s.cpu_offload).lower(),
             f"{name}_state_dict_api": s.state_dict_api,
@@ -245,6 +245,22 @@ def dimensions(case: Case) -> dict[str, str]:
         "ignore_frozen_params": str(case.ignore_frozen_params).lower(),
         **(case.training.dimensions() if case.training else NO_TRAINING_STATE),
     }
+
+
+def _leaves_a_rank_empty(width: int, shards: int) -> bool:
+    """Whether splitting ``width`` rows over ``shards`` ranks as ``torch.chunk`` does (FSDP2's and DTensor's
+    ``Shard``: pieces of ``ceil(width / shards)``) leaves a rank nothing: 1 over 2, but also 4 over 3 (2, 2, 0)."""
+    piece = -(-width // shards)
+    return -(-width // piece) < shards
+
+
+def _split_widths(case: Case, side: Side) -> list[int]:
+    """The widths ``side`` splits: each Linear's output features, and under tensor parallelism (a rowwise
+    Linear splits its input) its input features too."""
+    linears = case.model.linears()
+    if isinstance(side.engine, TP):
+        return [w for _, fed, out, _ in linears for w in (fed, out)]
+    return [out for _, _, out, _ in linears]
 
 
 def _optimizer_state_kind(case: Case) -> str:
