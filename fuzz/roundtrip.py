@@ -267,7 +267,7 @@ def _load_and_judge(case, ctx, target, checkpoint_dir, expected, expected_after,
                 rank=0,
                 identical_layout=case.same_sharding,
                 dtype=case.compute_dtype,
-                adaptive_lr=_adaptive_lr(case, across_torches=across),
+                adaptive_lr=_adaptive_lr(case),
                 steps=CONTINUE_STEPS,
                 across_torches=across,
             )
@@ -280,7 +280,7 @@ def _without(state: dict, keys: set[str]) -> dict:
     return {k: v for k, v in state.items() if k not in keys}
 
 
-def _adaptive_lr(case: Case, *, across_torches: bool = False) -> float | None:
+def _adaptive_lr(case: Case) -> float | None:
     """The largest step rounding noise can make an optimizer that scales steps by the gradient's own size
     take (``noise_step`` learning rates; None for SGD), across layouts as across torches: RMSprop moved a
     bias before a BatchNorm by 0.077 at lr 0.01 between FSDP2 on one rank and DDP on three (campaign of

@@ -493,14 +493,14 @@ def test_continuation_across_torches_allows_kernel_drift_and_catches_a_fault():
     assert [m.key for m in judge(unused_state, across_torches=True)] == ["model.0.weight"]
 
 
-def test_noise_steps_scale_the_adaptive_slack_across_torches():
+def test_noise_steps_scale_the_adaptive_slack_across_layouts_and_torches():
     from shardfuzz.case import RMSprop
     from shardfuzz.roundtrip import _adaptive_lr
 
-    case = attrs.evolve(CASE, optimizer=RMSprop(lr=0.01))
-    assert _adaptive_lr(case) == 0.01
-    assert _adaptive_lr(case, across_torches=True) == pytest.approx(0.1)
-    assert _adaptive_lr(attrs.evolve(CASE, optimizer=SGD()), across_torches=True) is None
+    # RMSprop's noise step is 10 learning rates within one torch too (a BatchNorm bias moved 0.077 at
+    # lr 0.01 between two layouts of the seed-41 campaign)
+    assert _adaptive_lr(attrs.evolve(CASE, optimizer=RMSprop(lr=0.01))) == pytest.approx(0.1)
+    assert _adaptive_lr(attrs.evolve(CASE, optimizer=SGD())) is None
 
 
 def test_a_run_across_torches_says_so_in_its_headline_and_summary():
