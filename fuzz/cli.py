@@ -250,6 +250,23 @@ def _replay_options(replay: argparse.ArgumentParser) -> None:
         help="cuda: entries with a side on cuda run on the GPUs (else they answer unsupported)",
     )
     replay.add_argument(
+        "--on-cuda",
+        action="store_true",
+        help="with --device cuda: run each entry with its sides moved to the GPUs (each side that has a GPU per "
+        "rank), then as recorded on CPU ranks of the same pool, and say whether the bug is CUDA's too",
+    )
+    replay.add_argument(
+        "--record",
+        action="store_true",
+        help="with --on-cuda: write what the GPU did into each entry (its `cuda` block; the known-bugs table shows it)",
+    )
+    replay.add_argument(
+        "--max-world-size",
+        type=_world_size,
+        default=None,
+        help="skip (saying so) entries that need more ranks than this (default: start what each needs)",
+    )
+    replay.add_argument(
         "--case-timeout",
         type=_positive_float,
         default=None,
@@ -274,6 +291,12 @@ def _selftest_options(selftest: argparse.ArgumentParser) -> None:
         help="seconds more per mutant to shrink what it found (default 40)",
     )
     selftest.add_argument("--world-size", type=_world_size, default=2, help="ranks in each pool (default 2)")
+    selftest.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="cpu",
+        help="cuda: sides are drawn on CPU and GPU ranks (one rank per GPU), as `run --device cuda` draws them",
+    )
     selftest.add_argument("--seed", type=int, default=0, help="seed for the case draws (default 0)")
     selftest.add_argument(
         "--mutant", action="append", default=None, help="only this mutant (repeatable; default: the whole catalogue)"
@@ -379,6 +402,7 @@ def _selftest(args) -> int:
 
     from shardfuzz.corpus import known_bugs, load_corpus
     from shardfuzz.executor import PoolStartError
+    from shardfuzz.runner import campaign_devices
     from shardfuzz.selftest import catalogue_for, run_selftest
     from shardfuzz.targets import framework_version
 
@@ -390,6 +414,10 @@ def _selftest(args) -> int:
     unknown = sorted(set(args.mutant or []) - set(catalogue))
     if unknown:
         print(f"shardfuzz selftest: no such mutant(s) {unknown}; choose from {sorted(catalogue)}", file=sys.stderr)
+        return 2
+    _, why_not = campaign_devices(args.device)
+    if why_not:
+        print(f"shardfuzz selftest: {why_not}", file=sys.stderr)
         return 2
     known = known_bugs(load_corpus(args.corpus)[0], torch.__version__)
     print(f"{'mutant':30} {'result':8} {'killed by':24} {'detect s':>8} {'shrink s':>8} {'size':>5}  shrunk case")
@@ -414,6 +442,7 @@ def _selftest(args) -> int:
             target=args.target,
             is_known=lambda s, c: known.lookup(s, c) is not None,
             on_result=show,
+            device=args.device,
         )
     except PoolStartError as exc:
         print(f"shardfuzz selftest: {exc}", file=sys.stderr)
@@ -433,6 +462,7 @@ def _selftest(args) -> int:
                     "target_framework": framework_version(args.target) if args.target else "",
                     "budget_per_mutant": args.budget,
                     "world_size": args.world_size,
+                    "device": args.device,
                     "killed": killed,
                     "total": len(results),
                     "mutants": [r.as_dict() for r in results],
@@ -485,6 +515,9 @@ def _executor(interpreters, world_size: int, **options):
 
 
 def _replay(args) -> int:
+    import attrs
+
+    from shardfuzz.corpus import rewrite_entry
     from shardfuzz.executor import PoolStartError, RankPool
     from shardfuzz.executor.cross import CrossVersionPool
     from shardfuzz.interpreters import InterpreterError
@@ -492,6 +525,12 @@ def _replay(args) -> int:
     from shardfuzz.runner import campaign_devices
 
     _, why_not = campaign_devices(args.device)
+    if not why_not and args.on_cuda and args.device != "cuda":
+        why_not = "--on-cuda moves sides to the GPUs: give --device cuda too"
+    if not why_not and args.record and not args.on_cuda:
+        why_not = "--record writes what the GPU did into each entry: give --on-cuda (and --device cuda) too"
+    if not why_not and args.on_cuda and (args.save_python or args.load_python):
+        why_not = "--on-cuda runs one torch: leave out --save-python and --load-python"
     if why_not:
         print(f"shardfuzz replay: {why_not}", file=sys.stderr)
         return 2
@@ -506,6 +545,8 @@ def _replay(args) -> int:
     sizes: dict[str, int] = {}
     exact: dict[str, set[int]] = {}
     for _, entry in entries:
+        if args.max_world_size is not None and entry.replay_world_size > args.max_world_size:
+            continue  # skipped, saying so: no pool grows to its size
         sizes[entry.target] = max(sizes.get(entry.target, 1), entry.replay_world_size)
         if entry.fills_its_world:
             exact.setdefault(entry.target, set()).add(entry.replay_world_size)
@@ -525,6 +566,11 @@ def _replay(args) -> int:
         return pools[target, size]
 
     def show(replay) -> None:
+        if replay.cuda is not None:
+            print(f"cuda {replay.cuda.outcome:15} {replay.path.name}  {replay.cuda.verdict[:150]}")
+            if args.record:
+                rewrite_entry(replay.path, attrs.evolve(replay.entry, cuda=replay.cuda))
+            return
         mark = {"still failing": "ok  ", "skipped": "skip"}.get(replay.outcome, "NOTE")
         print(f"{mark} {replay.outcome:13} {replay.path.name}  {replay.entry.title[:110]}")
         if replay.skipped:
@@ -537,7 +583,14 @@ def _replay(args) -> int:
                 print(f"       outside the entry's framework range: {moved}; if fixed there, update the range")
 
     try:
-        replays = replay_entries(entries, pool_for, repeat=args.repeat, on_replay=show)
+        replays = replay_entries(
+            entries,
+            pool_for,
+            repeat=args.repeat,
+            on_replay=show,
+            max_world_size=args.max_world_size,
+            on_cuda=_gpu_count() if args.on_cuda else 0,
+        )
     except PoolStartError as exc:
         print(f"shardfuzz replay: {exc}", file=sys.stderr)
         return 2
@@ -551,7 +604,15 @@ def _replay(args) -> int:
             )
             + "\n"
         )
+    if args.on_cuda:
+        return 0  # a bug that passes on CUDA is a finding about the bug, not a failed replay
     return 0 if all(r.outcome in ("still failing", "skipped") for r in replays) else 1
+
+
+def _gpu_count() -> int:
+    from shardfuzz.capabilities import capabilities
+
+    return capabilities().cuda_devices
 
 
 def _entry(command: str, path: Path):

@@ -7,22 +7,32 @@ An entry is run ``repeat`` times on a pool with the entry's target. The outcome:
 - ``changed``: every run gave the same new signature (the bug moved, or a different one hides it);
 - ``flaky``: the runs disagree; all their verdicts are in the report;
 - ``skipped``: this machine cannot run it (a side on cuda, too few GPUs, a target whose framework is not
-  installed, an entry found across two torches and a pool of one); ``skipped`` says why.
+  installed, an entry found across two torches and a pool of one, more ranks than ``max_world_size``);
+  ``skipped`` says why.
+
+With ``on_cuda`` (the GPU count), an entry found on CPU ranks is run with each side that fits on the
+GPUs moved to CUDA (``moved_to_cuda``; an entry found on a GPU runs as recorded), then with every side
+on CPU ranks of the same pool (the CPU control), and its
+``Replay.cuda`` says what the GPU did (``corpus.DeviceCheck``; ``replay --on-cuda --record`` writes it
+into the entry).
 """
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import attrs
 from attrs import frozen
 
-from shardfuzz.corpus import Entry
+from shardfuzz.case import Case
+from shardfuzz.corpus import DeviceCheck, Entry
 from shardfuzz.executor import Executor
 from shardfuzz.targets import unavailable
 from shardfuzz.verdict import Verdict
 
-__all__ = ["OUTCOMES", "Replay", "judge", "replay_entries"]
+__all__ = ["OUTCOMES", "Replay", "judge", "moved_to_cuda", "replay_entries"]
 
 OUTCOMES = ("still failing", "now passing", "changed", "flaky", "skipped")
 
@@ -34,9 +44,11 @@ class Replay:
     verdicts: tuple[Verdict, ...]
     outcome: str
     skipped: str = ""  # why it was not run here
+    cuda: DeviceCheck | None = None  # with ``on_cuda``: the replay with its sides moved to a GPU
 
     def as_dict(self) -> dict:
         return {
+            **({"cuda": attrs.asdict(self.cuda)} if self.cuda else {}),
             "path": str(self.path),
             "title": self.entry.title,
             "recorded_signature": self.entry.signature,
@@ -81,28 +93,112 @@ def _needs_two_torches(entry: Entry, pool: Executor) -> str:
     )
 
 
+def moved_to_cuda(case: Case, gpus: int) -> tuple[Case, tuple[str, ...]]:
+    """``case`` with each CPU side that has a GPU for every rank (NCCL runs one rank per GPU) moved to
+    CUDA, and the names of the sides moved (none: neither fits)."""
+    save, load = (
+        attrs.evolve(side, device="cuda") if side.device == "cpu" and side.world_size <= gpus else side
+        for side in (case.save, case.load)
+    )
+    moved = tuple(name for name, old, new in (("save", case.save, save), ("load", case.load, load)) if old != new)
+    return attrs.evolve(case, save=save, load=load), moved
+
+
+#: A replay's outcome as a ``DeviceCheck`` outcome.
+_ON_DEVICE = {
+    "still failing": "reproduces",
+    "now passing": "passes",
+    "changed": "fails otherwise",
+    "flaky": "flaky",
+    "skipped": "not run",
+}
+
+
+def _why_not_on_cuda(entry: Entry, gpus: int) -> str:
+    if entry.torches is not None:
+        return "found across two torches (a GPU replay runs one torch)"
+    return (
+        f"its sides are on {entry.case.save.world_size} and {entry.case.load.world_size} ranks and the machine "
+        f"has {gpus} GPU(s): NCCL runs one rank per GPU"
+    )
+
+
+def _sides_on_cuda(case: Case) -> tuple[str, ...]:
+    return tuple(name for name, side in (("save", case.save), ("load", case.load)) if side.device == "cuda")
+
+
+def _all_on_cpu(case: Case) -> Case:
+    """The CPU control of a replay on CUDA: ``case`` with every side on CPU ranks."""
+    return attrs.evolve(case, save=attrs.evolve(case.save, device="cpu"), load=attrs.evolve(case.load, device="cpu"))
+
+
+def _gpu_name(gpus: int) -> str:
+    import torch
+
+    return f"{torch.cuda.get_device_name(0)} x{gpus}" if torch.cuda.is_available() else ""
+
+
 def replay_entries(
     entries: list[tuple[Path, Entry]],
     pool_for: Callable[[str, int], Executor],
     *,
     repeat: int = 1,
     on_replay: Callable[[Replay], None] | None = None,
+    max_world_size: int | None = None,
+    on_cuda: int = 0,
 ) -> list[Replay]:
-    """Replay every entry ``repeat`` times; ``pool_for(target, world_size)`` gives a running pool."""
+    """Replay every entry ``repeat`` times; ``pool_for(target, world_size)`` gives a running pool.
+
+    ``max_world_size``: entries that need more ranks are skipped (saying so) rather than started.
+    ``on_cuda``: the GPU count; each entry is run with its sides moved to them (an entry found on a GPU:
+    as recorded), then with every side on CPU ranks of the same pool."""
     if repeat < 1:
         raise ValueError(f"repeat must be >= 1, got {repeat}")
+    if on_cuda < 0:
+        raise ValueError(f"on_cuda is a GPU count, got {on_cuda}")
     results = []
     for path, entry in entries:
+        case = moved_to_cuda(entry.case, on_cuda)[0] if on_cuda else entry.case
+        on_gpu = _sides_on_cuda(case)
         why_not_here = unavailable(entry.target)  # a framework's entry where that framework is not installed
+        if not why_not_here and on_cuda and (not on_gpu or entry.torches is not None):
+            why_not_here = _why_not_on_cuda(entry, on_cuda)
+        if not why_not_here and max_world_size is not None and entry.replay_world_size > max_world_size:
+            why_not_here = f"needs {entry.replay_world_size} ranks; this replay runs at most {max_world_size}"
         if not why_not_here:
             pool = pool_for(entry.target, entry.replay_world_size)
-            why_not_here = pool.cannot_run(entry.case) or _needs_two_torches(entry, pool)
+            why_not_here = pool.cannot_run(case) or _needs_two_torches(entry, pool)
         if why_not_here:
             replay = Replay(path, entry, (), "skipped", why_not_here)
         else:
-            verdicts = tuple(pool.run(entry.case) for _ in range(repeat))
+            verdicts = tuple(pool.run(case) for _ in range(repeat))
             replay = Replay(path, entry, verdicts, judge(entry, verdicts))
+        if on_cuda:
+            replay = attrs.evolve(replay, cuda=_device_check(replay, on_gpu, on_cuda, pool_for, repeat))
         results.append(replay)
         if on_replay is not None:
             on_replay(replay)
     return results
+
+
+def _device_check(replay: Replay, on_gpu: tuple[str, ...], gpus: int, pool_for, repeat: int) -> DeviceCheck:
+    """``replay`` (of the entry with ``on_gpu`` sides on CUDA) as a ``DeviceCheck``, with the CPU control
+    (every side on CPU) run on the same pool."""
+    import torch
+
+    entry = replay.entry
+    on_cpu = ""
+    if replay.outcome != "skipped":
+        pool = pool_for(entry.target, entry.replay_world_size)
+        control = _all_on_cpu(entry.case)
+        on_cpu = _ON_DEVICE[judge(entry, tuple(pool.run(control) for _ in range(repeat)))]
+    changed = {_signature(v) for v in replay.verdicts} if replay.outcome == "changed" else set()
+    return DeviceCheck(
+        outcome=_ON_DEVICE[replay.outcome],
+        torch=torch.__version__,
+        gpu=_gpu_name(gpus),
+        moved=on_gpu if replay.outcome != "skipped" else (),
+        on_cpu=on_cpu,
+        detail=replay.skipped or "".join(changed)[:300],
+        date=datetime.date.today().isoformat(),
+    )

@@ -70,7 +70,10 @@ def run_selftest(
     target: str | None = None,
     is_known: Callable[[str, Case], bool] = lambda signature, case: False,
     on_result: Callable[[MutantResult], None] | None = None,
+    device: str = "cpu",
 ) -> list[MutantResult]:
+    """``device`` ``cuda``: the pools' ranks hold GPUs (one per rank below the GPU count) and sides are
+    drawn on either device, as ``shardfuzz run --device cuda`` draws them."""
     catalogue = catalogue_for(target)
     names = mutants or list(catalogue)
     unknown = sorted(set(names) - set(catalogue))
@@ -80,7 +83,7 @@ def run_selftest(
     for name in names:
         started = time.monotonic()
         spec, expected_oracle = catalogue[name]
-        with RankPool(world_size, target=spec) as pool:
+        with RankPool(world_size, target=spec, device=device) as pool:
             campaign = run_campaign(
                 pool.run,
                 budget=budget_per_mutant + shrink_budget,  # finding it, then shrinking it
@@ -91,6 +94,7 @@ def run_selftest(
                 vary_storage=False,
                 support=support_for(spec),
                 shrink_budget=shrink_budget,
+                devices=("cpu", "cuda") if device == "cuda" else ("cpu",),
             )
         finding = min(campaign.findings.values(), key=lambda f: case_size(f.case), default=None)
         killed_by = ""

@@ -163,12 +163,16 @@ def known_bug_table(entries: Iterable[tuple[Path, Entry]]) -> str:
         "for (the strict xfail holds only where that framework is installed in range) and whether the bug "
         "lies in the framework or in torch underneath (`in`; the entry's `evidence` says why). An entry saved "
         "under one torch and loaded under another gives a range for each (`save torch -> load torch`); "
-        "`tox -e crossversion` replays it (docs/cross-version.md).",
+        "`tox -e crossversion` replays it (docs/cross-version.md). `on CUDA` says what the entry did when "
+        "replayed with its sides moved to a GPU (`shardfuzz replay --device cuda --on-cuda --record`): CUDA too, "
+        "CPU only (it passes there and still fails on CPU ranks of the same machine and torch), or why it was not "
+        "checked.",
         "",
         f"{len(known)} known bugs.",
         "",
-        "| entry | class | what | minimal case | target | in | torch range | framework range | seen on | link |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| entry | class | what | minimal case | target | in | torch range | framework range | seen on | on CUDA "
+        "| link |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for path, entry in known:
         what = entry.title.split("] ", 1)[-1]
@@ -179,7 +183,7 @@ def known_bug_table(entries: Iterable[tuple[Path, Entry]]) -> str:
         rows.append(
             f"| `{path.stem}` | {entry.triage} | {_cell(what)} | {_cell(describe(entry.case))} | {_cell(target)} | "
             f"{block.layer} | {_torch_range(block)} | {_cell(frameworks)} | {', '.join(block.seen) or '-'} | "
-            f"{_cell(block.link or 'none found')} |"
+            f"{_cell(entry.cuda.verdict if entry.cuda else 'not checked')} | {_cell(block.link or 'none found')} |"
         )
     return "\n".join(rows) + "\n"
 

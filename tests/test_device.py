@@ -180,9 +180,9 @@ def test_a_short_cuda_campaign_runs_and_crosses_devices(tmp_path):
         "--device",
         "cuda",
         "--budget",
-        "60",
+        "30",
         "--world-size",
-        "2",
+        "1",  # one GPU is the common case; a wider pool's other ranks would be gloo ranks on CPU
         "--database",
         "none",
         "--report",
@@ -194,3 +194,110 @@ def test_a_short_cuda_campaign_runs_and_crosses_devices(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     coverage = json.loads(report.read_text())["coverage"]
     assert coverage["save_device"].get("cuda") and coverage["load_device"].get("cpu")
+
+
+# --- the corpus on a GPU: replay --on-cuda --record --------------------------------------
+
+
+class _SidesOnCudaPass:
+    """An executor where the recorded failure happens on CPU sides only (a CPU-only bug)."""
+
+    def __init__(self, failing: Verdict):
+        self.failing = failing
+        self.ran: list[Case] = []
+
+    def cannot_run(self, case):
+        return ""
+
+    def run(self, case):
+        self.ran.append(case)
+        return Verdict("pass") if "cuda" in (case.save.device, case.load.device) else self.failing
+
+
+def _cpu_entry(tmp_path, save_ranks=1, load_ranks=2):
+    from shardfuzz.corpus import load_entry
+
+    case = attrs.evolve(ON_GPU, save=Side(FSDP2(), (save_ranks,)), load=Side(FSDP2(), (load_ranks,)))
+    failing = Verdict("mismatch", (Mismatch("state-equal", "model.0.weight", 0, "values differ"),))
+    path = save_entry(tmp_path, entry_for(case, failing))
+    return path, load_entry(path), failing
+
+
+def test_moved_to_cuda_moves_each_side_that_has_a_gpu_per_rank():
+    from shardfuzz.replay import moved_to_cuda
+
+    case = attrs.evolve(ON_GPU, save=Side(FSDP2(), (1,)), load=Side(FSDP2(), (2,)))
+    moved, sides = moved_to_cuda(case, 1)
+    assert sides == ("save",) and (moved.save.device, moved.load.device) == ("cuda", "cpu")
+    assert moved_to_cuda(case, 2)[1] == ("save", "load")
+    assert moved_to_cuda(attrs.evolve(case, save=Side(FSDP2(), (2,))), 1) == (
+        attrs.evolve(case, save=Side(FSDP2(), (2,))),
+        (),
+    )
+
+
+def test_replay_on_cuda_tells_a_cpu_only_bug_from_one_cuda_has_too(tmp_path):
+    path, entry, failing = _cpu_entry(tmp_path)
+    pool = _SidesOnCudaPass(failing)
+    (replay,) = replay_entries([(path, entry)], lambda target, n: pool, on_cuda=1)
+    check = replay.cuda
+    assert (check.outcome, check.on_cpu, check.moved) == ("passes", "reproduces", ("save",))
+    assert check.verdict.startswith("CPU only")
+    assert [c.save.device for c in pool.ran] == ["cuda", "cpu"]  # moved first, then the CPU control
+
+    pool.run = lambda case: failing  # fails on either device: CUDA too
+    (replay,) = replay_entries([(path, entry)], lambda target, n: pool, on_cuda=1)
+    assert replay.cuda.outcome == "reproduces" and replay.cuda.verdict.startswith("CUDA too")
+
+
+def test_replay_on_cuda_records_why_an_entry_could_not_move(tmp_path):
+    path, entry, failing = _cpu_entry(tmp_path, save_ranks=2, load_ranks=2)
+    pool = _SidesOnCudaPass(failing)
+    (replay,) = replay_entries([(path, entry)], lambda target, n: pool, on_cuda=1)
+    assert replay.outcome == "skipped" and pool.ran == []
+    assert replay.cuda.outcome == "not run" and "one rank per GPU" in replay.cuda.detail
+    assert replay.cuda.verdict.startswith("not checked on CUDA")
+
+
+def test_an_entry_cuda_block_round_trips_and_is_left_out_until_checked(tmp_path):
+    from shardfuzz.corpus import DeviceCheck, load_entry, rewrite_entry
+
+    path, entry, _ = _cpu_entry(tmp_path)
+    assert "cuda" not in json.loads(path.read_text())
+    check = DeviceCheck("reproduces", "2.11.0+cu130", "NVIDIA H200 x1", ("save",), on_cpu="reproduces")
+    rewrite_entry(path, attrs.evolve(entry, cuda=check))
+    assert load_entry(path).cuda == check
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["--on-cuda"], "give --device cuda"),
+        (["--record"], "give --on-cuda"),
+    ],
+)
+def test_replay_on_cuda_options_are_checked_up_front(tmp_path, argv, says):
+    proc = _shardfuzz("replay", *argv, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert says in proc.stderr
+
+
+def test_replay_on_cuda_runs_an_entry_found_on_a_gpu_as_recorded_and_its_cpu_form_as_control(tmp_path):
+    from shardfuzz.corpus import load_entry
+
+    failing = Verdict("mismatch", (Mismatch("state-equal", "model.0.weight", 0, "values differ"),))
+    path = save_entry(tmp_path, entry_for(ON_GPU, failing, world_size=2))
+    pool = _SidesOnCudaPass(failing)
+    pool.run = lambda case: (
+        pool.ran.append(case) or (failing if "cuda" in (case.save.device, case.load.device) else Verdict("pass"))
+    )
+    (replay,) = replay_entries([(path, load_entry(path))], lambda target, n: pool, on_cuda=1)
+    assert [(c.save.device, c.load.device) for c in pool.ran] == [("cuda", "cpu"), ("cpu", "cpu")]
+    assert (replay.cuda.outcome, replay.cuda.on_cpu, replay.cuda.moved) == ("reproduces", "passes", ("save",))
+    assert replay.cuda.verdict.startswith("CUDA too")
+
+
+def test_a_cuda_side_is_named_in_the_case_description():
+    from shardfuzz.describe import describe
+
+    assert "FSDP2x1 on cuda" in describe(ON_GPU) and "on cuda" not in describe(ON_GPU).split("load")[1]
