@@ -122,16 +122,35 @@ BROADCAST_SPANS_WORLD = (
 )
 
 
+FSDP1_SPANS_WORLD = (
+    "fsdp1-whole-world: this torch's get_state_dict gathers FSDP1 optimizer state on the default process "
+    "group (DSD has no _get_fsdp_process_group), so an FSDP1 side must span every rank of it; on a rank "
+    "subgroup the ranks outside it never join the gather and it hangs (shardfuzz capabilities: fsdp1_subgroups)"
+)
+
+
+def _fsdp1_side_sizes(case: Case) -> set[int]:
+    """World sizes of the FSDP1 sides that must span the whole pool on this torch (none where FSDP1 takes a subgroup)."""
+    from shardfuzz.capabilities import capabilities
+
+    sizes = {side.world_size for side in _sides(case) if isinstance(side.engine, FSDP1)}
+    return sizes if sizes and not capabilities().fsdp1_subgroups else set()
+
+
 def exact_world_size(case: Case) -> int | None:
     """The size of process group ``case`` must run in, where it needs one exactly (else None)."""
-    return case.load.world_size if case.load.broadcast_from_rank0 else None
+    if case.load.broadcast_from_rank0:
+        return case.load.world_size
+    return max(_fsdp1_side_sizes(case), default=None)
 
 
 def needs_other_world(case: Case, world_size: int) -> str:
     """Why ``case`` cannot run in a process group of ``world_size`` ranks, or ''."""
-    exact = exact_world_size(case)
-    if exact is not None and exact != world_size:
-        return f"{BROADCAST_SPANS_WORLD} (the load side has {exact} of {world_size} ranks)"
+    if case.load.broadcast_from_rank0 and case.load.world_size != world_size:
+        return f"{BROADCAST_SPANS_WORLD} (the load side has {case.load.world_size} of {world_size} ranks)"
+    narrower = sorted(n for n in _fsdp1_side_sizes(case) if n != world_size)
+    if narrower:
+        return f"{FSDP1_SPANS_WORLD} (an FSDP1 side has {narrower[0]} of {world_size} ranks)"
     return ""
 
 

@@ -117,7 +117,14 @@ def _side_drawer(*, max_world_size, engine_names, devices, gpus, support: Target
             # hangs elsewhere). So FSDP1 HSDP meshes span the whole pool with shards >= 2.
             mesh = draw(hybrid_meshes[limit])
         elif isinstance(engine, FSDP1) and not capabilities().fsdp1_subgroups:
-            mesh = (limit,)  # see capabilities: FSDP1 on a subgroup hangs in this torch
+            # See capabilities: FSDP1 on a subgroup hangs in this torch, so the side spans the
+            # pool, on CPU where a CUDA side could not (one rank per GPU, fewer GPUs than ranks).
+            if limit == max_world_size:
+                mesh = (limit,)
+            elif "cpu" in devices:
+                device, mesh = "cpu", (max_world_size,)
+            else:
+                engine, mesh = DDP(), (limit,)
         elif isinstance(engine, TP):
             options = tp_meshes[limit, engine.fsdp]
             if options:
@@ -206,7 +213,12 @@ def cases(
     ignore_frozen = rarely(one_in=4) if caps.ignore_frozen_params and target.options else st.just(False)
     local_allowed = target.state_dicts is None or "local" in target.state_dicts
     local_choice = rarely(one_in=6) if caps.local_state_dict and local_allowed else st.just(False)
-    local_mesh = st.sampled_from([(n,) for n in range(1, max_world_size + 1)])
+    gpu_limit = min(max_world_size, _check_devices(devices, gpus)[1])
+    local_meshes = {  # a CUDA side has one rank per GPU
+        device: st.sampled_from([(n,) for n in range(1, limit + 1)])
+        for device, limit in (("cpu", max_world_size), ("cuda", gpu_limit))
+        if limit >= 1
+    }
     training_choice = training_states() if target.training_state else st.none()
     lowered, offloaded_params = mixed_precisions(), rarely(one_in=8)
 
@@ -262,7 +274,7 @@ def cases(
         if choice == "own" and isinstance(other, FSDP1) and not other.hybrid:
             return save, attrs.evolve(load, engine=attrs.evolve(other, use_orig_params=False), **local)
         if choice == "other-ranks" and caps.fsdp1_subgroups:
-            return save, attrs.evolve(save, mesh_shape=draw(local_mesh))
+            return save, attrs.evolve(save, mesh_shape=draw(local_meshes[save.device]))
         return save, save
 
     def with_precision(draw, side: Side, model: Model) -> Side:

@@ -163,3 +163,53 @@ def test_torchrun_and_the_pool_call_the_one_admission_check():
     assert "admit(" in inspect.getsource(pool.RankPool.run) and "admit(" in inspect.getsource(
         torchrun.TorchrunWorld.run
     )
+
+
+MODEL = Model(2, Sequential([Linear(3), Linear(2)]))
+
+
+@pytest.fixture
+def no_fsdp1_subgroups(monkeypatch):
+    """This torch as one without DSD's _get_fsdp_process_group (2.10, 2.11): FSDP1 must span the world."""
+    import dataclasses
+    import importlib
+
+    import shardfuzz.capabilities
+
+    caps = dataclasses.replace(shardfuzz.capabilities.capabilities(), fsdp1_subgroups=False, cuda_devices=1)
+    for module in (shardfuzz.capabilities, importlib.import_module("shardfuzz.strategies.cases")):
+        monkeypatch.setattr(module, "capabilities", lambda *a, **k: caps)
+
+
+def test_without_fsdp1_subgroups_an_fsdp1_side_needs_a_world_of_its_own_size(no_fsdp1_subgroups):
+    from shardfuzz.unsupported import exact_world_size
+
+    case = Case(model=MODEL, save=Side(FSDP1(), (1,)), load=Side(DDP(), (2,)), optimizer=SGD())
+    assert exact_world_size(case) == 1
+    assert needs_other_world(case, 1) == ""
+    assert needs_other_world(case, 4).startswith("fsdp1-whole-world")
+    assert "1 of 4 ranks" in needs_other_world(case, 4)
+
+
+def test_with_fsdp1_subgroups_an_fsdp1_side_runs_in_any_world():
+    from shardfuzz.capabilities import capabilities
+    from shardfuzz.unsupported import exact_world_size
+
+    if not capabilities().fsdp1_subgroups:
+        pytest.skip("this torch lacks fsdp1_subgroups")
+    case = Case(model=MODEL, save=Side(FSDP1(), (1,)), load=Side(DDP(), (2,)), optimizer=SGD())
+    assert exact_world_size(case) is None and needs_other_world(case, 4) == ""
+
+
+def test_without_fsdp1_subgroups_fsdp1_sides_span_the_pool_on_cpu_where_cuda_could_not(no_fsdp1_subgroups):
+    seen = set()
+
+    @settings(max_examples=150, phases=[Phase.generate], database=None, suppress_health_check=list(HealthCheck))
+    @given(sf.cases(max_world_size=2, devices=("cpu", "cuda"), gpus=1))
+    def check(case):
+        for side in (case.save, case.load):
+            if isinstance(side.engine, FSDP1) and not side.engine.hybrid:
+                seen.add((side.device, side.world_size))
+
+    check()
+    assert seen == {("cpu", 2)}
