@@ -355,6 +355,25 @@ class ShardOnDimOne(DcpTarget):
         return module
 
 
+class TPStyleSwapped(DcpTarget):
+    """Wrapping code that splits the first planned Linear of a tensor-parallel side the other way
+    (colwise as rowwise, and back): a TP placement the side did not ask for. DCP reshards the values
+    correctly into whatever layout the model has, so the state compares equal and only the ``layout``
+    oracle, which checks every DTensor against the side's plan, sees it."""
+
+    def shard(self, module, side, *, group, mesh, default):
+        import attrs
+
+        from shardfuzz.case import TP
+
+        engine = side.engine
+        if not isinstance(engine, TP) or not engine.plan:
+            return default(module, side, group=group, mesh=mesh)
+        (path, style), *rest = engine.plan
+        swapped = ((path, "rowwise" if style == "colwise" else "colwise"), *rest)
+        return default(module, attrs.evolve(side, engine=attrs.evolve(engine, plan=swapped)), group=group, mesh=mesh)
+
+
 class TrainingStateNotLoaded(DcpTarget):
     """A loader that restores the model and the optimizer but not the training state saved beside
     them (the LR scheduler, the gradient scaler, the step counter): they keep the values the fresh
@@ -404,6 +423,7 @@ CATALOGUE: dict[str, str] = {
     "StepReset": "complete-state",
     "StepTensorsShared": "continuation",
     "ShardOnDimOne": "layout",
+    "TPStyleSwapped": "layout",
     "TrainingStateNotLoaded": "complete-state",
     "RotaryTableLeftEmpty": "continuation",
 }

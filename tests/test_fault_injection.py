@@ -101,3 +101,27 @@ def test_a_failure_that_does_not_repeat_is_reported_flaky_with_both_outcomes():
     assert flaky, f"no flaky finding in {result.cases_run} cases"
     assert flaky[0].verdict.status == "mismatch" and flaky[0].other.status == "pass"
     assert not [f for f in result.findings.values() if not f.flaky and f.verdict.status == "mismatch"]
+
+
+@pytest.mark.parametrize(
+    "target, oracle", [("shardfuzz.targets:DcpTarget", None), ("shardfuzz.mutants:TPStyleSwapped", "layout")]
+)
+def test_a_tensor_parallel_split_the_other_way_is_caught_by_the_layout_oracle_alone(target, oracle):
+    """The mutant splits the planned Linear rowwise where the plan says colwise: DCP reshards the
+    values into that layout, so only the layout oracle (each DTensor against the side's plan) sees it."""
+    from shardfuzz.case import DDP, SGD, TP, Case, Linear, Model, Sequential, Side
+
+    case = Case(
+        model=Model(4, Sequential([Linear(4), Linear(2)])),
+        save=Side(DDP(), (2,)),
+        load=Side(TP(plan=(("0", "colwise"),)), (1, 2)),
+        optimizer=SGD(),
+        steps=1,
+    )
+    with RankPool(2, target=target) as pool:
+        verdict = pool.run(case)
+    if oracle is None:
+        assert verdict.ok, verdict.summary()
+    else:
+        assert verdict.status == "mismatch", verdict.summary()
+        assert {m.oracle for m in verdict.mismatches} == {oracle}, verdict.summary()
