@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from shardfuzz import case as case_data
-from shardfuzz.case import Leaf, Model, Sequential, Side, child_items, optimizer_groups
+from shardfuzz.case import Leaf, Model, Sequential, Side, UserModel, child_items, optimizer_groups
 from shardfuzz.layers import Block, layer_class
 from shardfuzz.rank_steps import make_app_state, make_optimizer, rank_device, shard_module
 
@@ -31,7 +31,7 @@ __all__ = [
 MODULE_TYPE_CLASSES = {name: layer_class(cls) for name, cls in case_data.MODULE_TYPE_CLASSES.items()}
 
 
-def build_module(model: Model, *, seed: int, device: str = "cpu", meta: bool = False) -> nn.Module:
+def build_module(model: Model | UserModel, *, seed: int, device: str = "cpu", meta: bool = False) -> nn.Module:
     """The unsharded tree, initialised from ``seed`` (identically on every rank), on ``device``.
 
     Initialised on the CPU and then moved, so a side on a GPU starts from the very
@@ -40,6 +40,11 @@ def build_module(model: Model, *, seed: int, device: str = "cpu", meta: bool = F
     if meta:
         with torch.device("meta"):
             return build_module(model, seed=seed)
+    if isinstance(model, UserModel):
+        from shardfuzz import user_model
+
+        module = user_model.build(model.factory, seed=seed)
+        return module.to(rank_device(device)) if device != "cpu" else module
     torch.manual_seed(seed)
     width = model.input_width
 

@@ -93,6 +93,7 @@ def run_campaign(
     known_dimensions: Callable[[str, Case], dict[str, str] | None] = lambda signature, case: None,
     expected: Mapping[str, Mapping[str, str]] | None = None,
     polish: bool = True,
+    model=None,
 ) -> CampaignResult:
     """Fuzz until ``budget`` seconds are spent; return what was run and found.
 
@@ -157,6 +158,7 @@ def run_campaign(
         known_dimensions=known_dimensions,
         expected=expected,
         polish=polish,
+        model=model,
     ).run()
 
 
@@ -189,6 +191,7 @@ class Campaign:
         known_dimensions: Callable[[str, Case], dict[str, str] | None],
         expected: Mapping[str, Mapping[str, str]] | None,
         polish: bool,
+        model=None,
     ):
         self.run_case, self.is_known, self.on_case, self.on_finding = run_case, is_known, on_case, on_finding
         self.round_size, self.confirm, self.stop_on_finding = round_size, confirm, stop_on_finding
@@ -202,7 +205,9 @@ class Campaign:
         # Hypothesis shrinks the choices it drew; the greedy descent shrinks the case itself, in steps that can be
         # many choices apart. Past its share, Hypothesis stops and the descent goes on from its smallest case.
         self.hypothesis_shrink = self.shrink_budget * (HYPOTHESIS_SHRINK_SHARE if polish else 1.0)
-        all_cases = cases(max_world_size=max_world_size, devices=devices, vary_storage=vary_storage, support=support)
+        all_cases = cases(
+            max_world_size=max_world_size, devices=devices, vary_storage=vary_storage, support=support, model=model
+        )
         self.confirmed: set[str] = set()  # signatures whose first failure was re-run by ``confirm``
         self.steering: Steering | None = None
         if steer_after is not None:

@@ -154,6 +154,13 @@ def _run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--world-size", type=_world_size, default=4, help="ranks in the pool; cases use 1..N (default 4)")
     run.add_argument("--target", default=None, help="checkpoint code under test, 'module:attribute' (default: DCP)")
     run.add_argument(
+        "--model",
+        default=None,
+        help="your own model, 'package.module:factory': the factory returns an nn.Module with an "
+        "example_batch(batch_size, generator) method, or (module, make_batch); every case shards, saves and "
+        "loads it (default: drawn module trees)",
+    )
+    run.add_argument(
         "--device",
         choices=DEVICES,
         default="cpu",

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from shardfuzz.case import TP, Case, Dcp, Leaf, Side
+from shardfuzz.case import TP, Case, Dcp, Leaf, Side, UserModel
 
 __all__ = ["describe"]
 
 
 def describe(case: Case) -> str:
-    layers = " > ".join(node.describe(width) for _, node, width in case.model.walk() if isinstance(node, Leaf))
+    if isinstance(case.model, UserModel):
+        layers = f"model {case.model.factory}"
+    else:
+        layers = " > ".join(node.describe(width) for _, node, width in case.model.walk() if isinstance(node, Leaf))
     dtype = f" ({case.model.dtype})" if case.model.dtype != "float32" else ""
     storage = "" if case.storage == Dcp() else f"; storage {case.storage!r}"
     if case.training is not None:

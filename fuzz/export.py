@@ -16,7 +16,7 @@ import inspect
 
 from shardfuzz import bits, handoff, layers, oracles, rank_steps, repro_script
 from shardfuzz.build import engine_fields, training_fields
-from shardfuzz.case import MODULE_TYPE_CLASSES, Case, Leaf, Model, Sequential, child_items, optimizer_groups
+from shardfuzz.case import MODULE_TYPE_CLASSES, Case, Leaf, Model, Sequential, UserModel, child_items, optimizer_groups
 from shardfuzz.corpus import Entry
 from shardfuzz.executor.deadlines import deadline_for
 from shardfuzz.roundtrip import CONTINUE_STEPS, options_extra, side_description
@@ -188,9 +188,26 @@ def _constants(case: Case, *, world_size: int, hang_seconds: int, object_target:
 
 
 def _model_functions(case: Case) -> str:
+    if isinstance(case.model, UserModel):
+        module, _, function = case.model.factory.partition(":")
+        return (
+            f"# The user's model (--model {case.model.factory}): run this script where that imports.\n"
+            "sys.path.insert(0, os.getcwd())\n\n\n"
+            "def _user_factory():\n"
+            "    import importlib\n\n"
+            f"    return importlib.import_module({module!r}).{function}\n\n\n"
+            "def build_model(seed):\n    torch.manual_seed(seed)\n    made = _user_factory()()\n"
+            "    return made[0] if isinstance(made, tuple) else made\n\n\n"
+            "build_load_model = build_model\n\n\n"
+            "def user_batch():\n    with torch.device('meta'):\n        made = _user_factory()()\n"
+            "    return made[1] if isinstance(made, tuple) else made.example_batch\n"
+        )
+    load_model = case.load_model()
+    assert isinstance(case.model, Model) and isinstance(load_model, Model)
     return (
         f"def build_model(seed):\n    torch.manual_seed(seed)\n    return {_model_expr(case.model)}\n\n\n"
-        f"def build_load_model(seed):\n    torch.manual_seed(seed)\n    return {_model_expr(case.load_model())}\n"
+        f"def build_load_model(seed):\n    torch.manual_seed(seed)\n    return {_model_expr(load_model)}\n\n\n"
+        "def user_batch():\n    return None\n"
     )
 
 

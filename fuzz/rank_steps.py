@@ -22,6 +22,7 @@ __all__ = [
     "rank_device",
     "dtensor",
     "fully_shard_fn",
+    "scalar_loss",
     "training_batch",
     "train_steps",
     "make_scheduler",
@@ -84,6 +85,21 @@ def fully_shard_fn():
     return fully_shard
 
 
+def scalar_loss(output):
+    """The training loss of a forward's output: a tensor's squared mean; for a tuple, list or dict (or an
+    object with ``logits``, as a Hugging Face model returns), that of its first floating-point tensor."""
+    if isinstance(output, torch.Tensor):
+        return output.square().mean()
+    if isinstance(output, dict):
+        output = list(output.values())
+    elif not isinstance(output, (tuple, list)):
+        output = [getattr(output, "logits", None)]
+    first = next((o for o in output if isinstance(o, torch.Tensor) and o.is_floating_point()), None)
+    if first is None:
+        raise TypeError("the model's output holds no floating-point tensor to train on")
+    return first.float().square().mean()
+
+
 def training_batch(generator, *, batch_size: int, input_width: int, num_embeddings: int, dtype: str):
     """One batch of inputs, drawn on the CPU from ``generator``: token indices for a model
     whose first leaf is an Embedding (``num_embeddings`` > 0), else features in ``dtype``."""
@@ -107,20 +123,27 @@ def train_steps(
     dtype: str,
     device: str = "cpu",
     app=None,
+    make_batch=None,
 ) -> None:
     """Steps ``first .. first + count - 1`` on batches seeded by (seed, step, rank), drawn on the CPU.
 
     ``same_batch``: every rank draws the same batches (the rank left out of the seed). ``app``: an
-    ``AppState`` whose gradient scaler (if any) scales the loss, and which steps after the optimizer."""
+    ``AppState`` whose gradient scaler (if any) scales the loss, and which steps after the optimizer.
+    ``make_batch(batch_size, generator)``: a user's model's own inputs (a tensor, or a tuple of the
+    forward's arguments) instead of ``training_batch``'s."""
     generator = torch.Generator()
     for step in range(first, first + count):
         generator.manual_seed(seed * 1_000_003 + step * 101 + (0 if same_batch else rank))
-        x = training_batch(
-            generator, batch_size=batch_size, input_width=input_width, num_embeddings=num_embeddings, dtype=dtype
-        )
+        if make_batch is not None:
+            x = make_batch(batch_size, generator)
+        else:
+            x = training_batch(
+                generator, batch_size=batch_size, input_width=input_width, num_embeddings=num_embeddings, dtype=dtype
+            )
+        inputs = x if isinstance(x, tuple) else (x,)
         if device != "cpu":
-            x = x.to(rank_device(device))
-        loss = model(x).square().mean()
+            inputs = tuple(t.to(rank_device(device)) if isinstance(t, torch.Tensor) else t for t in inputs)
+        loss = scalar_loss(model(*inputs))
         scaler = app.scaler if app is not None else None
         if scaler is not None:  # the scale is a power of two: the unscaled step is bit for bit the plain one
             scaler.scale(loss).backward()

@@ -119,6 +119,11 @@ def build_load_model(seed):
     return torch.nn.Sequential(torch.nn.Linear(1, 1))
 
 
+def user_batch():
+    """A user's model's input function (``--model``); None: the inputs shardfuzz draws for its own trees."""
+    return None
+
+
 def save(state, checkpoint_dir, group):
     raise NotImplementedError("export writes the case's checkpoint I/O here")
 
@@ -159,6 +164,7 @@ def train(model, optim, app, rank, continuation=False):
         num_embeddings=NUM_EMBEDDINGS,
         dtype=DTYPE,
         app=app,
+        make_batch=user_batch(),
     )
 
 
@@ -484,7 +490,7 @@ def main():
 #: The case's values, as export writes them (each a module constant above).
 CASE_CONSTANTS = [name for name in list(globals()) if name.isupper() and name != "PHASE"]
 #: The case's functions export writes: the model (as literals) and the checkpoint I/O.
-CASE_FUNCTIONS = ["build_model", "build_load_model", "save", "finish_save", "load"]
+CASE_FUNCTIONS = ["build_model", "build_load_model", "user_batch", "save", "finish_save", "load"]
 #: The functions copied into every script as they are, in this order.
 RUN = [
     "options",

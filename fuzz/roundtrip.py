@@ -22,9 +22,9 @@ import attrs
 import torch
 import torch.distributed as dist
 
-from shardfuzz import oracles, rank_steps
+from shardfuzz import oracles, rank_steps, user_model
 from shardfuzz.build import build_app_state, build_module, build_optimizer, engine_fields, shard
-from shardfuzz.case import FSDP2, TP, Case, Dcp, Side
+from shardfuzz.case import FSDP2, TP, Case, Dcp, Side, UserModel
 from shardfuzz.handoff import one_torch_hyperparameters, read_handoff, write_handoff
 from shardfuzz.oracles import compare_state
 from shardfuzz.rank_steps import device_mesh, dtensor, gather_full, plain, rank_device, unwrapped_name
@@ -372,6 +372,7 @@ def _train(case: Case, side: Side, model, optim, app=None, *, rank: int, continu
         dtype=case.model.dtype,
         device=side.device,
         app=app,
+        make_batch=user_model.batch_maker(case.model.factory) if isinstance(case.model, UserModel) else None,
     )
 
 

@@ -33,6 +33,7 @@ class RunConfig:
     corpus: Path = field(default=Path("corpus"), converter=Path)
     world_size: int = field(default=4, validator=[instance_of(int), ge(1)])
     target: str | None = field(default=None, validator=optional(instance_of(str)))  # None: DCP
+    model: str | None = field(default=None, validator=optional(instance_of(str)))  # None: drawn trees
     device: str = field(default="cpu", validator=in_(DEVICES))
     case_timeout: float | None = field(default=None, validator=optional(gt(0)))
     generic_deadlines: bool = field(default=False, validator=instance_of(bool))

@@ -69,6 +69,7 @@ def run_command(config: RunConfig) -> int:
 
     try:
         resolve_target(target)  # fail here, with the spec named, rather than in every rank
+        user_model(config.model)  # likewise the user's model factory
         database = open_database(config.database, replay_from=config.replay_from)
     except (ValueError, DatabaseError) as exc:
         print(f"shardfuzz run: {exc}", file=sys.stderr)
@@ -103,6 +104,19 @@ def run_command(config: RunConfig) -> int:
             interpreters=(save, load),
         )
         return run.fuzz(budget_end)
+
+
+def user_model(spec: str | None):
+    """``--model``'s ``UserModel``, its factory imported and built on the meta device (a ``UserModelError``, a
+    ValueError naming the factory, where it cannot be used); None without ``--model``."""
+    if spec is None:
+        return None
+    from shardfuzz.case import UserModel
+    from shardfuzz.user_model import probe
+
+    model = UserModel(spec)
+    probe(spec)
+    return model
 
 
 class _Run:
@@ -142,6 +156,7 @@ class _Run:
             "database": config.database if database is not None else None,
             "worker": config.worker_index,
             "device": config.device,
+            "model": config.model or "drawn",  # --model: the user's factory
         }
         if interpreters is not None:
             self.meta["across_torches"] = {
@@ -319,6 +334,8 @@ class _Run:
 
         config, known, executor = self.config, self.known, self.executor
         device_key = () if config.device == "cpu" else (f"device={config.device}",)  # CPU keys as before GPUs
+        if config.model is not None:  # a user's model's examples are not the drawn trees'
+            device_key += (f"model={config.model}",)
         if self.torches is not None:  # examples of one pair of torches are not another's
             device_key += ("torches={}->{}".format(*self.torches),)
         # Under torchrun there is no fresh pool to confirm on: the same ranks would answer again.
@@ -341,6 +358,7 @@ class _Run:
             steer_after=None if config.no_steer else STEER_AFTER,
             known_dimensions=self.known_dimensions,
             expected=self.expected(),
+            model=user_model(config.model),
         )
 
     def fuzz(self, budget_end: float) -> int:

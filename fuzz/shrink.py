@@ -26,6 +26,7 @@ from shardfuzz.case import (
     Sequential,
     Side,
     Unsharded,
+    UserModel,
     dumps,
     leaves,
 )
@@ -37,7 +38,7 @@ def case_size(case: Case) -> int:
     """A rough size: leaf layers + the Linears' widths + input width + ranks + steps + checks + wrapped modules."""
     widths = sum(out for _, _, out, _ in case.model.linears())
     return (
-        len(leaves(case.model.root))
+        (len(leaves(case.model.root)) if isinstance(case.model, Model) else len(case.model.leaf_paths()))
         + widths
         + case.model.input_width
         + case.world_size
@@ -206,7 +207,9 @@ def _fsdp1_subgroups() -> bool:
     return capabilities().fsdp1_subgroups
 
 
-def _simpler_models(model: Model) -> Iterator[Model]:
+def _simpler_models(model: Model | UserModel) -> Iterator[Model]:
+    if isinstance(model, UserModel):
+        return  # the user's model is shrunk around, not into
     for root in _without_one_leaf(model.root):
         yield from _evolved(model, root=root)
     for root in _narrower(model.root):

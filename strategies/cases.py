@@ -9,7 +9,21 @@ from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
 from shardfuzz.capabilities import capabilities
-from shardfuzz.case import DDP, DEVICES, FSDP1, FSDP2, TP, Case, Dcp, DcpToTorchSave, Model, Side, TorchSave, Unsharded
+from shardfuzz.case import (
+    DDP,
+    DEVICES,
+    FSDP1,
+    FSDP2,
+    TP,
+    Case,
+    Dcp,
+    DcpToTorchSave,
+    Model,
+    Side,
+    TorchSave,
+    Unsharded,
+    UserModel,
+)
 from shardfuzz.strategies._helpers import check_choices, check_int, factorisations
 from shardfuzz.strategies.engines import TWO_D_ENGINES, engines, side_wrappers, tp_plans, wrap_sets
 from shardfuzz.strategies.modules import models
@@ -174,6 +188,7 @@ def cases(
     gpus: int | None = None,
     vary_storage: bool = True,
     support: TargetSupport | None = None,
+    model: Model | UserModel | None = None,
 ) -> st.SearchStrategy[Case]:
     """Round-trip cases whose sides each use at most ``max_world_size`` ranks.
 
@@ -187,13 +202,22 @@ def cases(
 
     ``support``: only cases the target declares it runs (``TargetSupport``); the sides span the
     whole pool of ``max_world_size`` ranks where it says so.
+
+    ``model``: every case on this model (``UserModel``: the user's own, ``--model``) instead of drawn
+    trees; a user's model is sharded as it is (no tensor parallelism, per-leaf wrappers or
+    incompatible variant: ``Case`` says why).
     """
     check_int("max_world_size", max_world_size, minimum=1)
     check_int("max_leaves", max_leaves, minimum=1)
     check_int("max_width", max_width, minimum=1)
     check_int("max_steps", max_steps, minimum=0)
 
-    model_trees = models(max_leaves=max_leaves, max_width=max_width)
+    if model is not None and not isinstance(model, (Model, UserModel)):
+        raise InvalidArgument(f"model must be a Model or a UserModel, got {type(model).__name__}")
+    model_trees = models(max_leaves=max_leaves, max_width=max_width) if model is None else st.just(model)
+    users_own = isinstance(model, UserModel)
+    if users_own:
+        engine_names = tuple(name for name in (engine_names or capabilities().engines) if name != "tp")
     draw_side = _side_drawer(
         max_world_size=max_world_size, engine_names=engine_names, devices=devices, gpus=gpus, support=support
     )
@@ -206,6 +230,8 @@ def cases(
         flatten_optimizer_state_dict() if target.flatten else st.just(False),
     )
     seeds, check_sets, group_counts, mutations = st.integers(0, 2**16), checks(), param_groups(), load_mutations()
+    if users_own:
+        mutations = st.none()
     storage_choice = storages() if vary_storage and (support is None or support.storages) else st.just(Dcp())
     offload, sometimes, caps = rarely(), rarely(one_in=3), capabilities()
     if not target.options:  # the target sets its own StateDictOptions
@@ -313,7 +339,7 @@ def cases(
         # Drawn last, so that the draws above (and the seeds of named examples) stay as they were.
         stateful = isinstance(storage, Dcp) and storage.api != "legacy"
         training = draw(training_choice) if stateful else None
-        wrappers = side_wrappers(model)
+        wrappers = st.just({}) if users_own else side_wrappers(model)
         save, load = (with_precision(draw, attrs.evolve(side, **draw(wrappers)), model) for side in (save, load))
         return Case(
             model=model,

@@ -73,6 +73,7 @@ from shardfuzz.case.tree import (
     has_trainable_linear,
     leaves,
 )
+from shardfuzz.case.user_model import UserModel
 
 __all__ = [
     "TP",
@@ -81,6 +82,7 @@ __all__ = [
     "ACTIVATION_CHECKPOINTING",
     "SCHEDULERS",
     "TrainingState",
+    "UserModel",
     "SCHEMA_VERSION",
     "CHECKS",
     "LOAD_MUTATIONS",

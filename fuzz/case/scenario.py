@@ -12,6 +12,7 @@ from shardfuzz.case.sides import ENGINE_CLASSES, TP, Side, _sorted_unique
 from shardfuzz.case.storage import STORAGE_CLASSES, Dcp, DcpToTorchSave, Storage, TorchSave
 from shardfuzz.case.training import NO_TRAINING_STATE, TrainingState
 from shardfuzz.case.tree import Leaf, Linear, Model, leaf_coverage, leaves
+from shardfuzz.case.user_model import UserModel
 
 SCHEMA_VERSION = 1
 
@@ -40,7 +41,7 @@ class Case:
     (``TrainingState``; left out of the JSON when None).
     """
 
-    model: Model = field(validator=instance_of(Model))
+    model: Model | UserModel = field(validator=instance_of((Model, UserModel)))
     save: Side = field(validator=instance_of(Side))
     load: Side = field(validator=instance_of(Side))
     optimizer: Optimizer = field(validator=instance_of(OPTIMIZER_CLASSES))
@@ -68,6 +69,8 @@ class Case:
             raise ValueError(f"schema_version {value!r} is not {SCHEMA_VERSION}, the one this shardfuzz reads")
 
     def __attrs_post_init__(self):
+        if isinstance(self.model, UserModel):
+            self._check_user_model()
         if self.model.has_batch_norm and self.batch_size < 2:
             raise ValueError("a model with a BatchNorm needs batch_size >= 2 (BatchNorm1d trains on batch statistics)")
         storage = self.storage
@@ -118,6 +121,20 @@ class Case:
             if unknown:
                 raise ValueError(f"{side_name}.checkpointed names modules that are not leaves: {sorted(unknown)}")
 
+    def _check_user_model(self) -> None:
+        """What a tree model offers and a user's model does not: an incompatible variant of it, and the
+        per-leaf wrappers that need to know its modules' kinds (tensor parallelism, activation
+        checkpointing, ``torch.compile``, construction on the meta device)."""
+        if self.load_mutation is not None:
+            raise ValueError("a user's model (--model) has no incompatible variant: load_mutation must be None")
+        for name in ("save", "load"):
+            side = getattr(self, name)
+            if isinstance(side.engine, TP) or side.checkpointed or side.compiled or side.meta_init:
+                raise ValueError(
+                    f"{name}: a user's model (--model) is sharded as it is: no tensor parallelism, activation "
+                    "checkpointing, torch.compile or meta-device construction"
+                )
+
     def kept_by_load(self) -> list[str]:
         """Gathered-state keys (``model.<fqn>``) the load leaves at the load side's own values:
         the frozen parameters, where ``ignore_frozen_params`` keeps them out of the checkpoint."""
@@ -160,9 +177,9 @@ class Case:
         lowered = any(side.mixed_precision != "none" for side in (self.save, self.load))
         return "bfloat16" if lowered else self.model.dtype
 
-    def load_model(self) -> Model:
+    def load_model(self) -> Model | UserModel:
         """The model the load side builds: ``model``, or its incompatible mutation."""
-        if self.load_mutation is None:
+        if self.load_mutation is None or isinstance(self.model, UserModel):
             return self.model
         children = list(self.model.root.children)
         if self.load_mutation == "extra-layer":

@@ -16,6 +16,7 @@ from shardfuzz.case.scenario import SCHEMA_VERSION, Case
 from shardfuzz.case.sides import FSDP1, Engine, Side
 from shardfuzz.case.storage import Storage
 from shardfuzz.case.tree import Block, Linear, Model, Node, Sequential
+from shardfuzz.case.user_model import UserModel
 
 
 def make_converter() -> cattrs.Converter:
@@ -24,7 +25,7 @@ def make_converter() -> cattrs.Converter:
     at their defaults, so those entries (and their file names) do not change. Other JSON (corpus
     entries, reports) starts from one of these and adds its own hooks."""
     converter = cattrs.Converter(forbid_extra_keys=True)
-    for cls in (Sequential, Block, FSDP1, Model, Side, Case):  # string annotations, each in its own module
+    for cls in (Sequential, Block, FSDP1, Model, UserModel, Side, Case):  # string annotations, each in its own module
         attrs.resolve_types(cls, vars(sys.modules[cls.__module__]))
     converter.register_unstructure_hook(
         Linear, make_dict_unstructure_fn(Linear, converter, frozen=override(omit_if_default=True))
@@ -53,6 +54,15 @@ def make_converter() -> cattrs.Converter:
         ),
     )
     converter.register_unstructure_hook(Model, make_dict_unstructure_fn(Model, converter, dtype=omitted))
+    # A Case's model is a drawn tree or the user's own (``--model``), told apart by the user's ``factory``
+    # key, so that the JSON of every tree model stays as it was (no tag).
+    tree_model = converter.get_structure_hook(Model)
+    user_model = converter.get_structure_hook(UserModel)
+    converter.register_unstructure_hook(Union[Model, UserModel], lambda model: converter.unstructure(model))
+    converter.register_structure_hook(
+        Union[Model, UserModel],
+        lambda data, _: user_model(data, UserModel) if "factory" in data else tree_model(data, Model),
+    )
     # Last: Case's generated hook takes the Side and Model hooks registered above.
     converter.register_unstructure_hook(
         Case,

@@ -577,8 +577,9 @@ MODULE_TYPE_CLASSES: dict[str, str] = {
 MODULE_TYPES = tuple(MODULE_TYPE_CLASSES)
 
 
-def leaf_coverage(model: Model) -> dict[str, str]:
-    """The model's value along each leaf kind's coverage dimension (``Leaf.coverage``)."""
+def leaf_coverage(model) -> dict[str, str]:
+    """The model's value along each leaf kind's coverage dimension (``Leaf.coverage``); ``model``: a ``Model``,
+    or anything with ``leaf_kinds()`` (a ``UserModel``: its module classes' names)."""
     kinds = model.leaf_kinds()
     return {dimension: _mix(kinds, labels) for dimension, labels in coverage_dimensions().items()}
 
