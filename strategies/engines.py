@@ -120,8 +120,15 @@ def side_wrappers(
 
 
 def tp_plans(model: Model) -> st.SearchStrategy[tuple[tuple[str, str], ...]]:
-    """Tensor-parallel plans over ``model``: some of its Linears, each split colwise or rowwise."""
+    """Tensor-parallel plans over ``model``: some of its Linears, each split colwise or rowwise, or every
+    Linear split colwise and rowwise in turn along the model (Megatron's pairs: a column split, then a row
+    split)."""
     linears = [fqn for fqn, _ in model.linear_nodes()]
-    return st.lists(
-        st.tuples(st.sampled_from(linears), st.sampled_from(TP_STYLES)), min_size=1, unique_by=lambda e: e[0]
-    ).map(tuple)
+    paths = st.lists(st.sampled_from(linears), min_size=1, unique=True).map(
+        lambda chosen: [fqn for fqn in linears if fqn in chosen]  # forward order
+    )
+    each_its_own = paths.flatmap(
+        lambda chosen: st.tuples(*(st.tuples(st.just(fqn), st.sampled_from(TP_STYLES)) for fqn in chosen))
+    )
+    in_turn = tuple((fqn, TP_STYLES[i % 2]) for i, fqn in enumerate(linears))  # every Linear, as Megatron plans
+    return st.one_of(each_its_own, st.just(in_turn)).map(tuple)
