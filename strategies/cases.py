@@ -143,7 +143,7 @@ def _side_drawer(*, max_world_size, engine_names, devices, gpus, support: Target
             options = tp_meshes[limit, engine.fsdp]
             if options:
                 mesh = draw(st.sampled_from(options))
-                engine = attrs.evolve(engine, plan=draw(tp_plans(model)))
+                engine = attrs.evolve(engine, plan=draw(tp_plans(model, tp=mesh[-1])))
             else:  # one rank: no tensor parallelism
                 engine, mesh = DDP(), (limit,)
         lists_units = (

@@ -311,7 +311,10 @@ class RankPool:
         started = time.perf_counter()
         self._cases_since_start += 1
         timeout = self.case_timeout if self.case_timeout is not None else deadline_for(case)
-        if self.deadlines is not None and self.case_timeout is None and not generic_deadline:
+        # A compiled side traces on its first steps, seconds that the measured cases say nothing about (a 10 s
+        # measured deadline once called a slow trace on a busy machine a hang): those keep the generic one.
+        compiles = case.save.compiled or case.load.compiled
+        if self.deadlines is not None and self.case_timeout is None and not generic_deadline and not compiles:
             timeout = self.deadlines.deadline(timeout)
         owned = checkpoint_dir is None
         checkpoint_dir = checkpoint_dir or os.path.join(self._started_scratch, "case")
