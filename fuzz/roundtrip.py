@@ -270,6 +270,7 @@ def _load_and_judge(case, ctx, target, checkpoint_dir, expected, expected_after,
                 adaptive_lr=_adaptive_lr(case),
                 steps=CONTINUE_STEPS,
                 across_torches=across,
+                noise_step=case.optimizer.noise_step if case.optimizer.adaptive else 0.0,
             )
             note = f" (within tolerance: continued under torch {torch.__version__}, saved under {saved_by})"
             mismatches += [attrs.evolve(m, detail=m.detail + note) for m in drifted] if across else drifted

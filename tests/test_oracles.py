@@ -381,3 +381,18 @@ def test_continuation_across_layouts_gives_an_adaptive_optimizer_lr_sized_slack_
     assert mismatch.key == "optim.state.0.bias.step"
     far = {**noisy, "model.0.bias": torch.tensor([0.5])}  # more than two lr-sized steps away: still a finding
     assert oracles.continuation(saved, far, rank=0, identical_layout=False, adaptive_lr=0.01)
+
+
+def test_an_adaptive_optimizers_normalised_momentum_gets_noise_slack_across_layouts_only():
+    """RMSprop's momentum_buffer of a bias whose true gradient is zero (a key projection's) holds g / sqrt(v)
+    of rounding noise: 0.0036 on one rank, 0.0124 on three. Across layouts that is slack; on an identical
+    layout, or as a raw moment (no noise_step), it is still a mismatch."""
+    key = "optim.state.2.in_proj_bias.momentum_buffer"
+    expected, actual = {key: torch.tensor([0.0036])}, {key: torch.tensor([0.0124])}
+    assert oracles.continuation(expected, actual, rank=0, identical_layout=False, noise_step=10.0) == []
+    assert oracles.continuation(expected, actual, rank=0, identical_layout=False)  # no adaptive optimizer
+    assert oracles.continuation(expected, actual, rank=0, identical_layout=True, noise_step=10.0)
+    moment = "optim.state.2.in_proj_bias.exp_avg"
+    assert oracles.continuation(
+        {moment: expected[key]}, {moment: actual[key]}, rank=0, identical_layout=False, noise_step=10.0
+    )
