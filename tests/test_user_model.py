@@ -151,6 +151,7 @@ def test_run_model_with_a_bad_factory_exits_2_naming_it(tmp_path):
 
 
 @pytest.mark.ranks
+@pytest.mark.slow  # 7 to 70 s (a finding's shrink); the default tier runs the user's model on ranks above
 def test_run_model_fuzzes_the_users_model_from_its_own_folder(tmp_path):
     import shutil
 
@@ -159,7 +160,7 @@ def test_run_model_fuzzes_the_users_model_from_its_own_folder(tmp_path):
     report = tmp_path / "r.json"
     proc = subprocess.run(
         [sys.executable, "-m", "shardfuzz", "run", "--model", "mymodels:small_transformer", "--max-cases", "6"]
-        + ["--budget", "120", "--world-size", "2", "--database", "none", "--plain", "--exit-zero"]
+        + ["--budget", "120", "--seed", "0", "--world-size", "2", "--database", "none", "--plain", "--exit-zero"]
         + ["--report", str(report), "--no-confirm"],
         cwd=tmp_path,
         capture_output=True,
