@@ -18,6 +18,7 @@ from shardfuzz.case import (
     Leaf,
     Model,
     Unsharded,
+    leaves_a_rank_empty,
 )
 from shardfuzz.strategies._helpers import check_choices, check_int
 
@@ -119,12 +120,6 @@ def side_wrappers(
     return draw()
 
 
-def _every_rank_gets_rows(width: int, ranks: int) -> bool:
-    """Whether ``torch.chunk`` of ``width`` rows into ``ranks`` pieces (DTensor's ``Shard``) gives every rank some."""
-    piece = -(-width // ranks)
-    return width >= ranks and -(-width // piece) == ranks
-
-
 def tp_plans(model: Model, *, tp: int = 1) -> st.SearchStrategy[tuple[tuple[str, str], ...]]:
     """Tensor-parallel plans over ``model``: some of its Linears, each split colwise or rowwise, or every
     Linear split colwise and rowwise in turn along the model (Megatron's pairs: a column split, then a row
@@ -133,7 +128,9 @@ def tp_plans(model: Model, *, tp: int = 1) -> st.SearchStrategy[tuple[tuple[str,
     pairs with it)."""
     linears = [fqn for fqn, _ in model.linear_nodes()]
     wide = [
-        fqn for fqn, fed, out, _ in model.linears() if _every_rank_gets_rows(fed, tp) and _every_rank_gets_rows(out, tp)
+        fqn
+        for fqn, fed, out, _ in model.linears()
+        if not (leaves_a_rank_empty(fed, tp) or leaves_a_rank_empty(out, tp))
     ]
     paths = st.lists(st.sampled_from(linears), min_size=1, unique=True).map(
         lambda chosen: [fqn for fqn in linears if fqn in chosen]  # forward order

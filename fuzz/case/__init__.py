@@ -22,6 +22,7 @@ from shardfuzz.case.scenario import (
     SCHEMA_VERSION,
     Case,
     dimensions,
+    leaves_a_rank_empty,
     map_first_linear,
     shard_count,
 )
@@ -83,6 +84,7 @@ __all__ = [
     "SCHEDULERS",
     "TrainingState",
     "UserModel",
+    "leaves_a_rank_empty",
     "SCHEMA_VERSION",
     "CHECKS",
     "LOAD_MUTATIONS",

@@ -230,7 +230,7 @@ def dimensions(case: Case) -> dict[str, str]:
             f"{name}_state_dict": s.state_dict,
             f"{name}_wrapped": "none" if not s.wrap else "some",
             f"{name}_uneven_split": str(any(w % shards for w in widths)).lower(),
-            f"{name}_empty_shard": str(any(_leaves_a_rank_empty(w, shards) for w in _split_widths(case, s))).lower(),
+            f"{name}_empty_shard": str(any(leaves_a_rank_empty(w, shards) for w in _split_widths(case, s))).lower(),
             **{f"{name}_{dim}": own.get(dim, "n/a") for kind in ENGINE_CLASSES for dim in kind.dimension_names},
             f"{name}_cpu_offload": str(s.cpu_offload).lower(),
             f"{name}_state_dict_api": s.state_dict_api,
@@ -264,7 +264,7 @@ def dimensions(case: Case) -> dict[str, str]:
     }
 
 
-def _leaves_a_rank_empty(width: int, shards: int) -> bool:
+def leaves_a_rank_empty(width: int, shards: int) -> bool:
     """Whether splitting ``width`` rows over ``shards`` ranks as ``torch.chunk`` does (FSDP2's and DTensor's
     ``Shard``: pieces of ``ceil(width / shards)``) leaves a rank nothing: 1 over 2, but also 4 over 3 (2, 2, 0)."""
     piece = -(-width // shards)
