@@ -2,7 +2,7 @@
 
 ``probe`` builds the factory's module once on the meta device (no memory, no values) and keeps
 what shardfuzz asks of a model: parameter shapes, submodules, Linears, frozen modules, whether it
-keeps BatchNorm statistics. ``build`` makes it for real on a rank, seeded, and ``batch_maker``
+keeps BatchNorm statistics, and the function that draws its inputs. ``build`` makes it for real on a rank, seeded, and ``batch_maker``
 gives the function that draws its inputs. The current directory is put on ``sys.path`` first (as
 ``python -m`` does), so ``--model mypackage.models:small`` finds a package beside the command;
 the ranks inherit that path.
@@ -36,6 +36,7 @@ class ModelShape:
     has_batch_norm: bool
     dtype: str
     depth: int
+    make_batch: Callable  # draws the model's inputs: make_batch(batch_size, generator)
 
 
 def _factory(spec: str) -> Callable:
@@ -88,7 +89,7 @@ def probe(spec: str) -> ModelShape:
             made = factory()
     except Exception as exc:
         raise UserModelError(f"--model {spec}: the factory raised {type(exc).__name__}: {exc}") from exc
-    module, _ = _made(spec, made)
+    module, make_batch = _made(spec, made)
     named = [(name, sub) for name, sub in module.named_modules() if name]
     own = {name: list(sub.parameters(recurse=False)) for name, sub in named}
     floating = [p.dtype for p in module.parameters() if p.is_floating_point()]
@@ -111,6 +112,7 @@ def probe(spec: str) -> ModelShape:
         has_batch_norm=any(isinstance(sub, nn.modules.batchnorm._BatchNorm) for _, sub in named),
         dtype=str(floating[0]).removeprefix("torch.") if floating else "float32",
         depth=max((depth(sub) for _, sub in named), default=0),
+        make_batch=make_batch,
     )
 
 
@@ -122,11 +124,6 @@ def build(spec: str, *, seed: int):
     return _made(spec, _factory(spec)())[0]
 
 
-@functools.cache
 def batch_maker(spec: str) -> Callable:
-    """The function drawing the model's inputs: ``make_batch(batch_size, generator)``."""
-    import torch
-
-    with torch.device("meta"):
-        made = _factory(spec)()
-    return _made(spec, made)[1]
+    """The function drawing the model's inputs: ``make_batch(batch_size, generator)`` (from ``probe``'s build)."""
+    return probe(spec).make_batch
