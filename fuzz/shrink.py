@@ -180,12 +180,12 @@ def _simpler_sides(side: Side) -> Iterator[Side]:
 def _fitted(side: Side, model: Model) -> Side | None:
     """``side`` with what names modules (its wrap set, checkpointed leaves, TP plan) cut down to what
     ``model`` still has; None where nothing of its TP plan is left."""
-    modules, linears, leaves = (
+    modules, linears, leaf_paths = (
         set(model.submodule_paths()),
         {fqn for fqn, _ in model.linear_nodes()},
         set(model.leaf_paths()),
     )
-    checkpointed = [path for path in side.checkpointed if path in leaves]
+    checkpointed = [path for path in side.checkpointed if path in leaf_paths]
     engine = side.engine
     if isinstance(engine, TP):
         plan = [entry for entry in engine.plan if entry[0] in linears]
