@@ -4,8 +4,8 @@ targets``: the command line.
 ``run`` exits 0 when no new failure was found, 1 when one was (each is saved to
 the corpus), 2 for bad options or a pool that cannot start, 130/143 when
 SIGINT/SIGTERM stopped it (after writing the corpus and reports). ``replay`` exits 0
-when every entry behaved as recorded, 1 when one now passes, changed or is
-flaky. ``export`` writes a standalone torch-only reproducer.
+when every entry behaved as its ranges predict here (``replay.expectation``), 1 when one
+passes inside its range, fails again past its fix, changed or is flaky. ``export`` writes a standalone torch-only reproducer.
 """
 
 from __future__ import annotations
@@ -578,16 +578,15 @@ def _replay(args) -> int:
             if args.record:
                 rewrite_entry(replay.path, attrs.evolve(replay.entry, cuda=replay.cuda))
             return
-        mark = {"still failing": "ok  ", "skipped": "skip"}.get(replay.outcome, "NOTE")
+        mark = "skip" if replay.outcome == "skipped" else ("NOTE" if replay.unexpected else "ok  ")
         print(f"{mark} {replay.outcome:13} {replay.path.name}  {replay.entry.title[:110]}")
         if replay.skipped:
             print(f"       {replay.skipped}")
         elif replay.outcome != "still failing":
             for verdict in replay.verdicts[:3]:
                 print(f"       now: {verdict.summary()[:160]}")
-            moved = replay.entry.known.out_of_range() if replay.entry.known else ""
-            if moved:
-                print(f"       outside the entry's framework range: {moved}; if fixed there, update the range")
+        if replay.note and not replay.skipped:
+            print(f"       {replay.note}")
 
     try:
         replays = replay_entries(
@@ -613,7 +612,7 @@ def _replay(args) -> int:
         )
     if args.on_cuda:
         return 0  # a bug that passes on CUDA is a finding about the bug, not a failed replay
-    return 0 if all(r.outcome in ("still failing", "skipped") for r in replays) else 1
+    return 1 if any(r.unexpected for r in replays) else 0
 
 
 def _gpu_count() -> int:

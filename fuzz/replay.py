@@ -10,6 +10,10 @@ An entry is run ``repeat`` times on a pool with the entry's target. The outcome:
   installed, an entry found across two torches and a pool of one, more ranks than ``max_world_size``);
   ``skipped`` says why.
 
+Whether an outcome is news depends on the entry's ranges (``expectation``): inside a known range, or an
+untriaged entry, it should still fail; past a ``fixed-in`` end it should pass (failing again is a
+regression); past a ``last-checked`` end, or below a range, either is information, never a failure.
+
 With ``on_cuda`` (the GPU count), an entry found on CPU ranks is run with each side that fits on the
 GPUs moved to CUDA (``moved_to_cuda``; an entry found on a GPU runs as recorded), then with every side
 on CPU ranks of the same pool (the CPU control), and its
@@ -32,7 +36,7 @@ from shardfuzz.executor import Executor
 from shardfuzz.targets import unavailable
 from shardfuzz.verdict import Verdict
 
-__all__ = ["OUTCOMES", "Replay", "judge", "moved_to_cuda", "replay_entries"]
+__all__ = ["OUTCOMES", "Replay", "expectation", "judge", "moved_to_cuda", "replay_entries"]
 
 OUTCOMES = ("still failing", "now passing", "changed", "flaky", "skipped")
 
@@ -45,6 +49,15 @@ class Replay:
     outcome: str
     skipped: str = ""  # why it was not run here
     cuda: DeviceCheck | None = None  # with ``on_cuda``: the replay with its sides moved to a GPU
+    expected: str = "still failing"  # ``expectation``: "still failing", "now passing" or "either"
+    note: str = ""  # what the outcome means for the entry's ranges ('' where there is nothing to say)
+
+    @property
+    def unexpected(self) -> bool:
+        """Whether the outcome is not what the entry's ranges predict here (``replay`` then exits 1)."""
+        if self.outcome in ("skipped", self.expected):
+            return False
+        return self.expected != "either" or self.outcome in ("changed", "flaky")
 
     def as_dict(self) -> dict:
         return {
@@ -53,6 +66,8 @@ class Replay:
             "title": self.entry.title,
             "recorded_signature": self.entry.signature,
             "outcome": self.outcome,
+            "expected": self.expected,
+            **({"note": self.note} if self.note else {}),
             "known": self.entry.known is not None,
             **({"skipped": self.skipped} if self.skipped else {}),
             "runs": [
@@ -80,6 +95,31 @@ def judge(entry: Entry, verdicts: Iterable[Verdict]) -> str:
     if signature == entry.signature:
         return "still failing"
     return "now passing" if signature == "pass" else "changed"
+
+
+def expectation(entry: Entry, torch_version: str, *, save_torch: str | None = None) -> tuple[str, str]:
+    """What replaying ``entry`` under ``torch_version`` (loading, after ``save_torch`` saved) with the installed
+    frameworks should give, by its known ranges, and a note on what each outcome would mean.
+
+    ("still failing", ...): an untriaged entry, or inside a known range. ("now passing", ...): past a ``fixed-in``
+    end. ("either", ...): past a ``last-checked`` end (a failure extends the range, a pass may be a fix), or
+    outside a range on its lower side."""
+    known = entry.known
+    if known is None:
+        return "still failing", ""
+    past = known.past_fix(torch_version, save_torch=save_torch)
+    if past:
+        return "now passing", f"past its fix: {', '.join(past)}; failing the same way again is a regression"
+    if known.applies_to(torch_version, save_torch=save_torch):
+        beyond = known.beyond_checked(torch_version, save_torch=save_torch)
+        if beyond:
+            return "either", (
+                f"above the last release checked: {', '.join(beyond)}; still failing extends the range, "
+                f"passing may be a fix there (check it, then mark that end fixed-in)"
+            )
+        return "still failing", ""
+    outside = known.out_of_range() or f"torch {torch_version} (known for {known.torch})"
+    return "either", f"outside its known range: {outside}"
 
 
 def _needs_two_torches(entry: Entry, pool: Executor) -> str:
@@ -172,13 +212,21 @@ def replay_entries(
             replay = Replay(path, entry, (), "skipped", why_not_here)
         else:
             verdicts = tuple(pool.run(case) for _ in range(repeat))
-            replay = Replay(path, entry, verdicts, judge(entry, verdicts))
+            expected, note = _expected_on(entry, pool)
+            replay = Replay(path, entry, verdicts, judge(entry, verdicts), expected=expected, note=note)
         if on_cuda:
             replay = attrs.evolve(replay, cuda=_device_check(replay, on_gpu, on_cuda, pool_for, repeat))
         results.append(replay)
         if on_replay is not None:
             on_replay(replay)
     return results
+
+
+def _expected_on(entry: Entry, pool: Executor) -> tuple[str, str]:
+    import torch
+
+    save_torch, load_torch = getattr(pool, "torches", None) or (None, str(torch.__version__))
+    return expectation(entry, load_torch, save_torch=save_torch)
 
 
 def _device_check(replay: Replay, on_gpu: tuple[str, ...], gpus: int, pool_for, repeat: int) -> DeviceCheck:

@@ -158,7 +158,10 @@ def known_bug_table(entries: Iterable[tuple[Path, Entry]]) -> str:
         "",
         "Generated from the entries' `known` blocks by `shardfuzz known-bugs -o corpus/README.md`; "
         "do not edit by hand (a test checks it is current). Each entry is replayed by the test suite: a "
-        "strict xfail on a torch inside its range, so an upstream fix shows up as an unexpected pass. An entry "
+        "strict xfail on a torch inside its range, so an upstream fix shows up as an unexpected pass. A range's "
+        "upper end says what it is: `(fixed)`, the first release without the bug (above it the case must pass), "
+        "or `(last checked)`, the newest release checked (above it the bug is presumed still there: a failure "
+        "says to extend the range, a pass to check for a fix; neither fails the suite). An entry "
         "met through a framework's checkpoint API (`target`) also names the framework versions it is known "
         "for (the strict xfail holds only where that framework is installed in range) and whether the bug "
         "lies in the framework or in torch underneath (`in`; the entry's `evidence` says why). An entry saved "
@@ -179,7 +182,7 @@ def known_bug_table(entries: Iterable[tuple[Path, Entry]]) -> str:
         block = entry.known
         assert block is not None  # ``known`` holds the entries with a known block
         target = "dcp" if entry.target == DEFAULT_TARGET else entry.target
-        frameworks = ", ".join(f"{name} `{spec}`" for name, spec in block.frameworks.items()) or "-"
+        frameworks = ", ".join(f"{name} {_range(block, name)}" for name in block.frameworks) or "-"
         rows.append(
             f"| `{path.stem}` | {entry.triage} | {_cell(what)} | {_cell(describe(entry.case))} | {_cell(target)} | "
             f"{block.layer} | {_torch_range(block)} | {_cell(frameworks)} | {', '.join(block.seen) or '-'} | "
@@ -190,7 +193,13 @@ def known_bug_table(entries: Iterable[tuple[Path, Entry]]) -> str:
 
 def _torch_range(block) -> str:
     """``>=2.10``, or ``<2.5`` -> ``>=2.7`` for a bug saved under one torch and loaded under another."""
-    return f"`{block.save_torch}` -> `{block.torch}`" if block.save_torch else f"`{block.torch}`"
+    return f"{_range(block, 'save_torch')} -> {_range(block, 'torch')}" if block.save_torch else _range(block, "torch")
+
+
+def _range(block, name: str) -> str:
+    """One range of a known block, with what its upper end means: ``<2.14`` (fixed), ``<=1.15.0`` (last checked)."""
+    meaning = {"fixed-in": " (fixed)", "last-checked": " (last checked)"}.get(block.upper.get(name, ""), "")
+    return f"`{block.ranges()[name]}`{meaning}"
 
 
 def _cell(text: str) -> str:

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from shardfuzz.case import FSDP1, FSDP2, SGD, Case, Linear, Model, Sequential, Side
-from shardfuzz.corpus import entry_for, load_corpus, save_entry
+from shardfuzz.corpus import Known, entry_for, load_corpus, save_entry
 from shardfuzz.executor import RankPool
-from shardfuzz.replay import judge, replay_entries
+from shardfuzz.replay import Replay, expectation, judge, replay_entries
 from shardfuzz.verdict import Mismatch, RankError, Verdict
 
 CORPUS = Path(__file__).resolve().parent.parent / "corpus"
@@ -83,3 +83,43 @@ def test_cli_replay_reports_each_entry_and_skips_bad_files(tmp_path):
     outcomes = {Path(e["path"]).name: e["outcome"] for e in json.loads(report.read_text())["entries"]}
     assert outcomes[known.name] == "still failing"
     assert sorted(outcomes.values()) == ["now passing", "still failing"]
+
+
+# --- what a replay's outcome means for the entry's ranges ----------------------
+
+FIXED = Known("x", ">=2.10,<2.14", upper={"torch": "fixed-in"})
+CHECKED = Known("x", ">=2.10,<2.14", upper={"torch": "last-checked"})
+
+
+@pytest.mark.parametrize(
+    "known, torch_version, outcome, unexpected",
+    [
+        (None, "2.13.0", "still failing", False),
+        (None, "2.13.0", "now passing", True),  # an untriaged entry that passes: fixed, or never real
+        (FIXED, "2.13.0", "still failing", False),
+        (FIXED, "2.13.0", "now passing", True),  # inside its range: update the range
+        (FIXED, "2.14.1", "now passing", False),  # past its fix: as expected
+        (FIXED, "2.14.1", "still failing", True),  # past its fix, failing again: a regression
+        (CHECKED, "2.14.1", "still failing", False),  # above the last checked: extends the range
+        (CHECKED, "2.14.1", "now passing", False),  # ... or a fix to check: news, not a failure
+        (CHECKED, "2.14.1", "changed", True),
+        (CHECKED, "2.9.0", "now passing", False),  # below its range
+        (FIXED, "2.13.0", "flaky", True),
+    ],
+)
+def test_a_replay_is_judged_against_what_the_ranges_predict(known, torch_version, outcome, unexpected):
+    entry = attrs.evolve(entry_for(CASE, ERROR), known=known)
+    expected, note = expectation(entry, torch_version)
+    replay = Replay(Path("e.json"), entry, (), outcome, expected=expected, note=note)
+    assert replay.unexpected is unexpected
+    if known is not None and torch_version == "2.14.1":
+        assert ("past its fix" if known is FIXED else "above the last release checked") in note
+
+
+def test_a_framework_release_past_the_last_checked_is_not_a_failure():
+    known = Known("x", ">=2.10", frameworks={"accelerate": "<=1.15.0"}, upper={"accelerate": "last-checked"})
+    entry = attrs.evolve(entry_for(CASE, ERROR, target="accelerate"), known=known)
+    assert known.beyond_checked("2.13.0", {"accelerate": "1.16.0"})
+    fixed = attrs.evolve(entry, known=attrs.evolve(known, upper={"accelerate": "fixed-in"}))
+    assert known.past_fix("2.13.0", {"accelerate": "1.16.0"}) == []
+    assert fixed.known.past_fix("2.13.0", {"accelerate": "1.16.0"}) == ["accelerate 1.16.0 (fixed in: <=1.15.0)"]
