@@ -33,7 +33,7 @@ def main(argv=None) -> int:
 
     from shardfuzz.capabilities import capabilities
     from shardfuzz.executor import RankPool
-    from shardfuzz.replay import moved_to_cuda
+    from shardfuzz.findings.replay import moved_to_cuda
     from shardfuzz.strategies import cases
 
     gpus = capabilities().cuda_devices

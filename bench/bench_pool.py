@@ -62,7 +62,7 @@ def bare_rank(rank, world_size, store, case_texts, dirs, queue):
     import torch.distributed as dist
 
     from shardfuzz.case import loads
-    from shardfuzz.roundtrip import RankContext, run_case
+    from shardfuzz.rank.roundtrip import RankContext, run_case
     from shardfuzz.targets import DcpTarget
 
     torch.set_num_threads(1)
@@ -225,7 +225,7 @@ def case_kind(case) -> str:
 def time_across(python: str, cases, world_size: int):
     """(the cases that pass saved under ``python`` and loaded here, seconds for them all, its torch)."""
     from shardfuzz.executor.cross import CrossVersionPool
-    from shardfuzz.interpreters import probe
+    from shardfuzz.executor.interpreters import probe
 
     other, here = probe(python), probe(sys.executable)
     with CrossVersionPool(world_size, save=other, load=here) as pool:

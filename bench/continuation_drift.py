@@ -40,7 +40,7 @@ class Recorder(DcpTarget):
     """Plain DCP; importing it in a rank replaces the continuation oracle with ``_record``."""
 
     def __init__(self):
-        from shardfuzz import roundtrip
+        from shardfuzz.rank import roundtrip
 
         roundtrip.oracles.continuation = _record
 
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     from bench_pool import draw_cases
 
     from shardfuzz.executor import RankPool
-    from shardfuzz.oracles import CONTINUATION_TOLERANCE
+    from shardfuzz.rank.oracles import CONTINUATION_TOLERANCE
 
     cases = [
         attrs.evolve(c, checks=("continuation",), load_mutation=None)

@@ -57,10 +57,10 @@ def main() -> None:
     import torch
     from _draws import for_each_drawn_case
 
-    from shardfuzz.corpus import known_bugs, load_corpus
     from shardfuzz.executor import RankPool
-    from shardfuzz.mutants import CATALOGUE
+    from shardfuzz.findings.corpus import known_bugs, load_corpus
     from shardfuzz.strategies import cases
+    from shardfuzz.targets.mutants import CATALOGUE
 
     old = _old_module(args.before)
     entries = load_corpus(ROOT / "corpus")[0]
@@ -68,7 +68,7 @@ def main() -> None:
     per_mutant: dict[str, dict[str, set[str]]] = {}
     for name in args.mutant or CATALOGUE:
         signatures = {"before": set(), "after": set()}
-        with RankPool(args.world_size, target=f"shardfuzz.mutants:{name}") as pool:
+        with RankPool(args.world_size, target=f"shardfuzz.targets.mutants:{name}") as pool:
 
             def run(case, pool=pool, signatures=signatures) -> None:
                 verdict = pool.run(case)

@@ -84,9 +84,9 @@ def soak(cases: int = 1000, world_size: int = 2, seed: int = 0, hang_timeout: fl
     import faults
     import torch
 
-    from shardfuzz.corpus import known_bugs, load_corpus
     from shardfuzz.executor import RankPool
     from shardfuzz.executor.pool import scratch_root
+    from shardfuzz.findings.corpus import known_bugs, load_corpus
 
     known = known_bugs(load_corpus(ROOT / "corpus")[0], torch.__version__)
     control = tempfile.NamedTemporaryFile("w", prefix="shardfuzz-soak-", delete=False)

@@ -13,7 +13,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from shardfuzz.case import Case, dumps, loads
+from shardfuzz.case import Case, dumps, loads, user_model
+from shardfuzz.rank.model_factory import probe as _probe_user_model
+
+# The data package imports nothing torch-side: the root wires a user model's shape to the probe that builds it
+# on the meta device (torch is imported when a factory is first probed, not here).
+user_model.use_shape_probe(_probe_user_model)
 
 __all__ = [
     "Case",
@@ -37,9 +42,9 @@ _LAZY = {
     "ShardsModules": "shardfuzz.targets",
     "RankPool": "shardfuzz.executor",
     "Verdict": "shardfuzz.verdict",
-    "known_bugs": "shardfuzz.corpus",
-    "load_corpus": "shardfuzz.corpus",
-    "run_campaign": "shardfuzz.campaign",
+    "known_bugs": "shardfuzz.findings.corpus",
+    "load_corpus": "shardfuzz.findings.corpus",
+    "run_campaign": "shardfuzz.search.campaign",
 }
 
 

@@ -80,7 +80,7 @@ def fully_shard_fn() -> Callable | None:
 
 def dtensor():
     """The module with ``DTensor``, ``Shard`` and ``Replicate`` (see ``rank_steps.dtensor``)."""
-    from shardfuzz.rank_steps import dtensor as find
+    from shardfuzz.rank.portable.steps import dtensor as find
 
     return find()
 

@@ -390,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _torch_env(args) -> int:
     """Print the Python of an environment with torch ``args.version`` (made if missing); progress on stderr."""
-    from shardfuzz.torch_envs import TorchEnvError, make_env
+    from shardfuzz.executor.torch_envs import TorchEnvError, make_env
 
     try:
         python, found = make_env(args.version, pip_args=args.pip_arg, log=lambda line: print(line, file=sys.stderr))
@@ -407,10 +407,10 @@ def _torch_env(args) -> int:
 def _selftest(args) -> int:
     import torch
 
-    from shardfuzz.corpus import known_bugs, load_corpus
     from shardfuzz.executor import PoolStartError
-    from shardfuzz.runner import campaign_devices
-    from shardfuzz.selftest import catalogue_for, run_selftest
+    from shardfuzz.findings.corpus import known_bugs, load_corpus
+    from shardfuzz.search.runner import campaign_devices
+    from shardfuzz.search.selftest import catalogue_for, run_selftest
     from shardfuzz.targets import framework_version
 
     try:
@@ -483,7 +483,7 @@ def _selftest(args) -> int:
 
 def _entries_at(paths: list[Path]):
     """Entries from files and directories; unreadable files and missing paths as problems."""
-    from shardfuzz.corpus import CorpusError, load_corpus, load_entry
+    from shardfuzz.findings.corpus import CorpusError, load_corpus, load_entry
 
     entries, problems = [], []
     for path in paths:
@@ -503,7 +503,7 @@ def _entries_at(paths: list[Path]):
 
 def _interpreters(args):
     """(save, load) ``Interpreter``s of ``--save-python``/``--load-python``, or None when neither is given."""
-    from shardfuzz.interpreters import probe
+    from shardfuzz.executor.interpreters import probe
 
     if args.save_python is None and args.load_python is None:
         return None
@@ -524,12 +524,12 @@ def _executor(interpreters, world_size: int, **options):
 def _replay(args) -> int:
     import attrs
 
-    from shardfuzz.corpus import rewrite_entry
     from shardfuzz.executor import PoolStartError, RankPool
     from shardfuzz.executor.cross import CrossVersionPool
-    from shardfuzz.interpreters import InterpreterError
-    from shardfuzz.replay import replay_entries
-    from shardfuzz.runner import campaign_devices
+    from shardfuzz.executor.interpreters import InterpreterError
+    from shardfuzz.findings.corpus import rewrite_entry
+    from shardfuzz.findings.replay import replay_entries
+    from shardfuzz.search.runner import campaign_devices
 
     _, why_not = campaign_devices(args.device)
     if not why_not and args.on_cuda and args.device != "cuda":
@@ -623,7 +623,7 @@ def _gpu_count() -> int:
 
 def _entry(command: str, path: Path):
     """The corpus entry at ``path``, or None after saying what is wrong with the file."""
-    from shardfuzz.corpus import CorpusError, load_entry
+    from shardfuzz.findings.corpus import CorpusError, load_entry
 
     try:
         return load_entry(path)
@@ -641,7 +641,7 @@ def _emit(text: str, output: Path | None) -> None:
 
 
 def _export(args) -> int:
-    from shardfuzz.export import export_script
+    from shardfuzz.findings.export import export_script
 
     entry = _entry("export", args.entry)
     if entry is None:
@@ -664,11 +664,11 @@ def _export(args) -> int:
 def _shrink(args) -> int:
     import attrs
 
-    from shardfuzz.corpus import rewrite_entry
-    from shardfuzz.describe import describe
     from shardfuzz.executor import PoolStartError
-    from shardfuzz.interpreters import InterpreterError
-    from shardfuzz.shrink import case_size, shrink_case
+    from shardfuzz.executor.interpreters import InterpreterError
+    from shardfuzz.findings.corpus import rewrite_entry
+    from shardfuzz.findings.describe import describe
+    from shardfuzz.search.shrink import case_size, shrink_case
 
     entry = _entry("shrink", args.entry)
     if entry is None:
@@ -734,8 +734,8 @@ def _shrink(args) -> int:
 
 
 def _render_report(args) -> int:
-    from shardfuzz.report import read_report
-    from shardfuzz.report_formats import html_page, junit_xml, markdown
+    from shardfuzz.findings.render import html_page, junit_xml, markdown
+    from shardfuzz.findings.run_report import read_report
 
     render = {"html": html_page, "markdown": markdown, "junit": junit_xml}[args.format or "html"]
     try:
@@ -749,8 +749,8 @@ def _render_report(args) -> int:
 
 
 def _report_bug(args) -> int:
-    from shardfuzz.export import export_script
-    from shardfuzz.upstream import issue_text
+    from shardfuzz.findings.export import export_script
+    from shardfuzz.findings.upstream import issue_text
 
     entry = _entry("report-bug", args.entry)
     if entry is None:
@@ -770,8 +770,8 @@ def _report_bug(args) -> int:
 
 
 def _known_bugs(args) -> int:
-    from shardfuzz.corpus import load_corpus
-    from shardfuzz.upstream import known_bug_table
+    from shardfuzz.findings.corpus import load_corpus
+    from shardfuzz.findings.upstream import known_bug_table
 
     entries, problems = load_corpus(args.corpus)
     for problem in problems:
@@ -793,7 +793,7 @@ def _capabilities() -> int:
 def _targets(args) -> int:
     import torch
 
-    from shardfuzz.target_list import target_infos
+    from shardfuzz.targets.listing import target_infos
 
     infos = target_infos()
     if args.json:
@@ -816,18 +816,18 @@ def _targets(args) -> int:
 def _run(args) -> int:
     import attrs
 
-    from shardfuzz.run_config import RunConfig
+    from shardfuzz.search.run_config import RunConfig
 
     config = RunConfig.from_args(args)
     if config.database is None:
-        from shardfuzz.database import DEFAULT_DATABASE
+        from shardfuzz.search.database import DEFAULT_DATABASE
 
         config = attrs.evolve(config, database=DEFAULT_DATABASE)
     if config.workers == 1:
-        from shardfuzz.runner import run_command
+        from shardfuzz.search.runner import run_command
 
         return run_command(config)
-    from shardfuzz.workers import run_workers
+    from shardfuzz.search.workers import run_workers
 
     return run_workers(config)
 

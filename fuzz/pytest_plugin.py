@@ -43,7 +43,7 @@ def shardfuzz_known(shardfuzz_corpus_dir):
     """``known(signature) -> Entry | None`` for the corpus's known bugs on this torch."""
     import torch
 
-    from shardfuzz.corpus import known_bugs, load_corpus
+    from shardfuzz.findings.corpus import known_bugs, load_corpus
 
     entries, _ = load_corpus(shardfuzz_corpus_dir)
     return known_bugs(entries, torch.__version__).lookup

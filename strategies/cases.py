@@ -42,7 +42,7 @@ from shardfuzz.strategies.options import (
     training_states,
 )
 from shardfuzz.strategies.topology import mesh_shapes
-from shardfuzz.target_support import EVERYTHING, TargetSupport
+from shardfuzz.targets.support import EVERYTHING, TargetSupport
 from shardfuzz.unsupported import excluded
 
 __all__ = ["cases", "sides"]

@@ -27,7 +27,7 @@ from shardfuzz.case import (
     coverage_values,
 )
 from shardfuzz.strategies._helpers import check_choices, check_int
-from shardfuzz.target_support import TargetSupport
+from shardfuzz.targets.support import TargetSupport
 
 __all__ = ["offered_values"]
 

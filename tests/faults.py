@@ -1,6 +1,6 @@
 """Checkpoint targets that misbehave, for the executor's and the corpus's tests.
 
-The catalogue of realistic checkpointing bugs lives in ``shardfuzz.mutants``
+The catalogue of realistic checkpointing bugs lives in ``shardfuzz.targets.mutants``
 (``shardfuzz selftest``); two of them are re-exported here for the older tests.
 These add ranks that raise, exit, hang or die on cue, and flaky or
 "unsupported" outcomes. Each goes through the same public seam a user's own
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from shardfuzz.mutants import PerturbOneLoadedElement
-from shardfuzz.mutants import SwapMomentsBetweenParameters as SwapOptimizerMoments  # noqa: F401
-from shardfuzz.mutants import _last_rank as _is_last_rank
 from shardfuzz.targets import DcpTarget
+from shardfuzz.targets.mutants import PerturbOneLoadedElement
+from shardfuzz.targets.mutants import SwapMomentsBetweenParameters as SwapOptimizerMoments  # noqa: F401
+from shardfuzz.targets.mutants import _last_rank as _is_last_rank
 
 # --- misbehaving ranks, armed by a flag file so a test can disarm them --------
 

@@ -15,7 +15,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from shardfuzz.target_support import TargetSupport
+from shardfuzz.targets.support import TargetSupport
 
 
 class DsdCheckpointer:

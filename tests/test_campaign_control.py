@@ -7,7 +7,7 @@ milliseconds; the CLI tests run the same paths on real ranks.
 import pytest
 from hypothesis.database import InMemoryExampleDatabase
 
-from shardfuzz.campaign import database_key, run_campaign
+from shardfuzz.search.campaign import database_key, run_campaign
 from shardfuzz.verdict import Mismatch, RankError, Verdict
 
 
@@ -161,7 +161,7 @@ def test_a_shrink_that_runs_its_course_is_marked_shrunk():
 
 
 def test_the_progress_line_says_what_the_run_is_doing_and_counts_failures_being_shrunk():
-    from shardfuzz.progress import Progress
+    from shardfuzz.search.progress import Progress
 
     snapshot = {
         "cases_run": 72,
@@ -242,10 +242,10 @@ def test_a_descent_cut_by_the_budgets_end_keeps_the_failure_it_started_from():
     """The polishing descent runs cases after Hypothesis's shrink; one that outruns the budget's end is
     abandoned by the pool (``CaseAbandoned``). The finding must still be added, as it stood (seen escaping as
     "stopped before the first case" with the finding lost, in a 40 s run across torches)."""
-    from shardfuzz.campaign import CaseFailed, _polished
-    from shardfuzz.campaign_result import CampaignResult
     from shardfuzz.case import SGD, Case, Linear, Model, Sequential, Side, Unsharded
     from shardfuzz.executor import CaseAbandoned
+    from shardfuzz.findings.campaign_result import CampaignResult
+    from shardfuzz.search.campaign import CaseFailed, _polished
 
     case = Case(Model(2, Sequential([Linear(3), Linear(2)])), Side(Unsharded(), (1,)), Side(Unsharded(), (1,)), SGD())
     failure = CaseFailed(case, Verdict("error", errors=(RankError(0, "load", "RuntimeError", "boom"),)))

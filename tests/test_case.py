@@ -95,7 +95,7 @@ def test_conv_embedding_and_scale_leaves_bring_three_four_and_zero_dimensional_p
 
 
 def test_a_tied_leaf_has_one_weight_under_two_names_and_matches_the_built_module():
-    from shardfuzz.build import build_module
+    from shardfuzz.rank.build import build_module
 
     model = Model(3, Sequential([Linear(4), Tied(), Tied(bias=False)]))
     shapes = model.parameter_shapes()

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from shardfuzz.case import FSDP1, SGD, Case, Linear, Model, Sequential, Side
-from shardfuzz.corpus import CorpusError, Known, entry_for, known_bugs, load_corpus, load_entry, save_entry
 from shardfuzz.executor.deadlines import MeasuredDeadlines
+from shardfuzz.findings.corpus import CorpusError, Known, entry_for, known_bugs, load_corpus, load_entry, save_entry
 from shardfuzz.pytest_plugin import shared_pool
 from shardfuzz.targets import unavailable
 from shardfuzz.verdict import Mismatch, Verdict
@@ -216,7 +216,7 @@ def test_bad_files_are_named_with_what_is_wrong(tmp_path, content, message):
 
 _WRITER = """
 import sys, attrs
-from shardfuzz.corpus import entry_for, save_entry
+from shardfuzz.findings.corpus import entry_for, save_entry
 from shardfuzz.case import Case, FSDP1, SGD, Linear, Model, Sequential, Side
 from shardfuzz.verdict import Mismatch, Verdict
 directory = sys.argv[1]
@@ -341,7 +341,7 @@ def test_known_bugs_tell_entries_of_one_signature_apart_by_their_conditions(tmp_
 
 
 def test_the_known_bug_table_in_corpus_readme_is_current():
-    from shardfuzz.upstream import known_bug_table
+    from shardfuzz.findings.upstream import known_bug_table
 
     assert (CORPUS / "README.md").read_text() == known_bug_table(load_corpus(CORPUS)[0]), (
         "corpus/README.md is out of date: run `shardfuzz known-bugs -o corpus/README.md`"
@@ -349,7 +349,7 @@ def test_the_known_bug_table_in_corpus_readme_is_current():
 
 
 def test_an_issue_text_says_what_was_expected_what_happened_and_carries_the_script():
-    from shardfuzz.upstream import issue_text
+    from shardfuzz.findings.upstream import issue_text
 
     entry = attrs.evolve(
         entry_for(CASE, VERDICT), known=Known("x", ">=2.10", link="https://example.org/1", seen=["2.13.0+cpu"])

@@ -25,10 +25,10 @@ from hypothesis import strategies as st
 
 from shardfuzz.capabilities import Capabilities, capabilities, common, in_force
 from shardfuzz.case import DDP, FSDP1, SGD, Adam, Case, Linear, Model, Sequential, Side
-from shardfuzz.corpus import Entry, Known, entry_for, known_bugs, load_entry, save_entry
-from shardfuzz.handoff import handoff_path, read_handoff, write_handoff
-from shardfuzz.interpreters import Interpreter, InterpreterError, probe
-from shardfuzz.replay import replay_entries
+from shardfuzz.executor.interpreters import Interpreter, InterpreterError, probe
+from shardfuzz.findings.corpus import Entry, Known, entry_for, known_bugs, load_entry, save_entry
+from shardfuzz.findings.replay import replay_entries
+from shardfuzz.rank.portable.handoff import handoff_path, read_handoff, write_handoff
 from shardfuzz.targets import DEFAULT_TARGET
 from shardfuzz.verdict import RankError, Verdict
 
@@ -202,7 +202,7 @@ def test_a_fault_in_the_load_run_is_caught_across_two_pools(fault, oracle):
 
     case = attrs.evolve(CASE, save=Side(FSDP1(), (1,)), load=Side(FSDP1(), (1,)))  # one rank a pool: cheap
     with CrossVersionPool(
-        1, save=probe(sys.executable), load=other_environment(), target=f"shardfuzz.mutants:{fault}"
+        1, save=probe(sys.executable), load=other_environment(), target=f"shardfuzz.targets.mutants:{fault}"
     ) as pool:
         verdict = pool.run(case)
     assert verdict.status == "mismatch", verdict.summary()
@@ -307,7 +307,7 @@ def test_replay_skips_a_two_torch_entry_on_one_torch_and_says_how():
 
 
 def test_export_of_a_two_torch_entry_says_how_to_run_each_half(tmp_path):
-    from shardfuzz.export import export_script
+    from shardfuzz.findings.export import export_script
 
     script = export_script(two_torch_entry())
     assert "--phase save --dir" in script and "--phase load --dir" in script
@@ -318,9 +318,9 @@ def test_export_of_a_two_torch_entry_says_how_to_run_each_half(tmp_path):
 def test_exported_phases_reproduce_across_two_runs(tmp_path):
     """The script's --phase save, then --phase load on the same folder, with a fault in the loaded values:
     the load run finds it (here both runs use this torch)."""
-    from shardfuzz.export import export_script
+    from shardfuzz.findings.export import export_script
 
-    entry = attrs.evolve(two_torch_entry(), target="shardfuzz.mutants:PerturbOneLoadedElement")
+    entry = attrs.evolve(two_torch_entry(), target="shardfuzz.targets.mutants:PerturbOneLoadedElement")
     entry = attrs.evolve(entry, case=attrs.evolve(CASE, save=Side(FSDP1(), (1,)), load=Side(FSDP1(), (1,))))
     script = tmp_path / "repro.py"
     script.write_text(export_script(entry))
@@ -337,7 +337,7 @@ def test_exported_phases_reproduce_across_two_runs(tmp_path):
 
 
 def test_an_exported_phase_without_a_folder_is_refused(tmp_path):
-    from shardfuzz.export import export_script
+    from shardfuzz.findings.export import export_script
 
     script = tmp_path / "repro.py"
     script.write_text(export_script(two_torch_entry()))
@@ -358,8 +358,8 @@ def test_torch_env_refuses_a_version_that_is_not_one(tmp_path, monkeypatch, caps
 
 def test_torch_env_reuses_an_environment_with_that_torch(tmp_path, monkeypatch, capsys):
     """An environment already holding the torch asked for is printed, not made again."""
-    from shardfuzz import torch_envs
     from shardfuzz.cli import main
+    from shardfuzz.executor import torch_envs
 
     monkeypatch.setenv("SHARDFUZZ_TORCH_ENVS", str(tmp_path))
     version = str(torch.__version__).split("+")[0]
@@ -396,7 +396,10 @@ def test_a_fault_is_caught_across_torches():
 
     case = attrs.evolve(CASE, optimizer=SGD(), save=Side(FSDP1(), (2,)), load=Side(FSDP1(), (2,)))
     with CrossVersionPool(
-        2, save=probe(OTHER_PYTHON), load=probe(sys.executable), target="shardfuzz.mutants:PerturbOneLoadedElement"
+        2,
+        save=probe(OTHER_PYTHON),
+        load=probe(sys.executable),
+        target="shardfuzz.targets.mutants:PerturbOneLoadedElement",
     ) as pool:
         verdict = pool.run(case)
     assert verdict.status in ("mismatch", "error"), verdict.summary()
@@ -420,7 +423,7 @@ def test_a_short_campaign_across_torches_reports_what_it_left_out(tmp_path):
 
 def _corpus_pairs():
     """The corpus's entries found across two torches, as pytest params (replayed where the pair is at hand)."""
-    from shardfuzz.corpus import load_corpus
+    from shardfuzz.findings.corpus import load_corpus
 
     entries, _ = load_corpus(os.path.join(os.path.dirname(__file__), "..", "corpus"))
     return [pytest.param(path, entry, id=path.stem) for path, entry in entries if entry.torches is not None]
@@ -433,7 +436,7 @@ def test_a_two_torch_corpus_entry_still_fails_as_recorded(path, entry, tmp_path)
     from its exported script's two phases: a known bug must still fail with its signature (a pass means torch
     fixed it: update the entry's ranges)."""
     from shardfuzz.executor.cross import CrossVersionPool
-    from shardfuzz.export import export_script
+    from shardfuzz.findings.export import export_script
 
     other, here = probe(OTHER_PYTHON), probe(sys.executable)
     by_version = {str(other.torch_version): other, str(here.torch_version): here}
@@ -460,7 +463,7 @@ def test_a_two_torch_corpus_entry_still_fails_as_recorded(path, entry, tmp_path)
 
 
 def test_a_hyperparameter_only_one_torch_has_is_not_the_checkpoints():
-    from shardfuzz.handoff import one_torch_hyperparameters
+    from shardfuzz.rank.portable.handoff import one_torch_hyperparameters
 
     saved = {"optim.param_groups.0.weight.lr": 0.1, "model.w": torch.zeros(1)}
     loaded = {**saved, "optim.param_groups.0.weight.decoupled_weight_decay": False}
@@ -474,7 +477,7 @@ def test_a_hyperparameter_only_one_torch_has_is_not_the_checkpoints():
 def test_continuation_across_torches_allows_kernel_drift_and_catches_a_fault():
     """Across torches the continued parameters compare within a tolerance, the counters exactly, and the
     moments not at all (noise there is another torch's rounding; complete-state judged them after the load)."""
-    from shardfuzz.oracles import continuation
+    from shardfuzz.rank.oracles import continuation
 
     saved = {
         "model.0.weight": torch.tensor([0.5, -0.25]),
@@ -497,7 +500,7 @@ def test_continuation_across_torches_allows_kernel_drift_and_catches_a_fault():
 
 def test_noise_steps_scale_the_adaptive_slack_across_layouts_and_torches():
     from shardfuzz.case import RMSprop
-    from shardfuzz.roundtrip import _adaptive_lr
+    from shardfuzz.rank.roundtrip import _adaptive_lr
 
     # RMSprop's noise step is 10 learning rates within one torch too (a BatchNorm bias moved 0.077 at
     # lr 0.01 between two layouts of the seed-41 campaign)
@@ -506,7 +509,7 @@ def test_noise_steps_scale_the_adaptive_slack_across_layouts_and_torches():
 
 
 def test_a_run_across_torches_says_so_in_its_headline_and_summary():
-    from shardfuzz.report_formats import headline, markdown
+    from shardfuzz.findings.render import headline, markdown
 
     report = {
         "cases_run": 10, "wall_seconds": 5.0, "passed": 9, "failures": [], "known_failures": [],
@@ -541,10 +544,10 @@ class _StoppingPool:
 def test_a_finding_across_torches_is_saved_even_when_the_run_stops_before_it_runs_alone(tmp_path):
     """No lost corpus entry: the runs under each torch alone come after the finding, and a stop (the budget's
     end, a signal) during them leaves the entry saved without their outcomes."""
-    from shardfuzz.campaign_result import Finding
-    from shardfuzz.corpus import load_corpus
-    from shardfuzz.run_config import RunConfig
-    from shardfuzz.runner import _Run
+    from shardfuzz.findings.campaign_result import Finding
+    from shardfuzz.findings.corpus import load_corpus
+    from shardfuzz.search.run_config import RunConfig
+    from shardfuzz.search.runner import _Run
 
     run = _Run(
         RunConfig(corpus=tmp_path, plain=True), target=DEFAULT_TARGET, torchrun=False, world_size=2,

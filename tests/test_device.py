@@ -19,9 +19,9 @@ from hypothesis.errors import InvalidArgument
 from shardfuzz import strategies as sf
 from shardfuzz.capabilities import capabilities
 from shardfuzz.case import FSDP2, SGD, Adam, Case, Linear, Model, Sequential, Side, dimensions, dumps, loads, to_dict
-from shardfuzz.corpus import entry_for, save_entry
 from shardfuzz.executor import RankPool
-from shardfuzz.replay import replay_entries
+from shardfuzz.findings.corpus import entry_for, save_entry
+from shardfuzz.findings.replay import replay_entries
 from shardfuzz.verdict import Mismatch, Verdict
 
 GPUS = capabilities().cuda_devices
@@ -93,7 +93,7 @@ def test_a_cpu_pool_answers_a_cuda_case_unsupported_without_starting_a_rank():
 def test_replay_skips_a_cuda_entry_it_cannot_run_and_says_why(tmp_path):
     failing = Verdict("mismatch", (Mismatch("state-equal", "model.0.weight", 0, "values differ"),))
     path = save_entry(tmp_path, entry_for(ON_GPU, failing))
-    from shardfuzz.corpus import load_entry
+    from shardfuzz.findings.corpus import load_entry
 
     pool = RankPool(2)
     (replay,) = replay_entries([(path, load_entry(path))], lambda target, n: pool)
@@ -166,7 +166,7 @@ def test_a_fault_in_a_load_across_devices_is_caught(save_device, load_device):
         optimizer=SGD(),
         steps=1,
     )
-    with RankPool(1, device="cuda", target="shardfuzz.mutants:PerturbOneLoadedElement") as pool:
+    with RankPool(1, device="cuda", target="shardfuzz.targets.mutants:PerturbOneLoadedElement") as pool:
         verdict = pool.run(case)
     assert verdict.status == "mismatch", verdict.summary()
 
@@ -215,7 +215,7 @@ class _SidesOnCudaPass:
 
 
 def _cpu_entry(tmp_path, save_ranks=1, load_ranks=2):
-    from shardfuzz.corpus import load_entry
+    from shardfuzz.findings.corpus import load_entry
 
     case = attrs.evolve(ON_GPU, save=Side(FSDP2(), (save_ranks,)), load=Side(FSDP2(), (load_ranks,)))
     failing = Verdict("mismatch", (Mismatch("state-equal", "model.0.weight", 0, "values differ"),))
@@ -224,7 +224,7 @@ def _cpu_entry(tmp_path, save_ranks=1, load_ranks=2):
 
 
 def test_moved_to_cuda_moves_each_side_that_has_a_gpu_per_rank():
-    from shardfuzz.replay import moved_to_cuda
+    from shardfuzz.findings.replay import moved_to_cuda
 
     case = attrs.evolve(ON_GPU, save=Side(FSDP2(), (1,)), load=Side(FSDP2(), (2,)))
     moved, sides = moved_to_cuda(case, 1)
@@ -260,7 +260,7 @@ def test_replay_on_cuda_records_why_an_entry_could_not_move(tmp_path):
 
 
 def test_an_entry_cuda_block_round_trips_and_is_left_out_until_checked(tmp_path):
-    from shardfuzz.corpus import DeviceCheck, load_entry, rewrite_entry
+    from shardfuzz.findings.corpus import DeviceCheck, load_entry, rewrite_entry
 
     path, entry, _ = _cpu_entry(tmp_path)
     assert "cuda" not in json.loads(path.read_text())
@@ -283,7 +283,7 @@ def test_replay_on_cuda_options_are_checked_up_front(tmp_path, argv, says):
 
 
 def test_replay_on_cuda_runs_an_entry_found_on_a_gpu_as_recorded_and_its_cpu_form_as_control(tmp_path):
-    from shardfuzz.corpus import load_entry
+    from shardfuzz.findings.corpus import load_entry
 
     failing = Verdict("mismatch", (Mismatch("state-equal", "model.0.weight", 0, "values differ"),))
     path = save_entry(tmp_path, entry_for(ON_GPU, failing, world_size=2))
@@ -298,6 +298,6 @@ def test_replay_on_cuda_runs_an_entry_found_on_a_gpu_as_recorded_and_its_cpu_for
 
 
 def test_a_cuda_side_is_named_in_the_case_description():
-    from shardfuzz.describe import describe
+    from shardfuzz.findings.describe import describe
 
     assert "FSDP2x1 on cuda" in describe(ON_GPU) and "on cuda" not in describe(ON_GPU).split("load")[1]

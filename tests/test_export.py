@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from shardfuzz.case import FSDP1, FSDP2, SGD, Adam, BatchNorm, Block, Case, LayerNorm, Linear, Model, Sequential, Side
-from shardfuzz.corpus import entry_for, load_corpus
-from shardfuzz.export import export_script
+from shardfuzz.findings.corpus import entry_for, load_corpus
+from shardfuzz.findings.export import export_script
 from shardfuzz.verdict import Mismatch, Verdict, normalise_message
 
 RECORDED = Verdict("mismatch", (Mismatch("state-equal", "model.0.weight", 0, "values differ"),))

@@ -6,8 +6,8 @@ every test here fails: no finding is made.
 
 import pytest
 
-from shardfuzz.campaign import run_campaign
 from shardfuzz.executor import RankPool
+from shardfuzz.search.campaign import run_campaign
 
 pytestmark = pytest.mark.ranks
 
@@ -70,7 +70,7 @@ def test_swapped_optimizer_moments_are_found_and_shrunk(shardfuzz_known):
 @pytest.mark.slow  # ~20 s; the default tier keeps complete-state's perturbed-element test and the two-pool one
 def test_buffers_left_unloaded_are_found_and_shrunk_to_one_batch_norm(shardfuzz_known):
     """The state oracle covers buffers: BatchNorm's running statistics not loaded is a mismatch."""
-    with RankPool(2, target="shardfuzz.mutants:BuffersNotLoaded") as pool:
+    with RankPool(2, target="shardfuzz.targets.mutants:BuffersNotLoaded") as pool:
         result = run_campaign(
             pool.run,
             vary_storage=False,
@@ -104,7 +104,7 @@ def test_a_failure_that_does_not_repeat_is_reported_flaky_with_both_outcomes():
 
 
 @pytest.mark.parametrize(
-    "target, oracle", [("shardfuzz.targets:DcpTarget", None), ("shardfuzz.mutants:TPStyleSwapped", "layout")]
+    "target, oracle", [("shardfuzz.targets:DcpTarget", None), ("shardfuzz.targets.mutants:TPStyleSwapped", "layout")]
 )
 def test_a_tensor_parallel_split_the_other_way_is_caught_by_the_layout_oracle_alone(target, oracle):
     """The mutant splits the planned Linear rowwise where the plan says colwise: DCP reshards the

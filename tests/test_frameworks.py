@@ -10,11 +10,11 @@ must round-trip most of its cases.
 
 import pytest
 
-from shardfuzz.campaign import run_campaign
 from shardfuzz.case import FSDP1, FSDP2, Adam, Case, LayerNorm, Linear, Model, Sequential, Side
 from shardfuzz.executor import RankPool
 from shardfuzz.pytest_plugin import shared_pool
-from shardfuzz.shrink import case_size
+from shardfuzz.search.campaign import run_campaign
+from shardfuzz.search.shrink import case_size
 from shardfuzz.targets import support_for, unavailable
 
 pytestmark = pytest.mark.ranks
@@ -134,7 +134,7 @@ def test_a_short_campaign_of_the_adapter_runs_its_framework(framework, shardfuzz
 def _framework_entries():
     from pathlib import Path
 
-    from shardfuzz.corpus import load_corpus
+    from shardfuzz.findings.corpus import load_corpus
     from shardfuzz.targets import SHIPPED_TARGETS
 
     entries, _ = load_corpus(Path(__file__).resolve().parent.parent / "corpus")
@@ -144,7 +144,7 @@ def _framework_entries():
 @pytest.mark.parametrize("entry", _framework_entries())
 def test_a_framework_entry_exports_a_script_that_needs_no_shardfuzz(entry):
     _needs(entry.target)
-    from shardfuzz.export import export_script
+    from shardfuzz.findings.export import export_script
 
     script = export_script(entry)
     compile(script, "repro.py", "exec")

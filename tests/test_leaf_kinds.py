@@ -12,11 +12,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from torch import nn
 
-from shardfuzz import layers
-from shardfuzz.build import MODULE_TYPE_CLASSES, build_module
 from shardfuzz.case import LEAF_CLASSES, MODULE_TYPES, Leaf, Model, coverage_dimensions, leaves
-from shardfuzz.describe import describe
-from shardfuzz.export import _model_expr
+from shardfuzz.findings.describe import describe
+from shardfuzz.findings.export import _model_expr
+from shardfuzz.rank.build import MODULE_TYPE_CLASSES, build_module
+from shardfuzz.rank.portable import layers
 from shardfuzz.strategies import cases, models
 
 

@@ -37,7 +37,7 @@ def test_another_topology_may_refuse_loudly(shardfuzz_pool):
 
 
 def test_a_wrong_local_load_is_caught_on_the_same_topology():
-    with RankPool(2, target="shardfuzz.mutants:PerturbOneLoadedElement") as pool:
+    with RankPool(2, target="shardfuzz.targets.mutants:PerturbOneLoadedElement") as pool:
         verdict = pool.run(_case(_local(2), _local(2)))
     assert verdict.status == "mismatch" and verdict.mismatches[0].key.startswith("model."), verdict.summary()
 

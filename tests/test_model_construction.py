@@ -27,9 +27,9 @@ from shardfuzz.case import (
     dumps,
     loads,
 )
-from shardfuzz.describe import describe
 from shardfuzz.executor import RankPool
-from shardfuzz.rank_steps import unwrapped_name
+from shardfuzz.findings.describe import describe
+from shardfuzz.rank.portable.steps import unwrapped_name
 
 MODEL = Model(input_width=3, root=Sequential([Linear(4), Block([TransformerBlock(2, 2, 1, 3)]), Linear(2)]))
 
@@ -95,7 +95,7 @@ def test_a_checkpoint_loads_across_wrappers_and_a_forgotten_rotary_table_is_caug
     reverse = _case(wrapped.load, Side(FSDP1(), (2,), activation_checkpointing="after", checkpointed=["0", "1.a"]))
     with RankPool(2) as pool:
         assert [pool.run(case).status for case in (wrapped, reverse)] == ["pass", "pass"]
-    with RankPool(2, target="shardfuzz.mutants:RotaryTableLeftEmpty") as pool:
+    with RankPool(2, target="shardfuzz.targets.mutants:RotaryTableLeftEmpty") as pool:
         verdict = pool.run(_case(Side(DDP(), (2,)), Side(FSDP2(), (2,), meta_init=True)))
     assert verdict.status == "mismatch", verdict
     assert {m.oracle for m in verdict.mismatches} == {"continuation"}

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from shardfuzz.campaign import run_campaign
 from shardfuzz.case import FSDP1, FSDP2, SGD, Case, Linear, Model, Sequential, Side
-from shardfuzz.corpus import entry_for
 from shardfuzz.executor import RankPool
-from shardfuzz.export import export_script
+from shardfuzz.findings.corpus import entry_for
+from shardfuzz.findings.export import export_script
+from shardfuzz.search.campaign import run_campaign
 from shardfuzz.targets import ObjectTarget, resolve_target
 from shardfuzz.verdict import Mismatch, Verdict
 

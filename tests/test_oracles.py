@@ -4,7 +4,7 @@ import attrs
 import pytest
 import torch
 
-from shardfuzz.oracles import compare_state, expected_after_load, first_bit_difference, replica_consistency
+from shardfuzz.rank.oracles import compare_state, expected_after_load, first_bit_difference, replica_consistency
 from shardfuzz.verdict import Mismatch, RankError, Verdict, canonical_signature, normalise_message
 
 
@@ -233,8 +233,8 @@ def test_signatures_stored_by_an_older_shardfuzz_load_in_the_canonical_form():
 
 # --- the other oracles: each fails on a concrete wrong input, passes on the right one ----
 
-from shardfuzz import oracles  # noqa: E402
-from shardfuzz.oracles import LayoutRecord  # noqa: E402
+from shardfuzz.rank import oracles  # noqa: E402
+from shardfuzz.rank.oracles import LayoutRecord  # noqa: E402
 
 
 def test_non_vacuity_lists_only_tensors_that_already_matched():

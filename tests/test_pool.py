@@ -67,7 +67,7 @@ def test_a_hung_rank_hits_the_deadline_and_the_pool_restarts(fault_flag):
 
 
 def test_a_documented_unsupported_combination_is_classified_not_a_finding(fault_flag):
-    from shardfuzz.campaign import run_campaign
+    from shardfuzz.search.campaign import run_campaign
 
     with _pool("RejectAsUnsupported") as pool:
         verdict = pool.run(CASE)

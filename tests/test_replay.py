@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from shardfuzz.case import FSDP1, FSDP2, SGD, Case, Linear, Model, Sequential, Side
-from shardfuzz.corpus import Known, entry_for, load_corpus, save_entry
 from shardfuzz.executor import RankPool
-from shardfuzz.replay import Replay, expectation, judge, replay_entries
+from shardfuzz.findings.corpus import Known, entry_for, load_corpus, save_entry
+from shardfuzz.findings.replay import Replay, expectation, judge, replay_entries
 from shardfuzz.verdict import Mismatch, RankError, Verdict
 
 CORPUS = Path(__file__).resolve().parent.parent / "corpus"

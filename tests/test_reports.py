@@ -5,11 +5,11 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from shardfuzz.campaign import run_campaign
-from shardfuzz.corpus import KnownBugs
-from shardfuzz.database import DatabaseError, open_database
-from shardfuzz.report import campaign_report, merge_reports, read_report, write_atomic
-from shardfuzz.report_formats import html_page, junit_xml, markdown
+from shardfuzz.findings.corpus import KnownBugs
+from shardfuzz.findings.render import html_page, junit_xml, markdown
+from shardfuzz.findings.run_report import campaign_report, merge_reports, read_report, write_atomic
+from shardfuzz.search.campaign import run_campaign
+from shardfuzz.search.database import DatabaseError, open_database
 from shardfuzz.strategies import offered_values
 from shardfuzz.verdict import Mismatch, RankError, Verdict
 

@@ -7,7 +7,7 @@ the property, and once more each as a test of its own, named after the scenario.
 import pytest
 from hypothesis import example, given, settings
 
-from shardfuzz.campaign import label
+from shardfuzz.search.campaign import label
 from shardfuzz.strategies import cases
 from shardfuzz.strategies.seeds import SEED_SCENARIOS
 

@@ -8,7 +8,7 @@ import attrs
 import pytest
 
 from shardfuzz.cli import build_parser
-from shardfuzz.run_config import RunConfig
+from shardfuzz.search.run_config import RunConfig
 
 
 def _config(*options: str) -> RunConfig:

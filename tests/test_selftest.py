@@ -10,8 +10,8 @@ a direct fault test of each of those oracles (see the comments below). ``complet
 
 import pytest
 
-from shardfuzz.mutants import CATALOGUE
-from shardfuzz.selftest import run_selftest
+from shardfuzz.search.selftest import run_selftest
+from shardfuzz.targets.mutants import CATALOGUE
 
 pytestmark = pytest.mark.ranks
 

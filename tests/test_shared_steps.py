@@ -20,10 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from shardfuzz import bits, handoff, layers, rank_steps, repro_script
 from shardfuzz.case import FSDP1, FSDP2, SGD, Adam, BatchNorm, Block, Case, Conv, Linear, Model, Sequential, Side, Tied
-from shardfuzz.corpus import entry_for
-from shardfuzz.export import export_script
+from shardfuzz.findings.corpus import entry_for
+from shardfuzz.findings.export import export_script
+from shardfuzz.rank.portable import bits, handoff, layers
+from shardfuzz.rank.portable import script as repro_script
+from shardfuzz.rank.portable import steps as rank_steps
 from shardfuzz.targets import DEFAULT_TARGET
 from shardfuzz.verdict import Mismatch, Verdict
 
@@ -139,10 +141,10 @@ def test_a_fault_in_a_shared_step_shows_in_the_pool_and_in_the_exported_script(t
 _POOL_SIDE = """
 import sys, torch.distributed as dist
 import faults
-from shardfuzz import rank_steps
+from shardfuzz.rank.portable import steps as rank_steps
 rank_steps.set_side_state = faults.set_side_state
 from shardfuzz.case import loads
-from shardfuzz.roundtrip import RankContext, run_case
+from shardfuzz.rank.roundtrip import RankContext, run_case
 from shardfuzz.targets import DcpTarget
 dist.init_process_group("gloo", init_method=f"file://{sys.argv[2]}/store", rank=0, world_size=1)
 ctx = RankContext(0, 1)

@@ -20,9 +20,9 @@ from shardfuzz.case import (
     Sequential,
     Side,
 )
-from shardfuzz.corpus import entry_for, load_entry, save_entry
 from shardfuzz.executor import RankPool
-from shardfuzz.shrink import case_size, shrink_case, simpler_cases
+from shardfuzz.findings.corpus import entry_for, load_entry, save_entry
+from shardfuzz.search.shrink import case_size, shrink_case, simpler_cases
 
 BIG = Case(
     model=Model(
@@ -96,7 +96,7 @@ def test_the_shrink_command_rewrites_the_entry_with_a_smaller_case_of_the_same_s
         steps=2,
         seed=77,
     )
-    target = "shardfuzz.mutants:BuffersNotLoaded"
+    target = "shardfuzz.targets.mutants:BuffersNotLoaded"
     with RankPool(2, target=target) as pool:
         recorded = pool.run(case)
     assert recorded.status == "mismatch", recorded.summary()
@@ -113,7 +113,7 @@ def test_the_shrink_command_rewrites_the_entry_with_a_smaller_case_of_the_same_s
     assert entry.case.model.has_batch_norm and len(entry.case.model.linears()) == 1
     assert entry.shrunk, proc.stdout  # a local minimum: nothing one step simpler fails the same way
     assert "finished" in proc.stdout
-    assert json.loads(path.read_text())["target"] == "shardfuzz.mutants:BuffersNotLoaded"
+    assert json.loads(path.read_text())["target"] == "shardfuzz.targets.mutants:BuffersNotLoaded"
 
 
 def test_the_shrink_command_names_a_bad_entry(tmp_path):

@@ -1,7 +1,7 @@
 """Steering's masks: learned from the hits and the other cases, narrowed by probes that miss."""
 
 from shardfuzz.case import DDP, FSDP2, SGD, Adam, Case, Linear, Model, Sequential, Side
-from shardfuzz.steering import MIN_PRECISION_COSTLY, PROBE_EVERY, Steering, _probe, separating_conditions
+from shardfuzz.search.steering import MIN_PRECISION_COSTLY, PROBE_EVERY, Steering, _probe, separating_conditions
 
 
 def test_the_fewest_shared_conditions_that_set_the_hits_apart():

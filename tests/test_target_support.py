@@ -6,12 +6,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shardfuzz.campaign_result import through_target
 from shardfuzz.case import FSDP1, FSDP2, SGD, Adam, Case, Linear, Model, Sequential, Side
 from shardfuzz.executor.admission import admit
+from shardfuzz.findings.campaign_result import through_target
 from shardfuzz.strategies import cases, offered_values
-from shardfuzz.target_support import TargetSupport, support_of
 from shardfuzz.targets import SHIPPED_TARGETS, named_targets, resolve_target, spec_of, support_for
+from shardfuzz.targets.protocol import support_of
+from shardfuzz.targets.support import TargetSupport
 from shardfuzz.verdict import RankError, Verdict
 
 OBJECT_TARGET = "object_targets:Fsdp2ShardedOnly"
@@ -97,7 +98,7 @@ def test_the_pool_refuses_an_unsupported_case_with_the_reason(change, refused_by
 
 def test_the_default_target_alone_takes_storage_variants():
     assert support_for("dcp").storages and support_for("shardfuzz.targets:DcpTarget").storages
-    assert not support_for("shardfuzz.mutants:StepReset").storages  # a subclass does its own I/O
+    assert not support_for("shardfuzz.targets.mutants:StepReset").storages  # a subclass does its own I/O
     assert not support_for("user_target:ForgetsTheStep").storages  # no declaration: everything else
 
 

@@ -86,7 +86,7 @@ def test_the_state_round_trips_and_a_loader_that_skips_it_is_caught():
     with RankPool(2) as pool:
         verdict = pool.run(_case())
     assert verdict.status == "pass", verdict
-    with RankPool(2, target="shardfuzz.mutants:TrainingStateNotLoaded") as pool:
+    with RankPool(2, target="shardfuzz.targets.mutants:TrainingStateNotLoaded") as pool:
         verdict = pool.run(_case())
     assert verdict.status == "mismatch", verdict
     keys = {m.key for m in verdict.mismatches}

@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, Phase, given, settings
 
 from shardfuzz import strategies as sf
 from shardfuzz.case import DDP, FSDP2, SGD, TP, Adam, Case, Side, UserModel, dumps, loads, to_dict
-from shardfuzz.describe import describe
-from shardfuzz.shrink import simpler_cases
-from shardfuzz.user_model import UserModelError, probe
+from shardfuzz.findings.describe import describe
+from shardfuzz.rank.model_factory import UserModelError, probe
+from shardfuzz.search.shrink import simpler_cases
 
 ROOT = Path(__file__).resolve().parent.parent
 LM = UserModel("tests.user_models:small_transformer")
@@ -115,20 +115,20 @@ def test_the_users_transformer_round_trips_across_engines_and_a_fault_in_it_is_c
     with RankPool(2) as pool:
         assert pool.run(case).ok
         assert pool.run(attrs.evolve(case, model=MLP, save=Side(FSDP2(), (2,)))).ok
-    with RankPool(2, target="shardfuzz.mutants:PerturbOneLoadedElement") as pool:
+    with RankPool(2, target="shardfuzz.targets.mutants:PerturbOneLoadedElement") as pool:
         verdict = pool.run(case)
     assert verdict.status == "mismatch", verdict.summary()
 
 
 @pytest.mark.ranks
 def test_an_entry_on_a_users_model_exports_a_script_that_imports_its_factory(tmp_path):
-    from shardfuzz.corpus import entry_for, save_entry
-    from shardfuzz.export import export_script
+    from shardfuzz.findings.corpus import entry_for, save_entry
+    from shardfuzz.findings.export import export_script
     from shardfuzz.verdict import Mismatch, Verdict
 
     failing = Verdict("mismatch", (Mismatch("complete-state", "model.head.weight", 0, "values differ"),))
     entry_path = save_entry(tmp_path, entry_for(_case(), failing, world_size=2))
-    from shardfuzz.corpus import load_entry
+    from shardfuzz.findings.corpus import load_entry
 
     script = tmp_path / "repro.py"
     script.write_text(export_script(load_entry(entry_path), filename=entry_path.name))

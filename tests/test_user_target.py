@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shardfuzz.corpus import load_corpus
+from shardfuzz.findings.corpus import load_corpus
 
 # Slow tier: `shardfuzz run --target module:attribute` end to end stays in the default tier through
 # test_cli's short run (a user's fault target); this one proves the README's own example.

@@ -2,8 +2,9 @@
 
 ``UserModel`` is plain data (the factory's import path); what the rest of shardfuzz asks of a
 model (its parameter shapes, its submodules, its Linears, whether it keeps BatchNorm statistics)
-comes from building the factory's module once on the meta device (``shardfuzz.user_model``,
-imported lazily so that this package still imports no torch). The strategies draw everything
+comes from building the factory's module once on the meta device (``shardfuzz.rank.model_factory.probe``).
+This package imports nothing torch-side: the package's root (``shardfuzz/__init__.py``) hands it that
+probe through ``use_shape_probe`` when shardfuzz is imported. The strategies draw everything
 but the model around it: engines, wrap sets from its submodules, meshes, state-dict types,
 options, optimizers, steps; the shrinker shrinks those and leaves the model as it is.
 """
@@ -11,10 +12,21 @@ options, optimizers, steps; the shrinker shrinks those and leaves the model as i
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import Any
 
 from attrs import field, frozen
 
-__all__ = ["FACTORY_PATTERN", "UserModel"]
+__all__ = ["FACTORY_PATTERN", "UserModel", "use_shape_probe"]
+
+#: factory -> its shape (``rank.model_factory.ModelShape``); installed by ``use_shape_probe``.
+_shape_probe: list[Callable[[str], Any]] = []
+
+
+def use_shape_probe(probe: Callable[[str], Any]) -> None:
+    """Answer what shardfuzz asks of a ``UserModel`` with ``probe(factory)``."""
+    _shape_probe[:] = [probe]
+
 
 #: ``package.module:function`` (dotted on both sides of the colon).
 FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
@@ -35,9 +47,9 @@ class UserModel:
     factory: str = field(validator=_factory_spec)
 
     def _shape(self):
-        from shardfuzz.user_model import probe
-
-        return probe(self.factory)
+        if not _shape_probe:
+            raise RuntimeError("no shape probe for user models: import shardfuzz (its root installs one)")
+        return _shape_probe[0](self.factory)
 
     # What the rest of shardfuzz asks of a model (``tree.Model`` answers the same).
     @property

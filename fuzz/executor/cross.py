@@ -2,7 +2,7 @@
 
 A case runs as two runs on one checkpoint folder: its save half on the save pool's
 ranks (``phase="save"``), whose rank 0 also writes the saved side's gathered state
-beside the checkpoint (``shardfuzz.handoff``), then its load half on the load pool's
+beside the checkpoint (``shardfuzz.rank.portable.handoff``), then its load half on the load pool's
 ranks, whose rank 0 reads that state and runs the oracles. Both pools stay warm across
 cases, as a single pool does; a failure of the save run is the case's verdict (the load
 run never starts on a checkpoint that was not written).
@@ -19,9 +19,9 @@ import attrs
 
 from shardfuzz.case import Case
 from shardfuzz.executor.deadlines import MeasuredDeadlines
+from shardfuzz.executor.interpreters import Interpreter
 from shardfuzz.executor.pool import _SCRATCH_PREFIX, RankPool, scratch_root, sweep_stale_scratch
-from shardfuzz.handoff import handoff_path
-from shardfuzz.interpreters import Interpreter
+from shardfuzz.rank.portable.handoff import handoff_path
 from shardfuzz.targets import DEFAULT_TARGET
 from shardfuzz.verdict import Verdict
 

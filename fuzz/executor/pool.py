@@ -39,9 +39,9 @@ import attrs
 from shardfuzz.case import DEVICES, Case, to_dict
 from shardfuzz.executor.admission import admit, cannot_run
 from shardfuzz.executor.deadlines import MeasuredDeadlines, deadline_for
-from shardfuzz.executor.reports import fold_reports, report_of
-from shardfuzz.interpreters import Interpreter, spawning_in
-from shardfuzz.stop import StopRequested
+from shardfuzz.executor.fold import fold_reports, report_of
+from shardfuzz.executor.interpreters import Interpreter, spawning_in
+from shardfuzz.executor.stop import StopRequested
 from shardfuzz.targets import DEFAULT_TARGET
 from shardfuzz.unsupported import classify
 from shardfuzz.verdict import STUCK_RANK_STACKS, Verdict

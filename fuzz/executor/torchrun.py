@@ -34,8 +34,8 @@ import attrs
 from shardfuzz.case import Case, to_dict
 from shardfuzz.executor.admission import admit, cannot_run
 from shardfuzz.executor.deadlines import deadline_for
-from shardfuzz.executor.reports import fold_reports, report_of
-from shardfuzz.stop import StopRequested
+from shardfuzz.executor.fold import fold_reports, report_of
+from shardfuzz.executor.stop import StopRequested
 from shardfuzz.unsupported import classify
 from shardfuzz.verdict import Verdict
 
@@ -77,7 +77,7 @@ class _World:
         warm_up(self.ctx, os.path.join(self.checkpoint_root, "warm-up"))
 
     def _context(self):
-        from shardfuzz.roundtrip import RankContext
+        from shardfuzz.rank.roundtrip import RankContext
 
         ctx = RankContext(self.rank, self.world_size)
         ctx.create_groups()

@@ -51,7 +51,7 @@ def main(
     import torch
     import torch.distributed as dist
 
-    from shardfuzz.roundtrip import RankContext
+    from shardfuzz.rank.roundtrip import RankContext
     from shardfuzz.targets import resolve_target
 
     torch.set_num_threads(1)
@@ -124,7 +124,7 @@ def run_share(case_data: dict, ctx, target, checkpoint_dir: str, phase: str = "b
     Any ``BaseException`` (DCP's ``CheckpointException`` is one) becomes the report's error.
     """
     from shardfuzz.case import from_dict
-    from shardfuzz.roundtrip import run_case
+    from shardfuzz.rank.roundtrip import run_case
     from shardfuzz.verdict import RankError, RankReport, converter
 
     error = None
@@ -148,7 +148,7 @@ def warm_up(ctx, checkpoint_dir: str) -> None:
     """
     from shardfuzz.capabilities import capabilities
     from shardfuzz.case import FSDP1, FSDP2, Adam, Case, Linear, Model, Sequential, Side
-    from shardfuzz.roundtrip import run_case
+    from shardfuzz.rank.roundtrip import run_case
     from shardfuzz.targets import DcpTarget
 
     sharded: dict[str, FSDP1 | FSDP2] = {"fsdp1": FSDP1(), "fsdp2": FSDP2()}

@@ -1,0 +1,1 @@
+"""What a search keeps and hands on: the corpus, reports and their renderings, replay, export, upstream text."""

@@ -1,0 +1,598 @@
+"""Shrunk failures as JSON files: save atomically, deduplicate by bug, load, match known bugs.
+
+One entry is one file, ``<hash>.json``, holding the Case, the verdict's signature
+and summary, where it was seen, and, once triaged, a ``known`` block naming the
+torch bug and the version range where it reproduces. Loading never unpickles or
+executes anything: it is JSON through the same cattrs converter that checks every
+field.
+
+A finding joins an existing entry only when it is the same bug (``Entry.same_bug``):
+the same canonical signature, the same target, and, for a known entry, a case that
+meets its ``when`` conditions on a torch inside its range; for an untriaged entry,
+the same torch. Anything else is a new entry in a file of its own, and a known
+entry's file is never rewritten by a save.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import itertools
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+import attrs
+from attrs import field, frozen
+from attrs.validators import in_, instance_of
+
+from shardfuzz.case import Case, describe_structure_error, dimensions, dumps, from_dict, make_converter
+from shardfuzz.case._validators import ints, strings
+from shardfuzz.targets.registry import DEFAULT_TARGET, installed_versions
+from shardfuzz.verdict import STUCK_RANK_STACKS, TRIAGE_CLASSES, Verdict, canonical_signature
+
+__all__ = [
+    "CUDA_OUTCOMES",
+    "Cause",
+    "CorpusError",
+    "DeviceCheck",
+    "Entry",
+    "Known",
+    "KnownBugs",
+    "UPPER_ENDS",
+    "entry_for",
+    "known_bugs",
+    "load_corpus",
+    "load_entry",
+    "rewrite_entry",
+    "save_entry",
+]
+
+ENTRY_SCHEMA_VERSION = 1
+#: ``Entry.alone``'s outcome of a torch under which the case alone fails as it did across two torches.
+SAME_FAILURE = "fails the same way"
+
+
+class CorpusError(ValueError):
+    """A corpus file that cannot be used; the message names the file and what is wrong."""
+
+
+@frozen
+class Known:
+    """A triaged bug: what it is, where it is reported, which torch versions have it, and for a bug met
+    through a framework's checkpoint API, which framework versions (``frameworks``: distribution ->
+    specifier; the entry is known only where each is installed in its range), whether the bug lies in
+    the framework or in torch underneath (``layer``), and the evidence for that (``evidence``: what
+    the same case does through plain DCP)."""
+
+    description: str = field(validator=instance_of(str))
+    torch: str = field(validator=instance_of(str))  # a PEP 440 specifier set, e.g. ">=2.11,<2.14"
+    link: str = field(default="", validator=instance_of(str))
+    seen: tuple[str, ...] = field(default=(), converter=strings)  # torch builds it was reproduced on
+    # Case dimensions (``case.dimensions``) a failure must also have to count as this bug.
+    # A silent-corruption signature ("values differ" on a key pattern) is broad: without
+    # this, a new corruption on the same key would pass as this known one.
+    when: dict[str, str] = field(factory=dict)
+    frameworks: dict[str, str] = field(factory=dict)
+    layer: str = field(default="torch", validator=in_(("torch", "framework")))
+    evidence: str = field(default="", validator=instance_of(str))
+    # A bug of a checkpoint saved under one torch and loaded under another: the save side's
+    # torch range (``torch`` is then the load side's). Empty: one torch did both.
+    save_torch: str = field(default="", validator=instance_of(str))
+    # What each bounded range's upper end means (``UPPER_ENDS``), by range: "torch", "save_torch" or a
+    # framework's distribution. Every range with an upper bound says which; see ``beyond_checked``.
+    upper: dict[str, str] = field(factory=dict)
+
+    def __attrs_post_init__(self):
+        ranges = self.ranges()
+        for name, meaning in self.upper.items():
+            if meaning not in UPPER_ENDS:
+                raise ValueError(f"known.upper[{name!r}] is {meaning!r}: one of {', '.join(UPPER_ENDS)}")
+            if name not in ranges or not _upper_bounds(ranges[name]):
+                raise ValueError(f"known.upper[{name!r}]: there is no {name} range with an upper bound to qualify")
+        for name, specifier in ranges.items():
+            if _upper_bounds(specifier) and name not in self.upper:
+                raise ValueError(
+                    f"known {name} range {specifier!r} has an upper bound: say in known.upper[{name!r}] whether it is "
+                    f"where the bug was fixed ('fixed-in') or the newest release checked ('last-checked')"
+                )
+
+    def ranges(self) -> dict[str, str]:
+        """Every version range of the entry, by name: "torch", "save_torch" (if any), each framework."""
+        return {"torch": self.torch, **({"save_torch": self.save_torch} if self.save_torch else {}), **self.frameworks}
+
+    def matches(self, case: Case) -> bool:
+        dims = dimensions(case)
+        return all(dims.get(name) == value for name, value in self.when.items())
+
+    @torch.validator
+    def _specifier(self, attribute, value):
+        _check_specifier("known.torch", value)
+
+    @save_torch.validator
+    def _save_specifier(self, attribute, value):
+        if value:
+            _check_specifier("known.save_torch", value)
+
+    @frameworks.validator
+    def _framework_specifiers(self, attribute, value):
+        for name, specifier in value.items():
+            _check_specifier(f"known.frameworks[{name!r}]", specifier)
+
+    def applies_to(
+        self, torch_version: str, framework_versions: dict[str, str] | None = None, *, save_torch: str | None = None
+    ) -> bool:
+        """Whether the bug is known on this torch and on the installed frameworks (``framework_versions``,
+        default: looked up), each of which must be installed in its range. ``save_torch``: the torch
+        that saved, in a run across two (``torch_version`` is then the loading one's).
+
+        A bug of one torch is known in a run across two where either torch is in its range (the
+        case's same-torch runs tell which, see ``docs/cross-version.md``); a bug across two torches,
+        only in a run across two, each in its own range.
+
+        A version above a ``last-checked`` upper end counts as in range (``beyond_checked`` names it): the bug
+        is presumed there until a run shows otherwise."""
+        covers = self._covers
+        if self.save_torch:
+            if save_torch is None or not covers("save_torch", save_torch):
+                return False
+            if not covers("torch", torch_version):
+                return False
+        elif not any(covers("torch", v) for v in {torch_version, save_torch or torch_version}):
+            return False
+        installed = framework_versions if framework_versions is not None else installed_versions(self.frameworks)
+        return all(name in installed and covers(name, installed[name]) for name in self.frameworks)
+
+    def _covers(self, name: str, version: str) -> bool:
+        specifier = self.ranges()[name]
+        return _in_range(specifier, version) or (
+            self.upper.get(name) == "last-checked" and _above_upper_end(specifier, version)
+        )
+
+    def _versions_in_use(
+        self, torch_version: str, framework_versions: dict[str, str] | None, save_torch: str | None
+    ) -> dict[str, str]:
+        installed = framework_versions if framework_versions is not None else installed_versions(self.frameworks)
+        if self.save_torch:
+            in_use = {"torch": torch_version, **({"save_torch": save_torch} if save_torch else {})}
+        else:
+            in_use = {"torch": torch_version}
+        return {**in_use, **{name: installed[name] for name in self.frameworks if name in installed}}
+
+    def beyond_checked(
+        self, torch_version: str, framework_versions: dict[str, str] | None = None, *, save_torch: str | None = None
+    ) -> list[str]:
+        """The versions in use above a ``last-checked`` upper end, each as "accelerate 1.16.0 (last checked:
+        <=1.15.0)": the bug is presumed there, unconfirmed. A failure there extends the range; a pass may be
+        a fix (check it, then say ``fixed-in``)."""
+        return [
+            f"{name} {version} (last checked: {self.ranges()[name]})"
+            for name, version in self._versions_in_use(torch_version, framework_versions, save_torch).items()
+            if self.upper.get(name) == "last-checked" and _above_upper_end(self.ranges()[name], version)
+        ]
+
+    def past_fix(
+        self, torch_version: str, framework_versions: dict[str, str] | None = None, *, save_torch: str | None = None
+    ) -> list[str]:
+        """The versions in use at or above a ``fixed-in`` upper end, each as "torch 2.14.1 (fixed in: <2.14)":
+        there the case is expected to pass, and failing the same way again is a regression."""
+        return [
+            f"{name} {version} (fixed in: {self.ranges()[name]})"
+            for name, version in self._versions_in_use(torch_version, framework_versions, save_torch).items()
+            if self.upper.get(name) == "fixed-in" and _above_upper_end(self.ranges()[name], version)
+        ]
+
+    def out_of_range(self, framework_versions: dict[str, str] | None = None) -> str:
+        """The installed framework versions outside the entry's ranges (say, a fixed release), or ''."""
+        installed = framework_versions if framework_versions is not None else installed_versions(self.frameworks)
+        return ", ".join(
+            f"{name} {installed[name]} (known for {spec})"
+            for name, spec in self.frameworks.items()
+            if name in installed and not _in_range(spec, installed[name])
+        )
+
+
+#: What a known range's upper end means. ``fixed-in``: the first release without the bug (a pass above it is
+#: expected; the same failure there again is a regression). ``last-checked``: the newest release the bug was
+#: checked on (above it the bug is presumed still there: a failure says to extend the range, a pass to check
+#: whether that release fixed it). A release of torch or of a framework never turns a replay red by itself.
+UPPER_ENDS = ("fixed-in", "last-checked")
+_UPPER_OPERATORS = ("<", "<=")
+
+
+def _upper_bounds(specifier: str):
+    from packaging.specifiers import SpecifierSet
+
+    return [clause for clause in SpecifierSet(specifier) if clause.operator in _UPPER_OPERATORS]
+
+
+def _above_upper_end(specifier: str, version: str) -> bool:
+    """Whether ``version`` meets every lower bound of ``specifier`` and lies above (at, for ``<``) its upper end."""
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    release = Version(version.split("+")[0])
+    clauses = list(SpecifierSet(specifier))
+    upper = [c for c in clauses if c.operator in _UPPER_OPERATORS]
+    lower = [c for c in clauses if c.operator not in _UPPER_OPERATORS]
+    return (
+        bool(upper)
+        and all(c.contains(release, prereleases=True) for c in lower)
+        and not all(c.contains(release, prereleases=True) for c in upper)
+    )
+
+
+def _check_specifier(what: str, value: str) -> None:
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+    try:
+        SpecifierSet(value)
+    except InvalidSpecifier as exc:
+        raise ValueError(f"{what} {value!r} is not a version specifier: {exc}") from None
+
+
+def _in_range(specifier: str, version: str) -> bool:
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    return SpecifierSet(specifier).contains(Version(version.split("+")[0]), prereleases=True)
+
+
+@frozen
+class Cause:
+    """What fired: an oracle (``kind="oracle"``, its name, the key) or an exception (its type, the phase)."""
+
+    kind: str = field(validator=in_(("oracle", "exception", "crash", "hang")))
+    name: str
+    message: str = ""
+    ranks: tuple[int, ...] = field(default=(), converter=ints)
+    key: str = ""
+    phase: str = ""
+
+
+#: ``DeviceCheck.outcome``: the entry replayed with its sides moved to a GPU failed as recorded; passed;
+#: failed some other way; gave different answers on two runs; could not be run there (``detail`` says why).
+CUDA_OUTCOMES = ("reproduces", "passes", "fails otherwise", "flaky", "not run")
+
+
+@frozen
+class DeviceCheck:
+    """What an entry found on CPU ranks does with its sides moved to a GPU (``replay --on-cuda --record``).
+
+    ``moved``: the sides on CUDA (a CPU side moves where the machine has a GPU for each of its ranks:
+    NCCL runs one rank per GPU). ``on_cpu``: the same replay with every side on CPU, on the same
+    machine and torch build, so that a bug that passes on CUDA is told apart from one fixed in that
+    torch (``passes`` with ``on_cpu`` ``reproduces``: CPU only). ``detail``: the other failure's
+    signature, or why it was not run."""
+
+    outcome: str = field(validator=in_(CUDA_OUTCOMES))
+    torch: str = field(validator=instance_of(str))  # the CUDA build it ran under, e.g. "2.11.0+cu130"
+    gpu: str = field(default="", validator=instance_of(str))  # "NVIDIA H200 x1"
+    moved: tuple[str, ...] = field(default=(), converter=strings)
+    on_cpu: str = field(default="", validator=in_(("", *CUDA_OUTCOMES)))
+    detail: str = field(default="", validator=instance_of(str))
+    date: str = field(default="", validator=instance_of(str))
+
+    @property
+    def verdict(self) -> str:
+        """One phrase for the known-bugs table: CUDA too, CPU only, or why it is not known."""
+        where = f"{self.torch}, {self.gpu}" if self.gpu else self.torch
+        if self.outcome == "reproduces":
+            return f"CUDA too ({', '.join(self.moved)} on CUDA; {where})"
+        if self.outcome == "passes" and self.on_cpu == "reproduces":
+            return f"CPU only (passes with {', '.join(self.moved)} on CUDA, fails on CPU; {where})"
+        if self.outcome == "not run":
+            return f"not checked on CUDA: {self.detail}"
+        cpu = f"; on CPU there: {self.on_cpu}" if self.on_cpu else ""
+        return f"{self.outcome} on CUDA{cpu} ({where})"
+
+
+@frozen
+class Entry:
+    """One shrunk failure. ``status`` is the verdict's; ``triage`` is its class as people read it."""
+
+    title: str
+    # Brought to the current canonical form on load (``verdict.canonical_signature``).
+    signature: str = field(converter=canonical_signature)
+    status: str = field(validator=in_(tuple(s for s in TRIAGE_CLASSES if s != "unsupported")))
+    case: Case = field(validator=instance_of(Case))
+    cause: Cause | None = None
+    summary: str = ""
+    diagnostics: str = ""  # crash/hang: the ranks' last output and Python stacks
+    flaky: bool = False
+    other_outcome: str = ""  # flaky: what the confirming re-run gave instead
+    # False: the campaign's shrink was cut short (budget, stop); ``shardfuzz shrink`` goes on from this case.
+    shrunk: bool = True
+    target: str = DEFAULT_TARGET
+    # Ranks in the world it ran in (the pool's size; 0: the case's own). Ranks on
+    # neither side still belong to the world, and some bugs need them (a collective
+    # on the default group that they never join).
+    world_size: int = 0
+    versions: dict[str, str] = field(factory=dict)
+    found: str = ""
+    hits: int = 1
+    known: Known | None = None
+    schema_version: int = ENTRY_SCHEMA_VERSION
+    # Found across two torches: the same case run whole under each torch alone, by torch version:
+    # "pass", SAME_FAILURE, or "fails otherwise: <what>". Failing the same way under neither makes it a
+    # bug of the crossing itself; the same way under one, that torch's own.
+    alone: dict[str, str] = field(factory=dict)
+    # The entry replayed on a GPU (None: never checked there).
+    cuda: DeviceCheck | None = None
+    # Its target's sides span every rank of the pool (``TargetSupport.whole_pool``: a framework's, on the
+    # default group), recorded when it was saved so that reading an entry never imports its target.
+    whole_pool: bool = False
+
+    @property
+    def across_only(self) -> bool:
+        """Whether it is a bug of the crossing: no torch alone fails the same way on the same case."""
+        return bool(self.alone) and SAME_FAILURE not in self.alone.values()
+
+    @property
+    def triage(self) -> str:
+        return TRIAGE_CLASSES[self.status]
+
+    @property
+    def costs_a_restart(self) -> bool:
+        """Whether each hit of this bug leaves ranks to restart (seconds each): a hang, a crash, or an
+        error that some ranks never reported (their stacks are in the record)."""
+        return self.status in ("hang", "crash") or (self.status == "error" and STUCK_RANK_STACKS in self.diagnostics)
+
+    def known_on(self, torch_version: str, *, save_torch: str | None = None) -> bool:
+        """Whether this entry is a known bug on ``torch_version`` (loading, after ``save_torch`` saved)."""
+        return self.known is not None and self.known.applies_to(torch_version, save_torch=save_torch)
+
+    @property
+    def torches(self) -> tuple[str, str] | None:
+        """(save torch, load torch) of a case found across two torches; None for one torch."""
+        if "save_torch" in self.versions:
+            return self.versions["save_torch"], self.versions["load_torch"]
+        return None
+
+    @property
+    def replay_world_size(self) -> int:
+        """Ranks to replay it on: the world it was found in, at least the case's own (exactly the
+        case's own where it must fill its process group, as a broadcasting load must)."""
+        from shardfuzz.unsupported import exact_world_size
+
+        return exact_world_size(self.case) or max(self.case.world_size, self.world_size)
+
+    @property
+    def fills_its_world(self) -> bool:
+        """Whether it must run in a process group of exactly ``replay_world_size`` ranks: a broadcasting
+        load, or a target whose sides span the whole pool (a framework's, on the default group)."""
+        from shardfuzz.unsupported import exact_world_size
+
+        return bool(exact_world_size(self.case)) or self.whole_pool
+
+    def same_bug(self, other: Entry) -> bool:
+        """Whether ``other`` (a new finding) is this entry's bug, so that saving it may merge into this file."""
+        if (other.signature, other.target, other.torches is None) != (
+            self.signature,
+            self.target,
+            self.torches is None,
+        ):
+            return False
+        save_torch, torch_version = other.torches or (None, other.versions.get("torch", ""))
+        if self.known is not None:
+            return (
+                self.known.matches(other.case)
+                and bool(torch_version)
+                and self.known.applies_to(torch_version, save_torch=save_torch)
+            )
+        return (self.torches, self.versions.get("torch")) == (other.torches, other.versions.get("torch"))
+
+    def filename_candidates(self):
+        """File names for a new entry: its identity's hash, then numbered variants for the rare
+        other bug that already holds that name (same signature, other target or conditions)."""
+        identity = self.signature if self.target == DEFAULT_TARGET else f"{self.signature}\0target={self.target}"
+        yield _hash_name(identity)
+        for n in itertools.count(2):
+            yield _hash_name(f"{identity}\0#{n}")
+
+    @property
+    def filename(self) -> str:
+        return next(self.filename_candidates())
+
+
+def _hash_name(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:16] + ".json"
+
+
+_converter = make_converter()  # the Case data model's converter; an entry's own fields are plain
+_converter.register_structure_hook(Case, lambda data, _: from_dict(data))  # from_dict checks the schema version
+
+
+def versions(torches: tuple[str, str] | None = None) -> dict[str, str]:
+    """This process's versions; ``torches``: (save, load) of a run across two torches."""
+    import hypothesis
+    import torch
+
+    found = {"torch": str(torch.__version__), "python": platform.python_version(), "hypothesis": hypothesis.__version__}
+    if torches is not None:
+        found.update(save_torch=torches[0], load_torch=torches[1])
+    return found
+
+
+def entry_for(
+    case: Case,
+    verdict: Verdict,
+    *,
+    target: str = DEFAULT_TARGET,
+    other: Verdict | None = None,
+    world_size: int = 0,
+    shrunk: bool = True,
+    torches: tuple[str, str] | None = None,
+    alone: dict[str, Verdict] | None = None,
+    frameworks: dict[str, str] | None = None,
+    whole_pool: bool = False,
+) -> Entry:
+    """The corpus entry for a failure; ``other`` is a confirming re-run that disagreed (flaky);
+    ``torches``: (save, load) torch versions of a run across two; ``alone``: the case's verdict
+    under each of them alone (``CrossVersionPool.alone``); ``frameworks``: the installed versions of the
+    framework the target drives (``targets.framework_of``); ``whole_pool``: its target's sides span the pool."""
+    summary = verdict.summary()
+    flaky = ", flaky" if other is not None else ""
+    outcomes = {version: _alone_outcome(v, verdict) for version, v in (alone or {}).items()}
+    crossing = ""
+    if torches is not None:
+        own = [version for version, outcome in outcomes.items() if outcome == SAME_FAILURE]
+        crossing = "torch {} -> {}{}, ".format(*torches, f" (fails alone under {' and '.join(own)})" if own else "")
+    title = f"[{verdict.triage}{flaky}] {crossing}{summary.split(': ', 1)[-1]}"[:160]
+    return Entry(
+        title=title,
+        signature=verdict.signature(),
+        status=verdict.status,
+        case=case,
+        cause=Cause(**verdict.cause()),
+        summary=summary[:2000],
+        diagnostics=(verdict.diagnostics or _root_traceback(verdict))[-20_000:],
+        flaky=other is not None,
+        other_outcome=other.summary()[:2000] if other is not None else "",
+        shrunk=shrunk,
+        target=target,
+        world_size=world_size,
+        versions={**versions(torches), **(frameworks or {})},
+        found=datetime.date.today().isoformat(),
+        alone=outcomes,
+        whole_pool=whole_pool,
+    )
+
+
+def _alone_outcome(alone: Verdict, across: Verdict) -> str:
+    """What the case did under one torch alone, next to what it did across two (``Entry.alone``)."""
+    if alone.ok:
+        return "pass"
+    if alone.signature() == across.signature():
+        return SAME_FAILURE
+    return f"fails otherwise: {alone.summary()[:500]}"
+
+
+def _root_traceback(verdict: Verdict) -> str:
+    """A loud error's traceback on its root rank (the lowest that raised): where torch raised it."""
+    if not verdict.errors:
+        return ""
+    root = min(verdict.errors, key=lambda e: e.rank)
+    return f"rank {root.rank} in {root.phase}:\n{root.traceback}" if root.traceback else ""
+
+
+def save_entry(directory: str | os.PathLike, entry: Entry) -> Path:
+    """Write ``entry``, or merge it into the entry of the same bug (``Entry.same_bug``).
+
+    Merging keeps the smaller case (both reproduce the same signature: that is what
+    makes them the same bug) and adds the hits. A known entry is never rewritten:
+    a finding that matches it is already counted as a known hit, and one that does
+    not is another bug and gets a file of its own. The write is atomic (a temp file
+    in the same directory, then ``os.replace``), so a run killed mid-write leaves the
+    old file or the new one, never half of one. Returns the file the finding is in.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    existing, _ = load_corpus(directory)
+    for path, old in sorted(existing, key=lambda item: item[1].known is None):  # a known bug first
+        if old.same_bug(entry):
+            if old.known is not None:
+                return path
+            smaller = entry if len(dumps(entry.case)) < len(dumps(old.case)) else old
+            return _write(path, attrs.evolve(old, case=smaller.case, shrunk=smaller.shrunk, hits=old.hits + entry.hits))
+    taken = {path.name for path, _ in existing} | _unreadable_names(directory, existing)
+    name = next(candidate for candidate in entry.filename_candidates() if candidate not in taken)
+    return _write(directory / name, entry)
+
+
+def _unreadable_names(directory: Path, readable) -> set[str]:
+    """Entry files that did not load: never overwritten, so a hand-edit gone wrong is not lost."""
+    good = {path.name for path, _ in readable}
+    return {path.name for path in directory.glob("*.json") if path.name not in good}
+
+
+def rewrite_entry(path: str | os.PathLike, entry: Entry) -> Path:
+    """Replace the entry at ``path`` in place (atomically), keeping its file name: its identity."""
+    return _write(Path(path), entry)
+
+
+def _write(path: Path, entry: Entry) -> Path:
+    data = _converter.unstructure(entry)
+    if data["cuda"] is None:
+        del data["cuda"]  # never checked on a GPU: entries written before the field keep their text
+    if not data["whole_pool"]:
+        del data["whole_pool"]  # likewise: only a framework target's entries say it
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_entry(path: str | os.PathLike) -> Entry:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CorpusError(f"{path}: cannot read: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise CorpusError(f"{path}: not valid JSON (truncated or hand-edited?): {exc}") from None
+    if not isinstance(data, dict):
+        raise CorpusError(f"{path}: a corpus entry is a JSON object, got {type(data).__name__}")
+    version = data.get("schema_version")
+    if version != ENTRY_SCHEMA_VERSION:
+        raise CorpusError(f"{path}: entry schema_version {version!r}, this shardfuzz reads {ENTRY_SCHEMA_VERSION}")
+    try:
+        return _converter.structure(data, Entry)
+    except Exception as exc:
+        raise CorpusError(f"{path}: {describe_structure_error(exc, 'entry')}") from None
+
+
+def load_corpus(directory: str | os.PathLike) -> tuple[list[tuple[Path, Entry]], list[str]]:
+    """Every readable entry under ``directory``, and one message per unreadable file."""
+    entries: list[tuple[Path, Entry]] = []
+    problems: list[str] = []
+    directory = Path(directory)
+    if not directory.is_dir():
+        return entries, problems
+    for path in sorted(directory.glob("*.json")):
+        if path.name.startswith("."):
+            continue  # a temp file of an interrupted write, never an entry
+        try:
+            entries.append((path, load_entry(path)))
+        except CorpusError as exc:
+            problems.append(str(exc))
+    return entries, problems
+
+
+class KnownBugs(dict):
+    """Canonical signature -> the entries that are known bugs on this torch with that signature.
+
+    ``lookup(signature, case)`` is the question to ask of a failure: an entry with the
+    same canonical signature whose ``known.when`` dimensions the case has. Several
+    entries may share a signature, told apart by their ``when`` conditions.
+    """
+
+    def lookup(self, signature: str, case: Case | None = None) -> Entry | None:
+        for entry in self.get(canonical_signature(signature), ()):
+            if case is None or entry.known.matches(case):
+                return entry
+        return None
+
+    def title(self, signature: str) -> str:
+        entries = self.get(canonical_signature(signature), ())
+        return entries[0].title if entries else signature
+
+
+def known_bugs(entries, torch_version: str, *, save_torch: str | None = None) -> KnownBugs:
+    """The entries of ``load_corpus`` that are known bugs on ``torch_version`` (loading after ``save_torch``
+    saved, in a run across two torches), by canonical signature."""
+    known = KnownBugs()
+    for _, entry in entries:
+        if entry.known_on(torch_version, save_torch=save_torch):
+            known.setdefault(entry.signature, []).append(entry)
+    return known

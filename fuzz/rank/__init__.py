@@ -1,0 +1,1 @@
+"""Code that runs in the rank processes: one case built, trained, saved, rebuilt, loaded and judged."""

@@ -1,0 +1,510 @@
+"""The part of an exported reproducer that is not a torch step: the order of the steps, the judge, the launcher.
+
+``export`` builds a script from four sources, none of them a second copy of the
+round-trip: the case's values (written as constants, and the model as
+``nn.Sequential(...)`` literals, in place of the ``# --- the case`` block below);
+the definitions of ``layers``, ``rank_steps`` and ``bits``, copied as they are;
+the checkpoint I/O (``storage.py``'s classes, or an import of the user's target);
+and the functions of ``RUN`` below, copied as they are. This is a real module so
+that those functions are linted and their names checked; the constants here are
+a placeholder case (one rank, one step) that ``tests/test_export.py`` compares
+with what ``export`` writes, so the two cannot drift apart.
+
+The run follows ``roundtrip.run_case`` phase for phase; it judges with a plain
+bitwise comparison (``bits``) and raises at the first difference, where the
+pool's oracles collect every mismatch with its kind.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from shardfuzz.rank.portable.bits import as_lists, first_bit_difference, first_difference_beyond
+from shardfuzz.rank.portable.handoff import one_torch_hyperparameters, read_handoff, write_handoff
+from shardfuzz.rank.portable.layers import layer_class
+from shardfuzz.rank.portable.steps import (
+    api_parity_pairs,
+    built,
+    data_rank,
+    device_mesh,
+    gather_full,
+    get_side_state,
+    make_app_state,
+    make_optimizer,
+    offloaded_full_state,
+    set_side_state,
+    shard_module,
+    state_dict_options,
+    train_steps,
+    wrap_and_shard,
+)
+
+__all__ = ["CASE_CONSTANTS", "CASE_FUNCTIONS", "RUN"]
+
+# --- the case: export writes these (a placeholder case here) ---------------------------------
+WORLD_SIZE = 1
+SAVE_RANKS = 1
+LOAD_RANKS = 1
+SAVE_MESH = (1,)
+LOAD_MESH = (1,)
+SEED = 0
+STEPS = 1
+CONTINUE_STEPS = 2
+BATCH_SIZE = 2
+SAME_BATCH = False
+INPUT_WIDTH = 1
+NUM_EMBEDDINGS = 0
+DTYPE = "float32"
+COMPUTE_DTYPE = "float32"
+SAVE_ENGINE: dict = {"kind": "Unsharded"}
+LOAD_ENGINE: dict = {"kind": "Unsharded"}
+SAVE_WRAP: list[str] = []
+LOAD_WRAP: list[str] = []
+SAVE_WRAP_INNERMOST_FIRST: list[str] = []
+LOAD_WRAP_INNERMOST_FIRST: list[str] = []
+MODULE_TYPE_CLASSES: dict[str, str] = {}
+SAVE_WRAPPERS: dict = {
+    "activation_checkpointing": "none",
+    "checkpointed": [],
+    "compiled": False,
+    "meta_init": False,
+    "mixed_precision": "none",
+    "offload_params": False,
+}
+LOAD_WRAPPERS: dict = dict(SAVE_WRAPPERS)
+SAVE_OPTIMIZER: tuple = ("SGD", [{"lr": 0.01}])
+LOAD_OPTIMIZER: tuple = ("SGD", [{"lr": 0.02}])
+FLATTEN_OPTIMIZER_STATE_DICT = True
+SAVE_STATE_DICT = "sharded"
+LOAD_STATE_DICT = "sharded"
+SAVE_API = "combined"
+LOAD_API = "combined"
+SAVE_OPTIONS: dict = {}
+LOAD_OPTIONS: dict = {}
+LOCAL_MAY_REFUSE = False
+KEPT_ON_LOAD: list[str] = []
+ASYNC_SAVE = False
+CHECKS: set[str] = set()
+LOAD_MUTATION: str | None = None
+SAME_SHARDING = True
+CONTINUATION_TOLERANCE = (1e-4, 1e-6)
+ACROSS_TORCHES_TOLERANCE = (1e-3, 1e-4)
+NO_TOLERANCE_DTYPES = ("bfloat16",)
+OBJECT_TARGET = False
+SAVE_SIDE: dict = {}
+LOAD_SIDE: dict = {}
+TRAINING: dict | None = None
+SAVE_TORCH = LOAD_TORCH = ""  # the torches it was found with (one torch: both the same)
+HANG_SECONDS = float(os.environ.get("SHARDFUZZ_HANG_SECONDS", 45))
+PHASE = ["start"]  # this rank's phase, for the hang watchdog
+
+
+def build_model(seed):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(1, 1))
+
+
+def build_load_model(seed):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(1, 1))
+
+
+def user_batch():
+    """A user's model's input function (``--model``); None: the inputs shardfuzz draws for its own trees."""
+    return None
+
+
+def save(state, checkpoint_dir, group):
+    raise NotImplementedError("export writes the case's checkpoint I/O here")
+
+
+def finish_save():
+    pass
+
+
+def load(state, checkpoint_dir, group):
+    raise NotImplementedError("export writes the case's checkpoint I/O here")
+
+
+_target: Any = None  # the checkpoint code: export writes it with save, finish_save and load
+
+
+# --- the run: copied into every script as it is ---------------------------------------------
+
+
+def options(kind, extra):
+    """The ``StateDictOptions`` of a side with state-dict type ``kind`` and further fields ``extra``."""
+    return state_dict_options(full=kind == "full", flatten=FLATTEN_OPTIMIZER_STATE_DICT, extra=extra)
+
+
+def train(model, optim, app, rank, continuation=False):
+    """STEPS steps on data seeded by (SEED, step, rank); for continuation, CONTINUE_STEPS more with the
+    same batch on every rank. A BatchNorm's running statistics are per-rank buffers: SAME_BATCH then."""
+    first, count = (STEPS, CONTINUE_STEPS) if continuation else (0, STEPS)
+    train_steps(
+        model,
+        optim,
+        seed=SEED,
+        first=first,
+        count=count,
+        rank=rank,
+        same_batch=continuation or SAME_BATCH,
+        batch_size=BATCH_SIZE,
+        input_width=INPUT_WIDTH,
+        num_embeddings=NUM_EMBEDDINGS,
+        dtype=DTYPE,
+        app=app,
+        make_batch=user_batch(),
+    )
+
+
+def shard(model, engine, wrap, innermost_first, group, mesh, wrappers, seed):
+    classes = {name: layer_class(cls) for name, cls in MODULE_TYPE_CLASSES.items()}
+
+    def sharded(module):
+        return shard_module(
+            module,
+            engine,
+            wrap=wrap,
+            innermost_first=innermost_first,
+            group=group,
+            mesh=mesh,
+            device="cpu",
+            classes=classes,
+            mixed_precision=wrappers["mixed_precision"],
+            offload_params=wrappers["offload_params"],
+        )
+
+    return wrap_and_shard(model, wrappers, sharded, engine=engine["kind"], seed=seed)
+
+
+def differences(expected, actual, close=None):
+    """Keys missing or extra, and values that differ in dtype, shape or any bit (or beyond ``close``)."""
+    found = [f"missing after load: {k}" for k in sorted(set(expected) - set(actual))]
+    found += [f"extra after load: {k}" for k in sorted(set(actual) - set(expected))]
+    for key in sorted(set(expected) & set(actual)):
+        e, a = expected[key], actual[key]
+        if isinstance(e, torch.Tensor) and isinstance(a, torch.Tensor):
+            if e.dtype != a.dtype or e.shape != a.shape:
+                found.append(f"{key}: {e.dtype}{list(e.shape)} saved, {a.dtype}{list(a.shape)} loaded")
+                continue
+            if close is not None and e.is_floating_point():
+                index = first_difference_beyond(e, a, *close)
+            else:
+                index = first_bit_difference(e, a)
+            if index is not None:
+                found.append(f"{key} at {list(index)}: saved {e[index].item()!r}, loaded {a[index].item()!r}")
+        elif as_lists(e) != as_lists(a):
+            found.append(f"{key}: saved {e!r}, loaded {a!r}")
+    return found
+
+
+def check(found, what):
+    if found:
+        raise AssertionError(f"{what}: {len(found)} difference(s); first: {found[0]}")
+
+
+def api_parity(model, optim, group):
+    """Two APIs over the same state must agree."""
+    for what, ours, theirs in api_parity_pairs(model, optim, engine=SAVE_ENGINE["kind"], group=group):
+        check(differences(ours, theirs), f"api-parity: {what}")
+
+
+def full_offload(model, optim, rank, actual):
+    """full_state_dict + cpu_offload: rank 0 holds every key, full-shaped, on CPU; other ranks nothing."""
+    held = offloaded_full_state(model, optim)
+    if rank != 0:
+        check([f"rank {rank} holds {k}" for k in held], "full-offload")
+        return
+    wanted = {k: tuple(v.shape) for k, v in actual.items() if torch.is_tensor(v) and not k.startswith("app.")}
+    found = [f"missing on rank 0: {k}" for k in sorted(set(wanted) - set(held))]
+    found += [f"{k} on {device}" for k, (_, device) in held.items() if device != "cpu"]
+    found += [f"{k} shaped {list(shape)}" for k, (shape, _) in held.items() if k in wanted and shape != wanted[k]]
+    check(found, "full-offload")
+
+
+def load_into(model, optim, app, checkpoint_dir, group, rank):
+    """The load side's state dict as the template, filled from the checkpoint, set into the model; or the
+    object-level target's own load into the objects."""
+    if OBJECT_TARGET:
+        _target.load_objects(
+            model, optim, side=LOAD_SIDE, saved_by=SAVE_SIDE, checkpoint_id=checkpoint_dir, process_group=group
+        )
+        return
+    load_options = options(LOAD_STATE_DICT, LOAD_OPTIONS)
+    state = get_side_state(model, optim, kind=LOAD_STATE_DICT, api=LOAD_API, options=load_options, app=app)
+    load(state, checkpoint_dir, group)
+    set_side_state(model, optim, state, kind=LOAD_STATE_DICT, api=LOAD_API, options=load_options, rank=rank)
+
+
+def round_trip(rank, checkpoint_dir, phase="both"):
+    """This rank's part: save on ranks < SAVE_RANKS, load on ranks < LOAD_RANKS, compare on rank 0.
+
+    ``phase`` "save" or "load": that half only, as two runs (under two torches) on one folder; the
+    save run's rank 0 leaves the saved state beside the checkpoint for the load run's."""
+    PHASE[0] = "groups"
+    groups = {}
+    for n in sorted({SAVE_RANKS, LOAD_RANKS}):
+        groups[n] = dist.group.WORLD if n == WORLD_SIZE else dist.new_group(list(range(n)))
+    PHASE[0] = "meshes"  # every rank makes them, in the same order: 2-D meshes' groups are collective
+    # async_save runs its collectives in a thread while training goes on: a group of its own
+    checkpoint_group = dist.new_group(list(range(SAVE_RANKS))) if ASYNC_SAVE else groups[SAVE_RANKS]
+    meshes = {}
+    for shape, n in ((SAVE_MESH, SAVE_RANKS), (LOAD_MESH, LOAD_RANKS)):
+        if shape not in meshes:
+            meshes[shape] = device_mesh(shape, groups[n], rank=rank)
+    try:
+        expected = expected_after = None
+        saved_by = str(torch.__version__)
+        if rank < SAVE_RANKS and phase != "load":
+            PHASE[0] = "build-save"
+            model = shard(
+                built(build_model, SEED, meta=SAVE_WRAPPERS["meta_init"]),
+                SAVE_ENGINE,
+                SAVE_WRAP,
+                SAVE_WRAP_INNERMOST_FIRST,
+                groups[SAVE_RANKS],
+                meshes[SAVE_MESH],
+                SAVE_WRAPPERS,
+                SEED,
+            )
+            optim = make_optimizer(model, *SAVE_OPTIMIZER)
+            app = make_app_state(optim, TRAINING, engine=SAVE_ENGINE["kind"], group=groups[SAVE_RANKS])
+            PHASE[0] = "train"
+            train(model, optim, app, data_rank(SAVE_ENGINE, SAVE_MESH, rank))
+            PHASE[0] = "gather-saved"
+            expected = gather_full(model, optim, app)
+            PHASE[0] = "save"
+            if OBJECT_TARGET:  # the target builds its state dicts from the objects itself
+                _target.save_objects(
+                    model, optim, side=SAVE_SIDE, checkpoint_id=checkpoint_dir, process_group=checkpoint_group
+                )
+            else:
+                save_options = options(SAVE_STATE_DICT, SAVE_OPTIONS)
+                state = get_side_state(model, optim, kind=SAVE_STATE_DICT, api=SAVE_API, options=save_options, app=app)
+                save(state, checkpoint_dir, checkpoint_group)
+                del state
+            if "continuation" in CHECKS and LOAD_MUTATION is None:
+                PHASE[0] = "continue-saved"
+                train(model, optim, app, data_rank(SAVE_ENGINE, SAVE_MESH, rank), continuation=True)
+                expected_after = gather_full(model, optim, app)
+            if "api-parity" in CHECKS:
+                PHASE[0] = "api-parity"
+                api_parity(model, optim, groups[SAVE_RANKS])
+            PHASE[0] = "finish-save"
+            finish_save()
+            del model, optim, app
+            if phase == "save" and rank == 0:
+                write_handoff(checkpoint_dir, expected, expected_after)
+                print(f"saved under torch {torch.__version__}; now run --phase load on the same --dir")
+        if phase == "save":
+            return
+        if phase == "both":
+            PHASE[0] = "barrier"
+            dist.barrier()
+        elif rank == 0:
+            saved_by, expected, expected_after = read_handoff(checkpoint_dir)
+        if rank < LOAD_RANKS:
+            PHASE[0] = "build-load"
+            build = build_load_model if LOAD_MUTATION is not None else build_model
+            spec = built(build, SEED + 1, meta=LOAD_WRAPPERS["meta_init"])
+            model = shard(
+                spec,
+                LOAD_ENGINE,
+                LOAD_WRAP,
+                LOAD_WRAP_INNERMOST_FIRST,
+                groups[LOAD_RANKS],
+                meshes[LOAD_MESH],
+                LOAD_WRAPPERS,
+                SEED + 1,
+            )
+            optim = make_optimizer(model, *LOAD_OPTIMIZER)
+            app = make_app_state(optim, TRAINING, engine=LOAD_ENGINE["kind"], group=groups[LOAD_RANKS])
+        if rank < LOAD_RANKS and LOAD_MUTATION is not None:
+            PHASE[0] = "load-incompatible"
+            try:
+                load_into(model, optim, app, checkpoint_dir, groups[LOAD_RANKS], rank)
+            except BaseException as exc:  # the loud error wanted
+                print(f"rank {rank}: the incompatible load raised {type(exc).__name__}, as it should")
+            else:
+                raise AssertionError(
+                    f"loud-incompatible-load: loading into a model with a {LOAD_MUTATION} mutation raised nothing"
+                )
+        elif rank < LOAD_RANKS:
+            before = gather_full(model, optim, app) if KEPT_ON_LOAD else {}
+            PHASE[0] = "load"
+            try:
+                load_into(model, optim, app, checkpoint_dir, groups[LOAD_RANKS], rank)
+            except BaseException as exc:
+                if not LOCAL_MAY_REFUSE:
+                    raise
+                print(
+                    f"rank {rank}: the 'local' checkpoint was refused on another topology "
+                    f"({type(exc).__name__}), which is allowed: not a finding"
+                )
+                os._exit(0)
+            PHASE[0] = "gather-loaded"
+            actual = gather_full(model, optim, app)
+            if "full-offload" in CHECKS:
+                PHASE[0] = "full-offload"
+                full_offload(model, optim, rank, actual)
+            if "continuation" in CHECKS:
+                PHASE[0] = "continue-loaded"
+                train(model, optim, app, data_rank(LOAD_ENGINE, LOAD_MESH, rank), continuation=True)
+                actual_after = gather_full(model, optim, app)
+            if rank == 0:
+                PHASE[0] = "compare"
+                across = saved_by != str(torch.__version__)  # saved under another torch (--phase save, then load)
+                if across:  # hyperparameters one torch has and the other cannot hold: not the checkpoint's
+                    one_torch = one_torch_hyperparameters(expected, actual)
+                    expected = {k: v for k, v in expected.items() if k not in one_torch}
+                    actual = {k: v for k, v in actual.items() if k not in one_torch}
+                check(differences({**expected, **{k: before[k] for k in KEPT_ON_LOAD}}, actual), "complete-state")
+                if "continuation" in CHECKS and (  # as oracles.continuation judges it
+                    (SAME_SHARDING and not across) or COMPUTE_DTYPE not in NO_TOLERANCE_DTYPES
+                ):
+                    close = ACROSS_TORCHES_TOLERANCE if across else None if SAME_SHARDING else CONTINUATION_TOLERANCE
+                    if across:  # the model and the counters: the moments went bit for bit above (oracles.py)
+                        moments = {
+                            k for k, v in expected_after.items() if k.startswith("optim.") and torch.is_tensor(v)
+                            and v.is_floating_point() and not k.endswith(".step")
+                        } | one_torch  # fmt: skip
+                        expected_after = {k: v for k, v in expected_after.items() if k not in moments}
+                        actual_after = {k: v for k, v in actual_after.items() if k not in moments}
+                    check(differences(expected_after, actual_after, close), "continuation")
+    except BaseException as exc:
+        print(f"REPRODUCED on rank {rank} in {PHASE[0]}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)  # peers may be blocked in a collective: do not wait for them
+    if rank == 0:
+        print("did not reproduce: the state round-tripped bit for bit")
+
+
+def watch_for_hang(rank):
+    """A rank still running after HANG_SECONDS is stuck (in a collective its peers never join)."""
+    import threading
+
+    def expire():
+        if PHASE[0] == "finish":  # done, waiting for a peer that is stuck: let that one report
+            time.sleep(2)
+        else:
+            print(f"REPRODUCED on rank {rank}: hang: still in {PHASE[0]} after {HANG_SECONDS}s", file=sys.stderr)
+            sys.stderr.flush()
+        os._exit(1)
+
+    timer = threading.Timer(HANG_SECONDS, expire)
+    timer.daemon = True
+    timer.start()
+
+
+def finish_together(finish_group):
+    """Wait for every rank on a group of its own before leaving. As in shardfuzz's warm pool, a
+    rank that is done stays alive: a peer stuck in a collective with it then hangs (and the
+    watchdog says where) instead of failing on a closed connection once the done rank exits."""
+    PHASE[0] = "finish"
+    dist.barrier(group=finish_group)
+
+
+def rank_main(rank, world_size, init_file, checkpoint_dir, phase="both"):
+    torch.set_num_threads(1)
+    watch_for_hang(rank)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=world_size,
+        timeout=datetime.timedelta(seconds=300),
+    )
+    finish_group = dist.new_group(backend="gloo")
+    round_trip(rank, checkpoint_dir, phase)
+    finish_together(finish_group)
+    dist.destroy_process_group()
+
+
+def parse_phase(argv):
+    """``(phase, folder)`` of ``--phase save|load --dir DIR`` (a case across two torches), or ("both", None)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="reproduce a shardfuzz corpus entry")
+    parser.add_argument("--phase", choices=("both", "save", "load"), default="both")
+    parser.add_argument("--dir", default=None, help="the checkpoint folder both phases share")
+    args = parser.parse_args(argv)
+    if args.phase != "both" and args.dir is None:
+        parser.error("--phase save and --phase load need the same --dir")
+    return args.phase, args.dir
+
+
+def main():
+    phase, shared_dir = parse_phase(sys.argv[1:])
+    if phase == "both" and SAVE_TORCH != LOAD_TORCH:
+        print(
+            f"note: found saving under torch {SAVE_TORCH} and loading under torch {LOAD_TORCH}: run "
+            "--phase save --dir DIR under the one, then --phase load --dir DIR under the other",
+            file=sys.stderr,
+        )
+    if "RANK" in os.environ:  # launched by torchrun
+        dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=300))
+        rank = dist.get_rank()  # kept: after destroy_process_group() there is no group to ask
+        watch_for_hang(rank)
+        if dist.get_world_size() != WORLD_SIZE:
+            sys.exit(f"run with --nproc-per-node {WORLD_SIZE}, not {dist.get_world_size()}")
+        holder = [shared_dir or tempfile.mkdtemp(prefix="shardfuzz-repro-") if rank == 0 else None]
+        dist.broadcast_object_list(holder, src=0)
+        finish_group = dist.new_group(backend="gloo")
+        round_trip(rank, os.path.join(holder[0], "ckpt") if shared_dir else holder[0], phase)
+        finish_together(finish_group)
+        dist.destroy_process_group()
+        if rank == 0 and not shared_dir:
+            shutil.rmtree(holder[0], ignore_errors=True)
+        return
+    import torch.multiprocessing as mp
+
+    scratch = tempfile.mkdtemp(prefix="shardfuzz-repro-")
+    os.makedirs(shared_dir or scratch, exist_ok=True)
+    try:
+        mp.spawn(
+            rank_main,
+            args=(WORLD_SIZE, os.path.join(scratch, "store"), os.path.join(shared_dir or scratch, "ckpt"), phase),
+            nprocs=WORLD_SIZE,
+            join=True,
+        )
+    except Exception as exc:  # a rank exited 1 after printing REPRODUCED, or died (a signal: a crash)
+        if "signal" in str(exc):
+            print(f"REPRODUCED: a rank died: {exc}", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+#: The case's values, as export writes them (each a module constant above).
+CASE_CONSTANTS = [name for name in list(globals()) if name.isupper() and name != "PHASE"]
+#: The case's functions export writes: the model (as literals) and the checkpoint I/O.
+CASE_FUNCTIONS = ["build_model", "build_load_model", "user_batch", "save", "finish_save", "load"]
+#: The functions copied into every script as they are, in this order.
+RUN = [
+    "options",
+    "train",
+    "shard",
+    "differences",
+    "check",
+    "api_parity",
+    "full_offload",
+    "load_into",
+    "round_trip",
+    "watch_for_hang",
+    "finish_together",
+    "rank_main",
+    "parse_phase",
+    "main",
+]

@@ -1,0 +1,33 @@
+"""The default target: ``torch.distributed.checkpoint``'s own save and load."""
+
+from __future__ import annotations
+
+from shardfuzz.targets.support import TargetSupport
+
+__all__ = ["DcpTarget"]
+
+
+class DcpTarget:
+    """``torch.distributed.checkpoint.save`` / ``load`` (or their older names)."""
+
+    @property
+    def support(self) -> TargetSupport:
+        # Storage variants replace DCP's own I/O: the default target itself takes them, a subclass
+        # (a mutant, a user's wrapper) does its own I/O.
+        return TargetSupport(storages=type(self) is DcpTarget)
+
+    def save(self, state_dict, *, checkpoint_id, process_group):
+        import torch.distributed.checkpoint as dcp
+
+        if hasattr(dcp, "save"):
+            dcp.save(state_dict, checkpoint_id=checkpoint_id, process_group=process_group)
+        else:  # torch < 2.2 spelled it save_state_dict with an explicit writer
+            dcp.save_state_dict(state_dict, dcp.FileSystemWriter(checkpoint_id), process_group=process_group)
+
+    def load(self, state_dict, *, checkpoint_id, process_group):
+        import torch.distributed.checkpoint as dcp
+
+        if hasattr(dcp, "load"):
+            dcp.load(state_dict, checkpoint_id=checkpoint_id, process_group=process_group)
+        else:
+            dcp.load_state_dict(state_dict, dcp.FileSystemReader(checkpoint_id), process_group=process_group)
