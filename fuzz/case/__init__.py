@@ -8,13 +8,32 @@ Variant fields (a module-tree node, an engine, an optimizer) are tagged unions:
 each variant is its own frozen class and its JSON form carries a ``"kind"`` tag.
 Adding a variant means adding a class here and to the matching ``Union``.
 
-One module per concept: ``tree`` (the model), ``sides`` (engines and sides), ``storage``,
+One module per concept: ``leaf_kinds`` (the leaf layers), ``tree`` (the containers and the model), ``sides`` (engines and sides), ``storage``,
 ``optimizers``, ``training`` (state beyond the model and optimizer), ``scenario`` (the Case and its dimensions), ``serial`` (JSON). The names below are
 the public surface; import them from here.
 """
 
 from __future__ import annotations
 
+from shardfuzz.case.leaf_kinds import (
+    LEAF_CLASSES,
+    Attention,
+    BatchNorm,
+    Conv,
+    Embedding,
+    LayerCall,
+    LayerNorm,
+    Leaf,
+    Linear,
+    MultiheadAttention,
+    RMSNorm,
+    Scale,
+    SwiGLU,
+    Tied,
+    TransformerBlock,
+    coverage_dimensions,
+    coverage_values,
+)
 from shardfuzz.case.optimizers import OPTIMIZER_CLASSES, SGD, Adagrad, Adam, AdamW, RMSprop, optimizer_groups
 from shardfuzz.case.scenario import (
     CHECKS,
@@ -48,29 +67,12 @@ from shardfuzz.case.storage import DCP_APIS, STORAGE_CLASSES, Dcp, DcpToTorchSav
 from shardfuzz.case.training import SCHEDULERS, TrainingState
 from shardfuzz.case.tree import (
     DTYPES,
-    LEAF_CLASSES,
     MODULE_TYPE_CLASSES,
     MODULE_TYPES,
-    Attention,
-    BatchNorm,
     Block,
-    Conv,
-    Embedding,
-    LayerCall,
-    LayerNorm,
-    Leaf,
-    Linear,
     Model,
-    MultiheadAttention,
-    RMSNorm,
-    Scale,
     Sequential,
-    SwiGLU,
-    Tied,
-    TransformerBlock,
     child_items,
-    coverage_dimensions,
-    coverage_values,
     has_trainable_linear,
     leaves,
 )

@@ -7,11 +7,12 @@ from attrs import field, frozen
 from attrs.validators import ge, in_, instance_of, le, optional
 
 from shardfuzz.case._validators import _POSITIVE_INT
+from shardfuzz.case.leaf_kinds import Leaf, Linear, leaf_coverage
 from shardfuzz.case.optimizers import OPTIMIZER_CLASSES, Optimizer
 from shardfuzz.case.sides import ENGINE_CLASSES, TP, Side, _sorted_unique
 from shardfuzz.case.storage import STORAGE_CLASSES, Dcp, DcpToTorchSave, Storage, TorchSave
 from shardfuzz.case.training import NO_TRAINING_STATE, TrainingState
-from shardfuzz.case.tree import Leaf, Linear, Model, leaf_coverage, leaves
+from shardfuzz.case.tree import Model, leaves
 from shardfuzz.case.user_model import UserModel
 
 SCHEMA_VERSION = 1

@@ -11,11 +11,12 @@ import cattrs
 from cattrs.gen import make_dict_unstructure_fn, override
 from cattrs.strategies import configure_tagged_union
 
+from shardfuzz.case.leaf_kinds import Linear
 from shardfuzz.case.optimizers import Optimizer
 from shardfuzz.case.scenario import SCHEMA_VERSION, Case
 from shardfuzz.case.sides import FSDP1, Engine, Side
 from shardfuzz.case.storage import Storage
-from shardfuzz.case.tree import Block, Linear, Model, Node, Sequential
+from shardfuzz.case.tree import Block, Model, Node, Sequential
 from shardfuzz.case.user_model import UserModel
 
 

@@ -175,5 +175,5 @@ class TransformerBlockLeaf(nn.Module):
 
 
 def layer_class(name: str) -> type:
-    """The class a leaf kind names (``case.tree``'s ``Layer.cls``): ``nn.X`` is torch's, else one above."""
+    """The class a leaf kind names (``case.leaf_kinds``'s ``LayerCall.cls``): ``nn.X`` is torch's, else one above."""
     return getattr(nn, name[3:]) if name.startswith("nn.") else globals()[name]
