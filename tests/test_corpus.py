@@ -14,7 +14,8 @@ import torch
 
 from shardfuzz.case import FSDP1, SGD, Case, Linear, Model, Sequential, Side
 from shardfuzz.executor.deadlines import MeasuredDeadlines
-from shardfuzz.findings.corpus import CorpusError, Known, entry_for, known_bugs, load_corpus, load_entry, save_entry
+from shardfuzz.findings.corpus import CorpusError, entry_for, known_bugs, load_corpus, load_entry, save_entry
+from shardfuzz.findings.known import Known
 from shardfuzz.pytest_plugin import shared_pool
 from shardfuzz.targets import unavailable
 from shardfuzz.verdict import Mismatch, Verdict

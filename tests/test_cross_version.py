@@ -26,7 +26,8 @@ from hypothesis import strategies as st
 from shardfuzz.capabilities import Capabilities, capabilities, common, in_force
 from shardfuzz.case import DDP, FSDP1, SGD, Adam, Case, Linear, Model, Sequential, Side
 from shardfuzz.executor.interpreters import Interpreter, InterpreterError, probe
-from shardfuzz.findings.corpus import Entry, Known, entry_for, known_bugs, load_entry, save_entry
+from shardfuzz.findings.corpus import Entry, entry_for, known_bugs, load_entry, save_entry
+from shardfuzz.findings.known import Known
 from shardfuzz.findings.replay import replay_entries
 from shardfuzz.rank.portable.handoff import handoff_path, read_handoff, write_handoff
 from shardfuzz.targets import DEFAULT_TARGET

@@ -260,7 +260,8 @@ def test_replay_on_cuda_records_why_an_entry_could_not_move(tmp_path):
 
 
 def test_an_entry_cuda_block_round_trips_and_is_left_out_until_checked(tmp_path):
-    from shardfuzz.findings.corpus import DeviceCheck, load_entry, rewrite_entry
+    from shardfuzz.findings.corpus import load_entry, rewrite_entry
+    from shardfuzz.findings.device_check import DeviceCheck
 
     path, entry, _ = _cpu_entry(tmp_path)
     assert "cuda" not in json.loads(path.read_text())

@@ -12,7 +12,8 @@ import torch
 
 from shardfuzz.case import FSDP1, FSDP2, SGD, Case, Linear, Model, Sequential, Side
 from shardfuzz.executor import RankPool
-from shardfuzz.findings.corpus import Known, entry_for, load_corpus, save_entry
+from shardfuzz.findings.corpus import entry_for, load_corpus, save_entry
+from shardfuzz.findings.known import Known
 from shardfuzz.findings.replay import Replay, expectation, judge, replay_entries
 from shardfuzz.verdict import Mismatch, RankError, Verdict
 

@@ -28,20 +28,18 @@ import attrs
 from attrs import field, frozen
 from attrs.validators import in_, instance_of
 
-from shardfuzz.case import Case, describe_structure_error, dimensions, dumps, from_dict, make_converter
-from shardfuzz.case._validators import ints, strings
-from shardfuzz.targets.registry import DEFAULT_TARGET, installed_versions
+from shardfuzz.case import Case, describe_structure_error, dumps, from_dict, make_converter
+from shardfuzz.case._validators import ints
+from shardfuzz.findings.device_check import DeviceCheck
+from shardfuzz.findings.known import Known
+from shardfuzz.targets.registry import DEFAULT_TARGET
 from shardfuzz.verdict import STUCK_RANK_STACKS, TRIAGE_CLASSES, Verdict, canonical_signature
 
 __all__ = [
-    "CUDA_OUTCOMES",
     "Cause",
     "CorpusError",
-    "DeviceCheck",
     "Entry",
-    "Known",
     "KnownBugs",
-    "UPPER_ENDS",
     "entry_for",
     "known_bugs",
     "load_corpus",
@@ -60,187 +58,6 @@ class CorpusError(ValueError):
 
 
 @frozen
-class Known:
-    """A triaged bug: what it is, where it is reported, which torch versions have it, and for a bug met
-    through a framework's checkpoint API, which framework versions (``frameworks``: distribution ->
-    specifier; the entry is known only where each is installed in its range), whether the bug lies in
-    the framework or in torch underneath (``layer``), and the evidence for that (``evidence``: what
-    the same case does through plain DCP)."""
-
-    description: str = field(validator=instance_of(str))
-    torch: str = field(validator=instance_of(str))  # a PEP 440 specifier set, e.g. ">=2.11,<2.14"
-    link: str = field(default="", validator=instance_of(str))
-    seen: tuple[str, ...] = field(default=(), converter=strings)  # torch builds it was reproduced on
-    # Case dimensions (``case.dimensions``) a failure must also have to count as this bug.
-    # A silent-corruption signature ("values differ" on a key pattern) is broad: without
-    # this, a new corruption on the same key would pass as this known one.
-    when: dict[str, str] = field(factory=dict)
-    frameworks: dict[str, str] = field(factory=dict)
-    layer: str = field(default="torch", validator=in_(("torch", "framework")))
-    evidence: str = field(default="", validator=instance_of(str))
-    # A bug of a checkpoint saved under one torch and loaded under another: the save side's
-    # torch range (``torch`` is then the load side's). Empty: one torch did both.
-    save_torch: str = field(default="", validator=instance_of(str))
-    # What each bounded range's upper end means (``UPPER_ENDS``), by range: "torch", "save_torch" or a
-    # framework's distribution. Every range with an upper bound says which; see ``beyond_checked``.
-    upper: dict[str, str] = field(factory=dict)
-
-    def __attrs_post_init__(self):
-        ranges = self.ranges()
-        for name, meaning in self.upper.items():
-            if meaning not in UPPER_ENDS:
-                raise ValueError(f"known.upper[{name!r}] is {meaning!r}: one of {', '.join(UPPER_ENDS)}")
-            if name not in ranges or not _upper_bounds(ranges[name]):
-                raise ValueError(f"known.upper[{name!r}]: there is no {name} range with an upper bound to qualify")
-        for name, specifier in ranges.items():
-            if _upper_bounds(specifier) and name not in self.upper:
-                raise ValueError(
-                    f"known {name} range {specifier!r} has an upper bound: say in known.upper[{name!r}] whether it is "
-                    f"where the bug was fixed ('fixed-in') or the newest release checked ('last-checked')"
-                )
-
-    def ranges(self) -> dict[str, str]:
-        """Every version range of the entry, by name: "torch", "save_torch" (if any), each framework."""
-        return {"torch": self.torch, **({"save_torch": self.save_torch} if self.save_torch else {}), **self.frameworks}
-
-    def matches(self, case: Case) -> bool:
-        dims = dimensions(case)
-        return all(dims.get(name) == value for name, value in self.when.items())
-
-    @torch.validator
-    def _specifier(self, attribute, value):
-        _check_specifier("known.torch", value)
-
-    @save_torch.validator
-    def _save_specifier(self, attribute, value):
-        if value:
-            _check_specifier("known.save_torch", value)
-
-    @frameworks.validator
-    def _framework_specifiers(self, attribute, value):
-        for name, specifier in value.items():
-            _check_specifier(f"known.frameworks[{name!r}]", specifier)
-
-    def applies_to(
-        self, torch_version: str, framework_versions: dict[str, str] | None = None, *, save_torch: str | None = None
-    ) -> bool:
-        """Whether the bug is known on this torch and on the installed frameworks (``framework_versions``,
-        default: looked up), each of which must be installed in its range. ``save_torch``: the torch
-        that saved, in a run across two (``torch_version`` is then the loading one's).
-
-        A bug of one torch is known in a run across two where either torch is in its range (the
-        case's same-torch runs tell which, see ``docs/cross-version.md``); a bug across two torches,
-        only in a run across two, each in its own range.
-
-        A version above a ``last-checked`` upper end counts as in range (``beyond_checked`` names it): the bug
-        is presumed there until a run shows otherwise."""
-        covers = self._covers
-        if self.save_torch:
-            if save_torch is None or not covers("save_torch", save_torch):
-                return False
-            if not covers("torch", torch_version):
-                return False
-        elif not any(covers("torch", v) for v in {torch_version, save_torch or torch_version}):
-            return False
-        installed = framework_versions if framework_versions is not None else installed_versions(self.frameworks)
-        return all(name in installed and covers(name, installed[name]) for name in self.frameworks)
-
-    def _covers(self, name: str, version: str) -> bool:
-        specifier = self.ranges()[name]
-        return _in_range(specifier, version) or (
-            self.upper.get(name) == "last-checked" and _above_upper_end(specifier, version)
-        )
-
-    def _versions_in_use(
-        self, torch_version: str, framework_versions: dict[str, str] | None, save_torch: str | None
-    ) -> dict[str, str]:
-        installed = framework_versions if framework_versions is not None else installed_versions(self.frameworks)
-        if self.save_torch:
-            in_use = {"torch": torch_version, **({"save_torch": save_torch} if save_torch else {})}
-        else:
-            in_use = {"torch": torch_version}
-        return {**in_use, **{name: installed[name] for name in self.frameworks if name in installed}}
-
-    def beyond_checked(
-        self, torch_version: str, framework_versions: dict[str, str] | None = None, *, save_torch: str | None = None
-    ) -> list[str]:
-        """The versions in use above a ``last-checked`` upper end, each as "accelerate 1.16.0 (last checked:
-        <=1.15.0)": the bug is presumed there, unconfirmed. A failure there extends the range; a pass may be
-        a fix (check it, then say ``fixed-in``)."""
-        return [
-            f"{name} {version} (last checked: {self.ranges()[name]})"
-            for name, version in self._versions_in_use(torch_version, framework_versions, save_torch).items()
-            if self.upper.get(name) == "last-checked" and _above_upper_end(self.ranges()[name], version)
-        ]
-
-    def past_fix(
-        self, torch_version: str, framework_versions: dict[str, str] | None = None, *, save_torch: str | None = None
-    ) -> list[str]:
-        """The versions in use at or above a ``fixed-in`` upper end, each as "torch 2.14.1 (fixed in: <2.14)":
-        there the case is expected to pass, and failing the same way again is a regression."""
-        return [
-            f"{name} {version} (fixed in: {self.ranges()[name]})"
-            for name, version in self._versions_in_use(torch_version, framework_versions, save_torch).items()
-            if self.upper.get(name) == "fixed-in" and _above_upper_end(self.ranges()[name], version)
-        ]
-
-    def out_of_range(self, framework_versions: dict[str, str] | None = None) -> str:
-        """The installed framework versions outside the entry's ranges (say, a fixed release), or ''."""
-        installed = framework_versions if framework_versions is not None else installed_versions(self.frameworks)
-        return ", ".join(
-            f"{name} {installed[name]} (known for {spec})"
-            for name, spec in self.frameworks.items()
-            if name in installed and not _in_range(spec, installed[name])
-        )
-
-
-#: What a known range's upper end means. ``fixed-in``: the first release without the bug (a pass above it is
-#: expected; the same failure there again is a regression). ``last-checked``: the newest release the bug was
-#: checked on (above it the bug is presumed still there: a failure says to extend the range, a pass to check
-#: whether that release fixed it). A release of torch or of a framework never turns a replay red by itself.
-UPPER_ENDS = ("fixed-in", "last-checked")
-_UPPER_OPERATORS = ("<", "<=")
-
-
-def _upper_bounds(specifier: str):
-    from packaging.specifiers import SpecifierSet
-
-    return [clause for clause in SpecifierSet(specifier) if clause.operator in _UPPER_OPERATORS]
-
-
-def _above_upper_end(specifier: str, version: str) -> bool:
-    """Whether ``version`` meets every lower bound of ``specifier`` and lies above (at, for ``<``) its upper end."""
-    from packaging.specifiers import SpecifierSet
-    from packaging.version import Version
-
-    release = Version(version.split("+")[0])
-    clauses = list(SpecifierSet(specifier))
-    upper = [c for c in clauses if c.operator in _UPPER_OPERATORS]
-    lower = [c for c in clauses if c.operator not in _UPPER_OPERATORS]
-    return (
-        bool(upper)
-        and all(c.contains(release, prereleases=True) for c in lower)
-        and not all(c.contains(release, prereleases=True) for c in upper)
-    )
-
-
-def _check_specifier(what: str, value: str) -> None:
-    from packaging.specifiers import InvalidSpecifier, SpecifierSet
-
-    try:
-        SpecifierSet(value)
-    except InvalidSpecifier as exc:
-        raise ValueError(f"{what} {value!r} is not a version specifier: {exc}") from None
-
-
-def _in_range(specifier: str, version: str) -> bool:
-    from packaging.specifiers import SpecifierSet
-    from packaging.version import Version
-
-    return SpecifierSet(specifier).contains(Version(version.split("+")[0]), prereleases=True)
-
-
-@frozen
 class Cause:
     """What fired: an oracle (``kind="oracle"``, its name, the key) or an exception (its type, the phase)."""
 
@@ -250,43 +67,6 @@ class Cause:
     ranks: tuple[int, ...] = field(default=(), converter=ints)
     key: str = ""
     phase: str = ""
-
-
-#: ``DeviceCheck.outcome``: the entry replayed with its sides moved to a GPU failed as recorded; passed;
-#: failed some other way; gave different answers on two runs; could not be run there (``detail`` says why).
-CUDA_OUTCOMES = ("reproduces", "passes", "fails otherwise", "flaky", "not run")
-
-
-@frozen
-class DeviceCheck:
-    """What an entry found on CPU ranks does with its sides moved to a GPU (``replay --on-cuda --record``).
-
-    ``moved``: the sides on CUDA (a CPU side moves where the machine has a GPU for each of its ranks:
-    NCCL runs one rank per GPU). ``on_cpu``: the same replay with every side on CPU, on the same
-    machine and torch build, so that a bug that passes on CUDA is told apart from one fixed in that
-    torch (``passes`` with ``on_cpu`` ``reproduces``: CPU only). ``detail``: the other failure's
-    signature, or why it was not run."""
-
-    outcome: str = field(validator=in_(CUDA_OUTCOMES))
-    torch: str = field(validator=instance_of(str))  # the CUDA build it ran under, e.g. "2.11.0+cu130"
-    gpu: str = field(default="", validator=instance_of(str))  # "NVIDIA H200 x1"
-    moved: tuple[str, ...] = field(default=(), converter=strings)
-    on_cpu: str = field(default="", validator=in_(("", *CUDA_OUTCOMES)))
-    detail: str = field(default="", validator=instance_of(str))
-    date: str = field(default="", validator=instance_of(str))
-
-    @property
-    def verdict(self) -> str:
-        """One phrase for the known-bugs table: CUDA too, CPU only, or why it is not known."""
-        where = f"{self.torch}, {self.gpu}" if self.gpu else self.torch
-        if self.outcome == "reproduces":
-            return f"CUDA too ({', '.join(self.moved)} on CUDA; {where})"
-        if self.outcome == "passes" and self.on_cpu == "reproduces":
-            return f"CPU only (passes with {', '.join(self.moved)} on CUDA, fails on CPU; {where})"
-        if self.outcome == "not run":
-            return f"not checked on CUDA: {self.detail}"
-        cpu = f"; on CPU there: {self.on_cpu}" if self.on_cpu else ""
-        return f"{self.outcome} on CUDA{cpu} ({where})"
 
 
 @frozen

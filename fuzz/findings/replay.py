@@ -17,7 +17,7 @@ regression); past a ``last-checked`` end, or below a range, either is informatio
 With ``on_cuda`` (the GPU count), an entry found on CPU ranks is run with each side that fits on the
 GPUs moved to CUDA (``moved_to_cuda``; an entry found on a GPU runs as recorded), then with every side
 on CPU ranks of the same pool (the CPU control), and its
-``Replay.cuda`` says what the GPU did (``corpus.DeviceCheck``; ``replay --on-cuda --record`` writes it
+``Replay.cuda`` says what the GPU did (``device_check.DeviceCheck``; ``replay --on-cuda --record`` writes it
 into the entry).
 """
 
@@ -32,7 +32,8 @@ from attrs import frozen
 
 from shardfuzz.case import Case
 from shardfuzz.executor import Executor
-from shardfuzz.findings.corpus import DeviceCheck, Entry
+from shardfuzz.findings.corpus import Entry
+from shardfuzz.findings.device_check import DeviceCheck
 from shardfuzz.targets import unavailable
 from shardfuzz.verdict import Verdict
 
