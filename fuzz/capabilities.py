@@ -79,8 +79,8 @@ def fully_shard_fn() -> Callable | None:
 
 
 def dtensor():
-    """The module with ``DTensor``, ``Shard`` and ``Replicate`` (see ``rank_steps.dtensor``)."""
-    from shardfuzz.rank.portable.steps import dtensor as find
+    """The module with ``DTensor``, ``Shard`` and ``Replicate`` (see ``sharding.dtensor``)."""
+    from shardfuzz.rank.portable.sharding import dtensor as find
 
     return find()
 

@@ -1,6 +1,6 @@
 """One implementation of the rank side: exported scripts are assembled from the modules the pool runs.
 
-``layers``, ``rank_steps`` and ``bits`` hold the torch steps; ``repro_script`` the
+``layers``, ``sharding``, ``rank_steps`` and ``bits`` hold the torch steps; ``repro_script`` the
 order of the steps, the judge and the launcher. These tests hold the rules that
 make copying them into a standalone script work, and show that a change to a
 shared step changes what the pool does and what an exported script does alike.
@@ -23,15 +23,17 @@ import pytest
 from shardfuzz.case import FSDP1, FSDP2, SGD, Adam, BatchNorm, Block, Case, Conv, Linear, Model, Sequential, Side, Tied
 from shardfuzz.findings.corpus import entry_for
 from shardfuzz.findings.export import export_script
-from shardfuzz.rank.portable import bits, handoff, layers
+from shardfuzz.rank.portable import bits, handoff, layers, sharding
 from shardfuzz.rank.portable import script as repro_script
 from shardfuzz.rank.portable import steps as rank_steps
 from shardfuzz.targets import DEFAULT_TARGET
 from shardfuzz.verdict import Mismatch, Verdict
 
 TESTS = Path(__file__).resolve().parent
-SHARED = (layers, rank_steps, bits, handoff)
-#: What an exported script imports at its top; a shared module may import no more there.
+#: In the order export copies them: each after the shared modules it imports.
+SHARED = (layers, sharding, rank_steps, bits, handoff)
+#: What an exported script imports at its top; a shared module may import no more there, besides the
+#: shared modules copied before it (their definitions are in the script).
 SCRIPT_IMPORTS = {"__future__", "functools", "os", "torch", "torch.distributed", "torch.nn"}
 RECORDED = Verdict("mismatch", (Mismatch("complete-state", "optim.state.0.weight.exp_avg", 0, "missing after load"),))
 
@@ -61,7 +63,8 @@ def test_a_shared_module_imports_at_its_top_only_what_a_script_imports(module):
             imported |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
             imported.add(node.module)
-    assert imported <= SCRIPT_IMPORTS, imported - SCRIPT_IMPORTS
+    copied_before = {m.__name__ for m in SHARED[: SHARED.index(module)]}
+    assert imported <= SCRIPT_IMPORTS | copied_before, imported - SCRIPT_IMPORTS - copied_before
 
 
 def test_a_script_holds_each_shared_definition_once_and_as_it_is():
@@ -70,6 +73,8 @@ def test_a_script_holds_each_shared_definition_once_and_as_it_is():
     for module, name in copied:
         source = inspect.getsource(getattr(module, name)).rstrip("\n")
         assert script.count(source) == 1, f"{module.__name__}.{name} is not in the script as it is"
+    firsts = [script.index(inspect.getsource(getattr(m, m.__all__[0])).rstrip("\n")) for m in SHARED]
+    assert firsts == sorted(firsts), "the shared modules are not copied in SHARED's order"
     defined = re.findall(r"^(?:def|class) (\w+)", script, flags=re.MULTILINE)
     assert len(defined) == len(set(defined)), sorted(n for n in defined if defined.count(n) > 1)
     written = {name for name in defined if name not in {n for _, n in copied}}

@@ -50,7 +50,7 @@ WRAP_POLICIES = ("set", "manual", "module-type", "size-based", "always")
 
 class EngineKind:
     """What every engine says about itself; the engines are ``ENGINE_CLASSES``. How an engine wraps a module
-    is ``rank_steps.shard_module``, from the engine's fields; how it is drawn, ``strategies/engines.py``."""
+    is ``sharding.shard_module``, from the engine's fields; how it is drawn, ``strategies/engines.py``."""
 
     __slots__ = ()
 
@@ -310,7 +310,7 @@ class Side:
 
     @property
     def wrappers(self) -> dict:
-        """How the side puts its model together around the engine, as ``rank_steps.wrap_and_shard`` and
+        """How the side puts its model together around the engine, as ``sharding.wrap_and_shard`` and
         ``shard_module`` take it (and exported scripts write it)."""
         return {
             "activation_checkpointing": self.activation_checkpointing,

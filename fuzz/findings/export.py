@@ -2,8 +2,8 @@
 
 The script is assembled, not written by hand: the case's values as constants and
 its model as ``nn.Sequential(...)`` literals (from each leaf's ``LayerCall``), then
-the definitions of ``layers``, ``rank_steps`` and ``bits`` (the torch steps the
-pool's ranks run) copied as they are, the checkpoint I/O, and the run of
+the definitions of ``layers``, ``sharding``, ``rank_steps`` and ``bits`` (the torch
+steps the pool's ranks run) copied as they are, each after the ones it uses, the checkpoint I/O, and the run of
 ``repro_script`` (the order of the steps, the judge, the launcher), copied as it is.
 It runs under ``torchrun --nproc-per-node N`` or as ``python repro.py`` (it spawns
 its own gloo ranks), prints ``REPRODUCED`` and exits 1 when the failure shows, and
@@ -19,7 +19,7 @@ from shardfuzz.executor.deadlines import deadline_for
 from shardfuzz.findings.corpus import Entry
 from shardfuzz.rank import oracles
 from shardfuzz.rank.build import engine_fields, training_fields
-from shardfuzz.rank.portable import bits, handoff, layers
+from shardfuzz.rank.portable import bits, handoff, layers, sharding
 from shardfuzz.rank.portable import script as repro_script
 from shardfuzz.rank.portable import steps as rank_steps
 from shardfuzz.rank.roundtrip import CONTINUE_STEPS, options_extra, side_description
@@ -52,6 +52,7 @@ def export_script(entry: Entry, *, filename: str = "repro.py") -> str:
             ),
             _model_functions(case),
             _definitions(layers, "the model's own module classes"),
+            _definitions(sharding, "how a side shards its model, as the pool's ranks do it"),
             _definitions(rank_steps, "the torch steps of a round-trip, as the pool's ranks run them"),
             _definitions(bits, "the bitwise comparison the oracles use"),
             _definitions(handoff, "the saved state a save run hands the load run (--phase save, then load)"),
@@ -152,7 +153,7 @@ _COMMENTS = {
     "NUM_EMBEDDINGS": "> 0: the first leaf is an Embedding, the inputs are token indices",
     "DTYPE": "the model's parameters and the input features",
     "COMPUTE_DTYPE": "what training computes in: bfloat16 where a side uses FSDP mixed precision",
-    "SAVE_ENGINE": "how each side shards: rank_steps.shard_module reads these fields",
+    "SAVE_ENGINE": "how each side shards: sharding.shard_module reads these fields",
     "MODULE_TYPE_CLASSES": "FSDP1's module-type policy: the classes it names",
     "SAVE_WRAPPERS": "activation checkpointing of some leaves (before or after sharding), torch.compile, "
     "a model built on the meta device, FSDP mixed precision and parameter offload",

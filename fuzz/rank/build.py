@@ -1,7 +1,7 @@
 """Case -> modules: the unsharded tree, its sharding by an engine, its optimizer.
 
 Runs on a rank; imports no Hypothesis and draws nothing. The torch calls themselves
-are in ``rank_steps`` and ``layers`` (shared with exported scripts); this module
+are in ``sharding``, ``rank_steps`` and ``layers`` (shared with exported scripts); this module
 turns a case's data into their plain arguments.
 """
 
@@ -14,7 +14,8 @@ from torch import nn
 from shardfuzz import case as case_data
 from shardfuzz.case import Leaf, Model, Sequential, Side, UserModel, child_items, optimizer_groups
 from shardfuzz.rank.portable.layers import Block, layer_class
-from shardfuzz.rank.portable.steps import make_app_state, make_optimizer, rank_device, shard_module
+from shardfuzz.rank.portable.sharding import rank_device, shard_module
+from shardfuzz.rank.portable.steps import make_app_state, make_optimizer
 
 __all__ = [
     "build_module",
@@ -36,7 +37,7 @@ def build_module(model: Model | UserModel, *, seed: int, device: str = "cpu", me
 
     Initialised on the CPU and then moved, so a side on a GPU starts from the very
     same values as a side on the CPU. ``meta``: on the meta device, no values
-    (``rank_steps.wrap_and_shard`` materializes it)."""
+    (``sharding.wrap_and_shard`` materializes it)."""
     if meta:
         with torch.device("meta"):
             return build_module(model, seed=seed)
@@ -88,7 +89,7 @@ def shard(module: nn.Module, side: Side, *, group, mesh) -> nn.Module:
 
 
 def engine_fields(engine) -> dict:
-    """The engine as ``rank_steps.shard_module`` takes it: ``{"kind": its class name, **its fields}``."""
+    """The engine as ``sharding.shard_module`` takes it: ``{"kind": its class name, **its fields}``."""
     return {"kind": type(engine).__name__, **attrs.asdict(engine)}
 
 

@@ -27,9 +27,11 @@ from shardfuzz.rank import model_factory, oracles
 from shardfuzz.rank.build import build_app_state, build_module, build_optimizer, engine_fields, shard
 from shardfuzz.rank.checkpoint_io import storage_target
 from shardfuzz.rank.oracles import compare_state
+from shardfuzz.rank.portable import sharding
 from shardfuzz.rank.portable import steps as rank_steps
 from shardfuzz.rank.portable.handoff import one_torch_hyperparameters, read_handoff, write_handoff
-from shardfuzz.rank.portable.steps import device_mesh, dtensor, gather_full, plain, rank_device, unwrapped_name
+from shardfuzz.rank.portable.sharding import device_mesh, dtensor, rank_device
+from shardfuzz.rank.portable.steps import gather_full, plain, unwrapped_name
 from shardfuzz.targets import CheckpointTarget, DcpTarget, FinishesSave, ObjectTarget, ShardsModules
 from shardfuzz.verdict import Mismatch
 
@@ -340,7 +342,7 @@ def _build_side(case: Case, side: Side, spec, ctx: RankContext, target, *, seed:
         def sharded(module):
             return shard(module, side, group=ctx.group(n), mesh=mesh)
 
-    model = rank_steps.wrap_and_shard(
+    model = sharding.wrap_and_shard(
         module, side.wrappers, sharded, engine=type(side.engine).__name__, device=side.device, seed=seed
     )
     # The load side (seed + 1) also gets other hyperparameters, so a loader that
@@ -366,7 +368,7 @@ def _train(case: Case, side: Side, model, optim, app=None, *, rank: int, continu
         seed=case.seed,
         first=first,
         count=count,
-        rank=rank_steps.data_rank(engine_fields(side.engine), side.mesh_shape, rank),
+        rank=sharding.data_rank(engine_fields(side.engine), side.mesh_shape, rank),
         same_batch=continuation or case.model.has_batch_norm,
         batch_size=case.batch_size,
         input_width=case.model.input_width,

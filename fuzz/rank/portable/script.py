@@ -3,7 +3,7 @@
 ``export`` builds a script from four sources, none of them a second copy of the
 round-trip: the case's values (written as constants, and the model as
 ``nn.Sequential(...)`` literals, in place of the ``# --- the case`` block below);
-the definitions of ``layers``, ``rank_steps`` and ``bits``, copied as they are;
+the definitions of ``layers``, ``sharding``, ``rank_steps`` and ``bits``, copied as they are;
 the checkpoint I/O (``storage.py``'s classes, or an import of the user's target);
 and the functions of ``RUN`` below, copied as they are. This is a real module so
 that those functions are linted and their names checked; the constants here are
@@ -32,21 +32,17 @@ import torch.distributed as dist
 from shardfuzz.rank.portable.bits import as_lists, first_bit_difference, first_difference_beyond
 from shardfuzz.rank.portable.handoff import one_torch_hyperparameters, read_handoff, write_handoff
 from shardfuzz.rank.portable.layers import layer_class
+from shardfuzz.rank.portable.sharding import built, data_rank, device_mesh, shard_module, wrap_and_shard
 from shardfuzz.rank.portable.steps import (
     api_parity_pairs,
-    built,
-    data_rank,
-    device_mesh,
     gather_full,
     get_side_state,
     make_app_state,
     make_optimizer,
     offloaded_full_state,
     set_side_state,
-    shard_module,
     state_dict_options,
     train_steps,
-    wrap_and_shard,
 )
 
 __all__ = ["CASE_CONSTANTS", "CASE_FUNCTIONS", "RUN"]

@@ -1,0 +1,320 @@
+"""How a side puts its model together across ranks, written once for the pool's ranks and exported scripts.
+
+The device meshes, the engines (FSDP1, FSDP2, DDP, tensor parallelism), activation
+checkpointing, ``torch.compile`` and a model built on the meta device. ``build.py``
+and ``roundtrip.py`` call these on the pool's ranks; ``export.py`` copies their
+definitions, as they are, into every exported script, under the rules ``steps.py``
+states (plain values in, only what a script imports at the top).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.distributed as dist
+
+__all__ = [
+    "rank_device",
+    "dtensor",
+    "fully_shard_fn",
+    "device_mesh",
+    "shard_on_dim",
+    "shard_module",
+    "shard_fsdp2",
+    "wrap_fsdp1",
+    "tensor_parallel",
+    "data_rank",
+    "checkpoint_modules",
+    "built",
+    "materialize",
+    "synchronise_replicas",
+    "wrap_and_shard",
+]
+
+
+def rank_device(device: str) -> torch.device:
+    """This rank's ``torch.device`` for a side on ``device`` (``cuda``: the GPU the worker chose)."""
+    return torch.device("cuda", torch.cuda.current_device()) if device == "cuda" else torch.device("cpu")
+
+
+@functools.cache
+def dtensor():
+    """The module with ``DTensor``, ``Shard`` and ``Replicate``: public since torch 2.5, ``_tensor`` before."""
+    import importlib
+
+    for name in ("torch.distributed.tensor", "torch.distributed._tensor"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if all(hasattr(module, attr) for attr in ("DTensor", "Shard", "Replicate")):
+            return module
+    raise ImportError("no DTensor in torch.distributed.tensor or torch.distributed._tensor")
+
+
+def fully_shard_fn():
+    """FSDP2's ``fully_shard``: public since torch 2.6, ``_composable.fsdp`` before."""
+    try:
+        from torch.distributed.fsdp import fully_shard
+    except ImportError:
+        from torch.distributed._composable.fsdp import fully_shard
+    return fully_shard
+
+
+def device_mesh(shape: tuple[int, ...], world_group, *, rank: int, generation: int = 0, device: str = "cpu"):
+    """The DeviceMesh of a side on ranks ``0..n-1`` (n = the product of ``shape``), or None off it.
+
+    2-D: ``(replicas, shards)``; each row of ranks is a shard group, each column a
+    replicate group. Creating the groups is collective on the whole world, so every
+    rank calls this with the same shapes in the same order, on the side or not.
+    ``world_group`` is the 1-D case's group (already made by the caller).
+
+    ``generation`` goes into the dim names. DeviceMesh equality ignores the process
+    groups, and DTensor caches plans by mesh: a mesh rebuilt on new groups (after the
+    pool re-forms its process group) must not equal the old one, or a cached plan
+    names a destroyed group ("Could not resolve the process group registered under
+    the name ...", seen on torch 2.13 and 2.14).
+    """
+    from torch.distributed.device_mesh import DeviceMesh
+
+    if len(shape) == 1:
+        return (
+            DeviceMesh.from_group(world_group, device, mesh_dim_names=(f"shard{generation}",))
+            if rank < shape[0]
+            else None
+        )
+    replicas, shards = shape
+    ranks = torch.arange(replicas * shards).view(replicas, shards)
+    rows = [dist.new_group(row.tolist()) for row in ranks]
+    columns = [dist.new_group(column.tolist()) for column in ranks.t()]
+    if rank >= replicas * shards:
+        return None
+    row, column = divmod(rank, shards)
+    return DeviceMesh.from_group(
+        [columns[column], rows[row]],
+        device,
+        mesh=ranks,
+        mesh_dim_names=(f"replicate{generation}", f"shard{generation}"),
+    )
+
+
+def shard_on_dim(dim: int, param):
+    """FSDP2's ``shard_placement_fn``: ``Shard`` on ``dim``, or on the last dim of a parameter with fewer."""
+    return dtensor().Shard(min(dim, param.ndim - 1))
+
+
+def shard_module(
+    module,
+    engine: dict,
+    *,
+    wrap,
+    innermost_first,
+    group,
+    mesh,
+    device: str,
+    classes,
+    mixed_precision: str = "none",
+    offload_params: bool = False,
+):
+    """``module`` wrapped by ``engine`` (``{"kind": "FSDP1" | "FSDP2" | "DDP" | "Unsharded" | "TP", **its fields}``)
+    on ``group`` (1-D) or ``mesh`` (FSDP2, HSDP). ``wrap``: the modules listed as inner units;
+    ``innermost_first``: the same, a module before its ancestors; ``classes``: module type name -> class
+    (for FSDP1's ``module-type`` policy); ``mixed_precision`` and ``offload_params`` (FSDP2's
+    ``CPUOffloadPolicy``) as ``Side`` has them."""
+    lowered = {  # Side.mixed_precision -> (parameter dtype, reduction dtype)
+        "bf16": (torch.bfloat16, torch.bfloat16),
+        "bf16-params": (torch.bfloat16, torch.float32),
+        "bf16-reduce": (torch.float32, torch.bfloat16),
+    }.get(mixed_precision)
+    kind = engine["kind"]
+    if kind == "Unsharded":
+        return module
+    if kind == "TP":
+        return tensor_parallel(module, engine, innermost_first=innermost_first, mesh=mesh)
+    if kind == "DDP":
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [rank_device(device)] if device == "cuda" else None
+        return DistributedDataParallel(module, device_ids=device_ids, process_group=group)
+    if kind == "FSDP2":
+        return shard_fsdp2(
+            module, engine, innermost_first=innermost_first, mesh=mesh, lowered=lowered, offload_params=offload_params
+        )
+    if kind != "FSDP1":
+        raise TypeError(f"unknown engine {engine!r}")
+    return wrap_fsdp1(
+        module,
+        engine,
+        wrap=wrap,
+        innermost_first=innermost_first,
+        group=group,
+        mesh=mesh,
+        device=device,
+        classes=classes,
+        lowered=lowered,
+    )
+
+
+def shard_fsdp2(module, engine: dict, *, innermost_first, mesh, lowered, offload_params: bool):
+    """FSDP2: ``fully_shard`` on each listed unit, innermost first, then on ``module`` itself. ``lowered``:
+    mixed precision's (parameter dtype, reduction dtype), or None."""
+    fully_shard = fully_shard_fn()
+    kwargs = {"mesh": mesh, "reshard_after_forward": engine["reshard_after_forward"]}
+    if lowered is not None:
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=lowered[0], reduce_dtype=lowered[1])
+    if offload_params:
+        from torch.distributed.fsdp import CPUOffloadPolicy
+
+        kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=False)  # pinning needs an accelerator
+    if engine["shard_dim"]:
+        kwargs["shard_placement_fn"] = functools.partial(shard_on_dim, engine["shard_dim"])
+    for path in innermost_first:
+        fully_shard(module.get_submodule(path), **kwargs)
+    fully_shard(module, **kwargs)
+    return module
+
+
+def wrap_fsdp1(module, engine: dict, *, wrap, innermost_first, group, mesh, device: str, classes, lowered):
+    """FSDP1: ``FullyShardedDataParallel`` around ``module``, its inner units chosen by the engine's wrap policy
+    (``set``: the ``wrap`` modules; ``manual``: each wrapped by hand, innermost first; ``module-type``,
+    ``size-based``, ``always``: torch's policies). ``lowered`` as for ``shard_fsdp2``."""
+    from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
+    from torch.distributed.fsdp import wrap as fsdp_wrap
+
+    hybrid = engine["sharding_strategy"] in ("HYBRID_SHARD", "_HYBRID_SHARD_ZERO2")
+    common = dict(
+        device_id=rank_device(device),
+        use_orig_params=engine["use_orig_params"],
+        sharding_strategy=ShardingStrategy[engine["sharding_strategy"]],
+        **({"device_mesh": mesh} if hybrid else {"process_group": group}),
+    )
+    if lowered is not None:
+        from torch.distributed.fsdp import MixedPrecision
+
+        common["mixed_precision"] = MixedPrecision(param_dtype=lowered[0], reduce_dtype=lowered[1])
+    policy: object = None
+    if engine["wrap_policy"] == "set" and wrap:
+        inner = {id(module.get_submodule(path)) for path in wrap}
+        policy = functools.partial(fsdp_wrap.lambda_auto_wrap_policy, lambda_fn=lambda m: id(m) in inner)
+    elif engine["wrap_policy"] == "manual":
+        with fsdp_wrap.enable_wrap(wrapper_cls=FullyShardedDataParallel, **common):
+            for path in innermost_first:
+                parent, _, name = path.rpartition(".")
+                owner = module.get_submodule(parent) if parent else module
+                setattr(owner, name, fsdp_wrap.wrap(getattr(owner, name)))
+    elif engine["wrap_policy"] == "module-type":
+        policy = fsdp_wrap.ModuleWrapPolicy({classes[name] for name in engine["module_types"]})
+    elif engine["wrap_policy"] == "size-based":
+        policy = functools.partial(fsdp_wrap.size_based_auto_wrap_policy, min_num_params=engine["min_num_params"])
+    elif engine["wrap_policy"] == "always":
+        policy = fsdp_wrap.always_wrap_policy
+    return FullyShardedDataParallel(module, auto_wrap_policy=policy, **common)  # type: ignore[arg-type]
+
+
+def tensor_parallel(module, engine: dict, *, innermost_first, mesh):
+    """``module`` with each Linear of ``engine["plan"]`` split across the mesh's last dimension
+    (``parallelize_module``), then, with ``engine["fsdp"]``, ``fully_shard`` across its first (the listed
+    units innermost first, then the root), as torchtitan composes them. A planned Linear that activation
+    checkpointing wrapped is found inside its wrapper."""
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+    replicate = dtensor().Replicate()
+    dp_mesh, tp_mesh = (mesh[name] for name in mesh.mesh_dim_names)
+    for path, style in engine["plan"]:
+        linear = module.get_submodule(path)
+        linear = getattr(linear, "_checkpoint_wrapped_module", linear)
+        split = (
+            ColwiseParallel(output_layouts=replicate)
+            if style == "colwise"
+            else RowwiseParallel(input_layouts=replicate)
+        )
+        parallelize_module(linear, tp_mesh, split)
+    if engine["fsdp"]:
+        fully_shard = fully_shard_fn()
+        for path in innermost_first:
+            fully_shard(module.get_submodule(path), mesh=dp_mesh, reshard_after_forward=engine["reshard_after_forward"])
+        fully_shard(module, mesh=dp_mesh, reshard_after_forward=engine["reshard_after_forward"])
+    return module
+
+
+def data_rank(engine: dict, mesh_shape, rank: int) -> int:
+    """The rank whose batches ``rank`` trains on: its own, but under tensor parallelism the ``dp`` row's
+    (every rank of a ``tp`` group must see the same batch)."""
+    return rank // mesh_shape[-1] if engine["kind"] == "TP" else rank
+
+
+def checkpoint_modules(model, modules) -> None:
+    """``checkpoint_wrapper`` around each of ``modules`` (found by identity anywhere in ``model``, sharded
+    or not): activation checkpointing, whose wrapper renames their parameters."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+        apply_activation_checkpointing,
+        checkpoint_wrapper,
+    )
+
+    chosen = {id(module) for module in modules}
+    apply_activation_checkpointing(model, checkpoint_wrapper_fn=checkpoint_wrapper, check_fn=lambda m: id(m) in chosen)
+
+
+def built(build, seed: int, *, meta: bool):
+    """``build(seed)``, on the meta device if ``meta`` (no memory, no values: ``materialize`` gives them)."""
+    if not meta:
+        return build(seed)
+    with torch.device("meta"):
+        return build(seed)
+
+
+def materialize(model, device: str, seed: int = 0) -> None:
+    """A model built on the meta device, made real: each module with parameters or buffers of its own is
+    ``to_empty``'d and ``reset_parameters()``'d, as FSDP1 does it itself (the contract it documents: a
+    module's ``reset_parameters`` sets its own state, non-persistent buffers included); shared weights,
+    which ``to_empty`` splits, are tied again (``tie_weights``). Each module's initialisation is seeded
+    from ``seed`` and its place in the tree."""
+    with torch.no_grad():
+        for index, module in enumerate(model.modules()):
+            if any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False)):
+                module.to_empty(device=rank_device(device), recurse=False)
+                torch.manual_seed(seed * 1_000_003 + index)  # each module's own draws, whatever came before
+                module.reset_parameters()
+        for module in model.modules():
+            if hasattr(module, "tie_weights"):  # to_empty made a shared weight two
+                module.tie_weights()
+        synchronise_replicas(model)
+
+
+def synchronise_replicas(model) -> None:
+    """Every replicated dimension of every DTensor parameter and buffer made equal, from the first rank of
+    its group (FSDP1's ``sync_module_states``, for DTensors): on CPU meshes DTensor's random ops draw from
+    each rank's own generator, so after ``reset_parameters`` a bias replicated across ``tp`` would differ
+    between ranks whose weight shards differ in size."""
+    import itertools
+
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        placements = getattr(tensor, "placements", None)
+        for dim, placement in enumerate(placements or ()):
+            if placement.is_replicate():
+                group = tensor.device_mesh.get_group(dim)
+                dist.broadcast(tensor.to_local(), src=dist.get_global_rank(group, 0), group=group)
+
+
+def wrap_and_shard(module, wrappers: dict, shard, *, engine: str, device: str = "cpu", seed: int = 0):
+    """``shard(module)`` inside a side's wrappers (``Side.wrappers``): activation checkpointing on the
+    ``checkpointed`` leaves before or after the sharding, then ``torch.compile`` of the whole. A model
+    built on the meta device (``meta_init``) is materialized where each engine needs it: DDP and a plain
+    module before (DDP broadcasts real tensors), FSDP2 after ``fully_shard`` (each rank its shard only,
+    torchtitan's order); FSDP1 materializes it itself while it wraps."""
+    leaves = [module.get_submodule(path) for path in wrappers["checkpointed"]]
+    if wrappers["meta_init"] and engine in ("DDP", "Unsharded"):
+        materialize(module, device, seed)
+    if wrappers["activation_checkpointing"] == "before":
+        checkpoint_modules(module, leaves)
+    model = shard(module)
+    if wrappers["meta_init"] and engine in ("FSDP2", "TP"):
+        materialize(model, device, seed)
+    if wrappers["activation_checkpointing"] == "after":
+        checkpoint_modules(model, leaves)
+    if wrappers["compiled"]:
+        model = torch.compile(model, backend="eager")
+    return model
