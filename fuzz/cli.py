@@ -1,25 +1,38 @@
-"""``shardfuzz run | replay | export | shrink | report | report-bug | known-bugs | selftest | capabilities |
-targets``: the command line.
+"""``shardfuzz run | replay | export | shrink | report | report-bug | known-bugs | selftest | capabilities | targets | torch-env``: the command line.
 
-``run`` exits 0 when no new failure was found, 1 when one was (each is saved to
-the corpus), 2 for bad options or a pool that cannot start, 130/143 when
-SIGINT/SIGTERM stopped it (after writing the corpus and reports). ``replay`` exits 0
-when every entry behaved as its ranges predict here (``replay.expectation``), 1 when one
-passes inside its range, fails again past its fix, changed or is flaky. ``export`` writes a standalone torch-only reproducer.
+It parses the options and dispatches: each command's body is ``shardfuzz.commands.<command>``.
+
+Exit codes: every command exits 2 for bad options, an entry or report it cannot use (``replay``: none to
+replay), a pool that cannot start, or (``torch-env``) a torch it cannot install. Otherwise ``run`` exits 0 when
+no new failure was found, 1 when one was (each is saved to the corpus; 0 with ``--exit-zero``), 130/143 when
+SIGINT/SIGTERM stopped it (after writing the corpus and reports); ``replay`` exits 0 when every entry behaved
+as its ranges predict here (``replay.expectation``; always with ``--on-cuda``), 1 when one passes inside its
+range, fails again past its fix, changed or is flaky; ``shrink`` exits 1 when the entry no longer fails as
+recorded; ``selftest`` 1 when a mutant survived; the rest 0.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import re
-import sys
-import time
 from pathlib import Path
 
 from shardfuzz.case import DEVICES
+from shardfuzz.commands import (
+    capabilities,
+    export,
+    known_bugs,
+    replay,
+    report,
+    report_bug,
+    run,
+    selftest,
+    shrink,
+    targets,
+    torch_env,
+)
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 
 def _positive_float(text: str) -> float:
@@ -363,473 +376,26 @@ def _report_options(render: argparse.ArgumentParser) -> None:
     render.add_argument("-o", "--output", type=Path, default=None, help="write it here (default: stdout)")
 
 
+# Each sub-command: the function that runs it (``shardfuzz.commands.<command>.main``).
+COMMANDS = {
+    "run": run.main,
+    "replay": replay.main,
+    "export": export.main,
+    "selftest": selftest.main,
+    "shrink": shrink.main,
+    "report-bug": report_bug.main,
+    "known-bugs": known_bugs.main,
+    "report": report.main,
+    "capabilities": capabilities.main,
+    "targets": targets.main,
+    "torch-env": torch_env.main,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default: the process's arguments) and run its command; its exit code."""
     args = build_parser().parse_args(argv)
-    if args.command == "capabilities":
-        return _capabilities()
-    if args.command == "targets":
-        return _targets(args)
-    if args.command == "replay":
-        return _replay(args)
-    if args.command == "export":
-        return _export(args)
-    if args.command == "selftest":
-        return _selftest(args)
-    if args.command == "shrink":
-        return _shrink(args)
-    if args.command == "report":
-        return _render_report(args)
-    if args.command == "report-bug":
-        return _report_bug(args)
-    if args.command == "known-bugs":
-        return _known_bugs(args)
-    if args.command == "torch-env":
-        return _torch_env(args)
-    return _run(args)
-
-
-def _torch_env(args) -> int:
-    """Print the Python of an environment with torch ``args.version`` (made if missing); progress on stderr."""
-    from shardfuzz.executor.torch_envs import TorchEnvError, make_env
-
-    try:
-        python, found = make_env(args.version, pip_args=args.pip_arg, log=lambda line: print(line, file=sys.stderr))
-    except TorchEnvError as exc:
-        print(f"shardfuzz torch-env: {exc}", file=sys.stderr)
-        return 2
-    print(f"shardfuzz torch-env: {found.describe()}", file=sys.stderr)
-    for feature, why in sorted(found.capabilities.off.items()):
-        print(f"  off  {feature}  ({why})", file=sys.stderr)
-    print(python)
-    return 0
-
-
-def _selftest(args) -> int:
-    import torch
-
-    from shardfuzz.executor import PoolStartError
-    from shardfuzz.findings.corpus import known_bugs, load_corpus
-    from shardfuzz.search.runner import campaign_devices
-    from shardfuzz.search.selftest import catalogue_for, run_selftest
-    from shardfuzz.targets import framework_version
-
-    try:
-        catalogue = catalogue_for(args.target)
-    except ValueError as exc:
-        print(f"shardfuzz selftest: {exc}", file=sys.stderr)
-        return 2
-    unknown = sorted(set(args.mutant or []) - set(catalogue))
-    if unknown:
-        print(f"shardfuzz selftest: no such mutant(s) {unknown}; choose from {sorted(catalogue)}", file=sys.stderr)
-        return 2
-    _, why_not = campaign_devices(args.device)
-    if why_not:
-        print(f"shardfuzz selftest: {why_not}", file=sys.stderr)
-        return 2
-    known = known_bugs(load_corpus(args.corpus)[0], torch.__version__)
-    print(f"{'mutant':30} {'result':8} {'killed by':24} {'detect s':>8} {'shrink s':>8} {'size':>5}  shrunk case")
-
-    def show(r) -> None:
-        detect = f"{r.seconds_to_detect:.1f}" if r.seconds_to_detect is not None else "-"
-        shrink = "-" if r.shrink_seconds is None else f"{r.shrink_seconds:.1f}{'' if r.shrunk else '+'}"
-        print(
-            f"{r.mutant:30} {'KILLED' if r.killed else 'SURVIVED':8} {r.killed_by[:24]:24} {detect:>8} {shrink:>8} "
-            f"{r.shrunk_case_size if r.shrunk_case_size is not None else '-':>5}  {r.shrunk_case}",
-            flush=True,
-        )
-
-    started = time.monotonic()
-    try:
-        results = run_selftest(
-            budget_per_mutant=args.budget,
-            shrink_budget=args.shrink_budget,
-            world_size=args.world_size,
-            seed=args.seed,
-            mutants=args.mutant,
-            target=args.target,
-            is_known=lambda s, c: known.lookup(s, c) is not None,
-            on_result=show,
-            device=args.device,
-        )
-    except PoolStartError as exc:
-        print(f"shardfuzz selftest: {exc}", file=sys.stderr)
-        return 2
-    killed = sum(r.killed for r in results)
-    print(
-        f"kill rate {killed}/{len(results)} ({100 * killed / len(results):.0f}%) in {time.monotonic() - started:.0f}s "
-        f"on torch {torch.__version__}, {args.budget:g}s per mutant to find it and {args.shrink_budget:g}s to shrink it, "
-        f"{args.world_size} ranks (shrink s with a +: cut short)"
-    )
-    if args.report:
-        args.report.write_text(
-            json.dumps(
-                {
-                    "torch": torch.__version__,
-                    "target": args.target or "dcp",
-                    "target_framework": framework_version(args.target) if args.target else "",
-                    "budget_per_mutant": args.budget,
-                    "world_size": args.world_size,
-                    "device": args.device,
-                    "killed": killed,
-                    "total": len(results),
-                    "mutants": [r.as_dict() for r in results],
-                },
-                indent=2,
-            )
-            + "\n"
-        )
-    return 0 if killed == len(results) else 1
-
-
-def _entries_at(paths: list[Path]):
-    """Entries from files and directories; unreadable files and missing paths as problems."""
-    from shardfuzz.findings.corpus import CorpusError, load_corpus, load_entry
-
-    entries, problems = [], []
-    for path in paths:
-        if path.is_dir():
-            found, bad = load_corpus(path)
-            entries += found
-            problems += bad
-        elif path.exists():
-            try:
-                entries.append((path, load_entry(path)))
-            except CorpusError as exc:
-                problems.append(str(exc))
-        else:
-            problems.append(f"{path}: no such file or directory")
-    return entries, problems
-
-
-def _interpreters(args):
-    """(save, load) ``Interpreter``s of ``--save-python``/``--load-python``, or None when neither is given."""
-    from shardfuzz.executor.interpreters import probe
-
-    if args.save_python is None and args.load_python is None:
-        return None
-    return tuple(probe(python or sys.executable) for python in (args.save_python, args.load_python))
-
-
-def _executor(interpreters, world_size: int, **options):
-    """A ``RankPool`` (one torch: this one, or ``--save-python`` and ``--load-python`` alike) or a
-    ``CrossVersionPool`` (two), with ``RankPool``'s ``options``."""
-    from shardfuzz.executor import RankPool
-    from shardfuzz.executor.cross import CrossVersionPool
-
-    if interpreters is None or interpreters[0] == interpreters[1]:
-        return RankPool(world_size, interpreter=interpreters[0] if interpreters else None, **options)
-    return CrossVersionPool(world_size, save=interpreters[0], load=interpreters[1], **options)
-
-
-def _replay(args) -> int:
-    import attrs
-
-    from shardfuzz.executor import PoolStartError, RankPool
-    from shardfuzz.executor.cross import CrossVersionPool
-    from shardfuzz.executor.interpreters import InterpreterError
-    from shardfuzz.findings.corpus import rewrite_entry
-    from shardfuzz.findings.replay import replay_entries
-    from shardfuzz.search.runner import campaign_devices
-
-    _, why_not = campaign_devices(args.device)
-    if not why_not and args.on_cuda and args.device != "cuda":
-        why_not = "--on-cuda moves sides to the GPUs: give --device cuda too"
-    if not why_not and args.record and not args.on_cuda:
-        why_not = "--record writes what the GPU did into each entry: give --on-cuda (and --device cuda) too"
-    if not why_not and args.on_cuda and (args.save_python or args.load_python):
-        why_not = "--on-cuda runs one torch: leave out --save-python and --load-python"
-    if why_not:
-        print(f"shardfuzz replay: {why_not}", file=sys.stderr)
-        return 2
-    entries, problems = _entries_at(args.paths)
-    for problem in problems:
-        print(f"shardfuzz replay: skipping {problem}", file=sys.stderr)
-    if not entries:
-        print("shardfuzz replay: no corpus entries to replay", file=sys.stderr)
-        return 2
-    # One pool per target, of the largest world its entries need; an entry that must fill its
-    # process group exactly (a broadcasting load, a framework's target) gets a pool of its own size where that differs.
-    sizes: dict[str, int] = {}
-    exact: dict[str, set[int]] = {}
-    for _, entry in entries:
-        if args.max_world_size is not None and entry.replay_world_size > args.max_world_size:
-            continue  # skipped, saying so: no pool grows to its size
-        sizes[entry.target] = max(sizes.get(entry.target, 1), entry.replay_world_size)
-        if entry.fills_its_world:
-            exact.setdefault(entry.target, set()).add(entry.replay_world_size)
-    try:
-        interpreters = _interpreters(args)
-    except InterpreterError as exc:
-        print(f"shardfuzz replay: {exc}", file=sys.stderr)
-        return 2
-    pools: dict[tuple[str, int], RankPool | CrossVersionPool] = {}
-
-    def pool_for(target: str, world_size: int) -> RankPool | CrossVersionPool:
-        size = world_size if world_size in exact.get(target, ()) else sizes[target]
-        if (target, size) not in pools:
-            pools[target, size] = _executor(
-                interpreters, size, target=target, case_timeout=args.case_timeout, device=args.device
-            )
-        return pools[target, size]
-
-    def show(replay) -> None:
-        if replay.cuda is not None:
-            print(f"cuda {replay.cuda.outcome:15} {replay.path.name}  {replay.cuda.verdict[:150]}")
-            if args.record:
-                rewrite_entry(replay.path, attrs.evolve(replay.entry, cuda=replay.cuda))
-            return
-        mark = "skip" if replay.outcome == "skipped" else ("NOTE" if replay.unexpected else "ok  ")
-        print(f"{mark} {replay.outcome:13} {replay.path.name}  {replay.entry.title[:110]}")
-        if replay.skipped:
-            print(f"       {replay.skipped}")
-        elif replay.outcome != "still failing":
-            for verdict in replay.verdicts[:3]:
-                print(f"       now: {verdict.summary()[:160]}")
-        if replay.note and not replay.skipped:
-            print(f"       {replay.note}")
-
-    try:
-        replays = replay_entries(
-            entries,
-            pool_for,
-            repeat=args.repeat,
-            on_replay=show,
-            max_world_size=args.max_world_size,
-            on_cuda=_gpu_count() if args.on_cuda else 0,
-        )
-    except PoolStartError as exc:
-        print(f"shardfuzz replay: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        for pool in pools.values():
-            pool.close()
-    if args.report:
-        args.report.write_text(
-            json.dumps(
-                {"repeat": args.repeat, "problems": problems, "entries": [r.as_dict() for r in replays]}, indent=2
-            )
-            + "\n"
-        )
-    if args.on_cuda:
-        return 0  # a bug that passes on CUDA is a finding about the bug, not a failed replay
-    return 1 if any(r.unexpected for r in replays) else 0
-
-
-def _gpu_count() -> int:
-    from shardfuzz.capabilities import capabilities
-
-    return capabilities().cuda_devices
-
-
-def _entry(command: str, path: Path):
-    """The corpus entry at ``path``, or None after saying what is wrong with the file."""
-    from shardfuzz.findings.corpus import CorpusError, load_entry
-
-    try:
-        return load_entry(path)
-    except CorpusError as exc:
-        print(f"shardfuzz {command}: {exc}", file=sys.stderr)
-        return None
-
-
-def _emit(text: str, output: Path | None) -> None:
-    """``text`` to ``output``, or to stdout when there is none."""
-    if output is None:
-        sys.stdout.write(text)
-    else:
-        output.write_text(text)
-
-
-def _export(args) -> int:
-    from shardfuzz.findings.export import export_script
-
-    entry = _entry("export", args.entry)
-    if entry is None:
-        return 2
-    try:
-        script = export_script(entry, filename=args.output.name if args.output else "repro.py")
-    except ValueError as exc:
-        print(f"shardfuzz export: {args.entry}: {exc}", file=sys.stderr)
-        return 2
-    _emit(script, args.output)
-    if args.output is not None:
-        print(
-            f"wrote {args.output}: run it with `python {args.output}` or "
-            f"`torchrun --nproc-per-node {entry.case.world_size} {args.output}`",
-            file=sys.stderr,
-        )
-    return 0
-
-
-def _shrink(args) -> int:
-    import attrs
-
-    from shardfuzz.executor import PoolStartError
-    from shardfuzz.executor.interpreters import InterpreterError
-    from shardfuzz.findings.corpus import rewrite_entry
-    from shardfuzz.findings.describe import describe
-    from shardfuzz.search.shrink import case_size, shrink_case
-
-    entry = _entry("shrink", args.entry)
-    if entry is None:
-        return 2
-    try:
-        interpreters = _interpreters(args)
-    except InterpreterError as exc:
-        print(f"shardfuzz shrink: {exc}", file=sys.stderr)
-        return 2
-    if entry.torches is not None and interpreters is None:
-        print(
-            "shardfuzz shrink: {} was saved under torch {} and loaded under torch {}: give --save-python and "
-            "--load-python".format(args.entry, *entry.torches),
-            file=sys.stderr,
-        )
-        return 2
-
-    def still_fails(case) -> bool:
-        verdict = pool.run(case)
-        return verdict.is_failure and verdict.signature() == entry.signature
-
-    def admissible(case) -> bool:  # a known bug's case must keep meeting its conditions
-        return not pool.cannot_run(case) and (entry.known is None or entry.known.matches(case))
-
-    print(
-        f"shrinking {args.entry} (size {case_size(entry.case)}: {describe(entry.case)}) for up to {args.budget:g} s",
-        file=sys.stderr,
-    )
-    try:
-        with _executor(
-            interpreters, entry.replay_world_size, target=entry.target, case_timeout=args.case_timeout
-        ) as pool:
-            started = time.monotonic()
-            if not still_fails(entry.case):
-                print(
-                    f"shardfuzz shrink: {args.entry} does not fail as recorded here ({entry.signature[:120]}); "
-                    "`shardfuzz replay` says how it behaves now",
-                    file=sys.stderr,
-                )
-                return 1
-            if args.case_timeout is None and entry.status != "hang":
-                # A simpler case that hangs (another bug) costs seconds, not the generic deadline; a
-                # hang entry keeps the generic one, lest a slow candidate pass for the same hang.
-                pool.case_timeout = max(10.0, 5 * (time.monotonic() - started))
-            result = shrink_case(entry.case, still_fails, budget=args.budget, admissible=admissible)
-    except PoolStartError as exc:
-        print(f"shardfuzz shrink: {exc}", file=sys.stderr)
-        return 2
-    if result.moves:
-        rewrite_entry(args.entry, attrs.evolve(entry, case=result.case, shrunk=result.finished))
-    elif result.finished and not entry.shrunk:
-        rewrite_entry(args.entry, attrs.evolve(entry, shrunk=True))
-    state = (
-        "finished (nothing one step simpler fails the same way)"
-        if result.finished
-        else "stopped by the budget: run it again to go on"
-    )
-    print(
-        f"shardfuzz shrink: size {case_size(entry.case)} -> {case_size(result.case)} in {result.moves} moves, "
-        f"{result.tried} cases tried, {result.seconds:.0f} s; {state}\n  {describe(result.case)}"
-    )
-    return 0
-
-
-def _render_report(args) -> int:
-    from shardfuzz.findings.render import html_page, junit_xml, markdown
-    from shardfuzz.findings.run_report import read_report
-
-    render = {"html": html_page, "markdown": markdown, "junit": junit_xml}[args.format or "html"]
-    try:
-        text = render(read_report(args.report))
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        what = f"{args.report}: not a complete run report (missing {exc})" if isinstance(exc, KeyError) else str(exc)
-        print(f"shardfuzz report: {what}", file=sys.stderr)
-        return 2
-    _emit(text, args.output)
-    return 0
-
-
-def _report_bug(args) -> int:
-    from shardfuzz.findings.export import export_script
-    from shardfuzz.findings.upstream import issue_text
-
-    entry = _entry("report-bug", args.entry)
-    if entry is None:
-        return 2
-    try:
-        text = issue_text(entry, script=export_script(entry))
-    except ValueError as exc:
-        print(f"shardfuzz report-bug: {args.entry}: {exc}", file=sys.stderr)
-        return 2
-    _emit(text, args.output)
-    if args.output is not None:
-        print(
-            f"wrote {args.output}: check it reproduces on your machine (`shardfuzz export`), then file it",
-            file=sys.stderr,
-        )
-    return 0
-
-
-def _known_bugs(args) -> int:
-    from shardfuzz.findings.corpus import load_corpus
-    from shardfuzz.findings.upstream import known_bug_table
-
-    entries, problems = load_corpus(args.corpus)
-    for problem in problems:
-        print(f"shardfuzz known-bugs: skipping {problem}", file=sys.stderr)
-    _emit(known_bug_table(entries), args.output)
-    return 0
-
-
-def _capabilities() -> int:
-    from shardfuzz.capabilities import capabilities
-
-    caps = capabilities()
-    print(f"torch {caps.torch_version}")
-    for feature, state, why in caps.table():
-        print(f"  {state:3}  {feature}{'  (' + why + ')' if why else ''}")
-    return 0
-
-
-def _targets(args) -> int:
-    import torch
-
-    from shardfuzz.targets.listing import target_infos
-
-    infos = target_infos()
-    if args.json:
-        print(json.dumps([info.as_dict() for info in infos], indent=2))
-        return 0
-    print(f"targets on torch {torch.__version__} (--target NAME):")
-    for info in infos:
-        if not info.available:
-            version = f" ({info.framework} {info.version} installed)" if info.version else ""
-            print(f"  {info.name:12} unavailable{version}: {info.error}")
-            continue
-        framework = f"{info.framework} {info.version}" if info.framework else f"torch {info.version}"
-        print(f"  {info.name:12} {framework}: {info.kind}-level, {info.spec}")
-        print(f"  {'':12} engines {', '.join(info.engines)}")
-        for what, why in info.excludes.items():
-            print(f"  {'':12} - {what}: {why}")
-    return 0
-
-
-def _run(args) -> int:
-    import attrs
-
-    from shardfuzz.search.run_config import RunConfig
-
-    config = RunConfig.from_args(args)
-    if config.database is None:
-        from shardfuzz.search.database import DEFAULT_DATABASE
-
-        config = attrs.evolve(config, database=DEFAULT_DATABASE)
-    if config.workers == 1:
-        from shardfuzz.search.runner import run_command
-
-        return run_command(config)
-    from shardfuzz.search.workers import run_workers
-
-    return run_workers(config)
+    return COMMANDS[args.command](args)
 
 
 if __name__ == "__main__":  # pragma: no cover

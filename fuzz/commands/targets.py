@@ -3,23 +3,40 @@ what it supports, or why it cannot be had here."""
 
 from __future__ import annotations
 
+import argparse
+import json
+
 from attrs import asdict, frozen
 
-from shardfuzz.targets import (
-    SHIPPED_TARGETS,
-    framework_name,
-    installed_versions,
-    named_targets,
-    resolve_target,
-    support_of,
-)
-from shardfuzz.targets.support import ENGINE_KINDS
+__all__ = ["TargetInfo", "main", "target_infos"]
 
-__all__ = ["TargetInfo", "target_infos"]
+
+def main(args: argparse.Namespace) -> int:
+    """Print the targets (``--json``: as a list of objects), each with its engines and what it leaves out."""
+    import torch
+
+    infos = target_infos()
+    if args.json:
+        print(json.dumps([info.as_dict() for info in infos], indent=2))
+        return 0
+    print(f"targets on torch {torch.__version__} (--target NAME):")
+    for info in infos:
+        if not info.available:
+            version = f" ({info.framework} {info.version} installed)" if info.version else ""
+            print(f"  {info.name:12} unavailable{version}: {info.error}")
+            continue
+        framework = f"{info.framework} {info.version}" if info.framework else f"torch {info.version}"
+        print(f"  {info.name:12} {framework}: {info.kind}-level, {info.spec}")
+        print(f"  {'':12} engines {', '.join(info.engines)}")
+        for what, why in info.excludes.items():
+            print(f"  {'':12} - {what}: {why}")
+    return 0
 
 
 @frozen
 class TargetInfo:
+    """One target as ``shardfuzz targets`` lists it."""
+
     name: str
     spec: str
     kind: str  # "object" (takes the live objects), "state-dict", or "" where unavailable
@@ -35,13 +52,23 @@ class TargetInfo:
 
 
 def _version(distribution: str) -> str:
+    from shardfuzz.targets import installed_versions
+
     return installed_versions([distribution]).get(distribution, "")
 
 
 def target_infos() -> list[TargetInfo]:
     """One ``TargetInfo`` per short name; the engines are those the installed torch offers too."""
     from shardfuzz.capabilities import capabilities
-    from shardfuzz.targets import ObjectTarget
+    from shardfuzz.targets import (
+        SHIPPED_TARGETS,
+        ObjectTarget,
+        framework_name,
+        named_targets,
+        resolve_target,
+        support_of,
+    )
+    from shardfuzz.targets.support import ENGINE_KINDS
 
     offered = capabilities().engines
     infos = []
