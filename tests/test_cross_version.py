@@ -367,8 +367,9 @@ def test_torch_env_reuses_an_environment_with_that_torch(tmp_path, monkeypatch, 
     python = torch_envs.python_of(version)
     python.parent.mkdir(parents=True)
     python.symlink_to(sys.executable)
+    this = probe(sys.executable)  # before subprocess is stubbed: alone, the probe is not cached yet
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail(f"ran {a}"))  # no venv, no pip
-    monkeypatch.setattr(torch_envs, "probe", lambda path: attrs.evolve(probe(sys.executable), python=path))
+    monkeypatch.setattr(torch_envs, "probe", lambda path: attrs.evolve(this, python=path))
     assert main(["torch-env", version]) == 0
     assert capsys.readouterr().out.strip() == str(python)
 
