@@ -1,0 +1,79 @@
+"""A finding's explanation as data: what each neighbour of its case did, and what that says (``search.explain``
+measures it; the corpus keeps it in the entry)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from attrs import field, frozen
+from attrs.validators import in_, instance_of
+
+from shardfuzz.case._validators import strings
+
+__all__ = ["EDGES", "NEIGHBOUR_OUTCOMES", "Explanation", "Neighbour"]
+
+#: What a neighbour did: failed with the case's signature, failed otherwise, passed, or could not run here.
+NEIGHBOUR_OUTCOMES = ("same failure", "other failure", "passes", "not supported")
+
+#: The edges a shrunk case may stand on that a realistic one does not, by the ``dimensions`` label that says so.
+EDGES = {
+    "empty_shard": "a rank holds an empty shard",
+    "uneven_split": "a width does not split evenly",
+    "one_element": "a layer of one element (width 1)",
+    "narrow": "a width below the world size",
+}
+
+
+@frozen
+class Neighbour:
+    """One neighbour: the dimension it changes (a ``case.dimensions`` label where there is one), how,
+    what it did, and for another failure its signature (for 'not supported', why)."""
+
+    dimension: str
+    change: str
+    outcome: str = field(validator=in_(NEIGHBOUR_OUTCOMES))
+    detail: str = ""
+
+
+def _rows(rows: Iterable[Neighbour]) -> tuple[Neighbour, ...]:
+    return tuple(rows)
+
+
+@frozen
+class Explanation:
+    """What running the case's neighbours measured (``explain_case``).
+
+    ``necessary``: ``{label: value}``, the case's value of each labelled dimension whose change made it pass.
+    ``free``: the labels whose every change kept the same failure. ``realistic``: what the nearest realistic
+    case did (a ``NEIGHBOUR_OUTCOMES`` value, or '' when there is none: a user's own model), ``edges``: the
+    ``EDGES`` keys the shrunk case has that the realistic one lacks. ``complete``: every neighbour ran (False:
+    cut short by the budget or a stop; ``shardfuzz explain ENTRY`` runs it again whole)."""
+
+    neighbours: tuple[Neighbour, ...] = field(converter=_rows)
+    necessary: dict[str, str] = field(factory=dict)
+    free: tuple[str, ...] = field(default=(), converter=strings)
+    realistic: str = field(default="", validator=in_(("", *NEIGHBOUR_OUTCOMES)))
+    edges: tuple[str, ...] = field(default=(), converter=strings)
+    complete: bool = field(default=True, validator=instance_of(bool))
+    torch: str = ""
+    date: str = ""
+
+    @property
+    def bites_realistic_setups(self) -> bool | None:
+        """Whether the nearest realistic case fails the same way (None: not measured)."""
+        if self.realistic in ("", "not supported"):
+            return None
+        return self.realistic == "same failure"
+
+    def summary(self) -> str:
+        """A few lines for ``describe``, the corpus table and bug reports."""
+        needs = ", ".join(f"{label}={value}" for label, value in sorted(self.necessary.items())) or "nothing measured"
+        free = ", ".join(self.free) or "none"
+        if self.bites_realistic_setups is None:
+            reach = "realistic case not run" if not self.realistic else "realistic case not supported here"
+        elif self.bites_realistic_setups:
+            reach = "fails the same way at realistic widths (even splits, >= 8x the mesh, 2+ layers)"
+        else:
+            reach = "passes at realistic widths: needs " + (" or ".join(EDGES[e] for e in self.edges) or "an edge")
+        cut = "" if self.complete else " (cut short: `shardfuzz explain ENTRY` finishes it)"
+        return f"needs: {needs}; varies freely: {free}; {reach}{cut}"

@@ -1,0 +1,343 @@
+"""Explaining a finding by measurement: run its neighbours, one dimension changed at a time.
+
+A shrunk case says *a* smallest way to fail, not *which* of its values the failure needs. Hypothesis's
+explain phase answers that for a test's arguments; here each neighbour of the case changes one thing a bug
+report would name (an engine, an option, the mesh, the optimizer, the widths, ...) and the table of what
+each did gives:
+
+- the **conditions**: the dimensions whose change made the case pass (the failure needs their values),
+  and those whose every change kept the same failure (they vary freely);
+- the **realism**: whether the same failure shows on the nearest realistic case (every tensor split
+  evenly with a shard on every rank, widths at least 8x the largest mesh dimension, at least two Linear
+  layers, the side options at their defaults), and if not, the edges the shrunk case has that it lacks
+  (an empty shard, an uneven split, a one-element layer, a width below the world size).
+
+Nothing here draws: the neighbours are built from the case (``neighbours``), and ``explain_case`` runs
+them with whatever runs a case (a warm pool in a campaign or ``shardfuzz explain``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import time
+from collections.abc import Callable, Iterator
+
+import attrs
+
+from shardfuzz.case import (
+    CHECKS,
+    DDP,
+    DTYPES,
+    FSDP1,
+    FSDP2,
+    MIXED_PRECISION,
+    OPTIMIZER_CLASSES,
+    STATE_DICT_APIS,
+    STATE_DICT_TYPES,
+    STORAGE_CLASSES,
+    TP,
+    Block,
+    Case,
+    Linear,
+    Model,
+    Sequential,
+    Side,
+    TrainingState,
+    Unsharded,
+    dimensions,
+    shard_count,
+)
+from shardfuzz.findings.explanation import Explanation, Neighbour
+from shardfuzz.verdict import Verdict
+
+__all__ = ["explain_case", "neighbours", "realistic_case"]
+
+#: The side options a realistic case keeps at their defaults.
+_SIDE_DEFAULTS = {
+    "cpu_offload": False,
+    "broadcast_from_rank0": False,
+    "state_dict_api": "combined",
+    "activation_checkpointing": "none",
+    "checkpointed": (),
+    "compiled": False,
+    "meta_init": False,
+    "mixed_precision": "none",
+    "offload_params": False,
+}
+
+
+def _side_neighbours(name: str, side: Side) -> Iterator[tuple[str, str, Side]]:
+    """Each one-step change of one side: its engine, the engine's options, its mesh, its state-dict type, its
+    options (each Side field at another value)."""
+    engine = side.engine
+    flat = (math.prod(side.mesh_shape),)
+    for kind in (FSDP1, FSDP2, DDP, Unsharded):
+        if type(engine) is not kind:
+            mesh = (1,) if kind is Unsharded else flat
+            yield (
+                f"{name}_engine",
+                f"{type(engine).__name__} -> {kind.__name__}",
+                _or_none(side, engine=kind(), mesh_shape=mesh, wrap=() if kind in (DDP, Unsharded) else side.wrap),
+            )
+    for attribute in attrs.fields(type(engine)):
+        for value in _other_values(attribute, getattr(engine, attribute.name)):
+            yield (
+                f"{name}_{attribute.name}",
+                f"{attribute.name} -> {value!r}",
+                _or_none(side, engine=_or_none(engine, **{attribute.name: value})),
+            )
+    if len(side.mesh_shape) == 2 and not isinstance(engine, TP):
+        yield f"{name}_mesh", f"mesh {side.mesh_shape} -> {flat}", _or_none(side, mesh_shape=flat)
+    elif len(side.mesh_shape) == 1:
+        for size in sorted({1, 2, 4} - {side.mesh_shape[0]}):
+            yield f"{name}_world_size", f"{side.mesh_shape[0]} -> {size} ranks", _or_none(side, mesh_shape=(size,))
+    for state_dict in STATE_DICT_TYPES:
+        if state_dict != side.state_dict:
+            yield f"{name}_state_dict", f"{side.state_dict} -> {state_dict}", _or_none(side, state_dict=state_dict)
+    if side.wrap:
+        yield f"{name}_wrapped", "wrap set -> none", _or_none(side, wrap=())
+    for option, values in (("state_dict_api", STATE_DICT_APIS), ("mixed_precision", MIXED_PRECISION)):
+        for value in values:
+            if value != getattr(side, option):
+                yield f"{name}_{option}", f"{option} -> {value}", _or_none(side, **{option: value})
+    if side.activation_checkpointing != "none":
+        yield (
+            f"{name}_activation_checkpointing",
+            "activation checkpointing -> none",
+            _or_none(side, activation_checkpointing="none", checkpointed=()),
+        )
+    for option in ("cpu_offload", "broadcast_from_rank0", "compiled", "meta_init", "offload_params"):
+        value = not getattr(side, option)
+        yield f"{name}_{option}", f"{option} -> {value}", _or_none(side, **{option: value})
+
+
+#: The fields that hold a part built by another ``_or_none`` (None there: that part was refused).
+_PARTS = ("engine", "model", "save", "load")
+
+
+def _other_values(attribute, current) -> list:
+    """The other values an engine option takes: a bool's other, an enumerated option's others."""
+    if isinstance(current, bool):
+        return [not current]
+    options = getattr(attribute.validator, "options", None)
+    return [value for value in options or () if value != current]
+
+
+def _or_none(instance, **changes):
+    """``instance`` with ``changes``, or None where its validators refuse them."""
+    if instance is None or any(changes.get(name, instance) is None for name in _PARTS):
+        return None  # a part that could not be changed makes no neighbour
+    try:
+        return attrs.evolve(instance, **changes)
+    except (ValueError, TypeError):
+        return None
+
+
+def _case_neighbours(case: Case) -> Iterator[tuple[str, str, Case | None]]:
+    optimizer = type(case.optimizer)
+    for kind in OPTIMIZER_CLASSES:
+        if kind is not optimizer:
+            yield "optimizer", f"{optimizer.__name__} -> {kind.__name__}", _or_none(case, optimizer=kind())
+    for steps in sorted({0, 1, 3} - {case.steps}):
+        yield "steps", f"{case.steps} -> {steps} steps", _or_none(case, steps=steps)
+    yield (
+        "param_groups",
+        f"{case.param_groups} -> {3 - case.param_groups} param groups",
+        _or_none(case, param_groups=3 - case.param_groups),
+    )
+    flatten = not case.flatten_optimizer_state_dict
+    yield "flatten_optimizer_state_dict", f"flatten -> {flatten}", _or_none(case, flatten_optimizer_state_dict=flatten)
+    for check in CHECKS:
+        checks = tuple(c for c in case.checks if c != check) if check in case.checks else (*case.checks, check)
+        yield (
+            f"check_{check}",
+            f"check {check} {'off' if check in case.checks else 'on'}",
+            _or_none(case, checks=checks),
+        )
+    if case.load_mutation is not None:
+        yield "load_mutation", f"{case.load_mutation} -> none", _or_none(case, load_mutation=None)
+    for storage in STORAGE_CLASSES:
+        if type(case.storage) is not storage:
+            yield "storage", f"{type(case.storage).__name__} -> {storage.__name__}", _or_none(case, storage=storage())
+    yield (
+        "ignore_frozen_params",
+        f"ignore_frozen_params -> {not case.ignore_frozen_params}",
+        _or_none(case, ignore_frozen_params=not case.ignore_frozen_params),
+    )
+    training = None if case.training is not None else TrainingState()
+    yield (
+        "training_state",
+        f"training state -> {'none' if training is None else 'an LR scheduler'}",
+        _or_none(case, training=training),
+    )
+    yield "seed", f"seed {case.seed} -> {case.seed + 1}", _or_none(case, seed=case.seed + 1)
+
+
+def _model_neighbours(case: Case) -> Iterator[tuple[str, str, Case | None]]:
+    model = case.model
+    if not isinstance(model, Model):
+        return  # a user's own model is explained around, not into
+    for dtype in DTYPES:
+        if dtype != model.dtype:
+            yield "dtype", f"{model.dtype} -> {dtype}", _or_none(case, model=_or_none(model, dtype=dtype))
+    yield "widths", "every width x2", _or_none(case, model=_scaled(model, 2))
+    last = model.output_width
+    deeper = _or_none(model, root=Sequential((*_children(model.root), Linear(max(last, 1)))))
+    yield "linears", "one more Linear", _or_none(case, model=deeper)
+
+
+def neighbours(case: Case) -> Iterator[tuple[str, str, Case | None]]:
+    """``(dimension, change, neighbour)`` for each one-step change of ``case``; ``neighbour`` is None where the
+    change makes no valid case (the data model refuses it)."""
+    for name in ("save", "load"):
+        for dimension, change, side in _side_neighbours(name, getattr(case, name)):
+            yield dimension, change, _or_none(case, **{name: side})
+    yield from _case_neighbours(case)
+    yield from _model_neighbours(case)
+
+
+def _children(root) -> tuple:
+    return root.children if isinstance(root, (Sequential, Block)) else (root,)
+
+
+def _scaled(model: Model, factor: int) -> Model | None:
+    """``model`` with the input width and every Linear's output width multiplied by ``factor`` (norms and
+    attention follow the width they are fed; a head count that divided a width divides its multiple)."""
+
+    def scale(node):
+        if isinstance(node, (Sequential, Block)):
+            return type(node)(tuple(scale(child) for child in node.children))
+        if isinstance(node, Linear):
+            return attrs.evolve(node, out_features=node.out_features * factor)
+        return node
+
+    try:
+        return attrs.evolve(model, input_width=model.input_width * factor, root=scale(model.root))
+    except (ValueError, TypeError):
+        return None
+
+
+def realistic_case(case: Case) -> Case | None:
+    """The nearest realistic case: widths scaled by a multiple of every shard count and mesh dimension until
+    the narrowest is at least 8x the largest mesh dimension (so every split is even and every rank holds a
+    shard), at least two Linear layers, the sides' options at their defaults. None for a user's model or
+    where no such case is valid."""
+    model = case.model
+    if not isinstance(model, Model):
+        return None
+    sides = (case.save, case.load)
+    largest = max(max(side.mesh_shape) for side in sides)
+    unit = math.lcm(*(shard_count(side) for side in sides), *(n for side in sides for n in side.mesh_shape))
+    narrowest = min([model.input_width] + [out for _, _, out, _ in model.linears()])
+    factor = unit * max(1, math.ceil(8 * largest / (narrowest * unit)))
+    if len(model.linears()) < 2:
+        model = _or_none(model, root=Sequential((*_children(model.root), Linear(model.output_width))))
+    scaled = _scaled(model, factor) if model is not None else None
+    if scaled is None:
+        return None
+    save, load = (_or_none(side, **_SIDE_DEFAULTS) for side in sides)
+    return _or_none(case, model=scaled, save=save, load=load)
+
+
+def _edges(case: Case) -> tuple[str, ...]:
+    """The ``EDGES`` this case stands on."""
+    dims = dimensions(case)
+    widths = [case.model.input_width] + [out for _, _, out, _ in case.model.linears()]
+    found = {
+        "empty_shard": "true" in (dims["save_empty_shard"], dims["load_empty_shard"]),
+        "uneven_split": "true" in (dims["save_uneven_split"], dims["load_uneven_split"]),
+        "one_element": 1 in widths,
+        "narrow": min(widths) < max(case.save.world_size, case.load.world_size),
+    }
+    return tuple(edge for edge, present in found.items() if present)
+
+
+def _outcome(verdict: Verdict, signature: str) -> tuple[str, str]:
+    if verdict.status == "unsupported":
+        return "not supported", verdict.summary()[:300]
+    if not verdict.is_failure:
+        return "passes", ""
+    if verdict.signature() == signature:
+        return "same failure", ""
+    return "other failure", verdict.signature()[:300]
+
+
+def explain_case(
+    case: Case,
+    signature: str,
+    run: Callable[[Case], Verdict],
+    *,
+    cannot_run: Callable[[Case], str] = lambda case: "",
+    admissible: Callable[[Case], str] = lambda case: "",
+    deadline: float | None = None,
+    torch_version: str = "",
+) -> Explanation:
+    """Run ``case``'s neighbours with ``run`` and say what they measured about the failure ``signature``.
+
+    ``cannot_run(neighbour)``: why this executor cannot run it ('' where it can); ``admissible(neighbour)``:
+    why not to run it at all (a neighbour that would meet a known hang, say). Past ``deadline``
+    (``time.monotonic()``), the neighbours left are not run and the explanation says it is incomplete."""
+    rows: list[Neighbour] = []
+    complete = True
+    changed: list[tuple[Neighbour, set[str]]] = []
+    before = dimensions(case)
+    for dimension, change, neighbour in neighbours(case):
+        if deadline is not None and time.monotonic() > deadline:
+            complete = False
+            break
+        why_not = "the data model refuses it" if neighbour is None else cannot_run(neighbour) or admissible(neighbour)
+        if why_not or neighbour is None:
+            rows.append(Neighbour(dimension, change, "not supported", why_not[:300]))
+            continue
+        outcome, detail = _outcome(run(neighbour), signature)
+        after = dimensions(neighbour)
+        labels = {label for label in before if before[label] != after.get(label) and before[label] != "n/a"}
+        own = [label for label in labels if not _derived(label)]
+        row = Neighbour(own[0] if len(own) == 1 else dimension, change, outcome, detail)
+        rows.append(row)
+        changed.append((row, labels))
+    realistic, edges = "", tuple[str, ...]()
+    nearest = realistic_case(case)
+    if complete and nearest is not None and (deadline is None or time.monotonic() <= deadline):
+        why_not = cannot_run(nearest) or admissible(nearest)
+        realistic = "not supported" if why_not else _outcome(run(nearest), signature)[0]
+        if realistic != "same failure":
+            edges = _edges(case)
+    elif nearest is not None:
+        complete = False
+    return Explanation(
+        neighbours=tuple(rows),
+        necessary=_necessary(changed, before),
+        free=_free(changed),
+        realistic=realistic,
+        edges=edges,
+        complete=complete,
+        torch=torch_version,
+        date=datetime.date.today().isoformat(),
+    )
+
+
+def _derived(label: str) -> bool:
+    """Whether a ``dimensions`` label follows from others (the sides differ; the optimizer keeps state; a
+    width splits unevenly or leaves a rank empty) rather than being a value of the case's own."""
+    return label in ("resharded", "optimizer_state") or label.endswith(("_empty_shard", "_uneven_split"))
+
+
+def _necessary(changed: list[tuple[Neighbour, set[str]]], before: dict[str, str]) -> dict[str, str]:
+    """The case's value of every labelled dimension a passing neighbour changed."""
+    return {
+        label: before[label]
+        for row, labels in changed
+        if row.outcome == "passes"
+        for label in labels
+        if label in before
+    }
+
+
+def _free(changed: list[tuple[Neighbour, set[str]]]) -> tuple[str, ...]:
+    """The dimensions whose every neighbour that ran failed the same way."""
+    outcomes: dict[str, set[str]] = {}
+    for row, _ in changed:
+        outcomes.setdefault(row.dimension, set()).add(row.outcome)
+    return tuple(sorted(dimension for dimension, seen in outcomes.items() if seen == {"same failure"}))
