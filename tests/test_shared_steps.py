@@ -1,7 +1,7 @@
 """One implementation of the rank side: exported scripts are assembled from the modules the pool runs.
 
 ``layers``, ``sharding``, ``rank_steps`` and ``bits`` hold the torch steps; ``repro_script`` the
-order of the steps, the judge and the launcher. These tests hold the rules that
+order of the steps and the judge, ``launcher`` the launcher. These tests hold the rules that
 make copying them into a standalone script work, and show that a change to a
 shared step changes what the pool does and what an exported script does alike.
 """
@@ -23,7 +23,7 @@ import pytest
 from shardfuzz.case import FSDP1, FSDP2, SGD, Adam, BatchNorm, Block, Case, Conv, Linear, Model, Sequential, Side, Tied
 from shardfuzz.findings.corpus import entry_for
 from shardfuzz.findings.export import export_script
-from shardfuzz.rank.portable import bits, handoff, layers, sharding
+from shardfuzz.rank.portable import bits, handoff, launcher, layers, sharding
 from shardfuzz.rank.portable import script as repro_script
 from shardfuzz.rank.portable import steps as rank_steps
 from shardfuzz.targets import DEFAULT_TARGET
@@ -70,6 +70,7 @@ def test_a_shared_module_imports_at_its_top_only_what_a_script_imports(module):
 def test_a_script_holds_each_shared_definition_once_and_as_it_is():
     script = _script(_case())
     copied = [(m, name) for m in SHARED for name in m.__all__] + [(repro_script, n) for n in repro_script.RUN]
+    copied += [(launcher, name) for name in launcher.__all__]
     for module, name in copied:
         source = inspect.getsource(getattr(module, name)).rstrip("\n")
         assert script.count(source) == 1, f"{module.__name__}.{name} is not in the script as it is"

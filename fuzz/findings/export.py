@@ -3,8 +3,9 @@
 The script is assembled, not written by hand: the case's values as constants and
 its model as ``nn.Sequential(...)`` literals (from each leaf's ``LayerCall``), then
 the definitions of ``layers``, ``sharding``, ``rank_steps`` and ``bits`` (the torch
-steps the pool's ranks run) copied as they are, each after the ones it uses, the checkpoint I/O, and the run of
-``repro_script`` (the order of the steps, the judge, the launcher), copied as it is.
+steps the pool's ranks run) copied as they are, each after the ones it uses, the
+checkpoint I/O, and the run of ``repro_script`` (the order of the steps, the judge)
+and ``launcher``, copied as they are.
 It runs under ``torchrun --nproc-per-node N`` or as ``python repro.py`` (it spawns
 its own gloo ranks), prints ``REPRODUCED`` and exits 1 when the failure shows, and
 prints ``did not reproduce`` and exits 0 when it does not.
@@ -19,7 +20,7 @@ from shardfuzz.executor.deadlines import deadline_for
 from shardfuzz.findings.corpus import Entry
 from shardfuzz.rank import oracles
 from shardfuzz.rank.build import engine_fields, training_fields
-from shardfuzz.rank.portable import bits, handoff, layers, sharding
+from shardfuzz.rank.portable import bits, handoff, launcher, layers, sharding
 from shardfuzz.rank.portable import script as repro_script
 from shardfuzz.rank.portable import steps as rank_steps
 from shardfuzz.rank.roundtrip import CONTINUE_STEPS, options_extra, side_description
@@ -57,9 +58,8 @@ def export_script(entry: Entry, *, filename: str = "repro.py") -> str:
             _definitions(bits, "the bitwise comparison the oracles use"),
             _definitions(handoff, "the saved state a save run hands the load run (--phase save, then load)"),
             _target_code(entry.target, case.storage),
-            _definitions(
-                repro_script, "the run: the steps in the pool's order, the judge, the launcher", repro_script.RUN
-            ),
+            _definitions(repro_script, "the run: the steps in the pool's order, the judge", repro_script.RUN),
+            _definitions(launcher, "the launcher: gloo ranks of its own or torchrun's, the hang watchdog, --phase"),
             'if __name__ == "__main__":\n    main()\n',
         ]
     )

@@ -1,14 +1,15 @@
-"""The part of an exported reproducer that is not a torch step: the order of the steps, the judge, the launcher.
+"""The part of an exported reproducer that is not a torch step: the order of the steps and the judge.
 
 ``export`` builds a script from four sources, none of them a second copy of the
 round-trip: the case's values (written as constants, and the model as
 ``nn.Sequential(...)`` literals, in place of the ``# --- the case`` block below);
-the definitions of ``layers``, ``sharding``, ``rank_steps`` and ``bits``, copied as they are;
-the checkpoint I/O (``storage.py``'s classes, or an import of the user's target);
-and the functions of ``RUN`` below, copied as they are. This is a real module so
-that those functions are linted and their names checked; the constants here are
-a placeholder case (one rank, one step) that ``tests/test_export.py`` compares
-with what ``export`` writes, so the two cannot drift apart.
+the definitions of ``layers``, ``sharding``, ``rank_steps`` and ``bits``, copied as
+they are; the checkpoint I/O (``storage.py``'s classes, or an import of the user's
+target); and the functions of ``RUN`` below, then those of ``launcher.py``, copied
+as they are. This is a real module so that those functions are linted and their
+names checked; the constants here are a placeholder case (one rank, one step) that
+``tests/test_export.py`` compares with what ``export`` writes, so the two cannot
+drift apart.
 
 The run follows ``roundtrip.run_case`` phase for phase; it judges with a plain
 bitwise comparison (``bits``) and raises at the first difference, where the
@@ -17,12 +18,8 @@ pool's oracles collect every mismatch with its kind.
 
 from __future__ import annotations
 
-import datetime
 import os
-import shutil
 import sys
-import tempfile
-import time
 import traceback
 from typing import Any
 
@@ -243,11 +240,9 @@ def load_into(model, optim, app, checkpoint_dir, group, rank):
     set_side_state(model, optim, state, kind=LOAD_STATE_DICT, api=LOAD_API, options=load_options, rank=rank)
 
 
-def round_trip(rank, checkpoint_dir, phase="both"):
-    """This rank's part: save on ranks < SAVE_RANKS, load on ranks < LOAD_RANKS, compare on rank 0.
-
-    ``phase`` "save" or "load": that half only, as two runs (under two torches) on one folder; the
-    save run's rank 0 leaves the saved state beside the checkpoint for the load run's."""
+def groups_and_meshes(rank):
+    """Each side's group, the group an async save writes on, and each side's mesh (None off it): every rank
+    makes them, in the same order (2-D meshes' groups are collective on the whole world)."""
     PHASE[0] = "groups"
     groups = {}
     for n in sorted({SAVE_RANKS, LOAD_RANKS}):
@@ -259,50 +254,138 @@ def round_trip(rank, checkpoint_dir, phase="both"):
     for shape, n in ((SAVE_MESH, SAVE_RANKS), (LOAD_MESH, LOAD_RANKS)):
         if shape not in meshes:
             meshes[shape] = device_mesh(shape, groups[n], rank=rank)
+    return groups, checkpoint_group, meshes
+
+
+def run_save_side(rank, checkpoint_dir, phase, group, mesh, checkpoint_group):
+    """Build, train, gather and save on a save rank (then continue training, and compare two APIs, where the
+    case checks those). Returns the saved state and the state after continuing (None without)."""
+    expected_after = None
+    PHASE[0] = "build-save"
+    model = shard(
+        built(build_model, SEED, meta=SAVE_WRAPPERS["meta_init"]),
+        SAVE_ENGINE,
+        SAVE_WRAP,
+        SAVE_WRAP_INNERMOST_FIRST,
+        group,
+        mesh,
+        SAVE_WRAPPERS,
+        SEED,
+    )
+    optim = make_optimizer(model, *SAVE_OPTIMIZER)
+    app = make_app_state(optim, TRAINING, engine=SAVE_ENGINE["kind"], group=group)
+    PHASE[0] = "train"
+    train(model, optim, app, data_rank(SAVE_ENGINE, SAVE_MESH, rank))
+    PHASE[0] = "gather-saved"
+    expected = gather_full(model, optim, app)
+    PHASE[0] = "save"
+    if OBJECT_TARGET:  # the target builds its state dicts from the objects itself
+        _target.save_objects(model, optim, side=SAVE_SIDE, checkpoint_id=checkpoint_dir, process_group=checkpoint_group)
+    else:
+        save_options = options(SAVE_STATE_DICT, SAVE_OPTIONS)
+        state = get_side_state(model, optim, kind=SAVE_STATE_DICT, api=SAVE_API, options=save_options, app=app)
+        save(state, checkpoint_dir, checkpoint_group)
+        del state
+    if "continuation" in CHECKS and LOAD_MUTATION is None:
+        PHASE[0] = "continue-saved"
+        train(model, optim, app, data_rank(SAVE_ENGINE, SAVE_MESH, rank), continuation=True)
+        expected_after = gather_full(model, optim, app)
+    if "api-parity" in CHECKS:
+        PHASE[0] = "api-parity"
+        api_parity(model, optim, group)
+    PHASE[0] = "finish-save"
+    finish_save()
+    del model, optim, app
+    if phase == "save" and rank == 0:
+        write_handoff(checkpoint_dir, expected, expected_after)
+        print(f"saved under torch {torch.__version__}; now run --phase load on the same --dir")
+    return expected, expected_after
+
+
+def run_load_side(rank, checkpoint_dir, group, mesh, saved_by, expected, expected_after):
+    """Build the load side and load into it; rank 0 then judges the loaded state (``judge_loaded``). With a
+    mutated model, the load must raise instead."""
+    PHASE[0] = "build-load"
+    build = build_load_model if LOAD_MUTATION is not None else build_model
+    spec = built(build, SEED + 1, meta=LOAD_WRAPPERS["meta_init"])
+    model = shard(spec, LOAD_ENGINE, LOAD_WRAP, LOAD_WRAP_INNERMOST_FIRST, group, mesh, LOAD_WRAPPERS, SEED + 1)
+    optim = make_optimizer(model, *LOAD_OPTIMIZER)
+    app = make_app_state(optim, TRAINING, engine=LOAD_ENGINE["kind"], group=group)
+    if LOAD_MUTATION is not None:
+        PHASE[0] = "load-incompatible"
+        try:
+            load_into(model, optim, app, checkpoint_dir, group, rank)
+        except BaseException as exc:  # the loud error wanted
+            print(f"rank {rank}: the incompatible load raised {type(exc).__name__}, as it should")
+        else:
+            raise AssertionError(
+                f"loud-incompatible-load: loading into a model with a {LOAD_MUTATION} mutation raised nothing"
+            )
+        return
+    before = gather_full(model, optim, app) if KEPT_ON_LOAD else {}
+    PHASE[0] = "load"
+    try:
+        load_into(model, optim, app, checkpoint_dir, group, rank)
+    except BaseException as exc:
+        if not LOCAL_MAY_REFUSE:
+            raise
+        print(
+            f"rank {rank}: the 'local' checkpoint was refused on another topology "
+            f"({type(exc).__name__}), which is allowed: not a finding"
+        )
+        os._exit(0)
+    PHASE[0] = "gather-loaded"
+    actual = gather_full(model, optim, app)
+    actual_after = None
+    if "full-offload" in CHECKS:
+        PHASE[0] = "full-offload"
+        full_offload(model, optim, rank, actual)
+    if "continuation" in CHECKS:
+        PHASE[0] = "continue-loaded"
+        train(model, optim, app, data_rank(LOAD_ENGINE, LOAD_MESH, rank), continuation=True)
+        actual_after = gather_full(model, optim, app)
+    if rank == 0:
+        judge_loaded(expected, actual, before, expected_after, actual_after, saved_by)
+
+
+def judge_loaded(expected, actual, before, expected_after, actual_after, saved_by):
+    """Rank 0's judgement: the loaded state against the saved one, bit for bit, and the states after
+    continuing, as ``oracles.continuation`` judges them. Across two torches, less what one torch holds and
+    the other cannot."""
+    PHASE[0] = "compare"
+    across = saved_by != str(torch.__version__)  # saved under another torch (--phase save, then load)
+    if across:  # hyperparameters one torch has and the other cannot hold: not the checkpoint's
+        one_torch = one_torch_hyperparameters(expected, actual)
+        expected = {k: v for k, v in expected.items() if k not in one_torch}
+        actual = {k: v for k, v in actual.items() if k not in one_torch}
+    check(differences({**expected, **{k: before[k] for k in KEPT_ON_LOAD}}, actual), "complete-state")
+    if "continuation" in CHECKS and (  # as oracles.continuation judges it
+        (SAME_SHARDING and not across) or COMPUTE_DTYPE not in NO_TOLERANCE_DTYPES
+    ):
+        close = ACROSS_TORCHES_TOLERANCE if across else None if SAME_SHARDING else CONTINUATION_TOLERANCE
+        if across:  # the model and the counters: the moments went bit for bit above (oracles.py)
+            moments = {
+                k for k, v in expected_after.items() if k.startswith("optim.") and torch.is_tensor(v)
+                and v.is_floating_point() and not k.endswith(".step")
+            } | one_torch  # fmt: skip
+            expected_after = {k: v for k, v in expected_after.items() if k not in moments}
+            actual_after = {k: v for k, v in actual_after.items() if k not in moments}
+        check(differences(expected_after, actual_after, close), "continuation")
+
+
+def round_trip(rank, checkpoint_dir, phase="both"):
+    """This rank's part: save on ranks < SAVE_RANKS, load on ranks < LOAD_RANKS, compare on rank 0.
+
+    ``phase`` "save" or "load": that half only, as two runs (under two torches) on one folder; the
+    save run's rank 0 leaves the saved state beside the checkpoint for the load run's."""
+    groups, checkpoint_group, meshes = groups_and_meshes(rank)
     try:
         expected = expected_after = None
         saved_by = str(torch.__version__)
         if rank < SAVE_RANKS and phase != "load":
-            PHASE[0] = "build-save"
-            model = shard(
-                built(build_model, SEED, meta=SAVE_WRAPPERS["meta_init"]),
-                SAVE_ENGINE,
-                SAVE_WRAP,
-                SAVE_WRAP_INNERMOST_FIRST,
-                groups[SAVE_RANKS],
-                meshes[SAVE_MESH],
-                SAVE_WRAPPERS,
-                SEED,
+            expected, expected_after = run_save_side(
+                rank, checkpoint_dir, phase, groups[SAVE_RANKS], meshes[SAVE_MESH], checkpoint_group
             )
-            optim = make_optimizer(model, *SAVE_OPTIMIZER)
-            app = make_app_state(optim, TRAINING, engine=SAVE_ENGINE["kind"], group=groups[SAVE_RANKS])
-            PHASE[0] = "train"
-            train(model, optim, app, data_rank(SAVE_ENGINE, SAVE_MESH, rank))
-            PHASE[0] = "gather-saved"
-            expected = gather_full(model, optim, app)
-            PHASE[0] = "save"
-            if OBJECT_TARGET:  # the target builds its state dicts from the objects itself
-                _target.save_objects(
-                    model, optim, side=SAVE_SIDE, checkpoint_id=checkpoint_dir, process_group=checkpoint_group
-                )
-            else:
-                save_options = options(SAVE_STATE_DICT, SAVE_OPTIONS)
-                state = get_side_state(model, optim, kind=SAVE_STATE_DICT, api=SAVE_API, options=save_options, app=app)
-                save(state, checkpoint_dir, checkpoint_group)
-                del state
-            if "continuation" in CHECKS and LOAD_MUTATION is None:
-                PHASE[0] = "continue-saved"
-                train(model, optim, app, data_rank(SAVE_ENGINE, SAVE_MESH, rank), continuation=True)
-                expected_after = gather_full(model, optim, app)
-            if "api-parity" in CHECKS:
-                PHASE[0] = "api-parity"
-                api_parity(model, optim, groups[SAVE_RANKS])
-            PHASE[0] = "finish-save"
-            finish_save()
-            del model, optim, app
-            if phase == "save" and rank == 0:
-                write_handoff(checkpoint_dir, expected, expected_after)
-                print(f"saved under torch {torch.__version__}; now run --phase load on the same --dir")
         if phase == "save":
             return
         if phase == "both":
@@ -311,73 +394,9 @@ def round_trip(rank, checkpoint_dir, phase="both"):
         elif rank == 0:
             saved_by, expected, expected_after = read_handoff(checkpoint_dir)
         if rank < LOAD_RANKS:
-            PHASE[0] = "build-load"
-            build = build_load_model if LOAD_MUTATION is not None else build_model
-            spec = built(build, SEED + 1, meta=LOAD_WRAPPERS["meta_init"])
-            model = shard(
-                spec,
-                LOAD_ENGINE,
-                LOAD_WRAP,
-                LOAD_WRAP_INNERMOST_FIRST,
-                groups[LOAD_RANKS],
-                meshes[LOAD_MESH],
-                LOAD_WRAPPERS,
-                SEED + 1,
+            run_load_side(
+                rank, checkpoint_dir, groups[LOAD_RANKS], meshes[LOAD_MESH], saved_by, expected, expected_after
             )
-            optim = make_optimizer(model, *LOAD_OPTIMIZER)
-            app = make_app_state(optim, TRAINING, engine=LOAD_ENGINE["kind"], group=groups[LOAD_RANKS])
-        if rank < LOAD_RANKS and LOAD_MUTATION is not None:
-            PHASE[0] = "load-incompatible"
-            try:
-                load_into(model, optim, app, checkpoint_dir, groups[LOAD_RANKS], rank)
-            except BaseException as exc:  # the loud error wanted
-                print(f"rank {rank}: the incompatible load raised {type(exc).__name__}, as it should")
-            else:
-                raise AssertionError(
-                    f"loud-incompatible-load: loading into a model with a {LOAD_MUTATION} mutation raised nothing"
-                )
-        elif rank < LOAD_RANKS:
-            before = gather_full(model, optim, app) if KEPT_ON_LOAD else {}
-            PHASE[0] = "load"
-            try:
-                load_into(model, optim, app, checkpoint_dir, groups[LOAD_RANKS], rank)
-            except BaseException as exc:
-                if not LOCAL_MAY_REFUSE:
-                    raise
-                print(
-                    f"rank {rank}: the 'local' checkpoint was refused on another topology "
-                    f"({type(exc).__name__}), which is allowed: not a finding"
-                )
-                os._exit(0)
-            PHASE[0] = "gather-loaded"
-            actual = gather_full(model, optim, app)
-            if "full-offload" in CHECKS:
-                PHASE[0] = "full-offload"
-                full_offload(model, optim, rank, actual)
-            if "continuation" in CHECKS:
-                PHASE[0] = "continue-loaded"
-                train(model, optim, app, data_rank(LOAD_ENGINE, LOAD_MESH, rank), continuation=True)
-                actual_after = gather_full(model, optim, app)
-            if rank == 0:
-                PHASE[0] = "compare"
-                across = saved_by != str(torch.__version__)  # saved under another torch (--phase save, then load)
-                if across:  # hyperparameters one torch has and the other cannot hold: not the checkpoint's
-                    one_torch = one_torch_hyperparameters(expected, actual)
-                    expected = {k: v for k, v in expected.items() if k not in one_torch}
-                    actual = {k: v for k, v in actual.items() if k not in one_torch}
-                check(differences({**expected, **{k: before[k] for k in KEPT_ON_LOAD}}, actual), "complete-state")
-                if "continuation" in CHECKS and (  # as oracles.continuation judges it
-                    (SAME_SHARDING and not across) or COMPUTE_DTYPE not in NO_TOLERANCE_DTYPES
-                ):
-                    close = ACROSS_TORCHES_TOLERANCE if across else None if SAME_SHARDING else CONTINUATION_TOLERANCE
-                    if across:  # the model and the counters: the moments went bit for bit above (oracles.py)
-                        moments = {
-                            k for k, v in expected_after.items() if k.startswith("optim.") and torch.is_tensor(v)
-                            and v.is_floating_point() and not k.endswith(".step")
-                        } | one_torch  # fmt: skip
-                        expected_after = {k: v for k, v in expected_after.items() if k not in moments}
-                        actual_after = {k: v for k, v in actual_after.items() if k not in moments}
-                    check(differences(expected_after, actual_after, close), "continuation")
     except BaseException as exc:
         print(f"REPRODUCED on rank {rank} in {PHASE[0]}: {type(exc).__name__}: {exc}", file=sys.stderr)
         traceback.print_exc()
@@ -385,102 +404,6 @@ def round_trip(rank, checkpoint_dir, phase="both"):
         os._exit(1)  # peers may be blocked in a collective: do not wait for them
     if rank == 0:
         print("did not reproduce: the state round-tripped bit for bit")
-
-
-def watch_for_hang(rank):
-    """A rank still running after HANG_SECONDS is stuck (in a collective its peers never join)."""
-    import threading
-
-    def expire():
-        if PHASE[0] == "finish":  # done, waiting for a peer that is stuck: let that one report
-            time.sleep(2)
-        else:
-            print(f"REPRODUCED on rank {rank}: hang: still in {PHASE[0]} after {HANG_SECONDS}s", file=sys.stderr)
-            sys.stderr.flush()
-        os._exit(1)
-
-    timer = threading.Timer(HANG_SECONDS, expire)
-    timer.daemon = True
-    timer.start()
-
-
-def finish_together(finish_group):
-    """Wait for every rank on a group of its own before leaving. As in shardfuzz's warm pool, a
-    rank that is done stays alive: a peer stuck in a collective with it then hangs (and the
-    watchdog says where) instead of failing on a closed connection once the done rank exits."""
-    PHASE[0] = "finish"
-    dist.barrier(group=finish_group)
-
-
-def rank_main(rank, world_size, init_file, checkpoint_dir, phase="both"):
-    torch.set_num_threads(1)
-    watch_for_hang(rank)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{init_file}",
-        rank=rank,
-        world_size=world_size,
-        timeout=datetime.timedelta(seconds=300),
-    )
-    finish_group = dist.new_group(backend="gloo")
-    round_trip(rank, checkpoint_dir, phase)
-    finish_together(finish_group)
-    dist.destroy_process_group()
-
-
-def parse_phase(argv):
-    """``(phase, folder)`` of ``--phase save|load --dir DIR`` (a case across two torches), or ("both", None)."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description="reproduce a shardfuzz corpus entry")
-    parser.add_argument("--phase", choices=("both", "save", "load"), default="both")
-    parser.add_argument("--dir", default=None, help="the checkpoint folder both phases share")
-    args = parser.parse_args(argv)
-    if args.phase != "both" and args.dir is None:
-        parser.error("--phase save and --phase load need the same --dir")
-    return args.phase, args.dir
-
-
-def main():
-    phase, shared_dir = parse_phase(sys.argv[1:])
-    if phase == "both" and SAVE_TORCH != LOAD_TORCH:
-        print(
-            f"note: found saving under torch {SAVE_TORCH} and loading under torch {LOAD_TORCH}: run "
-            "--phase save --dir DIR under the one, then --phase load --dir DIR under the other",
-            file=sys.stderr,
-        )
-    if "RANK" in os.environ:  # launched by torchrun
-        dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=300))
-        rank = dist.get_rank()  # kept: after destroy_process_group() there is no group to ask
-        watch_for_hang(rank)
-        if dist.get_world_size() != WORLD_SIZE:
-            sys.exit(f"run with --nproc-per-node {WORLD_SIZE}, not {dist.get_world_size()}")
-        holder = [shared_dir or tempfile.mkdtemp(prefix="shardfuzz-repro-") if rank == 0 else None]
-        dist.broadcast_object_list(holder, src=0)
-        finish_group = dist.new_group(backend="gloo")
-        round_trip(rank, os.path.join(holder[0], "ckpt") if shared_dir else holder[0], phase)
-        finish_together(finish_group)
-        dist.destroy_process_group()
-        if rank == 0 and not shared_dir:
-            shutil.rmtree(holder[0], ignore_errors=True)
-        return
-    import torch.multiprocessing as mp
-
-    scratch = tempfile.mkdtemp(prefix="shardfuzz-repro-")
-    os.makedirs(shared_dir or scratch, exist_ok=True)
-    try:
-        mp.spawn(
-            rank_main,
-            args=(WORLD_SIZE, os.path.join(scratch, "store"), os.path.join(shared_dir or scratch, "ckpt"), phase),
-            nprocs=WORLD_SIZE,
-            join=True,
-        )
-    except Exception as exc:  # a rank exited 1 after printing REPRODUCED, or died (a signal: a crash)
-        if "signal" in str(exc):
-            print(f"REPRODUCED: a rank died: {exc}", file=sys.stderr)
-        sys.exit(1)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 #: The case's values, as export writes them (each a module constant above).
@@ -497,10 +420,9 @@ RUN = [
     "api_parity",
     "full_offload",
     "load_into",
+    "groups_and_meshes",
+    "run_save_side",
+    "run_load_side",
+    "judge_loaded",
     "round_trip",
-    "watch_for_hang",
-    "finish_together",
-    "rank_main",
-    "parse_phase",
-    "main",
 ]
