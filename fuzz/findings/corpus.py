@@ -31,6 +31,7 @@ from attrs.validators import in_, instance_of
 from shardfuzz.case import Case, describe_structure_error, dumps, from_dict, make_converter
 from shardfuzz.case._validators import ints
 from shardfuzz.findings.device_check import DeviceCheck
+from shardfuzz.findings.explanation import Explanation
 from shardfuzz.findings.known import Known
 from shardfuzz.targets.registry import DEFAULT_TARGET
 from shardfuzz.verdict import STUCK_RANK_STACKS, TRIAGE_CLASSES, Verdict, canonical_signature
@@ -101,6 +102,8 @@ class Entry:
     alone: dict[str, str] = field(factory=dict)
     # The entry replayed on a GPU (None: never checked there).
     cuda: DeviceCheck | None = None
+    # What its neighbours measured (``search.explain``; None: not explained yet).
+    explanation: Explanation | None = None
     # Its target's sides span every rank of the pool (``TargetSupport.whole_pool``: a framework's, on the
     # default group), recorded when it was saved so that reading an entry never imports its target.
     whole_pool: bool = False
@@ -295,8 +298,9 @@ def rewrite_entry(path: str | os.PathLike, entry: Entry) -> Path:
 
 def _write(path: Path, entry: Entry) -> Path:
     data = _converter.unstructure(entry)
-    if data["cuda"] is None:
-        del data["cuda"]  # never checked on a GPU: entries written before the field keep their text
+    for optional in ("cuda", "explanation"):
+        if data[optional] is None:
+            del data[optional]  # never checked on a GPU, never explained: entries written before keep their text
     if not data["whole_pool"]:
         del data["whole_pool"]  # likewise: only a framework target's entries say it
     text = json.dumps(data, indent=2, sort_keys=True) + "\n"

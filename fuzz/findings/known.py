@@ -7,6 +7,7 @@ from attrs.validators import in_, instance_of
 
 from shardfuzz.case import Case, dimensions
 from shardfuzz.case._validators import strings
+from shardfuzz.findings.triage import KINDS, Upstream
 from shardfuzz.targets.registry import installed_versions
 
 __all__ = ["UPPER_ENDS", "Known"]
@@ -37,8 +38,20 @@ class Known:
     # What each bounded range's upper end means (``UPPER_ENDS``), by range: "torch", "save_torch" or a
     # framework's distribution. Every range with an upper bound says which; see ``beyond_checked``.
     upper: dict[str, str] = field(factory=dict)
+    # What kind of finding it is (``triage.KINDS``; only "bug" counts as a bug) and, for the others, why: the
+    # document or maintainer comment that says so, or why nothing promises it.
+    kind: str = field(default="bug", validator=in_(KINDS))
+    kind_reason: str = field(default="", validator=instance_of(str))
+    # The root cause this entry is one finding of: entries of one bug share it (``findings.bugs``).
+    bug: str = field(default="", validator=instance_of(str))
+    # Where it stands upstream (None: not triaged upstream yet; ``link`` is the older, untyped field).
+    upstream: Upstream | None = field(default=None)
 
     def __attrs_post_init__(self):
+        if self.kind != "bug" and not self.kind_reason:
+            raise ValueError(
+                f"known.kind {self.kind!r} says why in known.kind_reason (a document, a comment, a reason)"
+            )
         ranges = self.ranges()
         for name, meaning in self.upper.items():
             if meaning not in UPPER_ENDS:

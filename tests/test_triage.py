@@ -1,0 +1,117 @@
+"""A finding's kind, its upstream status as typed data, and the grouping of entries into bugs."""
+
+from pathlib import Path
+
+import attrs
+import pytest
+
+from shardfuzz.case import FSDP1, SGD, Case, Linear, Model, Sequential, Side
+from shardfuzz.findings.bugs import apart, bugs_of, root_cause
+from shardfuzz.findings.corpus import entry_for, load_entry, save_entry
+from shardfuzz.findings.known import Known
+from shardfuzz.findings.triage import Upstream, UpstreamLink
+from shardfuzz.verdict import Mismatch, RankError, Verdict
+
+CASE = Case(
+    model=Model(2, Sequential([Linear(3)])), save=Side(FSDP1(), (2,)), load=Side(FSDP1(), (1,)), optimizer=SGD()
+)
+TRACEBACK = (
+    "rank 0 in load:\nTraceback (most recent call last):\n"
+    '  File "/x/shardfuzz/rank/roundtrip.py", line 5, in run_case\n'
+    '  File "/v/site-packages/torch/distributed/checkpoint/state_dict.py", line 9, in set_state_dict\n'
+    '  File "/v/site-packages/torch/distributed/checkpoint/state_dict.py", line 892, in _unflatten_optim_state_dict\n'
+    "KeyError: 'param_groups.0.lr'\n"
+)
+ERROR = Verdict("error", errors=(RankError(0, "load", "KeyError", "'param_groups.0.lr'", TRACEBACK),))
+HANG_STACKS = (
+    "--- rank 1 (in load), last output and stacks ---\nCurrent thread 0x1 (most recent call first):\n"
+    '  File "/v/site-packages/torch/distributed/distributed_c10d.py", line 3151 in broadcast\n'
+    '  File "/v/site-packages/torch/distributed/c10d_logger.py", line 83 in wrapper\n'
+    '  File "/v/site-packages/torch/distributed/_state_dict_utils.py", line 700 in _broadcast_state_dict\n'
+    '  File "/x/shardfuzz/rank/roundtrip.py", line 126 in run_case\n'
+)
+MISMATCH = Verdict("mismatch", (Mismatch("complete-state", "optim.state.0.weight.exp_avg", 0, "values differ"),))
+
+
+def known(**fields) -> Known:
+    return Known("a bug", ">=2.10", **fields)
+
+
+def test_an_upstream_status_is_typed():
+    reported = Upstream(links=[UpstreamLink("reported", "https://github.com/pytorch/pytorch/issues/1")])
+    assert reported.status == "reported"
+    related = Upstream(
+        links=[UpstreamLink("related", "https://github.com/pytorch/pytorch/issues/2", note="another code path")],
+        searched="2026-12-04",
+        queries=["set_state_dict missing keys"],
+    )
+    assert related.status == "related"
+    assert related.summary().startswith("no report found (searched 2026-12-04); related: ")
+    fixed = Upstream(
+        links=[UpstreamLink("fixed-by", "https://github.com/pytorch/pytorch/pull/3", release="incomplete")]
+    )
+    assert fixed.status == "fixed-by" and "(incomplete)" in fixed.summary()
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: Upstream(), "says when it was searched"),
+        (lambda: Upstream(searched="yesterday", queries=["x"]), "says when it was searched"),
+        (lambda: Upstream(searched="2026-12-04"), "says when it was searched"),
+        (lambda: UpstreamLink("reports", "https://x"), "relation"),
+        (lambda: UpstreamLink("related", "github.com/pytorch/pytorch/issues/1"), "https://"),
+        (lambda: known(kind="limitation"), "says why in known.kind_reason"),
+        (lambda: known(kind="feature", kind_reason="x"), "kind"),
+    ],
+)
+def test_bad_triage_data_is_refused(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_triage_data_round_trips_through_an_entry_file(tmp_path):
+    block = known(
+        kind="limitation",
+        kind_reason="a maintainer: https://github.com/pytorch/torchtitan/issues/674",
+        bug="fsdp2-bf16-batchnorm",
+        upstream=Upstream(links=[UpstreamLink("reported", "https://github.com/pytorch/torchtitan/issues/674")]),
+    )
+    path = save_entry(tmp_path, attrs.evolve(entry_for(CASE, ERROR), known=block))
+    assert load_entry(path).known == block
+
+
+def test_root_causes_name_the_frame_the_oracle_or_where_ranks_wait():
+    assert root_cause(entry_for(CASE, ERROR)) == (
+        "KeyError at torch/distributed/checkpoint/state_dict.py:_unflatten_optim_state_dict"
+    )
+    assert root_cause(entry_for(CASE, MISMATCH)) == "complete-state on optimizer exp_avg state"
+    hang = attrs.evolve(entry_for(CASE, Verdict("hang", detail="ranks [1] did not finish")), diagnostics=HANG_STACKS)
+    assert root_cause(hang) == "hang in torch/distributed/_state_dict_utils.py:_broadcast_state_dict"
+
+
+def test_entries_group_into_bugs_by_name_and_a_bug_has_one_kind():
+    one = attrs.evolve(entry_for(CASE, ERROR), known=known(bug="dsd-unflatten"))
+    two = attrs.evolve(entry_for(CASE, MISMATCH), known=known(bug="dsd-unflatten"))
+    alone = attrs.evolve(entry_for(CASE, MISMATCH), known=known())
+    untriaged = entry_for(CASE, ERROR)
+    entries = [(Path("a.json"), one), (Path("b.json"), two), (Path("c.json"), alone), (Path("d.json"), untriaged)]
+    bugs = bugs_of(entries)
+    assert [(bug.name, len(bug.entries)) for bug in bugs] == [("dsd-unflatten", 2), ("c", 1)]
+    assert bugs[0].root_causes == (
+        "KeyError at torch/distributed/checkpoint/state_dict.py:_unflatten_optim_state_dict",
+        "complete-state on optimizer exp_avg state",
+    )
+    other_kind = attrs.evolve(two, known=known(bug="dsd-unflatten", kind="not-promised", kind_reason="r"))
+    with pytest.raises(ValueError, match="disagree on its kind"):
+        bugs_of([(Path("a.json"), one), (Path("b.json"), other_kind)])
+
+
+def test_two_bugs_one_failure_could_match_are_caught():
+    first = attrs.evolve(entry_for(CASE, ERROR), known=known(bug="one", when={"save_engine": "fsdp1"}))
+    second = attrs.evolve(entry_for(CASE, ERROR), known=known(bug="two"))
+    assert len(apart([(Path("a.json"), first), (Path("b.json"), second)])) == 1
+    narrowed = attrs.evolve(second, known=known(bug="two", when={"save_engine": "ddp"}))
+    assert apart([(Path("a.json"), first), (Path("b.json"), narrowed)]) == []
+    same_bug = attrs.evolve(second, known=known(bug="one"))
+    assert apart([(Path("a.json"), first), (Path("b.json"), same_bug)]) == []
