@@ -20,6 +20,7 @@ from pathlib import Path
 from shardfuzz.case import DEVICES
 from shardfuzz.commands import (
     capabilities,
+    explain,
     export,
     known_bugs,
     replay,
@@ -107,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
         commands.add_parser("report-bug", help="write a corpus entry as an upstream issue text (markdown)")
     )
     _known_bugs_options(commands.add_parser("known-bugs", help="the corpus's known bugs as a markdown table"))
+    _explain_options(
+        commands.add_parser(
+            "explain",
+            help="run an entry's neighbours: which of its values the failure needs, whether it bites realistic widths",
+        )
+    )
     _report_options(commands.add_parser("report", help="render a run's JSON report as HTML, markdown or JUnit XML"))
     commands.add_parser("capabilities", help="list what the installed torch offers to the fuzzer")
     _targets_options(
@@ -355,6 +362,26 @@ def _report_bug_options(report_bug: argparse.ArgumentParser) -> None:
     report_bug.add_argument("-o", "--output", type=Path, default=None, help="markdown file (default: stdout)")
 
 
+def _explain_options(explain: argparse.ArgumentParser) -> None:
+    explain.add_argument("entries", type=Path, nargs="+", help="corpus entries (.json files)")
+    explain.add_argument(
+        "--budget", type=_duration, default=600.0, help="time per entry: seconds, or with s/m/h (default 600 s)"
+    )
+    explain.add_argument(
+        "--case-timeout",
+        type=_positive_float,
+        default=None,
+        help="seconds before a case counts as hung (default: from the case's size)",
+    )
+    explain.add_argument(
+        "--no-record",
+        dest="record",
+        action="store_false",
+        help="print the explanation only (default: keep it in the entry, and its necessary values in known.when)",
+    )
+    _across_options(explain)
+
+
 def _known_bugs_options(table: argparse.ArgumentParser) -> None:
     table.add_argument("--corpus", type=Path, default=Path("corpus"), help="corpus directory (default ./corpus)")
     table.add_argument(
@@ -385,6 +412,7 @@ COMMANDS = {
     "shrink": shrink.main,
     "report-bug": report_bug.main,
     "known-bugs": known_bugs.main,
+    "explain": explain.main,
     "report": report.main,
     "capabilities": capabilities.main,
     "targets": targets.main,

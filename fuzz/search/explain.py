@@ -325,12 +325,15 @@ def _derived(label: str) -> bool:
 
 
 def _necessary(changed: list[tuple[Neighbour, set[str]]], before: dict[str, str]) -> dict[str, str]:
-    """The case's value of every labelled dimension a passing neighbour changed."""
+    """The case's value of every labelled dimension a passing neighbour changed, save those a neighbour changed
+    and still failed the same way (an engine's change also changes its options' labels: the options' own
+    neighbours say whether they matter)."""
+    free = {label for row, labels in changed if row.outcome == "same failure" for label in labels}
     return {
         label: before[label]
         for row, labels in changed
         if row.outcome == "passes"
-        for label in labels
+        for label in sorted(labels - free)
         if label in before
     }
 

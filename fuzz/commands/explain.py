@@ -1,0 +1,79 @@
+"""``shardfuzz explain``: run a corpus entry's neighbours and keep what they measured in the entry."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from shardfuzz.commands._common import executor_for, interpreters_of, read_entry
+
+__all__ = ["main", "with_explanation"]
+
+#: Ranks of the pool an entry is explained on, at least: neighbours move each side to 1, 2 and 4 ranks.
+EXPLAIN_WORLD_SIZE = 4
+
+
+def with_explanation(entry, explanation):
+    """``entry`` holding ``explanation``; a known entry's ``when`` gains the measured necessary values (a
+    developer may narrow ``when`` further by hand; the measurement is never dropped from it)."""
+    import attrs
+
+    known = entry.known
+    if known is not None and explanation.complete:
+        known = attrs.evolve(known, when={**known.when, **explanation.necessary})
+    return attrs.evolve(entry, explanation=explanation, known=known)
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch
+
+    from shardfuzz.executor import PoolStartError
+    from shardfuzz.executor.interpreters import InterpreterError
+    from shardfuzz.findings.corpus import rewrite_entry
+    from shardfuzz.findings.describe import describe
+    from shardfuzz.search.explain import explain_case
+
+    try:
+        interpreters = interpreters_of(args)
+    except InterpreterError as exc:
+        print(f"shardfuzz explain: {exc}", file=sys.stderr)
+        return 2
+    status = 0
+    for path in args.entries:
+        entry = read_entry("explain", path)
+        if entry is None:
+            status = 2
+            continue
+        if entry.torches is not None and interpreters is None:
+            print(
+                "shardfuzz explain: {} was saved under torch {} and loaded under torch {}: give --save-python and "
+                "--load-python".format(path, *entry.torches),
+                file=sys.stderr,
+            )
+            status = 2
+            continue
+        size = entry.replay_world_size if entry.fills_its_world else max(entry.replay_world_size, EXPLAIN_WORLD_SIZE)
+        print(f"explaining {path.name}: {describe(entry.case)} (up to {args.budget:g} s)", file=sys.stderr)
+        started = time.monotonic()
+        try:
+            with executor_for(interpreters, size, target=entry.target, case_timeout=args.case_timeout) as pool:
+                explanation = explain_case(
+                    entry.case,
+                    entry.signature,
+                    pool.run,
+                    cannot_run=pool.cannot_run,
+                    deadline=started + args.budget,
+                    torch_version=str(torch.__version__),
+                )
+        except PoolStartError as exc:
+            print(f"shardfuzz explain: {exc}", file=sys.stderr)
+            return 2
+        for row in explanation.neighbours:
+            detail = f"  ({row.detail[:100]})" if row.detail else ""
+            print(f"  {row.outcome:14} {row.dimension:34} {row.change}{detail}")
+        print(f"{path.name}: {explanation.summary()}")
+        print(f"  {len(explanation.neighbours)} neighbours in {time.monotonic() - started:.1f} s", file=sys.stderr)
+        if args.record:
+            rewrite_entry(path, with_explanation(entry, explanation))
+    return status

@@ -1,0 +1,117 @@
+"""Explaining a finding: its neighbours, what they measure, and the conditions a known entry keeps from them."""
+
+import time
+from pathlib import Path
+
+import attrs
+import pytest
+
+from shardfuzz.case import DDP, FSDP1, FSDP2, SGD, Adam, Case, Linear, Model, Sequential, Side, dimensions
+from shardfuzz.commands.explain import with_explanation
+from shardfuzz.findings.corpus import entry_for, load_corpus
+from shardfuzz.findings.known import Known
+from shardfuzz.search.explain import explain_case, neighbours, realistic_case
+from shardfuzz.verdict import RankError, Verdict
+
+CORPUS = Path(__file__).resolve().parent.parent / "corpus"
+CASE = Case(
+    model=Model(1, Sequential([Linear(1)])),
+    save=Side(DDP(), (1,)),
+    load=Side(FSDP1(), (2,)),
+    optimizer=SGD(),
+    steps=0,
+)
+ERROR = Verdict("error", errors=(RankError(0, "load", "KeyError", "'state'"),))
+OTHER = Verdict("error", errors=(RankError(0, "save", "ValueError", "nope"),))
+
+
+def fsdp1_load_with_sgd_fails(case: Case) -> Verdict:
+    """A stand-in for the ranks: the bug needs FSDP1 on the load side and SGD; Adam fails another way."""
+    if isinstance(case.optimizer, Adam):
+        return OTHER
+    fails = isinstance(case.load.engine, FSDP1) and isinstance(case.optimizer, SGD)
+    return ERROR if fails else Verdict("pass")
+
+
+def test_every_neighbour_changes_one_thing():
+    rows = list(neighbours(CASE))
+    assert {"load_engine", "save_engine", "optimizer", "steps", "widths", "linears", "load_world_size"} <= {
+        dimension for dimension, _, _ in rows
+    }
+    for dimension, change, neighbour in rows:
+        if neighbour is not None:
+            assert neighbour != CASE, (dimension, change)
+
+
+def test_the_explanation_says_what_the_failure_needs_and_what_varies_freely():
+    explanation = explain_case(CASE, ERROR.signature(), fsdp1_load_with_sgd_fails)
+    assert explanation.necessary["load_engine"] == "fsdp1"
+    assert explanation.necessary["optimizer"] == "sgd"
+    assert "save_engine" in explanation.free and "steps" in explanation.free
+    assert "optimizer" not in explanation.free  # Adam fails otherwise, the rest pass
+    adam = next(row for row in explanation.neighbours if row.change == "SGD -> Adam")
+    assert (adam.outcome, adam.detail) == ("other failure", OTHER.signature())
+    assert explanation.realistic == "same failure" and explanation.bites_realistic_setups
+    assert explanation.complete and "fails the same way at realistic widths" in explanation.summary()
+
+
+def test_a_failure_that_needs_an_edge_says_which():
+    def needs_a_narrow_layer(case):
+        narrow = min(out for _, _, out, _ in case.model.linears()) < case.load.world_size
+        return ERROR if narrow and isinstance(case.load.engine, FSDP1) else Verdict("pass")
+
+    explanation = explain_case(CASE, ERROR.signature(), needs_a_narrow_layer)
+    assert explanation.realistic == "passes" and explanation.bites_realistic_setups is False
+    assert {"narrow", "one_element", "empty_shard"} <= set(explanation.edges)
+
+
+def test_the_realistic_case_splits_evenly_with_a_shard_on_every_rank():
+    hsdp = attrs.evolve(CASE, load=Side(FSDP2(), (2, 2)), model=Model(3, Sequential([Linear(5), Linear(1)])))
+    nearest = realistic_case(hsdp)
+    dims = dimensions(nearest)
+    assert dims["load_empty_shard"] == dims["load_uneven_split"] == "false"
+    widths = [nearest.model.input_width] + [out for _, _, out, _ in nearest.model.linears()]
+    assert min(widths) >= 8 * 2 and all(width % 4 == 0 for width in widths)
+
+
+def test_an_explanation_cut_short_says_so():
+    explanation = explain_case(CASE, ERROR.signature(), fsdp1_load_with_sgd_fails, deadline=time.monotonic() - 1)
+    assert not explanation.complete and explanation.neighbours == ()
+    assert "cut short: `shardfuzz explain ENTRY` finishes it" in explanation.summary()
+
+
+def test_a_known_entry_keeps_the_measured_conditions_in_its_when():
+    entry = attrs.evolve(entry_for(CASE, ERROR), known=Known("x", ">=2.10", when={"load_world_size": "2"}))
+    explanation = explain_case(CASE, ERROR.signature(), fsdp1_load_with_sgd_fails)
+    explained = with_explanation(entry, explanation)
+    assert explained.known.when == {"load_world_size": "2", **explanation.necessary}
+    cut = attrs.evolve(explanation, complete=False)
+    assert with_explanation(entry, cut).known.when == {"load_world_size": "2"}  # a partial table widens nothing
+
+
+def _explained_known_entries():
+    entries, _ = load_corpus(CORPUS)
+    return [
+        pytest.param(entry, id=path.stem)
+        for path, entry in entries
+        if entry.known is not None and entry.explanation is not None and entry.explanation.complete
+    ]
+
+
+@pytest.mark.parametrize("entry", _explained_known_entries() or [pytest.param(None, marks=pytest.mark.skip)])
+def test_a_known_entry_is_constrained_by_every_value_its_failure_needs(entry):
+    """Each labelled dimension whose change made the case pass is in ``known.when`` with the case's value: a
+    ``when`` widened past the measurement would count a failure outside the bug's trigger as this bug."""
+    assert entry.known.when.items() >= entry.explanation.necessary.items(), (
+        "known.when is wider than the measured conditions: "
+        f"{sorted(entry.explanation.necessary.items() - entry.known.when.items())}"
+    )
+
+
+def test_the_when_check_fails_on_a_widened_when():
+    entry = attrs.evolve(entry_for(CASE, ERROR), known=Known("x", ">=2.10"))
+    explained = with_explanation(entry, explain_case(CASE, ERROR.signature(), fsdp1_load_with_sgd_fails))
+    test_a_known_entry_is_constrained_by_every_value_its_failure_needs(explained)
+    widened = attrs.evolve(explained, known=attrs.evolve(explained.known, when={}))
+    with pytest.raises(AssertionError, match="wider than the measured conditions"):
+        test_a_known_entry_is_constrained_by_every_value_its_failure_needs(widened)
