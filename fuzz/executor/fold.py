@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from shardfuzz.executor.messages import CaseReport, Message
 from shardfuzz.verdict import RankError, RankReport, Verdict, converter
 
 __all__ = ["fold_reports", "report_of"]
@@ -46,9 +47,16 @@ def fold_reports(
     return Verdict("pass", unchanged=unchanged)
 
 
-def report_of(rank: int, reply: dict) -> RankReport:
-    """A rank's reply as a RankReport; one that does not parse is that rank's error, not the runner's."""
+def report_of(rank: int, reply: Message) -> RankReport:
+    """A rank's reply to a case as a RankReport; one that is not a readable report is that rank's error,
+    not the runner's."""
+    if not isinstance(reply, CaseReport):
+        return _bad_report(rank, f"sent {reply!r} instead of its report")
     try:
-        return converter.structure(reply, RankReport)
+        return converter.structure(reply.report, RankReport)
     except Exception as exc:
-        return RankReport(rank, error=RankError(rank, "report", "BadReport", f"unreadable report: {exc!r}"[:500]))
+        return _bad_report(rank, f"unreadable report: {exc!r}")
+
+
+def _bad_report(rank: int, why: str) -> RankReport:
+    return RankReport(rank, error=RankError(rank, "report", "BadReport", why[:500]))

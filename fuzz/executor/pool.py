@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import json
 import multiprocessing
 import os
 import shutil
@@ -41,6 +40,7 @@ from shardfuzz.executor.admission import admit, cannot_run
 from shardfuzz.executor.deadlines import MeasuredDeadlines, deadline_for
 from shardfuzz.executor.fold import fold_reports, report_of
 from shardfuzz.executor.interpreters import Interpreter, spawning_in
+from shardfuzz.executor.messages import CaseReport, Failed, Message, Ready, Reset, RunCase, Stop, decode, encode
 from shardfuzz.executor.stop import StopRequested
 from shardfuzz.targets import DEFAULT_TARGET
 from shardfuzz.unsupported import classify
@@ -51,9 +51,6 @@ __all__ = [
     "RankPool",
     "PoolEvent",
     "PoolStartError",
-    "deadline_for",  # re-exported: it lives in executor.deadlines
-    "fold_reports",  # and these two in executor.reports
-    "report_of",
     "scratch_root",
 ]
 
@@ -210,11 +207,11 @@ class RankPool:
             self.close()
             raise CaseAbandoned("abandoned starting the ranks")
         replies, missing = collected
-        failed = [r for r in replies.values() if r.get("op") == "failed"]
+        failed = [r for r in replies.values() if isinstance(r, Failed)]
         if failed or missing:
             tails = {r: self._tail(r, 5) for r in sorted(missing)}
             self.close()
-            why = "; ".join(f"rank {r['rank']}: {r['error'].strip().splitlines()[-1]}" for r in failed)
+            why = "; ".join(f"rank {r.rank}: {r.error.strip().splitlines()[-1]}" for r in failed)
             if missing:
                 why += f"{'; ' if why else ''}ranks {sorted(missing)} did not report ready"
                 why += "".join(f"\n  rank {r} printed: {t}" for r, t in tails.items() if t)
@@ -256,7 +253,7 @@ class RankPool:
                 self._procs[rank].terminate()
                 continue
             try:
-                conn.send_bytes(json.dumps({"op": "stop"}).encode())
+                conn.send_bytes(encode(Stop()))
                 asked.add(rank)
             except (OSError, ValueError):
                 pass
@@ -321,9 +318,7 @@ class RankPool:
         for rank in range(self.world_size):
             os.truncate(self._log(rank), 0)
         try:
-            message = json.dumps(
-                {"op": "case", "case": to_dict(case), "checkpoint_dir": checkpoint_dir, "phase": phase}
-            ).encode()
+            message = encode(RunCase(to_dict(case), checkpoint_dir, phase))
             for conn in self._conns:
                 conn.send_bytes(message)
             collected = self._collect(timeout, grace_after_error=self.error_grace, abandonable=True)
@@ -404,7 +399,7 @@ class RankPool:
         """Re-form the process group on a fresh store; fall back to closing the pool."""
         self.resets += 1
         store = os.path.join(self._started_scratch, f"store-{self.resets}")
-        message = json.dumps({"op": "reset", "store": store}).encode()
+        message = encode(Reset(store))
         try:
             for conn in self._conns:
                 conn.send_bytes(message)
@@ -414,7 +409,7 @@ class RankPool:
         replies, missing = self._collect(min(self.start_timeout, 30.0))
         for rank in sorted(self._dead):  # died while destroying or re-forming its process group
             self.events.append(PoolEvent("teardown-crash", rank, _how(self._procs[rank].exitcode), self._tail(rank)))
-        if missing or any(r.get("op") != "ready" for r in replies.values()):
+        if missing or any(not isinstance(r, Ready) for r in replies.values()):
             self.close()
 
     def _collect(self, timeout: float, grace_after_error: float | None = None, abandonable: bool = False):
@@ -424,7 +419,7 @@ class RankPool:
         """
         poll = 0.25 if abandonable and self.abandon is not None else None
         deadline = time.monotonic() + timeout
-        replies: dict[int, dict] = {}
+        replies: dict[int, Message] = {}
         dead: set[int] = set()
         waiting = {conn: rank for rank, conn in enumerate(self._conns)}
         sentinels = {proc.sentinel: rank for rank, proc in enumerate(self._procs)}
@@ -442,11 +437,11 @@ class RankPool:
                 if item in waiting:
                     rank = waiting.pop(item)
                     try:
-                        replies[rank] = json.loads(item.recv_bytes())  # type: ignore[union-attr]  # a pipe: in waiting
+                        replies[rank] = reply = decode(item.recv_bytes())  # type: ignore[union-attr]  # a pipe
                     except (EOFError, OSError):
                         dead.add(rank)
                     else:
-                        if grace_after_error is not None and replies[rank].get("error"):
+                        if grace_after_error is not None and isinstance(reply, CaseReport) and reply.raised:
                             deadline = min(deadline, time.monotonic() + grace_after_error)
                 elif item in sentinels:
                     rank = sentinels[item]

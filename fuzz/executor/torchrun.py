@@ -22,7 +22,6 @@ nodes the checkpoint directory must be on a filesystem every node sees
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import os
 import shutil
@@ -35,6 +34,7 @@ from shardfuzz.case import Case, to_dict
 from shardfuzz.executor.admission import admit, cannot_run
 from shardfuzz.executor.deadlines import deadline_for
 from shardfuzz.executor.fold import fold_reports, report_of
+from shardfuzz.executor.messages import CaseReport, Message, ProtocolError, Reform, RunCase, Stop, decode, encode
 from shardfuzz.executor.stop import StopRequested
 from shardfuzz.unsupported import classify
 from shardfuzz.verdict import Verdict
@@ -93,10 +93,10 @@ class _World:
         dist.init_process_group("gloo", store=store, rank=self.rank, world_size=self.world_size, timeout=self.timeout)
         self.ctx = self._context()
 
-    def run_share(self, case_data: dict, checkpoint_dir: str) -> dict:
+    def run_share(self, order: RunCase) -> CaseReport:
         from shardfuzz.executor.worker import run_share
 
-        return run_share(case_data, self.ctx, self.target, checkpoint_dir)
+        return run_share(order, self.ctx, self.target)
 
     def get(self, key: str, timeout: float) -> bytes | None:
         """The value at ``key`` once some rank sets it, or None after ``timeout`` seconds.
@@ -142,10 +142,10 @@ class TorchrunWorld:
         self._next = 0
         self._stuck = ""
 
-    def _send(self, message: dict) -> int:
+    def _send(self, message: Message) -> int:
         number = self._next
         self._next += 1
-        self.world.control.set(f"case/{number}", json.dumps(message))
+        self.world.control.set(f"case/{number}", encode(message).decode())
         return number
 
     def cannot_run(self, case: Case) -> str:
@@ -161,14 +161,15 @@ class TorchrunWorld:
         started = time.perf_counter()
         timeout = self.case_timeout if self.case_timeout is not None else deadline_for(case)
         checkpoint_dir = os.path.join(self.world.checkpoint_root, "case")
-        number = self._send({"op": "case", "case": to_dict(case), "checkpoint_dir": checkpoint_dir})
-        replies = {0: self.world.run_share(to_dict(case), checkpoint_dir)}
+        order = RunCase(to_dict(case), checkpoint_dir)
+        number = self._send(order)
+        replies: dict[int, Message] = {0: self.world.run_share(order)}
         deadline = time.monotonic() + timeout
         for rank in range(1, self.world_size):
             while rank not in replies and time.monotonic() < deadline:
                 reply = self.world.get(f"report/{number}/{rank}", min(0.25, max(0.01, deadline - time.monotonic())))
                 if reply is not None:
-                    replies[rank] = json.loads(reply)
+                    replies[rank] = decode(reply)
                 elif self.abandon is not None and self.abandon():
                     self._stuck = "abandoned mid-case"
                     raise StopRequested("abandoned the case in flight")
@@ -180,14 +181,14 @@ class TorchrunWorld:
             self._stuck = verdict.detail
         elif verdict.status == "error":
             self.resets += 1
-            self._send({"op": "reform"})
+            self._send(Reform())
             self.world.reform()
         return attrs.evolve(classify(verdict), seconds=time.perf_counter() - started)
 
     def close(self) -> None:
         """Tell the followers to stop (unless they are stuck) and leave the world."""
         if not self._stuck:
-            self._send({"op": "stop"})
+            self._send(Stop())
         shutil.rmtree(self.world.checkpoint_root, ignore_errors=True)
         self.world.shut_down()
 
@@ -206,14 +207,15 @@ def follow(*, target: str, checkpoint_dir: str | None = None, collective_timeout
         raw = world.get(f"case/{number}", 60.0)
         if raw is None:
             continue  # rank 0 is drawing or shrinking; torchrun ends this rank if rank 0 dies
-        message = json.loads(raw)
-        if message["op"] == "stop":
+        message = decode(raw)
+        if isinstance(message, Stop):
             break
-        if message["op"] == "reform":
+        if isinstance(message, Reform):
             world.reform()
+        elif isinstance(message, RunCase):
+            world.control.set(f"report/{number}/{world.rank}", encode(world.run_share(message)).decode())
         else:
-            report = world.run_share(message["case"], message["checkpoint_dir"])
-            world.control.set(f"report/{number}/{world.rank}", json.dumps(report))
+            raise ProtocolError(f"rank {world.rank} cannot act on {message!r}: rank 0 sends it no such message")
         number += 1
     world.shut_down()
     return 0

@@ -1,8 +1,7 @@
 """One rank's loop: join the process group once, then receive Cases and send back reports.
 
-Messages are JSON bytes over a ``multiprocessing`` pipe: ``{"op": "case", "case":
-..., "checkpoint_dir": ..., "phase": ...}`` in (``phase`` optional: the whole case), one ``RankReport`` out per case; ``{"op": "reset",
-"store": ...}`` re-forms the process group; ``{"op": "stop"}`` ends the loop.
+The messages (``executor.messages``) go over a ``multiprocessing`` pipe: ``RunCase`` in,
+one ``CaseReport`` out per case; ``Reset`` re-forms the process group; ``Stop`` ends the loop.
 Any ``BaseException`` raised by the case (DCP's ``CheckpointException`` is one)
 becomes a ``RankError`` in the report; only the pool decides what happens next.
 
@@ -16,13 +15,14 @@ from __future__ import annotations
 
 import ctypes
 import faulthandler
-import json
 import logging
 import os
 import signal
 import sys
 import traceback
 import warnings
+
+from shardfuzz.executor.messages import CaseReport, Failed, ProtocolError, Ready, Reset, RunCase, Stop, decode, encode
 
 __all__ = ["main", "run_share", "warm_up"]
 
@@ -68,7 +68,7 @@ def main(
             phase.value = name.encode()[: len(phase) - 1]
 
     def report_failure(exc: BaseException) -> None:
-        conn.send_bytes(json.dumps({"op": "failed", "rank": rank, "error": _format(exc)}).encode())
+        conn.send_bytes(encode(Failed(rank, _format(exc))))
 
     def join_world(store: str, first: bool = False) -> RankContext | None:
         """A fresh world and its prefix groups; on failure tell the pool why and return None."""
@@ -83,7 +83,7 @@ def main(
         except BaseException as exc:
             report_failure(exc)
             return None
-        conn.send_bytes(json.dumps({"op": "ready", "rank": rank}).encode())
+        conn.send_bytes(encode(Ready(rank)))
         return ctx
 
     try:
@@ -97,20 +97,21 @@ def main(
 
     while True:
         try:
-            message = json.loads(conn.recv_bytes())
+            message = decode(conn.recv_bytes())
         except EOFError:  # the pool went away
             break
-        if message["op"] == "stop":
+        if isinstance(message, Stop):
             publish_phase("teardown")
             break
-        if message["op"] == "reset":  # after a failed case: same processes, new process group
+        if isinstance(message, Reset):  # after a failed case: same processes, new process group
             publish_phase("reset")
-            ctx = join_world(message["store"])
+            ctx = join_world(message.store)
             if ctx is None:
                 return
-            continue
-        report = run_share(message["case"], ctx, target, message["checkpoint_dir"], message.get("phase", "both"))
-        conn.send_bytes(json.dumps(report).encode())
+        elif isinstance(message, RunCase):
+            conn.send_bytes(encode(run_share(message, ctx, target)))
+        else:
+            raise ProtocolError(f"rank {rank} cannot act on {message!r}: it is not sent to a pool's rank")
 
     try:
         dist.destroy_process_group()
@@ -118,8 +119,8 @@ def main(
         pass
 
 
-def run_share(case_data: dict, ctx, target, checkpoint_dir: str, phase: str = "both") -> dict:
-    """Run this rank's share of a case (as JSON data) in ``phase``; its ``RankReport``, unstructured.
+def run_share(order: RunCase, ctx, target) -> CaseReport:
+    """Run this rank's share of the case ``order`` names; its report (a ``RankReport``, unstructured).
 
     Any ``BaseException`` (DCP's ``CheckpointException`` is one) becomes the report's error.
     """
@@ -130,12 +131,12 @@ def run_share(case_data: dict, ctx, target, checkpoint_dir: str, phase: str = "b
     error = None
     mismatches = []
     try:
-        mismatches = run_case(from_dict(case_data), ctx, target, checkpoint_dir, phase)
+        mismatches = run_case(from_dict(order.case), ctx, target, order.checkpoint_dir, order.phase)
     except BaseException as exc:
         error = RankError(ctx.rank, ctx.phase, type(exc).__name__, str(exc), traceback.format_exc())
         ctx.enter("idle")
-    return converter.unstructure(
-        RankReport(ctx.rank, tuple(mismatches), error, dict(ctx.timings), tuple(ctx.unchanged))
+    return CaseReport(
+        converter.unstructure(RankReport(ctx.rank, tuple(mismatches), error, dict(ctx.timings), tuple(ctx.unchanged)))
     )
 
 
