@@ -342,7 +342,7 @@ def test_known_bugs_tell_entries_of_one_signature_apart_by_their_conditions(tmp_
 
 
 def test_the_known_bug_table_in_corpus_readme_is_current():
-    from shardfuzz.findings.upstream import known_bug_table
+    from shardfuzz.findings.known_table import known_bug_table
 
     assert (CORPUS / "README.md").read_text() == known_bug_table(load_corpus(CORPUS)[0]), (
         "corpus/README.md is out of date: run `shardfuzz known-bugs -o corpus/README.md`"

@@ -12,7 +12,7 @@ __all__ = ["main"]
 
 def main(args: argparse.Namespace) -> int:
     from shardfuzz.findings.corpus import load_corpus
-    from shardfuzz.findings.upstream import known_bug_table
+    from shardfuzz.findings.known_table import known_bug_table
 
     entries, problems = load_corpus(args.corpus)
     for problem in problems:

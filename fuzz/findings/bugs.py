@@ -78,7 +78,10 @@ def root_cause(entry: Entry) -> str:
         state = f"optimizer {match.group(1)}" if match else ("optimizer" if cause.key.startswith("optim") else "model")
         return f"{cause.name} on {state} state"
     if cause.kind == "exception":
-        frame = _innermost_frame(entry.diagnostics, most_recent_first=False)
+        # The raising rank's traceback (most recent call last); other ranks' stacks may follow, or stand alone
+        # where the raising rank left no traceback: those say where the others waited, not what raised.
+        traceback = entry.diagnostics.partition("Traceback (most recent call last)")[2].split("--- rank", 1)[0]
+        frame = _innermost_frame(traceback, most_recent_first=False)
         return f"{cause.name} at {frame or f'the {cause.phase} phase'}"
     # A hang's or crash's diagnostics are faulthandler stacks: most recent call first.
     frame = _innermost_frame(entry.diagnostics, most_recent_first=True)

@@ -1,25 +1,22 @@
-"""What a user hands upstream: an issue text for one corpus entry, and the table of known bugs.
+"""What a user hands upstream: an issue text for one corpus entry (``shardfuzz report-bug``).
 
 ``issue_text`` writes the markdown of a bug report: a one-line title, what was
 expected and what happened (the oracle's words with the first differing key,
 index and values, or the error and its root traceback), the standalone script
-inline, the environment and the versions seen. ``known_bug_table`` renders every
-known entry of a corpus as the table ``corpus/README.md`` holds (``shardfuzz
-known-bugs`` writes it; a test keeps it current).
+inline, the environment, the versions seen, when it happens (the entry's
+explanation) and where it stands upstream (its report and fix apart from related threads).
 """
 
 from __future__ import annotations
 
 import platform
-from collections.abc import Iterable
-from pathlib import Path
 
 from shardfuzz.findings.corpus import Entry
 from shardfuzz.findings.describe import describe
-from shardfuzz.targets import DEFAULT_TARGET
-from shardfuzz.verdict import TRIAGE_CLASSES
+from shardfuzz.findings.explanation import EDGES
+from shardfuzz.findings.known_table import torch_range
 
-__all__ = ["PROMISES", "environment", "issue_text", "known_bug_table"]
+__all__ = ["PROMISES", "environment", "issue_text"]
 
 #: What each oracle, and each other class of failure, says should have happened.
 PROMISES = {
@@ -138,69 +135,49 @@ def issue_text(entry: Entry, *, script: str, env: dict[str, str] | None = None) 
         "",
         "## Versions seen",
         "",
-        f"torch {', '.join(seen)}" + (f" (known range: {_torch_range(entry.known)})" if entry.known else ""),
+        f"torch {', '.join(seen)}" + (f" (known range: {torch_range(entry.known)})" if entry.known else ""),
         "",
     ]
-    if entry.known is not None and entry.known.link:
-        lines += ["## Related", "", entry.known.link, ""]
+    if entry.explanation is not None:
+        lines += ["## When it happens", "", *_conditions(entry.explanation), ""]
+    lines += _upstream_section(entry)
     return "\n".join(lines)
 
 
-def known_bug_table(entries: Iterable[tuple[Path, Entry]]) -> str:
-    """``corpus/README.md``: every entry with a ``known`` block, by class (worst first) then file name."""
-    order = list(TRIAGE_CLASSES)
-    known = sorted(
-        ((path, entry) for path, entry in entries if entry.known is not None),
-        key=lambda item: (order.index(item[1].status), item[0].name),
-    )
-    rows = [
-        "# Known bugs in this corpus",
+def _conditions(explanation) -> list[str]:
+    """The explanation as a bug report says it: what the failure needs, what it does not, how far it reaches."""
+    needs = ", ".join(f"`{label}={value}`" for label, value in sorted(explanation.necessary.items()))
+    lines = [
+        f"Measured by running the case's {len(explanation.neighbours)} neighbours, one dimension changed at a time "
+        f"(torch {explanation.torch or '?'}, {explanation.date or '?'}).",
         "",
-        "Generated from the entries' `known` blocks by `shardfuzz known-bugs -o corpus/README.md`; "
-        "do not edit by hand (a test checks it is current). Each entry is replayed by the test suite: a "
-        "strict xfail on a torch inside its range, so an upstream fix shows up as an unexpected pass. A range's "
-        "upper end says what it is: `(fixed)`, the first release without the bug (above it the case must pass), "
-        "or `(last checked)`, the newest release checked (above it the bug is presumed still there: a failure "
-        "says to extend the range, a pass to check for a fix; neither fails the suite). An entry "
-        "met through a framework's checkpoint API (`target`) also names the framework versions it is known "
-        "for (the strict xfail holds only where that framework is installed in range) and whether the bug "
-        "lies in the framework or in torch underneath (`in`; the entry's `evidence` says why). An entry saved "
-        "under one torch and loaded under another gives a range for each (`save torch -> load torch`); "
-        "`tox -e crossversion` replays it (docs/cross-version.md). `on CUDA` says what the entry did when "
-        "replayed with its sides moved to a GPU (`shardfuzz replay --device cuda --on-cuda --record`): CUDA too, "
-        "CPU only (it passes there and still fails on CPU ranks of the same machine and torch), or why it was not "
-        "checked.",
-        "",
-        f"{len(known)} known bugs.",
-        "",
-        "| entry | class | what | minimal case | target | in | torch range | framework range | seen on | on CUDA "
-        "| link |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"- It needs: {needs or 'no single value (every change tried kept a failure)'}.",
+        f"- It does not depend on: {', '.join(f'`{d}`' for d in explanation.free) or 'nothing measured'}.",
     ]
-    for path, entry in known:
-        what = entry.title.split("] ", 1)[-1]
-        block = entry.known
-        assert block is not None  # ``known`` holds the entries with a known block
-        target = "dcp" if entry.target == DEFAULT_TARGET else entry.target
-        frameworks = ", ".join(f"{name} {_range(block, name)}" for name in block.frameworks) or "-"
-        rows.append(
-            f"| `{path.stem}` | {entry.triage} | {_cell(what)} | {_cell(describe(entry.case))} | {_cell(target)} | "
-            f"{block.layer} | {_torch_range(block)} | {_cell(frameworks)} | {', '.join(block.seen) or '-'} | "
-            f"{_cell(entry.cuda.verdict if entry.cuda else 'not checked')} | {_cell(block.link or 'none found')} |"
-        )
-    return "\n".join(rows) + "\n"
+    if explanation.bites_realistic_setups:
+        lines.append("- It fails the same way at realistic widths (even splits, >= 8x the mesh, 2+ layers).")
+    elif explanation.bites_realistic_setups is False:
+        edges = " or ".join(EDGES[edge] for edge in explanation.edges)
+        lines.append(f"- At realistic widths it passes: it needs {edges or 'an edge of the shrunk case'}.")
+    if not explanation.complete:
+        lines.append("- The measurement was cut short: `shardfuzz explain ENTRY` finishes it.")
+    return lines
 
 
-def _torch_range(block) -> str:
-    """``>=2.10``, or ``<2.5`` -> ``>=2.7`` for a bug saved under one torch and loaded under another."""
-    return f"{_range(block, 'save_torch')} -> {_range(block, 'torch')}" if block.save_torch else _range(block, "torch")
-
-
-def _range(block, name: str) -> str:
-    """One range of a known block, with what its upper end means: ``<2.14`` (fixed), ``<=1.15.0`` (last checked)."""
-    meaning = {"fixed-in": " (fixed)", "last-checked": " (last checked)"}.get(block.upper.get(name, ""), "")
-    return f"`{block.ranges()[name]}`{meaning}"
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+def _upstream_section(entry: Entry) -> list[str]:
+    """Where the bug stands upstream: its report and fix, then related threads, never one for the other."""
+    known = entry.known
+    if known is None:
+        return []
+    if known.upstream is None:
+        return ["## Related", "", known.link, ""] if known.link else []
+    lines = []
+    for relation, heading in (("reported", "Reported as"), ("fixed-by", "Fixed by")):
+        for link in known.upstream.of(relation):
+            release = f" ({link.release})" if link.release else ""
+            lines += [f"## {heading}", "", f"{link.url}{release}: {link.note}".rstrip(": "), ""]
+    related = known.upstream.of("related")
+    if related:
+        lines += ["## Related (not this bug's report)", ""]
+        lines += [f"- {link.url}: {link.note}".rstrip(": ") for link in related] + [""]
+    return lines
