@@ -115,3 +115,28 @@ def test_two_bugs_one_failure_could_match_are_caught():
     assert apart([(Path("a.json"), first), (Path("b.json"), narrowed)]) == []
     same_bug = attrs.evolve(second, known=known(bug="one"))
     assert apart([(Path("a.json"), first), (Path("b.json"), same_bug)]) == []
+
+
+def test_a_bug_report_says_when_it_happens_and_keeps_related_threads_apart_from_the_report():
+    from shardfuzz.findings.explanation import Explanation
+    from shardfuzz.findings.upstream import issue_text
+
+    related_only = Upstream(
+        links=[UpstreamLink("related", "https://github.com/pytorch/pytorch/issues/2", note="another code path")],
+        searched="2026-12-04",
+        queries=["q"],
+    )
+    explanation = Explanation(
+        neighbours=(), necessary={"load_engine": "fsdp1"}, free=("steps",), realistic="passes", edges=("narrow",)
+    )
+    entry = attrs.evolve(entry_for(CASE, ERROR), known=known(upstream=related_only), explanation=explanation)
+    text = issue_text(entry, script="print()", env={})
+    assert "- It needs: `load_engine=fsdp1`." in text
+    assert "At realistic widths it passes: it needs a width below the world size." in text
+    assert "## Related (not this bug's report)\n\n- https://github.com/pytorch/pytorch/issues/2: another" in text
+    assert "## Reported as" not in text
+    reported = attrs.evolve(
+        related_only, links=(UpstreamLink("reported", "https://github.com/pytorch/pytorch/issues/1"),)
+    )
+    text = issue_text(attrs.evolve(entry, known=known(upstream=reported)), script="print()", env={})
+    assert "## Reported as\n\nhttps://github.com/pytorch/pytorch/issues/1" in text
