@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 from shardfuzz.executor.stop import EXIT_CODES, StopFlag
+from shardfuzz.findings.run_report import merge_reports, read_report
+from shardfuzz.search.progress import Progress
 from shardfuzz.search.run_config import RunConfig
 
 __all__ = ["run_workers"]
@@ -28,30 +30,16 @@ def run_workers(config: RunConfig) -> int:
     """``config.workers`` campaigns, each a ``shardfuzz run`` child with the options of ``config.for_worker``."""
     import torch
 
-    from shardfuzz.findings.run_report import merge_reports, read_report
-    from shardfuzz.search.progress import Progress
     from shardfuzz.search.runner import print_summary, write_reports
 
     seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**32)
     scratch = Path(tempfile.mkdtemp(prefix="shardfuzz-workers-"))
     reports = [scratch / f"worker-{i}.json" for i in range(config.workers)]
     logs = [scratch / f"worker-{i}.log" for i in range(config.workers)]
-    children = []
-    for index in range(config.workers):
-        with open(logs[index], "w") as log:
-            children.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "shardfuzz",
-                        "run",
-                        *config.for_worker(index, seed=seed + index, report=reports[index]).argv(),
-                    ],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
+    children = [
+        _start_worker(config, index, seed=seed + index, report=reports[index], log=logs[index])
+        for index in range(config.workers)
+    ]
     meta = {
         "torch": torch.__version__,
         "budget_seconds": config.budget,
@@ -63,40 +51,17 @@ def run_workers(config: RunConfig) -> int:
     }
     progress = Progress(config.budget, plain=config.plain)
     stop = StopFlag()
-    forwarded = False
-
-    def current() -> list[dict]:
-        found = []
-        for path in reports:
-            try:
-                found.append(read_report(path))
-            except ValueError:
-                pass  # not flushed yet
-        return found
-
     with stop:
         try:
-            while any(child.poll() is None for child in children):
-                if stop and not forwarded:
-                    for child in children:
-                        if child.poll() is None:
-                            child.send_signal(signal.SIGTERM)
-                    forwarded = True
-                    progress.message(f"shardfuzz run: {stop.reason}: asking {config.workers} workers to stop")
-                if progress.due():
-                    found = current()
-                    if found:
-                        progress.show(merge_reports(found, meta=meta))
-                time.sleep(0.2)
+            _watch(children, stop, progress, reports, meta=meta)
         except KeyboardInterrupt:
             for child in children:
                 child.kill()
             progress.finish()
             print(f"\nshardfuzz run: interrupted twice; workers killed (their logs: {scratch})", file=sys.stderr)
             return 130
-    found = current()
     codes = [child.returncode for child in children]
-    report = merge_reports(found, meta=meta)
+    report = merge_reports(_flushed(reports), meta=meta)
     progress.finish(report)
     broken = [i for i, code in enumerate(codes) if code not in (0, 1, *EXIT_CODES.values()) or not reports[i].exists()]
     for index in broken:
@@ -119,3 +84,43 @@ def run_workers(config: RunConfig) -> int:
     if broken:
         return 2
     return 1 if report["failures"] and not config.exit_zero else 0
+
+
+def _start_worker(config: RunConfig, index: int, *, seed: int, report: Path, log: Path) -> subprocess.Popen:
+    """Worker ``index``: a ``shardfuzz run`` child with its own seed and report, its output in ``log``."""
+    with open(log, "w") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "shardfuzz", "run", *config.for_worker(index, seed=seed, report=report).argv()],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _flushed(reports: list[Path]) -> list[dict]:
+    """The workers' reports flushed so far."""
+    found = []
+    for path in reports:
+        try:
+            found.append(read_report(path))
+        except ValueError:
+            pass  # not flushed yet
+    return found
+
+
+def _watch(
+    children: list[subprocess.Popen], stop: StopFlag, progress: Progress, reports: list[Path], *, meta: dict
+) -> None:
+    """Until every worker has ended: pass a stop on to them (once, as SIGTERM), and show their merged progress."""
+    forwarded = False
+    while any(child.poll() is None for child in children):
+        if stop and not forwarded:
+            for child in children:
+                if child.poll() is None:
+                    child.send_signal(signal.SIGTERM)
+            forwarded = True
+            progress.message(f"shardfuzz run: {stop.reason}: asking {len(children)} workers to stop")
+        if progress.due():
+            found = _flushed(reports)
+            if found:
+                progress.show(merge_reports(found, meta=meta))
+        time.sleep(0.2)
