@@ -21,8 +21,11 @@ from shardfuzz.rank.model_factory import probe as _probe_user_model
 user_model.use_shape_probe(_probe_user_model)
 
 __all__ = [
+    "CampaignHost",
+    "CampaignSettings",
     "Case",
     "CheckpointTarget",
+    "FunctionHost",
     "ObjectTarget",
     "RankPool",
     "ShardsModules",
@@ -37,6 +40,9 @@ __all__ = [
 __version__ = "0.1.0"
 
 _LAZY = {
+    "CampaignHost": "shardfuzz.search.campaign",
+    "CampaignSettings": "shardfuzz.search.campaign",
+    "FunctionHost": "shardfuzz.search.campaign",
     "CheckpointTarget": "shardfuzz.targets",
     "ObjectTarget": "shardfuzz.targets",
     "ShardsModules": "shardfuzz.targets",

@@ -7,7 +7,7 @@ milliseconds; the CLI tests run the same paths on real ranks.
 import pytest
 from hypothesis.database import InMemoryExampleDatabase
 
-from shardfuzz.search.campaign import database_key, run_campaign
+from shardfuzz.search.campaign import CampaignSettings, FunctionHost, database_key, run_campaign
 from shardfuzz.verdict import Mismatch, RankError, Verdict
 
 
@@ -25,7 +25,9 @@ def _broken_after_a_step_on_two_ranks(case) -> Verdict:
 
 
 def test_max_cases_ends_the_campaign_and_timeline_is_sampled():
-    result = run_campaign(lambda case: Verdict("pass"), budget=60, seed=1, max_world_size=2, max_cases=7)
+    result = run_campaign(
+        FunctionHost(lambda case: Verdict("pass")), CampaignSettings(budget=60, seed=1, max_world_size=2, max_cases=7)
+    )
     assert result.cases_run == 7
     assert result.stopped == "max-cases"
     assert result.timeline and result.timeline[-1]["cases"] == 7
@@ -48,7 +50,8 @@ def test_stop_while_shrinking_keeps_the_failure_found_so_far():
 
     found = []
     result = run_campaign(
-        run_case, budget=60, seed=2, max_world_size=2, should_stop=should_stop, on_finding=found.append
+        FunctionHost(run_case, should_stop=should_stop, on_finding=found.append),
+        CampaignSettings(budget=60, seed=2, max_world_size=2),
     )
     assert result.stopped == "SIGINT"
     assert len(found) == 1 and not found[0].shrunk
@@ -59,14 +62,10 @@ def test_a_resumed_campaign_replays_the_database_first():
     database = InMemoryExampleDatabase()
     key = database_key("world=2", "test")
     first = run_campaign(
-        _broken_after_a_step_on_two_ranks,
-        budget=60,
-        seed=3,
-        max_world_size=2,
-        max_cases=50,
-        database=database,
-        database_key=key,
-        stop_on_finding=True,
+        FunctionHost(_broken_after_a_step_on_two_ranks),
+        CampaignSettings(
+            budget=60, seed=3, max_world_size=2, max_cases=50, database=database, database_key=key, stop_on_finding=True
+        ),
     )
     assert first.findings and list(database.fetch(key))
 
@@ -76,23 +75,15 @@ def test_a_resumed_campaign_replays_the_database_first():
         s
         for s in range(99, 199)
         if not run_campaign(
-            _broken_after_a_step_on_two_ranks,
-            budget=60,
-            seed=s,
-            max_world_size=2,
-            max_cases=1,
-            database=InMemoryExampleDatabase(),
-            database_key=key,
+            FunctionHost(_broken_after_a_step_on_two_ranks),
+            CampaignSettings(
+                budget=60, seed=s, max_world_size=2, max_cases=1, database=InMemoryExampleDatabase(), database_key=key
+            ),
         ).findings
     )
     resumed = run_campaign(
-        _broken_after_a_step_on_two_ranks,
-        budget=60,
-        seed=seed,
-        max_world_size=2,
-        max_cases=1,
-        database=database,
-        database_key=key,
+        FunctionHost(_broken_after_a_step_on_two_ranks),
+        CampaignSettings(budget=60, seed=seed, max_world_size=2, max_cases=1, database=database, database_key=key),
     )
     assert resumed.replayed_from_database >= 1
     [finding] = resumed.findings.values()  # with the database the same seed finds it: the replay did
@@ -104,24 +95,14 @@ def test_a_known_failure_in_the_database_is_counted_not_refound():
     database = InMemoryExampleDatabase()
     key = database_key("world=2", "test")
     run_campaign(
-        _broken_on_two_ranks,
-        budget=60,
-        seed=3,
-        max_world_size=2,
-        max_cases=50,
-        database=database,
-        database_key=key,
-        stop_on_finding=True,
+        FunctionHost(_broken_on_two_ranks),
+        CampaignSettings(
+            budget=60, seed=3, max_world_size=2, max_cases=50, database=database, database_key=key, stop_on_finding=True
+        ),
     )
     resumed = run_campaign(
-        _broken_on_two_ranks,
-        budget=60,
-        seed=4,
-        max_world_size=2,
-        max_cases=1,
-        database=database,
-        database_key=key,
-        is_known=lambda signature, case: True,
+        FunctionHost(_broken_on_two_ranks, is_known=lambda signature, case: True),
+        CampaignSettings(budget=60, seed=4, max_world_size=2, max_cases=1, database=database, database_key=key),
     )
     assert not resumed.findings and sum(resumed.known_hits.values()) == 1
 
@@ -145,7 +126,9 @@ def test_the_budget_ends_a_shrink_and_the_finding_says_it_was_cut_short():
 
     capabilities()  # probed once per process (seconds, the first time): not part of this budget
     started = time.monotonic()
-    result = run_campaign(slow_and_broken, budget=3.0, shrink_budget=600, seed=3, max_world_size=2)
+    result = run_campaign(
+        FunctionHost(slow_and_broken), CampaignSettings(budget=3.0, shrink_budget=600, seed=3, max_world_size=2)
+    )
     assert time.monotonic() - started < 3.0 + 1.5  # the budget and the case in flight (without the cut: 12 s)
     (finding,) = result.findings.values()
     assert not finding.shrunk
@@ -154,7 +137,8 @@ def test_the_budget_ends_a_shrink_and_the_finding_says_it_was_cut_short():
 
 def test_a_shrink_that_runs_its_course_is_marked_shrunk():
     result = run_campaign(
-        _broken_on_two_ranks, budget=60, shrink_budget=60, seed=3, max_world_size=2, stop_on_finding=True
+        FunctionHost(_broken_on_two_ranks),
+        CampaignSettings(budget=60, shrink_budget=60, seed=3, max_world_size=2, stop_on_finding=True),
     )
     (finding,) = result.findings.values()
     assert finding.shrunk and finding.case.load.world_size == 2
@@ -187,12 +171,9 @@ def _known_bug_on_fsdp2_loads(case) -> Verdict:
 
 def test_steering_masks_a_known_bugs_look_alikes_after_k_hits_and_counts_them():
     is_known = lambda signature, case: signature.startswith("error:load:KeyError")  # noqa: E731
-    plain = run_campaign(
-        _known_bug_on_fsdp2_loads, budget=120, seed=5, max_world_size=2, max_cases=240, is_known=is_known
-    )
-    steered = run_campaign(
-        _known_bug_on_fsdp2_loads, budget=120, seed=5, max_world_size=2, max_cases=240, is_known=is_known, steer_after=3
-    )
+    host = FunctionHost(_known_bug_on_fsdp2_loads, is_known=is_known)
+    plain = run_campaign(host, CampaignSettings(budget=120, seed=5, max_world_size=2, max_cases=240))
+    steered = run_campaign(host, CampaignSettings(budget=120, seed=5, max_world_size=2, max_cases=240, steer_after=3))
     (signature,) = plain.known_hits
     assert sum(steered.known_hits.values()) < plain.known_hits[signature] / 2
     assert steered.masked[signature] > 0 and not plain.masked
@@ -205,7 +186,8 @@ def test_steering_masks_a_known_bugs_look_alikes_after_k_hits_and_counts_them():
 def test_time_spent_is_split_by_what_it_went_to():
     is_known = lambda signature, case: True  # noqa: E731
     result = run_campaign(
-        _known_bug_on_fsdp2_loads, budget=60, seed=5, max_world_size=2, max_cases=60, is_known=is_known
+        FunctionHost(_known_bug_on_fsdp2_loads, is_known=is_known),
+        CampaignSettings(budget=60, seed=5, max_world_size=2, max_cases=60),
     )
     assert result.time_spent["known repeats"] > 0 and result.time_spent["passing cases"] > 0
     assert sum(result.time_spent.values()) <= result.wall_seconds
@@ -223,14 +205,8 @@ def test_a_known_bugs_own_case_narrows_the_steering_conditions_to_what_it_needs(
     )
     is_known = lambda signature, case: signature.startswith("error:load:KeyError")  # noqa: E731
     steered = run_campaign(
-        _known_bug_on_fsdp2_loads,
-        budget=120,
-        seed=5,
-        max_world_size=2,
-        max_cases=240,
-        is_known=is_known,
-        steer_after=3,
-        known_dimensions=lambda s, c: dimensions(minimal),
+        FunctionHost(_known_bug_on_fsdp2_loads, is_known=is_known, known_dimensions=lambda s, c: dimensions(minimal)),
+        CampaignSettings(budget=120, seed=5, max_world_size=2, max_cases=240, steer_after=3),
     )
     (conditions,) = steered.steering.values()
     assert conditions["load_engine"] == "fsdp2"
@@ -245,7 +221,8 @@ def test_a_descent_cut_by_the_budgets_end_keeps_the_failure_it_started_from():
     from shardfuzz.case import SGD, Case, Linear, Model, Sequential, Side, Unsharded
     from shardfuzz.executor import CaseAbandoned
     from shardfuzz.findings.campaign_result import CampaignResult
-    from shardfuzz.search.campaign import CaseFailed, _polished
+    from shardfuzz.search.campaign import CaseFailed
+    from shardfuzz.search.polish import polished
 
     case = Case(Model(2, Sequential([Linear(3), Linear(2)])), Side(Unsharded(), (1,)), Side(Unsharded(), (1,)), SGD())
     failure = CaseFailed(case, Verdict("error", errors=(RankError(0, "load", "RuntimeError", "boom"),)))
@@ -253,5 +230,19 @@ def test_a_descent_cut_by_the_budgets_end_keeps_the_failure_it_started_from():
     def abandoned(case):
         raise CaseAbandoned("abandoned the case in flight")
 
-    kept, finished = _polished(failure, abandoned, CampaignResult(), 60.0, lambda s, c: False, {})
+    kept, finished = polished(failure, FunctionHost(abandoned), CampaignResult(), 60.0, {})
     assert kept is failure and not finished
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"budget": -1},
+        {"budget": 60, "max_cases": 0},
+        {"budget": 60, "devices": ()},
+        {"budget": 60, "devices": ("tpu",)},
+    ],
+)
+def test_settings_out_of_bounds_are_refused_up_front(bad):
+    with pytest.raises((ValueError, TypeError)):
+        CampaignSettings(**bad)

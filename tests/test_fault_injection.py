@@ -7,7 +7,7 @@ every test here fails: no finding is made.
 import pytest
 
 from shardfuzz.executor import RankPool
-from shardfuzz.search.campaign import run_campaign
+from shardfuzz.search.campaign import CampaignSettings, FunctionHost, run_campaign
 
 pytestmark = pytest.mark.ranks
 
@@ -16,7 +16,8 @@ def _campaign(target, known, **settings):
     settings = {"budget": 15, "shrink_budget": 90, "seed": 7, **settings}
     with RankPool(2, target=f"faults:{target}") as pool:
         return run_campaign(
-            pool.run, vary_storage=False, max_world_size=2, is_known=lambda s, c: known(s, c) is not None, **settings
+            FunctionHost(pool.run, is_known=lambda s, c: known(s, c) is not None),
+            CampaignSettings(vary_storage=False, max_world_size=2, **settings),
         )
 
 
@@ -72,15 +73,16 @@ def test_buffers_left_unloaded_are_found_and_shrunk_to_one_batch_norm(shardfuzz_
     """The state oracle covers buffers: BatchNorm's running statistics not loaded is a mismatch."""
     with RankPool(2, target="shardfuzz.targets.mutants:BuffersNotLoaded") as pool:
         result = run_campaign(
-            pool.run,
-            vary_storage=False,
-            seed=8,
-            max_world_size=2,
-            budget=600,
-            max_cases=150,
-            stop_on_finding=True,
-            shrink_budget=60,
-            is_known=lambda s, c: shardfuzz_known(s, c) is not None,
+            FunctionHost(pool.run, is_known=lambda s, c: shardfuzz_known(s, c) is not None),
+            CampaignSettings(
+                vary_storage=False,
+                seed=8,
+                max_world_size=2,
+                budget=600,
+                max_cases=150,
+                stop_on_finding=True,
+                shrink_budget=60,
+            ),
         )
     findings = _mismatch_findings(result)
     assert findings, f"no mismatch found in {result.cases_run} cases"
@@ -95,7 +97,8 @@ def test_buffers_left_unloaded_are_found_and_shrunk_to_one_batch_norm(shardfuzz_
 def test_a_failure_that_does_not_repeat_is_reported_flaky_with_both_outcomes():
     with RankPool(2, target="faults:PerturbEveryOtherLoad") as pool:
         result = run_campaign(
-            pool.run, vary_storage=False, budget=6, seed=7, max_world_size=2, confirm=pool.run, shrink_budget=10
+            FunctionHost(pool.run, confirm=pool.run),
+            CampaignSettings(vary_storage=False, budget=6, seed=7, max_world_size=2, shrink_budget=10),
         )
     flaky = [f for f in result.findings.values() if f.flaky]
     assert flaky, f"no flaky finding in {result.cases_run} cases"

@@ -13,7 +13,7 @@ import pytest
 from shardfuzz.case import FSDP1, FSDP2, Adam, Case, LayerNorm, Linear, Model, Sequential, Side
 from shardfuzz.executor import RankPool
 from shardfuzz.pytest_plugin import shared_pool
-from shardfuzz.search.campaign import run_campaign
+from shardfuzz.search.campaign import CampaignSettings, FunctionHost, run_campaign
 from shardfuzz.search.shrink import case_size
 from shardfuzz.targets import support_for, unavailable
 
@@ -94,15 +94,16 @@ def test_a_campaign_finds_and_shrinks_a_fault_in_the_framework_path(framework, s
     target = f"{framework}+FirstMomentsNotLoaded"
     with RankPool(2, target=target) as pool:
         result = run_campaign(
-            pool.run,
-            budget=120,
-            seed=3,
-            max_world_size=2,
-            support=support_for(target),
-            vary_storage=False,
-            stop_on_finding=True,
-            shrink_budget=60,
-            is_known=lambda s, c: shardfuzz_known(s, c) is not None,
+            FunctionHost(pool.run, is_known=lambda s, c: shardfuzz_known(s, c) is not None),
+            CampaignSettings(
+                budget=120,
+                seed=3,
+                max_world_size=2,
+                support=support_for(target),
+                vary_storage=False,
+                stop_on_finding=True,
+                shrink_budget=60,
+            ),
         )
     assert result.findings, f"{result.cases_run} cases, nothing found"
     finding = min(result.findings.values(), key=lambda f: case_size(f.case))
@@ -116,14 +117,10 @@ def test_a_short_campaign_of_the_adapter_runs_its_framework(framework, shardfuzz
     _needs(framework)
     with RankPool(2, target=framework) as pool:
         result = run_campaign(
-            pool.run,
-            budget=90,
-            seed=5,
-            max_world_size=2,
-            max_cases=20,
-            support=support_for(framework),
-            vary_storage=False,
-            is_known=lambda s, c: shardfuzz_known(s, c) is not None,
+            FunctionHost(pool.run, is_known=lambda s, c: shardfuzz_known(s, c) is not None),
+            CampaignSettings(
+                budget=90, seed=5, max_world_size=2, max_cases=20, support=support_for(framework), vary_storage=False
+            ),
         )
     # Most cases round-trip through the framework; what does not is a finding for the corpus (the
     # fuzzer's product), not this test's failure: campaigns of each adapter found several.

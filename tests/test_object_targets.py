@@ -12,7 +12,7 @@ from shardfuzz.case import FSDP1, FSDP2, SGD, Case, Linear, Model, Sequential, S
 from shardfuzz.executor import RankPool
 from shardfuzz.findings.corpus import entry_for
 from shardfuzz.findings.export import export_script
-from shardfuzz.search.campaign import run_campaign
+from shardfuzz.search.campaign import CampaignSettings, FunctionHost, run_campaign
 from shardfuzz.targets import ObjectTarget, resolve_target
 from shardfuzz.verdict import Mismatch, Verdict
 
@@ -43,14 +43,10 @@ def test_a_correct_object_level_target_round_trips():
 def test_a_bug_in_an_object_level_target_is_found_and_shrunk(shardfuzz_known):
     with RankPool(2, target="object_targets:ForgetsOptimizerOnLoad") as pool:
         result = run_campaign(
-            pool.run,
-            budget=60,
-            seed=2,
-            max_world_size=2,
-            max_cases=40,
-            vary_storage=False,
-            is_known=lambda s, c: shardfuzz_known(s, c) is not None,
-            stop_on_finding=True,
+            FunctionHost(pool.run, is_known=lambda s, c: shardfuzz_known(s, c) is not None),
+            CampaignSettings(
+                budget=60, seed=2, max_world_size=2, max_cases=40, vary_storage=False, stop_on_finding=True
+            ),
         )
     found = [f for f in result.findings.values() if f.verdict.status == "mismatch"]
     assert found, result.findings

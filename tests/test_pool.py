@@ -67,14 +67,14 @@ def test_a_hung_rank_hits_the_deadline_and_the_pool_restarts(fault_flag):
 
 
 def test_a_documented_unsupported_combination_is_classified_not_a_finding(fault_flag):
-    from shardfuzz.search.campaign import run_campaign
+    from shardfuzz.search.campaign import CampaignSettings, FunctionHost, run_campaign
 
     with _pool("RejectAsUnsupported") as pool:
         verdict = pool.run(CASE)
         assert verdict.status == "unsupported" and not verdict.is_failure
         assert verdict.detail.startswith("not-implemented:")
         assert pool.starts == 1  # every rank answered: no restart
-        result = run_campaign(pool.run, budget=4, seed=1, max_world_size=2)
+        result = run_campaign(FunctionHost(pool.run), CampaignSettings(budget=4, seed=1, max_world_size=2))
     assert not result.findings
     assert sum(result.unsupported.values()) == result.cases_run > 0
 

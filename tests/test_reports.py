@@ -8,7 +8,7 @@ import pytest
 from shardfuzz.findings.corpus import KnownBugs
 from shardfuzz.findings.render import html_page, junit_xml, markdown
 from shardfuzz.findings.run_report import campaign_report, merge_reports, read_report, write_atomic
-from shardfuzz.search.campaign import run_campaign
+from shardfuzz.search.campaign import CampaignSettings, FunctionHost, run_campaign
 from shardfuzz.search.database import DatabaseError, open_database
 from shardfuzz.strategies import offered_values
 from shardfuzz.verdict import Mismatch, RankError, Verdict
@@ -24,7 +24,7 @@ def _verdict(case) -> Verdict:
 
 @pytest.fixture(scope="module")
 def report():
-    result = run_campaign(_verdict, budget=60, seed=5, max_world_size=2, max_cases=120)
+    result = run_campaign(FunctionHost(_verdict), CampaignSettings(budget=60, seed=5, max_world_size=2, max_cases=120))
     known = KnownBugs()
     offered = {d: sorted(v) for d, v in offered_values(max_world_size=2).items()}
     return campaign_report(

@@ -14,10 +14,16 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from shardfuzz.case import Case, dimensions
 from shardfuzz.executor.stop import EXIT_CODES, StopFlag, StopRequested
+from shardfuzz.findings.campaign_result import CampaignResult, Finding
 from shardfuzz.search.run_config import RunConfig
+from shardfuzz.verdict import Verdict
+
+if TYPE_CHECKING:  # the campaign's modules import Hypothesis, which a torchrun follower never imports
+    from shardfuzz.search.campaign_settings import CampaignSettings
 
 __all__ = ["run_command", "campaign_devices", "write_reports", "print_summary", "ABANDON_GRACE"]
 
@@ -120,7 +126,10 @@ def user_model(spec: str | None):
 
 
 class _Run:
-    """One ``shardfuzz run`` campaign under way: its corpus and known bugs, its executor, its reports."""
+    """One ``shardfuzz run`` campaign under way: its corpus and known bugs, its executor, its reports.
+
+    It is the campaign's host (``shardfuzz.search.host.CampaignHost``): its executor runs the cases, its corpus
+    knows the known bugs, its stop flag answers ``should_stop``, and it saves and reports what is found."""
 
     def __init__(
         self, config: RunConfig, *, target: str, torchrun: bool, world_size: int, devices, database, interpreters=None
@@ -181,37 +190,23 @@ class _Run:
         self.last_flush = time.monotonic()
         self.budget_end = 0.0
 
-    # --- what the campaign is told ------------------------------------------
+    # --- what the campaign asks (CampaignHost, in the order it asks) ---------
 
-    def expected(self) -> dict:
-        """Known bugs whose every hit costs a restart: masked from the first draw where the corpus says when."""
-        return {
-            signature: entries[0].known.when
-            for signature, entries in self.known.items()
-            if entries[0].costs_a_restart and entries[0].known.when
-        }
+    def should_stop(self) -> str | None:
+        return self.stop.reason
 
-    def known_dimensions(self, signature, case):
+    def run_case(self, case: Case) -> Verdict:
+        return self.executor.run(case)
+
+    def is_known(self, signature: str, case: Case) -> bool:
+        return self.known.lookup(signature, case) is not None
+
+    def known_dimensions(self, signature: str, case: Case) -> dict[str, str] | None:
         """The dimensions of a known bug's own shrunk case (steering keeps only what its hits share with it)."""
-        from shardfuzz.case import dimensions
-
         entry = self.known.lookup(signature, case)
         return dimensions(entry.case) if entry is not None else None
 
-    def snapshot(self, result, final: bool = False) -> dict:
-        from shardfuzz.findings.run_report import campaign_report
-
-        return campaign_report(
-            result,
-            meta=self.meta,
-            known=self.known,
-            corpus_files=self.corpus_files,
-            offered=self.offered,
-            pool_events=self.executor.events if self.executor is not None else (),
-            final=final,
-        )
-
-    def on_case(self, result, case, verdict) -> None:
+    def on_case(self, result: CampaignResult, case: Case, verdict: Verdict) -> None:
         config = self.config
         flush = config.report is not None and time.monotonic() - self.last_flush >= config.flush_every
         if not (flush or self.progress.due()):
@@ -223,7 +218,16 @@ class _Run:
         if self.progress.due():
             self.progress.show(report)
 
-    def on_finding(self, finding) -> None:
+    def confirm(self, case: Case) -> Verdict | None:
+        """The case again on new ranks; None with ``--no-confirm``, or under torchrun, where there is no fresh pool
+        to confirm on (the same ranks would answer again)."""
+        if self.config.no_confirm or self.torchrun:
+            return None
+        self.executor.close()  # the next run starts new ranks: no state carried over from earlier cases
+        # A hang seen on a measured deadline must outlast the generic one too before it is a finding.
+        return self.executor.run(case, generic_deadline=True)
+
+    def on_finding(self, finding: Finding) -> None:
         from shardfuzz.findings.corpus import entry_for, save_entry
         from shardfuzz.targets import framework_of, support_for
 
@@ -259,6 +263,21 @@ class _Run:
             f"NEW [{finding.verdict.triage}] {finding.verdict.summary()[:150]}\n     saved {path}{partly}{own}"
         )
 
+    # --- behind those answers ------------------------------------------------
+
+    def snapshot(self, result, final: bool = False) -> dict:
+        from shardfuzz.findings.run_report import campaign_report
+
+        return campaign_report(
+            result,
+            meta=self.meta,
+            known=self.known,
+            corpus_files=self.corpus_files,
+            offered=self.offered,
+            pool_events=self.executor.events if self.executor is not None else (),
+            final=final,
+        )
+
     def _alone(self, case):
         """The case under each torch alone (``CrossVersionPool.alone``), or None when the run is stopping
         (the budget's end, a signal) or ranks cannot start: the finding is saved all the same."""
@@ -288,11 +307,6 @@ class _Run:
         """Give up the case in flight a few seconds after a stop was asked, or after the budget's end
         (a hang or a slow crash must not stretch the run: the budget is a promise)."""
         return self.stop.overdue(ABANDON_GRACE) or time.monotonic() > self.budget_end + ABANDON_GRACE
-
-    def confirm(self, case):
-        self.executor.close()  # the next run starts new ranks: no state carried over from earlier cases
-        # A hang seen on a measured deadline must outlast the generic one too before it is a finding.
-        return self.executor.run(case, generic_deadline=True)
 
     # --- the run ------------------------------------------------------------
 
@@ -331,35 +345,35 @@ class _Run:
             deadlines=None if config.generic_deadlines else MeasuredDeadlines(),
         )
 
-    def campaign(self):
-        from shardfuzz.search.campaign import database_key, run_campaign
+    def expected(self) -> dict:
+        """Known bugs whose every hit costs a restart: masked from the first draw where the corpus says when."""
+        return {
+            signature: entries[0].known.when
+            for signature, entries in self.known.items()
+            if entries[0].costs_a_restart and entries[0].known.when
+        }
+
+    def campaign_settings(self) -> CampaignSettings:
+        """The campaign's settings: what is left of the budget, the run's seed and pool, its database's key."""
+        from shardfuzz.search.campaign import CampaignSettings, database_key
         from shardfuzz.targets import support_for
 
-        config, known, executor = self.config, self.known, self.executor
-        device_key = () if config.device == "cpu" else (f"device={config.device}",)  # CPU keys as before GPUs
+        config = self.config
+        device_key: tuple[str, ...] = () if config.device == "cpu" else (f"device={config.device}",)  # as before GPUs
         if config.model is not None:  # a user's model's examples are not the drawn trees'
             device_key += (f"model={config.model}",)
         if self.torches is not None:  # examples of one pair of torches are not another's
             device_key += ("torches={}->{}".format(*self.torches),)
-        # Under torchrun there is no fresh pool to confirm on: the same ranks would answer again.
-        confirm = None if config.no_confirm or self.torchrun else self.confirm
-        return run_campaign(
-            executor.run,
+        return CampaignSettings(
             budget=max(0.0, self.budget_end - time.monotonic()),
             seed=self.seed,
             max_world_size=self.world_size,
-            is_known=lambda s, c: known.lookup(s, c) is not None,
-            on_case=self.on_case,
-            on_finding=self.on_finding,
-            confirm=confirm,
             database=self.database,
             database_key=database_key(f"world={self.world_size}", self.target, *device_key),
-            should_stop=lambda: self.stop.reason,
             max_cases=config.max_cases,
             devices=self.devices,
             support=support_for(self.target),  # what the target runs; storage variants only where it takes them
             steer_after=None if config.no_steer else STEER_AFTER,
-            known_dimensions=self.known_dimensions,
             expected=self.expected(),
             model=user_model(config.model),
         )
@@ -367,6 +381,7 @@ class _Run:
     def fuzz(self, budget_end: float) -> int:
         """Fuzz until ``budget_end`` (monotonic seconds), a stop or ``max_cases``; write the reports; the exit code."""
         from shardfuzz.executor import PoolStartError
+        from shardfuzz.search.campaign import run_campaign
 
         config, progress, stop = self.config, self.progress, self.stop
         self.budget_end = budget_end
@@ -374,7 +389,7 @@ class _Run:
             with stop:
                 self.executor = executor = self.open_executor()
                 with executor:
-                    result = self.campaign()
+                    result = run_campaign(self, self.campaign_settings())
         except PoolStartError as exc:
             progress.finish()
             print(f"shardfuzz run: {exc}", file=sys.stderr)

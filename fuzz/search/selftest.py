@@ -19,7 +19,7 @@ from attrs import asdict, frozen
 from shardfuzz.case import Case
 from shardfuzz.executor import RankPool
 from shardfuzz.findings.describe import describe
-from shardfuzz.search.campaign import run_campaign
+from shardfuzz.search.campaign import CampaignResult, CampaignSettings, FunctionHost, run_campaign
 from shardfuzz.search.shrink import case_size
 from shardfuzz.targets import DEFAULT_TARGET, FAULT_SEPARATOR, ObjectTarget, resolve_target, support_for
 from shardfuzz.targets.mutants import CATALOGUE
@@ -83,40 +83,42 @@ def run_selftest(
     for name in names:
         started = time.monotonic()
         spec, expected_oracle = catalogue[name]
-        with RankPool(world_size, target=spec, device=device) as pool:
-            campaign = run_campaign(
-                pool.run,
-                budget=budget_per_mutant + shrink_budget,  # finding it, then shrinking it
-                seed=seed,
-                max_world_size=world_size,
-                is_known=is_known,
-                stop_on_finding=True,
-                vary_storage=False,
-                support=support_for(spec),
-                shrink_budget=shrink_budget,
-                devices=("cpu", "cuda") if device == "cuda" else ("cpu",),
-            )
-        finding = min(campaign.findings.values(), key=lambda f: case_size(f.case), default=None)
-        killed_by = ""
-        if finding is not None:
-            verdict = finding.verdict
-            killed_by = verdict.mismatches[0].oracle if verdict.mismatches else verdict.signature()[:80]
-        result = MutantResult(
-            mutant=name,
-            expected_oracle=expected_oracle,
-            killed=finding is not None,
-            killed_by=killed_by,
-            seconds_to_detect=None
-            if campaign.first_failure_seconds is None
-            else round(campaign.first_failure_seconds, 2),
-            shrunk_case_size=case_size(finding.case) if finding else None,
-            shrunk_case=describe(finding.case) if finding else "",
-            cases_run=campaign.cases_run,
-            seconds=round(time.monotonic() - started, 1),
-            shrunk=finding.shrunk if finding else None,
-            shrink_seconds=finding.shrink_seconds if finding else None,
+        settings = CampaignSettings(
+            budget=budget_per_mutant + shrink_budget,  # finding it, then shrinking it
+            seed=seed,
+            max_world_size=world_size,
+            stop_on_finding=True,
+            vary_storage=False,
+            support=support_for(spec),
+            shrink_budget=shrink_budget,
+            devices=("cpu", "cuda") if device == "cuda" else ("cpu",),
         )
+        with RankPool(world_size, target=spec, device=device) as pool:
+            campaign = run_campaign(FunctionHost(pool.run, is_known=is_known), settings)
+        result = _mutant_result(name, expected_oracle, campaign, seconds=round(time.monotonic() - started, 1))
         results.append(result)
         if on_result is not None:
             on_result(result)
     return results
+
+
+def _mutant_result(name: str, expected_oracle: str, campaign: CampaignResult, *, seconds: float) -> MutantResult:
+    """What the campaign against mutant ``name`` found: its smallest finding, the oracle that fired, how fast."""
+    finding = min(campaign.findings.values(), key=lambda f: case_size(f.case), default=None)
+    killed_by = ""
+    if finding is not None:
+        verdict = finding.verdict
+        killed_by = verdict.mismatches[0].oracle if verdict.mismatches else verdict.signature()[:80]
+    return MutantResult(
+        mutant=name,
+        expected_oracle=expected_oracle,
+        killed=finding is not None,
+        killed_by=killed_by,
+        seconds_to_detect=None if campaign.first_failure_seconds is None else round(campaign.first_failure_seconds, 2),
+        shrunk_case_size=case_size(finding.case) if finding else None,
+        shrunk_case=describe(finding.case) if finding else "",
+        cases_run=campaign.cases_run,
+        seconds=seconds,
+        shrunk=finding.shrunk if finding else None,
+        shrink_seconds=finding.shrink_seconds if finding else None,
+    )
