@@ -1,6 +1,7 @@
-"""Running Cases on real ranks: the warm pool (``pool``), torchrun's ranks (``torchrun``), one rank's loop
-(``worker``), and what they share without processes: the admission check before a case (``admission``),
-deadlines (``deadlines``), folding rank reports into a verdict (``reports``).
+"""Running Cases on real ranks: the warm pool (``pool``, its processes in ``rank_processes``), torchrun's ranks
+(``torchrun``), one rank's loop (``worker``), the messages between them (``messages``), and what they share
+without processes: the admission check before a case (``admission``), deadlines (``deadlines``), folding rank
+reports into a verdict (``fold``).
 
 Every executor has the shape of ``Executor``: the campaign, replay and the self-test take any of them.
 """

@@ -7,8 +7,7 @@ out of step), so when every rank has answered, the ranks re-form their process
 group on a fresh store (cheap: torch stays imported). A rank that crashed, or
 that is stuck past the deadline, gets the pool torn down and started afresh.
 
-Shutdown goes in stages, as HypoFuzz's worker hub does: ask (a stop message),
-join with a deadline, terminate, kill.
+Shutdown goes in stages (``rank_processes``): ask, join with a deadline, terminate, kill.
 
 Each rank writes its output to ``rank-N.log`` in the pool's scratch directory
 (truncated before each case) and publishes its phase in shared memory, so a
@@ -22,9 +21,7 @@ removes those whose owner is gone (one killed with SIGKILL cannot clean up).
 
 from __future__ import annotations
 
-import contextlib
 import glob
-import multiprocessing
 import os
 import shutil
 import signal
@@ -39,8 +36,9 @@ from shardfuzz.case import DEVICES, Case, to_dict
 from shardfuzz.executor.admission import admit, cannot_run
 from shardfuzz.executor.deadlines import MeasuredDeadlines, deadline_for
 from shardfuzz.executor.fold import fold_reports, report_of
-from shardfuzz.executor.interpreters import Interpreter, spawning_in
-from shardfuzz.executor.messages import CaseReport, Failed, Message, Ready, Reset, RunCase, Stop, decode, encode
+from shardfuzz.executor.interpreters import Interpreter
+from shardfuzz.executor.messages import CaseReport, Failed, Message, Ready, Reset, RunCase, decode, encode
+from shardfuzz.executor.rank_processes import how_it_ended, spawn_ranks, stop_in_stages
 from shardfuzz.executor.stop import StopRequested
 from shardfuzz.targets import DEFAULT_TARGET
 from shardfuzz.unsupported import classify
@@ -192,12 +190,16 @@ class RankPool:
 
         if self.interpreter is None:
             capabilities()  # probe here, once: every rank's warm-up reads the answer from the probe's cache
-        context = multiprocessing.get_context("spawn")
         sweep_stale_scratch()
         self._scratch = tempfile.mkdtemp(prefix=f"{_SCRATCH_PREFIX}{os.getpid()}-", dir=scratch_root())
-        store = os.path.join(self._scratch, "store")
-        with _children_allowed(), spawning_in(self.interpreter):
-            self._spawn(context, store)
+        self._procs, self._conns, self._phases = spawn_ranks(
+            self.world_size,
+            store=os.path.join(self._scratch, "store"),
+            target=self.target,
+            device=self.device,
+            log_of=self._log,
+            interpreter=self.interpreter,
+        )
         self.starts += 1
         if self.deadlines is not None:
             self.deadlines.started()
@@ -219,59 +221,18 @@ class RankPool:
             raise PoolStartError(f"could not start {self.world_size} {self._backend()} ranks{python}: {why}")
         shutil.rmtree(os.path.join(self._scratch, "warm-up"), ignore_errors=True)
 
-    def _spawn(self, context, store: str) -> None:
-        from shardfuzz.executor import worker
-
-        for rank in range(self.world_size):
-            parent_end, child_end = context.Pipe()
-            phase = context.RawArray("c", 32)
-            proc = context.Process(
-                target=worker.main,
-                args=(rank, self.world_size, store, child_end, self.target, self._log(rank), phase, self.device),
-                name=f"shardfuzz-rank-{rank}",
-                daemon=True,
-            )
-            proc.start()
-            child_end.close()
-            self._procs.append(proc)
-            self._conns.append(parent_end)
-            self._phases.append(phase)
-
     def close(self) -> None:
-        """Ask, join with a deadline, terminate, kill; then remove the scratch directory.
+        """Stop the ranks in stages (``rank_processes.stop_in_stages``); then remove the scratch directory.
 
         A rank that was asked to stop and exits with a signal or a non-zero code
-        crashed in process-group teardown: that is recorded in ``events``. A rank
-        still inside a case (stuck, or blocked by a peer that died) cannot read the
-        request, so it is terminated at once instead of costing the join's deadline.
+        crashed in process-group teardown: that is recorded in ``events``.
         """
-        asked = set()
-        for rank, conn in enumerate(self._conns):
-            if not self._procs[rank].is_alive():
-                continue
-            if self._phase(rank) not in _BETWEEN_CASES:
-                self._procs[rank].terminate()
-                continue
-            try:
-                conn.send_bytes(encode(Stop()))
-                asked.add(rank)
-            except (OSError, ValueError):
-                pass
-        _join_all(self._procs, 5.0)
-        for rank in sorted(asked):
-            code = self._procs[rank].exitcode
+        asked = stop_in_stages(
+            self._procs, self._conns, reads_its_pipe=lambda rank: self._phase(rank) in _BETWEEN_CASES
+        )
+        for rank, code in asked.items():
             if code not in (0, None):
-                self.events.append(PoolEvent("teardown-crash", rank, _how(code), self._tail(rank)))
-        for proc in self._procs:
-            if proc.is_alive():
-                proc.terminate()
-        _join_all(self._procs, 2.0)
-        for proc in self._procs:
-            if proc.is_alive():
-                proc.kill()
-        _join_all(self._procs, 2.0)
-        for conn in self._conns:
-            conn.close()
+                self.events.append(PoolEvent("teardown-crash", rank, how_it_ended(code), self._tail(rank)))
         self._procs, self._conns, self._phases = [], [], []
         if self._scratch:
             shutil.rmtree(self._scratch, ignore_errors=True)
@@ -377,7 +338,9 @@ class RankPool:
         """A rank that died since the last case (not in one): log it, and start afresh."""
         dead = [r for r, proc in enumerate(self._procs) if not proc.is_alive()]
         for rank in dead:
-            self.events.append(PoolEvent("idle-crash", rank, _how(self._procs[rank].exitcode), self._tail(rank)))
+            self.events.append(
+                PoolEvent("idle-crash", rank, how_it_ended(self._procs[rank].exitcode), self._tail(rank))
+            )
         if dead:
             self.close()
 
@@ -408,7 +371,9 @@ class RankPool:
             return
         replies, missing = self._collect(min(self.start_timeout, 30.0))
         for rank in sorted(self._dead):  # died while destroying or re-forming its process group
-            self.events.append(PoolEvent("teardown-crash", rank, _how(self._procs[rank].exitcode), self._tail(rank)))
+            self.events.append(
+                PoolEvent("teardown-crash", rank, how_it_ended(self._procs[rank].exitcode), self._tail(rank))
+            )
         if missing or any(not isinstance(r, Ready) for r in replies.values()):
             self.close()
 
@@ -469,7 +434,7 @@ class RankPool:
                 proc = self._procs[rank]
                 proc.join(1.0)
                 when = "after its report (teardown)" if rank in replies else f"in {self._phase(rank)}"
-                parts.append(f"rank {rank} {_how(proc.exitcode, long=True)} {when}")
+                parts.append(f"rank {rank} {how_it_ended(proc.exitcode, long=True)} {when}")
                 logs.append(f"--- rank {rank}, last output ---\n{self._tail(rank)}")
             first = dead[0]
             where = "teardown" if first in replies else self._phase(first)
@@ -479,43 +444,7 @@ class RankPool:
                 errors,
                 detail="rank process died: " + "; ".join(parts),
                 where=where,
-                how=_how(self._procs[first].exitcode),
+                how=how_it_ended(self._procs[first].exitcode),
                 diagnostics="\n\n".join(logs),
             )
         return fold_reports(reports, missing, timeout=timeout, phase_of=self._phase, stacks_of=self._dump_stacks)
-
-
-def _how(exitcode: int | None, *, long: bool = False) -> str:
-    """``SIGSEGV`` / ``exit 3`` (``killed by SIGSEGV`` / ``exited with code 3`` when ``long``)."""
-    if exitcode is None:
-        return "still running"
-    if exitcode < 0:
-        try:
-            name = signal.Signals(-exitcode).name
-        except ValueError:
-            name = f"signal {-exitcode}"
-        return f"killed by {name}" if long else name
-    return f"exited with code {exitcode}" if long else f"exit {exitcode}"
-
-
-@contextlib.contextmanager
-def _children_allowed():
-    """Let a daemonic process (a HypoFuzz or pytest-xdist worker) start the pool's ranks.
-
-    multiprocessing refuses children to daemonic processes so that none outlive
-    it; the ranks already cannot: each asks the kernel to kill it when its parent
-    dies (``PR_SET_PDEATHSIG``), and ``close()`` stops them in stages.
-    """
-    config = multiprocessing.current_process()._config
-    daemonic = config.get("daemon", False)
-    config["daemon"] = False
-    try:
-        yield
-    finally:
-        config["daemon"] = daemonic
-
-
-def _join_all(procs, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    for proc in procs:
-        proc.join(max(0.0, deadline - time.monotonic()))

@@ -1,0 +1,134 @@
+"""A warm pool's rank processes as processes: started with ``spawn``, stopped in stages, and how each one ended.
+
+Shutdown goes in stages, as HypoFuzz's worker hub does: ask (a ``Stop`` message),
+join with a deadline, terminate, kill.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import signal
+import time
+from collections.abc import Callable
+
+from shardfuzz.executor.interpreters import Interpreter, spawning_in
+from shardfuzz.executor.messages import Stop, encode
+
+__all__ = ["how_it_ended", "spawn_ranks", "stop_in_stages"]
+
+#: The bytes of a rank's phase buffer (``worker.main`` publishes its phase there).
+_PHASE_BYTES = 32
+
+
+def spawn_ranks(
+    world_size: int,
+    *,
+    store: str,
+    target: str,
+    device: str,
+    log_of: Callable[[int], str],
+    interpreter: Interpreter | None,
+) -> tuple[list, list, list]:
+    """Start ``world_size`` ranks (``worker.main``) in ``interpreter``, joining one world on the file ``store``.
+
+    Returns their processes, the pool's ends of their pipes and their phase buffers, by rank. If one
+    cannot be started, those already started are stopped before the error goes on.
+    """
+    from shardfuzz.executor import worker
+
+    context = multiprocessing.get_context("spawn")
+    procs: list = []
+    conns: list = []
+    phases: list = []
+    try:
+        with _children_allowed(), spawning_in(interpreter):
+            for rank in range(world_size):
+                parent_end, child_end = context.Pipe()
+                phase = context.RawArray("c", _PHASE_BYTES)
+                proc = context.Process(
+                    target=worker.main,
+                    args=(rank, world_size, store, child_end, target, log_of(rank), phase, device),
+                    name=f"shardfuzz-rank-{rank}",
+                    daemon=True,
+                )
+                proc.start()
+                child_end.close()
+                procs.append(proc)
+                conns.append(parent_end)
+                phases.append(phase)
+    except BaseException:
+        stop_in_stages(procs, conns, reads_its_pipe=lambda rank: False)
+        raise
+    return procs, conns, phases
+
+
+def stop_in_stages(procs: list, conns: list, *, reads_its_pipe: Callable[[int], bool]) -> dict[int, int | None]:
+    """Stop the ranks and close the pool's ends of their pipes: ask, join with a deadline, terminate, kill.
+
+    A rank that ``reads_its_pipe`` (it is between cases) is asked to stop; one still inside a case
+    (stuck, or blocked by a peer that died) cannot read the request, so it is terminated at once instead
+    of costing the join's deadline. Returns the exit code of each rank that was asked, as it stood when
+    the asked ranks had had their time (None: it had not exited, and was terminated).
+    """
+    asked = set()
+    for rank, (proc, conn) in enumerate(zip(procs, conns)):
+        if not proc.is_alive():
+            continue
+        if not reads_its_pipe(rank):
+            proc.terminate()
+            continue
+        try:
+            conn.send_bytes(encode(Stop()))
+            asked.add(rank)
+        except (OSError, ValueError):
+            pass
+    _join_all(procs, 5.0)
+    codes = {rank: procs[rank].exitcode for rank in sorted(asked)}
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()
+    _join_all(procs, 2.0)
+    for proc in procs:
+        if proc.is_alive():
+            proc.kill()
+    _join_all(procs, 2.0)
+    for conn in conns:
+        conn.close()
+    return codes
+
+
+def how_it_ended(exitcode: int | None, *, long: bool = False) -> str:
+    """``SIGSEGV`` / ``exit 3`` (``killed by SIGSEGV`` / ``exited with code 3`` when ``long``)."""
+    if exitcode is None:
+        return "still running"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"killed by {name}" if long else name
+    return f"exited with code {exitcode}" if long else f"exit {exitcode}"
+
+
+@contextlib.contextmanager
+def _children_allowed():
+    """Let a daemonic process (a HypoFuzz or pytest-xdist worker) start the pool's ranks.
+
+    multiprocessing refuses children to daemonic processes so that none outlive
+    it; the ranks already cannot: each asks the kernel to kill it when its parent
+    dies (``PR_SET_PDEATHSIG``), and ``stop_in_stages`` stops them.
+    """
+    config = multiprocessing.current_process()._config
+    daemonic = config.get("daemon", False)
+    config["daemon"] = False
+    try:
+        yield
+    finally:
+        config["daemon"] = daemonic
+
+
+def _join_all(procs, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        proc.join(max(0.0, deadline - time.monotonic()))
