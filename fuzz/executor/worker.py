@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import traceback
 import warnings
 
@@ -55,6 +56,7 @@ def main(
     from shardfuzz.targets import resolve_target
 
     torch.set_num_threads(1)
+    _tqdm_without_a_semaphore()
     backend = "gloo"
     if device == "cuda":
         # CPU sides keep gloo; CUDA tensors go over NCCL. Ranks past the GPU count
@@ -180,6 +182,21 @@ def _redirect_output(path: str) -> None:
     os.close(fd)
     sys.stdout = open(1, "w", buffering=1, closefd=False)
     sys.stderr = open(2, "w", buffering=1, closefd=False)
+
+
+def _tqdm_without_a_semaphore() -> None:
+    """Give tqdm a thread lock before anything draws a bar (``torch.fx.Interpreter`` draws a hidden one).
+
+    tqdm's own lock holds a named semaphore, for bars shared between processes, which a rank never draws.
+    A rank that the pool terminates inside a case cannot unlink it, and Python's resource tracker, which
+    the ranks share with the pool's process (``spawn`` hands it down), reported it at every campaign's
+    exit: "There appear to be N leaked semaphore objects to clean up at shutdown".
+    """
+    try:
+        from tqdm import tqdm  # type: ignore[import-untyped]  # tqdm ships no types
+    except ImportError:  # torch draws no bars then
+        return
+    tqdm.set_lock(threading.RLock())
 
 
 def _format(exc: BaseException) -> str:
