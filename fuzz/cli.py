@@ -36,14 +36,23 @@ from shardfuzz.commands import (
 __all__ = ["build_parser", "main"]
 
 
-def _positive_float(text: str) -> float:
+def _seconds(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if value <= 0:
+
+
+def _positive_float(text: str) -> float:
+    if _seconds(text) <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
-    return value
+    return float(text)
+
+
+def _non_negative_float(text: str) -> float:
+    if _seconds(text) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    return float(text)
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d*)?)([smh])")
@@ -198,6 +207,14 @@ def _run_options(run: argparse.ArgumentParser) -> None:
         action="store_true",
         help="every case gets the generic deadline from its size (30 s and up), not one measured "
         "on this pool (4x the slowest of the last 200 cases, at least 10 s)",
+    )
+    run.add_argument(
+        "--explain-budget",
+        type=_non_negative_float,
+        default=120.0,
+        help="seconds to explain each new finding in, within the budget: its neighbours, one dimension changed at "
+        "a time, say which of its values the failure needs and whether it fails at realistic widths "
+        "(default 120; 0: do not explain; `shardfuzz explain ENTRY` does it later)",
     )
     run.add_argument(
         "--no-confirm", action="store_true", help="report failures without re-running them on a fresh pool first"

@@ -7,10 +7,9 @@ import attrs
 import pytest
 
 from shardfuzz.case import DDP, FSDP1, FSDP2, SGD, Adam, Case, Linear, Model, Sequential, Side, dimensions
-from shardfuzz.commands.explain import with_explanation
 from shardfuzz.findings.corpus import entry_for, load_corpus
 from shardfuzz.findings.known import Known
-from shardfuzz.search.explain import explain_case, neighbours, realistic_case
+from shardfuzz.search.explain import explain_case, neighbours, realistic_case, with_explanation
 from shardfuzz.verdict import RankError, Verdict
 
 CORPUS = Path(__file__).resolve().parent.parent / "corpus"

@@ -8,21 +8,10 @@ import time
 
 from shardfuzz.commands._common import executor_for, interpreters_of, read_entry
 
-__all__ = ["main", "with_explanation"]
+__all__ = ["main"]
 
 #: Ranks of the pool an entry is explained on, at least: neighbours move each side to 1, 2 and 4 ranks.
 EXPLAIN_WORLD_SIZE = 4
-
-
-def with_explanation(entry, explanation):
-    """``entry`` holding ``explanation``; a known entry's ``when`` gains the measured necessary values (a
-    developer may narrow ``when`` further by hand; the measurement is never dropped from it)."""
-    import attrs
-
-    known = entry.known
-    if known is not None and explanation.complete:
-        known = attrs.evolve(known, when={**known.when, **explanation.necessary})
-    return attrs.evolve(entry, explanation=explanation, known=known)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -32,7 +21,7 @@ def main(args: argparse.Namespace) -> int:
     from shardfuzz.executor.interpreters import InterpreterError
     from shardfuzz.findings.corpus import rewrite_entry
     from shardfuzz.findings.describe import describe
-    from shardfuzz.search.explain import explain_case
+    from shardfuzz.search.explain import explain_case, with_explanation
 
     try:
         interpreters = interpreters_of(args)

@@ -14,7 +14,15 @@ import attrs
 from shardfuzz.case import Case, dimensions
 from shardfuzz.verdict import Verdict
 
-__all__ = ["CampaignResult", "CaseFailed", "Finding", "TIME_CATEGORIES", "through_target", "time_category"]
+__all__ = [
+    "CampaignResult",
+    "CaseFailed",
+    "Finding",
+    "TIME_CATEGORIES",
+    "UNFINISHED",
+    "through_target",
+    "time_category",
+]
 
 
 class CaseFailed(AssertionError):
@@ -42,6 +50,8 @@ class Finding:
     shrink_seconds: float = 0.0
     from_database: bool = False  # first seen replaying the example database, not drawn new
     seconds: float = 0.0  # from the campaign's start to this failure's first case
+    # Phases that did not finish for it (``UNFINISHED``): the budget's end or a stop cut them; it is kept all the same.
+    unfinished: tuple[str, ...] = ()
 
     @property
     def signature(self) -> str:
@@ -142,6 +152,14 @@ TIME_CATEGORIES = {
     "crashes": "cases in which a rank died, not a known bug's",
     "pool": "starting ranks, sending cases (the time around each case; restarts after a failure count as "
     "the failure's)",
+    "findings": "keeping each new finding: saving it and explaining it (running its neighbours)",
+}
+
+#: Phases of a finding that the budget's end or a stop may cut, each with the command that finishes it.
+UNFINISHED = {
+    "confirmation": "shardfuzz replay {path} --repeat 2",
+    "shrink": "shardfuzz shrink {path}",
+    "explanation": "shardfuzz explain {path}",
 }
 
 

@@ -29,7 +29,7 @@ from attrs import field, frozen
 from attrs.validators import in_, instance_of
 
 from shardfuzz.case import Case, describe_structure_error, dumps, from_dict, make_converter
-from shardfuzz.case._validators import ints
+from shardfuzz.case._validators import ints, strings
 from shardfuzz.findings.device_check import DeviceCheck
 from shardfuzz.findings.explanation import Explanation
 from shardfuzz.findings.known import Known
@@ -104,6 +104,9 @@ class Entry:
     cuda: DeviceCheck | None = None
     # What its neighbours measured (``search.explain``; None: not explained yet).
     explanation: Explanation | None = None
+    # Phases the campaign could not finish for it (``campaign_result.UNFINISHED``: confirmation, explanation; a cut
+    # shrink is ``shrunk`` False), each with the command that finishes it (``unfinished_commands``).
+    unfinished: tuple[str, ...] = field(default=(), converter=strings)
     # Its target's sides span every rank of the pool (``TargetSupport.whole_pool``: a framework's, on the
     # default group), recorded when it was saved so that reading an entry never imports its target.
     whole_pool: bool = False
@@ -211,6 +214,7 @@ def entry_for(
     alone: dict[str, Verdict] | None = None,
     frameworks: dict[str, str] | None = None,
     whole_pool: bool = False,
+    unfinished: tuple[str, ...] = (),
 ) -> Entry:
     """The corpus entry for a failure; ``other`` is a confirming re-run that disagreed (flaky);
     ``torches``: (save, load) torch versions of a run across two; ``alone``: the case's verdict
@@ -241,6 +245,7 @@ def entry_for(
         found=datetime.date.today().isoformat(),
         alone=outcomes,
         whole_pool=whole_pool,
+        unfinished=unfinished,
     )
 
 
@@ -298,9 +303,11 @@ def rewrite_entry(path: str | os.PathLike, entry: Entry) -> Path:
 
 def _write(path: Path, entry: Entry) -> Path:
     data = _converter.unstructure(entry)
-    for optional in ("cuda", "explanation"):
-        if data[optional] is None:
-            del data[optional]  # never checked on a GPU, never explained: entries written before keep their text
+    for optional in ("cuda", "explanation", "unfinished"):
+        if not data[optional]:
+            del data[
+                optional
+            ]  # never checked on a GPU, never explained, finished: entries written before keep their text
     if not data["whole_pool"]:
         del data["whole_pool"]  # likewise: only a framework target's entries say it
     text = json.dumps(data, indent=2, sort_keys=True) + "\n"

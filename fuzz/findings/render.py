@@ -63,6 +63,12 @@ def markdown(report: dict) -> str:
                 f"{'yes' if f.get('shrunk', True) else 'partly'} | {'yes' if f.get('from_database') else 'no'} | "
                 f"{f.get('seconds_to_find', 0):.0f} s | `{f.get('corpus_file') or '-'}` |"
             )
+        explained = [f for f in report["failures"] if f.get("explanation") or f.get("unfinished")]
+        if explained:
+            lines += ["", "What each measured about itself (its neighbours; `shardfuzz explain ENTRY`):", ""]
+        for f in explained:
+            left = f" Not finished: {', '.join(f['unfinished'])}." if f.get("unfinished") else ""
+            lines.append(f"- `{f.get('corpus_file') or f['signature'][:60]}`: {f.get('explanation') or ''}{left}")
     else:
         lines.append("None.")
     lines += ["", "## Known torch bugs hit", ""]

@@ -27,11 +27,13 @@ def campaign_report(
     meta: dict,
     known,
     corpus_files: dict[str, str],
+    explanations: dict[str, str] | None = None,
     offered: dict | None = None,
     pool_events=(),
     final: bool = True,
 ) -> dict:
-    """The report of ``result`` (a ``CampaignResult``) so far; ``meta`` is how the run was set up."""
+    """The report of ``result`` (a ``CampaignResult``) so far; ``meta`` is how the run was set up; ``explanations``:
+    a finding's explanation in a line, by signature (``Explanation.summary``)."""
     return {
         "schema_version": SCHEMA_VERSION,
         **meta,
@@ -57,6 +59,8 @@ def campaign_report(
                 "hits": f.hits,
                 "flaky": f.flaky,
                 "shrunk": f.shrunk,
+                "unfinished": list(f.unfinished),
+                "explanation": (explanations or {}).get(s),
                 "shrink_cases": f.shrink_cases,
                 "shrink_seconds": f.shrink_seconds,
                 "from_database": f.from_database,

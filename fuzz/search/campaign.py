@@ -181,6 +181,9 @@ class Campaign:
         before = time.monotonic()
         try:
             again = self.host.confirm(case)
+        except StopRequested:  # the budget's end or a stop cut the re-run: keep the failure as first seen
+            self.keep(Finding(case, verdict, shrunk=False, seconds=before - self.started, unfinished=("confirmation",)))
+            raise
         finally:
             result.confirming = False
         if again is None:  # nowhere to confirm it: the failure stands as first seen
@@ -196,7 +199,11 @@ class Campaign:
         """Add a finding of a new signature to the result, and tell the host."""
         if finding.signature not in self.result.findings:
             self.result.findings[finding.signature] = finding
-            self.host.on_finding(finding)
+            before = time.monotonic()
+            try:
+                self.host.on_finding(finding)
+            finally:
+                self.result.time_spent["findings"] += time.monotonic() - before
 
 
 class _Round:

@@ -48,10 +48,12 @@ from shardfuzz.case import (
     dimensions,
     shard_count,
 )
+from shardfuzz.executor.stop import StopRequested
+from shardfuzz.findings.corpus import Entry
 from shardfuzz.findings.explanation import Explanation, Neighbour
 from shardfuzz.verdict import Verdict
 
-__all__ = ["explain_case", "neighbours", "realistic_case"]
+__all__ = ["explain_case", "neighbours", "realistic_case", "with_explanation"]
 
 #: The side options a realistic case keeps at their defaults.
 _SIDE_DEFAULTS = {
@@ -290,7 +292,15 @@ def explain_case(
         if why_not or neighbour is None:
             rows.append(Neighbour(dimension, change, "not supported", why_not[:300]))
             continue
-        outcome, detail = _outcome(run(neighbour), signature)
+        try:
+            verdict = run(neighbour)
+        except StopRequested:  # the budget's end or a stop abandoned the case in flight
+            complete = False
+            break
+        except ValueError as exc:  # the executor's admission refused it (more ranks than it has, say)
+            rows.append(Neighbour(dimension, change, "not supported", str(exc)[:300]))
+            continue
+        outcome, detail = _outcome(verdict, signature)
         after = dimensions(neighbour)
         labels = {label for label in before if before[label] != after.get(label) and before[label] != "n/a"}
         own = [label for label in labels if not _derived(label)]
@@ -301,8 +311,13 @@ def explain_case(
     nearest = realistic_case(case)
     if complete and nearest is not None and (deadline is None or time.monotonic() <= deadline):
         why_not = cannot_run(nearest) or admissible(nearest)
-        realistic = "not supported" if why_not else _outcome(run(nearest), signature)[0]
-        if realistic != "same failure":
+        try:
+            realistic = "not supported" if why_not else _outcome(run(nearest), signature)[0]
+        except StopRequested:
+            complete = False
+        except ValueError:
+            realistic = "not supported"
+        if realistic not in ("", "same failure"):
             edges = _edges(case)
     elif nearest is not None:
         complete = False
@@ -344,3 +359,18 @@ def _free(changed: list[tuple[Neighbour, set[str]]]) -> tuple[str, ...]:
     for row, _ in changed:
         outcomes.setdefault(row.dimension, set()).add(row.outcome)
     return tuple(sorted(dimension for dimension, seen in outcomes.items() if seen == {"same failure"}))
+
+
+def with_explanation(entry: Entry, explanation: Explanation) -> Entry:
+    """``entry`` holding ``explanation``; a complete one also puts its necessary values into a known entry's
+    ``when`` (a developer may narrow ``when`` further by hand; the measurement is never dropped from it) and
+    takes "explanation" off the entry's unfinished phases."""
+    known = entry.known
+    unfinished = entry.unfinished
+    if explanation.complete:
+        unfinished = tuple(phase for phase in unfinished if phase != "explanation")
+        if known is not None:
+            known = attrs.evolve(known, when={**known.when, **explanation.necessary})
+    elif "explanation" not in unfinished:
+        unfinished = (*unfinished, "explanation")
+    return attrs.evolve(entry, explanation=explanation, known=known, unfinished=unfinished)

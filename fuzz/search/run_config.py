@@ -38,6 +38,8 @@ class RunConfig:
     case_timeout: float | None = field(default=None, validator=optional(gt(0)))
     generic_deadlines: bool = field(default=False, validator=instance_of(bool))
     no_confirm: bool = field(default=False, validator=instance_of(bool))
+    # Seconds to explain each new finding in (its neighbours; within the run's budget); 0: not explained.
+    explain_budget: float = field(default=120.0, converter=float, validator=ge(0))
     no_steer: bool = field(default=False, validator=instance_of(bool))
     exit_zero: bool = field(default=False, validator=instance_of(bool))
     database: str | None = field(default=None, validator=optional(instance_of(str)))  # None: the default one

@@ -9,23 +9,23 @@ leaves a report; the corpus gets each new failure the moment it is shrunk.
 
 from __future__ import annotations
 
-import json
 import random
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shardfuzz.case import Case, dimensions
+from shardfuzz.case import Case, dimensions, dumps
 from shardfuzz.executor.stop import EXIT_CODES, StopFlag, StopRequested
 from shardfuzz.findings.campaign_result import CampaignResult, Finding
+from shardfuzz.findings.report_output import print_summary, write_reports
 from shardfuzz.search.run_config import RunConfig
 from shardfuzz.verdict import Verdict
 
 if TYPE_CHECKING:  # the campaign's modules import Hypothesis, which a torchrun follower never imports
     from shardfuzz.search.campaign_settings import CampaignSettings
 
-__all__ = ["run_command", "campaign_devices", "write_reports", "print_summary", "ABANDON_GRACE"]
+__all__ = ["run_command", "campaign_devices", "ABANDON_GRACE"]
 
 #: Seconds the case in flight may go on after a stop was asked before it is abandoned.
 ABANDON_GRACE = 3.0
@@ -184,6 +184,7 @@ class _Run:
         }
         self.meta["target_framework"] = framework_version(target)
         self.corpus_files: dict[str, str] = {}
+        self.explanations: dict[str, str] = {}  # a finding's explanation in a line, by signature
         self.stop = StopFlag()
         self.progress = Progress(config.budget, plain=True if config.plain else None)  # None: unless on a terminal
         self.executor: Any = None  # a RankPool or a TorchrunWorld, once opened
@@ -228,10 +229,13 @@ class _Run:
         return self.executor.run(case, generic_deadline=True)
 
     def on_finding(self, finding: Finding) -> None:
+        """Save the finding at once (nothing later may lose it), then explain it inside the budget and keep the
+        explanation in its entry; what did not finish is said, with the command that finishes it."""
         from shardfuzz.findings.corpus import entry_for, save_entry
         from shardfuzz.targets import framework_of, support_for
 
         alone = self._alone(finding.case) if self.torches is not None else None
+        explaining = self.config.explain_budget > 0
         entry = entry_for(
             finding.case,
             finding.verdict,
@@ -243,25 +247,68 @@ class _Run:
             alone=alone,
             frameworks=framework_of(self.target),
             whole_pool=support_for(self.target).whole_pool,
+            unfinished=finding.unfinished + (("explanation",) if explaining else ()),
         )
-        path = save_entry(self.config.corpus, entry)
+        try:
+            path = save_entry(self.config.corpus, entry)
+        except OSError as exc:  # the report still lists it; say where its case is, whole
+            self.progress.message(
+                f"NEW [{finding.verdict.triage}] {finding.verdict.summary()[:150]}\n     NOT SAVED to "
+                f"{self.config.corpus}: {exc}\n     its case: {dumps(finding.case)}"
+            )
+            return
         self.corpus_files[finding.signature] = str(path)
-        own = self._own_bug_of(entry, alone or {})
-        if self.torches is not None and alone is None:
-            own = (
-                "\n     not run under each torch alone: the run was stopping (`shardfuzz replay` with both Pythons can)"
-            )
-        partly = (
-            ""
-            if finding.shrunk
-            else (
-                f"\n     not fully shrunk: its shrink was cut short after {finding.shrink_cases} cases "
-                f"({finding.shrink_seconds:.0f} s); `shardfuzz shrink {path}` goes on from here"
-            )
-        )
+        if explaining:
+            self._explain(path)
         self.progress.message(
-            f"NEW [{finding.verdict.triage}] {finding.verdict.summary()[:150]}\n     saved {path}{partly}{own}"
+            f"NEW [{finding.verdict.triage}] {finding.verdict.summary()[:150]}\n     saved {path}"
+            + self._what_is_left(path, finding)
+            + self._own_bug_of(entry, alone or {})
+            + (
+                "\n     not run under each torch alone: the run was stopping (`shardfuzz replay` with both Pythons can)"
+                if self.torches is not None and alone is None
+                else ""
+            )
         )
+
+    def _explain(self, path: Path) -> None:
+        """Run the neighbours of the entry at ``path`` (if it is new: a finding may have merged into an entry
+        already there) until the explain budget or the run's ends, and keep what they measured in it."""
+        from shardfuzz.findings.corpus import load_entry, rewrite_entry
+        from shardfuzz.search.explain import explain_case, with_explanation
+
+        saved = load_entry(path)
+        if saved.known is not None or saved.explanation is not None or self.stop.reason:
+            return
+        deadline = min(self.budget_end, time.monotonic() + self.config.explain_budget)
+        explanation = explain_case(
+            saved.case,
+            saved.signature,
+            self.executor.run,
+            cannot_run=self.executor.cannot_run,
+            deadline=deadline,
+            torch_version=str(self.meta.get("torch", "")),
+        )
+        rewrite_entry(path, with_explanation(saved, explanation))
+        self.explanations[saved.signature] = explanation.summary()
+
+    def _what_is_left(self, path: Path, finding: Finding) -> str:
+        """What did not finish for the finding at ``path``, each with the command that finishes it."""
+        from shardfuzz.findings.campaign_result import UNFINISHED
+        from shardfuzz.findings.corpus import load_entry
+
+        saved = load_entry(path)
+        lines = []
+        if not finding.shrunk:
+            lines.append(
+                f"not fully shrunk: its shrink was cut short after {finding.shrink_cases} cases "
+                f"({finding.shrink_seconds:.0f} s); `{UNFINISHED['shrink'].format(path=path)}` goes on from here"
+            )
+        for phase in saved.unfinished:
+            lines.append(f"its {phase} was cut short; `{UNFINISHED[phase].format(path=path)}` finishes it")
+        if saved.explanation is not None and saved.explanation.complete:
+            lines.append(saved.explanation.summary())
+        return "".join(f"\n     {line}" for line in lines)
 
     # --- behind those answers ------------------------------------------------
 
@@ -273,6 +320,7 @@ class _Run:
             meta=self.meta,
             known=self.known,
             corpus_files=self.corpus_files,
+            explanations=self.explanations,
             offered=self.offered,
             pool_events=self.executor.events if self.executor is not None else (),
             final=final,
@@ -421,36 +469,3 @@ class _Run:
             )
             return EXIT_CODES[result.stopped]
         return 1 if report["failures"] and not config.exit_zero else 0
-
-
-def write_reports(report: dict, *, json_path: Path | None = None, directory: Path | None = None) -> None:
-    """The JSON report at ``json_path``; in ``directory``, report.json and every other format."""
-    from shardfuzz.findings.render import FORMATS
-    from shardfuzz.findings.run_report import write_atomic
-
-    text = json.dumps(report, indent=2) + "\n"
-    if json_path is not None:
-        write_atomic(json_path, text)
-    if directory is not None:
-        write_atomic(Path(directory) / "report.json", text)
-        for name, render in FORMATS.items():
-            try:
-                write_atomic(Path(directory) / name, render(report))
-            except RuntimeError as exc:  # the HTML report without matplotlib: say so, keep the others
-                print(f"shardfuzz: {name} not written: {exc}", file=sys.stderr)
-
-
-def print_summary(report: dict) -> None:
-    from shardfuzz.findings.render import headline
-
-    print(f"shardfuzz: {headline(report)}")
-    for name, why in report.get("across_torches", {}).get("left_out", {}).items():
-        print(f"  {name}: {why}")
-    if report.get("seed") is not None:
-        print(f"  seed {report['seed']} (repeat the draws with --seed {report['seed']})")
-    for failure in report["failures"]:
-        print(f"  NEW   [{failure['class']}] {failure['summary'][:200]}")
-        if failure["corpus_file"]:
-            print(f"        reproducer: {failure['corpus_file']}")
-    for known in report["known_failures"]:
-        print(f"  known x{known['hits']}: {known['title'][:150]}")

@@ -30,7 +30,7 @@ def run_workers(config: RunConfig) -> int:
     """``config.workers`` campaigns, each a ``shardfuzz run`` child with the options of ``config.for_worker``."""
     import torch
 
-    from shardfuzz.search.runner import print_summary, write_reports
+    from shardfuzz.findings.report_output import print_summary, write_reports
 
     seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**32)
     scratch = Path(tempfile.mkdtemp(prefix="shardfuzz-workers-"))
