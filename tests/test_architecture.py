@@ -182,3 +182,23 @@ def test_modules_stay_small():
         if (n := len(path.read_text().splitlines())) > MAX_LINES
     }
     assert large == {}
+
+
+def test_the_readme_fits_a_screen_or_two():
+    """Measured logs and long tables live in docs/; the README says what it is and how to start."""
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 260
+
+
+def test_the_strategies_import_only_the_data_the_probes_and_what_targets_declare():
+    """The code that draws a case never runs it: the strategies import the case, the capability probes and the
+    targets' declarations (layers 1-3), never a rank, an executor or the search."""
+    reaching = {
+        module: sorted(
+            other
+            for other in imports
+            if not other.startswith("shardfuzz.strategies") and _layer(other) > _layer("shardfuzz.targets")
+        )
+        for module, imports in GRAPH.items()
+        if module.startswith("shardfuzz.strategies")
+    }
+    assert {module: others for module, others in reaching.items() if others} == {}
