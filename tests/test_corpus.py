@@ -48,7 +48,7 @@ def _replay_params():
             else:
                 reason = (
                     f"known {entry.known.layer} bug on {ranges} (an unexpected pass: fixed in the installed "
-                    f"release, update the range): {entry.known.link or entry.known.description}"
+                    f"release, update the range): {entry.known.report or entry.known.description}"
                 )
             marks.append(pytest.mark.xfail(raises=KnownBugStillPresent, strict=not beyond, reason=reason))
         if entry.status == "hang":

@@ -140,3 +140,19 @@ def test_a_bug_report_says_when_it_happens_and_keeps_related_threads_apart_from_
     )
     text = issue_text(attrs.evolve(entry, known=known(upstream=reported)), script="print()", env={})
     assert "## Reported as\n\nhttps://github.com/pytorch/pytorch/issues/1" in text
+
+
+CORPUS = Path(__file__).resolve().parent.parent / "corpus"
+
+
+def test_every_known_entry_is_triaged():
+    """Each known entry names its bug and its upstream status as typed data (no untyped link left), and a
+    finding that is not a bug says why."""
+    from shardfuzz.findings.corpus import load_corpus
+
+    untriaged = [
+        path.stem
+        for path, entry in load_corpus(CORPUS)[0]
+        if entry.known is not None and (not entry.known.bug or entry.known.upstream is None or entry.known.link)
+    ]
+    assert untriaged == []

@@ -65,6 +65,15 @@ class Known:
                     f"where the bug was fixed ('fixed-in') or the newest release checked ('last-checked')"
                 )
 
+    @property
+    def report(self) -> str:
+        """The bug's own report (or the PR that fixed it), never a related thread; the untyped ``link`` where the
+        upstream status is not triaged; else ''."""
+        if self.upstream is not None:
+            own = self.upstream.of("reported") or self.upstream.of("fixed-by")
+            return own[0].url if own else ""
+        return self.link
+
     def ranges(self) -> dict[str, str]:
         """Every version range of the entry, by name: "torch", "save_torch" (if any), each framework."""
         return {"torch": self.torch, **({"save_torch": self.save_torch} if self.save_torch else {}), **self.frameworks}
