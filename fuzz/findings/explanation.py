@@ -74,6 +74,7 @@ class Explanation:
         elif self.bites_realistic_setups:
             reach = "fails the same way at realistic widths (even splits, >= 8x the mesh, 2+ layers)"
         else:
-            reach = "passes at realistic widths: needs " + (" or ".join(EDGES[e] for e in self.edges) or "an edge")
+            edges = ", ".join(EDGES[e] for e in self.edges) or "none of the listed edges"
+            reach = f"passes at realistic widths (the shrunk case stands on: {edges})"
         cut = "" if self.complete else " (cut short: `shardfuzz explain ENTRY` finishes it)"
         return f"needs: {needs}; varies freely: {free}; {reach}{cut}"

@@ -333,7 +333,9 @@ def _head(entry: Entry, filename: str) -> str:
     case = entry.case
     versions = ", ".join(f"{k} {v}" for k, v in sorted(entry.versions.items())) or "unknown"
     known = (
-        f"\nKnown bug: {entry.known.report or entry.known.description} (torch {entry.known.torch})" if entry.known else ""
+        f"\nKnown bug: {entry.known.report or entry.known.description} (torch {entry.known.torch})"
+        if entry.known
+        else ""
     )
     title = entry.title.replace('"""', "'''")
     n = entry.replay_world_size

@@ -27,7 +27,7 @@ _INTRO = (
     "`not-promised` and an `incompatibility` across versions are listed apart. *Reach* is measured "
     "(`shardfuzz explain`): whether the same failure shows on the nearest realistic case (every split even with a "
     "shard on every rank, widths at least 8x the largest mesh dimension, 2+ layers, default options), and if not, "
-    "the edge the shrunk case needs. *Upstream* says how each link relates: the bug's own report, the PR that "
+    "the edges the shrunk case stands on. *Upstream* says how each link relates: the bug's own report, the PR that "
     "fixed it, or a related thread that is not this bug.\n\n"
     "Each entry is replayed by the test suite: a strict xfail on a torch inside its range, so an upstream fix "
     "shows up as an unexpected pass. A range's upper end says what it is: `(fixed)`, the first release without "
@@ -50,7 +50,9 @@ def reach(entry: Entry) -> str:
         return "not measured" if explanation is None or not explanation.complete else "realistic case not run here"
     if explanation.bites_realistic_setups:
         return "realistic widths too"
-    return "needs " + " or ".join(EDGES[edge] for edge in explanation.edges) if explanation.edges else "needs an edge"
+    return "passes at realistic widths" + (
+        f" (shrunk case: {', '.join(EDGES[edge] for edge in explanation.edges)})" if explanation.edges else ""
+    )
 
 
 def upstream_cell(entry: Entry) -> str:
@@ -66,7 +68,7 @@ def _bug_reach(bug: Bug) -> str:
     cells = {reach(entry) for _, entry in bug.entries}
     if "realistic widths too" in cells:
         return "realistic widths too"
-    measured = sorted(cell for cell in cells if cell.startswith("needs"))
+    measured = sorted(cell for cell in cells if cell.startswith("passes"))
     return "; ".join(measured) if measured else "not measured"
 
 
@@ -79,8 +81,8 @@ def _counts(bugs: list[Bug], entries: int) -> str:
     return (
         f"**{len(real)} bugs in {sum(len(bug.entries) for bug in real)} entries** "
         f"({entries} entries in all{'; not counted as bugs: ' + others if others else ''}). "
-        f"Of the bugs, {realistic} fail the same way at realistic widths, {measured - realistic} need an edge of "
-        f"the shrunk case, {len(real) - measured} are not measured yet."
+        f"Of the bugs, {realistic} fail the same way at realistic widths, {measured - realistic} pass there (the shrunk "
+        f"case stands on an edge), {len(real) - measured} are not measured yet."
     )
 
 

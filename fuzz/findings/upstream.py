@@ -157,8 +157,10 @@ def _conditions(explanation) -> list[str]:
     if explanation.bites_realistic_setups:
         lines.append("- It fails the same way at realistic widths (even splits, >= 8x the mesh, 2+ layers).")
     elif explanation.bites_realistic_setups is False:
-        edges = " or ".join(EDGES[edge] for edge in explanation.edges)
-        lines.append(f"- At realistic widths it passes: it needs {edges or 'an edge of the shrunk case'}.")
+        edges = ", ".join(EDGES[edge] for edge in explanation.edges)
+        lines.append(
+            f"- At realistic widths it passes; the shrunk case stands on: {edges or 'none of the listed edges'}."
+        )
     if not explanation.complete:
         lines.append("- The measurement was cut short: `shardfuzz explain ENTRY` finishes it.")
     return lines
