@@ -2,7 +2,7 @@
 
 Each oracle takes plain data (state mappings of key -> tensor or value, or layout
 records), never models or process groups, so each is testable with hand-made
-inputs; ``roundtrip.py`` extracts that data on the ranks.
+inputs; ``roundtrip.py`` and ``sharded_checks.py`` extract that data on the ranks.
 
 - ``complete-state``: full saved state == full loaded state, every bit, nothing
   missing or extra (parameters, persistent buffers, optimizer state with

@@ -23,15 +23,15 @@ import torch
 import torch.distributed as dist
 
 from shardfuzz.case import FSDP2, TP, Case, Dcp, Side, UserModel
-from shardfuzz.rank import model_factory, oracles
+from shardfuzz.rank import model_factory, oracles, sharded_checks
 from shardfuzz.rank.build import build_app_state, build_module, build_optimizer, engine_fields, shard
 from shardfuzz.rank.checkpoint_io import storage_target
 from shardfuzz.rank.oracles import compare_state
 from shardfuzz.rank.portable import sharding
 from shardfuzz.rank.portable import steps as rank_steps
 from shardfuzz.rank.portable.handoff import one_torch_hyperparameters, read_handoff, write_handoff
-from shardfuzz.rank.portable.sharding import device_mesh, dtensor, rank_device
-from shardfuzz.rank.portable.steps import gather_full, plain, unwrapped_name
+from shardfuzz.rank.portable.sharding import device_mesh, rank_device
+from shardfuzz.rank.portable.steps import gather_full
 from shardfuzz.targets import CheckpointTarget, DcpTarget, FinishesSave, ObjectTarget, ShardsModules
 from shardfuzz.verdict import Mismatch
 
@@ -159,7 +159,9 @@ def run_case(
             expected_after = gather_full(model, optim, app)
         if "api-parity" in case.checks:
             ctx.enter("api-parity")
-            mismatches += _api_parity(case.save, model, optim, rank=ctx.rank, group=ctx.group(case.save.world_size))
+            mismatches += sharded_checks.api_parity(
+                case.save, model, optim, rank=ctx.rank, group=ctx.group(case.save.world_size)
+            )
         if isinstance(target, FinishesSave):
             ctx.enter("finish-save")  # an async write has run alongside the phases above
             target.finish_save()
@@ -239,13 +241,13 @@ def _load_and_judge(case, ctx, target, checkpoint_dir, expected, expected_after,
     replicas: list[Mismatch] = []
     if side.world_size > 1:
         ctx.enter("replicas")
-        replicas = _replica_consistency(model, optim, group=ctx.group(side.world_size), rank=ctx.rank)
+        replicas = sharded_checks.replica_consistency(model, optim, group=ctx.group(side.world_size), rank=ctx.rank)
     if isinstance(side.engine, (FSDP2, TP)):
         ctx.enter("layout")
-        mismatches += oracles.layout(_layout_records(model), _expected_layout(case.model, side), rank=ctx.rank)
+        mismatches += sharded_checks.layout(model, case.model, side, rank=ctx.rank)
     if "full-offload" in case.checks:
         ctx.enter("full-offload")
-        mismatches += _full_offload(model, optim, actual, rank=ctx.rank)
+        mismatches += sharded_checks.full_offload(model, optim, actual, rank=ctx.rank)
     if "continuation" in case.checks:
         ctx.enter("continue-loaded")
         _train(case, side, model, optim, app, rank=ctx.rank, continuation=True)
@@ -412,126 +414,3 @@ def _any_rank(flag: bool, group, device: str) -> bool:
     votes = torch.tensor([int(flag)], device=rank_device(device))
     dist.all_reduce(votes, group=group)
     return bool(votes.item())
-
-
-# --- extraction for the oracles that look at more than the gathered state -------
-
-
-def _layout_records(model) -> dict[str, oracles.LayoutRecord]:
-    DTensor = dtensor().DTensor
-
-    return {
-        unwrapped_name(name): oracles.LayoutRecord(
-            p.device_mesh.size(), repr(tuple(p.placements)), tuple(p.shape), str(p.dtype)
-        )
-        for name, p in model.named_parameters()
-        if isinstance(p, DTensor)
-    }
-
-
-def _expected_layout(spec, side: Side) -> dict[str, oracles.LayoutRecord]:
-    """FSDP2 shards every parameter on dim 0 (or ``shard_dim`` where it has one) of the
-    side's mesh, replicated across dim 0 of a 2-D mesh, in the model's dtype, at its full shape.
-    Tensor parallelism: ``_tp_layout``."""
-    Replicate, Shard = dtensor().Replicate, dtensor().Shard
-
-    engine = side.engine
-    if isinstance(engine, TP):
-        return _tp_layout(spec, side)
-    assert isinstance(engine, FSDP2)  # the layout oracle judges FSDP2 and TP sides only
-
-    def placements(ndim: int) -> str:
-        shard = Shard(engine.dim_for(ndim))
-        return repr((Replicate(), shard) if len(side.mesh_shape) == 2 else (shard,))
-
-    return {
-        name: oracles.LayoutRecord(side.world_size, placements(len(shape)), shape, f"torch.{spec.dtype}")
-        for name, shape in spec.parameter_shapes().items()
-    }
-
-
-def _tp_layout(spec, side: Side) -> dict[str, oracles.LayoutRecord]:
-    """A planned Linear's weight and bias on the ``tp`` dimension: ``Shard(0)`` colwise, the weight
-    ``Shard(1)`` and the bias ``Replicate()`` rowwise. With ``fsdp`` each parameter is also sharded on
-    dim 0 across ``dp``: a planned one on the whole 2-D mesh (``_StridedShard`` over ``Shard(0)`` where
-    both split dim 0), any other on ``dp`` alone; without, only planned ones are DTensors."""
-    Replicate, Shard = dtensor().Replicate(), dtensor().Shard
-    engine = side.engine
-    assert isinstance(engine, TP)
-    dp, tp = side.mesh_shape
-    styles = dict(engine.plan)
-    records = {}
-    for name, shape in spec.parameter_shapes().items():
-        path, _, kind = name.rpartition(".")
-        style = styles.get(path)
-        if style is None:
-            if engine.fsdp:
-                records[name] = oracles.LayoutRecord(dp, repr((Shard(0),)), shape, f"torch.{spec.dtype}")
-            continue
-        on_tp = Shard(0) if style == "colwise" else Shard(1) if kind == "weight" else Replicate
-        if not engine.fsdp:
-            records[name] = oracles.LayoutRecord(tp, repr((on_tp,)), shape, f"torch.{spec.dtype}")
-            continue
-        on_dp = _strided_shard(tp) if on_tp == Shard(0) else Shard(0)
-        records[name] = oracles.LayoutRecord(dp * tp, repr((on_dp, on_tp)), shape, f"torch.{spec.dtype}")
-    return records
-
-
-def _strided_shard(split_factor: int):
-    """FSDP2's placement on ``dp`` of a parameter TP already split on dim 0."""
-    from torch.distributed.tensor.placement_types import _StridedShard
-
-    return _StridedShard(0, split_factor=split_factor)
-
-
-def _replica_consistency(model, optim, *, group, rank: int) -> list[Mismatch]:
-    """Every rank's pieces of the sharded (not gathered) state, judged together on rank 0.
-
-    A DTensor's piece is its local shard, named by its mesh coordinates on the dimensions
-    it is sharded on (replicas across the others share that name); a ShardedTensor's, each
-    local shard by its offsets; anything else (DDP's parameters, buffers, ``step``,
-    hyperparameters) is held whole on every rank.
-    """
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
-
-    model_sd, optim_sd = get_state_dict(model, optim, options=StateDictOptions(flatten_optimizer_state_dict=True))
-    pieces: dict[tuple[str, str], Any] = {}
-    for prefix, state in (("model", model_sd), ("optim", optim_sd)):
-        for key, value in state.items():
-            for region, piece in _pieces(value):
-                pieces[f"{prefix}.{unwrapped_name(key)}", region] = piece
-    if rank != 0:
-        dist.gather_object(pieces, None, dst=0, group=group)
-        return []
-    gathered: list[Any] = [None] * dist.get_world_size(group)
-    dist.gather_object(pieces, gathered, dst=0, group=group)
-    return oracles.replica_consistency(dict(enumerate(gathered)))
-
-
-def _pieces(value):
-    if isinstance(value, dtensor().DTensor):
-        coordinate = value.device_mesh.get_coordinate() or ()
-        sharded = [
-            f"{dim}={at}"
-            for dim, (at, placement) in enumerate(zip(coordinate, value.placements))
-            if not placement.is_replicate()
-        ]
-        return [(f"mesh coordinate {','.join(sharded) or 'any'}", plain(value.to_local()))]
-    if hasattr(value, "local_shards"):  # FSDP1's ShardedTensor
-        return [
-            (f"shard at {list(shard.metadata.shard_offsets)}", plain(shard.tensor)) for shard in value.local_shards()
-        ]
-    return [("whole", plain(value))]
-
-
-def _full_offload(model, optim, actual, *, rank: int) -> list[Mismatch]:
-    held = rank_steps.offloaded_full_state(model, optim)
-    # The model's and optimizer's: the app state is no part of what get_state_dict offloads.
-    shapes = {k: tuple(v.shape) for k, v in actual.items() if isinstance(v, torch.Tensor) and not k.startswith("app.")}
-    return oracles.full_offload(held, shapes, rank=rank)
-
-
-def _api_parity(side: Side, model, optim, *, rank: int, group) -> list[Mismatch]:
-    """Each pair of APIs that must agree on the save side's state (``rank_steps.api_parity_pairs``)."""
-    pairs = rank_steps.api_parity_pairs(model, optim, engine=type(side.engine).__name__, group=group)
-    return [m for what, ours, theirs in pairs for m in oracles.api_parity(ours, theirs, rank=rank, what=what)]

@@ -1,0 +1,145 @@
+"""The oracles that look at the sharded model itself, not at its gathered state: each reads what it judges off
+this rank's model (layouts, each rank's pieces, the offloaded full state, two APIs' state dicts) and hands it to
+``oracles``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from shardfuzz.case import FSDP2, TP, Side
+from shardfuzz.rank import oracles
+from shardfuzz.rank.portable import steps as rank_steps
+from shardfuzz.rank.portable.sharding import dtensor
+from shardfuzz.rank.portable.steps import plain, unwrapped_name
+from shardfuzz.verdict import Mismatch
+
+__all__ = ["api_parity", "full_offload", "layout", "replica_consistency"]
+
+
+def layout(model, spec, side: Side, *, rank: int) -> list[Mismatch]:
+    """Each DTensor parameter's mesh size, placements, shape and dtype against what the side's engine
+    should give it (FSDP2 and TP sides)."""
+    return oracles.layout(_layout_records(model), _expected_layout(spec, side), rank=rank)
+
+
+def _layout_records(model) -> dict[str, oracles.LayoutRecord]:
+    DTensor = dtensor().DTensor
+
+    return {
+        unwrapped_name(name): oracles.LayoutRecord(
+            p.device_mesh.size(), repr(tuple(p.placements)), tuple(p.shape), str(p.dtype)
+        )
+        for name, p in model.named_parameters()
+        if isinstance(p, DTensor)
+    }
+
+
+def _expected_layout(spec, side: Side) -> dict[str, oracles.LayoutRecord]:
+    """FSDP2 shards every parameter on dim 0 (or ``shard_dim`` where it has one) of the
+    side's mesh, replicated across dim 0 of a 2-D mesh, in the model's dtype, at its full shape.
+    Tensor parallelism: ``_tp_layout``."""
+    Replicate, Shard = dtensor().Replicate, dtensor().Shard
+
+    engine = side.engine
+    if isinstance(engine, TP):
+        return _tp_layout(spec, side)
+    assert isinstance(engine, FSDP2)  # the layout oracle judges FSDP2 and TP sides only
+
+    def placements(ndim: int) -> str:
+        shard = Shard(engine.dim_for(ndim))
+        return repr((Replicate(), shard) if len(side.mesh_shape) == 2 else (shard,))
+
+    return {
+        name: oracles.LayoutRecord(side.world_size, placements(len(shape)), shape, f"torch.{spec.dtype}")
+        for name, shape in spec.parameter_shapes().items()
+    }
+
+
+def _tp_layout(spec, side: Side) -> dict[str, oracles.LayoutRecord]:
+    """A planned Linear's weight and bias on the ``tp`` dimension: ``Shard(0)`` colwise, the weight
+    ``Shard(1)`` and the bias ``Replicate()`` rowwise. With ``fsdp`` each parameter is also sharded on
+    dim 0 across ``dp``: a planned one on the whole 2-D mesh (``_StridedShard`` over ``Shard(0)`` where
+    both split dim 0), any other on ``dp`` alone; without, only planned ones are DTensors."""
+    Replicate, Shard = dtensor().Replicate(), dtensor().Shard
+    engine = side.engine
+    assert isinstance(engine, TP)
+    dp, tp = side.mesh_shape
+    styles = dict(engine.plan)
+    records = {}
+    for name, shape in spec.parameter_shapes().items():
+        path, _, kind = name.rpartition(".")
+        style = styles.get(path)
+        if style is None:
+            if engine.fsdp:
+                records[name] = oracles.LayoutRecord(dp, repr((Shard(0),)), shape, f"torch.{spec.dtype}")
+            continue
+        on_tp = Shard(0) if style == "colwise" else Shard(1) if kind == "weight" else Replicate
+        if not engine.fsdp:
+            records[name] = oracles.LayoutRecord(tp, repr((on_tp,)), shape, f"torch.{spec.dtype}")
+            continue
+        on_dp = _strided_shard(tp) if on_tp == Shard(0) else Shard(0)
+        records[name] = oracles.LayoutRecord(dp * tp, repr((on_dp, on_tp)), shape, f"torch.{spec.dtype}")
+    return records
+
+
+def _strided_shard(split_factor: int):
+    """FSDP2's placement on ``dp`` of a parameter TP already split on dim 0."""
+    from torch.distributed.tensor.placement_types import _StridedShard
+
+    return _StridedShard(0, split_factor=split_factor)
+
+
+def replica_consistency(model, optim, *, group, rank: int) -> list[Mismatch]:
+    """Every rank's pieces of the sharded (not gathered) state, judged together on rank 0.
+
+    A DTensor's piece is its local shard, named by its mesh coordinates on the dimensions
+    it is sharded on (replicas across the others share that name); a ShardedTensor's, each
+    local shard by its offsets; anything else (DDP's parameters, buffers, ``step``,
+    hyperparameters) is held whole on every rank.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    model_sd, optim_sd = get_state_dict(model, optim, options=StateDictOptions(flatten_optimizer_state_dict=True))
+    pieces: dict[tuple[str, str], Any] = {}
+    for prefix, state in (("model", model_sd), ("optim", optim_sd)):
+        for key, value in state.items():
+            for region, piece in _pieces(value):
+                pieces[f"{prefix}.{unwrapped_name(key)}", region] = piece
+    if rank != 0:
+        dist.gather_object(pieces, None, dst=0, group=group)
+        return []
+    gathered: list[Any] = [None] * dist.get_world_size(group)
+    dist.gather_object(pieces, gathered, dst=0, group=group)
+    return oracles.replica_consistency(dict(enumerate(gathered)))
+
+
+def _pieces(value):
+    if isinstance(value, dtensor().DTensor):
+        coordinate = value.device_mesh.get_coordinate() or ()
+        sharded = [
+            f"{dim}={at}"
+            for dim, (at, placement) in enumerate(zip(coordinate, value.placements))
+            if not placement.is_replicate()
+        ]
+        return [(f"mesh coordinate {','.join(sharded) or 'any'}", plain(value.to_local()))]
+    if hasattr(value, "local_shards"):  # FSDP1's ShardedTensor
+        return [
+            (f"shard at {list(shard.metadata.shard_offsets)}", plain(shard.tensor)) for shard in value.local_shards()
+        ]
+    return [("whole", plain(value))]
+
+
+def full_offload(model, optim, actual, *, rank: int) -> list[Mismatch]:
+    held = rank_steps.offloaded_full_state(model, optim)
+    # The model's and optimizer's: the app state is no part of what get_state_dict offloads.
+    shapes = {k: tuple(v.shape) for k, v in actual.items() if isinstance(v, torch.Tensor) and not k.startswith("app.")}
+    return oracles.full_offload(held, shapes, rank=rank)
+
+
+def api_parity(side: Side, model, optim, *, rank: int, group) -> list[Mismatch]:
+    """Each pair of APIs that must agree on the save side's state (``rank_steps.api_parity_pairs``)."""
+    pairs = rank_steps.api_parity_pairs(model, optim, engine=type(side.engine).__name__, group=group)
+    return [m for what, ours, theirs in pairs for m in oracles.api_parity(ours, theirs, rank=rank, what=what)]
