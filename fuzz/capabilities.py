@@ -218,80 +218,13 @@ def _installed() -> Capabilities:
     import torch
 
     off: dict[str, str] = {}
-    engines: list[str] = []
-
     if _find([("torch.distributed.checkpoint.state_dict", "get_state_dict")]) is None:
         raise RuntimeError(
             f"torch {torch.__version__} has no torch.distributed.checkpoint.state_dict helpers; "
             "shardfuzz needs torch >= 2.4"
         )
-    if _find([("torch.distributed.fsdp", "FullyShardedDataParallel")]) is not None:
-        engines.append("fsdp1")
-    else:
-        off["engine fsdp1"] = "torch.distributed.fsdp.FullyShardedDataParallel is missing"
-    from_group = _find([("torch.distributed.device_mesh", "DeviceMesh")])
-    if fully_shard_fn() is None:
-        off["engine fsdp2"] = "no fully_shard in torch.distributed.fsdp or torch.distributed._composable.fsdp"
-    elif from_group is None or not hasattr(from_group, "from_group"):
-        off["engine fsdp2"] = "DeviceMesh.from_group is missing (needed to shard on rank subgroups)"
-    else:
-        broken = _fsdp2_on_cpu_fails()
-        if broken:
-            off["engine fsdp2"] = f"fully_shard fails on CPU ranks in this torch ({broken})"
-        else:
-            engines.append("fsdp2")
-
-    engines += ["ddp", "unsharded"]  # DistributedDataParallel and a plain module: always there
-
-    import inspect
-
-    hsdp = from_group is not None and "mesh" in inspect.signature(from_group.from_group).parameters
-    if not hsdp:
-        off["hsdp"] = "DeviceMesh.from_group takes no mesh= (needed to build 2-D meshes on rank subgroups)"
-    if _find([("torch.distributed.tensor.parallel", "parallelize_module")]) is None:
-        off["engine tp"] = "no torch.distributed.tensor.parallel.parallelize_module"
-    elif not (hsdp and "fsdp2" in engines):
-        off["engine tp"] = "tensor parallelism is drawn on 2-D meshes with FSDP2 across dp: this torch lacks one"
-    else:
-        engines.append("tp")
-    fully_shard = fully_shard_fn()
-    shard_dim = (
-        "fsdp2" in engines
-        and fully_shard is not None
-        and "shard_placement_fn" in inspect.signature(fully_shard).parameters
-    )
-    if "fsdp2" in engines and not shard_dim:
-        off["fsdp2_shard_dim"] = "fully_shard has no shard_placement_fn (sharding on a dim other than 0)"
-
-    import torch.distributed.checkpoint.state_dict as dsd
-
-    # Before DSD had _get_fsdp_process_group, get_state_dict ran FSDP.optim_state_dict on the
-    # default group: FSDP1 on a subgroup of the world hangs there (seen on torch 2.6 and 2.10).
-    subgroups = "fsdp1" in engines and hasattr(dsd, "_get_fsdp_process_group")
-    if "fsdp1" in engines and not subgroups:
-        off["fsdp1_subgroups"] = (
-            "get_state_dict gathers FSDP1 optimizer state on the default group "
-            "(no _get_fsdp_process_group in DSD), so FSDP1 on a rank subgroup hangs; "
-            "FSDP1 sides span the whole pool"
-        )
-
-    from torch.distributed.checkpoint.state_dict import StateDictOptions
-
-    fields = {f.name for f in dataclasses.fields(StateDictOptions)}
-    flatten = "flatten_optimizer_state_dict" in fields
-    if not flatten:
-        off["flatten_optimizer_state_dict"] = "StateDictOptions has no flatten_optimizer_state_dict field"
-    broadcast = "broadcast_from_rank0" in fields
-    if not broadcast:
-        off["broadcast_from_rank0"] = "StateDictOptions has no broadcast_from_rank0 field"
-    ignore_frozen = {"ignore_frozen_params", "strict"} <= fields
-    if not ignore_frozen:
-        off["ignore_frozen_params"] = "StateDictOptions lacks ignore_frozen_params or strict"
-    local = "fsdp1" in engines and hasattr(
-        _find([("torch.distributed.fsdp", "StateDictType")]) or object, "LOCAL_STATE_DICT"
-    )
-    if not local:
-        off["local_state_dict"] = "no FSDP1 engine, or its StateDictType has no LOCAL_STATE_DICT"
+    engines, hsdp, shard_dim, subgroups = _engines(off)
+    flatten, broadcast, ignore_frozen, local = _state_dict_options(engines, off)
     gpus, why_no_gpu = _cuda_devices()
     if why_no_gpu:
         off["device cuda"] = why_no_gpu
@@ -322,6 +255,86 @@ def _installed() -> Capabilities:
         activation_checkpointing=checkpointing,
         compile=compiles,
     )
+
+
+def _engines(off: dict[str, str]) -> tuple[list[str], bool, bool, bool]:
+    """The engines this torch offers, and whether it builds HSDP's 2-D meshes, shards FSDP2 on a dim other
+    than 0, and runs FSDP1 on a rank subgroup; each one it lacks goes into ``off`` with why."""
+    import inspect
+
+    engines: list[str] = []
+    if _find([("torch.distributed.fsdp", "FullyShardedDataParallel")]) is not None:
+        engines.append("fsdp1")
+    else:
+        off["engine fsdp1"] = "torch.distributed.fsdp.FullyShardedDataParallel is missing"
+    from_group = _find([("torch.distributed.device_mesh", "DeviceMesh")])
+    if fully_shard_fn() is None:
+        off["engine fsdp2"] = "no fully_shard in torch.distributed.fsdp or torch.distributed._composable.fsdp"
+    elif from_group is None or not hasattr(from_group, "from_group"):
+        off["engine fsdp2"] = "DeviceMesh.from_group is missing (needed to shard on rank subgroups)"
+    else:
+        broken = _fsdp2_on_cpu_fails()
+        if broken:
+            off["engine fsdp2"] = f"fully_shard fails on CPU ranks in this torch ({broken})"
+        else:
+            engines.append("fsdp2")
+
+    engines += ["ddp", "unsharded"]  # DistributedDataParallel and a plain module: always there
+
+    hsdp = from_group is not None and "mesh" in inspect.signature(from_group.from_group).parameters
+    if not hsdp:
+        off["hsdp"] = "DeviceMesh.from_group takes no mesh= (needed to build 2-D meshes on rank subgroups)"
+    if _find([("torch.distributed.tensor.parallel", "parallelize_module")]) is None:
+        off["engine tp"] = "no torch.distributed.tensor.parallel.parallelize_module"
+    elif not (hsdp and "fsdp2" in engines):
+        off["engine tp"] = "tensor parallelism is drawn on 2-D meshes with FSDP2 across dp: this torch lacks one"
+    else:
+        engines.append("tp")
+    fully_shard = fully_shard_fn()
+    shard_dim = (
+        "fsdp2" in engines
+        and fully_shard is not None
+        and "shard_placement_fn" in inspect.signature(fully_shard).parameters
+    )
+    if "fsdp2" in engines and not shard_dim:
+        off["fsdp2_shard_dim"] = "fully_shard has no shard_placement_fn (sharding on a dim other than 0)"
+
+    import torch.distributed.checkpoint.state_dict as dsd
+
+    # Before DSD had _get_fsdp_process_group, get_state_dict ran FSDP.optim_state_dict on the
+    # default group: FSDP1 on a subgroup of the world hangs there (seen on torch 2.6 and 2.10).
+    subgroups = "fsdp1" in engines and hasattr(dsd, "_get_fsdp_process_group")
+    if "fsdp1" in engines and not subgroups:
+        off["fsdp1_subgroups"] = (
+            "get_state_dict gathers FSDP1 optimizer state on the default group "
+            "(no _get_fsdp_process_group in DSD), so FSDP1 on a rank subgroup hangs; "
+            "FSDP1 sides span the whole pool"
+        )
+    return engines, hsdp, shard_dim, subgroups
+
+
+def _state_dict_options(engines: list[str], off: dict[str, str]) -> tuple[bool, bool, bool, bool]:
+    """Whether ``StateDictOptions`` has ``flatten_optimizer_state_dict``, ``broadcast_from_rank0`` and
+    ``ignore_frozen_params`` (with ``strict``), and whether FSDP1 has ``LOCAL_STATE_DICT``; each one it
+    lacks goes into ``off`` with why."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    fields = {f.name for f in dataclasses.fields(StateDictOptions)}
+    flatten = "flatten_optimizer_state_dict" in fields
+    if not flatten:
+        off["flatten_optimizer_state_dict"] = "StateDictOptions has no flatten_optimizer_state_dict field"
+    broadcast = "broadcast_from_rank0" in fields
+    if not broadcast:
+        off["broadcast_from_rank0"] = "StateDictOptions has no broadcast_from_rank0 field"
+    ignore_frozen = {"ignore_frozen_params", "strict"} <= fields
+    if not ignore_frozen:
+        off["ignore_frozen_params"] = "StateDictOptions lacks ignore_frozen_params or strict"
+    local = "fsdp1" in engines and hasattr(
+        _find([("torch.distributed.fsdp", "StateDictType")]) or object, "LOCAL_STATE_DICT"
+    )
+    if not local:
+        off["local_state_dict"] = "no FSDP1 engine, or its StateDictType has no LOCAL_STATE_DICT"
+    return flatten, broadcast, ignore_frozen, local
 
 
 def _compiles() -> tuple[bool, str]:
