@@ -38,8 +38,30 @@ def main(
     phase=None,
     device: str = "cpu",
 ) -> None:
+    _settle_in(log_path)
+
+    import torch
+
+    from shardfuzz.targets import resolve_target
+
+    torch.set_num_threads(1)
+    _tqdm_without_a_semaphore()
+    world = _World(rank, world_size, conn, phase, _backend(device, rank))
+    try:
+        target = resolve_target(target_spec)
+    except BaseException as exc:
+        world.report_failure(exc)
+        return
+    ctx = world.join(store_path, first=True)
+    if ctx is not None:
+        _serve(world, ctx, target)
+    world.leave()
+
+
+def _settle_in(log_path: str | None) -> None:
+    """A rank process's surroundings: it dies with the pool, ignores Ctrl-C (the pool decides what it means),
+    writes to its log, dumps its stacks on SIGUSR1 or a crash, and keeps torch's warnings quiet."""
     _die_with_parent()
-    # Ctrl-C reaches the whole foreground process group: the pool, not its ranks, decides what it means.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if log_path is not None:
         _redirect_output(log_path)
@@ -49,76 +71,84 @@ def main(
     warnings.simplefilter("ignore")
     logging.getLogger("torch.distributed").setLevel(logging.ERROR)
 
+
+def _backend(device: str, rank: int) -> str:
+    """gloo; with CUDA sides, gloo for CPU tensors and NCCL for CUDA ones, this rank on GPU ``rank``. Ranks past
+    the GPU count never run a CUDA side (the pool answers such a case unsupported)."""
+    if device != "cuda":
+        return "gloo"
     import torch
-    import torch.distributed as dist
 
-    from shardfuzz.rank.roundtrip import RankContext
-    from shardfuzz.targets import resolve_target
+    if rank < torch.cuda.device_count():
+        torch.cuda.set_device(rank)
+    return "cpu:gloo,cuda:nccl"
 
-    torch.set_num_threads(1)
-    _tqdm_without_a_semaphore()
-    backend = "gloo"
-    if device == "cuda":
-        # CPU sides keep gloo; CUDA tensors go over NCCL. Ranks past the GPU count
-        # never run a CUDA side (the pool answers such a case unsupported).
-        backend = "cpu:gloo,cuda:nccl"
-        if rank < torch.cuda.device_count():
-            torch.cuda.set_device(rank)
 
-    def publish_phase(name: str) -> None:
-        if phase is not None:
-            phase.value = name.encode()[: len(phase) - 1]
+class _World:
+    """This rank's place in the pool: the process group it joins (again after a failed case), the phase it
+    publishes for the pool's hang reports, and what it tells the pool over ``conn``."""
 
-    def report_failure(exc: BaseException) -> None:
-        conn.send_bytes(encode(Failed(rank, _format(exc))))
+    def __init__(self, rank: int, world_size: int, conn, phase, backend: str):
+        self.rank, self.world_size, self.conn, self.phase, self.backend = rank, world_size, conn, phase, backend
 
-    def join_world(store: str, first: bool = False) -> RankContext | None:
-        """A fresh world and its prefix groups; on failure tell the pool why and return None."""
+    def publish_phase(self, name: str) -> None:
+        if self.phase is not None:
+            self.phase.value = name.encode()[: len(self.phase) - 1]
+
+    def report_failure(self, exc: BaseException) -> None:
+        self.conn.send_bytes(encode(Failed(self.rank, _format(exc))))
+
+    def join(self, store: str, first: bool = False):
+        """A fresh world and its prefix groups (a ``RankContext``); on failure tell the pool why and return None."""
+        import torch.distributed as dist
+
+        from shardfuzz.rank.roundtrip import RankContext
+
         try:
             if dist.is_initialized():
                 dist.destroy_process_group()
-            dist.init_process_group(backend, init_method=f"file://{store}", rank=rank, world_size=world_size)
-            ctx = RankContext(rank, world_size, on_phase=publish_phase)
+            dist.init_process_group(
+                self.backend, init_method=f"file://{store}", rank=self.rank, world_size=self.world_size
+            )
+            ctx = RankContext(self.rank, self.world_size, on_phase=self.publish_phase)
             ctx.create_groups()
             if first:
                 warm_up(ctx, os.path.join(os.path.dirname(store), "warm-up"))
         except BaseException as exc:
-            report_failure(exc)
+            self.report_failure(exc)
             return None
-        conn.send_bytes(encode(Ready(rank)))
+        self.conn.send_bytes(encode(Ready(self.rank)))
         return ctx
 
-    try:
-        target = resolve_target(target_spec)
-    except BaseException as exc:
-        report_failure(exc)
-        return
-    ctx = join_world(store_path, first=True)
-    if ctx is None:
-        return
+    def leave(self) -> None:
+        import torch.distributed as dist
 
+        try:
+            if dist.is_initialized():
+                dist.destroy_process_group()
+        except BaseException:
+            pass
+
+
+def _serve(world: _World, ctx, target) -> None:
+    """Act on the pool's messages until it says stop or goes away: run each case's share, re-form after a reset."""
     while True:
         try:
-            message = decode(conn.recv_bytes())
+            message = decode(world.conn.recv_bytes())
         except EOFError:  # the pool went away
-            break
+            return
         if isinstance(message, Stop):
-            publish_phase("teardown")
-            break
+            world.publish_phase("teardown")
+            return
         if isinstance(message, Reset):  # after a failed case: same processes, new process group
-            publish_phase("reset")
-            ctx = join_world(message.store)
+            world.publish_phase("reset")
+            ctx = world.join(message.store)
             if ctx is None:
                 return
         elif isinstance(message, RunCase):
-            conn.send_bytes(encode(run_share(message, ctx, target)))
+            world.conn.send_bytes(encode(run_share(message, ctx, target)))
         else:
-            raise ProtocolError(f"rank {rank} cannot act on {message!r}: it is not sent to a pool's rank")
-
-    try:
-        dist.destroy_process_group()
-    except BaseException:
-        pass
+            raise ProtocolError(f"rank {world.rank} cannot act on {message!r}: it is not sent to a pool's rank")
 
 
 def run_share(order: RunCase, ctx, target) -> CaseReport:
