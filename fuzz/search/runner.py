@@ -342,7 +342,7 @@ class _Run:
         What to tell the user ('' for a bug of the crossing, or a run on one torch)."""
         import attrs
 
-        from shardfuzz.findings.corpus import Known
+        from shardfuzz.findings.known import Known
 
         own = [version for version, v in alone.items() if v.is_failure and v.signature() == entry.signature]
         if not own:
