@@ -114,3 +114,24 @@ def test_the_when_check_fails_on_a_widened_when():
     widened = attrs.evolve(explained, known=attrs.evolve(explained.known, when={}))
     with pytest.raises(AssertionError, match="wider than the measured conditions"):
         test_a_known_entry_is_constrained_by_every_value_its_failure_needs(widened)
+
+
+def test_an_explained_known_bug_is_masked_from_the_first_draw_where_it_does_not_vary_freely(tmp_path):
+    """Steering masks an explained known bug from the start: its case's values on every dimension the
+    explanation did not find free, so the campaign spends no time finding it again, and nothing else."""
+    from shardfuzz.findings.corpus import save_entry
+    from shardfuzz.search.run_config import RunConfig
+    from shardfuzz.search.runner import _Run
+    from shardfuzz.targets import DEFAULT_TARGET
+
+    explanation = explain_case(CASE, ERROR.signature(), fsdp1_load_with_sgd_fails)
+    entry = with_explanation(attrs.evolve(entry_for(CASE, ERROR), known=Known("x", ">=2.0")), explanation)
+    save_entry(tmp_path, entry)
+    run = _Run(
+        RunConfig(corpus=tmp_path, plain=True), target=DEFAULT_TARGET, torchrun=False, world_size=2, devices=("cpu",),
+        database=None,
+    )  # fmt: skip
+    (mask,) = run.expected().values()
+    assert mask["load_engine"] == "fsdp1" and mask["optimizer"] == "sgd"
+    assert not set(mask) & set(explanation.free)
+    assert mask.items() >= entry.known.when.items()

@@ -394,12 +394,19 @@ class _Run:
         )
 
     def expected(self) -> dict:
-        """Known bugs whose every hit costs a restart: masked from the first draw where the corpus says when."""
-        return {
-            signature: entries[0].known.when
-            for signature, entries in self.known.items()
-            if entries[0].costs_a_restart and entries[0].known.when
-        }
+        """Known bugs masked from the first draw: every explained one, under its case's values on each dimension its
+        explanation did not find free (the measurement says the rest of the space is not this bug); one whose every hit
+        costs a restart, under ``known.when`` where it is not explained."""
+        masks = {}
+        for signature, entries in self.known.items():
+            entry = entries[0]
+            if entry.explanation is not None and entry.explanation.complete:
+                free = set(entry.explanation.free)
+                own = {label: value for label, value in dimensions(entry.case).items() if label not in free}
+                masks[signature] = {**own, **entry.known.when}
+            elif entry.costs_a_restart and entry.known.when:
+                masks[signature] = entry.known.when
+        return masks
 
     def campaign_settings(self) -> CampaignSettings:
         """The campaign's settings: what is left of the budget, the run's seed and pool, its database's key."""
