@@ -8,6 +8,7 @@ framework that must find an injected fault and shrink it, and a short campaign o
 must round-trip most of its cases.
 """
 
+import attrs
 import pytest
 
 from shardfuzz.case import FSDP1, FSDP2, Adam, Case, LayerNorm, Linear, Model, Sequential, Side
@@ -67,6 +68,19 @@ def test_the_adapter_round_trips_a_case_it_supports(framework, shardfuzz_known):
     case = CASES[framework]
     assert support_for(framework).refuses(case, world_size=2) == ""
     verdict = shared_pool(2, target=framework).run(case)  # the corpus replays of its entries reuse this pool
+    _unless_known(verdict, case, shardfuzz_known)
+    assert verdict.ok, verdict.summary()
+
+
+@pytest.mark.parametrize("state_dict", ["sharded", "full"])
+def test_accelerate_is_handed_a_compiled_fsdp1_model_as_its_accelerator_holds_it(state_dict, shardfuzz_known):
+    """accelerate keeps an FSDP1 model it compiles as the FSDP module under torch.compile's wrapper; handed the
+    wrapper, its FSDP1 path saved '_orig_mod.'-prefixed keys ('Missing key in checkpoint state_dict:
+    model._orig_mod.0.weight') and took the model for an unwrapped one ('Set the sync_module_states flag')."""
+    _needs("accelerate")
+    case = attrs.evolve(CASES["accelerate"], load=Side(FSDP1(), (2,), state_dict=state_dict, compiled=True))
+    case = attrs.evolve(case, save=attrs.evolve(case.save, state_dict=state_dict))
+    verdict = shared_pool(2, target="accelerate").run(case)
     _unless_known(verdict, case, shardfuzz_known)
     assert verdict.ok, verdict.summary()
 

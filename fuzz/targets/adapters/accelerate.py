@@ -18,6 +18,7 @@ import torch.distributed as dist
 from accelerate import PartialState
 from accelerate.utils import FullyShardedDataParallelPlugin
 from accelerate.utils.fsdp_utils import load_fsdp_model, load_fsdp_optimizer, save_fsdp_model, save_fsdp_optimizer
+from accelerate.utils.other import is_compiled_module
 
 from shardfuzz.targets.adapters import engine_kind, whole_group_rank
 from shardfuzz.targets.support import TargetSupport
@@ -78,11 +79,19 @@ class AccelerateFsdpCheckpoint:
     )
 
     def save_objects(self, model, optim, *, side, checkpoint_id, process_group):
-        plugin, accelerator = _plugin(side), _AcceleratorView(side, process_group)
+        plugin, accelerator, model = _plugin(side), _AcceleratorView(side, process_group), _as_held(model, side)
         save_fsdp_model(plugin, accelerator, model, checkpoint_id)
         save_fsdp_optimizer(plugin, accelerator, optim, model, checkpoint_id)
 
     def load_objects(self, model, optim, *, side, saved_by, checkpoint_id, process_group):
-        plugin, accelerator = _plugin(side), _AcceleratorView(side, process_group)
+        plugin, accelerator, model = _plugin(side), _AcceleratorView(side, process_group), _as_held(model, side)
         load_fsdp_model(plugin, accelerator, model, checkpoint_id)
         load_fsdp_optimizer(plugin, accelerator, optim, model, checkpoint_id)
+
+
+def _as_held(model, side: dict):
+    """The model as ``Accelerator`` holds it for ``save_state``/``load_state``: when accelerate compiles an FSDP1
+    model it keeps the FSDP module under torch.compile's wrapper (accelerator.py, prepare_model); an FSDP2 model it
+    keeps compiled (torch's state-dict helpers drop the ``_orig_mod.`` prefix). Passed the wrapper, accelerate's FSDP1
+    path saves ``_orig_mod.``-prefixed keys and takes the model for an unwrapped one."""
+    return model._orig_mod if engine_kind(side) == "FSDP1" and is_compiled_module(model) else model
