@@ -156,3 +156,16 @@ def test_every_known_entry_is_triaged():
         if entry.known is not None and (not entry.known.bug or entry.known.upstream is None or entry.known.link)
     ]
     assert untriaged == []
+
+
+def test_a_run_summary_counts_known_bugs_apart_from_their_entries():
+    from shardfuzz.findings.render import headline
+
+    report = {"cases_run": 10, "wall_seconds": 5.0, "passed": 7, "failures": [], "torch": "2.13.0"}
+    hits = [
+        {"signature": "a", "bug": "dsd-fill-in", "hits": 2, "title": "a"},
+        {"signature": "b", "bug": "dsd-fill-in", "hits": 1, "title": "b"},
+        {"signature": "c", "bug": "", "hits": 1, "title": "c"},
+    ]
+    assert headline({**report, "known_failures": hits}).endswith("4 hit(s) of 2 known bug(s) in 3 entries")
+    assert headline({**report, "known_failures": hits[:1]}).endswith("2 hit(s) of 1 known bug(s)")

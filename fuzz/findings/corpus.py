@@ -374,6 +374,11 @@ class KnownBugs(dict):
                 return entry
         return None
 
+    def bug(self, signature: str) -> str:
+        """The name of the bug a signature's first entry is a finding of (its file's title where it names none)."""
+        entries = self.get(canonical_signature(signature), ())
+        return (entries[0].known.bug or entries[0].title) if entries else signature
+
     def title(self, signature: str) -> str:
         entries = self.get(canonical_signature(signature), ())
         return entries[0].title if entries else signature

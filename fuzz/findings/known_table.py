@@ -46,6 +46,8 @@ _INTRO = (
 def reach(entry: Entry) -> str:
     """Whether the entry's failure shows at realistic widths, as measured: one cell."""
     explanation = entry.explanation
+    if explanation is None and entry.torches is not None:
+        return "not measured here: explaining it needs both torches (`shardfuzz explain --save-python ... --load-python ...`)"
     if explanation is None or explanation.bites_realistic_setups is None:
         return "not measured" if explanation is None or not explanation.complete else "realistic case not run here"
     if explanation.bites_realistic_setups:

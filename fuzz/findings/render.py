@@ -30,8 +30,15 @@ def headline(report: dict) -> str:
     return (
         f"{report['cases_run']} cases in {report['wall_seconds']:.0f} s ({rate:.1f}/s) {torch}: "
         f"{report['passed']} passed, {len(report['failures'])} new failure(s), "
-        f"{known} hit(s) of {len(report.get('known_failures', []))} known bug(s){stopped}"
+        f"{known} hit(s) of {_known_bugs(report)}{stopped}"
     )
+
+
+def _known_bugs(report: dict) -> str:
+    """'5 known bug(s) in 7 entries': bugs (root causes) counted apart from the entries that found them."""
+    hit = report.get("known_failures", [])
+    bugs = {k.get("bug") or k["signature"] for k in hit}
+    return f"{len(bugs)} known bug(s)" + (f" in {len(hit)} entries" if len(hit) != len(bugs) else "")
 
 
 def _cell(text) -> str:

@@ -73,7 +73,13 @@ def campaign_report(
         ],
         "unsupported": [{"signature": s, "hits": n} for s, n in result.unsupported.items()],
         "known_failures": [
-            {"signature": s, "title": known.title(s), "hits": n, "seconds": round(result.known_seconds[s], 2)}
+            {
+                "signature": s,
+                "title": known.title(s),
+                "bug": known.bug(s),
+                "hits": n,
+                "seconds": round(result.known_seconds[s], 2),
+            }
             for s, n in result.known_hits.items()
         ],
         "time_spent": _time_spent(result, final),
