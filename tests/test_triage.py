@@ -5,7 +5,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-from shardfuzz.case import FSDP1, SGD, Case, Linear, Model, Sequential, Side
+from shardfuzz.case import DDP, FSDP1, SGD, Case, Linear, Model, Sequential, Side
 from shardfuzz.findings.bugs import apart, bugs_of, root_cause
 from shardfuzz.findings.corpus import entry_for, load_entry, save_entry
 from shardfuzz.findings.known import Known
@@ -169,3 +169,34 @@ def test_a_run_summary_counts_known_bugs_apart_from_their_entries():
     ]
     assert headline({**report, "known_failures": hits}).endswith("4 hit(s) of 2 known bug(s) in 3 entries")
     assert headline({**report, "known_failures": hits[:1]}).endswith("2 hit(s) of 1 known bug(s)")
+
+
+def test_a_failure_that_two_bugs_could_claim_is_reported_as_new():
+    from shardfuzz.findings.corpus import known_bugs
+
+    first = attrs.evolve(entry_for(CASE, ERROR), known=known(bug="one", when={"save_engine": "fsdp1"}))
+    second = attrs.evolve(entry_for(CASE, ERROR), known=known(bug="two", when={"optimizer": "sgd"}))
+    both = known_bugs([(Path("a.json"), first), (Path("b.json"), second)], "2.13.0")
+    assert both.lookup(ERROR.signature(), CASE) is None  # the case meets both bugs' conditions
+    ddp = attrs.evolve(CASE, save=Side(DDP(), (2,)))
+    assert both.lookup(ERROR.signature(), ddp) is second  # only the second's
+    assert known_bugs([(Path("a.json"), first)], "2.13.0").lookup(ERROR.signature(), CASE) is first
+
+
+def test_each_entry_s_own_failure_is_counted_under_its_own_bug():
+    """Bugs stay apart where it matters: no entry's own case meets the conditions of another bug with its signature
+    (``apart`` lists the pairs whose conditions overlap elsewhere; a failure in such an overlap is reported new)."""
+    import torch
+
+    from shardfuzz.findings.corpus import known_bugs, load_corpus
+
+    entries = load_corpus(CORPUS)[0]
+    known = known_bugs(entries, str(torch.__version__))
+    misfiled = []
+    for path, entry in entries:
+        if entry.known is None or not entry.known_on(str(torch.__version__)):
+            continue
+        found = known.lookup(entry.signature, entry.case)
+        if found is None or found.known.bug != entry.known.bug:
+            misfiled.append(f"{path.stem} ({entry.known.bug}) -> {found.known.bug if found else 'ambiguous'}")
+    assert misfiled == []

@@ -10,8 +10,10 @@ from, read off the entry itself:
 - a hang or a crash: where the stuck ranks wait (their innermost torch frame), or the signal.
 
 Entries of one bug may differ in root cause (the same bug raises in the save of one and the load of
-another); entries of two bugs may share one (two causes reach the same ``KeyError``): ``apart`` is the
-check that a failure can be told to belong to one bug only, by signature and ``known.when``.
+another); entries of two bugs may share one (two causes reach the same ``KeyError``): ``apart`` lists the
+pairs of bugs a single failure could match both of (same signature, ``known.when`` conditions that do not
+exclude each other). Where triggers overlap so, a failure that meets both is reported as new
+(``KnownBugs.lookup``), never counted under the wrong bug.
 """
 
 from __future__ import annotations

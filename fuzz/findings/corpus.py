@@ -369,10 +369,15 @@ class KnownBugs(dict):
     """
 
     def lookup(self, signature: str, case: Case | None = None) -> Entry | None:
-        for entry in self.get(canonical_signature(signature), ()):
-            if case is None or entry.known.matches(case):
-                return entry
-        return None
+        """The known entry this failure is a finding of, or None: none matches, or entries of two different bugs
+        match (their triggers overlap, ``bugs.apart`` lists such pairs): the corpus cannot tell which bug it is, so
+        it is reported as new rather than counted under the wrong one."""
+        matching = [
+            entry for entry in self.get(canonical_signature(signature), ()) if case is None or entry.known.matches(case)
+        ]
+        if case is not None and len({entry.known.bug or entry.title for entry in matching}) > 1:
+            return None
+        return matching[0] if matching else None
 
     def bug(self, signature: str) -> str:
         """The name of the bug a signature's first entry is a finding of (its file's title where it names none)."""
