@@ -135,3 +135,10 @@ def test_an_explained_known_bug_is_masked_from_the_first_draw_where_it_does_not_
     assert mask["load_engine"] == "fsdp1" and mask["optimizer"] == "sgd"
     assert not set(mask) & set(explanation.free)
     assert mask.items() >= entry.known.when.items()
+
+
+def test_the_realistic_case_keeps_the_options_the_failure_needs():
+    compiled = attrs.evolve(CASE, load=Side(FSDP1(), (2,), compiled=True, cpu_offload=True))
+    kept = realistic_case(compiled, {"load_compiled": "true"})
+    assert kept.load.compiled and not kept.load.cpu_offload  # needed: kept; not needed: its default
+    assert not realistic_case(compiled).load.compiled

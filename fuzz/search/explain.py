@@ -21,7 +21,7 @@ from __future__ import annotations
 import datetime
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import attrs
 
@@ -55,7 +55,8 @@ from shardfuzz.verdict import Verdict
 
 __all__ = ["explain_case", "neighbours", "realistic_case", "with_explanation"]
 
-#: The side options a realistic case keeps at their defaults.
+#: The side options a realistic case sets to their defaults, unless the failure needs the case's value (then the
+#: realistic case keeps it: compiling, activation checkpointing or mixed precision are realistic set-ups too).
 _SIDE_DEFAULTS = {
     "cpu_offload": False,
     "broadcast_from_rank0": False,
@@ -185,7 +186,7 @@ def _model_neighbours(case: Case) -> Iterator[tuple[str, str, Case | None]]:
             yield "dtype", f"{model.dtype} -> {dtype}", _or_none(case, model=_or_none(model, dtype=dtype))
     yield "widths", "every width x2", _or_none(case, model=_scaled(model, 2))
     last = model.output_width
-    deeper = _or_none(model, root=Sequential((*_children(model.root), Linear(max(last, 1)))))
+    deeper = _or_none(model, root=_appended(model.root, Linear(max(last, 1))))
     yield "linears", "one more Linear", _or_none(case, model=deeper)
 
 
@@ -199,8 +200,11 @@ def neighbours(case: Case) -> Iterator[tuple[str, str, Case | None]]:
     yield from _model_neighbours(case)
 
 
-def _children(root) -> tuple:
-    return root.children if isinstance(root, (Sequential, Block)) else (root,)
+def _appended(root, leaf):
+    """``root`` with ``leaf`` after its last child, of the same container kind (so every path it had stays)."""
+    if isinstance(root, (Sequential, Block)):
+        return type(root)((*root.children, leaf))
+    return Sequential((root, leaf))
 
 
 def _scaled(model: Model, factor: int) -> Model | None:
@@ -220,11 +224,11 @@ def _scaled(model: Model, factor: int) -> Model | None:
         return None
 
 
-def realistic_case(case: Case) -> Case | None:
+def realistic_case(case: Case, necessary: Mapping[str, str] | None = None) -> Case | None:
     """The nearest realistic case: widths scaled by a multiple of every shard count and mesh dimension until
     the narrowest is at least 8x the largest mesh dimension (so every split is even and every rank holds a
-    shard), at least two Linear layers, the sides' options at their defaults. None for a user's model or
-    where no such case is valid."""
+    shard), at least two Linear layers, the sides' options at their defaults except those ``necessary`` (labels
+    of ``case.dimensions``) says the failure needs. None for a user's model or where no such case is valid."""
     model = case.model
     if not isinstance(model, Model):
         return None
@@ -234,11 +238,20 @@ def realistic_case(case: Case) -> Case | None:
     narrowest = min([model.input_width] + [out for _, _, out, _ in model.linears()])
     factor = unit * max(1, math.ceil(8 * largest / (narrowest * unit)))
     if len(model.linears()) < 2:
-        model = _or_none(model, root=Sequential((*_children(model.root), Linear(model.output_width))))
+        model = _or_none(model, root=_appended(model.root, Linear(model.output_width)))
     scaled = _scaled(model, factor) if model is not None else None
     if scaled is None:
         return None
-    save, load = (_or_none(side, **_SIDE_DEFAULTS) for side in sides)
+    needed = {label.partition("_")[2] for label in (necessary or {}) if label.startswith(("save_", "load_"))}
+    save, load = (
+        _or_none(side, **{option: value for option, value in _SIDE_DEFAULTS.items() if option not in needed})
+        for side in sides
+    )
+    if "activation_checkpointing" in needed:  # keep the checkpointed leaves with it
+        save, load = (
+            _or_none(new, checkpointed=old.checkpointed) if new is not None else None
+            for new, old in ((save, case.save), (load, case.load))
+        )
     return _or_none(case, model=scaled, save=save, load=load)
 
 
@@ -308,7 +321,8 @@ def explain_case(
         rows.append(row)
         changed.append((row, labels))
     realistic, edges = "", tuple[str, ...]()
-    nearest = realistic_case(case)
+    necessary = _necessary(changed, before)
+    nearest = realistic_case(case, necessary)
     if complete and nearest is not None and (deadline is None or time.monotonic() <= deadline):
         why_not = cannot_run(nearest) or admissible(nearest)
         try:
@@ -323,7 +337,7 @@ def explain_case(
         complete = False
     return Explanation(
         neighbours=tuple(rows),
-        necessary=_necessary(changed, before),
+        necessary=necessary,
         free=_free(changed),
         realistic=realistic,
         edges=edges,
