@@ -212,9 +212,9 @@ def _run_options(run: argparse.ArgumentParser) -> None:
         "--explain-budget",
         type=_non_negative_float,
         default=120.0,
-        help="seconds to explain each new finding in, within the budget: its neighbours, one dimension changed at "
-        "a time, say which of its values the failure needs and whether it fails at realistic widths "
-        "(default 120; 0: do not explain; `shardfuzz explain ENTRY` does it later)",
+        help="seconds to explain each new finding in, and at most a tenth of the budget: its neighbours, one "
+        "dimension changed at a time, say which of its values the failure needs and whether it fails at realistic "
+        "widths (default 120; 0: do not explain; `shardfuzz explain ENTRY` does it later)",
     )
     run.add_argument(
         "--no-confirm", action="store_true", help="report failures without re-running them on a fresh pool first"

@@ -27,6 +27,9 @@ if TYPE_CHECKING:  # the campaign's modules import Hypothesis, which a torchrun 
 
 __all__ = ["run_command", "campaign_devices", "ABANDON_GRACE"]
 
+#: The most of a run's budget one finding's explanation may take (``--explain-budget`` caps it in seconds too).
+EXPLAIN_SHARE = 0.1
+
 #: Seconds the case in flight may go on after a stop was asked before it is abandoned.
 ABANDON_GRACE = 3.0
 #: Hits of one known bug after which a run stops drawing cases like its hits (``--no-steer``: never).
@@ -280,7 +283,9 @@ class _Run:
         saved = load_entry(path)
         if saved.known is not None or saved.explanation is not None or self.stop.reason:
             return
-        deadline = min(self.budget_end, time.monotonic() + self.config.explain_budget)
+        # A short run keeps most of its budget for the search: one finding's explanation takes at most a tenth of it.
+        seconds = min(self.config.explain_budget, EXPLAIN_SHARE * self.config.budget)
+        deadline = min(self.budget_end, time.monotonic() + seconds)
         explanation = explain_case(
             saved.case,
             saved.signature,
