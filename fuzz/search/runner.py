@@ -283,6 +283,8 @@ class _Run:
         saved = load_entry(path)
         if saved.known is not None or saved.explanation is not None or self.stop.reason:
             return
+        if time.monotonic() >= self.budget_end:  # the run is stopping: the entry says its explanation is unfinished
+            return
         # A short run keeps most of its budget for the search: one finding's explanation takes at most a tenth of it.
         seconds = min(self.config.explain_budget, EXPLAIN_SHARE * self.config.budget)
         deadline = min(self.budget_end, time.monotonic() + seconds)
