@@ -117,7 +117,7 @@ class Known:
                 return False
         elif not any(covers("torch", v) for v in {torch_version, save_torch or torch_version}):
             return False
-        installed = framework_versions if framework_versions is not None else installed_versions(self.frameworks)
+        installed = self._installed(framework_versions)
         return all(name in installed and covers(name, installed[name]) for name in self.frameworks)
 
     def _covers(self, name: str, version: str) -> bool:
@@ -126,10 +126,14 @@ class Known:
             self.upper.get(name) == "last-checked" and _above_upper_end(specifier, version)
         )
 
+    def _installed(self, framework_versions: dict[str, str] | None) -> dict[str, str]:
+        """``framework_versions`` where given, else the versions of the entry's frameworks installed here."""
+        return framework_versions if framework_versions is not None else installed_versions(self.frameworks)
+
     def _versions_in_use(
         self, torch_version: str, framework_versions: dict[str, str] | None, save_torch: str | None
     ) -> dict[str, str]:
-        installed = framework_versions if framework_versions is not None else installed_versions(self.frameworks)
+        installed = self._installed(framework_versions)
         if self.save_torch:
             in_use = {"torch": torch_version, **({"save_torch": save_torch} if save_torch else {})}
         else:
@@ -142,26 +146,34 @@ class Known:
         """The versions in use above a ``last-checked`` upper end, each as "accelerate 1.16.0 (last checked:
         <=1.15.0)": the bug is presumed there, unconfirmed. A failure there extends the range; a pass may be
         a fix (check it, then say ``fixed-in``)."""
-        return [
-            f"{name} {version} (last checked: {self.ranges()[name]})"
-            for name, version in self._versions_in_use(torch_version, framework_versions, save_torch).items()
-            if self.upper.get(name) == "last-checked" and _above_upper_end(self.ranges()[name], version)
-        ]
+        return self._above("last-checked", "last checked", torch_version, framework_versions, save_torch)
 
     def past_fix(
         self, torch_version: str, framework_versions: dict[str, str] | None = None, *, save_torch: str | None = None
     ) -> list[str]:
         """The versions in use at or above a ``fixed-in`` upper end, each as "torch 2.14.1 (fixed in: <2.14)":
         there the case is expected to pass, and failing the same way again is a regression."""
+        return self._above("fixed-in", "fixed in", torch_version, framework_versions, save_torch)
+
+    def _above(
+        self,
+        meaning: str,
+        words: str,
+        torch_version: str,
+        framework_versions: dict[str, str] | None,
+        save_torch: str | None,
+    ) -> list[str]:
+        """The versions in use above an upper end that means ``meaning``, each with the range, in ``words``."""
+        ranges = self.ranges()
         return [
-            f"{name} {version} (fixed in: {self.ranges()[name]})"
+            f"{name} {version} ({words}: {ranges[name]})"
             for name, version in self._versions_in_use(torch_version, framework_versions, save_torch).items()
-            if self.upper.get(name) == "fixed-in" and _above_upper_end(self.ranges()[name], version)
+            if self.upper.get(name) == meaning and _above_upper_end(ranges[name], version)
         ]
 
     def out_of_range(self, framework_versions: dict[str, str] | None = None) -> str:
         """The installed framework versions outside the entry's ranges (say, a fixed release), or ''."""
-        installed = framework_versions if framework_versions is not None else installed_versions(self.frameworks)
+        installed = self._installed(framework_versions)
         return ", ".join(
             f"{name} {installed[name]} (known for {spec})"
             for name, spec in self.frameworks.items()
