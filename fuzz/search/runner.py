@@ -234,7 +234,7 @@ class _Run:
     def on_finding(self, finding: Finding) -> None:
         """Save the finding at once (nothing later may lose it), then explain it inside the budget and keep the
         explanation in its entry; what did not finish is said, with the command that finishes it."""
-        from shardfuzz.findings.corpus import entry_for, save_entry
+        from shardfuzz.findings.corpus import entry_for, load_entry, save_entry
         from shardfuzz.targets import framework_of, support_for
 
         alone = self._alone(finding.case) if self.torches is not None else None
@@ -261,11 +261,12 @@ class _Run:
             )
             return
         self.corpus_files[finding.signature] = str(path)
+        saved = load_entry(path)  # the entry as it stands: this finding's, or one it merged into
         if explaining:
-            self._explain(path)
+            saved = self._explain(path, saved)
         self.progress.message(
             f"NEW [{finding.verdict.triage}] {finding.verdict.summary()[:150]}\n     saved {path}"
-            + self._what_is_left(path, finding)
+            + self._what_is_left(path, saved, finding)
             + self._own_bug_of(entry, alone or {})
             + (
                 "\n     not run under each torch alone: the run was stopping (`shardfuzz replay` with both Pythons can)"
@@ -274,17 +275,16 @@ class _Run:
             )
         )
 
-    def _explain(self, path: Path) -> None:
-        """Run the neighbours of the entry at ``path`` (if it is new: a finding may have merged into an entry
-        already there) until the explain budget or the run's ends, and keep what they measured in it."""
-        from shardfuzz.findings.corpus import load_entry, rewrite_entry
+    def _explain(self, path: Path, saved):
+        """Run the neighbours of ``saved``, the entry at ``path`` (if it is new: a finding may have merged into an
+        entry already there), until the explain budget or the run's ends; the entry, keeping what they measured."""
+        from shardfuzz.findings.corpus import rewrite_entry
         from shardfuzz.search.explain import explain_case, with_explanation
 
-        saved = load_entry(path)
         if saved.known is not None or saved.explanation is not None or self.stop.reason:
-            return
+            return saved
         if time.monotonic() >= self.budget_end:  # the run is stopping: the entry says its explanation is unfinished
-            return
+            return saved
         # A short run keeps most of its budget for the search: one finding's explanation takes at most a tenth of it.
         seconds = min(self.config.explain_budget, EXPLAIN_SHARE * self.config.budget)
         deadline = min(self.budget_end, time.monotonic() + seconds)
@@ -296,15 +296,15 @@ class _Run:
             deadline=deadline,
             torch_version=str(self.meta.get("torch", "")),
         )
-        rewrite_entry(path, with_explanation(saved, explanation))
+        explained = with_explanation(saved, explanation)
+        rewrite_entry(path, explained)
         self.explanations[saved.signature] = explanation.summary()
+        return explained
 
-    def _what_is_left(self, path: Path, finding: Finding) -> str:
-        """What did not finish for the finding at ``path``, each with the command that finishes it."""
+    def _what_is_left(self, path: Path, saved, finding: Finding) -> str:
+        """What did not finish for ``finding``, saved as ``saved`` at ``path``, each with the command that finishes it."""
         from shardfuzz.findings.campaign_result import UNFINISHED
-        from shardfuzz.findings.corpus import load_entry
 
-        saved = load_entry(path)
         lines = []
         if not finding.shrunk:
             lines.append(
