@@ -6,7 +6,8 @@ from pathlib import Path
 import attrs
 import pytest
 
-from shardfuzz.case import DDP, FSDP1, FSDP2, SGD, Adam, Case, Linear, Model, Sequential, Side, dimensions
+from shardfuzz.case import DDP, FSDP1, FSDP2, SGD, Adam, AdamW, Case, Linear, Model, Sequential, Side, dimensions
+from shardfuzz.case.conditions import wider_than
 from shardfuzz.findings.corpus import entry_for, load_corpus
 from shardfuzz.findings.known import Known
 from shardfuzz.search.explain import explain_case, neighbours, realistic_case, with_explanation
@@ -99,12 +100,11 @@ def _explained_known_entries():
 
 @pytest.mark.parametrize("entry", _explained_known_entries() or [pytest.param(None, marks=pytest.mark.skip)])
 def test_a_known_entry_is_constrained_by_every_value_its_failure_needs(entry):
-    """Each labelled dimension whose change made the case pass is in ``known.when`` with the case's value: a
-    ``when`` widened past the measurement would count a failure outside the bug's trigger as this bug."""
-    assert entry.known.when.items() >= entry.explanation.necessary.items(), (
-        "known.when is wider than the measured conditions: "
-        f"{sorted(entry.explanation.necessary.items() - entry.known.when.items())}"
-    )
+    """Each labelled dimension whose change made the case pass is in ``known.when``, admitting no value the
+    measurement did not see fail: a ``when`` widened past the measurement would count a failure outside the
+    bug's trigger as this bug."""
+    wider = wider_than(entry.known.when, entry.explanation.necessary)
+    assert not wider, f"known.when is wider than the measured conditions at {wider}"
 
 
 def test_the_when_check_fails_on_a_widened_when():
@@ -114,11 +114,16 @@ def test_the_when_check_fails_on_a_widened_when():
     widened = attrs.evolve(explained, known=attrs.evolve(explained.known, when={}))
     with pytest.raises(AssertionError, match="wider than the measured conditions"):
         test_a_known_entry_is_constrained_by_every_value_its_failure_needs(widened)
+    another_value = {**explained.known.when, "optimizer": "adam|sgd"}  # Adam was measured failing otherwise
+    widened = attrs.evolve(explained, known=attrs.evolve(explained.known, when=another_value))
+    with pytest.raises(AssertionError, match=r"wider than the measured conditions at \['optimizer'\]"):
+        test_a_known_entry_is_constrained_by_every_value_its_failure_needs(widened)
 
 
-def test_an_explained_known_bug_is_masked_from_the_first_draw_where_it_does_not_vary_freely(tmp_path):
-    """Steering masks an explained known bug from the start: its case's values on every dimension the
-    explanation did not find free, so the campaign spends no time finding it again, and nothing else."""
+def test_an_explained_known_bug_is_masked_from_the_first_draw_under_its_measured_conditions(tmp_path):
+    """Steering masks an explained known bug from the start under the conditions its explanation measured
+    (its ``known.when``), so the campaign spends no time finding it again; the corpus case's other values are
+    there only to narrow the mask if a probe of it misses."""
     from shardfuzz.findings.corpus import save_entry
     from shardfuzz.search.run_config import RunConfig
     from shardfuzz.search.runner import _Run
@@ -131,10 +136,25 @@ def test_an_explained_known_bug_is_masked_from_the_first_draw_where_it_does_not_
         RunConfig(corpus=tmp_path, plain=True), target=DEFAULT_TARGET, torchrun=False, world_size=2, devices=("cpu",),
         database=None,
     )  # fmt: skip
-    (mask,) = run.expected().values()
-    assert mask["load_engine"] == "fsdp1" and mask["optimizer"] == "sgd"
-    assert not set(mask) & set(explanation.free)
-    assert mask.items() >= entry.known.when.items()
+    (expectation,) = run.expected().values()
+    assert expectation.measured and dict(expectation.conditions) == entry.known.when
+    assert expectation.conditions["load_engine"] == "fsdp1" and expectation.conditions["optimizer"] == "sgd"
+    assert not set(expectation.conditions) & set(explanation.free)
+    assert expectation.case == dimensions(CASE)
+
+
+def test_a_value_the_failure_shares_with_some_changes_is_a_condition_on_them_all():
+    """AdamW -> SGD passes but AdamW -> Adam fails the same way: the optimizer is a condition, met by either."""
+
+    def adam_or_adamw_fails(case):
+        return ERROR if type(case.optimizer).__name__ in ("Adam", "AdamW") else Verdict("pass")
+
+    case = attrs.evolve(CASE, optimizer=AdamW())
+    explanation = explain_case(case, ERROR.signature(), adam_or_adamw_fails)
+    assert explanation.necessary["optimizer"] == "adam|adamw"
+    assert "optimizer" not in explanation.free
+    assert Known("x", ">=2.0", when=explanation.necessary).matches(attrs.evolve(CASE, optimizer=Adam()))
+    assert not Known("x", ">=2.0", when=explanation.necessary).matches(CASE)  # SGD
 
 
 def test_the_realistic_case_keeps_the_options_the_failure_needs():

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from attrs import frozen
 
+from shardfuzz.case.conditions import compatible, generalize
 from shardfuzz.findings.corpus import Entry
 
 __all__ = ["Bug", "apart", "bugs_of", "root_cause"]
@@ -112,22 +113,22 @@ def _kind(name: str, members: list[tuple[Path, Entry]]) -> str:
 
 
 def apart(entries: Iterable[tuple[Path, Entry]]) -> list[str]:
-    """Pairs of entries of two different bugs that one failure could match both of (the same signature and
-    target, and ``known.when`` conditions that do not contradict each other), as messages; [] when every
-    failure can belong to one bug only."""
-    known = [(path, entry) for path, entry in entries if entry.known is not None]
+    """Pairs of bugs that one failure could match both of (entries with the same signature, target and torches, and
+    conditions that do not contradict each other: each bug's as ``KnownBugs.conditions`` generalizes its
+    entries'), as messages; [] when every failure can belong to one bug only."""
+    groups: dict[tuple[str, str, str, str], list[tuple[Path, Entry]]] = {}
+    for path, entry in entries:  # a bug across two torches never meets a bug of one in the same run
+        if entry.known is not None:
+            key = (entry.signature, entry.target, entry.known.save_torch, entry.known.bug or path.stem)
+            groups.setdefault(key, []).append((path, entry))
+    conditions = {key: generalize([entry.when for _, entry in members]) for key, members in groups.items()}
+    keys = sorted(groups)
     clashes = []
-    for i, (path, entry) in enumerate(known):
-        for other_path, other in known[i + 1 :]:
-            assert entry.known is not None and other.known is not None
-            if (entry.known.bug or path.stem) == (other.known.bug or other_path.stem):
-                continue
-            if (entry.signature, entry.target) != (other.signature, other.target):
-                continue
-            when, other_when = entry.known.when, other.known.when
-            if all(other_when.get(name, value) == value for name, value in when.items()):
-                clashes.append(
-                    f"{path.stem} ({entry.known.bug or 'no bug name'}) and {other_path.stem} "
-                    f"({other.known.bug or 'no bug name'}): same signature, conditions that do not exclude each other"
+    for i, key in enumerate(keys):
+        for other in keys[i + 1 :]:
+            if key[:3] == other[:3] and compatible(conditions[key], conditions[other]):
+                names = " and ".join(
+                    f"{', '.join(path.stem for path, _ in groups[each])} ({each[3]})" for each in (key, other)
                 )
+                clashes.append(f"{names}: same signature, conditions that do not exclude each other")
     return clashes

@@ -28,8 +28,9 @@ import attrs
 from attrs import field, frozen
 from attrs.validators import in_, instance_of
 
-from shardfuzz.case import Case, describe_structure_error, dumps, from_dict, make_converter
+from shardfuzz.case import Case, describe_structure_error, dimensions, dumps, from_dict, make_converter
 from shardfuzz.case._validators import ints, strings
+from shardfuzz.case.conditions import generalize, meets
 from shardfuzz.findings.device_check import DeviceCheck
 from shardfuzz.findings.explanation import Explanation
 from shardfuzz.findings.known import Known
@@ -119,6 +120,11 @@ class Entry:
     @property
     def triage(self) -> str:
         return TRIAGE_CLASSES[self.status]
+
+    @property
+    def when(self) -> dict[str, str]:
+        """The conditions a failure must meet to be this entry's bug (``known.when``); {} where not triaged."""
+        return self.known.when if self.known is not None else {}
 
     @property
     def costs_a_restart(self) -> bool:
@@ -363,21 +369,36 @@ def load_corpus(directory: str | os.PathLike) -> tuple[list[tuple[Path, Entry]],
 class KnownBugs(dict):
     """Canonical signature -> the entries that are known bugs on this torch with that signature.
 
-    ``lookup(signature, case)`` is the question to ask of a failure: an entry with the
-    same canonical signature whose ``known.when`` dimensions the case has. Several
-    entries may share a signature, told apart by their ``when`` conditions.
+    ``lookup(signature, case)`` is the question to ask of a failure: an entry with the same canonical
+    signature whose bug's conditions the case meets. Several entries may share a signature, told apart by
+    their ``known.when`` conditions; entries of one bug add up to the bug's conditions (``conditions``).
     """
 
+    def conditions(self, signature: str) -> dict[str, tuple[list[Entry], dict[str, str]]]:
+        """Bug name -> its entries with this signature, and the conditions a failure must meet to be that bug:
+        one entry's ``known.when``, or what several entries' conditions generalize to (``case.conditions``:
+        a value the bug's entries each need but differ in is no condition of the bug)."""
+        groups: dict[str, list[Entry]] = {}
+        for entry in self.get(canonical_signature(signature), ()):
+            groups.setdefault(
+                entry.known.bug if entry.known is not None and entry.known.bug else entry.title, []
+            ).append(entry)
+        return {bug: (entries, generalize([entry.when for entry in entries])) for bug, entries in groups.items()}
+
     def lookup(self, signature: str, case: Case | None = None) -> Entry | None:
-        """The known entry this failure is a finding of, or None: none matches, or entries of two different bugs
-        match (their triggers overlap, ``bugs.apart`` lists such pairs): the corpus cannot tell which bug it is, so
-        it is reported as new rather than counted under the wrong one."""
-        matching = [
-            entry for entry in self.get(canonical_signature(signature), ()) if case is None or entry.known.matches(case)
-        ]
-        if case is not None and len({entry.known.bug or entry.title for entry in matching}) > 1:
+        """The known entry this failure is a finding of (one whose own ``when`` it meets, else its bug's first),
+        or None: none matches, or two different bugs match (their triggers overlap, ``bugs.apart`` lists such
+        pairs): the corpus cannot tell which bug it is, so it is reported as new rather than counted under the
+        wrong one."""
+        entries = self.get(canonical_signature(signature), ())
+        if case is None:
+            return entries[0] if entries else None
+        dims = dimensions(case)
+        matching = [group for group, when in self.conditions(signature).values() if meets(dims, when)]
+        if len(matching) != 1:
             return None
-        return matching[0] if matching else None
+        (group,) = matching
+        return next((entry for entry in group if meets(dims, entry.when)), group[0])
 
     def bug(self, signature: str) -> str:
         """The name of the bug a signature's first entry is a finding of (its file's title where it names none)."""

@@ -7,6 +7,7 @@ from attrs.validators import in_, instance_of
 
 from shardfuzz.case import Case, dimensions
 from shardfuzz.case._validators import strings
+from shardfuzz.case.conditions import meets
 from shardfuzz.findings.triage import KINDS, Upstream
 from shardfuzz.targets.registry import installed_versions
 
@@ -25,7 +26,8 @@ class Known:
     torch: str = field(validator=instance_of(str))  # a PEP 440 specifier set, e.g. ">=2.11,<2.14"
     link: str = field(default="", validator=instance_of(str))
     seen: tuple[str, ...] = field(default=(), converter=strings)  # torch builds it was reproduced on
-    # Case dimensions (``case.dimensions``) a failure must also have to count as this bug.
+    # Case dimensions (``case.dimensions``) a failure must also have to count as this bug (``case.conditions``:
+    # a value, or values joined by "|", any of which will do).
     # A silent-corruption signature ("values differ" on a key pattern) is broad: without
     # this, a new corruption on the same key would pass as this known one.
     when: dict[str, str] = field(factory=dict)
@@ -79,8 +81,7 @@ class Known:
         return {"torch": self.torch, **({"save_torch": self.save_torch} if self.save_torch else {}), **self.frameworks}
 
     def matches(self, case: Case) -> bool:
-        dims = dimensions(case)
-        return all(dims.get(name) == value for name, value in self.when.items())
+        return meets(dimensions(case), self.when)
 
     @torch.validator
     def _specifier(self, attribute, value):

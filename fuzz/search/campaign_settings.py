@@ -10,6 +10,7 @@ from attrs.validators import deep_iterable, deep_mapping, ge, in_, instance_of, 
 from hypothesis.database import ExampleDatabase
 
 from shardfuzz.case import DEVICES, Model, UserModel
+from shardfuzz.search.steering import Expectation
 from shardfuzz.targets.support import TargetSupport
 
 __all__ = ["CampaignSettings"]
@@ -24,7 +25,12 @@ def _example_database(instance: object, attribute: object, value: ExampleDatabas
         raise TypeError(f"database must be a Hypothesis ExampleDatabase or None, got {type(value).__name__}")
 
 
-_CONDITIONS = deep_mapping(instance_of(str), instance_of(str))  # dimension -> value
+def _expectations(value: Mapping[str, Expectation | Mapping[str, str]]) -> dict[str, Expectation]:
+    """Signature -> ``Expectation``; plain conditions (dimension -> value) are a person's, unmeasured."""
+    return {
+        signature: each if isinstance(each, Expectation) else Expectation(dict(each))
+        for signature, each in value.items()
+    }
 
 
 @frozen(kw_only=True)
@@ -55,8 +61,8 @@ class CampaignSettings:
     for a hang or a crash), draws like its hits are filtered out (``shardfuzz.search.steering``: the
     fewest dimension values its hits share that set them apart from the other cases run; one masked
     draw in ten still runs, to check the mask). ``expected`` masks known bugs from the first draw
-    (signature -> conditions): those whose every hit costs a restart, under the conditions their
-    corpus entries record.
+    (signature -> ``Expectation``, or plain conditions): those whose conditions an explanation
+    measured, and those whose every hit costs a restart, under the conditions their corpus entries record.
 
     ``polish``: once Hypothesis has finished shrinking a finding, or used its share of the shrink
     budget (``HYPOTHESIS_SHRINK_SHARE``), a greedy descent over one-step-simpler cases
@@ -78,8 +84,8 @@ class CampaignSettings:
     vary_storage: bool = field(default=True, validator=instance_of(bool))
     support: TargetSupport | None = field(default=None, validator=optional(instance_of(TargetSupport)))
     steer_after: int | None = field(default=None, validator=optional([instance_of(int), ge(1)]))
-    expected: Mapping[str, Mapping[str, str]] = field(
-        factory=dict, validator=deep_mapping(instance_of(str), _CONDITIONS)
+    expected: Mapping[str, Expectation] = field(
+        factory=dict, converter=_expectations, validator=deep_mapping(instance_of(str), instance_of(Expectation))
     )
     polish: bool = field(default=True, validator=instance_of(bool))
     model: Model | UserModel | None = field(default=None, validator=optional(instance_of((Model, UserModel))))

@@ -48,6 +48,7 @@ from shardfuzz.case import (
     dimensions,
     shard_count,
 )
+from shardfuzz.case.conditions import one_of
 from shardfuzz.executor.stop import StopRequested
 from shardfuzz.findings.corpus import Entry
 from shardfuzz.findings.explanation import Explanation, Neighbour
@@ -295,7 +296,7 @@ def explain_case(
     (``time.monotonic()``), the neighbours left are not run and the explanation says it is incomplete."""
     rows: list[Neighbour] = []
     complete = True
-    changed: list[tuple[Neighbour, set[str]]] = []
+    changed: list[tuple[Neighbour, set[str], dict[str, str]]] = []  # each row, the labels it changed, its values
     before = dimensions(case)
     for dimension, change, neighbour in neighbours(case):
         if deadline is not None and time.monotonic() > deadline:
@@ -319,7 +320,7 @@ def explain_case(
         own = [label for label in labels if not _derived(label)]
         row = Neighbour(own[0] if len(own) == 1 else dimension, change, outcome, detail)
         rows.append(row)
-        changed.append((row, labels))
+        changed.append((row, labels, after))
     realistic, edges = "", tuple[str, ...]()
     necessary = _necessary(changed, before)
     nearest = realistic_case(case, necessary)
@@ -353,24 +354,34 @@ def _derived(label: str) -> bool:
     return label in ("resharded", "optimizer_state") or label.endswith(("_empty_shard", "_uneven_split"))
 
 
-def _necessary(changed: list[tuple[Neighbour, set[str]]], before: dict[str, str]) -> dict[str, str]:
+def _necessary(changed: list[tuple[Neighbour, set[str], dict[str, str]]], before: dict[str, str]) -> dict[str, str]:
     """The case's value of every labelled dimension a passing neighbour changed, save those a neighbour changed
     and still failed the same way (an engine's change also changes its options' labels: the options' own
-    neighbours say whether they matter)."""
-    free = {label for row, labels in changed if row.outcome == "same failure" for label in labels}
-    return {
-        label: before[label]
-        for row, labels in changed
-        if row.outcome == "passes"
-        for label in sorted(labels - free)
-        if label in before
-    }
+    neighbours say whether they matter). Where one change of a label passed and another failed the same way
+    (AdamW -> SGD passes, AdamW -> Adam does not), the condition admits the values seen failing ("adam|adamw")."""
+    failing: dict[str, set[str]] = {}
+    for row, labels, after in changed:
+        if row.outcome == "same failure":
+            for label in labels:
+                failing.setdefault(label, {before.get(label, "")}).add(after.get(label, ""))
+    necessary = {}
+    for row, labels, _ in changed:
+        if row.outcome != "passes":
+            continue
+        for label in sorted(labels):
+            if label not in before:
+                continue
+            if label not in failing:
+                necessary[label] = before[label]
+            elif not _derived(label) and row.dimension == label:  # the label's own change passed
+                necessary[label] = one_of(failing[label])
+    return necessary
 
 
-def _free(changed: list[tuple[Neighbour, set[str]]]) -> tuple[str, ...]:
+def _free(changed: list[tuple[Neighbour, set[str], dict[str, str]]]) -> tuple[str, ...]:
     """The dimensions whose every neighbour that ran failed the same way."""
     outcomes: dict[str, set[str]] = {}
-    for row, _ in changed:
+    for row, _, _ in changed:
         outcomes.setdefault(row.dimension, set()).add(row.outcome)
     return tuple(sorted(dimension for dimension, seen in outcomes.items() if seen == {"same failure"}))
 

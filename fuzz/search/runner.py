@@ -20,6 +20,7 @@ from shardfuzz.executor.stop import EXIT_CODES, StopFlag, StopRequested
 from shardfuzz.findings.campaign_result import CampaignResult, Finding
 from shardfuzz.findings.report_output import print_summary, write_reports
 from shardfuzz.search.run_config import RunConfig
+from shardfuzz.search.steering import Expectation
 from shardfuzz.verdict import Verdict
 
 if TYPE_CHECKING:  # the campaign's modules import Hypothesis, which a torchrun follower never imports
@@ -400,19 +401,25 @@ class _Run:
             deadlines=None if config.generic_deadlines else MeasuredDeadlines(),
         )
 
-    def expected(self) -> dict:
-        """Known bugs masked from the first draw: every explained one, under its case's values on each dimension its
-        explanation did not find free (the measurement says the rest of the space is not this bug); one whose every hit
-        costs a restart, under ``known.when`` where it is not explained."""
+    def expected(self) -> dict[str, Expectation]:
+        """Known bugs masked from the first draw, by signature: a bug an explanation measured (one of its entries
+        with that signature explained in full), under its measured conditions (``KnownBugs.conditions``: its
+        entries' ``known.when``, generalized across them); one whose every hit costs a restart, under
+        ``known.when`` where it is not explained. A signature two bugs share, or a bug with no condition, is
+        left to the masks the run learns."""
         masks = {}
         for signature, entries in self.known.items():
-            entry = entries[0]
-            if entry.explanation is not None and entry.explanation.complete:
-                free = set(entry.explanation.free)
-                own = {label: value for label, value in dimensions(entry.case).items() if label not in free}
-                masks[signature] = {**own, **entry.known.when}
-            elif entry.costs_a_restart and entry.known.when:
-                masks[signature] = entry.known.when
+            bugs = self.known.conditions(signature)
+            if len(bugs) != 1:
+                continue
+            ((members, conditions),) = bugs.values()
+            costly = any(entry.costs_a_restart for entry in members)
+            explained = [entry for entry in members if entry.explanation is not None and entry.explanation.complete]
+            if explained and conditions:
+                case = dimensions(explained[0].case)
+                masks[signature] = Expectation(conditions, measured=True, case=case, costly=costly)
+            elif costly and entries[0].known.when:
+                masks[signature] = Expectation(entries[0].known.when)
         return masks
 
     def campaign_settings(self) -> CampaignSettings:

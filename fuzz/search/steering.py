@@ -20,8 +20,9 @@ from collections.abc import Callable, Iterable, Mapping
 import attrs
 
 from shardfuzz.case import Case, dimensions
+from shardfuzz.case.conditions import meets
 
-__all__ = ["PROBE_EVERY", "Steering", "separating_conditions"]
+__all__ = ["PROBE_EVERY", "Expectation", "Steering", "separating_conditions"]
 
 #: One in this many draws that a mask would hide is run anyway (a probe of the mask).
 PROBE_EVERY = 10
@@ -67,7 +68,7 @@ def separating_conditions(
         left = still
     for name in list(chosen):  # an early pick that later ones made redundant goes (a narrower mask than needed)
         value = chosen.pop(name)
-        if sum(1 for other in others_seen if _meets(other, chosen)) > len(left):
+        if sum(1 for other in others_seen if meets(other, chosen)) > len(left):
             chosen[name] = value
     if not chosen:
         chosen = dict(candidates)
@@ -76,15 +77,23 @@ def separating_conditions(
     return chosen
 
 
-def _meets(dims: Mapping[str, str], conditions: Mapping[str, str]) -> bool:
-    return all(dims.get(name) == value for name, value in conditions.items())
-
-
 def _probe(case: Case, confirmed: int = 0) -> bool:
     """Whether a masked draw is run anyway, for a mask whose last ``confirmed`` probes hit its bug: a stable
     function of the case, so that Hypothesis sees the same answer each time it draws it, and a seed repeats
     a run's draws."""
     return zlib.crc32(repr(case).encode()) % (PROBE_EVERY << min(confirmed, MAX_PROBE_HALVINGS)) == 0
+
+
+@attrs.frozen
+class Expectation:
+    """A known bug to mask from the first draw: the ``conditions`` its corpus entries record (``known.when``);
+    ``measured`` when an explanation measured them (then ``case``, its corpus case's dimensions, offers the
+    values that narrow the mask if a probe misses); ``costly`` when each of its hits costs a restart."""
+
+    conditions: Mapping[str, str]
+    measured: bool = False
+    case: Mapping[str, str] = attrs.Factory(dict)
+    costly: bool = True
 
 
 @attrs.define
@@ -109,15 +118,27 @@ class Steering:
     _costly: set = attrs.Factory(set)
     _history: deque = attrs.Factory(lambda: deque(maxlen=HISTORY))  # (dimensions, known signature or None)
     _stale: set = attrs.Factory(set)
+    _required: dict[str, dict[str, str]] = attrs.Factory(dict)  # known signature -> its measured conditions
 
-    def expect(self, signature: str, conditions: Mapping[str, str]) -> None:
-        """Mask a known bug from the first draw: one whose hits each cost a restart, under the conditions its
-        corpus entry records (``known.when``), triaged by a person. Its corpus case counts as its first hit,
-        and it is probed at the rarest rate from the start; probes and hits refine it like any other mask."""
-        self.masks[signature] = dict(conditions)
-        self._candidates[signature] = dict(conditions)
+    def expect(self, signature: str, expectation: Expectation | Mapping[str, str]) -> None:
+        """Mask a known bug from the first draw (``Expectation``); its corpus case counts as its first hit.
+
+        Triaged by a person (not ``measured``): a bug whose hits each cost a restart, probed at the rarest
+        rate from the start; probes and hits refine the mask like any other. Measured by an explanation: the
+        conditions are the bug's own, so every mask of it keeps them; a probe that misses narrows it with
+        values of its corpus case that its hits share, and it starts at the usual probe rate."""
+        if not isinstance(expectation, Expectation):
+            expectation = Expectation(dict(expectation))
+        conditions = dict(expectation.conditions)
+        self.masks[signature] = conditions
         self._hits[signature] += 1
-        self._costly.add(signature)
+        if expectation.costly:
+            self._costly.add(signature)
+        if expectation.measured:
+            self._required[signature] = dict(conditions)
+            self._candidates[signature] = dict(expectation.case)
+            return
+        self._candidates[signature] = dict(conditions)
         self.confirmed[signature] = MAX_PROBE_HALVINGS
 
     def wanted(self, case: Case) -> bool:
@@ -126,7 +147,7 @@ class Steering:
             return True
         dims = dimensions(case)
         for signature, conditions in self.masks.items():
-            if _meets(dims, conditions):
+            if meets(dims, conditions):
                 # A costly bug's mask starts two halvings in: each probe that hits it costs a restart.
                 if _probe(case, self.confirmed[signature] + 2 * (signature in self._costly)):
                     self.probes[signature] += 1
@@ -140,7 +161,7 @@ class Steering:
         when that hit left ranks to restart (``Verdict.leaves_ranks_stuck``)."""
         dims = dimensions(case)
         for signature, conditions in self.masks.items():
-            if _meets(dims, conditions):  # a probe (or drawn before the mask formed)
+            if meets(dims, conditions):  # a probe (or drawn before the mask formed)
                 if signature == known_signature:
                     self.confirmed[signature] += 1
                 else:  # it missed: narrow the mask
@@ -163,19 +184,24 @@ class Steering:
     def update(self) -> None:
         """Recompute the masks that cases seen since the last update bear on."""
         for signature in sorted(self._stale):
-            if signature not in self._costly and self._hits[signature] < self.after:
+            required = self._required.get(signature, {})
+            if not required and signature not in self._costly and self._hits[signature] < self.after:
                 continue
-            others = (dims for dims, hit in self._history if hit != signature)
+            others = [dims for dims, hit in self._history if hit != signature and meets(dims, required)]
+            if required and not others:
+                self.masks[signature] = dict(required)
+                continue
             costly = signature in self._costly
+            candidates = {k: v for k, v in self._candidates.get(signature, {}).items() if k not in required}
             mask = separating_conditions(
-                self._candidates[signature],
+                candidates,
                 self._hits[signature],
                 others,
                 min_precision=MIN_PRECISION_COSTLY if costly else MIN_PRECISION,
                 good_enough=GOOD_ENOUGH_COSTLY if costly else 1.0,
             )
-            if mask:
-                self.masks[signature] = mask
+            if mask is not None and (mask or required):
+                self.masks[signature] = {**required, **mask}
             else:
                 self.masks.pop(signature, None)
         self._stale.clear()

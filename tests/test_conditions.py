@@ -1,0 +1,110 @@
+"""Conditions on a case's dimensions: one value or several, a bug's conditions from its entries', and the
+masks that keep measured conditions."""
+
+from pathlib import Path
+
+import attrs
+import pytest
+
+from shardfuzz.case import DDP, FSDP1, FSDP2, SGD, Adam, Case, Linear, Model, Sequential, Side, dimensions
+from shardfuzz.case.conditions import compatible, generalize, meets, one_of, wider_than
+from shardfuzz.findings.bugs import apart
+from shardfuzz.findings.corpus import KnownBugs, entry_for, load_corpus
+from shardfuzz.findings.known import Known
+from shardfuzz.search.steering import Expectation, Steering, _probe
+from shardfuzz.verdict import RankError, Verdict
+
+CORPUS = Path(__file__).resolve().parent.parent / "corpus"
+ERROR = Verdict("error", errors=(RankError(0, "load", "KeyError", "'state'"),))
+
+
+def _case(load_ranks: int = 2, *, engine=None, optimizer=None, steps: int = 0) -> Case:
+    return Case(
+        model=Model(1, Sequential([Linear(1)])),
+        save=Side(DDP(), (1,)),
+        load=Side(engine or FSDP1(), (load_ranks,)),
+        optimizer=optimizer or SGD(),
+        steps=steps,
+    )
+
+
+def test_a_condition_admits_one_value_or_any_of_several():
+    dims = {"optimizer": "adam", "load_engine": "fsdp1"}
+    assert meets(dims, {"optimizer": "adam"}) and meets(dims, {"optimizer": one_of(["adamw", "adam"])})
+    assert not meets(dims, {"optimizer": "adamw"}) and not meets(dims, {"steps": "0"})
+    assert one_of(["b", "a", "b"]) == "a|b"
+    assert compatible({"optimizer": "adam|sgd"}, {"optimizer": "sgd", "steps": "1"})
+    assert not compatible({"optimizer": "adam|adamw"}, {"optimizer": "sgd"})
+    assert wider_than({"optimizer": "adam|sgd"}, {"optimizer": "adam|adamw", "steps": "0"}) == ["optimizer", "steps"]
+    assert wider_than({"optimizer": "adam", "steps": "0", "dtype": "float32"}, {"optimizer": "adam|adamw"}) == []
+
+
+@pytest.mark.parametrize(
+    "whens, general",
+    [
+        ([], {}),
+        ([{"a": "1", "b": "2"}], {"a": "1", "b": "2"}),
+        ([{"a": "1", "b": "2"}, {"a": "1", "b": "3"}], {"a": "1"}),  # each needs one value, not the same one
+        ([{"a": "1", "b": "2"}, {"a": "1"}], {"a": "1"}),  # one entry fails without b being measured
+        ([{"a": "1|2"}, {"a": "3"}], {"a": "1|2|3"}),  # a measured set grows by the other's value
+    ],
+)
+def test_a_bugs_conditions_are_what_its_entries_conditions_share(whens, general):
+    assert generalize(whens) == general
+
+
+def _entry(when: dict, bug: str, load_ranks: int = 2):
+    case = _case(load_ranks)
+    return attrs.evolve(entry_for(case, ERROR), known=Known("x", ">=2.0", when=when, bug=bug))
+
+
+def test_a_failure_is_its_bugs_where_it_meets_the_conditions_the_bugs_entries_share():
+    """Two entries of one bug, found at 3 and 4 load ranks: a third world size with the rest of their shared
+    conditions is that bug, not a new one; a case outside what they share is new."""
+    three = _entry({"load_engine": "fsdp1", "load_world_size": "3"}, "narrow")
+    four = _entry({"load_engine": "fsdp1", "load_world_size": "4"}, "narrow")
+    known = KnownBugs({three.signature: [three, four]})
+    assert known.lookup(ERROR.signature(), _case(2)) is three  # its bug's first entry
+    assert known.lookup(ERROR.signature(), _case(4)) is four  # the entry whose own when it meets
+    assert known.lookup(ERROR.signature(), _case(2, engine=FSDP2())) is None
+    alone = KnownBugs({three.signature: [three]})
+    assert alone.lookup(ERROR.signature(), _case(2)) is None  # one entry: its own conditions
+
+
+def test_a_failure_two_bugs_could_be_is_new_and_the_pair_is_listed():
+    first = _entry({"load_engine": "fsdp1"}, "one")
+    second = _entry({"optimizer": "sgd"}, "two")
+    known = KnownBugs({first.signature: [first, second]})
+    assert known.lookup(ERROR.signature(), _case(2)) is None
+    assert known.lookup(ERROR.signature(), _case(2, optimizer=Adam())) is first
+    assert len(apart([(Path("a.json"), first), (Path("b.json"), second)])) == 1
+
+
+#: The pairs of the corpus's bugs that one failure could match both of, each looked at: a failure meeting both
+#: is reported as new (``KnownBugs.lookup``). A new pair here is a new overlap to triage, or a `when` too wide.
+OVERLAPS = {
+    ("af1e26da2fe3e2f3", "ecf9b334b50207a3"),  # a stateless optimizer's DCP -> torch.save into compiled FSDP1
+    ("af1e26da2fe3e2f3", "fce9cde2f24184f1"),  # ... into FSDP1 with activation checkpointing
+}
+
+
+def test_the_corpus_bugs_one_failure_could_match_both_of_are_the_ones_looked_at():
+    entries, problems = load_corpus(CORPUS)
+    assert not problems
+    found = {
+        tuple(sorted(part.split(" (")[0] for part in clash.split(": ")[0].split(" and "))) for clash in apart(entries)
+    }
+    assert found == OVERLAPS
+
+
+def test_a_measured_mask_keeps_its_conditions_and_narrows_with_its_case_after_a_miss():
+    steering = Steering(after=3)
+    case = dimensions(_case(2, steps=1))
+    steering.expect("bug", Expectation({"load_engine": "fsdp1"}, measured=True, case=case, costly=False))
+    assert steering.masks["bug"] == {"load_engine": "fsdp1"}
+    miss = _case(2, steps=3)  # meets the mask, but the bug needs one step (a value of its case)
+    steering.observe(miss, None)
+    assert steering.masks["bug"]["load_engine"] == "fsdp1" and steering.masks["bug"]["steps"] == "1"
+    assert steering.wanted(miss) and steering.wanted(_case(2, engine=FSDP2()))
+    hidden = _case(2, steps=1)
+    assert not steering.wanted(hidden) or _probe(hidden)
