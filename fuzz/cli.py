@@ -396,6 +396,12 @@ def _explain_options(explain: argparse.ArgumentParser) -> None:
         action="store_false",
         help="print the explanation only (default: keep it in the entry, and its necessary values in known.when)",
     )
+    explain.add_argument(
+        "--reach",
+        action="store_true",
+        help="of an entry explained in full, measure again only its realistic case and which edge brings the "
+        "failure back (its neighbours are kept)",
+    )
     _across_options(explain)
 
 

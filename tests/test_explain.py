@@ -63,6 +63,29 @@ def test_a_failure_that_needs_an_edge_says_which():
     explanation = explain_case(CASE, ERROR.signature(), needs_a_narrow_layer)
     assert explanation.realistic == "passes" and explanation.bites_realistic_setups is False
     assert {"narrow", "one_element", "empty_shard"} <= set(explanation.edges)
+    # Put back one at a time, mildest first: on 2 shards, an uneven split passes; a one-element layer fails.
+    assert [(t.dimension, t.outcome) for t in explanation.edge_trials] == [
+        ("uneven_split", "passes"),
+        ("one_element", "same failure"),
+    ]
+    assert "fails the same way again with a layer of one element" in explanation.summary()
+
+
+@pytest.mark.parametrize(
+    "fails_on, needed",
+    [
+        (lambda case: any(w % 4 for _, _, w, _ in case.model.linears()), "uneven_split"),
+        (lambda case: dimensions(case)["load_empty_shard"] == "true", "empty_shard"),
+        (lambda case: min(w for _, _, w, _ in case.model.linears()) < 4, "narrow"),
+        (lambda case: 1 in [w for _, _, w, _ in case.model.linears()], "one_element"),
+    ],
+)
+def test_the_mildest_edge_that_brings_a_failure_back_is_measured(fails_on, needed):
+    """On 4 shards each edge can be put back alone: the trials stop at the first that fails the same way."""
+    case = attrs.evolve(CASE, load=Side(FSDP1(), (4,)), model=Model(1, Sequential([Linear(3), Linear(1)])))
+    explanation = explain_case(case, ERROR.signature(), lambda c: ERROR if fails_on(c) else Verdict("pass"))
+    assert explanation.realistic == "passes" and explanation.edge_needed.dimension == needed
+    assert explanation.edge_trials[-1].dimension == needed
 
 
 def test_the_realistic_case_splits_evenly_with_a_shard_on_every_rank():

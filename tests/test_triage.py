@@ -132,7 +132,7 @@ def test_a_bug_report_says_when_it_happens_and_keeps_related_threads_apart_from_
     entry = attrs.evolve(entry_for(CASE, ERROR), known=known(upstream=related_only), explanation=explanation)
     text = issue_text(entry, script="print()", env={})
     assert "- It needs: `load_engine=fsdp1`." in text
-    assert "At realistic widths it passes; the shrunk case stands on: a width below the world size." in text
+    assert "- Reach: it passes at realistic widths (the shrunk case stands on: a width below the world size)." in text
     assert "## Related (not this bug's report)\n\n- https://github.com/pytorch/pytorch/issues/2: another" in text
     assert "## Reported as" not in text
     reported = attrs.evolve(

@@ -21,7 +21,7 @@ def main(args: argparse.Namespace) -> int:
     from shardfuzz.executor.interpreters import InterpreterError
     from shardfuzz.findings.corpus import rewrite_entry
     from shardfuzz.findings.describe import describe
-    from shardfuzz.search.explain import explain_case, with_explanation
+    from shardfuzz.search.explain import explain_case, with_explanation, with_reach_measured
 
     try:
         interpreters = interpreters_of(args)
@@ -47,20 +47,27 @@ def main(args: argparse.Namespace) -> int:
         started = time.monotonic()
         try:
             with executor_for(interpreters, size, target=entry.target, case_timeout=args.case_timeout) as pool:
-                explanation = explain_case(
-                    entry.case,
-                    entry.signature,
-                    pool.run,
-                    cannot_run=pool.cannot_run,
-                    deadline=started + args.budget,
-                    torch_version=str(torch.__version__),
-                )
+                if args.reach and entry.explanation is not None and entry.explanation.complete:
+                    explanation = with_reach_measured(
+                        entry.explanation, entry.case, entry.signature, pool.run, cannot_run=pool.cannot_run
+                    )
+                else:
+                    explanation = explain_case(
+                        entry.case,
+                        entry.signature,
+                        pool.run,
+                        cannot_run=pool.cannot_run,
+                        deadline=started + args.budget,
+                        torch_version=str(torch.__version__),
+                    )
         except PoolStartError as exc:
             print(f"shardfuzz explain: {exc}", file=sys.stderr)
             return 2
         for row in explanation.neighbours:
             detail = f"  ({row.detail[:100]})" if row.detail else ""
             print(f"  {row.outcome:14} {row.dimension:34} {row.change}{detail}")
+        for row in explanation.edge_trials:
+            print(f"  {row.outcome:14} {'+ ' + row.dimension:34} {row.change}")
         print(f"{path.name}: {explanation.summary()}")
         print(f"  {len(explanation.neighbours)} neighbours in {time.monotonic() - started:.1f} s", file=sys.stderr)
         if args.record:

@@ -46,7 +46,8 @@ class Explanation:
     ``necessary``: ``{label: value}``, the case's value of each labelled dimension whose change made it pass.
     ``free``: the labels whose every change kept the same failure. ``realistic``: what the nearest realistic
     case did (a ``NEIGHBOUR_OUTCOMES`` value, or '' when there is none: a user's own model), ``edges``: the
-    ``EDGES`` keys the shrunk case has that the realistic one lacks. ``complete``: every neighbour ran (False:
+    ``EDGES`` keys the shrunk case has that the realistic one lacks; ``edge_trials``, which of them alone brings
+    the failure back to the realistic case. ``complete``: every neighbour ran (False:
     cut short by the budget or a stop; ``shardfuzz explain ENTRY`` runs it again whole)."""
 
     neighbours: tuple[Neighbour, ...] = field(converter=_rows)
@@ -57,6 +58,9 @@ class Explanation:
     complete: bool = field(default=True, validator=instance_of(bool))
     torch: str = ""
     date: str = ""
+    # Where the realistic case passes: the realistic case with one edge put back at a time, mildest first (the
+    # row's dimension is the ``EDGES`` key it adds), and what each did.
+    edge_trials: tuple[Neighbour, ...] = field(default=(), converter=_rows)
 
     @property
     def bites_realistic_setups(self) -> bool | None:
@@ -65,16 +69,31 @@ class Explanation:
             return None
         return self.realistic == "same failure"
 
+    @property
+    def edge_needed(self) -> Neighbour | None:
+        """The mildest edge whose trial failed the same way (None: none did, or none was tried)."""
+        return next((trial for trial in self.edge_trials if trial.outcome == "same failure"), None)
+
+    def reach(self) -> str:
+        """Whether it bites realistic widths, and if not, which edge brings it back: one line."""
+        if self.bites_realistic_setups is None:
+            return "realistic case not run" if not self.realistic else "realistic case not supported here"
+        if self.bites_realistic_setups:
+            return "fails the same way at realistic widths (even splits, >= 8x the mesh, 2+ layers)"
+        needed = self.edge_needed
+        if needed is not None:
+            return (
+                f"passes at realistic widths; fails the same way again with {EDGES[needed.dimension]} ({needed.change})"
+            )
+        if self.edge_trials:
+            tried = ", ".join(EDGES[trial.dimension] for trial in self.edge_trials)
+            return f"passes at realistic widths; no single edge brings it back (tried: {tried})"
+        edges = ", ".join(EDGES[e] for e in self.edges) or "none of the listed edges"
+        return f"passes at realistic widths (the shrunk case stands on: {edges})"
+
     def summary(self) -> str:
         """A few lines for ``describe``, the corpus table and bug reports."""
         needs = ", ".join(f"{label}={value}" for label, value in sorted(self.necessary.items())) or "nothing measured"
         free = ", ".join(self.free) or "none"
-        if self.bites_realistic_setups is None:
-            reach = "realistic case not run" if not self.realistic else "realistic case not supported here"
-        elif self.bites_realistic_setups:
-            reach = "fails the same way at realistic widths (even splits, >= 8x the mesh, 2+ layers)"
-        else:
-            edges = ", ".join(EDGES[e] for e in self.edges) or "none of the listed edges"
-            reach = f"passes at realistic widths (the shrunk case stands on: {edges})"
         cut = "" if self.complete else " (cut short: `shardfuzz explain ENTRY` finishes it)"
-        return f"needs: {needs}; varies freely: {free}; {reach}{cut}"
+        return f"needs: {needs}; varies freely: {free}; {self.reach()}{cut}"

@@ -52,6 +52,9 @@ def reach(entry: Entry) -> str:
         return "not measured" if explanation is None or not explanation.complete else "realistic case not run here"
     if explanation.bites_realistic_setups:
         return "realistic widths too"
+    needed = explanation.edge_needed
+    if needed is not None:
+        return f"passes at realistic widths; needs {EDGES[needed.dimension]}"
     return "passes at realistic widths" + (
         f" (shrunk case: {', '.join(EDGES[edge] for edge in explanation.edges)})" if explanation.edges else ""
     )

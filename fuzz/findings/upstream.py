@@ -13,7 +13,6 @@ import platform
 
 from shardfuzz.findings.corpus import Entry
 from shardfuzz.findings.describe import describe
-from shardfuzz.findings.explanation import EDGES
 from shardfuzz.findings.known_table import torch_range
 
 __all__ = ["PROMISES", "environment", "issue_text"]
@@ -154,13 +153,8 @@ def _conditions(explanation) -> list[str]:
         f"- It needs: {needs or 'no single value (every change tried kept a failure)'}.",
         f"- It does not depend on: {', '.join(f'`{d}`' for d in explanation.free) or 'nothing measured'}.",
     ]
-    if explanation.bites_realistic_setups:
-        lines.append("- It fails the same way at realistic widths (even splits, >= 8x the mesh, 2+ layers).")
-    elif explanation.bites_realistic_setups is False:
-        edges = ", ".join(EDGES[edge] for edge in explanation.edges)
-        lines.append(
-            f"- At realistic widths it passes; the shrunk case stands on: {edges or 'none of the listed edges'}."
-        )
+    if explanation.bites_realistic_setups is not None:
+        lines.append(f"- Reach: it {explanation.reach()}.")
     if not explanation.complete:
         lines.append("- The measurement was cut short: `shardfuzz explain ENTRY` finishes it.")
     return lines

@@ -46,6 +46,7 @@ from shardfuzz.case import (
     TrainingState,
     Unsharded,
     dimensions,
+    map_first_linear,
     shard_count,
 )
 from shardfuzz.case.conditions import one_of
@@ -54,7 +55,15 @@ from shardfuzz.findings.corpus import Entry
 from shardfuzz.findings.explanation import Explanation, Neighbour
 from shardfuzz.verdict import Verdict
 
-__all__ = ["explain_case", "neighbours", "realistic_case", "with_explanation"]
+__all__ = [
+    "edge_variants",
+    "explain_case",
+    "measure_reach",
+    "neighbours",
+    "realistic_case",
+    "with_explanation",
+    "with_reach_measured",
+]
 
 #: The side options a realistic case sets to their defaults, unless the failure needs the case's value (then the
 #: realistic case keeps it: compiling, activation checkpointing or mixed precision are realistic set-ups too).
@@ -269,6 +278,66 @@ def _edges(case: Case) -> tuple[str, ...]:
     return tuple(edge for edge, present in found.items() if present)
 
 
+def measure_reach(
+    nearest: Case,
+    signature: str,
+    run: Callable[[Case], Verdict],
+    *,
+    cannot_run: Callable[[Case], str] = lambda case: "",
+    admissible: Callable[[Case], str] = lambda case: "",
+) -> tuple[str, tuple[Neighbour, ...]]:
+    """What the realistic case ``nearest`` did (a ``NEIGHBOUR_OUTCOMES`` value), and where it passes or fails
+    otherwise, what each edge trial did (``edge_trials``): it again with one edge put back, mildest first, each
+    run until one fails the same way."""
+
+    def outcome(case: Case) -> tuple[str, str]:
+        why_not = cannot_run(case) or admissible(case)
+        if why_not:
+            return "not supported", why_not[:300]
+        try:
+            return _outcome(run(case), signature)
+        except ValueError as exc:
+            return "not supported", str(exc)[:300]
+
+    realistic = outcome(nearest)[0]
+    if realistic in ("same failure", "not supported"):
+        return realistic, ()
+    trials = []
+    for edge, change, variant in edge_variants(nearest):
+        trial = Neighbour(edge, change, *outcome(variant)) if variant is not None else None
+        if trial is None:
+            continue
+        trials.append(trial)
+        if trial.outcome == "same failure":
+            break
+    return realistic, tuple(trials)
+
+
+def edge_variants(case: Case) -> Iterator[tuple[str, str, Case | None]]:
+    """``(edge, change, variant)``: ``case`` (a realistic one) with its first Linear's width changed so that it
+    stands on one more ``EDGES`` edge, mildest first: an uneven split (every rank still holding a shard), a
+    rank's empty shard at a width no narrower than the shard count, a width below it, a one-element layer.
+    An edge the case's shard counts cannot show alone (an empty shard of a width >= 2 shards) is left out."""
+    model = case.model
+    if not isinstance(model, Model) or not model.linears():
+        return
+    width = model.linears()[0][2]
+    shards = max(shard_count(case.save), shard_count(case.load), *case.save.mesh_shape, *case.load.mesh_shape)
+    widths = {"uneven_split": width + 1} if shards > 1 else {}
+    empty = [w for w in range(shards, 4 * shards) if math.ceil(w / shards) * (shards - 1) >= w]
+    if empty and shards > 2:
+        widths["empty_shard"] = empty[0]
+    if shards > 2:
+        widths["narrow"] = shards - 1
+    widths["one_element"] = 1
+    for edge, new in widths.items():
+        changed = _or_none(
+            model, root=map_first_linear(model.root, lambda leaf, new=new: attrs.evolve(leaf, out_features=new))
+        )
+        variant = _or_none(case, model=changed) if changed is not None else None
+        yield edge, f"first Linear {width} -> {new} wide, {shards} shards", variant
+
+
 def _outcome(verdict: Verdict, signature: str) -> tuple[str, str]:
     if verdict.status == "unsupported":
         return "not supported", verdict.summary()[:300]
@@ -321,17 +390,14 @@ def explain_case(
         row = Neighbour(own[0] if len(own) == 1 else dimension, change, outcome, detail)
         rows.append(row)
         changed.append((row, labels, after))
-    realistic, edges = "", tuple[str, ...]()
+    realistic, edges, trials = "", tuple[str, ...](), tuple[Neighbour, ...]()
     necessary = _necessary(changed, before)
     nearest = realistic_case(case, necessary)
     if complete and nearest is not None and (deadline is None or time.monotonic() <= deadline):
-        why_not = cannot_run(nearest) or admissible(nearest)
         try:
-            realistic = "not supported" if why_not else _outcome(run(nearest), signature)[0]
+            realistic, trials = measure_reach(nearest, signature, run, cannot_run=cannot_run, admissible=admissible)
         except StopRequested:
             complete = False
-        except ValueError:
-            realistic = "not supported"
         if realistic not in ("", "same failure"):
             edges = _edges(case)
     elif nearest is not None:
@@ -342,10 +408,29 @@ def explain_case(
         free=_free(changed),
         realistic=realistic,
         edges=edges,
+        edge_trials=trials,
         complete=complete,
         torch=torch_version,
         date=datetime.date.today().isoformat(),
     )
+
+
+def with_reach_measured(
+    explanation: Explanation,
+    case: Case,
+    signature: str,
+    run: Callable[[Case], Verdict],
+    *,
+    cannot_run: Callable[[Case], str] = lambda case: "",
+) -> Explanation:
+    """A complete ``explanation`` of ``case`` with its realistic case and edge trials measured again (its
+    neighbours kept): for an entry explained before the edge trials, or on another torch."""
+    nearest = realistic_case(case, explanation.necessary)
+    if nearest is None:
+        return explanation
+    realistic, trials = measure_reach(nearest, signature, run, cannot_run=cannot_run)
+    edges = _edges(case) if realistic not in ("", "same failure") else ()
+    return attrs.evolve(explanation, realistic=realistic, edges=edges, edge_trials=trials)
 
 
 def _derived(label: str) -> bool:
