@@ -185,3 +185,19 @@ def test_the_realistic_case_keeps_the_options_the_failure_needs():
     kept = realistic_case(compiled, {"load_compiled": "true"})
     assert kept.load.compiled and not kept.load.cpu_offload  # needed: kept; not needed: its default
     assert not realistic_case(compiled).load.compiled
+
+
+def test_what_sets_a_failure_apart_adds_the_values_whose_every_change_failed_otherwise():
+    """Steering masks draws by what sets the failure apart: a value whose changes all fail another way is no
+    condition of the bug (``when``), but a draw without it would not be a hit of it."""
+
+    def trains_otherwise(case):
+        if case.steps:
+            return OTHER
+        return ERROR if isinstance(case.load.engine, FSDP1) else Verdict("pass")
+
+    explanation = explain_case(CASE, ERROR.signature(), trains_otherwise)
+    assert "steps" not in explanation.necessary and explanation.necessary["load_engine"] == "fsdp1"
+    telling = explanation.telling(dimensions(CASE))
+    assert telling["steps"] == "0" and telling.items() >= explanation.necessary.items()
+    assert not set(telling) & set(explanation.free)

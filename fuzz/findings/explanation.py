@@ -69,6 +69,19 @@ class Explanation:
             return None
         return self.realistic == "same failure"
 
+    def telling(self, dims: dict[str, str]) -> dict[str, str]:
+        """What sets this failure apart among draws, as conditions on a case's dimensions ``dims`` (its own
+        case's): the necessary values, and the case's value of each labelled dimension whose every change that
+        ran failed another way (the failure is this one only with that value). For steering, not for ``when``:
+        a change that fails otherwise does not say the failure needs the value, only that a draw without it is
+        not a hit of this bug."""
+        seen: dict[str, set[str]] = {}
+        for row in self.neighbours:
+            if row.dimension in dims and row.outcome != "not supported":
+                seen.setdefault(row.dimension, set()).add(row.outcome)
+        other = {label: dims[label] for label, outcomes in seen.items() if outcomes == {"other failure"}}
+        return {**other, **self.necessary}
+
     @property
     def edge_needed(self) -> Neighbour | None:
         """The mildest edge whose trial failed the same way (None: none did, or none was tried)."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shardfuzz.case import Case, dimensions, dumps
+from shardfuzz.case.conditions import generalize
 from shardfuzz.executor.stop import EXIT_CODES, StopFlag, StopRequested
 from shardfuzz.findings.campaign_result import CampaignResult, Finding
 from shardfuzz.findings.report_output import print_summary, write_reports
@@ -402,19 +403,22 @@ class _Run:
         )
 
     def expected(self) -> dict[str, Expectation]:
-        """Known bugs masked from the first draw, by signature: a bug an explanation measured (one of its entries
-        with that signature explained in full), under its measured conditions (``KnownBugs.conditions``: its
-        entries' ``known.when``, generalized across them); one whose every hit costs a restart, under
-        ``known.when`` where it is not explained. A signature two bugs share, or a bug with no condition, is
-        left to the masks the run learns."""
+        """Known bugs masked from the first draw, by signature: a bug an explanation measured (its entries with
+        that signature explained in full), under what sets it apart (``Explanation.telling``: its measured
+        conditions, and the values whose change failed otherwise), generalized across its entries as
+        ``KnownBugs.conditions`` does; one whose every hit costs a restart, under ``known.when`` where it is not
+        explained. A signature two bugs share, or a bug with no condition, is left to the masks the run learns."""
         masks = {}
         for signature, entries in self.known.items():
             bugs = self.known.conditions(signature)
             if len(bugs) != 1:
                 continue
-            ((members, conditions),) = bugs.values()
+            ((members, _),) = bugs.values()
             costly = any(entry.costs_a_restart for entry in members)
             explained = [entry for entry in members if entry.explanation is not None and entry.explanation.complete]
+            conditions = generalize(
+                [{**entry.explanation.telling(dimensions(entry.case)), **entry.when} for entry in explained]  # type: ignore[union-attr]
+            )
             if explained and conditions:
                 case = dimensions(explained[0].case)
                 masks[signature] = Expectation(conditions, measured=True, case=case, costly=costly)
