@@ -27,7 +27,8 @@ _INTRO = (
     "`not-promised` and an `incompatibility` across versions are listed apart. *Reach* is measured "
     "(`shardfuzz explain`): whether the same failure shows on the nearest realistic case (every split even with a "
     "shard on every rank, widths at least 8x the largest mesh dimension, 2+ layers, default options), and if not, "
-    "the edges the shrunk case stands on. *Upstream* says how each link relates: the bug's own report, the PR that "
+    "the mildest edge that alone brings the failure back to it (an uneven split, an empty shard, a width below the "
+    "shards, one element), else the edges the shrunk case stands on. *Upstream* says how each link relates: the bug's own report, the PR that "
     "fixed it, or a related thread that is not this bug.\n\n"
     "Each entry is replayed by the test suite: a strict xfail on a torch inside its range, so an upstream fix "
     "shows up as an unexpected pass. A range's upper end says what it is: `(fixed)`, the first release without "
@@ -48,6 +49,8 @@ def reach(entry: Entry) -> str:
     explanation = entry.explanation
     if explanation is None and entry.torches is not None:
         return "not measured here: explaining it needs both torches (`shardfuzz explain --save-python ... --load-python ...`)"
+    if explanation is None and "cuda" in (entry.case.save.device, entry.case.load.device):
+        return "not measured here: its case runs a side on CUDA (`shardfuzz explain` on a machine with a GPU)"
     if explanation is None or explanation.bites_realistic_setups is None:
         return "not measured" if explanation is None or not explanation.complete else "realistic case not run here"
     if explanation.bites_realistic_setups:
@@ -82,12 +85,14 @@ def _counts(bugs: list[Bug], entries: int) -> str:
     real = by_kind["bug"]
     realistic = sum(1 for bug in real if _bug_reach(bug) == "realistic widths too")
     measured = sum(1 for bug in real if _bug_reach(bug) != "not measured")
+    one_edge = sum(1 for bug in real if _bug_reach(bug) != "realistic widths too" and "; needs " in _bug_reach(bug))
     others = ", ".join(f"{len(by_kind[kind])} {kind}" for kind in KINDS[1:] if by_kind[kind])
     return (
         f"**{len(real)} bugs in {sum(len(bug.entries) for bug in real)} entries** "
         f"({entries} entries in all{'; not counted as bugs: ' + others if others else ''}). "
-        f"Of the bugs, {realistic} fail the same way at realistic widths, {measured - realistic} pass there (the shrunk "
-        f"case stands on an edge), {len(real) - measured} are not measured yet."
+        f"Of the bugs, {realistic} fail the same way at realistic widths, {measured - realistic} pass there: "
+        f"{one_edge} fail again with one edge put back (the mildest is named), the others only on the shrunk case's; "
+        f"{len(real) - measured} are not measured yet."
     )
 
 
