@@ -201,3 +201,23 @@ def test_what_sets_a_failure_apart_adds_the_values_whose_every_change_failed_oth
     telling = explanation.telling(dimensions(CASE))
     assert telling["steps"] == "0" and telling.items() >= explanation.necessary.items()
     assert not set(telling) & set(explanation.free)
+
+
+def test_explain_records_nothing_for_an_entry_whose_case_does_not_fail_here(tmp_path, capsys):
+    """An entry whose bug is fixed in what is installed (or that fails otherwise here) has nothing to explain:
+    its neighbours would all pass, and a table of passes would read as 'needs every value'."""
+    from shardfuzz.cli import main
+    from shardfuzz.findings.corpus import save_entry
+
+    passing = Case(
+        model=Model(2, Sequential([Linear(2)])),
+        save=Side(DDP(), (1,)),
+        load=Side(DDP(), (1,)),
+        optimizer=SGD(),
+        steps=0,
+    )
+    path = save_entry(tmp_path, attrs.evolve(entry_for(passing, ERROR), known=Known("x", ">=2.0")))
+    before = path.read_text()
+    assert main(["explain", str(path)]) == 1
+    assert "passes here: nothing to explain, nothing recorded" in capsys.readouterr().out
+    assert path.read_text() == before
