@@ -221,3 +221,24 @@ def test_explain_records_nothing_for_an_entry_whose_case_does_not_fail_here(tmp_
     assert main(["explain", str(path)]) == 1
     assert "passes here: nothing to explain, nothing recorded" in capsys.readouterr().out
     assert path.read_text() == before
+
+
+def test_an_explanation_cut_short_resumes_where_it_stopped():
+    ran = []
+
+    def counting(case):
+        ran.append(case)
+        return fsdp1_load_with_sgd_fails(case)
+
+    whole = explain_case(CASE, ERROR.signature(), fsdp1_load_with_sgd_fails)
+    cut = attrs.evolve(whole, neighbours=whole.neighbours[:5], complete=False)
+    resumed = explain_case(CASE, ERROR.signature(), counting, resume=cut)
+    assert resumed.neighbours == whole.neighbours and resumed.necessary == whole.necessary and resumed.complete
+    measured_before = sum(1 for row in cut.neighbours if row.outcome != "not supported")
+    assert (
+        len(ran)
+        == len(list(neighbours(CASE)))
+        - measured_before
+        - sum(1 for row in whole.neighbours if row.outcome == "not supported")
+        + 1
+    )  # the neighbours not measured before, and the realistic case

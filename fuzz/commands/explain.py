@@ -64,6 +64,7 @@ def main(args: argparse.Namespace) -> int:
                         cannot_run=pool.cannot_run,
                         deadline=started + args.budget,
                         torch_version=str(torch.__version__),
+                        resume=_resumable(entry, str(torch.__version__)),
                     )
         except PoolStartError as exc:
             print(f"shardfuzz explain: {exc}", file=sys.stderr)
@@ -91,3 +92,12 @@ def _not_reproduced(entry, pool) -> str:
     if verdict.signature() != entry.signature:
         return f"fails otherwise ({verdict.signature()[:200]})"
     return ""
+
+
+def _resumable(entry, torch_version: str):
+    """The entry's explanation if it was cut short under this torch: its neighbours need not run again."""
+    explanation = entry.explanation
+    if explanation is None or explanation.complete or explanation.torch != torch_version:
+        return None
+    print(f"  resuming: {len(explanation.neighbours)} neighbours measured before", file=sys.stderr)
+    return explanation

@@ -357,12 +357,19 @@ def explain_case(
     admissible: Callable[[Case], str] = lambda case: "",
     deadline: float | None = None,
     torch_version: str = "",
+    resume: Explanation | None = None,
 ) -> Explanation:
     """Run ``case``'s neighbours with ``run`` and say what they measured about the failure ``signature``.
 
     ``cannot_run(neighbour)``: why this executor cannot run it ('' where it can); ``admissible(neighbour)``:
     why not to run it at all (a neighbour that would meet a known hang, say). Past ``deadline``
-    (``time.monotonic()``), the neighbours left are not run and the explanation says it is incomplete."""
+    (``time.monotonic()``), the neighbours left are not run and the explanation says it is incomplete; ``resume``
+    (such an explanation of the same case, on the same torch) keeps what its neighbours did and runs the rest."""
+    measured = {
+        (row.dimension, row.change): (row.outcome, row.detail)
+        for row in (resume.neighbours if resume is not None else ())
+        if row.outcome != "not supported"
+    }
     rows: list[Neighbour] = []
     complete = True
     changed: list[tuple[Neighbour, set[str], dict[str, str]]] = []  # each row, the labels it changed, its values
@@ -375,19 +382,23 @@ def explain_case(
         if why_not or neighbour is None:
             rows.append(Neighbour(dimension, change, "not supported", why_not[:300]))
             continue
-        try:
-            verdict = run(neighbour)
-        except StopRequested:  # the budget's end or a stop abandoned the case in flight
-            complete = False
-            break
-        except ValueError as exc:  # the executor's admission refused it (more ranks than it has, say)
-            rows.append(Neighbour(dimension, change, "not supported", str(exc)[:300]))
-            continue
-        outcome, detail = _outcome(verdict, signature)
         after = dimensions(neighbour)
         labels = {label for label in before if before[label] != after.get(label) and before[label] != "n/a"}
         own = [label for label in labels if not _derived(label)]
-        row = Neighbour(own[0] if len(own) == 1 else dimension, change, outcome, detail)
+        row_dimension = own[0] if len(own) == 1 else dimension
+        if (row_dimension, change) in measured:  # resuming: this neighbour ran before
+            outcome, detail = measured[row_dimension, change]
+        else:
+            try:
+                verdict = run(neighbour)
+            except StopRequested:  # the budget's end or a stop abandoned the case in flight
+                complete = False
+                break
+            except ValueError as exc:  # the executor's admission refused it (more ranks than it has, say)
+                rows.append(Neighbour(dimension, change, "not supported", str(exc)[:300]))
+                continue
+            outcome, detail = _outcome(verdict, signature)
+        row = Neighbour(row_dimension, change, outcome, detail)
         rows.append(row)
         changed.append((row, labels, after))
     realistic, edges, trials = "", tuple[str, ...](), tuple[Neighbour, ...]()
