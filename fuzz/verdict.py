@@ -25,6 +25,8 @@ __all__ = [
     "STATUSES",
     "TRIAGE_CLASSES",
     "canonical_signature",
+    "FORM",
+    "masked_signature",
     "normalise_message",
 ]
 
@@ -237,6 +239,16 @@ _MESSAGE_CHARS = 160
 #: (``step``, ``exp_avg``, ``momentum_buffer``) depends on the optimizer, not on the bug.
 _ABSENT = ("missing after load", "not in the saved state")
 _BUFFER_NAMES = ("running_mean", "running_var", "num_batches_tracked", "<buffer>")
+
+
+#: A steering mask's key is its known signature, or for another form of one bug (met on the save side and on
+#: the load side, say), the signature, this separator and the form's name.
+FORM = "\x1f"
+
+
+def masked_signature(key: str) -> str:
+    """The known signature a steering mask's key masks."""
+    return key.split(FORM, 1)[0]
 
 
 def canonical_signature(signature: str) -> str:

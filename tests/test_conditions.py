@@ -108,3 +108,29 @@ def test_a_measured_mask_keeps_its_conditions_and_narrows_with_its_case_after_a_
     assert steering.wanted(miss) and steering.wanted(_case(2, engine=FSDP2()))
     hidden = _case(2, steps=1)
     assert not steering.wanted(hidden) or _probe(hidden)
+
+
+def test_a_bug_met_through_two_sides_is_masked_in_each_form_and_learns_a_third():
+    from shardfuzz.verdict import FORM
+
+    steering = Steering(after=1)
+    steering.expect("bug", Expectation({"load_engine": "fsdp2"}, measured=True, costly=False))
+    steering.expect(f"bug{FORM}1", Expectation({"load_engine": "fsdp1", "steps": "1"}, measured=True, costly=False))
+    hidden = [_case(2, engine=FSDP2()), _case(2, steps=1)]
+    assert all(not steering.wanted(case) or _probe(case) for case in hidden)
+    steering.observe(_case(2, steps=1), "bug")  # a hit of the second form confirms that form only
+    assert steering.confirmed[f"bug{FORM}1"] == 1 and steering.confirmed["bug"] == 0
+    outside = _case(4, engine=DDP())  # a hit in neither form: the run learns a mask for it
+    for _ in range(2):
+        steering.observe(outside, "bug")
+    assert steering.masks[f"bug{FORM}learned"]["load_engine"] == "ddp"
+    assert steering.masks["bug"] == {"load_engine": "fsdp2"}
+
+
+def test_a_bugs_forms_are_its_entries_that_need_the_same_engines():
+    from shardfuzz.search.runner import _forms
+
+    load = _entry({"load_engine": "tp", "load_world_size": "3"}, "narrow")
+    load_too = _entry({"load_engine": "tp", "load_world_size": "4"}, "narrow")
+    save = _entry({"save_engine": "tp"}, "narrow")
+    assert _forms([load, save, load_too]) == [[load, load_too], [save]]

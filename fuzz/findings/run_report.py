@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 from shardfuzz.case import to_dict
+from shardfuzz.verdict import masked_signature
 
 __all__ = ["campaign_report", "merge_reports", "write_atomic", "read_report"]
 
@@ -74,8 +75,8 @@ def campaign_report(
         "unsupported": [{"signature": s, "hits": n} for s, n in result.unsupported.items()],
         "known_failures": [
             {
-                "signature": s,
-                "title": known.title(s),
+                "signature": masked_signature(s),
+                "title": known.title(masked_signature(s)),
                 "bug": known.bug(s),
                 "hits": n,
                 "seconds": round(result.known_seconds[s], 2),
@@ -85,8 +86,8 @@ def campaign_report(
         "time_spent": _time_spent(result, final),
         "steering": [
             {
-                "signature": s,
-                "title": known.title(s),
+                "signature": masked_signature(s),
+                "title": known.title(masked_signature(s)),
                 "conditions": conditions,
                 "masked": result.masked[s],
                 "probes": result.probes[s],

@@ -22,7 +22,7 @@ from shardfuzz.findings.campaign_result import CampaignResult, Finding
 from shardfuzz.findings.report_output import print_summary, write_reports
 from shardfuzz.search.run_config import RunConfig
 from shardfuzz.search.steering import Expectation
-from shardfuzz.verdict import Verdict
+from shardfuzz.verdict import FORM, Verdict
 
 if TYPE_CHECKING:  # the campaign's modules import Hypothesis, which a torchrun follower never imports
     from shardfuzz.search.campaign_settings import CampaignSettings
@@ -128,6 +128,17 @@ def user_model(spec: str | None):
     model = UserModel(spec)
     probe(spec)
     return model
+
+
+def _forms(entries: list) -> list[list]:
+    """A bug's entries by form: those whose ``known.when`` (or explained conditions) need the same engines on
+    the same sides; a bug found through the save side's engine and through the load side's has two."""
+    forms: dict[tuple, list] = {}
+    for entry in entries:
+        telling = entry.explanation.telling(dimensions(entry.case)) if entry.explanation is not None else {}
+        needs = {**telling, **entry.when}
+        forms.setdefault(tuple(sorted((k, v) for k, v in needs.items() if k.endswith("_engine"))), []).append(entry)
+    return list(forms.values())
 
 
 class _Run:
@@ -403,27 +414,29 @@ class _Run:
         )
 
     def expected(self) -> dict[str, Expectation]:
-        """Known bugs masked from the first draw, by signature: a bug an explanation measured (its entries with
-        that signature explained in full), under what sets it apart (``Explanation.telling``: its measured
-        conditions, and the values whose change failed otherwise), generalized across its entries as
-        ``KnownBugs.conditions`` does; one whose every hit costs a restart, under ``known.when`` where it is not
-        explained. A signature two bugs share, or a bug with no condition, is left to the masks the run learns."""
-        masks = {}
-        for signature, entries in self.known.items():
+        """Known bugs masked from the first draw, by mask key (``verdict.FORM``): each form of a bug (its entries
+        that need the same sides' engines: met on the save side and on the load side, a bug has two) under
+        what an explanation measured sets it apart (``Explanation.telling``, generalized across the form's
+        explained entries as ``KnownBugs.conditions`` does), or where none of the form's entries is explained,
+        under their ``known.when`` if each hit costs a restart or it names more than two conditions. A signature two bugs share, or a form with no
+        condition, is left to the masks the run learns."""
+        masks: dict[str, Expectation] = {}
+        for signature in self.known:
             bugs = self.known.conditions(signature)
             if len(bugs) != 1:
                 continue
             ((members, _),) = bugs.values()
             costly = any(entry.costs_a_restart for entry in members)
-            explained = [entry for entry in members if entry.explanation is not None and entry.explanation.complete]
-            conditions = generalize(
-                [{**entry.explanation.telling(dimensions(entry.case)), **entry.when} for entry in explained]  # type: ignore[union-attr]
-            )
-            if explained and conditions:
-                case = dimensions(explained[0].case)
-                masks[signature] = Expectation(conditions, measured=True, case=case, costly=costly)
-            elif costly and entries[0].known.when:
-                masks[signature] = Expectation(entries[0].known.when)
+            for number, form in enumerate(_forms(members)):
+                key = signature if number == 0 else f"{signature}{FORM}{number}"
+                explained = [entry for entry in form if entry.explanation is not None and entry.explanation.complete]
+                if explained:
+                    told = [{**entry.explanation.telling(dimensions(entry.case)), **entry.when} for entry in explained]
+                    if conditions := generalize(told):
+                        case = dimensions(explained[0].case)
+                        masks[key] = Expectation(conditions, measured=True, case=case, costly=costly)
+                elif (conditions := generalize([entry.when for entry in form])) and (costly or len(conditions) > 2):
+                    masks[key] = Expectation(conditions, costly=costly)
         return masks
 
     def campaign_settings(self) -> CampaignSettings:

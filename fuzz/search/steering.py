@@ -21,6 +21,7 @@ import attrs
 
 from shardfuzz.case import Case, dimensions
 from shardfuzz.case.conditions import meets
+from shardfuzz.verdict import FORM, masked_signature
 
 __all__ = ["PROBE_EVERY", "Expectation", "Steering", "separating_conditions"]
 
@@ -123,10 +124,11 @@ class Steering:
     def expect(self, signature: str, expectation: Expectation | Mapping[str, str]) -> None:
         """Mask a known bug from the first draw (``Expectation``); its corpus case counts as its first hit.
 
-        Triaged by a person (not ``measured``): a bug whose hits each cost a restart, probed at the rarest
-        rate from the start; probes and hits refine the mask like any other. Measured by an explanation: the
-        conditions are the bug's own, so every mask of it keeps them; a probe that misses narrows it with
-        values of its corpus case that its hits share, and it starts at the usual probe rate."""
+        ``signature`` is the mask's key: the known signature, or ``FORM`` and a number after it for another form
+        of the same bug. Triaged by a person (not ``measured``): probes and hits refine the mask like any
+        other. Measured by an explanation: the conditions are the bug's own, so every mask of it keeps them; a
+        probe that misses narrows it with values of its corpus case that its hits share. A ``costly`` bug's
+        mask is probed at the rarest rate from the start."""
         if not isinstance(expectation, Expectation):
             expectation = Expectation(dict(expectation))
         conditions = dict(expectation.conditions)
@@ -134,12 +136,13 @@ class Steering:
         self._hits[signature] += 1
         if expectation.costly:
             self._costly.add(signature)
+        if expectation.costly:  # each probe that hits costs a restart: probed at the rarest rate from the start
+            self.confirmed[signature] = MAX_PROBE_HALVINGS
         if expectation.measured:
             self._required[signature] = dict(conditions)
             self._candidates[signature] = dict(expectation.case)
             return
         self._candidates[signature] = dict(conditions)
-        self.confirmed[signature] = MAX_PROBE_HALVINGS
 
     def wanted(self, case: Case) -> bool:
         """The draw filter: False for a case that meets a mask (and is not one of its probes)."""
@@ -160,23 +163,28 @@ class Steering:
         """Learn from a case that ran: ``known_signature`` is the known bug it hit, if any; ``costly``
         when that hit left ranks to restart (``Verdict.leaves_ranks_stuck``)."""
         dims = dimensions(case)
-        for signature, conditions in self.masks.items():
+        for key, conditions in self.masks.items():
             if meets(dims, conditions):  # a probe (or drawn before the mask formed)
-                if signature == known_signature:
-                    self.confirmed[signature] += 1
+                if masked_signature(key) == known_signature:
+                    self.confirmed[key] += 1
                 else:  # it missed: narrow the mask
-                    self.confirmed[signature] = 0
-                    self._stale.add(signature)
+                    self.confirmed[key] = 0
+                    self._stale.add(key)
         if known_signature is not None:
-            self._hits[known_signature] += 1
-            if costly:
-                self._costly.add(known_signature)
-            shared = self._candidates.get(known_signature)
-            if shared is None:
-                own = self.own_case(known_signature, case)
-                shared = dict(dims) if own is None else {k: v for k, v in dims.items() if own.get(k) == v}
-            self._candidates[known_signature] = {k: v for k, v in shared.items() if dims.get(k) == v}
-            self._stale.add(known_signature)
+            forms = [key for key, required in self._required.items() if masked_signature(key) == known_signature]
+            # A hit outside every measured form of its bug teaches a mask of its own, as an unexplained bug's do.
+            outside = known_signature + FORM + "learned" if known_signature in self._required else known_signature
+            hit = [key for key in forms if meets(dims, self._required[key])] or [outside]
+            for key in hit:
+                self._hits[key] += 1
+                if costly:
+                    self._costly.add(key)
+                shared = self._candidates.get(key)
+                if shared is None:
+                    own = self.own_case(known_signature, case)
+                    shared = dict(dims) if own is None else {k: v for k, v in dims.items() if own.get(k) == v}
+                self._candidates[key] = {k: v for k, v in shared.items() if dims.get(k) == v}
+                self._stale.add(key)
         self._history.append((dims, known_signature))
         if not self.frozen:
             self.update()
@@ -187,7 +195,9 @@ class Steering:
             required = self._required.get(signature, {})
             if not required and signature not in self._costly and self._hits[signature] < self.after:
                 continue
-            others = [dims for dims, hit in self._history if hit != signature and meets(dims, required)]
+            others = [
+                dims for dims, hit in self._history if hit != masked_signature(signature) and meets(dims, required)
+            ]
             if required and not others:
                 self.masks[signature] = dict(required)
                 continue
