@@ -102,9 +102,10 @@ class Steering:
     """The masks of one campaign's known bugs, learned from the cases it runs.
 
     ``after``: hits of a known bug before it is masked (one whose hits leave ranks stuck, a hang, a crash
-    or an error some ranks never reported, is masked at its first: each costs a restart). ``own_case``: the dimensions of a known bug's own corpus case, or None;
-    only values its hits share with it are candidates. ``masks`` are the conditions in force;
-    ``masked`` counts the draws each filtered out, ``probes`` those it let through to check itself.
+    or an error some ranks never reported, is masked at its first: each costs a restart). ``own_case``: the
+    dimensions of a known bug's own corpus case, or None; only values its hits share with it are candidates.
+    ``masks`` are the conditions in force, by key (a known signature, or with ``verdict.FORM`` one form of its
+    bug); ``masked`` counts the draws each filtered out, ``probes`` those it let through to check itself.
     """
 
     after: int
@@ -112,14 +113,14 @@ class Steering:
     masks: dict[str, dict[str, str]] = attrs.Factory(dict)
     masked: Counter = attrs.Factory(Counter)
     probes: Counter = attrs.Factory(Counter)
-    confirmed: Counter = attrs.Factory(Counter)  # known signature -> its mask's probes in a row that hit it
+    confirmed: Counter = attrs.Factory(Counter)  # mask key -> its probes in a row that hit its bug
     frozen: bool = False  # while a round shrinks a new failure: its strategy must not change under it
     _candidates: dict[str, dict[str, str]] = attrs.Factory(dict)  # known signature -> what all its hits shared
     _hits: Counter = attrs.Factory(Counter)
     _costly: set = attrs.Factory(set)
     _history: deque = attrs.Factory(lambda: deque(maxlen=HISTORY))  # (dimensions, known signature or None)
     _stale: set = attrs.Factory(set)
-    _required: dict[str, dict[str, str]] = attrs.Factory(dict)  # known signature -> its measured conditions
+    _required: dict[str, dict[str, str]] = attrs.Factory(dict)  # mask key -> the measured conditions it keeps
 
     def expect(self, signature: str, expectation: Expectation | Mapping[str, str]) -> None:
         """Mask a known bug from the first draw (``Expectation``); its corpus case counts as its first hit.
@@ -134,9 +135,8 @@ class Steering:
         conditions = dict(expectation.conditions)
         self.masks[signature] = conditions
         self._hits[signature] += 1
-        if expectation.costly:
-            self._costly.add(signature)
         if expectation.costly:  # each probe that hits costs a restart: probed at the rarest rate from the start
+            self._costly.add(signature)
             self.confirmed[signature] = MAX_PROBE_HALVINGS
         if expectation.measured:
             self._required[signature] = dict(conditions)
