@@ -14,6 +14,7 @@ from shardfuzz.case import (
     DEVICES,
     FSDP1,
     FSDP2,
+    LOWERS_PARAMETERS,
     TP,
     Case,
     Dcp,
@@ -313,10 +314,15 @@ def cases(
             # state, KeyError, unexpected keys); it would eat campaigns, so FSDP1 sides take it after (the
             # order FSDP1's own tests use), and the corpus keeps the bugs under test.
             side = attrs.evolve(side, activation_checkpointing="after")
+        mixed_precision = draw(lowered) if fsdp and model.dtype == "float32" else "none"
+        fsdp2 = isinstance(side.engine, FSDP2)
         return attrs.evolve(
             side,
-            mixed_precision=draw(lowered) if fsdp and model.dtype == "float32" else "none",
-            offload_params=isinstance(side.engine, FSDP2) and draw(offloaded_params),
+            mixed_precision=mixed_precision,
+            offload_params=fsdp2 and draw(offloaded_params),
+            # FSDP2's documented workaround for BatchNorm under bfloat16 parameters (corpus bc943706): the supported
+            # way is the one fuzzed.
+            batchnorm_fp32=fsdp2 and mixed_precision in LOWERS_PARAMETERS,
         )
 
     @st.composite

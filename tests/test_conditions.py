@@ -128,7 +128,7 @@ def test_a_bug_met_through_two_sides_is_masked_in_each_form_and_learns_a_third()
 
 
 def test_a_bugs_forms_are_its_entries_that_need_the_same_engines():
-    from shardfuzz.search.runner import _forms
+    from shardfuzz.search.expectations import forms as _forms
 
     load = _entry({"load_engine": "tp", "load_world_size": "3"}, "narrow")
     load_too = _entry({"load_engine": "tp", "load_world_size": "4"}, "narrow")

@@ -54,6 +54,7 @@ from shardfuzz.case.sides import (
     FSDP1_STRATEGIES,
     FSDP2,
     HYBRID_STRATEGIES,
+    LOWERS_PARAMETERS,
     MIXED_PRECISION,
     STATE_DICT_APIS,
     STATE_DICT_TYPES,
@@ -81,6 +82,7 @@ from shardfuzz.case.user_model import UserModel
 __all__ = [
     "TP",
     "TP_STYLES",
+    "LOWERS_PARAMETERS",
     "MIXED_PRECISION",
     "ACTIVATION_CHECKPOINTING",
     "SCHEDULERS",

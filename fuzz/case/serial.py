@@ -52,6 +52,7 @@ def make_converter() -> cattrs.Converter:
             meta_init=omitted,
             mixed_precision=omitted,
             offload_params=omitted,
+            batchnorm_fp32=omitted,
         ),
     )
     converter.register_unstructure_hook(Model, make_dict_unstructure_fn(Model, converter, dtype=omitted))

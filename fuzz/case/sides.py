@@ -30,6 +30,8 @@ ACTIVATION_CHECKPOINTING = ("none", "before", "after")
 #: reduction in float32; ``bf16-reduce`` the reverse. Either way the sharded parameters, the optimizer
 #: state and so every state dict stay float32: that is what is saved and compared.
 MIXED_PRECISION = ("none", "bf16", "bf16-params", "bf16-reduce")
+#: The ``MIXED_PRECISION`` values that compute with bfloat16 parameters.
+LOWERS_PARAMETERS = ("bf16", "bf16-params")
 
 #: Where a side's ranks hold the model. ``cuda``: one GPU per rank, collectives on
 #: those tensors over NCCL. A case may save on one and load on the other.
@@ -234,7 +236,12 @@ class Side:
     as seed 000 and torchtitan build large models (left out of the JSON when False).
     ``mixed_precision`` (``MIXED_PRECISION``, FSDP1 and FSDP2 sides) and ``offload_params`` (FSDP2's
     ``CPUOffloadPolicy``: sharded parameters, gradients and the optimizer step on the CPU) change
-    how it trains, not what it saves (each left out of the JSON at its default).
+    how it trains, not what it saves (each left out of the JSON at its default). ``batchnorm_fp32``: on an
+    FSDP2 side whose mixed precision lowers the parameters to bfloat16, each BatchNorm is its own
+    ``fully_shard`` unit with a float32 policy whose outputs are cast back to bfloat16: FSDP2's policy has
+    no buffer dtype, and this is the workaround its maintainers give (pytorch/torchtitan#674). The
+    strategies draw it wherever it applies, so the fuzzer tests the supported way; False (the default,
+    left out of the JSON) keeps corpus entries of the limitation itself reproducing.
     """
 
     engine: Engine = field(validator=instance_of(ENGINE_CLASSES))
@@ -251,6 +258,7 @@ class Side:
     meta_init: bool = field(default=False, validator=instance_of(bool))
     mixed_precision: str = field(default="none", validator=in_(MIXED_PRECISION))
     offload_params: bool = field(default=False, validator=instance_of(bool))
+    batchnorm_fp32: bool = field(default=False, validator=instance_of(bool))
 
     @mesh_shape.validator
     def _mesh(self, attribute, value):
@@ -294,6 +302,11 @@ class Side:
             raise ValueError(f"mixed_precision is FSDP's: {type(engine).__name__} takes 'none'")
         if self.mixed_precision != "none" and isinstance(engine, TP):
             raise ValueError("mixed_precision is drawn for FSDP1 and FSDP2 sides only")
+        if self.batchnorm_fp32 and not (isinstance(engine, FSDP2) and self.mixed_precision in LOWERS_PARAMETERS):
+            raise ValueError(
+                "batchnorm_fp32 is FSDP2's workaround for bfloat16 parameters: it needs an FSDP2 engine and "
+                f"mixed_precision in {LOWERS_PARAMETERS}, not {type(engine).__name__} with {self.mixed_precision!r}"
+            )
         if self.offload_params and not isinstance(engine, FSDP2):
             raise ValueError(f"offload_params is FSDP2's CPUOffloadPolicy: {type(engine).__name__} takes False")
         if self.state_dict == "local" and (self.cpu_offload or self.state_dict_api != "combined"):
@@ -319,6 +332,7 @@ class Side:
             "meta_init": self.meta_init,
             "mixed_precision": self.mixed_precision,
             "offload_params": self.offload_params,
+            "batchnorm_fp32": self.batchnorm_fp32,
         }
 
     @property

@@ -35,5 +35,6 @@ def _side(side: Side) -> str:
     compiled += (f" mp-{side.mixed_precision}" if side.mixed_precision != "none" else "") + (
         " offload" if side.offload_params else ""
     )
+    compiled += " bn-fp32" if side.batchnorm_fp32 else ""
     device = " on cuda" if side.device == "cuda" else ""
     return f"{type(side.engine).__name__}x{side.world_size}{device}{mesh} {side.state_dict}{checkpointed}{compiled}"

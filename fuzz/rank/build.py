@@ -85,6 +85,7 @@ def shard(module: nn.Module, side: Side, *, group, mesh) -> nn.Module:
         classes=MODULE_TYPE_CLASSES,
         mixed_precision=side.mixed_precision,
         offload_params=side.offload_params,
+        batchnorm_fp32=side.batchnorm_fp32,
     )
 
 

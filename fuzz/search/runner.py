@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shardfuzz.case import Case, dimensions, dumps
-from shardfuzz.case.conditions import generalize
 from shardfuzz.executor.stop import EXIT_CODES, StopFlag, StopRequested
 from shardfuzz.findings.campaign_result import CampaignResult, Finding
 from shardfuzz.findings.report_output import print_summary, write_reports
+from shardfuzz.search.expectations import expectations
 from shardfuzz.search.run_config import RunConfig
 from shardfuzz.search.steering import Expectation
-from shardfuzz.verdict import FORM, Verdict
+from shardfuzz.verdict import Verdict
 
 if TYPE_CHECKING:  # the campaign's modules import Hypothesis, which a torchrun follower never imports
     from shardfuzz.search.campaign_settings import CampaignSettings
@@ -128,17 +128,6 @@ def user_model(spec: str | None):
     model = UserModel(spec)
     probe(spec)
     return model
-
-
-def _forms(entries: list) -> list[list]:
-    """A bug's entries by form: those whose ``known.when`` (or explained conditions) need the same engines on
-    the same sides; a bug found through the save side's engine and through the load side's has two."""
-    forms: dict[tuple, list] = {}
-    for entry in entries:
-        telling = entry.explanation.telling(dimensions(entry.case)) if entry.explanation is not None else {}
-        needs = {**telling, **entry.when}
-        forms.setdefault(tuple(sorted((k, v) for k, v in needs.items() if k.endswith("_engine"))), []).append(entry)
-    return list(forms.values())
 
 
 class _Run:
@@ -414,30 +403,8 @@ class _Run:
         )
 
     def expected(self) -> dict[str, Expectation]:
-        """Known bugs masked from the first draw, by mask key (``verdict.FORM``): each form of a bug (its entries
-        that need the same sides' engines: met on the save side and on the load side, a bug has two) under
-        what an explanation measured sets it apart (``Explanation.telling``, generalized across the form's
-        explained entries as ``KnownBugs.conditions`` does), or where none of the form's entries is explained,
-        under their ``known.when`` if each hit costs a restart or it names more than two conditions. A signature two bugs share, or a form with no
-        condition, is left to the masks the run learns."""
-        masks: dict[str, Expectation] = {}
-        for signature in self.known:
-            bugs = self.known.conditions(signature)
-            if len(bugs) != 1:
-                continue
-            ((members, _),) = bugs.values()
-            costly = any(entry.costs_a_restart for entry in members)
-            for number, form in enumerate(_forms(members)):
-                key = signature if number == 0 else f"{signature}{FORM}{number}"
-                explained = [entry for entry in form if entry.explanation is not None and entry.explanation.complete]
-                if explained:
-                    told = [{**entry.explanation.telling(dimensions(entry.case)), **entry.when} for entry in explained]
-                    if conditions := generalize(told):
-                        case = dimensions(explained[0].case)
-                        masks[key] = Expectation(conditions, measured=True, case=case, costly=costly)
-                elif (conditions := generalize([entry.when for entry in form])) and (costly or len(conditions) > 2):
-                    masks[key] = Expectation(conditions, costly=costly)
-        return masks
+        """Known bugs masked from the first draw (``expectations.expectations``)."""
+        return expectations(self.known)
 
     def campaign_settings(self) -> CampaignSettings:
         """The campaign's settings: what is left of the budget, the run's seed and pool, its database's key."""

@@ -73,6 +73,7 @@ SAVE_WRAPPERS: dict = {
     "meta_init": False,
     "mixed_precision": "none",
     "offload_params": False,
+    "batchnorm_fp32": False,
 }
 LOAD_WRAPPERS: dict = dict(SAVE_WRAPPERS)
 SAVE_OPTIMIZER: tuple = ("SGD", [{"lr": 0.01}])
@@ -176,6 +177,7 @@ def shard(model, engine, wrap, innermost_first, group, mesh, wrappers, seed):
             classes=classes,
             mixed_precision=wrappers["mixed_precision"],
             offload_params=wrappers["offload_params"],
+            batchnorm_fp32=wrappers.get("batchnorm_fp32", False),
         )
 
     return wrap_and_shard(model, wrappers, sharded, engine=engine["kind"], seed=seed)

@@ -116,12 +116,13 @@ def shard_module(
     classes,
     mixed_precision: str = "none",
     offload_params: bool = False,
+    batchnorm_fp32: bool = False,
 ):
     """``module`` wrapped by ``engine`` (``{"kind": "FSDP1" | "FSDP2" | "DDP" | "Unsharded" | "TP", **its fields}``)
     on ``group`` (1-D) or ``mesh`` (FSDP2, HSDP). ``wrap``: the modules listed as inner units;
     ``innermost_first``: the same, a module before its ancestors; ``classes``: module type name -> class
     (for FSDP1's ``module-type`` policy); ``mixed_precision`` and ``offload_params`` (FSDP2's
-    ``CPUOffloadPolicy``) as ``Side`` has them."""
+    ``CPUOffloadPolicy``) and ``batchnorm_fp32`` as ``Side`` has them."""
     lowered = {  # Side.mixed_precision -> (parameter dtype, reduction dtype)
         "bf16": (torch.bfloat16, torch.bfloat16),
         "bf16-params": (torch.bfloat16, torch.float32),
@@ -139,7 +140,13 @@ def shard_module(
         return DistributedDataParallel(module, device_ids=device_ids, process_group=group)
     if kind == "FSDP2":
         return shard_fsdp2(
-            module, engine, innermost_first=innermost_first, mesh=mesh, lowered=lowered, offload_params=offload_params
+            module,
+            engine,
+            innermost_first=innermost_first,
+            mesh=mesh,
+            lowered=lowered,
+            offload_params=offload_params,
+            batchnorm_fp32=batchnorm_fp32,
         )
     if kind != "FSDP1":
         raise TypeError(f"unknown engine {engine!r}")
@@ -156,9 +163,11 @@ def shard_module(
     )
 
 
-def shard_fsdp2(module, engine: dict, *, innermost_first, mesh, lowered, offload_params: bool):
+def shard_fsdp2(module, engine: dict, *, innermost_first, mesh, lowered, offload_params: bool, batchnorm_fp32=False):
     """FSDP2: ``fully_shard`` on each listed unit, innermost first, then on ``module`` itself. ``lowered``:
-    mixed precision's (parameter dtype, reduction dtype), or None."""
+    mixed precision's (parameter dtype, reduction dtype), or None. ``batchnorm_fp32``: each BatchNorm first,
+    as its own unit computing in float32 and casting its output back to the lowered dtype (FSDP2's policy
+    has no buffer dtype: bfloat16 weights would meet float32 running statistics)."""
     fully_shard = fully_shard_fn()
     kwargs = {"mesh": mesh, "reshard_after_forward": engine["reshard_after_forward"]}
     if lowered is not None:
@@ -171,8 +180,19 @@ def shard_fsdp2(module, engine: dict, *, innermost_first, mesh, lowered, offload
         kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=False)  # pinning needs an accelerator
     if engine["shard_dim"]:
         kwargs["shard_placement_fn"] = functools.partial(shard_on_dim, engine["shard_dim"])
+    own_units = []
+    if batchnorm_fp32 and lowered is not None:
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        float32 = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32, output_dtype=lowered[0])
+        own_units = [
+            path for path, sub in module.named_modules() if isinstance(sub, torch.nn.modules.batchnorm._BatchNorm)
+        ]
+        for path in own_units:
+            fully_shard(module.get_submodule(path), **{**kwargs, "mp_policy": float32})
     for path in innermost_first:
-        fully_shard(module.get_submodule(path), **kwargs)
+        if path not in own_units:
+            fully_shard(module.get_submodule(path), **kwargs)
     fully_shard(module, **kwargs)
     return module
 
