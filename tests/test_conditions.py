@@ -134,3 +134,19 @@ def test_a_bugs_forms_are_its_entries_that_need_the_same_engines():
     load_too = _entry({"load_engine": "tp", "load_world_size": "4"}, "narrow")
     save = _entry({"save_engine": "tp"}, "narrow")
     assert _forms([load, save, load_too]) == [[load, load_too], [save]]
+
+
+def test_a_costly_finding_that_is_not_a_bug_is_steered_around_without_probes():
+    draws = [
+        attrs.evolve(_case(2, steps=steps), model=Model(1, Sequential([Linear(width)])))
+        for width in range(1, 101)
+        for steps in range(4)
+    ]
+    probes = {}
+    for probed in (True, False):
+        steering = Steering(after=1)
+        steering.expect("hang", Expectation({"load_engine": "fsdp1"}, measured=True, costly=True, probed=probed))
+        wanted = sum(steering.wanted(case) for case in draws)
+        probes[probed] = (wanted, steering.probes["hang"])
+    assert probes[True][0] == probes[True][1] > 0  # a bug's mask is probed, at the rarest rate
+    assert probes[False] == (0, 0)

@@ -21,8 +21,8 @@ def expectations(known: KnownBugs) -> dict[str, Expectation]:
     """Known bugs masked from the first draw, by mask key (``verdict.FORM``): each form of a bug under what
     an explanation measured sets it apart (``Explanation.telling``, generalized across the form's explained
     entries), or where none of the form's entries is explained, under their ``known.when`` if each hit costs
-    a restart or it names more than two conditions. A signature two bugs share, or a form with no condition,
-    is left to the masks the run learns."""
+    a restart or it names more than two conditions. A costly finding that is not a bug is never probed. A
+    signature two bugs share, or a form with no condition, is left to the masks the run learns."""
     masks: dict[str, Expectation] = {}
     for signature in known:
         bugs = known.conditions(signature)
@@ -30,15 +30,16 @@ def expectations(known: KnownBugs) -> dict[str, Expectation]:
             continue
         ((members, _),) = bugs.values()
         costly = any(entry.costs_a_restart for entry in members)
+        probed = not costly or any(entry.known is not None and entry.known.kind == "bug" for entry in members)
         for number, form in enumerate(forms(members)):
             key = signature if number == 0 else f"{signature}{FORM}{number}"
             explained = [entry for entry in form if entry.explanation is not None and entry.explanation.complete]
             if explained:
                 if conditions := generalize([_told(entry) for entry in explained]):
                     case = dimensions(explained[0].case)
-                    masks[key] = Expectation(conditions, measured=True, case=case, costly=costly)
+                    masks[key] = Expectation(conditions, measured=True, case=case, costly=costly, probed=probed)
             elif (conditions := generalize([entry.when for entry in form])) and (costly or len(conditions) > 2):
-                masks[key] = Expectation(conditions, costly=costly)
+                masks[key] = Expectation(conditions, costly=costly, probed=probed)
     return masks
 
 

@@ -89,12 +89,15 @@ def _probe(case: Case, confirmed: int = 0) -> bool:
 class Expectation:
     """A known bug to mask from the first draw: the ``conditions`` its corpus entries record (``known.when``);
     ``measured`` when an explanation measured them (then ``case``, its corpus case's dimensions, offers the
-    values that narrow the mask if a probe misses); ``costly`` when each of its hits costs a restart."""
+    values that narrow the mask if a probe misses); ``costly`` when each of its hits costs a restart;
+    ``probed`` False for a costly finding that is not a bug (a limitation, a use nothing promises): it is
+    steered around, and a probe that re-finds it would buy nothing for the restart it costs."""
 
     conditions: Mapping[str, str]
     measured: bool = False
     case: Mapping[str, str] = attrs.Factory(dict)
     costly: bool = True
+    probed: bool = True
 
 
 @attrs.define
@@ -121,6 +124,7 @@ class Steering:
     _history: deque = attrs.Factory(lambda: deque(maxlen=HISTORY))  # (dimensions, known signature or None)
     _stale: set = attrs.Factory(set)
     _required: dict[str, dict[str, str]] = attrs.Factory(dict)  # mask key -> the measured conditions it keeps
+    _unprobed: set = attrs.Factory(set)  # mask keys never probed (``Expectation.probed``)
 
     def expect(self, signature: str, expectation: Expectation | Mapping[str, str]) -> None:
         """Mask a known bug from the first draw (``Expectation``); its corpus case counts as its first hit.
@@ -134,6 +138,8 @@ class Steering:
             expectation = Expectation(dict(expectation))
         conditions = dict(expectation.conditions)
         self.masks[signature] = conditions
+        if not expectation.probed:
+            self._unprobed.add(signature)
         self._hits[signature] += 1
         if expectation.costly:  # each probe that hits costs a restart: probed at the rarest rate from the start
             self._costly.add(signature)
@@ -152,7 +158,10 @@ class Steering:
         for signature, conditions in self.masks.items():
             if meets(dims, conditions):
                 # A costly bug's mask starts two halvings in: each probe that hits it costs a restart.
-                if _probe(case, self.confirmed[signature] + 2 * (signature in self._costly)):
+                probe = signature not in self._unprobed and _probe(
+                    case, self.confirmed[signature] + 2 * (signature in self._costly)
+                )
+                if probe:
                     self.probes[signature] += 1
                     return True
                 self.masked[signature] += 1
