@@ -17,8 +17,8 @@ NEIGHBOUR_OUTCOMES = ("same failure", "other failure", "passes", "not supported"
 
 #: The edges a shrunk case may stand on that a realistic one does not, by the ``dimensions`` label that says so.
 EDGES = {
-    "empty_shard": "a rank holds an empty shard",
-    "uneven_split": "a width does not split evenly",
+    "empty_shard": "a rank holding an empty shard",
+    "uneven_split": "a width that does not split evenly",
     "one_element": "a layer of one element (width 1)",
     "narrow": "a width below the world size",
 }
