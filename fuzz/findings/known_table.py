@@ -92,7 +92,7 @@ def _counts(bugs: list[Bug], entries: int) -> str:
         f"({entries} entries in all{'; not counted as bugs: ' + others if others else ''}). "
         f"Of the bugs, {realistic} fail the same way at realistic widths, {measured - realistic} pass there: "
         f"{one_edge} fail again with one edge put back (the mildest is named), the others only on the shrunk case's; "
-        f"{len(real) - measured} are not measured yet."
+        f"{len(real) - measured} {'is' if len(real) - measured == 1 else 'are'} not measured yet."
     )
 
 
