@@ -84,8 +84,9 @@ def main(args: argparse.Namespace) -> int:
 def _not_reproduced(entry, pool) -> str:
     """What the entry's own case does on ``pool`` where that is not its failure ('passes', 'fails otherwise:
     ...'); '' where it fails the same way."""
-    if pool.cannot_run(entry.case):
-        return f"cannot run ({pool.cannot_run(entry.case)[:200]})"
+    why_not = pool.cannot_run(entry.case)
+    if why_not:
+        return f"cannot run ({why_not[:200]})"
     verdict = pool.run(entry.case)
     if not verdict.is_failure:
         return "passes" if verdict.status != "unsupported" else f"is not supported ({verdict.summary()[:200]})"

@@ -279,16 +279,17 @@ def _edges(case: Case) -> tuple[str, ...]:
 
 
 def measure_reach(
+    case: Case,
     nearest: Case,
     signature: str,
     run: Callable[[Case], Verdict],
     *,
     cannot_run: Callable[[Case], str] = lambda case: "",
     admissible: Callable[[Case], str] = lambda case: "",
-) -> tuple[str, tuple[Neighbour, ...]]:
-    """What the realistic case ``nearest`` did (a ``NEIGHBOUR_OUTCOMES`` value), and where it passes or fails
-    otherwise, what each edge trial did (``edge_trials``): it again with one edge put back, mildest first, each
-    run until one fails the same way."""
+) -> tuple[str, tuple[str, ...], tuple[Neighbour, ...]]:
+    """What ``case``'s realistic case ``nearest`` did (a ``NEIGHBOUR_OUTCOMES`` value); where it passes or fails
+    otherwise, the edges ``case`` stands on and what each edge trial did (``edge_trials``): ``nearest`` again
+    with one edge put back, mildest first, each run until one fails the same way."""
 
     def outcome(case: Case) -> tuple[str, str]:
         why_not = cannot_run(case) or admissible(case)
@@ -300,17 +301,18 @@ def measure_reach(
             return "not supported", str(exc)[:300]
 
     realistic = outcome(nearest)[0]
-    if realistic in ("same failure", "not supported"):
-        return realistic, ()
+    if realistic == "same failure":
+        return realistic, (), ()
+    if realistic == "not supported":
+        return realistic, _edges(case), ()
     trials = []
     for edge, change, variant in edge_variants(nearest):
-        trial = Neighbour(edge, change, *outcome(variant)) if variant is not None else None
-        if trial is None:
+        if variant is None:
             continue
-        trials.append(trial)
-        if trial.outcome == "same failure":
+        trials.append(Neighbour(edge, change, *outcome(variant)))
+        if trials[-1].outcome == "same failure":
             break
-    return realistic, tuple(trials)
+    return realistic, _edges(case), tuple(trials)
 
 
 def edge_variants(case: Case) -> Iterator[tuple[str, str, Case | None]]:
@@ -406,11 +408,11 @@ def explain_case(
     nearest = realistic_case(case, necessary)
     if complete and nearest is not None and (deadline is None or time.monotonic() <= deadline):
         try:
-            realistic, trials = measure_reach(nearest, signature, run, cannot_run=cannot_run, admissible=admissible)
+            realistic, edges, trials = measure_reach(
+                case, nearest, signature, run, cannot_run=cannot_run, admissible=admissible
+            )
         except StopRequested:
             complete = False
-        if realistic not in ("", "same failure"):
-            edges = _edges(case)
     elif nearest is not None:
         complete = False
     return Explanation(
@@ -439,8 +441,7 @@ def with_reach_measured(
     nearest = realistic_case(case, explanation.necessary)
     if nearest is None:
         return explanation
-    realistic, trials = measure_reach(nearest, signature, run, cannot_run=cannot_run)
-    edges = _edges(case) if realistic not in ("", "same failure") else ()
+    realistic, edges, trials = measure_reach(case, nearest, signature, run, cannot_run=cannot_run)
     return attrs.evolve(explanation, realistic=realistic, edges=edges, edge_trials=trials)
 
 
