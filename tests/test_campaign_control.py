@@ -181,6 +181,10 @@ def test_steering_masks_a_known_bugs_look_alikes_after_k_hits_and_counts_them():
     assert conditions["load_engine"] == "fsdp2" and conditions.get("steps") != "0"  # what every hit had
     assert len(conditions) <= 2  # and little else: the passing cases showed what sets the hits apart
     assert steered.cases_run == plain.cases_run  # the masked draws were replaced, not lost
+    # The hits no mask covered (those before it formed) are counted apart, with the last one's case.
+    assert 0 < steered.known_unmasked[signature] < steered.known_hits[signature]
+    assert steered.known_unmasked_example[signature]["dimensions"]["load_engine"] == "fsdp2"
+    assert plain.known_unmasked[signature] == 0  # no steering: nothing to miss
 
 
 def test_time_spent_is_split_by_what_it_went_to():

@@ -70,6 +70,10 @@ class CampaignResult:
     findings: dict[str, Finding] = attrs.Factory(dict)
     known_hits: Counter = attrs.Factory(Counter)
     known_seconds: dict[str, float] = attrs.Factory(_seconds)  # known signature -> wall seconds its hits cost
+    # Known signature -> its hits that no mask of its bug covered (not probes: where steering missed it), and
+    # the last such hit's dimensions and seconds (what a mask would have to cover).
+    known_unmasked: Counter = attrs.Factory(Counter)
+    known_unmasked_example: dict[str, dict] = attrs.Factory(dict)
     unsupported: Counter = attrs.Factory(Counter)  # signature -> cases torch rejected as documented
     coverage: dict[str, Counter] = attrs.Factory(lambda: defaultdict(Counter))
     seconds_in_cases: float = 0.0

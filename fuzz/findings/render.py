@@ -80,9 +80,9 @@ def markdown(report: dict) -> str:
         lines.append("None.")
     lines += ["", "## Known torch bugs hit", ""]
     if report.get("known_failures"):
-        lines += ["| hits | seconds | bug |", "|---|---|---|"]
+        lines += ["| hits | not masked | seconds | bug |", "|---|---|---|---|"]
         lines += [
-            f"| {k['hits']} | {k.get('seconds', 0.0):.1f} | {_cell(k['title'][:200])} |"
+            f"| {k['hits']} | {k.get('unmasked', '')} | {k.get('seconds', 0.0):.1f} | {_cell(k['title'][:200])} |"
             for k in report["known_failures"]
         ]
     else:

@@ -80,6 +80,8 @@ def campaign_report(
                 "bug": known.bug(s),
                 "hits": n,
                 "seconds": round(result.known_seconds[s], 2),
+                "unmasked": result.known_unmasked[s],
+                "last_unmasked": result.known_unmasked_example.get(s),
             }
             for s, n in result.known_hits.items()
         ],

@@ -165,6 +165,10 @@ class Campaign:
         )
         if known:
             result.known_seconds[signature] += verdict.seconds
+        if known and self.steering is not None and not self.steering.covers(case, signature):
+            result.known_unmasked[signature] += 1
+            example = {"seconds_in_case": round(verdict.seconds, 2), "dimensions": dict(dimensions(case))}
+            result.known_unmasked_example[signature] = example
         if self.steering is not None:  # a combination torch refuses is as known as a known bug, and as useless again
             repeat = known or verdict.status == "unsupported"
             self.steering.observe(case, signature if repeat else None, costly=verdict.leaves_ranks_stuck)

@@ -168,6 +168,11 @@ class Steering:
                 return False
         return True
 
+    def covers(self, case: Case, signature: str) -> bool:
+        """Whether a mask of the known bug ``signature`` meets ``case`` (a hit it covers is one of its probes)."""
+        dims = dimensions(case)
+        return any(masked_signature(key) == signature and meets(dims, c) for key, c in self.masks.items())
+
     def observe(self, case: Case, known_signature: str | None, *, costly: bool = False) -> None:
         """Learn from a case that ran: ``known_signature`` is the known bug it hit, if any; ``costly``
         when that hit left ranks to restart (``Verdict.leaves_ranks_stuck``)."""
