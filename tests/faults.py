@@ -49,6 +49,15 @@ class ExitOnSave(DcpTarget):
         super().save(state_dict, checkpoint_id=checkpoint_id, process_group=process_group)
 
 
+class RaiseOnSave(DcpTarget):
+    """Every rank of the save side raises in save; ranks outside it wait to load."""
+
+    def save(self, state_dict, *, checkpoint_id, process_group):
+        if _armed():
+            raise RuntimeError("injected save failure")
+        super().save(state_dict, checkpoint_id=checkpoint_id, process_group=process_group)
+
+
 class HangOnLoad(DcpTarget):
     """Rank 0 never returns from load."""
 

@@ -2,6 +2,7 @@
 
 import os
 
+import attrs
 import faults
 import pytest
 
@@ -41,6 +42,21 @@ def test_a_rank_that_raises_is_reported_and_the_pool_recovers(fault_flag):
         fault_flag.unlink()
         assert pool.run(CASE).status == "pass"
         assert pool.starts == 2
+
+
+def test_a_save_side_that_raises_leaves_no_rank_waiting_to_load(fault_flag):
+    """The save side spans rank 0 only; rank 1 waits to load. It hears that the save failed and reports at
+    once, so the pool re-forms its process group instead of restarting ranks (seconds per failure: a plain
+    barrier left rank 1 waiting until the error grace ran out)."""
+    one_saves = attrs.evolve(CASE, save=Side(FSDP2(), (1,)))
+    with _pool("RaiseOnSave", error_grace=30.0) as pool:
+        verdict = pool.run(one_saves)
+        assert verdict.status == "error" and not verdict.leaves_ranks_stuck, verdict.detail
+        assert [(e.rank, e.phase) for e in verdict.errors] == [(0, "save")]
+        assert verdict.seconds < 15  # not the 30 s grace
+        fault_flag.unlink()
+        assert pool.run(one_saves).status == "pass"
+        assert pool.starts == 1 and pool.resets == 1
 
 
 def test_a_crashed_rank_is_a_crash_and_the_pool_restarts(fault_flag):

@@ -134,44 +134,17 @@ def run_case(
     ctx.prepare_async_group(case)
     target = checkpoint_io(case, target)
     if phase != "load" and ctx.rank < case.save.world_size:
-        ctx.enter("build-save")
-        model, optim, app = _build_side(case, case.save, case.model, ctx, target, seed=case.seed)
-        ctx.enter("train")
-        _train(case, case.save, model, optim, app, rank=ctx.rank)
-        ctx.enter("gather-saved")
-        expected = gather_full(model, optim, app)
-        ctx.enter("save")
-        if isinstance(target, ObjectTarget):  # the target builds its state dicts from the objects itself
-            target.save_objects(
-                model,
-                optim,
-                side=side_description(case, case.save),
-                checkpoint_id=checkpoint_dir,
-                process_group=ctx.checkpoint_group(case),
-            )
-        else:
-            state = _side_state_dict(case, case.save, model, optim, app)
-            target.save(state, checkpoint_id=checkpoint_dir, process_group=ctx.checkpoint_group(case))
-            del state
-        if "continuation" in case.checks and case.load_mutation is None:
-            ctx.enter("continue-saved")
-            _train(case, case.save, model, optim, app, rank=ctx.rank, continuation=True)
-            expected_after = gather_full(model, optim, app)
-        if "api-parity" in case.checks:
-            ctx.enter("api-parity")
-            mismatches += sharded_checks.api_parity(
-                case.save, model, optim, rank=ctx.rank, group=ctx.group(case.save.world_size)
-            )
-        if isinstance(target, FinishesSave):
-            ctx.enter("finish-save")  # an async write has run alongside the phases above
-            target.finish_save()
-        del model, optim, app
-        if phase == "save" and ctx.rank == 0:
-            ctx.enter("hand-off")
-            write_handoff(checkpoint_dir, expected, expected_after)
+        try:
+            expected, expected_after, mismatches = _save_side(case, ctx, target, checkpoint_dir, phase)
+        except BaseException:
+            if phase == "both":  # the ranks waiting to load would otherwise wait for this one until the deadline
+                _agree_whether_a_save_failed(failed=True, wait=SAVE_FAILED_WAIT)
+            raise
     if phase == "both":
         ctx.enter("barrier")
-        dist.barrier()
+        if _agree_whether_a_save_failed(failed=False):
+            ctx.enter("idle")
+            return mismatches  # nothing to load: the save ranks that raised report why
     if phase != "save" and ctx.rank < case.load.world_size:
         if case.load_mutation is not None:
             mismatches += _load_incompatible(case, ctx, target, checkpoint_dir)
@@ -184,6 +157,72 @@ def run_case(
             )
     ctx.enter("idle")
     return mismatches
+
+
+#: Seconds a save-side rank that raised waits for every rank to hear of it (all do, unless a rank of its side is
+#: stuck in a collective the failure left behind: then the pool's deadline and restart deal with that rank).
+SAVE_FAILED_WAIT = 1.0
+
+
+def _save_side(case: Case, ctx: RankContext, target, checkpoint_dir: str, phase: str):
+    """This rank's share of the save side: build, train, save (and what the checks run after it); the state
+    gathered before the save and after the continuation, and the mismatches the save side's checks found."""
+    mismatches: list[Mismatch] = []
+    expected_after = None
+    ctx.enter("build-save")
+    model, optim, app = _build_side(case, case.save, case.model, ctx, target, seed=case.seed)
+    ctx.enter("train")
+    _train(case, case.save, model, optim, app, rank=ctx.rank)
+    ctx.enter("gather-saved")
+    expected = gather_full(model, optim, app)
+    ctx.enter("save")
+    if isinstance(target, ObjectTarget):  # the target builds its state dicts from the objects itself
+        target.save_objects(
+            model,
+            optim,
+            side=side_description(case, case.save),
+            checkpoint_id=checkpoint_dir,
+            process_group=ctx.checkpoint_group(case),
+        )
+    else:
+        state = _side_state_dict(case, case.save, model, optim, app)
+        target.save(state, checkpoint_id=checkpoint_dir, process_group=ctx.checkpoint_group(case))
+        del state
+    if "continuation" in case.checks and case.load_mutation is None:
+        ctx.enter("continue-saved")
+        _train(case, case.save, model, optim, app, rank=ctx.rank, continuation=True)
+        expected_after = gather_full(model, optim, app)
+    if "api-parity" in case.checks:
+        ctx.enter("api-parity")
+        mismatches += sharded_checks.api_parity(
+            case.save, model, optim, rank=ctx.rank, group=ctx.group(case.save.world_size)
+        )
+    if isinstance(target, FinishesSave):
+        ctx.enter("finish-save")  # an async write has run alongside the phases above
+        target.finish_save()
+    del model, optim, app
+    if phase == "save" and ctx.rank == 0:
+        ctx.enter("hand-off")
+        write_handoff(checkpoint_dir, expected, expected_after)
+    return expected, expected_after, mismatches
+
+
+def _agree_whether_a_save_failed(*, failed: bool, wait: float | None = None) -> bool:
+    """The world's barrier between save and load, which also tells every rank whether a save rank raised.
+
+    A plain barrier would leave the ranks outside a failed save side (and those of it that did not raise)
+    waiting for the ones that raised until the case's deadline, and the pool would restart every rank: seconds
+    per failure, against a fraction of one for a process-group reset. ``wait``: give up after this many
+    seconds (a rank that raised must report, whatever the others do)."""
+    flag = torch.tensor([int(failed)])
+    work = dist.all_reduce(flag, async_op=True)
+    if wait is None:
+        work.wait()
+        return bool(flag.item())
+    deadline = time.monotonic() + wait
+    while not work.is_completed() and time.monotonic() < deadline:
+        time.sleep(0.002)
+    return True
 
 
 def side_description(case: Case, side: Side) -> dict[str, Any]:
