@@ -402,6 +402,12 @@ def _explain_options(explain: argparse.ArgumentParser) -> None:
         help="of an entry explained in full, measure again only its realistic case and which edge brings the "
         "failure back (its neighbours are kept)",
     )
+    explain.add_argument(
+        "--extend",
+        action="store_true",
+        help="of an entry explained in full on this torch, run only the neighbours its explanation lacks (after "
+        "shardfuzz learned new ones), then its reach again",
+    )
     _across_options(explain)
 
 

@@ -242,3 +242,21 @@ def test_an_explanation_cut_short_resumes_where_it_stopped():
         - sum(1 for row in whole.neighbours if row.outcome == "not supported")
         + 1
     )  # the neighbours not measured before, and the realistic case
+
+
+def test_extend_runs_only_the_neighbours_a_complete_explanation_lacks():
+    """``explain --extend``: an explanation made before a neighbour was added (steps 2, say) keeps its rows."""
+    from shardfuzz.commands.explain import _resumable
+
+    whole = attrs.evolve(explain_case(CASE, ERROR.signature(), fsdp1_load_with_sgd_fails), torch="2.13.0+cpu")
+    entry = attrs.evolve(entry_for(CASE, ERROR), explanation=attrs.evolve(whole, neighbours=whole.neighbours[1:]))
+    assert _resumable(entry, "2.13.0+cpu") is None  # complete: explained again from nothing unless extended
+    assert _resumable(entry, "2.4.1") is None  # another torch: its rows say nothing here
+    ran = []
+
+    def counting(case):
+        ran.append(case)
+        return fsdp1_load_with_sgd_fails(case)
+
+    extended = explain_case(CASE, ERROR.signature(), counting, resume=_resumable(entry, "2.13.0+cpu", extend=True))
+    assert extended.neighbours == whole.neighbours and len(ran) == 2  # the missing row, and the realistic case

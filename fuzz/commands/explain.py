@@ -64,7 +64,7 @@ def main(args: argparse.Namespace) -> int:
                         cannot_run=pool.cannot_run,
                         deadline=started + args.budget,
                         torch_version=str(torch.__version__),
-                        resume=_resumable(entry, str(torch.__version__)),
+                        resume=_resumable(entry, str(torch.__version__), extend=args.extend),
                     )
         except PoolStartError as exc:
             print(f"shardfuzz explain: {exc}", file=sys.stderr)
@@ -95,10 +95,11 @@ def _not_reproduced(entry, pool) -> str:
     return ""
 
 
-def _resumable(entry, torch_version: str):
-    """The entry's explanation if it was cut short under this torch: its neighbours need not run again."""
+def _resumable(entry, torch_version: str, *, extend: bool = False):
+    """The entry's explanation if it was cut short under this torch (or, to ``extend`` it, complete under this
+    torch): its neighbours need not run again."""
     explanation = entry.explanation
-    if explanation is None or explanation.complete or explanation.torch != torch_version:
+    if explanation is None or (explanation.complete and not extend) or explanation.torch != torch_version:
         return None
     print(f"  resuming: {len(explanation.neighbours)} neighbours measured before", file=sys.stderr)
     return explanation

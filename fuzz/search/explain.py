@@ -147,12 +147,16 @@ def _or_none(instance, **changes):
         return None
 
 
+#: Step counts up to this one are each a neighbour (the strategies draw 0 to 3 by default).
+EXPLAINED_STEPS = 3
+
+
 def _case_neighbours(case: Case) -> Iterator[tuple[str, str, Case | None]]:
     optimizer = type(case.optimizer)
     for kind in OPTIMIZER_CLASSES:
         if kind is not optimizer:
             yield "optimizer", f"{optimizer.__name__} -> {kind.__name__}", _or_none(case, optimizer=kind())
-    for steps in sorted({0, 1, 3} - {case.steps}):
+    for steps in sorted(set(range(EXPLAINED_STEPS + 1)) - {case.steps}):  # every count drawn: '1|3' left out 2
         yield "steps", f"{case.steps} -> {steps} steps", _or_none(case, steps=steps)
     yield (
         "param_groups",
