@@ -260,3 +260,14 @@ def test_extend_runs_only_the_neighbours_a_complete_explanation_lacks():
 
     extended = explain_case(CASE, ERROR.signature(), counting, resume=_resumable(entry, "2.13.0+cpu", extend=True))
     assert extended.neighbours == whole.neighbours and len(ran) == 2  # the missing row, and the realistic case
+
+
+def test_an_fsdp1_strategy_that_needs_a_2d_mesh_is_a_neighbour_on_one():
+    """HYBRID_SHARD on a 1-D mesh is refused by the data model: the neighbour takes the (1, n) mesh with it,
+    so an explanation says whether HSDP fails too (a campaign met the full-offload crash there)."""
+    case = attrs.evolve(CASE, load=Side(FSDP1(), (2,)))
+    rows = {change: n for dimension, change, n in neighbours(case) if dimension == "load_sharding_strategy"}
+    hybrid = rows["sharding_strategy -> 'HYBRID_SHARD' on mesh (1, 2)"]
+    assert hybrid is not None and hybrid.load.mesh_shape == (1, 2)
+    back = {change: n for dimension, change, n in neighbours(hybrid) if dimension == "load_sharding_strategy"}
+    assert back["sharding_strategy -> 'FULL_SHARD' on mesh (2,)"].load.mesh_shape == (2,)
