@@ -1,4 +1,4 @@
-"""A warm pool's rank processes as processes: started with ``spawn``, stopped in stages, and how each one ended.
+"""A warm pool's rank processes as processes: forked from a forkserver (or spawned), stopped in stages, and how each one ended.
 
 Shutdown goes in stages, as HypoFuzz's worker hub does: ask (a ``Stop`` message),
 join with a deadline, terminate, kill.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -37,7 +38,8 @@ def spawn_ranks(
     """
     from shardfuzz.executor import worker
 
-    context = multiprocessing.get_context("spawn")
+    context = _context(interpreter)
+    environ = dict(os.environ) if context.get_start_method() == "forkserver" else None  # see ``_context``
     procs: list = []
     conns: list = []
     phases: list = []
@@ -48,7 +50,7 @@ def spawn_ranks(
                 phase = context.RawArray("c", _PHASE_BYTES)
                 proc = context.Process(
                     target=worker.main,
-                    args=(rank, world_size, store, child_end, target, log_of(rank), phase, device),
+                    args=(rank, world_size, store, child_end, target, log_of(rank), phase, device, environ),
                     name=f"shardfuzz-rank-{rank}",
                     daemon=True,
                 )
@@ -61,6 +63,22 @@ def spawn_ranks(
         stop_in_stages(procs, conns, reads_its_pipe=lambda rank: False)
         raise
     return procs, conns, phases
+
+
+#: What the forkserver imports once, so that each rank forked from it starts with them imported.
+_PRELOAD = ["torch", "torch.distributed", "shardfuzz.executor.worker"]
+
+
+def _context(interpreter: Interpreter | None):
+    """How the ranks are started: forked from a forkserver that imported torch once, where they run this Python
+    (a restart after a crash or a hang then skips torch's import on every rank: seconds on a small machine);
+    spawned, where they run another (the forkserver is one per process, in this Python). A forked rank takes
+    the pool's environment as it is now (``worker.main``), not the forkserver's from when it started."""
+    if interpreter is not None or "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(_PRELOAD)
+    return context
 
 
 def stop_in_stages(procs: list, conns: list, *, reads_its_pipe: Callable[[int], bool]) -> dict[int, int | None]:

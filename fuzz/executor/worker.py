@@ -13,6 +13,7 @@ stack there, and the current phase is written into the shared ``phase`` buffer.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import faulthandler
 import logging
@@ -37,7 +38,12 @@ def main(
     log_path: str | None = None,
     phase=None,
     device: str = "cpu",
+    environ: dict[str, str] | None = None,
 ) -> None:
+    # Forked from a forkserver (``environ`` given): the pool's environment as it is now, not the server's.
+    if environ is not None:
+        os.environ.clear()
+        os.environ.update(environ)
     _settle_in(log_path)
 
     import torch
@@ -56,6 +62,8 @@ def main(
     if ctx is not None:
         _serve(world, ctx, target)
     world.leave()
+    if environ is not None:  # a forked process ends with os._exit: run the exit handlers a spawned one would
+        atexit._run_exitfuncs()
 
 
 def _settle_in(log_path: str | None) -> None:
