@@ -98,8 +98,8 @@ def _side_neighbours(name: str, side: Side) -> Iterator[tuple[str, str, Side]]:
             changed_engine = _or_none(engine, **{attribute.name: value})
             change, changed = f"{attribute.name} -> {value!r}", _or_none(side, engine=changed_engine)
             if changed is None and changed_engine is not None:  # an option that needs the other mesh (HSDP's 2-D)
-                mesh = (1, *flat) if len(side.mesh_shape) == 1 else flat
-                change, changed = f"{change} on mesh {mesh}", _or_none(side, engine=changed_engine, mesh_shape=mesh)
+                other: tuple[int, ...] = (1, *flat) if len(side.mesh_shape) == 1 else flat
+                change, changed = f"{change} on mesh {other}", _or_none(side, engine=changed_engine, mesh_shape=other)
             yield f"{name}_{attribute.name}", change, changed
     if len(side.mesh_shape) == 2 and not isinstance(engine, TP):
         yield f"{name}_mesh", f"mesh {side.mesh_shape} -> {flat}", _or_none(side, mesh_shape=flat)
