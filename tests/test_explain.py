@@ -271,3 +271,27 @@ def test_an_fsdp1_strategy_that_needs_a_2d_mesh_is_a_neighbour_on_one():
     assert hybrid is not None and hybrid.load.mesh_shape == (1, 2)
     back = {change: n for dimension, change, n in neighbours(hybrid) if dimension == "load_sharding_strategy"}
     assert back["sharding_strategy -> 'FULL_SHARD' on mesh (2,)"].load.mesh_shape == (2,)
+
+
+def test_a_strategy_row_that_took_the_mesh_with_it_is_the_strategys():
+    """HYBRID_SHARD -> NO_SHARD on a flat mesh passes and -> FULL_SHARD fails the same way: the row belongs to
+    the strategy, whose condition then admits the strategies seen failing (the mesh is not the strategy's)."""
+    from shardfuzz.case import FSDP1
+
+    hybrid = attrs.evolve(CASE, load=Side(FSDP1(sharding_strategy="HYBRID_SHARD"), (1, 2)))
+
+    def no_shard_passes(case):
+        if getattr(case.load.engine, "sharding_strategy", "NO_SHARD") == "NO_SHARD":  # and other engines
+            return Verdict("pass")
+        return ERROR
+
+    explanation = explain_case(hybrid, ERROR.signature(), no_shard_passes)
+    rows = [row for row in explanation.neighbours if "on mesh" in row.change]
+    assert rows and {row.dimension for row in rows} == {"load_fsdp1_strategy"}
+    assert set(explanation.necessary["load_fsdp1_strategy"].split("|")) == {
+        "hybrid_shard",
+        "_hybrid_shard_zero2",
+        "full_shard",
+        "shard_grad_op",
+    }
+    assert "load_mesh" not in explanation.necessary

@@ -392,6 +392,8 @@ def explain_case(
         after = dimensions(neighbour)
         labels = {label for label in before if before[label] != after.get(label) and before[label] != "n/a"}
         own = [label for label in labels if not _derived(label)]
+        if len(own) > 1:  # an option that took the other mesh with it (HSDP's 2-D): the row is the option's
+            own = [label for label in own if not label.endswith(("_mesh", "_world_size"))] or own
         row_dimension = own[0] if len(own) == 1 else dimension
         if (row_dimension, change) in measured:  # resuming: this neighbour ran before
             outcome, detail = measured[row_dimension, change]
