@@ -295,3 +295,20 @@ def test_a_strategy_row_that_took_the_mesh_with_it_is_the_strategys():
         "shard_grad_op",
     }
     assert "load_mesh" not in explanation.necessary
+
+
+def test_a_failure_that_the_realistic_case_shows_needs_no_edge():
+    """NO_SHARD passes and changes the empty-shard and uneven-split labels with the strategy (other engines
+    fail otherwise); the realistic case (even splits, a shard on every rank) fails the same way, so neither
+    edge is a condition."""
+    one = Model(1, Sequential([Linear(1, bias=False)]))
+    case = attrs.evolve(CASE, load=Side(FSDP1(sharding_strategy="HYBRID_SHARD"), (1, 4)), model=one)
+    other = Verdict("error", errors=(RankError(0, "load", "KeyError", "another"),))
+
+    def no_shard_passes(c):
+        strategy = getattr(c.load.engine, "sharding_strategy", None)
+        return other if strategy is None else Verdict("pass") if strategy == "NO_SHARD" else ERROR
+
+    explanation = explain_case(case, ERROR.signature(), no_shard_passes)
+    assert explanation.realistic == "same failure"
+    assert not [label for label in explanation.necessary if label.endswith(("_empty_shard", "_uneven_split"))]

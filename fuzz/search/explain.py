@@ -424,7 +424,7 @@ def explain_case(
         complete = False
     return Explanation(
         neighbours=tuple(rows),
-        necessary=necessary,
+        necessary=_edges_dropped_if_realistic(necessary, realistic),
         free=_free(changed),
         realistic=realistic,
         edges=edges,
@@ -449,13 +449,27 @@ def with_reach_measured(
     if nearest is None:
         return explanation
     realistic, edges, trials = measure_reach(case, nearest, signature, run, cannot_run=cannot_run)
-    return attrs.evolve(explanation, realistic=realistic, edges=edges, edge_trials=trials)
+    necessary = _edges_dropped_if_realistic(explanation.necessary, realistic)
+    return attrs.evolve(explanation, realistic=realistic, edges=edges, edge_trials=trials, necessary=necessary)
+
+
+def _edges_dropped_if_realistic(necessary: Mapping[str, str], realistic: str) -> dict[str, str]:
+    """``necessary`` without its empty-shard and uneven-split labels where the realistic case, which has
+    neither, fails the same way: a passing neighbour that stopped sharding (NO_SHARD, say) changed them too,
+    and does not show that the failure needs them."""
+    if realistic != "same failure":
+        return dict(necessary)
+    return {label: value for label, value in necessary.items() if not label.endswith(_EDGE_LABELS)}
+
+
+#: The labels of a side's edges (``dimensions``), which the realistic case never has.
+_EDGE_LABELS = ("_empty_shard", "_uneven_split")
 
 
 def _derived(label: str) -> bool:
     """Whether a ``dimensions`` label follows from others (the sides differ; the optimizer keeps state; a
     width splits unevenly or leaves a rank empty) rather than being a value of the case's own."""
-    return label in ("resharded", "optimizer_state") or label.endswith(("_empty_shard", "_uneven_split"))
+    return label in ("resharded", "optimizer_state") or label.endswith(_EDGE_LABELS)
 
 
 def _necessary(changed: list[tuple[Neighbour, set[str], dict[str, str]]], before: dict[str, str]) -> dict[str, str]:
