@@ -454,12 +454,14 @@ def with_reach_measured(
 
 
 def _edges_dropped_if_realistic(necessary: Mapping[str, str], realistic: str) -> dict[str, str]:
-    """``necessary`` without its empty-shard and uneven-split labels where the realistic case, which has
+    """``necessary`` without needing an empty shard or an uneven split where the realistic case, which has
     neither, fails the same way: a passing neighbour that stopped sharding (NO_SHARD, say) changed them too,
-    and does not show that the failure needs them."""
+    and does not show that the failure needs them. (Needing *no* edge stays: the realistic case agrees.)"""
     if realistic != "same failure":
         return dict(necessary)
-    return {label: value for label, value in necessary.items() if not label.endswith(_EDGE_LABELS)}
+    return {
+        label: value for label, value in necessary.items() if not (label.endswith(_EDGE_LABELS) and value == "true")
+    }
 
 
 #: The labels of a side's edges (``dimensions``), which the realistic case never has.
