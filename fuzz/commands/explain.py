@@ -42,7 +42,10 @@ def main(args: argparse.Namespace) -> int:
             )
             status = 2
             continue
-        size = entry.replay_world_size if entry.fills_its_world else max(entry.replay_world_size, EXPLAIN_WORLD_SIZE)
+        # A hang's signature names where every stuck rank waits, those outside the case's sides too (in the
+        # barrier before the load): on a larger pool than it was found on, the same hang reads otherwise.
+        own_size = entry.fills_its_world or entry.status == "hang"
+        size = entry.replay_world_size if own_size else max(entry.replay_world_size, EXPLAIN_WORLD_SIZE)
         print(f"explaining {path.name}: {describe(entry.case)} (up to {args.budget:g} s)", file=sys.stderr)
         started = time.monotonic()
         try:
