@@ -104,7 +104,7 @@ def _side_neighbours(name: str, side: Side) -> Iterator[tuple[str, str, Side]]:
     if len(side.mesh_shape) == 2 and not isinstance(engine, TP):
         yield f"{name}_mesh", f"mesh {side.mesh_shape} -> {flat}", _or_none(side, mesh_shape=flat)
     elif len(side.mesh_shape) == 1:
-        for size in sorted({1, 2, 4} - {side.mesh_shape[0]}):
+        for size in sorted({1, 2, 3, 4} - {side.mesh_shape[0]}):  # every size drawn: '2|4' had left out 3
             yield f"{name}_world_size", f"{side.mesh_shape[0]} -> {size} ranks", _or_none(side, mesh_shape=(size,))
     for state_dict in STATE_DICT_TYPES:
         if state_dict != side.state_dict:
