@@ -140,6 +140,18 @@ def test_an_explanation_that_finishes_is_kept_whole(tmp_path):
     assert entry.unfinished == () and entry.explanation.complete
 
 
+def test_a_flaky_finding_is_saved_but_not_explained(tmp_path):
+    """A finding whose re-run on a fresh pool did otherwise: its neighbours would measure chance (a campaign's
+    flaky compiled-TP hang 'needed' 32 values, each neighbour having happened to pass)."""
+    import attrs
+
+    run = _run(tmp_path)
+    ranks = run.executor = _Ranks(cut_after=10_000)
+    run.on_finding(attrs.evolve(FINDING, flaky=True, other=Verdict("pass")))
+    ((_, entry),) = load_corpus(tmp_path)[0]
+    assert entry.explanation is None and entry.unfinished == () and ranks.runs == 0
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="a file where the corpus folder should be")
 def test_a_failed_save_says_so_with_the_whole_case(tmp_path, capsys):
     blocked = tmp_path / "corpus"

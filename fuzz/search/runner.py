@@ -240,7 +240,9 @@ class _Run:
         from shardfuzz.targets import framework_of, support_for
 
         alone = self._alone(finding.case) if self.torches is not None else None
-        explaining = self.config.explain_budget > 0
+        # A flaky finding (its re-run on a fresh pool did otherwise) is not explained: its neighbours would
+        # measure chance, and every one that happened to pass would read as a condition.
+        explaining = self.config.explain_budget > 0 and not finding.flaky
         entry = entry_for(
             finding.case,
             finding.verdict,
