@@ -1,0 +1,196 @@
+"""A finding's neighbours: each one-step change of its case that a bug report would name (an engine, an
+option, the mesh, the optimizer, the steps, the widths, ...), for ``explain`` to run.
+
+Each is built from the case; none is drawn. A change the data model refuses gives None (``or_none``), and
+the explanation records it as not supported.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import attrs
+
+from shardfuzz.case import (
+    CHECKS,
+    DDP,
+    DTYPES,
+    FSDP1,
+    FSDP2,
+    MIXED_PRECISION,
+    OPTIMIZER_CLASSES,
+    STATE_DICT_APIS,
+    STATE_DICT_TYPES,
+    STORAGE_CLASSES,
+    TP,
+    Block,
+    Case,
+    Linear,
+    Model,
+    Sequential,
+    Side,
+    TrainingState,
+    Unsharded,
+)
+
+__all__ = ["EXPLAINED_STEPS", "appended", "neighbours", "or_none", "scaled"]
+
+
+def _side_neighbours(name: str, side: Side) -> Iterator[tuple[str, str, Side]]:
+    """Each one-step change of one side: its engine, the engine's options, its mesh, its state-dict type, its
+    options (each Side field at another value)."""
+    engine = side.engine
+    flat = (math.prod(side.mesh_shape),)
+    for kind in (FSDP1, FSDP2, DDP, Unsharded):
+        if type(engine) is not kind:
+            mesh = (1,) if kind is Unsharded else flat
+            yield (
+                f"{name}_engine",
+                f"{type(engine).__name__} -> {kind.__name__}",
+                or_none(side, engine=kind(), mesh_shape=mesh, wrap=() if kind in (DDP, Unsharded) else side.wrap),
+            )
+    for attribute in attrs.fields(type(engine)):
+        for value in _other_values(attribute, getattr(engine, attribute.name)):
+            changed_engine = or_none(engine, **{attribute.name: value})
+            change, changed = f"{attribute.name} -> {value!r}", or_none(side, engine=changed_engine)
+            if changed is None and changed_engine is not None:  # an option that needs the other mesh (HSDP's 2-D)
+                other: tuple[int, ...] = (1, *flat) if len(side.mesh_shape) == 1 else flat
+                change, changed = f"{change} on mesh {other}", or_none(side, engine=changed_engine, mesh_shape=other)
+            yield f"{name}_{attribute.name}", change, changed
+    if len(side.mesh_shape) == 2 and not isinstance(engine, TP):
+        yield f"{name}_mesh", f"mesh {side.mesh_shape} -> {flat}", or_none(side, mesh_shape=flat)
+    elif len(side.mesh_shape) == 1:
+        for size in sorted({1, 2, 3, 4} - {side.mesh_shape[0]}):  # every size drawn: '2|4' had left out 3
+            yield f"{name}_world_size", f"{side.mesh_shape[0]} -> {size} ranks", or_none(side, mesh_shape=(size,))
+    for state_dict in STATE_DICT_TYPES:
+        if state_dict != side.state_dict:
+            yield f"{name}_state_dict", f"{side.state_dict} -> {state_dict}", or_none(side, state_dict=state_dict)
+    if side.wrap:
+        yield f"{name}_wrapped", "wrap set -> none", or_none(side, wrap=())
+    for option, values in (("state_dict_api", STATE_DICT_APIS), ("mixed_precision", MIXED_PRECISION)):
+        for value in values:
+            if value != getattr(side, option):
+                yield f"{name}_{option}", f"{option} -> {value}", or_none(side, **{option: value})
+    if side.activation_checkpointing != "none":
+        yield (
+            f"{name}_activation_checkpointing",
+            "activation checkpointing -> none",
+            or_none(side, activation_checkpointing="none", checkpointed=()),
+        )
+    for option in ("cpu_offload", "broadcast_from_rank0", "compiled", "meta_init", "offload_params"):
+        value = not getattr(side, option)
+        yield f"{name}_{option}", f"{option} -> {value}", or_none(side, **{option: value})
+
+
+#: The fields that hold a part built by another ``or_none`` (None there: that part was refused).
+_PARTS = ("engine", "model", "save", "load")
+
+
+def _other_values(attribute, current) -> list:
+    """The other values an engine option takes: a bool's other, an enumerated option's others."""
+    if isinstance(current, bool):
+        return [not current]
+    options = getattr(attribute.validator, "options", None)
+    return [value for value in options or () if value != current]
+
+
+def or_none(instance, **changes):
+    """``instance`` with ``changes``, or None where its validators refuse them."""
+    if instance is None or any(changes.get(name, instance) is None for name in _PARTS):
+        return None  # a part that could not be changed makes no neighbour
+    try:
+        return attrs.evolve(instance, **changes)
+    except (ValueError, TypeError):
+        return None
+
+
+#: Step counts up to this one are each a neighbour (the strategies draw 0 to 3 by default).
+EXPLAINED_STEPS = 3
+
+
+def _case_neighbours(case: Case) -> Iterator[tuple[str, str, Case | None]]:
+    optimizer = type(case.optimizer)
+    for kind in OPTIMIZER_CLASSES:
+        if kind is not optimizer:
+            yield "optimizer", f"{optimizer.__name__} -> {kind.__name__}", or_none(case, optimizer=kind())
+    for steps in sorted(set(range(EXPLAINED_STEPS + 1)) - {case.steps}):  # every count drawn: '1|3' left out 2
+        yield "steps", f"{case.steps} -> {steps} steps", or_none(case, steps=steps)
+    yield (
+        "param_groups",
+        f"{case.param_groups} -> {3 - case.param_groups} param groups",
+        or_none(case, param_groups=3 - case.param_groups),
+    )
+    flatten = not case.flatten_optimizer_state_dict
+    yield "flatten_optimizer_state_dict", f"flatten -> {flatten}", or_none(case, flatten_optimizer_state_dict=flatten)
+    for check in CHECKS:
+        checks = tuple(c for c in case.checks if c != check) if check in case.checks else (*case.checks, check)
+        yield (
+            f"check_{check}",
+            f"check {check} {'off' if check in case.checks else 'on'}",
+            or_none(case, checks=checks),
+        )
+    if case.load_mutation is not None:
+        yield "load_mutation", f"{case.load_mutation} -> none", or_none(case, load_mutation=None)
+    for storage in STORAGE_CLASSES:
+        if type(case.storage) is not storage:
+            yield "storage", f"{type(case.storage).__name__} -> {storage.__name__}", or_none(case, storage=storage())
+    yield (
+        "ignore_frozen_params",
+        f"ignore_frozen_params -> {not case.ignore_frozen_params}",
+        or_none(case, ignore_frozen_params=not case.ignore_frozen_params),
+    )
+    training = None if case.training is not None else TrainingState()
+    yield (
+        "training_state",
+        f"training state -> {'none' if training is None else 'an LR scheduler'}",
+        or_none(case, training=training),
+    )
+    yield "seed", f"seed {case.seed} -> {case.seed + 1}", or_none(case, seed=case.seed + 1)
+
+
+def _model_neighbours(case: Case) -> Iterator[tuple[str, str, Case | None]]:
+    model = case.model
+    if not isinstance(model, Model):
+        return  # a user's own model is explained around, not into
+    for dtype in DTYPES:
+        if dtype != model.dtype:
+            yield "dtype", f"{model.dtype} -> {dtype}", or_none(case, model=or_none(model, dtype=dtype))
+    yield "widths", "every width x2", or_none(case, model=scaled(model, 2))
+    last = model.output_width
+    deeper = or_none(model, root=appended(model.root, Linear(max(last, 1))))
+    yield "linears", "one more Linear", or_none(case, model=deeper)
+
+
+def neighbours(case: Case) -> Iterator[tuple[str, str, Case | None]]:
+    """``(dimension, change, neighbour)`` for each one-step change of ``case``; ``neighbour`` is None where the
+    change makes no valid case (the data model refuses it)."""
+    for name in ("save", "load"):
+        for dimension, change, side in _side_neighbours(name, getattr(case, name)):
+            yield dimension, change, or_none(case, **{name: side})
+    yield from _case_neighbours(case)
+    yield from _model_neighbours(case)
+
+
+def appended(root, leaf):
+    """``root`` with ``leaf`` after its last child, of the same container kind (so every path it had stays)."""
+    if isinstance(root, (Sequential, Block)):
+        return type(root)((*root.children, leaf))
+    return Sequential((root, leaf))
+
+
+def scaled(model: Model, factor: int) -> Model | None:
+    """``model`` with the input width and every Linear's output width multiplied by ``factor`` (norms and
+    attention follow the width they are fed; a head count that divided a width divides its multiple)."""
+
+    def scale(node):
+        if isinstance(node, (Sequential, Block)):
+            return type(node)(tuple(scale(child) for child in node.children))
+        if isinstance(node, Linear):
+            return attrs.evolve(node, out_features=node.out_features * factor)
+        return node
+
+    try:
+        return attrs.evolve(model, input_width=model.input_width * factor, root=scale(model.root))
+    except (ValueError, TypeError):
+        return None
