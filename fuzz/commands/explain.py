@@ -42,9 +42,9 @@ def main(args: argparse.Namespace) -> int:
             )
             status = 2
             continue
-        # A hang's signature names where every stuck rank waits, those outside the case's sides too (in the
-        # barrier before the load): on a larger pool than it was found on, the same hang reads otherwise.
-        own_size = entry.fills_its_world or entry.status == "hang"
+        # A hang's signature names where every stuck rank waits: where the save side hangs, the ranks outside it
+        # wait too (in the barrier before the load), so on a larger pool than it was found on it reads otherwise.
+        own_size = entry.fills_its_world or (entry.status == "hang" and _hangs_saving(entry.signature))
         size = entry.replay_world_size if own_size else max(entry.replay_world_size, EXPLAIN_WORLD_SIZE)
         print(f"explaining {path.name}: {describe(entry.case)} (up to {args.budget:g} s)", file=sys.stderr)
         started = time.monotonic()
@@ -82,6 +82,16 @@ def main(args: argparse.Namespace) -> int:
         if args.record:
             rewrite_entry(path, with_explanation(entry, explanation))
     return status
+
+
+#: The phases of a case's save side (``roundtrip``): a hang there leaves the ranks outside it in the barrier.
+_SAVE_PHASES = frozenset({"build-save", "train", "gather-saved", "save", "continue-saved", "api-parity", "finish-save"})
+
+
+def _hangs_saving(signature: str) -> bool:
+    """Whether a hang's signature (``hang:<phases>:<how>``) names a phase of the save side."""
+    phases = signature.split(":")[1].split(",") if signature.count(":") >= 2 else []
+    return bool(_SAVE_PHASES.intersection(phases))
 
 
 def _not_reproduced(entry, pool) -> str:

@@ -63,6 +63,9 @@ def _side_neighbours(name: str, side: Side) -> Iterator[tuple[str, str, Side]]:
     elif len(side.mesh_shape) == 1:
         for size in sorted({1, 2, 3, 4} - {side.mesh_shape[0]}):  # every size drawn: '2|4' had left out 3
             yield f"{name}_world_size", f"{side.mesh_shape[0]} -> {size} ranks", or_none(side, mesh_shape=(size,))
+    if isinstance(engine, TP) and side.mesh_shape[0] == 1:  # the tp degree, on the (1, tp) mesh TP is drawn on
+        for size in sorted({2, 3, 4} - {side.mesh_shape[1]}):
+            yield f"{name}_world_size", f"tp {side.mesh_shape[1]} -> {size}", or_none(side, mesh_shape=(1, size))
     for state_dict in STATE_DICT_TYPES:
         if state_dict != side.state_dict:
             yield f"{name}_state_dict", f"{side.state_dict} -> {state_dict}", or_none(side, state_dict=state_dict)
