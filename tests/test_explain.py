@@ -312,3 +312,15 @@ def test_a_failure_that_the_realistic_case_shows_needs_no_edge():
     explanation = explain_case(case, ERROR.signature(), no_shard_passes)
     assert explanation.realistic == "same failure"
     assert not [label for label in explanation.necessary if label.endswith(("_empty_shard", "_uneven_split"))]
+
+
+def test_the_tp_degree_is_a_neighbour_and_a_save_side_hang_keeps_its_pool_size():
+    """A (1, tp) mesh gets the other tp degrees drawn (the README's 60 s run met the FSDP2 + TP gather hang at
+    tp 3, outside a `when` measured at tp 2 only); a hang whose save side hangs is explained on its own pool."""
+    from shardfuzz.case import TP
+    from shardfuzz.commands.explain import _hangs_saving
+
+    case = attrs.evolve(CASE, load=Side(TP(plan=(("0", "rowwise"),)), (1, 2)))
+    degrees = {n.load.mesh_shape for d, change, n in neighbours(case) if change.startswith("tp ")}
+    assert degrees == {(1, 3), (1, 4)}
+    assert _hangs_saving("hang:barrier,gather-saved:deadline") and not _hangs_saving("hang:gather-before-load:deadline")
