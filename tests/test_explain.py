@@ -323,4 +323,4 @@ def test_the_tp_degree_is_a_neighbour_and_a_save_side_hang_keeps_its_pool_size()
     case = attrs.evolve(CASE, load=Side(TP(plan=(("0", "rowwise"),)), (1, 2)))
     degrees = {n.load.mesh_shape for d, change, n in neighbours(case) if change.startswith("tp ")}
     assert degrees == {(1, 3), (1, 4)}
-    assert _hangs_saving("hang:barrier,gather-saved:deadline") and not _hangs_saving("hang:gather-before-load:deadline")
+    assert _hangs_saving("barrier,gather-saved") and not _hangs_saving("gather-before-load,load")

@@ -44,7 +44,8 @@ def main(args: argparse.Namespace) -> int:
             continue
         # A hang's signature names where every stuck rank waits: where the save side hangs, the ranks outside it
         # wait too (in the barrier before the load), so on a larger pool than it was found on it reads otherwise.
-        own_size = entry.fills_its_world or (entry.status == "hang" and _hangs_saving(entry.signature))
+        hangs_saving = entry.status == "hang" and entry.cause is not None and _hangs_saving(entry.cause.phase)
+        own_size = entry.fills_its_world or hangs_saving
         size = entry.replay_world_size if own_size else max(entry.replay_world_size, EXPLAIN_WORLD_SIZE)
         print(f"explaining {path.name}: {describe(entry.case)} (up to {args.budget:g} s)", file=sys.stderr)
         started = time.monotonic()
@@ -88,10 +89,9 @@ def main(args: argparse.Namespace) -> int:
 _SAVE_PHASES = frozenset({"build-save", "train", "gather-saved", "save", "continue-saved", "api-parity", "finish-save"})
 
 
-def _hangs_saving(signature: str) -> bool:
-    """Whether a hang's signature (``hang:<phases>:<how>``) names a phase of the save side."""
-    phases = signature.split(":")[1].split(",") if signature.count(":") >= 2 else []
-    return bool(_SAVE_PHASES.intersection(phases))
+def _hangs_saving(phases: str) -> bool:
+    """Whether a hang's stuck phases (``Cause.phase``: "gather-saved,save") include one of the save side."""
+    return bool(_SAVE_PHASES.intersection(phases.split(",")))
 
 
 def _not_reproduced(entry, pool) -> str:
