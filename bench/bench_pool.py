@@ -21,6 +21,10 @@ this one's (``CrossVersionPool``, two warm pools; this Python's path measures th
 cost alone): only cases that pass both ways are timed.
 
     python bench/bench_pool.py --world-size 4 --other-python "$(shardfuzz torch-env 2.10.0)"
+
+``--write-cases FILE`` keeps the drawn cases (one JSON per line) and ``--cases-file FILE`` times those
+instead of drawing: the same cases timed on two versions of shardfuzz (a change that adds dimensions
+changes what a seed draws), e.g. from a git worktree of the old commit and then this one.
 """
 
 from __future__ import annotations
@@ -157,6 +161,8 @@ def main(argv=None) -> int:
         action="store_true",
         help="with --rss-cases: leave out cases that meet the known FSDP1 segfault",
     )
+    parser.add_argument("--write-cases", default=None, help="write the drawn cases here, one JSON per line")
+    parser.add_argument("--cases-file", default=None, help="time these cases (one JSON per line) instead of drawing")
     parser.add_argument(
         "--other-python",
         default=None,
@@ -166,9 +172,17 @@ def main(argv=None) -> int:
     if args.rss_cases:
         return rss_run(args.rss_cases, args.world_size, args.seed, without_crashers=args.without_crashers)
 
+    from shardfuzz.case import dumps, loads
     from shardfuzz.executor import RankPool
 
-    drawn = draw_cases(args.cases * 3, args.world_size, args.seed)
+    if args.cases_file:
+        with open(args.cases_file) as lines:
+            drawn = [loads(line) for line in lines if line.strip()]
+    else:
+        drawn = draw_cases(args.cases * 3, args.world_size, args.seed)
+    if args.write_cases:
+        with open(args.write_cases, "w") as out:
+            out.writelines(dumps(case) + "\n" for case in drawn)
     with RankPool(args.world_size) as pool:
         passing = [c for c in drawn if pool.run(c).ok][: args.cases]  # also the warm-up pass
         across = time_across(args.other_python, passing, args.world_size) if args.other_python else None
@@ -215,8 +229,11 @@ def main(argv=None) -> int:
 
 
 def case_kind(case) -> str:
-    """``tp`` (a side with tensor parallelism), ``compiled`` (a side through torch.compile), or ``plain``."""
+    """``tp`` (a side with tensor parallelism), ``compiled`` (a side through torch.compile), ``loop`` (a training-loop
+    pattern: a held state dict, a second round-trip, a lenient load), or ``plain``."""
     sides = (case.save, case.load)
+    if getattr(case, "loop", None) is not None and case.loop.dimensions() != type(case.loop)().dimensions():
+        return "loop"
     if any(type(side.engine).__name__ == "TP" for side in sides):
         return "tp"
     return "compiled" if any(side.compiled for side in sides) else "plain"

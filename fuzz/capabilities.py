@@ -33,6 +33,8 @@ class Capabilities:
     local_state_dict: bool = False  # FSDP1's StateDictType.LOCAL_STATE_DICT
     activation_checkpointing: bool = False  # checkpoint_wrapper / apply_activation_checkpointing
     compile: bool = False  # torch.compile with dynamo supported here (the "eager" backend)
+    held_state_dicts: bool = False  # an engine whose sharded model state dict is its parameters (not FSDP1)
+    lenient_loads: bool = False  # StateDictOptions.strict and DefaultLoadPlanner(allow_partial_load=)
 
     def table(self) -> list[tuple[str, str, str]]:
         """(feature, on/off, reason) rows for ``shardfuzz capabilities``."""
@@ -49,9 +51,12 @@ class Capabilities:
             "local_state_dict",
             "activation_checkpointing",
             "compile",
+            "held_state_dicts",
+            "lenient_loads",
         ):
             if getattr(self, name):
-                rows.append((name, "on", ""))
+                rows.append((name, "on", _WHY_ON.get(name, "")))
+        rows.append(("resumes", "on", "a second round-trip needs nothing a first one does not"))
         if self.cuda_devices:
             rows.append(("device cuda", "on", f"{self.cuda_devices} GPU(s), NCCL"))
         rows += [(name, "off", why) for name, why in sorted(self.off.items())]
@@ -165,6 +170,13 @@ def in_force(caps: Capabilities):
         _IN_FORCE.remove(caps)
 
 
+#: What an "on" row says where the feature has a condition a reader should know.
+_WHY_ON = {
+    "held_state_dicts": "drawn on FSDP2, TP, DDP and unsharded sides with sharded (DDP: any) state dicts; FSDP1's "
+    "and full or offloaded ones are copies (unsupported: held-state-dict-is-a-copy)",
+    "lenient_loads": "strict=False with DCP's allow_partial_load, for targets with load_partial",
+}
+
 _BOOLEAN_FEATURES = (
     "flatten_optimizer_state_dict",
     "hsdp",
@@ -176,6 +188,8 @@ _BOOLEAN_FEATURES = (
     "local_state_dict",
     "activation_checkpointing",
     "compile",
+    "held_state_dicts",
+    "lenient_loads",
 )
 
 
@@ -238,6 +252,10 @@ def _installed() -> Capabilities:
     compiles, why_not = _compiles()
     if not compiles:
         off["compile"] = why_not
+    held = bool(set(engines) - {"fsdp1"})
+    if not held:
+        off["held_state_dicts"] = "every engine here is FSDP1, whose model state dicts are copies"
+    lenient = _lenient_loads(ignore_frozen, off)
     return Capabilities(
         torch.__version__,
         tuple(engines),
@@ -254,7 +272,20 @@ def _installed() -> Capabilities:
         local_state_dict=local,
         activation_checkpointing=checkpointing,
         compile=compiles,
+        held_state_dicts=held,
+        lenient_loads=lenient,
     )
+
+
+def _lenient_loads(strict_option: bool, off: dict[str, str]) -> bool:
+    """Whether a load can be lenient: ``StateDictOptions.strict`` and ``DefaultLoadPlanner(allow_partial_load=)``."""
+    import inspect
+
+    planner = _find([("torch.distributed.checkpoint.default_planner", "DefaultLoadPlanner")])
+    partial = planner is not None and "allow_partial_load" in inspect.signature(planner).parameters
+    if not (strict_option and partial):
+        off["lenient_loads"] = "StateDictOptions has no strict, or DefaultLoadPlanner no allow_partial_load"
+    return strict_option and partial
 
 
 def _engines(off: dict[str, str]) -> tuple[list[str], bool, bool, bool]:

@@ -21,10 +21,20 @@ from collections.abc import Callable
 import attrs
 from attrs import frozen
 
-from shardfuzz.case import FSDP1, FSDP2, Case, shard_count
+from shardfuzz.case import DDP, FSDP1, FSDP2, Case, Unsharded, shard_count
 from shardfuzz.verdict import Verdict
 
-__all__ = ["CaseRule", "CASE_RULES", "Rule", "RULES", "classify", "exact_world_size", "excluded", "needs_other_world"]
+__all__ = [
+    "CaseRule",
+    "CASE_RULES",
+    "Rule",
+    "RULES",
+    "classify",
+    "copies_its_state_dict",
+    "exact_world_size",
+    "excluded",
+    "needs_other_world",
+]
 
 
 @frozen
@@ -112,7 +122,27 @@ CASE_RULES: tuple[CaseRule, ...] = (
         "optim_state_dict_to_load unbroadcast (KeyError 'state' / 'param_groups')",
         lambda case: case.load.broadcast_from_rank0 and isinstance(case.load.engine, FSDP1),
     ),
+    CaseRule(
+        "held-state-dict-is-a-copy",
+        "DSD does not promise that a state dict aliases the parameters, and some are copies by design: "
+        "measured on torch 2.13, FSDP1's sharded and full model state dicts, FSDP2's full one and any "
+        "cpu_offload one held from build still hold the initial weights after training. Trainers hold the "
+        "sharded state dicts that are the parameters themselves (torchtitan's ModelWrapper: FSDP2, TP, DDP, "
+        "a plain module), and those are the sides a held state dict is drawn on",
+        lambda case: any(held and copies_its_state_dict(side) for side, held in _held_sides(case)),
+    ),
 )
+
+
+def _held_sides(case: Case):
+    return ((case.save, case.loop.save_held), (case.load, case.loop.load_held))
+
+
+def copies_its_state_dict(side) -> bool:
+    """Whether ``side``'s model state dict is a copy of its parameters (so a held one goes stale)."""
+    gathers = side.state_dict == "full" and not isinstance(side.engine, (DDP, Unsharded))
+    return isinstance(side.engine, FSDP1) or gathers or side.cpu_offload
+
 
 #: Why a load side that broadcasts from rank 0 must span the whole process group.
 BROADCAST_SPANS_WORLD = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import attrs
@@ -32,6 +33,7 @@ from shardfuzz.strategies.options import (
     checks,
     flatten_optimizer_state_dict,
     load_mutations,
+    loops,
     mixed_precisions,
     optimizer_steps,
     optimizers,
@@ -44,7 +46,7 @@ from shardfuzz.strategies.options import (
 )
 from shardfuzz.strategies.topology import mesh_shapes
 from shardfuzz.targets.support import EVERYTHING, TargetSupport
-from shardfuzz.unsupported import excluded
+from shardfuzz.unsupported import copies_its_state_dict, excluded
 
 __all__ = ["cases", "sides"]
 
@@ -248,6 +250,15 @@ def cases(
     }
     training_choice = training_states() if target.training_state else st.none()
     lowered, offloaded_params = mixed_precisions(), rarely(one_in=8)
+    loop_choices = {  # by (save side may hold, load side may hold, lenient possible, resumes possible)
+        flags: loops(
+            held=flags[0] and target.held_state_dicts and caps.held_state_dicts,
+            load_held=flags[1] and target.held_state_dicts and caps.held_state_dicts,
+            lenient=flags[2] and target.lenient_loads and caps.lenient_loads and not users_own,
+            resumes=flags[3],
+        )
+        for flags in itertools.product((False, True), repeat=4)
+    }
 
     def with_options(draw, save: Side, load: Side, storage, flatten: bool, mutation) -> tuple[Side, Side]:
         """The sides' ``StateDictOptions`` fields, and the state-dict types the storage needs."""
@@ -347,7 +358,8 @@ def cases(
         training = draw(training_choice) if stateful else None
         wrappers = st.just({}) if users_own else side_wrappers(model)
         save, load = (with_precision(draw, attrs.evolve(side, **draw(wrappers)), model) for side in (save, load))
-        return Case(
+        compatible = mutation is None and not ignoring
+        case = Case(
             model=model,
             save=save,
             load=load,
@@ -362,6 +374,18 @@ def cases(
             load_mutation=mutation,
             training=training,
         )
+        loop = draw(
+            loop_choices[
+                not copies_its_state_dict(save),
+                not copies_its_state_dict(load),
+                compatible and load.state_dict != "local" and not load.broadcast_from_rank0,
+                # a 'local' load may be refused on another topology; the swapped case must be one
+                compatible and load.state_dict != "local" and not case.why_not_resumable(),
+            ]
+        )
+        if loop.lenient:
+            case = attrs.evolve(case, checks=checks - {"continuation"})
+        return attrs.evolve(case, loop=loop)
 
     # The rules torch documents live in one place (``unsupported.CASE_RULES``); a
     # filter keeps them there rather than copying them into the draws above.

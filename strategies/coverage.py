@@ -18,6 +18,7 @@ from shardfuzz.case import (
     LOAD_MUTATIONS,
     MIXED_PRECISION,
     OPTIMIZER_CLASSES,
+    RESUMES,
     SCHEDULERS,
     STATE_DICT_APIS,
     STATE_DICT_TYPES,
@@ -115,6 +116,11 @@ def offered_values(
             **{f"check_{name}": set(_BOOLS) for name in CHECKS},
             "training_state": {"none", *SCHEDULERS},
             "grad_scaler": set(_BOOLS),
+            # held where some engine's sharded state dict is the parameters themselves (not FSDP1's)
+            "save_held_state_dict": set(_BOOLS) if caps.held_state_dicts and engines - {"fsdp1"} else {"false"},
+            "load_held_state_dict": set(_BOOLS) if caps.held_state_dicts and engines - {"fsdp1"} else {"false"},
+            "resumes": {str(n) for n in RESUMES},
+            "lenient_load": set(_BOOLS) if caps.lenient_loads else {"false"},
         }
     )
     state_dicts = set(values["save_state_dict"])
@@ -170,6 +176,10 @@ def _narrowed(values: dict, support: TargetSupport, *, max_world_size: int, max_
         values["broadcast_from_rank0"] = values["ignore_frozen_params"] = {"false"}
     if not support.training_state:
         values["training_state"], values["grad_scaler"] = {"none"}, {"false"}
+    if not support.held_state_dicts or not engines - {"fsdp1"}:
+        values["save_held_state_dict"] = values["load_held_state_dict"] = {"false"}
+    if not support.lenient_loads:
+        values["lenient_load"] = {"false"}
     if not support.flatten:
         values["flatten_optimizer_state_dict"] = {"false"}
     if support.min_steps:

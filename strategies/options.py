@@ -18,6 +18,7 @@ from shardfuzz.case import (
     AdamW,
     Dcp,
     DcpToTorchSave,
+    Loop,
     RMSprop,
     TorchSave,
     TrainingState,
@@ -37,6 +38,7 @@ __all__ = [
     "state_dict_types",
     "storages",
     "rarely",
+    "loops",
 ]
 
 
@@ -138,3 +140,30 @@ def storages() -> st.SearchStrategy:
     if "dcp-to-torch-save" in caps.storages:
         whole_files.append(st.just(DcpToTorchSave()))
     return st.one_of(st.just(Dcp()), st.just(Dcp()), st.just(Dcp()), custom, custom, *whole_files)
+
+
+def loops(*, held: bool = True, load_held: bool = True, lenient: bool = True, resumes: bool = True):
+    """How the training loop calls the checkpoint APIs (``Case.loop``), each field on its own: the save side's
+    model state dict held from build in about 1 draw of 4; a second round-trip in 1 of 5 (its load side holding
+    its state dict in half of those); otherwise a lenient load in 1 of 6. Shrinks to ``Loop()``. Each keyword
+    False leaves that field at its default (a case or target that cannot take it: ``held`` the save side's,
+    ``load_held`` the load side's)."""
+    off = st.just(False)
+    return st.builds(
+        _loop,
+        save_held=rarely(one_in=4) if held else off,
+        resumed=rarely(one_in=5) if resumes else off,
+        load_held=st.booleans() if load_held and resumes else off,
+        lenient=rarely(one_in=6) if lenient else off,
+    )
+
+
+def _loop(*, save_held: bool, resumed: bool, load_held: bool, lenient: bool) -> Loop:
+    """A second round-trip loads back into the save side's layout, which a lenient load's extra layer would not fit:
+    where both are drawn the round-trip wins."""
+    return Loop(
+        save_held=save_held,
+        resumes=2 if resumed else 1,
+        load_held=resumed and load_held,
+        lenient=lenient and not resumed,
+    )

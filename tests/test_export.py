@@ -5,10 +5,26 @@ import subprocess
 import sys
 from pathlib import Path
 
+import attrs
 import pytest
 import torch
 
-from shardfuzz.case import FSDP1, FSDP2, SGD, Adam, BatchNorm, Block, Case, LayerNorm, Linear, Model, Sequential, Side
+from shardfuzz.case import (
+    DDP,
+    FSDP1,
+    FSDP2,
+    SGD,
+    Adam,
+    BatchNorm,
+    Block,
+    Case,
+    LayerNorm,
+    Linear,
+    Loop,
+    Model,
+    Sequential,
+    Side,
+)
 from shardfuzz.findings.corpus import entry_for, load_corpus
 from shardfuzz.findings.export import export_script
 from shardfuzz.verdict import Mismatch, Verdict, normalise_message
@@ -124,3 +140,29 @@ def test_a_mismatch_in_a_users_target_reproduces_under_torchrun(tmp_path):
     assert code != 0, output
     assert "REPRODUCED on rank 0 in compare: AssertionError" in output
     assert "model.0." in output
+
+
+_LOOP_BASE = Case(
+    model=Model(4, Sequential([Linear(5), Linear(3)])),
+    save=Side(FSDP2(), (2,)),
+    load=Side(FSDP2(), (2,)),
+    optimizer=Adam(),
+    steps=2,
+)
+_LOOP_CASES = {
+    "save-held": attrs.evolve(_LOOP_BASE, loop=Loop(save_held=True)),
+    "resumed-held": attrs.evolve(
+        _LOOP_BASE, load=Side(DDP(), (1,)), loop=Loop(resumes=2, load_held=False, save_held=True)
+    ),
+    "lenient": attrs.evolve(_LOOP_BASE, load=Side(DDP(), (2,)), loop=Loop(lenient=True)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_LOOP_CASES))
+def test_a_passing_loop_case_does_not_reproduce(tmp_path, name):
+    # The training-loop patterns (a held state dict, a second round-trip, a lenient load) run in the script as on the
+    # ranks: a passing case passes there too.
+    script = tmp_path / "repro.py"
+    script.write_text(export_script(entry_for(_LOOP_CASES[name], RECORDED)))
+    code, output = _run(script, nproc=2)
+    assert code == 0 and "did not reproduce" in output, output[-3000:]

@@ -9,7 +9,7 @@ each variant is its own frozen class and its JSON form carries a ``"kind"`` tag.
 Adding a variant means adding a class here and to the matching ``Union``.
 
 One module per concept: ``leaf_kinds`` (the leaf layers), ``tree`` (the containers and the model), ``sides`` (engines and sides), ``storage``,
-``optimizers``, ``training`` (state beyond the model and optimizer), ``scenario`` (the Case and its dimensions), ``serial`` (JSON). The names below are
+``optimizers``, ``training`` (state beyond the model and optimizer), ``loop`` (how a training loop calls the checkpoint APIs), ``scenario`` (the Case and its dimensions), ``serial`` (JSON). The names below are
 the public surface; import them from here.
 """
 
@@ -34,6 +34,7 @@ from shardfuzz.case.leaf_kinds import (
     coverage_dimensions,
     coverage_values,
 )
+from shardfuzz.case.loop import PLAIN_LOOP, RESUMES, Loop
 from shardfuzz.case.optimizers import OPTIMIZER_CLASSES, SGD, Adagrad, Adam, AdamW, RMSprop, optimizer_groups
 from shardfuzz.case.scenario import (
     CHECKS,
@@ -86,6 +87,9 @@ __all__ = [
     "MIXED_PRECISION",
     "ACTIVATION_CHECKPOINTING",
     "SCHEDULERS",
+    "Loop",
+    "PLAIN_LOOP",
+    "RESUMES",
     "TrainingState",
     "UserModel",
     "leaves_a_rank_empty",

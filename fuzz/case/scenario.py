@@ -8,6 +8,7 @@ from attrs.validators import ge, in_, instance_of, le, optional
 
 from shardfuzz.case._validators import _POSITIVE_INT
 from shardfuzz.case.leaf_kinds import Leaf, Linear, leaf_coverage
+from shardfuzz.case.loop import Loop
 from shardfuzz.case.optimizers import OPTIMIZER_CLASSES, Optimizer
 from shardfuzz.case.sides import ENGINE_CLASSES, TP, Side, _sorted_unique
 from shardfuzz.case.storage import STORAGE_CLASSES, Dcp, DcpToTorchSave, Storage, TorchSave
@@ -40,6 +41,9 @@ class Case:
 
     ``training``: an LR scheduler and more training state saved beside the model and optimizer
     (``TrainingState``; left out of the JSON when None).
+
+    ``loop``: how the training loop calls the checkpoint APIs (held state dicts, a second round-trip, a
+    lenient load; ``Loop``, left out of the JSON at its default).
     """
 
     model: Model | UserModel = field(validator=instance_of((Model, UserModel)))
@@ -56,6 +60,7 @@ class Case:
     storage: Storage = field(factory=Dcp, validator=instance_of(STORAGE_CLASSES))
     ignore_frozen_params: bool = field(default=False, validator=instance_of(bool))
     training: TrainingState | None = field(default=None, validator=optional(instance_of(TrainingState)))
+    loop: Loop = field(factory=Loop, validator=instance_of(Loop))
     schema_version: int = field(default=SCHEMA_VERSION)
 
     @checks.validator
@@ -109,6 +114,7 @@ class Case:
                 "load.cpu_offload with a full state dict leaves it on rank 0 alone: "
                 "the load side then needs broadcast_from_rank0"
             )
+        self._check_loop()
         known = set(self.model.submodule_paths())
         leaf_paths = set(self.model.leaf_paths())
         for side_name in ("save", "load"):
@@ -136,13 +142,59 @@ class Case:
                     "checkpointing, torch.compile or meta-device construction"
                 )
 
+    def _check_loop(self) -> None:
+        loop = self.loop
+        if (loop.lenient or loop.resumes > 1) and self.load_mutation is not None:
+            raise ValueError("a lenient load or a second round-trip loads a compatible model: load_mutation None")
+        if loop.lenient and (isinstance(self.model, UserModel) or self.ignore_frozen_params):
+            raise ValueError(
+                "a lenient load adds a Linear to a drawn model (not a user's) and leaves only it out of the "
+                "checkpoint: it takes ignore_frozen_params False"
+            )
+        if loop.lenient and "continuation" in self.checks:
+            raise ValueError("after a lenient load the sides' models differ by a layer: no continuation check")
+        if loop.lenient and (self.load.state_dict == "local" or self.load.broadcast_from_rank0):
+            raise ValueError("a lenient load is a StateDictOptions(strict=False) load: not 'local', no broadcast")
+        if loop.resumes > 1 and (loop.lenient or self.ignore_frozen_params or self.local_may_refuse):
+            raise ValueError(
+                "a second round-trip loads back into the save side's layout, which every key of the second "
+                "checkpoint must fit: no lenient load, no ignore_frozen_params, no 'local' refusal"
+            )
+        if loop.resumes > 1:
+            why = self.why_not_resumable()
+            if why:
+                raise ValueError(
+                    f"a second round-trip loads into the save side's layout, which cannot load here: {why}"
+                )
+        for name, held in (("save", loop.save_held), ("load", loop.load_held)):
+            if held and getattr(self, name).state_dict == "local":
+                raise ValueError(f"{name}: a held state dict is DSD's; a 'local' side gets FSDP1's own")
+
+    def why_not_resumable(self) -> str:
+        """Why this case cannot make a second round-trip (the load side saving, the save side's layout loading),
+        or '': that round-trip is this case with its sides swapped, so it must be a valid case itself (a save side
+        whose full state dict is offloaded to rank 0 cannot load, nor one a ``torch.save`` file cannot fill)."""
+        try:
+            attrs.evolve(self, save=self.load, load=self.save, loop=Loop())
+        except ValueError as exc:
+            return str(exc)
+        return ""
+
+    def new_on_load(self) -> list[str]:
+        """The parameter names of the layer a lenient load adds (``Loop.lenient``): the checkpoint lacks them."""
+        if not self.loop.lenient:
+            return []
+        return sorted(set(self.load_model().parameter_shapes()) - set(self.model.parameter_shapes()))
+
     def kept_by_load(self) -> list[str]:
         """Gathered-state keys (``model.<fqn>``) the load leaves at the load side's own values:
-        the frozen parameters, where ``ignore_frozen_params`` keeps them out of the checkpoint."""
+        the frozen parameters, where ``ignore_frozen_params`` keeps them out of the checkpoint, and
+        the layer a lenient load adds."""
+        kept = [f"model.{name}" for name in self.new_on_load()]
         if not self.ignore_frozen_params:
-            return []
+            return kept
         frozen = set(self.model.frozen_paths())
-        return [f"model.{name}" for name in self.model.parameter_shapes() if name.rsplit(".", 1)[0] in frozen]
+        return kept + [f"model.{name}" for name in self.model.parameter_shapes() if name.rsplit(".", 1)[0] in frozen]
 
     @property
     def local_may_refuse(self) -> bool:
@@ -179,11 +231,13 @@ class Case:
         return "bfloat16" if lowered else self.model.dtype
 
     def load_model(self) -> Model | UserModel:
-        """The model the load side builds: ``model``, or its incompatible mutation."""
-        if self.load_mutation is None or isinstance(self.model, UserModel):
+        """The model the load side builds: ``model``, or its incompatible mutation (a lenient load's: one
+        more layer)."""
+        mutation = "extra-layer" if self.loop.lenient else self.load_mutation
+        if mutation is None or isinstance(self.model, UserModel):
             return self.model
         children = list(self.model.root.children)
-        if self.load_mutation == "extra-layer":
+        if mutation == "extra-layer":
             last_width = self.model.output_width
             return attrs.evolve(
                 self.model, root=attrs.evolve(self.model.root, children=children + [Linear(last_width)])
@@ -262,6 +316,7 @@ def dimensions(case: Case) -> dict[str, str]:
         "broadcast_from_rank0": str(case.load.broadcast_from_rank0).lower(),
         "ignore_frozen_params": str(case.ignore_frozen_params).lower(),
         **(case.training.dimensions() if case.training else NO_TRAINING_STATE),
+        **case.loop.dimensions(),
     }
 
 

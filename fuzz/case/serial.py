@@ -12,6 +12,7 @@ from cattrs.gen import make_dict_unstructure_fn, override
 from cattrs.strategies import configure_tagged_union
 
 from shardfuzz.case.leaf_kinds import Linear
+from shardfuzz.case.loop import Loop
 from shardfuzz.case.optimizers import Optimizer
 from shardfuzz.case.scenario import SCHEMA_VERSION, Case
 from shardfuzz.case.sides import FSDP1, Engine, Side
@@ -56,6 +57,9 @@ def make_converter() -> cattrs.Converter:
         ),
     )
     converter.register_unstructure_hook(Model, make_dict_unstructure_fn(Model, converter, dtype=omitted))
+    converter.register_unstructure_hook(
+        Loop, make_dict_unstructure_fn(Loop, converter, **{a.name: omitted for a in attrs.fields(Loop)})
+    )
     # A Case's model is a drawn tree or the user's own (``--model``), told apart by the user's ``factory``
     # key, so that the JSON of every tree model stays as it was (no tag).
     tree_model = converter.get_structure_hook(Model)
@@ -68,7 +72,9 @@ def make_converter() -> cattrs.Converter:
     # Last: Case's generated hook takes the Side and Model hooks registered above.
     converter.register_unstructure_hook(
         Case,
-        make_dict_unstructure_fn(Case, converter, storage=omitted, ignore_frozen_params=omitted, training=omitted),
+        make_dict_unstructure_fn(
+            Case, converter, storage=omitted, ignore_frozen_params=omitted, training=omitted, loop=omitted
+        ),
     )
     return converter
 

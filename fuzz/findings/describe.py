@@ -18,6 +18,8 @@ def describe(case: Case) -> str:
         storage += (
             f"; training state: {case.training.scheduler} LR{' + grad scaler' if case.training.grad_scaler else ''}"
         )
+    if case.loop.describe():
+        storage += f"; loop: {case.loop.describe()}"
     return (
         f"{layers}{dtype}; save {_side(case.save)}, load {_side(case.load)}; "
         f"{type(case.optimizer).__name__}, {case.steps} steps; checks {list(case.checks) or '-'}"

@@ -127,6 +127,11 @@ def case_constants(
         "LOAD_OPTIONS": options_extra(case, load),
         "LOCAL_MAY_REFUSE": case.local_may_refuse,
         "KEPT_ON_LOAD": case.kept_by_load(),
+        "NEW_ON_LOAD": case.new_on_load(),
+        "SAVE_HELD": case.loop.save_held,
+        "LOAD_HELD": case.loop.load_held,
+        "RESUMES": case.loop.resumes,
+        "LENIENT": case.loop.lenient,
         "ASYNC_SAVE": case.saves_async,
         "CHECKS": set(case.checks),
         "LOAD_MUTATION": case.load_mutation,
@@ -163,7 +168,12 @@ _COMMENTS = {
     "SAVE_API": "'combined': get_state_dict/set_state_dict; 'separate': the model calls, then the optimizer calls",
     "SAVE_OPTIONS": "further StateDictOptions fields of each side",
     "LOCAL_MAY_REFUSE": "a 'local' load on another topology: a loud refusal is allowed",
-    "KEPT_ON_LOAD": "ignore_frozen_params: not in the checkpoint; the load must leave them as they were",
+    "KEPT_ON_LOAD": "not in the checkpoint (ignore_frozen_params, a lenient load's new layer): left as they were",
+    "NEW_ON_LOAD": "a lenient load's new layer: its optimizer state is not the checkpoint's to say",
+    "SAVE_HELD": "the save side hands save the model state dict it took right after building",
+    "LOAD_HELD": "the load side loads into a model state dict taken at build, and saves it again",
+    "RESUMES": "2: the load side trains on, saves again, and the save side's layout loads that",
+    "LENIENT": "the load side has one more Linear and loads with strict=False (allow_partial_load)",
     "ASYNC_SAVE": "dcp.async_save: it writes on a group of its own, waited for before the load",
     "CHECKS": "optional oracles this case ran",
     "LOAD_MUTATION": "if set, the load side's model differs and loading must raise",
@@ -255,7 +265,9 @@ def _target_code(target: str, storage) -> str:
         "def finish_save():\n"
         "    getattr(_target, 'finish_save', lambda: None)()\n\n\n"
         "def load(state, checkpoint_dir, group):\n"
-        "    _target.load(state, checkpoint_id=checkpoint_dir, process_group=group)\n"
+        "    _target.load(state, checkpoint_id=checkpoint_dir, process_group=group)\n\n\n"
+        "def load_partial(state, checkpoint_dir, group):  # a lenient load: what the checkpoint lacks stays\n"
+        "    _target.load_partial(state, checkpoint_id=checkpoint_dir, process_group=group)\n"
     )
     if target in (DEFAULT_TARGET, "dcp"):
         import inspect

@@ -17,6 +17,9 @@ inputs; ``roundtrip.py`` and ``sharded_checks.py`` extract that data on the rank
 - ``full-offload``: ``full_state_dict`` + ``cpu_offload`` puts everything on rank
   0, on CPU, and nothing on other ranks.
 - ``loud-incompatible-load``: loading into a model of another shape raises.
+- ``resumed-state``: in a case that resumes twice (``Loop.resumes``), the second
+  checkpoint, written by the load side after training on, loads into the save
+  side's layout as ``complete-state`` judges the first (the same comparison).
 - ``replica-consistency``: after the load, every rank's copy of a replicated value
   (DDP's parameters, buffers, step counters, HSDP's replicas of a shard) is the same,
   bit for bit. ``complete-state`` sees one copy only: rank 0's, or one replica's.
@@ -41,6 +44,7 @@ from shardfuzz.verdict import Mismatch
 
 __all__ = [
     "ORACLES",
+    "RESUMED_ORACLE",
     "STATE_ORACLE",
     "LayoutRecord",
     "api_parity",
@@ -52,12 +56,14 @@ __all__ = [
     "full_offload",
     "layout",
     "loud_incompatible_load",
+    "optimizer_keys_of",
     "replica_consistency",
     "unchanged_before_load",
 ]
 
 STATE_ORACLE = "complete-state"
 REPLICA_ORACLE = "replica-consistency"
+RESUMED_ORACLE = "resumed-state"
 ORACLES = (
     STATE_ORACLE,
     REPLICA_ORACLE,
@@ -66,6 +72,7 @@ ORACLES = (
     "api-parity",
     "full-offload",
     "loud-incompatible-load",
+    RESUMED_ORACLE,
 )
 
 
@@ -94,7 +101,7 @@ def compare_state(
         found.append(Mismatch(oracle, key, rank, "not in the saved state"))
     for key in sorted(expected.keys() & actual.keys()):
         mismatch = _compare_value(key, expected[key], actual[key], rank, oracle, close)
-        if mismatch is not None and oracle == STATE_ORACLE:
+        if mismatch is not None and oracle in (STATE_ORACLE, RESUMED_ORACLE):
             mismatch = _with_kind(mismatch, expected[key], actual[key], before=before, saved=expected)
         if mismatch is not None:
             found.append(mismatch)
@@ -189,6 +196,14 @@ def expected_after_load(saved: Mapping[str, Any], before: Mapping[str, Any], kep
     which a load that leaves them out (``ignore_frozen_params``) must not touch: their values
     from before the load."""
     return {**saved, **{key: before[key] for key in kept if key in before}}
+
+
+def optimizer_keys_of(parameters: list[str], state: Mapping[str, Any]) -> set[str]:
+    """The gathered optimizer keys (``optim.state.<fqn>.*``, ``optim.param_groups.<fqn>.*``) of ``parameters``: for
+    a layer a lenient load adds, the checkpoint holds none of them, and whether the optimizer has state for it
+    yet (DSD initialises it with a zero step) is not the checkpoint's to say."""
+    prefixes = tuple(f"optim.{part}.{name}." for name in parameters for part in ("state", "param_groups"))
+    return {key for key in state if key.startswith(prefixes)} if prefixes else set()
 
 
 def unchanged_before_load(expected: Mapping[str, Any], before: Mapping[str, Any]) -> list[str]:

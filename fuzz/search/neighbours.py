@@ -87,7 +87,7 @@ def _side_neighbours(name: str, side: Side) -> Iterator[tuple[str, str, Side]]:
 
 
 #: The fields that hold a part built by another ``or_none`` (None there: that part was refused).
-_PARTS = ("engine", "model", "save", "load")
+_PARTS = ("engine", "model", "save", "load", "loop")
 
 
 def _other_values(attribute, current) -> list:
@@ -149,7 +149,24 @@ def _case_neighbours(case: Case) -> Iterator[tuple[str, str, Case | None]]:
         f"training state -> {'none' if training is None else 'an LR scheduler'}",
         or_none(case, training=training),
     )
+    yield from _loop_neighbours(case)
     yield "seed", f"seed {case.seed} -> {case.seed + 1}", or_none(case, seed=case.seed + 1)
+
+
+def _loop_neighbours(case: Case) -> Iterator[tuple[str, str, Case | None]]:
+    """Each of the loop's fields turned (``Loop.dimensions``' names; a second round-trip's load side holding its
+    state dict goes with it)."""
+    loop = case.loop
+    for dimension, field_name in (("save_held_state_dict", "save_held"), ("lenient_load", "lenient")):
+        value = not getattr(loop, field_name)
+        changed = or_none(loop, **{field_name: value})
+        yield dimension, f"{field_name} -> {value}", or_none(case, loop=changed)
+    if loop.resumes > 1:
+        yield "resumes", "2 -> 1 round-trip", or_none(case, loop=or_none(loop, resumes=1, load_held=False))
+        changed = or_none(loop, load_held=not loop.load_held)
+        yield "load_held_state_dict", f"load_held -> {not loop.load_held}", or_none(case, loop=changed)
+    else:
+        yield "resumes", "1 -> 2 round-trips", or_none(case, loop=or_none(loop, resumes=2))
 
 
 def _model_neighbours(case: Case) -> Iterator[tuple[str, str, Case | None]]:

@@ -104,6 +104,8 @@ def simpler_cases(case: Case) -> Iterator[Case]:
     for name, side in (("save", case.save), ("load", case.load)):
         for simpler in _simpler_sides(side):
             yield from _evolved(case, **{name: simpler})
+    for loop in case.loop.simpler():
+        yield from _evolved(case, loop=loop)
     defaults = Case(model=case.model, save=case.save, load=case.load, optimizer=case.optimizer)
     for name in (
         "training",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shardfuzz.targets.support import TargetSupport
+from shardfuzz.targets.support import NO_LOAD_PARTIAL, TargetSupport
 
 __all__ = ["DcpTarget"]
 
@@ -14,7 +14,13 @@ class DcpTarget:
     def support(self) -> TargetSupport:
         # Storage variants replace DCP's own I/O: the default target itself takes them, a subclass
         # (a mutant, a user's wrapper) does its own I/O.
-        return TargetSupport(storages=type(self) is DcpTarget)
+        # A subclass that changes load without its own load_partial would see its lenient cases bypass it.
+        partial = type(self).load is DcpTarget.load or type(self).load_partial is not DcpTarget.load_partial
+        return TargetSupport(
+            storages=type(self) is DcpTarget,
+            lenient_loads=partial,
+            reasons={} if partial else {"lenient_loads": NO_LOAD_PARTIAL},
+        )
 
     def save(self, state_dict, *, checkpoint_id, process_group):
         import torch.distributed.checkpoint as dcp
@@ -31,3 +37,15 @@ class DcpTarget:
             dcp.load(state_dict, checkpoint_id=checkpoint_id, process_group=process_group)
         else:
             dcp.load_state_dict(state_dict, dcp.FileSystemReader(checkpoint_id), process_group=process_group)
+
+    def load_partial(self, state_dict, *, checkpoint_id, process_group):
+        """``load`` that leaves the keys the checkpoint lacks as they are (``DefaultLoadPlanner(allow_partial_load=True)``)."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+
+        planner = DefaultLoadPlanner(allow_partial_load=True)
+        if hasattr(dcp, "load"):
+            dcp.load(state_dict, checkpoint_id=checkpoint_id, process_group=process_group, planner=planner)
+        else:
+            reader = dcp.FileSystemReader(checkpoint_id)
+            dcp.load_state_dict(state_dict, reader, process_group=process_group, planner=planner)

@@ -41,12 +41,15 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
-from shardfuzz.targets.support import EVERYTHING, OBJECT_TARGET_DEFAULT, TargetSupport
+import attrs
+
+from shardfuzz.targets.support import EVERYTHING, NO_LOAD_PARTIAL, OBJECT_TARGET_DEFAULT, TargetSupport
 
 __all__ = [
     "CheckpointTarget",
     "DeclaresSupport",
     "FinishesSave",
+    "LoadsPartially",
     "ObjectTarget",
     "RunsFramework",
     "ShardsModules",
@@ -116,6 +119,15 @@ class FinishesSave(Protocol):
     def finish_save(self) -> None: ...
 
 
+@runtime_checkable
+class LoadsPartially(Protocol):
+    """Optional: a lenient load (``Loop.lenient``): fill what the checkpoint holds into ``state_dict`` and leave
+    the keys it lacks as they are (DCP's ``DefaultLoadPlanner(allow_partial_load=True)``), where ``load``
+    must refuse them. A target without it gets no lenient cases."""
+
+    def load_partial(self, state_dict: dict[str, Any], *, checkpoint_id: str, process_group: Any) -> None: ...
+
+
 def framework_name(target: object) -> str:
     """The framework ``target`` declares it drives, or ''."""
     return (target.framework or "") if isinstance(target, RunsFramework) else ""
@@ -125,7 +137,11 @@ def support_of(target: object) -> TargetSupport:
     """``target.support`` where it declares one; otherwise everything but storage variants (a user's
     target does its own I/O), and for an object-level target (``save_objects``) no training state."""
     if not isinstance(target, DeclaresSupport) or target.support is None:
-        return OBJECT_TARGET_DEFAULT if isinstance(target, ObjectTarget) else EVERYTHING
+        if isinstance(target, ObjectTarget):
+            return OBJECT_TARGET_DEFAULT
+        if isinstance(target, LoadsPartially):
+            return EVERYTHING
+        return attrs.evolve(EVERYTHING, lenient_loads=False, reasons={"lenient_loads": NO_LOAD_PARTIAL})
     support = target.support
     if not isinstance(support, TargetSupport):
         raise ValueError(f"{type(target).__name__}.support is {support!r}, not a shardfuzz TargetSupport")

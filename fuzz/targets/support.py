@@ -16,7 +16,7 @@ from attrs.validators import deep_iterable, ge, in_, instance_of, optional
 from shardfuzz.case import STATE_DICT_TYPES, Case, Dcp, Side
 from shardfuzz.case.sides import ENGINE_CLASSES
 
-__all__ = ["ENGINE_KINDS", "EVERYTHING", "TargetSupport"]
+__all__ = ["ENGINE_KINDS", "EVERYTHING", "NO_LOAD_PARTIAL", "TargetSupport"]
 
 ENGINE_KINDS = tuple(kind.__name__ for kind in ENGINE_CLASSES)  # as a case's JSON names them
 
@@ -41,7 +41,11 @@ class TargetSupport:
     ``min_steps``: training steps before the save, at least. ``training_state``: cases with an LR
     scheduler and other training state (``Case.training``) are drawn: the state dict a
     ``CheckpointTarget`` is handed then holds an ``"app"`` ``Stateful`` beside ``"model"`` and ``"optim"``;
-    an ``ObjectTarget`` saves the objects it is given, so it says False.
+    an ``ObjectTarget`` saves the objects it is given, so it says False. ``held_state_dicts``: cases whose
+    sides hand the target a model state dict taken at build and kept (``Loop.save_held``/``load_held``);
+    an ``ObjectTarget`` takes its own state dicts, so it says False. ``lenient_loads``: lenient loads
+    (``Loop.lenient``: keys the checkpoint lacks are left as they are) are drawn; they need the target's
+    ``load_partial`` (``LoadsPartially``), which ``support_of`` checks for a target that declares nothing.
     """
 
     engines: tuple[str, ...] | None = field(default=None, validator=_names(ENGINE_KINDS))
@@ -54,6 +58,8 @@ class TargetSupport:
     hybrid: bool = field(default=True, validator=instance_of(bool))
     min_steps: int = field(default=0, validator=[instance_of(int), ge(0)])
     training_state: bool = field(default=True, validator=instance_of(bool))
+    held_state_dicts: bool = field(default=True, validator=instance_of(bool))
+    lenient_loads: bool = field(default=True, validator=instance_of(bool))
     reasons: dict[str, str] = field(factory=dict, validator=instance_of(dict))
 
     def __attrs_post_init__(self):
@@ -64,7 +70,11 @@ class TargetSupport:
     def exclusions(self) -> list[str]:
         """The names of the fields that exclude something."""
         names = [name for name in ("engines", "state_dicts") if getattr(self, name) is not None]
-        names += [name for name in ("options", "flatten", "hybrid", "training_state") if not getattr(self, name)]
+        names += [
+            name
+            for name in ("options", "flatten", "hybrid", "training_state", "held_state_dicts", "lenient_loads")
+            if not getattr(self, name)
+        ]
         names += [name for name in ("same_state_dict", "whole_pool") if getattr(self, name)]
         return names + (["min_steps"] if self.min_steps else [])
 
@@ -80,6 +90,8 @@ class TargetSupport:
             "hybrid": "no HSDP (2-D mesh) sides",
             "min_steps": f"at least {self.min_steps} training step(s) before the save",
             "training_state": "no LR scheduler or other training state in the checkpoint",
+            "held_state_dicts": "no model state dict held from build (the target takes its own)",
+            "lenient_loads": "no lenient (strict=False, partial) loads",
         }
         return {what[name]: self.reasons[name] for name in self.exclusions()}
 
@@ -110,6 +122,10 @@ class TargetSupport:
             return case.steps < self.min_steps
         if name == "training_state":
             return case.training is not None
+        if name == "held_state_dicts":
+            return case.loop.save_held or case.loop.load_held
+        if name == "lenient_loads":
+            return case.loop.lenient
         raise AssertionError(name)
 
     def allows_engine(self, name: str) -> bool:
@@ -128,12 +144,22 @@ def _hybrid(side: Side) -> bool:
 #: The default: everything shardfuzz draws (what DCP itself is put through).
 EVERYTHING = TargetSupport()
 
+#: Why a target without ``load_partial`` gets no lenient loads.
+NO_LOAD_PARTIAL = (
+    "a lenient load leaves the keys the checkpoint lacks as they are; the target has no load_partial "
+    "(LoadsPartially) to do that, and its load would rightly refuse them"
+)
+
 #: The default of an object-level target that declares nothing: it saves the model and optimizer it is
 #: handed, so the training state shardfuzz keeps beside them is not drawn.
 OBJECT_TARGET_DEFAULT = TargetSupport(
     training_state=False,
+    held_state_dicts=False,
+    lenient_loads=False,
     reasons={
         "training_state": "an object-level target saves the model and optimizer it is handed; an LR scheduler "
-        "beside them is not among them"
+        "beside them is not among them",
+        "held_state_dicts": "an object-level target takes its state dicts from the objects itself",
+        "lenient_loads": "an object-level target's load decides its own strictness",
     },
 )

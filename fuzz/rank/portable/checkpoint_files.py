@@ -40,14 +40,21 @@ class DcpFiles:
             pending, self.pending = self.pending, None
             getattr(pending, "upload_completion", pending).result()  # a Future, or torch's AsyncSaveResponse
 
-    def load(self, state_dict, *, checkpoint_id, process_group):
+    def load(self, state_dict, *, checkpoint_id, process_group, planner=None):
         import torch.distributed.checkpoint as dcp
 
         reader = dcp.FileSystemReader(checkpoint_id)
         if self.api == "legacy":
-            dcp.load_state_dict(state_dict, reader, process_group=process_group)
+            dcp.load_state_dict(state_dict, reader, process_group=process_group, planner=planner)
         else:
-            dcp.load(state_dict, storage_reader=reader, process_group=process_group)
+            dcp.load(state_dict, storage_reader=reader, process_group=process_group, planner=planner)
+
+    def load_partial(self, state_dict, *, checkpoint_id, process_group):
+        """A lenient load: what the checkpoint lacks stays as it is."""
+        from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+
+        planner = DefaultLoadPlanner(allow_partial_load=True)
+        self.load(state_dict, checkpoint_id=checkpoint_id, process_group=process_group, planner=planner)
 
 
 class TorchSaveFile:
@@ -73,6 +80,10 @@ class TorchSaveFile:
         import torch
 
         state_dict.update(torch.load(os.path.join(checkpoint_id, "state.pt"), weights_only=True))
+
+    def load_partial(self, state_dict, *, checkpoint_id, process_group):
+        """The saved full state dict lacks the keys a lenient load leaves alone: ``load`` leaves them already."""
+        self.load(state_dict, checkpoint_id=checkpoint_id, process_group=process_group)
 
 
 class DcpThenTorchSave(TorchSaveFile):

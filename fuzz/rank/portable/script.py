@@ -36,6 +36,7 @@ from shardfuzz.rank.portable.steps import (
     get_side_state,
     make_app_state,
     make_optimizer,
+    model_state,
     offloaded_full_state,
     set_side_state,
     state_dict_options,
@@ -87,6 +88,11 @@ SAVE_OPTIONS: dict = {}
 LOAD_OPTIONS: dict = {}
 LOCAL_MAY_REFUSE = False
 KEPT_ON_LOAD: list[str] = []
+NEW_ON_LOAD: list[str] = []
+SAVE_HELD = False
+LOAD_HELD = False
+RESUMES = 1
+LENIENT = False
 ASYNC_SAVE = False
 CHECKS: set[str] = set()
 LOAD_MUTATION: str | None = None
@@ -130,6 +136,10 @@ def load(state, checkpoint_dir, group):
     raise NotImplementedError("export writes the case's checkpoint I/O here")
 
 
+def load_partial(state, checkpoint_dir, group):
+    raise NotImplementedError("export writes the case's checkpoint I/O here")
+
+
 _target: Any = None  # the checkpoint code: export writes it with save, finish_save and load
 
 
@@ -141,10 +151,14 @@ def options(kind, extra):
     return state_dict_options(full=kind == "full", flatten=FLATTEN_OPTIMIZER_STATE_DICT, extra=extra)
 
 
-def train(model, optim, app, rank, continuation=False):
+def train(model, optim, app, rank, continuation=False, first=None):
     """STEPS steps on data seeded by (SEED, step, rank); for continuation, CONTINUE_STEPS more with the
-    same batch on every rank. A BatchNorm's running statistics are per-rank buffers: SAME_BATCH then."""
-    first, count = (STEPS, CONTINUE_STEPS) if continuation else (0, STEPS)
+    same batch on every rank; from ``first`` on (a resumed side), STEPS steps (at least one). A BatchNorm's
+    running statistics are per-rank buffers: SAME_BATCH then."""
+    if first is not None:
+        count = max(STEPS, 1)
+    else:
+        first, count = (STEPS, CONTINUE_STEPS) if continuation else (0, STEPS)
     train_steps(
         model,
         optim,
@@ -228,18 +242,37 @@ def full_offload(model, optim, rank, actual):
     check(found, "full-offload")
 
 
-def load_into(model, optim, app, checkpoint_dir, group, rank):
-    """The load side's state dict as the template, filled from the checkpoint, set into the model; or the
-    object-level target's own load into the objects."""
+def state_dict_of(side):
+    """The state-dict type, API and further ``StateDictOptions`` fields of ``side`` ("save" or "load")."""
+    return (SAVE_STATE_DICT, SAVE_API, SAVE_OPTIONS) if side == "save" else (LOAD_STATE_DICT, LOAD_API, LOAD_OPTIONS)
+
+
+def save_from(model, optim, app, checkpoint_dir, group, held=None, side="save"):
+    """The state of ``side`` (``held``: the model state dict it took at build) written by the checkpoint code; or
+    the object-level target's own save of the objects (it builds its state dicts from them itself)."""
     if OBJECT_TARGET:
+        description = SAVE_SIDE if side == "save" else LOAD_SIDE
+        _target.save_objects(model, optim, side=description, checkpoint_id=checkpoint_dir, process_group=group)
+        return
+    kind, api, extra = state_dict_of(side)
+    state = get_side_state(model, optim, kind=kind, api=api, options=options(kind, extra), app=app, held_model=held)
+    save(state, checkpoint_dir, group)
+
+
+def load_into(model, optim, app, checkpoint_dir, group, rank, held=None, side="load"):
+    """The state dict of ``side`` ("load"; "save" for the second load of a case that resumes twice) as the
+    template (``held``: the one it took at build), filled from the checkpoint, set into the model; or the
+    object-level target's own load into the objects. A lenient load leaves what the checkpoint lacks."""
+    kind, api, extra = state_dict_of(side)
+    if OBJECT_TARGET:
+        into, saved_by = (LOAD_SIDE, SAVE_SIDE) if side == "load" else (SAVE_SIDE, LOAD_SIDE)
         _target.load_objects(
-            model, optim, side=LOAD_SIDE, saved_by=SAVE_SIDE, checkpoint_id=checkpoint_dir, process_group=group
+            model, optim, side=into, saved_by=saved_by, checkpoint_id=checkpoint_dir, process_group=group
         )
         return
-    load_options = options(LOAD_STATE_DICT, LOAD_OPTIONS)
-    state = get_side_state(model, optim, kind=LOAD_STATE_DICT, api=LOAD_API, options=load_options, app=app)
-    load(state, checkpoint_dir, group)
-    set_side_state(model, optim, state, kind=LOAD_STATE_DICT, api=LOAD_API, options=load_options, rank=rank)
+    state = get_side_state(model, optim, kind=kind, api=api, options=options(kind, extra), app=app, held_model=held)
+    (load_partial if LENIENT and side == "load" else load)(state, checkpoint_dir, group)
+    set_side_state(model, optim, state, kind=kind, api=api, options=options(kind, extra), rank=rank)
 
 
 def groups_and_meshes(rank):
@@ -264,30 +297,19 @@ def run_save_side(rank, checkpoint_dir, phase, group, mesh, checkpoint_group):
     case checks those). Returns the saved state and the state after continuing (None without)."""
     expected_after = None
     PHASE[0] = "build-save"
-    model = shard(
-        built(build_model, SEED, meta=SAVE_WRAPPERS["meta_init"]),
-        SAVE_ENGINE,
-        SAVE_WRAP,
-        SAVE_WRAP_INNERMOST_FIRST,
-        group,
-        mesh,
-        SAVE_WRAPPERS,
-        SEED,
-    )
+    spec = built(build_model, SEED, meta=SAVE_WRAPPERS["meta_init"])
+    model = shard(spec, SAVE_ENGINE, SAVE_WRAP, SAVE_WRAP_INNERMOST_FIRST, group, mesh, SAVE_WRAPPERS, SEED)
     optim = make_optimizer(model, *SAVE_OPTIMIZER)
     app = make_app_state(optim, TRAINING, engine=SAVE_ENGINE["kind"], group=group)
+    save_options = options(SAVE_STATE_DICT, SAVE_OPTIONS)
+    held = model_state(model, kind=SAVE_STATE_DICT, options=save_options) if SAVE_HELD else None  # before training
     PHASE[0] = "train"
     train(model, optim, app, data_rank(SAVE_ENGINE, SAVE_MESH, rank))
     PHASE[0] = "gather-saved"
     expected = gather_full(model, optim, app)
     PHASE[0] = "save"
-    if OBJECT_TARGET:  # the target builds its state dicts from the objects itself
-        _target.save_objects(model, optim, side=SAVE_SIDE, checkpoint_id=checkpoint_dir, process_group=checkpoint_group)
-    else:
-        save_options = options(SAVE_STATE_DICT, SAVE_OPTIONS)
-        state = get_side_state(model, optim, kind=SAVE_STATE_DICT, api=SAVE_API, options=save_options, app=app)
-        save(state, checkpoint_dir, checkpoint_group)
-        del state
+    save_from(model, optim, app, checkpoint_dir, checkpoint_group, held)
+    del held
     if "continuation" in CHECKS and LOAD_MUTATION is None:
         PHASE[0] = "continue-saved"
         train(model, optim, app, data_rank(SAVE_ENGINE, SAVE_MESH, rank), continuation=True)
@@ -306,9 +328,9 @@ def run_save_side(rank, checkpoint_dir, phase, group, mesh, checkpoint_group):
 
 def run_load_side(rank, checkpoint_dir, group, mesh, saved_by, expected, expected_after):
     """Build the load side and load into it; rank 0 then judges the loaded state (``judge_loaded``). With a
-    mutated model, the load must raise instead."""
+    mutated model, the load must raise instead. Returns the load side's objects where the case resumes twice."""
     PHASE[0] = "build-load"
-    build = build_load_model if LOAD_MUTATION is not None else build_model
+    build = build_load_model if LOAD_MUTATION is not None or LENIENT else build_model
     spec = built(build, SEED + 1, meta=LOAD_WRAPPERS["meta_init"])
     model = shard(spec, LOAD_ENGINE, LOAD_WRAP, LOAD_WRAP_INNERMOST_FIRST, group, mesh, LOAD_WRAPPERS, SEED + 1)
     optim = make_optimizer(model, *LOAD_OPTIMIZER)
@@ -324,10 +346,12 @@ def run_load_side(rank, checkpoint_dir, group, mesh, saved_by, expected, expecte
                 f"loud-incompatible-load: loading into a model with a {LOAD_MUTATION} mutation raised nothing"
             )
         return
+    load_options = options(LOAD_STATE_DICT, LOAD_OPTIONS)
+    held = model_state(model, kind=LOAD_STATE_DICT, options=load_options) if LOAD_HELD else None
     before = gather_full(model, optim, app) if KEPT_ON_LOAD else {}
     PHASE[0] = "load"
     try:
-        load_into(model, optim, app, checkpoint_dir, group, rank)
+        load_into(model, optim, app, checkpoint_dir, group, rank, held=held)
     except BaseException as exc:
         if not LOCAL_MAY_REFUSE:
             raise
@@ -348,6 +372,41 @@ def run_load_side(rank, checkpoint_dir, group, mesh, saved_by, expected, expecte
         actual_after = gather_full(model, optim, app)
     if rank == 0:
         judge_loaded(expected, actual, before, expected_after, actual_after, saved_by)
+    return (model, optim, app, held) if RESUMES > 1 else None
+
+
+def resume(rank, checkpoint_dir, groups, meshes, loaded):
+    """The second round-trip of a case that resumes twice: the load side (``loaded``: its objects, on its ranks)
+    trains on and saves again with them; a fresh build of the save side's layout loads that; rank 0 compares."""
+    second_dir = os.path.join(checkpoint_dir, "resumed")
+    expected = None
+    if loaded is not None:
+        model, optim, app, held = loaded
+        PHASE[0] = "train-resumed"
+        train(model, optim, app, data_rank(LOAD_ENGINE, LOAD_MESH, rank), first=STEPS + CONTINUE_STEPS)
+        PHASE[0] = "gather-saved-again"
+        expected = gather_full(model, optim, app)
+        PHASE[0] = "save-again"
+        save_from(model, optim, app, second_dir, groups[LOAD_RANKS], held, side="load")
+        finish_save()
+        del model, optim, app, held, loaded
+    PHASE[0] = "barrier-resumed"
+    dist.barrier()
+    if rank >= SAVE_RANKS:
+        return
+    PHASE[0] = "build-resumed"  # the save side's layout, from another seed and the load side's hyperparameters
+    spec = built(build_model, SEED + 2, meta=SAVE_WRAPPERS["meta_init"])
+    group = groups[SAVE_RANKS]
+    wrap, innermost, mesh = SAVE_WRAP, SAVE_WRAP_INNERMOST_FIRST, meshes[SAVE_MESH]
+    model = shard(spec, SAVE_ENGINE, wrap, innermost, group, mesh, SAVE_WRAPPERS, SEED + 2)
+    optim = make_optimizer(model, *LOAD_OPTIMIZER)
+    app = make_app_state(optim, TRAINING, engine=SAVE_ENGINE["kind"], group=group)
+    PHASE[0] = "load-resumed"
+    load_into(model, optim, app, second_dir, group, rank, side="save")
+    PHASE[0] = "gather-resumed"
+    actual = gather_full(model, optim, app)
+    if rank == 0:
+        check(differences(expected, actual), "resumed-state")
 
 
 def judge_loaded(expected, actual, before, expected_after, actual_after, saved_by):
@@ -360,6 +419,8 @@ def judge_loaded(expected, actual, before, expected_after, actual_after, saved_b
         one_torch = one_torch_hyperparameters(expected, actual)
         expected = {k: v for k, v in expected.items() if k not in one_torch}
         actual = {k: v for k, v in actual.items() if k not in one_torch}
+    new = tuple(f"optim.{part}.{name}." for name in NEW_ON_LOAD for part in ("state", "param_groups"))
+    actual = {k: v for k, v in actual.items() if not (new and k.startswith(new))}  # not the checkpoint's to say
     check(differences({**expected, **{k: before[k] for k in KEPT_ON_LOAD}}, actual), "complete-state")
     if "continuation" in CHECKS and (  # as oracles.continuation judges it
         (SAME_SHARDING and not across) or COMPUTE_DTYPE not in NO_TOLERANCE_DTYPES
@@ -395,10 +456,13 @@ def round_trip(rank, checkpoint_dir, phase="both"):
             dist.barrier()
         elif rank == 0:
             saved_by, expected, expected_after = read_handoff(checkpoint_dir)
+        loaded = None
         if rank < LOAD_RANKS:
-            run_load_side(
+            loaded = run_load_side(
                 rank, checkpoint_dir, groups[LOAD_RANKS], meshes[LOAD_MESH], saved_by, expected, expected_after
             )
+        if RESUMES > 1 and phase == "both":
+            resume(rank, checkpoint_dir, groups, meshes, loaded)
     except BaseException as exc:
         print(f"REPRODUCED on rank {rank} in {PHASE[0]}: {type(exc).__name__}: {exc}", file=sys.stderr)
         traceback.print_exc()
@@ -411,7 +475,7 @@ def round_trip(rank, checkpoint_dir, phase="both"):
 #: The case's values, as export writes them (each a module constant above).
 CASE_CONSTANTS = [name for name in list(globals()) if name.isupper() and name != "PHASE"]
 #: The case's functions export writes: the model (as literals) and the checkpoint I/O.
-CASE_FUNCTIONS = ["build_model", "build_load_model", "user_batch", "save", "finish_save", "load"]
+CASE_FUNCTIONS = ["build_model", "build_load_model", "user_batch", "save", "finish_save", "load", "load_partial"]
 #: The functions copied into every script as they are, in this order.
 RUN = [
     "options",
@@ -421,10 +485,13 @@ RUN = [
     "check",
     "api_parity",
     "full_offload",
+    "state_dict_of",
+    "save_from",
     "load_into",
     "groups_and_meshes",
     "run_save_side",
     "run_load_side",
     "judge_loaded",
+    "resume",
     "round_trip",
 ]

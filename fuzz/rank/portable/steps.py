@@ -34,6 +34,7 @@ __all__ = [
     "state_dict_options",
     "local_state_dict_type",
     "get_side_state",
+    "model_state",
     "model_and_optim_state",
     "set_side_state",
     "plain",
@@ -251,12 +252,27 @@ def local_state_dict_type(model):
     return FullyShardedDataParallel.state_dict_type(model, StateDictType.LOCAL_STATE_DICT)
 
 
-def get_side_state(model, optim, *, kind: str, api: str, options, app=None) -> dict:
+def get_side_state(model, optim, *, kind: str, api: str, options, app=None, held_model=None) -> dict:
     """``{"model": ..., "optim": ...}`` as a side gets it (and ``"app"``: the ``AppState``, where there is
     one). ``kind`` ``local``: FSDP1's own (DSD has no LOCAL form), the optimizer sharded; ``api``
-    ``separate``: the model and optimizer getters, else ``get_state_dict``."""
-    state = model_and_optim_state(model, optim, kind=kind, api=api, options=options)
+    ``separate``: the model and optimizer getters, else ``get_state_dict``. ``held_model``: the model state
+    dict the side took at build and kept (``model_state``), handed on as it is beside a fresh optimizer one."""
+    if held_model is not None:
+        from torch.distributed.checkpoint import state_dict as dsd
+
+        state = {"model": held_model, "optim": dsd.get_optimizer_state_dict(model, optim, options=options)}
+    else:
+        state = model_and_optim_state(model, optim, kind=kind, api=api, options=options)
     return {**state, "app": app} if app is not None else state
+
+
+def model_state(model, *, kind: str, options) -> dict:
+    """The model state dict alone (``get_model_state_dict``), as a trainer that holds one from start-up takes it."""
+    from torch.distributed.checkpoint import state_dict as dsd
+
+    if kind == "local":
+        raise ValueError("a held model state dict is DSD's: a 'local' side has FSDP1's own")
+    return dsd.get_model_state_dict(model, options=options)
 
 
 def model_and_optim_state(model, optim, *, kind: str, api: str, options) -> dict:

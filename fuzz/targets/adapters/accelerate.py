@@ -63,7 +63,11 @@ class AccelerateFsdpCheckpoint:
         flatten=False,
         whole_pool=True,
         training_state=False,
+        held_state_dicts=False,
+        lenient_loads=False,
         reasons={
+            "lenient_loads": "the framework's load decides its own strictness",
+            "held_state_dicts": "accelerate's save_state and load_state take the prepared model and optimizer and build their state dicts themselves",
             "training_state": "accelerate's save_state takes the scheduler objects it prepared; the adapter hands it the model and optimizer only",
             "engines": "accelerate's FSDP checkpoint functions take FSDP1 and FSDP2 models; DDP and "
             "single-process models are saved by save_state's plain torch.save path",

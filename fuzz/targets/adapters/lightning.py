@@ -64,7 +64,11 @@ class FabricCheckpoint:
         flatten=False,
         whole_pool=True,
         training_state=False,
+        held_state_dicts=False,
+        lenient_loads=False,
         reasons={
+            "lenient_loads": "the framework's load decides its own strictness",
+            "held_state_dicts": "Fabric's save and load take the module and optimizer and build their state dicts themselves",
             "training_state": "Lightning saves the LightningModule's own schedulers and loops; the adapter hands it the model and optimizer only",
             "engines": "Fabric's FSDPStrategy saves FSDP1 models and its ModelParallelStrategy DTensor "
             "(FSDP2) models; DDP checkpoints go through plain torch.save",

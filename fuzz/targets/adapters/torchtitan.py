@@ -90,7 +90,11 @@ class TitanCheckpointManager:
         whole_pool=True,
         min_steps=1,
         training_state=False,
+        held_state_dicts=False,
+        lenient_loads=False,
         reasons={
+            "lenient_loads": "the framework's load decides its own strictness",
+            "held_state_dicts": "torchtitan's CheckpointManager holds its own ModelWrapper (a cached model state dict); the adapter hands it the model",
             "training_state": "torchtitan's CheckpointManager saves its own lr_schedulers and dataloader states; the adapter hands it the model and optimizer only",
             "engines": "torchtitan shards with fully_shard (FSDP2) and saves each model part's own "
             "state_dict(); FSDP1 and DDP models are not what its trainer builds",

@@ -1,0 +1,82 @@
+"""How a training loop calls the checkpoint APIs: when it takes its state dicts, how often it resumes, how strict
+its load is. Each field is a dimension of its own, drawn independently of the model and the sides."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import attrs
+from attrs import field, frozen
+from attrs.validators import in_, instance_of
+
+#: How many save-then-load round-trips a case makes: 1, or 2 (save, load, train on, save again, load again).
+RESUMES = (1, 2)
+
+
+@frozen
+class Loop:
+    """The training loop around the checkpoint calls (``Case.loop``; left out of the JSON at its default).
+
+    ``save_held``: the save side takes its model state dict once, right after building the model (before the
+    first forward), and hands that same dict to the save after training, as a trainer that builds its
+    checkpointer at start-up does (torchtitan's ``ModelWrapper`` caches ``get_model_state_dict``): the dict
+    must still hold the live, trained parameters. The optimizer's state dict is taken at save time (it has no
+    state before the first step).
+
+    ``resumes`` 2: after the load, the load side trains on, saves a second checkpoint, and a fresh build of the
+    save side's layout loads it; the second load is judged against the load side's state at the second save
+    (oracle ``resumed-state``). ``load_held``: the load side loads into a model state dict taken at build and
+    saves that same dict again (so it needs ``resumes`` 2: with one round-trip it changes nothing); a load may
+    leave such a dict pointing at tensors the model no longer uses.
+
+    ``lenient``: the load side's model has one more Linear than the checkpoint holds and loads with
+    ``strict=False`` (DCP's ``allow_partial_load``, ``StateDictOptions(strict=False)``), as a fine-tune onto
+    a model with a new head does: everything the checkpoint holds must load, and the new layer keep the
+    load side's own values.
+    """
+
+    save_held: bool = field(default=False, validator=instance_of(bool))
+    load_held: bool = field(default=False, validator=instance_of(bool))
+    resumes: int = field(default=1, validator=in_(RESUMES))
+    lenient: bool = field(default=False, validator=instance_of(bool))
+
+    def __attrs_post_init__(self):
+        if self.load_held and self.resumes < 2:
+            raise ValueError("load_held matters only when the load side saves again: it needs resumes 2")
+
+    def dimensions(self) -> dict[str, str]:
+        return {
+            "save_held_state_dict": str(self.save_held).lower(),
+            "load_held_state_dict": str(self.load_held).lower(),
+            "resumes": str(self.resumes),
+            "lenient_load": str(self.lenient).lower(),
+        }
+
+    def describe(self) -> str:
+        """The non-default fields in a few words ("" at the default)."""
+        words = [
+            word
+            for on, word in (
+                (self.save_held, "save-side state dict held from build"),
+                (self.load_held, "load-side state dict held"),
+                (self.resumes > 1, f"{self.resumes} round-trips"),
+                (self.lenient, "lenient load (strict=False, a new layer)"),
+            )
+            if on
+        ]
+        return ", ".join(words)
+
+    def simpler(self) -> Iterator[Loop]:
+        """This loop with one field back at its default (the shrinker's steps)."""
+        if self.resumes > 1:
+            yield Loop(save_held=self.save_held, lenient=self.lenient)
+        if self.load_held:
+            yield attrs.evolve(self, load_held=False)
+        if self.save_held:
+            yield attrs.evolve(self, save_held=False)
+        if self.lenient:
+            yield attrs.evolve(self, lenient=False)
+
+
+#: The default loop: fresh state dicts, one round-trip, a strict load.
+PLAIN_LOOP = Loop()

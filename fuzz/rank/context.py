@@ -1,0 +1,85 @@
+"""A rank's place in the pool's world: its cached prefix groups and meshes, and the phase it is in."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any
+
+import torch.distributed as dist
+
+from shardfuzz.case import Case
+from shardfuzz.rank.portable.sharding import device_mesh
+
+__all__ = ["RankContext"]
+
+
+_GENERATIONS = itertools.count()  # process groups this rank process has joined
+
+
+class RankContext:
+    """This rank's place in the world, its cached prefix groups and meshes, and the phase it is in."""
+
+    def __init__(self, rank: int, world_size: int, on_phase=None):
+        self.generation = next(_GENERATIONS)  # the same on every rank: each makes its contexts in step
+        self.rank = rank
+        self.world_size = world_size
+        self.on_phase = on_phase  # called with each phase name (the pool shows it for a crashed rank)
+        self.phase = "idle"
+        self._since = 0.0  # when the phase began (perf_counter)
+        self.timings: dict[str, float] = {}
+        self.unchanged: list[str] = []  # non-vacuity: keys equal to the saved state before the load
+        self._groups: dict[int, Any] = {}
+        self._async_groups: dict[int, Any] = {}  # n -> a second group on ranks 0..n-1 for async_save
+        self._meshes: dict[tuple, Any] = {}  # (mesh shape, device) -> DeviceMesh
+
+    def create_groups(self) -> None:
+        """Every prefix group ``[0..n-1]``; collective on the world, so all ranks call it once."""
+        for n in range(1, self.world_size):
+            self._groups[n] = dist.new_group(list(range(n)))
+        self._groups[self.world_size] = dist.group.WORLD
+
+    def group(self, n: int):
+        return self._groups[n]
+
+    def prepare_meshes(self, case: Case) -> None:
+        """Make the case's 2-D meshes now: their groups are collective on the whole world,
+        so every rank (on a side or not) makes them here, in the same order. Cached."""
+        for side in (case.save, case.load):
+            key = (side.mesh_shape, side.device)
+            if len(side.mesh_shape) == 2 and key not in self._meshes:
+                self._meshes[key] = device_mesh(
+                    side.mesh_shape,
+                    self._groups[side.world_size],
+                    rank=self.rank,
+                    generation=self.generation,
+                    device=side.device,
+                )
+
+    def prepare_async_group(self, case: Case) -> None:
+        """An async save writes (and runs its collectives) in a thread while the save side trains on:
+        it gets a group of its own, as torch recommends. Collective on the world, like the meshes."""
+        n = case.save.world_size
+        if case.saves_async and n not in self._async_groups:
+            self._async_groups[n] = dist.new_group(list(range(n)))
+
+    def checkpoint_group(self, case: Case):
+        """The group the save side's checkpoint writer uses (after ``prepare_async_group``)."""
+        n = case.save.world_size
+        return self._async_groups[n] if case.saves_async else self.group(n)
+
+    def mesh(self, shape: tuple[int, ...], device: str = "cpu"):
+        """The DeviceMesh of a side of this shape on ``device`` (2-D ones come from ``prepare_meshes``)."""
+        if (shape, device) not in self._meshes:
+            self._meshes[shape, device] = device_mesh(
+                shape, self._groups[shape[0]], rank=self.rank, generation=self.generation, device=device
+            )
+        return self._meshes[shape, device]
+
+    def enter(self, phase: str) -> None:
+        now = time.perf_counter()
+        if self.phase != "idle":
+            self.timings[self.phase] = self.timings.get(self.phase, 0.0) + now - self._since
+        self.phase, self._since = phase, now
+        if self.on_phase is not None:
+            self.on_phase(phase)

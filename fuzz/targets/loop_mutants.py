@@ -1,0 +1,110 @@
+"""Mutants that only a training-loop pattern exposes (``Case.loop``): each is right for a case that takes its state
+dicts fresh, saves once and loads strictly, and wrong where a loop holds a state dict, resumes twice or loads
+leniently. They join ``mutants.CATALOGUE``, so ``shardfuzz selftest`` shows that each pattern reaches what the
+others cannot."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from shardfuzz.targets._state_access import _model_locals
+from shardfuzz.targets.dcp import DcpTarget
+
+__all__ = ["LOOP_CATALOGUE"]
+
+
+class ParametersReplacedAtFirstForward(DcpTarget):
+    """Wrapping code that gives every parameter new storage at the model's first forward (as a lazy
+    initialisation, or a ``module.to(...)`` that makes new tensors, does): training and a state dict taken at save
+    time are right, but a model state dict held from before the first forward still points at the initial weights,
+    so a trainer that holds one saves those. Only a held save-side state dict (``Loop.save_held``) sees it.
+    Plain-tensor sides only (DDP, a plain module): a DTensor's storage belongs to its engine."""
+
+    def shard(self, module, side, *, group, mesh, default):
+        from shardfuzz.case import DDP, Unsharded
+
+        model = default(module, side, group=group, mesh=mesh)
+        if not isinstance(side.engine, (DDP, Unsharded)):
+            return model
+
+        def renew(_module, _inputs):
+            handle.remove()
+            with torch.no_grad():
+                for parameter in model.parameters():
+                    parameter.data = parameter.data.clone()
+
+        handle = model.register_forward_pre_hook(renew)
+        return model
+
+
+class LoadedIntoNewTensors(DcpTarget):
+    """A loader that reads each model tensor into a new tensor and puts it in the state dict in place of the one it
+    was handed (instead of copying into it). ``set_state_dict`` still loads the model right; but a model state dict
+    the trainer holds (``Loop.load_held``) now points at those new tensors, not the live parameters, so its next
+    save (``Loop.resumes`` 2) writes the values as loaded, not as trained since."""
+
+    def load(self, state_dict, *, checkpoint_id, process_group):
+        held = state_dict["model"]
+        fresh = {key: value.detach().clone() if torch.is_tensor(value) else value for key, value in held.items()}
+        state_dict["model"] = fresh
+        super().load(state_dict, checkpoint_id=checkpoint_id, process_group=process_group)
+        held.update(fresh)
+        state_dict["model"] = held
+
+
+class MissingKeysZeroed(DcpTarget):
+    """A lenient loader that fills what the checkpoint holds and sets what it lacks to zeros, where a lenient load
+    (``strict=False``) must leave those as they were: a fine-tune's new head starts from zeros instead of its own
+    initialisation. Only a lenient load (``Loop.lenient``) has keys the checkpoint lacks."""
+
+    def load_partial(self, state_dict, *, checkpoint_id, process_group):
+        import torch.distributed.checkpoint as dcp
+
+        super().load_partial(state_dict, checkpoint_id=checkpoint_id, process_group=process_group)
+        stored = dcp.FileSystemReader(checkpoint_id).read_metadata().state_dict_metadata
+        with torch.no_grad():
+            for key, local in _model_locals(state_dict):
+                if f"model.{key}" not in stored:
+                    local.zero_()
+
+
+class ResumedRunSavesStaleOptimizer(DcpTarget):
+    """A checkpointer that keeps the optimizer state it restored and, once it has resumed a run, writes that copy into
+    the run's folder instead of the live state (a cache meant to spare a gather): a first save and a first load are
+    right, the second checkpoint of a run that resumes twice (``Loop.resumes`` 2) holds the optimizer as it was
+    loaded, not as trained since."""
+
+    _resumed_from: str | None = None
+    _restored: dict | None = None
+
+    def load(self, state_dict, *, checkpoint_id, process_group):
+        super().load(state_dict, checkpoint_id=checkpoint_id, process_group=process_group)
+        self._resumed_from, self._restored = os.path.abspath(checkpoint_id), _copied(state_dict["optim"])
+
+    def save(self, state_dict, *, checkpoint_id, process_group):
+        run = self._resumed_from
+        if run is not None and os.path.abspath(checkpoint_id).startswith(run + os.sep):
+            state_dict = {**state_dict, "optim": self._restored}
+        super().save(state_dict, checkpoint_id=checkpoint_id, process_group=process_group)
+
+
+def _copied(value):
+    """``value`` with every tensor in it cloned (dicts and lists rebuilt)."""
+    if torch.is_tensor(value):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {key: _copied(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_copied(item) for item in value)
+    return value
+
+
+#: name -> the oracle expected to kill it.
+LOOP_CATALOGUE: dict[str, str] = {
+    "ParametersReplacedAtFirstForward": "complete-state",
+    "LoadedIntoNewTensors": "resumed-state",
+    "MissingKeysZeroed": "complete-state",
+    "ResumedRunSavesStaleOptimizer": "resumed-state",
+}
