@@ -378,7 +378,7 @@ def cases(
             loop_choices[
                 not copies_its_state_dict(save),
                 not copies_its_state_dict(load),
-                compatible and load.state_dict != "local" and not load.broadcast_from_rank0,
+                compatible and load.state_dict != "local" and not load.broadcast_from_rank0 and training is None,
                 # a 'local' load may be refused on another topology; the swapped case must be one
                 compatible and load.state_dict != "local" and not case.why_not_resumable(),
             ]

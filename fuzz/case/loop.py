@@ -29,10 +29,12 @@ class Loop:
     saves that same dict again (so it needs ``resumes`` 2: with one round-trip it changes nothing); a load may
     leave such a dict pointing at tensors the model no longer uses.
 
-    ``lenient``: the load side's model has one more Linear than the checkpoint holds and loads with
-    ``strict=False`` (DCP's ``allow_partial_load``, ``StateDictOptions(strict=False)``), as a fine-tune onto
-    a model with a new head does: everything the checkpoint holds must load, and the new layer keep the
-    load side's own values.
+    ``lenient``: the load side's model has one more Linear than the checkpoint holds and loads its model alone
+    with ``strict=False`` (DCP's ``allow_partial_load``, ``set_model_state_dict`` with ``StateDictOptions(
+    strict=False)``), as a fine-tune onto a model with a new head does: every model tensor the checkpoint holds
+    must load, the new layer keep the load side's own values, and the optimizer stay as built. (``strict`` is
+    documented for the model; ``torch.optim`` refuses a param group of another size, measured: so the optimizer
+    is not loaded.)
     """
 
     save_held: bool = field(default=False, validator=instance_of(bool))

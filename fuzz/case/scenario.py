@@ -146,6 +146,8 @@ class Case:
         loop = self.loop
         if (loop.lenient or loop.resumes > 1) and self.load_mutation is not None:
             raise ValueError("a lenient load or a second round-trip loads a compatible model: load_mutation None")
+        if loop.lenient and self.training is not None:
+            raise ValueError("a lenient load loads the model alone: it takes no training state (training None)")
         if loop.lenient and (isinstance(self.model, UserModel) or self.ignore_frozen_params):
             raise ValueError(
                 "a lenient load adds a Linear to a drawn model (not a user's) and leaves only it out of the "
@@ -189,7 +191,7 @@ class Case:
     def kept_by_load(self) -> list[str]:
         """Gathered-state keys (``model.<fqn>``) the load leaves at the load side's own values:
         the frozen parameters, where ``ignore_frozen_params`` keeps them out of the checkpoint, and
-        the layer a lenient load adds."""
+        the layer a lenient load adds (which keeps the whole optimizer too: ``Loop.lenient``)."""
         kept = [f"model.{name}" for name in self.new_on_load()]
         if not self.ignore_frozen_params:
             return kept

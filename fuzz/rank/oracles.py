@@ -56,7 +56,6 @@ __all__ = [
     "full_offload",
     "layout",
     "loud_incompatible_load",
-    "optimizer_keys_of",
     "replica_consistency",
     "unchanged_before_load",
 ]
@@ -191,19 +190,17 @@ def _compare_value(
     return None
 
 
-def expected_after_load(saved: Mapping[str, Any], before: Mapping[str, Any], kept: list[str]) -> dict[str, Any]:
+def expected_after_load(
+    saved: Mapping[str, Any], before: Mapping[str, Any], kept: list[str], *, model_only: bool = False
+) -> dict[str, Any]:
     """What the load side must hold after the load: the saved state, except the ``kept`` keys,
     which a load that leaves them out (``ignore_frozen_params``) must not touch: their values
-    from before the load."""
+    from before the load. ``model_only``: the load left the optimizer alone (a lenient load), so its
+    state is the load side's own from before."""
+    if model_only:
+        saved = {**{k: v for k, v in saved.items() if not k.startswith("optim.")}}
+        saved.update({k: v for k, v in before.items() if k.startswith("optim.")})
     return {**saved, **{key: before[key] for key in kept if key in before}}
-
-
-def optimizer_keys_of(parameters: list[str], state: Mapping[str, Any]) -> set[str]:
-    """The gathered optimizer keys (``optim.state.<fqn>.*``, ``optim.param_groups.<fqn>.*``) of ``parameters``: for
-    a layer a lenient load adds, the checkpoint holds none of them, and whether the optimizer has state for it
-    yet (DSD initialises it with a zero step) is not the checkpoint's to say."""
-    prefixes = tuple(f"optim.{part}.{name}." for name in parameters for part in ("state", "param_groups"))
-    return {key for key in state if key.startswith(prefixes)} if prefixes else set()
 
 
 def unchanged_before_load(expected: Mapping[str, Any], before: Mapping[str, Any]) -> list[str]:

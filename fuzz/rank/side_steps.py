@@ -223,13 +223,18 @@ def load_into(
             process_group=ctx.group(side.world_size),
         )
         return
-    state = save_state(case, side, model, optim, app, held=held)
     group = ctx.group(side.world_size)
-    if case.loop.lenient and side is case.load:
+    if case.loop.lenient and side is case.load:  # the model alone, strict=False; the optimizer stays as built
         if not isinstance(target, LoadsPartially):
             raise TypeError(f"a lenient load needs the target's load_partial; {type(target).__name__} has none")
+        state = {
+            "model": held
+            if held is not None
+            else rank_steps.model_state(model, kind=side.state_dict, options=_options(case, side))
+        }
         target.load_partial(state, checkpoint_id=checkpoint_dir, process_group=group)
     else:
+        state = save_state(case, side, model, optim, app, held=held)
         target.load(state, checkpoint_id=checkpoint_dir, process_group=group)
     rank_steps.set_side_state(
         model,

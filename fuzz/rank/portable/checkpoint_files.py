@@ -82,8 +82,14 @@ class TorchSaveFile:
         state_dict.update(torch.load(os.path.join(checkpoint_id, "state.pt"), weights_only=True))
 
     def load_partial(self, state_dict, *, checkpoint_id, process_group):
-        """The saved full state dict lacks the keys a lenient load leaves alone: ``load`` leaves them already."""
-        self.load(state_dict, checkpoint_id=checkpoint_id, process_group=process_group)
+        """Only the parts the template asks for (a lenient load asks for the model alone); the keys a lenient
+        load leaves alone are not in the file, and ``set_model_state_dict(strict=False)`` leaves them."""
+        import os
+
+        import torch
+
+        saved = torch.load(os.path.join(checkpoint_id, "state.pt"), weights_only=True)
+        state_dict.update({part: saved[part] for part in list(state_dict) if part in saved})
 
 
 class DcpThenTorchSave(TorchSaveFile):

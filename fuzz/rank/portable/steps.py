@@ -293,14 +293,16 @@ def model_and_optim_state(model, optim, *, kind: str, api: str, options) -> dict
 
 
 def set_side_state(model, optim, state: dict, *, kind: str, api: str, options, rank: int) -> None:
-    """``set_state_dict`` (or the model and optimizer setters, or FSDP1's local form); with
-    ``broadcast_from_rank0`` only rank 0 passes the state (as torch documents it: the others
-    receive theirs from rank 0)."""
+    """``set_state_dict`` (or the model and optimizer setters, or FSDP1's local form; a ``state`` without
+    ``"optim"``: the model's setter alone); with ``broadcast_from_rank0`` only rank 0 passes the state (as
+    torch documents it: the others receive theirs from rank 0)."""
     from torch.distributed.checkpoint import state_dict as dsd
 
     if options.broadcast_from_rank0 and rank != 0:
         state = {"model": {}, "optim": {}}
-    if kind == "local":
+    if "optim" not in state:  # a model-only load (a lenient one): the optimizer stays as it is
+        dsd.set_model_state_dict(model, state["model"], options=options)
+    elif kind == "local":
         with local_state_dict_type(model):
             model.load_state_dict(state["model"])
         dsd.set_optimizer_state_dict(model, optim, state["optim"], options=options)
