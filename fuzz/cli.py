@@ -226,6 +226,20 @@ def _run_options(run: argparse.ArgumentParser) -> None:
         "from them, so the budget goes to the unknown; the report counts what was masked)",
     )
     run.add_argument(
+        "--no-pair-steer",
+        action="store_true",
+        help="run every draw (default: pass over draws that bring no pair of dimension values not run yet, "
+        "but one in four; the report's pairwise block counts the pairs reached)",
+    )
+    run.add_argument(
+        "--pairs",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="write the pairs of dimension values the run reached, one per line (one worker: with --workers, "
+        "not written), to compare runs against bench/pairs_reference.py's sample",
+    )
+    run.add_argument(
         "--exit-zero",
         action="store_true",
         help="exit 0 even when new failures are found (a smoke run: they are in the corpus and report)",

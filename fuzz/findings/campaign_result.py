@@ -94,6 +94,8 @@ class CampaignResult:
     masked: Counter = attrs.Factory(Counter)  # known signature -> draws filtered out by its mask
     probes: Counter = attrs.Factory(Counter)  # known signature -> draws its mask let through to check itself
     confirming: bool = False  # re-running a new failure on a fresh pool
+    pairwise: dict = attrs.Factory(dict)  # pairs of dimension values reached and drawn (search.pairs.PairSteering)
+    reached_pairs: set = attrs.Factory(set)  # the pairs themselves, for ``shardfuzz run --pairs FILE``
     _recent: list[tuple[float, str]] = attrs.Factory(list)
 
     def record(self, case: Case, verdict: Verdict) -> None:

@@ -96,6 +96,7 @@ def campaign_report(
             }
             for s, conditions in result.steering.items()
         ],
+        "pairwise": dict(result.pairwise),
         "masked_draws": sum(result.masked.values()),
         "probe_draws": sum(result.probes.values()),
         "slowest_recent_case": {"seconds": round(result.slowest_recent[0], 3), "case": result.slowest_recent[1]},

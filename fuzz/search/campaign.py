@@ -30,6 +30,7 @@ from shardfuzz.findings.campaign_result import TIME_CATEGORIES, CampaignResult, 
 from shardfuzz.search.campaign_settings import CampaignSettings
 from shardfuzz.search.failures import ShrinkCut, failure_for, failures_in, stop_in, stop_reason
 from shardfuzz.search.host import CampaignHost, FunctionHost
+from shardfuzz.search.pairs import PairSteering
 from shardfuzz.search.polish import polished
 from shardfuzz.search.steering import Steering
 from shardfuzz.strategies import cases
@@ -120,7 +121,12 @@ class Campaign:
             # The result shows the masks as they stand, and what they did.
             self.result.steering = self.steering.masks
             self.result.masked, self.result.probes = self.steering.masked, self.steering.probes
-        self.strategy = all_cases if self.steering is None else all_cases.filter(self.steering.wanted)
+        self.pairs = PairSteering()
+        self.result.reached_pairs = self.pairs.reached
+        wanted = [self.steering.wanted] if self.steering is not None else []
+        if settings.pairwise:
+            wanted.append(self.pairs.wanted)  # after the masks: a masked draw is not a new pair's to run
+        self.strategy = all_cases.filter(lambda case: all(want(case) for want in wanted)) if wanted else all_cases
         # The time category (and known signature) of the last case, whose failure may leave ranks to restart.
         self.restart_owed_to: tuple[str, str | None] = ("pool", None)
 
@@ -169,6 +175,8 @@ class Campaign:
             result.known_unmasked[signature] += 1
             example = {"seconds_in_case": round(verdict.seconds, 2), "dimensions": dict(dimensions(case))}
             result.known_unmasked_example[signature] = example
+        self.pairs.observe(case)
+        result.pairwise = self.pairs.summary()
         if self.steering is not None:  # a combination torch refuses is as known as a known bug, and as useless again
             repeat = known or verdict.status == "unsupported"
             self.steering.observe(case, signature if repeat else None, costly=verdict.leaves_ranks_stuck)
@@ -281,6 +289,7 @@ class _Round:
             result.first_failure_seconds = now - campaign.started
         if self.first_failure is None:
             self.first_failure = now
+            campaign.pairs.frozen = True  # a shrink's candidates bring no new pair: none may be passed over
             if campaign.steering is not None:
                 campaign.steering.frozen = True  # Hypothesis shrinks it against this round's strategy as it stands
             self.cases_at_first_failure = result.cases_run
@@ -317,6 +326,7 @@ class _Round:
     def run(self) -> bool:
         """Run the round; False when the campaign was asked to stop (``result.stopped`` says why)."""
         campaign, result = self.campaign, self.campaign.result
+        campaign.pairs.frozen = False
         if campaign.steering is not None:
             campaign.steering.frozen = False
             campaign.steering.update()

@@ -64,6 +64,9 @@ class CampaignSettings:
     (signature -> ``Expectation``, or plain conditions): those whose conditions an explanation
     measured, and those whose every hit costs a restart, under the conditions their corpus entries record.
 
+    ``pairwise``: draws that would run no pair of dimension values not run yet are passed over, but one in
+    ``pairs.KEEP_EVERY`` (``shardfuzz.search.pairs``); the pairs reached are counted either way.
+
     ``polish``: once Hypothesis has finished shrinking a finding, or used its share of the shrink
     budget (``HYPOTHESIS_SHRINK_SHARE``), a greedy descent over one-step-simpler cases
     (``shardfuzz.search.polish``) goes on from its case with what is left of the shrink budget.
@@ -88,4 +91,5 @@ class CampaignSettings:
         factory=dict, converter=_expectations, validator=deep_mapping(instance_of(str), instance_of(Expectation))
     )
     polish: bool = field(default=True, validator=instance_of(bool))
+    pairwise: bool = field(default=False, validator=instance_of(bool))
     model: Model | UserModel | None = field(default=None, validator=optional(instance_of((Model, UserModel))))

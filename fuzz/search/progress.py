@@ -56,6 +56,7 @@ class Progress:
             f"[{_clock(elapsed)} / {_clock(self.budget)}] {snapshot.get('activity', 'drawing')}: "
             f"{snapshot['cases_run']} cases ({snapshot['cases_run'] / max(elapsed, 1e-9):.1f}/s); "
             f"new: {_new_findings(snapshot)}; known hits: {known}; coverage {reached}/{offered} values"
+            f"{_pairs(snapshot)}"
         )
 
     def _panel(self, snapshot: dict):
@@ -76,7 +77,7 @@ class Progress:
         known = snapshot.get("known_failures", [])
         table.add_row("known bugs", f"{sum(k['hits'] for k in known)} hits of {len(known)}")
         reached, offered = _reached(snapshot)
-        table.add_row("coverage", f"{reached}/{offered} offered values reached")
+        table.add_row("coverage", f"{reached}/{offered} offered values reached{_pairs(snapshot)}")
         for dim in MIX:
             values = snapshot.get("coverage", {}).get(dim)
             if values:
@@ -114,6 +115,12 @@ def _reached(snapshot: dict) -> tuple[int, int]:
     coverage, offered = snapshot.get("coverage", {}), snapshot.get("coverage_offered", {})
     reached = sum(len(set(values) & set(offered.get(dim, values))) for dim, values in coverage.items())
     return reached, sum(len(values) for values in offered.values()) or reached
+
+
+def _pairs(snapshot: dict) -> str:
+    """The pairs of values reached ('' before the first case)."""
+    pairs = snapshot.get("pairwise") or {}
+    return f", {pairs['reached']} value pairs" if pairs.get("reached") else ""
 
 
 def _clock(seconds: float) -> str:

@@ -41,6 +41,8 @@ class RunConfig:
     # Seconds to explain each new finding in (its neighbours; within the run's budget); 0: not explained.
     explain_budget: float = field(default=120.0, converter=float, validator=ge(0))
     no_steer: bool = field(default=False, validator=instance_of(bool))
+    no_pair_steer: bool = field(default=False, validator=instance_of(bool))
+    pairs: Path | None = field(default=None, validator=_PATH)  # write the value pairs reached, one per line
     exit_zero: bool = field(default=False, validator=instance_of(bool))
     database: str | None = field(default=None, validator=optional(instance_of(str)))  # None: the default one
     replay_from: str | None = field(default=None, validator=optional(instance_of(str)))

@@ -429,6 +429,7 @@ class _Run:
             devices=self.devices,
             support=support_for(self.target),  # what the target runs; storage variants only where it takes them
             steer_after=None if config.no_steer else STEER_AFTER,
+            pairwise=not config.no_pair_steer,
             expected=self.expected(),
             model=user_model(config.model),
         )
@@ -466,6 +467,8 @@ class _Run:
         report = self.snapshot(result, final=True)
         progress.finish(report)
         write_reports(report, json_path=config.report, directory=config.report_dir)
+        if config.pairs is not None and config.workers == 1:
+            config.pairs.write_text("".join(f"{a}\t{b}\n" for a, b in sorted(result.reached_pairs)))
         print_summary(report)
         if result.stopped in EXIT_CODES:
             wrote = [str(p) for p in (config.report, config.report_dir) if p is not None]

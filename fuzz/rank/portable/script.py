@@ -67,15 +67,8 @@ LOAD_WRAP: list[str] = []
 SAVE_WRAP_INNERMOST_FIRST: list[str] = []
 LOAD_WRAP_INNERMOST_FIRST: list[str] = []
 MODULE_TYPE_CLASSES: dict[str, str] = {}
-SAVE_WRAPPERS: dict = {
-    "activation_checkpointing": "none",
-    "checkpointed": [],
-    "compiled": False,
-    "meta_init": False,
-    "mixed_precision": "none",
-    "offload_params": False,
-    "batchnorm_fp32": False,
-}
+SAVE_WRAPPERS: dict = dict(activation_checkpointing="none", checkpointed=[], compiled=False, meta_init=False)
+SAVE_WRAPPERS.update(mixed_precision="none", offload_params=False, batchnorm_fp32=False)
 LOAD_WRAPPERS: dict = dict(SAVE_WRAPPERS)
 SAVE_OPTIMIZER: tuple = ("SGD", [{"lr": 0.01}])
 LOAD_OPTIMIZER: tuple = ("SGD", [{"lr": 0.02}])
@@ -263,19 +256,18 @@ def load_into(model, optim, app, checkpoint_dir, group, rank, held=None, side="l
     template (``held``: the one it took at build), filled from the checkpoint, set into the model; or the
     object-level target's own load into the objects. A lenient load leaves what the checkpoint lacks."""
     kind, api, extra = state_dict_of(side)
+    into, saved_by = (LOAD_SIDE, SAVE_SIDE) if side == "load" else (SAVE_SIDE, LOAD_SIDE)
     if OBJECT_TARGET:
-        into, saved_by = (LOAD_SIDE, SAVE_SIDE) if side == "load" else (SAVE_SIDE, LOAD_SIDE)
-        _target.load_objects(
+        return _target.load_objects(
             model, optim, side=into, saved_by=saved_by, checkpoint_id=checkpoint_dir, process_group=group
         )
-        return
+    opts = options(kind, extra)
     if LENIENT and side == "load":  # the model alone, strict=False; the optimizer stays as built
-        state = {"model": held if held is not None else model_state(model, kind=kind, options=options(kind, extra))}
-        load_partial(state, checkpoint_dir, group)
+        state = {"model": held or model_state(model, kind=kind, options=opts)}
     else:
-        state = get_side_state(model, optim, kind=kind, api=api, options=options(kind, extra), app=app, held_model=held)
-        load(state, checkpoint_dir, group)
-    set_side_state(model, optim, state, kind=kind, api=api, options=options(kind, extra), rank=rank)
+        state = get_side_state(model, optim, kind=kind, api=api, options=opts, app=app, held_model=held)
+    (load_partial if LENIENT and side == "load" else load)(state, checkpoint_dir, group)
+    set_side_state(model, optim, state, kind=kind, api=api, options=opts, rank=rank)
 
 
 def groups_and_meshes(rank):
@@ -412,11 +404,6 @@ def resume(rank, checkpoint_dir, groups, meshes, loaded):
         check(differences(expected, actual), "resumed-state")
 
 
-def optimizer_of(state):
-    """The optimizer's entries of a gathered state."""
-    return {k: v for k, v in state.items() if k.startswith("optim.")}
-
-
 def judge_loaded(expected, actual, before, expected_after, actual_after, saved_by):
     """Rank 0's judgement: the loaded state against the saved one, bit for bit, and the states after
     continuing, as ``oracles.continuation`` judges them. Across two torches, less what one torch holds and
@@ -428,7 +415,8 @@ def judge_loaded(expected, actual, before, expected_after, actual_after, saved_b
         expected = {k: v for k, v in expected.items() if k not in one_torch}
         actual = {k: v for k, v in actual.items() if k not in one_torch}
     if LENIENT:  # the model alone was loaded: the optimizer must be as it was built
-        expected = {**{k: v for k, v in expected.items() if not k.startswith("optim.")}, **optimizer_of(before)}
+        expected = {k: v for k, v in expected.items() if not k.startswith("optim.")}
+        expected.update({k: v for k, v in before.items() if k.startswith("optim.")})
     check(differences({**expected, **{k: before[k] for k in KEPT_ON_LOAD}}, actual), "complete-state")
     if "continuation" in CHECKS and (  # as oracles.continuation judges it
         (SAME_SHARDING and not across) or COMPUTE_DTYPE not in NO_TOLERANCE_DTYPES
@@ -499,7 +487,6 @@ RUN = [
     "groups_and_meshes",
     "run_save_side",
     "run_load_side",
-    "optimizer_of",
     "judge_loaded",
     "resume",
     "round_trip",

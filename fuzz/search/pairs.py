@@ -1,0 +1,65 @@
+"""Pairwise coverage: which pairs of values (two labelled dimensions' values met in one case) a campaign has run, and
+steering toward those it has not.
+
+Single values are not enough: a bug that needs a rowwise tensor-parallel save *and* a Linear with a bias stays rare
+when each is common, and the classic finding of combinatorial testing is that most interaction faults need two or
+three conditions at once. So a draw that would run no pair the campaign has not run yet is passed over, except one
+in ``KEEP_EVERY`` (a stable function of the case, as steering's probes are: Hypothesis sees the same answer when it
+draws the same case again), so the common values keep coming too. While a round shrinks a failure the filter is
+frozen open: a shrink's candidates are not new, and must not be passed over.
+
+Which pairs can meet at all is not known in advance (the data model, the unsupported rules and the target's support
+exclude many), and a run's own draws cannot tell: every draw with a pair not run yet is run. So a run counts the pairs
+it ``reached``; ``bench/pairs_reference.py`` draws a large sample without running anything, the denominator a run's
+``--pairs`` file is compared with.
+"""
+
+from __future__ import annotations
+
+import itertools
+import zlib
+from collections.abc import Mapping
+
+import attrs
+
+from shardfuzz.case import Case, dimensions
+
+__all__ = ["KEEP_EVERY", "PairSteering", "pairs_of"]
+
+#: One in this many draws that bring no new pair is run anyway.
+KEEP_EVERY = 4
+
+
+def pairs_of(values: Mapping[str, str]) -> set[tuple[str, str]]:
+    """The value pairs of one case's dimensions: ``("dim=value", "dim=value")``, the two in name order."""
+    named = sorted(f"{name}={value}" for name, value in values.items())
+    return set(itertools.combinations(named, 2))
+
+
+@attrs.define
+class PairSteering:
+    """The pairs a campaign has run, and the filter that passes over draws that bring no new pair."""
+
+    keep_every: int = KEEP_EVERY
+    reached: set = attrs.Factory(set)
+    passed_over: int = 0  # draws filtered out for bringing no new pair
+    frozen: bool = False  # while a round shrinks a new failure: every draw is wanted
+
+    def wanted(self, case: Case) -> bool:
+        """Whether to run ``case``: it brings a pair not run yet, or it is one of the ``keep_every`` let through."""
+        if self.frozen:
+            return True
+        if not pairs_of(dimensions(case)) <= self.reached:
+            return True
+        if zlib.crc32(repr(case).encode()) % self.keep_every == 0:
+            return True
+        self.passed_over += 1
+        return False
+
+    def observe(self, case: Case) -> None:
+        """``case`` was run: its pairs are reached."""
+        self.reached |= pairs_of(dimensions(case))
+
+    def summary(self) -> dict[str, int]:
+        """Counts for reports: the pairs reached, and the draws passed over."""
+        return {"reached": len(self.reached), "passed_over": self.passed_over}
