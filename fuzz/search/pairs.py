@@ -3,10 +3,12 @@ steering toward those it has not.
 
 Single values are not enough: a bug that needs a rowwise tensor-parallel save *and* a Linear with a bias stays rare
 when each is common, and the classic finding of combinatorial testing is that most interaction faults need two or
-three conditions at once. So a draw that would run no pair the campaign has not run yet is passed over, except one
-in ``KEEP_EVERY`` (a stable function of the case, as steering's probes are: Hypothesis sees the same answer when it
-draws the same case again), so the common values keep coming too. While a round shrinks a failure the filter is
-frozen open: a shrink's candidates are not new, and must not be passed over.
+three conditions at once. So a draw is run when it brings at least as many pairs not run yet as the draws before it
+did on average (an exponential moving average over draws, ``BAR_WEIGHT``): about one draw in two, the more novel half.
+A draw below that bar, or with no new pair at all, is passed over, except one in ``KEEP_EVERY`` (a stable function of
+the case, as steering's probes are: Hypothesis sees the same answer when it draws the same case again), so the common
+values keep coming too. Drawing costs milliseconds and a case a few hundred, so passing over a draw is cheap. While a
+round shrinks a failure the filter is frozen open: a shrink's candidates are not new, and must not be passed over.
 
 Which pairs can meet at all is not known in advance (the data model, the unsupported rules and the target's support
 exclude many), and a run's own draws cannot tell: every draw with a pair not run yet is run. So a run counts the pairs
@@ -24,10 +26,12 @@ import attrs
 
 from shardfuzz.case import Case, dimensions
 
-__all__ = ["KEEP_EVERY", "PairSteering", "pairs_of"]
+__all__ = ["BAR_WEIGHT", "KEEP_EVERY", "PairSteering", "pairs_of"]
 
-#: One in this many draws that bring no new pair is run anyway.
+#: One in this many draws below the bar is run anyway.
 KEEP_EVERY = 4
+#: The weight of the newest draw in the moving average of new pairs per draw (the bar a draw must reach).
+BAR_WEIGHT = 0.1
 
 
 def pairs_of(values: Mapping[str, str]) -> set[tuple[str, str]]:
@@ -42,14 +46,18 @@ class PairSteering:
 
     keep_every: int = KEEP_EVERY
     reached: set = attrs.Factory(set)
-    passed_over: int = 0  # draws filtered out for bringing no new pair
+    passed_over: int = 0  # draws filtered out for bringing fewer new pairs than the bar
+    bar: float = 0.0  # the moving average of new pairs per draw
     frozen: bool = False  # while a round shrinks a new failure: every draw is wanted
 
     def wanted(self, case: Case) -> bool:
-        """Whether to run ``case``: it brings a pair not run yet, or it is one of the ``keep_every`` let through."""
+        """Whether to run ``case``: it brings at least the bar's count of pairs not run yet (and at least one), or it
+        is one of the ``keep_every`` let through."""
         if self.frozen:
             return True
-        if not pairs_of(dimensions(case)) <= self.reached:
+        new = len(pairs_of(dimensions(case)) - self.reached)
+        bar, self.bar = self.bar, self.bar + BAR_WEIGHT * (new - self.bar)
+        if new and new >= bar:
             return True
         if zlib.crc32(repr(case).encode()) % self.keep_every == 0:
             return True
