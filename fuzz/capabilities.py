@@ -403,11 +403,35 @@ def _storages(off: dict[str, str]) -> tuple[tuple[str, ...], bool]:
         storages.append("dcp-to-torch-save")
     else:
         off["storage dcp-to-torch-save"] = "no torch.distributed.checkpoint.format_utils.dcp_to_torch_save"
+    storages += _hf_storages(off)
     wanted = {"single_file_per_rank", "thread_count", "sync_files"}
     writer_options = wanted <= set(inspect.signature(dcp.FileSystemWriter.__init__).parameters)
     if not writer_options:
         off["writer_options"] = f"FileSystemWriter takes no {sorted(wanted)}"
     return tuple(storages), writer_options
+
+
+def _hf_storages(off: dict[str, str]) -> list[str]:
+    """DCP's Hugging Face safetensors storage, where torch has its writer (with ``save_distributed``, and
+    ``enable_consolidation`` for the consolidated kind) and the ``safetensors`` package is installed."""
+    import importlib.util
+    import inspect
+
+    writer = _find([("torch.distributed.checkpoint", "HuggingFaceStorageWriter")])
+    why = ""
+    if writer is None or _find([("torch.distributed.checkpoint", "HuggingFaceStorageReader")]) is None:
+        why = "torch.distributed.checkpoint has no HuggingFaceStorageWriter/Reader"
+    elif importlib.util.find_spec("safetensors") is None:
+        why = "the safetensors package is not installed (pip install safetensors)"
+    elif "save_distributed" not in inspect.signature(writer.__init__).parameters:
+        why = "HuggingFaceStorageWriter takes no save_distributed (every rank writing its shards)"
+    if why:
+        off["storage hf-safetensors"] = off["storage hf-safetensors-consolidated"] = why
+        return []
+    if "enable_consolidation" not in inspect.signature(writer.__init__).parameters:
+        off["storage hf-safetensors-consolidated"] = "HuggingFaceStorageWriter takes no enable_consolidation"
+        return ["hf-safetensors"]
+    return ["hf-safetensors", "hf-safetensors-consolidated"]
 
 
 def _cuda_devices() -> tuple[int, str]:

@@ -283,6 +283,7 @@ def cases(
             and load.world_size == max_world_size
             and not flatten
             and mutation is None
+            and not storage.model_only
             and draw(sometimes)
         )
         # Offloaded, a full state dict is on rank 0 alone: only a broadcasting load can take it.
@@ -341,6 +342,8 @@ def cases(
         model = draw(model_trees)
         storage = draw(storage_choice)
         flattened, mutation = draw(flatten), draw(mutations)
+        if storage.model_only:  # a checkpoint of the model alone: nothing but a compatible load of it
+            mutation = None
         save, load = draw_side(draw, model), draw_side(draw, model)
         if target.same_state_dict:
             load = attrs.evolve(load, state_dict=save.state_dict)
@@ -349,9 +352,9 @@ def cases(
             save, load = with_local(draw, save, load)
         # ignore_frozen_params loads with strict=False, so only a compatible load; where the model
         # has frozen parameters the sides differ in them afterwards, so no continuation check.
-        ignoring = mutation is None and load.state_dict != "local" and draw(ignore_frozen)
+        ignoring = mutation is None and load.state_dict != "local" and draw(ignore_frozen) and not storage.model_only
         checks = draw(check_sets)
-        if ignoring and model.frozen_paths():
+        if (ignoring and model.frozen_paths()) or storage.model_only:  # the optimizer is not loaded: no training on
             checks = checks - {"continuation"}
         # Drawn last, so that the draws above (and the seeds of named examples) stay as they were.
         stateful = isinstance(storage, Dcp) and storage.api != "legacy"
@@ -380,7 +383,7 @@ def cases(
                 not copies_its_state_dict(load),
                 compatible and load.state_dict != "local" and not load.broadcast_from_rank0 and training is None,
                 # a 'local' load may be refused on another topology; the swapped case must be one
-                compatible and load.state_dict != "local" and not case.why_not_resumable(),
+                compatible and load.state_dict != "local" and not storage.model_only and not case.why_not_resumable(),
             ]
         )
         if loop.lenient:

@@ -18,6 +18,7 @@ from shardfuzz.case import (
     AdamW,
     Dcp,
     DcpToTorchSave,
+    HfSafetensors,
     Loop,
     RMSprop,
     TorchSave,
@@ -123,7 +124,8 @@ def storages() -> st.SearchStrategy:
     """How the checkpoint is written and read (``Case.storage``), among what the installed torch
     offers: ``dcp.save`` with default writer options in about half the draws (it shrinks there),
     else other ``FileSystemWriter`` options, the older API, ``async_save``, one ``torch.save``
-    file, or a DCP directory converted by ``format_utils``."""
+    file, a DCP directory converted by ``format_utils``, or DCP's Hugging Face safetensors files (sharded, or
+    consolidated too: a checkpoint of the model alone)."""
     caps = capabilities()
     apis = [api for api in ("save", "legacy", "async") if f"dcp-{api}" in caps.storages]
     if caps.writer_options:
@@ -136,10 +138,15 @@ def storages() -> st.SearchStrategy:
         )
     else:
         custom = st.builds(Dcp, api=st.sampled_from(apis))
-    whole_files: list[st.SearchStrategy[TorchSave | DcpToTorchSave]] = [st.just(TorchSave())]
+    whole_files: list[st.SearchStrategy] = [st.just(TorchSave())]
     if "dcp-to-torch-save" in caps.storages:
         whole_files.append(st.just(DcpToTorchSave()))
-    return st.one_of(st.just(Dcp()), st.just(Dcp()), st.just(Dcp()), custom, custom, *whole_files)
+    hf = [st.just(HfSafetensors(consolidated=c)) for c in (False, True) if _hf_kind(c) in caps.storages]
+    return st.one_of(st.just(Dcp()), st.just(Dcp()), st.just(Dcp()), custom, custom, *whole_files, *hf)
+
+
+def _hf_kind(consolidated: bool) -> str:
+    return HfSafetensors(consolidated=consolidated).dimensions()["storage"]
 
 
 def loops(*, held: bool = True, load_held: bool = True, lenient: bool = True, resumes: bool = True):

@@ -18,6 +18,7 @@ from shardfuzz.case import (
     BatchNorm,
     Block,
     Case,
+    HfSafetensors,
     LayerNorm,
     Linear,
     Loop,
@@ -155,6 +156,7 @@ _LOOP_CASES = {
         _LOOP_BASE, load=Side(DDP(), (1,)), loop=Loop(resumes=2, load_held=False, save_held=True)
     ),
     "lenient": attrs.evolve(_LOOP_BASE, load=Side(DDP(), (2,)), loop=Loop(lenient=True)),
+    "hf-consolidated": attrs.evolve(_LOOP_BASE, load=Side(DDP(), (2,)), storage=HfSafetensors(consolidated=True)),
 }
 
 

@@ -26,6 +26,7 @@ from shardfuzz.findings.export import export_script
 from shardfuzz.rank.portable import bits, handoff, launcher, layers, sharding
 from shardfuzz.rank.portable import script as repro_script
 from shardfuzz.rank.portable import steps as rank_steps
+from shardfuzz.rank.portable.checkpoint_files import STORAGE_SOURCES
 from shardfuzz.targets import DEFAULT_TARGET
 from shardfuzz.verdict import Mismatch, Verdict
 
@@ -79,7 +80,7 @@ def test_a_script_holds_each_shared_definition_once_and_as_it_is():
     defined = re.findall(r"^(?:def|class) (\w+)", script, flags=re.MULTILINE)
     assert len(defined) == len(set(defined)), sorted(n for n in defined if defined.count(n) > 1)
     written = {name for name in defined if name not in {n for _, n in copied}}
-    assert written <= set(repro_script.CASE_FUNCTIONS) | {"DcpFiles", "TorchSaveFile", "DcpThenTorchSave"}, written
+    assert written <= set(repro_script.CASE_FUNCTIONS) | set(STORAGE_SOURCES), written
 
 
 def test_a_script_sets_exactly_the_constants_the_run_reads():

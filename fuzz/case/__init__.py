@@ -65,7 +65,7 @@ from shardfuzz.case.sides import (
     Side,
     Unsharded,
 )
-from shardfuzz.case.storage import DCP_APIS, STORAGE_CLASSES, Dcp, DcpToTorchSave, TorchSave
+from shardfuzz.case.storage import DCP_APIS, STORAGE_CLASSES, Dcp, DcpToTorchSave, HfSafetensors, TorchSave
 from shardfuzz.case.training import SCHEDULERS, TrainingState
 from shardfuzz.case.tree import (
     DTYPES,
@@ -141,6 +141,7 @@ __all__ = [
     "Dcp",
     "TorchSave",
     "DcpToTorchSave",
+    "HfSafetensors",
     "STORAGE_CLASSES",
     "DCP_APIS",
     "describe_structure_error",

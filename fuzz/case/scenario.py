@@ -91,6 +91,8 @@ class Case:
             raise ValueError("TorchSave storage writes and reads a full state dict: both sides need state_dict 'full'")
         if isinstance(storage, DcpToTorchSave) and self.load.state_dict != "full":
             raise ValueError("DcpToTorchSave storage loads a full state dict: the load side needs state_dict 'full'")
+        if storage.model_only:
+            self._check_model_only_storage()
         if self.ignore_frozen_params and self.load_mutation is not None:
             raise ValueError(
                 "ignore_frozen_params loads with strict=False, which lets an incompatible load "
@@ -171,6 +173,26 @@ class Case:
         for name, held in (("save", loop.save_held), ("load", loop.load_held)):
             if held and getattr(self, name).state_dict == "local":
                 raise ValueError(f"{name}: a held state dict is DSD's; a 'local' side gets FSDP1's own")
+
+    def _check_model_only_storage(self) -> None:
+        """A checkpoint of the model alone (``HfSafetensors``): what needs the optimizer or more in the checkpoint, or
+        a load of another kind, does not fit it."""
+        s = self.storage
+        if self.training is not None or self.load_mutation is not None or self.ignore_frozen_params:
+            raise ValueError(f"{s!r} holds the model's tensors alone: no training state, load_mutation or frozen keys")
+        if "continuation" in self.checks or self.loop.resumes > 1:
+            raise ValueError(f"{s!r} leaves the load side's optimizer as built: no continuation check, one round-trip")
+        for name, side in (("save", self.save), ("load", self.load)):
+            if side.state_dict == "local" or side.broadcast_from_rank0:
+                raise ValueError(
+                    f"{s!r} is written and read through DCP's planner: {name} side not local, no broadcast"
+                )
+
+    @property
+    def loads_model_only(self) -> bool:
+        """Whether the load side loads its model alone (a lenient load, or a checkpoint of the model alone), leaving
+        its optimizer as built."""
+        return self.loop.lenient or self.storage.model_only
 
     def why_not_resumable(self) -> str:
         """Why this case cannot make a second round-trip (the load side saving, the save side's layout loading),

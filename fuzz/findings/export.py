@@ -131,6 +131,8 @@ def case_constants(
         "LOAD_HELD": case.loop.load_held,
         "RESUMES": case.loop.resumes,
         "LENIENT": case.loop.lenient,
+        "SAVES_MODEL_ONLY": case.storage.model_only,
+        "LOADS_MODEL_ONLY": case.loads_model_only,
         "ASYNC_SAVE": case.saves_async,
         "CHECKS": set(case.checks),
         "LOAD_MUTATION": case.load_mutation,
@@ -172,6 +174,8 @@ _COMMENTS = {
     "LOAD_HELD": "the load side loads into a model state dict taken at build, and saves it again",
     "RESUMES": "2: the load side trains on, saves again, and the save side's layout loads that",
     "LENIENT": "the load side has one more Linear and loads its model alone, strict=False (allow_partial_load)",
+    "SAVES_MODEL_ONLY": "the checkpoint holds the model's state dict alone (a safetensors format of tensors only)",
+    "LOADS_MODEL_ONLY": "the load side loads its model alone; its optimizer must stay as built",
     "ASYNC_SAVE": "dcp.async_save: it writes on a group of its own, waited for before the load",
     "CHECKS": "optional oracles this case ran",
     "LOAD_MUTATION": "if set, the load side's model differs and loading must raise",
@@ -277,11 +281,11 @@ def _target_code(target: str, storage) -> str:
         sources = "\n\n".join(
             inspect.getsource(getattr(storage_module, name)) for name in storage_module.STORAGE_SOURCES
         )
-        arguments = (
-            ", ".join(f"{k}={v!r}" for k, v in (("api", io.api), *io.writer_options.items()))
-            if isinstance(io, storage_module.DcpFiles)
-            else ""
-        )
+        arguments = ""
+        if isinstance(io, storage_module.DcpFiles):
+            arguments = ", ".join(f"{k}={v!r}" for k, v in (("api", io.api), *io.writer_options.items()))
+        elif isinstance(io, storage_module.HfFiles):
+            arguments = f"consolidated={io.consolidated!r}"
         return (
             f"# How shardfuzz's default target writes and reads this case's checkpoint (rank/portable/checkpoint_files.py).\n"
             f"{sources}\n\n_target = {type(io).__name__}({arguments})\n\n\n{common}"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from shardfuzz.case import Dcp, DcpToTorchSave, TorchSave
-from shardfuzz.rank.portable.checkpoint_files import DcpFiles, DcpThenTorchSave, TorchSaveFile
+from shardfuzz.case import Dcp, DcpToTorchSave, HfSafetensors, TorchSave
+from shardfuzz.rank.portable.checkpoint_files import DcpFiles, DcpThenTorchSave, HfFiles, TorchSaveFile
 
 __all__ = ["storage_target"]
 
@@ -16,4 +16,6 @@ def storage_target(storage):
         return TorchSaveFile()
     if isinstance(storage, DcpToTorchSave):
         return DcpThenTorchSave()
+    if isinstance(storage, HfSafetensors):
+        return HfFiles(consolidated=storage.consolidated)
     raise TypeError(f"unknown storage {storage!r}")

@@ -17,6 +17,9 @@ inputs; ``roundtrip.py`` and ``sharded_checks.py`` extract that data on the rank
 - ``full-offload``: ``full_state_dict`` + ``cpu_offload`` puts everything on rank
   0, on CPU, and nothing on other ranks.
 - ``loud-incompatible-load``: loading into a model of another shape raises.
+- ``consolidated-files``: a Hugging Face checkpoint consolidated into whole-tensor
+  files (``HfSafetensors(consolidated=True)``) holds, read with ``safetensors``
+  itself, exactly the saved model state (names, dtypes, shapes, bits).
 - ``resumed-state``: in a case that resumes twice (``Loop.resumes``), the second
   checkpoint, written by the load side after training on, loads into the save
   side's layout as ``complete-state`` judges the first (the same comparison).
@@ -43,6 +46,7 @@ from shardfuzz.rank.portable.bits import as_bits, as_lists, first_bit_difference
 from shardfuzz.verdict import Mismatch
 
 __all__ = [
+    "CONSOLIDATED_ORACLE",
     "ORACLES",
     "RESUMED_ORACLE",
     "STATE_ORACLE",
@@ -63,6 +67,7 @@ __all__ = [
 STATE_ORACLE = "complete-state"
 REPLICA_ORACLE = "replica-consistency"
 RESUMED_ORACLE = "resumed-state"
+CONSOLIDATED_ORACLE = "consolidated-files"
 ORACLES = (
     STATE_ORACLE,
     REPLICA_ORACLE,
@@ -72,6 +77,7 @@ ORACLES = (
     "full-offload",
     "loud-incompatible-load",
     RESUMED_ORACLE,
+    CONSOLIDATED_ORACLE,
 )
 
 

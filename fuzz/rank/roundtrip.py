@@ -125,6 +125,11 @@ def _save_side(case: Case, ctx: RankContext, target, checkpoint_dir: str, phase:
     if isinstance(target, FinishesSave):
         ctx.enter("finish-save")  # an async write has run alongside the phases above
         target.finish_save()
+    if getattr(case.storage, "consolidated", False) and ctx.rank == 0:
+        ctx.enter("consolidated-files")  # the files a Hugging Face user would read, read as they would
+        model_part = {key: value for key, value in expected.items() if key.startswith("model.")}
+        read = target.consolidated_files(checkpoint_dir)
+        mismatches += compare_state(model_part, read, rank=0, oracle=oracles.CONSOLIDATED_ORACLE)
     del model, optim, app
     if phase == "save" and ctx.rank == 0:
         ctx.enter("hand-off")
@@ -181,7 +186,7 @@ def _load_and_judge(case, ctx, target, checkpoint_dir, expected, expected_after,
             expected_after, actual_after = _without(expected_after, one_torch), _without(actual_after, one_torch)
     if ctx.rank == 0:
         ctx.enter("compare")
-        wanted = oracles.expected_after_load(expected, before, case.kept_by_load(), model_only=case.loop.lenient)
+        wanted = oracles.expected_after_load(expected, before, case.kept_by_load(), model_only=case.loads_model_only)
         mismatches += compare_state(wanted, actual, rank=0, before=before)
         mismatches += replicas  # after complete-state: a wrong loaded value is the worse news
         ctx.unchanged = oracles.unchanged_before_load(expected, before)

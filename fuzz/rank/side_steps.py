@@ -172,6 +172,10 @@ def held_model_state(case: Case, side: Side, model, *, held: bool):
     return rank_steps.model_state(model, kind=side.state_dict, options=_options(case, side)) if held else None
 
 
+def _model_state(case: Case, side: Side, model):
+    return rank_steps.model_state(model, kind=side.state_dict, options=_options(case, side))
+
+
 def save_state(case: Case, side: Side, model, optim, app=None, *, held=None) -> dict[str, Any]:
     """The state dict ``side`` hands its checkpoint target (the model's, ``held`` where it holds one)."""
     return rank_steps.get_side_state(
@@ -192,7 +196,10 @@ def save_from(case: Case, side: Side, model, optim, app, target, checkpoint_dir,
         description = side_description(case, side)
         target.save_objects(model, optim, side=description, checkpoint_id=checkpoint_dir, process_group=process_group)
         return
-    state = save_state(case, side, model, optim, app, held=held)
+    if case.storage.model_only:  # a format of tensors alone: the model's state dict
+        state = {"model": held if held is not None else _model_state(case, side, model)}
+    else:
+        state = save_state(case, side, model, optim, app, held=held)
     target.save(state, checkpoint_id=checkpoint_dir, process_group=process_group)
 
 
@@ -224,17 +231,16 @@ def load_into(
         )
         return
     group = ctx.group(side.world_size)
-    if case.loop.lenient and side is case.load:  # the model alone, strict=False; the optimizer stays as built
-        if not isinstance(target, LoadsPartially):
-            raise TypeError(f"a lenient load needs the target's load_partial; {type(target).__name__} has none")
-        state = {
-            "model": held
-            if held is not None
-            else rank_steps.model_state(model, kind=side.state_dict, options=_options(case, side))
-        }
-        target.load_partial(state, checkpoint_id=checkpoint_dir, process_group=group)
+    lenient = case.loop.lenient and side is case.load
+    if lenient and not isinstance(target, LoadsPartially):
+        raise TypeError(f"a lenient load needs the target's load_partial; {type(target).__name__} has none")
+    if case.loads_model_only and side is case.load:  # the model alone; the optimizer stays as built
+        state = {"model": held if held is not None else _model_state(case, side, model)}
     else:
         state = save_state(case, side, model, optim, app, held=held)
+    if lenient:
+        target.load_partial(state, checkpoint_id=checkpoint_dir, process_group=group)
+    else:
         target.load(state, checkpoint_id=checkpoint_dir, process_group=group)
     rank_steps.set_side_state(
         model,

@@ -10,7 +10,7 @@ classes' source as it is, so the classes import what they use themselves.
 
 from __future__ import annotations
 
-__all__ = ["DcpFiles", "TorchSaveFile", "DcpThenTorchSave", "STORAGE_SOURCES"]
+__all__ = ["DcpFiles", "TorchSaveFile", "DcpThenTorchSave", "HfFiles", "STORAGE_SOURCES"]
 
 
 class DcpFiles:
@@ -109,5 +109,50 @@ class DcpThenTorchSave(TorchSaveFile):
             dcp_to_torch_save(os.path.join(checkpoint_id, "dcp"), os.path.join(checkpoint_id, "state.pt"))
 
 
+class HfFiles:
+    """DCP's Hugging Face safetensors format: every rank writes its shards (``save_distributed``), consolidated into
+    whole-tensor files in the folder itself where ``consolidated`` (the shards then go to ``sharded/``); read back with
+    ``HuggingFaceStorageReader``. The state dict it is handed holds the model alone (safetensors hold tensors)."""
+
+    def __init__(self, consolidated=False):
+        self.consolidated = consolidated
+
+    def save(self, state_dict, *, checkpoint_id, process_group):
+        import torch.distributed.checkpoint as dcp
+
+        writer = dcp.HuggingFaceStorageWriter(
+            checkpoint_id, save_distributed=True, enable_consolidation=self.consolidated
+        )
+        dcp.save(state_dict, storage_writer=writer, process_group=process_group)
+
+    def finish_save(self):
+        pass
+
+    def load(self, state_dict, *, checkpoint_id, process_group, planner=None):
+        import torch.distributed.checkpoint as dcp
+
+        reader = dcp.HuggingFaceStorageReader(checkpoint_id)
+        dcp.load(state_dict, storage_reader=reader, process_group=process_group, planner=planner)
+
+    def load_partial(self, state_dict, *, checkpoint_id, process_group):
+        """A lenient load: what the checkpoint lacks stays as it is."""
+        from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+
+        planner = DefaultLoadPlanner(allow_partial_load=True)
+        self.load(state_dict, checkpoint_id=checkpoint_id, process_group=process_group, planner=planner)
+
+    def consolidated_files(self, checkpoint_id):
+        """The consolidated files' tensors as ``safetensors`` itself reads them (name -> tensor)."""
+        import glob
+        import os
+
+        from safetensors.torch import load_file
+
+        tensors = {}
+        for path in sorted(glob.glob(os.path.join(checkpoint_id, "*.safetensors"))):
+            tensors.update(load_file(path))
+        return tensors
+
+
 #: The classes above, in the order an exported script defines them (a subclass after its base).
-STORAGE_SOURCES = ("DcpFiles", "TorchSaveFile", "DcpThenTorchSave")
+STORAGE_SOURCES = ("DcpFiles", "TorchSaveFile", "DcpThenTorchSave", "HfFiles")

@@ -85,6 +85,7 @@ SAVE_HELD = False
 LOAD_HELD = False
 RESUMES = 1
 LENIENT = False
+SAVES_MODEL_ONLY = LOADS_MODEL_ONLY = False
 ASYNC_SAVE = False
 CHECKS: set[str] = set()
 LOAD_MUTATION: str | None = None
@@ -247,7 +248,11 @@ def save_from(model, optim, app, checkpoint_dir, group, held=None, side="save"):
         _target.save_objects(model, optim, side=description, checkpoint_id=checkpoint_dir, process_group=group)
         return
     kind, api, extra = state_dict_of(side)
-    state = get_side_state(model, optim, kind=kind, api=api, options=options(kind, extra), app=app, held_model=held)
+    opts = options(kind, extra)
+    if SAVES_MODEL_ONLY:  # a format of tensors alone: the model's state dict
+        state = {"model": held or model_state(model, kind=kind, options=opts)}
+    else:
+        state = get_side_state(model, optim, kind=kind, api=api, options=opts, app=app, held_model=held)
     save(state, checkpoint_dir, group)
 
 
@@ -262,7 +267,7 @@ def load_into(model, optim, app, checkpoint_dir, group, rank, held=None, side="l
             model, optim, side=into, saved_by=saved_by, checkpoint_id=checkpoint_dir, process_group=group
         )
     opts = options(kind, extra)
-    if LENIENT and side == "load":  # the model alone, strict=False; the optimizer stays as built
+    if LOADS_MODEL_ONLY and side == "load":  # the model alone; the optimizer stays as built
         state = {"model": held or model_state(model, kind=kind, options=opts)}
     else:
         state = get_side_state(model, optim, kind=kind, api=api, options=opts, app=app, held_model=held)
@@ -343,7 +348,7 @@ def run_load_side(rank, checkpoint_dir, group, mesh, saved_by, expected, expecte
         return
     load_options = options(LOAD_STATE_DICT, LOAD_OPTIONS)
     held = model_state(model, kind=LOAD_STATE_DICT, options=load_options) if LOAD_HELD else None
-    before = gather_full(model, optim, app) if KEPT_ON_LOAD else {}
+    before = gather_full(model, optim, app) if KEPT_ON_LOAD or LOADS_MODEL_ONLY else {}
     PHASE[0] = "load"
     try:
         load_into(model, optim, app, checkpoint_dir, group, rank, held=held)
@@ -414,7 +419,7 @@ def judge_loaded(expected, actual, before, expected_after, actual_after, saved_b
         one_torch = one_torch_hyperparameters(expected, actual)
         expected = {k: v for k, v in expected.items() if k not in one_torch}
         actual = {k: v for k, v in actual.items() if k not in one_torch}
-    if LENIENT:  # the model alone was loaded: the optimizer must be as it was built
+    if LOADS_MODEL_ONLY:  # the model alone was loaded: the optimizer must be as it was built
         expected = {k: v for k, v in expected.items() if not k.startswith("optim.")}
         expected.update({k: v for k, v in before.items() if k.startswith("optim.")})
     check(differences({**expected, **{k: before[k] for k in KEPT_ON_LOAD}}, actual), "complete-state")
