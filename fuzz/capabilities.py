@@ -417,7 +417,7 @@ def _hf_storages(off: dict[str, str]) -> list[str]:
     import importlib.util
     import inspect
 
-    writer = _find([("torch.distributed.checkpoint", "HuggingFaceStorageWriter")])
+    writer: Any = _find([("torch.distributed.checkpoint", "HuggingFaceStorageWriter")])
     why = ""
     if writer is None or _find([("torch.distributed.checkpoint", "HuggingFaceStorageReader")]) is None:
         why = "torch.distributed.checkpoint has no HuggingFaceStorageWriter/Reader"

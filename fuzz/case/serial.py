@@ -58,7 +58,10 @@ def make_converter() -> cattrs.Converter:
     )
     converter.register_unstructure_hook(Model, make_dict_unstructure_fn(Model, converter, dtype=omitted))
     converter.register_unstructure_hook(
-        Loop, make_dict_unstructure_fn(Loop, converter, **{a.name: omitted for a in attrs.fields(Loop)})
+        Loop,
+        make_dict_unstructure_fn(
+            Loop, converter, save_held=omitted, load_held=omitted, resumes=omitted, lenient=omitted
+        ),
     )
     # A Case's model is a drawn tree or the user's own (``--model``), told apart by the user's ``factory``
     # key, so that the JSON of every tree model stays as it was (no tag).

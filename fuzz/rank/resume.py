@@ -58,7 +58,7 @@ def second_round_trip(case: Case, ctx: RankContext, target, checkpoint_dir: str,
     load_into(case, side, model, optim, ctx, target, second_dir, app, saved_by=case.load)
     ctx.enter("gather-resumed")
     actual = gather_full(model, optim, app)
-    if ctx.rank != 0:
+    if ctx.rank != 0 or expected is None:  # rank 0 saved again, so holds the state it saved
         return []
     ctx.enter("compare-resumed")
     return compare_state(expected, actual, rank=0, oracle=RESUMED_ORACLE, before=before)
