@@ -4,7 +4,7 @@ import attrs
 
 from shardfuzz.case import FSDP2, SGD, Case, Linear, Model, Sequential, Side, dimensions
 from shardfuzz.search.campaign import CampaignSettings, FunctionHost, run_campaign
-from shardfuzz.search.pairs import PairSteering, pairs_of
+from shardfuzz.search.pairs import RARE, PairSteering, pairs_of
 from shardfuzz.verdict import Verdict
 
 CASE = Case(
@@ -18,10 +18,11 @@ def test_the_pairs_of_a_case_are_every_two_of_its_dimension_values_in_name_order
     assert len(pairs_of(dimensions(CASE))) == n * (n - 1) // 2
 
 
-def test_a_draw_that_brings_no_new_pair_is_passed_over_but_one_in_keep_every_and_never_while_frozen():
+def test_a_draw_that_brings_no_new_pair_or_rare_value_is_passed_over_but_one_in_keep_every_and_never_while_frozen():
     steering = PairSteering(keep_every=4)
     assert steering.wanted(CASE)  # everything is new
-    steering.observe(CASE)
+    for _ in range(RARE):  # and rare: a value run fewer than RARE times is always wanted
+        steering.observe(CASE)
     same = [attrs.evolve(CASE, seed=seed) for seed in range(200)]  # the seed is no dimension: nothing new
     let_through = sum(steering.wanted(case) for case in same)
     assert 20 <= let_through <= 80 and steering.passed_over == 200 - let_through

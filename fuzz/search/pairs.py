@@ -5,7 +5,8 @@ Single values are not enough: a bug that needs a rowwise tensor-parallel save *a
 when each is common, and the classic finding of combinatorial testing is that most interaction faults need two or
 three conditions at once. So a draw is run when it brings at least as many pairs not run yet as the draws before it
 did on average (an exponential moving average over draws, ``BAR_WEIGHT``): about one draw in two, the more novel half.
-A draw below that bar, or with no new pair at all, is passed over, except one in ``KEEP_EVERY`` (a stable function of
+A value run fewer than ``RARE`` times counts as ``RARE_WORTH`` new pairs, so steering toward pairs does not starve
+single values. A draw below the bar, or with nothing new at all, is passed over, except one in ``KEEP_EVERY`` (a stable function of
 the case, as steering's probes are: Hypothesis sees the same answer when it draws the same case again), so the common
 values keep coming too. Drawing costs milliseconds and a case a few hundred, so passing over a draw is cheap. While a
 round shrinks a failure the filter is frozen open: a shrink's candidates are not new, and must not be passed over.
@@ -20,18 +21,22 @@ from __future__ import annotations
 
 import itertools
 import zlib
+from collections import Counter
 from collections.abc import Mapping
 
 import attrs
 
 from shardfuzz.case import Case, dimensions
 
-__all__ = ["BAR_WEIGHT", "KEEP_EVERY", "PairSteering", "pairs_of"]
+__all__ = ["BAR_WEIGHT", "KEEP_EVERY", "RARE", "RARE_WORTH", "PairSteering", "pairs_of"]
 
 #: One in this many draws below the bar is run anyway.
 KEEP_EVERY = 4
 #: The weight of the newest draw in the moving average of new pairs per draw (the bar a draw must reach).
 BAR_WEIGHT = 0.1
+#: A value run fewer than this many times is rare, and a draw holding it worth ``RARE_WORTH`` new pairs.
+RARE = 10
+RARE_WORTH = 100
 
 
 def pairs_of(values: Mapping[str, str]) -> set[tuple[str, str]]:
@@ -46,6 +51,7 @@ class PairSteering:
 
     keep_every: int = KEEP_EVERY
     reached: set = attrs.Factory(set)
+    runs: Counter = attrs.Factory(Counter)  # "dim=value" -> cases run with it
     passed_over: int = 0  # draws filtered out for bringing fewer new pairs than the bar
     bar: float = 0.0  # the moving average of new pairs per draw
     frozen: bool = False  # while a round shrinks a new failure: every draw is wanted
@@ -55,7 +61,9 @@ class PairSteering:
         is one of the ``keep_every`` let through."""
         if self.frozen:
             return True
-        new = len(pairs_of(dimensions(case)) - self.reached)
+        values = dimensions(case)
+        rare = sum(1 for name, value in values.items() if self.runs[f"{name}={value}"] < RARE)
+        new = len(pairs_of(values) - self.reached) + RARE_WORTH * rare
         bar, self.bar = self.bar, self.bar + BAR_WEIGHT * (new - self.bar)
         if new and new >= bar:
             return True
@@ -65,8 +73,10 @@ class PairSteering:
         return False
 
     def observe(self, case: Case) -> None:
-        """``case`` was run: its pairs are reached."""
-        self.reached |= pairs_of(dimensions(case))
+        """``case`` was run: its pairs are reached, its values counted."""
+        values = dimensions(case)
+        self.reached |= pairs_of(values)
+        self.runs.update(f"{name}={value}" for name, value in values.items())
 
     def summary(self) -> dict[str, int]:
         """Counts for reports: the pairs reached, and the draws passed over."""
