@@ -207,7 +207,7 @@ def _last_line(message: str) -> str:
 
 #: The phases that train (before the save, and on after the save or the load): an optimizer step fails
 #: in whichever of them takes the first step, so the phase says more about the case than about the bug.
-_TRAINING_PHASES = ("train", "continue-saved", "continue-loaded")
+_TRAINING_PHASES = ("train", "continue-saved", "continue-loaded", "train-resumed")
 #: A DTensor op DTensor cannot place: which op (``lerp_`` for Adam, ``addcmul_`` for RMSprop, ``add_`` for SGD)
 #: and the shapes of its arguments vary with the optimizer and the model, not with the bug.
 _PROPAGATION = re.compile(r"(Sharding propagation failed for aten\.)\S*?\(.*")
@@ -262,8 +262,8 @@ def canonical_signature(signature: str) -> str:
     - in error messages, the top-level state-dict key a target chose (``optim.`` or ``optimizer.``), the
       generation in shardfuzz's mesh dimension names, and the op and arguments of a DTensor sharding
       propagation failure;
-    - which training phase an error came from (``train``, ``continue-saved``, ``continue-loaded`` are
-      ``training``: a step fails in whichever phase takes it first).
+    - which training phase an error came from (``train``, ``continue-saved``, ``continue-loaded`` and a
+      second round-trip's ``train-resumed`` are ``training``: a step fails in whichever phase takes it first).
 
     Idempotent, and a function of the signature string alone, so signatures stored by an
     older shardfuzz are brought to the same form when an entry is loaded.
