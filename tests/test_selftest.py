@@ -32,6 +32,12 @@ pytestmark = pytest.mark.ranks
         pytest.param("TPStyleSwapped", 1, marks=pytest.mark.slow),
         ("PartialLoadAllowed", 0),
         pytest.param("ReplicasNotLoaded", 1, marks=pytest.mark.slow),
+        # The training-loop mutants, each exposed by one loop pattern only; their direct tests (a plain case passes,
+        # the pattern kills it by its oracle) stay in the default tier (test_loop.py).
+        pytest.param("ParametersReplacedAtFirstForward", 0, marks=pytest.mark.slow),
+        pytest.param("LoadedIntoNewTensors", 0, marks=pytest.mark.slow),
+        pytest.param("ResumedRunSavesStaleOptimizer", 0, marks=pytest.mark.slow),
+        pytest.param("MissingKeysZeroed", 0, marks=pytest.mark.slow),
     ],
 )
 def test_the_oracle_made_for_it_kills_and_shrinks_the_mutant(mutant, seed, shardfuzz_known):
