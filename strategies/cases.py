@@ -327,6 +327,10 @@ def cases(
             # order FSDP1's own tests use), and the corpus keeps the bugs under test.
             side = attrs.evolve(side, activation_checkpointing="after")
         mixed_precision = draw(lowered) if fsdp and model.dtype == "float32" else "none"
+        if isinstance(side.engine, FSDP1) and side.engine.wraps_listed_modules and model.has_batch_norm:
+            # MixedPrecision keeps BatchNorm in float32 only under an auto_wrap_policy, as documented (corpus
+            # a4a0bec4, a limitation): every step of such a side would fail, so FSDP1 draws it with its policies.
+            mixed_precision = "none"
         fsdp2 = isinstance(side.engine, FSDP2)
         return attrs.evolve(
             side,
