@@ -21,7 +21,7 @@ from collections.abc import Callable
 import attrs
 from attrs import frozen
 
-from shardfuzz.case import DDP, FSDP1, FSDP2, Case, Unsharded, shard_count
+from shardfuzz.case import DDP, FSDP1, FSDP2, LOWERS_PARAMETERS, Case, Unsharded, shard_count
 from shardfuzz.verdict import Verdict
 
 __all__ = [
@@ -121,6 +121,21 @@ CASE_RULES: tuple[CaseRule, ...] = (
         "legacy ShardedTensor': FSDP1's optimizer path hands the empty state dict of ranks > 0 to "
         "optim_state_dict_to_load unbroadcast (KeyError 'state' / 'param_groups')",
         lambda case: case.load.broadcast_from_rank0 and isinstance(case.load.engine, FSDP1),
+    ),
+    CaseRule(
+        "fsdp1-mixed-precision-batchnorm-without-auto-wrap-policy",
+        "FSDP1's MixedPrecision keeps BatchNorm modules in float32 (_module_classes_to_ignore) only 'when using an "
+        "auto_wrap_policy ... If auto_wrap_policy is not specified, then this does not do anything' (its docstring): "
+        "with the wrap set or nested wrap() and bfloat16 parameters, a BatchNorm gets bfloat16 weights beside float32 "
+        "statistics and its first step raises 'expected scalar type BFloat16 but found Float' (met by a 600 s run in "
+        "a second round-trip's training, 2026-12-05)",
+        lambda case: (
+            case.model.has_batch_norm
+            and any(
+                isinstance(s.engine, FSDP1) and s.engine.wraps_listed_modules and s.mixed_precision in LOWERS_PARAMETERS
+                for s in _sides(case)
+            )
+        ),
     ),
     CaseRule(
         "held-state-dict-is-a-copy",

@@ -329,8 +329,8 @@ def cases(
             side = attrs.evolve(side, activation_checkpointing="after")
         mixed_precision = draw(lowered) if fsdp and model.dtype == "float32" else "none"
         if isinstance(side.engine, FSDP1) and side.engine.wraps_listed_modules and model.has_batch_norm:
-            # MixedPrecision keeps BatchNorm in float32 only under an auto_wrap_policy, as documented (corpus
-            # a4a0bec4, a limitation): every step of such a side would fail, so FSDP1 draws it with its policies.
+            # MixedPrecision keeps BatchNorm in float32 only under an auto_wrap_policy, as documented (the unsupported
+            # rule fsdp1-mixed-precision-batchnorm-without-auto-wrap-policy): drawn here, the filter would reject it.
             mixed_precision = "none"
         fsdp2 = isinstance(side.engine, FSDP2)
         return attrs.evolve(

@@ -82,7 +82,7 @@ def test_a_hung_rank_hits_the_deadline_and_the_pool_restarts(fault_flag):
     assert all(not p.is_alive() for p in procs)
 
 
-def test_a_documented_unsupported_combination_is_classified_not_a_finding(fault_flag):
+def test_a_documented_unsupported_combination_is_classified_not_a_finding(fault_flag, shardfuzz_known):
     from shardfuzz.search.campaign import CampaignSettings, FunctionHost, run_campaign
 
     with _pool("RejectAsUnsupported") as pool:
@@ -90,9 +90,12 @@ def test_a_documented_unsupported_combination_is_classified_not_a_finding(fault_
         assert verdict.status == "unsupported" and not verdict.is_failure
         assert verdict.detail.startswith("not-implemented:")
         assert pool.starts == 1  # every rank answered: no restart
-        result = run_campaign(FunctionHost(pool.run), CampaignSettings(budget=4, seed=1, max_world_size=2))
+        # A case can meet a known torch bug before its save (the GradScaler with tensor parallelism trains first).
+        host = FunctionHost(pool.run, is_known=lambda signature, case: shardfuzz_known(signature, case) is not None)
+        result = run_campaign(host, CampaignSettings(budget=4, seed=1, max_world_size=2))
     assert not result.findings
-    assert sum(result.unsupported.values()) == result.cases_run > 0
+    assert sum(result.unsupported.values()) + sum(result.known_hits.values()) == result.cases_run > 0
+    assert sum(result.unsupported.values()) > 0
 
 
 def test_a_case_larger_than_the_pool_is_refused():
