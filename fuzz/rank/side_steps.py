@@ -172,8 +172,11 @@ def held_model_state(case: Case, side: Side, model, *, held: bool):
     return rank_steps.model_state(model, kind=side.state_dict, options=_options(case, side)) if held else None
 
 
-def _model_state(case: Case, side: Side, model):
-    return rank_steps.model_state(model, kind=side.state_dict, options=_options(case, side))
+def _model_state(case: Case, side: Side, model, held=None):
+    """The side's model state dict alone: the one it holds, or one taken now."""
+    return (
+        held if held is not None else rank_steps.model_state(model, kind=side.state_dict, options=_options(case, side))
+    )
 
 
 def save_state(case: Case, side: Side, model, optim, app=None, *, held=None) -> dict[str, Any]:
@@ -197,7 +200,7 @@ def save_from(case: Case, side: Side, model, optim, app, target, checkpoint_dir,
         target.save_objects(model, optim, side=description, checkpoint_id=checkpoint_dir, process_group=process_group)
         return
     if case.storage.model_only:  # a format of tensors alone: the model's state dict
-        state = {"model": held if held is not None else _model_state(case, side, model)}
+        state = {"model": _model_state(case, side, model, held)}
     else:
         state = save_state(case, side, model, optim, app, held=held)
     target.save(state, checkpoint_id=checkpoint_dir, process_group=process_group)
@@ -235,7 +238,7 @@ def load_into(
     if lenient and not isinstance(target, LoadsPartially):
         raise TypeError(f"a lenient load needs the target's load_partial; {type(target).__name__} has none")
     if case.loads_model_only and side is case.load:  # the model alone; the optimizer stays as built
-        state = {"model": held if held is not None else _model_state(case, side, model)}
+        state = {"model": _model_state(case, side, model, held)}
     else:
         state = save_state(case, side, model, optim, app, held=held)
     if lenient:

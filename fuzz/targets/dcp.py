@@ -31,21 +31,22 @@ class DcpTarget:
             dcp.save_state_dict(state_dict, dcp.FileSystemWriter(checkpoint_id), process_group=process_group)
 
     def load(self, state_dict, *, checkpoint_id, process_group):
-        import torch.distributed.checkpoint as dcp
-
-        if hasattr(dcp, "load"):
-            dcp.load(state_dict, checkpoint_id=checkpoint_id, process_group=process_group)
-        else:
-            dcp.load_state_dict(state_dict, dcp.FileSystemReader(checkpoint_id), process_group=process_group)
+        _read(state_dict, checkpoint_id, process_group)
 
     def load_partial(self, state_dict, *, checkpoint_id, process_group):
         """``load`` that leaves the keys the checkpoint lacks as they are (``DefaultLoadPlanner(allow_partial_load=True)``)."""
-        import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
-        planner = DefaultLoadPlanner(allow_partial_load=True)
-        if hasattr(dcp, "load"):
-            dcp.load(state_dict, checkpoint_id=checkpoint_id, process_group=process_group, planner=planner)
-        else:
-            reader = dcp.FileSystemReader(checkpoint_id)
-            dcp.load_state_dict(state_dict, reader, process_group=process_group, planner=planner)
+        _read(state_dict, checkpoint_id, process_group, planner=DefaultLoadPlanner(allow_partial_load=True))
+
+
+def _read(state_dict, checkpoint_id, process_group, planner=None) -> None:
+    """``dcp.load`` (``load_state_dict`` with an explicit reader before torch 2.2), with ``planner`` where given."""
+    import torch.distributed.checkpoint as dcp
+
+    if hasattr(dcp, "load"):
+        dcp.load(state_dict, checkpoint_id=checkpoint_id, process_group=process_group, planner=planner)
+    else:
+        dcp.load_state_dict(
+            state_dict, dcp.FileSystemReader(checkpoint_id), process_group=process_group, planner=planner
+        )
