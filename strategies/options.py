@@ -18,6 +18,7 @@ from shardfuzz.case import (
     AdamW,
     Dcp,
     DcpToTorchSave,
+    GRADLESS,
     HfSafetensors,
     Loop,
     RMSprop,
@@ -149,11 +150,20 @@ def _hf_kind(consolidated: bool) -> str:
     return HfSafetensors(consolidated=consolidated).dimensions()["storage"]
 
 
-def loops(*, held: bool = True, load_held: bool = True, lenient: bool = True, resumes: bool = True):
+def loops(
+    *,
+    held: bool = True,
+    load_held: bool = True,
+    lenient: bool = True,
+    resumes: bool = True,
+    gradless: bool = True,
+    empty_group: bool = True,
+):
     """How the training loop calls the checkpoint APIs (``Case.loop``), each field on its own: the save side's
     model state dict held from build in about 1 draw of 4; a second round-trip in 1 of 5 (its load side holding
-    its state dict in half of those); otherwise a lenient load in 1 of 6. Shrinks to ``Loop()``. Each keyword
-    False leaves that field at its default (a case or target that cannot take it: ``held`` the save side's,
+    its state dict in half of those); otherwise a lenient load in 1 of 6; a module without gradients in 1 of 4
+    (always or at the first step); an empty param group in 1 of 6. Shrinks to ``Loop()``. Each keyword False
+    leaves that field at its default (a case or target that cannot take it: ``held`` the save side's,
     ``load_held`` the load side's)."""
     off = st.just(False)
     return st.builds(
@@ -162,10 +172,25 @@ def loops(*, held: bool = True, load_held: bool = True, lenient: bool = True, re
         resumed=rarely(one_in=5) if resumes else off,
         load_held=st.booleans() if load_held and resumes else off,
         lenient=rarely(one_in=6) if lenient else off,
+        gradless=_gradless() if gradless else st.just("never"),
+        empty_group=rarely(one_in=6) if empty_group else off,
     )
 
 
-def _loop(*, save_held: bool, resumed: bool, load_held: bool, lenient: bool) -> Loop:
+def _gradless():
+    """``Loop.gradless``: "never" in 3 draws of 4 (and shrinking to it), else "always" or "first-step"."""
+    return st.one_of(st.just("never"), st.just("never"), st.just("never"), st.sampled_from(GRADLESS[1:]))
+
+
+def _loop(
+    *,
+    save_held: bool,
+    resumed: bool,
+    load_held: bool,
+    lenient: bool,
+    gradless: str = "never",
+    empty_group: bool = False,
+) -> Loop:
     """A second round-trip loads back into the save side's layout, which a lenient load's extra layer would not fit:
     where both are drawn the round-trip wins."""
     return Loop(
@@ -173,4 +198,6 @@ def _loop(*, save_held: bool, resumed: bool, load_held: bool, lenient: bool) -> 
         resumes=2 if resumed else 1,
         load_held=resumed and load_held,
         lenient=lenient and not resumed,
+        gradless=gradless,
+        empty_group=empty_group,
     )

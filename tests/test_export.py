@@ -156,6 +156,12 @@ _LOOP_CASES = {
         _LOOP_BASE, load=Side(DDP(), (1,)), loop=Loop(resumes=2, load_held=False, save_held=True)
     ),
     "lenient": attrs.evolve(_LOOP_BASE, load=Side(DDP(), (2,)), loop=Loop(lenient=True)),
+    "gradless-empty-group": attrs.evolve(
+        _LOOP_BASE,
+        flatten_optimizer_state_dict=False,
+        checks=("continuation",),
+        loop=Loop(gradless="first-step", empty_group=True),
+    ),
     "hf-consolidated": attrs.evolve(_LOOP_BASE, load=Side(DDP(), (2,)), storage=HfSafetensors(consolidated=True)),
 }
 

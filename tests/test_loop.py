@@ -77,9 +77,15 @@ def test_each_loop_field_is_shrunk_away_described_and_a_neighbour():
     loops = {c.loop for c in simpler_cases(case) if c.loop != case.loop}
     assert Loop(save_held=True) in loops and Loop(save_held=True, resumes=2) in loops
     assert Loop(resumes=2, load_held=True) in loops
+    gradless = attrs.evolve(BASE, loop=Loop(gradless="always", empty_group=True))
+    simpler = {c.loop for c in simpler_cases(gradless)}
+    assert simpler >= {Loop(empty_group=True), Loop(gradless="first-step", empty_group=True), Loop(gradless="always")}
+    assert "without gradients (always)" in describe(gradless) and "empty param group" in describe(gradless)
+    assert from_dict(to_dict(gradless)) == gradless
+    assert to_dict(gradless)["loop"] == {"gradless": "always", "empty_group": True}
     assert "held from build" in describe(case) and "2 round-trips" in describe(case)
     dimensions = {dimension for dimension, _, neighbour in neighbours(case) if neighbour is not None}
-    assert {"save_held_state_dict", "load_held_state_dict", "resumes"} <= dimensions
+    assert {"save_held_state_dict", "load_held_state_dict", "resumes", "gradless_params"} <= dimensions
     plain = {dimension for dimension, _, neighbour in neighbours(BASE) if neighbour is not None}
     assert {"save_held_state_dict", "resumes", "lenient_load"} <= plain  # a lenient load and two round-trips exclude
 
@@ -107,6 +113,12 @@ EXPOSED_BY = {
     "LoadedIntoNewTensors": (BASE, Loop(resumes=2, load_held=True), "resumed-state"),
     "MissingKeysZeroed": (BASE, Loop(lenient=True), "complete-state"),
     "ResumedRunSavesStaleOptimizer": (BASE, Loop(resumes=2), "resumed-state"),
+    "StepCountsUnified": (BASE, Loop(gradless="first-step"), "complete-state"),
+    "EmptyGroupsKeepTheirOwnHyperparameters": (
+        attrs.evolve(BASE, flatten_optimizer_state_dict=False),
+        Loop(empty_group=True),
+        "complete-state",
+    ),
 }
 
 

@@ -34,7 +34,7 @@ from shardfuzz.case.leaf_kinds import (
     coverage_dimensions,
     coverage_values,
 )
-from shardfuzz.case.loop import PLAIN_LOOP, RESUMES, Loop
+from shardfuzz.case.loop import GRADLESS, PLAIN_LOOP, RESUMES, Loop
 from shardfuzz.case.optimizers import OPTIMIZER_CLASSES, SGD, Adagrad, Adam, AdamW, RMSprop, optimizer_groups
 from shardfuzz.case.scenario import (
     CHECKS,
@@ -90,6 +90,7 @@ __all__ = [
     "Loop",
     "PLAIN_LOOP",
     "RESUMES",
+    "GRADLESS",
     "TrainingState",
     "UserModel",
     "leaves_a_rank_empty",

@@ -12,6 +12,11 @@ from attrs.validators import in_, instance_of
 #: How many save-then-load round-trips a case makes: 1, or 2 (save, load, train on, save again, load again).
 RESUMES = (1, 2)
 
+#: When one module's parameters get no gradient: never, at every step (a branch the forward does not use: the
+#: optimizer holds no state for them), or at the first step only (an expert no token reached at first: their
+#: state starts a step late, so their step counts differ from the others').
+GRADLESS = ("never", "always", "first-step")
+
 
 @frozen
 class Loop:
@@ -35,12 +40,19 @@ class Loop:
     must load, the new layer keep the load side's own values, and the optimizer stay as built. (``strict`` is
     documented for the model; ``torch.optim`` refuses a param group of another size, measured: so the optimizer
     is not loaded.)
+
+    ``gradless``: one module's parameters (those of the first parameter in name order, see
+    ``portable.steps.gradless_parameters``) have their gradient set to None before the optimizer steps, on every
+    training step of both sides (``GRADLESS``). ``empty_group``: the optimizer gets one more param group with no
+    parameters, as a loop that splits parameters by a filter (no weight decay on biases) gets where none match.
     """
 
     save_held: bool = field(default=False, validator=instance_of(bool))
     load_held: bool = field(default=False, validator=instance_of(bool))
     resumes: int = field(default=1, validator=in_(RESUMES))
     lenient: bool = field(default=False, validator=instance_of(bool))
+    gradless: str = field(default="never", validator=in_(GRADLESS))
+    empty_group: bool = field(default=False, validator=instance_of(bool))
 
     def __attrs_post_init__(self):
         if self.load_held and self.resumes < 2:
@@ -52,6 +64,8 @@ class Loop:
             "load_held_state_dict": str(self.load_held).lower(),
             "resumes": str(self.resumes),
             "lenient_load": str(self.lenient).lower(),
+            "gradless_params": self.gradless,
+            "empty_param_group": str(self.empty_group).lower(),
         }
 
     def describe(self) -> str:
@@ -63,6 +77,8 @@ class Loop:
                 (self.load_held, "load-side state dict held"),
                 (self.resumes > 1, f"{self.resumes} round-trips"),
                 (self.lenient, "lenient load (strict=False, a new layer)"),
+                (self.gradless != "never", f"a module without gradients ({self.gradless})"),
+                (self.empty_group, "an empty param group"),
             )
             if on
         ]
@@ -71,13 +87,19 @@ class Loop:
     def simpler(self) -> Iterator[Loop]:
         """This loop with one field back at its default (the shrinker's steps)."""
         if self.resumes > 1:
-            yield Loop(save_held=self.save_held, lenient=self.lenient)
+            yield attrs.evolve(self, resumes=1, load_held=False)
         if self.load_held:
             yield attrs.evolve(self, load_held=False)
         if self.save_held:
             yield attrs.evolve(self, save_held=False)
         if self.lenient:
             yield attrs.evolve(self, lenient=False)
+        if self.gradless != "never":
+            yield attrs.evolve(self, gradless="never")
+            if self.gradless == "always":
+                yield attrs.evolve(self, gradless="first-step")
+        if self.empty_group:
+            yield attrs.evolve(self, empty_group=False)
 
 
 #: The default loop: fresh state dicts, one round-trip, a strict load.

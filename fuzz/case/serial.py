@@ -60,7 +60,14 @@ def make_converter() -> cattrs.Converter:
     converter.register_unstructure_hook(
         Loop,
         make_dict_unstructure_fn(
-            Loop, converter, save_held=omitted, load_held=omitted, resumes=omitted, lenient=omitted
+            Loop,
+            converter,
+            save_held=omitted,
+            load_held=omitted,
+            resumes=omitted,
+            lenient=omitted,
+            gradless=omitted,
+            empty_group=omitted,
         ),
     )
     # A Case's model is a drawn tree or the user's own (``--model``), told apart by the user's ``factory``

@@ -94,12 +94,14 @@ def engine_fields(engine) -> dict:
     return {"kind": type(engine).__name__, **attrs.asdict(engine)}
 
 
-def build_optimizer(spec, model: nn.Module, *, param_groups: int = 1, perturbed: bool = False) -> torch.optim.Optimizer:
+def build_optimizer(
+    spec, model: nn.Module, *, param_groups: int = 1, perturbed: bool = False, empty_group: bool = False
+) -> torch.optim.Optimizer:
     """The case's optimizer over ``model``'s parameters in ``param_groups`` groups (see
-    ``case.optimizer_groups``); ``perturbed`` (the load side) changes the hyperparameters,
-    so the loaded param groups must come from the checkpoint to match."""
+    ``case.optimizer_groups``; ``empty_group``: and one without parameters); ``perturbed`` (the load side)
+    changes the hyperparameters, so the loaded param groups must come from the checkpoint to match."""
     name, hyperparameters = optimizer_groups(spec, param_groups, perturbed=perturbed)
-    return make_optimizer(model, name, hyperparameters)
+    return make_optimizer(model, name, hyperparameters, empty_group)
 
 
 def build_app_state(case, side: Side, optim, *, group):

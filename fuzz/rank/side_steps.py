@@ -111,7 +111,13 @@ def build_side(case: Case, side: Side, spec, ctx: RankContext, target, *, seed: 
     )
     # The load side (seed + 1) also gets other hyperparameters, so a loader that
     # drops param groups is seen (non-vacuity).
-    optim = build_optimizer(case.optimizer, model, param_groups=case.param_groups, perturbed=seed != case.seed)
+    optim = build_optimizer(
+        case.optimizer,
+        model,
+        param_groups=case.param_groups,
+        perturbed=seed != case.seed,
+        empty_group=case.loop.empty_group,
+    )
     return model, optim, build_app_state(case, side, optim, group=ctx.group(n))
 
 
@@ -147,6 +153,7 @@ def train(
         device=side.device,
         app=app,
         make_batch=model_factory.batch_maker(case.model.factory) if isinstance(case.model, UserModel) else None,
+        gradless=case.loop.gradless,
     )
 
 

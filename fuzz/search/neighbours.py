@@ -18,6 +18,7 @@ from shardfuzz.case import (
     DTYPES,
     FSDP1,
     FSDP2,
+    GRADLESS,
     MIXED_PRECISION,
     OPTIMIZER_CLASSES,
     STATE_DICT_APIS,
@@ -157,7 +158,8 @@ def _loop_neighbours(case: Case) -> Iterator[tuple[str, str, Case | None]]:
     """Each of the loop's fields turned (``Loop.dimensions``' names; a second round-trip's load side holding its
     state dict goes with it)."""
     loop = case.loop
-    for dimension, field_name in (("save_held_state_dict", "save_held"), ("lenient_load", "lenient")):
+    turned = (("save_held_state_dict", "save_held"), ("lenient_load", "lenient"), ("empty_param_group", "empty_group"))
+    for dimension, field_name in turned:
         value = not getattr(loop, field_name)
         changed = or_none(loop, **{field_name: value})
         yield dimension, f"{field_name} -> {value}", or_none(case, loop=changed)
@@ -167,6 +169,10 @@ def _loop_neighbours(case: Case) -> Iterator[tuple[str, str, Case | None]]:
         yield "load_held_state_dict", f"load_held -> {not loop.load_held}", or_none(case, loop=changed)
     else:
         yield "resumes", "1 -> 2 round-trips", or_none(case, loop=or_none(loop, resumes=2))
+    for gradless in GRADLESS:
+        if gradless != loop.gradless:
+            changed = or_none(loop, gradless=gradless)
+            yield "gradless_params", f"gradless {loop.gradless} -> {gradless}", or_none(case, loop=changed)
 
 
 def _model_neighbours(case: Case) -> Iterator[tuple[str, str, Case | None]]:

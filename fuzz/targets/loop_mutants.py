@@ -9,7 +9,7 @@ import os
 
 import torch
 
-from shardfuzz.targets._state_access import _model_locals
+from shardfuzz.targets._state_access import _model_locals, _optim_entries
 from shardfuzz.targets.dcp import DcpTarget
 
 __all__ = ["LOOP_CATALOGUE"]
@@ -90,6 +90,41 @@ class ResumedRunSavesStaleOptimizer(DcpTarget):
         super().save(state_dict, checkpoint_id=checkpoint_id, process_group=process_group)
 
 
+class StepCountsUnified(DcpTarget):
+    """A loader that keeps one step count for the whole optimizer (as a loader that stores it once per param group
+    does): after the load, every parameter's ``step`` is the largest one loaded. Right while every parameter steps
+    together; wrong where a module got no gradient at the first step (``Loop.gradless`` ``first-step``), so its
+    state started a step late and Adam's bias correction for it runs one step behind."""
+
+    def load(self, state_dict, *, checkpoint_id, process_group):
+        super().load(state_dict, checkpoint_id=checkpoint_id, process_group=process_group)
+        entries = _optim_entries(state_dict["optim"])
+        steps = [(value, container, key) for _, name, value, container, key in entries if name == "step"]
+        if not steps:
+            return
+        largest = max(float(value) for value, _, _ in steps)
+        for value, container, key in steps:
+            if torch.is_tensor(value):
+                value.fill_(largest)
+            else:
+                container[key] = largest
+
+
+class EmptyGroupsKeepTheirOwnHyperparameters(DcpTarget):
+    """A loader that matches saved param groups to live ones by the parameters they hold: a group with none matches
+    nothing, so it keeps the load side's own hyperparameters (its learning rate, its betas) instead of the saved
+    ones. Only an optimizer with an empty param group (``Loop.empty_group``) has such a group; the flattened
+    optimizer form has no room for one at all, so only the nested form shows it."""
+
+    def load(self, state_dict, *, checkpoint_id, process_group):
+        groups = state_dict["optim"].get("param_groups")
+        own = [dict(group) for group in groups] if isinstance(groups, list) else None
+        super().load(state_dict, checkpoint_id=checkpoint_id, process_group=process_group)
+        for group, before in zip(state_dict["optim"].get("param_groups") or [], own or []):
+            if not group.get("params"):
+                group.update(before)
+
+
 def _copied(value):
     """``value`` with every tensor in it cloned (dicts and lists rebuilt)."""
     if torch.is_tensor(value):
@@ -107,4 +142,6 @@ LOOP_CATALOGUE: dict[str, str] = {
     "LoadedIntoNewTensors": "resumed-state",
     "MissingKeysZeroed": "complete-state",
     "ResumedRunSavesStaleOptimizer": "resumed-state",
+    "StepCountsUnified": "complete-state",
+    "EmptyGroupsKeepTheirOwnHyperparameters": "complete-state",
 }

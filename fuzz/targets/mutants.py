@@ -30,10 +30,12 @@ from shardfuzz.targets._state_access import (
 )
 from shardfuzz.targets.loop_mutants import (  # noqa: F401  (named in CATALOGUE: resolved from here)
     LOOP_CATALOGUE,
+    EmptyGroupsKeepTheirOwnHyperparameters,
     LoadedIntoNewTensors,
     MissingKeysZeroed,
     ParametersReplacedAtFirstForward,
     ResumedRunSavesStaleOptimizer,
+    StepCountsUnified,
 )
 
 __all__ = ["CATALOGUE"]

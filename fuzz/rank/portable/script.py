@@ -54,6 +54,7 @@ LOAD_MESH = (1,)
 SEED = 0
 STEPS = 1
 CONTINUE_STEPS = 2
+GRADLESS = "never"
 BATCH_SIZE = 2
 SAME_BATCH = False
 INPUT_WIDTH = 1
@@ -70,8 +71,8 @@ MODULE_TYPE_CLASSES: dict[str, str] = {}
 SAVE_WRAPPERS: dict = dict(activation_checkpointing="none", checkpointed=[], compiled=False, meta_init=False)
 SAVE_WRAPPERS.update(mixed_precision="none", offload_params=False, batchnorm_fp32=False)
 LOAD_WRAPPERS: dict = dict(SAVE_WRAPPERS)
-SAVE_OPTIMIZER: tuple = ("SGD", [{"lr": 0.01}])
-LOAD_OPTIMIZER: tuple = ("SGD", [{"lr": 0.02}])
+SAVE_OPTIMIZER: tuple = ("SGD", [{"lr": 0.01}], False)
+LOAD_OPTIMIZER: tuple = ("SGD", [{"lr": 0.02}], False)
 FLATTEN_OPTIMIZER_STATE_DICT = True
 SAVE_STATE_DICT = "sharded"
 LOAD_STATE_DICT = "sharded"
@@ -166,6 +167,7 @@ def train(model, optim, app, rank, continuation=False, first=None):
         dtype=DTYPE,
         app=app,
         make_batch=user_batch(),
+        gradless=GRADLESS,
     )
 
 

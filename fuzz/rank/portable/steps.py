@@ -30,6 +30,7 @@ __all__ = [
     "app_values",
     "unwrapped_name",
     "group_parameters",
+    "gradless_parameters",
     "make_optimizer",
     "state_dict_options",
     "local_state_dict_type",
@@ -85,14 +86,17 @@ def train_steps(
     device: str = "cpu",
     app=None,
     make_batch=None,
+    gradless: str = "never",
 ) -> None:
     """Steps ``first .. first + count - 1`` on batches seeded by (seed, step, rank), drawn on the CPU.
 
     ``same_batch``: every rank draws the same batches (the rank left out of the seed). ``app``: an
     ``AppState`` whose gradient scaler (if any) scales the loss, and which steps after the optimizer.
     ``make_batch(batch_size, generator)``: a user's model's own inputs (a tensor, or a tuple of the
-    forward's arguments) instead of ``training_batch``'s."""
+    forward's arguments) instead of ``training_batch``'s. ``gradless`` ``always`` (or ``first-step``: at step 0
+    only): ``gradless_parameters`` have their gradients set to None before the optimizer steps."""
     generator = torch.Generator()
+    idle = gradless_parameters(model) if gradless != "never" else []
     for step in range(first, first + count):
         generator.manual_seed(seed * 1_000_003 + step * 101 + (0 if same_batch else rank))
         if make_batch is not None:
@@ -106,12 +110,14 @@ def train_steps(
             inputs = tuple(t.to(rank_device(device)) if isinstance(t, torch.Tensor) else t for t in inputs)
         loss = scalar_loss(model(*inputs))
         scaler = app.scaler if app is not None else None
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        if idle and (gradless == "always" or step == 0):
+            for p in idle:
+                p.grad = None
         if scaler is not None:  # the scale is a power of two: the unscaled step is bit for bit the plain one
-            scaler.scale(loss).backward()
             scaler.step(optim)
             scaler.update()
         else:
-            loss.backward()
             optim.step()
         optim.zero_grad()
         if app is not None:
@@ -231,10 +237,26 @@ def group_parameters(model, param_groups: int) -> list[list]:
     return [ordered[i::param_groups] for i in range(param_groups)]
 
 
-def make_optimizer(model, name: str, hyperparameters: list[dict]):
-    """``torch.optim.<name>`` over ``model``'s parameters in one group per hyperparameter dict."""
+def gradless_parameters(model) -> list:
+    """The parameters a ``gradless`` loop leaves without gradients: in ``group_parameters``' name order, the
+    first parameter and every other of its module (just that one where it sits at the root, as an FSDP1
+    root's FlatParameter does)."""
+    named = sorted(((unwrapped_name(name), p) for name, p in model.named_parameters()), key=lambda item: item[0])
+    if not named:
+        return []
+    first = named[0][0]
+    module = first.rpartition(".")[0]
+    return [p for name, p in named if (name.rpartition(".")[0] == module if module else name == first)]
+
+
+def make_optimizer(model, name: str, hyperparameters: list[dict], empty_group: bool = False):
+    """``torch.optim.<name>`` over ``model``'s parameters in one group per hyperparameter dict; ``empty_group``:
+    and one more group, with the first group's hyperparameters and no parameters."""
     groups = group_parameters(model, len(hyperparameters))
-    return getattr(torch.optim, name)([{"params": g, **h} for g, h in zip(groups, hyperparameters)])
+    param_groups = [{"params": g, **h} for g, h in zip(groups, hyperparameters)]
+    if empty_group:
+        param_groups.append({"params": [], **hyperparameters[0]})
+    return getattr(torch.optim, name)(param_groups)
 
 
 def state_dict_options(*, full: bool, flatten: bool, extra: dict):
@@ -323,6 +345,9 @@ def plain(value):
 def gather_full(model, optim, app=None) -> dict:
     """Full, flat, engine-independent state: ``model.<fqn>``, ``optim.<flat key>`` (and ``app_values``).
 
+    The flattened optimizer form keys hyperparameters by parameter, so it has no room for a param group without
+    parameters: those groups' hyperparameters are added as ``optim.empty_param_groups.<index>.<name>``.
+
     ``cpu_offload`` would keep the gather on rank 0 only, but FSDP1 crashes with it
     on CPU ranks (see corpus), so every rank of the side gathers and only rank 0 keeps it.
     """
@@ -333,6 +358,9 @@ def gather_full(model, optim, app=None) -> dict:
     )
     flat = {f"model.{k}": plain(v) for k, v in model_sd.items()}
     flat.update({f"optim.{k}": plain(v) for k, v in optim_sd.items()})
+    for i, group in enumerate(optim.param_groups):
+        if not group["params"]:
+            flat.update({f"optim.empty_param_groups.{i}.{k}": plain(v) for k, v in group.items() if k != "params"})
     flat.update(app_values(app, optim))
     return flat
 
