@@ -57,6 +57,8 @@ class Capabilities:
             if getattr(self, name):
                 rows.append((name, "on", _WHY_ON.get(name, "")))
         rows.append(("resumes", "on", "a second round-trip needs nothing a first one does not"))
+        rows.append(("gradless_params", "on", "gradients set to None before a step: any torch"))
+        rows.append(("empty_param_group", "on", "torch.optim takes a param group without parameters"))
         if self.cuda_devices:
             rows.append(("device cuda", "on", f"{self.cuda_devices} GPU(s), NCCL"))
         rows += [(name, "off", why) for name, why in sorted(self.off.items())]

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from shardfuzz.capabilities import capabilities
 from shardfuzz.case import (
     CHECKS,
+    GRADLESS,
     LOAD_MUTATIONS,
     MIXED_PRECISION,
     SCHEDULERS,
@@ -18,7 +19,6 @@ from shardfuzz.case import (
     AdamW,
     Dcp,
     DcpToTorchSave,
-    GRADLESS,
     HfSafetensors,
     Loop,
     RMSprop,

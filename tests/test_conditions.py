@@ -85,6 +85,8 @@ def test_a_failure_two_bugs_could_be_is_new_and_the_pair_is_listed():
 OVERLAPS = {
     ("af1e26da2fe3e2f3", "ecf9b334b50207a3"),  # a stateless optimizer's DCP -> torch.save into compiled FSDP1
     ("af1e26da2fe3e2f3", "fce9cde2f24184f1"),  # ... into FSDP1 with activation checkpointing
+    # a module without gradients loaded into FSDP1 with activation checkpointing before it: both causes apply
+    ("6ddb8a9ec9add59c, d44980369a881cb7", "75939f7e4df651f3"),
 }
 
 

@@ -240,13 +240,15 @@ def group_parameters(model, param_groups: int) -> list[list]:
 def gradless_parameters(model) -> list:
     """The parameters a ``gradless`` loop leaves without gradients: in ``group_parameters``' name order, the
     first parameter and every other of its module (just that one where it sits at the root, as an FSDP1
-    root's FlatParameter does)."""
+    root's FlatParameter does, or where its module holds every parameter). Never all of them: a step where no
+    parameter has a gradient is no training step (a ``GradScaler`` refuses it: "No inf checks were recorded")."""
     named = sorted(((unwrapped_name(name), p) for name, p in model.named_parameters()), key=lambda item: item[0])
-    if not named:
+    if len(named) < 2:
         return []
     first = named[0][0]
     module = first.rpartition(".")[0]
-    return [p for name, p in named if (name.rpartition(".")[0] == module if module else name == first)]
+    idle = [p for name, p in named if (name.rpartition(".")[0] == module if module else name == first)]
+    return idle if len(idle) < len(named) else idle[:1]
 
 
 def make_optimizer(model, name: str, hyperparameters: list[dict], empty_group: bool = False):
