@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import importlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 __all__ = ["Capabilities", "capabilities", "common", "dtensor", "fully_shard_fn", "in_force"]
@@ -35,6 +36,7 @@ class Capabilities:
     compile: bool = False  # torch.compile with dynamo supported here (the "eager" backend)
     held_state_dicts: bool = False  # an engine whose sharded model state dict is its parameters (not FSDP1)
     lenient_loads: bool = False  # StateDictOptions.strict and DefaultLoadPlanner(allow_partial_load=)
+    low_bit_optimizers: tuple[int, ...] = ()  # torchao's AdamW<bits>bit installed (LowBitAdamW's bit widths)
 
     def table(self) -> list[tuple[str, str, str]]:
         """(feature, on/off, reason) rows for ``shardfuzz capabilities``."""
@@ -59,6 +61,9 @@ class Capabilities:
         rows.append(("resumes", "on", "a second round-trip needs nothing a first one does not"))
         rows.append(("gradless_params", "on", "gradients set to None before a step: any torch"))
         rows.append(("empty_param_group", "on", "torch.optim takes a param group without parameters"))
+        if self.low_bit_optimizers:
+            widths = ", ".join(f"AdamW{bits}bit" for bits in self.low_bit_optimizers)
+            rows.append(("low_bit_optimizers", "on", f"torchao's {widths} (optimizer state in tensor subclasses)"))
         if self.cuda_devices:
             rows.append(("device cuda", "on", f"{self.cuda_devices} GPU(s), NCCL"))
         rows += [(name, "off", why) for name, why in sorted(self.off.items())]
@@ -219,10 +224,14 @@ def common(save: Capabilities, load: Capabilities) -> Capabilities:
         if not on and name not in off:
             lacking = "save" if not getattr(save, name) else "load"
             off[name] = f"left out: the {lacking} side's torch lacks it"
+    low_bit = tuple(bits for bits in save.low_bit_optimizers if bits in load.low_bit_optimizers)
+    if save.low_bit_optimizers != load.low_bit_optimizers:
+        off.setdefault("low_bit_optimizers", "left out where the two environments' torchao differ")
     return Capabilities(
         torch_version=f"{save.torch_version} -> {load.torch_version}",
         engines=engines,
         off=off,
+        low_bit_optimizers=low_bit,
         cuda_devices=min(save.cuda_devices, load.cuda_devices),
         storages=storages,
         **flags,
@@ -258,6 +267,7 @@ def _installed() -> Capabilities:
     if not held:
         off["held_state_dicts"] = "every engine here is FSDP1, whose model state dicts are copies"
     lenient = _lenient_loads(ignore_frozen, off)
+    low_bit = _low_bit_optimizers(off)
     return Capabilities(
         torch.__version__,
         tuple(engines),
@@ -276,7 +286,30 @@ def _installed() -> Capabilities:
         compile=compiles,
         held_state_dicts=held,
         lenient_loads=lenient,
+        low_bit_optimizers=low_bit,
     )
+
+
+def _low_bit_optimizers(off: dict[str, str]) -> tuple[int, ...]:
+    """The bit widths of torchao's low-bit AdamW that are installed, found without importing torchao (its import
+    loads native libraries: seconds, in every process that asks)."""
+    import importlib.util
+    from importlib.metadata import PackageNotFoundError, version
+
+    spec = importlib.util.find_spec("torchao")
+    if spec is None or not spec.submodule_search_locations:
+        off["low_bit_optimizers"] = "torchao is not installed (pip install 'shardfuzz[torchao]')"
+        return ()
+    package = Path(next(iter(spec.submodule_search_locations)))
+    optim = package / "optim"
+    found = tuple(bits for bits in (8, 4) if (optim / f"subclass_{bits}bit.py").exists())
+    if not found:
+        try:
+            installed = version("torchao")
+        except PackageNotFoundError:
+            installed = "unknown"
+        off["low_bit_optimizers"] = f"torchao {installed} has no torchao.optim low-bit AdamW"
+    return found
 
 
 def _lenient_loads(strict_option: bool, off: dict[str, str]) -> bool:

@@ -21,7 +21,10 @@ from shardfuzz.case import (
     Dcp,
     DcpToTorchSave,
     HfSafetensors,
+    Linear,
+    LowBitAdamW,
     Model,
+    Sequential,
     Side,
     TorchSave,
     Unsharded,
@@ -35,6 +38,7 @@ from shardfuzz.strategies.options import (
     flatten_optimizer_state_dict,
     load_mutations,
     loops,
+    low_bit_optimizers,
     mixed_precisions,
     optimizer_steps,
     optimizers,
@@ -250,6 +254,7 @@ def cases(
         if limit >= 1
     }
     training_choice = training_states() if target.training_state else st.none()
+    low_bit_choice = st.none() if users_own else low_bit_optimizers(caps.low_bit_optimizers)
     lowered, offloaded_params = mixed_precisions(), rarely(one_in=8)
     loop_choices = {  # by (save side may hold, load side may hold, lenient possible, resumes possible)
         flags: loops(
@@ -397,7 +402,9 @@ def cases(
         )
         if loop.lenient:
             case = attrs.evolve(case, checks=checks - {"continuation"})
-        return attrs.evolve(case, loop=loop)
+        case = attrs.evolve(case, loop=loop)
+        bits = draw(low_bit_choice)
+        return _with_low_bit_optimizer(case, bits) if bits else case
 
     # The rules torch documents live in one place (``unsupported.CASE_RULES``); a
     # filter keeps them there rather than copying them into the draws above.
@@ -406,3 +413,23 @@ def cases(
     return draw_case().filter(
         lambda case: excluded(case) is None and not target.refuses(case, world_size=max_world_size)
     )
+
+
+#: The output width of the Linear a low-bit optimizer's case ends with: torchao quantises a moment only where the
+#: parameter's local tensor has at least 4096 elements and whole blocks (256 for 8-bit, 128 for 4-bit), so this
+#: Linear's weight is quantised unsharded and on 2 ranks, and on 3 or 4 where the layer before it is wide enough.
+LOW_BIT_WIDTH = 8192
+
+
+def _with_low_bit_optimizer(case: Case, bits: int) -> Case:
+    """``case`` with torchao's ``bits``-bit AdamW and its model ending in a ``LOW_BIT_WIDTH`` Linear (appended, so
+    the drawn leaves keep their paths, which the sides' wrap sets and plans name); unchanged where the root is not
+    a Sequential or the case would be invalid."""
+    model = case.model
+    if not isinstance(model, Model) or not isinstance(model.root, Sequential):
+        return case
+    root = attrs.evolve(model.root, children=(*model.root.children, Linear(LOW_BIT_WIDTH)))
+    try:
+        return attrs.evolve(case, model=attrs.evolve(model, root=root), optimizer=LowBitAdamW(bits=bits))
+    except ValueError:
+        return case

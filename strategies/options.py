@@ -40,6 +40,7 @@ __all__ = [
     "state_dict_types",
     "storages",
     "rarely",
+    "low_bit_optimizers",
     "loops",
 ]
 
@@ -72,6 +73,16 @@ def optimizers():
         st.builds(Adagrad),
         st.builds(RMSprop, momentum=st.sampled_from([0.0, 0.9]), centered=st.booleans()),
     )
+
+
+def low_bit_optimizers(bits: tuple[int, ...], *, one_in: int = 6) -> st.SearchStrategy[int | None]:
+    """A bit width of torchao's low-bit AdamW (``LowBitAdamW``) in about 1 draw of ``one_in`` where ``bits`` offers
+    any (``capabilities().low_bit_optimizers``), else None; shrinks to None. Rare: its step is compiled, and each
+    new parameter shape costs a compile of seconds on every rank."""
+    check_int("one_in", one_in, minimum=1)
+    if not bits:
+        return st.none()
+    return st.sampled_from((None,) * (len(bits) * (one_in - 1)) + tuple(bits))
 
 
 def param_groups() -> st.SearchStrategy[int]:

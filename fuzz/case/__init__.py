@@ -35,7 +35,17 @@ from shardfuzz.case.leaf_kinds import (
     coverage_values,
 )
 from shardfuzz.case.loop import GRADLESS, PLAIN_LOOP, RESUMES, Loop
-from shardfuzz.case.optimizers import OPTIMIZER_CLASSES, SGD, Adagrad, Adam, AdamW, RMSprop, optimizer_groups
+from shardfuzz.case.optimizers import (
+    LOW_BIT_WIDTHS,
+    OPTIMIZER_CLASSES,
+    SGD,
+    Adagrad,
+    Adam,
+    AdamW,
+    LowBitAdamW,
+    RMSprop,
+    optimizer_groups,
+)
 from shardfuzz.case.scenario import (
     CHECKS,
     LOAD_MUTATIONS,
@@ -102,6 +112,8 @@ __all__ = [
     "Adagrad",
     "RMSprop",
     "OPTIMIZER_CLASSES",
+    "LOW_BIT_WIDTHS",
+    "LowBitAdamW",
     "optimizer_groups",
     "Block",
     "Case",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar, Union
 
 from attrs import field, frozen
-from attrs.validators import instance_of
+from attrs.validators import in_, instance_of
 
 #
 # Each optimizer names its torch class and its hyperparameters as plain values,
@@ -34,6 +34,10 @@ class OptimizerKind:
     def has_state(self, steps: int) -> bool:
         """Whether it holds per-parameter state after ``steps`` steps (most kinds: after the first)."""
         return steps > 0
+
+    def torch_class(self) -> str:
+        """The optimizer class's name, in ``torch.optim`` (or, for a kind outside torch, its package's module)."""
+        return type(self).__name__
 
 
 @frozen
@@ -102,8 +106,32 @@ class RMSprop(OptimizerKind):
         return {"lr": self.lr * scale, "momentum": self.momentum * scale, "centered": self.centered, **extra}
 
 
+#: The bit widths of torchao's low-bit AdamW (``torchao.optim.AdamW8bit``, ``AdamW4bit``).
+LOW_BIT_WIDTHS = (8, 4)
+
+
+@frozen
+class LowBitAdamW(OptimizerKind):
+    """torchao's AdamW with its moments held in ``bits``-bit tensor subclasses (``OptimState8bit``/``4bit``: codes,
+    one scale per block, a quantisation map), block size the library's default. torchao quantises a moment only
+    where the parameter's local tensor has at least 4096 elements and a whole number of blocks; smaller ones keep
+    plain float32 moments, so the drawn models lead with a wide Linear (``strategies.options``)."""
+
+    bits: int = field(default=8, validator=in_(LOW_BIT_WIDTHS))
+    lr: float = field(default=0.01, validator=instance_of(float))
+    weight_decay: float = field(default=0.01, validator=instance_of(float))
+
+    def hyperparameters(self, perturbed: bool = False) -> dict:
+        if perturbed:
+            return {"lr": self.lr * 0.5, "weight_decay": self.weight_decay * 0.5, "betas": (0.8, 0.99)}
+        return {"lr": self.lr, "weight_decay": self.weight_decay}
+
+    def torch_class(self) -> str:
+        return f"AdamW{self.bits}bit"
+
+
 #: The optimizer kinds, the registry the rest of shardfuzz reads: a new kind is added here.
-OPTIMIZER_CLASSES: tuple[type[OptimizerKind], ...] = (SGD, Adam, AdamW, Adagrad, RMSprop)
+OPTIMIZER_CLASSES: tuple[type[OptimizerKind], ...] = (SGD, Adam, AdamW, Adagrad, RMSprop, LowBitAdamW)
 if TYPE_CHECKING:
     Optimizer = OptimizerKind
 else:  # cattrs tags each class by name
@@ -114,7 +142,7 @@ SECOND_GROUP = {"lr_scale": 0.3, "weight_decay": 0.001}
 
 
 def optimizer_groups(optimizer, param_groups: int, *, perturbed: bool = False) -> tuple[str, list[dict]]:
-    """``(torch.optim class name, hyperparameters of each param group)``.
+    """``(optimizer class name, hyperparameters of each param group)``: a ``torch.optim`` class, or torchao's.
 
     Parameter ``i`` (in ``model.parameters()`` order) goes to group ``i % param_groups``;
     a group may be empty when there are fewer parameters than groups.
@@ -125,4 +153,4 @@ def optimizer_groups(optimizer, param_groups: int, *, perturbed: bool = False) -
         groups.append(
             {**first, "lr": first["lr"] * SECOND_GROUP["lr_scale"], "weight_decay": SECOND_GROUP["weight_decay"]}
         )
-    return type(optimizer).__name__, groups
+    return optimizer.torch_class(), groups

@@ -324,7 +324,7 @@ def dimensions(case: Case) -> dict[str, str]:
         **side(case.save, "save"),
         **side(case.load, "load"),
         "resharded": str((case.save.engine, case.save.mesh_shape) != (case.load.engine, case.load.mesh_shape)).lower(),
-        "optimizer": type(case.optimizer).__name__.lower(),
+        "optimizer": case.optimizer.torch_class().lower(),
         "optimizer_state": _optimizer_state_kind(case),
         "param_groups": str(case.param_groups),
         "steps": str(case.steps),

@@ -106,8 +106,9 @@ def replica_consistency(model, optim, *, group, rank: int) -> list[Mismatch]:
     pieces: dict[tuple[str, str], Any] = {}
     for prefix, state in (("model", model_sd), ("optim", optim_sd)):
         for key, value in state.items():
-            for region, piece in _pieces(value):
-                pieces[f"{prefix}.{unwrapped_name(key)}", region] = piece
+            for region, piece in _pieces(value):  # a low-bit optimizer state: its dequantised values and parts
+                for name, part in rank_steps.plain_parts(f"{prefix}.{unwrapped_name(key)}", piece).items():
+                    pieces[name, region] = part
     if rank != 0:
         dist.gather_object(pieces, None, dst=0, group=group)
         return []

@@ -353,6 +353,27 @@ class RotaryTableLeftEmpty(DcpTarget):
                     buffer.zero_()
 
 
+class LowBitScalesNotLoaded(DcpTarget):
+    """A loader that reads a low-bit optimizer state's codes and not its per-block scales (as one that takes the
+    tensor subclass for the plain tensor of its codes would): the scales keep the load side's own, so every
+    dequantised moment is off. Only torchao's low-bit optimizer state (``LowBitAdamW``) has scales."""
+
+    def load(self, state_dict, *, checkpoint_id, process_group):
+        own = [(scale, scale.clone()) for scale in _low_bit_scales(state_dict["optim"])]
+        super().load(state_dict, checkpoint_id=checkpoint_id, process_group=process_group)
+        with torch.no_grad():
+            for scale, before in own:
+                scale.copy_(before)
+
+
+def _low_bit_scales(optim: dict):
+    """The ``scale`` tensor of every low-bit optimizer state value (a DTensor's local one)."""
+    for _, _, value, _, _ in _optim_entries(optim):
+        local = value.to_local() if hasattr(value, "to_local") else value
+        if hasattr(local, "codes") and isinstance(getattr(local, "scale", None), torch.Tensor):
+            yield local.scale
+
+
 #: name -> the oracle expected to kill it (others may too).
 CATALOGUE: dict[str, str] = {
     "PerturbOneLoadedElement": "complete-state",
@@ -375,5 +396,6 @@ CATALOGUE: dict[str, str] = {
     "TPStyleSwapped": "layout",
     "TrainingStateNotLoaded": "complete-state",
     "RotaryTableLeftEmpty": "continuation",
+    "LowBitScalesNotLoaded": "complete-state",
     **LOOP_CATALOGUE,  # each exposed by one training-loop pattern only (loop_mutants.py)
 }

@@ -31,6 +31,7 @@ __all__ = [
     "unwrapped_name",
     "group_parameters",
     "gradless_parameters",
+    "optimizer_class",
     "make_optimizer",
     "state_dict_options",
     "local_state_dict_type",
@@ -39,6 +40,7 @@ __all__ = [
     "model_and_optim_state",
     "set_side_state",
     "plain",
+    "plain_parts",
     "gather_full",
     "offloaded_full_state",
     "flat_optim",
@@ -251,6 +253,15 @@ def gradless_parameters(model) -> list:
     return idle if len(idle) < len(named) else idle[:1]
 
 
+def optimizer_class(name: str):
+    """``torch.optim.<name>``, else torchao's low-bit optimizer of that name (``torchao.optim``)."""
+    if hasattr(torch.optim, name):
+        return getattr(torch.optim, name)
+    import torchao.optim
+
+    return getattr(torchao.optim, name)
+
+
 def make_optimizer(model, name: str, hyperparameters: list[dict], empty_group: bool = False):
     """``torch.optim.<name>`` over ``model``'s parameters in one group per hyperparameter dict; ``empty_group``:
     and one more group, with the first group's hyperparameters and no parameters."""
@@ -258,7 +269,7 @@ def make_optimizer(model, name: str, hyperparameters: list[dict], empty_group: b
     param_groups = [{"params": g, **h} for g, h in zip(groups, hyperparameters)]
     if empty_group:
         param_groups.append({"params": [], **hyperparameters[0]})
-    return getattr(torch.optim, name)(param_groups)
+    return optimizer_class(name)(param_groups)
 
 
 def state_dict_options(*, full: bool, flatten: bool, extra: dict):
@@ -344,6 +355,19 @@ def plain(value):
     return value.detach().to("cpu", copy=True) if isinstance(value, torch.Tensor) else value
 
 
+def plain_parts(key: str, value) -> dict:
+    """``{key: plain(value)}``; for a tensor subclass that holds its values in other tensors (torchao's low-bit
+    optimizer state: ``codes``, ``scale``, ``qmap``), its dequantised values under ``key`` and each inner tensor
+    under ``key.<name>``, so both are compared bit for bit (the subclass itself implements too few ops to compare)."""
+    inner = getattr(value, "__tensor_flatten__", None)
+    if not isinstance(value, torch.Tensor) or inner is None or not hasattr(value, "dequantize"):
+        return {key: plain(value)}
+    names, _ = inner()
+    parts = {key: plain(value.dequantize())}
+    parts.update({f"{key}.{name}": plain(getattr(value, name)) for name in names})
+    return parts
+
+
 def gather_full(model, optim, app=None) -> dict:
     """Full, flat, engine-independent state: ``model.<fqn>``, ``optim.<flat key>`` (and ``app_values``).
 
@@ -359,7 +383,8 @@ def gather_full(model, optim, app=None) -> dict:
         model, optim, options=StateDictOptions(full_state_dict=True, flatten_optimizer_state_dict=True)
     )
     flat = {f"model.{k}": plain(v) for k, v in model_sd.items()}
-    flat.update({f"optim.{k}": plain(v) for k, v in optim_sd.items()})
+    for k, v in optim_sd.items():
+        flat.update(plain_parts(f"optim.{k}", v))
     for i, group in enumerate(optim.param_groups):
         if not group["params"]:
             flat.update({f"optim.empty_param_groups.{i}.{k}": plain(v) for k, v in group.items() if k != "params"})

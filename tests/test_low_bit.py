@@ -1,0 +1,83 @@
+"""torchao's low-bit AdamW (``LowBitAdamW``): optimizer state held in tensor subclasses (codes, per-block scales).
+
+The kind is data (validated, JSON, a coverage label); drawn cases end in a Linear wide enough that torchao quantises
+it; the oracles compare the dequantised moments and each inner tensor bit for bit; and a loader that drops the
+scales is killed by ``complete-state``. The tests that run torchao skip where it is not installed.
+"""
+
+import attrs
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from shardfuzz.capabilities import capabilities
+from shardfuzz.case import FSDP2, Adam, Case, Linear, LowBitAdamW, Model, Sequential, Side
+from shardfuzz.case.optimizers import optimizer_groups
+from shardfuzz.case.scenario import dimensions
+from shardfuzz.case.serial import from_dict, to_dict
+from shardfuzz.executor import RankPool
+from shardfuzz.strategies import cases
+from shardfuzz.strategies.cases import LOW_BIT_WIDTH
+
+LOW_BIT = Case(
+    model=Model(64, Sequential([Linear(256), Linear(4)])),
+    save=Side(FSDP2(), (2,)),
+    load=Side(FSDP2(), (2,)),
+    optimizer=LowBitAdamW(bits=8),
+    steps=2,
+)
+needs_torchao = pytest.mark.skipif(not capabilities().low_bit_optimizers, reason="torchao is not installed")
+
+
+def test_the_kind_names_torchaos_class_round_trips_and_is_a_coverage_value():
+    with pytest.raises(ValueError):
+        LowBitAdamW(bits=2)
+    assert optimizer_groups(LowBitAdamW(bits=4), 1)[0] == "AdamW4bit"
+    assert from_dict(to_dict(LOW_BIT)) == LOW_BIT
+    assert dimensions(LOW_BIT)["optimizer"] == "adamw8bit"
+    assert dimensions(attrs.evolve(LOW_BIT, optimizer=Adam()))["optimizer"] == "adam"
+
+
+@needs_torchao
+@settings(max_examples=150, suppress_health_check=list(HealthCheck), database=None, deadline=None)
+@given(cases(max_world_size=4))
+def test_a_drawn_low_bit_case_ends_in_a_linear_torchao_quantises(case):
+    if isinstance(case.optimizer, LowBitAdamW):
+        assert case.model.root.children[-1] == Linear(LOW_BIT_WIDTH)
+
+
+@needs_torchao
+def test_a_low_bit_state_is_compared_dequantised_and_by_its_inner_tensors():
+    import torch
+    from torchao.optim import AdamW8bit
+
+    from shardfuzz.rank.portable.steps import plain_parts
+
+    weight = torch.nn.Parameter(torch.randn(64, 64))
+    optim = AdamW8bit([weight])
+    weight.grad = torch.randn(64, 64)
+    optim.step()
+    moment = optim.state[weight]["exp_avg"]
+    parts = plain_parts("optim.state.w.exp_avg", moment)
+    assert {"optim.state.w.exp_avg.codes", "optim.state.w.exp_avg.scale"} <= set(parts)
+    assert type(parts["optim.state.w.exp_avg"]) is torch.Tensor
+    assert torch.equal(parts["optim.state.w.exp_avg"], moment.dequantize())
+    assert plain_parts("k", torch.ones(2)).keys() == {"k"}
+
+
+@pytest.mark.ranks
+@needs_torchao
+def test_a_loader_that_drops_the_scales_is_killed_by_complete_state_and_only_with_a_low_bit_optimizer():
+    plain = attrs.evolve(LOW_BIT, optimizer=Adam())
+    with RankPool(2, target="shardfuzz.targets.mutants:LowBitScalesNotLoaded") as pool:
+        assert pool.run(plain).status == "pass"
+        verdict = pool.run(LOW_BIT)
+    assert verdict.status == "mismatch" and verdict.mismatches[0].oracle == "complete-state", verdict.signature()
+    assert any(m.key.endswith(".scale") for m in verdict.mismatches), [m.key for m in verdict.mismatches]
+
+
+@pytest.mark.ranks
+@needs_torchao
+def test_an_eight_bit_fsdp2_round_trip_in_the_same_layout_passes():
+    with RankPool(2) as pool:
+        verdict = pool.run(LOW_BIT)
+    assert verdict.status == "pass", verdict.signature()
