@@ -33,6 +33,7 @@ __all__ = [
     "gradless_parameters",
     "optimizer_class",
     "make_optimizer",
+    "eager_steps",
     "state_dict_options",
     "local_state_dict_type",
     "get_side_state",
@@ -264,12 +265,35 @@ def optimizer_class(name: str):
 
 def make_optimizer(model, name: str, hyperparameters: list[dict], empty_group: bool = False):
     """``torch.optim.<name>`` over ``model``'s parameters in one group per hyperparameter dict; ``empty_group``:
-    and one more group, with the first group's hyperparameters and no parameters."""
+    and one more group, with the first group's hyperparameters and no parameters. On CPU parameters a torchao
+    optimizer's step runs eagerly (``eager_steps``)."""
     groups = group_parameters(model, len(hyperparameters))
     param_groups = [{"params": g, **h} for g, h in zip(groups, hyperparameters)]
     if empty_group:
         param_groups.append({"params": [], **hyperparameters[0]})
-    return optimizer_class(name)(param_groups)
+    cls = optimizer_class(name)
+    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+    return (eager_steps(cls) if on_cpu and cls.__module__.startswith("torchao") else cls)(param_groups)
+
+
+def eager_steps(cls):
+    """``cls`` with its ``step`` run eagerly: torchao compiles its per-parameter step inside ``step``
+    (``torch.compile(single_param_adam, fullgraph=True, dynamic=False)``), which on CPU ranks costs seconds per new
+    parameter shape on every rank, so during ``step`` ``torch.compile`` hands the function back as it is (dynamo
+    turned off would refuse ``fullgraph``). The state it keeps and checkpoints is the same either way. Every
+    caller's step is covered, DSD's ``_init_optim_state`` included."""
+    from unittest import mock
+
+    def uncompiled(function=None, **_options):
+        return function if function is not None else (lambda inner: inner)
+
+    class EagerStep(cls):
+        def step(self, closure=None):
+            with mock.patch.object(torch, "compile", uncompiled):
+                return super().step(closure)
+
+    EagerStep.__name__ = EagerStep.__qualname__ = cls.__name__
+    return EagerStep
 
 
 def state_dict_options(*, full: bool, flatten: bool, extra: dict):
