@@ -58,7 +58,7 @@ def test_a_low_bit_state_is_compared_dequantised_and_by_its_inner_tensors():
     optim.step()
     moment = optim.state[weight]["exp_avg"]
     parts = plain_parts("optim.state.w.exp_avg", moment)
-    assert {"optim.state.w.exp_avg.codes", "optim.state.w.exp_avg.scale"} <= set(parts)
+    assert {"optim.state.w.exp_avg:codes", "optim.state.w.exp_avg:scale"} <= set(parts)
     assert type(parts["optim.state.w.exp_avg"]) is torch.Tensor
     assert torch.equal(parts["optim.state.w.exp_avg"], moment.dequantize())
     assert plain_parts("k", torch.ones(2)).keys() == {"k"}
@@ -72,7 +72,7 @@ def test_a_loader_that_drops_the_scales_is_killed_by_complete_state_and_only_wit
         assert pool.run(plain).status == "pass"
         verdict = pool.run(LOW_BIT)
     assert verdict.status == "mismatch" and verdict.mismatches[0].oracle == "complete-state", verdict.signature()
-    assert any(m.key.endswith(".scale") for m in verdict.mismatches), [m.key for m in verdict.mismatches]
+    assert any(m.key.endswith(":scale") for m in verdict.mismatches), [m.key for m in verdict.mismatches]
 
 
 @pytest.mark.ranks
@@ -81,3 +81,31 @@ def test_an_eight_bit_fsdp2_round_trip_in_the_same_layout_passes():
     with RankPool(2) as pool:
         verdict = pool.run(LOW_BIT)
     assert verdict.status == "pass", verdict.signature()
+
+
+def test_an_inner_tensor_on_one_side_only_is_representation_but_its_values_still_compare():
+    import torch
+
+    from shardfuzz.rank.oracles import compare_state
+
+    quantised = {"optim.state.w.exp_avg": torch.ones(2), "optim.state.w.exp_avg:codes": torch.ones(2)}
+    assert compare_state(quantised, {"optim.state.w.exp_avg": torch.ones(2)}, rank=0) == []
+    off = compare_state(quantised, {"optim.state.w.exp_avg": torch.zeros(2)}, rank=0)
+    assert [m.key for m in off] == ["optim.state.w.exp_avg"]
+    lost = compare_state(quantised, {"optim.state.w.exp_avg:codes": torch.ones(2)}, rank=0)
+    assert [m.detail for m in lost] == ["missing after load"]
+
+
+def test_the_next_learning_rate_is_read_without_changing_a_tensor_lr():
+    # torchao keeps lr as a Tensor, which a scheduler steps in place: reading the next lr must undo that in place.
+    import torch
+
+    from shardfuzz.rank.portable.steps import app_values, make_app_state
+
+    weight = torch.nn.Parameter(torch.ones(2))
+    optim = torch.optim.SGD([weight], lr=torch.tensor(0.1))
+    app = make_app_state(optim, {"scheduler": "cosine", "grad_scaler": False}, engine="DDP", group=None)
+    lr = optim.param_groups[0]["lr"]
+    values = app_values(app, optim)
+    assert optim.param_groups[0]["lr"] is lr and lr.item() == pytest.approx(0.1)
+    assert values["app.next_lr"][0].item() < 0.1

@@ -211,12 +211,17 @@ def app_values(app, optim) -> dict:
             flat[prefix] = plain(value)
 
     visit("app", app.state_dict())
-    scheduler_state, lrs = app.scheduler.state_dict(), [group["lr"] for group in optim.param_groups]
+    # A Tensor lr (torchao's optimizers keep one) is stepped in place (fill_): copy it to undo, and undo in place.
+    scheduler_state = app.scheduler.state_dict()
+    lrs = [plain(group["lr"]) for group in optim.param_groups]
     app.scheduler.step()
-    flat["app.next_lr"] = [group["lr"] for group in optim.param_groups]
+    flat["app.next_lr"] = [plain(group["lr"]) for group in optim.param_groups]
     app.scheduler.load_state_dict(scheduler_state)
     for group, lr in zip(optim.param_groups, lrs):
-        group["lr"] = lr
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
     return flat
 
 
@@ -382,13 +387,15 @@ def plain(value):
 def plain_parts(key: str, value) -> dict:
     """``{key: plain(value)}``; for a tensor subclass that holds its values in other tensors (torchao's low-bit
     optimizer state: ``codes``, ``scale``, ``qmap``), its dequantised values under ``key`` and each inner tensor
-    under ``key.<name>``, so both are compared bit for bit (the subclass itself implements too few ops to compare)."""
+    under ``key:<name>``, so both are compared bit for bit (the subclass itself implements too few ops to compare).
+    An inner tensor on one side only is no difference (``oracles.compare_state``): torchao quantises by the local
+    shape, so one layout may hold a moment quantised that another holds in float32; its values are compared."""
     inner = getattr(value, "__tensor_flatten__", None)
     if not isinstance(value, torch.Tensor) or inner is None or not hasattr(value, "dequantize"):
         return {key: plain(value)}
     names, _ = inner()
     parts = {key: plain(value.dequantize())}
-    parts.update({f"{key}.{name}": plain(getattr(value, name)) for name in names})
+    parts.update({f"{key}:{name}": plain(getattr(value, name)) for name in names})
     return parts
 
 
