@@ -74,9 +74,14 @@ class AdamW(OptimizerKind):
     weight_decay: float = field(default=0.01, validator=instance_of(float))
 
     def hyperparameters(self, perturbed: bool = False) -> dict:
-        if perturbed:
-            return {"lr": self.lr * 0.5, "weight_decay": self.weight_decay * 0.5, "betas": (0.8, 0.99)}
-        return {"lr": self.lr, "weight_decay": self.weight_decay}
+        return _adamw_hyperparameters(self.lr, self.weight_decay, perturbed)
+
+
+def _adamw_hyperparameters(lr: float, weight_decay: float, perturbed: bool) -> dict:
+    """AdamW's (torch's and torchao's): the load side's halves the rates and takes other betas."""
+    if perturbed:
+        return {"lr": lr * 0.5, "weight_decay": weight_decay * 0.5, "betas": (0.8, 0.99)}
+    return {"lr": lr, "weight_decay": weight_decay}
 
 
 @frozen
@@ -115,16 +120,14 @@ class LowBitAdamW(OptimizerKind):
     """torchao's AdamW with its moments held in ``bits``-bit tensor subclasses (``OptimState8bit``/``4bit``: codes,
     one scale per block, a quantisation map), block size the library's default. torchao quantises a moment only
     where the parameter's local tensor has at least 4096 elements and a whole number of blocks; smaller ones keep
-    plain float32 moments, so the drawn models lead with a wide Linear (``strategies.options``)."""
+    plain float32 moments, so a drawn low-bit case's model ends in a wide Linear (``strategies.cases``)."""
 
     bits: int = field(default=8, validator=in_(LOW_BIT_WIDTHS))
     lr: float = field(default=0.01, validator=instance_of(float))
     weight_decay: float = field(default=0.01, validator=instance_of(float))
 
     def hyperparameters(self, perturbed: bool = False) -> dict:
-        if perturbed:
-            return {"lr": self.lr * 0.5, "weight_decay": self.weight_decay * 0.5, "betas": (0.8, 0.99)}
-        return {"lr": self.lr, "weight_decay": self.weight_decay}
+        return _adamw_hyperparameters(self.lr, self.weight_decay, perturbed)
 
     def torch_class(self) -> str:
         return f"AdamW{self.bits}bit"
