@@ -214,6 +214,9 @@ _PROPAGATION = re.compile(r"(Sharding propagation failed for aten\.)\S*?\(.*")
 #: A quoted list of parameter names (``Unexpected key(s) in state_dict: "0.weight", "1.weight"``): how
 #: many there are is the model's.
 _FQN_LIST = re.compile(r'"<fqn>"(?:, "<fqn>")+')
+#: The same in a Python list's repr (``FSDPParamInfo has the param keys ['0.weight', '1.weight']``).
+_QUOTED_FQN_LIST = re.compile(r"\['<fqn>'[^\]]*(?:\]|$)")
+_COLLAPSED_LIST = "[<fqn>...]"
 #: shardfuzz's own mesh dimension names carry the pool's generation (``shard0``, ``replicate3``).
 _MESH_DIM = re.compile(r"\b(replicate|shard)\d+\b")
 
@@ -256,6 +259,7 @@ def canonical_signature(signature: str) -> str:
 
     - a param-group hyperparameter's name (``lr`` and ``betas`` of one group not restored);
     - the optimizer-state name of a missing or extra entry (``step`` and ``momentum_buffer``);
+    - how many parameter names a quoted list in an error message holds (the model's size, not the bug);
     - a module name heading a parameter name (``0.*.weight`` and ``block.*.weight``), and which model
       parameter or buffer it is (``model.*.weight`` and ``model.*.bias`` are ``model.*.<param>``);
     - the state name where a value holds another parameter's saved state (a mix-up of parameters);
@@ -284,6 +288,9 @@ def canonical_signature(signature: str) -> str:
             message = _FQN_LIST.sub('"<fqn>", ...', message)
             phase = "training" if phase in _TRAINING_PHASES else phase
             message = _BLANKED_FQN.sub("<fqn>", _FQN.sub("<fqn>", message))
+            message = _QUOTED_FQN_LIST.sub(_COLLAPSED_LIST, message)
+            if _COLLAPSED_LIST in message:  # a stored message was cut inside a later list: end after the first
+                message = message[: message.index(_COLLAPSED_LIST) + len(_COLLAPSED_LIST)]
             # Shorter than ``_normalise``'s 200 characters, so that a message an older shardfuzz cut at
             # 200 before blanking its names ends at the same place as one blanked first.
             return f"{status}:{phase}:{kind}:{message[:_MESSAGE_CHARS]}"

@@ -75,7 +75,7 @@ def optimizers():
     )
 
 
-def low_bit_optimizers(bits: tuple[int, ...], *, one_in: int = 6) -> st.SearchStrategy[int | None]:
+def low_bit_optimizers(bits: tuple[int, ...], *, one_in: int = 10) -> st.SearchStrategy[int | None]:
     """A bit width of torchao's low-bit AdamW (``LowBitAdamW``) in about 1 draw of ``one_in`` where ``bits`` offers
     any (``capabilities().low_bit_optimizers``), else None; shrinks to None. Rare: its step is compiled, and each
     new parameter shape costs a compile of seconds on every rank."""

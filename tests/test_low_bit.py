@@ -109,3 +109,10 @@ def test_the_next_learning_rate_is_read_without_changing_a_tensor_lr():
     values = app_values(app, optim)
     assert optim.param_groups[0]["lr"] is lr and lr.item() == pytest.approx(0.1)
     assert values["app.next_lr"][0].item() < 0.1
+
+
+def test_a_low_bit_case_keeps_a_tripled_generic_deadline():
+    # One such case took 30 s on 2 cores (its state through torchao's and DTensor's dispatch) and passed as a hang.
+    from shardfuzz.executor.deadlines import deadline_for
+
+    assert deadline_for(LOW_BIT) == pytest.approx(3 * deadline_for(attrs.evolve(LOW_BIT, optimizer=Adam())))

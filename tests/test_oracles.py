@@ -231,6 +231,14 @@ def test_signatures_stored_by_an_older_shardfuzz_load_in_the_canonical_form():
     )
 
 
+def test_a_quoted_list_of_parameter_names_is_one_signature_whatever_its_length():
+    # FSDP1's "<fqn> is not in the optimizer state. The FSDPParamInfo has the param keys [...]": one per model size.
+    two = _error("'0.weight' is not in it; keys ['0.weight', '1.weight'] vs ['1.weight']").signature()
+    four = _error("'a.weight' is not in it; keys ['a.weight', 'b.weight', 'd.bias', 'd.weight'] vs ['b.weight']")
+    assert two == four.signature() == canonical_signature(two)
+    assert _error("parameter '0.weight' in checkpoint").signature() != two
+
+
 # --- the other oracles: each fails on a concrete wrong input, passes on the right one ----
 
 from shardfuzz.rank import oracles  # noqa: E402

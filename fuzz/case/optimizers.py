@@ -26,6 +26,8 @@ class OptimizerKind:
     #: The largest step, in learning rates, that a gradient of pure rounding noise can cause in one step: Adam's
     #: and Adagrad's normalised step is at most about 1; RMSprop's first is 1/sqrt(1 - alpha) = 10 (alpha 0.99).
     noise_step: ClassVar[float] = 1.0
+    #: Its cases may take many times the usual: they keep the generic deadline, tripled (``executor.deadlines``).
+    slow: ClassVar[bool] = False
     lr: float
 
     def hyperparameters(self, perturbed: bool = False) -> dict:
@@ -123,6 +125,9 @@ class LowBitAdamW(OptimizerKind):
     plain float32 moments, so a drawn low-bit case's model ends in a wide Linear (``strategies.cases``)."""
 
     bits: int = field(default=8, validator=in_(LOW_BIT_WIDTHS))
+    # Its state goes through torchao's and DTensor's Python dispatch op by op: a case with FSDP2 on 3 ranks
+    # measured 30 s on 2 cores, against 3 s with torch's Adam.
+    slow: ClassVar[bool] = True
     lr: float = field(default=0.01, validator=instance_of(float))
     weight_decay: float = field(default=0.01, validator=instance_of(float))
 

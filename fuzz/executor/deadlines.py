@@ -22,10 +22,11 @@ def deadline_for(case: Case, *, base: float = 30.0, per_unit: float = 0.05, cap:
 
     ``base`` covers torch's one-off lazy set-up on a cold rank and a noisy machine;
     each unit (a layer on a rank for one step, plus save and load) adds ``per_unit``.
-    Measured cases of this size take 0.05-0.5 s, so the deadline is 60x or more.
+    Measured cases of this size take 0.05-0.5 s, so the deadline is 60x or more. An optimizer whose cases are
+    ``slow`` (torchao's low-bit AdamW) triples it.
     """
     units = len(case.model.linears()) * case.world_size * (case.steps + 2)
-    return min(cap, base + per_unit * units)
+    return min(cap, (base + per_unit * units) * (3 if case.optimizer.slow else 1))
 
 
 class MeasuredDeadlines:

@@ -270,8 +270,9 @@ class RankPool:
         self._cases_since_start += 1
         timeout = self.case_timeout if self.case_timeout is not None else deadline_for(case)
         # A compiled side traces on its first steps, seconds that the measured cases say nothing about (a 10 s
-        # measured deadline once called a slow trace on a busy machine a hang): those keep the generic one.
-        compiles = case.save.compiled or case.load.compiled
+        # measured deadline once called a slow trace on a busy machine a hang): those keep the generic one, as do
+        # an optimizer's whose cases are slow (a torchao low-bit case once passed as a hang at 20 s; it takes 30).
+        compiles = case.save.compiled or case.load.compiled or case.optimizer.slow
         if self.deadlines is not None and self.case_timeout is None and not generic_deadline and not compiles:
             timeout = self.deadlines.deadline(timeout)
         owned = checkpoint_dir is None

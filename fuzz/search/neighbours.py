@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import attrs
 
+from shardfuzz.capabilities import capabilities
 from shardfuzz.case import (
     CHECKS,
     DDP,
@@ -28,6 +29,7 @@ from shardfuzz.case import (
     Block,
     Case,
     Linear,
+    LowBitAdamW,
     Model,
     Sequential,
     Side,
@@ -114,10 +116,13 @@ EXPLAINED_STEPS = 3
 
 
 def _case_neighbours(case: Case) -> Iterator[tuple[str, str, Case | None]]:
-    optimizer = type(case.optimizer)
-    for kind in OPTIMIZER_CLASSES:
-        if kind is not optimizer:
-            yield "optimizer", f"{optimizer.__name__} -> {kind.__name__}", or_none(case, optimizer=kind())
+    name = case.optimizer.torch_class()
+    # torchao's low-bit AdamW in each bit width it offers here (where it is installed), torch's kinds at their defaults
+    others = [kind() for kind in OPTIMIZER_CLASSES if kind is not LowBitAdamW]
+    others += [LowBitAdamW(bits=bits) for bits in capabilities().low_bit_optimizers]
+    for other in others:
+        if type(other) is not type(case.optimizer) or other.torch_class() != name:
+            yield "optimizer", f"{name} -> {other.torch_class()}", or_none(case, optimizer=other)
     for steps in sorted(set(range(EXPLAINED_STEPS + 1)) - {case.steps}):  # every count drawn: '1|3' left out 2
         yield "steps", f"{case.steps} -> {steps} steps", or_none(case, steps=steps)
     yield (
