@@ -116,3 +116,17 @@ def test_a_low_bit_case_keeps_a_tripled_generic_deadline():
     from shardfuzz.executor.deadlines import deadline_for
 
     assert deadline_for(LOW_BIT) == pytest.approx(3 * deadline_for(attrs.evolve(LOW_BIT, optimizer=Adam())))
+
+
+def test_a_moment_quantised_on_one_side_only_may_move_by_half_a_grid_step_and_no_more():
+    import torch
+
+    from shardfuzz.rank.oracles import compare_state
+
+    grid = {"m:qmap": torch.tensor([0.0, 0.5, 1.0]), "m:scale": torch.tensor([2.0])}  # steps of 1.0: error <= 0.5
+    plain = {"m": torch.tensor([0.0, 1.3])}
+    assert compare_state(plain, {"m": torch.tensor([0.0, 1.0]), **grid}, rank=0) == []
+    off = compare_state(plain, {"m": torch.tensor([0.0, 2.0]), **grid}, rank=0)
+    assert [m.key for m in off] == ["m"]
+    both = {"m": torch.tensor([0.0, 1.0]), **grid}
+    assert [m.key for m in compare_state({"m": torch.tensor([0.0, 1.3]), **grid}, both, rank=0)] == ["m"]

@@ -107,12 +107,32 @@ def compare_state(
         if not _representation_part(key, expected):
             found.append(Mismatch(oracle, key, rank, "not in the saved state"))
     for key in sorted(expected.keys() & actual.keys()):
-        mismatch = _compare_value(key, expected[key], actual[key], rank, oracle, close)
+        grid = _requantisation_error(key, expected, actual)
+        mismatch = _compare_value(key, expected[key], actual[key], rank, oracle, (0.0, grid) if grid else close)
         if mismatch is not None and oracle in (STATE_ORACLE, RESUMED_ORACLE):
             mismatch = _with_kind(mismatch, expected[key], actual[key], before=before, saved=expected)
         if mismatch is not None:
             found.append(mismatch)
     return found
+
+
+def _requantisation_error(key: str, expected: Mapping[str, Any], actual: Mapping[str, Any]) -> float:
+    """Where one side holds ``key`` quantised (its ``:qmap`` and ``:scale`` parts) and the other in full precision,
+    the most a value can move when it is put on the quantised side's grid: half the widest gap between adjacent
+    entries of the quantisation map (or the gap between an end of its range and the entry nearest it), times the
+    largest block scale (0.0 where both sides agree in form). A
+    float32 moment loaded into a layout where torchao quantises it is rounded so, by design."""
+    quantised = [side for side in (expected, actual) if f"{key}:qmap" in side and f"{key}:scale" in side]
+    if len(quantised) != 1:
+        return 0.0
+    qmap, scale = quantised[0][f"{key}:qmap"].sort().values, quantised[0][f"{key}:scale"]
+    if not qmap.numel() or not scale.numel():
+        return 0.0
+    # The map spans [-1, 1] (signed) or [0, 1]: a value between an end and the nearest entry rounds to that entry
+    # (an unsigned map's smallest entry is above 0, so 0.0 itself comes back as that entry).
+    low = -1.0 if float(qmap[0]) < 0 else 0.0
+    widest = max(float(qmap.diff().max()) / 2 if qmap.numel() > 1 else 0.0, float(qmap[0]) - low, 1.0 - float(qmap[-1]))
+    return widest * float(scale.abs().max().item())
 
 
 def _representation_part(key: str, other: Mapping[str, Any]) -> bool:
