@@ -14,6 +14,7 @@ from shardfuzz.case import (
     DEVICES,
     DTYPES,
     FSDP1_STRATEGIES,
+    GRADLESS,
     HYBRID_STRATEGIES,
     LOAD_MUTATIONS,
     MIXED_PRECISION,
@@ -24,6 +25,7 @@ from shardfuzz.case import (
     STATE_DICT_TYPES,
     WRAP_POLICIES,
     Dcp,
+    LowBitAdamW,
     coverage_dimensions,
     coverage_values,
 )
@@ -92,7 +94,8 @@ def offered_values(
     values.update(
         {
             "resharded": set(_BOOLS),
-            "optimizer": {kind.__name__.lower() for kind in OPTIMIZER_CLASSES},
+            "optimizer": {kind().torch_class().lower() for kind in OPTIMIZER_CLASSES if kind is not LowBitAdamW}
+            | {LowBitAdamW(bits=bits).torch_class().lower() for bits in caps.low_bit_optimizers},
             "optimizer_state": {"none", "some"},
             "param_groups": {"1", "2"},
             "steps": {str(n) for n in range(max_steps + 1)},
@@ -121,6 +124,8 @@ def offered_values(
             "load_held_state_dict": set(_BOOLS) if caps.held_state_dicts and engines - {"fsdp1"} else {"false"},
             "resumes": {str(n) for n in RESUMES},
             "lenient_load": set(_BOOLS) if caps.lenient_loads else {"false"},
+            "gradless_params": set(GRADLESS),
+            "empty_param_group": set(_BOOLS),
         }
     )
     state_dicts = set(values["save_state_dict"])

@@ -41,13 +41,20 @@ def test_invalid_arguments(function, kwargs):
 
 
 def test_bounds_are_respected():
+    from shardfuzz.case import LowBitAdamW
+    from shardfuzz.strategies.cases import LOW_BIT_WIDTH
+
     @settings(max_examples=200, phases=[Phase.generate], suppress_health_check=list(HealthCheck))
     @given(sf.cases(max_world_size=2, max_width=3, max_steps=1, max_leaves=2))
     def check(case):
         assert case.world_size <= 2
         assert case.steps <= 1
-        assert len(case.model.linears()) <= 2
-        assert all(out <= 3 for _, _, out, _ in case.model.linears())
+        linears = case.model.linears()
+        if isinstance(case.optimizer, LowBitAdamW):  # one Linear beyond the bounds, which torchao quantises
+            assert linears[-1][2] == LOW_BIT_WIDTH
+            linears = linears[:-1]
+        assert len(linears) <= 2
+        assert all(out <= 3 for _, _, out, _ in linears)
 
     check()
 
