@@ -130,3 +130,21 @@ def test_a_moment_quantised_on_one_side_only_may_move_by_half_a_grid_step_and_no
     assert [m.key for m in off] == ["m"]
     both = {"m": torch.tensor([0.0, 1.0]), **grid}
     assert [m.key for m in compare_state({"m": torch.tensor([0.0, 1.3]), **grid}, both, rank=0)] == ["m"]
+
+
+@pytest.mark.ranks
+@needs_torchao
+def test_a_low_bit_full_offload_check_counts_the_moment_not_its_inner_tensors():
+    # The self-test met this: full-offload asked rank 0 for 'exp_avg:codes', which no state dict holds.
+    from shardfuzz.case import DDP
+
+    case = attrs.evolve(
+        LOW_BIT,
+        model=Model(1, Sequential([Linear(4096)])),
+        save=Side(DDP(), (1,)),
+        load=Side(DDP(), (1,)),
+        steps=0,
+        checks=("full-offload",),
+    )
+    with RankPool(1) as pool:
+        assert pool.run(case).status == "pass"
