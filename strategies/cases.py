@@ -15,6 +15,7 @@ from shardfuzz.case import (
     DEVICES,
     FSDP1,
     FSDP2,
+    LOW_BIT_WIDTH,
     LOWERS_PARAMETERS,
     TP,
     Case,
@@ -418,12 +419,6 @@ def cases(
     return draw_case().filter(
         lambda case: excluded(case) is None and not target.refuses(case, world_size=max_world_size)
     )
-
-
-#: The output width of the Linear a low-bit optimizer's case ends with: torchao quantises a moment only where the
-#: parameter's local tensor has at least 4096 elements and whole blocks (256 for 8-bit, 128 for 4-bit), so this
-#: Linear's weight is quantised unsharded and on 2 ranks, and on 3 or 4 where the layer before it is wide enough.
-LOW_BIT_WIDTH = 8192
 
 
 def _with_low_bit_optimizer(case: Case, bits: int) -> Case:

@@ -10,13 +10,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from shardfuzz.capabilities import capabilities
-from shardfuzz.case import FSDP2, Adam, Case, Linear, LowBitAdamW, Model, Sequential, Side
+from shardfuzz.case import FSDP2, LOW_BIT_WIDTH, Adam, Case, Linear, LowBitAdamW, Model, Sequential, Side
 from shardfuzz.case.optimizers import optimizer_groups
 from shardfuzz.case.scenario import dimensions
 from shardfuzz.case.serial import from_dict, to_dict
 from shardfuzz.executor import RankPool
 from shardfuzz.strategies import cases
-from shardfuzz.strategies.cases import LOW_BIT_WIDTH
 
 LOW_BIT = Case(
     model=Model(64, Sequential([Linear(256), Linear(4)])),
@@ -148,3 +147,12 @@ def test_a_low_bit_full_offload_check_counts_the_moment_not_its_inner_tensors():
     )
     with RankPool(1) as pool:
         assert pool.run(case).status == "pass"
+
+
+def test_the_shrinker_first_tries_without_the_low_bit_optimizer_and_its_wide_linear():
+    from shardfuzz.case import AdamW
+    from shardfuzz.search.shrink import simpler_cases
+
+    drawn = attrs.evolve(LOW_BIT, model=Model(64, Sequential([Linear(4), Linear(LOW_BIT_WIDTH)])))
+    first = next(iter(simpler_cases(drawn)))
+    assert first.optimizer == AdamW() and first.model == Model(64, Sequential([Linear(4)]))

@@ -34,7 +34,9 @@ LOW_BIT_SMALLEST = 4096
         # layout under tensor parallelism: 15 s to the first kill with seed 1 (the direct test of the
         # mutant, in test_fault_injection.py, stays in the default tier)
         pytest.param("TPStyleSwapped", 1, marks=pytest.mark.slow),
-        ("PartialLoadAllowed", 0),
+        # Seed 0 now draws a low-bit case first (a torchao optimizer and its 8192-wide Linear), whose slow cases
+        # leave the shrink unfinished in 40 s; seed 2: killed in 0.3 s, shrunk to size 4 in 24 s.
+        ("PartialLoadAllowed", 2),
         pytest.param("ReplicasNotLoaded", 1, marks=pytest.mark.slow),
         # The training-loop mutants, each exposed by one loop pattern only; their direct tests (a plain case passes,
         # the pattern kills it by its oracle) stay in the default tier (test_loop.py).

@@ -41,8 +41,7 @@ def test_invalid_arguments(function, kwargs):
 
 
 def test_bounds_are_respected():
-    from shardfuzz.case import LowBitAdamW
-    from shardfuzz.strategies.cases import LOW_BIT_WIDTH
+    from shardfuzz.case import LOW_BIT_WIDTH, LowBitAdamW
 
     @settings(max_examples=200, phases=[Phase.generate], suppress_health_check=list(HealthCheck))
     @given(sf.cases(max_world_size=2, max_width=3, max_steps=1, max_leaves=2))

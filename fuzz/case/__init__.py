@@ -36,6 +36,7 @@ from shardfuzz.case.leaf_kinds import (
 )
 from shardfuzz.case.loop import GRADLESS, PLAIN_LOOP, RESUMES, Loop
 from shardfuzz.case.optimizers import (
+    LOW_BIT_WIDTH,
     LOW_BIT_WIDTHS,
     OPTIMIZER_CLASSES,
     SGD,
@@ -113,6 +114,7 @@ __all__ = [
     "RMSprop",
     "OPTIMIZER_CLASSES",
     "LOW_BIT_WIDTHS",
+    "LOW_BIT_WIDTH",
     "LowBitAdamW",
     "optimizer_groups",
     "Block",

@@ -116,6 +116,11 @@ class RMSprop(OptimizerKind):
 #: The bit widths of torchao's low-bit AdamW (``torchao.optim.AdamW8bit``, ``AdamW4bit``).
 LOW_BIT_WIDTHS = (8, 4)
 
+#: The output width of the Linear a low-bit optimizer's drawn case ends with: torchao quantises a moment only where
+#: the parameter's local tensor has at least 4096 elements and whole blocks (256 for 8-bit, 128 for 4-bit), so this
+#: Linear's weight is quantised unsharded and on 2 ranks, and on 3 or 4 where the layer before it is wide enough.
+LOW_BIT_WIDTH = 8192
+
 
 @frozen
 class LowBitAdamW(OptimizerKind):

@@ -19,9 +19,13 @@ from shardfuzz.case import (
     DDP,
     FSDP1,
     FSDP2,
+    LOW_BIT_WIDTH,
     TP,
+    AdamW,
     Block,
     Case,
+    Linear,
+    LowBitAdamW,
     Model,
     Sequential,
     Side,
@@ -96,6 +100,7 @@ def shrink_case(
 
 def simpler_cases(case: Case) -> Iterator[Case]:
     """Valid cases one step simpler than ``case``, the biggest steps first."""
+    yield from _without_low_bit(case)
     for model in _simpler_models(case.model):
         yield from _evolved(case, model=model)
         fitted = [_fitted(side, model) for side in (case.save, case.load)]
@@ -126,6 +131,22 @@ def simpler_cases(case: Case) -> Iterator[Case]:
         yield from _evolved(case, steps=0)
     for check in case.checks:
         yield from _evolved(case, checks=tuple(c for c in case.checks if c != check))
+
+
+def _without_low_bit(case: Case) -> Iterator[Case]:
+    """A low-bit optimizer's case with torch's AdamW instead, and without the wide Linear it was drawn with (the
+    strategies append it so that torchao quantises something): one step, where a failure does not need them."""
+    if not isinstance(case.optimizer, LowBitAdamW):
+        return
+    model = case.model
+    children = model.root.children if isinstance(model, Model) and isinstance(model.root, Sequential) else ()
+    last = children[-1] if children else None
+    if len(children) > 1 and isinstance(last, Linear) and last.out_features == LOW_BIT_WIDTH:
+        narrower = attrs.evolve(model, root=attrs.evolve(model.root, children=children[:-1]))
+        fitted = [_fitted(side, narrower) for side in (case.save, case.load)]
+        if None not in fitted:
+            yield from _evolved(case, optimizer=AdamW(), model=narrower, save=fitted[0], load=fitted[1])
+    yield from _evolved(case, optimizer=AdamW())
 
 
 def _evolved(instance, **changes) -> Iterator:
