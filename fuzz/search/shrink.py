@@ -139,13 +139,14 @@ def _without_low_bit(case: Case) -> Iterator[Case]:
     if not isinstance(case.optimizer, LowBitAdamW):
         return
     model = case.model
-    children = model.root.children if isinstance(model, Model) and isinstance(model.root, Sequential) else ()
-    last = children[-1] if children else None
-    if len(children) > 1 and isinstance(last, Linear) and last.out_features == LOW_BIT_WIDTH:
-        narrower = attrs.evolve(model, root=attrs.evolve(model.root, children=children[:-1]))
-        fitted = [_fitted(side, narrower) for side in (case.save, case.load)]
-        if None not in fitted:
-            yield from _evolved(case, optimizer=AdamW(), model=narrower, save=fitted[0], load=fitted[1])
+    if isinstance(model, Model) and isinstance(model.root, Sequential):
+        children = model.root.children
+        last = children[-1]
+        if len(children) > 1 and isinstance(last, Linear) and last.out_features == LOW_BIT_WIDTH:
+            for narrower in _evolved(model, root=Sequential(children[:-1])):  # none where no trainable Linear is left
+                fitted = [_fitted(side, narrower) for side in (case.save, case.load)]
+                if None not in fitted:
+                    yield from _evolved(case, optimizer=AdamW(), model=narrower, save=fitted[0], load=fitted[1])
     yield from _evolved(case, optimizer=AdamW())
 
 
