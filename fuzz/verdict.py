@@ -217,6 +217,7 @@ _FQN_LIST = re.compile(r'"<fqn>"(?:, "<fqn>")+')
 #: The same in a Python list's repr (``FSDPParamInfo has the param keys ['0.weight', '1.weight']``).
 _QUOTED_FQN_LIST = re.compile(r"\['<fqn>'[^\]]*(?:\]|$)")
 _COLLAPSED_LIST = "[<fqn>...]"
+_SPACES = re.compile(r"\s{2,}")
 #: shardfuzz's own mesh dimension names carry the pool's generation (``shard0``, ``replicate3``).
 _MESH_DIM = re.compile(r"\b(replicate|shard)\d+\b")
 
@@ -289,6 +290,7 @@ def canonical_signature(signature: str) -> str:
             phase = "training" if phase in _TRAINING_PHASES else phase
             message = _BLANKED_FQN.sub("<fqn>", _FQN.sub("<fqn>", message))
             message = _QUOTED_FQN_LIST.sub(_COLLAPSED_LIST, message)
+            message = _SPACES.sub(" ", message)  # a tensor's repr pads its columns by the width of its numbers
             if _COLLAPSED_LIST in message:  # a stored message was cut inside a later list: end after the first
                 message = message[: message.index(_COLLAPSED_LIST) + len(_COLLAPSED_LIST)]
             # Shorter than ``_normalise``'s 200 characters, so that a message an older shardfuzz cut at

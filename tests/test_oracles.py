@@ -237,6 +237,9 @@ def test_a_quoted_list_of_parameter_names_is_one_signature_whatever_its_length()
     four = _error("'a.weight' is not in it; keys ['a.weight', 'b.weight', 'd.bias', 'd.weight'] vs ['b.weight']")
     assert two == four.signature() == canonical_signature(two)
     assert _error("parameter '0.weight' in checkpoint").signature() != two
+    # The last line of a message that prints tensors pads its columns by the numbers' widths.
+    padded = _error("  -8.3e-05,  5.7e-05]])], and names ['a.weight']").signature()
+    assert padded == _error("  7.4e-10, 3.2e-10]])], and names ['a.weight', 'b.weight']").signature()
 
 
 # --- the other oracles: each fails on a concrete wrong input, passes on the right one ----
