@@ -30,6 +30,7 @@ __all__ = [
     "app_values",
     "unwrapped_name",
     "group_parameters",
+    "parameters_by_name",
     "gradless_parameters",
     "optimizer_class",
     "make_optimizer",
@@ -240,9 +241,14 @@ def group_parameters(model, param_groups: int) -> list[list]:
     removed, sorted; parameter ``i`` of that order goes to group ``i % param_groups``.
     (FSDP1 without ``use_orig_params`` shows FlatParameters instead; see unsupported.CASE_RULES.)
     """
-    named = sorted(((unwrapped_name(name), p) for name, p in model.named_parameters()), key=lambda item: item[0])
-    ordered = [p for _, p in named]
+    ordered = [p for _, p in parameters_by_name(model)]
     return [ordered[i::param_groups] for i in range(param_groups)]
+
+
+def parameters_by_name(model) -> list:
+    """``(name, parameter)`` of ``model``, names without the engines' wrapper prefixes, sorted by name: the one
+    order the loop's choices of parameters use, whatever the engine."""
+    return sorted(((unwrapped_name(name), p) for name, p in model.named_parameters()), key=lambda item: item[0])
 
 
 def gradless_parameters(model) -> list:
@@ -250,7 +256,7 @@ def gradless_parameters(model) -> list:
     first parameter and every other of its module (just that one where it sits at the root, as an FSDP1
     root's FlatParameter does, or where its module holds every parameter). Never all of them: a step where no
     parameter has a gradient is no training step (a ``GradScaler`` refuses it: "No inf checks were recorded")."""
-    named = sorted(((unwrapped_name(name), p) for name, p in model.named_parameters()), key=lambda item: item[0])
+    named = parameters_by_name(model)
     if len(named) < 2:
         return []
     first = named[0][0]
