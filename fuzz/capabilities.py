@@ -61,6 +61,13 @@ class Capabilities:
         rows.append(("resumes", "on", "a second round-trip needs nothing a first one does not"))
         rows.append(("gradless_params", "on", "gradients set to None before a step: any torch"))
         rows.append(("empty_param_group", "on", "torch.optim takes a param group without parameters"))
+        rows.append(
+            (
+                "group_without_rank0",
+                "on",
+                "sides on the ranks from a global rank above 0 (new_group): on a pool with a rank to spare",
+            )
+        )
         if self.low_bit_optimizers:
             widths = ", ".join(f"AdamW{bits}bit" for bits in self.low_bit_optimizers)
             rows.append(("low_bit_optimizers", "on", f"torchao's {widths} (optimizer state in tensor subclasses)"))

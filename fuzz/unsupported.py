@@ -191,6 +191,9 @@ def exact_world_size(case: Case) -> int | None:
 
 def needs_other_world(case: Case, world_size: int) -> str:
     """Why ``case`` cannot run in a process group of ``world_size`` ranks, or ''."""
+    if case.loop.ranks_from and exact_world_size(case):
+        why = BROADCAST_SPANS_WORLD if case.load.broadcast_from_rank0 else FSDP1_SPANS_WORLD
+        return f"{why} (the case's sides start at global rank {case.loop.ranks_from}, so none spans it)"
     if case.load.broadcast_from_rank0 and case.load.world_size != world_size:
         return f"{BROADCAST_SPANS_WORLD} (the load side has {case.load.world_size} of {world_size} ranks)"
     narrower = sorted(n for n in _fsdp1_side_sizes(case) if n != world_size)

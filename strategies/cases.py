@@ -52,7 +52,7 @@ from shardfuzz.strategies.options import (
 )
 from shardfuzz.strategies.topology import mesh_shapes
 from shardfuzz.targets.support import EVERYTHING, TargetSupport
-from shardfuzz.unsupported import copies_its_state_dict, excluded
+from shardfuzz.unsupported import copies_its_state_dict, exact_world_size, excluded
 
 __all__ = ["cases", "sides"]
 
@@ -261,7 +261,7 @@ def cases(
     }
     training_choice = training_states() if target.training_state else st.none()
     low_bit_choice = st.none() if users_own or not low_bit else low_bit_optimizers(caps.low_bit_optimizers)
-    lowered, offloaded_params = mixed_precisions(), rarely(one_in=8)
+    lowered, offloaded_params, offset_choice = mixed_precisions(), rarely(one_in=8), rarely(one_in=3)
     loop_choices = {  # by (save side may hold, load side may hold, lenient possible, resumes possible)
         flags: loops(
             held=flags[0] and target.held_state_dicts and caps.held_state_dicts,
@@ -410,7 +410,18 @@ def cases(
             case = attrs.evolve(case, checks=checks - {"continuation"})
         case = attrs.evolve(case, loop=loop)
         bits = draw(low_bit_choice)
-        return _with_low_bit_optimizer(case, bits) if bits else case
+        case = _with_low_bit_optimizer(case, bits) if bits else case
+        return with_ranks_from(draw, case)
+
+    def with_ranks_from(draw, case: Case) -> Case:
+        """The sides on the ranks from a global rank above 0 (``Loop.ranks_from``: no side's group holds rank 0) in
+        about 1 case of 3 where the pool has a rank to spare and nothing needs the default group (a target whose
+        sides span the pool, a broadcasting load, FSDP1 where DSD gathers on the default group); CPU sides only."""
+        spare = max_world_size - case.world_size
+        cuda = "cuda" in (case.save.device, case.load.device)
+        if spare < 1 or target.whole_pool or cuda or exact_world_size(case) or not draw(offset_choice):
+            return case
+        return attrs.evolve(case, loop=attrs.evolve(case.loop, ranks_from=draw(st.integers(1, spare))))
 
     # The rules torch documents live in one place (``unsupported.CASE_RULES``); a
     # filter keeps them there rather than copying them into the draws above.

@@ -126,6 +126,7 @@ def offered_values(
             "lenient_load": set(_BOOLS) if caps.lenient_loads else {"false"},
             "gradless_params": set(GRADLESS),
             "empty_param_group": set(_BOOLS),
+            "group_without_rank0": set(_BOOLS) if max_world_size > 1 else {"false"},
         }
     )
     state_dicts = set(values["save_state_dict"])
@@ -167,6 +168,7 @@ def _narrowed(values: dict, support: TargetSupport, *, max_world_size: int, max_
         values[f"{side}_state_dict"] = state_dicts
         if support.whole_pool:
             values[f"{side}_world_size"] = {str(max_world_size)}
+            values["group_without_rank0"] = {"false"}
         if not support.hybrid:
             values[f"{side}_mesh"] = {"1d"}
             values[f"{side}_fsdp1_strategy"] = {

@@ -163,6 +163,8 @@ _LOOP_CASES = {
         loop=Loop(gradless="first-step", empty_group=True),
     ),
     "hf-consolidated": attrs.evolve(_LOOP_BASE, load=Side(DDP(), (2,)), storage=HfSafetensors(consolidated=True)),
+    # groups without global rank 0: the script counts its ranks from RANKS_FROM, as the pool does
+    "ranks-from": attrs.evolve(_LOOP_BASE, load=Side(DDP(), (1,)), loop=Loop(ranks_from=1, resumes=2)),
 }
 
 

@@ -7,7 +7,21 @@ only it exposes: the mutant passes a plain case and is killed, by the oracle mad
 import attrs
 import pytest
 
-from shardfuzz.case import DDP, FSDP1, FSDP2, Adam, Case, Linear, Loop, Model, Sequential, Side, Unsharded
+from shardfuzz.case import (
+    DDP,
+    FSDP1,
+    FSDP2,
+    Adam,
+    Case,
+    Dcp,
+    Linear,
+    Loop,
+    Model,
+    Sequential,
+    Side,
+    Unsharded,
+    dimensions,
+)
 from shardfuzz.case.serial import from_dict, to_dict
 from shardfuzz.executor import RankPool
 from shardfuzz.findings.describe import describe
@@ -84,10 +98,15 @@ def test_each_loop_field_is_shrunk_away_described_and_a_neighbour():
     assert from_dict(to_dict(gradless)) == gradless
     assert to_dict(gradless)["loop"] == {"gradless": "always", "empty_group": True}
     assert "held from build" in describe(case) and "2 round-trips" in describe(case)
-    dimensions = {dimension for dimension, _, neighbour in neighbours(case) if neighbour is not None}
-    assert {"save_held_state_dict", "load_held_state_dict", "resumes", "gradless_params"} <= dimensions
+    turned = {dimension for dimension, _, neighbour in neighbours(case) if neighbour is not None}
+    assert {"save_held_state_dict", "load_held_state_dict", "resumes", "gradless_params"} <= turned
     plain = {dimension for dimension, _, neighbour in neighbours(BASE) if neighbour is not None}
     assert {"save_held_state_dict", "resumes", "lenient_load"} <= plain  # a lenient load and two round-trips exclude
+    offset = attrs.evolve(BASE, loop=Loop(ranks_from=2))
+    assert {c.loop for c in simpler_cases(offset)} >= {Loop(), Loop(ranks_from=1)}
+    assert "from global rank 2" in describe(offset) and offset.world_size == 4
+    assert to_dict(offset)["loop"] == {"ranks_from": 2} and from_dict(to_dict(offset)) == offset
+    assert "group_without_rank0" in plain and dimensions(offset)["group_without_rank0"] == "true"
 
 
 @pytest.mark.ranks
@@ -98,8 +117,12 @@ def test_the_loop_patterns_run_on_the_ranks_and_pass_where_torch_keeps_its_promi
         attrs.evolve(BASE, loop=Loop(resumes=2, load_held=True)),  # FSDP2: set_state_dict renames no key
         attrs.evolve(BASE, load=Side(Unsharded(), (1,)), loop=Loop(lenient=True)),
         attrs.evolve(BASE, load=Side(DDP(), (2,)), loop=Loop(lenient=True), flatten_optimizer_state_dict=False),
+        # groups without global rank 0: FSDP2, DDP, HSDP and an async save on ranks 1..
+        attrs.evolve(BASE, load=Side(DDP(), (3,)), loop=Loop(ranks_from=1)),
+        attrs.evolve(BASE, save=Side(FSDP2(), (1, 2)), load=Side(FSDP1(), (1,)), loop=Loop(ranks_from=2)),
+        attrs.evolve(BASE, storage=Dcp(api="async"), checks=("continuation",), loop=Loop(ranks_from=1, resumes=2)),
     ]
-    with RankPool(2) as pool:
+    with RankPool(4) as pool:
         for case in cases:
             verdict = pool.run(case)
             assert verdict.status == "pass", (describe(case), verdict.signature())
@@ -119,6 +142,7 @@ EXPOSED_BY = {
         Loop(empty_group=True),
         "complete-state",
     ),
+    "CompletionMarkedByGlobalRankZero": (BASE, Loop(ranks_from=1), "complete-state"),
 }
 
 
@@ -126,9 +150,10 @@ EXPOSED_BY = {
 @pytest.mark.parametrize("mutant", sorted(EXPOSED_BY))
 def test_each_loop_mutant_is_seen_only_through_its_pattern_and_by_its_oracle(mutant):
     plain, loop, oracle = EXPOSED_BY[mutant]
-    with RankPool(2, target=f"shardfuzz.targets.mutants:{mutant}") as pool:
+    exposed = attrs.evolve(plain, loop=loop)
+    with RankPool(exposed.world_size, target=f"shardfuzz.targets.mutants:{mutant}") as pool:
         assert pool.run(plain).status == "pass"
-        verdict = pool.run(attrs.evolve(plain, loop=loop))
+        verdict = pool.run(exposed)
     assert verdict.status == "mismatch" and verdict.mismatches[0].oracle == oracle, verdict.signature()
 
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import attrs
 from attrs import field, frozen
-from attrs.validators import in_, instance_of
+from attrs.validators import ge, in_, instance_of
 
 #: How many save-then-load round-trips a case makes: 1, or 2 (save, load, train on, save again, load again).
 RESUMES = (1, 2)
@@ -45,6 +45,12 @@ class Loop:
     ``portable.steps.gradless_parameters``) have their gradient set to None before the optimizer steps, on every
     training step of both sides (``GRADLESS``). ``empty_group``: the optimizer gets one more param group with no
     parameters, as a loop that splits parameters by a filter (no weight decay on biases) gets where none match.
+
+    ``ranks_from``: the global rank the case's ranks start from. A side on ``n`` ranks runs on global ranks
+    ``ranks_from .. ranks_from + n - 1`` and hands save and load that subgroup, so from 1 on no side's process group
+    holds global rank 0: the coordinator of DCP's plans, the source of its broadcasts and rank 0 of every gather
+    is then the group's rank 0, not the world's (code that asks ``dist.get_rank() == 0``, or passes 0 where torch
+    takes a global rank, goes wrong only here). The ranks below it run neither side.
     """
 
     save_held: bool = field(default=False, validator=instance_of(bool))
@@ -53,6 +59,7 @@ class Loop:
     lenient: bool = field(default=False, validator=instance_of(bool))
     gradless: str = field(default="never", validator=in_(GRADLESS))
     empty_group: bool = field(default=False, validator=instance_of(bool))
+    ranks_from: int = field(default=0, validator=[instance_of(int), ge(0)])
 
     def __attrs_post_init__(self):
         if self.load_held and self.resumes < 2:
@@ -66,6 +73,7 @@ class Loop:
             "lenient_load": str(self.lenient).lower(),
             "gradless_params": self.gradless,
             "empty_param_group": str(self.empty_group).lower(),
+            "group_without_rank0": str(self.ranks_from > 0).lower(),
         }
 
     def describe(self) -> str:
@@ -79,6 +87,7 @@ class Loop:
                 (self.lenient, "lenient load (strict=False, a new layer)"),
                 (self.gradless != "never", f"a module without gradients ({self.gradless})"),
                 (self.empty_group, "an empty param group"),
+                (self.ranks_from > 0, f"sides on the ranks from global rank {self.ranks_from} (groups without rank 0)"),
             )
             if on
         ]
@@ -100,6 +109,10 @@ class Loop:
                 yield attrs.evolve(self, gradless="first-step")
         if self.empty_group:
             yield attrs.evolve(self, empty_group=False)
+        if self.ranks_from:
+            yield attrs.evolve(self, ranks_from=0)
+            if self.ranks_from > 1:
+                yield attrs.evolve(self, ranks_from=1)
 
 
 #: The default loop: fresh state dicts, one round-trip, a strict load.

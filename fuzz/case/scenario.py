@@ -233,8 +233,8 @@ class Case:
 
     @property
     def world_size(self) -> int:
-        """Ranks the case needs: the larger of the two sides."""
-        return max(self.save.world_size, self.load.world_size)
+        """Ranks the case needs: the larger of the two sides, from the rank its ranks start at (``Loop.ranks_from``)."""
+        return self.loop.ranks_from + max(self.save.world_size, self.load.world_size)
 
     @property
     def same_sharding(self) -> bool:

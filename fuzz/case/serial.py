@@ -68,6 +68,7 @@ def make_converter() -> cattrs.Converter:
             lenient=omitted,
             gradless=omitted,
             empty_group=omitted,
+            ranks_from=omitted,
         ),
     )
     # A Case's model is a drawn tree or the user's own (``--model``), told apart by the user's ``factory``

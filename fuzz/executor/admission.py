@@ -50,6 +50,7 @@ def cannot_run(case: Case, *, world_size: int, target: str = DEFAULT_TARGET, dev
     needed = max((s.world_size for s in (case.save, case.load) if s.device == "cuda"), default=0)
     if not needed:
         return ""
+    needed += case.loop.ranks_from  # rank i's GPU is GPU i of the world
     if device != "cuda":
         return (
             "cuda-side: the case puts a side on cuda and this pool's ranks run on CPU only "

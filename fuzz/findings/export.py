@@ -90,6 +90,7 @@ def case_constants(
     save, load = case.save, case.load
     return {
         "WORLD_SIZE": world_size,
+        "RANKS_FROM": case.loop.ranks_from,
         "SAVE_RANKS": save.world_size,
         "LOAD_RANKS": load.world_size,
         "SAVE_MESH": tuple(save.mesh_shape),
@@ -154,6 +155,7 @@ def case_constants(
 #: What a reader of the script needs to know about a constant.
 _COMMENTS = {
     "WORLD_SIZE": "ranks in the world: the side's own, and the idle ranks of the pool that saw the failure",
+    "RANKS_FROM": "the global rank the case's ranks start from: from 1 on, no side's group holds global rank 0",
     "SAVE_MESH": "1-D, or 2-D (replicas, shards) for HSDP",
     "SEED": "save side's weights and the data; the load side starts from SEED + 1",
     "SAME_BATCH": "the model has a BatchNorm: every rank trains on the same batches",

@@ -2,7 +2,7 @@
 
 Every rank of the pool calls ``run_case`` with the same Case. Ranks ``0..n-1``
 form the save side's group (n = ``case.save.world_size``); ranks ``0..m-1`` the
-load side's. Ranks outside a side skip it; one world barrier between save and
+load side's (ranks within the case: counted from the global rank ``case.loop.ranks_from``). Ranks outside a side skip it; one world barrier between save and
 load is the only synchronisation the fuzzer adds (the load must see a finished
 checkpoint). Rank 0 belongs to both sides, so it holds the gathered saved and
 loaded state and runs the oracles. A case that resumes twice (``Loop.resumes``)
@@ -63,8 +63,7 @@ def run_case(
     expected = expected_after = None
     saved_by = None  # the torch that saved, when another run did
     mismatches: list[Mismatch] = []
-    ctx.prepare_meshes(case)
-    ctx.prepare_async_group(case)
+    ctx.begin(case)
     target = checkpoint_io(case, target)
     if phase != "load" and ctx.rank < case.save.world_size:
         try:

@@ -109,11 +109,12 @@ def replica_consistency(model, optim, *, group, rank: int) -> list[Mismatch]:
             for region, piece in _pieces(value):  # a low-bit optimizer state: its dequantised values and parts
                 for name, part in rank_steps.plain_parts(f"{prefix}.{unwrapped_name(key)}", piece).items():
                     pieces[name, region] = part
+    first = dist.get_global_rank(group, 0)  # gather_object takes a global rank: the group's first, not the world's
     if rank != 0:
-        dist.gather_object(pieces, None, dst=0, group=group)
+        dist.gather_object(pieces, None, dst=first, group=group)
         return []
     gathered: list[Any] = [None] * dist.get_world_size(group)
-    dist.gather_object(pieces, gathered, dst=0, group=group)
+    dist.gather_object(pieces, gathered, dst=first, group=group)
     return oracles.replica_consistency(dict(enumerate(gathered)))
 
 

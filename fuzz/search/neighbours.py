@@ -178,6 +178,9 @@ def _loop_neighbours(case: Case) -> Iterator[tuple[str, str, Case | None]]:
         if gradless != loop.gradless:
             changed = or_none(loop, gradless=gradless)
             yield "gradless_params", f"gradless {loop.gradless} -> {gradless}", or_none(case, loop=changed)
+    ranks_from = 0 if loop.ranks_from else 1  # a pool without a rank to spare refuses the second
+    change = f"sides from global rank {loop.ranks_from} -> {ranks_from}"
+    yield "group_without_rank0", change, or_none(case, loop=or_none(loop, ranks_from=ranks_from))
 
 
 def _model_neighbours(case: Case) -> Iterator[tuple[str, str, Case | None]]:

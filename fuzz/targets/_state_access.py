@@ -57,7 +57,7 @@ def _set_group_values(optim: dict, values: dict) -> None:
 
 
 def _last_rank(process_group) -> bool:
-    return dist.get_rank() == dist.get_world_size(process_group) - 1
+    return dist.get_rank(process_group) == dist.get_world_size(process_group) - 1
 
 
 def _snapshot(tensors) -> list[tuple[torch.Tensor, torch.Tensor]]:

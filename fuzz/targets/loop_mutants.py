@@ -1,7 +1,7 @@
 """Mutants that only a training-loop pattern exposes (``Case.loop``): each is right for a case that takes its state
-dicts fresh, saves once and loads strictly, and wrong where a loop holds a state dict, resumes twice or loads
-leniently. They join ``mutants.CATALOGUE``, so ``shardfuzz selftest`` shows that each pattern reaches what the
-others cannot."""
+dicts fresh, saves once, loads strictly and runs on groups that hold global rank 0, and wrong where a loop holds a
+state dict, resumes twice, loads leniently or hands save and load a group without global rank 0. They join
+``mutants.CATALOGUE``, so ``shardfuzz selftest`` shows that each pattern reaches what the others cannot."""
 
 from __future__ import annotations
 
@@ -125,6 +125,28 @@ class EmptyGroupsKeepTheirOwnHyperparameters(DcpTarget):
                 group.update(before)
 
 
+class CompletionMarkedByGlobalRankZero(DcpTarget):
+    """A checkpointer that marks a finished checkpoint with a file written where ``dist.get_rank() == 0`` (the world's
+    rank 0, as trainers write their ``latest`` pointer or their run state), and whose load takes a checkpoint without
+    that mark for an unfinished one and skips it, leaving the model and optimizer as built (a resume that silently
+    starts over). Right wherever the saving group holds global rank 0; a group without it (``Loop.ranks_from``)
+    writes no mark, so nothing is loaded."""
+
+    MARK = "COMPLETE"
+
+    def save(self, state_dict, *, checkpoint_id, process_group):
+        import torch.distributed as dist
+
+        super().save(state_dict, checkpoint_id=checkpoint_id, process_group=process_group)
+        if dist.get_rank() == 0:
+            with open(os.path.join(checkpoint_id, self.MARK), "w"):
+                pass
+
+    def load(self, state_dict, *, checkpoint_id, process_group):
+        if os.path.exists(os.path.join(checkpoint_id, self.MARK)):
+            super().load(state_dict, checkpoint_id=checkpoint_id, process_group=process_group)
+
+
 def _copied(value):
     """``value`` with every tensor in it cloned (dicts and lists rebuilt)."""
     if torch.is_tensor(value):
@@ -144,4 +166,5 @@ LOOP_CATALOGUE: dict[str, str] = {
     "ResumedRunSavesStaleOptimizer": "resumed-state",
     "StepCountsUnified": "complete-state",
     "EmptyGroupsKeepTheirOwnHyperparameters": "complete-state",
+    "CompletionMarkedByGlobalRankZero": "complete-state",
 }

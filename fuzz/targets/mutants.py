@@ -30,6 +30,7 @@ from shardfuzz.targets._state_access import (
 )
 from shardfuzz.targets.loop_mutants import (  # noqa: F401  (named in CATALOGUE: resolved from here)
     LOOP_CATALOGUE,
+    CompletionMarkedByGlobalRankZero,
     EmptyGroupsKeepTheirOwnHyperparameters,
     LoadedIntoNewTensors,
     MissingKeysZeroed,

@@ -37,7 +37,8 @@ class TargetSupport:
     framework sets its own. ``flatten``: flattened optimizer state dicts are drawn. ``storages``:
     storage variants (async save, writer options, ``torch.save`` files) are drawn; only for a target
     whose I/O is DCP's own. ``whole_pool``: both sides span every rank of the pool (the target's
-    collectives run on the default process group). ``hybrid``: HSDP sides (2-D meshes) are drawn.
+    collectives run on the default process group; so no ``Loop.ranks_from``). ``hybrid``: HSDP sides
+    (2-D meshes) are drawn.
     ``min_steps``: training steps before the save, at least. ``training_state``: cases with an LR
     scheduler and other training state (``Case.training``) are drawn: the state dict a
     ``CheckpointTarget`` is handed then holds an ``"app"`` ``Stateful`` beside ``"model"`` and ``"optim"``;
@@ -115,7 +116,7 @@ class TargetSupport:
         if name == "flatten":
             return case.flatten_optimizer_state_dict
         if name == "whole_pool":
-            return any(side.world_size != world_size for side in sides)
+            return bool(case.loop.ranks_from) or any(side.world_size != world_size for side in sides)
         if name == "hybrid":
             return any(_hybrid(side) for side in sides)
         if name == "min_steps":

@@ -1,19 +1,15 @@
 """The part of an exported reproducer that is not a torch step: the order of the steps and the judge.
 
-``export`` builds a script from four sources, none of them a second copy of the
-round-trip: the case's values (written as constants, and the model as
-``nn.Sequential(...)`` literals, in place of the ``# --- the case`` block below);
-the definitions of ``layers``, ``sharding``, ``rank_steps`` and ``bits``, copied as
-they are; the checkpoint I/O (``storage.py``'s classes, or an import of the user's
-target); and the functions of ``RUN`` below, then those of ``launcher.py``, copied
-as they are. This is a real module so that those functions are linted and their
-names checked; the constants here are a placeholder case (one rank, one step) that
-``tests/test_export.py`` compares with what ``export`` writes, so the two cannot
-drift apart.
+``export`` builds a script from four sources, none a second copy of the round-trip: the case's values (constants,
+and the model as ``nn.Sequential(...)`` literals, in place of the ``# --- the case`` block below); the definitions
+of ``layers``, ``sharding``, ``rank_steps`` and ``bits``, copied as they are; the checkpoint I/O (``storage.py``'s
+classes, or an import of the user's target); and the functions of ``RUN`` below, then those of ``launcher.py``,
+copied as they are. This is a real module so that those functions are linted and their names checked; its
+constants are a placeholder case (one rank, one step) that ``tests/test_export.py`` compares with what ``export``
+writes, so the two cannot drift apart.
 
-The run follows ``roundtrip.run_case`` phase for phase; it judges with a plain
-bitwise comparison (``bits``) and raises at the first difference, where the
-pool's oracles collect every mismatch with its kind.
+The run follows ``roundtrip.run_case`` phase for phase; it judges with a plain bitwise comparison (``bits``) and
+raises at the first difference, where the pool's oracles collect every mismatch with its kind.
 """
 
 from __future__ import annotations
@@ -47,6 +43,7 @@ __all__ = ["CASE_CONSTANTS", "CASE_FUNCTIONS", "RUN"]
 
 # --- the case: export writes these (a placeholder case here) ---------------------------------
 WORLD_SIZE = 1
+RANKS_FROM = 0
 SAVE_RANKS = 1
 LOAD_RANKS = 1
 SAVE_MESH = (1,)
@@ -282,15 +279,16 @@ def groups_and_meshes(rank):
     makes them, in the same order (2-D meshes' groups are collective on the whole world)."""
     PHASE[0] = "groups"
     groups = {}
-    for n in sorted({SAVE_RANKS, LOAD_RANKS}):
-        groups[n] = dist.group.WORLD if n == WORLD_SIZE else dist.new_group(list(range(n)))
+    for n in sorted({SAVE_RANKS, LOAD_RANKS}):  # a side's ranks: the global ones from RANKS_FROM
+        whole = n == WORLD_SIZE and not RANKS_FROM
+        groups[n] = dist.group.WORLD if whole else dist.new_group(list(range(RANKS_FROM, RANKS_FROM + n)))
     PHASE[0] = "meshes"  # every rank makes them, in the same order: 2-D meshes' groups are collective
-    # async_save runs its collectives in a thread while training goes on: a group of its own
-    checkpoint_group = dist.new_group(list(range(SAVE_RANKS))) if ASYNC_SAVE else groups[SAVE_RANKS]
+    saving = list(range(RANKS_FROM, RANKS_FROM + SAVE_RANKS))  # async_save's collectives run in a thread: own group
+    checkpoint_group = dist.new_group(saving) if ASYNC_SAVE else groups[SAVE_RANKS]
     meshes = {}
     for shape, n in ((SAVE_MESH, SAVE_RANKS), (LOAD_MESH, LOAD_RANKS)):
         if shape not in meshes:
-            meshes[shape] = device_mesh(shape, groups[n], rank=rank)
+            meshes[shape] = device_mesh(shape, groups[n], rank=rank, first=RANKS_FROM)
     return groups, checkpoint_group, meshes
 
 
@@ -443,7 +441,9 @@ def round_trip(rank, checkpoint_dir, phase="both"):
     """This rank's part: save on ranks < SAVE_RANKS, load on ranks < LOAD_RANKS, compare on rank 0.
 
     ``phase`` "save" or "load": that half only, as two runs (under two torches) on one folder; the
-    save run's rank 0 leaves the saved state beside the checkpoint for the load run's."""
+    save run's rank 0 leaves the saved state beside the checkpoint for the load run's. Ranks count from the
+    global rank RANKS_FROM (those below it come last, outside both sides)."""
+    rank = (rank - RANKS_FROM) % WORLD_SIZE
     groups, checkpoint_group, meshes = groups_and_meshes(rank)
     try:
         expected = expected_after = None

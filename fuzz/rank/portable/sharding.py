@@ -62,8 +62,11 @@ def fully_shard_fn():
     return fully_shard
 
 
-def device_mesh(shape: tuple[int, ...], world_group, *, rank: int, generation: int = 0, device: str = "cpu"):
-    """The DeviceMesh of a side on ranks ``0..n-1`` (n = the product of ``shape``), or None off it.
+def device_mesh(
+    shape: tuple[int, ...], world_group, *, rank: int, generation: int = 0, device: str = "cpu", first: int = 0
+):
+    """The DeviceMesh of a side on ranks ``0..n-1`` (n = the product of ``shape``), or None off it. ``rank`` and
+    those ranks count from the global rank ``first``.
 
     2-D: ``(replicas, shards)``; each row of ranks is a shard group, each column a
     replicate group. Creating the groups is collective on the whole world, so every
@@ -85,7 +88,7 @@ def device_mesh(shape: tuple[int, ...], world_group, *, rank: int, generation: i
             else None
         )
     replicas, shards = shape
-    ranks = torch.arange(replicas * shards).view(replicas, shards)
+    ranks = torch.arange(first, first + replicas * shards).view(replicas, shards)
     rows = [dist.new_group(row.tolist()) for row in ranks]
     columns = [dist.new_group(column.tolist()) for column in ranks.t()]
     if rank >= replicas * shards:
