@@ -46,6 +46,8 @@ LOW_BIT_SMALLEST = 4096
         pytest.param("MissingKeysZeroed", 0, marks=pytest.mark.slow),
         pytest.param("StepCountsUnified", 0, marks=pytest.mark.slow),
         pytest.param("EmptyGroupsKeepTheirOwnHyperparameters", 0, marks=pytest.mark.slow),
+        # seed 1: killed in 4.6 s, shrunk to size 5 in 25 s (seed 0: 51 s to the kill)
+        pytest.param("CompletionMarkedByGlobalRankZero", 1, marks=pytest.mark.slow),
         # Only a low-bit optimizer's state has scales, and torchao quantises only tensors of 4096 elements or more:
         # its shrunk case keeps one such Linear (LOW_BIT_SMALLEST below).
         pytest.param("LowBitScalesNotLoaded", 0, marks=[pytest.mark.slow, _needs_torchao]),
