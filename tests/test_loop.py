@@ -157,13 +157,13 @@ def test_each_loop_mutant_is_seen_only_through_its_pattern_and_by_its_oracle(mut
     assert verdict.status == "mismatch" and verdict.mismatches[0].oracle == oracle, verdict.signature()
 
 
-def test_gradless_parameters_are_one_module_and_never_every_parameter():
+def test_first_module_parameters_are_one_module_and_never_every_parameter():
     import torch
 
-    from shardfuzz.rank.portable.steps import gradless_parameters
+    from shardfuzz.rank.portable.optimizers import first_module_parameters
 
     two = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
-    assert gradless_parameters(two) == [two[0].bias, two[0].weight]
+    assert first_module_parameters(two) == [two[0].bias, two[0].weight]
     one = torch.nn.Sequential(torch.nn.Linear(2, 3))  # its module holds every parameter: the first alone
-    assert gradless_parameters(one) == [one[0].bias]
-    assert gradless_parameters(torch.nn.Linear(2, 3, bias=False)) == []  # a step needs some gradient
+    assert first_module_parameters(one) == [one[0].bias]
+    assert first_module_parameters(torch.nn.Linear(2, 3, bias=False)) == []  # a step needs some gradient

@@ -29,7 +29,7 @@ from shardfuzz.case import (
 )
 from shardfuzz.executor import RankPool
 from shardfuzz.findings.describe import describe
-from shardfuzz.rank.portable.steps import unwrapped_name
+from shardfuzz.rank.portable.sharding import unwrapped_name
 
 MODEL = Model(input_width=3, root=Sequential([Linear(4), Block([TransformerBlock(2, 2, 1, 3)]), Linear(2)]))
 

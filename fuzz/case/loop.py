@@ -42,7 +42,7 @@ class Loop:
     is not loaded.)
 
     ``gradless``: one module's parameters (those of the first parameter in name order, see
-    ``portable.steps.gradless_parameters``) have their gradient set to None before the optimizer steps, on every
+    ``portable.optimizers.first_module_parameters``) have their gradient set to None before the optimizer steps, on every
     training step of both sides (``GRADLESS``). ``empty_group``: the optimizer gets one more param group with no
     parameters, as a loop that splits parameters by a filter (no weight decay on biases) gets where none match.
 

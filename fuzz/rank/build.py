@@ -14,8 +14,9 @@ from torch import nn
 from shardfuzz import case as case_data
 from shardfuzz.case import Leaf, Model, Sequential, Side, UserModel, child_items, optimizer_groups
 from shardfuzz.rank.portable.layers import Block, layer_class
+from shardfuzz.rank.portable.optimizers import make_optimizer
 from shardfuzz.rank.portable.sharding import rank_device, shard_module
-from shardfuzz.rank.portable.steps import make_app_state, make_optimizer
+from shardfuzz.rank.portable.steps import make_app_state
 
 __all__ = [
     "build_module",

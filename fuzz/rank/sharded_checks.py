@@ -12,8 +12,8 @@ import torch.distributed as dist
 from shardfuzz.case import FSDP2, TP, Side
 from shardfuzz.rank import oracles
 from shardfuzz.rank.portable import steps as rank_steps
-from shardfuzz.rank.portable.sharding import dtensor
-from shardfuzz.rank.portable.steps import plain, unwrapped_name
+from shardfuzz.rank.portable.sharding import dtensor, unwrapped_name
+from shardfuzz.rank.portable.steps import plain
 from shardfuzz.verdict import Mismatch
 
 __all__ = ["api_parity", "full_offload", "layout", "replica_consistency"]

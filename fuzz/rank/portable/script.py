@@ -25,13 +25,13 @@ import torch.distributed as dist
 from shardfuzz.rank.portable.bits import as_lists, first_bit_difference, first_difference_beyond
 from shardfuzz.rank.portable.handoff import one_torch_hyperparameters, read_handoff, write_handoff
 from shardfuzz.rank.portable.layers import layer_class
+from shardfuzz.rank.portable.optimizers import make_optimizer
 from shardfuzz.rank.portable.sharding import built, data_rank, device_mesh, shard_module, wrap_and_shard
 from shardfuzz.rank.portable.steps import (
     api_parity_pairs,
     gather_full,
     get_side_state,
     make_app_state,
-    make_optimizer,
     model_state,
     offloaded_full_state,
     set_side_state,

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = [
+    "unwrapped_name",
     "rank_device",
     "dtensor",
     "fully_shard_fn",
@@ -341,3 +342,11 @@ def wrap_and_shard(module, wrappers: dict, shard, *, engine: str, device: str = 
     if wrappers["compiled"]:
         model = torch.compile(model, backend="eager")
     return model
+
+
+def unwrapped_name(name: str) -> str:
+    """A parameter's name without the wrappers' prefixes: FSDP1's, activation checkpointing's,
+    ``torch.compile``'s (``_orig_mod.``) and DDP's (``module.``)."""
+    for prefix in ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod."):
+        name = name.replace(prefix, "")
+    return name[len("module.") :] if name.startswith("module.") else name

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from shardfuzz.rank.portable.sharding import rank_device
+from shardfuzz.rank.portable.optimizers import first_module_parameters
+from shardfuzz.rank.portable.sharding import rank_device, unwrapped_name
 
 __all__ = [
     "scalar_loss",
@@ -28,13 +29,6 @@ __all__ = [
     "AppState",
     "make_app_state",
     "app_values",
-    "unwrapped_name",
-    "group_parameters",
-    "parameters_by_name",
-    "gradless_parameters",
-    "optimizer_class",
-    "make_optimizer",
-    "eager_steps",
     "state_dict_options",
     "local_state_dict_type",
     "get_side_state",
@@ -98,9 +92,9 @@ def train_steps(
     ``AppState`` whose gradient scaler (if any) scales the loss, and which steps after the optimizer.
     ``make_batch(batch_size, generator)``: a user's model's own inputs (a tensor, or a tuple of the
     forward's arguments) instead of ``training_batch``'s. ``gradless`` ``always`` (or ``first-step``: at step 0
-    only): ``gradless_parameters`` have their gradients set to None before the optimizer steps."""
+    only): ``first_module_parameters`` have their gradients set to None before the optimizer steps."""
     generator = torch.Generator()
-    idle = gradless_parameters(model) if gradless != "never" else []
+    idle = first_module_parameters(model) if gradless != "never" else []
     for step in range(first, first + count):
         generator.manual_seed(seed * 1_000_003 + step * 101 + (0 if same_batch else rank))
         if make_batch is not None:
@@ -224,87 +218,6 @@ def app_values(app, optim) -> dict:
         else:
             group["lr"] = lr
     return flat
-
-
-def unwrapped_name(name: str) -> str:
-    """A parameter's name without the wrappers' prefixes: FSDP1's, activation checkpointing's,
-    ``torch.compile``'s (``_orig_mod.``) and DDP's (``module.``)."""
-    for prefix in ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod."):
-        name = name.replace(prefix, "")
-    return name[len("module.") :] if name.startswith("module.") else name
-
-
-def group_parameters(model, param_groups: int) -> list[list]:
-    """``model``'s parameters split into ``param_groups`` lists, the same way whatever the engine.
-
-    The order is that of the parameters' names with the engines' wrapper prefixes
-    removed, sorted; parameter ``i`` of that order goes to group ``i % param_groups``.
-    (FSDP1 without ``use_orig_params`` shows FlatParameters instead; see unsupported.CASE_RULES.)
-    """
-    ordered = [p for _, p in parameters_by_name(model)]
-    return [ordered[i::param_groups] for i in range(param_groups)]
-
-
-def parameters_by_name(model) -> list:
-    """``(name, parameter)`` of ``model``, names without the engines' wrapper prefixes, sorted by name: the one
-    order the loop's choices of parameters use, whatever the engine."""
-    return sorted(((unwrapped_name(name), p) for name, p in model.named_parameters()), key=lambda item: item[0])
-
-
-def gradless_parameters(model) -> list:
-    """The parameters a ``gradless`` loop leaves without gradients: in ``group_parameters``' name order, the
-    first parameter and every other of its module (just that one where it sits at the root, as an FSDP1
-    root's FlatParameter does, or where its module holds every parameter). Never all of them: a step where no
-    parameter has a gradient is no training step (a ``GradScaler`` refuses it: "No inf checks were recorded")."""
-    named = parameters_by_name(model)
-    if len(named) < 2:
-        return []
-    first = named[0][0]
-    module = first.rpartition(".")[0]
-    idle = [p for name, p in named if (name.rpartition(".")[0] == module if module else name == first)]
-    return idle if len(idle) < len(named) else idle[:1]
-
-
-def optimizer_class(name: str):
-    """``torch.optim.<name>``, else torchao's low-bit optimizer of that name (``torchao.optim``)."""
-    if hasattr(torch.optim, name):
-        return getattr(torch.optim, name)
-    import torchao.optim
-
-    return getattr(torchao.optim, name)
-
-
-def make_optimizer(model, name: str, hyperparameters: list[dict], empty_group: bool = False):
-    """``torch.optim.<name>`` over ``model``'s parameters in one group per hyperparameter dict; ``empty_group``:
-    and one more group, with the first group's hyperparameters and no parameters. On CPU parameters a torchao
-    optimizer's step runs eagerly (``eager_steps``)."""
-    groups = group_parameters(model, len(hyperparameters))
-    param_groups = [{"params": g, **h} for g, h in zip(groups, hyperparameters)]
-    if empty_group:
-        param_groups.append({"params": [], **hyperparameters[0]})
-    cls = optimizer_class(name)
-    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
-    return (eager_steps(cls) if on_cpu and cls.__module__.startswith("torchao") else cls)(param_groups)
-
-
-def eager_steps(cls):
-    """``cls`` with its ``step`` run eagerly: torchao compiles its per-parameter step inside ``step``
-    (``torch.compile(single_param_adam, fullgraph=True, dynamic=False)``), which on CPU ranks costs seconds per new
-    parameter shape on every rank, so during ``step`` ``torch.compile`` hands the function back as it is (dynamo
-    turned off would refuse ``fullgraph``). The state it keeps and checkpoints is the same either way. Every
-    caller's step is covered, DSD's ``_init_optim_state`` included."""
-    from unittest import mock
-
-    def uncompiled(function=None, **_options):
-        return function if function is not None else (lambda inner: inner)
-
-    class EagerStep(cls):
-        def step(self, closure=None):
-            with mock.patch.object(torch, "compile", uncompiled):
-                return super().step(closure)
-
-    EagerStep.__name__ = EagerStep.__qualname__ = cls.__name__
-    return EagerStep
 
 
 def state_dict_options(*, full: bool, flatten: bool, extra: dict):
