@@ -61,6 +61,7 @@ class Capabilities:
         rows.append(("resumes", "on", "a second round-trip needs nothing a first one does not"))
         rows.append(("gradless_params", "on", "gradients set to None before a step: any torch"))
         rows.append(("empty_param_group", "on", "torch.optim takes a param group without parameters"))
+        rows.append(("late_param_group", "on", "Optimizer.add_param_group after the load: any torch"))
         rows.append(
             (
                 "group_without_rank0",

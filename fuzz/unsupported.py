@@ -55,7 +55,7 @@ CASE_RULES: tuple[CaseRule, ...] = (
         "parameters of one unit cannot sit in different param groups (torch documents "
         "use_orig_params=True as the way to have per-parameter param groups)",
         lambda case: (
-            case.param_groups > 1
+            (case.param_groups > 1 or case.loop.late_group)
             and any(isinstance(s.engine, FSDP1) and not s.engine.use_orig_params for s in _sides(case))
         ),
     ),

@@ -165,6 +165,7 @@ _LOOP_CASES = {
     "hf-consolidated": attrs.evolve(_LOOP_BASE, load=Side(DDP(), (2,)), storage=HfSafetensors(consolidated=True)),
     # groups without global rank 0: the script counts its ranks from RANKS_FROM, as the pool does
     "ranks-from": attrs.evolve(_LOOP_BASE, load=Side(DDP(), (1,)), loop=Loop(ranks_from=1, resumes=2)),
+    "late-group": attrs.evolve(_LOOP_BASE, checks=("continuation",), loop=Loop(late_group=True, resumes=2)),
 }
 
 

@@ -121,6 +121,15 @@ def test_the_loop_patterns_run_on_the_ranks_and_pass_where_torch_keeps_its_promi
         attrs.evolve(BASE, load=Side(DDP(), (3,)), loop=Loop(ranks_from=1)),
         attrs.evolve(BASE, save=Side(FSDP2(), (1, 2)), load=Side(FSDP1(), (1,)), loop=Loop(ranks_from=2)),
         attrs.evolve(BASE, storage=Dcp(api="async"), checks=("continuation",), loop=Loop(ranks_from=1, resumes=2)),
+        # a param group added after the load: judged by continuation and by the second round-trip, in both forms
+        attrs.evolve(BASE, load=Side(DDP(), (3,)), checks=("continuation",), loop=Loop(late_group=True, resumes=2)),
+        attrs.evolve(
+            BASE,
+            param_groups=2,
+            flatten_optimizer_state_dict=False,
+            checks=("continuation",),
+            loop=Loop(late_group=True, resumes=2),  # with an empty group too: a torch bug (corpus)
+        ),
     ]
     with RankPool(4) as pool:
         for case in cases:
@@ -143,6 +152,11 @@ EXPOSED_BY = {
         "complete-state",
     ),
     "CompletionMarkedByGlobalRankZero": (BASE, Loop(ranks_from=1), "complete-state"),
+    "ParamGroupsCachedAtFirstSave": (
+        attrs.evolve(BASE, loop=Loop(resumes=2)),
+        Loop(resumes=2, late_group=True),
+        "resumed-state",
+    ),
 }
 
 

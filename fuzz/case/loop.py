@@ -46,6 +46,12 @@ class Loop:
     training step of both sides (``GRADLESS``). ``empty_group``: the optimizer gets one more param group with no
     parameters, as a loop that splits parameters by a filter (no weight decay on biases) gets where none match.
 
+    ``late_group``: ``first_module_parameters`` are left out of the optimizer as built and join it in a param group
+    of their own (the first group's hyperparameters at half its learning rate) after the load, as a loop that
+    unfreezes a module once resumed does; the save side adds them after its save, and a second round-trip's fresh
+    build before its load (a resume past that point). The checkpoint is judged before the group is added;
+    continuation and a second round-trip judge the group.
+
     ``ranks_from``: the global rank the case's ranks start from. A side on ``n`` ranks runs on global ranks
     ``ranks_from .. ranks_from + n - 1`` and hands save and load that subgroup, so from 1 on no side's process group
     holds global rank 0: the coordinator of DCP's plans, the source of its broadcasts and rank 0 of every gather
@@ -60,6 +66,7 @@ class Loop:
     gradless: str = field(default="never", validator=in_(GRADLESS))
     empty_group: bool = field(default=False, validator=instance_of(bool))
     ranks_from: int = field(default=0, validator=[instance_of(int), ge(0)])
+    late_group: bool = field(default=False, validator=instance_of(bool))
 
     def __attrs_post_init__(self):
         if self.load_held and self.resumes < 2:
@@ -74,6 +81,7 @@ class Loop:
             "gradless_params": self.gradless,
             "empty_param_group": str(self.empty_group).lower(),
             "group_without_rank0": str(self.ranks_from > 0).lower(),
+            "late_param_group": str(self.late_group).lower(),
         }
 
     def describe(self) -> str:
@@ -88,6 +96,7 @@ class Loop:
                 (self.gradless != "never", f"a module without gradients ({self.gradless})"),
                 (self.empty_group, "an empty param group"),
                 (self.ranks_from > 0, f"sides on the ranks from global rank {self.ranks_from} (groups without rank 0)"),
+                (self.late_group, "a param group added after the load"),
             )
             if on
         ]
@@ -109,6 +118,8 @@ class Loop:
                 yield attrs.evolve(self, gradless="first-step")
         if self.empty_group:
             yield attrs.evolve(self, empty_group=False)
+        if self.late_group:
+            yield attrs.evolve(self, late_group=False)
         if self.ranks_from:
             yield attrs.evolve(self, ranks_from=0)
             if self.ranks_from > 1:

@@ -69,6 +69,7 @@ def make_converter() -> cattrs.Converter:
             gradless=omitted,
             empty_group=omitted,
             ranks_from=omitted,
+            late_group=omitted,
         ),
     )
     # A Case's model is a drawn tree or the user's own (``--model``), told apart by the user's ``factory``

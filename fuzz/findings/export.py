@@ -118,8 +118,8 @@ def case_constants(
         },
         "SAVE_WRAPPERS": save.wrappers,
         "LOAD_WRAPPERS": load.wrappers,
-        "SAVE_OPTIMIZER": (*optimizer_groups(case.optimizer, case.param_groups), case.loop.empty_group),
-        "LOAD_OPTIMIZER": (*optimizer_groups(case.optimizer, case.param_groups, perturbed=True), case.loop.empty_group),
+        "SAVE_OPTIMIZER": (*optimizer_groups(case.optimizer, case.param_groups), *_groups_beyond(case)),
+        "LOAD_OPTIMIZER": (*optimizer_groups(case.optimizer, case.param_groups, perturbed=True), *_groups_beyond(case)),
         "FLATTEN_OPTIMIZER_STATE_DICT": case.flatten_optimizer_state_dict,
         "SAVE_STATE_DICT": save.state_dict,
         "LOAD_STATE_DICT": load.state_dict,
@@ -134,6 +134,7 @@ def case_constants(
         "RESUMES": case.loop.resumes,
         "LENIENT": case.loop.lenient,
         "GRADLESS": case.loop.gradless,
+        "LATE_GROUP": case.loop.late_group,
         "SAVES_MODEL_ONLY": case.storage.model_only,
         "LOADS_MODEL_ONLY": case.loads_model_only,
         "ASYNC_SAVE": case.saves_async,
@@ -167,7 +168,9 @@ _COMMENTS = {
     "MODULE_TYPE_CLASSES": "FSDP1's module-type policy: the classes it names",
     "SAVE_WRAPPERS": "activation checkpointing of some leaves (before or after sharding), torch.compile, "
     "a model built on the meta device, FSDP mixed precision and parameter offload",
-    "SAVE_OPTIMIZER": "torch.optim class, one hyperparameter dict per param group, and whether one more group is empty",
+    "SAVE_OPTIMIZER": "torch.optim class, one hyperparameter dict per param group, whether one more group is empty, "
+    "and whether the first module's parameters wait for LATE_GROUP",
+    "LATE_GROUP": "the first module's parameters join the optimizer in a group of their own after the save and load",
     "GRADLESS": "when the first module's parameters get no gradient (never, always, first-step)",
     "LOAD_OPTIMIZER": "other hyperparameters: the loaded param groups must restore the saved ones",
     "SAVE_STATE_DICT": "'sharded', 'full', or 'local' (FSDP1's LOCAL_STATE_DICT, optimizer sharded)",
@@ -191,6 +194,11 @@ _COMMENTS = {
     "TRAINING": "an LR scheduler (and a gradient scaler) saved as a Stateful beside the model and optimizer",
     "SAVE_TORCH": "found saving under this torch and loading under LOAD_TORCH ('': one torch did both)",
 }
+
+
+def _groups_beyond(case: Case) -> tuple[bool, bool]:
+    """``make_optimizer``'s last two arguments: one more, empty, param group; the loop's late one held back."""
+    return case.loop.empty_group, case.loop.late_group
 
 
 def _constants(case: Case, *, world_size: int, hang_seconds: int, object_target: bool, torches=None) -> str:

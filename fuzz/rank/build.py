@@ -96,13 +96,20 @@ def engine_fields(engine) -> dict:
 
 
 def build_optimizer(
-    spec, model: nn.Module, *, param_groups: int = 1, perturbed: bool = False, empty_group: bool = False
+    spec,
+    model: nn.Module,
+    *,
+    param_groups: int = 1,
+    perturbed: bool = False,
+    empty_group: bool = False,
+    late_group: bool = False,
 ) -> torch.optim.Optimizer:
     """The case's optimizer over ``model``'s parameters in ``param_groups`` groups (see
-    ``case.optimizer_groups``; ``empty_group``: and one without parameters); ``perturbed`` (the load side)
-    changes the hyperparameters, so the loaded param groups must come from the checkpoint to match."""
+    ``case.optimizer_groups``; ``empty_group``: and one without parameters; ``late_group``: without the parameters
+    ``add_late_group`` adds later); ``perturbed`` (the load side) changes the hyperparameters, so the loaded param
+    groups must come from the checkpoint to match."""
     name, hyperparameters = optimizer_groups(spec, param_groups, perturbed=perturbed)
-    return make_optimizer(model, name, hyperparameters, empty_group)
+    return make_optimizer(model, name, hyperparameters, empty_group, late_group)
 
 
 def build_app_state(case, side: Side, optim, *, group):

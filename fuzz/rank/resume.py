@@ -13,6 +13,7 @@ import os
 from shardfuzz.case import Case
 from shardfuzz.rank.context import RankContext
 from shardfuzz.rank.oracles import RESUMED_ORACLE, compare_state
+from shardfuzz.rank.portable.optimizers import add_late_group
 from shardfuzz.rank.portable.steps import gather_full
 from shardfuzz.rank.side_steps import (
     CONTINUE_STEPS,
@@ -52,6 +53,8 @@ def second_round_trip(case: Case, ctx: RankContext, target, checkpoint_dir: str,
     side = case.save
     ctx.enter("build-resumed")
     model, optim, app = build_side(case, side, case.model, ctx, target, seed=case.seed + 2)
+    if case.loop.late_group:  # a resume past the point where the loop added the group: the checkpoint holds it
+        add_late_group(optim, model)
     ctx.enter("gather-before-resumed")
     before = gather_full(model, optim, app)
     ctx.enter("load-resumed")

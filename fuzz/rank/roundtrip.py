@@ -24,6 +24,7 @@ from shardfuzz.rank import oracles, resume, sharded_checks
 from shardfuzz.rank.context import RankContext
 from shardfuzz.rank.oracles import compare_state
 from shardfuzz.rank.portable.handoff import one_torch_hyperparameters, read_handoff, write_handoff
+from shardfuzz.rank.portable.optimizers import add_late_group
 from shardfuzz.rank.portable.steps import gather_full
 from shardfuzz.rank.side_steps import (
     CONTINUE_STEPS,
@@ -112,6 +113,8 @@ def _save_side(case: Case, ctx: RankContext, target, checkpoint_dir: str, phase:
         case, case.save, model, optim, app, target, checkpoint_dir, process_group=ctx.checkpoint_group(case), held=held
     )
     del held
+    if case.loop.late_group:  # what the checkpoint holds is saved: the loop unfreezes a module from here on
+        add_late_group(optim, model)
     if "continuation" in case.checks and case.load_mutation is None:
         ctx.enter("continue-saved")
         train(case, case.save, model, optim, app, rank=ctx.rank, continuation=True)
@@ -173,6 +176,8 @@ def _load_and_judge(case, ctx, target, checkpoint_dir, expected, expected_after,
     if "full-offload" in case.checks:
         ctx.enter("full-offload")
         mismatches += sharded_checks.full_offload(model, optim, actual, rank=ctx.rank)
+    if case.loop.late_group:  # judged above as loaded; from here on the loop trains the unfrozen module too
+        add_late_group(optim, model)
     if "continuation" in case.checks:
         ctx.enter("continue-loaded")
         train(case, side, model, optim, app, rank=ctx.rank, continuation=True)

@@ -117,6 +117,7 @@ def build_side(case: Case, side: Side, spec, ctx: RankContext, target, *, seed: 
         param_groups=case.param_groups,
         perturbed=seed != case.seed,
         empty_group=case.loop.empty_group,
+        late_group=case.loop.late_group,
     )
     return model, optim, build_app_state(case, side, optim, group=ctx.group(n))
 

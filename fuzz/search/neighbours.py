@@ -163,7 +163,12 @@ def _loop_neighbours(case: Case) -> Iterator[tuple[str, str, Case | None]]:
     """Each of the loop's fields turned (``Loop.dimensions``' names; a second round-trip's load side holding its
     state dict goes with it)."""
     loop = case.loop
-    turned = (("save_held_state_dict", "save_held"), ("lenient_load", "lenient"), ("empty_param_group", "empty_group"))
+    turned = (
+        ("save_held_state_dict", "save_held"),
+        ("lenient_load", "lenient"),
+        ("empty_param_group", "empty_group"),
+        ("late_param_group", "late_group"),
+    )
     for dimension, field_name in turned:
         value = not getattr(loop, field_name)
         changed = or_none(loop, **{field_name: value})

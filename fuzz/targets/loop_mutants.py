@@ -1,6 +1,7 @@
 """Mutants that only a training-loop pattern exposes (``Case.loop``): each is right for a case that takes its state
 dicts fresh, saves once, loads strictly and runs on groups that hold global rank 0, and wrong where a loop holds a
-state dict, resumes twice, loads leniently or hands save and load a group without global rank 0. They join
+state dict, resumes twice, loads leniently, adds a param group after the load or hands save and load a group
+without global rank 0. They join
 ``mutants.CATALOGUE``, so ``shardfuzz selftest`` shows that each pattern reaches what the others cannot."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import os
 
 import torch
 
-from shardfuzz.targets._state_access import _model_locals, _optim_entries
+from shardfuzz.targets._state_access import _group_values, _model_locals, _optim_entries, _set_group_values
 from shardfuzz.targets.dcp import DcpTarget
 
 __all__ = ["LOOP_CATALOGUE"]
@@ -147,6 +148,41 @@ class CompletionMarkedByGlobalRankZero(DcpTarget):
             super().load(state_dict, checkpoint_id=checkpoint_id, process_group=process_group)
 
 
+class ParamGroupsCachedAtFirstSave(DcpTarget):
+    """A checkpointer that keeps the param groups' hyperparameters from a run's first save and, on the run's later
+    saves, writes them for every group it already knew and the first group's for any other (sparing a walk over
+    groups that, it assumed, never change in number): right while the optimizer keeps the groups it was built with;
+    a group added after the load (``Loop.late_group``) reaches the second checkpoint of a run that resumes twice
+    with the first group's learning rate, not its own."""
+
+    _run: str | None = None
+    _known: dict | None = None
+
+    def save(self, state_dict, *, checkpoint_id, process_group):
+        run, optim = os.path.abspath(checkpoint_id), state_dict.get("optim")
+        if isinstance(optim, dict):
+            if self._run is not None and run.startswith(self._run + os.sep):
+                _set_group_values(optim, _as_first_seen(_group_values(optim), self._known or {}))
+            else:
+                self._run, self._known = run, dict(_group_values(optim))
+        super().save(state_dict, checkpoint_id=checkpoint_id, process_group=process_group)
+
+
+def _as_first_seen(values: dict, known: dict) -> dict:
+    """``values`` with each key ``known`` did not hold set to the first known group's value of that hyperparameter
+    (keys: ``(group index, name)`` in the nested form, ``param_groups.<fqn>.<name>`` in the flattened one)."""
+    first: dict = {}
+    for key in sorted(known, key=str):
+        name = key[1] if isinstance(key, tuple) else key.rpartition(".")[2]
+        first.setdefault(name, known[key])
+    changed = {}
+    for key in values:
+        name = key[1] if isinstance(key, tuple) else key.rpartition(".")[2]
+        if key not in known and name in first:
+            changed[key] = first[name]
+    return changed
+
+
 def _copied(value):
     """``value`` with every tensor in it cloned (dicts and lists rebuilt)."""
     if torch.is_tensor(value):
@@ -167,4 +203,5 @@ LOOP_CATALOGUE: dict[str, str] = {
     "StepCountsUnified": "complete-state",
     "EmptyGroupsKeepTheirOwnHyperparameters": "complete-state",
     "CompletionMarkedByGlobalRankZero": "complete-state",
+    "ParamGroupsCachedAtFirstSave": "resumed-state",
 }

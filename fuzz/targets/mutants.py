@@ -35,6 +35,7 @@ from shardfuzz.targets.loop_mutants import (  # noqa: F401  (named in CATALOGUE:
     LoadedIntoNewTensors,
     MissingKeysZeroed,
     ParametersReplacedAtFirstForward,
+    ParamGroupsCachedAtFirstSave,
     ResumedRunSavesStaleOptimizer,
     StepCountsUnified,
 )

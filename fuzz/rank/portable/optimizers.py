@@ -78,10 +78,14 @@ def make_optimizer(model, name: str, hyperparameters: list[dict], empty_group: b
 
 def add_late_group(optim, model) -> None:
     """Add ``first_module_parameters`` to ``optim`` as a group of their own, after it was built (a loop that
-    unfreezes a module once resumed): the first group's hyperparameters at half its learning rate."""
+    unfreezes a module once resumed): the first group's hyperparameters at half its learning rate. Their gradients
+    so far are dropped: ``zero_grad`` clears only the optimizer's own parameters, so theirs had summed every step."""
     hyperparameters = {k: v for k, v in optim.param_groups[0].items() if k != "params"}
     lr = hyperparameters["lr"] * 0.5  # a new value (torchao keeps lr as a Tensor that its scheduler fills in place)
-    optim.add_param_group({**hyperparameters, "lr": lr, "params": first_module_parameters(model)})
+    late = first_module_parameters(model)
+    for p in late:
+        p.grad = None
+    optim.add_param_group({**hyperparameters, "lr": lr, "params": late})
 
 
 def eager_steps(cls):

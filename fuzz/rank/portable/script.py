@@ -25,7 +25,7 @@ import torch.distributed as dist
 from shardfuzz.rank.portable.bits import as_lists, first_bit_difference, first_difference_beyond
 from shardfuzz.rank.portable.handoff import one_torch_hyperparameters, read_handoff, write_handoff
 from shardfuzz.rank.portable.layers import layer_class
-from shardfuzz.rank.portable.optimizers import make_optimizer
+from shardfuzz.rank.portable.optimizers import add_late_group, make_optimizer
 from shardfuzz.rank.portable.sharding import built, data_rank, device_mesh, shard_module, wrap_and_shard
 from shardfuzz.rank.portable.steps import (
     api_parity_pairs,
@@ -52,6 +52,7 @@ SEED = 0
 STEPS = 1
 CONTINUE_STEPS = 2
 GRADLESS = "never"
+LATE_GROUP = False
 BATCH_SIZE = 2
 SAME_BATCH = False
 INPUT_WIDTH = 1
@@ -68,8 +69,8 @@ MODULE_TYPE_CLASSES: dict[str, str] = {}
 SAVE_WRAPPERS: dict = dict(activation_checkpointing="none", checkpointed=[], compiled=False, meta_init=False)
 SAVE_WRAPPERS.update(mixed_precision="none", offload_params=False, batchnorm_fp32=False)
 LOAD_WRAPPERS: dict = dict(SAVE_WRAPPERS)
-SAVE_OPTIMIZER: tuple = ("SGD", [{"lr": 0.01}], False)
-LOAD_OPTIMIZER: tuple = ("SGD", [{"lr": 0.02}], False)
+SAVE_OPTIMIZER: tuple = ("SGD", [{"lr": 0.01}], False, False)
+LOAD_OPTIMIZER: tuple = ("SGD", [{"lr": 0.02}], False, False)
 FLATTEN_OPTIMIZER_STATE_DICT = True
 SAVE_STATE_DICT = "sharded"
 LOAD_STATE_DICT = "sharded"
@@ -150,22 +151,9 @@ def train(model, optim, app, rank, continuation=False, first=None):
         count = max(STEPS, 1)
     else:
         first, count = (STEPS, CONTINUE_STEPS) if continuation else (0, STEPS)
-    train_steps(
-        model,
-        optim,
-        seed=SEED,
-        first=first,
-        count=count,
-        rank=rank,
-        same_batch=continuation or SAME_BATCH,
-        batch_size=BATCH_SIZE,
-        input_width=INPUT_WIDTH,
-        num_embeddings=NUM_EMBEDDINGS,
-        dtype=DTYPE,
-        app=app,
-        make_batch=user_batch(),
-        gradless=GRADLESS,
-    )
+    data = dict(seed=SEED, batch_size=BATCH_SIZE, input_width=INPUT_WIDTH, num_embeddings=NUM_EMBEDDINGS, dtype=DTYPE)
+    loop = dict(app=app, make_batch=user_batch(), gradless=GRADLESS, same_batch=continuation or SAME_BATCH)
+    train_steps(model, optim, first=first, count=count, rank=rank, **data, **loop)
 
 
 def shard(model, engine, wrap, innermost_first, group, mesh, wrappers, seed):
@@ -310,6 +298,8 @@ def run_save_side(rank, checkpoint_dir, phase, group, mesh, checkpoint_group):
     PHASE[0] = "save"
     save_from(model, optim, app, checkpoint_dir, checkpoint_group, held)
     del held
+    if LATE_GROUP:  # saved: the loop unfreezes a module from here on
+        add_late_group(optim, model)
     if "continuation" in CHECKS and LOAD_MUTATION is None:
         PHASE[0] = "continue-saved"
         train(model, optim, app, data_rank(SAVE_ENGINE, SAVE_MESH, rank), continuation=True)
@@ -366,6 +356,8 @@ def run_load_side(rank, checkpoint_dir, group, mesh, saved_by, expected, expecte
     if "full-offload" in CHECKS:
         PHASE[0] = "full-offload"
         full_offload(model, optim, rank, actual)
+    if LATE_GROUP:  # judged as loaded: from here on the loop trains the unfrozen module too
+        add_late_group(optim, model)
     if "continuation" in CHECKS:
         PHASE[0] = "continue-loaded"
         train(model, optim, app, data_rank(LOAD_ENGINE, LOAD_MESH, rank), continuation=True)
@@ -400,6 +392,8 @@ def resume(rank, checkpoint_dir, groups, meshes, loaded):
     wrap, innermost, mesh = SAVE_WRAP, SAVE_WRAP_INNERMOST_FIRST, meshes[SAVE_MESH]
     model = shard(spec, SAVE_ENGINE, wrap, innermost, group, mesh, SAVE_WRAPPERS, SEED + 2)
     optim = make_optimizer(model, *LOAD_OPTIMIZER)
+    if LATE_GROUP:  # a resume past the point where the loop added the group: the checkpoint holds it
+        add_late_group(optim, model)
     app = make_app_state(optim, TRAINING, engine=SAVE_ENGINE["kind"], group=group)
     PHASE[0] = "load-resumed"
     load_into(model, optim, app, second_dir, group, rank, side="save")
