@@ -136,12 +136,13 @@ def _pieces(value):
 
 def full_offload(model, optim, actual, *, rank: int) -> list[Mismatch]:
     held = rank_steps.offloaded_full_state(model, optim)
-    # The model's and optimizer's: the app state is no part of what get_state_dict offloads; a quantised moment's
-    # inner tensors (``key:codes``) are its own, the moment itself (``key``) is what is offloaded.
+    # The model's and optimizer's: the app state and an empty param group's hyperparameters (torchao's lr is a
+    # Tensor) are no part of what get_state_dict offloads; a quantised moment's inner tensors (``key:codes``) are its
+    # own, the moment itself (``key``) is what is offloaded.
     shapes = {
         k: tuple(v.shape)
         for k, v in actual.items()
-        if isinstance(v, torch.Tensor) and not k.startswith("app.") and ":" not in k
+        if isinstance(v, torch.Tensor) and not k.startswith(("app.", rank_steps.EMPTY_GROUPS)) and ":" not in k
     }
     return oracles.full_offload(held, shapes, rank=rank)
 

@@ -318,6 +318,11 @@ def plain_parts(key: str, value) -> dict:
     return parts
 
 
+#: Where ``gather_full`` records the hyperparameters of param groups without parameters (no state dict holds them);
+#: the exported script spells it out (a module constant is not copied into it).
+EMPTY_GROUPS = "optim.empty_param_groups."
+
+
 def gather_full(model, optim, app=None) -> dict:
     """Full, flat, engine-independent state: ``model.<fqn>``, ``optim.<flat key>`` (and ``app_values``).
 
@@ -337,7 +342,7 @@ def gather_full(model, optim, app=None) -> dict:
         flat.update(plain_parts(f"optim.{k}", v))
     for i, group in enumerate(optim.param_groups):
         if not group["params"]:
-            flat.update({f"optim.empty_param_groups.{i}.{k}": plain(v) for k, v in group.items() if k != "params"})
+            flat.update({f"{EMPTY_GROUPS}{i}.{k}": plain(v) for k, v in group.items() if k != "params"})
     flat.update(app_values(app, optim))
     return flat
 
