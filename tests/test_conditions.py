@@ -144,6 +144,18 @@ def test_a_bugs_forms_are_its_entries_that_need_the_same_engines():
     assert _forms([load, save, load_too]) == [[load, load_too], [save]]
 
 
+def test_entries_of_one_engine_that_need_other_dimensions_are_other_forms():
+    # Generalized into one form, they would keep only what they share: a mask on every FSDP1 flat-parameter save.
+    from shardfuzz.search.expectations import forms as _forms
+
+    hsdp = _entry({"save_engine": "fsdp1", "save_fsdp1_use_orig_params": "false", "save_mesh": "2d"}, "narrow")
+    group = _entry(
+        {"save_engine": "fsdp1", "save_fsdp1_use_orig_params": "false", "group_without_rank0": "true"}, "narrow"
+    )
+    wider = _entry({"save_engine": "fsdp1", "save_fsdp1_use_orig_params": "false", "save_mesh": "2d|1d"}, "narrow")
+    assert _forms([hsdp, group, wider]) == [[hsdp, wider], [group]]
+
+
 def test_a_costly_finding_that_is_not_a_bug_is_steered_around_without_probes():
     draws = [
         attrs.evolve(_case(2, steps=steps), model=Model(1, Sequential([Linear(width)])))
