@@ -218,6 +218,13 @@ _FQN_LIST = re.compile(r'"<fqn>"(?:, "<fqn>")+')
 _QUOTED_FQN_LIST = re.compile(r"\['<fqn>'[^\]]*(?:\]|$)")
 _COLLAPSED_LIST = "[<fqn>...]"
 _SPACES = re.compile(r"\s{2,}")
+#: FSDP1's "Differing optimizer state types for state <name>, values [...], and unflattened parameter names [...]":
+#: which state it names is the first of a set (step's one-line values in one process, exp_avg's tensors in another,
+#: whose repr leaves only the message's tail on its last line), so the message is one form whatever it names.
+_DIFFERING_STATE = re.compile(r"^Differing optimizer state types for state |, and unflattened parameter names \[")
+_DIFFERING_STATE_FORM = (
+    "Differing optimizer state types for state <state>, values [...], and unflattened parameter names [<fqn>...]"
+)
 #: shardfuzz's own mesh dimension names carry the pool's generation (``shard0``, ``replicate3``).
 _MESH_DIM = re.compile(r"\b(replicate|shard)\d+\b")
 
@@ -291,6 +298,8 @@ def canonical_signature(signature: str) -> str:
             message = _BLANKED_FQN.sub("<fqn>", _FQN.sub("<fqn>", message))
             message = _QUOTED_FQN_LIST.sub(_COLLAPSED_LIST, message)
             message = _SPACES.sub(" ", message)  # a tensor's repr pads its columns by the width of its numbers
+            if _DIFFERING_STATE.search(message):  # which state FSDP1 names first follows a set's order: per process
+                message = _DIFFERING_STATE_FORM
             if _COLLAPSED_LIST in message:  # a stored message was cut inside a later list: end after the first
                 message = message[: message.index(_COLLAPSED_LIST) + len(_COLLAPSED_LIST)]
             # Shorter than ``_normalise``'s 200 characters, so that a message an older shardfuzz cut at

@@ -407,3 +407,15 @@ def test_an_adaptive_optimizers_normalised_momentum_gets_noise_slack_across_layo
     assert oracles.continuation(
         {moment: expected[key]}, {moment: actual[key]}, rank=0, identical_layout=False, noise_step=10.0
     )
+
+
+def test_fsdp1s_differing_state_types_message_is_one_form_whichever_state_it_names_first():
+    # FSDP1 names the first state of a set: 'step' (one line) in one process, 'exp_avg' (a tensor whose repr leaves
+    # only the message's tail on its last line) in another; corpus 48b712cb's replay met both.
+    tail = "error:load:ValueError:         <n>e-<n>, <n>e-<n>]])], and unflattened parameter names [<fqn>...]"
+    whole = (
+        "error:load:ValueError:Differing optimizer state types for state step, values [{}, tensor(<n>.), "
+        "tensor(<n>.), tensor(<n>.), tensor(<n>.), tensor(<n>.), tensor(<n>.), tensor(<n>.), te"
+    )
+    assert canonical_signature(tail) == canonical_signature(whole)
+    assert canonical_signature(canonical_signature(tail)) == canonical_signature(tail)

@@ -92,7 +92,9 @@ def test_a_documented_unsupported_combination_is_classified_not_a_finding(fault_
         assert pool.starts == 1  # every rank answered: no restart
         # A case can meet a known torch bug before its save (the GradScaler with tensor parallelism trains first).
         host = FunctionHost(pool.run, is_known=lambda signature, case: shardfuzz_known(signature, case) is not None)
-        result = run_campaign(host, CampaignSettings(budget=4, seed=1, max_world_size=2))
+        # Seed 2: with the loop dimensions of 2026-12-05, seed 1's draws met torchao's FSDP1 flat-parameter bug on a
+        # layout outside its entries' measured conditions (a finding, not what this test is about).
+        result = run_campaign(host, CampaignSettings(budget=4, seed=2, max_world_size=2))
     assert not result.findings
     assert sum(result.unsupported.values()) + sum(result.known_hits.values()) == result.cases_run > 0
     assert sum(result.unsupported.values()) > 0

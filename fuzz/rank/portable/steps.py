@@ -319,7 +319,7 @@ def plain_parts(key: str, value) -> dict:
 
 
 #: Where ``gather_full`` records the hyperparameters of param groups without parameters (no state dict holds them);
-#: the exported script spells it out (a module constant is not copied into it).
+#: ``gather_full`` and the exported script spell it out (a module constant is not copied into scripts).
 EMPTY_GROUPS = "optim.empty_param_groups."
 
 
@@ -342,7 +342,8 @@ def gather_full(model, optim, app=None) -> dict:
         flat.update(plain_parts(f"optim.{k}", v))
     for i, group in enumerate(optim.param_groups):
         if not group["params"]:
-            flat.update({f"{EMPTY_GROUPS}{i}.{k}": plain(v) for k, v in group.items() if k != "params"})
+            # the prefix spelled out (EMPTY_GROUPS): this function is copied into exported scripts, the constant not
+            flat.update({f"optim.empty_param_groups.{i}.{k}": plain(v) for k, v in group.items() if k != "params"})
     flat.update(app_values(app, optim))
     return flat
 
