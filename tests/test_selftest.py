@@ -46,8 +46,9 @@ LOW_BIT_SMALLEST = 4096
         pytest.param("MissingKeysZeroed", 0, marks=pytest.mark.slow),
         pytest.param("StepCountsUnified", 0, marks=pytest.mark.slow),
         pytest.param("EmptyGroupsKeepTheirOwnHyperparameters", 0, marks=pytest.mark.slow),
-        # seed 1: killed in 4.6 s, shrunk to size 5 in 25 s (seed 0: 51 s to the kill)
-        pytest.param("CompletionMarkedByGlobalRankZero", 1, marks=pytest.mark.slow),
+        # seed 0: killed in 0.3 s, shrunk to size 5 in 10 s (since failures the unmutated target shows too are no
+        # kills; seed 1's first kill is now loud-incompatible-load, the mutant skipping an incompatible load)
+        pytest.param("CompletionMarkedByGlobalRankZero", 0, marks=pytest.mark.slow),
         # Only a low-bit optimizer's state has scales, and torchao quantises only tensors of 4096 elements or more:
         # its shrunk case keeps one such Linear (LOW_BIT_SMALLEST below).
         pytest.param("LowBitScalesNotLoaded", 0, marks=[pytest.mark.slow, _needs_torchao]),
@@ -71,3 +72,18 @@ def test_the_oracle_made_for_it_kills_and_shrinks_the_mutant(mutant, seed, shard
 def test_an_unknown_mutant_is_named():
     with pytest.raises(ValueError, match="NoSuchBug"):
         run_selftest(mutants=["NoSuchBug"])
+
+
+def test_a_failure_the_unmutated_target_shows_the_same_way_is_no_kill():
+    # Self-test runs had stopped at torch bugs met outside their entries' measured conditions, counted as kills.
+    from types import SimpleNamespace
+
+    from shardfuzz.search.selftest import _failing_without_the_mutant
+
+    outcomes = {"torch's": "error:load:KeyError:'x'", "the mutant's": "pass"}
+    known = _failing_without_the_mutant(
+        lambda case: SimpleNamespace(signature=lambda: outcomes[case]), lambda s, c: False
+    )
+    assert known("error:load:KeyError:'x'", "torch's")
+    assert not known("mismatch:complete-state:model.*.<param>:values differ", "the mutant's")
+    assert not known("error:load:KeyError:'y'", "torch's")  # fails otherwise without the mutant: still a kill
