@@ -2,9 +2,9 @@
 
 Every rank of the pool calls ``run_case`` with the same Case. Ranks ``0..n-1``
 form the save side's group (n = ``case.save.world_size``); ranks ``0..m-1`` the
-load side's (ranks within the case: counted from the global rank ``case.loop.ranks_from``). Ranks outside a side skip it; one world barrier between save and
-load is the only synchronisation the fuzzer adds (the load must see a finished
-checkpoint). Rank 0 belongs to both sides, so it holds the gathered saved and
+load side's (ranks within the case, counted from the global rank ``case.loop.ranks_from``).
+Ranks outside a side skip it; one world barrier between save and load is the only
+synchronisation the fuzzer adds (the load must see a finished checkpoint). Rank 0 belongs to both sides, so it holds the gathered saved and
 loaded state and runs the oracles. A case that resumes twice (``Loop.resumes``)
 then saves again from the load side and loads into the save side's layout
 (``resume.second_round_trip``). One side's steps are in ``side_steps``.

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 import torch.distributed as dist
 
 from shardfuzz.case import FSDP2, TP, Side
@@ -136,14 +135,7 @@ def _pieces(value):
 
 def full_offload(model, optim, actual, *, rank: int) -> list[Mismatch]:
     held = rank_steps.offloaded_full_state(model, optim)
-    # The model's and optimizer's: the app state and an empty param group's hyperparameters (torchao's lr is a
-    # Tensor) are no part of what get_state_dict offloads; a quantised moment's inner tensors (``key:codes``) are its
-    # own, the moment itself (``key``) is what is offloaded.
-    shapes = {
-        k: tuple(v.shape)
-        for k, v in actual.items()
-        if isinstance(v, torch.Tensor) and not k.startswith(("app.", rank_steps.EMPTY_GROUPS)) and ":" not in k
-    }
+    shapes = rank_steps.offloaded_shapes(actual)
     return oracles.full_offload(held, shapes, rank=rank)
 
 

@@ -1,8 +1,8 @@
 """Mutants that only a training-loop pattern exposes (``Case.loop``): each is right for a case that takes its state
 dicts fresh, saves once, loads strictly and runs on groups that hold global rank 0, and wrong where a loop holds a
 state dict, resumes twice, loads leniently, adds a param group after the load or hands save and load a group
-without global rank 0. They join
-``mutants.CATALOGUE``, so ``shardfuzz selftest`` shows that each pattern reaches what the others cannot."""
+without global rank 0. They join ``mutants.CATALOGUE``, so ``shardfuzz selftest`` shows that each pattern reaches
+what the others cannot."""
 
 from __future__ import annotations
 
@@ -173,14 +173,13 @@ def _as_first_seen(values: dict, known: dict) -> dict:
     (keys: ``(group index, name)`` in the nested form, ``param_groups.<fqn>.<name>`` in the flattened one)."""
     first: dict = {}
     for key in sorted(known, key=str):
-        name = key[1] if isinstance(key, tuple) else key.rpartition(".")[2]
-        first.setdefault(name, known[key])
-    changed = {}
-    for key in values:
-        name = key[1] if isinstance(key, tuple) else key.rpartition(".")[2]
-        if key not in known and name in first:
-            changed[key] = first[name]
-    return changed
+        first.setdefault(_hyperparameter(key), known[key])
+    return {key: first[_hyperparameter(key)] for key in values if key not in known and _hyperparameter(key) in first}
+
+
+def _hyperparameter(key) -> str:
+    """The hyperparameter's name in a ``_group_values`` key of either form."""
+    return key[1] if isinstance(key, tuple) else key.rpartition(".")[2]
 
 
 def _copied(value):

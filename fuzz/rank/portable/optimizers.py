@@ -39,10 +39,10 @@ def parameters_by_name(model) -> list:
 
 def first_module_parameters(model) -> list:
     """The parameters a ``gradless`` loop leaves without gradients (and a ``late_group`` one adds after the load):
-    in ``group_parameters``' name order, the
-    first parameter and every other of its module (just that one where it sits at the root, as an FSDP1
-    root's FlatParameter does, or where its module holds every parameter). Never all of them: a step where no
-    parameter has a gradient is no training step (a ``GradScaler`` refuses it: "No inf checks were recorded")."""
+    in ``group_parameters``' name order, the first parameter and every other of its module (just that one where it
+    sits at the root, as an FSDP1 root's FlatParameter does, or where its module holds every parameter). Never all
+    of them: a step where no parameter has a gradient is no training step (a ``GradScaler`` refuses it: "No inf
+    checks were recorded")."""
     named = parameters_by_name(model)
     if len(named) < 2:
         return []

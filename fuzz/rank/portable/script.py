@@ -34,6 +34,7 @@ from shardfuzz.rank.portable.steps import (
     make_app_state,
     model_state,
     offloaded_full_state,
+    offloaded_shapes,
     set_side_state,
     state_dict_options,
     train_steps,
@@ -215,10 +216,7 @@ def full_offload(model, optim, rank, actual):
     if rank != 0:
         check([f"rank {rank} holds {k}" for k in held], "full-offload")
         return
-    offloaded = {
-        k: v for k, v in actual.items() if not k.startswith(("app.", "optim.empty_param_groups.")) and ":" not in k
-    }
-    wanted = {k: tuple(v.shape) for k, v in offloaded.items() if torch.is_tensor(v)}  # as sharded_checks.full_offload
+    wanted = offloaded_shapes(actual)
     found = [f"missing on rank 0: {k}" for k in sorted(set(wanted) - set(held))]
     found += [f"{k} on {device}" for k, (_, device) in held.items() if device != "cpu"]
     found += [f"{k} shaped {list(shape)}" for k, (shape, _) in held.items() if k in wanted and shape != wanted[k]]

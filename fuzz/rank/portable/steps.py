@@ -39,6 +39,7 @@ __all__ = [
     "plain_parts",
     "gather_full",
     "offloaded_full_state",
+    "offloaded_shapes",
     "flat_optim",
     "local_copy",
     "api_parity_pairs",
@@ -318,11 +319,6 @@ def plain_parts(key: str, value) -> dict:
     return parts
 
 
-#: Where ``gather_full`` records the hyperparameters of param groups without parameters (no state dict holds them);
-#: ``gather_full`` and the exported script spell it out (a module constant is not copied into scripts).
-EMPTY_GROUPS = "optim.empty_param_groups."
-
-
 def gather_full(model, optim, app=None) -> dict:
     """Full, flat, engine-independent state: ``model.<fqn>``, ``optim.<flat key>`` (and ``app_values``).
 
@@ -342,7 +338,6 @@ def gather_full(model, optim, app=None) -> dict:
         flat.update(plain_parts(f"optim.{k}", v))
     for i, group in enumerate(optim.param_groups):
         if not group["params"]:
-            # the prefix spelled out (EMPTY_GROUPS): this function is copied into exported scripts, the constant not
             flat.update({f"optim.empty_param_groups.{i}.{k}": plain(v) for k, v in group.items() if k != "params"})
     flat.update(app_values(app, optim))
     return flat
@@ -360,6 +355,18 @@ def offloaded_full_state(model, optim) -> dict:
     flat: dict = {f"model.{k}": v for k, v in model_sd.items()}
     flat.update({f"optim.{k}": v for k, v in optim_sd.items()})
     return {k: (tuple(v.shape), v.device.type) for k, v in flat.items() if isinstance(v, torch.Tensor)}
+
+
+def offloaded_shapes(flat: dict) -> dict:
+    """``{key: shape}`` of what ``full_state_dict`` + ``cpu_offload`` must leave on rank 0, out of ``gather_full``'s
+    ``flat``: the model's and optimizer's tensors, not the app state or an empty param group's hyperparameters (which
+    ``gather_full`` adds, and torchao's lr is a Tensor), and a quantised moment itself, not its inner tensors
+    (``key:codes``)."""
+    return {
+        k: tuple(v.shape)
+        for k, v in flat.items()
+        if isinstance(v, torch.Tensor) and not k.startswith(("app.", "optim.empty_param_groups.")) and ":" not in k
+    }
 
 
 def flat_optim(osd) -> dict:
