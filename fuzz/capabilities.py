@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from shardfuzz._fsdp2_probe import fsdp2_on_cpu_fails
+
 __all__ = ["Capabilities", "capabilities", "common", "dtensor", "fully_shard_fn", "in_force"]
 
 
@@ -37,6 +39,7 @@ class Capabilities:
     held_state_dicts: bool = False  # an engine whose sharded model state dict is its parameters (not FSDP1)
     lenient_loads: bool = False  # StateDictOptions.strict and DefaultLoadPlanner(allow_partial_load=)
     low_bit_optimizers: tuple[int, ...] = ()  # torchao's AdamW<bits>bit installed (LowBitAdamW's bit widths)
+    expert_parallel: bool = False  # experts split on the tp dimension: the tp engine and distribute_module
 
     def table(self) -> list[tuple[str, str, str]]:
         """(feature, on/off, reason) rows for ``shardfuzz capabilities``."""
@@ -55,6 +58,7 @@ class Capabilities:
             "compile",
             "held_state_dicts",
             "lenient_loads",
+            "expert_parallel",
         ):
             if getattr(self, name):
                 rows.append((name, "on", _WHY_ON.get(name, "")))
@@ -105,66 +109,6 @@ def dtensor():
     return find()
 
 
-_FSDP2_PROBE = """
-import os, tempfile, torch, torch.distributed as dist
-from torch import nn
-try:
-    from torch.distributed.fsdp import fully_shard
-except ImportError:
-    from torch.distributed._composable.fsdp import fully_shard
-store = os.path.join(tempfile.mkdtemp(prefix="shardfuzz-probe-"), "store")
-dist.init_process_group("gloo", init_method="file://" + store, rank=0, world_size=1)
-from torch.distributed.device_mesh import DeviceMesh
-model = nn.Sequential(nn.Linear(2, 2))
-fully_shard(model, mesh=DeviceMesh.from_group(dist.group.WORLD, "cpu"))
-optim = torch.optim.SGD(model.parameters(), lr=0.1)
-model(torch.randn(2, 2)).sum().backward()
-optim.step()
-dist.destroy_process_group()
-"""
-
-
-def _fsdp2_on_cpu_fails() -> str:
-    """'' if one FSDP2 training step runs on a one-rank gloo group, else the error's last line.
-
-    Older torch has ``fully_shard`` but fails on CPU ranks (CUDA streams and
-    events inside it); only running it tells. It runs in a subprocess (a process
-    group in the caller would be in the way), once per torch build: the answer is
-    cached under ``$XDG_CACHE_HOME/shardfuzz`` (or ``~/.cache/shardfuzz``).
-    """
-    import json
-    import os
-    import subprocess
-    import sys
-
-    import torch
-
-    cache_dir = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "shardfuzz")
-    key = f"fsdp2-cpu-{torch.__version__}-{os.path.getmtime(torch.__file__):.0f}.json"
-    path = os.path.join(cache_dir, key)
-    try:
-        with open(path) as f:
-            return json.load(f)["error"]
-    except (OSError, ValueError, KeyError):
-        pass
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-c", _FSDP2_PROBE], capture_output=True, text=True, timeout=120, env=env
-        )
-        lines = [line for line in proc.stderr.splitlines() if line.strip()]
-        error = "" if proc.returncode == 0 else (lines[-1] if lines else f"exit code {proc.returncode}")
-    except subprocess.TimeoutExpired:
-        error = "the probe did not finish within 120 s"
-    try:
-        os.makedirs(cache_dir, exist_ok=True)
-        with open(path, "w") as f:
-            json.dump({"error": error}, f)
-    except OSError:
-        pass  # no cache: probe again next time
-    return error
-
-
 _IN_FORCE: list[Capabilities] = []  # innermost last: what ``in_force`` set
 
 
@@ -190,9 +134,11 @@ _WHY_ON = {
     "held_state_dicts": "drawn on FSDP2, TP, DDP and unsharded sides with sharded (DDP: any) state dicts; FSDP1's "
     "and full or offloaded ones are copies (unsupported: held-state-dict-is-a-copy)",
     "lenient_loads": "strict=False with DCP's allow_partial_load, for targets with load_partial",
+    "expert_parallel": "a TP plan's experts style: grouped experts split on the expert dimension (distribute_module)",
 }
 
 _BOOLEAN_FEATURES = (
+    "expert_parallel",
     "flatten_optimizer_state_dict",
     "hsdp",
     "fsdp1_subgroups",
@@ -276,6 +222,10 @@ def _installed() -> Capabilities:
         off["held_state_dicts"] = "every engine here is FSDP1, whose model state dicts are copies"
     lenient = _lenient_loads(ignore_frozen, off)
     low_bit = _low_bit_optimizers(off)
+    distribute = [("torch.distributed.tensor", "distribute_module"), ("torch.distributed._tensor", "distribute_module")]
+    expert_parallel = "tp" in engines and _find(distribute) is not None
+    if not expert_parallel:
+        off["expert_parallel"] = "no tp engine, or no torch.distributed.tensor.distribute_module"
     return Capabilities(
         torch.__version__,
         tuple(engines),
@@ -295,6 +245,7 @@ def _installed() -> Capabilities:
         held_state_dicts=held,
         lenient_loads=lenient,
         low_bit_optimizers=low_bit,
+        expert_parallel=expert_parallel,
     )
 
 
@@ -347,7 +298,7 @@ def _engines(off: dict[str, str]) -> tuple[list[str], bool, bool, bool]:
     elif from_group is None or not hasattr(from_group, "from_group"):
         off["engine fsdp2"] = "DeviceMesh.from_group is missing (needed to shard on rank subgroups)"
     else:
-        broken = _fsdp2_on_cpu_fails()
+        broken = fsdp2_on_cpu_fails()
         if broken:
             off["engine fsdp2"] = f"fully_shard fails on CPU ranks in this torch ({broken})"
         else:
@@ -364,6 +315,12 @@ def _engines(off: dict[str, str]) -> tuple[list[str], bool, bool, bool]:
         off["engine tp"] = "tensor parallelism is drawn on 2-D meshes with FSDP2 across dp: this torch lacks one"
     else:
         engines.append("tp")
+    stage = _find([("torch.distributed.pipelining", "PipelineStage")])
+    infers = stage is not None and inspect.signature(stage).parameters["input_args"].default is None  # 2.4 needs them
+    if infers and hsdp and "fsdp2" in engines:
+        engines.append("pp")
+    else:
+        off["engine pp"] = "no PipelineStage that infers its shapes (input_args=None), or no 2-D meshes with FSDP2"
     fully_shard = fully_shard_fn()
     shard_dim = (
         "fsdp2" in engines

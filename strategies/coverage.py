@@ -30,6 +30,7 @@ from shardfuzz.case import (
     coverage_values,
 )
 from shardfuzz.strategies._helpers import check_choices, check_int
+from shardfuzz.strategies.modules import MAX_CHILDREN
 from shardfuzz.targets.support import TargetSupport
 
 __all__ = ["offered_values"]
@@ -64,7 +65,7 @@ def offered_values(
                 f"{side}_engine": engines,
                 f"{side}_device": set(devices),
                 f"{side}_world_size": {str(n) for n in range(1, max_world_size + 1)},
-                f"{side}_mesh": {"1d", "2d"} if caps.hsdp and engines & {"fsdp1", "fsdp2", "tp"} else {"1d"},
+                f"{side}_mesh": {"1d", "2d"} if caps.hsdp and engines & {"fsdp1", "fsdp2", "tp", "pp"} else {"1d"},
                 f"{side}_state_dict": set(STATE_DICT_TYPES) - (set() if caps.local_state_dict else {"local"}),
                 f"{side}_wrapped": {"none", "some"},
                 f"{side}_uneven_split": set(_BOOLS) if max_world_size > 1 else {"false"},
@@ -87,7 +88,15 @@ def offered_values(
         if "tp" in engines:
             not_tp = {"n/a"} if engines - {"tp"} else set()
             values[f"{side}_tp_fsdp"] = set(_BOOLS) | not_tp if max_world_size > 1 else {"n/a"}
-            values[f"{side}_tp_styles"] = {"colwise", "rowwise", "both"} | not_tp if max_world_size > 1 else {"n/a"}
+            styles = {"colwise", "rowwise", "both"} | ({"none"} if caps.expert_parallel else set())  # none: EP alone
+            values[f"{side}_tp_styles"] = styles | not_tp if max_world_size > 1 else {"n/a"}
+            ep = set(_BOOLS) if caps.expert_parallel else {"false"}
+            values[f"{side}_tp_ep"] = ep | not_tp if max_world_size > 1 else {"n/a"}
+        if "pp" in engines:
+            not_pp = {"n/a"} if engines - {"pp"} else set()
+            stages = range(2, min(max_world_size, MAX_CHILDREN) + 1)  # a stage per root child at most
+            values[f"{side}_pp_degree"] = {str(n) for n in stages} | not_pp
+            values[f"{side}_pp_fsdp"] = set(_BOOLS) | not_pp if max_world_size > 1 else {"n/a"}
         if "fsdp2" in engines:
             values[f"{side}_fsdp2_reshard_after_forward"] = set(_BOOLS) | not_fsdp2
             values[f"{side}_fsdp2_shard_dim"] = ({"0", "1"} if caps.fsdp2_shard_dim else {"0"}) | not_fsdp2

@@ -7,11 +7,13 @@ from hypothesis import strategies as st
 from shardfuzz.capabilities import capabilities
 from shardfuzz.case import (
     DDP,
+    EXPERT_STYLE,
     FSDP1,
     FSDP1_STRATEGIES,
     FSDP2,
     HYBRID_STRATEGIES,
     MODULE_TYPES,
+    PP,
     TP,
     TP_STYLES,
     WRAP_POLICIES,
@@ -24,7 +26,7 @@ from shardfuzz.strategies._helpers import check_choices, check_int
 
 __all__ = ["engines", "fsdp1_engines", "fsdp2_engines", "tp_plans", "wrap_sets", "side_wrappers", "ENGINE_NAMES"]
 
-ENGINE_NAMES = ("fsdp1", "fsdp2", "ddp", "unsharded", "tp")
+ENGINE_NAMES = ("fsdp1", "fsdp2", "ddp", "unsharded", "tp", "pp")
 TWO_D_ENGINES = ("fsdp1", "fsdp2")  # the engines that take a 2-D mesh (HSDP)
 
 
@@ -73,10 +75,12 @@ def engines(*, names=None, mesh_dims: int = 1) -> st.SearchStrategy:
         "tp": lambda: st.builds(
             TP, plan=st.just((("0", "colwise"),)), fsdp=st.booleans(), reshard_after_forward=st.booleans()
         ),
+        # the stages are the model's root children: the mesh is drawn with the model
+        "pp": lambda: st.builds(PP, fsdp=st.booleans(), reshard_after_forward=st.booleans()),
     }
-    # Tensor parallelism in about 1 side in 9 (each other engine twice as often): its cases are the
-    # slowest to run, and small uneven widths meet its known bugs often.
-    return st.one_of(*(builders[n]() for n in chosen for _ in range(1 if n == "tp" else 2)))
+    # Tensor and pipeline parallelism in about 1 side in 11 each (each other engine twice as often): their cases
+    # are the slowest to run, and small uneven widths meet tensor parallelism's known bugs often.
+    return st.one_of(*(builders[n]() for n in chosen for _ in range(1 if n in ("tp", "pp") else 2)))
 
 
 def wrap_sets(model: Model) -> st.SearchStrategy[tuple[str, ...]]:
@@ -125,7 +129,8 @@ def tp_plans(model: Model, *, tp: int = 1) -> st.SearchStrategy[tuple[tuple[str,
     Linear split colwise and rowwise in turn along the model (Megatron's pairs: a column split, then a row
     split); that one over the Linears that give every ``tp`` rank rows both ways, where two do (one that leaves
     a rank empty meets known torch bugs, which the other form draws and steering then avoids, taking the
-    pairs with it)."""
+    pairs with it). Where the model has mixture-of-experts leaves and expert parallelism is on, some of them
+    split on the expert dimension (style ``experts``), beside such a plan or alone (expert parallelism only)."""
     linears = [fqn for fqn, _ in model.linear_nodes()]
     wide = [
         fqn
@@ -140,4 +145,11 @@ def tp_plans(model: Model, *, tp: int = 1) -> st.SearchStrategy[tuple[tuple[str,
     )
     paired = wide if len(wide) >= 2 else linears
     in_turn = tuple((fqn, TP_STYLES[i % 2]) for i, fqn in enumerate(paired))  # as Megatron plans
-    return st.one_of(each_its_own, st.just(in_turn)).map(tuple)
+    linear_plans = st.one_of(each_its_own, st.just(in_turn)).map(tuple)
+    experts = [fqn for fqn, _ in model.experts_nodes()] if capabilities().expert_parallel else []
+    if not experts:
+        return linear_plans
+    expert_plans = st.lists(st.sampled_from(experts), min_size=1, unique=True).map(
+        lambda chosen: tuple((fqn, EXPERT_STYLE) for fqn in experts if fqn in chosen)
+    )
+    return st.one_of(linear_plans, expert_plans, st.tuples(linear_plans, expert_plans).map(lambda p: p[0] + p[1]))

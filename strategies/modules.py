@@ -18,6 +18,7 @@ from shardfuzz.case import (
     Block,
     Conv,
     Embedding,
+    Experts,
     LayerNorm,
     Linear,
     Model,
@@ -43,12 +44,15 @@ __all__ = [
     "embeddings",
     "attention_layers",
     "transformer_blocks",
+    "experts_layers",
     "dtypes",
     "module_trees",
     "models",
 ]
 
 _SMALL = 4
+#: The most children a container is drawn with: also the most stages a pipeline cuts a drawn root into.
+MAX_CHILDREN = 3
 
 
 def widths(*, min_value: int = 1, max_value: int = 16) -> st.SearchStrategy[int]:
@@ -121,6 +125,13 @@ def transformer_blocks(
     ).map(lambda drawn: TransformerBlock(heads=drawn[0][0], kv_heads=drawn[0][1], head_dim=drawn[1], hidden=drawn[2]))
 
 
+def experts_layers(*, max_experts: int = 6, max_width: int = 16) -> st.SearchStrategy[Experts]:
+    """A mixture-of-experts feed-forward: an expert count (uneven against the world size, below it too) and a
+    hidden width drawn like a width."""
+    check_int("max_experts", max_experts, minimum=1)
+    return st.builds(Experts, widths(max_value=max_experts), widths(max_value=max_width))
+
+
 def dtypes() -> st.SearchStrategy[str]:
     """The model's dtype: float32 in 3 draws of 4, else float64 or bfloat16; shrinks to float32."""
     return st.sampled_from(("float32",) * 6 + tuple(d for d in DTYPES if d != "float32"))
@@ -132,13 +143,14 @@ def _containers(children: st.SearchStrategy, max_children: int) -> st.SearchStra
 
 
 def module_trees(
-    *, max_leaves: int = 6, max_children: int = 3, max_width: int = 16
+    *, max_leaves: int = 6, max_children: int = MAX_CHILDREN, max_width: int = 16
 ) -> st.SearchStrategy[Sequential | Block]:
     """A container tree of at most ``max_leaves`` leaves: Sequential and custom Block nodes
     over Linears, with at least one trainable Linear, and (one leaf in five) norm layers,
     (one in ten) convolutions, and (one in twenty each) ``Scale`` leaves with a 0-D parameter
     and ``Tied`` pairs of Linears sharing a weight; and the transformer's leaves, one in twenty-five
-    each: ``RMSNorm``, attention (``attention_layers``), a SwiGLU feed-forward and a whole block.
+    each: ``RMSNorm``, attention (``attention_layers``), a SwiGLU feed-forward, a whole block and a
+    mixture of experts (``experts_layers``).
 
     Single-child containers make deep nesting (depth 3 and more) cheap to reach.
     A bare leaf drawn as the whole tree is put in a Sequential (the root is a container).
@@ -159,6 +171,7 @@ def module_trees(
             attention_layers(),
             swiglus(max_width=max_width),
             transformer_blocks(max_width=max_width),
+            experts_layers(max_width=max_width),
         ),
         lambda inner: _containers(inner, max_children),
         max_leaves=max_leaves,
@@ -186,7 +199,7 @@ def _as_root(node):
     return Sequential([node]) if isinstance(node, LEAF_CLASSES) else node
 
 
-def models(*, max_leaves: int = 6, max_children: int = 3, max_width: int = 16) -> st.SearchStrategy[Model]:
+def models(*, max_leaves: int = 6, max_children: int = MAX_CHILDREN, max_width: int = 16) -> st.SearchStrategy[Model]:
     """A ``Model``: an input width, a module tree (its first leaf sometimes an Embedding), a dtype."""
     return st.builds(
         _model,

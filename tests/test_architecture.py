@@ -4,7 +4,8 @@ Every ``import`` of a shardfuzz module counts, at module level or inside a funct
 still a dependency). The layers, bottom first (docs/architecture.md):
 
 1. ``rank.portable`` (torch only: exported scripts copy it), ``case`` (plain data), ``verdict``;
-2. ``capabilities``, ``unsupported`` (what the installed torch offers and documents as unsupported);
+2. ``capabilities`` (and its ``_fsdp2_probe``), ``unsupported`` (what the installed torch offers and documents as
+   unsupported);
 3. ``targets`` (the protocols a user implements, the registry, the default and shipped targets, faults);
 4. ``rank`` (one case on one rank);
 5. ``executor`` (ranks as processes);
@@ -27,7 +28,7 @@ SOURCES = {"shardfuzz": ROOT / "fuzz", "shardfuzz.strategies": ROOT / "strategie
 
 LAYERS = [
     ("rank.portable", "case", "verdict"),
-    ("capabilities", "unsupported"),
+    ("capabilities", "_fsdp2_probe", "unsupported"),
     ("targets",),
     ("rank",),
     ("executor",),

@@ -13,11 +13,14 @@ from shardfuzz.case import (
     DDP,
     FSDP1,
     FSDP2,
+    PP,
     SGD,
+    TP,
     Adam,
     BatchNorm,
     Block,
     Case,
+    Experts,
     HfSafetensors,
     LayerNorm,
     Linear,
@@ -166,6 +169,14 @@ _LOOP_CASES = {
     # groups without global rank 0: the script counts its ranks from RANKS_FROM, as the pool does
     "ranks-from": attrs.evolve(_LOOP_BASE, load=Side(DDP(), (1,)), loop=Loop(ranks_from=1, resumes=2)),
     "late-group": attrs.evolve(_LOOP_BASE, checks=("continuation",), loop=Loop(late_group=True, resumes=2)),
+    # expert parallelism: the script splits the grouped experts as the ranks do (sharding.tensor_parallel)
+    "expert-parallel": attrs.evolve(
+        _LOOP_BASE,
+        model=Model(4, Sequential([Linear(5), Experts(3, 2)])),
+        save=Side(TP(plan=(("1", "experts"),), fsdp=True), (1, 2)),
+    ),
+    # pipeline stages: the script cuts and schedules them as the ranks do (sharding.pipeline_stage, steps.pipeline_step)
+    "pipeline": attrs.evolve(_LOOP_BASE, save=Side(PP(), (2, 1)), checks=("continuation",)),
 }
 
 

@@ -130,3 +130,58 @@ def test_a_tensor_parallel_split_the_other_way_is_caught_by_the_layout_oracle_al
     else:
         assert verdict.status == "mismatch", verdict.summary()
         assert {m.oracle for m in verdict.mismatches} == {oracle}, verdict.summary()
+
+
+@pytest.mark.parametrize(
+    "target, oracle",
+    [("shardfuzz.targets:DcpTarget", None), ("shardfuzz.targets.mutants:ExpertShardsFromNeighbour", "complete-state")],
+)
+def test_experts_loaded_from_the_wrong_ep_rank_are_caught_by_the_state_oracle(target, oracle):
+    """An uneven expert-parallel load (3 experts over 2 ``ep`` ranks, FSDP2 across ``dp``) whose loader takes each
+    rank's experts from its neighbour: the values land on the wrong experts, which the state oracle sees."""
+    from shardfuzz.case import TP, Adam, Case, Experts, Linear, Model, Sequential, Side
+
+    case = Case(
+        model=Model(4, Sequential([Linear(4), Experts(3, 2)])),
+        save=Side(TP(plan=(("0", "colwise"), ("1", "experts"))), (1, 2)),
+        load=Side(TP(plan=(("1", "experts"),), fsdp=True), (1, 2)),
+        optimizer=Adam(),
+        steps=1,
+    )
+    with RankPool(2, target=target) as pool:
+        verdict = pool.run(case)
+    if oracle is None:
+        assert verdict.ok, verdict.summary()
+    else:
+        assert verdict.status == "mismatch", verdict.summary()
+        assert {m.oracle for m in verdict.mismatches} == {oracle}, verdict.summary()
+        assert all(".experts.w" in m.key for m in verdict.mismatches), verdict.summary()
+
+
+@pytest.mark.parametrize(
+    "target, oracle",
+    [
+        ("shardfuzz.targets:DcpTarget", None),
+        ("shardfuzz.targets.mutants:StageLayersNumberedFromZero", "complete-state"),
+    ],
+)
+def test_a_stages_layers_under_stage_local_names_are_caught_by_the_state_oracle(target, oracle):
+    """A plain module saved, loaded into a two-stage pipeline whose checkpoint code names the second stage's
+    layers from 0: that stage reads the first stage's layers (all 1 x 1 here, so no shape gives it away)."""
+    from shardfuzz.case import DDP, PP, Adam, Case, Linear, Model, Sequential, Side
+
+    case = Case(
+        model=Model(1, Sequential([Linear(1), Linear(1), Linear(1)])),
+        save=Side(DDP(), (1,)),
+        load=Side(PP(), (2, 1)),
+        optimizer=Adam(),
+        steps=1,
+        checks=("continuation",),
+    )
+    with RankPool(2, target=target) as pool:
+        verdict = pool.run(case)
+    if oracle is None:
+        assert verdict.ok, verdict.summary()
+    else:
+        assert verdict.status == "mismatch", verdict.summary()
+        assert {m.oracle for m in verdict.mismatches} == {oracle}, verdict.summary()

@@ -14,6 +14,7 @@ from shardfuzz.case import (
     DDP,
     FSDP1,
     FSDP2,
+    PP,
     TP,
     Adam,
     Block,
@@ -111,6 +112,11 @@ def test_a_checkpoint_loads_across_wrappers_and_a_forgotten_rotary_table_is_caug
         (lambda: Side(TP(), (1, 2)), "needs a plan"),
         (lambda: TP(plan=[("0", "diagonal")]), "not among"),
         (lambda: TP(plan=[("0", "colwise"), ("0", "rowwise")]), "one style"),
+        (lambda: Side(PP(), (2,)), "2-D"),
+        (lambda: Side(PP(), (1, 2)), "pp >= 2"),
+        (lambda: Side(PP(), (2, 2)), "dp 1 unless fsdp"),
+        (lambda: Side(PP(), (2, 1), compiled=True), "torch.compile"),
+        (lambda: Side(PP(fsdp=True), (2, 2), activation_checkpointing="before", checkpointed=["0"]), "activation"),
     ],
 )
 def test_mixed_precision_offload_and_tensor_parallel_sides_are_checked(side, message):
@@ -119,8 +125,10 @@ def test_mixed_precision_offload_and_tensor_parallel_sides_are_checked(side, mes
 
 
 def test_a_plan_names_linears_and_mixed_precision_needs_a_float32_model():
-    with pytest.raises(ValueError, match="not Linears"):
+    with pytest.raises(ValueError, match="cannot split"):
         _case(Side(TP(plan=[("1.a", "colwise")]), (1, 2)), Side(DDP(), (2,)))
+    with pytest.raises(ValueError, match=r"cannot split .*\['0'\]"):  # experts split an Experts leaf, not a Linear
+        _case(Side(TP(plan=[("0", "experts")]), (1, 2)), Side(DDP(), (2,)))
     bf16 = Model(input_width=3, root=Sequential([Linear(2)]), dtype="bfloat16")
     with pytest.raises(ValueError, match="float32"):
         Case(model=bf16, save=Side(FSDP2(), (2,), mixed_precision="bf16"), load=Side(DDP(), (2,)), optimizer=Adam())
@@ -128,3 +136,23 @@ def test_a_plan_names_linears_and_mixed_precision_needs_a_float32_model():
     assert loads(dumps(tp)) == tp and tp.save.engine.plan == (("0", "colwise"), ("2", "rowwise"))
     assert dimensions(tp)["save_tp_styles"] == "both" and dimensions(tp)["load_tp_fsdp"] == "n/a"
     assert "fsdp [0:col,2:row]" in describe(tp)
+
+
+def test_pipeline_stages_cut_the_root_in_order_and_a_case_checks_what_they_need():
+    from shardfuzz.rank.portable.sharding import stage_bounds
+
+    assert stage_bounds(3, 2) == [0, 2, 3] and stage_bounds(3, 3) == [0, 1, 2, 3] and stage_bounds(5, 2) == [0, 3, 5]
+    with pytest.raises(ValueError, match="need as many root children"):
+        Case(
+            model=Model(2, Sequential([Linear(2), Linear(2)])),
+            save=Side(PP(), (3, 1)),
+            load=Side(DDP(), (1,)),
+            optimizer=Adam(),
+            steps=1,
+        )
+    pipelined = _case(Side(PP(fsdp=True), (2, 2)), Side(DDP(), (2,)))
+    assert loads(dumps(pipelined)) == pipelined
+    assert dimensions(pipelined)["save_pp_degree"] == "2" and dimensions(pipelined)["save_pp_fsdp"] == "true"
+    assert "PPx4 mesh (2, 2) fsdp" in describe(pipelined)
+    with pytest.raises(ValueError, match="full-offload"):
+        Case(model=MODEL, save=Side(DDP(), (2,)), load=Side(PP(), (2, 1)), optimizer=Adam(), checks=("full-offload",))

@@ -369,6 +369,39 @@ class TransformerBlock(Leaf):
         return (smallest,) if self != smallest else ()
 
 
+@frozen
+class Experts(Leaf):
+    """A mixture-of-experts feed-forward (``layers.ExpertsLeaf``), torchtitan's: a bias-free ``router`` Linear to
+    ``experts`` scores, top-1 routing, and the grouped experts' 3-D weights ``experts.w1``/``w3`` ``(experts,
+    hidden, width)`` and ``experts.w2`` ``(experts, width, hidden)``, which expert parallelism splits on the expert
+    dimension (a ``TP`` plan's ``experts`` style). Expert counts are as uneven against the world size as widths."""
+
+    experts: int = field(validator=_POSITIVE_INT)
+    hidden: int = field(validator=_POSITIVE_INT)
+
+    module_types: ClassVar[dict[str, str]] = {"Experts": "ExpertsLeaf"}
+    coverage: ClassVar[tuple[str, dict[str, str]] | None] = ("experts", {"Experts": "true"})
+
+    def layer(self, width: int) -> LayerCall:
+        return LayerCall("ExpertsLeaf", (width, self.experts, self.hidden))
+
+    def parameter_shapes(self, width: int) -> dict[str, tuple[int, ...]]:
+        grouped = (self.experts, self.hidden, width)
+        return {
+            "router.weight": (self.experts, width),
+            "experts.w1": grouped,
+            "experts.w2": (self.experts, width, self.hidden),
+            "experts.w3": grouped,
+        }
+
+    def describe(self, width: int) -> str:
+        return f"Experts({width}, {self.experts} x mlp {self.hidden})"
+
+    def simpler(self) -> tuple[Leaf, ...]:
+        fewer = tuple(Experts(n, self.hidden) for n in sorted({1, self.experts // 2} - {0, self.experts}))
+        return fewer + tuple(Experts(self.experts, h) for h in sorted({1, self.hidden // 2} - {0, self.hidden}))
+
+
 #: The leaf kinds, the registry every part of shardfuzz reads: a new kind is added here.
 LEAF_CLASSES: tuple[type[Leaf], ...] = (
     Linear,
@@ -383,6 +416,7 @@ LEAF_CLASSES: tuple[type[Leaf], ...] = (
     Attention,
     MultiheadAttention,
     TransformerBlock,
+    Experts,
 )
 
 

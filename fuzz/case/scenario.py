@@ -10,7 +10,7 @@ from shardfuzz.case._validators import _POSITIVE_INT
 from shardfuzz.case.leaf_kinds import Leaf, Linear, leaf_coverage
 from shardfuzz.case.loop import Loop
 from shardfuzz.case.optimizers import OPTIMIZER_CLASSES, Optimizer
-from shardfuzz.case.sides import ENGINE_CLASSES, TP, Side, _sorted_unique
+from shardfuzz.case.sides import ENGINE_CLASSES, EXPERT_STYLE, PP, TP, Side, _sorted_unique
 from shardfuzz.case.storage import STORAGE_CLASSES, Dcp, DcpToTorchSave, Storage, TorchSave
 from shardfuzz.case.training import NO_TRAINING_STATE, TrainingState
 from shardfuzz.case.tree import Model, leaves
@@ -117,15 +117,26 @@ class Case:
                 "the load side then needs broadcast_from_rank0"
             )
         self._check_loop()
+        self._check_pipelines()
         known = set(self.model.submodule_paths())
         leaf_paths = set(self.model.leaf_paths())
         for side_name in ("save", "load"):
             unknown = set(getattr(self, side_name).wrap) - known
             if unknown:
                 raise ValueError(f"{side_name}.wrap names modules not in the model: {sorted(unknown)}")
-            planned = {path for path, _ in getattr(getattr(self, side_name).engine, "plan", ())}
-            if planned - {fqn for fqn, _ in self.model.linear_nodes()}:
-                raise ValueError(f"{side_name}.engine.plan names modules that are not Linears: {sorted(planned)}")
+            splits = {
+                "linear": {fqn for fqn, _ in self.model.linear_nodes()},
+                "experts": {fqn for fqn, _ in self.model.experts_nodes()},
+            }
+            plan = getattr(getattr(self, side_name).engine, "plan", ())
+            wrong = [
+                path for path, style in plan if path not in splits["experts" if style == EXPERT_STYLE else "linear"]
+            ]
+            if wrong:
+                raise ValueError(
+                    f"{side_name}.engine.plan names modules its styles cannot split (colwise and rowwise a Linear, "
+                    f"experts an Experts leaf): {sorted(wrong)}"
+                )
             unknown = set(getattr(self, side_name).checkpointed) - leaf_paths
             if unknown:
                 raise ValueError(f"{side_name}.checkpointed names modules that are not leaves: {sorted(unknown)}")
@@ -138,11 +149,30 @@ class Case:
             raise ValueError("a user's model (--model) has no incompatible variant: load_mutation must be None")
         for name in ("save", "load"):
             side = getattr(self, name)
-            if isinstance(side.engine, TP) or side.checkpointed or side.compiled or side.meta_init:
+            if isinstance(side.engine, (TP, PP)) or side.checkpointed or side.compiled or side.meta_init:
                 raise ValueError(
-                    f"{name}: a user's model (--model) is sharded as it is: no tensor parallelism, activation "
-                    "checkpointing, torch.compile or meta-device construction"
+                    f"{name}: a user's model (--model) is sharded as it is: no tensor or pipeline parallelism, "
+                    "activation checkpointing, torch.compile or meta-device construction"
                 )
+
+    def _check_pipelines(self) -> None:
+        """A pipelined side cuts the root's children into its stages, which run the schedule's own backward and
+        hold a stage's parameters only: no gradient scaler (the schedule does not scale the loss), and no loop
+        that picks one module's parameters by name (``Loop.gradless``, ``Loop.late_group``: a stage may not
+        hold them)."""
+        for name in ("save", "load"):
+            side = getattr(self, name)
+            if not isinstance(side.engine, PP):
+                continue
+            children = len(self.model.root.children)
+            if side.mesh_shape[0] > children:
+                raise ValueError(
+                    f"{name}: {side.mesh_shape[0]} pipeline stages need as many root children, not {children}"
+                )
+            if self.loop.gradless != "never" or self.loop.late_group or (self.training and self.training.grad_scaler):
+                raise ValueError(f"{name}: PP takes no gradless parameters, late param group or gradient scaler")
+        if isinstance(self.load.engine, PP) and "full-offload" in self.checks:
+            raise ValueError("the full-offload check wants the whole state on rank 0, which holds one pipeline stage")
 
     def _check_loop(self) -> None:
         loop = self.loop
@@ -303,6 +333,7 @@ def dimensions(case: Case) -> dict[str, str]:
         own = engine.dimension_values()
         return {
             f"{name}_engine": type(engine).__name__.lower(),
+            f"{name}_pp_degree": str(s.mesh_shape[0]) if isinstance(engine, PP) else "n/a",
             f"{name}_device": s.device,
             f"{name}_world_size": str(s.world_size),
             f"{name}_mesh": f"{len(s.mesh_shape)}d",
@@ -353,11 +384,12 @@ def leaves_a_rank_empty(width: int, shards: int) -> bool:
 
 def _split_widths(case: Case, side: Side) -> list[int]:
     """The widths ``side`` splits: each Linear's output features, and under tensor parallelism (a rowwise
-    Linear splits its input) its input features too."""
+    Linear splits its input) its input features too; each mixture of experts' expert count."""
     linears = case.model.linears()
+    experts = [node.experts for _, node in case.model.experts_nodes()]  # FSDP and expert parallelism split them
     if isinstance(side.engine, TP):
-        return [w for _, fed, out, _ in linears for w in (fed, out)]
-    return [out for _, _, out, _ in linears]
+        return [w for _, fed, out, _ in linears for w in (fed, out)] + experts
+    return [out for _, _, out, _ in linears] + experts
 
 
 def _optimizer_state_kind(case: Case) -> str:

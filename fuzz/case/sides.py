@@ -165,6 +165,9 @@ class Unsharded(EngineKind):
 #: features (weight on dim 1, bias replicated; ``RowwiseParallel(input_layouts=Replicate())``). Replicated
 #: inputs and outputs let any Linear of any tree be planned on its own, at any width.
 TP_STYLES = ("colwise", "rowwise")
+#: Expert parallelism, planned on an ``Experts`` leaf: its grouped experts' 3-D weights split on the expert
+#: dimension across the same last mesh dimension (``Shard(0)``, by ``distribute_module``), the router not.
+EXPERT_STYLE = "experts"
 
 
 def _plan(entries: Iterable) -> tuple[tuple[str, str], ...]:
@@ -174,7 +177,9 @@ def _plan(entries: Iterable) -> tuple[tuple[str, str], ...]:
 @frozen
 class TP(EngineKind):
     """Tensor parallelism: ``parallelize_module`` splits each planned Linear (``plan``: ``(leaf path,
-    style)``, ``TP_STYLES``) across the last dimension of a 2-D ``(dp, tp)`` mesh. With ``fsdp``,
+    style)``, ``TP_STYLES``) across the last dimension of a 2-D ``(dp, tp)`` mesh; expert parallelism splits
+    each planned ``Experts`` leaf (style ``EXPERT_STYLE``) across the same dimension, which is then ``ep`` to
+    them (torchtitan's experts-on-tp layout; a plan of experts alone is expert parallelism). With ``fsdp``,
     ``fully_shard`` then shards every parameter across ``dp`` (FSDP2 + TP, torchtitan's 2-D layout: a
     planned weight sharded twice, ``_StridedShard`` over ``Shard``); without, ``dp`` is 1. Every rank of
     a ``tp`` group trains on the same batch."""
@@ -185,20 +190,21 @@ class TP(EngineKind):
 
     @plan.validator
     def _styles(self, attribute, value):
-        unknown = {style for _, style in value} - set(TP_STYLES)
+        unknown = {style for _, style in value} - {*TP_STYLES, EXPERT_STYLE}
         if unknown:
-            raise ValueError(f"plan styles {sorted(unknown)} are not among {list(TP_STYLES)}")
+            raise ValueError(f"plan styles {sorted(unknown)} are not among {[*TP_STYLES, EXPERT_STYLE]}")
         paths = [path for path, _ in value]
         if len(set(paths)) != len(paths):
             raise ValueError("a planned Linear takes one style")
 
-    dimension_names: ClassVar[tuple[str, ...]] = ("tp_fsdp", "tp_styles")
+    dimension_names: ClassVar[tuple[str, ...]] = ("tp_fsdp", "tp_styles", "tp_ep")
 
     def dimension_values(self) -> dict[str, str]:
-        styles = {style for _, style in self.plan}
+        styles = {style for _, style in self.plan} - {EXPERT_STYLE}
         return {
             "tp_fsdp": str(self.fsdp).lower(),
             "tp_styles": "both" if len(styles) > 1 else next(iter(styles), "none"),
+            "tp_ep": str(any(style == EXPERT_STYLE for _, style in self.plan)).lower(),
         }
 
     @property
@@ -206,9 +212,35 @@ class TP(EngineKind):
         return True
 
 
+@frozen
+class PP(EngineKind):
+    """Pipeline parallelism: the root's children cut into contiguous stages (``sharding.stage_bounds``) along
+    the first dimension of a 2-D ``(pp, dp)`` mesh, each rank keeping its stage's children under their names in
+    the whole model (the others ``nn.Identity``, as torchtitan keeps model parts) and training it under
+    ``torch.distributed.pipelining`` (GPipe, one microbatch). With ``fsdp``, ``fully_shard`` shards each stage
+    across ``dp`` (its listed units, then its root); without, ``dp`` is 1. Every stage of a ``pp`` group
+    trains on the same batch; the optimizer state is handed over flattened (keyed by name, as torchtitan's
+    model parts merge it)."""
+
+    fsdp: bool = field(default=False, validator=instance_of(bool))
+    reshard_after_forward: bool = field(default=True, validator=instance_of(bool))
+
+    dimension_names: ClassVar[tuple[str, ...]] = ("pp_fsdp",)
+
+    def dimension_values(self) -> dict[str, str]:
+        return {"pp_fsdp": str(self.fsdp).lower()}
+
+    @property
+    def needs_mesh(self) -> bool:
+        return True
+
+    def shard_count(self, mesh_shape: tuple[int, ...]) -> int:
+        return mesh_shape[-1] if self.fsdp else 1
+
+
 #: The engines, the registry the rest of shardfuzz reads: a new engine is added here.
-ENGINE_CLASSES: tuple[type[EngineKind], ...] = (FSDP1, FSDP2, DDP, Unsharded, TP)
-Engine = Union[FSDP1, FSDP2, DDP, Unsharded, TP]  # cattrs tags each by class name
+ENGINE_CLASSES: tuple[type[EngineKind], ...] = (FSDP1, FSDP2, DDP, Unsharded, TP, PP)
+Engine = Union[FSDP1, FSDP2, DDP, Unsharded, TP, PP]  # cattrs tags each by class name
 
 
 def _sorted_unique(paths: Iterable[str]) -> tuple[str, ...]:
@@ -281,11 +313,13 @@ class Side:
                 f"TP runs on a 2-D (dp, tp) mesh_shape, with dp 1 unless fsdp shards across it, not {self.mesh_shape}"
             )
         if isinstance(engine, TP) and not engine.plan:
-            raise ValueError("TP needs a plan: at least one Linear split colwise or rowwise")
+            raise ValueError("TP needs a plan: at least one Linear split colwise or rowwise, or experts split")
+        if isinstance(engine, PP):
+            self._check_pipeline(engine)
         lists_units = (
             isinstance(engine, FSDP2)
             or (isinstance(engine, FSDP1) and engine.wraps_listed_modules)
-            or (isinstance(engine, TP) and engine.fsdp)
+            or (isinstance(engine, (TP, PP)) and engine.fsdp)
         )
         if self.wrap and not lists_units:
             raise ValueError(f"wrap lists modules, but {engine!r} does not shard listed modules")
@@ -312,6 +346,20 @@ class Side:
         if self.state_dict == "local" and (self.cpu_offload or self.state_dict_api != "combined"):
             raise ValueError(
                 "a 'local' side gets its model state from FSDP1 itself: no cpu_offload, state_dict_api 'combined'"
+            )
+
+    def _check_pipeline(self, engine: PP) -> None:
+        two_d = len(self.mesh_shape) == 2
+        if not (two_d and self.mesh_shape[0] >= 2 and (engine.fsdp or self.mesh_shape[1] == 1)):
+            raise ValueError(
+                "PP runs on a 2-D (pp, dp) mesh_shape with pp >= 2 stages, dp 1 unless fsdp shards each stage "
+                f"across it, not {self.mesh_shape}"
+            )
+        wrapped = [name for name in ("cpu_offload", "broadcast_from_rank0", "compiled") if getattr(self, name)]
+        if wrapped or self.activation_checkpointing != "none":
+            raise ValueError(
+                "a pipeline stage is cut from the root's children and trained by its schedule: no activation "
+                f"checkpointing, torch.compile, cpu_offload or broadcast_from_rank0 with PP (here: {wrapped or 'AC'})"
             )
 
     @property

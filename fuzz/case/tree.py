@@ -9,7 +9,7 @@ from attrs import field, frozen
 from attrs.validators import in_, instance_of
 
 from shardfuzz.case._validators import _POSITIVE_INT
-from shardfuzz.case.leaf_kinds import LEAF_CLASSES, BatchNorm, Embedding, LayerNorm, Leaf, Linear
+from shardfuzz.case.leaf_kinds import LEAF_CLASSES, BatchNorm, Embedding, Experts, LayerNorm, Leaf, Linear
 
 #: Parameter dtypes of a whole model (``Model.dtype``); float32 unless drawn otherwise.
 DTYPES = ("float32", "float64", "bfloat16")
@@ -103,6 +103,11 @@ class Model:
     def linear_nodes(self) -> list[tuple[str, Linear]]:
         """Every Linear as ``(fqn, node)`` in forward order."""
         return [(fqn, node) for fqn, node, _ in self.walk() if isinstance(node, Linear)]
+
+    def experts_nodes(self) -> list[tuple[str, Experts]]:
+        """Every mixture-of-experts leaf (``Experts``: what expert parallelism splits) as ``(fqn, node)`` in forward
+        order."""
+        return [(fqn, node) for fqn, node, _ in self.walk() if isinstance(node, Experts)]
 
     def frozen_paths(self) -> list[str]:
         """FQNs of the frozen Linears."""

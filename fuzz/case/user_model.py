@@ -88,6 +88,9 @@ class UserModel:
     def linear_nodes(self) -> list[tuple[str, None]]:
         return [(fqn, None) for fqn, *_ in self._shape().linears]
 
+    def experts_nodes(self) -> list[tuple[str, None]]:
+        return []  # a user's model is split by its own code, not by a drawn plan
+
     def frozen_paths(self) -> list[str]:
         return list(self._shape().frozen_paths)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shardfuzz.case import TP, Case, Dcp, Leaf, Side, UserModel
+from shardfuzz.case import PP, TP, Case, Dcp, Leaf, Side, UserModel
 
 __all__ = ["describe"]
 
@@ -32,6 +32,8 @@ def _side(side: Side) -> str:
     if isinstance(side.engine, TP):
         styles = ",".join(f"{path}:{style[:3]}" for path, style in side.engine.plan)
         mesh += f"{' fsdp' if side.engine.fsdp else ''} [{styles}]"
+    if isinstance(side.engine, PP) and side.engine.fsdp:
+        mesh += " fsdp"
     checkpointed = f" ac-{side.activation_checkpointing}[{','.join(side.checkpointed)}]" if side.checkpointed else ""
     compiled = (" compiled" if side.compiled else "") + (" meta-init" if side.meta_init else "")
     compiled += (f" mp-{side.mixed_precision}" if side.mixed_precision != "none" else "") + (

@@ -59,7 +59,8 @@ def _expected_layout(spec, side: Side) -> dict[str, oracles.LayoutRecord]:
 
 def _tp_layout(spec, side: Side) -> dict[str, oracles.LayoutRecord]:
     """A planned Linear's weight and bias on the ``tp`` dimension: ``Shard(0)`` colwise, the weight
-    ``Shard(1)`` and the bias ``Replicate()`` rowwise. With ``fsdp`` each parameter is also sharded on
+    ``Shard(1)`` and the bias ``Replicate()`` rowwise; a planned mixture of experts' grouped weights
+    ``Shard(0)`` (the expert dimension), its router as an unplanned Linear's. With ``fsdp`` each parameter is also sharded on
     dim 0 across ``dp``: a planned one on the whole 2-D mesh (``_StridedShard`` over ``Shard(0)`` where
     both split dim 0), any other on ``dp`` alone; without, only planned ones are DTensors."""
     Replicate, Shard = dtensor().Replicate(), dtensor().Shard
@@ -70,12 +71,13 @@ def _tp_layout(spec, side: Side) -> dict[str, oracles.LayoutRecord]:
     records = {}
     for name, shape in spec.parameter_shapes().items():
         path, _, kind = name.rpartition(".")
-        style = styles.get(path)
+        owner, _, grouped = path.rpartition(".")
+        style = styles.get(path) or (styles.get(owner) if grouped == "experts" else None)
         if style is None:
             if engine.fsdp:
                 records[name] = oracles.LayoutRecord(dp, repr((Shard(0),)), shape, f"torch.{spec.dtype}")
             continue
-        on_tp = Shard(0) if style == "colwise" else Shard(1) if kind == "weight" else Replicate
+        on_tp = Shard(0) if style in ("colwise", "experts") else Shard(1) if kind == "weight" else Replicate
         if not engine.fsdp:
             records[name] = oracles.LayoutRecord(tp, repr((on_tp,)), shape, f"torch.{spec.dtype}")
             continue

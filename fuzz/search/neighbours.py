@@ -22,6 +22,7 @@ from shardfuzz.case import (
     GRADLESS,
     MIXED_PRECISION,
     OPTIMIZER_CLASSES,
+    PP,
     STATE_DICT_APIS,
     STATE_DICT_TYPES,
     STORAGE_CLASSES,
@@ -66,6 +67,13 @@ def _side_neighbours(name: str, side: Side) -> Iterator[tuple[str, str, Side]]:
     elif len(side.mesh_shape) == 1:
         for size in sorted({1, 2, 3, 4} - {side.mesh_shape[0]}):  # every size drawn: '2|4' had left out 3
             yield f"{name}_world_size", f"{side.mesh_shape[0]} -> {size} ranks", or_none(side, mesh_shape=(size,))
+    if isinstance(engine, TP) and any(style == "experts" for _, style in engine.plan):  # expert parallelism away
+        linears = [(path, style) for path, style in engine.plan if style != "experts"]
+        yield f"{name}_tp_ep", "experts split -> whole", or_none(side, engine=or_none(engine, plan=linears))
+    if isinstance(engine, PP):  # the number of stages
+        for size in sorted({2, 3, 4} - {side.mesh_shape[0]}):
+            change = f"pp {side.mesh_shape[0]} -> {size}"
+            yield f"{name}_pp_degree", change, or_none(side, mesh_shape=(size, side.mesh_shape[1]))
     if isinstance(engine, TP) and side.mesh_shape[0] == 1:  # the tp degree, on the (1, tp) mesh TP is drawn on
         for size in sorted({2, 3, 4} - {side.mesh_shape[1]}):
             yield f"{name}_world_size", f"tp {side.mesh_shape[1]} -> {size}", or_none(side, mesh_shape=(1, size))

@@ -20,6 +20,7 @@ from shardfuzz.case import (
     FSDP1,
     FSDP2,
     LOW_BIT_WIDTH,
+    PP,
     TP,
     AdamW,
     Block,
@@ -193,6 +194,12 @@ def _simpler_sides(side: Side) -> Iterator[Side]:
     ):
         if getattr(side, name) != default:
             yield from _evolved(side, **{name: default})
+    if isinstance(engine, PP):
+        if engine.fsdp:
+            yield from _evolved(side, engine=attrs.evolve(engine, fsdp=False), mesh_shape=(shape[0], 1), wrap=())
+        if shape[0] > 2:
+            yield from _evolved(side, mesh_shape=(shape[0] - 1, shape[1]))
+        yield from _evolved(side, engine=FSDP2(), mesh_shape=(shape[0] * shape[1],))
     if isinstance(engine, TP):
         for entry in engine.plan if len(engine.plan) > 1 else ():
             yield from _evolved(side, engine=attrs.evolve(engine, plan=[e for e in engine.plan if e != entry]))
@@ -204,15 +211,16 @@ def _simpler_sides(side: Side) -> Iterator[Side]:
 def _fitted(side: Side, model: Model) -> Side | None:
     """``side`` with what names modules (its wrap set, checkpointed leaves, TP plan) cut down to what
     ``model`` still has; None where nothing of its TP plan is left."""
-    modules, linears, leaf_paths = (
+    modules, linears, experts, leaf_paths = (
         set(model.submodule_paths()),
         {fqn for fqn, _ in model.linear_nodes()},
+        {fqn for fqn, _ in model.experts_nodes()},
         set(model.leaf_paths()),
     )
     checkpointed = [path for path in side.checkpointed if path in leaf_paths]
     engine = side.engine
     if isinstance(engine, TP):
-        plan = [entry for entry in engine.plan if entry[0] in linears]
+        plan = [(path, style) for path, style in engine.plan if path in (experts if style == "experts" else linears)]
         if not plan:
             return None
         engine = attrs.evolve(engine, plan=plan)

@@ -318,11 +318,91 @@ class TPStyleSwapped(DcpTarget):
         from shardfuzz.case import TP
 
         engine = side.engine
-        if not isinstance(engine, TP) or not engine.plan:
+        linears = [entry for entry in getattr(engine, "plan", ()) if entry[1] in ("colwise", "rowwise")]
+        if not isinstance(engine, TP) or not linears:
             return default(module, side, group=group, mesh=mesh)
-        (path, style), *rest = engine.plan
-        swapped = ((path, "rowwise" if style == "colwise" else "colwise"), *rest)
+        path = linears[0][0]
+        swapped = [(p, ("rowwise" if s == "colwise" else "colwise") if p == path else s) for p, s in engine.plan]
         return default(module, attrs.evolve(side, engine=attrs.evolve(engine, plan=swapped)), group=group, mesh=mesh)
+
+
+class ExpertShardsFromNeighbour(DcpTarget):
+    """A loader for expert-parallel models that reads each rank's experts from the next ``ep`` rank's shard (as
+    one that names expert shards by local index does): every grouped-expert weight of a side's planned
+    mixture of experts gets its ``ep`` neighbour's values (as many as fit where the split is uneven). Only a
+    load into an expert-parallel side (a TP plan's ``experts`` style, ``ep`` > 1) has shards to mix up."""
+
+    def __init__(self):
+        super().__init__()
+        self._experts: tuple[str, ...] = ()
+
+    def shard(self, module, side, *, group, mesh, default):
+        from shardfuzz.case import EXPERT_STYLE
+
+        self._experts = tuple(
+            f"{path}.experts." for path, style in getattr(side.engine, "plan", ()) if style == EXPERT_STYLE
+        )
+        return default(module, side, group=group, mesh=mesh)
+
+    def load(self, state_dict, *, checkpoint_id, process_group):
+        super().load(state_dict, checkpoint_id=checkpoint_id, process_group=process_group)
+        for key in sorted(k for k in state_dict["model"] if k.startswith(self._experts)):
+            value = state_dict["model"][key]
+            if not isinstance(value, dtensor().DTensor) or value.device_mesh.size(-1) == 1:
+                continue
+            ep = value.device_mesh.get_group(value.device_mesh.ndim - 1)
+            local = value.to_local()
+            shards: list = [None] * dist.get_world_size(ep)
+            dist.all_gather_object(shards, local.detach().clone(), group=ep)
+            neighbour = shards[(dist.get_rank(ep) + 1) % len(shards)].reshape(-1)
+            fit = min(neighbour.numel(), local.numel())
+            with torch.no_grad():
+                local.view(-1)[:fit].copy_(neighbour[:fit])
+
+
+class StageLayersNumberedFromZero(DcpTarget):
+    """Checkpoint code for pipelined models that names each stage's layers as the stage numbers them, from its
+    first (as a stage built as a model of its own does: the second stage's first layer saved as the model's
+    first), on save and on load alike. A pipeline loaded with the same split collides across stages; any other
+    layout reads another stage's layers. Only a pipelined side (``PP``) has stages."""
+
+    def __init__(self):
+        super().__init__()
+        self._renames: dict[str, str] = {}
+
+    def shard(self, module, side, *, group, mesh, default):
+        names = [name for name, _ in module.named_children()]
+        model = default(module, side, group=group, mesh=mesh)
+        kept = [name for name, child in model.named_children() if not isinstance(child, torch.nn.Identity)]
+        self._renames = (
+            {f"{old}.": f"{new}." for old, new in zip(kept, names)} if hasattr(model, "pipeline_stage") else {}
+        )
+        return model
+
+    def _renamed(self, key: str) -> str:
+        for section in ("", "state.", "param_groups."):  # model keys, flattened optimizer keys
+            for old, new in self._renames.items():
+                if key.startswith(section + old):
+                    return section + new + key[len(section + old) :]
+        return key
+
+    def _local(self, state_dict) -> dict:
+        return {
+            part: {self._renamed(k): v for k, v in state_dict[part].items()}
+            for part in ("model", "optim")
+            if part in state_dict
+        }
+
+    def save(self, state_dict, *, checkpoint_id, process_group):
+        super().save(
+            {**state_dict, **self._local(state_dict)}, checkpoint_id=checkpoint_id, process_group=process_group
+        )
+
+    def load(self, state_dict, *, checkpoint_id, process_group):
+        local = self._local(state_dict)
+        super().load({**state_dict, **local}, checkpoint_id=checkpoint_id, process_group=process_group)
+        for part, values in local.items():  # hyperparameters are replaced, not filled in place: back under their names
+            state_dict[part] = {key: values[self._renamed(key)] for key in state_dict[part]}
 
 
 class TrainingStateNotLoaded(DcpTarget):
@@ -396,6 +476,8 @@ CATALOGUE: dict[str, str] = {
     "StepTensorsShared": "continuation",
     "ShardOnDimOne": "layout",
     "TPStyleSwapped": "layout",
+    "ExpertShardsFromNeighbour": "complete-state",
+    "StageLayersNumberedFromZero": "complete-state",
     "TrainingStateNotLoaded": "complete-state",
     "RotaryTableLeftEmpty": "continuation",
     "LowBitScalesNotLoaded": "complete-state",

@@ -20,6 +20,8 @@ __all__ = [
     "AttentionLeaf",
     "MultiheadAttentionLeaf",
     "TransformerBlockLeaf",
+    "GroupedExpertsLeaf",
+    "ExpertsLeaf",
     "layer_class",
 ]
 
@@ -172,6 +174,47 @@ class TransformerBlockLeaf(nn.Module):
     def forward(self, x):
         h = x + self.attention(self.attention_norm(x))
         return h + self.feed_forward(self.ffn_norm(h))
+
+
+class GroupedExpertsLeaf(nn.Module):
+    """torchtitan's grouped experts: each expert a SwiGLU feed-forward, its weights stacked on a leading expert
+    dimension (``w1``, ``w3``: ``(experts, hidden, width)``; ``w2``: ``(experts, width, hidden)``), the dimension
+    expert parallelism splits. Split so (DTensors), each weight is gathered whole for the forward: every rank
+    of an ``ep`` group trains on the same batch, so each keeps its experts' share of the gradient."""
+
+    def __init__(self, width, experts, hidden):
+        super().__init__()
+        self.w1 = nn.Parameter(torch.empty(experts, hidden, width))
+        self.w2 = nn.Parameter(torch.empty(experts, width, hidden))
+        self.w3 = nn.Parameter(torch.empty(experts, hidden, width))
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        with torch.no_grad():
+            for weight in (self.w1, self.w2, self.w3):
+                nn.init.uniform_(weight, -1.0 / weight.shape[-1] ** 0.5, 1.0 / weight.shape[-1] ** 0.5)
+
+    def forward(self, x, chosen):
+        w1, w2, w3 = (w.full_tensor() if hasattr(w, "full_tensor") else w for w in (self.w1, self.w2, self.w3))
+        gated = nn.functional.silu(torch.einsum("tw,thw->th", x, w1[chosen])) * torch.einsum(
+            "tw,thw->th", x, w3[chosen]
+        )
+        return torch.einsum("th,twh->tw", gated, w2[chosen])
+
+
+class ExpertsLeaf(nn.Module):
+    """A mixture-of-experts feed-forward as torchtitan's: a bias-free ``router`` Linear scores the experts, each
+    token goes to its best one (top-1), and ``x + score * expert(x)`` comes out. An expert no token reached has a
+    zero gradient at that step."""
+
+    def __init__(self, width, experts, hidden):
+        super().__init__()
+        self.router = nn.Linear(width, experts, bias=False)
+        self.experts = GroupedExpertsLeaf(width, experts, hidden)
+
+    def forward(self, x):
+        score, chosen = self.router(x).softmax(dim=-1).max(dim=-1)
+        return x + score.unsqueeze(-1) * self.experts(x, chosen)
 
 
 def layer_class(name: str) -> type:

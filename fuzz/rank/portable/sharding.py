@@ -25,6 +25,9 @@ __all__ = [
     "shard_fsdp2",
     "wrap_fsdp1",
     "tensor_parallel",
+    "stage_bounds",
+    "pipeline_stage",
+    "pipeline_group",
     "data_rank",
     "checkpoint_modules",
     "built",
@@ -137,6 +140,8 @@ def shard_module(
         return module
     if kind == "TP":
         return tensor_parallel(module, engine, innermost_first=innermost_first, mesh=mesh)
+    if kind == "PP":
+        return pipeline_stage(module, engine, innermost_first=innermost_first, mesh=mesh, device=device)
     if kind == "DDP":
         from torch.nn.parallel import DistributedDataParallel
 
@@ -240,22 +245,33 @@ def wrap_fsdp1(module, engine: dict, *, wrap, innermost_first, group, mesh, devi
 
 def tensor_parallel(module, engine: dict, *, innermost_first, mesh):
     """``module`` with each Linear of ``engine["plan"]`` split across the mesh's last dimension
-    (``parallelize_module``), then, with ``engine["fsdp"]``, ``fully_shard`` across its first (the listed
-    units innermost first, then the root), as torchtitan composes them. A planned Linear that activation
-    checkpointing wrapped is found inside its wrapper."""
+    (``parallelize_module``) and each planned mixture of experts' grouped experts split there on the expert
+    dimension (``distribute_module``, the router left whole), then, with ``engine["fsdp"]``, ``fully_shard``
+    across its first (the listed units innermost first, then the root), as torchtitan composes them. A
+    planned leaf that activation checkpointing wrapped is found inside its wrapper."""
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
-    replicate = dtensor().Replicate()
+    tensors = dtensor()
+    replicate = tensors.Replicate()
     dp_mesh, tp_mesh = (mesh[name] for name in mesh.mesh_dim_names)
+
+    def split_experts(name, experts, ep_mesh):
+        for key, weight in list(experts.named_parameters(recurse=False)):
+            placed = tensors.distribute_tensor(weight.data, ep_mesh, [tensors.Shard(0)])
+            experts.register_parameter(key, torch.nn.Parameter(placed, requires_grad=weight.requires_grad))
+
     for path, style in engine["plan"]:
-        linear = module.get_submodule(path)
-        linear = getattr(linear, "_checkpoint_wrapped_module", linear)
+        leaf = module.get_submodule(path)
+        leaf = getattr(leaf, "_checkpoint_wrapped_module", leaf)
+        if style == "experts":
+            tensors.distribute_module(leaf.experts, tp_mesh, split_experts)
+            continue
         split = (
             ColwiseParallel(output_layouts=replicate)
             if style == "colwise"
             else RowwiseParallel(input_layouts=replicate)
         )
-        parallelize_module(linear, tp_mesh, split)
+        parallelize_module(leaf, tp_mesh, split)
     if engine["fsdp"]:
         fully_shard = fully_shard_fn()
         for path in innermost_first:
@@ -264,10 +280,57 @@ def tensor_parallel(module, engine: dict, *, innermost_first, mesh):
     return module
 
 
+def stage_bounds(children: int, stages: int) -> list[int]:
+    """Where ``stages`` pipeline stages cut ``children`` root children: stage ``s`` holds children
+    ``bounds[s]:bounds[s + 1]``, contiguous, the first stages one more where they do not divide."""
+    bounds = [0]
+    for stage in range(stages):
+        bounds.append(bounds[-1] + children // stages + (stage < children % stages))
+    return bounds
+
+
+def pipeline_stage(module, engine: dict, *, innermost_first, mesh, device: str):
+    """This rank's pipeline stage of ``module``, as torchtitan keeps model parts: the root's children of the
+    other stages (``stage_bounds``, along the mesh's first dimension, ``pp``) replaced by ``nn.Identity``, so
+    each kept parameter has its name in the whole model; with ``engine["fsdp"]``, ``fully_shard`` across the
+    mesh's second dimension (``dp``: the listed units of the stage innermost first, then the root). The stage
+    is ``torch.distributed.pipelining``'s ``PipelineStage`` on the ``pp`` group, as ``module.pipeline_stage``
+    (``steps.train_steps`` runs it under a one-microbatch GPipe schedule)."""
+    from torch.distributed.pipelining import PipelineStage
+
+    pp_mesh, dp_mesh = (mesh[name] for name in mesh.mesh_dim_names)
+    stage, stages = pp_mesh.get_local_rank(), pp_mesh.size()
+    names = [name for name, _ in module.named_children()]
+    bounds = stage_bounds(len(names), stages)
+    kept = names[bounds[stage] : bounds[stage + 1]]
+    for name in names:
+        if name not in kept:
+            setattr(module, name, torch.nn.Identity())
+    if engine["fsdp"]:
+        fully_shard = fully_shard_fn()
+        for path in innermost_first:
+            if path.split(".")[0] in kept:
+                fully_shard(
+                    module.get_submodule(path), mesh=dp_mesh, reshard_after_forward=engine["reshard_after_forward"]
+                )
+        fully_shard(module, mesh=dp_mesh, reshard_after_forward=engine["reshard_after_forward"])
+    module.pipeline_stage = PipelineStage(module, stage, stages, rank_device(device), group=pp_mesh.get_group())
+    return module
+
+
+def pipeline_group(model):
+    """The ``pp`` group of a pipeline stage (``pipeline_stage``), or None for a model that is not one."""
+    stage = getattr(model, "pipeline_stage", None)
+    return None if stage is None else stage.group
+
+
 def data_rank(engine: dict, mesh_shape, rank: int) -> int:
     """The rank whose batches ``rank`` trains on: its own, but under tensor parallelism the ``dp`` row's
-    (every rank of a ``tp`` group must see the same batch)."""
-    return rank // mesh_shape[-1] if engine["kind"] == "TP" else rank
+    (every rank of a ``tp`` group must see the same batch), and in a pipeline its place in its stage (every
+    stage of a ``pp`` group works on the same batch)."""
+    if engine["kind"] == "TP":
+        return rank // mesh_shape[-1]
+    return rank % mesh_shape[-1] if engine["kind"] == "PP" else rank
 
 
 def checkpoint_modules(model, modules) -> None:
@@ -327,7 +390,7 @@ def wrap_and_shard(module, wrappers: dict, shard, *, engine: str, device: str = 
     """``shard(module)`` inside a side's wrappers (``Side.wrappers``): activation checkpointing on the
     ``checkpointed`` leaves before or after the sharding, then ``torch.compile`` of the whole. A model
     built on the meta device (``meta_init``) is materialized where each engine needs it: DDP and a plain
-    module before (DDP broadcasts real tensors), FSDP2 after ``fully_shard`` (each rank its shard only,
+    module before (DDP broadcasts real tensors), FSDP2, TP and PP after sharding (each rank its shard only,
     torchtitan's order); FSDP1 materializes it itself while it wraps."""
     leaves = [module.get_submodule(path) for path in wrappers["checkpointed"]]
     if wrappers["meta_init"] and engine in ("DDP", "Unsharded"):
@@ -335,7 +398,7 @@ def wrap_and_shard(module, wrappers: dict, shard, *, engine: str, device: str = 
     if wrappers["activation_checkpointing"] == "before":
         checkpoint_modules(module, leaves)
     model = shard(module)
-    if wrappers["meta_init"] and engine in ("FSDP2", "TP"):
+    if wrappers["meta_init"] and engine in ("FSDP2", "TP", "PP"):
         materialize(model, device, seed)
     if wrappers["activation_checkpointing"] == "after":
         checkpoint_modules(model, leaves)

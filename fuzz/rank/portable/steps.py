@@ -19,12 +19,13 @@ from __future__ import annotations
 import torch
 
 from shardfuzz.rank.portable.optimizers import first_module_parameters
-from shardfuzz.rank.portable.sharding import rank_device, unwrapped_name
+from shardfuzz.rank.portable.sharding import pipeline_group, rank_device, unwrapped_name
 
 __all__ = [
     "scalar_loss",
     "training_batch",
     "train_steps",
+    "pipeline_step",
     "make_scheduler",
     "AppState",
     "make_app_state",
@@ -107,9 +108,12 @@ def train_steps(
         inputs = x if isinstance(x, tuple) else (x,)
         if device != "cpu":
             inputs = tuple(t.to(rank_device(device)) if isinstance(t, torch.Tensor) else t for t in inputs)
-        loss = scalar_loss(model(*inputs))
         scaler = app.scaler if app is not None else None
-        (scaler.scale(loss) if scaler is not None else loss).backward()
+        if hasattr(model, "pipeline_stage"):
+            pipeline_step(model, inputs, batch_size=batch_size)
+        else:
+            loss = scalar_loss(model(*inputs))
+            (scaler.scale(loss) if scaler is not None else loss).backward()
         if idle and (gradless == "always" or step == 0):
             for p in idle:
                 p.grad = None
@@ -121,6 +125,19 @@ def train_steps(
         optim.zero_grad()
         if app is not None:
             app.after_step(batch_size)
+
+
+def pipeline_step(model, inputs, *, batch_size: int) -> None:
+    """A pipeline stage's (``sharding.pipeline_stage``) forward and backward of one batch: a GPipe schedule of one
+    microbatch (made at the first step, kept as ``model.pipeline_schedule``), the first stage fed ``inputs``, the
+    last computing ``scalar_loss``; the same arithmetic as the whole model's on one rank."""
+    from torch.distributed.pipelining import ScheduleGPipe
+
+    stage = model.pipeline_stage
+    if getattr(model, "pipeline_schedule", None) is None:
+        model.pipeline_schedule = ScheduleGPipe(stage, 1, loss_fn=lambda output, _target: scalar_loss(output))
+    target = torch.zeros(batch_size) if stage.is_last else None  # the loss needs none; the schedule takes one
+    model.pipeline_schedule.step(*(inputs if stage.is_first else ()), target=target)
 
 
 def make_scheduler(optim, kind: str):
@@ -340,6 +357,13 @@ def gather_full(model, optim, app=None) -> dict:
         if not group["params"]:
             flat.update({f"optim.empty_param_groups.{i}.{k}": plain(v) for k, v in group.items() if k != "params"})
     flat.update(app_values(app, optim))
+    group = pipeline_group(model)
+    if group is not None:  # a pipeline stage holds its own layers: the stages' states make the model's
+        import torch.distributed as dist
+
+        stages: list = [None] * dist.get_world_size(group)
+        dist.all_gather_object(stages, flat, group=group)
+        flat = {key: value for stage in stages for key, value in stage.items()}
     return flat
 
 
