@@ -59,10 +59,11 @@ def separating_conditions(
     chosen: dict[str, str] = {}
     open_conditions = dict(candidates)
     while left and open_conditions and hits / (hits + len(left)) < good_enough:
+        # meets, not equality: a condition may admit several values ('2|3|4'), which no case's value equals
         name, value = max(
-            open_conditions.items(), key=lambda item: sum(1 for other in left if other.get(item[0]) != item[1])
+            open_conditions.items(), key=lambda item: sum(1 for other in left if not meets(other, dict([item])))
         )
-        still = [other for other in left if other.get(name) == value]
+        still = [other for other in left if meets(other, {name: value})]
         if len(still) == len(left):
             break  # no candidate rules out any more of them
         chosen[name] = open_conditions.pop(name)
@@ -197,7 +198,7 @@ class Steering:
                 if shared is None:
                     own = self.own_case(known_signature, case)
                     shared = dict(dims) if own is None else {k: v for k, v in dims.items() if own.get(k) == v}
-                self._candidates[key] = {k: v for k, v in shared.items() if dims.get(k) == v}
+                self._candidates[key] = {k: v for k, v in shared.items() if meets(dims, {k: v})}
                 self._stale.add(key)
         self._history.append((dims, known_signature))
         if not self.frozen:
