@@ -189,7 +189,7 @@ _ADDRESS = re.compile(r"0x[0-9a-fA-F]+")
 _NAME_TUPLE = re.compile(r"\((?:'[^']*'(?:, )?)+,?\)")  # ('0.weight', '1.bias'): which parameters
 # A parameter's or buffer's FQN, and FSDP's module_name=/prefix= fields: where in the tree, not what went wrong.
 # Any hyperparameter or state name after it (``'<fqn>.weight.lr'`` in a KeyError) is part of the key too.
-_FQN = re.compile(r"\b(?:\w+\.)+(?:weight|bias|running_mean|running_var|num_batches_tracked)(?:\.\w+)?\b")
+_FQN = re.compile(r"\b(?:\w+\.)+(?:weight|bias|running_mean|running_var|num_batches_tracked|experts\.w\d)(?:\.\w+)?\b")
 _MODULE_FIELD = re.compile(r"\b(module_name|prefix)=[\w.]*")
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import attrs
 import torch
 
-from shardfuzz.case import FSDP2, TP, Case
+from shardfuzz.case import FSDP2, PP, TP, Case
 from shardfuzz.rank import oracles, resume, sharded_checks
 from shardfuzz.rank.context import RankContext
 from shardfuzz.rank.oracles import compare_state
@@ -114,6 +114,7 @@ def _save_side(case: Case, ctx: RankContext, target, checkpoint_dir: str, phase:
     )
     del held
     if case.loop.late_group:  # what the checkpoint holds is saved: the loop unfreezes a module from here on
+        ctx.enter("late-group")
         add_late_group(optim, model)
     if "continuation" in case.checks and case.load_mutation is None:
         ctx.enter("continue-saved")
@@ -170,13 +171,14 @@ def _load_and_judge(case, ctx, target, checkpoint_dir, expected, expected_after,
     if side.world_size > 1:
         ctx.enter("replicas")
         replicas = sharded_checks.replica_consistency(model, optim, group=ctx.group(side.world_size), rank=ctx.rank)
-    if isinstance(side.engine, (FSDP2, TP)):
+    if isinstance(side.engine, (FSDP2, TP, PP)):
         ctx.enter("layout")
         mismatches += sharded_checks.layout(model, case.load_model(), side, rank=ctx.rank)
     if "full-offload" in case.checks:
         ctx.enter("full-offload")
         mismatches += sharded_checks.full_offload(model, optim, actual, rank=ctx.rank)
     if case.loop.late_group:  # judged above as loaded; from here on the loop trains the unfrozen module too
+        ctx.enter("late-group")
         add_late_group(optim, model)
     if "continuation" in case.checks:
         ctx.enter("continue-loaded")

@@ -8,10 +8,10 @@ from typing import Any
 
 import torch.distributed as dist
 
-from shardfuzz.case import FSDP2, TP, Side
+from shardfuzz.case import FSDP2, PP, TP, Side, child_items
 from shardfuzz.rank import oracles
 from shardfuzz.rank.portable import steps as rank_steps
-from shardfuzz.rank.portable.sharding import dtensor, unwrapped_name
+from shardfuzz.rank.portable.sharding import dtensor, stage_bounds, unwrapped_name
 from shardfuzz.rank.portable.steps import plain
 from shardfuzz.verdict import Mismatch
 
@@ -20,8 +20,9 @@ __all__ = ["api_parity", "full_offload", "layout", "replica_consistency"]
 
 def layout(model, spec, side: Side, *, rank: int) -> list[Mismatch]:
     """Each DTensor parameter's mesh size, placements, shape and dtype against what the side's engine
-    should give it (FSDP2 and TP sides)."""
-    return oracles.layout(_layout_records(model), _expected_layout(spec, side), rank=rank)
+    should give it (FSDP2, TP and PP sides; ``rank``: the case's, which places it in a pipeline)."""
+    expected = _pipeline_layout(spec, side, rank) if isinstance(side.engine, PP) else _expected_layout(spec, side)
+    return oracles.layout(_layout_records(model), expected, rank=rank)
 
 
 def _layout_records(model) -> dict[str, oracles.LayoutRecord]:
@@ -84,6 +85,23 @@ def _tp_layout(spec, side: Side) -> dict[str, oracles.LayoutRecord]:
         on_dp = _strided_shard(tp) if on_tp == Shard(0) else Shard(0)
         records[name] = oracles.LayoutRecord(dp * tp, repr((on_dp, on_tp)), shape, f"torch.{spec.dtype}")
     return records
+
+
+def _pipeline_layout(spec, side: Side, rank: int) -> dict[str, oracles.LayoutRecord]:
+    """A pipeline stage holds its own root children's parameters and no other (``sharding.stage_bounds``): with
+    ``fsdp``, each ``Shard(0)`` across the stage's ``dp`` ranks at its full shape; without, none is a DTensor."""
+    stages, dp = side.mesh_shape
+    names = [name for name, _ in child_items(spec.root)]
+    bounds = stage_bounds(len(names), stages)
+    kept = set(names[bounds[rank // dp] : bounds[rank // dp + 1]])
+    if not side.engine.fsdp:
+        return {}
+    placements = repr((dtensor().Shard(0),))
+    return {
+        name: oracles.LayoutRecord(dp, placements, shape, f"torch.{spec.dtype}")
+        for name, shape in spec.parameter_shapes().items()
+        if name.split(".")[0] in kept
+    }
 
 
 def _strided_shard(split_factor: int):

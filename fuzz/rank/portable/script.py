@@ -300,6 +300,7 @@ def run_save_side(rank, checkpoint_dir, phase, group, mesh, checkpoint_group):
     save_from(model, optim, app, checkpoint_dir, checkpoint_group, held)
     del held
     if LATE_GROUP:  # saved: the loop unfreezes a module from here on
+        PHASE[0] = "late-group"
         add_late_group(optim, model)
     if "continuation" in CHECKS and LOAD_MUTATION is None:
         PHASE[0] = "continue-saved"
@@ -358,6 +359,7 @@ def run_load_side(rank, checkpoint_dir, group, mesh, saved_by, expected, expecte
         PHASE[0] = "full-offload"
         full_offload(model, optim, rank, actual)
     if LATE_GROUP:  # judged as loaded: from here on the loop trains the unfrozen module too
+        PHASE[0] = "late-group"
         add_late_group(optim, model)
     if "continuation" in CHECKS:
         PHASE[0] = "continue-loaded"
