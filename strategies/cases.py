@@ -119,7 +119,7 @@ def _side_drawer(*, max_world_size, engine_names, devices, gpus, support: Target
         for limit in meshes
         for fsdp in (False, True)
     }
-    expert_parallel, one_in_six = capabilities().expert_parallel and "tp" in offered, rarely(one_in=6)
+    expert_parallel, one_in_three = capabilities().expert_parallel and "tp" in offered, rarely(one_in=3)
     state_dicts, apis = state_dict_types(), state_dict_apis()
     if support.state_dicts is not None:
         allowed = [t for t in support.state_dicts if t != "local"]  # local: decided for the pair in cases()
@@ -132,7 +132,7 @@ def _side_drawer(*, max_world_size, engine_names, devices, gpus, support: Target
         limit = limits[device]
         mesh = draw(meshes[limit])
         engine = draw(engines_on[len(mesh)])
-        if expert_parallel and model.experts_nodes() and draw(one_in_six):  # experts split where a model has some
+        if expert_parallel and model.experts_nodes() and draw(one_in_three):  # experts split where a model has some
             engine = TP(fsdp=draw(st.booleans()))
         if isinstance(engine, Unsharded):
             mesh = (1,)

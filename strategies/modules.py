@@ -149,8 +149,8 @@ def module_trees(
     over Linears, with at least one trainable Linear, and (one leaf in five) norm layers,
     (one in ten) convolutions, and (one in twenty each) ``Scale`` leaves with a 0-D parameter
     and ``Tied`` pairs of Linears sharing a weight; and the transformer's leaves, one in twenty-five
-    each: ``RMSNorm``, attention (``attention_layers``), a SwiGLU feed-forward, a whole block and a
-    mixture of experts (``experts_layers``).
+    each: ``RMSNorm``, attention (``attention_layers``), a SwiGLU feed-forward and a whole block, and (one in
+    twelve) a mixture of experts (``experts_layers``).
 
     Single-child containers make deep nesting (depth 3 and more) cheap to reach.
     A bare leaf drawn as the whole tree is put in a Sequential (the root is a container).
@@ -171,6 +171,7 @@ def module_trees(
             attention_layers(),
             swiglus(max_width=max_width),
             transformer_blocks(max_width=max_width),
+            experts_layers(max_width=max_width),
             experts_layers(max_width=max_width),
         ),
         lambda inner: _containers(inner, max_children),

@@ -136,9 +136,10 @@ def test_a_tensor_parallel_split_the_other_way_is_caught_by_the_layout_oracle_al
     "target, oracle",
     [("shardfuzz.targets:DcpTarget", None), ("shardfuzz.targets.mutants:ExpertShardsFromNeighbour", "complete-state")],
 )
-def test_experts_loaded_from_the_wrong_ep_rank_are_caught_by_the_state_oracle(target, oracle):
-    """An uneven expert-parallel load (3 experts over 2 ``ep`` ranks, FSDP2 across ``dp``) whose loader takes each
-    rank's experts from its neighbour: the values land on the wrong experts, which the state oracle sees."""
+def test_experts_saved_from_the_wrong_ep_rank_are_caught_by_the_state_oracle(target, oracle):
+    """An uneven expert-parallel save (3 experts over 2 ``ep`` ranks) whose saver writes each rank's experts from
+    its neighbour, loaded into FSDP2 + expert parallelism: the values land on the wrong experts, which the state
+    oracle sees."""
     from shardfuzz.case import TP, Adam, Case, Experts, Linear, Model, Sequential, Side
 
     case = Case(
@@ -162,21 +163,20 @@ def test_experts_loaded_from_the_wrong_ep_rank_are_caught_by_the_state_oracle(ta
     "target, oracle",
     [
         ("shardfuzz.targets:DcpTarget", None),
-        ("shardfuzz.targets.mutants:StageLayersNumberedFromZero", "complete-state"),
+        ("shardfuzz.targets.mutants:LastStageSavedBeforeItsStep", "complete-state"),
     ],
 )
-def test_a_stages_layers_under_stage_local_names_are_caught_by_the_state_oracle(target, oracle):
-    """A plain module saved, loaded into a two-stage pipeline whose checkpoint code names the second stage's
-    layers from 0: that stage reads the first stage's layers (all 1 x 1 here, so no shape gives it away)."""
-    from shardfuzz.case import DDP, PP, Adam, Case, Linear, Model, Sequential, Side
+def test_a_last_stage_saved_before_its_step_is_caught_by_the_state_oracle(target, oracle):
+    """A two-stage pipeline whose checkpoint code takes the last stage's weights before its last optimizer step,
+    loaded into a plain module: the second stage's layers come back a step stale."""
+    from shardfuzz.case import DDP, PP, SGD, Case, Linear, Model, Sequential, Side
 
     case = Case(
-        model=Model(1, Sequential([Linear(1), Linear(1), Linear(1)])),
-        save=Side(DDP(), (1,)),
-        load=Side(PP(), (2, 1)),
-        optimizer=Adam(),
+        model=Model(1, Sequential([Linear(1), Linear(1)])),
+        save=Side(PP(), (2, 1)),
+        load=Side(DDP(), (1,)),
+        optimizer=SGD(),
         steps=1,
-        checks=("continuation",),
     )
     with RankPool(2, target=target) as pool:
         verdict = pool.run(case)
@@ -185,3 +185,4 @@ def test_a_stages_layers_under_stage_local_names_are_caught_by_the_state_oracle(
     else:
         assert verdict.status == "mismatch", verdict.summary()
         assert {m.oracle for m in verdict.mismatches} == {oracle}, verdict.summary()
+        assert all(m.key.startswith("model.1.") for m in verdict.mismatches), verdict.summary()

@@ -49,6 +49,12 @@ LOW_BIT_SMALLEST = 4096
         # seed 0: killed in 0.3 s, shrunk to size 5 in 10 s (since failures the unmutated target shows too are no
         # kills; seed 1's first kill is now loud-incompatible-load, the mutant skipping an incompatible load)
         pytest.param("CompletionMarkedByGlobalRankZero", 0, marks=pytest.mark.slow),
+        # Pipeline stages: seed 0 killed in 26 s, shrunk to size 7 (a two-stage save of a Linear and a BatchNorm);
+        # its direct test (test_fault_injection.py) stays in the default tier.
+        pytest.param("LastStageSavedBeforeItsStep", 0, marks=pytest.mark.slow),
+        # Expert parallelism: seed 4 killed in 0.1 s, shrunk to size 7 (3 experts over 2 ep ranks); seeds 0 and 1 did
+        # not kill it in 80 s before experts leaves and expert-parallel sides were drawn twice as often.
+        pytest.param("ExpertShardsFromNeighbour", 4, marks=pytest.mark.slow),
         # Only a low-bit optimizer's state has scales, and torchao quantises only tensors of 4096 elements or more:
         # its shrunk case keeps one such Linear (LOW_BIT_SMALLEST below).
         pytest.param("LowBitScalesNotLoaded", 0, marks=[pytest.mark.slow, _needs_torchao]),

@@ -327,10 +327,11 @@ class TPStyleSwapped(DcpTarget):
 
 
 class ExpertShardsFromNeighbour(DcpTarget):
-    """A loader for expert-parallel models that reads each rank's experts from the next ``ep`` rank's shard (as
-    one that names expert shards by local index does): every grouped-expert weight of a side's planned
-    mixture of experts gets its ``ep`` neighbour's values (as many as fit where the split is uneven). Only a
-    load into an expert-parallel side (a TP plan's ``experts`` style, ``ep`` > 1) has shards to mix up."""
+    """A saver for expert-parallel models that writes each rank's experts from the next ``ep`` rank's shard (as
+    one that names expert shards by local index does): every grouped-expert weight of a side's planned mixture
+    of experts is saved with its ``ep`` neighbour's values (as many as fit where the split is uneven), the live
+    model untouched. Only a save from an expert-parallel side (a TP plan's ``experts`` style, ``ep`` > 1) has
+    shards to mix up."""
 
     def __init__(self):
         super().__init__()
@@ -344,65 +345,50 @@ class ExpertShardsFromNeighbour(DcpTarget):
         )
         return default(module, side, group=group, mesh=mesh)
 
-    def load(self, state_dict, *, checkpoint_id, process_group):
-        super().load(state_dict, checkpoint_id=checkpoint_id, process_group=process_group)
-        for key in sorted(k for k in state_dict["model"] if k.startswith(self._experts)):
-            value = state_dict["model"][key]
+    def save(self, state_dict, *, checkpoint_id, process_group):
+        model = dict(state_dict["model"])
+        for key in sorted(k for k in model if k.startswith(self._experts)):
+            value = model[key]
             if not isinstance(value, dtensor().DTensor) or value.device_mesh.size(-1) == 1:
                 continue
             ep = value.device_mesh.get_group(value.device_mesh.ndim - 1)
-            local = value.to_local()
+            local = value.to_local().detach().clone()
             shards: list = [None] * dist.get_world_size(ep)
-            dist.all_gather_object(shards, local.detach().clone(), group=ep)
+            dist.all_gather_object(shards, local, group=ep)
             neighbour = shards[(dist.get_rank(ep) + 1) % len(shards)].reshape(-1)
             fit = min(neighbour.numel(), local.numel())
-            with torch.no_grad():
-                local.view(-1)[:fit].copy_(neighbour[:fit])
+            local.view(-1)[:fit].copy_(neighbour[:fit])
+            model[key] = dtensor().DTensor.from_local(
+                local, value.device_mesh, value.placements, shape=value.shape, stride=value.stride()
+            )
+        super().save({**state_dict, "model": model}, checkpoint_id=checkpoint_id, process_group=process_group)
 
 
-class StageLayersNumberedFromZero(DcpTarget):
-    """Checkpoint code for pipelined models that names each stage's layers as the stage numbers them, from its
-    first (as a stage built as a model of its own does: the second stage's first layer saved as the model's
-    first), on save and on load alike. A pipeline loaded with the same split collides across stages; any other
-    layout reads another stage's layers. Only a pipelined side (``PP``) has stages."""
+class LastStageSavedBeforeItsStep(DcpTarget):
+    """Checkpoint code for pipelined models that takes the last stage's weights as they were before its last
+    optimizer step (as a trainer that checkpoints each stage when its part of the schedule ends, the last stage's
+    step still to come, would): that stage's layers are saved a step stale, with no error. Only a pipelined save
+    side (``PP``) has a last stage of its own."""
 
     def __init__(self):
         super().__init__()
-        self._renames: dict[str, str] = {}
+        self._before_step: dict = {}
 
     def shard(self, module, side, *, group, mesh, default):
-        names = [name for name, _ in module.named_children()]
         model = default(module, side, group=group, mesh=mesh)
-        kept = [name for name, child in model.named_children() if not isinstance(child, torch.nn.Identity)]
-        self._renames = (
-            {f"{old}.": f"{new}." for old, new in zip(kept, names)} if hasattr(model, "pipeline_stage") else {}
-        )
+        stage = getattr(model, "pipeline_stage", None)
+        self._before_step = {}
+        if stage is not None and stage.is_last and not stage.is_first:
+
+            def remember(_module, _inputs):  # each step's forward comes before its optimizer step
+                self._before_step = {name: p.detach().clone() for name, p in model.named_parameters()}
+
+            model.register_forward_pre_hook(remember)
         return model
 
-    def _renamed(self, key: str) -> str:
-        for section in ("", "state.", "param_groups."):  # model keys, flattened optimizer keys
-            for old, new in self._renames.items():
-                if key.startswith(section + old):
-                    return section + new + key[len(section + old) :]
-        return key
-
-    def _local(self, state_dict) -> dict:
-        return {
-            part: {self._renamed(k): v for k, v in state_dict[part].items()}
-            for part in ("model", "optim")
-            if part in state_dict
-        }
-
     def save(self, state_dict, *, checkpoint_id, process_group):
-        super().save(
-            {**state_dict, **self._local(state_dict)}, checkpoint_id=checkpoint_id, process_group=process_group
-        )
-
-    def load(self, state_dict, *, checkpoint_id, process_group):
-        local = self._local(state_dict)
-        super().load({**state_dict, **local}, checkpoint_id=checkpoint_id, process_group=process_group)
-        for part, values in local.items():  # hyperparameters are replaced, not filled in place: back under their names
-            state_dict[part] = {key: values[self._renamed(key)] for key in state_dict[part]}
+        stale = {key: self._before_step.get(key, value) for key, value in state_dict["model"].items()}
+        super().save({**state_dict, "model": stale}, checkpoint_id=checkpoint_id, process_group=process_group)
 
 
 class TrainingStateNotLoaded(DcpTarget):
@@ -477,7 +463,7 @@ CATALOGUE: dict[str, str] = {
     "ShardOnDimOne": "layout",
     "TPStyleSwapped": "layout",
     "ExpertShardsFromNeighbour": "complete-state",
-    "StageLayersNumberedFromZero": "complete-state",
+    "LastStageSavedBeforeItsStep": "complete-state",
     "TrainingStateNotLoaded": "complete-state",
     "RotaryTableLeftEmpty": "continuation",
     "LowBitScalesNotLoaded": "complete-state",
