@@ -20,6 +20,7 @@ __all__ = [
     "AttentionLeaf",
     "MultiheadAttentionLeaf",
     "TransformerBlockLeaf",
+    "whole_weight",
     "GroupedExpertsLeaf",
     "ExpertsLeaf",
     "layer_class",
@@ -176,6 +177,16 @@ class TransformerBlockLeaf(nn.Module):
         return h + self.feed_forward(self.ffn_norm(h))
 
 
+def whole_weight(weight):
+    """A grouped weight whole: gathered where expert parallelism split it (a DTensor), else as it is. ``isinstance``,
+    not ``hasattr``: under ``torch.compile`` the attribute test did not see the DTensor, which reached indexing."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch before 2.5
+        from torch.distributed._tensor import DTensor
+    return weight.full_tensor() if isinstance(weight, DTensor) else weight
+
+
 class GroupedExpertsLeaf(nn.Module):
     """torchtitan's grouped experts: each expert a SwiGLU feed-forward, its weights stacked on a leading expert
     dimension (``w1``, ``w3``: ``(experts, hidden, width)``; ``w2``: ``(experts, width, hidden)``), the dimension
@@ -195,7 +206,7 @@ class GroupedExpertsLeaf(nn.Module):
                 nn.init.uniform_(weight, -1.0 / weight.shape[-1] ** 0.5, 1.0 / weight.shape[-1] ** 0.5)
 
     def forward(self, x, chosen):
-        w1, w2, w3 = (w.full_tensor() if hasattr(w, "full_tensor") else w for w in (self.w1, self.w2, self.w3))
+        w1, w2, w3 = (whole_weight(w) for w in (self.w1, self.w2, self.w3))
         gated = nn.functional.silu(torch.einsum("tw,thw->th", x, w1[chosen])) * torch.einsum(
             "tw,thw->th", x, w3[chosen]
         )
