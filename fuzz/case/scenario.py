@@ -164,7 +164,7 @@ class Case:
             side = getattr(self, name)
             if not isinstance(side.engine, PP):
                 continue
-            children = len(self.model.root.children)
+            children = len(self.model.root.children) if isinstance(self.model, Model) else 0
             if side.mesh_shape[0] > children:
                 raise ValueError(
                     f"{name}: {side.mesh_shape[0]} pipeline stages need as many root children, not {children}"
@@ -386,7 +386,9 @@ def _split_widths(case: Case, side: Side) -> list[int]:
     """The widths ``side`` splits: each Linear's output features, and under tensor parallelism (a rowwise
     Linear splits its input) its input features too; each mixture of experts' expert count."""
     linears = case.model.linears()
-    experts = [node.experts for _, node in case.model.experts_nodes()]  # FSDP and expert parallelism split them
+    experts = [
+        node.experts for _, node in case.model.experts_nodes() if node is not None
+    ]  # FSDP and expert parallelism split them
     if isinstance(side.engine, TP):
         return [w for _, fed, out, _ in linears for w in (fed, out)] + experts
     return [out for _, _, out, _ in linears] + experts

@@ -90,11 +90,13 @@ def _tp_layout(spec, side: Side) -> dict[str, oracles.LayoutRecord]:
 def _pipeline_layout(spec, side: Side, rank: int) -> dict[str, oracles.LayoutRecord]:
     """A pipeline stage holds its own root children's parameters and no other (``sharding.stage_bounds``): with
     ``fsdp``, each ``Shard(0)`` across the stage's ``dp`` ranks at its full shape; without, none is a DTensor."""
+    engine = side.engine
+    assert isinstance(engine, PP)
     stages, dp = side.mesh_shape
     names = [name for name, _ in child_items(spec.root)]
     bounds = stage_bounds(len(names), stages)
     kept = set(names[bounds[rank // dp] : bounds[rank // dp + 1]])
-    if not side.engine.fsdp:
+    if not engine.fsdp:
         return {}
     placements = repr((dtensor().Shard(0),))
     return {
