@@ -3,7 +3,7 @@ with the reason, short names and entry points reach targets, and ``TARGET+FAULT`
 
 import attrs
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shardfuzz.case import FSDP1, FSDP2, SGD, Adam, Case, Linear, Model, Sequential, Side
@@ -39,7 +39,9 @@ SUPPORTS = [
 DRAWS = st.one_of(*(st.tuples(st.just(support), cases(max_world_size=4, support=support)) for support in SUPPORTS))
 
 
-@settings(max_examples=40, deadline=None)
+# A narrow support filters much of what the trees and sides draw (by design: the draws leave out what they can and
+# the filter the rest); with expert leaves drawn one in twelve, derandomized draws crossed the health check's bound.
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
 @given(DRAWS)
 def test_drawn_cases_are_all_supported(drawn):
     support, case = drawn
