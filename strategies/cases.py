@@ -165,15 +165,10 @@ def _side_drawer(*, max_world_size, engine_names, devices, gpus, support: Target
             stages = min(len(model.root.children), MAX_CHILDREN) if isinstance(model, Model) else 0
             options = [(pp, dp) for dp, pp in tp_meshes[limit, engine.fsdp] if pp <= stages]
             engine, mesh = (engine, draw(st.sampled_from(options))) if options else (DDP(), (limit,))
-        lists_units = (
-            isinstance(engine, FSDP2)
-            or (isinstance(engine, FSDP1) and engine.wraps_listed_modules)
-            or (isinstance(engine, (TP, PP)) and engine.fsdp)
-        )
         return Side(
             engine=engine,
             mesh_shape=mesh,
-            wrap=draw(wrap_sets(model)) if lists_units else (),
+            wrap=draw(wrap_sets(model)) if engine.shards_listed_modules else (),
             state_dict=draw(state_dicts),
             device=device,
             state_dict_api=draw(apis),

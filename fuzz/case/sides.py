@@ -72,6 +72,12 @@ class EngineKind:
         """How many pieces each parameter is cut into on a side of this mesh (1 where it is replicated)."""
         return mesh_shape[-1]
 
+    @property
+    def shards_listed_modules(self) -> bool:
+        """Whether ``Side.wrap`` names the units it shards (FSDP2; FSDP1 under a listing policy; FSDP2 across
+        ``dp`` beside tensor or pipeline parallelism)."""
+        return False
+
 
 @frozen
 class FSDP1(EngineKind):
@@ -114,6 +120,10 @@ class FSDP1(EngineKind):
         """Whether ``Side.wrap`` chooses the inner units (else the policy does)."""
         return self.wrap_policy in ("set", "manual")
 
+    @property
+    def shards_listed_modules(self) -> bool:
+        return self.wraps_listed_modules
+
 
 @frozen
 class FSDP2(EngineKind):
@@ -137,6 +147,10 @@ class FSDP2(EngineKind):
 
     @property
     def needs_mesh(self) -> bool:
+        return True
+
+    @property
+    def shards_listed_modules(self) -> bool:
         return True
 
     def dim_for(self, ndim: int) -> int:
@@ -211,6 +225,10 @@ class TP(EngineKind):
     def needs_mesh(self) -> bool:
         return True
 
+    @property
+    def shards_listed_modules(self) -> bool:
+        return self.fsdp
+
 
 @frozen
 class PP(EngineKind):
@@ -236,6 +254,10 @@ class PP(EngineKind):
 
     def shard_count(self, mesh_shape: tuple[int, ...]) -> int:
         return mesh_shape[-1] if self.fsdp else 1
+
+    @property
+    def shards_listed_modules(self) -> bool:
+        return self.fsdp
 
 
 #: The engines, the registry the rest of shardfuzz reads: a new engine is added here.
@@ -316,12 +338,7 @@ class Side:
             raise ValueError("TP needs a plan: at least one Linear split colwise or rowwise, or experts split")
         if isinstance(engine, PP):
             self._check_pipeline(engine)
-        lists_units = (
-            isinstance(engine, FSDP2)
-            or (isinstance(engine, FSDP1) and engine.wraps_listed_modules)
-            or (isinstance(engine, (TP, PP)) and engine.fsdp)
-        )
-        if self.wrap and not lists_units:
+        if self.wrap and not engine.shards_listed_modules:
             raise ValueError(f"wrap lists modules, but {engine!r} does not shard listed modules")
         if self.broadcast_from_rank0 and self.state_dict != "full":
             raise ValueError("broadcast_from_rank0 loads a full state dict: it needs state_dict 'full'")

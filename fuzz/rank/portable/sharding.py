@@ -25,6 +25,7 @@ __all__ = [
     "shard_fsdp2",
     "wrap_fsdp1",
     "tensor_parallel",
+    "shard_units",
     "stage_bounds",
     "pipeline_stage",
     "pipeline_group",
@@ -273,10 +274,7 @@ def tensor_parallel(module, engine: dict, *, innermost_first, mesh):
         )
         parallelize_module(leaf, tp_mesh, split)
     if engine["fsdp"]:
-        fully_shard = fully_shard_fn()
-        for path in innermost_first:
-            fully_shard(module.get_submodule(path), mesh=dp_mesh, reshard_after_forward=engine["reshard_after_forward"])
-        fully_shard(module, mesh=dp_mesh, reshard_after_forward=engine["reshard_after_forward"])
+        shard_units(module, innermost_first, mesh=dp_mesh, reshard_after_forward=engine["reshard_after_forward"])
     return module
 
 
@@ -307,13 +305,8 @@ def pipeline_stage(module, engine: dict, *, innermost_first, mesh, device: str):
         if name not in kept:
             setattr(module, name, torch.nn.Identity())
     if engine["fsdp"]:
-        fully_shard = fully_shard_fn()
-        for path in innermost_first:
-            if path.split(".")[0] in kept:
-                fully_shard(
-                    module.get_submodule(path), mesh=dp_mesh, reshard_after_forward=engine["reshard_after_forward"]
-                )
-        fully_shard(module, mesh=dp_mesh, reshard_after_forward=engine["reshard_after_forward"])
+        units = [path for path in innermost_first if path.split(".")[0] in kept]
+        shard_units(module, units, mesh=dp_mesh, reshard_after_forward=engine["reshard_after_forward"])
     module.pipeline_stage = PipelineStage(module, stage, stages, rank_device(device), group=pp_mesh.get_group())
     return module
 
@@ -322,6 +315,15 @@ def pipeline_group(model):
     """The ``pp`` group of a pipeline stage (``pipeline_stage``), or None for a model that is not one."""
     stage = getattr(model, "pipeline_stage", None)
     return None if stage is None else stage.group
+
+
+def shard_units(module, innermost_first, *, mesh, reshard_after_forward: bool) -> None:
+    """``fully_shard`` across ``mesh`` on each listed unit, innermost first, then on ``module`` itself: FSDP2 across
+    ``dp`` beside tensor or pipeline parallelism."""
+    fully_shard = fully_shard_fn()
+    for path in innermost_first:
+        fully_shard(module.get_submodule(path), mesh=mesh, reshard_after_forward=reshard_after_forward)
+    fully_shard(module, mesh=mesh, reshard_after_forward=reshard_after_forward)
 
 
 def data_rank(engine: dict, mesh_shape, rank: int) -> int:
