@@ -419,3 +419,23 @@ def test_fsdp1s_differing_state_types_message_is_one_form_whichever_state_it_nam
     )
     assert canonical_signature(tail) == canonical_signature(whole)
     assert canonical_signature(canonical_signature(tail)) == canonical_signature(tail)
+
+
+def test_a_pipeline_stages_layout_is_its_own_parameters_sharded_across_dp_and_no_others():
+    """What the layout oracle wants of a pipelined side (``sharded_checks._pipeline_layout``): on a (2, 2) mesh with
+    FSDP2 in each stage, stage 0 (ranks 0 and 1) holds the first two root children's parameters, each ``Shard(0)``
+    across its 2 dp ranks, stage 1 the last child's; a parameter of another stage, or one left whole, is a mismatch.
+    Without FSDP2 no parameter is a DTensor."""
+    from shardfuzz.case import PP, Linear, Model, Sequential, Side
+    from shardfuzz.rank.sharded_checks import _pipeline_layout
+
+    model = Model(3, Sequential([Linear(4), Linear(2, bias=False), Linear(5)]))
+    side = Side(PP(fsdp=True), (2, 2))
+    first, second = _pipeline_layout(model, side, 1), _pipeline_layout(model, side, 2)
+    assert sorted(first) == ["0.bias", "0.weight", "1.weight"] and sorted(second) == ["2.bias", "2.weight"]
+    assert first["0.weight"] == LayoutRecord(2, "(Shard(dim=0),)", (4, 3), "torch.float32")
+    held = {**first, "2.weight": second["2.weight"]}  # a stage that kept a layer of the next one
+    assert [m.key for m in oracles.layout(held, first, rank=1)] == ["2.weight"]
+    whole = {k: v for k, v in first.items() if k != "1.weight"}  # a parameter FSDP2 left unsharded
+    assert [m.detail for m in oracles.layout(whole, first, rank=1)] == ["not a DTensor after load"]
+    assert _pipeline_layout(model, Side(PP(), (3, 1)), 2) == {}
