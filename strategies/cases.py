@@ -179,7 +179,7 @@ def _side_drawer(*, max_world_size, engine_names, devices, gpus, support: Target
 
 def _pipelined(*sides: Side) -> bool:
     """Whether one of ``sides`` is pipelined: it takes no activation checkpointing, ``torch.compile``, offloaded
-    or broadcast state dict (``Side._check_pipeline``), and its case no gradient scaler, gradless parameters or
+    or broadcast state dict (``Side._check_pipeline``), and its case no training state, gradless parameters or
     late param group (``Case._check_pipelines``)."""
     return any(isinstance(side.engine, PP) for side in sides)
 
@@ -398,8 +398,8 @@ def cases(
         # Drawn last, so that the draws above (and the seeds of named examples) stay as they were.
         stateful = isinstance(storage, Dcp) and storage.api != "legacy"
         training = draw(training_choice) if stateful else None
-        if training is not None and _pipelined(save, load):
-            training = attrs.evolve(training, grad_scaler=False)
+        if _pipelined(save, load):
+            training = None
         wrappers = st.just({}) if users_own else side_wrappers(model)
 
         def wrapped(side: Side) -> Side:

@@ -157,9 +157,10 @@ class Case:
 
     def _check_pipelines(self) -> None:
         """A pipelined side cuts the root's children into its stages, which run the schedule's own backward and
-        hold a stage's parameters only: no gradient scaler (the schedule does not scale the loss), and no loop
-        that picks one module's parameters by name (``Loop.gradless``, ``Loop.late_group``: a stage may not
-        hold them)."""
+        hold a stage's parameters only: no training state (a scheduler's state is per param group index, and a stage's
+        groups are not the model's: a README run loaded one stage's next learning rates in another's group order;
+        the gradient scaler's loss scaling the schedule does not do), and no loop that picks one module's parameters
+        by name (``Loop.gradless``, ``Loop.late_group``: a stage may not hold them)."""
         for name in ("save", "load"):
             side = getattr(self, name)
             if not isinstance(side.engine, PP):
@@ -169,8 +170,8 @@ class Case:
                 raise ValueError(
                     f"{name}: {side.mesh_shape[0]} pipeline stages need as many root children, not {children}"
                 )
-            if self.loop.gradless != "never" or self.loop.late_group or (self.training and self.training.grad_scaler):
-                raise ValueError(f"{name}: PP takes no gradless parameters, late param group or gradient scaler")
+            if self.loop.gradless != "never" or self.loop.late_group or self.training is not None:
+                raise ValueError(f"{name}: PP takes no gradless parameters, late param group or training state")
         if isinstance(self.load.engine, PP) and "full-offload" in self.checks:
             raise ValueError("the full-offload check wants the whole state on rank 0, which holds one pipeline stage")
 
