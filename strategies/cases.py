@@ -399,7 +399,7 @@ def cases(
         stateful = isinstance(storage, Dcp) and storage.api != "legacy"
         training = draw(training_choice) if stateful else None
         if _pipelined(save, load):
-            training = None
+            training = None  # and one param group (Case._check_pipelines), set below
         wrappers = st.just({}) if users_own else side_wrappers(model)
 
         def wrapped(side: Side) -> Side:
@@ -419,7 +419,7 @@ def cases(
             seed=draw(seeds),
             checks=checks,
             ignore_frozen_params=ignoring,
-            param_groups=draw(group_counts),
+            param_groups=1 if _pipelined(save, load) else draw(group_counts),
             load_mutation=mutation,
             training=training,
         )

@@ -172,6 +172,8 @@ class Case:
                 )
             if self.loop.gradless != "never" or self.loop.late_group or self.training is not None:
                 raise ValueError(f"{name}: PP takes no gradless parameters, late param group or training state")
+            if self.param_groups != 1:  # each stage splits its own parameters into groups: not the model's split
+                raise ValueError(f"{name}: PP takes one param group (a stage would group its own parameters)")
         if isinstance(self.load.engine, PP) and "full-offload" in self.checks:
             raise ValueError("the full-offload check wants the whole state on rank 0, which holds one pipeline stage")
 
