@@ -324,3 +324,21 @@ def test_the_tp_degree_is_a_neighbour_and_a_save_side_hang_keeps_its_pool_size()
     degrees = {n.load.mesh_shape for d, change, n in neighbours(case) if change.startswith("tp ")}
     assert degrees == {(1, 3), (1, 4)}
     assert _hangs_saving("barrier,gather-saved") and not _hangs_saving("gather-before-load,load")
+
+
+def test_a_side_of_another_engine_gets_tensor_parallel_and_pipelined_neighbours():
+    """A bug explained from a DDP case must say whether TP and PP sides have it too: 1208a187's conditions left TP
+    out, and the README's run met its TP form (274fc8c2) as a new finding. Each neighbour is a valid case."""
+    from shardfuzz.case import PP, TP
+
+    two = Model(2, Sequential([Linear(3), Linear(2)]))
+    case = attrs.evolve(CASE, model=two, save=Side(DDP(), (2,)), param_groups=1)
+    changed = {change: n for d, change, n in neighbours(case) if d == "save_engine"}
+    tp = [n.save for change, n in changed.items() if "-> TP" in change]
+    assert {s.engine.plan for s in tp} == {(("0", "colwise"),), (("0", "rowwise"),)}
+    assert {s.mesh_shape for s in tp} == {(1, 2)}
+    pp = [n for change, n in changed.items() if "-> PP" in change]
+    assert pp and pp[0] is not None and isinstance(pp[0].save.engine, PP) and pp[0].save.mesh_shape == (2, 1)
+    on_tp = attrs.evolve(case, save=tp[0])
+    assert not [c for d, c, _ in neighbours(on_tp) if d == "save_engine" and "-> TP" in c]
+    assert isinstance(tp[0].engine, TP)

@@ -209,12 +209,34 @@ def _model_neighbours(case: Case) -> Iterator[tuple[str, str, Case | None]]:
     yield "linears", "one more Linear", or_none(case, model=deeper)
 
 
+def _parallel_neighbours(name: str, side: Side, model) -> Iterator[tuple[str, str, Side | None]]:
+    """A side of another engine made tensor-parallel (the model's first Linear split each way, on a (1, n) mesh of
+    as many ranks, two at least) or pipelined (two stages, where the root has two children): without these, a bug
+    explained from a DDP case never said whether TP or PP sides have it too (``274fc8c2``, a form ``1208a187``'s
+    conditions had left out)."""
+    if not isinstance(model, Model):
+        return
+    engine, ranks = side.engine, max(math.prod(side.mesh_shape), 2)
+    linears = model.linears()
+    if not isinstance(engine, TP) and linears:
+        for style in ("colwise", "rowwise"):
+            tp = TP(plan=((linears[0][0], style),))
+            change = f"{type(engine).__name__} -> TP ({linears[0][0]} {style})"
+            yield f"{name}_engine", change, or_none(side, engine=tp, mesh_shape=(1, ranks), wrap=())
+    if not isinstance(engine, PP) and len(model.root.children) >= 2:
+        change = f"{type(engine).__name__} -> PP (2 stages)"
+        yield f"{name}_engine", change, or_none(side, engine=PP(), mesh_shape=(2, 1), wrap=())
+
+
 def neighbours(case: Case) -> Iterator[tuple[str, str, Case | None]]:
     """``(dimension, change, neighbour)`` for each one-step change of ``case``; ``neighbour`` is None where the
     change makes no valid case (the data model refuses it)."""
     for name in ("save", "load"):
-        for dimension, change, side in _side_neighbours(name, getattr(case, name)):
-            yield dimension, change, or_none(case, **{name: side})
+        side = getattr(case, name)
+        for dimension, change, changed in _side_neighbours(name, side):
+            yield dimension, change, or_none(case, **{name: changed})
+        for dimension, change, changed in _parallel_neighbours(name, side, case.model):
+            yield dimension, change, or_none(case, **{name: changed})
     yield from _case_neighbours(case)
     yield from _model_neighbours(case)
 
