@@ -1,8 +1,14 @@
-"""Argument checks shared by the strategy modules (raise ``InvalidArgument`` up front)."""
+"""Argument checks shared by the strategy modules (raise ``InvalidArgument`` up front), and weighted choice."""
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+import hypothesis.strategies as st
 from hypothesis.errors import InvalidArgument
+from hypothesis.strategies import SearchStrategy
+
+T = TypeVar("T")
 
 
 def check_int(name: str, value, *, minimum: int | None = None) -> None:
@@ -35,3 +41,15 @@ def check_choices(name: str, values, offered: tuple[str, ...]) -> tuple[str, ...
     if unknown:
         raise InvalidArgument(f"{name}: {unknown} not offered here (offered: {list(offered)})")
     return values
+
+
+def weighted(*choices: tuple[int, SearchStrategy[T]]) -> SearchStrategy[T]:
+    """One of the strategies, each in proportion to its weight; shrinks toward the first.
+
+    ``st.one_of`` drops a branch it already holds (the same strategy object, and Hypothesis caches strategies built
+    from hashable arguments), so repeating a strategy there does not weight it: ``one_of(linear, linear, leaf)``
+    draws ``linear`` half the time, not two thirds."""
+    for weight, _ in choices:
+        check_int("weight", weight, minimum=1)
+    indices = [i for i, (weight, _) in enumerate(choices) for _ in range(weight)]
+    return st.sampled_from(indices).flatmap(lambda i: choices[i][1])

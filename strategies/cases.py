@@ -259,12 +259,12 @@ def cases(
     if users_own:
         mutations = st.none()
     storage_choice = storages() if vary_storage and (support is None or support.storages) else st.just(Dcp())
-    offload, sometimes, caps = rarely(), rarely(one_in=3), capabilities()
+    offload, sometimes, caps = rarely(), st.booleans(), capabilities()  # sometimes: a broadcast, where one can be
     if not target.options:  # the target sets its own StateDictOptions
         offload = sometimes = st.just(False)
     ignore_frozen = rarely(one_in=4) if caps.ignore_frozen_params and target.options else st.just(False)
     local_allowed = target.state_dicts is None or "local" in target.state_dicts
-    local_choice = rarely(one_in=6) if caps.local_state_dict and local_allowed else st.just(False)
+    local_choice = rarely(one_in=4) if caps.local_state_dict and local_allowed else st.just(False)
     gpu_limit = min(max_world_size, _check_devices(devices, gpus)[1])
     local_meshes = {  # a CUDA side has one rank per GPU
         device: st.sampled_from([(n,) for n in range(1, limit + 1)])
@@ -273,7 +273,7 @@ def cases(
     }
     training_choice = training_states() if target.training_state else st.none()
     low_bit_choice = st.none() if users_own or not low_bit else low_bit_optimizers(caps.low_bit_optimizers)
-    lowered, offloaded_params, offset_choice = mixed_precisions(), rarely(one_in=8), rarely(one_in=3)
+    lowered, offloaded_params, offset_choice = mixed_precisions(one_in=3), rarely(one_in=4), rarely(one_in=3)
     loop_choices = {  # by (save side may hold, load side may hold, lenient possible, resumes possible)
         flags: loops(
             held=flags[0] and target.held_state_dicts and caps.held_state_dicts,

@@ -33,7 +33,7 @@ from shardfuzz.case import (
     leaves,
     map_first_linear,
 )
-from shardfuzz.strategies._helpers import check_int, check_interval
+from shardfuzz.strategies._helpers import check_int, check_interval, weighted
 from shardfuzz.strategies.options import rarely
 
 __all__ = [
@@ -83,9 +83,7 @@ def embeddings(*, max_width: int = 16) -> st.SearchStrategy[Embedding | None]:
     """The model's first leaf: ``None`` (features in) in 4 draws of 5, else an ``Embedding`` over a
     vocabulary drawn like a width (so uneven and empty shards of its rows are common)."""
     check_int("max_width", max_width, minimum=1)
-    return st.one_of(
-        st.just(None), st.just(None), st.just(None), st.just(None), st.builds(Embedding, widths(max_value=max_width))
-    )
+    return weighted((4, st.none()), (1, st.builds(Embedding, widths(max_value=max_width))))
 
 
 def _head_counts(draw_heads: st.SearchStrategy[int]) -> st.SearchStrategy[tuple[int, int]]:
@@ -145,44 +143,55 @@ def _containers(children: st.SearchStrategy, max_children: int) -> st.SearchStra
 def module_trees(
     *, max_leaves: int = 6, max_children: int = MAX_CHILDREN, max_width: int = 16
 ) -> st.SearchStrategy[Sequential | Block]:
-    """A container tree of at most ``max_leaves`` leaves: Sequential and custom Block nodes
-    over Linears, with at least one trainable Linear, and (one leaf in five) norm layers,
-    (one in ten) convolutions, and (one in twenty each) ``Scale`` leaves with a 0-D parameter
-    and ``Tied`` pairs of Linears sharing a weight; and the transformer's leaves, one in twenty-five
-    each: ``RMSNorm``, attention (``attention_layers``), a SwiGLU feed-forward and a whole block, and (one in
-    twelve) a mixture of experts (``experts_layers``).
+    """A container tree of at most ``max_leaves`` leaves: Sequential and custom Block nodes over leaves, with at
+    least one trainable Linear. A leaf is a Linear in 2 draws of 11, else, one in 11 each: a norm layer, a
+    convolution, a ``Scale`` with a 0-D parameter, a ``Tied`` pair of Linears sharing a weight, and the
+    transformer's leaves: ``RMSNorm``, attention (``attention_layers``), a SwiGLU feed-forward, a whole block and a
+    mixture of experts (``experts_layers``).
 
-    Single-child containers make deep nesting (depth 3 and more) cheap to reach.
+    Single-child containers make deep nesting (depth 3 and more) cheap to reach; a flat stack of three children
+    or more in about 1 tree of 5 (wide roots: pipeline stages, many Linears), each child a Linear in 3 of 6, another
+    leaf in 2, two leaves of one family in 1 (two kinds in one model: a LayerNorm and a BatchNorm, say).
     A bare leaf drawn as the whole tree is put in a Sequential (the root is a container).
     Failures shrink towards Linears only.
     """
     check_int("max_leaves", max_leaves, minimum=1)
     check_int("max_children", max_children, minimum=1)
-    linear, norm = linears(max_width=max_width), norm_layers()
-    nodes = st.recursive(
-        st.one_of(
-            *[linear] * 12,
-            *[norm] * 4,
-            convs(),
-            convs(),
-            st.builds(Scale),
-            st.builds(Tied),
-            st.builds(RMSNorm),
-            attention_layers(),
-            swiglus(max_width=max_width),
-            transformer_blocks(max_width=max_width),
-            experts_layers(max_width=max_width),
-            experts_layers(max_width=max_width),
-        ),
-        lambda inner: _containers(inner, max_children),
-        max_leaves=max_leaves,
+    linear = linears(max_width=max_width)
+    leaf = weighted(
+        (2, linear),
+        (1, norm_layers()),
+        (1, convs()),
+        (1, st.builds(Scale)),
+        (1, st.builds(Tied)),
+        (1, st.builds(RMSNorm)),
+        (1, attention_layers()),
+        (1, swiglus(max_width=max_width)),
+        (1, transformer_blocks(max_width=max_width)),
+        (1, experts_layers(max_width=max_width)),
     )
+    trees = st.recursive(leaf, lambda inner: _containers(inner, max_children), max_leaves=max_leaves).map(_as_root)
+    if max_leaves >= 3:
+        # Two leaves of one family side by side (two norms, two convolutions, two attentions: each kind of the
+        # family in half of them), in a Sequential of their own.
+        siblings = st.one_of(*(st.tuples(family, family) for family in (norm_layers(), convs(), attention_layers())))
+        element = weighted((3, linear), (2, leaf), (1, siblings.map(Sequential)))
+        stacked = st.integers(3, max_leaves).flatmap(  # a size drawn first: st.lists keeps near its minimum
+            lambda size: st.lists(element, min_size=size, max_size=size).map(lambda nodes: _within(nodes, max_leaves))
+        )
+        trees = weighted((4, trees), (1, st.one_of(st.builds(Sequential, stacked), st.builds(Block, stacked))))
     # st.recursive's max_leaves is a soft cap; the filter makes it a bound and rarely rejects.
-    return (
-        nodes.map(_as_root)
-        .filter(lambda root: len(leaves(root)) <= max_leaves and _has_linear(root))
-        .map(_one_trainable)
-    )
+    return trees.filter(lambda root: len(leaves(root)) <= max_leaves and _has_linear(root)).map(_one_trainable)
+
+
+def _within(nodes: list, max_leaves: int) -> list:
+    """The first of ``nodes`` that hold at most ``max_leaves`` leaves in all (one at least)."""
+    kept: list = []
+    for node in nodes:
+        if kept and len(leaves(Sequential([*kept, node]))) > max_leaves:
+            break
+        kept.append(node)
+    return kept
 
 
 def _has_linear(root) -> bool:

@@ -25,7 +25,7 @@ from shardfuzz.case import (
     TorchSave,
     TrainingState,
 )
-from shardfuzz.strategies._helpers import check_int
+from shardfuzz.strategies._helpers import check_int, weighted
 
 __all__ = [
     "checks",
@@ -116,12 +116,12 @@ def rarely(*, one_in: int = 6) -> st.SearchStrategy[bool]:
     return st.sampled_from((False,) * (one_in - 1) + (True,))
 
 
-def training_states(*, one_in: int = 4) -> st.SearchStrategy[TrainingState | None]:
+def training_states(*, one_in: int = 2) -> st.SearchStrategy[TrainingState | None]:
     """Training state saved beside the model and optimizer (``Case.training``) in about 1 draw of
     ``one_in``: an LR scheduler among ``SCHEDULERS``, a gradient scaler or not; shrinks to None."""
     check_int("one_in", one_in, minimum=1)
     state = st.builds(TrainingState, scheduler=st.sampled_from(SCHEDULERS), grad_scaler=st.booleans())
-    return st.one_of(*[st.none()] * (one_in - 1), state)
+    return weighted((one_in - 1, st.none()), (1, state)) if one_in > 1 else state
 
 
 def mixed_precisions(*, one_in: int = 6) -> st.SearchStrategy[str]:
@@ -134,9 +134,8 @@ def mixed_precisions(*, one_in: int = 6) -> st.SearchStrategy[str]:
 
 def storages() -> st.SearchStrategy:
     """How the checkpoint is written and read (``Case.storage``), among what the installed torch
-    offers: ``dcp.save`` with default writer options in about half the draws (it shrinks there),
-    else other ``FileSystemWriter`` options, the older API, ``async_save``, one ``torch.save``
-    file, a DCP directory converted by ``format_utils``, or DCP's Hugging Face safetensors files (sharded, or
+    offers, by weight: ``dcp.save`` with default writer options 3 (it shrinks there), other ``FileSystemWriter``
+    options, the older API or ``async_save`` 2, and 1 each: one ``torch.save`` file, a DCP directory converted by ``format_utils``, or DCP's Hugging Face safetensors files (sharded, or
     consolidated too: a checkpoint of the model alone)."""
     caps = capabilities()
     apis = [api for api in ("save", "legacy", "async") if f"dcp-{api}" in caps.storages]
@@ -154,7 +153,7 @@ def storages() -> st.SearchStrategy:
     if "dcp-to-torch-save" in caps.storages:
         whole_files.append(st.just(DcpToTorchSave()))
     hf = [st.just(HfSafetensors(consolidated=c)) for c in (False, True) if _hf_kind(c) in caps.storages]
-    return st.one_of(st.just(Dcp()), st.just(Dcp()), st.just(Dcp()), custom, custom, *whole_files, *hf)
+    return weighted((3, st.just(Dcp())), (2, custom), *((1, other) for other in (*whole_files, *hf)))
 
 
 def _hf_kind(consolidated: bool) -> str:
@@ -172,7 +171,7 @@ def loops(
     late_group: bool = True,
 ):
     """How the training loop calls the checkpoint APIs (``Case.loop``), each field on its own: the save side's
-    model state dict held from build in about 1 draw of 4; a second round-trip in 1 of 5 (its load side holding
+    model state dict held from build in about 1 draw of 4; a second round-trip in 1 of 4 (its load side holding
     its state dict in half of those); otherwise a lenient load in 1 of 6; a module without gradients in 1 of 4
     (always or at the first step); an empty param group in 1 of 6; a param group added after the load in 1 of 6.
     Shrinks to ``Loop()``. Each keyword False leaves that field at its default (a case or target that cannot take
@@ -182,7 +181,7 @@ def loops(
     return st.builds(
         _loop,
         save_held=rarely(one_in=4) if held else off,
-        resumed=rarely(one_in=5) if resumes else off,
+        resumed=rarely(one_in=4) if resumes else off,
         load_held=st.booleans() if load_held and resumes else off,
         lenient=rarely(one_in=6) if lenient else off,
         gradless=_gradless() if gradless else st.just("never"),
@@ -193,7 +192,7 @@ def loops(
 
 def _gradless():
     """``Loop.gradless``: "never" in 3 draws of 4 (and shrinking to it), else "always" or "first-step"."""
-    return st.one_of(st.just("never"), st.just("never"), st.just("never"), st.sampled_from(GRADLESS[1:]))
+    return weighted((3, st.just("never")), (1, st.sampled_from(GRADLESS[1:])))
 
 
 def _loop(

@@ -58,6 +58,44 @@ def test_bounds_are_respected():
     check()
 
 
+def test_weights_are_honoured_where_one_of_would_drop_a_repeated_branch():
+    """``st.one_of(a, a, b)`` draws ``a`` half the time (it drops the repeat, and Hypothesis caches strategies built
+    from hashable arguments, so two calls give one object); ``weighted`` draws it as weighted. A weight below 1 is
+    refused up front."""
+    from hypothesis import strategies as st
+
+    from shardfuzz.strategies._helpers import weighted
+
+    a, b = st.just("a"), st.just("b")
+    assert len(st.one_of(a, a, a, b).branches) == 2  # the trap, as the installed Hypothesis sets it
+    drawn: Counter = Counter()
+
+    @settings(max_examples=400, phases=[Phase.generate], database=None, suppress_health_check=list(HealthCheck))
+    @given(weighted((3, a), (1, b)))
+    def count(value):
+        drawn[value] += 1
+
+    count()
+    assert drawn["a"] > 2 * drawn["b"] > 0, drawn
+    with pytest.raises(InvalidArgument):
+        weighted((0, a), (1, b))
+
+
+def test_wide_roots_are_drawn():
+    """About 1 tree in 5 is a flat stack: roots of three children (pipelines of three stages) and four Linears or
+    more (two TP styles twice) are not left to chance."""
+    wide, many_linears = Counter(), Counter()
+
+    @settings(max_examples=300, phases=[Phase.generate], database=None, suppress_health_check=list(HealthCheck))
+    @given(sf.models())
+    def count(model):
+        wide[len(model.root.children) >= 3] += 1
+        many_linears[len(model.linears()) >= 4] += 1
+
+    count()
+    assert wide[True] >= 30 and many_linears[True] >= 5, (wide, many_linears)
+
+
 @pytest.mark.slow
 def test_every_offered_value_of_every_dimension_is_reached():
     seen = defaultdict(Counter)
