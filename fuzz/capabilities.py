@@ -66,6 +66,8 @@ class Capabilities:
         rows.append(("gradless_params", "on", "gradients set to None before a step: any torch"))
         rows.append(("empty_param_group", "on", "torch.optim takes a param group without parameters"))
         rows.append(("late_param_group", "on", "Optimizer.add_param_group after the load: any torch"))
+        in_flight = "in flight beside the first where dcp-async is on" if "dcp-async" in self.storages else "in turn"
+        rows.append(("second_save", "on", f"a second save before the first is waited for: {in_flight}"))
         rows.append(
             (
                 "group_without_rank0",

@@ -137,6 +137,7 @@ def offered_values(
             "empty_param_group": set(_BOOLS),
             "group_without_rank0": set(_BOOLS) if max_world_size > 1 else {"false"},
             "late_param_group": set(_BOOLS),
+            "second_save": set(_BOOLS),
         }
     )
     state_dicts = set(values["save_state_dict"])

@@ -169,12 +169,13 @@ def loops(
     gradless: bool = True,
     empty_group: bool = True,
     late_group: bool = True,
+    second_save: bool = True,
 ):
     """How the training loop calls the checkpoint APIs (``Case.loop``), each field on its own: the save side's
     model state dict held from build in about 1 draw of 4; a second round-trip in 1 of 4 (its load side holding
     its state dict in half of those); otherwise a lenient load in 1 of 6; a module without gradients in 1 of 4
-    (always or at the first step); an empty param group in 1 of 6; a param group added after the load in 1 of 6.
-    Shrinks to ``Loop()``. Each keyword False leaves that field at its default (a case or target that cannot take
+    (always or at the first step); an empty param group in 1 of 6; a param group added after the load in 1 of 6; a second
+    save before the first is waited for in 1 of 6. Shrinks to ``Loop()``. Each keyword False leaves that field at its default (a case or target that cannot take
     it: ``held`` the save side's, ``load_held`` the load side's). ``Loop.ranks_from`` depends on the sides: drawn
     by ``cases``."""
     off = st.just(False)
@@ -187,6 +188,7 @@ def loops(
         gradless=_gradless() if gradless else st.just("never"),
         empty_group=rarely(one_in=6) if empty_group else off,
         late_group=rarely(one_in=6) if late_group else off,
+        second_save=rarely(one_in=6) if second_save else off,
     )
 
 
@@ -204,6 +206,7 @@ def _loop(
     gradless: str = "never",
     empty_group: bool = False,
     late_group: bool = False,
+    second_save: bool = False,
 ) -> Loop:
     """A second round-trip loads back into the save side's layout, which a lenient load's extra layer would not fit:
     where both are drawn the round-trip wins."""
@@ -215,4 +218,5 @@ def _loop(
         gradless=gradless,
         empty_group=empty_group,
         late_group=late_group,
+        second_save=second_save,
     )

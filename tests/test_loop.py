@@ -130,6 +130,9 @@ def test_the_loop_patterns_run_on_the_ranks_and_pass_where_torch_keeps_its_promi
             checks=("continuation",),
             loop=Loop(late_group=True, resumes=2),  # with an empty group too: a torch bug (corpus)
         ),
+        # a second save before the first is waited for: in flight beside it with async_save, in turn without
+        attrs.evolve(BASE, storage=Dcp(api="async"), checks=("continuation",), loop=Loop(second_save=True)),
+        attrs.evolve(BASE, load=Side(DDP(), (3,)), loop=Loop(second_save=True, resumes=2, ranks_from=1)),
     ]
     with RankPool(4) as pool:
         for case in cases:
@@ -157,6 +160,7 @@ EXPOSED_BY = {
         Loop(resumes=2, late_group=True),
         "resumed-state",
     ),
+    "StagingBuffersReusedInFlight": (BASE, Loop(second_save=True), "complete-state"),
 }
 
 

@@ -57,6 +57,13 @@ class Loop:
     holds global rank 0: the coordinator of DCP's plans, the source of its broadcasts and rank 0 of every gather
     is then the group's rank 0, not the world's (code that asks ``dist.get_rank() == 0``, or passes 0 where torch
     takes a global rank, goes wrong only here). The ranks below it run neither side.
+
+    ``second_save``: after its save, the save side trains on (the continuation's steps) and saves again, into another
+    directory, before the first save is waited for, as a loop that checkpoints every few steps does. With
+    ``dcp.async_save`` the second save starts while the first is still being written, each on a process group of its
+    own (one group's collectives from two writer threads could interleave); the API allows it, and torchtitan waits
+    for the first instead. The first checkpoint must hold the state at its own save call (what the load side
+    loads and is judged on), and the second must finish.
     """
 
     save_held: bool = field(default=False, validator=instance_of(bool))
@@ -67,6 +74,7 @@ class Loop:
     empty_group: bool = field(default=False, validator=instance_of(bool))
     ranks_from: int = field(default=0, validator=[instance_of(int), ge(0)])
     late_group: bool = field(default=False, validator=instance_of(bool))
+    second_save: bool = field(default=False, validator=instance_of(bool))
 
     def __attrs_post_init__(self):
         if self.load_held and self.resumes < 2:
@@ -82,6 +90,7 @@ class Loop:
             "empty_param_group": str(self.empty_group).lower(),
             "group_without_rank0": str(self.ranks_from > 0).lower(),
             "late_param_group": str(self.late_group).lower(),
+            "second_save": str(self.second_save).lower(),
         }
 
     def describe(self) -> str:
@@ -97,6 +106,7 @@ class Loop:
                 (self.empty_group, "an empty param group"),
                 (self.ranks_from > 0, f"sides on the ranks from global rank {self.ranks_from} (groups without rank 0)"),
                 (self.late_group, "a param group added after the load"),
+                (self.second_save, "a second save before the first is waited for"),
             )
             if on
         ]
@@ -120,6 +130,8 @@ class Loop:
             yield attrs.evolve(self, empty_group=False)
         if self.late_group:
             yield attrs.evolve(self, late_group=False)
+        if self.second_save:
+            yield attrs.evolve(self, second_save=False)
         if self.ranks_from:
             yield attrs.evolve(self, ranks_from=0)
             if self.ranks_from > 1:

@@ -37,7 +37,7 @@ class RankContext:
         self.timings: dict[str, float] = {}
         self.unchanged: list[str] = []  # non-vacuity: keys equal to the saved state before the load
         self._groups: dict[tuple[int, int], Any] = {}  # (first global rank, n) -> the group of n ranks from it
-        self._async_groups: dict[tuple[int, int], Any] = {}  # the same -> a second such group for async_save
+        self._async_groups: dict[tuple[int, int, int], Any] = {}  # the same and a save's number -> an async_save's
         self._meshes: dict[tuple, Any] = {}  # (first global rank, mesh shape, device) -> DeviceMesh
 
     def create_groups(self) -> None:
@@ -78,15 +78,18 @@ class RankContext:
 
     def prepare_async_group(self, case: Case) -> None:
         """An async save writes (and runs its collectives) in a thread while the save side trains on:
-        it gets a group of its own, as torch recommends. Collective on the world, like the meshes."""
+        it gets a group of its own, as torch recommends, and a second save in flight beside it
+        (``Loop.second_save``) another. Collective on the world, like the meshes."""
         n = case.save.world_size
-        if case.saves_async and (self.first, n) not in self._async_groups:
-            self._async_groups[self.first, n] = dist.new_group(list(range(self.first, self.first + n)))
+        for which in range(1 + case.loop.second_save if case.saves_async else 0):
+            if (self.first, n, which) not in self._async_groups:
+                self._async_groups[self.first, n, which] = dist.new_group(list(range(self.first, self.first + n)))
 
-    def checkpoint_group(self, case: Case):
-        """The group the save side's checkpoint writer uses (after ``prepare_async_group``)."""
+    def checkpoint_group(self, case: Case, *, second: bool = False):
+        """The group the save side's checkpoint writer uses (after ``prepare_async_group``); ``second``: for the
+        second save of ``Loop.second_save``."""
         n = case.save.world_size
-        return self._async_groups[self.first, n] if case.saves_async else self.group(n)
+        return self._async_groups[self.first, n, int(second)] if case.saves_async else self.group(n)
 
     def mesh(self, shape: tuple[int, ...], device: str = "cpu"):
         """The DeviceMesh of a side of this shape on ``device`` (2-D ones come from ``prepare_meshes``)."""

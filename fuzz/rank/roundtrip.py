@@ -16,6 +16,8 @@ run's through a file beside the checkpoint (``shardfuzz.rank.portable.handoff``)
 
 from __future__ import annotations
 
+import os
+
 import attrs
 import torch
 
@@ -43,7 +45,18 @@ from shardfuzz.rank.side_steps import (
 from shardfuzz.targets import CheckpointTarget, FinishesSave, ObjectTarget
 from shardfuzz.verdict import Mismatch
 
-__all__ = ["CONTINUE_STEPS", "PHASES", "RankContext", "options_extra", "run_case", "side_description"]
+__all__ = [
+    "CONTINUE_STEPS",
+    "PHASES",
+    "SECOND_SAVE_DIR",
+    "RankContext",
+    "options_extra",
+    "run_case",
+    "side_description",
+]
+
+#: The folder of ``Loop.second_save``'s checkpoint, inside the first's.
+SECOND_SAVE_DIR = "second"
 
 #: ``run_case``'s phases: the whole case, or its save or load half (run by two pools, in that order).
 PHASES = ("both", "save", "load")
@@ -112,14 +125,21 @@ def _save_side(case: Case, ctx: RankContext, target, checkpoint_dir: str, phase:
     save_from(
         case, case.save, model, optim, app, target, checkpoint_dir, process_group=ctx.checkpoint_group(case), held=held
     )
-    del held
     if case.loop.late_group:  # what the checkpoint holds is saved: the loop unfreezes a module from here on
         ctx.enter("late-group")
         add_late_group(optim, model)
-    if "continuation" in case.checks and case.load_mutation is None:
+    continued = "continuation" in case.checks and case.load_mutation is None
+    if continued or case.loop.second_save:
         ctx.enter("continue-saved")
         train(case, case.save, model, optim, app, rank=ctx.rank, continuation=True)
-        expected_after = gather_full(model, optim, app)
+        if continued:
+            expected_after = gather_full(model, optim, app)
+    if case.loop.second_save:  # before the first is waited for: an async one is in flight
+        ctx.enter("save-second")
+        group = ctx.checkpoint_group(case, second=True)
+        second_dir = os.path.join(checkpoint_dir, SECOND_SAVE_DIR)
+        save_from(case, case.save, model, optim, app, target, second_dir, process_group=group, held=held)
+    del held
     if "api-parity" in case.checks:
         ctx.enter("api-parity")
         mismatches += sharded_checks.api_parity(

@@ -176,6 +176,7 @@ def _loop_neighbours(case: Case) -> Iterator[tuple[str, str, Case | None]]:
         ("lenient_load", "lenient"),
         ("empty_param_group", "empty_group"),
         ("late_param_group", "late_group"),
+        ("second_save", "second_save"),
     )
     for dimension, field_name in turned:
         value = not getattr(loop, field_name)

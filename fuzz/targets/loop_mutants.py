@@ -1,7 +1,7 @@
 """Mutants that only a training-loop pattern exposes (``Case.loop``): each is right for a case that takes its state
 dicts fresh, saves once, loads strictly and runs on groups that hold global rank 0, and wrong where a loop holds a
-state dict, resumes twice, loads leniently, adds a param group after the load or hands save and load a group
-without global rank 0. They join ``mutants.CATALOGUE``, so ``shardfuzz selftest`` shows that each pattern reaches
+state dict, resumes twice, loads leniently, adds a param group after the load, hands save and load a group
+without global rank 0 or saves again before the first save is waited for. They join ``mutants.CATALOGUE``, so ``shardfuzz selftest`` shows that each pattern reaches
 what the others cannot."""
 
 from __future__ import annotations
@@ -168,6 +168,48 @@ class ParamGroupsCachedAtFirstSave(DcpTarget):
         super().save(state_dict, checkpoint_id=checkpoint_id, process_group=process_group)
 
 
+class StagingBuffersReusedInFlight(DcpTarget):
+    """An asynchronous checkpointer that stages each save into one set of buffers it keeps between saves (sparing an
+    allocation per checkpoint, as a pinned-memory staging cache does) and writes them in the background, waited for
+    at ``finish_save``: right while one save is in flight at a time; a second save started before the first is
+    waited for (``Loop.second_save``) stages into the buffers the first is still writing, so the first checkpoint
+    holds the second's values."""
+
+    def __init__(self):
+        self._staged = None
+        self._pending: list = []
+
+    def save(self, state_dict, *, checkpoint_id, process_group):
+        self._staged = _staged_into(self._staged, state_dict)
+        self._pending.append((self._staged, checkpoint_id, process_group))
+
+    def finish_save(self):
+        pending, self._pending = self._pending, []
+        for staged, checkpoint_id, process_group in pending:
+            super().save(staged, checkpoint_id=checkpoint_id, process_group=process_group)
+
+
+def _staged_into(staged, value):
+    """``value`` copied into the tensors of ``staged`` (an earlier staging of the same structure) where they fit,
+    else into new ones; dicts and lists rebuilt, other values as they are. A ShardedTensor is passed through."""
+    if type(value).__name__ == "ShardedTensor" or not torch.is_tensor(value):
+        if isinstance(value, dict):
+            old = staged if isinstance(staged, dict) else {}
+            return {key: _staged_into(old.get(key), item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)) and type(value).__name__ != "ShardedTensor":
+            old = staged if isinstance(staged, (list, tuple)) and len(staged) == len(value) else [None] * len(value)
+            return type(value)(_staged_into(o, item) for o, item in zip(old, value))
+        return value
+    local = getattr(value, "to_local", lambda: value)()
+    if type(staged) is type(value) and getattr(staged, "placements", None) == getattr(value, "placements", None):
+        buffer = getattr(staged, "to_local", lambda: staged)()
+        if buffer.shape == local.shape and buffer.dtype == local.dtype:
+            with torch.no_grad():
+                buffer.copy_(local)
+            return staged
+    return value.detach().clone()
+
+
 def _as_first_seen(values: dict, known: dict) -> dict:
     """``values`` with each key ``known`` did not hold set to the first known group's value of that hyperparameter
     (keys: ``(group index, name)`` in the nested form, ``param_groups.<fqn>.<name>`` in the flattened one)."""
@@ -203,4 +245,5 @@ LOOP_CATALOGUE: dict[str, str] = {
     "EmptyGroupsKeepTheirOwnHyperparameters": "complete-state",
     "CompletionMarkedByGlobalRankZero": "complete-state",
     "ParamGroupsCachedAtFirstSave": "resumed-state",
+    "StagingBuffersReusedInFlight": "complete-state",
 }

@@ -37,6 +37,7 @@ from shardfuzz.targets.loop_mutants import (  # noqa: F401  (named in CATALOGUE:
     ParametersReplacedAtFirstForward,
     ParamGroupsCachedAtFirstSave,
     ResumedRunSavesStaleOptimizer,
+    StagingBuffersReusedInFlight,
     StepCountsUnified,
 )
 

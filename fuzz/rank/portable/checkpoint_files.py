@@ -22,7 +22,7 @@ class DcpFiles:
         self.writer_options = dict(
             single_file_per_rank=single_file_per_rank, thread_count=thread_count, sync_files=sync_files
         )
-        self.pending = None
+        self.pending = []  # async saves not yet waited for (a second may start while the first is in flight)
 
     def save(self, state_dict, *, checkpoint_id, process_group):
         import torch.distributed.checkpoint as dcp
@@ -31,14 +31,14 @@ class DcpFiles:
         if self.api == "legacy":
             dcp.save_state_dict(state_dict, writer, process_group=process_group)
         elif self.api == "async":
-            self.pending = dcp.async_save(state_dict, storage_writer=writer, process_group=process_group)
+            self.pending.append(dcp.async_save(state_dict, storage_writer=writer, process_group=process_group))
         else:
             dcp.save(state_dict, storage_writer=writer, process_group=process_group)
 
     def finish_save(self):
-        if self.pending is not None:
-            pending, self.pending = self.pending, None
-            getattr(pending, "upload_completion", pending).result()  # a Future, or torch's AsyncSaveResponse
+        pending, self.pending = self.pending, []
+        for future in pending:  # in the order they started
+            getattr(future, "upload_completion", future).result()  # a Future, or torch's AsyncSaveResponse
 
     def load(self, state_dict, *, checkpoint_id, process_group, planner=None):
         import torch.distributed.checkpoint as dcp

@@ -86,7 +86,7 @@ LOAD_HELD = False
 RESUMES = 1
 LENIENT = False
 SAVES_MODEL_ONLY = LOADS_MODEL_ONLY = False
-ASYNC_SAVE = False
+ASYNC_SAVE = SECOND_SAVE = False
 CHECKS: set[str] = set()
 LOAD_MUTATION: str | None = None
 SAME_SHARDING = True
@@ -273,15 +273,15 @@ def groups_and_meshes(rank):
         groups[n] = dist.group.WORLD if whole else dist.new_group(list(range(RANKS_FROM, RANKS_FROM + n)))
     PHASE[0] = "meshes"  # every rank makes them, in the same order: 2-D meshes' groups are collective
     saving = list(range(RANKS_FROM, RANKS_FROM + SAVE_RANKS))  # async_save's collectives run in a thread: own group
-    checkpoint_group = dist.new_group(saving) if ASYNC_SAVE else groups[SAVE_RANKS]
+    checkpoint_groups = [dist.new_group(saving) for _ in range(1 + SECOND_SAVE)] if ASYNC_SAVE else [groups[SAVE_RANKS]]
     meshes = {}
     for shape, n in ((SAVE_MESH, SAVE_RANKS), (LOAD_MESH, LOAD_RANKS)):
         if shape not in meshes:
             meshes[shape] = device_mesh(shape, groups[n], rank=rank, first=RANKS_FROM)
-    return groups, checkpoint_group, meshes
+    return groups, checkpoint_groups, meshes
 
 
-def run_save_side(rank, checkpoint_dir, phase, group, mesh, checkpoint_group):
+def run_save_side(rank, checkpoint_dir, phase, group, mesh, checkpoint_groups):
     """Build, train, gather and save on a save rank (then continue training, and compare two APIs, where the
     case checks those). Returns the saved state and the state after continuing (None without)."""
     expected_after = None
@@ -297,15 +297,19 @@ def run_save_side(rank, checkpoint_dir, phase, group, mesh, checkpoint_group):
     PHASE[0] = "gather-saved"
     expected = gather_full(model, optim, app)
     PHASE[0] = "save"
-    save_from(model, optim, app, checkpoint_dir, checkpoint_group, held)
-    del held
+    save_from(model, optim, app, checkpoint_dir, checkpoint_groups[0], held)
     if LATE_GROUP:  # saved: the loop unfreezes a module from here on
         PHASE[0] = "late-group"
         add_late_group(optim, model)
-    if "continuation" in CHECKS and LOAD_MUTATION is None:
+    continued = "continuation" in CHECKS and LOAD_MUTATION is None
+    if continued or SECOND_SAVE:
         PHASE[0] = "continue-saved"
         train(model, optim, app, data_rank(SAVE_ENGINE, SAVE_MESH, rank), continuation=True)
-        expected_after = gather_full(model, optim, app)
+        expected_after = gather_full(model, optim, app) if continued else None
+    if SECOND_SAVE:  # before the first is waited for: an async one is in flight, each on a group of its own
+        PHASE[0] = "save-second"
+        save_from(model, optim, app, os.path.join(checkpoint_dir, "second"), checkpoint_groups[-1], held)
+    del held
     if "api-parity" in CHECKS:
         PHASE[0] = "api-parity"
         api_parity(model, optim, group)
@@ -347,10 +351,7 @@ def run_load_side(rank, checkpoint_dir, group, mesh, saved_by, expected, expecte
     except BaseException as exc:
         if not LOCAL_MAY_REFUSE:
             raise
-        print(
-            f"rank {rank}: the 'local' checkpoint was refused on another topology "
-            f"({type(exc).__name__}), which is allowed: not a finding"
-        )
+        print(f"rank {rank}: the 'local' checkpoint was refused on another topology ({type(exc).__name__}): allowed")
         os._exit(0)
     PHASE[0] = "gather-loaded"
     actual = gather_full(model, optim, app)
@@ -441,13 +442,13 @@ def round_trip(rank, checkpoint_dir, phase="both"):
     save run's rank 0 leaves the saved state beside the checkpoint for the load run's. Ranks count from the
     global rank RANKS_FROM (those below it come last, outside both sides)."""
     rank = (rank - RANKS_FROM) % WORLD_SIZE
-    groups, checkpoint_group, meshes = groups_and_meshes(rank)
+    groups, checkpoint_groups, meshes = groups_and_meshes(rank)
     try:
         expected = expected_after = None
         saved_by = str(torch.__version__)
         if rank < SAVE_RANKS and phase != "load":
             expected, expected_after = run_save_side(
-                rank, checkpoint_dir, phase, groups[SAVE_RANKS], meshes[SAVE_MESH], checkpoint_group
+                rank, checkpoint_dir, phase, groups[SAVE_RANKS], meshes[SAVE_MESH], checkpoint_groups
             )
         if phase == "save":
             return
