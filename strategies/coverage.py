@@ -97,6 +97,9 @@ def offered_values(
             stages = range(2, min(max_world_size, MAX_CHILDREN) + 1)  # a stage per root child at most
             values[f"{side}_pp_degree"] = {str(n) for n in stages} | not_pp
             values[f"{side}_pp_fsdp"] = set(_BOOLS) | not_pp if max_world_size > 1 else {"n/a"}
+            # tensor parallelism inside the stages: a (pp, tp) mesh of 2 x 2 ranks at least
+            inside = set(_BOOLS) if max_world_size >= 4 and "tp" in caps.engines else {"false"}
+            values[f"{side}_pp_tp"] = inside | not_pp if max_world_size > 1 else {"n/a"}
         if "fsdp2" in engines:
             values[f"{side}_fsdp2_reshard_after_forward"] = set(_BOOLS) | not_fsdp2
             values[f"{side}_fsdp2_shard_dim"] = ({"0", "1"} if caps.fsdp2_shard_dim else {"0"}) | not_fsdp2
@@ -162,6 +165,9 @@ def _narrowed(values: dict, support: TargetSupport, *, max_world_size: int, max_
     for name in [n for n in values if "_tp_" in n]:
         if "tp" not in engines:
             values[name] = {"n/a"}
+    for name in [n for n in values if n.endswith("_pp_tp")]:
+        if "tp" not in engines:  # tensor parallelism inside the stages is the tp engine's splitting
+            values[name] -= {"true"}
     for name in [n for n in values if "_fsdp2_" in n]:
         if "fsdp2" not in engines:
             values[name] = {"n/a"}

@@ -178,6 +178,10 @@ _LOOP_CASES = {
     ),
     # pipeline stages: the script cuts and schedules them as the ranks do (sharding.pipeline_stage, steps.pipeline_step)
     "pipeline": attrs.evolve(_LOOP_BASE, save=Side(PP(), (2, 1)), checks=("continuation",)),
+    # tensor parallelism inside the stages: (pp, tp), each stage splitting its own planned Linears
+    "pipeline-tp": attrs.evolve(
+        _LOOP_BASE, save=Side(PP(plan=(("0", "colwise"), ("1", "rowwise"))), (2, 2)), checks=("continuation",)
+    ),
     # a second save in flight beside the first: the script gives each its own group, as the ranks do
     "second-save": attrs.evolve(
         _LOOP_BASE, storage=Dcp(api="async"), checks=("continuation",), loop=Loop(second_save=True)

@@ -117,6 +117,9 @@ def test_a_checkpoint_loads_across_wrappers_and_a_forgotten_rotary_table_is_caug
         (lambda: Side(PP(), (2, 2)), "dp 1 unless fsdp"),
         (lambda: Side(PP(), (2, 1), compiled=True), "torch.compile"),
         (lambda: Side(PP(fsdp=True), (2, 2), activation_checkpointing="before", checkpointed=["0"]), "activation"),
+        (lambda: PP(fsdp=True, plan=[("0", "colwise")]), "fsdp False"),
+        (lambda: Side(PP(plan=[("0", "colwise")]), (2, 1)), "tp >= 2"),
+        (lambda: PP(plan=[("0", "sideways")]), "not among"),
     ],
 )
 def test_mixed_precision_offload_and_tensor_parallel_sides_are_checked(side, message):
@@ -154,5 +157,26 @@ def test_pipeline_stages_cut_the_root_in_order_and_a_case_checks_what_they_need(
     assert loads(dumps(pipelined)) == pipelined
     assert dimensions(pipelined)["save_pp_degree"] == "2" and dimensions(pipelined)["save_pp_fsdp"] == "true"
     assert "PPx4 mesh (2, 2) fsdp" in describe(pipelined)
+    inside = _case(Side(PP(plan=[("2", "rowwise"), ("0", "colwise")]), (2, 2)), Side(DDP(), (2,)))
+    assert loads(dumps(inside)) == inside and dimensions(inside)["save_pp_tp"] == "true"
+    assert dimensions(pipelined)["save_pp_tp"] == "false" and "PPx4 mesh (2, 2) [0:col,2:row]" in describe(inside)
+    with pytest.raises(ValueError, match="cannot split"):
+        _case(Side(PP(plan=[("1.a", "colwise")]), (2, 2)), Side(DDP(), (2,)))
     with pytest.raises(ValueError, match="full-offload"):
         Case(model=MODEL, save=Side(DDP(), (2,)), load=Side(PP(), (2, 1)), optimizer=Adam(), checks=("full-offload",))
+
+
+@pytest.mark.ranks
+def test_tensor_parallelism_inside_pipeline_stages_round_trips_across_layouts():
+    """(pp, tp) = (2, 2): each stage splits its own planned Linears across tp and trains on the batch every rank
+    sees; its checkpoint loads into three plain stages, and a DDP one into it (layout judged on the load side)."""
+    model = Model(4, Sequential([Linear(6), Linear(8), Linear(4)]))
+    inside = Side(PP(plan=(("0", "colwise"), ("1", "rowwise"), ("2", "colwise"))), (2, 2))
+    cases = [
+        Case(model=model, save=inside, load=Side(PP(), (3, 1)), optimizer=Adam(), steps=2, checks=("continuation",)),
+        Case(model=model, save=Side(DDP(), (2,)), load=inside, optimizer=Adam(), steps=2, checks=("continuation",)),
+    ]
+    with RankPool(4) as pool:
+        for case in cases:
+            verdict = pool.run(case)
+            assert verdict.status == "pass", (describe(case), verdict.summary())

@@ -439,3 +439,10 @@ def test_a_pipeline_stages_layout_is_its_own_parameters_sharded_across_dp_and_no
     whole = {k: v for k, v in first.items() if k != "1.weight"}  # a parameter FSDP2 left unsharded
     assert [m.detail for m in oracles.layout(whole, first, rank=1)] == ["not a DTensor after load"]
     assert _pipeline_layout(model, Side(PP(), (3, 1)), 2) == {}
+    # tensor parallelism inside the stages, (pp, tp) = (2, 2): a stage's planned Linears on tp, none of the other's
+    inside = Side(PP(plan=(("0", "colwise"), ("2", "rowwise"))), (2, 2))
+    first, second = _pipeline_layout(model, inside, 1), _pipeline_layout(model, inside, 2)
+    assert sorted(first) == ["0.bias", "0.weight"] and sorted(second) == ["2.bias", "2.weight"]
+    assert first["0.weight"] == LayoutRecord(2, "(Shard(dim=0),)", (4, 3), "torch.float32")
+    assert second["2.weight"] == LayoutRecord(2, "(Shard(dim=1),)", (5, 2), "torch.float32")
+    assert second["2.bias"] == LayoutRecord(2, "(Replicate(),)", (5,), "torch.float32")

@@ -188,6 +188,16 @@ def _plan(entries: Iterable) -> tuple[tuple[str, str], ...]:
     return tuple(sorted({(str(path), str(style)) for path, style in entries}))
 
 
+def _check_plan(plan: tuple[tuple[str, str], ...]) -> None:
+    """A tensor-parallel plan's styles are known, and each planned module takes one."""
+    unknown = {style for _, style in plan} - {*TP_STYLES, EXPERT_STYLE}
+    if unknown:
+        raise ValueError(f"plan styles {sorted(unknown)} are not among {[*TP_STYLES, EXPERT_STYLE]}")
+    paths = [path for path, _ in plan]
+    if len(set(paths)) != len(paths):
+        raise ValueError("a planned Linear takes one style")
+
+
 @frozen
 class TP(EngineKind):
     """Tensor parallelism: ``parallelize_module`` splits each planned Linear (``plan``: ``(leaf path,
@@ -204,12 +214,7 @@ class TP(EngineKind):
 
     @plan.validator
     def _styles(self, attribute, value):
-        unknown = {style for _, style in value} - {*TP_STYLES, EXPERT_STYLE}
-        if unknown:
-            raise ValueError(f"plan styles {sorted(unknown)} are not among {[*TP_STYLES, EXPERT_STYLE]}")
-        paths = [path for path, _ in value]
-        if len(set(paths)) != len(paths):
-            raise ValueError("a planned Linear takes one style")
+        _check_plan(value)
 
     dimension_names: ClassVar[tuple[str, ...]] = ("tp_fsdp", "tp_styles", "tp_ep")
 
@@ -238,22 +243,31 @@ class PP(EngineKind):
     ``torch.distributed.pipelining`` (GPipe, one microbatch). With ``fsdp``, ``fully_shard`` shards each stage
     across ``dp`` (its listed units, then its root); without, ``dp`` is 1. Every stage of a ``pp`` group
     trains on the same batch; the optimizer state is handed over flattened (keyed by name, as torchtitan's
-    model parts merge it)."""
+    model parts merge it). With a ``plan`` (as ``TP``'s), tensor parallelism inside each stage instead: the mesh is
+    ``(pp, tp)``, each stage splits its own planned modules across ``tp`` (torchtitan's PP + TP; with FSDP too it
+    would need a third mesh dimension, not drawn), and every rank trains on the same batch."""
 
     fsdp: bool = field(default=False, validator=instance_of(bool))
     reshard_after_forward: bool = field(default=True, validator=instance_of(bool))
+    plan: tuple[tuple[str, str], ...] = field(default=(), converter=_plan)
 
-    dimension_names: ClassVar[tuple[str, ...]] = ("pp_fsdp",)
+    @plan.validator
+    def _styles(self, attribute, value):
+        _check_plan(value)
+        if value and self.fsdp:
+            raise ValueError("PP with tensor parallelism inside its stages runs on (pp, tp): fsdp False")
+
+    dimension_names: ClassVar[tuple[str, ...]] = ("pp_fsdp", "pp_tp")
 
     def dimension_values(self) -> dict[str, str]:
-        return {"pp_fsdp": str(self.fsdp).lower()}
+        return {"pp_fsdp": str(self.fsdp).lower(), "pp_tp": str(bool(self.plan)).lower()}
 
     @property
     def needs_mesh(self) -> bool:
         return True
 
     def shard_count(self, mesh_shape: tuple[int, ...]) -> int:
-        return mesh_shape[-1] if self.fsdp else 1
+        return mesh_shape[-1] if self.fsdp or self.plan else 1
 
     @property
     def shards_listed_modules(self) -> bool:
@@ -367,10 +381,14 @@ class Side:
 
     def _check_pipeline(self, engine: PP) -> None:
         two_d = len(self.mesh_shape) == 2
-        if not (two_d and self.mesh_shape[0] >= 2 and (engine.fsdp or self.mesh_shape[1] == 1)):
+        if not (two_d and self.mesh_shape[0] >= 2 and (engine.fsdp or engine.plan or self.mesh_shape[1] == 1)):
             raise ValueError(
                 "PP runs on a 2-D (pp, dp) mesh_shape with pp >= 2 stages, dp 1 unless fsdp shards each stage "
-                f"across it, not {self.mesh_shape}"
+                f"across it (or (pp, tp) with a plan), not {self.mesh_shape}"
+            )
+        if engine.plan and self.mesh_shape[1] < 2:
+            raise ValueError(
+                f"PP's plan splits modules across tp: a (pp, tp) mesh_shape with tp >= 2, not {self.mesh_shape}"
             )
         wrapped = [name for name in ("cpu_offload", "broadcast_from_rank0", "compiled") if getattr(self, name)]
         if wrapped or self.activation_checkpointing != "none":

@@ -29,11 +29,11 @@ def describe(case: Case) -> str:
 
 def _side(side: Side) -> str:
     mesh = f" mesh {side.mesh_shape}" if len(side.mesh_shape) == 2 else ""
-    if isinstance(side.engine, TP):
+    if isinstance(side.engine, (TP, PP)):
         styles = ",".join(f"{path}:{style[:3]}" for path, style in side.engine.plan)
-        mesh += f"{' fsdp' if side.engine.fsdp else ''} [{styles}]"
-    if isinstance(side.engine, PP) and side.engine.fsdp:
-        mesh += " fsdp"
+        mesh += (
+            f"{' fsdp' if side.engine.fsdp else ''}{f' [{styles}]' if styles or isinstance(side.engine, TP) else ''}"
+        )
     checkpointed = f" ac-{side.activation_checkpointing}[{','.join(side.checkpointed)}]" if side.checkpointed else ""
     compiled = (" compiled" if side.compiled else "") + (" meta-init" if side.meta_init else "")
     compiled += (f" mp-{side.mixed_precision}" if side.mixed_precision != "none" else "") + (

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import torch.distributed as dist
 
 from shardfuzz.case import FSDP2, PP, TP, Side, child_items
@@ -89,13 +90,18 @@ def _tp_layout(spec, side: Side) -> dict[str, oracles.LayoutRecord]:
 
 def _pipeline_layout(spec, side: Side, rank: int) -> dict[str, oracles.LayoutRecord]:
     """A pipeline stage holds its own root children's parameters and no other (``sharding.stage_bounds``): with
-    ``fsdp``, each ``Shard(0)`` across the stage's ``dp`` ranks at its full shape; without, none is a DTensor."""
+    ``fsdp``, each ``Shard(0)`` across the stage's ``dp`` ranks at its full shape; with a ``plan``, its planned
+    modules' as ``_tp_layout`` has them on ``tp``; else none is a DTensor."""
     engine = side.engine
     assert isinstance(engine, PP)
     stages, dp = side.mesh_shape
     names = [name for name, _ in child_items(spec.root)]
     bounds = stage_bounds(len(names), stages)
     kept = set(names[bounds[rank // dp] : bounds[rank // dp + 1]])
+    if engine.plan:
+        in_stage = tuple((path, style) for path, style in engine.plan if path.split(".")[0] in kept)
+        tp_side = attrs.evolve(side, engine=TP(plan=in_stage), mesh_shape=(1, dp))
+        return _tp_layout(spec, tp_side)
     if not engine.fsdp:
         return {}
     placements = repr((dtensor().Shard(0),))

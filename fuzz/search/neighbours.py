@@ -70,6 +70,12 @@ def _side_neighbours(name: str, side: Side) -> Iterator[tuple[str, str, Side]]:
     if isinstance(engine, TP) and any(style == "experts" for _, style in engine.plan):  # expert parallelism away
         linears = [(path, style) for path, style in engine.plan if style != "experts"]
         yield f"{name}_tp_ep", "experts split -> whole", or_none(side, engine=or_none(engine, plan=linears))
+    if isinstance(engine, PP) and engine.plan:  # tensor parallelism out of the stages
+        yield (
+            f"{name}_pp_tp",
+            "tp inside the stages -> none",
+            or_none(side, engine=or_none(engine, plan=()), mesh_shape=(side.mesh_shape[0], 1)),
+        )
     if isinstance(engine, PP):  # the number of stages
         for size in sorted({2, 3, 4} - {side.mesh_shape[0]}):
             change = f"pp {side.mesh_shape[0]} -> {size}"

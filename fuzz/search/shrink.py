@@ -195,6 +195,10 @@ def _simpler_sides(side: Side) -> Iterator[Side]:
         if getattr(side, name) != default:
             yield from _evolved(side, **{name: default})
     if isinstance(engine, PP):
+        if engine.plan:  # tensor parallelism out of the stages, then one planned module fewer
+            yield from _evolved(side, engine=attrs.evolve(engine, plan=()), mesh_shape=(shape[0], 1))
+        for entry in engine.plan if len(engine.plan) > 1 else ():
+            yield from _evolved(side, engine=attrs.evolve(engine, plan=[e for e in engine.plan if e != entry]))
         if engine.fsdp:
             yield from _evolved(side, engine=attrs.evolve(engine, fsdp=False), mesh_shape=(shape[0], 1), wrap=())
         if shape[0] > 2:
@@ -210,7 +214,7 @@ def _simpler_sides(side: Side) -> Iterator[Side]:
 
 def _fitted(side: Side, model: Model) -> Side | None:
     """``side`` with what names modules (its wrap set, checkpointed leaves, TP plan) cut down to what
-    ``model`` still has; None where nothing of its TP plan is left."""
+    ``model`` still has; None where nothing of a TP engine's plan is left (PP goes on without tensor parallelism)."""
     modules, linears, experts, leaf_paths = (
         set(model.submodule_paths()),
         {fqn for fqn, _ in model.linear_nodes()},
@@ -218,15 +222,18 @@ def _fitted(side: Side, model: Model) -> Side | None:
         set(model.leaf_paths()),
     )
     checkpointed = [path for path in side.checkpointed if path in leaf_paths]
-    engine = side.engine
-    if isinstance(engine, TP):
+    engine, mesh_shape = side.engine, side.mesh_shape
+    if isinstance(engine, (TP, PP)) and engine.plan:
         plan = [(path, style) for path, style in engine.plan if path in (experts if style == "experts" else linears)]
-        if not plan:
+        if not plan and isinstance(engine, TP):
             return None
         engine = attrs.evolve(engine, plan=plan)
+        if not plan:  # PP without tensor parallelism inside: dp 1
+            mesh_shape = (mesh_shape[0], 1)
     return attrs.evolve(
         side,
         engine=engine,
+        mesh_shape=mesh_shape,
         wrap=[path for path in side.wrap if path in modules],
         checkpointed=checkpointed,
         activation_checkpointing=side.activation_checkpointing if checkpointed else "none",

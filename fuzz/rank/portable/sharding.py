@@ -29,6 +29,7 @@ __all__ = [
     "stage_bounds",
     "pipeline_stage",
     "pipeline_group",
+    "split_planned",
     "data_rank",
     "checkpoint_modules",
     "built",
@@ -250,18 +251,28 @@ def tensor_parallel(module, engine: dict, *, innermost_first, mesh):
     dimension (``distribute_module``, the router left whole), then, with ``engine["fsdp"]``, ``fully_shard``
     across its first (the listed units innermost first, then the root), as torchtitan composes them. A
     planned leaf that activation checkpointing wrapped is found inside its wrapper."""
+    dp_mesh, tp_mesh = (mesh[name] for name in mesh.mesh_dim_names)
+    split_planned(module, engine["plan"], tp_mesh)
+    if engine["fsdp"]:
+        shard_units(module, innermost_first, mesh=dp_mesh, reshard_after_forward=engine["reshard_after_forward"])
+    return module
+
+
+def split_planned(module, plan, tp_mesh) -> None:
+    """Each Linear of ``plan`` split across ``tp_mesh`` (``parallelize_module``, colwise or rowwise, the activations
+    between them whole) and each planned mixture of experts' grouped experts on the expert dimension
+    (``distribute_module``)."""
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
     tensors = dtensor()
     replicate = tensors.Replicate()
-    dp_mesh, tp_mesh = (mesh[name] for name in mesh.mesh_dim_names)
 
     def split_experts(name, experts, ep_mesh):
         for key, weight in list(experts.named_parameters(recurse=False)):
             placed = tensors.distribute_tensor(weight.data, ep_mesh, [tensors.Shard(0)])
             experts.register_parameter(key, torch.nn.Parameter(placed, requires_grad=weight.requires_grad))
 
-    for path, style in engine["plan"]:
+    for path, style in plan:
         leaf = module.get_submodule(path)
         leaf = getattr(leaf, "_checkpoint_wrapped_module", leaf)
         if style == "experts":
@@ -273,9 +284,6 @@ def tensor_parallel(module, engine: dict, *, innermost_first, mesh):
             else RowwiseParallel(input_layouts=replicate)
         )
         parallelize_module(leaf, tp_mesh, split)
-    if engine["fsdp"]:
-        shard_units(module, innermost_first, mesh=dp_mesh, reshard_after_forward=engine["reshard_after_forward"])
-    return module
 
 
 def stage_bounds(children: int, stages: int) -> list[int]:
@@ -291,7 +299,8 @@ def pipeline_stage(module, engine: dict, *, innermost_first, mesh, device: str):
     """This rank's pipeline stage of ``module``, as torchtitan keeps model parts: the root's children of the
     other stages (``stage_bounds``, along the mesh's first dimension, ``pp``) replaced by ``nn.Identity``, so
     each kept parameter has its name in the whole model; with ``engine["fsdp"]``, ``fully_shard`` across the
-    mesh's second dimension (``dp``: the listed units of the stage innermost first, then the root). The stage
+    mesh's second dimension (``dp``: the listed units of the stage innermost first, then the root); with a
+    ``plan``, the stage's planned modules split across it (``tp``, ``split_planned``). The stage
     is ``torch.distributed.pipelining``'s ``PipelineStage`` on the ``pp`` group, as ``module.pipeline_stage``
     (``steps.train_steps`` runs it under a one-microbatch GPipe schedule)."""
     from torch.distributed.pipelining import PipelineStage
@@ -304,6 +313,8 @@ def pipeline_stage(module, engine: dict, *, innermost_first, mesh, device: str):
     for name in names:
         if name not in kept:
             setattr(module, name, torch.nn.Identity())
+    plan = [(path, style) for path, style in engine.get("plan", ()) if path.split(".")[0] in kept]
+    split_planned(module, plan, dp_mesh)  # with a plan, the mesh's second dimension is tp
     if engine["fsdp"]:
         units = [path for path in innermost_first if path.split(".")[0] in kept]
         shard_units(module, units, mesh=dp_mesh, reshard_after_forward=engine["reshard_after_forward"])
@@ -329,10 +340,12 @@ def shard_units(module, innermost_first, *, mesh, reshard_after_forward: bool) -
 def data_rank(engine: dict, mesh_shape, rank: int) -> int:
     """The rank whose batches ``rank`` trains on: its own, but under tensor parallelism the ``dp`` row's
     (every rank of a ``tp`` group must see the same batch), and in a pipeline its place in its stage (every
-    stage of a ``pp`` group works on the same batch)."""
+    stage of a ``pp`` group works on the same batch; with tensor parallelism inside the stages, every rank)."""
     if engine["kind"] == "TP":
         return rank // mesh_shape[-1]
-    return rank % mesh_shape[-1] if engine["kind"] == "PP" else rank
+    if engine["kind"] == "PP":
+        return 0 if engine.get("plan") else rank % mesh_shape[-1]
+    return rank
 
 
 def checkpoint_modules(model, modules) -> None:
