@@ -170,10 +170,31 @@ def test_a_last_stage_saved_before_its_step_is_caught_by_the_state_oracle(target
     assert oracle is None or all(m.key.startswith("model.1.") for m in verdict.mismatches), verdict.summary()
 
 
-def _judged(case, target: str, oracle: str | None):
-    """``case`` run on two ranks against ``target``: a pass where ``oracle`` is None, else a mismatch that this
+@pytest.mark.parametrize(
+    "target, oracle",
+    [("shardfuzz.targets:DcpTarget", None), ("shardfuzz.targets.mutants:StagePlanByPosition", "layout")],
+)
+def test_a_stage_split_by_the_first_stages_plan_is_caught_by_the_layout_oracle(target, oracle):
+    """Tensor parallelism inside two pipeline stages, loaded into: the first stage's Linear planned colwise, the
+    second's rowwise. Wrapping code that splits every stage by the first stage's plan splits the second colwise;
+    the values load right, and only the layout oracle sees the second stage's placements."""
+    from shardfuzz.case import DDP, PP, SGD, Case, Linear, Model, Sequential, Side
+
+    case = Case(
+        model=Model(2, Sequential([Linear(4), Linear(4)])),
+        save=Side(DDP(), (2,)),
+        load=Side(PP(plan=(("0", "colwise"), ("1", "rowwise"))), (2, 2)),
+        optimizer=SGD(),
+        steps=1,
+    )
+    verdict = _judged(case, target, oracle, ranks=4)
+    assert oracle is None or all(m.key.startswith("1.") for m in verdict.mismatches), verdict.summary()
+
+
+def _judged(case, target: str, oracle: str | None, *, ranks: int = 2):
+    """``case`` run on ``ranks`` ranks against ``target``: a pass where ``oracle`` is None, else a mismatch that this
     oracle alone reports."""
-    with RankPool(2, target=target) as pool:
+    with RankPool(ranks, target=target) as pool:
         verdict = pool.run(case)
     if oracle is None:
         assert verdict.ok, verdict.summary()

@@ -127,6 +127,31 @@ def replica_consistency(model, optim, *, group, rank: int) -> list[Mismatch]:
     local shard by its offsets; anything else (DDP's parameters, buffers, ``step``,
     hyperparameters) is held whole on every rank.
     """
+    try:
+        pieces: Any = _rank_pieces(model, optim)
+        failed = None
+    except Exception as exc:  # still joins the gather, so that rank 0 is not left waiting in it (a hang)
+        pieces, failed = f"{type(exc).__name__}: {exc}", exc
+    first = dist.get_global_rank(group, 0)  # gather_object takes a global rank: the group's first, not the world's
+    if rank != 0:
+        dist.gather_object(pieces, None, dst=first, group=group)
+        if failed is not None:
+            raise failed
+        return []
+    gathered: list[Any] = [None] * dist.get_world_size(group)
+    dist.gather_object(pieces, gathered, dst=first, group=group)
+    if failed is not None:
+        raise failed
+    unread = {r: why for r, why in enumerate(gathered) if isinstance(why, str)}
+    if unread:
+        raise RuntimeError(
+            f"the sharded state could not be read on ranks {sorted(unread)}: {next(iter(unread.values()))}"
+        )
+    return oracles.replica_consistency(dict(enumerate(gathered)))
+
+
+def _rank_pieces(model, optim) -> dict[tuple[str, str], Any]:
+    """This rank's pieces of the sharded state, by (name, region)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
     model_sd, optim_sd = get_state_dict(model, optim, options=StateDictOptions(flatten_optimizer_state_dict=True))
@@ -136,13 +161,7 @@ def replica_consistency(model, optim, *, group, rank: int) -> list[Mismatch]:
             for region, piece in _pieces(value):  # a low-bit optimizer state: its dequantised values and parts
                 for name, part in rank_steps.plain_parts(f"{prefix}.{unwrapped_name(key)}", piece).items():
                     pieces[name, region] = part
-    first = dist.get_global_rank(group, 0)  # gather_object takes a global rank: the group's first, not the world's
-    if rank != 0:
-        dist.gather_object(pieces, None, dst=first, group=group)
-        return []
-    gathered: list[Any] = [None] * dist.get_world_size(group)
-    dist.gather_object(pieces, gathered, dst=first, group=group)
-    return oracles.replica_consistency(dict(enumerate(gathered)))
+    return pieces
 
 
 def _pieces(value):

@@ -40,6 +40,10 @@ from shardfuzz.targets.loop_mutants import (  # noqa: F401  (named in CATALOGUE:
     StagingBuffersReusedInFlight,
     StepCountsUnified,
 )
+from shardfuzz.targets.pipeline_mutants import (  # noqa: F401  (named in CATALOGUE: resolved from here)
+    LastStageSavedBeforeItsStep,
+    StagePlanByPosition,
+)
 
 __all__ = ["CATALOGUE"]
 
@@ -365,33 +369,6 @@ class ExpertShardsFromNeighbour(DcpTarget):
         super().save({**state_dict, "model": model}, checkpoint_id=checkpoint_id, process_group=process_group)
 
 
-class LastStageSavedBeforeItsStep(DcpTarget):
-    """Checkpoint code for pipelined models that takes the last stage's weights as they were before its last
-    optimizer step (as a trainer that checkpoints each stage when its part of the schedule ends, the last stage's
-    step still to come, would): that stage's layers are saved a step stale, with no error. Only a pipelined save
-    side (``PP``) has a last stage of its own."""
-
-    def __init__(self):
-        super().__init__()
-        self._before_step: dict = {}
-
-    def shard(self, module, side, *, group, mesh, default):
-        model = default(module, side, group=group, mesh=mesh)
-        stage = getattr(model, "pipeline_stage", None)
-        self._before_step = {}
-        if stage is not None and stage.is_last and not stage.is_first:
-
-            def remember(_module, _inputs):  # each step's forward comes before its optimizer step
-                self._before_step = {name: p.detach().clone() for name, p in model.named_parameters()}
-
-            model.register_forward_pre_hook(remember)
-        return model
-
-    def save(self, state_dict, *, checkpoint_id, process_group):
-        stale = {key: self._before_step.get(key, value) for key, value in state_dict["model"].items()}
-        super().save({**state_dict, "model": stale}, checkpoint_id=checkpoint_id, process_group=process_group)
-
-
 class TrainingStateNotLoaded(DcpTarget):
     """A loader that restores the model and the optimizer but not the training state saved beside
     them (the LR scheduler, the gradient scaler, the step counter): they keep the values the fresh
@@ -465,6 +442,7 @@ CATALOGUE: dict[str, str] = {
     "TPStyleSwapped": "layout",
     "ExpertShardsFromNeighbour": "complete-state",
     "LastStageSavedBeforeItsStep": "complete-state",
+    "StagePlanByPosition": "layout",
     "TrainingStateNotLoaded": "complete-state",
     "RotaryTableLeftEmpty": "continuation",
     "LowBitScalesNotLoaded": "complete-state",
