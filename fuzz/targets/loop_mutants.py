@@ -203,11 +203,14 @@ def _staged_into(staged, value):
     local = getattr(value, "to_local", lambda: value)()
     if type(staged) is type(value) and getattr(staged, "placements", None) == getattr(value, "placements", None):
         buffer = getattr(staged, "to_local", lambda: staged)()
-        if buffer.shape == local.shape and buffer.dtype == local.dtype:
+        if buffer.shape == local.shape and buffer.dtype == local.dtype and type(buffer) is torch.Tensor:
             with torch.no_grad():
                 buffer.copy_(local)
             return staged
-    return value.detach().clone()
+    try:
+        return value.detach().clone()
+    except (NotImplementedError, RuntimeError):  # a tensor subclass that cannot be copied (torchao's low-bit state)
+        return value
 
 
 def _as_first_seen(values: dict, known: dict) -> dict:
