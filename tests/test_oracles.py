@@ -446,3 +446,6 @@ def test_a_pipeline_stages_layout_is_its_own_parameters_sharded_across_dp_and_no
     assert first["0.weight"] == LayoutRecord(2, "(Shard(dim=0),)", (4, 3), "torch.float32")
     assert second["2.weight"] == LayoutRecord(2, "(Shard(dim=1),)", (5, 2), "torch.float32")
     assert second["2.bias"] == LayoutRecord(2, "(Replicate(),)", (5,), "torch.float32")
+    first_only = Side(PP(plan=(("0", "colwise"),)), (2, 2))  # the second stage splits nothing (run O's finding)
+    assert sorted(_pipeline_layout(model, first_only, 1)) == ["0.bias", "0.weight"]
+    assert _pipeline_layout(model, first_only, 2) == {}

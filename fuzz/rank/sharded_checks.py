@@ -100,6 +100,8 @@ def _pipeline_layout(spec, side: Side, rank: int) -> dict[str, oracles.LayoutRec
     kept = set(names[bounds[rank // dp] : bounds[rank // dp + 1]])
     if engine.plan:
         in_stage = tuple((path, style) for path, style in engine.plan if path.split(".")[0] in kept)
+        if not in_stage:  # a stage the plan splits nothing of: no DTensors in it
+            return {}
         tp_side = attrs.evolve(side, engine=TP(plan=in_stage), mesh_shape=(1, dp))
         return _tp_layout(spec, tp_side)
     if not engine.fsdp:
