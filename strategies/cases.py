@@ -401,6 +401,8 @@ def cases(
         if storage.model_only:  # a checkpoint of the model alone: nothing but a compatible load of it
             mutation = None
         save, load = draw_side(draw, model), draw_side(draw, model)
+        if isinstance(storage, TorchSave) and _pipelined(save):  # its first rank writes the file: one stage's state
+            storage = Dcp()
         # A pipeline's stages each name their own parameters in the nested form's param groups, which DCP keeps one
         # copy of (a limitation, corpus 8f55ed6c): pipelined cases hand the optimizer over flattened, as torchtitan.
         must_flatten = _pipelined(save, load) and target.flatten

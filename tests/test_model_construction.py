@@ -23,6 +23,7 @@ from shardfuzz.case import (
     Model,
     Sequential,
     Side,
+    TorchSave,
     TransformerBlock,
     dimensions,
     dumps,
@@ -162,6 +163,9 @@ def test_pipeline_stages_cut_the_root_in_order_and_a_case_checks_what_they_need(
     assert dimensions(pipelined)["save_pp_tp"] == "false" and "PPx4 mesh (2, 2) [0:col,2:row]" in describe(inside)
     with pytest.raises(ValueError, match="cannot split"):
         _case(Side(PP(plan=[("1.a", "colwise")]), (2, 2)), Side(DDP(), (2,)))
+    with pytest.raises(ValueError, match="one stage"):  # run O: the file held the first stage only
+        full = {"state_dict": "full"}
+        _case(Side(PP(), (2, 1), **full), Side(DDP(), (2,), **full), storage=TorchSave())
     with pytest.raises(ValueError, match="full-offload"):
         Case(model=MODEL, save=Side(DDP(), (2,)), load=Side(PP(), (2, 1)), optimizer=Adam(), checks=("full-offload",))
 

@@ -89,6 +89,11 @@ class Case:
             raise ValueError("ignore_frozen_params is a StateDictOptions field: it does not apply to 'local' sides")
         if isinstance(storage, TorchSave) and {self.save.state_dict, self.load.state_dict} != {"full"}:
             raise ValueError("TorchSave storage writes and reads a full state dict: both sides need state_dict 'full'")
+        if isinstance(storage, TorchSave) and isinstance(self.save.engine, PP):
+            # its first rank writes the file, and holds one stage's full state: the others' would be lost (run O)
+            raise ValueError(
+                "TorchSave storage is written by the save side's first rank, which a pipeline gives one stage"
+            )
         if isinstance(storage, DcpToTorchSave) and self.load.state_dict != "full":
             raise ValueError("DcpToTorchSave storage loads a full state dict: the load side needs state_dict 'full'")
         if storage.model_only:
