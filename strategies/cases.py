@@ -403,6 +403,8 @@ def cases(
         save, load = draw_side(draw, model), draw_side(draw, model)
         if isinstance(storage, TorchSave) and _pipelined(save):  # its first rank writes the file: one stage's state
             storage = Dcp()
+        if isinstance(storage, (TorchSave, DcpToTorchSave)) and _pipelined(load):  # each stage gets every stage's keys
+            storage = Dcp()
         # A pipeline's stages each name their own parameters in the nested form's param groups, which DCP keeps one
         # copy of (a limitation, corpus 8f55ed6c): pipelined cases hand the optimizer over flattened, as torchtitan.
         must_flatten = _pipelined(save, load) and target.flatten

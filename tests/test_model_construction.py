@@ -166,6 +166,8 @@ def test_pipeline_stages_cut_the_root_in_order_and_a_case_checks_what_they_need(
     with pytest.raises(ValueError, match="one stage"):  # run O: the file held the first stage only
         full = {"state_dict": "full"}
         _case(Side(PP(), (2, 1), **full), Side(DDP(), (2,), **full), storage=TorchSave())
+    with pytest.raises(ValueError, match="every stage's keys"):  # run Q: a strict load refused the other stages' keys
+        _case(Side(DDP(), (2,), **full), Side(PP(), (2, 1), **full), storage=TorchSave())
     with pytest.raises(ValueError, match="full-offload"):
         Case(model=MODEL, save=Side(DDP(), (2,)), load=Side(PP(), (2, 1)), optimizer=Adam(), checks=("full-offload",))
 
