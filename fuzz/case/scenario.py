@@ -403,7 +403,7 @@ def _split_widths(case: Case, side: Side) -> list[int]:
     experts = [
         node.experts for _, node in case.model.experts_nodes() if node is not None
     ]  # FSDP and expert parallelism split them
-    if isinstance(side.engine, TP) or getattr(side.engine, "plan", ()):
+    if isinstance(side.engine, (TP, PP)) and side.engine.plan:
         return [w for _, fed, out, _ in linears for w in (fed, out)] + experts
     return [out for _, _, out, _ in linears] + experts
 

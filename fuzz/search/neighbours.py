@@ -240,9 +240,10 @@ def neighbours(case: Case) -> Iterator[tuple[str, str, Case | None]]:
     change makes no valid case (the data model refuses it)."""
     for name in ("save", "load"):
         side = getattr(case, name)
-        for dimension, change, changed in _side_neighbours(name, side):
-            yield dimension, change, or_none(case, **{name: changed})
-        for dimension, change, changed in _parallel_neighbours(name, side, case.model):
+        for dimension, change, changed in (
+            *_side_neighbours(name, side),
+            *_parallel_neighbours(name, side, case.model),
+        ):
             yield dimension, change, or_none(case, **{name: changed})
     yield from _case_neighbours(case)
     yield from _model_neighbours(case)
