@@ -3,7 +3,7 @@
 They import the Case data model and the capability probe, never the executor.
 """
 
-from shardfuzz.strategies.cases import cases, sides
+from shardfuzz.strategies.cases import cases
 from shardfuzz.strategies.coverage import offered_values
 from shardfuzz.strategies.engines import engines, fsdp1_engines, fsdp2_engines, wrap_sets
 from shardfuzz.strategies.modules import linears, models, module_trees, norm_layers, widths
@@ -16,6 +16,7 @@ from shardfuzz.strategies.options import (
     param_groups,
     state_dict_types,
 )
+from shardfuzz.strategies.sides import sides
 from shardfuzz.strategies.topology import mesh_shapes, world_sizes
 
 __all__ = [

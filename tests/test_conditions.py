@@ -93,6 +93,9 @@ OVERLAPS = {
     # the second load's 'Missing key ... <fqn>' from a held load-side state dict DSD renamed, and from a late group
     # without gradients: both causes apply to a case with both
     ("43819bad5d90d77f, 7e9058e0a5c441eb", "4ccffcf031c523da"),
+    # FSDP1's 'Differing optimizer state types' from a gradless parameter's empty state and from a low-bit AdamW's
+    # plain and quantised states in one flat parameter: both causes apply to a case with both
+    ("48b712cbd0684a75", "6f5286b9613b0f93"),
 }
 
 

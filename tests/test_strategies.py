@@ -127,7 +127,7 @@ def test_no_draw_meets_the_known_fsdp2_tp_gather_hang():
     """FSDP2 + TP with a rowwise split and an empty tp shard hangs in torch (corpus: 11 forms); each new form cost a
     campaign its shrink at 30 s a try, so the strategies draw such a plan without FSDP2."""
     from shardfuzz.case import TP
-    from shardfuzz.strategies.cases import _meets_the_tp_gather_hang
+    from shardfuzz.strategies.sides import _meets_the_tp_gather_hang
 
     @settings(max_examples=300, phases=[Phase.generate], database=None, suppress_health_check=list(HealthCheck))
     @given(sf.cases(max_world_size=4))

@@ -68,6 +68,7 @@ def make_converter() -> cattrs.Converter:
             lenient=omitted,
             gradless=omitted,
             empty_group=omitted,
+            second_save=omitted,
             ranks_from=omitted,
             late_group=omitted,
         ),
