@@ -177,7 +177,8 @@ def no_fsdp1_subgroups(monkeypatch):
     import shardfuzz.capabilities
 
     caps = dataclasses.replace(shardfuzz.capabilities.capabilities(), fsdp1_subgroups=False, cuda_devices=1)
-    for module in (shardfuzz.capabilities, importlib.import_module("shardfuzz.strategies.cases")):
+    strategies = ("shardfuzz.strategies.cases", "shardfuzz.strategies.sides")
+    for module in (shardfuzz.capabilities, *map(importlib.import_module, strategies)):
         monkeypatch.setattr(module, "capabilities", lambda *a, **k: caps)
 
 
