@@ -191,18 +191,17 @@ class StagingBuffersReusedInFlight(DcpTarget):
 
 def _staged_into(staged, value):
     """``value`` copied into the tensors of ``staged`` (an earlier staging of the same structure) where they fit,
-    else into new ones; dicts and lists rebuilt, other values as they are. A ShardedTensor is passed through."""
-    if type(value).__name__ == "ShardedTensor" or not torch.is_tensor(value):
-        if isinstance(value, dict):
-            old = staged if isinstance(staged, dict) else {}
-            return {key: _staged_into(old.get(key), item) for key, item in value.items()}
-        if isinstance(value, (list, tuple)) and type(value).__name__ != "ShardedTensor":
-            old = staged if isinstance(staged, (list, tuple)) and len(staged) == len(value) else [None] * len(value)
-            return type(value)(_staged_into(o, item) for o, item in zip(old, value))
+    else into new ones; dicts and lists rebuilt, other values (a ShardedTensor too) as they are."""
+    if isinstance(value, dict):
+        old = staged if isinstance(staged, dict) else {}
+        return {key: _staged_into(old.get(key), item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        old = staged if isinstance(staged, (list, tuple)) and len(staged) == len(value) else [None] * len(value)
+        return type(value)(_staged_into(o, item) for o, item in zip(old, value))
+    if not torch.is_tensor(value) or type(value).__name__ == "ShardedTensor":
         return value
-    local = getattr(value, "to_local", lambda: value)()
     if type(staged) is type(value) and getattr(staged, "placements", None) == getattr(value, "placements", None):
-        buffer = getattr(staged, "to_local", lambda: staged)()
+        buffer, local = (getattr(t, "to_local", lambda t=t: t)() for t in (staged, value))
         if buffer.shape == local.shape and buffer.dtype == local.dtype and type(buffer) is torch.Tensor:
             with torch.no_grad():
                 buffer.copy_(local)

@@ -55,24 +55,26 @@ class StagePlanByPosition(DcpTarget):
         names = [name for name, _ in module.named_children()]
         bounds = stage_bounds(len(names), side.mesh_shape[0])
         stage = mesh.get_coordinate()[0]
-        by_position = {}
+        first_stage, by_position = {}, {}
         for path, style in engine.plan:
             top, _, rest = path.partition(".")
-            if names.index(top) < bounds[1] and bounds[stage] + names.index(top) < bounds[stage + 1]:
-                mapped = ".".join(filter(None, (names[bounds[stage] + names.index(top)], rest)))
-                target = module.get_submodule(mapped) if _has(module, mapped) else None
-                if isinstance(target, torch.nn.Linear) and style != "experts":
+            position = names.index(top)
+            if position >= bounds[1]:  # not the first stage's
+                continue
+            first_stage[path] = style
+            if style != "experts" and bounds[stage] + position < bounds[stage + 1]:
+                mapped = ".".join(filter(None, (names[bounds[stage] + position], rest)))
+                if isinstance(_submodule(module, mapped), torch.nn.Linear):
                     by_position[mapped] = style
-        first_stage = {p: s for p, s in engine.plan if names.index(p.partition(".")[0]) < bounds[1]}
         if not first_stage:  # nothing to repeat: each stage as planned
             return default(module, side, group=group, mesh=mesh)
         plan = sorted({**first_stage, **by_position}.items())  # each stage keeps its own children's entries
         return default(module, attrs.evolve(side, engine=attrs.evolve(engine, plan=plan)), group=group, mesh=mesh)
 
 
-def _has(module, path: str) -> bool:
+def _submodule(module, path: str):
+    """``module.get_submodule(path)``, or None where there is none."""
     try:
-        module.get_submodule(path)
+        return module.get_submodule(path)
     except AttributeError:
-        return False
-    return True
+        return None
