@@ -68,7 +68,7 @@ def cases(
 ) -> st.SearchStrategy[Case]:
     """Round-trip cases whose sides each use at most ``max_world_size`` ranks.
 
-    ``low_bit``: torchao's low-bit AdamW where it is installed (``LowBitAdamW``, about 1 case in 10); such a case's
+    ``low_bit``: torchao's low-bit AdamW where it is installed (``LowBitAdamW``, drawn in about 1 case in 6); such a case's
     model ends in one Linear of ``LOW_BIT_WIDTH`` outputs beyond ``max_leaves`` and ``max_width``, as torchao
     quantises nothing smaller. False keeps every case within the bounds.
 

@@ -22,9 +22,9 @@ from shardfuzz.case import (
     Unsharded,
     leaves_a_rank_empty,
 )
-from shardfuzz.strategies._helpers import check_choices, check_int
+from shardfuzz.strategies._helpers import check_choices, check_int, weighted
 
-__all__ = ["engines", "fsdp1_engines", "fsdp2_engines", "tp_plans", "wrap_sets", "side_wrappers", "ENGINE_NAMES"]
+__all__ = ["ENGINE_WEIGHTS", "engines", "fsdp1_engines", "fsdp2_engines", "tp_plans", "wrap_sets", "side_wrappers", "ENGINE_NAMES"]
 
 ENGINE_NAMES = ("fsdp1", "fsdp2", "ddp", "unsharded", "tp", "pp")
 TWO_D_ENGINES = ("fsdp1", "fsdp2")  # the engines that take a 2-D mesh (HSDP)
@@ -57,10 +57,16 @@ def fsdp2_engines() -> st.SearchStrategy[FSDP2]:
     return st.builds(FSDP2, reshard_after_forward=st.booleans(), shard_dim=st.sampled_from(dims))
 
 
+#: How often each engine is drawn, relative to the others. An unsharded side has the fewest values of its own; a
+#: pipeline needs a root of two children or more (a side of another engine where the model has fewer), so it is
+#: weighted up to be drawn as often as the others. (``st.one_of`` with a builder repeated would not weight it: it
+#: drops a branch it already holds, see ``weighted``.)
+ENGINE_WEIGHTS = {"fsdp1": 2, "fsdp2": 2, "ddp": 2, "unsharded": 1, "tp": 2, "pp": 4}
+
+
 def engines(*, names=None, mesh_dims: int = 1) -> st.SearchStrategy:
     """An engine among ``names`` (default: every engine the installed torch offers) that runs
-    on a mesh of ``mesh_dims`` dimensions (2: only FSDP1's hybrid strategies and FSDP2); ``tp``
-    half as often as each other one."""
+    on a mesh of ``mesh_dims`` dimensions (2: only FSDP1's hybrid strategies and FSDP2), by ``ENGINE_WEIGHTS``."""
     chosen = check_choices("names", names, capabilities().engines)
     check_int("mesh_dims", mesh_dims, minimum=1)
     if mesh_dims == 2:
@@ -78,10 +84,7 @@ def engines(*, names=None, mesh_dims: int = 1) -> st.SearchStrategy:
         # the stages are the model's root children: the mesh is drawn with the model
         "pp": lambda: st.builds(PP, fsdp=st.booleans(), reshard_after_forward=st.booleans()),
     }
-    # Tensor parallelism in about 1 side in 11 (each other engine twice as often): its cases are the slowest to
-    # run, and small uneven widths meet its known bugs often. Pipelines are as fast as FSDP2, but only a root of
-    # two children or more can be cut into stages (a side of another engine where it cannot).
-    return st.one_of(*(builders[n]() for n in chosen for _ in range(1 if n == "tp" else 2)))
+    return weighted(*((ENGINE_WEIGHTS[n], builders[n]()) for n in chosen))
 
 
 def wrap_sets(model: Model) -> st.SearchStrategy[tuple[str, ...]]:

@@ -75,7 +75,7 @@ def optimizers():
     )
 
 
-def low_bit_optimizers(bits: tuple[int, ...], *, one_in: int = 10) -> st.SearchStrategy[int | None]:
+def low_bit_optimizers(bits: tuple[int, ...], *, one_in: int = 6) -> st.SearchStrategy[int | None]:
     """A bit width of torchao's low-bit AdamW (``LowBitAdamW``) in about 1 draw of ``one_in`` where ``bits`` offers
     any (``capabilities().low_bit_optimizers``), else None; shrinks to None. Rare: its step is compiled, and each
     new parameter shape costs a compile of seconds on every rank."""
@@ -173,7 +173,7 @@ def loops(
 ):
     """How the training loop calls the checkpoint APIs (``Case.loop``), each field on its own: the save side's
     model state dict held from build in about 1 draw of 4; a second round-trip in 1 of 4 (its load side holding
-    its state dict in half of those); otherwise a lenient load in 1 of 6; a module without gradients in 1 of 4
+    its state dict in 3 of 4 of those); otherwise a lenient load in 1 of 6; a module without gradients in 1 of 4
     (always or at the first step); an empty param group in 1 of 6; a param group added after the load in 1 of 6; a second
     save before the first is waited for in 1 of 6. Shrinks to ``Loop()``. Each keyword False leaves that field at its default (a case or target that cannot take
     it: ``held`` the save side's, ``load_held`` the load side's). ``Loop.ranks_from`` depends on the sides: drawn
@@ -183,7 +183,7 @@ def loops(
         _loop,
         save_held=rarely(one_in=4) if held else off,
         resumed=rarely(one_in=4) if resumes else off,
-        load_held=st.booleans() if load_held and resumes else off,
+        load_held=weighted((1, off), (3, st.just(True))) if load_held and resumes else off,
         lenient=rarely(one_in=6) if lenient else off,
         gradless=_gradless() if gradless else st.just("never"),
         empty_group=rarely(one_in=6) if empty_group else off,
