@@ -24,7 +24,16 @@ from shardfuzz.case import (
 )
 from shardfuzz.strategies._helpers import check_choices, check_int, weighted
 
-__all__ = ["ENGINE_WEIGHTS", "engines", "fsdp1_engines", "fsdp2_engines", "tp_plans", "wrap_sets", "side_wrappers", "ENGINE_NAMES"]
+__all__ = [
+    "ENGINE_WEIGHTS",
+    "engines",
+    "fsdp1_engines",
+    "fsdp2_engines",
+    "tp_plans",
+    "wrap_sets",
+    "side_wrappers",
+    "ENGINE_NAMES",
+]
 
 ENGINE_NAMES = ("fsdp1", "fsdp2", "ddp", "unsharded", "tp", "pp")
 TWO_D_ENGINES = ("fsdp1", "fsdp2")  # the engines that take a 2-D mesh (HSDP)

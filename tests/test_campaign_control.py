@@ -212,7 +212,8 @@ def test_a_known_bugs_own_case_narrows_the_steering_conditions_to_what_it_needs(
     is_known = lambda signature, case: signature.startswith("error:load:KeyError")  # noqa: E731
     steered = run_campaign(
         FunctionHost(_known_bug_on_fsdp2_loads, is_known=is_known, known_dimensions=lambda s, c: dimensions(minimal)),
-        CampaignSettings(budget=120, seed=5, max_world_size=2, max_cases=240, steer_after=3),
+        # Seed 2: seed 5 formed no mask once the engines were drawn by weight (ENGINE_WEIGHTS); 1-4, 6, 7 form it.
+        CampaignSettings(budget=120, seed=2, max_world_size=2, max_cases=240, steer_after=3),
     )
     (conditions,) = steered.steering.values()
     assert conditions["load_engine"] == "fsdp2"

@@ -20,10 +20,11 @@ def test_the_pairs_of_a_case_are_every_two_of_its_dimension_values_in_name_order
 
 def test_a_draw_that_brings_no_new_pair_or_rare_value_is_passed_over_but_one_in_keep_every_and_never_while_frozen():
     steering = PairSteering(keep_every=4)
-    assert steering.wanted(CASE)  # everything is new
+    assert steering.wanted(CASE) and steering.holds_rare(CASE)  # everything is new
     for _ in range(RARE):  # and rare: a value run fewer than RARE times is always wanted
         steering.observe(CASE)
     same = [attrs.evolve(CASE, seed=seed) for seed in range(200)]  # the seed is no dimension: nothing new
+    assert not steering.holds_rare(CASE)
     let_through = sum(steering.wanted(case) for case in same)
     assert 20 <= let_through <= 80 and steering.passed_over == 200 - let_through
     assert [steering.wanted(case) for case in same] == [steering.wanted(case) for case in same]  # stable

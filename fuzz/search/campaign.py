@@ -123,7 +123,10 @@ class Campaign:
             self.result.masked, self.result.probes = self.steering.masked, self.steering.probes
         self.pairs = PairSteering()
         self.result.reached_pairs = self.pairs.reached
-        wanted = [self.steering.wanted] if self.steering is not None else []
+        wanted = []
+        if self.steering is not None:
+            steering, pairs, pairwise = self.steering, self.pairs, settings.pairwise
+            wanted.append(lambda case: steering.wanted(case, rare=pairwise and pairs.holds_rare(case)))
         if settings.pairwise:
             wanted.append(self.pairs.wanted)  # after the masks: a masked draw is not a new pair's to run
         self.strategy = all_cases.filter(lambda case: all(want(case) for want in wanted)) if wanted else all_cases

@@ -6,7 +6,7 @@ when each is common, and the classic finding of combinatorial testing is that mo
 three conditions at once. So a draw is run when it brings at least as many pairs not run yet as the draws before it
 did on average (an exponential moving average over draws, ``BAR_WEIGHT``): about one draw in two, the more novel half.
 A value run fewer than ``RARE`` times counts as ``RARE_WORTH`` new pairs, so steering toward pairs does not starve
-single values. A draw below the bar, or with nothing new at all, is passed over, except one in ``KEEP_EVERY`` (a stable function of
+single values; nor do the masks over known bugs (``Steering.wanted``), which let such a draw through. A draw below the bar, or with nothing new at all, is passed over, except one in ``KEEP_EVERY`` (a stable function of
 the case, as steering's probes are: Hypothesis sees the same answer when it draws the same case again), so the common
 values keep coming too. Drawing costs milliseconds and a case a few hundred, so passing over a draw is cheap. While a
 round shrinks a failure the filter is frozen open: a shrink's candidates are not new, and must not be passed over.
@@ -55,6 +55,10 @@ class PairSteering:
     passed_over: int = 0  # draws filtered out for bringing fewer new pairs than the bar
     bar: float = 0.0  # the moving average of new pairs per draw
     frozen: bool = False  # while a round shrinks a new failure: every draw is wanted
+
+    def holds_rare(self, case: Case) -> bool:
+        """Whether ``case`` holds a value run fewer than ``RARE`` times (steering's masks let such a draw through)."""
+        return any(self.runs[f"{name}={value}"] < RARE for name, value in dimensions(case).items())
 
     def wanted(self, case: Case) -> bool:
         """Whether to run ``case``: it brings at least the bar's count of pairs not run yet (and at least one), or it
