@@ -323,6 +323,12 @@ def _engines(off: dict[str, str]) -> tuple[list[str], bool, bool, bool]:
         engines.append("pp")
     else:
         off["engine pp"] = "no PipelineStage that infers its shapes (input_args=None), or no 2-D meshes with FSDP2"
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is not None:  # found, not imported: importing it takes seconds
+        engines.append("zero")  # drawn only for a target that names it (the deepspeed target)
+    else:
+        off["engine zero"] = "DeepSpeed is not installed (pip install 'shardfuzz[deepspeed]')"
     fully_shard = fully_shard_fn()
     shard_dim = (
         "fsdp2" in engines

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import attrs
 from attrs import frozen
 
-from shardfuzz.case import DDP, FSDP1, FSDP2, LOWERS_PARAMETERS, Case, Unsharded, shard_count
+from shardfuzz.case import DDP, FSDP1, FSDP2, LOWERS_PARAMETERS, Case, LowBitAdamW, Unsharded, ZeRO, shard_count
 from shardfuzz.verdict import Verdict
 
 __all__ = [
@@ -138,6 +138,15 @@ CASE_RULES: tuple[CaseRule, ...] = (
         ),
     ),
     CaseRule(
+        "zero-side-plain-loop",
+        "a ZeRO side is DeepSpeed's engine, drawn for the deepspeed target in its plain form so far: a float32 model "
+        "built on the CPU without wrappers (no meta device, compile, activation checkpointing or FSDP mixed "
+        "precision), a torch optimizer, one round-trip whose training goes through engine.backward and step (no "
+        "gradient set to None between them, no param group empty or added later, no second save), a compatible "
+        "load, and oracles that read its state by name (not DSD's api-parity or full-offload checks)",
+        lambda case: any(isinstance(s.engine, ZeRO) for s in _sides(case)) and _outside_plain_zero(case),
+    ),
+    CaseRule(
         "held-state-dict-is-a-copy",
         "DSD does not promise that a state dict aliases the parameters, and some are copies by design: "
         "measured on torch 2.13, FSDP1's sharded and full model state dicts, FSDP2's full one and any "
@@ -147,6 +156,25 @@ CASE_RULES: tuple[CaseRule, ...] = (
         lambda case: any(held and copies_its_state_dict(side) for side, held in _held_sides(case)),
     ),
 )
+
+
+def _outside_plain_zero(case: Case) -> bool:
+    loop = case.loop
+    return (
+        getattr(case.model, "dtype", "float32") != "float32"
+        or isinstance(case.optimizer, LowBitAdamW)
+        or loop.gradless != "never"
+        or loop.empty_group
+        or loop.late_group
+        or loop.second_save
+        or loop.resumes > 1
+        or case.load_mutation is not None
+        or bool({"api-parity", "full-offload"} & set(case.checks))
+        or any(
+            s.meta_init or s.compiled or s.activation_checkpointing != "none" or s.mixed_precision != "none"
+            for s in _sides(case)
+        )
+    )
 
 
 def _held_sides(case: Case):

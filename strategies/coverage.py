@@ -100,6 +100,10 @@ def offered_values(
             # tensor parallelism inside the stages: a (pp, tp) mesh of 2 x 2 ranks at least
             inside = set(_BOOLS) if max_world_size >= 4 and "tp" in caps.engines else {"false"}
             values[f"{side}_pp_tp"] = inside | not_pp if max_world_size > 1 else {"n/a"}
+        if "zero" in engines:
+            not_zero = {"n/a"} if engines - {"zero"} else set()
+            values[f"{side}_zero_stage"] = {"1", "2", "3"} | not_zero
+            values[f"{side}_zero_bf16"] = set(_BOOLS) | not_zero
         if "fsdp2" in engines:
             values[f"{side}_fsdp2_reshard_after_forward"] = set(_BOOLS) | not_fsdp2
             values[f"{side}_fsdp2_shard_dim"] = ({"0", "1"} if caps.fsdp2_shard_dim else {"0"}) | not_fsdp2
@@ -168,6 +172,11 @@ def _narrowed(values: dict, support: TargetSupport, *, max_world_size: int, max_
     for name in [n for n in values if n.endswith("_pp_tp")]:
         if "tp" not in engines:  # tensor parallelism inside the stages is the tp engine's splitting
             values[name] -= {"true"}
+    for name in [n for n in values if "_zero_" in n]:
+        if "zero" not in engines:
+            values[name] = {"n/a"}
+        elif engines == {"zero"}:
+            values[name].discard("n/a")
     for name in [n for n in values if "_fsdp2_" in n]:
         if "fsdp2" not in engines:
             values[name] = {"n/a"}

@@ -20,6 +20,7 @@ from shardfuzz.case import (
     Leaf,
     Model,
     Unsharded,
+    ZeRO,
     leaves_a_rank_empty,
 )
 from shardfuzz.strategies._helpers import check_choices, check_int, weighted
@@ -35,7 +36,7 @@ __all__ = [
     "ENGINE_NAMES",
 ]
 
-ENGINE_NAMES = ("fsdp1", "fsdp2", "ddp", "unsharded", "tp", "pp")
+ENGINE_NAMES = ("fsdp1", "fsdp2", "ddp", "unsharded", "tp", "pp", "zero")
 TWO_D_ENGINES = ("fsdp1", "fsdp2")  # the engines that take a 2-D mesh (HSDP)
 
 
@@ -70,7 +71,7 @@ def fsdp2_engines() -> st.SearchStrategy[FSDP2]:
 #: pipeline needs a root of two children or more (a side of another engine where the model has fewer), so it is
 #: weighted up to be drawn as often as the others. (``st.one_of`` with a builder repeated would not weight it: it
 #: drops a branch it already holds, see ``weighted``.)
-ENGINE_WEIGHTS = {"fsdp1": 2, "fsdp2": 2, "ddp": 2, "unsharded": 1, "tp": 2, "pp": 4}
+ENGINE_WEIGHTS = {"fsdp1": 2, "fsdp2": 2, "ddp": 2, "unsharded": 1, "tp": 2, "pp": 4, "zero": 4}
 
 
 def engines(*, names=None, mesh_dims: int = 1) -> st.SearchStrategy:
@@ -92,6 +93,8 @@ def engines(*, names=None, mesh_dims: int = 1) -> st.SearchStrategy:
         ),
         # the stages are the model's root children: the mesh is drawn with the model
         "pp": lambda: st.builds(PP, fsdp=st.booleans(), reshard_after_forward=st.booleans()),
+        # DeepSpeed's engine: only a target that names it draws it (TargetSupport.allows_engine)
+        "zero": lambda: st.builds(ZeRO, stage=st.sampled_from((1, 2, 3)), bf16=st.booleans()),
     }
     return weighted(*((ENGINE_WEIGHTS[n], builders[n]()) for n in chosen))
 

@@ -78,6 +78,7 @@ from shardfuzz.case.sides import (
     WRAP_POLICIES,
     Side,
     Unsharded,
+    ZeRO,
 )
 from shardfuzz.case.storage import DCP_APIS, STORAGE_CLASSES, Dcp, DcpToTorchSave, HfSafetensors, TorchSave
 from shardfuzz.case.training import SCHEDULERS, TrainingState
@@ -131,6 +132,7 @@ __all__ = [
     "FSDP2",
     "MODULE_TYPES",
     "Unsharded",
+    "ZeRO",
     "WRAP_POLICIES",
     "Linear",
     "LayerNorm",

@@ -174,6 +174,24 @@ class Unsharded(EngineKind):
         return 1
 
 
+@frozen
+class ZeRO(EngineKind):
+    """DeepSpeed's ZeRO (``deepspeed.initialize``, the ``deepspeed`` target only): data parallelism over the side's
+    ranks with the optimizer state partitioned (``stage`` 1), the gradients too (2), and the parameters too (3);
+    ``bf16``: the model in bfloat16 with float32 master weights, which the checkpoint keeps."""
+
+    stage: int = field(default=1, validator=in_((1, 2, 3)))
+    bf16: bool = field(default=False, validator=instance_of(bool))
+
+    dimension_names: ClassVar[tuple[str, ...]] = ("zero_stage", "zero_bf16")
+
+    def dimension_values(self) -> dict[str, str]:
+        return {"zero_stage": str(self.stage), "zero_bf16": str(self.bf16).lower()}
+
+    def shard_count(self, mesh_shape: tuple[int, ...]) -> int:
+        return mesh_shape[-1] if self.stage == 3 else 1
+
+
 #: How tensor parallelism splits a planned Linear: ``colwise`` its output features (weight and bias on
 #: dim 0; the output all-gathered, ``ColwiseParallel(output_layouts=Replicate())``), ``rowwise`` its input
 #: features (weight on dim 1, bias replicated; ``RowwiseParallel(input_layouts=Replicate())``). Replicated
@@ -275,8 +293,8 @@ class PP(EngineKind):
 
 
 #: The engines, the registry the rest of shardfuzz reads: a new engine is added here.
-ENGINE_CLASSES: tuple[type[EngineKind], ...] = (FSDP1, FSDP2, DDP, Unsharded, TP, PP)
-Engine = Union[FSDP1, FSDP2, DDP, Unsharded, TP, PP]  # cattrs tags each by class name
+ENGINE_CLASSES: tuple[type[EngineKind], ...] = (FSDP1, FSDP2, DDP, Unsharded, TP, PP, ZeRO)
+Engine = Union[FSDP1, FSDP2, DDP, Unsharded, TP, PP, ZeRO]  # cattrs tags each by class name
 
 
 def _sorted_unique(paths: Iterable[str]) -> tuple[str, ...]:

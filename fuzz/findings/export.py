@@ -20,7 +20,7 @@ from shardfuzz.executor.deadlines import deadline_for
 from shardfuzz.findings.corpus import Entry
 from shardfuzz.rank import oracles
 from shardfuzz.rank.build import engine_fields, training_fields
-from shardfuzz.rank.portable import bits, handoff, launcher, layers, optimizers, sharding
+from shardfuzz.rank.portable import bits, handoff, launcher, layers, optimizers, sharding, zero
 from shardfuzz.rank.portable import script as repro_script
 from shardfuzz.rank.portable import steps as rank_steps
 from shardfuzz.rank.roundtrip import CONTINUE_STEPS, options_extra, side_description
@@ -54,6 +54,7 @@ def export_script(entry: Entry, *, filename: str = "repro.py") -> str:
             _model_functions(case),
             _definitions(layers, "the model's own module classes"),
             _definitions(sharding, "how a side shards its model, as the pool's ranks do it"),
+            _definitions(zero, "DeepSpeed's ZeRO engine on a side (the deepspeed target's cases)"),
             _definitions(optimizers, "the optimizer a side builds and the parameters a loop pattern picks"),
             _definitions(rank_steps, "the torch steps of a round-trip, as the pool's ranks run them"),
             _definitions(bits, "the bitwise comparison the oracles use"),

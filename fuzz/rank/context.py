@@ -8,7 +8,7 @@ from typing import Any
 
 import torch.distributed as dist
 
-from shardfuzz.case import Case
+from shardfuzz.case import Case, ZeRO
 from shardfuzz.rank.portable.sharding import device_mesh
 
 __all__ = ["RankContext"]
@@ -39,6 +39,7 @@ class RankContext:
         self._groups: dict[tuple[int, int], Any] = {}  # (first global rank, n) -> the group of n ranks from it
         self._async_groups: dict[tuple[int, int, int], Any] = {}  # the same and a save's number -> an async_save's
         self._meshes: dict[tuple, Any] = {}  # (first global rank, mesh shape, device) -> DeviceMesh
+        self._singles: list[Any] = []  # each global rank's group of itself alone (DeepSpeed's model-parallel group)
 
     def create_groups(self) -> None:
         """Every prefix group ``[0..n-1]``; collective on the world, so all ranks call it once."""
@@ -56,6 +57,12 @@ class RankContext:
                 self._groups[self.first, n] = dist.new_group(list(range(self.first, self.first + n)))
         self.prepare_meshes(case)
         self.prepare_async_group(case)
+        if not self._singles and any(isinstance(side.engine, ZeRO) for side in (case.save, case.load)):
+            self._singles = [dist.new_group([r]) for r in range(self.world_size)]
+
+    def single_group(self):
+        """This rank alone (made by ``begin`` for a case with a ZeRO side): DeepSpeed's model-parallel group."""
+        return self._singles[self.global_rank]
 
     def group(self, n: int):
         """The group of the case's ranks ``0..n-1``."""

@@ -21,7 +21,7 @@ import os
 import attrs
 import torch
 
-from shardfuzz.case import FSDP2, PP, TP, Case
+from shardfuzz.case import FSDP2, PP, TP, Case, ZeRO
 from shardfuzz.rank import oracles, resume, sharded_checks
 from shardfuzz.rank.context import RankContext
 from shardfuzz.rank.oracles import compare_state
@@ -188,7 +188,7 @@ def _load_and_judge(case, ctx, target, checkpoint_dir, expected, expected_after,
     ctx.enter("gather-loaded")
     actual = gather_full(model, optim, app)
     replicas: list[Mismatch] = []
-    if side.world_size > 1:
+    if side.world_size > 1 and not isinstance(side.engine, ZeRO):  # ZeRO's partitions are no replicas of DSD's
         ctx.enter("replicas")
         replicas = sharded_checks.replica_consistency(model, optim, group=ctx.group(side.world_size), rank=ctx.rank)
     if isinstance(side.engine, (FSDP2, TP, PP)):

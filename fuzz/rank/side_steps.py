@@ -12,12 +12,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from shardfuzz.case import Case, Dcp, Side, UserModel
+from shardfuzz.case import Case, Dcp, Side, UserModel, ZeRO
 from shardfuzz.rank import model_factory
 from shardfuzz.rank.build import build_app_state, build_module, build_optimizer, engine_fields, shard
 from shardfuzz.rank.checkpoint_io import storage_target
 from shardfuzz.rank.context import RankContext
-from shardfuzz.rank.portable import sharding
+from shardfuzz.rank.portable import sharding, zero
 from shardfuzz.rank.portable import steps as rank_steps
 from shardfuzz.rank.portable.sharding import rank_device
 from shardfuzz.targets import CheckpointTarget, DcpTarget, LoadsPartially, ObjectTarget, ShardsModules
@@ -119,6 +119,16 @@ def build_side(case: Case, side: Side, spec, ctx: RankContext, target, *, seed: 
         empty_group=case.loop.empty_group,
         late_group=case.loop.late_group,
     )
+    if isinstance(side.engine, ZeRO):  # DeepSpeed's engine over the model and the case's optimizer
+        model, optim = zero.initialize(
+            model,
+            optim,
+            stage=side.engine.stage,
+            bf16=side.engine.bf16,
+            batch_size=case.batch_size,
+            group=ctx.group(n),
+            single_group=ctx.single_group(),
+        )
     return model, optim, build_app_state(case, side, optim, group=ctx.group(n))
 
 

@@ -40,6 +40,7 @@ SHIPPED_TARGETS = {
     "accelerate": "shardfuzz.targets.adapters.accelerate:AccelerateFsdpCheckpoint",
     "lightning": "shardfuzz.targets.adapters.lightning:FabricCheckpoint",
     "torchtitan": "shardfuzz.targets.adapters.torchtitan:TitanCheckpointManager",
+    "deepspeed": "shardfuzz.targets.adapters.deepspeed:DeepSpeedCheckpoint",
 }
 
 ENTRY_POINT_GROUP = "shardfuzz.targets"

@@ -16,9 +16,12 @@ from attrs.validators import deep_iterable, ge, in_, instance_of, optional
 from shardfuzz.case import STATE_DICT_TYPES, Case, Dcp, Side
 from shardfuzz.case.sides import ENGINE_CLASSES
 
-__all__ = ["ENGINE_KINDS", "EVERYTHING", "NO_LOAD_PARTIAL", "TargetSupport"]
+__all__ = ["ENGINE_KINDS", "EVERYTHING", "FRAMEWORK_ENGINES", "NO_LOAD_PARTIAL", "TargetSupport"]
 
 ENGINE_KINDS = tuple(kind.__name__ for kind in ENGINE_CLASSES)  # as a case's JSON names them
+#: Engines that are a framework's own (ZeRO: DeepSpeed's ``deepspeed.initialize``): only a target that drives that
+#: framework runs them, so only a target whose ``engines`` names one draws it (``engines=None`` means torch's).
+FRAMEWORK_ENGINES = ("ZeRO",)
 
 
 def _names(choices: tuple[str, ...]):
@@ -101,6 +104,14 @@ class TargetSupport:
         for name in self.exclusions():
             if self._breaks(name, case, world_size):
                 return f"target-support {name}: {self.reasons[name]}"
+        if self.engines is None:
+            framework = [
+                type(s.engine).__name__ for s in (case.save, case.load) if type(s.engine).__name__ in FRAMEWORK_ENGINES
+            ]
+            if framework:
+                return (
+                    f"target-support engines: {framework[0]} is run only by its framework's target (--target deepspeed)"
+                )
         return ""
 
     def _breaks(self, name: str, case: Case, world_size: int) -> bool:
@@ -132,7 +143,9 @@ class TargetSupport:
     def allows_engine(self, name: str) -> bool:
         """Whether the engine ``name`` (as ``capabilities().engines`` and the coverage name it: ``fsdp2``) is
         supported."""
-        return self.engines is None or name in {kind.lower() for kind in self.engines}
+        if self.engines is None:
+            return name not in {kind.lower() for kind in FRAMEWORK_ENGINES}
+        return name in {kind.lower() for kind in self.engines}
 
     def allows_storage(self, case: Case) -> bool:
         return self.storages or case.storage == Dcp()

@@ -138,7 +138,7 @@ def shard_module(
         "bf16-reduce": (torch.float32, torch.bfloat16),
     }.get(mixed_precision)
     kind = engine["kind"]
-    if kind == "Unsharded":
+    if kind in ("Unsharded", "ZeRO"):  # ZeRO: deepspeed.initialize wraps the module with its optimizer (zero.py)
         return module
     if kind == "TP":
         return tensor_parallel(module, engine, innermost_first=innermost_first, mesh=mesh)

@@ -20,6 +20,7 @@ import torch
 
 from shardfuzz.rank.portable.optimizers import first_module_parameters
 from shardfuzz.rank.portable.sharding import pipeline_group, rank_device, unwrapped_name
+from shardfuzz.rank.portable.zero import is_zero_engine, zero_full_state, zero_train_step
 
 __all__ = [
     "scalar_loss",
@@ -109,6 +110,11 @@ def train_steps(
         if device != "cpu":
             inputs = tuple(t.to(rank_device(device)) if isinstance(t, torch.Tensor) else t for t in inputs)
         scaler = app.scaler if app is not None else None
+        if is_zero_engine(model):  # DeepSpeed's engine steps itself (its gradients are its own buckets)
+            zero_train_step(model, inputs, scalar_loss)
+            if app is not None:
+                app.after_step(batch_size)
+            continue
         if hasattr(model, "pipeline_stage"):
             pipeline_step(model, inputs, batch_size=batch_size)
         else:
@@ -347,6 +353,8 @@ def gather_full(model, optim, app=None) -> dict:
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
+    if is_zero_engine(model):
+        return {**zero_full_state(model, optim), **app_values(app, optim)}
     model_sd, optim_sd = get_state_dict(
         model, optim, options=StateDictOptions(full_state_dict=True, flatten_optimizer_state_dict=True)
     )

@@ -1,0 +1,90 @@
+"""DeepSpeed's ZeRO engine and checkpointing (``--target deepspeed``): the data model's side of it everywhere, and
+where DeepSpeed is installed (``pip install 'shardfuzz[deepspeed]'``; not in CI, ``tox -e deepspeed``) round-trips
+on the pool's CPU ranks, through the same layout and through DeepSpeed's universal checkpoint, and a fault in its
+path caught."""
+
+import attrs
+import pytest
+
+from shardfuzz.case import Adam, Case, LayerNorm, Linear, Model, Sequential, Side, ZeRO, dimensions
+from shardfuzz.case.serial import dumps, loads
+from shardfuzz.targets import support_for, unavailable
+from shardfuzz.targets.support import EVERYTHING
+from shardfuzz.unsupported import excluded
+
+
+def _case(save: ZeRO, load: ZeRO, save_ranks: int = 3, load_ranks: int = 3, optimizer=None) -> Case:
+    return Case(
+        model=Model(3, Sequential([Linear(5), LayerNorm(), Linear(2)])),
+        save=Side(save, (save_ranks,)),
+        load=Side(load, (load_ranks,)),
+        optimizer=optimizer or Adam(),
+        steps=2,
+        flatten_optimizer_state_dict=False,
+    )
+
+
+def test_a_zero_side_is_plain_data_that_round_trips_and_has_its_dimensions():
+    case = _case(ZeRO(stage=3, bf16=True), ZeRO(stage=1))
+    assert loads(dumps(case)) == case
+    values = dimensions(case)
+    assert (values["save_zero_stage"], values["save_zero_bf16"], values["load_zero_stage"]) == ("3", "true", "1")
+    with pytest.raises(ValueError):
+        ZeRO(stage=4)
+
+
+def test_only_a_target_that_names_zero_draws_or_runs_it():
+    case = _case(ZeRO(), ZeRO())
+    assert not EVERYTHING.allows_engine("zero") and EVERYTHING.allows_engine("fsdp2")
+    assert "deepspeed" in EVERYTHING.refuses(case, world_size=2)
+
+
+def test_a_zero_side_runs_the_plain_loop_only():
+    case = _case(ZeRO(), ZeRO())
+    assert excluded(case) is None
+    gradless = attrs.evolve(case, loop=attrs.evolve(case.loop, gradless="always"))
+    assert excluded(gradless).name == "zero-side-plain-loop"
+
+
+def _needs_deepspeed():
+    why = unavailable("deepspeed")
+    if why:
+        pytest.skip(f"DeepSpeed cannot be had here: {why}")
+
+
+ROUND_TRIPS = {
+    "stage 1, same layout": _case(ZeRO(1), ZeRO(1)),
+    "stage 3, same layout": _case(ZeRO(3), ZeRO(3)),
+    "stage 1, bf16, same layout": _case(ZeRO(1, bf16=True), ZeRO(1, bf16=True)),
+    "stage 2, float32 to bf16 (universal)": _case(ZeRO(2), ZeRO(2, bf16=True)),
+}
+
+
+@pytest.mark.ranks
+@pytest.mark.parametrize("name", list(ROUND_TRIPS))
+def test_deepspeed_round_trips_across_stages_and_ranks(name):
+    _needs_deepspeed()
+    from shardfuzz.pytest_plugin import shared_pool
+
+    case = ROUND_TRIPS[name]
+    assert support_for("deepspeed").refuses(case, world_size=3) == ""
+    verdict = shared_pool(3, target="deepspeed").run(case)
+    assert verdict.ok, verdict.summary()
+
+
+@pytest.mark.ranks
+@pytest.mark.parametrize(
+    ("fault", "case"),
+    [
+        ("StepCountersReset", ROUND_TRIPS["stage 2, float32 to bf16 (universal)"]),
+        ("HyperparametersNotRestored", ROUND_TRIPS["stage 3, same layout"]),
+        ("PerturbLoadedParameter", ROUND_TRIPS["stage 1, same layout"]),
+    ],
+)
+def test_a_fault_in_deepspeeds_path_is_caught_by_complete_state(fault, case):
+    _needs_deepspeed()
+    from shardfuzz.pytest_plugin import shared_pool
+
+    verdict = shared_pool(3, target=f"deepspeed+{fault}").run(case)
+    assert verdict.status == "mismatch", verdict.summary()
+    assert "complete-state" in {m.oracle for m in verdict.mismatches}, verdict.summary()
