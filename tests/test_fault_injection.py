@@ -97,10 +97,11 @@ def test_buffers_left_unloaded_are_found_and_shrunk_to_one_batch_norm(shardfuzz_
 
 
 def test_a_failure_that_does_not_repeat_is_reported_flaky_with_both_outcomes():
+    # Seed 8: with the engines drawn by weight, seed 7's few seconds met a torch bug's mismatch beside the flaky one.
     with RankPool(2, target="faults:PerturbEveryOtherLoad") as pool:
         result = run_campaign(
             FunctionHost(pool.run, confirm=pool.run),
-            CampaignSettings(vary_storage=False, budget=6, seed=7, max_world_size=2, shrink_budget=10),
+            CampaignSettings(vary_storage=False, budget=6, seed=8, max_world_size=2, shrink_budget=10),
         )
     flaky = [f for f in result.findings.values() if f.flaky]
     assert flaky, f"no flaky finding in {result.cases_run} cases"

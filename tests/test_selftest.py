@@ -34,9 +34,9 @@ LOW_BIT_SMALLEST = 4096
         # layout under tensor parallelism: 15 s to the first kill with seed 1 (the direct test of the
         # mutant, in test_fault_injection.py, stays in the default tier)
         pytest.param("TPStyleSwapped", 1, marks=pytest.mark.slow),
-        # Since the strategies' weights were fixed (2026-12-05), seed 4: killed and shrunk to size 4 in 13 s (seeds 0,
-        # 1 and 3 in 29 to 38 s).
-        ("PartialLoadAllowed", 4),
+        # Since the engines are drawn by weight (2026-12-05), seed 2: killed and shrunk in 27 s (seeds 0, 1, 3, 5 in
+        # 31 to 46 s; seed 4 met a low-bit case whose 8192-wide Linear does not shrink).
+        ("PartialLoadAllowed", 2),
         pytest.param("ReplicasNotLoaded", 1, marks=pytest.mark.slow),
         # The training-loop mutants, each exposed by one loop pattern only; their direct tests (a plain case passes,
         # the pattern kills it by its oracle) stay in the default tier (test_loop.py).

@@ -23,7 +23,7 @@ import pytest
 from shardfuzz.case import FSDP1, FSDP2, SGD, Adam, BatchNorm, Block, Case, Conv, Linear, Model, Sequential, Side, Tied
 from shardfuzz.findings.corpus import entry_for
 from shardfuzz.findings.export import export_script
-from shardfuzz.rank.portable import bits, handoff, launcher, layers, optimizers, sharding
+from shardfuzz.rank.portable import bits, handoff, launcher, layers, optimizers, sharding, zero
 from shardfuzz.rank.portable import script as repro_script
 from shardfuzz.rank.portable import steps as rank_steps
 from shardfuzz.rank.portable.checkpoint_files import STORAGE_SOURCES
@@ -32,7 +32,7 @@ from shardfuzz.verdict import Mismatch, Verdict
 
 TESTS = Path(__file__).resolve().parent
 #: In the order export copies them: each after the shared modules it imports.
-SHARED = (layers, sharding, optimizers, rank_steps, bits, handoff)
+SHARED = (layers, sharding, zero, optimizers, rank_steps, bits, handoff)
 #: What an exported script imports at its top; a shared module may import no more there, besides the
 #: shared modules copied before it (their definitions are in the script).
 SCRIPT_IMPORTS = {"__future__", "functools", "os", "torch", "torch.distributed", "torch.nn"}

@@ -47,9 +47,14 @@ class DataParallelOnly:
     def get_model_parallel_rank(self):
         return 0
 
-    get_tensor_model_parallel_group = get_model_parallel_group
-    get_tensor_model_parallel_world_size = get_model_parallel_world_size
-    get_tensor_model_parallel_rank = get_model_parallel_rank
+    def get_tensor_model_parallel_group(self):
+        return self.single
+
+    def get_tensor_model_parallel_world_size(self):
+        return 1
+
+    def get_tensor_model_parallel_rank(self):
+        return 0
 
     def get_pipeline_model_parallel_world_size(self):
         return 1
