@@ -172,16 +172,12 @@ def _narrowed(values: dict, support: TargetSupport, *, max_world_size: int, max_
     for name in [n for n in values if n.endswith("_pp_tp")]:
         if "tp" not in engines:  # tensor parallelism inside the stages is the tp engine's splitting
             values[name] -= {"true"}
-    for name in [n for n in values if "_zero_" in n]:
-        if "zero" not in engines:
-            values[name] = {"n/a"}
-        elif engines == {"zero"}:
-            values[name].discard("n/a")
-    for name in [n for n in values if "_fsdp2_" in n]:
-        if "fsdp2" not in engines:
-            values[name] = {"n/a"}
-        elif engines == {"fsdp2"}:
-            values[name].discard("n/a")
+    for engine in ("fsdp2", "zero"):  # an engine's own dimensions: n/a without it, never n/a with it alone
+        for name in [n for n in values if f"_{engine}_" in n]:
+            if engine not in engines:
+                values[name] = {"n/a"}
+            elif engines == {engine}:
+                values[name].discard("n/a")
     state_dicts = set(values["save_state_dict"]) & set(support.state_dicts or values["save_state_dict"])
     if "fsdp1" not in engines:
         state_dicts.discard("local")

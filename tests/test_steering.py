@@ -92,11 +92,13 @@ def test_a_draw_holding_a_rare_value_passes_a_mask_unless_the_bug_costs_a_restar
     steering.observe(_case(FSDP2()), "bug")
     draws = [_case(FSDP2(), optimizer, steps) for optimizer in (SGD(), Adam()) for steps in range(1, 33)]
     assert sum(steering.wanted(case) for case in draws) < len(draws) / 2  # masked, but for its probes
-    assert all(steering.wanted(case, rare=True) for case in draws)
+    assert all(steering.wanted(case, holds_rare=lambda: True) for case in draws)
     costly = Steering(after=1)
     costly.observe(_case(DDP()), None)
     costly.observe(_case(FSDP2()), "hang", costly=True)
-    assert sum(costly.wanted(case, rare=True) for case in draws) == sum(costly.wanted(case) for case in draws)
+    assert sum(costly.wanted(case, holds_rare=lambda: True) for case in draws) == sum(
+        costly.wanted(case) for case in draws
+    )
 
 
 def test_masks_do_not_change_while_frozen_and_catch_up_after():

@@ -126,7 +126,9 @@ class Campaign:
         wanted = []
         if self.steering is not None:
             steering, pairs, pairwise = self.steering, self.pairs, settings.pairwise
-            wanted.append(lambda case: steering.wanted(case, rare=pairwise and pairs.holds_rare(case)))
+            wanted.append(
+                lambda case: steering.wanted(case, holds_rare=(lambda: pairs.holds_rare(case)) if pairwise else None)
+            )
         if settings.pairwise:
             wanted.append(self.pairs.wanted)  # after the masks: a masked draw is not a new pair's to run
         self.strategy = all_cases.filter(lambda case: all(want(case) for want in wanted)) if wanted else all_cases

@@ -6,9 +6,10 @@ when each is common, and the classic finding of combinatorial testing is that mo
 three conditions at once. So a draw is run when it brings at least as many pairs not run yet as the draws before it
 did on average (an exponential moving average over draws, ``BAR_WEIGHT``): about one draw in two, the more novel half.
 A value run fewer than ``RARE`` times counts as ``RARE_WORTH`` new pairs, so steering toward pairs does not starve
-single values; nor do the masks over known bugs (``Steering.wanted``), which let such a draw through. A draw below the bar, or with nothing new at all, is passed over, except one in ``KEEP_EVERY`` (a stable function of
-the case, as steering's probes are: Hypothesis sees the same answer when it draws the same case again), so the common
-values keep coming too. Drawing costs milliseconds and a case a few hundred, so passing over a draw is cheap. While a
+single values; nor do the masks over known bugs (``Steering.wanted``), which let such a draw through. A draw below
+the bar, or with nothing new at all, is passed over, except one in ``KEEP_EVERY`` (a stable function of the case, as
+steering's probes are: Hypothesis sees the same answer when it draws the same case again), so the common values keep
+coming too. Drawing costs milliseconds and a case a few hundred, so passing over a draw is cheap. While a
 round shrinks a failure the filter is frozen open: a shrink's candidates are not new, and must not be passed over.
 
 Which pairs can meet at all is not known in advance (the data model, the unsupported rules and the target's support
@@ -56,9 +57,13 @@ class PairSteering:
     bar: float = 0.0  # the moving average of new pairs per draw
     frozen: bool = False  # while a round shrinks a new failure: every draw is wanted
 
+    def rare_values(self, values: Mapping[str, str]) -> int:
+        """How many of a case's dimension ``values`` were run fewer than ``RARE`` times."""
+        return sum(1 for name, value in values.items() if self.runs[f"{name}={value}"] < RARE)
+
     def holds_rare(self, case: Case) -> bool:
         """Whether ``case`` holds a value run fewer than ``RARE`` times (steering's masks let such a draw through)."""
-        return any(self.runs[f"{name}={value}"] < RARE for name, value in dimensions(case).items())
+        return self.rare_values(dimensions(case)) > 0
 
     def wanted(self, case: Case) -> bool:
         """Whether to run ``case``: it brings at least the bar's count of pairs not run yet (and at least one), or it
@@ -66,8 +71,7 @@ class PairSteering:
         if self.frozen:
             return True
         values = dimensions(case)
-        rare = sum(1 for name, value in values.items() if self.runs[f"{name}={value}"] < RARE)
-        new = len(pairs_of(values) - self.reached) + RARE_WORTH * rare
+        new = len(pairs_of(values) - self.reached) + RARE_WORTH * self.rare_values(values)
         bar, self.bar = self.bar, self.bar + BAR_WEIGHT * (new - self.bar)
         if new and new >= bar:
             return True

@@ -151,17 +151,18 @@ class Steering:
             return
         self._candidates[signature] = dict(conditions)
 
-    def wanted(self, case: Case, *, rare: bool = False) -> bool:
-        """The draw filter: False for a case that meets a mask (and is not one of its probes). ``rare``: the draw
-        holds a value the run has hardly run (``PairSteering.holds_rare``); it is run as a probe of any mask but a
-        costly bug's, so that masks over common bugs do not starve a value (a hit costs one case, not a shrink)."""
+    def wanted(self, case: Case, *, holds_rare: Callable[[], bool] | None = None) -> bool:
+        """The draw filter: False for a case that meets a mask (and is not one of its probes). ``holds_rare()``: whether
+        the draw holds a value the run has hardly run (``PairSteering.holds_rare``), asked only of a draw a mask meets;
+        such a draw is run as a probe of any mask but a costly bug's, so that masks over common bugs do not starve a
+        value (a hit costs one case, not a shrink)."""
         if not self.masks:
             return True
         dims = dimensions(case)
         for signature, conditions in self.masks.items():
             if meets(dims, conditions):
                 # A costly bug's mask starts two halvings in: each probe that hits it costs a restart.
-                probe = (rare and signature not in self._costly) or (
+                probe = (holds_rare is not None and signature not in self._costly and holds_rare()) or (
                     signature not in self._unprobed
                     and _probe(case, self.confirmed[signature] + 2 * (signature in self._costly))
                 )

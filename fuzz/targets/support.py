@@ -19,9 +19,9 @@ from shardfuzz.case.sides import ENGINE_CLASSES
 __all__ = ["ENGINE_KINDS", "EVERYTHING", "FRAMEWORK_ENGINES", "NO_LOAD_PARTIAL", "TargetSupport"]
 
 ENGINE_KINDS = tuple(kind.__name__ for kind in ENGINE_CLASSES)  # as a case's JSON names them
-#: Engines that are a framework's own (ZeRO: DeepSpeed's ``deepspeed.initialize``): only a target that drives that
-#: framework runs them, so only a target whose ``engines`` names one draws it (``engines=None`` means torch's).
-FRAMEWORK_ENGINES = ("ZeRO",)
+#: Engines that are a framework's own, each with the target that runs it (ZeRO: DeepSpeed's ``deepspeed.initialize``):
+#: only a target whose ``engines`` names one draws or runs it (``engines=None`` means torch's).
+FRAMEWORK_ENGINES = {"ZeRO": "deepspeed"}
 
 
 def _names(choices: tuple[str, ...]):
@@ -104,14 +104,12 @@ class TargetSupport:
         for name in self.exclusions():
             if self._breaks(name, case, world_size):
                 return f"target-support {name}: {self.reasons[name]}"
-        if self.engines is None:
-            framework = [
-                type(s.engine).__name__ for s in (case.save, case.load) if type(s.engine).__name__ in FRAMEWORK_ENGINES
-            ]
-            if framework:
-                return (
-                    f"target-support engines: {framework[0]} is run only by its framework's target (--target deepspeed)"
-                )
+        framework = next((type(s.engine).__name__ for s in (case.save, case.load) if _framework_engine(s)), None)
+        if self.engines is None and framework is not None:
+            return (
+                f"target-support engines: {framework} is run only by its framework's target "
+                f"(--target {FRAMEWORK_ENGINES[framework]})"
+            )
         return ""
 
     def _breaks(self, name: str, case: Case, world_size: int) -> bool:
@@ -149,6 +147,10 @@ class TargetSupport:
 
     def allows_storage(self, case: Case) -> bool:
         return self.storages or case.storage == Dcp()
+
+
+def _framework_engine(side: Side) -> bool:
+    return type(side.engine).__name__ in FRAMEWORK_ENGINES
 
 
 def _hybrid(side: Side) -> bool:

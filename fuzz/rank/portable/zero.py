@@ -79,7 +79,7 @@ def zero_config(*, stage: int, bf16: bool, batch_size: int) -> dict:
 
 def initialize(model, optim, *, stage: int, bf16: bool, batch_size: int, group, single_group):
     """``deepspeed.initialize`` over ``model`` and the client optimizer ``optim`` on ``group``: the engine and its
-    ZeRO optimizer. Each parameter's FQN and param group are noted on the engine (``shardfuzz_names``), for the
+    ZeRO optimizer. Each parameter's FQN and param group are noted on the engine (``shardfuzz_groups``), for the
     state read by name."""
     import os
 
@@ -156,11 +156,10 @@ def zero_full_state(engine, optim) -> dict:
             drift = (computed[fqn].float() - master.to(computed[fqn].dtype).float()).abs()
             dist.all_reduce(drift, group=getattr(engine, "data_parallel_group", None))
             flat[f"drift.{fqn}"] = drift
-            for key in moments:
-                value = safe_get_full_optimizer_state(param, key)
-                if value is not None:
-                    flat[f"optim.state.{fqn}.{key}"] = value.detach().to("cpu", copy=True)
-            if steps and any(k.startswith(f"optim.state.{fqn}.") for k in flat):
+            held = {key: safe_get_full_optimizer_state(param, key) for key in moments}
+            held = {key: value.detach().to("cpu", copy=True) for key, value in held.items() if value is not None}
+            flat.update({f"optim.state.{fqn}.{key}": value for key, value in held.items()})
+            if steps and held:
                 step = steps[0]
                 flat[f"optim.state.{fqn}.step"] = (
                     step.detach().to("cpu", copy=True) if isinstance(step, torch.Tensor) else torch.tensor(float(step))
