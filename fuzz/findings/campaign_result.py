@@ -82,6 +82,9 @@ class CampaignResult:
     first_failure_seconds: float | None = None  # from the start to the first new failing case
     unchanged_keys: Counter = attrs.Factory(Counter)  # non-vacuity: key pattern -> cases it was unchanged in
     replayed_from_database: int = 0  # examples the first round found in the database
+    # Cases run after a new failure in their round: Hypothesis shrinking it (and drawing on a while, unsteered), so
+    # not drawn by the steered filter; what is left of ``cases_run`` is what steering chose.
+    cases_after_failure: int = 0
     stopped: str = ""  # why it ended: "budget", "max-cases", "finding", or the signal's name
     started: float = attrs.Factory(time.monotonic)
     timeline: list[dict] = attrs.Factory(list)  # samples over time, for the report's plots

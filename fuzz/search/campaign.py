@@ -274,6 +274,7 @@ class _Round:
         label(case)
         verdict = self.verdicts[case] = campaign.host.run_case(case)
         signature, known = campaign.account(case, verdict, time.monotonic() - now)
+        result.cases_after_failure += self.first_failure is not None
         campaign.host.on_case(result, case, verdict)
         if verdict.ok:
             return
