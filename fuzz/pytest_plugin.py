@@ -73,9 +73,9 @@ def shared_pool(world_size: int, *, case_timeout: float | None = None, target: s
     if key not in _POOLS:
         import atexit
 
-        from shardfuzz.executor import RankPool
+        from shardfuzz.executor import pool_for
 
-        pool = RankPool(world_size, case_timeout=case_timeout, **({"target": target} if target else {}))
+        pool = pool_for(world_size, case_timeout=case_timeout, target=target)
         pool.start()
         atexit.register(pool.close)
         _POOLS[key] = pool

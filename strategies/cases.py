@@ -330,7 +330,7 @@ def cases(
     # The target's own exclusions likewise (``TargetSupport.refuses``): the draws above leave out
     # what they can, the filter the rest (a local pair the target cannot take, say).
     return draw_case().filter(
-        lambda case: excluded(case) is None and not target.refuses(case, world_size=max_world_size)
+        lambda case: excluded(case) is None and not target.refuses(case, world_size=max_world_size, per_side=True)
     )
 
 

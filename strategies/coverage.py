@@ -189,7 +189,8 @@ def _narrowed(values: dict, support: TargetSupport, *, max_world_size: int, max_
             values[f"{side}_offload_params"] = {"false"}
         values[f"{side}_state_dict"] = state_dicts
         if support.whole_pool:
-            values[f"{side}_world_size"] = {str(max_world_size)}
+            if not support.per_side_pools:
+                values[f"{side}_world_size"] = {str(max_world_size)}
             values["group_without_rank0"] = {"false"}
         if not support.hybrid:
             values[f"{side}_mesh"] = {"1d"}

@@ -67,8 +67,9 @@ def _side_drawer(*, max_world_size, engine_names, devices, gpus, support: Target
     two_d = capabilities().hsdp and support.hybrid and any(n in TWO_D_ENGINES for n in offered)
     limits = {"cpu": max_world_size, "cuda": min(max_world_size, gpus)}
     device_choice = st.sampled_from(devices)
+    spans_pool = support.whole_pool and not support.per_side_pools  # per-side pools: a pool of each side's size
     meshes = {
-        limit: mesh_shapes(min_size=limit if support.whole_pool else 1, max_size=limit, max_dims=2 if two_d else 1)
+        limit: mesh_shapes(min_size=limit if spans_pool else 1, max_size=limit, max_dims=2 if two_d else 1)
         for device, limit in limits.items()
         if device in devices
     }

@@ -7,6 +7,7 @@ write and read them with DCP, and set the loaded state into the objects themselv
 
 from __future__ import annotations
 
+import attrs
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -68,3 +69,10 @@ class Fsdp2ShardedOnly(DsdCheckpointer):
             "whole_pool": "its DCP calls use the default process group",
         },
     )
+
+
+class Fsdp2ShardedPerSide(Fsdp2ShardedOnly):
+    """The same framework, its loads into another number of ranks a supported route: each side runs on a pool of
+    its own size (``PerSidePools``), DCP on that pool's default group."""
+
+    support = attrs.evolve(Fsdp2ShardedOnly.support, per_side_pools=True)

@@ -57,6 +57,8 @@ ROUND_TRIPS = {
     "stage 3, same layout": _case(ZeRO(3), ZeRO(3)),
     "stage 1, bf16, same layout": _case(ZeRO(1, bf16=True), ZeRO(1, bf16=True)),
     "stage 2, float32 to bf16 (universal)": _case(ZeRO(2), ZeRO(2, bf16=True)),
+    "stage 3, 3 ranks to 1 (universal)": _case(ZeRO(3), ZeRO(3), load_ranks=1),
+    "stage 1, 2 ranks to 3 (universal)": _case(ZeRO(1), ZeRO(1), save_ranks=2),
 }
 
 
@@ -67,7 +69,7 @@ def test_deepspeed_round_trips_across_stages_and_ranks(name):
     from shardfuzz.pytest_plugin import shared_pool
 
     case = ROUND_TRIPS[name]
-    assert support_for("deepspeed").refuses(case, world_size=3) == ""
+    assert support_for("deepspeed").refuses(case, world_size=3, per_side=True) == ""
     verdict = shared_pool(3, target="deepspeed").run(case)
     assert verdict.ok, verdict.summary()
 
@@ -79,6 +81,7 @@ def test_deepspeed_round_trips_across_stages_and_ranks(name):
         ("StepCountersReset", ROUND_TRIPS["stage 2, float32 to bf16 (universal)"]),
         ("HyperparametersNotRestored", ROUND_TRIPS["stage 3, same layout"]),
         ("PerturbLoadedParameter", ROUND_TRIPS["stage 1, same layout"]),
+        ("FirstMomentsNotLoaded", ROUND_TRIPS["stage 3, 3 ranks to 1 (universal)"]),
     ],
 )
 def test_a_fault_in_deepspeeds_path_is_caught_by_complete_state(fault, case):

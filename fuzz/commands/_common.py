@@ -38,11 +38,12 @@ def interpreters_of(args: argparse.Namespace):
 
 
 def executor_for(interpreters, world_size: int, **options):
-    """A ``RankPool`` (one torch: this one, or ``--save-python`` and ``--load-python`` alike) or a
-    ``CrossVersionPool`` (two), with ``RankPool``'s ``options``."""
-    from shardfuzz.executor import RankPool
+    """A ``RankPool`` (one torch: this one, or ``--save-python`` and ``--load-python`` alike; ``PerSidePools`` for a
+    target that needs a pool a side, ``executor.pool_for``) or a ``CrossVersionPool`` (two), with ``RankPool``'s
+    ``options``."""
+    from shardfuzz.executor import pool_for
     from shardfuzz.executor.cross import CrossVersionPool
 
     if interpreters is None or interpreters[0] == interpreters[1]:
-        return RankPool(world_size, interpreter=interpreters[0] if interpreters else None, **options)
+        return pool_for(world_size, interpreter=interpreters[0] if interpreters else None, **options)
     return CrossVersionPool(world_size, save=interpreters[0], load=interpreters[1], **options)

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from shardfuzz.case import Case
     from shardfuzz.verdict import Verdict
 
-__all__ = ["CaseAbandoned", "Executor", "PoolStartError", "RankPool"]
+__all__ = ["CaseAbandoned", "Executor", "PoolStartError", "RankPool", "pool_for"]
 
 
 class Executor(Protocol):
@@ -30,6 +30,23 @@ class Executor(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def pool_for(world_size: int, *, target: str | None = None, measured_deadlines: bool = False, **options):
+    """The warm ranks for ``target``: a ``RankPool`` of ``world_size`` ranks, or ``per_side.PerSidePools`` (a pool
+    of each side's size, up to ``world_size``) for a target whose sides each span a pool of their own
+    (``TargetSupport.per_side_pools``). ``options`` are ``RankPool``'s; ``measured_deadlines``: each pool
+    measures its cases' deadlines (``MeasuredDeadlines``)."""
+    from shardfuzz.executor.deadlines import MeasuredDeadlines
+    from shardfuzz.executor.per_side import PerSidePools
+    from shardfuzz.executor.pool import RankPool
+    from shardfuzz.targets import DEFAULT_TARGET, support_for
+
+    target = target or DEFAULT_TARGET
+    if support_for(target).per_side_pools:
+        return PerSidePools(world_size, target=target, measured_deadlines=measured_deadlines, **options)
+    deadlines = MeasuredDeadlines() if measured_deadlines else None
+    return RankPool(world_size, target=target, deadlines=deadlines, **options)
 
 
 def __getattr__(name: str) -> Any:

@@ -18,21 +18,26 @@ from shardfuzz.verdict import Verdict
 __all__ = ["admit", "cannot_run"]
 
 
-def admit(case: Case, *, world_size: int, target: str = DEFAULT_TARGET, device: str = "cpu") -> Verdict | None:
+def admit(
+    case: Case, *, world_size: int, target: str = DEFAULT_TARGET, device: str = "cpu", per_side: bool = False
+) -> Verdict | None:
     """None when ``case`` may run on ``world_size`` ranks (on ``device``, against ``target``); else the
-    ``unsupported`` verdict that says why not."""
+    ``unsupported`` verdict that says why not. ``per_side``: each side runs on a pool of its own size
+    (``PerSidePools``, up to ``world_size`` ranks)."""
     if case.world_size > world_size:
         raise ValueError(f"case needs {case.world_size} ranks, the executor has {world_size}")
     rule = excluded(case)
     if rule is not None:
         return Verdict("unsupported", detail=f"{rule.name}: {rule.reason}")
-    why_not_here = cannot_run(case, world_size=world_size, target=target, device=device)
+    why_not_here = cannot_run(case, world_size=world_size, target=target, device=device, per_side=per_side)
     if why_not_here:
         return Verdict("unsupported", detail=why_not_here)
     return None
 
 
-def cannot_run(case: Case, *, world_size: int, target: str = DEFAULT_TARGET, device: str = "cpu") -> str:
+def cannot_run(
+    case: Case, *, world_size: int, target: str = DEFAULT_TARGET, device: str = "cpu", per_side: bool = False
+) -> str:
     """Why these ranks cannot run ``case`` (its CUDA sides, on this machine; a storage variant with a
     user's target; one outside what the target declares it supports; a broadcasting load side on fewer ranks than the world), or ''."""
     support = support_for(target)
@@ -41,10 +46,12 @@ def cannot_run(case: Case, *, world_size: int, target: str = DEFAULT_TARGET, dev
             f"storage: the case writes its checkpoint as {case.storage!r}, a variant of the default "
             f"target; this pool's target {target} does its own I/O"
         )
-    refused = support.refuses(case, world_size=world_size)
+    refused = support.refuses(case, world_size=world_size, per_side=per_side)
     if refused:
         return f"{refused} (target {target})"
-    other_world = needs_other_world(case, world_size)
+    if per_side and case.loop.resumes > 1 and case.save.world_size != case.load.world_size:
+        return "per-side pools: a second round-trip runs within one pool, and these sides need two"
+    other_world = "" if per_side else needs_other_world(case, world_size)
     if other_world:
         return other_world
     needed = max((s.world_size for s in (case.save, case.load) if s.device == "cuda"), default=0)

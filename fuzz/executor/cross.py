@@ -1,11 +1,8 @@
 """Saved under one torch, loaded under another: two warm pools, one in each Python.
 
-A case runs as two runs on one checkpoint folder: its save half on the save pool's
-ranks (``phase="save"``), whose rank 0 also writes the saved side's gathered state
-beside the checkpoint (``shardfuzz.rank.portable.handoff``), then its load half on the load pool's
-ranks, whose rank 0 reads that state and runs the oracles. Both pools stay warm across
-cases, as a single pool does; a failure of the save run is the case's verdict (the load
-run never starts on a checkpoint that was not written).
+A case runs as two runs on one checkpoint folder (``phases.save_then_load``): its save half on the
+save pool's ranks, then its load half on the load pool's. Both pools stay warm across cases, as a
+single pool does.
 """
 
 from __future__ import annotations
@@ -15,13 +12,11 @@ import shutil
 import tempfile
 from collections.abc import Callable
 
-import attrs
-
 from shardfuzz.case import Case
 from shardfuzz.executor.deadlines import MeasuredDeadlines
 from shardfuzz.executor.interpreters import Interpreter
+from shardfuzz.executor.phases import save_then_load
 from shardfuzz.executor.pool import _SCRATCH_PREFIX, RankPool, scratch_root, sweep_stale_scratch
-from shardfuzz.rank.portable.handoff import handoff_path
 from shardfuzz.targets import DEFAULT_TARGET
 from shardfuzz.verdict import Verdict
 
@@ -114,22 +109,7 @@ class CrossVersionPool:
             self.start()
         assert self._scratch is not None
         checkpoint_dir = os.path.join(self._scratch, "case")
-        try:
-            saved = self.save_pool.run(
-                case, generic_deadline=generic_deadline, phase="save", checkpoint_dir=checkpoint_dir
-            )
-            if saved.status != "pass":
-                return saved
-            loaded = self.load_pool.run(
-                case, generic_deadline=generic_deadline, phase="load", checkpoint_dir=checkpoint_dir
-            )
-            return attrs.evolve(loaded, seconds=saved.seconds + loaded.seconds)
-        finally:
-            shutil.rmtree(checkpoint_dir, ignore_errors=True)
-            try:
-                os.unlink(handoff_path(checkpoint_dir))
-            except FileNotFoundError:
-                pass
+        return save_then_load(self.save_pool, self.load_pool, case, checkpoint_dir, generic_deadline=generic_deadline)
 
     def alone(self, case: Case) -> dict[str, Verdict]:
         """The case run whole under each torch alone, by torch version (save side's first): where a

@@ -252,14 +252,21 @@ class RankPool:
     # --- running cases ------------------------------------------------------
 
     def run(
-        self, case: Case, *, generic_deadline: bool = False, phase: str = "both", checkpoint_dir: str | None = None
+        self,
+        case: Case,
+        *,
+        generic_deadline: bool = False,
+        phase: str = "both",
+        checkpoint_dir: str | None = None,
+        admitted: bool = False,
     ) -> Verdict:
         """Run ``case`` on the ranks and return its verdict; never raises for a case's failure.
 
         ``generic_deadline``: ignore measured ``deadlines`` for this case (confirming a hang).
         ``phase``: "save" or "load" runs that half of the case only (``roundtrip.run_case``), on a
-        ``checkpoint_dir`` the caller owns (removed here only for the whole case)."""
-        refused = admit(case, world_size=self.world_size, target=self.target, device=self.device)
+        ``checkpoint_dir`` the caller owns (removed here only for the whole case). ``admitted``: the caller
+        admitted the case (``PerSidePools`` admits a half against the pool of its side's size)."""
+        refused = None if admitted else admit(case, world_size=self.world_size, target=self.target, device=self.device)
         if refused is not None:
             return refused
         self._restart_if_a_rank_died()

@@ -47,17 +47,20 @@ class RankContext:
             self._groups[0, n] = dist.new_group(list(range(n)))
         self._groups[0, self.world_size] = dist.group.WORLD
 
-    def begin(self, case: Case) -> None:
-        """Number this rank within ``case`` (from its ``Loop.ranks_from``) and make the case's groups and
-        meshes: collective on the whole world, so every rank (on a side or not) calls it, in the same order."""
+    def begin(self, case: Case, phase: str = "both") -> None:
+        """Number this rank within ``case`` (from its ``Loop.ranks_from``) and make the groups and meshes of the
+        sides its ``phase`` runs (a half may run on a pool of that side's size only): collective on the whole
+        world, so every rank (on a side or not) calls it, in the same order."""
         self.first = case.loop.ranks_from
         self.rank = (self.global_rank - self.first) % self.world_size
-        for n in sorted({case.save.world_size, case.load.world_size}):
+        sides = {"both": (case.save, case.load), "save": (case.save,), "load": (case.load,)}[phase]
+        for n in sorted({side.world_size for side in sides}):
             if (self.first, n) not in self._groups:
                 self._groups[self.first, n] = dist.new_group(list(range(self.first, self.first + n)))
-        self.prepare_meshes(case)
-        self.prepare_async_group(case)
-        if not self._singles and any(isinstance(side.engine, ZeRO) for side in (case.save, case.load)):
+        self.prepare_meshes(sides)
+        if phase != "load":
+            self.prepare_async_group(case)
+        if not self._singles and any(isinstance(side.engine, ZeRO) for side in sides):
             self._singles = [dist.new_group([r]) for r in range(self.world_size)]
 
     def single_group(self):
@@ -68,10 +71,10 @@ class RankContext:
         """The group of the case's ranks ``0..n-1``."""
         return self._groups[self.first, n]
 
-    def prepare_meshes(self, case: Case) -> None:
-        """Make the case's 2-D meshes now: their groups are collective on the whole world,
+    def prepare_meshes(self, sides) -> None:
+        """Make the 2-D meshes of the case's ``sides`` now: their groups are collective on the whole world,
         so every rank (on a side or not) makes them here, in the same order. Cached."""
-        for side in (case.save, case.load):
+        for side in sides:
             key = (self.first, side.mesh_shape, side.device)
             if len(side.mesh_shape) == 2 and key not in self._meshes:
                 self._meshes[key] = device_mesh(

@@ -77,7 +77,7 @@ def run_case(
     expected = expected_after = None
     saved_by = None  # the torch that saved, when another run did
     mismatches: list[Mismatch] = []
-    ctx.begin(case)
+    ctx.begin(case, phase)
     target = checkpoint_io(case, target)
     if phase != "load" and ctx.rank < case.save.world_size:
         try:

@@ -370,8 +370,7 @@ class _Run:
     # --- the run ------------------------------------------------------------
 
     def open_executor(self):
-        from shardfuzz.executor import RankPool
-        from shardfuzz.executor.deadlines import MeasuredDeadlines
+        from shardfuzz.executor import pool_for
         from shardfuzz.executor.torchrun import TorchrunWorld
 
         config = self.config
@@ -395,13 +394,13 @@ class _Run:
                 checkpoint_dir=config.checkpoint_dir,
                 abandon=self.abandon,
             )
-        return RankPool(
+        return pool_for(
             self.world_size,
             target=self.target,
             case_timeout=config.case_timeout,
             abandon=self.abandon,
             device=config.device,
-            deadlines=None if config.generic_deadlines else MeasuredDeadlines(),
+            measured_deadlines=not config.generic_deadlines,
         )
 
     def expected(self) -> dict[str, Expectation]:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from attrs import asdict, frozen
 
 from shardfuzz.case import Case
-from shardfuzz.executor import RankPool
+from shardfuzz.executor import pool_for
 from shardfuzz.findings.describe import describe
 from shardfuzz.search.campaign import CampaignResult, CampaignSettings, FunctionHost, run_campaign
 from shardfuzz.search.shrink import case_size
@@ -96,8 +96,8 @@ def run_selftest(
         )
         baseline = spec.split(FAULT_SEPARATOR)[0] if FAULT_SEPARATOR in spec else DEFAULT_TARGET
         with (
-            RankPool(world_size, target=spec, device=device) as pool,
-            RankPool(world_size, target=baseline, device=device) as unmutated,
+            pool_for(world_size, target=spec, device=device) as pool,
+            pool_for(world_size, target=baseline, device=device) as unmutated,
         ):
             not_the_mutants = _failing_without_the_mutant(unmutated.run, is_known)
             campaign = run_campaign(FunctionHost(pool.run, is_known=not_the_mutants), settings)

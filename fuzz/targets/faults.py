@@ -38,6 +38,9 @@ def _optimizer_tensors(optim, names: tuple[str, ...]) -> dict[tuple[int, str], t
     """The optimizer's state tensors of these kinds, keyed by (parameter position, name): a load
     replaces the tensor objects, so a fault finds them again by key."""
     params = [p for group in optim.param_groups for p in group["params"]]
+    # DeepSpeed's ZeRO 3 puts each flat partition in its param group only while it steps it: between steps
+    # its groups hold no parameters, and its state is keyed by the partitions it keeps itself.
+    params = params or list(optim.state)
     return {
         (i, name): value
         for i, param in enumerate(params)
@@ -102,10 +105,22 @@ class PerturbLoadedParameter(_Fault):
 
 class FirstMomentsNotLoaded(_Fault):
     """The framework's load skips part of the optimizer state: momentum buffers / ``exp_avg`` keep
-    their pre-load values."""
+    their pre-load values, and where the optimizer held none before the load (a fresh DeepSpeed engine
+    makes its state at the first step or the load), start from zero as a fresh optimizer's would."""
 
     def kept(self, model, optim):
         return _optimizer_tensors(optim, ("momentum_buffer", "exp_avg", "square_avg", "sum"))
+
+    def load_objects(self, model, optim, *, side, saved_by, checkpoint_id, process_group):
+        kept = _clones(self.kept(model, optim))
+        self.inner.load_objects(
+            model, optim, side=side, saved_by=saved_by, checkpoint_id=checkpoint_id, process_group=process_group
+        )
+        now = self.kept(model, optim)
+        _restore(kept, now)
+        with torch.no_grad():
+            for key in now.keys() - kept.keys():
+                _local(now[key]).zero_()
 
 
 class StepCountersReset(_Fault):

@@ -40,8 +40,10 @@ class TargetSupport:
     framework sets its own. ``flatten``: flattened optimizer state dicts are drawn. ``storages``:
     storage variants (async save, writer options, ``torch.save`` files) are drawn; only for a target
     whose I/O is DCP's own. ``whole_pool``: both sides span every rank of the pool (the target's
-    collectives run on the default process group; so no ``Loop.ranks_from``). ``hybrid``: HSDP sides
-    (2-D meshes) are drawn.
+    collectives run on the default process group; so no ``Loop.ranks_from``). ``per_side_pools``: a
+    whole-pool target whose loads into another number of ranks are a route it supports: each side runs on
+    a warm pool of its own size (``executor.per_side.PerSidePools``), so the sides' sizes are drawn.
+    ``hybrid``: HSDP sides (2-D meshes) are drawn.
     ``min_steps``: training steps before the save, at least. ``training_state``: cases with an LR
     scheduler and other training state (``Case.training``) are drawn: the state dict a
     ``CheckpointTarget`` is handed then holds an ``"app"`` ``Stateful`` beside ``"model"`` and ``"optim"``;
@@ -59,6 +61,7 @@ class TargetSupport:
     flatten: bool = field(default=True, validator=instance_of(bool))
     storages: bool = field(default=False, validator=instance_of(bool))
     whole_pool: bool = field(default=False, validator=instance_of(bool))
+    per_side_pools: bool = field(default=False, validator=instance_of(bool))
     hybrid: bool = field(default=True, validator=instance_of(bool))
     min_steps: int = field(default=0, validator=[instance_of(int), ge(0)])
     training_state: bool = field(default=True, validator=instance_of(bool))
@@ -90,7 +93,9 @@ class TargetSupport:
             "same_state_dict": "loads with the saving side's state-dict type",
             "options": "no drawn StateDictOptions flags (cpu_offload, broadcast_from_rank0, ignore_frozen_params)",
             "flatten": "no flattened optimizer state dicts",
-            "whole_pool": "both sides span the whole pool",
+            "whole_pool": "each side spans its pool (one pool a side size with per_side_pools)"
+            if self.per_side_pools
+            else "both sides span the whole pool",
             "hybrid": "no HSDP (2-D mesh) sides",
             "min_steps": f"at least {self.min_steps} training step(s) before the save",
             "training_state": "no LR scheduler or other training state in the checkpoint",
@@ -99,10 +104,11 @@ class TargetSupport:
         }
         return {what[name]: self.reasons[name] for name in self.exclusions()}
 
-    def refuses(self, case: Case, *, world_size: int) -> str:
-        """Why ``case`` is outside what the target supports on a pool of ``world_size`` ranks, or ''."""
+    def refuses(self, case: Case, *, world_size: int, per_side: bool = False) -> str:
+        """Why ``case`` is outside what the target supports on a pool of ``world_size`` ranks, or ''. ``per_side``:
+        each side runs on a pool of its own size (``PerSidePools``), which a whole-pool side spans."""
         for name in self.exclusions():
-            if self._breaks(name, case, world_size):
+            if self._breaks(name, case, world_size, per_side=per_side and self.per_side_pools):
                 return f"target-support {name}: {self.reasons[name]}"
         framework = next((type(s.engine).__name__ for s in (case.save, case.load) if _framework_engine(s)), None)
         if self.engines is None and framework is not None:
@@ -112,7 +118,7 @@ class TargetSupport:
             )
         return ""
 
-    def _breaks(self, name: str, case: Case, world_size: int) -> bool:
+    def _breaks(self, name: str, case: Case, world_size: int, *, per_side: bool = False) -> bool:
         sides = (case.save, case.load)
         if name == "engines":
             return any(type(side.engine).__name__ not in (self.engines or ()) for side in sides)
@@ -125,7 +131,8 @@ class TargetSupport:
         if name == "flatten":
             return case.flatten_optimizer_state_dict
         if name == "whole_pool":
-            return bool(case.loop.ranks_from) or any(side.world_size != world_size for side in sides)
+            spans = per_side or all(side.world_size == world_size for side in sides)
+            return bool(case.loop.ranks_from) or not spans
         if name == "hybrid":
             return any(_hybrid(side) for side in sides)
         if name == "min_steps":

@@ -64,9 +64,11 @@ class DeepSpeedCheckpoint:
         held_state_dicts=False,
         lenient_loads=False,
         whole_pool=True,
+        per_side_pools=True,
         reasons={
             "whole_pool": "DeepSpeed's save_checkpoint and its ZeRO 3 set-up meet on the default process group "
-            "(measured: a side of 2 ranks in a pool of 3 hangs there, with the side's ranks as its mpu)",
+            "(measured: a side of 2 ranks in a pool of 3 hangs there, with the side's ranks as its mpu); a load "
+            "on another number of ranks (a universal checkpoint) runs on a pool of its own size",
             "engines": "DeepSpeed's checkpoint API takes the engine deepspeed.initialize built (a ZeRO side)",
             "state_dicts": "DeepSpeed writes its own partitioned files; shardfuzz's state-dict type does not apply",
             "options": "DeepSpeed takes no StateDictOptions",
