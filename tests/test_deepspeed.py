@@ -46,6 +46,12 @@ def test_a_zero_side_runs_the_plain_loop_only():
     assert excluded(gradless).name == "zero-side-plain-loop"
 
 
+def test_a_load_across_zero_3_is_refused_as_no_documented_route():
+    assert excluded(_case(ZeRO(1), ZeRO(3))).name == "zero-stage-3-crossing"
+    assert excluded(_case(ZeRO(3, bf16=True), ZeRO(2))).name == "zero-stage-3-crossing"
+    assert excluded(_case(ZeRO(1), ZeRO(2), load_ranks=1)) is None  # 1 and 2 write the same files
+
+
 def _needs_deepspeed():
     why = unavailable("deepspeed")
     if why:
