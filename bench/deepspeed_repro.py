@@ -1,0 +1,181 @@
+"""DeepSpeed alone, without shardfuzz: the standalone measurements behind the deepspeed target's corpus entries.
+
+Two gloo ranks on CPU build a model (a Linear, optionally with a 0-d parameter or a BatchNorm before it) and a torch
+optimizer, hand them to deepspeed.initialize, train, and with save=1 save, convert with ds_to_universal and load the
+universal checkpoint into a fresh engine (another stage or precision with lstage/lbf16), comparing DeepSpeed's full
+fp32 weights and optimizer state by name. Options as key=value:
+
+    python bench/deepspeed_repro.py opt=adagrad groups=2 stage=1 width=64          # two param groups (456de623)
+    python bench/deepspeed_repro.py opt=adagrad grouplr=0.5 stage=3 width=64       # a group's own lr (456de623)
+    python bench/deepspeed_repro.py scalar=true stage=1 width=64                   # a 0-d parameter (fe6f2894)
+    python bench/deepspeed_repro.py opt=adam amsgrad=true save=1 stage=1 width=64  # universal state names (dbfbfe28)
+    python bench/deepspeed_repro.py batchnorm=true stage=2 bf16=true width=64      # bf16 BatchNorm (eedfba77)
+    python bench/deepspeed_repro.py opt=adam save=1 stage=1 width=2 out=1 nobias=true  # 2 elements (9a829f01)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import traceback
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+OPTIMIZERS = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "adagrad": torch.optim.Adagrad,
+    "sgd": torch.optim.SGD,
+    "rmsprop": torch.optim.RMSprop,
+}
+
+
+class Scalar(torch.nn.Module):
+    """A Linear scaled by a learnable 0-d parameter (as CLIP's logit_scale is)."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.lin = torch.nn.Linear(n, n)
+        self.scale = torch.nn.Parameter(torch.tensor(1.5))
+
+    def forward(self, x):
+        return self.lin(x) * self.scale
+
+
+def build(o):
+    torch.manual_seed(0)
+    n, m = o["width"], o.get("out", o["width"])
+    if o.get("scalar"):
+        model = Scalar(n)
+    elif o.get("batchnorm"):
+        model = torch.nn.Sequential(torch.nn.BatchNorm1d(n), torch.nn.Linear(n, m))
+    else:
+        model = torch.nn.Sequential(torch.nn.Linear(n, m, bias=not o.get("nobias")))
+    kw = {"lr": 0.01, **({"amsgrad": True} if o.get("amsgrad") else {})}
+    params = list(model.parameters())
+    if o.get("groups", 1) == 2:
+        groups = [{"params": params[:1]}, {"params": params[1:]}]
+    elif o.get("grouplr"):
+        groups = [{"params": params, "lr": o["grouplr"], "lr_decay": 0.25}]
+    else:
+        groups = params
+    return model, OPTIMIZERS[o["opt"]](groups, **kw)
+
+
+def config(stage, bf16, universal=False):
+    c = {
+        "train_micro_batch_size_per_gpu": 2,
+        "gradient_accumulation_steps": 1,
+        "zero_optimization": {"stage": stage},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+        "bf16": {"enabled": bf16},
+    }
+    if universal:
+        c["checkpoint"] = {"load_universal": True}
+    return c
+
+
+def full_state(engine, keys):
+    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+    state = {}
+    for name, p in engine.module.named_parameters():
+        state[name] = safe_get_full_fp32_param(p)
+        for k in keys:
+            state[f"{name}.{k}"] = safe_get_full_optimizer_state(p, k)
+    return state
+
+
+def worker(rank, world, o, d, q):
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(o.get("port", 29631)),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        DS_ACCELERATOR="cpu",
+    )
+    try:
+        import deepspeed
+        from deepspeed.checkpoint.constants import UNIVERSAL_CHECKPOINT_INFO
+
+        deepspeed.init_distributed(dist_backend="gloo", verbose=False)
+        stage, bf16 = o["stage"], o.get("bf16", False)
+        model, opt = build(o)
+        engine, zero, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=config(stage, bf16))
+        groups = [{k: v for k, v in g.items() if k in ("lr", "lr_decay")} for g in zero.optimizer.param_groups]
+        res = {"groups after initialize": groups}
+        for step in range(o.get("steps", 1)):
+            torch.manual_seed(100 + step + rank)
+            x = torch.randn(2, o["width"], dtype=torch.bfloat16 if bf16 else torch.float32)
+            engine.backward(engine(x).float().pow(2).sum())
+            engine.step()
+        res["trained"] = True
+        if o.get("save"):
+            engine.save_checkpoint(d, tag="t", client_state={UNIVERSAL_CHECKPOINT_INFO: {}})
+            keys = sorted({k for s in zero.optimizer.state.values() for k in s} - {"step"})
+            expected = full_state(engine, keys)
+            dist.barrier()
+            if rank == 0:
+                command = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal"]
+                command += ["--input_folder", os.path.join(d, "t"), "--output_folder", os.path.join(d, "t_universal")]
+                done = subprocess.run(command, capture_output=True, text=True)
+                res["conversion"] = done.returncode or "ok"
+            dist.barrier()
+            model2, opt2 = build(o)
+            with torch.no_grad():
+                for p in model2.parameters():
+                    p.add_(1.0)
+            universal = config(o.get("lstage", stage), o.get("lbf16", bf16), universal=True)
+            engine2, zero2, _, _ = deepspeed.initialize(model=model2, optimizer=opt2, config=universal)
+            engine2.load_checkpoint(d, tag="t_universal")
+            if hasattr(zero2, "_lazy_init_hp_params_optimizer_state") and zero2.optimizer.state:
+                zero2._hp_optimizer_states_linked = False  # link the moments as a first step would
+                zero2._lazy_init_hp_params_optimizer_state()
+            res["state after the load"] = sorted({k for s in zero2.optimizer.state.values() for k in s})
+            got = full_state(engine2, keys)
+            res["differ"] = [
+                k
+                for k in expected
+                if (expected[k] is None) != (got[k] is None)
+                or (expected[k] is not None and not torch.equal(expected[k].float(), got[k].float()))
+            ]
+        q.put((rank, "ok", res))
+    except Exception:
+        q.put((rank, "error", traceback.format_exc()[-1500:]))
+
+
+def main(argv):
+    o = {"width": 4, "opt": "adam", "stage": 1}
+    for kv in argv:
+        k, v = kv.split("=")
+        o[k] = json.loads(v) if v[0] in "0123456789tf[{" else v
+    d = tempfile.mkdtemp()
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    ps = [ctx.Process(target=worker, args=(r, 2, o, d, q)) for r in range(2)]
+    for p in ps:
+        p.start()
+    try:
+        out = [q.get(timeout=180) for _ in ps]
+    except Exception as ex:
+        out = [("?", "timeout", str(ex))]
+    for p in ps:
+        p.join(10)
+        p.kill()
+    shutil.rmtree(d, ignore_errors=True)
+    print(json.dumps(o), "->")
+    for rank, status, detail in sorted(out, key=str):
+        print("  ", rank, status, detail if status == "ok" else detail[-600:])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
