@@ -52,6 +52,19 @@ def test_a_load_across_zero_3_is_refused_as_no_documented_route():
     assert excluded(_case(ZeRO(1), ZeRO(2), load_ranks=1)) is None  # 1 and 2 write the same files
 
 
+def test_an_exported_zero_case_fills_a_world_of_its_sides_size_or_is_refused_with_why():
+    pytest.importorskip("deepspeed")  # export names the target's framework
+    from shardfuzz.findings.corpus import entry_for
+    from shardfuzz.findings.export import export_script
+    from shardfuzz.verdict import RankError, Verdict
+
+    failed = Verdict("error", errors=(RankError(0, "train", "IndexError", "list index out of range"),))
+    script = export_script(entry_for(_case(ZeRO(1), ZeRO(1), 2, 2), failed, target="deepspeed", world_size=3))
+    assert "\nWORLD_SIZE = 2  #" in script and "engine_over(" in script
+    with pytest.raises(ValueError, match="one world"):
+        export_script(entry_for(_case(ZeRO(1), ZeRO(1), 2, 1), failed, target="deepspeed", world_size=2))
+
+
 def _needs_deepspeed():
     why = unavailable("deepspeed")
     if why:

@@ -15,7 +15,17 @@ from __future__ import annotations
 
 import inspect
 
-from shardfuzz.case import MODULE_TYPE_CLASSES, Case, Leaf, Model, Sequential, UserModel, child_items, optimizer_groups
+from shardfuzz.case import (
+    MODULE_TYPE_CLASSES,
+    Case,
+    Leaf,
+    Model,
+    Sequential,
+    UserModel,
+    ZeRO,
+    child_items,
+    optimizer_groups,
+)
 from shardfuzz.executor.deadlines import deadline_for
 from shardfuzz.findings.corpus import Entry
 from shardfuzz.rank import oracles
@@ -46,7 +56,7 @@ def export_script(entry: Entry, *, filename: str = "repro.py") -> str:
             _head(entry, filename),
             _constants(
                 case,
-                world_size=entry.replay_world_size,
+                world_size=_world_size(entry),
                 hang_seconds=round(deadline_for(case) * 1.5),
                 object_target=_is_object_target(entry.target),
                 torches=entry.torches,
@@ -202,6 +212,22 @@ _COMMENTS = {
 def _groups_beyond(case: Case) -> tuple[bool, bool]:
     """``make_optimizer``'s last two arguments: one more, empty, param group; the loop's late one held back."""
     return case.loop.empty_group, case.loop.late_group
+
+
+def _world_size(entry: Entry) -> int:
+    """The script's world: the entry's replay world, or for a DeepSpeed case its sides' own size (DeepSpeed meets on
+    the default process group, so a ZeRO side fills its world). ``ValueError`` for ZeRO sides of two sizes: shardfuzz
+    runs those on a pool each, and a script has one world."""
+    case = entry.case
+    if not any(isinstance(side.engine, ZeRO) for side in (case.save, case.load)):
+        return entry.replay_world_size
+    if case.save.world_size != case.load.world_size:
+        raise ValueError(
+            f"the case's sides run on {case.save.world_size} and {case.load.world_size} ranks, and DeepSpeed meets on "
+            "the default process group, so each needs a world of its own size: a script has one world (replay it "
+            "with shardfuzz replay, which runs a pool a side size)"
+        )
+    return case.save.world_size
 
 
 def _constants(case: Case, *, world_size: int, hang_seconds: int, object_target: bool, torches=None) -> str:
@@ -368,7 +394,7 @@ def _head(entry: Entry, filename: str) -> str:
         else ""
     )
     title = entry.title.replace('"""', "'''")
-    n = entry.replay_world_size
+    n = _world_size(entry)
     return f'''#!/usr/bin/env python3
 """Standalone reproducer exported by shardfuzz.
 

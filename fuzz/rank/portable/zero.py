@@ -16,6 +16,7 @@ __all__ = [
     "DataParallelOnly",
     "zero_config",
     "initialize",
+    "engine_over",
     "is_zero_engine",
     "zero_full_state",
     "zero_train_step",
@@ -101,6 +102,17 @@ def initialize(model, optim, *, stage: int, bf16: bool, batch_size: int, group, 
     )
     engine.shardfuzz_groups = groups
     return engine, zero_optim
+
+
+def engine_over(model, optim, engine: dict, *, batch_size: int, group):
+    """A side's model and optimizer as its engine runs them: DeepSpeed's engine and ZeRO optimizer (``initialize``)
+    on a ZeRO side, the two as built on any other. ``engine`` is the side's engine as plain data (its ``kind``,
+    ``stage`` and ``bf16``). On a ZeRO side every rank of the world calls it: it makes each rank's own group."""
+    if engine["kind"] != "ZeRO":
+        return model, optim
+    singles = [dist.new_group([r]) for r in range(dist.get_world_size())]
+    stage, bf16, single = engine["stage"], engine["bf16"], singles[dist.get_rank()]
+    return initialize(model, optim, stage=stage, bf16=bf16, batch_size=batch_size, group=group, single_group=single)
 
 
 def is_zero_engine(model) -> bool:
