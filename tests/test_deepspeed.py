@@ -6,7 +6,7 @@ path caught."""
 import attrs
 import pytest
 
-from shardfuzz.case import Adam, Case, LayerNorm, Linear, Model, Sequential, Side, ZeRO, dimensions
+from shardfuzz.case import Adam, BatchNorm, Case, LayerNorm, Linear, Model, Sequential, Side, ZeRO, dimensions
 from shardfuzz.case.serial import dumps, loads
 from shardfuzz.targets import support_for, unavailable
 from shardfuzz.targets.support import EVERYTHING
@@ -78,6 +78,9 @@ ROUND_TRIPS = {
     "stage 2, float32 to bf16 (universal)": _case(ZeRO(2), ZeRO(2, bf16=True)),
     "stage 3, 3 ranks to 1 (universal)": _case(ZeRO(3), ZeRO(3), load_ranks=1),
     "stage 1, 2 ranks to 3 (universal)": _case(ZeRO(1), ZeRO(1), save_ranks=2),
+    "stage 1, a BatchNorm, 2 ranks": attrs.evolve(
+        _case(ZeRO(1), ZeRO(1), 2, 2), model=Model(3, Sequential([BatchNorm(), Linear(2)]))
+    ),
 }
 
 
@@ -101,6 +104,7 @@ def test_deepspeed_round_trips_across_stages_and_ranks(name):
         ("HyperparametersNotRestored", ROUND_TRIPS["stage 3, same layout"]),
         ("PerturbLoadedParameter", ROUND_TRIPS["stage 1, same layout"]),
         ("FirstMomentsNotLoaded", ROUND_TRIPS["stage 3, 3 ranks to 1 (universal)"]),
+        ("BuffersNotLoaded", ROUND_TRIPS["stage 1, a BatchNorm, 2 ranks"]),
     ],
 )
 def test_a_fault_in_deepspeeds_path_is_caught_by_complete_state(fault, case):
