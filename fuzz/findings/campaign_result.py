@@ -85,6 +85,7 @@ class CampaignResult:
     # Cases run after a new failure in their round: Hypothesis shrinking it (and drawing on a while, unsteered), so
     # not drawn by the steered filter; what is left of ``cases_run`` is what steering chose.
     cases_after_failure: int = 0
+    rounds_filtered_out: int = 0  # rounds whose every draw the filters passed over (the next draws unfiltered)
     stopped: str = ""  # why it ended: "budget", "max-cases", "finding", or the signal's name
     started: float = attrs.Factory(time.monotonic)
     timeline: list[dict] = attrs.Factory(list)  # samples over time, for the report's plots

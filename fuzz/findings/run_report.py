@@ -99,6 +99,7 @@ def campaign_report(
         "pairwise": dict(result.pairwise),
         "masked_draws": sum(result.masked.values()),
         "cases_after_failure": result.cases_after_failure,
+        "rounds_filtered_out": result.rounds_filtered_out,
         "probe_draws": sum(result.probes.values()),
         "slowest_recent_case": {"seconds": round(result.slowest_recent[0], 3), "case": result.slowest_recent[1]},
         "coverage": {dim: dict(sorted(values.items())) for dim, values in sorted(result.coverage.items())},
@@ -158,6 +159,7 @@ def merge_reports(reports: list[dict], *, meta: dict) -> dict:
     merged["time_spent"] = {name: {"seconds": round(n, 2), "share": round(n / walls, 4)} for name, n in seconds.items()}
     merged["masked_draws"] = sum(r.get("masked_draws", 0) for r in reports)
     merged["cases_after_failure"] = sum(r.get("cases_after_failure", 0) for r in reports)
+    merged["rounds_filtered_out"] = sum(r.get("rounds_filtered_out", 0) for r in reports)
     merged["probe_draws"] = sum(r.get("probe_draws", 0) for r in reports)
     merged["steering"] = [item for r in reports for item in r.get("steering", [])]
     merged["worker_reports"] = [

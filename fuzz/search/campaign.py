@@ -22,7 +22,7 @@ import time
 from hypothesis import HealthCheck, Phase, Verbosity, event, given
 from hypothesis import seed as hypothesis_seed
 from hypothesis import settings as hypothesis_settings
-from hypothesis.errors import Flaky
+from hypothesis.errors import Flaky, Unsatisfiable
 
 from shardfuzz.case import Case, dimensions
 from shardfuzz.executor.stop import StopRequested
@@ -131,7 +131,14 @@ class Campaign:
             )
         if settings.pairwise:
             wanted.append(self.pairs.wanted)  # after the masks: a masked draw is not a new pair's to run
-        self.strategy = all_cases.filter(lambda case: all(want(case) for want in wanted)) if wanted else all_cases
+        # A round whose every draw the filters passed over (a small space, where Hypothesis draws the same few
+        # cases again) ends Unsatisfiable: the next round draws with the filters open.
+        self.filters_open = self.open_filters_next = False
+        self.strategy = (
+            all_cases.filter(lambda case: self.filters_open or all(want(case) for want in wanted))
+            if wanted
+            else all_cases
+        )
         # The time category (and known signature) of the last case, whose failure may leave ranks to restart.
         self.restart_owed_to: tuple[str, str | None] = ("pool", None)
 
@@ -333,6 +340,7 @@ class _Round:
         """Run the round; False when the campaign was asked to stop (``result.stopped`` says why)."""
         campaign, result = self.campaign, self.campaign.result
         campaign.pairs.frozen = False
+        campaign.filters_open, campaign.open_filters_next = campaign.open_filters_next, False
         if campaign.steering is not None:
             campaign.steering.frozen = False
             campaign.steering.update()
@@ -369,6 +377,9 @@ class _Round:
         except Flaky as exc:
             for failure in failures_in(exc):
                 campaign.keep(self.finding(failure, flaky=True))
+        except Unsatisfiable:  # the filters passed over every draw of the round
+            campaign.open_filters_next = True
+            result.rounds_filtered_out += 1
         except BaseException as exc:
             failures = failures_in(exc)
             stopped = stop_in(exc)
