@@ -91,6 +91,12 @@ def initialize(model, optim, *, stage: int, bf16: bool, batch_size: int, group, 
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
+    import deepspeed.ops
+
+    # DeepSpeed builds its shared-memory CPU collective (inference's all-reduce only, not ZeRO's training or
+    # checkpoints) by JIT at start-up, behind a file lock that a rank killed mid-build leaves behind, and every
+    # later start waits on it (measured: a 30 s hang in build-save). The ranks do without it.
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
     names = {id(p): fqn for fqn, p in model.named_parameters()}
     groups = [[names[id(p)] for p in group["params"]] for group in optim.param_groups]
