@@ -11,6 +11,7 @@ fp32 weights and optimizer state by name. Options as key=value:
     python bench/deepspeed_repro.py opt=adam amsgrad=true save=1 stage=1 width=64  # universal state names (dbfbfe28)
     python bench/deepspeed_repro.py batchnorm=true stage=2 bf16=true width=64      # bf16 BatchNorm (eedfba77)
     python bench/deepspeed_repro.py opt=adam save=1 stage=1 width=2 out=1 nobias=true  # 2 elements (9a829f01)
+    python bench/deepspeed_repro.py opt=adamw frozen=true save=1 stage=3 width=64     # a frozen Linear, ZeRO 3
 """
 
 from __future__ import annotations
@@ -53,12 +54,15 @@ def build(o):
     n, m = o["width"], o.get("out", o["width"])
     if o.get("scalar"):
         model = Scalar(n)
+    elif o.get("frozen"):  # a second Linear that does not train
+        model = torch.nn.Sequential(torch.nn.Linear(n, m), torch.nn.Linear(m, m))
+        model[1].requires_grad_(False)
     elif o.get("batchnorm"):
         model = torch.nn.Sequential(torch.nn.BatchNorm1d(n), torch.nn.Linear(n, m))
     else:
         model = torch.nn.Sequential(torch.nn.Linear(n, m, bias=not o.get("nobias")))
     kw = {"lr": 0.01, **({"amsgrad": True} if o.get("amsgrad") else {})}
-    params = list(model.parameters())
+    params = [p for p in model.parameters() if p.requires_grad]
     if o.get("groups", 1) == 2:
         groups = [{"params": params[:1]}, {"params": params[1:]}]
     elif o.get("grouplr"):
@@ -84,10 +88,15 @@ def config(stage, bf16, universal=False):
 
 
 def full_state(engine, keys):
+    import deepspeed
     from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
     state = {}
     for name, p in engine.module.named_parameters():
+        if not p.requires_grad:  # no fp32 master: the parameter itself, gathered under ZeRO 3
+            with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
+                state[name] = p.detach().clone()
+            continue
         state[name] = safe_get_full_fp32_param(p)
         for k in keys:
             state[f"{name}.{k}"] = safe_get_full_optimizer_state(p, k)
