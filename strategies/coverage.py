@@ -172,7 +172,7 @@ def _narrowed(values: dict, support: TargetSupport, *, max_world_size: int, max_
     for name in [n for n in values if n.endswith("_pp_tp")]:
         if "tp" not in engines:  # tensor parallelism inside the stages is the tp engine's splitting
             values[name] -= {"true"}
-    for engine in ("fsdp2", "zero"):  # an engine's own dimensions: n/a without it, never n/a with it alone
+    for engine in ("fsdp2", "zero", "pp"):  # an engine's own dimensions: n/a without it, never n/a with it alone
         for name in [n for n in values if f"_{engine}_" in n]:
             if engine not in engines:
                 values[name] = {"n/a"}
@@ -217,4 +217,33 @@ def _narrowed(values: dict, support: TargetSupport, *, max_world_size: int, max_
     if not support.storages:
         for name, value in Dcp().dimensions().items():
             values[name] = {value}
+    if engines == {"zero"}:
+        _plain_zero(values)
     return {name: frozenset(v) for name, v in values.items() if v}
+
+
+#: What the rule ``zero-side-plain-loop`` leaves a ZeRO case: each dimension's one value (a float32 model on the
+#: CPU without wrappers, a torch optimizer, one round-trip of the plain loop, a compatible load, no DSD checks).
+PLAIN_ZERO = {
+    "dtype": "float32",
+    "gradless_params": "never",
+    "empty_param_group": "false",
+    "late_param_group": "false",
+    "second_save": "false",
+    "resumes": "1",
+    "load_mutation": "none",
+    "check_api-parity": "false",
+    "check_full-offload": "false",
+}
+PLAIN_ZERO_SIDE = {"meta_init": "false", "compiled": "false", "activation_checkpointing": "none"}
+
+
+def _plain_zero(values: dict) -> None:
+    """Narrow ``values`` to what a target of ZeRO sides alone can run (``unsupported``'s plain-loop rule)."""
+    for name, value in PLAIN_ZERO.items():
+        values[name] = {value}
+    for side in ("save", "load"):  # and DeepSpeed's engine over the whole module, on a 1-D group
+        values[f"{side}_mesh"], values[f"{side}_wrapped"] = {"1d"}, {"none"}
+        for name, value in PLAIN_ZERO_SIDE.items():
+            values[f"{side}_{name}"] = {value}
+    values["optimizer"] = {name for name in values["optimizer"] if "bit" not in name}
