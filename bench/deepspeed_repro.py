@@ -62,9 +62,10 @@ def build(o):
     else:
         model = torch.nn.Sequential(torch.nn.Linear(n, m, bias=not o.get("nobias")))
     kw = {"lr": 0.01, **({"amsgrad": True} if o.get("amsgrad") else {})}
+    lrs = o.get("lrs", [None, None])  # with groups=2: each group's own lr
     params = [p for p in model.parameters() if p.requires_grad]
     if o.get("groups", 1) == 2:
-        groups = [{"params": params[:1]}, {"params": params[1:]}]
+        groups = [{"params": part, **({"lr": lr} if lr else {})} for part, lr in zip((params[:1], params[1:]), lrs)]
     elif o.get("grouplr"):
         groups = [{"params": params, "lr": o["grouplr"], "lr_decay": 0.25}]
     else:
@@ -150,6 +151,7 @@ def worker(rank, world, o, d, q):
                 zero2._hp_optimizer_states_linked = False  # link the moments as a first step would
                 zero2._lazy_init_hp_params_optimizer_state()
             res["state after the load"] = sorted({k for s in zero2.optimizer.state.values() for k in s})
+            res["lr after the load"] = [g["lr"] for g in zero2.optimizer.param_groups]
             got = full_state(engine2, keys)
             res["differ"] = [
                 k
