@@ -100,12 +100,17 @@ def initialize(model, optim, *, stage: int, bf16: bool, batch_size: int, group, 
 
     names = {id(p): fqn for fqn, p in model.named_parameters()}
     groups = [[names[id(p)] for p in group["params"]] for group in optim.param_groups]
+    trains = [any(p.requires_grad for p in group["params"]) for group in optim.param_groups]
     engine, zero_optim, _, _ = deepspeed.initialize(
         model=model,
         optimizer=optim,
         config=zero_config(stage=stage, bf16=bf16, batch_size=batch_size),
         mpu=DataParallelOnly(group, single_group),
     )
+    engine.shardfuzz_ungrouped = []  # parameters of groups DeepSpeed left out (ZeRO 3: nothing in them trains)
+    if len(zero_optim.param_groups) != len(groups):
+        engine.shardfuzz_ungrouped = [fqn for fqns, train in zip(groups, trains) if not train for fqn in fqns]
+        groups = [fqns for fqns, train in zip(groups, trains) if train]
     engine.shardfuzz_groups = groups
     return engine, zero_optim
 
@@ -161,8 +166,9 @@ def zero_full_state(engine, optim) -> dict:
     moments = sorted(
         {k for state in optim.optimizer.state.values() for k, v in state.items() if torch.is_tensor(v) and v.dim() > 0}
     )
-    for index, fqns in enumerate(engine.shardfuzz_groups):
-        hyper = {k: v for k, v in optim.param_groups[index].items() if k != "params"}
+    grouped: list = [*enumerate(engine.shardfuzz_groups), (None, getattr(engine, "shardfuzz_ungrouped", []))]
+    for index, fqns in grouped:
+        hyper = {} if index is None else {k: v for k, v in optim.param_groups[index].items() if k != "params"}
         for fqn in fqns:
             param = params[fqn]
             master = safe_get_full_fp32_param(param)  # None for a parameter DeepSpeed does not train (frozen)
