@@ -174,6 +174,7 @@ def test_ranks_started_in_another_environment_run_a_case():
 # --- two runs, two pools -------------------------------------------------------------
 
 
+@pytest.mark.slow  # 11 s; phases.save_then_load and a fault in the load half: test_per_side_pools.py, 3 s
 def test_two_pools_round_trip_a_case_and_catch_a_fault_in_the_load_run():
     """Saved on ranks of another environment, loaded on this one's: a correct load passes (the pools stay warm,
     and the case passes under each torch alone), and a fault in the load (a perturbed element where the load

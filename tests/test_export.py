@@ -189,7 +189,11 @@ _LOOP_CASES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(_LOOP_CASES))
+@pytest.mark.parametrize(
+    "name",
+    # pipeline-tp: 10 s, the slowest; its steps are the pipeline's and TP's, which other export tests run
+    [pytest.param(n, marks=pytest.mark.slow) if n == "pipeline-tp" else n for n in sorted(_LOOP_CASES)],
+)
 def test_a_passing_loop_case_does_not_reproduce(tmp_path, name):
     # The training-loop patterns (a held state dict, a second round-trip, a lenient load) run in the script as on the
     # ranks: a passing case passes there too.
