@@ -12,6 +12,9 @@ fp32 weights and optimizer state by name. Options as key=value:
     python bench/deepspeed_repro.py batchnorm=true stage=2 bf16=true width=64      # bf16 BatchNorm (eedfba77)
     python bench/deepspeed_repro.py opt=adam save=1 stage=1 width=2 out=1 nobias=true  # 2 elements (9a829f01)
     python bench/deepspeed_repro.py opt=adamw frozen=true save=1 stage=3 width=64     # a frozen Linear, ZeRO 3
+    python bench/deepspeed_repro.py opt=adam save=1 stage=1 elastic=true route=same   # an elastic save, plain load
+    python bench/deepspeed_repro.py frozen=true save=1 stage=1 consolidate=true        # zero_to_fp32, ZeRO 1 frozen
+    (route=same: load_checkpoint of the saved tag itself; lelastic=true: the loading engine elastic too)
 """
 
 from __future__ import annotations
@@ -73,11 +76,11 @@ def build(o):
     return model, OPTIMIZERS[o["opt"]](groups, **kw)
 
 
-def config(stage, bf16, universal=False):
+def config(stage, bf16, universal=False, elastic=False):
     c = {
         "train_micro_batch_size_per_gpu": 2,
         "gradient_accumulation_steps": 1,
-        "zero_optimization": {"stage": stage},
+        "zero_optimization": {"stage": stage, **({"elastic_checkpoint": True} if elastic else {})},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
@@ -113,6 +116,7 @@ def worker(rank, world, o, d, q):
         WORLD_SIZE=str(world),
         DS_ACCELERATOR="cpu",
     )
+    res: dict = {}
     try:
         import deepspeed
         from deepspeed.checkpoint.constants import UNIVERSAL_CHECKPOINT_INFO
@@ -120,9 +124,10 @@ def worker(rank, world, o, d, q):
         deepspeed.init_distributed(dist_backend="gloo", verbose=False)
         stage, bf16 = o["stage"], o.get("bf16", False)
         model, opt = build(o)
-        engine, zero, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=config(stage, bf16))
+        saving = config(stage, bf16, elastic=o.get("elastic", False))
+        engine, zero, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=saving)
         groups = [{k: v for k, v in g.items() if k in ("lr", "lr_decay")} for g in zero.optimizer.param_groups]
-        res = {"groups after initialize": groups}
+        res["groups after initialize"] = groups
         for step in range(o.get("steps", 1)):
             torch.manual_seed(100 + step + rank)
             x = torch.randn(2, o["width"], dtype=torch.bfloat16 if bf16 else torch.float32)
@@ -134,19 +139,30 @@ def worker(rank, world, o, d, q):
             keys = sorted({k for s in zero.optimizer.state.values() for k in s} - {"step"})
             expected = full_state(engine, keys)
             dist.barrier()
+            if o.get("consolidate"):  # zero_to_fp32: the fp32 weights gathered into one state dict, on rank 0
+                if rank == 0:
+                    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+                    consolidated = get_fp32_state_dict_from_zero_checkpoint(d, tag="t")
+                    res["missing from zero_to_fp32"] = sorted(set(build(o)[0].state_dict()) - set(consolidated))
+                q.put((rank, "ok", res))
+                return
             if rank == 0:
                 command = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal"]
                 command += ["--input_folder", os.path.join(d, "t"), "--output_folder", os.path.join(d, "t_universal")]
                 done = subprocess.run(command, capture_output=True, text=True)
-                res["conversion"] = done.returncode or "ok"
+                res["conversion"] = "ok" if done.returncode == 0 else done.stderr.strip().splitlines()[-1][-300:]
             dist.barrier()
             model2, opt2 = build(o)
             with torch.no_grad():
                 for p in model2.parameters():
                     p.add_(1.0)
-            universal = config(o.get("lstage", stage), o.get("lbf16", bf16), universal=True)
-            engine2, zero2, _, _ = deepspeed.initialize(model=model2, optimizer=opt2, config=universal)
-            engine2.load_checkpoint(d, tag="t_universal")
+            plain = o.get("route") == "same"  # load_checkpoint of the saved tag itself, no universal conversion
+            loading = config(
+                o.get("lstage", stage), o.get("lbf16", bf16), universal=not plain, elastic=o.get("lelastic", False)
+            )
+            engine2, zero2, _, _ = deepspeed.initialize(model=model2, optimizer=opt2, config=loading)
+            engine2.load_checkpoint(d, tag="t" if plain else "t_universal")
             if hasattr(zero2, "_lazy_init_hp_params_optimizer_state") and zero2.optimizer.state:
                 zero2._hp_optimizer_states_linked = False  # link the moments as a first step would
                 zero2._lazy_init_hp_params_optimizer_state()
@@ -161,7 +177,7 @@ def worker(rank, world, o, d, q):
             ]
         q.put((rank, "ok", res))
     except Exception:
-        q.put((rank, "error", traceback.format_exc()[-1500:]))
+        q.put((rank, "error", f"{res}\n{traceback.format_exc()[-1500:]}"))
 
 
 def main(argv):
@@ -185,7 +201,7 @@ def main(argv):
     shutil.rmtree(d, ignore_errors=True)
     print(json.dumps(o), "->")
     for rank, status, detail in sorted(out, key=str):
-        print("  ", rank, status, detail if status == "ok" else detail[-600:])
+        print("  ", rank, status, detail if status == "ok" else detail[:400] + " ... " + detail[-300:])
 
 
 if __name__ == "__main__":

@@ -26,7 +26,9 @@ from shardfuzz.case import (
     Sequential,
     Side,
     TorchSave,
+    Unsharded,
     UserModel,
+    ZeRO,
 )
 from shardfuzz.strategies._helpers import check_int
 from shardfuzz.strategies.engines import side_wrappers
@@ -45,7 +47,7 @@ from shardfuzz.strategies.options import (
     storages,
     training_states,
 )
-from shardfuzz.strategies.sides import _check_devices, _pipelined, _side_drawer
+from shardfuzz.strategies.sides import _check_devices, _pipelined, _side_drawer, zero_routed
 from shardfuzz.targets.support import EVERYTHING, TargetSupport
 from shardfuzz.unsupported import copies_its_state_dict, exact_world_size, excluded
 
@@ -231,9 +233,12 @@ def cases(
             # such save would fail, so a tied model's checkpoint goes through DCP's own files.
             storage = Dcp()
         flattened, mutation = draw(flatten), draw(mutations)
-        if storage.model_only:  # a checkpoint of the model alone: nothing but a compatible load of it
+        save, load = zero_routed(draw_side(draw, model), draw_side(draw, model))
+        # A checkpoint of the model alone, or DeepSpeed's zero_to_fp32 reading the weights alone: nothing but a
+        # compatible load of the model, the optimizer left as built.
+        model_only = storage.model_only or (isinstance(save.engine, ZeRO) and isinstance(load.engine, Unsharded))
+        if model_only:
             mutation = None
-        save, load = draw_side(draw, model), draw_side(draw, model)
         if isinstance(storage, TorchSave) and _pipelined(save):  # its first rank writes the file: one stage's state
             storage = Dcp()
         if isinstance(storage, (TorchSave, DcpToTorchSave)) and _pipelined(load):  # each stage gets every stage's keys
@@ -255,16 +260,16 @@ def cases(
             save, load = with_local(draw, save, load)
         # ignore_frozen_params loads with strict=False, so only a compatible load; where the model
         # has frozen parameters the sides differ in them afterwards, so no continuation check.
-        ignoring = mutation is None and load.state_dict != "local" and draw(ignore_frozen) and not storage.model_only
+        ignoring = mutation is None and load.state_dict != "local" and draw(ignore_frozen) and not model_only
         checks = draw(check_sets)
-        if (ignoring and model.frozen_paths()) or storage.model_only:  # the optimizer is not loaded: no training on
+        if (ignoring and model.frozen_paths()) or model_only:  # the optimizer is not loaded: no training on
             checks = checks - {"continuation"}
         if _pipelined(load):  # rank 0 holds one stage: not the whole state the full-offload check wants there
             checks = checks - {"full-offload"}
         # Drawn last, so that the draws above (and the seeds of named examples) stay as they were.
         stateful = isinstance(storage, Dcp) and storage.api != "legacy"
         training = draw(training_choice) if stateful else None
-        if _pipelined(save, load):
+        if _pipelined(save, load) or model_only:
             training = None  # and one param group (Case._check_pipelines), set below
         wrappers = st.just({}) if users_own else side_wrappers(model)
 
@@ -295,7 +300,7 @@ def cases(
                 not copies_its_state_dict(load),
                 compatible and load.state_dict != "local" and not load.broadcast_from_rank0 and training is None,
                 # a 'local' load may be refused on another topology; the swapped case must be one
-                compatible and load.state_dict != "local" and not storage.model_only and not case.why_not_resumable(),
+                compatible and load.state_dict != "local" and not model_only and not case.why_not_resumable(),
             ]
         )
         if loop.lenient:

@@ -104,6 +104,7 @@ def offered_values(
             not_zero = {"n/a"} if engines - {"zero"} else set()
             values[f"{side}_zero_stage"] = {"1", "2", "3"} | not_zero
             values[f"{side}_zero_bf16"] = set(_BOOLS) | not_zero
+            values[f"{side}_zero_elastic"] = set(_BOOLS) | not_zero
         if "fsdp2" in engines:
             values[f"{side}_fsdp2_reshard_after_forward"] = set(_BOOLS) | not_fsdp2
             values[f"{side}_fsdp2_shard_dim"] = ({"0", "1"} if caps.fsdp2_shard_dim else {"0"}) | not_fsdp2
@@ -158,9 +159,11 @@ def offered_values(
 def _narrowed(values: dict, support: TargetSupport, *, max_world_size: int, max_steps: int) -> dict[str, frozenset]:
     """``values`` less what ``support`` excludes."""
     values = {name: set(v) for name, v in values.items()}
-    engines = {name for name in values["save_engine"] if support.allows_engine(name)}
-    if support.whole_pool and max_world_size > 1:
-        engines.discard("unsharded")
+    offered = set(values["save_engine"])
+    if support.whole_pool and not support.per_side_pools and max_world_size > 1:
+        offered.discard("unsharded")
+    by_side = {side: {name for name in offered if support.allows_engine(name, side=side)} for side in ("save", "load")}
+    engines = by_side["save"] | by_side["load"]
     for name in [n for n in values if n.endswith(("_fsdp1_strategy", "_fsdp1_wrap_policy", "_fsdp1_use_orig_params"))]:
         if "fsdp1" not in engines:
             values[name] = {"n/a"}
@@ -174,15 +177,16 @@ def _narrowed(values: dict, support: TargetSupport, *, max_world_size: int, max_
             values[name] -= {"true"}
     for engine in ("fsdp2", "zero", "pp"):  # an engine's own dimensions: n/a without it, never n/a with it alone
         for name in [n for n in values if f"_{engine}_" in n]:
-            if engine not in engines:
+            kept = by_side.get(name.split("_")[0], engines)
+            if engine not in kept:
                 values[name] = {"n/a"}
-            elif engines == {engine}:
+            elif kept == {engine}:
                 values[name].discard("n/a")
     state_dicts = set(values["save_state_dict"]) & set(support.state_dicts or values["save_state_dict"])
     if "fsdp1" not in engines:
         state_dicts.discard("local")
     for side in ("save", "load"):
-        values[f"{side}_engine"] = engines
+        values[f"{side}_engine"] = by_side[side]
         if not engines & {"fsdp1", "fsdp2"}:
             values[f"{side}_mixed_precision"] = {"none"}
         if "fsdp2" not in engines:
@@ -200,7 +204,7 @@ def _narrowed(values: dict, support: TargetSupport, *, max_world_size: int, max_
         if not support.options:
             values[f"{side}_cpu_offload"] = {"false"}
         values[f"through_{side}"] = {
-            v for v in values[f"through_{side}"] if v.split()[0] in engines and v.split()[1] in state_dicts
+            v for v in values[f"through_{side}"] if v.split()[0] in by_side[side] and v.split()[1] in state_dicts
         }
     if not support.options:
         values["broadcast_from_rank0"] = values["ignore_frozen_params"] = {"false"}
@@ -217,7 +221,7 @@ def _narrowed(values: dict, support: TargetSupport, *, max_world_size: int, max_
     if not support.storages:
         for name, value in Dcp().dimensions().items():
             values[name] = {value}
-    if engines == {"zero"}:
+    if by_side["save"] == {"zero"}:
         _plain_zero(values)
     return {name: frozenset(v) for name, v in values.items() if v}
 

@@ -94,7 +94,15 @@ def engines(*, names=None, mesh_dims: int = 1) -> st.SearchStrategy:
         # the stages are the model's root children: the mesh is drawn with the model
         "pp": lambda: st.builds(PP, fsdp=st.booleans(), reshard_after_forward=st.booleans()),
         # DeepSpeed's engine: only a target that names it draws it (TargetSupport.allows_engine)
-        "zero": lambda: st.builds(ZeRO, stage=st.sampled_from((1, 2, 3)), bf16=st.booleans()),
+        # elastic: ZeRO 1 and 2's legacy checkpoint format, 1 side in 4 (shrinks to the default, rigid one)
+        "zero": lambda: st.sampled_from((1, 2, 3)).flatmap(
+            lambda stage: st.builds(
+                ZeRO,
+                stage=st.just(stage),
+                bf16=st.booleans(),
+                elastic=st.just(False) if stage == 3 else st.sampled_from((False, False, False, True)),
+            )
+        ),
     }
     return weighted(*((ENGINE_WEIGHTS[n], builders[n]()) for n in chosen))
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
 from shardfuzz.capabilities import capabilities
-from shardfuzz.case import DDP, DEVICES, FSDP1, PP, TP, Model, Side, Unsharded, leaves_a_rank_empty
+from shardfuzz.case import DDP, DEVICES, FSDP1, PP, TP, Model, Side, Unsharded, ZeRO, leaves_a_rank_empty
 from shardfuzz.strategies._helpers import check_choices, check_int, factorisations
 from shardfuzz.strategies.engines import TWO_D_ENGINES, engines, tp_plans, wrap_sets
 from shardfuzz.strategies.modules import MAX_CHILDREN
@@ -159,6 +159,18 @@ def _meets_the_tp_gather_hang(model, plan, tp: int) -> bool:
     return any(leaves_a_rank_empty(w, tp) for w in widths)
 
 
+def zero_routed(save: Side, load: Side) -> tuple[Side, Side]:
+    """``save`` and ``load`` made a pair DeepSpeed has a route for (``Case._check_zero_routes``): a ZeRO load side
+    reads a ZeRO save side's checkpoint (one drawn after another engine loads what it saves itself, into the same
+    layout), and a ZeRO checkpoint loads into a ZeRO engine or, consolidated by ``zero_to_fp32``, an unsharded model
+    (another engine is made that)."""
+    if isinstance(load.engine, ZeRO) and not isinstance(save.engine, ZeRO):
+        save = load
+    if isinstance(save.engine, ZeRO) and not isinstance(load.engine, (ZeRO, Unsharded)):
+        load = Side(Unsharded(), (1,), device=load.device, state_dict=load.state_dict)
+    return save, load
+
+
 def _pipelined(*sides: Side) -> bool:
     """Whether one of ``sides`` is pipelined: it takes no activation checkpointing, ``torch.compile``, offloaded
     or broadcast state dict (``Side._check_pipeline``), and its case no training state, gradless parameters or
@@ -172,7 +184,7 @@ def _supported_engines(offered: tuple[str, ...], support: TargetSupport, max_wor
         name
         for name in offered
         if support.allows_engine(name)
-        and not (support.whole_pool and name == "unsharded" and max_world_size > 1)
+        and not (support.whole_pool and not support.per_side_pools and name == "unsharded" and max_world_size > 1)
         and not (name in ("tp", "pp") and max_world_size < 2)  # tensor and pipeline parallelism need two ranks
     )
     if not kept:

@@ -6,18 +6,31 @@ path caught."""
 import attrs
 import pytest
 
-from shardfuzz.case import Adam, BatchNorm, Case, LayerNorm, Linear, Model, Sequential, Side, ZeRO, dimensions
+from shardfuzz.case import (
+    FSDP2,
+    Adam,
+    BatchNorm,
+    Case,
+    LayerNorm,
+    Linear,
+    Model,
+    Sequential,
+    Side,
+    Unsharded,
+    ZeRO,
+    dimensions,
+)
 from shardfuzz.case.serial import dumps, loads
 from shardfuzz.targets import support_for, unavailable
-from shardfuzz.targets.support import EVERYTHING
+from shardfuzz.targets.support import EVERYTHING, TargetSupport
 from shardfuzz.unsupported import excluded
 
 
-def _case(save: ZeRO, load: ZeRO, save_ranks: int = 3, load_ranks: int = 3, optimizer=None) -> Case:
+def _case(save: ZeRO, load: ZeRO | Unsharded, save_ranks: int = 3, load_ranks: int = 3, optimizer=None) -> Case:
     return Case(
         model=Model(3, Sequential([Linear(5), LayerNorm(), Linear(2)])),
         save=Side(save, (save_ranks,)),
-        load=Side(load, (load_ranks,)),
+        load=Side(load, (1,) if isinstance(load, Unsharded) else (load_ranks,)),
         optimizer=optimizer or Adam(),
         steps=2,
         flatten_optimizer_state_dict=False,
@@ -52,6 +65,26 @@ def test_a_load_across_zero_3_is_refused_as_no_documented_route():
     assert excluded(_case(ZeRO(1), ZeRO(2), load_ranks=1)) is None  # 1 and 2 write the same files
 
 
+def test_a_deepspeed_checkpoint_loads_by_its_routes_only():
+    consolidated = _case(ZeRO(2, bf16=True), Unsharded())
+    assert consolidated.consolidates_zero and consolidated.loads_model_only
+    with pytest.raises(ValueError, match="zero_to_fp32"):
+        attrs.evolve(consolidated, load=Side(FSDP2(), (2,)))
+    with pytest.raises(ValueError, match="ZeRO engine too"):
+        attrs.evolve(consolidated, save=Side(Unsharded(), (1,)), load=Side(ZeRO(), (2,)))
+    with pytest.raises(ValueError, match="optimizer as built"):
+        attrs.evolve(consolidated, checks=("continuation",))
+
+
+def test_a_load_only_engine_is_allowed_on_the_load_side_alone():
+    support = TargetSupport(engines=("ZeRO",), load_engines=("Unsharded",), reasons={"engines": "ZeRO saves"})
+    consolidated = _case(ZeRO(1), Unsharded())
+    assert support.refuses(consolidated, world_size=3, per_side=True) == ""
+    plain = attrs.evolve(consolidated, save=Side(Unsharded(), (1,)))  # no DeepSpeed checkpoint to load
+    assert support.refuses(plain, world_size=3, per_side=True).startswith("target-support engines")
+    assert support.allows_engine("unsharded") and not support.allows_engine("unsharded", side="save")
+
+
 def test_an_exported_zero_case_fills_a_world_of_its_sides_size_or_is_refused_with_why():
     pytest.importorskip("deepspeed")  # export names the target's framework
     from shardfuzz.findings.corpus import entry_for
@@ -61,6 +94,8 @@ def test_an_exported_zero_case_fills_a_world_of_its_sides_size_or_is_refused_wit
     failed = Verdict("error", errors=(RankError(0, "train", "IndexError", "list index out of range"),))
     script = export_script(entry_for(_case(ZeRO(1), ZeRO(1), 2, 2), failed, target="deepspeed", world_size=3))
     assert "\nWORLD_SIZE = 2  #" in script and "engine_over(" in script
+    consolidated = export_script(entry_for(_case(ZeRO(3), Unsharded(), 2), failed, target="deepspeed", world_size=3))
+    assert "\nWORLD_SIZE = 2  #" in consolidated
     with pytest.raises(ValueError, match="one world"):
         export_script(entry_for(_case(ZeRO(1), ZeRO(1), 2, 1), failed, target="deepspeed", world_size=2))
 
@@ -78,6 +113,8 @@ ROUND_TRIPS = {
     "stage 2, float32 to bf16 (universal)": _case(ZeRO(2), ZeRO(2, bf16=True)),
     "stage 3, 3 ranks to 1 (universal)": _case(ZeRO(3), ZeRO(3), load_ranks=1),
     "stage 1, 2 ranks to 3 (universal)": _case(ZeRO(1), ZeRO(1), save_ranks=2),
+    "stage 1 to an unsharded model (zero_to_fp32)": _case(ZeRO(1), Unsharded()),
+    "stage 3, bf16, to an unsharded model (zero_to_fp32)": _case(ZeRO(3, bf16=True), Unsharded()),
     "stage 1, a BatchNorm, 2 ranks": attrs.evolve(
         _case(ZeRO(1), ZeRO(1), 2, 2), model=Model(3, Sequential([BatchNorm(), Linear(2)]))
     ),
@@ -105,6 +142,7 @@ def test_deepspeed_round_trips_across_stages_and_ranks(name):
         ("PerturbLoadedParameter", ROUND_TRIPS["stage 1, same layout"]),
         ("FirstMomentsNotLoaded", ROUND_TRIPS["stage 3, 3 ranks to 1 (universal)"]),
         ("BuffersNotLoaded", ROUND_TRIPS["stage 1, a BatchNorm, 2 ranks"]),
+        ("PerturbLoadedParameter", ROUND_TRIPS["stage 3, bf16, to an unsharded model (zero_to_fp32)"]),
     ],
 )
 def test_a_fault_in_deepspeeds_path_is_caught_by_complete_state(fault, case):

@@ -10,7 +10,7 @@ from shardfuzz.case._validators import _POSITIVE_INT
 from shardfuzz.case.leaf_kinds import Leaf, Linear, leaf_coverage
 from shardfuzz.case.loop import Loop
 from shardfuzz.case.optimizers import OPTIMIZER_CLASSES, Optimizer
-from shardfuzz.case.sides import ENGINE_CLASSES, EXPERT_STYLE, PP, TP, Side, _sorted_unique
+from shardfuzz.case.sides import ENGINE_CLASSES, EXPERT_STYLE, PP, TP, Side, Unsharded, ZeRO, _sorted_unique
 from shardfuzz.case.storage import STORAGE_CLASSES, Dcp, DcpToTorchSave, Storage, TorchSave
 from shardfuzz.case.training import NO_TRAINING_STATE, TrainingState
 from shardfuzz.case.tree import Model, leaves
@@ -129,6 +129,7 @@ class Case:
             )
         self._check_loop()
         self._check_pipelines()
+        self._check_zero_routes()
         known = set(self.model.submodule_paths())
         leaf_paths = set(self.model.leaf_paths())
         for side_name in ("save", "load"):
@@ -218,14 +219,38 @@ class Case:
             if held and getattr(self, name).state_dict == "local":
                 raise ValueError(f"{name}: a held state dict is DSD's; a 'local' side gets FSDP1's own")
 
+    def _check_zero_routes(self) -> None:
+        """A DeepSpeed checkpoint (a ZeRO save side) loads by DeepSpeed's routes only: into a ZeRO engine
+        (``load_checkpoint``), or consolidated by ``zero_to_fp32`` into an unsharded model (``consolidates_zero``); a
+        ZeRO load side reads DeepSpeed's files alone."""
+        save_zero, load_zero = (isinstance(s.engine, ZeRO) for s in (self.save, self.load))
+        if load_zero and not save_zero:
+            raise ValueError("a ZeRO load side reads a DeepSpeed checkpoint: the save side is a ZeRO engine too")
+        if save_zero and not (load_zero or isinstance(self.load.engine, Unsharded)):
+            raise ValueError(
+                "a DeepSpeed checkpoint loads into a ZeRO engine, or through zero_to_fp32 into an Unsharded model"
+            )
+        if self.consolidates_zero:
+            self._check_model_only("zero_to_fp32's consolidation")
+
+    @property
+    def consolidates_zero(self) -> bool:
+        """Whether the load is DeepSpeed's ``zero_to_fp32``: a ZeRO checkpoint's fp32 weights gathered into one state
+        dict and loaded into an unsharded model, whose optimizer stays as built."""
+        return isinstance(self.save.engine, ZeRO) and isinstance(self.load.engine, Unsharded)
+
+    def _check_model_only(self, what: str) -> None:
+        """A load of the model alone (``what``): what needs the optimizer or more from the checkpoint does not fit it."""
+        if self.training is not None or self.load_mutation is not None or self.ignore_frozen_params:
+            raise ValueError(f"{what} loads the model's tensors alone: no training state, load_mutation or frozen keys")
+        if "continuation" in self.checks or self.loop.resumes > 1:
+            raise ValueError(f"{what} leaves the load side's optimizer as built: no continuation check, one round-trip")
+
     def _check_model_only_storage(self) -> None:
         """A checkpoint of the model alone (``HfSafetensors``): what needs the optimizer or more in the checkpoint, or
         a load of another kind, does not fit it."""
         s = self.storage
-        if self.training is not None or self.load_mutation is not None or self.ignore_frozen_params:
-            raise ValueError(f"{s!r} holds the model's tensors alone: no training state, load_mutation or frozen keys")
-        if "continuation" in self.checks or self.loop.resumes > 1:
-            raise ValueError(f"{s!r} leaves the load side's optimizer as built: no continuation check, one round-trip")
+        self._check_model_only(repr(s))
         for name, side in (("save", self.save), ("load", self.load)):
             if side.state_dict == "local" or side.broadcast_from_rank0:
                 raise ValueError(
@@ -234,9 +259,9 @@ class Case:
 
     @property
     def loads_model_only(self) -> bool:
-        """Whether the load side loads its model alone (a lenient load, or a checkpoint of the model alone), leaving
-        its optimizer as built."""
-        return self.loop.lenient or self.storage.model_only
+        """Whether the load side loads its model alone, leaving its optimizer as built: a lenient load, a checkpoint
+        of the model alone, or DeepSpeed's ``zero_to_fp32`` consolidation (``consolidates_zero``)."""
+        return self.loop.lenient or self.storage.model_only or self.consolidates_zero
 
     def why_not_resumable(self) -> str:
         """Why this case cannot make a second round-trip (the load side saving, the save side's layout loading),

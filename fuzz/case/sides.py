@@ -178,15 +178,26 @@ class Unsharded(EngineKind):
 class ZeRO(EngineKind):
     """DeepSpeed's ZeRO (``deepspeed.initialize``, the ``deepspeed`` target only): data parallelism over the side's
     ranks with the optimizer state partitioned (``stage`` 1), the gradients too (2), and the parameters too (3);
-    ``bf16``: the model in bfloat16 with float32 master weights, which the checkpoint keeps."""
+    ``bf16``: the model in bfloat16 with float32 master weights, which the checkpoint keeps; ``elastic``: ZeRO 1
+    and 2's legacy elastic checkpoint format (``zero_optimization.elastic_checkpoint``: the optimizer state saved
+    merged, not by partition; DeepSpeed calls it deprecated and unsupported for stage 3)."""
 
     stage: int = field(default=1, validator=in_((1, 2, 3)))
     bf16: bool = field(default=False, validator=instance_of(bool))
+    elastic: bool = field(default=False, validator=instance_of(bool))
 
-    dimension_names: ClassVar[tuple[str, ...]] = ("zero_stage", "zero_bf16")
+    dimension_names: ClassVar[tuple[str, ...]] = ("zero_stage", "zero_bf16", "zero_elastic")
+
+    def __attrs_post_init__(self):
+        if self.elastic and self.stage == 3:
+            raise ValueError("ZeRO 3 has no elastic checkpoint: DeepSpeed warns it is deprecated and unsupported there")
 
     def dimension_values(self) -> dict[str, str]:
-        return {"zero_stage": str(self.stage), "zero_bf16": str(self.bf16).lower()}
+        return {
+            "zero_stage": str(self.stage),
+            "zero_bf16": str(self.bf16).lower(),
+            "zero_elastic": str(self.elastic).lower(),
+        }
 
     def shard_count(self, mesh_shape: tuple[int, ...]) -> int:
         return mesh_shape[-1] if self.stage == 3 else 1

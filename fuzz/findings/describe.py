@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shardfuzz.case import PP, TP, Case, Dcp, Leaf, Side, UserModel
+from shardfuzz.case import PP, TP, Case, Dcp, Leaf, Side, UserModel, ZeRO
 
 __all__ = ["describe"]
 
@@ -18,6 +18,8 @@ def describe(case: Case) -> str:
         storage += (
             f"; training state: {case.training.scheduler} LR{' + grad scaler' if case.training.grad_scaler else ''}"
         )
+    if case.consolidates_zero:
+        storage += "; loaded through zero_to_fp32 (the model alone)"
     if case.loop.describe():
         storage += f"; loop: {case.loop.describe()}"
     return (
@@ -40,5 +42,7 @@ def _side(side: Side) -> str:
         " offload" if side.offload_params else ""
     )
     compiled += " bn-fp32" if side.batchnorm_fp32 else ""
+    if isinstance(side.engine, ZeRO):
+        mesh += f" stage {side.engine.stage}{' bf16' if side.engine.bf16 else ''}"
     device = " on cuda" if side.device == "cuda" else ""
     return f"{type(side.engine).__name__}x{side.world_size}{device}{mesh} {side.state_dict}{checkpointed}{compiled}"

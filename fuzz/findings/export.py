@@ -221,6 +221,8 @@ def _world_size(entry: Entry) -> int:
     case = entry.case
     if not any(isinstance(side.engine, ZeRO) for side in (case.save, case.load)):
         return entry.replay_world_size
+    if case.consolidates_zero:  # zero_to_fp32 reads the files on the load side's one rank: no collective of DeepSpeed's
+        return case.save.world_size
     if case.save.world_size != case.load.world_size:
         raise ValueError(
             f"the case's sides run on {case.save.world_size} and {case.load.world_size} ranks, and DeepSpeed meets on "

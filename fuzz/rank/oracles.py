@@ -230,11 +230,12 @@ def expected_after_load(
 ) -> dict[str, Any]:
     """What the load side must hold after the load: the saved state, except the ``kept`` keys,
     which a load that leaves them out (``ignore_frozen_params``) must not touch: their values
-    from before the load. ``model_only``: the load left the optimizer alone (a lenient load), so its
-    state is the load side's own from before."""
+    from before the load. ``model_only``: the load took the model alone (a lenient load, a consolidated one), so
+    the rest (the optimizer's state, and any engine's own keys the save side reported) is the load side's own
+    from before."""
     if model_only:
-        saved = {**{k: v for k, v in saved.items() if not k.startswith("optim.")}}
-        saved.update({k: v for k, v in before.items() if k.startswith("optim.")})
+        saved = {k: v for k, v in saved.items() if k.startswith("model.")}
+        saved.update({k: v for k, v in before.items() if not k.startswith("model.")})
     return {**saved, **{key: before[key] for key in kept if key in before}}
 
 

@@ -125,6 +125,7 @@ def build_side(case: Case, side: Side, spec, ctx: RankContext, target, *, seed: 
             optim,
             stage=side.engine.stage,
             bf16=side.engine.bf16,
+            elastic=side.engine.elastic,
             batch_size=case.batch_size,
             group=ctx.group(n),
             single_group=ctx.single_group(),

@@ -33,7 +33,9 @@ class TargetSupport:
     """The cases a target runs. Each exclusion carries its reason in ``reasons`` (keyed by the
     field's name), which ``shardfuzz targets`` lists and an ``unsupported`` verdict quotes.
 
-    ``engines``/``state_dicts``: the kinds allowed on either side (None: every one).
+    ``engines``/``state_dicts``: the kinds allowed on either side (None: every one). ``load_engines``: kinds
+    allowed on the load side only, a route out of the target's own engines (DeepSpeed's ``zero_to_fp32`` into an
+    unsharded model).
     ``same_state_dict``: the load side uses the save side's state-dict type (a framework that reads
     back only the files its own type writes). ``options``: the ``StateDictOptions`` flags
     (``cpu_offload``, ``broadcast_from_rank0``, ``ignore_frozen_params``) are drawn; False when the
@@ -55,6 +57,7 @@ class TargetSupport:
     """
 
     engines: tuple[str, ...] | None = field(default=None, validator=_names(ENGINE_KINDS))
+    load_engines: tuple[str, ...] = field(default=(), validator=deep_iterable(in_(ENGINE_KINDS), instance_of(tuple)))
     state_dicts: tuple[str, ...] | None = field(default=None, validator=_names(STATE_DICT_TYPES))
     same_state_dict: bool = field(default=False, validator=instance_of(bool))
     options: bool = field(default=True, validator=instance_of(bool))
@@ -88,7 +91,8 @@ class TargetSupport:
     def summary(self) -> dict[str, str]:
         """Each exclusion as ``{what: why}``, for ``shardfuzz targets``."""
         what = {
-            "engines": f"engines only {', '.join(self.engines or ())}",
+            "engines": f"engines only {', '.join(self.engines or ())}"
+            + (f" (and {', '.join(self.load_engines)} loading)" if self.load_engines else ""),
             "state_dicts": f"state dicts only {', '.join(self.state_dicts or ())}",
             "same_state_dict": "loads with the saving side's state-dict type",
             "options": "no drawn StateDictOptions flags (cpu_offload, broadcast_from_rank0, ignore_frozen_params)",
@@ -121,7 +125,10 @@ class TargetSupport:
     def _breaks(self, name: str, case: Case, world_size: int, *, per_side: bool = False) -> bool:
         sides = (case.save, case.load)
         if name == "engines":
-            return any(type(side.engine).__name__ not in (self.engines or ()) for side in sides)
+            kinds = self.engines or ()
+            return type(case.save.engine).__name__ not in kinds or type(case.load.engine).__name__ not in (
+                kinds + self.load_engines
+            )
         if name == "state_dicts":
             return any(side.state_dict not in (self.state_dicts or ()) for side in sides)
         if name == "same_state_dict":
@@ -145,12 +152,13 @@ class TargetSupport:
             return case.loop.lenient
         raise AssertionError(name)
 
-    def allows_engine(self, name: str) -> bool:
+    def allows_engine(self, name: str, *, side: str = "either") -> bool:
         """Whether the engine ``name`` (as ``capabilities().engines`` and the coverage name it: ``fsdp2``) is
-        supported."""
+        supported on ``side``: "save", "load", or "either" of them."""
         if self.engines is None:
             return name not in {kind.lower() for kind in FRAMEWORK_ENGINES}
-        return name in {kind.lower() for kind in self.engines}
+        kinds = self.engines + (self.load_engines if side != "save" else ())
+        return name in {kind.lower() for kind in kinds}
 
     def allows_storage(self, case: Case) -> bool:
         return self.storages or case.storage == Dcp()

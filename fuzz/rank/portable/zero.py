@@ -64,13 +64,14 @@ class DataParallelOnly:
         return 0
 
 
-def zero_config(*, stage: int, bf16: bool, batch_size: int) -> dict:
+def zero_config(*, stage: int, bf16: bool, batch_size: int, elastic: bool = False) -> dict:
     """The DeepSpeed config of a ZeRO side: the case's optimizer as the client optimizer, no gradient clipping
-    or accumulation (a step is the plain optimizer's), no logging."""
+    or accumulation (a step is the plain optimizer's), no logging; ``elastic``: ZeRO 1 and 2's elastic checkpoint
+    format."""
     return {
         "train_micro_batch_size_per_gpu": batch_size,
         "gradient_accumulation_steps": 1,
-        "zero_optimization": {"stage": stage},
+        "zero_optimization": {"stage": stage, **({"elastic_checkpoint": True} if elastic else {})},
         "zero_allow_untested_optimizer": True,
         "bf16": {"enabled": bf16},
         "steps_per_print": 2**31,
@@ -78,7 +79,7 @@ def zero_config(*, stage: int, bf16: bool, batch_size: int) -> dict:
     }
 
 
-def initialize(model, optim, *, stage: int, bf16: bool, batch_size: int, group, single_group):
+def initialize(model, optim, *, stage: int, bf16: bool, batch_size: int, group, single_group, elastic: bool = False):
     """``deepspeed.initialize`` over ``model`` and the client optimizer ``optim`` on ``group``: the engine and its
     ZeRO optimizer. Each parameter's FQN and param group are noted on the engine (``shardfuzz_groups``), for the
     state read by name."""
@@ -104,7 +105,7 @@ def initialize(model, optim, *, stage: int, bf16: bool, batch_size: int, group, 
     engine, zero_optim, _, _ = deepspeed.initialize(
         model=model,
         optimizer=optim,
-        config=zero_config(stage=stage, bf16=bf16, batch_size=batch_size),
+        config=zero_config(stage=stage, bf16=bf16, batch_size=batch_size, elastic=elastic),
         mpu=DataParallelOnly(group, single_group),
     )
     engine.shardfuzz_ungrouped = []  # parameters of groups DeepSpeed left out (ZeRO 3: nothing in them trains)
@@ -118,12 +119,16 @@ def initialize(model, optim, *, stage: int, bf16: bool, batch_size: int, group, 
 def engine_over(model, optim, engine: dict, *, batch_size: int, group):
     """A side's model and optimizer as its engine runs them: DeepSpeed's engine and ZeRO optimizer (``initialize``)
     on a ZeRO side, the two as built on any other. ``engine`` is the side's engine as plain data (its ``kind``,
-    ``stage`` and ``bf16``). On a ZeRO side every rank of the world calls it: it makes each rank's own group."""
+    ``stage``, ``bf16`` and ``elastic``). On a ZeRO side every rank of the world calls it: it makes each rank's own
+    group."""
     if engine["kind"] != "ZeRO":
         return model, optim
     singles = [dist.new_group([r]) for r in range(dist.get_world_size())]
     stage, bf16, single = engine["stage"], engine["bf16"], singles[dist.get_rank()]
-    return initialize(model, optim, stage=stage, bf16=bf16, batch_size=batch_size, group=group, single_group=single)
+    elastic = engine.get("elastic", False)  # an entry saved before the option had none
+    return initialize(
+        model, optim, stage=stage, bf16=bf16, batch_size=batch_size, group=group, single_group=single, elastic=elastic
+    )
 
 
 def is_zero_engine(model) -> bool:

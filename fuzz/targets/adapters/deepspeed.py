@@ -6,7 +6,10 @@ Both sides are ``ZeRO`` engines (``deepspeed.initialize`` over the case's model 
 precisions alike) is a plain ``load_checkpoint``. Any other is DeepSpeed's universal checkpoint: rank 0 converts
 the checkpoint with DeepSpeed's own ``ds_to_universal`` (once per checkpoint), and every rank loads it with
 universal checkpointing on. The save passes the ``universal_checkpoint_info`` client state that the conversion
-requires of ZeRO 1 and 2 checkpoints (an empty one: no tensor or pipeline parallelism to describe).
+requires of ZeRO 1 and 2 checkpoints (an empty one: no tensor or pipeline parallelism to describe). A load into an
+unsharded model is DeepSpeed's consolidation: ``zero_to_fp32``'s ``get_fp32_state_dict_from_zero_checkpoint`` gathers
+the checkpoint's fp32 weights into one state dict, loaded with ``load_state_dict`` (strict), as its docs show; the
+optimizer state stays behind (``Case.consolidates_zero``).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from deepspeed.checkpoint.constants import UNIVERSAL_CHECKPOINT_INFO
 
 from shardfuzz.targets.support import TargetSupport
 
-__all__ = ["DeepSpeedCheckpoint", "TAG", "same_layout"]
+__all__ = ["DeepSpeedCheckpoint", "TAG", "consolidate_into", "same_layout"]
 
 TAG = "step1"  # the tag the checkpoint is saved under; its universal conversion is TAG + "_universal"
 
@@ -51,12 +54,21 @@ def _universal(checkpoint_id: str, process_group) -> str:
     return tag
 
 
+def consolidate_into(model, checkpoint_id: str) -> None:
+    """DeepSpeed's ``zero_to_fp32`` route: the checkpoint's fp32 weights, gathered from every rank's files into one
+    state dict, loaded into the unsharded ``model`` (strict: a key missing or left over fails the load)."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    model.load_state_dict(get_fp32_state_dict_from_zero_checkpoint(checkpoint_id, tag=TAG))
+
+
 class DeepSpeedCheckpoint:
     """``save_checkpoint`` and ``load_checkpoint`` of a DeepSpeed engine (ZeRO 1, 2, 3; float32 or bf16)."""
 
     framework = "deepspeed"
     support = TargetSupport(
         engines=("ZeRO",),
+        load_engines=("Unsharded",),
         state_dicts=("sharded",),
         options=False,
         flatten=False,
@@ -69,7 +81,8 @@ class DeepSpeedCheckpoint:
             "whole_pool": "DeepSpeed's save_checkpoint and its ZeRO 3 set-up meet on the default process group "
             "(measured: a side of 2 ranks in a pool of 3 hangs there, with the side's ranks as its mpu); a load "
             "on another number of ranks (a universal checkpoint) runs on a pool of its own size",
-            "engines": "DeepSpeed's checkpoint API takes the engine deepspeed.initialize built (a ZeRO side)",
+            "engines": "DeepSpeed's checkpoint API takes the engine deepspeed.initialize built (a ZeRO side); a load "
+            "side may also be an unsharded model, which DeepSpeed's zero_to_fp32 consolidation loads",
             "state_dicts": "DeepSpeed writes its own partitioned files; shardfuzz's state-dict type does not apply",
             "options": "DeepSpeed takes no StateDictOptions",
             "flatten": "DeepSpeed keeps the optimizer state as flat partitions of its own",
@@ -84,6 +97,10 @@ class DeepSpeedCheckpoint:
         dist.barrier(process_group)
 
     def load_objects(self, model, optim, *, side, saved_by, checkpoint_id, process_group):
+        if side["engine"]["kind"] == "Unsharded":
+            consolidate_into(model, checkpoint_id)
+            dist.barrier(process_group)
+            return
         tag = TAG
         if not same_layout(side, saved_by):
             tag = _universal(checkpoint_id, process_group)
