@@ -85,6 +85,7 @@ def run_selftest(
         started = time.monotonic()
         spec, expected_oracle = catalogue[name]
         settings = CampaignSettings(
+            model=_exposing_model(spec),
             budget=budget_per_mutant + shrink_budget,  # finding it, then shrinking it
             seed=seed,
             max_world_size=world_size,
@@ -106,6 +107,16 @@ def run_selftest(
         if on_result is not None:
             on_result(result)
     return results
+
+
+def _exposing_model(spec: str):
+    """The model a fault of an object-level target's path declares it shows on (``_Fault.exposing_model``), or None:
+    the campaign draws its models."""
+    if FAULT_SEPARATOR not in spec:
+        return None
+    from shardfuzz.targets.faults import OBJECT_FAULTS
+
+    return OBJECT_FAULTS[spec.split(FAULT_SEPARATOR)[1]].exposing_model
 
 
 def _failing_without_the_mutant(run_unmutated, is_known) -> Callable[[str, Case], bool]:
