@@ -9,6 +9,7 @@ import pytest
 from shardfuzz.case import (
     FSDP2,
     Adam,
+    Attention,
     BatchNorm,
     Case,
     LayerNorm,
@@ -115,6 +116,10 @@ ROUND_TRIPS = {
     "stage 1, 2 ranks to 3 (universal)": _case(ZeRO(1), ZeRO(1), save_ranks=2),
     "stage 1 to an unsharded model (zero_to_fp32)": _case(ZeRO(1), Unsharded()),
     "stage 3, bf16, to an unsharded model (zero_to_fp32)": _case(ZeRO(3, bf16=True), Unsharded()),
+    # a rotary embedding's inv_freq is a non-persistent buffer: in no state dict, so in no full state either
+    "stage 3, attention, to an unsharded model (zero_to_fp32)": attrs.evolve(
+        _case(ZeRO(3), Unsharded()), model=Model(2, Sequential([Attention(heads=1, kv_heads=1, head_dim=2), Linear(1)]))
+    ),
     "stage 1, a BatchNorm, 2 ranks": attrs.evolve(
         _case(ZeRO(1), ZeRO(1), 2, 2), model=Model(3, Sequential([BatchNorm(), Linear(2)]))
     ),

@@ -43,6 +43,6 @@ def _side(side: Side) -> str:
     )
     compiled += " bn-fp32" if side.batchnorm_fp32 else ""
     if isinstance(side.engine, ZeRO):
-        mesh += f" stage {side.engine.stage}{' bf16' if side.engine.bf16 else ''}"
+        mesh += f" stage {side.engine.stage}{' bf16' if side.engine.bf16 else ''}{' elastic' if side.engine.elastic else ''}"
     device = " on cuda" if side.device == "cuda" else ""
     return f"{type(side.engine).__name__}x{side.world_size}{device}{mesh} {side.state_dict}{checkpointed}{compiled}"

@@ -78,12 +78,21 @@ class _Fault:
     def save_objects(self, model, optim, *, side, checkpoint_id, process_group):
         self.inner.save_objects(model, optim, side=side, checkpoint_id=checkpoint_id, process_group=process_group)
 
+    #: Whether what ``kept`` finds after the load and did not before (a fresh DeepSpeed engine makes its optimizer
+    #: state at the first step or the load) starts from zero, as a fresh optimizer's would.
+    zeroes_what_was_not_kept = False
+
     def load_objects(self, model, optim, *, side, saved_by, checkpoint_id, process_group):
         kept = _clones(self.kept(model, optim))
         self.inner.load_objects(
             model, optim, side=side, saved_by=saved_by, checkpoint_id=checkpoint_id, process_group=process_group
         )
-        _restore(kept, self.kept(model, optim))
+        now = self.kept(model, optim)
+        _restore(kept, now)
+        if self.zeroes_what_was_not_kept:
+            with torch.no_grad():
+                for key in now.keys() - kept.keys():
+                    _local(now[key]).zero_()
         self.after_load(model, optim, process_group)
 
     def kept(self, model, optim) -> dict:
@@ -111,19 +120,10 @@ class FirstMomentsNotLoaded(_Fault):
     their pre-load values, and where the optimizer held none before the load (a fresh DeepSpeed engine
     makes its state at the first step or the load), start from zero as a fresh optimizer's would."""
 
+    zeroes_what_was_not_kept = True
+
     def kept(self, model, optim):
         return _optimizer_tensors(optim, ("momentum_buffer", "exp_avg", "square_avg", "sum"))
-
-    def load_objects(self, model, optim, *, side, saved_by, checkpoint_id, process_group):
-        kept = _clones(self.kept(model, optim))
-        self.inner.load_objects(
-            model, optim, side=side, saved_by=saved_by, checkpoint_id=checkpoint_id, process_group=process_group
-        )
-        now = self.kept(model, optim)
-        _restore(kept, now)
-        with torch.no_grad():
-            for key in now.keys() - kept.keys():
-                _local(now[key]).zero_()
 
 
 class StepCountersReset(_Fault):

@@ -171,7 +171,7 @@ def zero_full_state(engine, optim) -> dict:
     moments = sorted(
         {k for state in optim.optimizer.state.values() for k, v in state.items() if torch.is_tensor(v) and v.dim() > 0}
     )
-    grouped: list = [*enumerate(engine.shardfuzz_groups), (None, getattr(engine, "shardfuzz_ungrouped", []))]
+    grouped: list = [*enumerate(engine.shardfuzz_groups), (None, engine.shardfuzz_ungrouped)]
     for index, fqns in grouped:
         hyper = {} if index is None else {k: v for k, v in optim.param_groups[index].items() if k != "params"}
         for fqn in fqns:
@@ -194,6 +194,14 @@ def zero_full_state(engine, optim) -> dict:
                     step.detach().to("cpu", copy=True) if isinstance(step, torch.Tensor) else torch.tensor(float(step))
                 )
             flat.update({f"optim.param_groups.{fqn}.{k}": v for k, v in hyper.items()})
-    for name, buffer in engine.module.named_buffers():
+    for name, buffer in _persistent_buffers(engine.module):  # as a state dict holds them, and the other engines'
         flat[f"model.{name}"] = buffer.detach().to("cpu", copy=True)
     return flat
+
+
+def _persistent_buffers(module):
+    """``module``'s buffers that its state dict holds (not a rotary embedding's non-persistent ``inv_freq``)."""
+    for prefix, child in module.named_modules():
+        for name, buffer in child.named_buffers(recurse=False):
+            if name not in child._non_persistent_buffers_set:
+                yield (f"{prefix}.{name}" if prefix else name), buffer
