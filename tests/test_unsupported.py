@@ -68,6 +68,24 @@ def test_a_tied_weight_split_across_fsdp1_units_is_unsupported(engine, rule):
     assert (found.name if found else None) == rule
 
 
+@pytest.mark.parametrize(
+    ("engine", "checks", "gradless", "rule"),
+    [
+        (FSDP1(use_orig_params=False), ("continuation",), "always", "gradless-flat-parameters-continuation"),
+        (FSDP1(use_orig_params=False), ("continuation",), "never", None),
+        (FSDP1(use_orig_params=False), (), "first-step", None),  # no two trainings compared
+        (FSDP1(use_orig_params=True), ("continuation",), "always", None),
+        (DDP(), ("continuation",), "always", None),
+    ],
+)
+def test_a_gradless_continuation_through_flat_parameters_is_unsupported(engine, checks, gradless, rule):
+    # run T's cc570f41: the first FlatParameter is not the first module's parameters, so the sides train others
+    case = attrs.evolve(_case(engine, 1), checks=checks)
+    case = attrs.evolve(case, loop=attrs.evolve(case.loop, gradless=gradless))
+    found = excluded(case)
+    assert (found.name if found else None) == rule
+
+
 def test_every_rule_gives_its_reason():
     for rule in CASE_RULES + RULES:
         assert rule.name and len(rule.reason) > 40, rule
