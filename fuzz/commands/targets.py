@@ -92,7 +92,9 @@ def target_infos() -> list[TargetInfo]:
                 version=_version(framework) if framework else _version("torch"),
                 available=True,
                 error="",
-                engines=tuple(kind for kind in support.engines or ENGINE_KINDS if kind.lower() in offered),
+                engines=tuple(
+                    kind for kind in (support.engines or ENGINE_KINDS) + support.load_engines if kind.lower() in offered
+                ),
                 excludes=support.summary(),
             )
         )
