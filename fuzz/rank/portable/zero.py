@@ -19,6 +19,7 @@ __all__ = [
     "engine_over",
     "is_zero_engine",
     "zero_full_state",
+    "persistent_buffers",
     "zero_train_step",
 ]
 
@@ -194,12 +195,12 @@ def zero_full_state(engine, optim) -> dict:
                     step.detach().to("cpu", copy=True) if isinstance(step, torch.Tensor) else torch.tensor(float(step))
                 )
             flat.update({f"optim.param_groups.{fqn}.{k}": v for k, v in hyper.items()})
-    for name, buffer in _persistent_buffers(engine.module):  # as a state dict holds them, and the other engines'
+    for name, buffer in persistent_buffers(engine.module):  # as a state dict holds them, and the other engines'
         flat[f"model.{name}"] = buffer.detach().to("cpu", copy=True)
     return flat
 
 
-def _persistent_buffers(module):
+def persistent_buffers(module):
     """``module``'s buffers that its state dict holds (not a rotary embedding's non-persistent ``inv_freq``)."""
     for prefix, child in module.named_modules():
         for name, buffer in child.named_buffers(recurse=False):
