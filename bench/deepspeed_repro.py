@@ -14,6 +14,7 @@ fp32 weights and optimizer state by name. Options as key=value:
     python bench/deepspeed_repro.py opt=adamw frozen=true save=1 stage=3 width=64     # a frozen Linear, ZeRO 3
     python bench/deepspeed_repro.py opt=adam save=1 stage=1 elastic=true route=same   # an elastic save, plain load
     python bench/deepspeed_repro.py frozen=true save=1 stage=1 consolidate=true        # zero_to_fp32, ZeRO 1 frozen
+    python bench/deepspeed_repro.py frozen=true frozengroup=true stage=1               # a group of frozen params only
     (route=same: load_checkpoint of the saved tag itself; lelastic=true: the loading engine elastic too)
 """
 
@@ -67,6 +68,9 @@ def build(o):
     kw = {"lr": 0.01, **({"amsgrad": True} if o.get("amsgrad") else {})}
     lrs = o.get("lrs", [None, None])  # with groups=2: each group's own lr
     params = [p for p in model.parameters() if p.requires_grad]
+    if o.get("frozengroup"):  # the trainable parameters in one group, the frozen Linear's alone in a second
+        frozen = [p for p in model.parameters() if not p.requires_grad]
+        return model, OPTIMIZERS[o["opt"]]([{"params": params}, {"params": frozen}], **kw)
     if o.get("groups", 1) == 2:
         groups = [{"params": part, **({"lr": lr} if lr else {})} for part, lr in zip((params[:1], params[1:]), lrs)]
     elif o.get("grouplr"):
