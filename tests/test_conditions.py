@@ -80,6 +80,17 @@ def test_a_failure_two_bugs_could_be_is_new_and_the_pair_is_listed():
     assert len(apart([(Path("a.json"), first), (Path("b.json"), second)])) == 1
 
 
+def test_where_two_bugs_match_the_one_an_entry_of_which_measured_the_case_is_it():
+    # A bug of two entries sharing no label generalizes to no condition and matches every case; an entry of
+    # another bug whose own conditions the case meets decides (run Y counted a known DeepSpeed bug as new).
+    apart_entries = [_entry({"optimizer": "sgd"}, "wide"), _entry({"load_world_size": "4"}, "wide")]
+    measured = _entry({"load_engine": "fsdp1"}, "narrow")
+    known = KnownBugs({measured.signature: [*apart_entries, measured]})
+    assert known.lookup(ERROR.signature(), _case(2, optimizer=Adam())) is measured
+    assert known.lookup(ERROR.signature(), _case(2)) is None  # an entry of each bug measured it: still ambiguous
+    assert known.lookup(ERROR.signature(), _case(2, engine=FSDP2(), optimizer=Adam())) is apart_entries[0]
+
+
 #: The pairs of the corpus's bugs that one failure could match both of, each looked at: a failure meeting both
 #: is reported as new (``KnownBugs.lookup``). A new pair here is a new overlap to triage, or a `when` too wide.
 OVERLAPS = {

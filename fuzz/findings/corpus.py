@@ -389,12 +389,19 @@ class KnownBugs(dict):
         """The known entry this failure is a finding of (one whose own ``when`` it meets, else its bug's first),
         or None: none matches, or two different bugs match (their triggers overlap, ``bugs.apart`` lists such
         pairs): the corpus cannot tell which bug it is, so it is reported as new rather than counted under the
-        wrong one."""
+        wrong one. Where several bugs' generalized conditions match but one bug alone has an entry whose own
+        measured conditions the case meets, it is that bug: a generalization is an inference from several entries
+        (one whose entries share no label generalizes to no condition at all), an entry's own ``when`` a
+        measurement (run Y met DeepSpeed's bf16 BatchNorm bug, ``eedfba77``, and counted it new, because the FSDP2
+        BatchNorm limitation's two entries, sharing no condition, matched every case with that signature)."""
         entries = self.get(canonical_signature(signature), ())
         if case is None:
             return entries[0] if entries else None
         dims = dimensions(case)
         matching = [group for group, when in self.conditions(signature).values() if meets(dims, when)]
+        if len(matching) > 1:
+            measured = [group for group in matching if any(meets(dims, entry.when) for entry in group)]
+            matching = measured if len(measured) == 1 else matching
         if len(matching) != 1:
             return None
         (group,) = matching
