@@ -26,9 +26,8 @@ from shardfuzz.case import (
     Sequential,
     Side,
     TorchSave,
-    Unsharded,
     UserModel,
-    ZeRO,
+    zero_to_fp32_route,
 )
 from shardfuzz.strategies._helpers import check_int
 from shardfuzz.strategies.engines import side_wrappers
@@ -236,7 +235,7 @@ def cases(
         save, load = zero_routed(draw_side(draw, model), draw_side(draw, model))
         # A checkpoint of the model alone, or DeepSpeed's zero_to_fp32 reading the weights alone: nothing but a
         # compatible load of the model, the optimizer left as built.
-        model_only = storage.model_only or (isinstance(save.engine, ZeRO) and isinstance(load.engine, Unsharded))
+        model_only = storage.model_only or zero_to_fp32_route(save, load)
         if model_only:
             mutation = None
         if isinstance(storage, TorchSave) and _pipelined(save):  # its first rank writes the file: one stage's state

@@ -57,6 +57,7 @@ from shardfuzz.case.scenario import (
     leaves_a_rank_empty,
     map_first_linear,
     shard_count,
+    zero_to_fp32_route,
 )
 from shardfuzz.case.serial import describe_structure_error, dumps, from_dict, loads, make_converter, to_dict
 from shardfuzz.case.sides import (
@@ -111,6 +112,7 @@ __all__ = [
     "TrainingState",
     "UserModel",
     "leaves_a_rank_empty",
+    "zero_to_fp32_route",
     "SCHEMA_VERSION",
     "CHECKS",
     "LOAD_MUTATIONS",

@@ -237,7 +237,7 @@ class Case:
     def consolidates_zero(self) -> bool:
         """Whether the load is DeepSpeed's ``zero_to_fp32``: a ZeRO checkpoint's fp32 weights gathered into one state
         dict and loaded into an unsharded model, whose optimizer stays as built."""
-        return isinstance(self.save.engine, ZeRO) and isinstance(self.load.engine, Unsharded)
+        return zero_to_fp32_route(self.save, self.load)
 
     def _check_model_only(self, what: str) -> None:
         """A load of the model alone (``what``): what needs the optimizer or more from the checkpoint does not fit it."""
@@ -412,6 +412,12 @@ def dimensions(case: Case) -> dict[str, str]:
         **(case.training.dimensions() if case.training else NO_TRAINING_STATE),
         **case.loop.dimensions(),
     }
+
+
+def zero_to_fp32_route(save: Side, load: Side) -> bool:
+    """Whether a checkpoint saved by ``save`` reaches ``load`` through DeepSpeed's ``zero_to_fp32``: a ZeRO save side,
+    an unsharded load side (``Case.consolidates_zero``; the strategies ask it of two sides before they make a case)."""
+    return isinstance(save.engine, ZeRO) and isinstance(load.engine, Unsharded)
 
 
 def leaves_a_rank_empty(width: int, shards: int) -> bool:

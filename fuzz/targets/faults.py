@@ -69,6 +69,9 @@ class _Fault:
     expected_oracle = "complete-state"
     #: The model the self-test fuzzes this fault on, where drawn trees seldom hold what it changes; None: drawn.
     exposing_model: Model | None = None
+    #: Whether what ``kept`` finds after the load and did not before (a fresh DeepSpeed engine makes its optimizer
+    #: state at the first step or the load) starts from zero, as a fresh optimizer's would.
+    zeroes_what_was_not_kept = False
 
     def __init__(self, inner):
         self.inner = inner
@@ -77,10 +80,6 @@ class _Fault:
 
     def save_objects(self, model, optim, *, side, checkpoint_id, process_group):
         self.inner.save_objects(model, optim, side=side, checkpoint_id=checkpoint_id, process_group=process_group)
-
-    #: Whether what ``kept`` finds after the load and did not before (a fresh DeepSpeed engine makes its optimizer
-    #: state at the first step or the load) starts from zero, as a fresh optimizer's would.
-    zeroes_what_was_not_kept = False
 
     def load_objects(self, model, optim, *, side, saved_by, checkpoint_id, process_group):
         kept = _clones(self.kept(model, optim))
