@@ -348,24 +348,7 @@ def continuation(
             ]
     if adaptive_lr is None:
         return found
-    slack = (tolerance[0], ADAPTIVE_STEP_SLACK * adaptive_lr * steps)
-    excused = _within(found, expected_after, actual_after, rank, slack)
-    forked = {m.key.removeprefix("model.") for m in found if m.key.startswith("model.") and m not in excused}
-    return [m for m in excused if not _moment_of(m.key, forked)]
-
-
-def _moment_of(key: str, fqns: set[str]) -> bool:
-    """Whether ``key`` is a floating-point optimizer state (not a counter) of a parameter named in ``fqns``.
-
-    A parameter that an adaptive optimizer stepped by noise (``ADAPTIVE_STEP_SLACK``) has forked: its
-    gradients from then on are those of another point, and so are the moments that hold them. Corpus
-    1759ee2a: a BatchNorm's bias at its initial 0 has a mathematically zero gradient under a squared-mean
-    loss, Adam's first step took it to +lr on one layout and -lr on the other, and its exp_avg after the
-    second step was -7.9e-5 against 6.5e-5. Its moments are judged no closer than the parameter itself."""
-    if not key.startswith("optim.state.") or _counter(key):
-        return False
-    fqn = key.removeprefix("optim.state.").rpartition(".")[0]
-    return fqn in fqns
+    return _within(found, expected_after, actual_after, rank, (tolerance[0], ADAPTIVE_STEP_SLACK * adaptive_lr * steps))
 
 
 def _within(found, expected, actual, rank: int, slack: tuple[float, float], prefix: str = "model.") -> list[Mismatch]:
