@@ -1,11 +1,12 @@
-"""``shardfuzz run | replay | export | shrink | report | report-bug | known-bugs | selftest | capabilities | targets | torch-env``: the command line.
+"""``shardfuzz run | fleet | replay | export | shrink | report | report-bug | known-bugs | selftest | capabilities | targets | torch-env``: the command line.
 
 It parses the options and dispatches: each command's body is ``shardfuzz.commands.<command>``.
 
 Exit codes: every command exits 2 for bad options, an entry or report it cannot use (``replay``: none to
 replay), a pool that cannot start, or (``torch-env``) a torch it cannot install. Otherwise ``run`` exits 0 when
 no new failure was found, 1 when one was (each is saved to the corpus; 0 with ``--exit-zero``), 130/143 when
-SIGINT/SIGTERM stopped it (after writing the corpus and reports); ``replay`` exits 0 when every entry behaved
+SIGINT/SIGTERM stopped it (after writing the corpus and reports); ``fleet`` as ``run``, and 2 where a campaign
+ended otherwise (its actor died more often than it may restart, say); ``replay`` exits 0 when every entry behaved
 as its ranges predict here (``replay.expectation``; always with ``--on-cuda``), 1 when one passes inside its
 range, fails again past its fix, changed or is flaky; ``shrink`` exits 1 when the entry no longer fails as
 recorded; ``selftest`` 1 when a mutant survived; the rest 0.
@@ -14,7 +15,6 @@ recorded; ``selftest`` 1 when a mutant survived; the rest 0.
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
 from shardfuzz.case import DEVICES
@@ -22,6 +22,7 @@ from shardfuzz.commands import (
     capabilities,
     explain,
     export,
+    fleet,
     known_bugs,
     replay,
     report,
@@ -32,68 +33,14 @@ from shardfuzz.commands import (
     targets,
     torch_env,
 )
+from shardfuzz.commands._arg_types import count as _count
+from shardfuzz.commands._arg_types import duration as _duration
+from shardfuzz.commands._arg_types import non_negative_float as _non_negative_float
+from shardfuzz.commands._arg_types import positive_float as _positive_float
+from shardfuzz.commands._arg_types import world_size as _world_size
+from shardfuzz.fleet.options import add_fleet_options
 
 __all__ = ["build_parser", "main"]
-
-
-def _seconds(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-
-
-def _positive_float(text: str) -> float:
-    if _seconds(text) <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
-    return float(text)
-
-
-def _non_negative_float(text: str) -> float:
-    if _seconds(text) < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
-    return float(text)
-
-
-_DURATION = re.compile(r"(\d+(?:\.\d*)?)([smh])")
-
-
-def _duration(text: str) -> float:
-    """Seconds from "90", "90s", "15m", "8h" or "1h30m"."""
-    cleaned = text.strip().lower()
-    try:
-        value = float(cleaned)
-    except ValueError:
-        parts = _DURATION.findall(cleaned)
-        if not parts or "".join(n + u for n, u in parts) != cleaned:
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is not a duration: give seconds, or a number with s, m or h (90, 15m, 8h, 1h30m)"
-            ) from None
-        value = sum(float(n) * {"s": 1, "m": 60, "h": 3600}[u] for n, u in parts)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
-    return value
-
-
-def _integer(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-
-
-def _count(text: str) -> int:
-    value = _integer(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
-    return value
-
-
-def _world_size(text: str) -> int:
-    value = _integer(text)
-    if not 1 <= value <= 64:
-        raise argparse.ArgumentTypeError(f"{value} ranks: choose 1 to 64")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shardfuzz", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     _run_options(commands.add_parser("run", help="fuzz save/load round-trips for a time budget"))
+    fleet_parser = commands.add_parser("fleet", help="run's campaigns across a Ray cluster: one corpus, one report")
+    _run_options(fleet_parser)
+    add_fleet_options(fleet_parser)
     _replay_options(
         commands.add_parser("replay", help="re-run corpus entries: still failing, now passing, changed, flaky")
     )
@@ -449,6 +399,7 @@ def _report_options(render: argparse.ArgumentParser) -> None:
 # Each sub-command: the function that runs it (``shardfuzz.commands.<command>.main``).
 COMMANDS = {
     "run": run.main,
+    "fleet": fleet.main,
     "replay": replay.main,
     "export": export.main,
     "selftest": selftest.main,

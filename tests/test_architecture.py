@@ -11,7 +11,7 @@ still a dependency). The layers, bottom first (docs/architecture.md):
 5. ``executor`` (ranks as processes);
 6. ``findings`` (corpus, reports, replay, export);
 7. ``search`` (campaigns), and ``strategies`` beside it (which import only layers 1-3);
-8. ``commands``, ``cli``, ``pytest_plugin``.
+8. ``commands``, ``cli``, ``pytest_plugin``, and ``fleet`` (campaigns across a Ray cluster, run as a command).
 
 A module may import its own layer and those below, never one above.
 """
@@ -34,7 +34,7 @@ LAYERS = [
     ("executor",),
     ("findings",),
     ("search", "strategies"),
-    ("commands", "cli", "pytest_plugin", "__main__"),
+    ("commands", "cli", "pytest_plugin", "__main__", "fleet"),
 ]
 MAX_LINES = 500
 

@@ -93,6 +93,20 @@ def test_merged_reports_add_counts_and_unite_findings(report):
     assert merged["timeline"][-1]["cases"] == 2 * report["cases_run"]
 
 
+def test_a_merged_report_has_a_row_per_campaign_in_every_format(report):
+    from shardfuzz.findings.render import campaign_rows, html_page, junit_xml, markdown
+
+    restarted = dict(report, worker=1, attempt=1, node="node-b")
+    merged = merge_reports([dict(report, worker=0, node="node-a"), restarted], meta={"world_size": 2})
+    rows = campaign_rows(merged)
+    assert [row[0] for row in rows] == ["campaign 0", "campaign 1, attempt 1"]
+    assert [row[3] for row in rows] == ["node-a", "node-b"]
+    assert "| campaign 1, attempt 1 |" in markdown(merged) and "<td>campaign 1, attempt 1</td>" in html_page(merged)
+    names = [case.get("name") for case in ET.fromstring(junit_xml(merged).split("\n", 1)[1])]
+    assert "campaign 1, attempt 1" in names
+    assert campaign_rows(merge_reports([report], meta={})) == []  # one campaign: no table
+
+
 def test_report_written_atomically_reads_back(tmp_path, report):
     path = tmp_path / "deep" / "r.json"
     write_atomic(path, json.dumps(report))

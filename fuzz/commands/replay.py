@@ -61,7 +61,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _refused(args: argparse.Namespace) -> str:
     """Why these options cannot be used together (or on this machine), or ''."""
-    from shardfuzz.search.runner import campaign_devices
+    from shardfuzz.search.run_setup import campaign_devices
 
     _, why_not = campaign_devices(args.device)
     if not why_not and args.on_cuda and args.device != "cuda":

@@ -15,7 +15,7 @@ def main(args: argparse.Namespace) -> int:
 
     from shardfuzz.executor import PoolStartError
     from shardfuzz.findings.corpus import known_bugs, load_corpus
-    from shardfuzz.search.runner import campaign_devices
+    from shardfuzz.search.run_setup import campaign_devices
     from shardfuzz.search.selftest import catalogue_for, run_selftest
     from shardfuzz.targets import framework_version
 

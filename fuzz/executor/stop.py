@@ -9,6 +9,7 @@ is the impatient kind and raises ``KeyboardInterrupt`` at once.
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from typing import Any
 
@@ -48,6 +49,10 @@ class StopFlag:
         return self.since is not None and time.monotonic() - self.since > grace
 
     def install(self) -> StopFlag:
+        """Take SIGINT and SIGTERM; off the main thread (a campaign in a Ray actor's thread), where Python
+        delivers no signal, a stop comes by ``request`` alone."""
+        if threading.current_thread() is not threading.main_thread():
+            return self
         for signum in (signal.SIGINT, signal.SIGTERM):
             self._previous[signum] = signal.signal(signum, self._handle)
         return self

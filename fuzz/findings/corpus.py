@@ -43,6 +43,8 @@ __all__ = [
     "Entry",
     "KnownBugs",
     "entry_for",
+    "entry_from_text",
+    "entry_text",
     "known_bugs",
     "load_corpus",
     "load_entry",
@@ -308,15 +310,7 @@ def rewrite_entry(path: str | os.PathLike, entry: Entry) -> Path:
 
 
 def _write(path: Path, entry: Entry) -> Path:
-    data = _converter.unstructure(entry)
-    for optional in ("cuda", "explanation", "unfinished"):
-        if not data[optional]:
-            del data[
-                optional
-            ]  # never checked on a GPU, never explained, finished: entries written before keep their text
-    if not data["whole_pool"]:
-        del data["whole_pool"]  # likewise: only a framework target's entries say it
-    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    text = entry_text(entry)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".partial", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as handle:
@@ -330,23 +324,43 @@ def _write(path: Path, entry: Entry) -> Path:
     return path
 
 
+def entry_text(entry: Entry) -> str:
+    """``entry`` as its file holds it (``entry_from_text`` reads it back)."""
+    data = _converter.unstructure(entry)
+    for optional in ("cuda", "explanation", "unfinished"):
+        if not data[optional]:
+            del data[
+                optional
+            ]  # never checked on a GPU, never explained, finished: entries written before keep their text
+    if not data["whole_pool"]:
+        del data["whole_pool"]  # likewise: only a framework target's entries say it
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
 def load_entry(path: str | os.PathLike) -> Entry:
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise CorpusError(f"{path}: cannot read: {exc}") from None
+    return entry_from_text(text, source=str(path))
+
+
+def entry_from_text(text: str, *, source: str) -> Entry:
+    """The entry ``text`` holds (a file's, or one sent by a fleet's campaign); a ``CorpusError`` naming ``source``."""
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise CorpusError(f"{path}: not valid JSON (truncated or hand-edited?): {exc}") from None
+        raise CorpusError(f"{source}: not valid JSON (truncated or hand-edited?): {exc}") from None
     if not isinstance(data, dict):
-        raise CorpusError(f"{path}: a corpus entry is a JSON object, got {type(data).__name__}")
+        raise CorpusError(f"{source}: a corpus entry is a JSON object, got {type(data).__name__}")
     version = data.get("schema_version")
     if version != ENTRY_SCHEMA_VERSION:
-        raise CorpusError(f"{path}: entry schema_version {version!r}, this shardfuzz reads {ENTRY_SCHEMA_VERSION}")
+        raise CorpusError(f"{source}: entry schema_version {version!r}, this shardfuzz reads {ENTRY_SCHEMA_VERSION}")
     try:
         return _converter.structure(data, Entry)
     except Exception as exc:
-        raise CorpusError(f"{path}: {describe_structure_error(exc, 'entry')}") from None
+        raise CorpusError(f"{source}: {describe_structure_error(exc, 'entry')}") from None
 
 
 def load_corpus(directory: str | os.PathLike) -> tuple[list[tuple[Path, Entry]], list[str]]:

@@ -14,7 +14,7 @@ import itertools
 import json
 import xml.etree.ElementTree as ET
 
-__all__ = ["markdown", "junit_xml", "html_page", "headline", "FORMATS"]
+__all__ = ["markdown", "junit_xml", "html_page", "headline", "campaign_rows", "FORMATS"]
 
 
 def headline(report: dict) -> str:
@@ -41,6 +41,24 @@ def _known_bugs(report: dict) -> str:
     return f"{len(bugs)} known bug(s)" + (f" in {len(hit)} entries" if len(hit) != len(bugs) else "")
 
 
+def campaign_rows(report: dict) -> list[tuple[str, int, str, str, str]]:
+    """One row per campaign of a merged report (``run --workers``, ``fleet``; [] for one campaign): its name (with
+    its attempt where Ray restarted it), cases, rate, where it ran and how it ended."""
+    rows = report.get("worker_reports") or []
+    if len(rows) < 2 and not any(row.get("attempt") for row in rows):
+        return []
+    return [
+        (
+            f"campaign {row.get('worker')}" + (f", attempt {row['attempt']}" if row.get("attempt") else ""),
+            row.get("cases_run") or 0,
+            f"{(row.get('cases_run') or 0) / max(row.get('wall_seconds') or 0, 1e-9):.1f}/s",
+            row.get("node") or "-",
+            row.get("stopped") or "-",
+        )
+        for row in rows
+    ]
+
+
 def _cell(text) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -58,6 +76,10 @@ def markdown(report: dict) -> str:
         lines += [f"- saved under {across['save']}", f"- loaded under {across['load']}"]
         lines += [f"- left out (one torch lacks it): {name}: {why}" for name, why in across["left_out"].items()]
         lines += [f"- continuation: {across['continuation']}", ""]
+    campaigns = campaign_rows(report)
+    if campaigns:
+        lines += ["## Campaigns", "", "| campaign | cases | cases/s | node | ended |", "|---|---|---|---|---|"]
+        lines += [f"| {' | '.join(_cell(cell) for cell in row)} |" for row in campaigns] + [""]
     lines += ["## New failures", ""]
     if report["failures"]:
         lines += [
@@ -135,6 +157,10 @@ def junit_xml(report: dict) -> str:
     out = ET.SubElement(run, "system-out")
     out.text = headline(report)
     cases += 1
+    for name, count, rate, node, ended in campaign_rows(report):
+        campaign = ET.SubElement(suite, "testcase", classname="shardfuzz.search.campaign", name=name)
+        ET.SubElement(campaign, "system-out").text = f"{count} cases ({rate}) on {node}, ended: {ended}"
+        cases += 1
     suite.set("tests", str(cases))
     suite.set("failures", str(len(report["failures"])))
     suite.set("skipped", str(len(report.get("known_failures", []))))
@@ -282,6 +308,14 @@ def html_page(report: dict) -> str:
         for dim, values in report.get("coverage", {}).items()
     )
     plots = "".join(f"<h2>{esc(title)}</h2>\n{svg}\n" for title, svg in _plots(report))
+    campaigns = "".join(
+        "<tr>" + "".join(f"<td>{esc(str(cell))}</td>" for cell in row) + "</tr>" for row in campaign_rows(report)
+    )
+    if campaigns:
+        campaigns = (
+            "<h2>Campaigns</h2>\n<table><tr><th>campaign</th><th>cases</th><th>cases/s</th><th>node</th><th>ended</th>"
+            f"</tr>{campaigns}</table>\n"
+        )
     time_rows = (
         "".join(
             f"<tr><td>{esc(name)}</td><td>{seconds:.1f}</td><td>{100 * share:.1f}%</td></tr>"
@@ -304,7 +338,7 @@ table.heat td{{font-size:75%;text-align:center;min-width:3em}}table.heat th{{tex
 <p>{esc(headline(report))}</p>
 <p>world size {report.get("world_size")}, target <code>{esc(str(report.get("target")))}</code>,
 seed {report.get("seed")} (repeat it with <code>--seed {report.get("seed")}</code>), database <code>{esc(str(report.get("database") or "none"))}</code></p>
-{plots}
+{campaigns}{plots}
 <h2>New failures</h2>
 <table><tr><th>class</th><th>summary</th><th>hits</th><th>shrunk</th><th>reproducer</th></tr>{rows}</table>
 <h2>Known torch bugs hit</h2>

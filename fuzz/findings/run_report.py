@@ -127,7 +127,7 @@ def _elapsed(result) -> float:
 
 
 def merge_reports(reports: list[dict], *, meta: dict) -> dict:
-    """One report for several workers' campaigns (``run --workers``): counts add, findings unite."""
+    """One report for several campaigns (``run --workers``, ``fleet``): counts add, findings unite."""
     merged = {
         "schema_version": SCHEMA_VERSION,
         **meta,
@@ -162,8 +162,10 @@ def merge_reports(reports: list[dict], *, meta: dict) -> dict:
     merged["rounds_filtered_out"] = sum(r.get("rounds_filtered_out", 0) for r in reports)
     merged["probe_draws"] = sum(r.get("probe_draws", 0) for r in reports)
     merged["steering"] = [item for r in reports for item in r.get("steering", [])]
-    merged["worker_reports"] = [
-        {k: r.get(k) for k in ("worker", "cases_run", "wall_seconds", "stopped")} for r in reports
+    merged["worker_reports"] = [  # a fleet's campaign also says which attempt and where (``fleet.campaign``)
+        {k: r.get(k) for k in ("worker", "cases_run", "wall_seconds", "stopped")}
+        | {k: r[k] for k in ("attempt", "node") if k in r}
+        for r in reports
     ]
     return merged
 

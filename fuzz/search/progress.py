@@ -56,7 +56,7 @@ class Progress:
             f"[{_clock(elapsed)} / {_clock(self.budget)}] {snapshot.get('activity', 'drawing')}: "
             f"{snapshot['cases_run']} cases ({snapshot['cases_run'] / max(elapsed, 1e-9):.1f}/s); "
             f"new: {_new_findings(snapshot)}; known hits: {known}; coverage {reached}/{offered} values"
-            f"{_pairs(snapshot)}"
+            f"{_pairs(snapshot)}{''.join(f'; {name} {rate}' for name, rate in _per_campaign(snapshot))}"
         )
 
     def _panel(self, snapshot: dict):
@@ -82,6 +82,8 @@ class Progress:
             values = snapshot.get("coverage", {}).get(dim)
             if values:
                 table.add_row(f"  {dim}", " ".join(f"{v}:{n}" for v, n in values.items()))
+        for name, rate in _per_campaign(snapshot):
+            table.add_row(f"  {name}", rate)
         slow = snapshot.get("slowest_recent_case") or {}
         if slow.get("case"):
             table.add_row("slowest recent", f"{slow['seconds']:.2f} s  {slow['case']}")
@@ -109,6 +111,13 @@ def _new_findings(snapshot: dict) -> str:
     if pending:
         by_class += f"{' + ' if by_class else ''}{pending} being shrunk"
     return by_class or "none"
+
+
+def _per_campaign(snapshot: dict) -> list[tuple[str, str]]:
+    """Each campaign's cases and rate, in a merged snapshot of several (``run --workers``, ``fleet``)."""
+    from shardfuzz.findings.render import campaign_rows
+
+    return [(name, f"{cases} cases ({rate})") for name, cases, rate, _, _ in campaign_rows(snapshot)]
 
 
 def _reached(snapshot: dict) -> tuple[int, int]:

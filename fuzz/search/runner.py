@@ -21,13 +21,15 @@ from shardfuzz.findings.campaign_result import CampaignResult, Finding
 from shardfuzz.findings.report_output import print_summary, write_reports
 from shardfuzz.search.expectations import expectations
 from shardfuzz.search.run_config import RunConfig
+from shardfuzz.search.run_setup import campaign_devices, user_model
+from shardfuzz.search.sink import RunSink
 from shardfuzz.search.steering import Expectation
 from shardfuzz.verdict import Verdict
 
 if TYPE_CHECKING:  # the campaign's modules import Hypothesis, which a torchrun follower never imports
     from shardfuzz.search.campaign_settings import CampaignSettings
 
-__all__ = ["run_command", "campaign_devices", "ABANDON_GRACE"]
+__all__ = ["run_command", "ABANDON_GRACE"]
 
 #: The most of a run's budget one finding's explanation may take (``--explain-budget`` caps it in seconds too).
 EXPLAIN_SHARE = 0.1
@@ -39,23 +41,11 @@ ABANDON_GRACE = 3.0
 STEER_AFTER = 1
 
 
-def campaign_devices(device: str) -> tuple[tuple[str, ...], str]:
-    """The devices a campaign's sides are drawn on for ``--device``, and why not ('' when fine).
+def run_command(config: RunConfig, *, database: Any = "open", sink: RunSink | None = None) -> int:
+    """One campaign as ``config`` says, on a warm pool or (under torchrun) on torchrun's ranks; the exit code.
 
-    ``cuda`` draws both, so cases cross devices: saved on CPU ranks and loaded on GPU
-    ranks, and back."""
-    if device == "cpu":
-        return ("cpu",), ""
-    from shardfuzz.capabilities import capabilities
-
-    caps = capabilities()
-    if not caps.cuda_devices:
-        return (), f"--device cuda: no GPU to run on: {caps.off.get('device cuda', 'no CUDA device')}"
-    return ("cpu", "cuda"), ""
-
-
-def run_command(config: RunConfig) -> int:
-    """One campaign as ``config`` says, on a warm pool or (under torchrun) on torchrun's ranks; the exit code."""
+    ``database``: an example database to use instead of opening ``config.database`` (a fleet's campaign, whose
+    database the fleet's driver holds); ``sink``: where findings and report snapshots go too (``RunSink``)."""
     import os
 
     from shardfuzz.executor.torchrun import follow, in_torchrun
@@ -81,7 +71,8 @@ def run_command(config: RunConfig) -> int:
     try:
         resolve_target(target)  # fail here, with the spec named, rather than in every rank
         user_model(config.model)  # likewise the user's model factory
-        database = open_database(config.database, replay_from=config.replay_from)
+        if database == "open":
+            database = open_database(config.database, replay_from=config.replay_from)
     except (ValueError, DatabaseError) as exc:
         print(f"shardfuzz run: {exc}", file=sys.stderr)
         return 2
@@ -91,7 +82,15 @@ def run_command(config: RunConfig) -> int:
         return 2
     world_size = int(os.environ["WORLD_SIZE"]) if torchrun else config.world_size
     if not config.across_pythons:
-        run = _Run(config, target=target, torchrun=torchrun, world_size=world_size, devices=devices, database=database)
+        run = _Run(
+            config,
+            target=target,
+            torchrun=torchrun,
+            world_size=world_size,
+            devices=devices,
+            database=database,
+            sink=sink,
+        )
         return run.fuzz(budget_end)
     from shardfuzz.capabilities import common, in_force
     from shardfuzz.executor.interpreters import InterpreterError, probe
@@ -117,19 +116,6 @@ def run_command(config: RunConfig) -> int:
         return run.fuzz(budget_end)
 
 
-def user_model(spec: str | None):
-    """``--model``'s ``UserModel``, its factory imported and built on the meta device (a ``UserModelError``, a
-    ValueError naming the factory, where it cannot be used); None without ``--model``."""
-    if spec is None:
-        return None
-    from shardfuzz.case import UserModel
-    from shardfuzz.rank.model_factory import probe
-
-    model = UserModel(spec)
-    probe(spec)
-    return model
-
-
 class _Run:
     """One ``shardfuzz run`` campaign under way: its corpus and known bugs, its executor, its reports.
 
@@ -137,7 +123,16 @@ class _Run:
     knows the known bugs, its stop flag answers ``should_stop``, and it saves and reports what is found."""
 
     def __init__(
-        self, config: RunConfig, *, target: str, torchrun: bool, world_size: int, devices, database, interpreters=None
+        self,
+        config: RunConfig,
+        *,
+        target: str,
+        torchrun: bool,
+        world_size: int,
+        devices,
+        database,
+        interpreters=None,
+        sink: RunSink | None = None,
     ):
         import torch
 
@@ -148,7 +143,7 @@ class _Run:
         from shardfuzz.targets import framework_version, support_for
 
         self.config, self.target, self.torchrun, self.world_size = config, target, torchrun, world_size
-        self.devices, self.database = devices, database
+        self.devices, self.database, self.sink = devices, database, sink
         entries, problems = load_corpus(config.corpus)
         for problem in problems:
             print(f"shardfuzz: skipping corpus file: {problem}", file=sys.stderr)
@@ -199,7 +194,14 @@ class _Run:
     # --- what the campaign asks (CampaignHost, in the order it asks) ---------
 
     def should_stop(self) -> str | None:
+        self._hear_sink()
         return self.stop.reason
+
+    def _hear_sink(self) -> None:
+        """A stop the sink asks for (a fleet's driver) lands in the stop flag, as a signal's would."""
+        reason = self.sink.stop_reason() if self.sink is not None else None
+        if reason is not None:
+            self.stop.request(reason)
 
     def run_case(self, case: Case) -> Verdict:
         return self.executor.run(case)
@@ -214,13 +216,17 @@ class _Run:
 
     def on_case(self, result: CampaignResult, case: Case, verdict: Verdict) -> None:
         config = self.config
-        flush = config.report is not None and time.monotonic() - self.last_flush >= config.flush_every
+        flush = (config.report is not None or self.sink is not None) and (
+            time.monotonic() - self.last_flush >= config.flush_every
+        )
         if not (flush or self.progress.due()):
             return
         report = self.snapshot(result)
         if flush:
             self.last_flush = time.monotonic()
             write_reports(report, json_path=config.report)
+            if self.sink is not None:
+                self.sink.flushed(report)
         if self.progress.due():
             self.progress.show(report)
 
@@ -256,6 +262,8 @@ class _Run:
             whole_pool=support_for(self.target).whole_pool,
             unfinished=finding.unfinished + (("explanation",) if explaining else ()),
         )
+        if self.sink is not None:  # first: nothing that happens to this campaign from here on may lose it
+            self.sink.found(entry)
         try:
             path = save_entry(self.config.corpus, entry)
         except OSError as exc:  # the report still lists it; say where its case is, whole
@@ -302,6 +310,8 @@ class _Run:
         )
         explained = with_explanation(saved, explanation)
         rewrite_entry(path, explained)
+        if self.sink is not None:
+            self.sink.explained(explained)
         self.explanations[saved.signature] = explanation.summary()
         return explained
 
@@ -365,6 +375,7 @@ class _Run:
     def abandon(self) -> bool:
         """Give up the case in flight a few seconds after a stop was asked, or after the budget's end
         (a hang or a slow crash must not stretch the run: the budget is a promise)."""
+        self._hear_sink()
         return self.stop.overdue(ABANDON_GRACE) or time.monotonic() > self.budget_end + ABANDON_GRACE
 
     # --- the run ------------------------------------------------------------
@@ -466,6 +477,8 @@ class _Run:
         report = self.snapshot(result, final=True)
         progress.finish(report)
         write_reports(report, json_path=config.report, directory=config.report_dir)
+        if self.sink is not None:
+            self.sink.flushed(report)
         if config.pairs is not None and config.workers == 1:
             config.pairs.write_text("".join(f"{a}\t{b}\n" for a, b in sorted(result.reached_pairs)))
         print_summary(report)
