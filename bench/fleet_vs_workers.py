@@ -7,6 +7,12 @@ cases each ran in the budget (from its merged JSON report), cases per second of 
 the whole command (Ray's start included).
 
     python bench/fleet_vs_workers.py --budget 120 --campaigns 2 --world-size 2 --rounds 2 --seed 1
+    python bench/fleet_vs_workers.py --max-cases 60 --campaigns 2 --world-size 2 --rounds 2 --seed 1
+
+With ``--max-cases`` each campaign stops after that many cases (the budget only a ceiling) and what counts is
+the command's wall time: a seed's draws depend on what its earlier cases did and when, so two runs of one seed
+in a budget may run very different cases (a campaign ran 41 cases in one 120 s run and 122 in another); a fixed
+count of the same seed's cases is the closer comparison of what each launcher costs.
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ def _command(kind: str, args, scratch: Path) -> list[str]:
         "--plain",
         "--exit-zero",
     ]
+    if args.max_cases:
+        common += ["--max-cases", str(args.max_cases)]
     if kind == "workers":
         return [sys.executable, "-m", "shardfuzz", "run", "--workers", str(args.campaigns), *common]
     return [sys.executable, "-m", "shardfuzz", "fleet", "--campaigns", str(args.campaigns), *common]
@@ -60,7 +68,8 @@ def _one(kind: str, args) -> dict:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     per = [row.get("cases_run") or 0 for row in report.get("worker_reports", [])]
-    return {"kind": kind, "cases": report["cases_run"], "per_campaign": per, "wall": wall}
+    spent = {name: round(item["seconds"]) for name, item in report.get("time_spent", {}).items() if item["seconds"]}
+    return {"kind": kind, "cases": report["cases_run"], "per_campaign": per, "wall": wall, "spent": spent}
 
 
 def main() -> None:
@@ -70,6 +79,7 @@ def main() -> None:
     parser.add_argument("--world-size", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--max-cases", type=int, default=0, help="cases per campaign (0: as many as the budget runs)")
     args = parser.parse_args()
     results = []
     for round_ in range(args.rounds):
@@ -80,12 +90,16 @@ def main() -> None:
             print(
                 f"round {round_ + 1} {kind:8s}: {result['cases']:5d} cases in a {args.budget:.0f} s budget "
                 f"({result['cases'] / args.budget:.2f}/s), per campaign {result['per_campaign']}, "
-                f"command wall {result['wall']:.1f} s",
+                f"command wall {result['wall']:.1f} s; campaign seconds by what: {result['spent']}",
                 flush=True,
             )
     for kind in ("workers", "fleet"):
         cases = [r["cases"] for r in results if r["kind"] == kind]
-        print(f"{kind:8s}: {sum(cases) / len(cases):.1f} cases a run ({sum(cases) / len(cases) / args.budget:.2f}/s)")
+        walls = [r["wall"] for r in results if r["kind"] == kind]
+        print(
+            f"{kind:8s}: {sum(cases) / len(cases):.1f} cases a run ({sum(cases) / len(cases) / args.budget:.2f}/s "
+            f"of budget), command wall {sum(walls) / len(walls):.1f} s ({sum(cases) / sum(walls):.2f} cases/s of wall)"
+        )
 
 
 if __name__ == "__main__":

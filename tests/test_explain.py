@@ -55,6 +55,23 @@ def test_the_explanation_says_what_the_failure_needs_and_what_varies_freely():
     assert explanation.complete and "fails the same way at realistic widths" in explanation.summary()
 
 
+def test_dcps_other_saves_and_writer_options_are_neighbours_and_their_failures_widen_the_condition():
+    """8a9c527d met through DCP's async save counted as new: its conditions named the plain save alone, because
+    no neighbour ever tried another DCP save. A bug of every DCP save (not of Hugging Face's storage) is now
+    measured as one, and its writer options vary freely."""
+    from shardfuzz.case import HfSafetensors
+
+    rows = {change for _, change, neighbour in neighbours(CASE) if neighbour is not None}
+    assert {"dcp save -> async", "dcp save -> legacy", "thread_count -> 2", "sync_files -> False"} <= rows
+
+    def fails_through_any_dcp_save(case):
+        return Verdict("pass") if isinstance(case.storage, HfSafetensors) else ERROR
+
+    explanation = explain_case(CASE, ERROR.signature(), fails_through_any_dcp_save)
+    assert explanation.necessary["storage"] == "dcp-async|dcp-legacy|dcp-save"
+    assert {"writer_threads", "writer_sync_files", "writer_single_file_per_rank"} <= set(explanation.free)
+
+
 def test_a_failure_that_needs_an_edge_says_which():
     def needs_a_narrow_layer(case):
         narrow = min(out for _, _, out, _ in case.model.linears()) < case.load.world_size

@@ -24,6 +24,10 @@ __all__ = ["FleetCampaign", "attempt_seed"]
 
 #: A campaign does not start an attempt with less of the budget left than this: its pool would not be warm.
 LEAST_USEFUL_SECONDS = 5.0
+#: Seconds between a campaign's report snapshots to the collector. A snapshot costs the campaign more than a case
+#: (``search.progress``); it feeds the live view and the report of an attempt that dies, while each finding is
+#: sent the moment it is found, so it need not be as frequent as a ``--workers`` worker's report file (2 s).
+SNAPSHOT_EVERY = 5.0
 
 
 def attempt_seed(seed: int, campaign: int, attempt: int, campaigns: int) -> int:
@@ -34,12 +38,14 @@ def attempt_seed(seed: int, campaign: int, attempt: int, campaigns: int) -> int:
 
 class FleetCampaign:
     """Campaign ``index`` of ``campaigns``: ``config`` as the driver parsed it (its ``seed`` the fleet's), the
-    ``collector`` and ``database`` (a ``HeldDatabase``, None, or "open" for a Redis each campaign opens)
-    handles, and ``end``, the fleet's budget's end in wall-clock seconds (``time.time``)."""
+    name of the fleet's ``collector`` actor and the ``database`` (a ``HeldDatabase``, None, or "open" for a Redis
+    each campaign opens). The collector says when its budget ends (counted from its first start)."""
 
-    def __init__(self, index: int, campaigns: int, config: RunConfig, collector, database, end: float):
+    def __init__(self, index: int, campaigns: int, config: RunConfig, collector: str, database):
+        import ray
+
         self.index, self.campaigns, self.config = index, campaigns, config
-        self.collector, self.database, self.end = collector, database, end
+        self.collector, self.database = ray.get_actor(collector), database
         self.stopping: str | None = None
 
     def stop(self, reason: str) -> None:
@@ -52,14 +58,14 @@ class FleetCampaign:
 
         from shardfuzz.search.runner import run_command
 
-        attempt = ray.get(self.collector.start.remote(self.index))
+        attempt, end = ray.get(self.collector.start.remote(self.index))
         scratch = Path(tempfile.mkdtemp(prefix=f"shardfuzz-fleet-{self.index}-{attempt}-"))
         corpus = scratch / "corpus"
         corpus.mkdir()
         for name, text in ray.get(self.collector.corpus_texts.remote()).items():
             (corpus / name).write_text(text)
         outcome = {"campaign": self.index, "attempt": attempt, "node": socket.gethostname()}
-        budget = self.end - time.time()
+        budget = end - time.time()
         if budget < LEAST_USEFUL_SECONDS:
             shutil.rmtree(scratch, ignore_errors=True)
             return {**outcome, "code": 0, "skipped": f"{max(budget, 0):.0f} s of the budget left"}
@@ -71,7 +77,7 @@ class FleetCampaign:
             report=None,
             report_dir=None,
             pairs=None,
-            flush_every=2.0,
+            flush_every=SNAPSHOT_EVERY,
             plain=True,
             worker_index=self.index,
         )

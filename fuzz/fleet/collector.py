@@ -9,18 +9,21 @@ served one at a time, so two findings never interleave their read-merge-write of
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
-from shardfuzz.findings.corpus import entry_from_text, load_corpus, load_entry, rewrite_entry, save_entry
+from shardfuzz.findings.corpus import entry_from_text, load_entry, rewrite_entry, save_entry
 
 __all__ = ["Collector"]
 
 
 class Collector:
-    """``corpus``: the fleet's corpus directory, on this machine."""
+    """``corpus``: the fleet's corpus directory, on this machine; ``budget``: each campaign's seconds, counted
+    from its first start (as ``run --workers`` counts each worker's from its own), restarts included."""
 
-    def __init__(self, corpus: str):
-        self.corpus = Path(corpus)
+    def __init__(self, corpus: str, budget: float):
+        self.corpus, self.budget = Path(corpus), budget
+        self.ends: dict[int, float] = {}  # campaign -> when its budget ends (time.time())
         self.corpus.mkdir(parents=True, exist_ok=True)
         self.attempts: dict[int, int] = {}  # campaign -> its latest attempt (0: first start; 1 on: restarts)
         self.saved: dict[tuple[int, int, str], str] = {}  # (campaign, attempt, signature) -> its entry's file name
@@ -28,18 +31,22 @@ class Collector:
         self.news: list[str] = []
         self.stopping: str | None = None
 
-    def start(self, campaign: int) -> int:
-        """A campaign (re)starting: its attempt number, 0 the first time; a restart is news."""
+    def start(self, campaign: int) -> tuple[int, float]:
+        """A campaign (re)starting: its attempt number (0 the first time; a restart is news) and when its budget
+        ends, in ``time.time()`` seconds."""
         attempt = self.attempts.get(campaign, -1) + 1
         self.attempts[campaign] = attempt
+        end = self.ends.setdefault(campaign, time.time() + self.budget)
         if attempt:
             self.news.append(f"campaign {campaign} restarted (attempt {attempt}): its actor or node had died")
-        return attempt
+        return attempt, end
 
     def corpus_texts(self) -> dict[str, str]:
-        """The fleet's corpus as file name -> text, for a campaign to start from (its known bugs)."""
-        entries, _ = load_corpus(self.corpus)
-        return {path.name: path.read_text() for path, _ in entries}
+        """The fleet's corpus as file name -> text, for a campaign to start from (its known bugs). Read, not parsed:
+        the campaign parses them (and names a bad file) as any run does, while the collector serves the others."""
+        return {
+            path.name: path.read_text() for path in sorted(self.corpus.glob("*.json")) if not path.name.startswith(".")
+        }
 
     def found(self, campaign: int, attempt: int, text: str) -> str:
         """Save a campaign's new finding (``entry_text``) into the fleet's corpus; the file it is in."""
@@ -70,10 +77,11 @@ class Collector:
     def flushed(self, campaign: int, attempt: int, report: dict) -> None:
         self.reports[(campaign, attempt)] = report
 
-    def poll(self) -> tuple[list[str], list[dict]]:
-        """The news since the last poll, and every attempt's latest report snapshot (by campaign, attempt)."""
+    def poll(self, reports: bool = True) -> tuple[list[str], list[dict]]:
+        """The news since the last poll, and (``reports``) every attempt's latest report snapshot, by campaign and
+        attempt ([] without: the snapshots are the bulk of what crosses, so the driver asks only when it shows)."""
         news, self.news = self.news, []
-        return news, [self.reports[key] for key in sorted(self.reports)]
+        return news, [self.reports[key] for key in sorted(self.reports)] if reports else []
 
     def request_stop(self, reason: str) -> None:
         self.stopping = self.stopping or reason

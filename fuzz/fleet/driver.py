@@ -12,10 +12,12 @@ them at once; the report is written from their last snapshots either way.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import sys
 import time
+import uuid
 
 from shardfuzz.executor.stop import EXIT_CODES, StopFlag
 from shardfuzz.fleet.options import FleetOptions
@@ -83,13 +85,14 @@ def _join(ray, options: FleetOptions, world_size: int) -> str:
     cpus, gpus = options.cpus(world_size) * options.campaigns, options.gpus_per_campaign * options.campaigns
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a local cluster sends nothing anywhere unless asked
     quiet = {"log_to_driver": False, "logging_level": "ERROR", "include_dashboard": False}
-    if options.address is None:  # a local cluster: declare what the fleet needs, at least this machine's cores
-        ray.init(num_cpus=max(os.cpu_count() or 1, int(cpus + 0.999)), **quiet)
-    else:
-        try:
+    try:
+        if options.address is None:  # a local cluster: declare what the fleet needs, at least this machine's cores
+            ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(cpus)), **quiet)  # GPUs: those Ray finds
+        else:
             ray.init(address=options.address, **quiet)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            return f"cannot join the Ray cluster at {options.address!r}: {exc}"
+    except Exception as exc:  # Ray raises several kinds (ConnectionError, RuntimeError, its own) for one problem
+        where = f"join the Ray cluster at {options.address!r}" if options.address else "start a local Ray cluster"
+        return f"cannot {where}: {type(exc).__name__}: {exc}"
     have = ray.cluster_resources()
     short = [
         f"{need:g} {name} ({options.campaigns} campaigns x {need / options.campaigns:g}) but the cluster has "
@@ -106,14 +109,20 @@ class _Fleet:
     def __init__(self, ray, config: RunConfig, options: FleetOptions):
         self.ray, self.config, self.options = ray, config, options
         self.stop = StopFlag()
-        self.end = time.time() + config.budget
+        self.end = time.time() + config.budget  # the campaigns' ends are a little later: each counts from its start
         here = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(
             ray.get_runtime_context().get_node_id(), soft=False
         )
         from shardfuzz.fleet.collector import Collector
 
-        self.collector = ray.remote(num_cpus=0, scheduling_strategy=here)(Collector).remote(str(config.corpus))
-        self.database = self._database(here)
+        # Named, and found by name: an actor that Ray may restart must not take actor handles as arguments
+        # (ray-project/ray#53727: its restart fails once they go out of scope).
+        run_id = uuid.uuid4().hex[:12]
+        self.collector_name = f"shardfuzz-collector-{run_id}"
+        self.collector = ray.remote(num_cpus=0, scheduling_strategy=here, name=self.collector_name)(Collector).remote(
+            str(config.corpus), config.budget
+        )
+        self.database = self._database(here, run_id)
         from shardfuzz.fleet.campaign import FleetCampaign
 
         actor = ray.remote(
@@ -125,7 +134,7 @@ class _Fleet:
             scheduling_strategy="SPREAD",
         )(FleetCampaign)
         self.campaigns = [
-            actor.remote(index, options.campaigns, config, self.collector, self.database, self.end)
+            actor.remote(index, options.campaigns, config, self.collector_name, self.database)
             for index in range(options.campaigns)
         ]
         self.meta = {
@@ -140,26 +149,31 @@ class _Fleet:
             "database": config.database,
         }
 
-    def _database(self, here):
-        """What each campaign gets as its example database: "open" (a Redis each opens), None, or the driver's."""
+    def _database(self, here, run_id: str):
+        """What each campaign gets as its example database: "open" (a Redis each opens), None, or the driver's
+        (a ``HeldDatabase``: the name of the actor that serves it)."""
         spec = self.config.database
         if spec is None or spec.lower() == "none":
-            return None if self.config.replay_from is None else self._held(here, "none")
+            return None if self.config.replay_from is None else self._held(here, "none", run_id)
         if spec.startswith(("redis://", "rediss://", "unix://")):
             return "open"
-        return self._held(here, spec)
+        return self._held(here, spec, run_id)
 
-    def _held(self, here, spec: str):
+    def _held(self, here, spec: str, run_id: str):
         from shardfuzz.fleet.held_database import DatabaseHost, HeldDatabase
 
-        host = self.ray.remote(num_cpus=0, scheduling_strategy=here)(DatabaseHost)
-        return HeldDatabase(host.remote(spec, self.config.replay_from))
+        name = f"shardfuzz-database-{run_id}"
+        self.database_host = self.ray.remote(num_cpus=0, scheduling_strategy=here, name=name)(DatabaseHost).remote(
+            spec, self.config.replay_from
+        )
+        return HeldDatabase(name)
 
     def run(self) -> int:
         from shardfuzz.findings.report_output import print_summary, write_reports
         from shardfuzz.search.progress import Progress
 
         progress = Progress(self.config.budget, plain=self.config.plain or None)
+        progress.every = max(progress.every, 2.0)  # the panel too: the campaigns' snapshots come every few seconds
         pending = {campaign.run.remote(): index for index, campaign in enumerate(self.campaigns)}
         outcomes: dict[int, dict] = {}
         try:
@@ -194,10 +208,11 @@ class _Fleet:
                 outcomes[index] = self._outcome(index, reference)
             if time.monotonic() - last_poll >= POLL_EVERY:
                 last_poll = time.monotonic()
-                news, reports = ray.get(self.collector.poll.remote())
+                showing = progress.due()
+                news, reports = ray.get(self.collector.poll.remote(reports=showing))
                 for line in news:
                     progress.message(line)
-                if reports and progress.due():
+                if reports:
                     progress.show(merge_reports(reports, meta=self.meta))
             if asked is None and (self.stop or time.time() > self.end + BUDGET_GRACE):
                 reason = self.stop.reason or "SIGTERM"

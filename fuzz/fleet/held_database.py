@@ -37,11 +37,21 @@ class DatabaseHost:
 
 
 class HeldDatabase(ExampleDatabase):
-    """A campaign's view of a ``DatabaseHost`` actor (``host``: its Ray handle)."""
+    """A campaign's view of the ``DatabaseHost`` actor named ``name`` (found by name when first used: a handle
+    would have to be an argument of the campaign's actor, which Ray cannot restart then)."""
 
-    def __init__(self, host) -> None:
+    def __init__(self, name: str) -> None:
         super().__init__()
-        self.host = host
+        self.name = name
+        self._host = None
+
+    @property
+    def host(self):
+        if self._host is None:
+            import ray
+
+            self._host = ray.get_actor(self.name)
+        return self._host
 
     def __repr__(self) -> str:
         return "HeldDatabase(the fleet driver's)"

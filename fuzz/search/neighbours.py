@@ -15,6 +15,7 @@ import attrs
 from shardfuzz.capabilities import capabilities
 from shardfuzz.case import (
     CHECKS,
+    DCP_APIS,
     DDP,
     DTYPES,
     FSDP1,
@@ -29,6 +30,8 @@ from shardfuzz.case import (
     TP,
     Block,
     Case,
+    Dcp,
+    HfSafetensors,
     Linear,
     LowBitAdamW,
     Model,
@@ -129,6 +132,34 @@ def or_none(instance, **changes):
 EXPLAINED_STEPS = 3
 
 
+def _storage_neighbours(case: Case) -> Iterator[tuple[str, str, Case | None]]:
+    """The other storage kinds at their defaults, and the case's own kind with each option changed: DCP's other
+    save APIs (legacy, async) and writer options, the Hugging Face writer with or without consolidation. A bug met
+    through one DCP save is then measured on the others, and its conditions name the ones it needs."""
+    storage = case.storage
+    for kind in STORAGE_CLASSES:
+        if type(storage) is not kind:
+            yield "storage", f"{type(storage).__name__} -> {kind.__name__}", or_none(case, storage=kind())
+    if isinstance(storage, Dcp):
+        for api in DCP_APIS:
+            if api != storage.api:
+                yield "storage", f"dcp {storage.api} -> {api}", or_none(case, storage=attrs.evolve(storage, api=api))
+        threads = 2 if storage.thread_count == 1 else 1
+        for label, change, changed in (  # each option under its ``dimensions`` label
+            (
+                "writer_single_file_per_rank",
+                "single_file_per_rank",
+                {"single_file_per_rank": not storage.single_file_per_rank},
+            ),
+            ("writer_threads", "thread_count", {"thread_count": threads}),
+            ("writer_sync_files", "sync_files", {"sync_files": not storage.sync_files}),
+        ):
+            yield label, f"{change} -> {changed[change]}", or_none(case, storage=attrs.evolve(storage, **changed))
+    elif isinstance(storage, HfSafetensors):
+        consolidated = not storage.consolidated
+        yield "storage", f"consolidated -> {consolidated}", or_none(case, storage=HfSafetensors(consolidated))
+
+
 def _case_neighbours(case: Case) -> Iterator[tuple[str, str, Case | None]]:
     name = case.optimizer.torch_class()
     # torchao's low-bit AdamW in each bit width it offers here (where it is installed), torch's kinds at their defaults
@@ -155,9 +186,7 @@ def _case_neighbours(case: Case) -> Iterator[tuple[str, str, Case | None]]:
         )
     if case.load_mutation is not None:
         yield "load_mutation", f"{case.load_mutation} -> none", or_none(case, load_mutation=None)
-    for storage in STORAGE_CLASSES:
-        if type(case.storage) is not storage:
-            yield "storage", f"{type(case.storage).__name__} -> {storage.__name__}", or_none(case, storage=storage())
+    yield from _storage_neighbours(case)
     yield (
         "ignore_frozen_params",
         f"ignore_frozen_params -> {not case.ignore_frozen_params}",
