@@ -12,7 +12,9 @@ the whole command (Ray's start included).
 With ``--max-cases`` each campaign stops after that many cases (the budget only a ceiling) and what counts is
 the command's wall time: a seed's draws depend on what its earlier cases did and when, so two runs of one seed
 in a budget may run very different cases (a campaign ran 41 cases in one 120 s run and 122 in another); a fixed
-count of the same seed's cases is the closer comparison of what each launcher costs.
+count of the same seed's cases is the closer comparison of what each launcher costs. ``--address auto`` runs the
+fleet on a cluster already started (``ray start --head --num-cpus 4``), as a fleet runs on a real one: Ray's own
+start is then not the fleet's.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ def _command(kind: str, args, scratch: Path) -> list[str]:
         common += ["--max-cases", str(args.max_cases)]
     if kind == "workers":
         return [sys.executable, "-m", "shardfuzz", "run", "--workers", str(args.campaigns), *common]
-    return [sys.executable, "-m", "shardfuzz", "fleet", "--campaigns", str(args.campaigns), *common]
+    address = ["--address", args.address] if args.address else []
+    return [sys.executable, "-m", "shardfuzz", "fleet", "--campaigns", str(args.campaigns), *address, *common]
 
 
 def _one(kind: str, args) -> dict:
@@ -80,6 +83,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--max-cases", type=int, default=0, help="cases per campaign (0: as many as the budget runs)")
+    parser.add_argument(
+        "--address",
+        default=None,
+        help="run the fleet on this running Ray cluster (`ray start --head` first), not a local one",
+    )
     args = parser.parse_args()
     results = []
     for round_ in range(args.rounds):
