@@ -143,6 +143,14 @@ def _new_entries(tmp_path: Path) -> list:
     ]
 
 
+def test_a_database_the_driver_cannot_open_stops_the_fleet_before_any_campaign(tmp_path):
+    _needs_ray()
+    (tmp_path / "examples").write_text("a file, not a directory")
+    proc = subprocess.run(_fleet(tmp_path, "--budget", "20"), env=_env(tmp_path), capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "the fleet's example database did not start" in proc.stderr and "is a file, not a directory" in proc.stderr
+
+
 @pytest.mark.ranks
 def test_two_campaigns_find_one_bug_into_one_corpus_entry_and_one_report(fleet_dir):
     _needs_ray()

@@ -59,7 +59,12 @@ def run_fleet(config: RunConfig, options: FleetOptions) -> int:
         ray.shutdown()
         return 2
     try:
-        return _Fleet(ray, config, options).run()
+        fleet = _Fleet(ray, config, options)
+        why_not = fleet.ready()
+        if why_not:
+            print(f"shardfuzz fleet: {why_not}", file=sys.stderr)
+            return 2
+        return fleet.run()
     finally:
         ray.shutdown()
 
@@ -122,21 +127,9 @@ class _Fleet:
         self.collector = ray.remote(num_cpus=0, scheduling_strategy=here, name=self.collector_name)(Collector).remote(
             str(config.corpus), config.budget
         )
+        self.database_host = None
         self.database = self._database(here, run_id)
-        from shardfuzz.fleet.campaign import FleetCampaign
-
-        actor = ray.remote(
-            num_cpus=options.cpus(config.world_size),
-            num_gpus=options.gpus_per_campaign,
-            max_restarts=options.max_restarts,
-            max_task_retries=options.max_restarts,
-            max_concurrency=2,  # run, and stop beside it
-            scheduling_strategy="SPREAD",
-        )(FleetCampaign)
-        self.campaigns = [
-            actor.remote(index, options.campaigns, config, self.collector_name, self.database)
-            for index in range(options.campaigns)
-        ]
+        self.campaigns: list = []
         self.meta = {
             "torch": _torch_version(),
             "budget_seconds": config.budget,
@@ -148,6 +141,37 @@ class _Fleet:
             "address": options.address or "local",
             "database": config.database,
         }
+
+    def ready(self) -> str:
+        """Start the campaigns once the collector and the driver's database answer (a campaign finds them by name,
+        which Ray registers as they start); why not, where one of them cannot start (a database path that is a
+        file, say), or ''."""
+        for what, probe in (
+            ("collector", lambda: self.collector.poll.remote(reports=False)),
+            ("example database", lambda: self.database_host and self.database_host.fetch.remote(b"ready")),
+        ):
+            try:
+                reference = probe()
+                if reference is not None:
+                    self.ray.get(reference)
+            except Exception as exc:  # Ray wraps the actor's own error (a DatabaseError, an OSError) in its own
+                return f"the fleet's {what} did not start: {getattr(exc, 'cause', None) or exc}"
+        from shardfuzz.fleet.campaign import FleetCampaign
+
+        config, options = self.config, self.options
+        actor = self.ray.remote(
+            num_cpus=options.cpus(config.world_size),
+            num_gpus=options.gpus_per_campaign,
+            max_restarts=options.max_restarts,
+            max_task_retries=options.max_restarts,
+            max_concurrency=2,  # run, and stop beside it
+            scheduling_strategy="SPREAD",
+        )(FleetCampaign)
+        self.campaigns = [  # started here: their budgets count from their own starts
+            actor.remote(index, options.campaigns, config, self.collector_name, self.database)
+            for index in range(options.campaigns)
+        ]
+        return ""
 
     def _database(self, here, run_id: str):
         """What each campaign gets as its example database: "open" (a Redis each opens), None, or the driver's
