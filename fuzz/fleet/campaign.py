@@ -18,6 +18,7 @@ from pathlib import Path
 
 import attrs
 
+from shardfuzz.executor.stop import EXIT_CODES
 from shardfuzz.search.run_config import RunConfig
 
 __all__ = ["FleetCampaign", "attempt_seed"]
@@ -69,24 +70,20 @@ class FleetCampaign:
         if budget < LEAST_USEFUL_SECONDS:
             shutil.rmtree(scratch, ignore_errors=True)
             return {**outcome, "code": 0, "skipped": f"{max(budget, 0):.0f} s of the budget left"}
-        config = attrs.evolve(
-            self.config,
-            seed=attempt_seed(self.config.seed or 0, self.index, attempt, self.campaigns),
+        seed = attempt_seed(self.config.seed or 0, self.index, attempt, self.campaigns)
+        config = attrs.evolve(  # a worker's config, but its report goes to the collector (the sink), not a file
+            self.config.for_worker(self.index, seed=seed, report=None),
             corpus=corpus,
             budget=budget,
-            report=None,
-            report_dir=None,
             pairs=None,
             flush_every=SNAPSHOT_EVERY,
-            plain=True,
-            worker_index=self.index,
         )
         log = scratch / "campaign.log"
         sink = _CollectorSink(self, attempt)
         with open(log, "w") as out, contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
             code = run_command(config, database=self.database, sink=sink)
         outcome.update(code=code, log=str(log))
-        if code not in (0, 1, 130, 143):
+        if code not in (0, 1, *EXIT_CODES.values()):  # ended otherwise than a campaign ends
             outcome["log_tail"] = log.read_text(errors="replace").splitlines()[-15:]
         else:
             shutil.rmtree(scratch, ignore_errors=True)

@@ -20,7 +20,9 @@ import time
 import uuid
 
 from shardfuzz.executor.stop import EXIT_CODES, StopFlag
+from shardfuzz.executor.torchrun import in_torchrun
 from shardfuzz.fleet.options import FleetOptions
+from shardfuzz.search.database import on_a_server
 from shardfuzz.search.run_config import RunConfig
 
 __all__ = ["run_fleet", "STOP_GRACE", "BUDGET_GRACE"]
@@ -74,7 +76,7 @@ def _refusal(config: RunConfig) -> str:
         return "--workers is the one-machine scale-out; a fleet's campaigns are --campaigns"
     if config.across_pythons:
         return "--save-python/--load-python (two torches) are not run as a fleet yet; use shardfuzz run"
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+    if in_torchrun():
         return "run the fleet's driver as a plain command, not under torchrun: each campaign starts its own ranks"
     return ""
 
@@ -179,7 +181,7 @@ class _Fleet:
         spec = self.config.database
         if spec is None or spec.lower() == "none":
             return None if self.config.replay_from is None else self._held(here, "none", run_id)
-        if spec.startswith(("redis://", "rediss://", "unix://")):
+        if on_a_server(spec):
             return "open"
         return self._held(here, spec, run_id)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["DatabaseError", "open_database", "DEFAULT_DATABASE", "REDIS_KEY_PREFIX"]
+__all__ = ["DatabaseError", "open_database", "on_a_server", "DEFAULT_DATABASE", "REDIS_KEY_PREFIX"]
 
 DEFAULT_DATABASE = ".shardfuzz/examples"
 #: Keys in a shared Redis start with this, apart from other Hypothesis users of the same server.
@@ -32,8 +32,13 @@ def open_database(spec: str | None, *, replay_from: str | None = None):
     return shared if main is None else MultiplexedDatabase(main, shared)
 
 
+def on_a_server(spec: str) -> bool:
+    """Whether ``spec`` names a database on a server (Redis), which every machine opens itself, rather than a folder."""
+    return spec.startswith(("redis://", "rediss://", "unix://"))
+
+
 def _open(spec: str):
-    if spec.startswith(("redis://", "rediss://", "unix://")):
+    if on_a_server(spec):
         return _redis(spec)
     if "://" in spec:
         raise DatabaseError(f"database {spec!r}: use a directory path, redis://HOST:PORT/N, or 'none'")

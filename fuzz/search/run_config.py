@@ -78,9 +78,9 @@ class RunConfig:
             out += [flag] if value is True else [flag, str(value)]
         return out
 
-    def for_worker(self, index: int, *, seed: int, report: Path) -> RunConfig:
-        """The config of scale-out worker ``index``: its own seed and report, flushed often, plain progress,
-        one campaign (the parent writes the merged reports)."""
+    def for_worker(self, index: int, *, seed: int, report: Path | None) -> RunConfig:
+        """The config of scale-out worker ``index`` (of ``--workers``, or a fleet's campaign): its own seed and report,
+        flushed often, plain progress, one campaign (the parent writes the merged reports)."""
         return attrs.evolve(
             self,
             seed=seed,
