@@ -29,7 +29,7 @@ def test_capabilities_lists_engines(capsys):
         (["run", "--world-size", "0"], "choose 1 to 64"),
         (["fleet", "--campaigns", "0"], "must be at least 1"),
         (["fleet", "--cpus-per-campaign", "-1"], "must be 0 or more"),
-        (["fleet", "--gpus-per-campaign", "many"], "is not a number"),
+        (["fleet", "--gpus-per-campaign", "many"], "'many' is not a number\n"),
         (["fleet", "--max-restarts", "-2"], "must be 0 or more"),
         (["frobnicate"], "invalid choice"),
     ],

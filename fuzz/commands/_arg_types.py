@@ -11,17 +11,22 @@ __all__ = [
     "integer",
     "non_negative_count",
     "non_negative_float",
+    "non_negative_number",
     "positive_float",
     "seconds",
     "world_size",
 ]
 
 
-def seconds(text: str) -> float:
+def _float(text: str, what: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+
+
+def seconds(text: str) -> float:
+    return _float(text, "a number of seconds")
 
 
 def positive_float(text: str) -> float:
@@ -31,9 +36,19 @@ def positive_float(text: str) -> float:
 
 
 def non_negative_float(text: str) -> float:
-    if seconds(text) < 0:
+    """Seconds, 0 or more."""
+    return _not_negative(seconds(text), text)
+
+
+def non_negative_number(text: str) -> float:
+    """An amount (of CPUs, of GPUs), 0 or more."""
+    return _not_negative(_float(text, "a number"), text)
+
+
+def _not_negative(value: float, text: str) -> float:
+    if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
-    return float(text)
+    return value
 
 
 DURATION_PARTS = re.compile(r"(\d+(?:\.\d*)?)([smh])")

@@ -9,7 +9,7 @@ import attrs
 from attrs import field, frozen
 from attrs.validators import ge, instance_of, optional
 
-from shardfuzz.commands._arg_types import count, non_negative_count, non_negative_float
+from shardfuzz.commands._arg_types import count, non_negative_count, non_negative_number
 
 __all__ = ["FleetOptions", "add_fleet_options"]
 
@@ -44,13 +44,13 @@ def add_fleet_options(parser: argparse.ArgumentParser) -> None:
     fleet.add_argument("--campaigns", type=count, default=2, help="campaigns at once, each its own actor (default 2)")
     fleet.add_argument(
         "--cpus-per-campaign",
-        type=non_negative_float,
+        type=non_negative_number,
         default=None,
         help="CPUs each campaign declares to Ray (default: --world-size, one core per rank)",
     )
     fleet.add_argument(
         "--gpus-per-campaign",
-        type=non_negative_float,
+        type=non_negative_number,
         default=0.0,
         help="GPUs each campaign declares to Ray (with --device cuda: one per rank that holds a GPU; default 0)",
     )
