@@ -1,6 +1,9 @@
 """Conditions on a case's dimensions: one value or several, a bug's conditions from its entries', and the
 masks that keep measured conditions."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import attrs
@@ -187,3 +190,31 @@ def test_a_costly_finding_that_is_not_a_bug_is_steered_around_without_probes():
         probes[probed] = (wanted, steering.probes["hang"])
     assert probes[True][0] == probes[True][1] > 0  # a bug's mask is probed, at the rarest rate
     assert probes[False] == (0, 0)
+
+
+_MASK_IN_A_FRESH_PROCESS = """
+from shardfuzz.case.conditions import generalize
+from shardfuzz.search.steering import separating_conditions
+labels = [f"label_{i}" for i in range(12)]
+whens = [{label: "a|b" for label in labels}, {label: "a" for label in labels}]
+general = generalize(whens)
+# every condition rules out the one other case alike: the pick is a tie, broken by the conditions' order
+mask = separating_conditions(general, 3, [{label: "c" for label in labels}])
+print(list(general), list(mask))
+"""
+
+
+def test_a_masks_conditions_do_not_depend_on_the_processs_string_hashes():
+    # A seed repeats a run's draws only if its masks do: Python orders a set of strings by a hash that
+    # differs per process (PYTHONHASHSEED), and a mask's greedy pick breaks ties by its conditions' order.
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", _MASK_IN_A_FRESH_PROCESS],
+            env={**os.environ, "PYTHONHASHSEED": str(hash_seed)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for hash_seed in range(4)
+    }
+    assert len(outputs) == 1, outputs

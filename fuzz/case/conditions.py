@@ -53,7 +53,7 @@ def generalize(conditions: Sequence[Mapping[str, str]]) -> dict[str, str]:
     if not conditions:
         return {}
     general = {}
-    for label in set(conditions[0]).intersection(*conditions[1:]):
+    for label in sorted(set(conditions[0]).intersection(*conditions[1:])):  # in order: a mask's picks break ties by it
         values = [allowed(each[label]) for each in conditions]
         if all(len(admits) == 1 for admits in values) and len(set(values)) > 1:
             continue
