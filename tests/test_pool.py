@@ -188,3 +188,17 @@ def test_the_ranks_are_recycled_after_a_number_of_cases():
 def test_recycle_after_is_checked():
     with pytest.raises(ValueError, match="recycle_after"):
         RankPool(2, recycle_after=0)
+
+
+@pytest.mark.parametrize("outside", ["2", None])
+def test_ranks_start_with_one_openmp_thread_whatever_the_pools_process_has(monkeypatch, outside):
+    # A Ray actor has OMP_NUM_THREADS set to its CPUs; ranks that inherited it ran the same cases slower.
+    from shardfuzz.executor.rank_processes import _one_thread_each
+
+    if outside is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", outside)
+    with _one_thread_each():
+        assert os.environ["OMP_NUM_THREADS"] == "1"
+    assert os.environ.get("OMP_NUM_THREADS") == outside

@@ -39,12 +39,12 @@ def spawn_ranks(
     from shardfuzz.executor import worker
 
     context = _context(interpreter)
-    environ = dict(os.environ) if context.get_start_method() == "forkserver" else None  # see ``_context``
     procs: list = []
     conns: list = []
     phases: list = []
     try:
-        with _children_allowed(), spawning_in(interpreter):
+        with _children_allowed(), spawning_in(interpreter), _one_thread_each():
+            environ = dict(os.environ) if context.get_start_method() == "forkserver" else None  # see ``_context``
             for rank in range(world_size):
                 parent_end, child_end = context.Pipe()
                 phase = context.RawArray("c", _PHASE_BYTES)
@@ -144,6 +144,27 @@ def _children_allowed():
         yield
     finally:
         config["daemon"] = daemonic
+
+
+#: A rank computes on one CPU thread (``worker.main``); OpenMP is told so before torch starts in it.
+_RANK_THREADS = {"OMP_NUM_THREADS": "1"}
+
+
+@contextlib.contextmanager
+def _one_thread_each():
+    """The ranks (and the forkserver they fork from, which imports torch) start with ``_RANK_THREADS`` whatever the
+    pool's process has: a Ray actor has ``OMP_NUM_THREADS`` set to its CPUs, and ranks that started with two OpenMP
+    threads each ran the same cases about 5% slower on two cores (docs/measurements.md, 2026-12-06)."""
+    before = {name: os.environ.get(name) for name in _RANK_THREADS}
+    os.environ.update(_RANK_THREADS)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _join_all(procs, timeout: float) -> None:
