@@ -7,19 +7,23 @@ cases each ran in the budget (from its merged JSON report), cases per second of 
 the whole command (Ray's start included).
 
     python bench/fleet_vs_workers.py --budget 120 --campaigns 2 --world-size 2 --rounds 2 --seed 1
-    python bench/fleet_vs_workers.py --max-cases 60 --campaigns 2 --world-size 2 --rounds 2 --seed 1
+    python bench/fleet_vs_workers.py --max-cases 60 --budget 600 --campaigns 2 --world-size 2 --rounds 3 --seed 1
 
-With ``--max-cases`` each campaign stops after that many cases (the budget only a ceiling) and what counts is
-the command's wall time: a seed's draws depend on what its earlier cases did and when, so two runs of one seed
-in a budget may run very different cases (a campaign ran 41 cases in one 120 s run and 122 in another); a fixed
-count of the same seed's cases is the closer comparison of what each launcher costs. ``--address auto`` runs the
-fleet on a cluster already started (``ray start --head --num-cpus 4``), as a fleet runs on a real one: Ray's own
-start is then not the fleet's.
+With ``--max-cases`` each campaign stops after that many cases (the budget only a ceiling) and what counts is each
+campaign's own rate, its cases over its own wall time (a campaign's budget runs from its own start, so Ray's start
+is not in it), summed over the campaigns. A seed draws the same cases under either launcher then (the ``draws``
+column, a hash of the coverage counts, says so: equal draws, equal hashes), so the rates compare what each launcher
+costs per case. In a budget the counts also depend on what the campaigns' cases did and when (a shrink is cut by
+time, the last round is sized to the time left), and one seed's campaign ran 22 cases in some 120 s runs and 44 in
+others under either launcher: budget rounds cannot tell the launchers apart at this size. ``--address auto`` runs
+the fleet on a cluster already started (``ray start --head --num-cpus 4``), as a fleet runs on a real one.
+``--no-database`` runs both without an example database.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import subprocess
@@ -42,7 +46,7 @@ def _command(kind: str, args, scratch: Path) -> list[str]:
         "--corpus",
         str(scratch / "corpus"),
         "--database",
-        str(scratch / "examples"),
+        "none" if args.no_database else str(scratch / "examples"),
         "--report",
         str(scratch / "report.json"),
         "--explain-budget",
@@ -70,9 +74,22 @@ def _one(kind: str, args) -> dict:
         report = json.loads((scratch / "report.json").read_text())
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    per = [row.get("cases_run") or 0 for row in report.get("worker_reports", [])]
+    rows = report.get("worker_reports", [])
+    per = [row.get("cases_run") or 0 for row in rows]
+    # each campaign's rate in its own time (its budget runs from its own start): the fleet's, summed
+    rate = sum((row.get("cases_run") or 0) / row["wall_seconds"] for row in rows if row.get("wall_seconds"))
     spent = {name: round(item["seconds"]) for name, item in report.get("time_spent", {}).items() if item["seconds"]}
-    return {"kind": kind, "cases": report["cases_run"], "per_campaign": per, "wall": wall, "spent": spent}
+    drawn = hashlib.sha256(json.dumps(report.get("coverage"), sort_keys=True).encode()).hexdigest()[:8]
+    return {
+        "kind": kind,
+        "cases": report["cases_run"],
+        "per_campaign": per,
+        "wall": wall,
+        "spent": spent,
+        "rate": rate,
+        "campaign_walls": [round(row.get("wall_seconds") or 0, 1) for row in rows],
+        "drawn": drawn,
+    }
 
 
 def main() -> None:
@@ -83,6 +100,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--max-cases", type=int, default=0, help="cases per campaign (0: as many as the budget runs)")
+    parser.add_argument(
+        "--no-database", action="store_true", help="no example database (`--database none`) for either launcher"
+    )
     parser.add_argument(
         "--address",
         default=None,
@@ -98,16 +118,22 @@ def main() -> None:
             print(
                 f"round {round_ + 1} {kind:8s}: {result['cases']:5d} cases in a {args.budget:.0f} s budget "
                 f"({result['cases'] / args.budget:.2f}/s), per campaign {result['per_campaign']}, "
+                f"campaign walls {result['campaign_walls']} s ({result['rate']:.3f} cases/s summed), draws {result['drawn']}, "
                 f"command wall {result['wall']:.1f} s; campaign seconds by what: {result['spent']}",
                 flush=True,
             )
     for kind in ("workers", "fleet"):
         cases = [r["cases"] for r in results if r["kind"] == kind]
         walls = [r["wall"] for r in results if r["kind"] == kind]
+        rates = [r["rate"] for r in results if r["kind"] == kind]
         print(
             f"{kind:8s}: {sum(cases) / len(cases):.1f} cases a run ({sum(cases) / len(cases) / args.budget:.2f}/s "
-            f"of budget), command wall {sum(walls) / len(walls):.1f} s ({sum(cases) / sum(walls):.2f} cases/s of wall)"
+            f"of budget), command wall {sum(walls) / len(walls):.1f} s ({sum(cases) / sum(walls):.2f} cases/s of wall), "
+            f"campaigns' own rate {sum(rates) / len(rates):.3f} cases/s (rounds: {', '.join(f'{r:.3f}' for r in rates)})"
         )
+    workers, fleet = ([r["rate"] for r in results if r["kind"] == kind] for kind in ("workers", "fleet"))
+    ratios = [f / w for w, f in zip(workers, fleet)]
+    print(f"fleet / workers, campaigns' own rate, round by round: {', '.join(f'{r:.1%}' for r in ratios)}")
 
 
 if __name__ == "__main__":

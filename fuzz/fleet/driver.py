@@ -228,7 +228,7 @@ class _Fleet:
         ray, asked = self.ray, None
         last_poll = 0.0
         while pending:
-            done, _ = ray.wait(list(pending), num_returns=1, timeout=0.2)
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_EVERY)  # a stop is seen within a second
             for reference in done:
                 index = pending.pop(reference)
                 outcomes[index] = self._outcome(index, reference)
