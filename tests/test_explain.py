@@ -9,7 +9,9 @@ import pytest
 from shardfuzz.case import DDP, FSDP1, FSDP2, SGD, Adam, AdamW, Case, Linear, Model, Sequential, Side, dimensions
 from shardfuzz.case.conditions import wider_than
 from shardfuzz.findings.corpus import entry_for, load_corpus
+from shardfuzz.findings.explanation import Explanation, Neighbour
 from shardfuzz.findings.known import Known
+from shardfuzz.findings.known_table import reach
 from shardfuzz.search.explain import explain_case, neighbours, realistic_case, with_explanation
 from shardfuzz.verdict import RankError, Verdict
 
@@ -359,3 +361,25 @@ def test_a_side_of_another_engine_gets_tensor_parallel_and_pipelined_neighbours(
     on_tp = attrs.evolve(case, save=tp[0])
     assert not [c for d, c, _ in neighbours(on_tp) if d == "save_engine" and "-> TP" in c]
     assert isinstance(tp[0].engine, TP)
+
+
+@pytest.mark.parametrize(
+    ("realistic", "trials", "says", "cell"),
+    [
+        ("passes", (), "passes at realistic widths (the shrunk case stands on: ", "passes at realistic widths (shrunk"),
+        # Another failure at realistic widths came first: it says nothing of whether this bug is there (c43475c5's
+        # realistic case failed in torchao's gather, and the bug bites a 4,096-wide vector on 8 ranks).
+        ("other failure", (), "fails otherwise at realistic widths (", "fails otherwise at realistic widths (shrunk"),
+        (
+            "other failure",
+            (Neighbour("one_element", "width 32 -> 1", "same failure"),),
+            "fails otherwise at realistic widths; fails the same way again with a layer of one element",
+            "fails otherwise at realistic widths; needs a layer of one element",
+        ),
+    ],
+)
+def test_reach_says_what_the_realistic_case_did(realistic, trials, says, cell):
+    explanation = Explanation((), realistic=realistic, edges=("one_element",), edge_trials=trials)
+    assert explanation.reach().startswith(says)
+    entry = attrs.evolve(entry_for(CASE, ERROR), explanation=explanation)
+    assert reach(entry).startswith(cell)

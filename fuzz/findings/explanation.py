@@ -93,16 +93,21 @@ class Explanation:
             return "realistic case not run" if not self.realistic else "realistic case not supported here"
         if self.bites_realistic_setups:
             return "fails the same way at realistic widths (even splits, >= 8x the mesh, 2+ layers)"
+        at = self.at_realistic_widths
         needed = self.edge_needed
         if needed is not None:
-            return (
-                f"passes at realistic widths; fails the same way again with {EDGES[needed.dimension]} ({needed.change})"
-            )
+            return f"{at}; fails the same way again with {EDGES[needed.dimension]} ({needed.change})"
         if self.edge_trials:
             tried = ", ".join(EDGES[trial.dimension] for trial in self.edge_trials)
-            return f"passes at realistic widths; no single edge brings it back (tried: {tried})"
+            return f"{at}; no single edge brings it back (tried: {tried})"
         edges = ", ".join(EDGES[e] for e in self.edges) or "none of the listed edges"
-        return f"passes at realistic widths (the shrunk case stands on: {edges})"
+        return f"{at} (the shrunk case stands on: {edges})"
+
+    @property
+    def at_realistic_widths(self) -> str:
+        """What the realistic case did where it did not fail the same way: it passed, or it failed another way
+        (which says nothing of whether this bug is there too: the other failure came first)."""
+        return "passes at realistic widths" if self.realistic == "passes" else "fails otherwise at realistic widths"
 
     def summary(self) -> str:
         """A few lines for ``describe``, the corpus table and bug reports."""

@@ -26,8 +26,9 @@ _INTRO = (
     "or sides. Only findings of kind `bug` are counted as bugs; a documented `limitation`, a use that is "
     "`not-promised` and an `incompatibility` across versions are listed apart. *Reach* is measured "
     "(`shardfuzz explain`): whether the same failure shows on the nearest realistic case (every split even with a "
-    "shard on every rank, widths at least 8x the largest mesh dimension, 2+ layers, default options), and if not, "
-    "the mildest edge that alone brings the failure back to it (an uneven split, an empty shard, a width below the "
+    "shard on every rank, widths at least 8x the largest mesh dimension, 2+ layers, default options), whether "
+    "it passed there or failed another way (then whether this bug is there too is not known: the other failure "
+    "came first), and the mildest edge that alone brings the failure back to it (an uneven split, an empty shard, a width below the "
     "shards, one element), else the edges the shrunk case stands on. *Upstream* says how each link relates: the bug's own report, the PR that "
     "fixed it, or a related thread that is not this bug.\n\n"
     "Each entry is replayed by the test suite: a strict xfail on a torch inside its range, so an upstream fix "
@@ -55,12 +56,11 @@ def reach(entry: Entry) -> str:
         return "not measured" if explanation is None or not explanation.complete else "realistic case not run here"
     if explanation.bites_realistic_setups:
         return "realistic widths too"
+    at = explanation.at_realistic_widths
     needed = explanation.edge_needed
     if needed is not None:
-        return f"passes at realistic widths; needs {EDGES[needed.dimension]}"
-    return "passes at realistic widths" + (
-        f" (shrunk case: {', '.join(EDGES[edge] for edge in explanation.edges)})" if explanation.edges else ""
-    )
+        return f"{at}; needs {EDGES[needed.dimension]}"
+    return at + (f" (shrunk case: {', '.join(EDGES[edge] for edge in explanation.edges)})" if explanation.edges else "")
 
 
 def upstream_cell(entry: Entry) -> str:
@@ -76,8 +76,12 @@ def _bug_reach(bug: Bug) -> str:
     cells = {reach(entry) for _, entry in bug.entries}
     if "realistic widths too" in cells:
         return "realistic widths too"
-    measured = sorted(cell for cell in cells if cell.startswith("passes"))
+    measured = sorted(cell for cell in cells if cell.startswith(_NOT_THE_SAME))
     return "; ".join(measured) if measured else "not measured"
+
+
+#: How a reach cell begins where the realistic case did not fail the same way (``Explanation.at_realistic_widths``).
+_NOT_THE_SAME = ("passes at realistic widths", "fails otherwise at realistic widths")
 
 
 def _counts(bugs: list[Bug], entries: int) -> str:
@@ -86,12 +90,15 @@ def _counts(bugs: list[Bug], entries: int) -> str:
     realistic = sum(1 for bug in real if _bug_reach(bug) == "realistic widths too")
     measured = sum(1 for bug in real if _bug_reach(bug) != "not measured")
     one_edge = sum(1 for bug in real if _bug_reach(bug) != "realistic widths too" and "; needs " in _bug_reach(bug))
+    passes = sum(1 for bug in real if _bug_reach(bug).startswith(_NOT_THE_SAME[0]))
     others = ", ".join(f"{len(by_kind[kind])} {kind}" for kind in KINDS[1:] if by_kind[kind])
     return (
         f"**{len(real)} bugs in {sum(len(bug.entries) for bug in real)} entries** "
         f"({entries} entries in all{'; not counted as bugs: ' + others if others else ''}). "
-        f"Of the bugs, {realistic} fail the same way at realistic widths, {measured - realistic} pass there: "
-        f"{one_edge} fail again with one edge put back (the mildest is named), the others only on the shrunk case's; "
+        f"Of the bugs, {realistic} fail the same way at realistic widths, {passes} pass there and "
+        f"{measured - realistic - passes} fail there another way (which comes first, so whether the bug is there too "
+        f"is not known); of those {measured - realistic}, {one_edge} fail this way again with one edge put back (the "
+        f"mildest is named), the others only on the shrunk case's; "
         f"{len(real) - measured} {'is' if len(real) - measured == 1 else 'are'} not measured yet."
     )
 
