@@ -10,10 +10,21 @@ from attrs.validators import in_, instance_of
 
 from shardfuzz.case._validators import strings
 
-__all__ = ["EDGES", "NEIGHBOUR_OUTCOMES", "Explanation", "Neighbour"]
+__all__ = [
+    "EDGES",
+    "FAILS_OTHERWISE_AT_REALISTIC",
+    "NEIGHBOUR_OUTCOMES",
+    "PASSES_AT_REALISTIC",
+    "Explanation",
+    "Neighbour",
+]
 
 #: What a neighbour did: failed with the case's signature, failed otherwise, passed, or could not run here.
 NEIGHBOUR_OUTCOMES = ("same failure", "other failure", "passes", "not supported")
+
+#: How a reach begins where the realistic case did not fail the same way: it passed, or it failed another way.
+PASSES_AT_REALISTIC = "passes at realistic widths"
+FAILS_OTHERWISE_AT_REALISTIC = "fails otherwise at realistic widths"
 
 #: The edges a shrunk case may stand on that a realistic one does not, by the ``dimensions`` label that says so.
 EDGES = {
@@ -107,7 +118,7 @@ class Explanation:
     def at_realistic_widths(self) -> str:
         """What the realistic case did where it did not fail the same way: it passed, or it failed another way
         (which says nothing of whether this bug is there too: the other failure came first)."""
-        return "passes at realistic widths" if self.realistic == "passes" else "fails otherwise at realistic widths"
+        return PASSES_AT_REALISTIC if self.realistic == "passes" else FAILS_OTHERWISE_AT_REALISTIC
 
     def summary(self) -> str:
         """A few lines for ``describe``, the corpus table and bug reports."""

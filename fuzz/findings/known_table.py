@@ -12,7 +12,7 @@ from pathlib import Path
 from shardfuzz.findings.bugs import Bug, bugs_of
 from shardfuzz.findings.corpus import Entry
 from shardfuzz.findings.describe import describe
-from shardfuzz.findings.explanation import EDGES
+from shardfuzz.findings.explanation import EDGES, FAILS_OTHERWISE_AT_REALISTIC, PASSES_AT_REALISTIC
 from shardfuzz.findings.triage import KINDS
 from shardfuzz.targets import DEFAULT_TARGET
 from shardfuzz.verdict import TRIAGE_CLASSES
@@ -80,17 +80,17 @@ def _bug_reach(bug: Bug) -> str:
     return "; ".join(measured) if measured else "not measured"
 
 
-#: How a reach cell begins where the realistic case did not fail the same way (``Explanation.at_realistic_widths``).
-_NOT_THE_SAME = ("passes at realistic widths", "fails otherwise at realistic widths")
+_NOT_THE_SAME = (PASSES_AT_REALISTIC, FAILS_OTHERWISE_AT_REALISTIC)  # ``Explanation.at_realistic_widths``
 
 
 def _counts(bugs: list[Bug], entries: int) -> str:
     by_kind = {kind: [bug for bug in bugs if bug.kind == kind] for kind in KINDS}
     real = by_kind["bug"]
-    realistic = sum(1 for bug in real if _bug_reach(bug) == "realistic widths too")
-    measured = sum(1 for bug in real if _bug_reach(bug) != "not measured")
-    one_edge = sum(1 for bug in real if _bug_reach(bug) != "realistic widths too" and "; needs " in _bug_reach(bug))
-    passes = sum(1 for bug in real if _bug_reach(bug).startswith(_NOT_THE_SAME[0]))
+    reaches = [_bug_reach(bug) for bug in real]
+    realistic = reaches.count("realistic widths too")
+    measured = len(reaches) - reaches.count("not measured")
+    one_edge = sum(1 for cell in reaches if cell != "realistic widths too" and "; needs " in cell)
+    passes = sum(1 for cell in reaches if cell.startswith(PASSES_AT_REALISTIC))
     others = ", ".join(f"{len(by_kind[kind])} {kind}" for kind in KINDS[1:] if by_kind[kind])
     return (
         f"**{len(real)} bugs in {sum(len(bug.entries) for bug in real)} entries** "
