@@ -30,6 +30,7 @@ from shardfuzz.case import (
     loads,
 )
 from shardfuzz.executor import RankPool
+from shardfuzz.executor.referee import rounding_suspect
 from shardfuzz.findings.describe import describe
 from shardfuzz.rank.portable.sharding import unwrapped_name
 
@@ -98,9 +99,11 @@ def test_a_checkpoint_loads_across_wrappers_and_a_forgotten_rotary_table_is_caug
     with RankPool(2) as pool:
         assert [pool.run(case).status for case in (wrapped, reverse)] == ["pass", "pass"]
     with RankPool(2, target="shardfuzz.targets.mutants:RotaryTableLeftEmpty") as pool:
-        verdict = pool.run(_case(Side(DDP(), (2,)), Side(FSDP2(), (2,), meta_init=True)))
+        case = _case(Side(DDP(), (2,)), Side(FSDP2(), (2,), meta_init=True))
+        verdict = pool.run(case)
     assert verdict.status == "mismatch", verdict
     assert {m.oracle for m in verdict.mismatches} == {"continuation"}
+    assert rounding_suspect(case, verdict)  # the float64 referee ran it again, and it failed there too
 
 
 @pytest.mark.parametrize(

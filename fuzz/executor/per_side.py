@@ -18,6 +18,7 @@ from shardfuzz.executor.admission import admit, cannot_run
 from shardfuzz.executor.deadlines import MeasuredDeadlines
 from shardfuzz.executor.phases import save_then_load
 from shardfuzz.executor.pool import _SCRATCH_PREFIX, RankPool, scratch_root, sweep_stale_scratch
+from shardfuzz.executor.referee import refereed
 from shardfuzz.targets import DEFAULT_TARGET
 from shardfuzz.verdict import Verdict
 
@@ -109,6 +110,7 @@ class PerSidePools:
         self.start()
         assert self._scratch is not None
         checkpoint_dir = os.path.join(self._scratch, "case")
-        return save_then_load(
+        verdict = save_then_load(
             self.pool(save), self.pool(load), case, checkpoint_dir, generic_deadline=generic_deadline, admitted=True
         )
+        return refereed(case, verdict, lambda wider: self.run(wider, generic_deadline=generic_deadline))

@@ -39,6 +39,7 @@ from shardfuzz.executor.fold import fold_reports, report_of
 from shardfuzz.executor.interpreters import Interpreter
 from shardfuzz.executor.messages import CaseReport, Failed, Message, Ready, Reset, RunCase, decode, encode
 from shardfuzz.executor.rank_processes import how_it_ended, spawn_ranks, stop_in_stages
+from shardfuzz.executor.referee import refereed
 from shardfuzz.executor.stop import StopRequested
 from shardfuzz.targets import DEFAULT_TARGET
 from shardfuzz.unsupported import classify
@@ -304,7 +305,12 @@ class RankPool:
             self.close()  # a rank is dead or stuck: the next run() starts a fresh pool
         elif verdict.status == "error":
             self._reset()  # every rank answered: a new process group in the same processes
-        return attrs.evolve(classify(verdict), seconds=time.perf_counter() - started)
+        verdict = attrs.evolve(classify(verdict), seconds=time.perf_counter() - started)
+        if phase != "both":  # half a case: its other half, elsewhere, decides (``PerSidePools.run``)
+            return verdict
+        return refereed(
+            case, verdict, lambda wider: self.run(wider, generic_deadline=generic_deadline, admitted=admitted)
+        )
 
     def rss_bytes(self) -> int:
         """Resident memory of all rank processes together (Linux; 0 elsewhere)."""

@@ -12,6 +12,7 @@ from typing import cast
 import attrs
 
 from shardfuzz.case import Case, dimensions
+from shardfuzz.executor.referee import is_refereed
 from shardfuzz.verdict import Verdict
 
 __all__ = [
@@ -67,6 +68,7 @@ def _seconds() -> dict[str, float]:
 class CampaignResult:
     cases_run: int = 0
     passed: int = 0
+    refereed: int = 0  # passes whose float32 run differed within rounding (``executor.referee``)
     findings: dict[str, Finding] = attrs.Factory(dict)
     known_hits: Counter = attrs.Factory(Counter)
     known_seconds: dict[str, float] = attrs.Factory(_seconds)  # known signature -> wall seconds its hits cost
@@ -106,6 +108,7 @@ class CampaignResult:
         self.cases_run += 1
         self.statuses[verdict.status] += 1
         self.passed += verdict.ok
+        self.refereed += is_refereed(verdict)
         self.seconds_in_cases += verdict.seconds
         for key in verdict.unchanged:
             self.unchanged_keys[_pattern(key)] += 1

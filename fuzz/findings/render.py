@@ -29,9 +29,15 @@ def headline(report: dict) -> str:
     )
     return (
         f"{report['cases_run']} cases in {report['wall_seconds']:.0f} s ({rate:.1f}/s) {torch}: "
-        f"{report['passed']} passed, {len(report['failures'])} new failure(s), "
+        f"{report['passed']} passed{_refereed(report)}, {len(report['failures'])} new failure(s), "
         f"{known} hit(s) of {_known_bugs(report)}{stopped}"
     )
+
+
+def _refereed(report: dict) -> str:
+    """' (3 of them float32 rounding, passing in float64)', where the referee passed any."""
+    n = report.get("refereed", 0)
+    return f" ({n} of them float32 rounding, passing in float64)" if n else ""
 
 
 def _known_bugs(report: dict) -> str:

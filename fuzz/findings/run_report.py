@@ -44,6 +44,7 @@ def campaign_report(
         "seconds_in_cases": round(result.seconds_in_cases, 3),
         "cases_run": result.cases_run,
         "passed": result.passed,
+        "refereed": result.refereed,
         "replayed_from_database": result.replayed_from_database,
         "pool_events": [
             {"kind": e.kind, "rank": e.rank, "how": e.how, "log_tail": e.log_tail[-2000:]} for e in pool_events
@@ -136,7 +137,7 @@ def merge_reports(reports: list[dict], *, meta: dict) -> dict:
         "workers": len(reports),
     }
     merged["wall_seconds"] = max((r["wall_seconds"] for r in reports), default=0.0)
-    for name in ("seconds_in_cases", "cases_run", "passed", "replayed_from_database"):
+    for name in ("seconds_in_cases", "cases_run", "passed", "refereed", "replayed_from_database"):
         merged[name] = sum(r.get(name, 0) for r in reports)
     merged["pool_events"] = [e for r in reports for e in r.get("pool_events", [])]
     for name in ("failures", "unsupported", "known_failures"):
