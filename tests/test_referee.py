@@ -8,6 +8,22 @@ from shardfuzz.executor.referee import ROUNDING_REACH, in_float64, refereed, rou
 from shardfuzz.findings.corpus import KnownBugs
 from shardfuzz.verdict import Mismatch, Verdict
 
+
+def _tp_load(style_of: tuple[str, str], state_dict: str, reshard: bool) -> dict:
+    engine = {"fsdp": False, "kind": "TP", "plan": [list(style_of)], "reshard_after_forward": reshard}
+    return {"engine": engine, "mesh_shape": [1, 2], "state_dict": state_dict, "wrap": []}
+
+
+def _model(input_width: int, num_embeddings: int, last_block: list) -> dict:
+    """An Embedding, a Conv, and ``last_block`` (a Sequential ending in a BatchNorm)."""
+    first = [
+        {"kind": "Embedding", "num_embeddings": num_embeddings},
+        {"bias": False, "dims": 1, "kernel_size": 1, "kind": "Conv"},
+    ]
+    block = {"children": [*last_block, {"kind": "BatchNorm"}], "kind": "Sequential"}
+    return {"input_width": input_width, "root": {"children": [*first, block], "kind": "Sequential"}}
+
+
 # Two 600 s runs' findings (docs/measurements.md, eleventh session): deterministic in float32, pass in float64.
 # SGD with momentum carries a final BatchNorm's bias, whose gradient is 2x the bias (0 at its initial 0), to
 # noise that a row-wise tensor-parallel reduction makes 1.07e-6 where one rank makes 2.4e-8.
@@ -15,27 +31,9 @@ SGD_FINAL_BATCHNORM_BIAS = {
     "batch_size": 2,
     "checks": ["continuation"],
     "flatten_optimizer_state_dict": True,
-    "load": {
-        "engine": {"fsdp": False, "kind": "TP", "plan": [["2.0", "rowwise"]], "reshard_after_forward": False},
-        "mesh_shape": [1, 2],
-        "state_dict": "sharded",
-        "wrap": [],
-    },
+    "load": _tp_load(("2.0", "rowwise"), "sharded", reshard=False),
     "load_mutation": None,
-    "model": {
-        "input_width": 3,
-        "root": {
-            "children": [
-                {"kind": "Embedding", "num_embeddings": 1},
-                {"bias": False, "dims": 1, "kernel_size": 1, "kind": "Conv"},
-                {
-                    "children": [{"bias": False, "kind": "Linear", "out_features": 2}, {"kind": "BatchNorm"}],
-                    "kind": "Sequential",
-                },
-            ],
-            "kind": "Sequential",
-        },
-    },
+    "model": _model(3, 1, [{"bias": False, "kind": "Linear", "out_features": 2}]),
     "optimizer": {"kind": "SGD", "lr": 0.1, "momentum": 0.9},
     "param_groups": 1,
     "save": {"engine": {"kind": "DDP"}, "mesh_shape": [1], "state_dict": "sharded", "wrap": []},
@@ -49,30 +47,8 @@ SGD_FINAL_BATCHNORM_BIAS = {
 ADAMW_SIGN_FORK = {
     **SGD_FINAL_BATCHNORM_BIAS,
     "flatten_optimizer_state_dict": False,
-    "load": {
-        "engine": {"fsdp": False, "kind": "TP", "plan": [["2.1", "colwise"]], "reshard_after_forward": True},
-        "mesh_shape": [1, 2],
-        "state_dict": "full",
-        "wrap": [],
-    },
-    "model": {
-        "input_width": 1,
-        "root": {
-            "children": [
-                {"kind": "Embedding", "num_embeddings": 4},
-                {"bias": False, "dims": 1, "kernel_size": 1, "kind": "Conv"},
-                {
-                    "children": [
-                        {"bias": True, "kind": "Tied"},
-                        {"bias": True, "kind": "Linear", "out_features": 2},
-                        {"kind": "BatchNorm"},
-                    ],
-                    "kind": "Sequential",
-                },
-            ],
-            "kind": "Sequential",
-        },
-    },
+    "load": _tp_load(("2.1", "colwise"), "full", reshard=True),
+    "model": _model(1, 4, [{"bias": True, "kind": "Tied"}, {"bias": True, "kind": "Linear", "out_features": 2}]),
     "optimizer": {"kind": "AdamW", "lr": 0.01, "weight_decay": 0.01},
     "param_groups": 2,
     "seed": 16394,
