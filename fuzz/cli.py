@@ -167,6 +167,13 @@ def _run_options(run: argparse.ArgumentParser) -> None:
         "widths (default 120; 0: do not explain; `shardfuzz explain ENTRY` does it later)",
     )
     run.add_argument(
+        "--shrink-budget",
+        type=_non_negative_float,
+        default=None,
+        help="seconds a round may spend shrinking its new failures (default: half the budget, at least 30 s; 0: keep "
+        "each as first seen, so the run's cases go to drawing; `shardfuzz shrink ENTRY` shrinks it later)",
+    )
+    run.add_argument(
         "--no-confirm", action="store_true", help="report failures without re-running them on a fresh pool first"
     )
     run.add_argument(

@@ -253,3 +253,25 @@ def test_a_descent_cut_by_the_budgets_end_keeps_the_failure_it_started_from():
 def test_settings_out_of_bounds_are_refused_up_front(bad):
     with pytest.raises((ValueError, TypeError)):
         CampaignSettings(**bad)
+
+
+def test_a_shrink_budget_of_zero_keeps_each_failure_as_first_seen_and_draws_on():
+    """``run --shrink-budget 0``: a coverage run's cases go to drawing; each new failure is kept unshrunk, marked so."""
+    result = run_campaign(
+        FunctionHost(_broken_on_two_ranks),
+        CampaignSettings(budget=60, shrink_budget=0, seed=3, max_world_size=2, max_cases=40),
+    )
+    (finding,) = result.findings.values()
+    assert not finding.shrunk  # `shardfuzz shrink` goes on from it
+    assert finding.shrink_cases <= 1
+    assert result.cases_run == 40 and result.cases_after_failure <= 2 * result.rounds
+
+
+def test_the_shrink_budget_reaches_the_campaign_from_the_command_line():
+    from shardfuzz.cli import build_parser
+    from shardfuzz.search.run_config import RunConfig
+
+    parse = build_parser().parse_args
+    assert RunConfig.from_args(parse(["run", "--shrink-budget", "0"])).shrink_budget == 0.0
+    assert RunConfig.from_args(parse(["run"])).shrink_budget is None
+    assert RunConfig(shrink_budget=0).argv() == ["--shrink-budget", "0.0"]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import attrs
 from attrs import field, frozen
+from attrs.converters import optional as optional_converter
 from attrs.validators import ge, gt, in_, instance_of, optional
 
 from shardfuzz.case import DEVICES
@@ -40,6 +41,9 @@ class RunConfig:
     no_confirm: bool = field(default=False, validator=instance_of(bool))
     # Seconds to explain each new finding in (its neighbours; within the run's budget); 0: not explained.
     explain_budget: float = field(default=120.0, converter=float, validator=ge(0))
+    # Seconds one round may spend shrinking its new failures (None: half the budget, at least 30 s); 0: kept as first
+    # seen, ``shardfuzz shrink`` later, so a coverage run's cases all go to drawing.
+    shrink_budget: float | None = field(default=None, converter=optional_converter(float), validator=optional(ge(0)))
     no_steer: bool = field(default=False, validator=instance_of(bool))
     no_pair_steer: bool = field(default=False, validator=instance_of(bool))
     pairs: Path | None = field(default=None, validator=_PATH)  # write the value pairs reached, one per line

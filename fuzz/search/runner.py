@@ -439,6 +439,7 @@ class _Run:
             devices=self.devices,
             support=support_for(self.target),  # what the target runs; storage variants only where it takes them
             steer_after=None if config.no_steer else STEER_AFTER,
+            shrink_budget=config.shrink_budget,
             pairwise=not config.no_pair_steer,
             expected=self.expected(),
             model=user_model(config.model),
