@@ -107,8 +107,10 @@ def test_a_low_bit_optimizer_has_no_float64_form():
 
 def test_a_suspect_whose_float64_form_passes_is_a_pass_that_says_why():
     ran = []
-    verdict = refereed(_case(), _verdict(_mismatch()), lambda case: ran.append(case) or Verdict("pass", seconds=1.0))
+    first = attrs.evolve(_verdict(_mismatch()), unchanged=("model.0.weight",))
+    verdict = refereed(_case(), first, lambda case: ran.append(case) or Verdict("pass", seconds=1.0))
     assert verdict.ok and "float32 rounding" in verdict.detail and "model.2.1.bias" in verdict.detail
+    assert verdict.unchanged == ("model.0.weight",)
     assert [c.model.dtype for c in ran] == ["float64"]
 
 

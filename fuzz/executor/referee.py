@@ -11,10 +11,10 @@ Both cases, found by 600 s runs (``docs/measurements.md``, eleventh session), fa
 float32 and pass in float64.
 
 So a verdict whose every mismatch is a tolerance comparison of ``continuation`` by at most ``ROUNDING_REACH`` is
-run again with the model in float64 (the same case otherwise). Rounding noise is about 1e-16 there, below Adam's ``eps``, and does not
-fork; a checkpoint fault (lost, stale or misplaced state) does not depend on the dtype and fails again. Where
-float64 passes, the verdict is a pass that says why; where it fails in any way, or the case has no float64
-form, the float32 verdict stands.
+run again with the model in float64 (the same case otherwise). Rounding noise is about 1e-16 there, below
+Adam's ``eps``, and does not fork; a checkpoint fault (lost, stale or misplaced state) does not depend on the
+dtype and fails again. Where float64 passes, the verdict is a pass that says why; where it fails in any way, or
+the case has no float64 form, the float32 verdict stands.
 """
 
 from __future__ import annotations
@@ -88,6 +88,7 @@ def refereed(case: Case, verdict: Verdict, run: Callable[[Case], Verdict]) -> Ve
         "pass",
         detail=f"{REFEREED}: {verdict.mismatches[0].describe()}; in float64 the case passes",
         seconds=verdict.seconds + again.seconds,
+        unchanged=verdict.unchanged,  # non-vacuity is the float32 run's: the case as drawn
     )
 
 
