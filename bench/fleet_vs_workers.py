@@ -122,17 +122,16 @@ def main() -> None:
                 f"command wall {result['wall']:.1f} s; campaign seconds by what: {result['spent']}",
                 flush=True,
             )
-    for kind in ("workers", "fleet"):
+    rates_of = {kind: [r["rate"] for r in results if r["kind"] == kind] for kind in ("workers", "fleet")}
+    for kind, rates in rates_of.items():
         cases = [r["cases"] for r in results if r["kind"] == kind]
         walls = [r["wall"] for r in results if r["kind"] == kind]
-        rates = [r["rate"] for r in results if r["kind"] == kind]
         print(
             f"{kind:8s}: {sum(cases) / len(cases):.1f} cases a run ({sum(cases) / len(cases) / args.budget:.2f}/s "
             f"of budget), command wall {sum(walls) / len(walls):.1f} s ({sum(cases) / sum(walls):.2f} cases/s of wall), "
             f"campaigns' own rate {sum(rates) / len(rates):.3f} cases/s (rounds: {', '.join(f'{r:.3f}' for r in rates)})"
         )
-    workers, fleet = ([r["rate"] for r in results if r["kind"] == kind] for kind in ("workers", "fleet"))
-    ratios = [f / w for w, f in zip(workers, fleet)]
+    ratios = [f / w for w, f in zip(rates_of["workers"], rates_of["fleet"])]
     print(f"fleet / workers, campaigns' own rate, round by round: {', '.join(f'{r:.1%}' for r in ratios)}")
 
 
