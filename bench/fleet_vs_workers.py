@@ -25,12 +25,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _cpu import CpuSampler
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -63,14 +66,25 @@ def _command(kind: str, args, scratch: Path) -> list[str]:
 
 
 def _one(kind: str, args) -> dict:
-    scratch = Path(tempfile.mkdtemp(prefix=f"shardfuzz-bench-{kind}-"))
+    """One run of ``kind``: "workers", "fleet", or "fleet KEY=VALUE" (the fleet with that in its environment)."""
+    launcher, _, setting = kind.partition(" ")
+    env = dict(os.environ)
+    if setting:
+        key, _, value = setting.partition("=")
+        env[key] = value
+    scratch = Path(tempfile.mkdtemp(prefix=f"shardfuzz-bench-{launcher}-"))
     try:
         shutil.copytree(REPO / "corpus", scratch / "corpus")
         started = time.perf_counter()
-        proc = subprocess.run(_command(kind, args, scratch), capture_output=True, text=True)
+        with CpuSampler() as cpu:
+            proc = subprocess.Popen(
+                _command(launcher, args, scratch), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+            )
+            cpu.attach(proc.pid)
+            _, stderr = proc.communicate()
         wall = time.perf_counter() - started
         if proc.returncode != 0:
-            raise SystemExit(f"{kind} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+            raise SystemExit(f"{kind} exited {proc.returncode}:\n{stderr[-3000:]}")
         report = json.loads((scratch / "report.json").read_text())
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -89,6 +103,8 @@ def _one(kind: str, args) -> dict:
         "rate": rate,
         "campaign_walls": [round(row.get("wall_seconds") or 0, 1) for row in rows],
         "drawn": drawn,
+        "cpu": cpu.by_kind(),
+        "machine_cpu": cpu.machine,
     }
 
 
@@ -108,31 +124,43 @@ def main() -> None:
         default=None,
         help="run the fleet on this running Ray cluster (`ray start --head` first), not a local one",
     )
+    parser.add_argument(
+        "--also-fleet-with",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="also run, each round, a fleet with this in its environment (e.g. RAY_worker_niceness=0); repeatable",
+    )
     args = parser.parse_args()
+    kinds = ["workers", "fleet", *(f"fleet {setting}" for setting in args.also_fleet_with)]
     results = []
     for round_ in range(args.rounds):
-        order = ("workers", "fleet") if round_ % 2 == 0 else ("fleet", "workers")
+        order = kinds if round_ % 2 == 0 else kinds[::-1]
         for kind in order:
             result = _one(kind, args)
             results.append(result)
             print(
-                f"round {round_ + 1} {kind:8s}: {result['cases']:5d} cases in a {args.budget:.0f} s budget "
+                f"round {round_ + 1} {kind}: {result['cases']:5d} cases in a {args.budget:.0f} s budget "
                 f"({result['cases'] / args.budget:.2f}/s), per campaign {result['per_campaign']}, "
                 f"campaign walls {result['campaign_walls']} s ({result['rate']:.3f} cases/s summed), draws {result['drawn']}, "
-                f"command wall {result['wall']:.1f} s; campaign seconds by what: {result['spent']}",
+                f"command wall {result['wall']:.1f} s; campaign seconds by what: {result['spent']}; "
+                f"CPU s {result['machine_cpu']:.1f} machine-wide, {result['machine_cpu'] / max(result['cases'], 1):.3f} a case, "
+                f"by process: {result['cpu']}",
                 flush=True,
             )
-    rates_of = {kind: [r["rate"] for r in results if r["kind"] == kind] for kind in ("workers", "fleet")}
+    rates_of = {kind: [r["rate"] for r in results if r["kind"] == kind] for kind in kinds}
     for kind, rates in rates_of.items():
-        cases = [r["cases"] for r in results if r["kind"] == kind]
-        walls = [r["wall"] for r in results if r["kind"] == kind]
+        ran = [r for r in results if r["kind"] == kind]
+        cases, walls = sum(r["cases"] for r in ran), sum(r["wall"] for r in ran)
         print(
-            f"{kind:8s}: {sum(cases) / len(cases):.1f} cases a run ({sum(cases) / len(cases) / args.budget:.2f}/s "
-            f"of budget), command wall {sum(walls) / len(walls):.1f} s ({sum(cases) / sum(walls):.2f} cases/s of wall), "
-            f"campaigns' own rate {sum(rates) / len(rates):.3f} cases/s (rounds: {', '.join(f'{r:.3f}' for r in rates)})"
+            f"{kind}: {cases / len(ran):.1f} cases a run ({cases / len(ran) / args.budget:.2f}/s of budget), command "
+            f"wall {walls / len(ran):.1f} s ({cases / walls:.2f} cases/s of wall), campaigns' own rate "
+            f"{sum(rates) / len(rates):.3f} cases/s (rounds: {', '.join(f'{r:.3f}' for r in rates)}), machine CPU "
+            f"{sum(r['machine_cpu'] for r in ran) / cases:.3f} s a case"
         )
-    ratios = [f / w for w, f in zip(rates_of["workers"], rates_of["fleet"])]
-    print(f"fleet / workers, campaigns' own rate, round by round: {', '.join(f'{r:.1%}' for r in ratios)}")
+    for kind in kinds[1:]:
+        ratios = [f / w for w, f in zip(rates_of["workers"], rates_of[kind])]
+        print(f"{kind} / workers, campaigns' own rate, round by round: {', '.join(f'{r:.1%}' for r in ratios)}")
 
 
 if __name__ == "__main__":

@@ -32,8 +32,10 @@ STOP_GRACE = 20.0
 #: Seconds past the budget's end before the driver asks the campaigns still running to stop (a campaign
 #: keeps its own budget; this is for one that cannot, say a node that stopped answering).
 BUDGET_GRACE = 30.0
-#: Seconds between the driver's polls of the collector.
-POLL_EVERY = 1.0
+#: Seconds between the driver's polls of the collector (news and snapshots: the panel shows every 2 s at most).
+POLL_EVERY = 2.0
+#: Seconds the driver waits on its campaigns at a time: a stop (its own SIGINT) is passed on within this.
+WAIT_EVERY = 1.0
 
 
 def run_fleet(config: RunConfig, options: FleetOptions) -> int:
@@ -166,7 +168,6 @@ class _Fleet:
             num_gpus=options.gpus_per_campaign,
             max_restarts=options.max_restarts,
             max_task_retries=options.max_restarts,
-            max_concurrency=2,  # run, and stop beside it
             scheduling_strategy="SPREAD",
         )(FleetCampaign)
         self.campaigns = [  # started here: their budgets count from their own starts
@@ -228,7 +229,7 @@ class _Fleet:
         ray, asked = self.ray, None
         last_poll = 0.0
         while pending:
-            done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_EVERY)  # a stop is seen within a second
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_EVERY)
             for reference in done:
                 index = pending.pop(reference)
                 outcomes[index] = self._outcome(index, reference)
@@ -246,9 +247,7 @@ class _Fleet:
                 progress.message(
                     f"shardfuzz fleet: {self.stop.reason or 'past the budget'}: asking the campaigns to stop"
                 )
-                ray.get(self.collector.request_stop.remote(reason))
-                for campaign in self.campaigns:
-                    campaign.stop.remote(reason)
+                ray.get(self.collector.request_stop.remote(reason))  # each campaign asks it (``campaign``)
             if asked is not None and pending and time.monotonic() - asked > STOP_GRACE:
                 for index in pending.values():
                     ray.kill(self.campaigns[index], no_restart=True)
