@@ -18,11 +18,18 @@ time, the last round is sized to the time left), and one seed's campaign ran 22 
 others under either launcher: budget rounds cannot tell the launchers apart at this size. ``--address auto`` runs
 the fleet on a cluster already started (``ray start --head --num-cpus 4``), as a fleet runs on a real one.
 ``--no-database`` runs both without an example database.
+
+Each run's CPU is sampled from ``/proc`` (``_cpu.py``): the machine's busy seconds, and each process's by kind (the
+ranks, the campaigns, the driver, the fleet's collector, Ray's own processes), so a difference in rate can be put
+down to where it went. ``--also-fleet-with RAY_worker_niceness=0`` adds a fleet with that in its environment to each
+round; ``--also-workers-beside-ray`` adds ``--workers`` beside an idle local Ray cluster (is it Ray's own CPU, or do
+its processes slow the ranks beside them?).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -65,8 +72,40 @@ def _command(kind: str, args, scratch: Path) -> list[str]:
     return [sys.executable, "-m", "shardfuzz", "fleet", "--campaigns", str(args.campaigns), *address, *common]
 
 
+#: A local Ray cluster with three idle actors (a fleet's collector and two campaigns), for ``--also-workers-beside-ray``.
+_IDLE_RAY = """
+import os, sys, time
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+import ray
+ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+Idle = ray.remote(num_cpus=1)(type("Idle", (), {"ping": lambda self: 1}))
+actors = [Idle.remote() for _ in range(3)]
+ray.get([actor.ping.remote() for actor in actors])
+print("ready", flush=True)
+sys.stdin.read()  # until the bench closes it
+ray.shutdown()
+"""
+
+
+@contextlib.contextmanager
+def _beside_idle_ray():
+    """An idle local Ray cluster running beside what the block runs (started before it: its CPU is not sampled)."""
+    ray = subprocess.Popen([sys.executable, "-c", _IDLE_RAY], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        if ray.stdout.readline().strip() != "ready":
+            raise SystemExit("the idle Ray cluster did not start")
+        yield
+    finally:
+        ray.stdin.close()
+        ray.wait(60)
+
+
 def _one(kind: str, args) -> dict:
-    """One run of ``kind``: "workers", "fleet", or "fleet KEY=VALUE" (the fleet with that in its environment)."""
+    """One run of ``kind``: "workers", "fleet", "fleet KEY=VALUE" (the fleet with that in its environment), or
+    "workers beside idle Ray"."""
+    if kind == "workers beside idle Ray":
+        with _beside_idle_ray():
+            return {**_one("workers", args), "kind": kind}
     launcher, _, setting = kind.partition(" ")
     env = dict(os.environ)
     if setting:
@@ -131,8 +170,16 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="also run, each round, a fleet with this in its environment (e.g. RAY_worker_niceness=0); repeatable",
     )
+    parser.add_argument(
+        "--also-workers-beside-ray",
+        action="store_true",
+        help="also run, each round, --workers beside an idle local Ray cluster with three idle actors (is what the "
+        "fleet costs Ray's processes' own CPU, or do they slow the ranks beside them too?)",
+    )
     args = parser.parse_args()
     kinds = ["workers", "fleet", *(f"fleet {setting}" for setting in args.also_fleet_with)]
+    if args.also_workers_beside_ray:
+        kinds.append("workers beside idle Ray")
     results = []
     for round_ in range(args.rounds):
         order = kinds if round_ % 2 == 0 else kinds[::-1]
