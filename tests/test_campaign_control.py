@@ -163,6 +163,19 @@ def test_the_progress_line_says_what_the_run_is_doing_and_counts_failures_being_
     ).line(snapshot)
 
 
+def test_the_progress_line_counts_only_offered_values_reached():
+    from shardfuzz.search.progress import Progress
+
+    snapshot = {
+        "cases_run": 3,
+        "findings_by_class": {},
+        "known_failures": [],
+        "coverage": {"save_engine": {"ddp": 2, "fsdp2": 1}, "save_zero_stage": {"n/a": 3}, "dtype": {"float32": 3}},
+        "coverage_offered": {"save_engine": ["ddp", "fsdp2", "fsdp1"], "dtype": ["float32", "bfloat16"]},
+    }
+    assert "coverage 3/5 values" in Progress(300, plain=True).line(snapshot)  # not 4/5: no ZeRO offered here
+
+
 def _known_bug_on_fsdp2_loads(case) -> Verdict:
     if case.load.engine.__class__.__name__ == "FSDP2" and case.steps >= 1:
         return Verdict("error", errors=(RankError(0, "load", "KeyError", "'param_groups.0.params.0'"),), seconds=0.001)
