@@ -30,7 +30,7 @@ def kind_of(cmdline: str, *, command_pid: int, pid: int) -> str:
         return {"FleetCampaign": "campaigns", "Collector": "collector"}.get(actor, "Ray's own processes")
     if "shardfuzz" in cmdline and " run " in f" {cmdline} ":
         return "campaigns"
-    if "/ray/" in cmdline or "ray::" in cmdline:
+    if "/ray/" in cmdline:
         return "Ray's own processes"
     return f"other: {cmdline[:60]}"
 

@@ -128,7 +128,7 @@ def test_a_verdict_that_is_no_suspect_is_not_run_again():
 @pytest.mark.parametrize("case", [SGD_FINAL_BATCHNORM_BIAS, ADAMW_SIGN_FORK], ids=["sgd-batchnorm", "adamw-fork"])
 def test_the_found_false_positives_pass_on_real_ranks(shardfuzz_pool, case):
     # Refereed where this CPU's float32 run differs (the machine that found them); on others (an AMD EPYC with
-    # AVX-512, 2026-12-06) their float32 runs agree outright: the rounding is the kernels'.
+    # AVX-512, 2026-12-06) their float32 runs agree outright: the rounding is the machine's (its kernels', presumably).
     verdict = shardfuzz_pool.run(from_dict(case))
     assert verdict.ok, verdict.summary()
 

@@ -125,7 +125,7 @@ def _reached(snapshot: dict) -> tuple[int, int]:
     such engine; a dimension not offered here (DeepSpeed's, without DeepSpeed) is not counted, or a run showed
     296 of 294 values."""
     coverage, offered = snapshot.get("coverage", {}), snapshot.get("coverage_offered", {})
-    if not offered:  # a snapshot from before the first case
+    if not offered:  # a snapshot that does not say (a fleet's merged view before any campaign has reported)
         reached = sum(len(values) for values in coverage.values())
         return reached, reached
     reached = sum(len(set(values) & set(offered.get(dim, ()))) for dim, values in coverage.items())

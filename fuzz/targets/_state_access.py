@@ -1,5 +1,5 @@
 """How a mutant reaches into the state a target is handed (the rank-local shard of a DTensor or ShardedTensor,
-either optimizer form): shared by the mutant catalogues."""
+either optimizer form, the model it loads into): shared by the mutant catalogues and the controls."""
 
 from __future__ import annotations
 
@@ -8,6 +8,19 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from shardfuzz.targets.dcp import DcpTarget
+
+
+class LoadSideKept(DcpTarget):
+    """DCP, keeping the module it sharded last as ``loaded_into``: in ``load``, the load side's model (a round-trip
+    builds the save side, saves, and then builds the load side and loads into it)."""
+
+    loaded_into: Any = None
+
+    def shard(self, module, side, *, group, mesh, default):
+        self.loaded_into = module
+        return default(module, side, group=group, mesh=mesh)
 
 
 def _local(value) -> torch.Tensor | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from shardfuzz.targets.dcp import DcpTarget
+from shardfuzz.targets._state_access import LoadSideKept
 
 __all__ = ["RoundingNoiseAfterLoad", "NOISE_ULPS"]
 
@@ -20,20 +20,15 @@ __all__ = ["RoundingNoiseAfterLoad", "NOISE_ULPS"]
 NOISE_ULPS = 4096
 
 
-class RoundingNoiseAfterLoad(DcpTarget):
+class RoundingNoiseAfterLoad(LoadSideKept):
     """Loads right, then moves the loaded model's every output by ``NOISE_ULPS`` epsilons of its dtype, as a
     kernel that sums in another order moves it by a few: the state the load restored is exact, training on
     from it differs by rounding only. A continuation mismatch in float32, a pass in float64."""
 
-    def shard(self, module, side, *, group, mesh, default):
-        self._loaded_into = module  # the last side built is the load side (the save side was built first)
-        return default(module, side, group=group, mesh=mesh)
-
     def load(self, state_dict, *, checkpoint_id, process_group):
         super().load(state_dict, checkpoint_id=checkpoint_id, process_group=process_group)
-        model = getattr(self, "_loaded_into", None)
-        if model is not None:
-            model.register_forward_hook(_with_noise)
+        if self.loaded_into is not None:
+            self.loaded_into.register_forward_hook(_with_noise)
 
 
 def _with_noise(_module, _inputs, output):

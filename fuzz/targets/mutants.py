@@ -18,6 +18,7 @@ import torch.distributed as dist
 from shardfuzz.capabilities import dtensor
 from shardfuzz.targets import DcpTarget
 from shardfuzz.targets._state_access import (
+    LoadSideKept,
     _group_values,
     _last_rank,
     _local,
@@ -379,19 +380,15 @@ class TrainingStateNotLoaded(DcpTarget):
         super().load(loaded, checkpoint_id=checkpoint_id, process_group=process_group)
 
 
-class RotaryTableLeftEmpty(DcpTarget):
+class RotaryTableLeftEmpty(LoadSideKept):
     """A loader that allocates the model anew (``to_empty``, as a resume onto a meta-device model does)
     and fills it from the checkpoint: what no checkpoint holds, the non-persistent buffers (the
     rotary table, ``Scale``'s shift), keeps what ``to_empty`` left (zeros here), so the loaded model
     computes something else. Only training on (``continuation``) can see it."""
 
-    def shard(self, module, side, *, group, mesh, default):
-        self._loaded_into = module
-        return default(module, side, group=group, mesh=mesh)
-
     def load(self, state_dict, *, checkpoint_id, process_group):
         super().load(state_dict, checkpoint_id=checkpoint_id, process_group=process_group)
-        model = getattr(self, "_loaded_into", None)
+        model = self.loaded_into
         for module in model.modules() if model is not None else ():
             for name in module._non_persistent_buffers_set:
                 buffer = getattr(module, name, None)
